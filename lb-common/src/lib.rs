@@ -1,0 +1,275 @@
+//! Map keys, values and constants shared by the XDP program (`lb-ebpf`) and the agent
+//! (`lb-userspace`).
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that both sides agree byte for byte;
+//! the size assertions at the bottom make a layout change a compile error on both sides.
+//! Addresses and ports are stored in network byte order, exactly as they appear in packets,
+//! so the fast path never swaps bytes. Times are CLOCK_MONOTONIC nanoseconds
+//! (`bpf_ktime_get_ns` in the kernel, `clock_gettime(CLOCK_MONOTONIC)` in the agent).
+#![no_std]
+#![deny(missing_docs)]
+
+/// Version of the pinned map layout. Pinned state lives under `<bpffs_dir>/v<LAYOUT_VERSION>/`;
+/// bump this whenever any type below changes size or meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Maglev lookup table size per service (prime).
+pub const MAGLEV_TABLE_SIZE: u32 = 16381;
+/// Highest number of virtual services (service ids run from 1 to `MAX_SERVICES - 1`).
+pub const MAX_SERVICES: u32 = 64;
+/// Highest number of backends (backend ids run from 1 to `MAX_BACKENDS - 1`; 0 means none).
+pub const MAX_BACKENDS: u32 = 1024;
+/// Entries in the connection tracking LRU map.
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Entries in the client persistence map.
+pub const MAX_PERSIST: u32 = 262_144;
+/// Every service owns two maglev tables; `Service::maglev_slot` says which one is live, so the
+/// agent can fill the other and switch with a single map update.
+pub const MAGLEV_SLOTS_PER_SERVICE: u32 = 2;
+/// Number of entries in the flat maglev array.
+pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * MAGLEV_SLOTS_PER_SERVICE * MAGLEV_TABLE_SIZE;
+
+/// Index of the first entry of a service's maglev table in the flat maglev array.
+pub const fn maglev_base(service_id: u32, slot: u32) -> u32 {
+    (service_id * MAGLEV_SLOTS_PER_SERVICE + slot) * MAGLEV_TABLE_SIZE
+}
+
+/// IP protocol numbers used in keys.
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Bits of [`Service::flags`].
+pub mod service_flags {
+    /// Forward by MAC rewrite (direct server return) instead of NAT.
+    pub const DSR: u32 = 1 << 0;
+    /// Native client-IP persistence: new flows consult and fill the persistence map.
+    pub const PERSIST_CLIENT_IP: u32 = 1 << 1;
+    /// HTTP service: packets go to the local stack (the agent's proxy) unless the client is
+    /// pinned in the persistence map, in which case new connections are forwarded directly.
+    pub const HTTP: u32 = 1 << 2;
+    /// HTTP service with the client-IP fast path enabled.
+    pub const FAST_PATH: u32 = 1 << 3;
+}
+
+/// Values of [`Backend::state`].
+pub mod backend_state {
+    /// Slot unused.
+    pub const UNUSED: u32 = 0;
+    /// Eligible for new and established flows.
+    pub const UP: u32 = 1;
+    /// Health monitor says down: established flows are dropped, new flows go elsewhere.
+    pub const DOWN: u32 = 2;
+}
+
+/// Key of the SERVICES hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// Virtual IP, network byte order.
+    pub vip: u32,
+    /// Virtual port, network byte order.
+    pub port: u16,
+    /// IP protocol ([`proto`]).
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// Value of the SERVICES hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Service id, 1..MAX_SERVICES; indexes the maglev array and per-service counters.
+    pub id: u32,
+    /// [`service_flags`] bits.
+    pub flags: u32,
+    /// Which of the service's two maglev tables is live (0 or 1).
+    pub maglev_slot: u32,
+    /// Persistence group: the first key field of [`PersistKey`]. Usually equal to `id`.
+    pub persist_group: u32,
+    /// Client-IP persistence timeout in nanoseconds (0 when persistence is off).
+    pub persist_ttl_ns: u64,
+}
+
+/// Value of the BACKENDS array, indexed by backend id (0 = none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order (NAT rewrites the destination port to it).
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+    /// [`backend_state`] value.
+    pub state: u32,
+    /// Bumped whenever the slot is reassigned or the backend is removed; conntrack and
+    /// persistence entries carrying an older generation are stale.
+    pub generation: u32,
+}
+
+/// Key of the CONNTRACK LRU map: a flow's 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub src_addr: u32,
+    /// Destination address, network byte order.
+    pub dst_addr: u32,
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`Flow::flags`].
+pub mod flow_flags {
+    /// This entry translates backend replies back to the VIP (NAT reverse direction).
+    pub const REPLY: u32 = 1 << 0;
+    /// The flow was forwarded with DSR.
+    pub const DSR: u32 = 1 << 1;
+}
+
+/// Value of the CONNTRACK map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// Backend the flow is bound to.
+    pub backend_id: u32,
+    /// Backend generation at the time the flow was created.
+    pub generation: u32,
+    /// Service id the flow belongs to.
+    pub service_id: u32,
+    /// [`flow_flags`] bits.
+    pub flags: u32,
+    /// For reply entries: the VIP to write back as source address (network byte order).
+    pub vip: u32,
+    /// For reply entries: the virtual port to write back as source port (network order).
+    pub vport: u16,
+    /// Always zero.
+    pub _pad: u16,
+    /// Last time a packet of the flow was seen (monotonic ns).
+    pub last_seen_ns: u64,
+}
+
+/// Key of the PERSIST hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    /// Persistence group (normally the service id).
+    pub group: u32,
+    /// Client address, network byte order.
+    pub client_addr: u32,
+}
+
+/// Value of the PERSIST hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Persist {
+    /// Backend the client is pinned to.
+    pub backend_id: u32,
+    /// Backend generation when the pin was made.
+    pub generation: u32,
+    /// Expiry, monotonic ns. XDP treats `now >= expires_ns` as a miss.
+    pub expires_ns: u64,
+}
+
+/// Per-service and per-backend traffic counters (values of per-CPU arrays).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (L3 length).
+    pub bytes: u64,
+    /// New flows (connections) started.
+    pub new_flows: u64,
+}
+
+/// Indexes of the global per-CPU STATS array, one counter per packet path and verdict.
+pub mod stat {
+    /// Not for a VIP (or not IPv4/TCP/UDP): passed untouched.
+    pub const PASS_NOT_VIP: u32 = 0;
+    /// Malformed or truncated frame: passed untouched for the stack to judge.
+    pub const PASS_MALFORMED: u32 = 1;
+    /// IP fragment or IPv4 options to a VIP: passed untouched.
+    pub const PASS_FRAGMENT_OR_OPTIONS: u32 = 2;
+    /// HTTP service packet handed to the local proxy.
+    pub const PASS_TO_PROXY: u32 = 3;
+    /// Forwarded on an existing conntrack entry.
+    pub const CONNTRACK_HIT: u32 = 4;
+    /// New flow chosen by maglev.
+    pub const NEW_FLOW_MAGLEV: u32 = 5;
+    /// New flow chosen by the persistence map.
+    pub const PERSIST_HIT: u32 = 6;
+    /// Persistence entry found but expired or stale.
+    pub const PERSIST_EXPIRED: u32 = 7;
+    /// Backend reply translated back to the VIP (NAT).
+    pub const REPLY_NAT: u32 = 8;
+    /// New flow dropped: no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 9;
+    /// Forward failed (fib lookup or redirect) and the frame was passed to the stack.
+    pub const PASS_FIB_MISS: u32 = 10;
+    /// Transmitted with XDP_TX.
+    pub const VERDICT_TX: u32 = 11;
+    /// Transmitted with XDP_REDIRECT.
+    pub const VERDICT_REDIRECT: u32 = 12;
+    /// Non-SYN TCP packet without a flow: passed to the stack.
+    pub const PASS_NO_FLOW: u32 = 13;
+    /// Fast-path (pinned HTTP client) connection forwarded directly.
+    pub const FAST_PATH: u32 = 14;
+    /// Number of counters.
+    pub const COUNT: u32 = 16;
+}
+
+/// Names of the pinned maps, shared so the agent finds what the program declares.
+pub mod map_names {
+    /// SERVICES hash map.
+    pub const SERVICES: &str = "LATCH_SERVICES";
+    /// BACKENDS array.
+    pub const BACKENDS: &str = "LATCH_BACKENDS";
+    /// Flat maglev array.
+    pub const MAGLEV: &str = "LATCH_MAGLEV";
+    /// Connection tracking LRU hash.
+    pub const CONNTRACK: &str = "LATCH_CONNTRACK";
+    /// Client persistence hash.
+    pub const PERSIST: &str = "LATCH_PERSIST";
+    /// Global per-CPU counters.
+    pub const STATS: &str = "LATCH_STATS";
+    /// Per-service per-CPU counters.
+    pub const SERVICE_STATS: &str = "LATCH_SVC_STATS";
+    /// Per-backend per-CPU counters.
+    pub const BACKEND_STATS: &str = "LATCH_BE_STATS";
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Service>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 32);
+const _: () = assert!(core::mem::size_of::<PersistKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Persist>() == 16);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), contain only integers and have no implicit padding
+    // (checked by the size assertions above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for Persist {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}

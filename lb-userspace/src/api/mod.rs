@@ -1,0 +1,1 @@
+//! Admin REST API and Prometheus /metrics.

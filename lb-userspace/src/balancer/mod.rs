@@ -1,0 +1,1 @@
+//! Pure load-balancing logic, testable without root: maglev table builder, pool algorithms, health state.

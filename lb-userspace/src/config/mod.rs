@@ -1,0 +1,1 @@
+//! TOML configuration: schema, validation with file:line:col errors, diff between two configs.

@@ -1,0 +1,1 @@
+//! DataScript engine: Lua VMs, the avi.* API, sandbox and limits.

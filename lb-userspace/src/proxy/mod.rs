@@ -1,0 +1,1 @@
+//! HTTP termination and upstream connection pools (tokio + hyper).

@@ -1,0 +1,1 @@
+//! Persistence tables with lifetimes (the store behind avi.vs.table_*).
