@@ -1,1 +1,3 @@
 //! HTTP termination and upstream connection pools (tokio + hyper).
+
+pub mod hooks;

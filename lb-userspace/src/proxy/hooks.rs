@@ -1,0 +1,95 @@
+//! The seam between the HTTP proxy and whatever runs per request (DataScripts).
+//!
+//! The proxy knows nothing about Lua; the DataScript engine knows nothing about sockets. The
+//! proxy asks a [`HookFactory`] (one per virtual service) for a [`TxnHooks`] at the start of
+//! every request and calls it at the two DataScript events. Everything here is synchronous:
+//! scripts never wait on I/O.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// What the proxy tells the hooks about a transaction when it begins.
+#[derive(Clone, Debug)]
+pub struct TxnInfo {
+    /// Virtual service name.
+    pub vs_name: String,
+    /// Address the virtual service listens on (avi.vs.ip / avi.vs.port).
+    pub vs_addr: SocketAddr,
+    /// The client's address (avi.vs.client_ip / client_port).
+    pub client: SocketAddr,
+}
+
+/// A pool and server chosen by a script (avi.pool.select), overriding the VS's algorithm.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Pool name; `None` keeps the virtual service's default pool.
+    pub pool: Option<String>,
+    /// A specific server of that pool; `None` lets the pool's algorithm choose.
+    pub server: Option<SocketAddr>,
+}
+
+/// Outcome of the HTTP_REQ event.
+#[derive(Debug)]
+pub enum RequestVerdict {
+    /// Go on to load balancing with this selection (possibly empty).
+    Forward(Selection),
+    /// Answer the client without contacting a backend (avi.http.response / redirect, or a
+    /// script error answered 500).
+    Respond(http::Response<Bytes>),
+}
+
+/// Outcome of the HTTP_RESP event.
+#[derive(Debug)]
+pub enum ResponseVerdict {
+    /// Send the (possibly modified) backend response on.
+    Continue,
+    /// Replace the backend response (avi.http.response in HTTP_RESP, or a script error
+    /// answered 500). The backend body is discarded.
+    Respond(http::Response<Bytes>),
+}
+
+/// Per-transaction hooks. Created at request start, dropped when the response is done.
+pub trait TxnHooks: Send {
+    /// HTTP_REQ: after the request headers, before the body. May rewrite the request headers.
+    fn on_request(&mut self, request: &mut http::request::Parts) -> RequestVerdict;
+
+    /// HTTP_RESP: after the response headers from `server`. May rewrite the response headers.
+    fn on_response(
+        &mut self,
+        response: &mut http::response::Parts,
+        server: SocketAddr,
+    ) -> ResponseVerdict;
+
+    /// Text the scripts logged with avi.vs.log, for the request's access log line.
+    fn log_output(&self) -> Option<String> {
+        None
+    }
+
+    /// True when a script asked for the client connection to be closed after this response
+    /// (avi.http.close_conn).
+    fn close_connection(&self) -> bool {
+        false
+    }
+}
+
+/// One per virtual service; cheap to call once per request.
+pub trait HookFactory: Send + Sync {
+    /// Start a transaction.
+    fn begin(&self, info: TxnInfo) -> Box<dyn TxnHooks>;
+}
+
+/// Health of one server as scripts see it (avi.pool.get_server_status and friends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// True when the health monitor (if any) says up.
+    pub up: bool,
+}
+
+/// Read-only view of the pools for scripts: which pools exist, their servers and health.
+pub trait PoolView: Send + Sync {
+    /// Servers of `pool`, or `None` for an unknown pool.
+    fn servers(&self, pool: &str) -> Option<Vec<ServerView>>;
+}
