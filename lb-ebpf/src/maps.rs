@@ -1,0 +1,35 @@
+//! Every map the XDP program uses. All are pinned by name (the agent passes a versioned pin
+//! directory to the loader) so that the data plane keeps its state across agent restarts.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST,
+    MAX_SERVICES, Persist, PersistKey, Service, ServiceKey, TrafficCounters, stat,
+};
+
+#[map(name = "LATCH_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "LATCH_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "LATCH_MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
+
+#[map(name = "LATCH_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "LATCH_PERSIST")]
+pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::pinned(MAX_PERSIST, 0);
+
+#[map(name = "LATCH_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map(name = "LATCH_SVC_STATS")]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map(name = "LATCH_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
