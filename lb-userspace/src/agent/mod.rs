@@ -1,1 +1,209 @@
 //! The running agent: ties config, data plane, proxy and tables together; reload and signals.
+//!
+//! The three `*_command` functions are what the `latch` binary calls; they print for people
+//! and return the process exit code.
+
+pub mod spec;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::dataplane::{self, Dataplane, DataplaneError};
+
+/// Why the agent could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration was refused (every diagnostic, one per line).
+    #[error("configuration refused:\n{0}")]
+    Config(ConfigErrors),
+    /// The configuration cannot be programmed into the data plane.
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    /// The data plane failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// Setting up the runtime or signal handlers failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ConfigErrors> for AgentError {
+    fn from(errors: ConfigErrors) -> Self {
+        AgentError::Config(errors)
+    }
+}
+
+/// How often expired persistence entries and stale flows are collected.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `latch check -c FILE`: validate and print every error; exit 1 if there is one.
+pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
+    match config::load(path) {
+        Ok(config) => {
+            let spec = spec::dataplane_spec(&config, &spec::AllUp)?;
+            println!(
+                "{}: OK ({} virtual services, {} pools)",
+                path.display(),
+                spec.services.len(),
+                config.pools.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for diagnostic in &errors.diagnostics {
+                println!("{diagnostic}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `latch down -c FILE`: detach and unpin everything under the config's bpffs_dir.
+pub fn down_command(path: &Path) -> Result<ExitCode, AgentError> {
+    let config = config::load(path)?;
+    let report = dataplane::teardown(&config.agent.bpffs_dir)?;
+    println!(
+        "latch down: detached {} interface(s){}{}, removed {} pinned object(s){}",
+        report.links_detached.len(),
+        if report.links_detached.is_empty() {
+            ""
+        } else {
+            ": "
+        },
+        report.links_detached.join(", "),
+        report.pins_removed,
+        if report.removed_dir {
+            format!(" and {}", config.agent.bpffs_dir.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latch run -c FILE`: run in the foreground until SIGTERM or SIGINT.
+pub fn run_command(path: &Path) -> Result<ExitCode, AgentError> {
+    let config = config::load(path)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io {
+            action: "starting the control-plane runtime",
+            source,
+        })?;
+    runtime.block_on(run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: keep the first subscriber.
+    let _ = match config.agent.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The agent proper: program the data plane, then serve signals until told to stop.
+struct Agent {
+    config: Config,
+    dataplane: Dataplane,
+}
+
+impl Agent {
+    fn start(config: Config) -> Result<Self, AgentError> {
+        let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let spec = spec::dataplane_spec(&config, &spec::AllUp)?;
+        dataplane.apply(&spec)?;
+        let attached = dataplane.attach(&config.agent.interfaces)?;
+        for a in &attached {
+            tracing::info!(attached = ?a, "XDP attached");
+        }
+        tracing::info!(
+            config = %config.path.display(),
+            services = spec.services.len(),
+            adopted = dataplane.adopted(),
+            "latch running"
+        );
+        Ok(Self { config, dataplane })
+    }
+
+    /// SIGHUP: all or nothing. A refused config leaves everything as it was.
+    fn reload(&mut self) {
+        let new = match config::load(&self.config.path) {
+            Ok(new) => new,
+            Err(errors) => {
+                for d in &errors.diagnostics {
+                    tracing::error!(%d, "reload refused");
+                }
+                return;
+            }
+        };
+        let diff = config::diff(&self.config, &new);
+        if !diff.restart_required.is_empty() {
+            tracing::warn!(
+                settings = ?diff.restart_required,
+                "these settings change only on restart; the rest of the reload applies"
+            );
+        }
+        let spec = match spec::dataplane_spec(&new, &spec::AllUp) {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::error!(%err, "reload refused");
+                return;
+            }
+        };
+        if let Err(err) = self.dataplane.apply(&spec) {
+            tracing::error!(%err, "reload failed while programming the data plane");
+            return;
+        }
+        tracing::info!(?diff, "configuration reloaded");
+        self.config = new;
+    }
+
+    fn sweep(&self) {
+        match self.dataplane.sweep(dataplane::monotonic_now_ns()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "swept expired data-plane entries"),
+            Err(err) => tracing::warn!(%err, "data-plane sweep failed"),
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), AgentError> {
+    let signal_error = |source| AgentError::Io {
+        action: "installing signal handlers",
+        source,
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+
+    let mut agent = Agent::start(config)?;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => agent.reload(),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = sweep.tick() => agent.sweep(),
+        }
+    }
+    tracing::info!("stopping; the XDP program stays attached and the maps pinned");
+    Ok(())
+}

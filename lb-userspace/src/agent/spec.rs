@@ -1,0 +1,208 @@
+//! Translates a validated configuration into what the data plane programs. Pure, so the
+//! mapping from TOML semantics to map entries is unit-tested without root.
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::config::{Config, Forwarding, ServiceType, VirtualServiceConfig};
+use crate::dataplane::{self, BackendSpec, DataplaneSpec, ServiceKind, ServiceSpec};
+
+/// Why a configuration cannot be programmed into the IPv4 data plane.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The XDP data plane handles IPv4 only.
+    #[error("virtual service {vs}: listen address {addr} is IPv6; the XDP data plane is IPv4 only")]
+    Ipv6Listener {
+        /// Virtual service name.
+        vs: String,
+        /// Its listen address.
+        addr: SocketAddr,
+    },
+    /// Same for servers of a pool an L4 service uses.
+    #[error("pool {pool}: server {addr} is IPv6; the XDP data plane is IPv4 only")]
+    Ipv6Server {
+        /// Pool name.
+        pool: String,
+        /// The server.
+        addr: SocketAddr,
+    },
+}
+
+/// Health of a server as the agent knows it; `None` means "no monitor: treat as up".
+pub trait ServerHealth {
+    /// Whether `server` of `pool` may take new flows.
+    fn is_up(&self, pool: &str, server: SocketAddr) -> bool;
+}
+
+/// Every server is up (no health monitors yet, or in tests).
+pub struct AllUp;
+
+impl ServerHealth for AllUp {
+    fn is_up(&self, _pool: &str, _server: SocketAddr) -> bool {
+        true
+    }
+}
+
+/// The data-plane programme for `config`: every tcp and udp service, and every http service
+/// (whose packets XDP hands to the proxy, or forwards directly for fast-path clients).
+pub fn dataplane_spec(
+    config: &Config,
+    health: &dyn ServerHealth,
+) -> Result<DataplaneSpec, SpecError> {
+    let services = config
+        .virtual_services
+        .iter()
+        .map(|vs| service_spec(config, vs, health))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DataplaneSpec { services })
+}
+
+fn service_spec(
+    config: &Config,
+    vs: &VirtualServiceConfig,
+    health: &dyn ServerHealth,
+) -> Result<ServiceSpec, SpecError> {
+    let SocketAddr::V4(listen) = vs.listen else {
+        return Err(SpecError::Ipv6Listener {
+            vs: vs.name.clone(),
+            addr: vs.listen,
+        });
+    };
+    // Validation guarantees the pool exists; an empty list is the safe reading otherwise.
+    let servers = config
+        .pool(&vs.pool)
+        .map(|p| p.servers.as_slice())
+        .unwrap_or_default();
+    let backends = servers
+        .iter()
+        .map(|&server| match server {
+            SocketAddr::V4(addr) => Ok(BackendSpec {
+                addr,
+                up: health.is_up(&vs.pool, server),
+            }),
+            SocketAddr::V6(_) => Err(SpecError::Ipv6Server {
+                pool: vs.pool.clone(),
+                addr: server,
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (proto, kind) = match vs.kind {
+        ServiceType::Tcp => (dataplane::Proto::Tcp, ServiceKind::L4),
+        ServiceType::Udp => (dataplane::Proto::Udp, ServiceKind::L4),
+        ServiceType::Http => (
+            dataplane::Proto::Tcp,
+            ServiceKind::Http {
+                fast_path: vs.fast_path,
+            },
+        ),
+    };
+    Ok(ServiceSpec {
+        vip: *listen.ip(),
+        port: listen.port(),
+        proto,
+        forwarding: match vs.forwarding {
+            Forwarding::Nat => dataplane::Forwarding::Nat,
+            Forwarding::Dsr => dataplane::Forwarding::Dsr,
+        },
+        kind,
+        persistence_ttl: vs.persistence,
+        backends,
+    })
+}
+
+/// IPv4 servers of `pool` in `config` (used when pinning fast-path clients).
+pub fn pool_servers_v4(config: &Config, pool: &str) -> Vec<SocketAddrV4> {
+    config
+        .pool(pool)
+        .map(|p| {
+            p.servers
+                .iter()
+                .filter_map(|s| match s {
+                    SocketAddr::V4(v4) => Some(*v4),
+                    SocketAddr::V6(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[agent]
+interfaces = ["eth0"]
+
+[[pool]]
+name = "app"
+servers = ["192.0.2.11:8080", "192.0.2.12:8080"]
+
+[[virtual_service]]
+name = "tcp"
+listen = "198.51.100.10:80"
+type = "tcp"
+pool = "app"
+forwarding = "dsr"
+persistence = { type = "client_ip", timeout = "120s" }
+
+[[virtual_service]]
+name = "dns"
+listen = "198.51.100.10:53"
+type = "udp"
+pool = "app"
+
+[[virtual_service]]
+name = "web"
+listen = "198.51.100.20:80"
+type = "http"
+pool = "app"
+fast_path = "client_ip"
+"#;
+
+    struct Down(SocketAddr);
+    impl ServerHealth for Down {
+        fn is_up(&self, _pool: &str, server: SocketAddr) -> bool {
+            server != self.0
+        }
+    }
+
+    #[test]
+    fn maps_every_service_kind() -> Result<(), Box<dyn std::error::Error>> {
+        let config = crate::config::parse(CONFIG, Path::new("t.toml"))
+            .map_err(|e| format!("config: {e}"))?;
+        let spec = dataplane_spec(&config, &AllUp)?;
+        assert_eq!(spec.services.len(), 3);
+        let tcp = &spec.services[0];
+        assert_eq!(tcp.vip.to_string(), "198.51.100.10");
+        assert_eq!(tcp.port, 80);
+        assert_eq!(tcp.proto, dataplane::Proto::Tcp);
+        assert_eq!(tcp.forwarding, dataplane::Forwarding::Dsr);
+        assert_eq!(tcp.kind, ServiceKind::L4);
+        assert_eq!(tcp.persistence_ttl, Some(Duration::from_secs(120)));
+        assert_eq!(tcp.backends.len(), 2);
+        assert!(tcp.backends.iter().all(|b| b.up));
+
+        let dns = &spec.services[1];
+        assert_eq!(dns.proto, dataplane::Proto::Udp);
+        assert_eq!(dns.forwarding, dataplane::Forwarding::Nat);
+        assert_eq!(dns.persistence_ttl, None);
+
+        let web = &spec.services[2];
+        assert_eq!(web.kind, ServiceKind::Http { fast_path: true });
+        Ok(())
+    }
+
+    #[test]
+    fn down_servers_are_marked() -> Result<(), Box<dyn std::error::Error>> {
+        let config = crate::config::parse(CONFIG, Path::new("t.toml"))
+            .map_err(|e| format!("config: {e}"))?;
+        let down: SocketAddr = "192.0.2.12:8080".parse()?;
+        let spec = dataplane_spec(&config, &Down(down))?;
+        let states: Vec<bool> = spec.services[0].backends.iter().map(|b| b.up).collect();
+        assert_eq!(states, vec![true, false]);
+        Ok(())
+    }
+}
