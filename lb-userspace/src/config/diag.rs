@@ -145,9 +145,8 @@ impl<'a> Sink<'a> {
         if self.diagnostics.is_empty() {
             Ok(value)
         } else {
-            self.diagnostics.sort_by(|a, b| {
-                (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col))
-            });
+            self.diagnostics
+                .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
             self.diagnostics.dedup();
             Err(ConfigErrors {
                 diagnostics: self.diagnostics,

@@ -42,11 +42,17 @@ fn pools(c: &Config) -> Vec<(&str, &PoolConfig)> {
 }
 
 fn services(c: &Config) -> Vec<(&str, &VirtualServiceConfig)> {
-    c.virtual_services.iter().map(|v| (v.name.as_str(), v)).collect()
+    c.virtual_services
+        .iter()
+        .map(|v| (v.name.as_str(), v))
+        .collect()
 }
 
 /// Names in `old` and `new` sorted into (added, removed, changed).
-fn by_name<T: PartialEq>(old: &[(&str, &T)], new: &[(&str, &T)]) -> (Vec<String>, Vec<String>, Vec<String>) {
+fn by_name<T: PartialEq>(
+    old: &[(&str, &T)],
+    new: &[(&str, &T)],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut added = Vec::new();
     let mut changed = Vec::new();
     for &(name, n) in new {

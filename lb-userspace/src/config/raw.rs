@@ -204,9 +204,7 @@ impl ByteSize {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || format!("invalid size {s:?}: expected e.g. 16384, \"16KiB\" or \"16MiB\"");
     let n: u64 = num.parse().map_err(|_| bad())?;

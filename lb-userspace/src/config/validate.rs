@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{ConfigErrors, Diagnostic, Sink};
 use super::model::*;
@@ -34,9 +34,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     for (key, value) in doc.get_ref() {
         match key.get_ref().as_ref() {
             "agent" => raw.agent = deserialize_one(&mut sink, value, "[agent]"),
-            "replication" => {
-                raw.replication = deserialize_one(&mut sink, value, "[replication]")
-            }
+            "replication" => raw.replication = deserialize_one(&mut sink, value, "[replication]"),
             "pool" => raw.pools = deserialize_array(&mut sink, value, "pool"),
             "virtual_service" => {
                 raw.services = deserialize_array(&mut sink, value, "virtual_service")
@@ -147,8 +145,10 @@ impl Validator<'_> {
     fn addr(&mut self, s: &SStr, what: &str) -> Option<SocketAddr> {
         match s.get_ref().parse::<SocketAddr>() {
             Ok(a) if a.port() == 0 => {
-                self.sink
-                    .error(s.span(), format!("{what} `{}` needs a non-zero port", s.get_ref()));
+                self.sink.error(
+                    s.span(),
+                    format!("{what} `{}` needs a non-zero port", s.get_ref()),
+                );
                 None
             }
             Ok(a) => Some(a),
@@ -171,7 +171,8 @@ impl Validator<'_> {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d.is_zero() => {
-                self.sink.error(s.span(), "duration must be greater than zero");
+                self.sink
+                    .error(s.span(), "duration must be greater than zero");
                 default
             }
             Ok(d) => d,
@@ -193,8 +194,10 @@ impl Validator<'_> {
         match s.get_ref().bytes().map(usize::try_from) {
             Ok(Ok(n)) if n >= min => n,
             Ok(Ok(n)) => {
-                self.sink
-                    .error(s.span(), format!("size {n} is below the minimum of {min} bytes"));
+                self.sink.error(
+                    s.span(),
+                    format!("size {n} is below the minimum of {min} bytes"),
+                );
                 default
             }
             Ok(Err(_)) => {
@@ -249,7 +252,10 @@ impl Validator<'_> {
             } else if let Some(&line) = seen.get(name.get_ref().as_str()) {
                 self.sink.error(
                     name.span(),
-                    format!("interface `{}` listed twice (first on line {line})", name.get_ref()),
+                    format!(
+                        "interface `{}` listed twice (first on line {line})",
+                        name.get_ref()
+                    ),
                 );
             } else {
                 seen.insert(name.get_ref(), self.line_of(&name.span()));
@@ -265,8 +271,10 @@ impl Validator<'_> {
             if Path::new(dir.get_ref()).is_absolute() {
                 agent.bpffs_dir = PathBuf::from(dir.get_ref());
             } else {
-                self.sink
-                    .error(dir.span(), "bpffs_dir must be an absolute path under a bpf filesystem");
+                self.sink.error(
+                    dir.span(),
+                    "bpffs_dir must be an absolute path under a bpf filesystem",
+                );
             }
         }
         if let Some(w) = &raw.workers {
@@ -319,7 +327,8 @@ impl Validator<'_> {
         for raw in raws {
             let name = raw.name.get_ref();
             if name.is_empty() {
-                self.sink.error(raw.name.span(), "pool name must not be empty");
+                self.sink
+                    .error(raw.name.span(), "pool name must not be empty");
                 continue;
             }
             if let Some(&line) = names.get(name) {
@@ -416,7 +425,10 @@ impl Validator<'_> {
             RawMonitorType::Tcp => {
                 for (key, span) in [
                     ("path", raw.path.as_ref().map(|p| p.span())),
-                    ("expect_status", raw.expect_status.as_ref().map(|e| e.span())),
+                    (
+                        "expect_status",
+                        raw.expect_status.as_ref().map(|e| e.span()),
+                    ),
                 ] {
                     if let Some(span) = span {
                         self.sink
@@ -458,7 +470,8 @@ impl Validator<'_> {
 
     fn status_set(&mut self, list: &Spanned<Vec<Spanned<IntOrStr>>>) -> StatusSet {
         if list.get_ref().is_empty() {
-            self.sink.error(list.span(), "expect_status must not be empty");
+            self.sink
+                .error(list.span(), "expect_status must not be empty");
             return StatusSet::default();
         }
         let mut ranges = Vec::new();
@@ -493,7 +506,9 @@ impl Validator<'_> {
             } else if let Some(&line) = names.get(&name) {
                 self.sink.error(
                     raw.name.span(),
-                    format!("duplicate virtual service name `{name}` (first defined on line {line})"),
+                    format!(
+                        "duplicate virtual service name `{name}` (first defined on line {line})"
+                    ),
                 );
             } else {
                 names.insert(name.clone(), self.line_of(&raw.name.span()));
@@ -503,7 +518,10 @@ impl Validator<'_> {
 
             let pool = pools.iter().find(|p| p.config.name == *raw.pool.get_ref());
             if pool.is_none() {
-                let known: Vec<_> = pools.iter().map(|p| format!("`{}`", p.config.name)).collect();
+                let known: Vec<_> = pools
+                    .iter()
+                    .map(|p| format!("`{}`", p.config.name))
+                    .collect();
                 let hint = if known.is_empty() {
                     "no pools are defined".to_string()
                 } else {
@@ -596,7 +614,11 @@ impl Validator<'_> {
 
             if let Some(l) = listen {
                 let key = (l, kind.ip_proto());
-                let proto = if kind == ServiceType::Udp { "udp" } else { "tcp" };
+                let proto = if kind == ServiceType::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                };
                 if let Some((other, line)) = listeners.get(&key) {
                     self.sink.error(
                         raw.listen.span(),
@@ -631,7 +653,10 @@ impl Validator<'_> {
             if kind != ServiceType::Http {
                 self.sink.error(
                     ds.span(),
-                    format!("DataScripts only run on http services, not {}", kind.as_str()),
+                    format!(
+                        "DataScripts only run on http services, not {}",
+                        kind.as_str()
+                    ),
                 );
                 continue;
             }
@@ -640,9 +665,10 @@ impl Validator<'_> {
                 (None, None) => self
                     .sink
                     .error(ds.span(), "datascript needs either `script` or `file`"),
-                (Some(_), Some(f)) => self
-                    .sink
-                    .error(f.span(), "datascript has both `script` and `file`; keep one"),
+                (Some(_), Some(f)) => self.sink.error(
+                    f.span(),
+                    "datascript has both `script` and `file`; keep one",
+                ),
                 (Some(s), None) => out.push(ScriptSource {
                     event: d.event,
                     name: format!("{vs}#{}", i + 1),
@@ -701,7 +727,9 @@ impl Validator<'_> {
         if !scheme_ok {
             self.sink.error(
                 raw.redis_url.span(),
-                format!("invalid redis_url `{url}`: expected redis://host:port, rediss:// or unix://"),
+                format!(
+                    "invalid redis_url `{url}`: expected redis://host:port, rediss:// or unix://"
+                ),
             );
         }
         let node = raw.node_id.get_ref();
@@ -759,7 +787,11 @@ fn parse_status_item(item: &IntOrStr) -> Result<(u16, u16), String> {
     match item {
         IntOrStr::Int(n) => code(*n).map(|c| (c, c)),
         IntOrStr::Str(s) => {
-            let bad = || format!("invalid status `{s}`: expected a code like 200 or a range like \"200-399\"");
+            let bad = || {
+                format!(
+                    "invalid status `{s}`: expected a code like 200 or a range like \"200-399\""
+                )
+            };
             let (lo, hi) = match s.split_once('-') {
                 Some((a, b)) => (a.trim(), b.trim()),
                 None => (s.trim(), s.trim()),
