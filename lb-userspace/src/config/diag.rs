@@ -141,16 +141,22 @@ impl<'a> Sink<'a> {
         self.text
     }
 
-    pub(crate) fn into_result<T>(mut self, value: T) -> Result<T, ConfigErrors> {
+    /// `value` if nothing was reported, else every diagnostic.
+    pub(crate) fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.diagnostics.is_empty() {
             Ok(value)
         } else {
-            self.diagnostics
-                .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-            self.diagnostics.dedup();
-            Err(ConfigErrors {
-                diagnostics: self.diagnostics,
-            })
+            Err(self.into_errors())
+        }
+    }
+
+    /// The diagnostics in file order.
+    pub(crate) fn into_errors(mut self) -> ConfigErrors {
+        self.diagnostics
+            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        self.diagnostics.dedup();
+        ConfigErrors {
+            diagnostics: self.diagnostics,
         }
     }
 }

@@ -27,7 +27,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         for e in &syntax_errors {
             sink.toml_error(e, 0..0);
         }
-        return sink.into_result(()).map(|()| unreachable_config(path));
+        return Err(sink.into_errors());
     }
 
     let mut raw = RawDoc::default();
@@ -65,18 +65,6 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         replication: replication.flatten(),
     };
     v.sink.into_result(config)
-}
-
-/// Only reached with a non-empty sink, which `into_result` turns into `Err`; a value is needed
-/// for the `Ok` type.
-fn unreachable_config(path: &Path) -> Config {
-    Config {
-        path: path.to_path_buf(),
-        agent: AgentConfig::default(),
-        pools: Vec::new(),
-        virtual_services: Vec::new(),
-        replication: None,
-    }
 }
 
 #[derive(Default)]
