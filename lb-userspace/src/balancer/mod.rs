@@ -1,1 +1,4 @@
 //! Pure load-balancing logic, testable without root: maglev table builder, pool algorithms, health state.
+
+pub mod algorithm;
+pub mod health;

@@ -1,0 +1,343 @@
+//! The validated configuration: resolved types, defaults applied, ready to use.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// File the configuration was read from (relative paths in it are resolved against its
+    /// directory).
+    pub path: PathBuf,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[[pool]]`, in file order.
+    pub pools: Vec<PoolConfig>,
+    /// `[[virtual_service]]`, in file order.
+    pub virtual_services: Vec<VirtualServiceConfig>,
+    /// `[replication]`; `None` keeps tables local to this host.
+    pub replication: Option<ReplicationConfig>,
+}
+
+impl Config {
+    /// The pool with this name.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The virtual service with this name.
+    pub fn virtual_service(&self, name: &str) -> Option<&VirtualServiceConfig> {
+        self.virtual_services.iter().find(|v| v.name == name)
+    }
+}
+
+/// Default admin API address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+/// Default bpffs directory for pinned maps and links.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/latch";
+
+/// `[agent]`: process-wide settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// NICs to attach the XDP program to (syntax checked here; existence by the dataplane).
+    pub interfaces: Vec<String>,
+    /// Admin REST API and /metrics. Default 127.0.0.1:9180.
+    pub admin_listen: SocketAddr,
+    /// Where maps and links are pinned. Default /sys/fs/bpf/latch.
+    pub bpffs_dir: PathBuf,
+    /// Proxy worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    /// File holding the bearer token the admin API requires for mutating calls (resolved
+    /// against the config file's directory).
+    pub admin_token_file: Option<PathBuf>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// `[agent.http]`: proxy limits.
+    pub http: HttpLimits,
+    /// `[agent.datascript]`: DataScript VM limits.
+    pub datascript: DataScriptLimits,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
+            workers: None,
+            admin_token_file: None,
+            log_format: LogFormat::Text,
+            http: HttpLimits::default(),
+            datascript: DataScriptLimits::default(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[agent.http]`: limits that protect the proxy from slow or abusive peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time a client has to send complete request headers. Default 10s.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this. Default 60s.
+    pub idle_timeout: Duration,
+    /// Time to establish an upstream TCP connection. Default 3s.
+    pub upstream_connect_timeout: Duration,
+    /// Time for the upstream to send response headers. Default 30s.
+    pub upstream_response_timeout: Duration,
+    /// Largest request head accepted (hyper's `max_buf_size`). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in a request. Default 100.
+    pub max_headers: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(3),
+            upstream_response_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// `[agent.datascript]`: limits that stop runaway scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataScriptLimits {
+    /// Lua instructions one event may run before the script is aborted. Default 1,000,000.
+    pub instruction_budget: u64,
+    /// Memory one Lua VM may allocate. Default 16 MiB.
+    pub memory_limit: usize,
+}
+
+impl Default for DataScriptLimits {
+    fn default() -> Self {
+        Self {
+            instruction_budget: 1_000_000,
+            memory_limit: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[[pool]]`: a named set of servers and how to choose among them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// Unique pool name (what `avi.pool.select` names).
+    pub name: String,
+    /// How the HTTP proxy picks a server. L4 services always use the kernel's maglev table.
+    pub algorithm: Algorithm,
+    /// Servers, in file order, never empty.
+    pub servers: Vec<SocketAddr>,
+    /// Active health checking; `None` means servers are always considered up.
+    pub health_monitor: Option<HealthMonitor>,
+}
+
+/// Server selection algorithm of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Each up server in turn.
+    RoundRobin,
+    /// The up server with the fewest requests in flight.
+    LeastConnections,
+    /// The same key goes to the same server while it is up; a leaving server moves only its keys.
+    ConsistentHash(HashKey),
+}
+
+/// What a consistent-hash pool hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The value of this request header.
+    Header(String),
+    /// The value of this request cookie.
+    Cookie(String),
+    /// The client's IP address (the default).
+    ClientIp,
+}
+
+/// `health_monitor = { ... }` of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthMonitor {
+    /// Probe kind.
+    pub kind: MonitorKind,
+    /// Time between probes of one server. Default 5s.
+    pub interval: Duration,
+    /// A probe not answered within this fails. Default 2s.
+    pub timeout: Duration,
+    /// Consecutive failures that take an up server down. Default 3.
+    pub fall: u32,
+    /// Consecutive successes that bring a down server up. Default 2.
+    pub rise: u32,
+}
+
+/// Probe kind of a health monitor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers with a status in `expect_status`.
+    Http {
+        /// Request path. Default "/".
+        path: String,
+        /// Accepted statuses. Default 200-399.
+        expect_status: StatusSet,
+    },
+}
+
+/// A set of HTTP status codes given as codes and inclusive ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusSet {
+    /// Inclusive ranges; a single code is a range of one.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+impl Default for StatusSet {
+    fn default() -> Self {
+        Self {
+            ranges: vec![(200, 399)],
+        }
+    }
+}
+
+impl StatusSet {
+    /// True when `status` is accepted.
+    pub fn contains(&self, status: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// Terminated by the agent's HTTP proxy; DataScripts run here.
+    Http,
+    /// Forwarded by XDP.
+    Tcp,
+    /// Forwarded by XDP.
+    Udp,
+}
+
+impl ServiceType {
+    /// The IP protocol on the wire (http runs on tcp), for listener clashes and kernel keys.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            ServiceType::Http | ServiceType::Tcp => lb_common::proto::TCP,
+            ServiceType::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    /// Config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Http => "http",
+            ServiceType::Tcp => "tcp",
+            ServiceType::Udp => "udp",
+        }
+    }
+}
+
+/// How XDP forwards to a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination rewrite; replies return through the load balancer.
+    #[default]
+    Nat,
+    /// MAC rewrite only; servers own the VIP and reply directly.
+    Dsr,
+}
+
+/// `[[virtual_service]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualServiceConfig {
+    /// Unique name (avi.vs.name, admin API, table namespace).
+    pub name: String,
+    /// VIP and port.
+    pub listen: SocketAddr,
+    /// Protocol.
+    pub kind: ServiceType,
+    /// Default pool.
+    pub pool: String,
+    /// Forwarding for L4 services and the HTTP fast path. Default nat.
+    pub forwarding: Forwarding,
+    /// Native client-IP persistence timeout (tcp and udp services only).
+    pub persistence: Option<Duration>,
+    /// Client-IP fast path from DataScript table entries (http services only).
+    pub fast_path: bool,
+    /// DataScripts in configured order (http services only).
+    pub datascripts: Vec<ScriptSource>,
+}
+
+impl VirtualServiceConfig {
+    /// Scripts of one event, in the order they run.
+    pub fn scripts(&self, event: ScriptEvent) -> impl Iterator<Item = &ScriptSource> {
+        self.datascripts.iter().filter(move |s| s.event == event)
+    }
+}
+
+/// DataScript event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum ScriptEvent {
+    /// After request headers, before the body.
+    #[serde(rename = "HTTP_REQ")]
+    HttpReq,
+    /// After response headers.
+    #[serde(rename = "HTTP_RESP")]
+    HttpResp,
+}
+
+/// A DataScript's text and where it came from, so Lua errors can be reported at the right
+/// place in the user's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptSource {
+    /// Event it runs on.
+    pub event: ScriptEvent,
+    /// Display name: the `file` value as written, or `<vs>#<n>` (n counts the VS's scripts
+    /// from 1) for inline scripts.
+    pub name: String,
+    /// Lua source.
+    pub text: String,
+    /// File that holds the text: the script file, or the config file for inline scripts.
+    pub origin_file: PathBuf,
+    /// Line of `origin_file` on which the script's line 1 is. Lua line N is at
+    /// `origin_file:(first_line + N - 1)`. Exact for literal strings (`'''`); a basic string
+    /// with `\n` escapes or line-ending backslashes shifts the mapping.
+    pub first_line: usize,
+}
+
+impl ScriptSource {
+    /// Line in `origin_file` of the script's line `lua_line` (1-based).
+    pub fn origin_line(&self, lua_line: usize) -> usize {
+        self.first_line + lua_line.saturating_sub(1)
+    }
+}
+
+/// `[replication]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `redis://`, `rediss://` or `unix://` URL.
+    pub redis_url: String,
+    /// This host's id; entries it publishes carry it so it ignores its own echoes.
+    pub node_id: String,
+    /// Time to (re)connect to Redis. Default 3s.
+    pub connect_timeout: Duration,
+    /// Time for one Redis command. Default 1s.
+    pub command_timeout: Duration,
+}

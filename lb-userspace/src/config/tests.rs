@@ -1,0 +1,838 @@
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const CFG: &str = "/etc/latch/latch.toml";
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new(CFG)) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn ok(text: &str) -> Config {
+    match parse(text, Path::new(CFG)) {
+        Ok(c) => c,
+        Err(e) => panic!("config refused:\n{e}"),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// A valid base; tests append to it. Its last line is line 12.
+const BASE: &str = r#"[agent]
+interfaces = ["lb-c", "lb-b"]
+
+[[pool]]
+name = "web"
+servers = ["192.0.2.11:8080", "192.0.2.12:8080"]
+
+[[virtual_service]]
+name = "shop"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "web"
+"#;
+
+fn with_base(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+#[test]
+fn base_is_valid_with_defaults() {
+    let c = ok(BASE);
+    assert_eq!(c.agent.interfaces, ["lb-c", "lb-b"]);
+    assert_eq!(c.agent.admin_listen, addr("127.0.0.1:9180"));
+    assert_eq!(c.agent.bpffs_dir, Path::new("/sys/fs/bpf/latch"));
+    assert_eq!(c.agent.workers, None);
+    assert_eq!(c.agent.log_format, LogFormat::Text);
+    assert_eq!(c.agent.http.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.agent.http.idle_timeout, Duration::from_secs(60));
+    assert_eq!(
+        c.agent.http.upstream_connect_timeout,
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        c.agent.http.upstream_response_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(c.agent.http.max_header_bytes, 16384);
+    assert_eq!(c.agent.http.max_headers, 100);
+    assert_eq!(c.agent.datascript.instruction_budget, 1_000_000);
+    assert_eq!(c.agent.datascript.memory_limit, 16 << 20);
+    let pool = c.pool("web").expect("pool web");
+    assert_eq!(pool.algorithm, Algorithm::RoundRobin);
+    assert_eq!(
+        pool.servers,
+        [addr("192.0.2.11:8080"), addr("192.0.2.12:8080")]
+    );
+    assert_eq!(pool.health_monitor, None);
+    let vs = c.virtual_service("shop").expect("vs shop");
+    assert_eq!(vs.listen, addr("198.51.100.10:80"));
+    assert_eq!(vs.kind, ServiceType::Http);
+    assert_eq!(vs.forwarding, Forwarding::Nat);
+    assert_eq!(vs.persistence, None);
+    assert!(!vs.fast_path);
+    assert!(vs.datascripts.is_empty());
+    assert_eq!(c.replication, None);
+}
+
+#[test]
+fn empty_file_is_a_valid_empty_config() {
+    let c = ok("");
+    assert!(c.pools.is_empty() && c.virtual_services.is_empty());
+    assert_eq!(c.agent, AgentConfig::default());
+}
+
+#[test]
+fn full_schema_resolves() {
+    let c = ok(r#"
+[agent]
+interfaces = ["eth0"]
+admin_listen = "127.0.0.1:9999"
+bpffs_dir = "/sys/fs/bpf/other"
+workers = 2
+admin_token_file = "token"
+log_format = "json"
+[agent.http]
+header_read_timeout = "5s"
+idle_timeout = "2m"
+upstream_connect_timeout = "300ms"
+upstream_response_timeout = "1m 30s"
+max_header_bytes = "32KiB"
+max_headers = 50
+[agent.datascript]
+instruction_budget = 5000
+memory_limit = 33554432
+
+[[pool]]
+name = "hash"
+algorithm = "consistent_hash"
+hash = { type = "cookie", name = "JSESSIONID" }
+servers = ["192.0.2.11:80"]
+health_monitor = { type = "http", path = "/healthz", expect_status = [200, "300-302"], interval = "2s", timeout = "1s", fall = 4, rise = 1 }
+
+[[pool]]
+name = "lc"
+algorithm = "least_connections"
+servers = ["192.0.2.12:80"]
+health_monitor = { type = "tcp" }
+
+[[virtual_service]]
+name = "l4"
+listen = "198.51.100.10:443"
+type = "tcp"
+pool = "lc"
+forwarding = "dsr"
+persistence = { type = "client_ip", timeout = "10m" }
+
+[[virtual_service]]
+name = "fast"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "hash"
+forwarding = "dsr"
+fast_path = "client_ip"
+
+[replication]
+redis_url = "redis://127.0.0.1:6379"
+node_id = "lb-1"
+command_timeout = "250ms"
+"#);
+    let a = &c.agent;
+    assert_eq!(a.admin_listen, addr("127.0.0.1:9999"));
+    assert_eq!(a.bpffs_dir, Path::new("/sys/fs/bpf/other"));
+    assert_eq!(a.workers, Some(2));
+    assert_eq!(
+        a.admin_token_file.as_deref(),
+        Some(Path::new("/etc/latch/token"))
+    );
+    assert_eq!(a.log_format, LogFormat::Json);
+    assert_eq!(a.http.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(a.http.idle_timeout, Duration::from_secs(120));
+    assert_eq!(a.http.upstream_connect_timeout, Duration::from_millis(300));
+    assert_eq!(a.http.upstream_response_timeout, Duration::from_secs(90));
+    assert_eq!(a.http.max_header_bytes, 32 * 1024);
+    assert_eq!(a.http.max_headers, 50);
+    assert_eq!(a.datascript.instruction_budget, 5000);
+    assert_eq!(a.datascript.memory_limit, 32 << 20);
+
+    let hash = c.pool("hash").expect("pool");
+    assert_eq!(
+        hash.algorithm,
+        Algorithm::ConsistentHash(HashKey::Cookie("JSESSIONID".into()))
+    );
+    let m = hash.health_monitor.as_ref().expect("monitor");
+    assert_eq!(
+        (m.interval, m.timeout, m.fall, m.rise),
+        (Duration::from_secs(2), Duration::from_secs(1), 4, 1)
+    );
+    let MonitorKind::Http {
+        path,
+        expect_status,
+    } = &m.kind
+    else {
+        panic!("http monitor expected, got {:?}", m.kind)
+    };
+    assert_eq!(path, "/healthz");
+    assert!(expect_status.contains(200) && expect_status.contains(301));
+    assert!(!expect_status.contains(204) && !expect_status.contains(303));
+
+    let lc = c.pool("lc").expect("pool");
+    assert_eq!(lc.algorithm, Algorithm::LeastConnections);
+    let m = lc.health_monitor.as_ref().expect("monitor");
+    assert_eq!(m.kind, MonitorKind::Tcp);
+    assert_eq!(
+        (m.interval, m.timeout, m.fall, m.rise),
+        (Duration::from_secs(5), Duration::from_secs(2), 3, 2)
+    );
+
+    let l4 = c.virtual_service("l4").expect("vs");
+    assert_eq!(
+        (l4.kind, l4.forwarding),
+        (ServiceType::Tcp, Forwarding::Dsr)
+    );
+    assert_eq!(l4.persistence, Some(Duration::from_secs(600)));
+    let fast = c.virtual_service("fast").expect("vs");
+    assert!(fast.fast_path);
+    assert_eq!(fast.forwarding, Forwarding::Dsr);
+
+    let r = c.replication.as_ref().expect("replication");
+    assert_eq!(r.node_id, "lb-1");
+    assert_eq!(r.connect_timeout, Duration::from_secs(3));
+    assert_eq!(r.command_timeout, Duration::from_millis(250));
+}
+
+#[test]
+fn default_expect_status_and_persistence_timeout() {
+    let c = ok(r#"
+[agent]
+interfaces = ["eth0"]
+[[pool]]
+name = "p"
+servers = ["192.0.2.11:80"]
+health_monitor = { type = "http" }
+[[virtual_service]]
+name = "u"
+listen = "198.51.100.10:53"
+type = "udp"
+pool = "p"
+persistence = { type = "client_ip" }
+"#);
+    let m = c.pools[0].health_monitor.as_ref().expect("monitor");
+    let MonitorKind::Http {
+        path,
+        expect_status,
+    } = &m.kind
+    else {
+        panic!("{:?}", m.kind)
+    };
+    assert_eq!(path, "/");
+    assert!(expect_status.contains(200) && expect_status.contains(399));
+    assert!(!expect_status.contains(199) && !expect_status.contains(400));
+    assert_eq!(
+        c.virtual_services[0].persistence,
+        Some(Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn toml_syntax_error() {
+    assert_eq!(
+        errors("[agent]\ninterfaces = [\"eth0\"\n"),
+        ["/etc/latch/latch.toml:2:21: unclosed array, expected `]`"]
+    );
+}
+
+#[test]
+fn unknown_keys_everywhere_are_all_reported() {
+    let text = r#"[agent]
+interfaces = ["eth0"]
+colour = "blue"
+
+[agent.http]
+idle = "1s"
+
+[[pool]]
+name = "web"
+servers = ["192.0.2.11:80"]
+weight = 3
+
+[[virtual_service]]
+name = "shop"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "web"
+persistance = { type = "client_ip" }
+
+[extra]
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 4, "{e:#?}");
+    // serde stops at the first problem of one section: `colour` hides `idle`.
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:3:1: unknown field `colour`"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("/etc/latch/latch.toml:11:1: unknown field `weight`"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with("/etc/latch/latch.toml:18:1: unknown field `persistance`"),
+        "{}",
+        e[2]
+    );
+    assert!(
+        e[3].starts_with("/etc/latch/latch.toml:20:2: unknown section `extra`"),
+        "{}",
+        e[3]
+    );
+    let e = errors("[extra]\n");
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:1:2: unknown section `extra`, expected one of `agent`, `pool`, `virtual_service`, `replication`"
+        ]
+    );
+}
+
+#[test]
+fn unknown_key_in_nested_table() {
+    let e = errors("[agent.http]\nidle = \"1s\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:2:1: unknown field `idle`"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn wrong_types() {
+    let e = errors(&with_base(
+        "\n[[pool]]\nname = \"p2\"\nservers = \"192.0.2.11:80\"\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:16:11: invalid type: string \"192.0.2.11:80\", expected a sequence"
+        ]
+    );
+    let e = errors("[agent]\nworkers = \"4\"\n");
+    assert_eq!(
+        e,
+        ["/etc/latch/latch.toml:2:11: invalid type: string \"4\", expected usize"]
+    );
+}
+
+#[test]
+fn wrong_enum_value() {
+    let e = errors(&BASE.replace("type = \"http\"", "type = \"sctp\""));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:11:8: unknown variant `sctp`, expected one of `http`, `tcp`, `udp`"
+        ]
+    );
+}
+
+#[test]
+fn missing_required_field() {
+    let e = errors("[[pool]]\nname = \"p\"\n");
+    assert_eq!(e, ["/etc/latch/latch.toml:1:1: missing field `servers`"]);
+}
+
+#[test]
+fn bad_durations_are_all_reported() {
+    let e = errors(
+        "[agent.http]\nidle_timeout = \"60\"\nheader_read_timeout = \"0s\"\nupstream_connect_timeout = \"3 parsecs\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:2:16: invalid duration `60`"),
+        "{}",
+        e[0]
+    );
+    assert_eq!(
+        e[1],
+        "/etc/latch/latch.toml:3:23: duration must be greater than zero"
+    );
+    assert!(
+        e[2].starts_with("/etc/latch/latch.toml:4:28: invalid duration `3 parsecs`"),
+        "{}",
+        e[2]
+    );
+}
+
+#[test]
+fn bad_addresses() {
+    let text = BASE
+        .replace("\"192.0.2.12:8080\"", "\"192.0.2.300:8080\"")
+        .replace("198.51.100.10:80", "198.51.100.10");
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:6:31: invalid server address `192.0.2.300:8080`"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("/etc/latch/latch.toml:10:10: invalid listen address `198.51.100.10`"),
+        "{}",
+        e[1]
+    );
+    let e = errors("[agent]\nadmin_listen = \"127.0.0.1:0\"\n");
+    assert_eq!(
+        e,
+        ["/etc/latch/latch.toml:2:16: admin_listen address `127.0.0.1:0` needs a non-zero port"]
+    );
+}
+
+#[test]
+fn dangling_pool_name() {
+    let e = errors(&BASE.replace("pool = \"web\"", "pool = \"wbe\""));
+    assert_eq!(
+        e,
+        ["/etc/latch/latch.toml:12:8: unknown pool `wbe` (known pools: `web`)"]
+    );
+}
+
+#[test]
+fn duplicate_listener_same_proto() {
+    let e = errors(&with_base(
+        "\n[[virtual_service]]\nname = \"raw\"\nlisten = \"198.51.100.10:80\"\ntype = \"tcp\"\npool = \"web\"\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:16:10: duplicate listener 198.51.100.10:80/tcp: already used by virtual service `shop` (line 10)"
+        ]
+    );
+    // The same address and port over udp is a different listener.
+    ok(&with_base(
+        "\n[[virtual_service]]\nname = \"dns\"\nlisten = \"198.51.100.10:80\"\ntype = \"udp\"\npool = \"web\"\n",
+    ));
+}
+
+#[test]
+fn duplicate_names() {
+    let text = with_base(
+        "\n[[pool]]\nname = \"web\"\nservers = [\"192.0.2.13:80\"]\n\n[[virtual_service]]\nname = \"shop\"\nlisten = \"198.51.100.11:80\"\ntype = \"http\"\npool = \"web\"\n",
+    );
+    let e = errors(&text);
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:15:8: duplicate pool name `web` (first defined on line 5)",
+            "/etc/latch/latch.toml:19:8: duplicate virtual service name `shop` (first defined on line 9)",
+        ]
+    );
+}
+
+#[test]
+fn fast_path_on_l4_is_refused() {
+    let e = errors(&BASE.replace(
+        "type = \"http\"",
+        "type = \"tcp\"\nfast_path = \"client_ip\"",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:12:13: fast_path only applies to http services"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn persistence_on_http_is_refused() {
+    let e = errors(&with_base(
+        "persistence = { type = \"client_ip\", timeout = \"5m\" }\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "/etc/latch/latch.toml:13:15: persistence applies to tcp and udp services"
+        ),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn forwarding_on_plain_http_is_refused() {
+    let e = errors(&with_base("forwarding = \"dsr\"\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:13:14: forwarding only applies"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn empty_pool() {
+    let e = errors(&BASE.replace(
+        "servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]",
+        "servers = []",
+    ));
+    assert_eq!(e, ["/etc/latch/latch.toml:6:11: pool `web` has no servers"]);
+}
+
+#[test]
+fn duplicate_server_in_pool() {
+    let e = errors(&BASE.replace("192.0.2.12:8080", "192.0.2.11:8080"));
+    assert_eq!(
+        e,
+        ["/etc/latch/latch.toml:6:31: server 192.0.2.11:8080 is listed twice in pool `web`"]
+    );
+}
+
+#[test]
+fn datascript_on_l4_is_refused() {
+    let text = BASE.replace("type = \"http\"", "type = \"tcp\"")
+        + "\n[[virtual_service.datascript]]\nevent = \"HTTP_REQ\"\nscript = \"x = 1\"\n";
+    let e = errors(&text);
+    assert_eq!(
+        e,
+        ["/etc/latch/latch.toml:14:1: DataScripts only run on http services, not tcp"]
+    );
+}
+
+#[test]
+fn datascript_needs_exactly_one_source() {
+    let text = with_base(
+        "\n[[virtual_service.datascript]]\nevent = \"HTTP_REQ\"\n\n[[virtual_service.datascript]]\nevent = \"HTTP_RESP\"\nscript = \"x = 1\"\nfile = \"x.lua\"\n",
+    );
+    let e = errors(&text);
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:14:1: datascript needs either `script` or `file`",
+            "/etc/latch/latch.toml:20:8: datascript has both `script` and `file`; keep one",
+        ]
+    );
+}
+
+#[test]
+fn missing_script_file_points_at_file_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("latch.toml");
+    let text = with_base(
+        "\n[[virtual_service.datascript]]\nevent = \"HTTP_REQ\"\nfile = \"scripts/nope.lua\"\n",
+    );
+    let e = match parse(&text, &cfg) {
+        Ok(_) => panic!("accepted a missing script file"),
+        Err(e) => e,
+    };
+    assert_eq!(e.len(), 1, "{e}");
+    let d = &e.diagnostics[0];
+    assert_eq!((d.file.as_path(), d.line, d.col), (cfg.as_path(), 16, 8));
+    let expected = format!(
+        "cannot read script file {}",
+        dir.path().join("scripts/nope.lua").display()
+    );
+    assert!(d.message.starts_with(&expected), "{}", d.message);
+}
+
+#[test]
+fn script_files_resolve_relative_to_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("scripts")).expect("mkdir");
+    let script = dir.path().join("scripts/req.lua");
+    std::fs::write(&script, "avi.vs.log('hi')\n").expect("write");
+    let cfg = dir.path().join("latch.toml");
+    let text = with_base(
+        "\n[[virtual_service.datascript]]\nevent = \"HTTP_REQ\"\nfile = \"scripts/req.lua\"\n",
+    );
+    std::fs::write(&cfg, &text).expect("write");
+    let c = load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let s = &c.virtual_services[0].datascripts[0];
+    assert_eq!(s.event, ScriptEvent::HttpReq);
+    assert_eq!(s.name, "scripts/req.lua");
+    assert_eq!(s.text, "avi.vs.log('hi')\n");
+    assert_eq!(s.origin_file, script);
+    assert_eq!(s.first_line, 1);
+}
+
+#[test]
+fn inline_scripts_know_their_config_line() {
+    let text = with_base(concat!(
+        "\n[[virtual_service.datascript]]\n",            // lines 13-14
+        "event = \"HTTP_RESP\"\n",                       // 15
+        "script = '''\n",                                // 16
+        "if avi.http.get_cookie(\"JSESSIONID\") then\n", // 17: Lua line 1
+        "  x = 1\n",
+        "end\n",
+        "'''\n",
+        "\n[[virtual_service.datascript]]\n",
+        "event = \"HTTP_REQ\"\n",     // 23
+        "script = 'avi.vs.log(1)'\n", // 24
+    ));
+    let c = ok(&text);
+    let vs = &c.virtual_services[0];
+    let [resp, req] = &vs.datascripts[..] else {
+        panic!("{:?}", vs.datascripts)
+    };
+    assert_eq!(resp.name, "shop#1");
+    assert_eq!(resp.event, ScriptEvent::HttpResp);
+    assert!(resp.text.starts_with("if avi.http"), "{:?}", resp.text);
+    assert_eq!(resp.origin_file, Path::new(CFG));
+    assert_eq!(resp.first_line, 17);
+    assert_eq!(resp.origin_line(3), 19);
+    assert_eq!((req.name.as_str(), req.first_line), ("shop#2", 24));
+    assert_eq!(vs.scripts(ScriptEvent::HttpReq).count(), 1);
+}
+
+#[test]
+fn interface_names_are_checked() {
+    let e = errors("[agent]\ninterfaces = [\"eth0\", \"a/b\", \"abcdefghijklmnop\", \"eth0\"]\n");
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:2:23: invalid interface name `a/b`: contains `/`, `:`, whitespace or NUL",
+            "/etc/latch/latch.toml:2:30: invalid interface name `abcdefghijklmnop`: longer than 15 bytes",
+            "/etc/latch/latch.toml:2:50: interface `eth0` listed twice (first on line 2)",
+        ]
+    );
+}
+
+#[test]
+fn l4_service_needs_interfaces_and_ipv4() {
+    let text = r#"[[pool]]
+name = "p"
+servers = ["[2001:db8::1]:80"]
+[[virtual_service]]
+name = "t"
+listen = "[2001:db8::10]:80"
+type = "tcp"
+pool = "p"
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:3:12: server [2001:db8::1]:80 is IPv6"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("/etc/latch/latch.toml:6:10: the XDP data plane supports IPv4"),
+        "{}",
+        e[1]
+    );
+    assert_eq!(
+        e[2],
+        "/etc/latch/latch.toml:7:8: this service is forwarded by XDP but [agent] interfaces is empty"
+    );
+}
+
+#[test]
+fn health_monitor_checks() {
+    let text = r#"[[pool]]
+name = "p"
+servers = ["192.0.2.11:80"]
+health_monitor = { type = "tcp", path = "/x", fall = 0 }
+[[pool]]
+name = "q"
+servers = ["192.0.2.11:80"]
+health_monitor = { type = "http", path = "healthz", expect_status = [200, "3xx", 700], interval = "soon" }
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 6, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "/etc/latch/latch.toml:4:41: `path` only applies to http monitors"
+    );
+    assert_eq!(e[1], "/etc/latch/latch.toml:4:54: fall must be at least 1");
+    assert_eq!(
+        e[2],
+        "/etc/latch/latch.toml:8:42: health monitor `path` must start with `/`"
+    );
+    assert!(
+        e[3].starts_with("/etc/latch/latch.toml:8:75: invalid status `3xx`"),
+        "{}",
+        e[3]
+    );
+    assert_eq!(
+        e[4],
+        "/etc/latch/latch.toml:8:82: HTTP status 700 is outside 100-599"
+    );
+    assert!(
+        e[5].starts_with("/etc/latch/latch.toml:8:99: invalid duration `soon`"),
+        "{}",
+        e[5]
+    );
+}
+
+#[test]
+fn hash_settings_are_checked() {
+    let text = r#"[[pool]]
+name = "p"
+algorithm = "consistent_hash"
+hash = { type = "header" }
+servers = ["192.0.2.11:80"]
+[[pool]]
+name = "q"
+hash = { type = "client_ip" }
+servers = ["192.0.2.11:80"]
+"#;
+    let e = errors(text);
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:4:17: hash types `header` and `cookie` need a `name`",
+            "/etc/latch/latch.toml:8:8: `hash` only applies to algorithm = \"consistent_hash\"",
+        ]
+    );
+    let c = ok(
+        "[[pool]]\nname = \"p\"\nalgorithm = \"consistent_hash\"\nservers = [\"192.0.2.11:80\"]\n",
+    );
+    assert_eq!(
+        c.pools[0].algorithm,
+        Algorithm::ConsistentHash(HashKey::ClientIp)
+    );
+}
+
+#[test]
+fn limits_are_checked() {
+    let e = errors(
+        "[agent.http]\nmax_header_bytes = \"4KiB\"\n[agent.datascript]\nmemory_limit = \"lots\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "/etc/latch/latch.toml:2:20: size 4096 is below the minimum of 8192 bytes"
+    );
+    assert!(
+        e[1].starts_with("/etc/latch/latch.toml:4:16: invalid size \"lots\""),
+        "{}",
+        e[1]
+    );
+}
+
+#[test]
+fn replication_checks() {
+    let e = errors("[replication]\nredis_url = \"http://x\"\nnode_id = \"lb 1\"\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:2:13: invalid redis_url `http://x`"),
+        "{}",
+        e[0]
+    );
+    assert_eq!(
+        e[1],
+        "/etc/latch/latch.toml:3:11: node_id must be non-empty and contain no whitespace"
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    // "é" is two bytes but one column.
+    let e = errors("[[pool]] # café\nname = \"é\"\nservers = [\"x\"]\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:3:12: invalid server address `x`"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn unreadable_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.toml");
+    let e = match load(&missing) {
+        Ok(_) => panic!("loaded a missing file"),
+        Err(e) => e,
+    };
+    let s = e.to_string();
+    assert!(
+        s.starts_with(&format!("{}: cannot read config", missing.display())),
+        "{s}"
+    );
+}
+
+#[test]
+fn diff_names_what_changed() {
+    let old = ok(r#"[agent]
+interfaces = ["eth0"]
+[[pool]]
+name = "a"
+servers = ["192.0.2.11:80"]
+[[pool]]
+name = "b"
+servers = ["192.0.2.12:80"]
+[[virtual_service]]
+name = "x"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "a"
+[[virtual_service]]
+name = "y"
+listen = "198.51.100.10:81"
+type = "tcp"
+pool = "b"
+"#);
+    assert!(diff(&old, &old).is_empty());
+
+    let new = ok(r#"[agent]
+interfaces = ["eth1"]
+[agent.http]
+idle_timeout = "5s"
+[[pool]]
+name = "a"
+servers = ["192.0.2.11:80", "192.0.2.13:80"]
+[[pool]]
+name = "c"
+servers = ["192.0.2.12:80"]
+[[virtual_service]]
+name = "x"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "a"
+[[virtual_service]]
+name = "z"
+listen = "198.51.100.10:82"
+type = "tcp"
+pool = "c"
+[replication]
+redis_url = "redis://127.0.0.1"
+node_id = "n"
+"#);
+    let d = diff(&old, &new);
+    assert_eq!(d.pools_added, ["c"]);
+    assert_eq!(d.pools_removed, ["b"]);
+    assert_eq!(d.pools_changed, ["a"]);
+    assert_eq!(d.services_added, ["z"]);
+    assert_eq!(d.services_removed, ["y"]);
+    assert!(d.services_changed.is_empty(), "{:?}", d.services_changed);
+    assert_eq!(d.restart_required, ["interfaces"]);
+    assert!(d.agent_changed);
+    assert!(d.replication_changed);
+
+    // A changed script changes its service.
+    let scripted = |body: &str| {
+        ok(&with_base(&format!(
+            "\n[[virtual_service.datascript]]\nevent = \"HTTP_REQ\"\nscript = '{body}'\n"
+        )))
+    };
+    let d = diff(&scripted("a = 1"), &scripted("a = 2"));
+    assert_eq!(d.services_changed, ["shop"]);
+    assert!(d.pools_changed.is_empty() && !d.agent_changed && d.restart_required.is_empty());
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for name in ["l4.toml", "jsession.toml"] {
+        let c = load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+        assert!(!c.virtual_services.is_empty(), "{name}");
+    }
+}

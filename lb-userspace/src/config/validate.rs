@@ -1,0 +1,795 @@
+//! From TOML text to a validated [`Config`], collecting every problem with its location.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::diag::{ConfigErrors, Diagnostic, Sink};
+use super::model::*;
+use super::raw::*;
+
+const TOP_LEVEL: &str = "`agent`, `pool`, `virtual_service`, `replication`";
+
+/// Default persistence timeout when `persistence.timeout` is omitted.
+const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
+
+pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let mut sink = Sink::new(path, text);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        // A partially parsed document would produce follow-on errors that only confuse.
+        for e in &syntax_errors {
+            sink.toml_error(e, 0..0);
+        }
+        return Err(sink.into_errors());
+    }
+
+    let mut raw = RawDoc::default();
+    for (key, value) in doc.get_ref() {
+        match key.get_ref().as_ref() {
+            "agent" => raw.agent = deserialize_one(&mut sink, value, "[agent]"),
+            "replication" => raw.replication = deserialize_one(&mut sink, value, "[replication]"),
+            "pool" => raw.pools = deserialize_array(&mut sink, value, "pool"),
+            "virtual_service" => {
+                raw.services = deserialize_array(&mut sink, value, "virtual_service")
+            }
+            other => sink.error(
+                key.span(),
+                format!("unknown section `{other}`, expected one of {TOP_LEVEL}"),
+            ),
+        }
+    }
+
+    let base_dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut v = Validator {
+        sink,
+        path,
+        base_dir,
+    };
+    let agent = v.agent(raw.agent.as_ref());
+    let pools = v.pools(&raw.pools);
+    let services = v.services(&raw.services, &pools, &agent);
+    let replication = raw.replication.as_ref().map(|r| v.replication(r));
+
+    let config = Config {
+        path: path.to_path_buf(),
+        agent,
+        pools: pools.into_iter().map(|p| p.config).collect(),
+        virtual_services: services,
+        replication: replication.flatten(),
+    };
+    v.sink.into_result(config)
+}
+
+#[derive(Default)]
+struct RawDoc {
+    agent: Option<RawAgent>,
+    pools: Vec<RawPool>,
+    services: Vec<RawVs>,
+    replication: Option<RawReplication>,
+}
+
+fn deserialize_one<T: for<'de> Deserialize<'de>>(
+    sink: &mut Sink<'_>,
+    value: &Spanned<DeValue<'_>>,
+    what: &str,
+) -> Option<T> {
+    if !value.get_ref().is_table() {
+        sink.error(value.span(), format!("{what} must be a table"));
+        return None;
+    }
+    match T::deserialize(ValueDeserializer::from(value.clone())) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            sink.toml_error(&e, value.span());
+            None
+        }
+    }
+}
+
+/// Deserializes each element on its own, so that a mistake in one pool does not hide the
+/// mistakes in the others.
+fn deserialize_array<T: for<'de> Deserialize<'de>>(
+    sink: &mut Sink<'_>,
+    value: &Spanned<DeValue<'_>>,
+    name: &str,
+) -> Vec<T> {
+    let Some(items) = value.get_ref().as_array() else {
+        sink.error(
+            value.span(),
+            format!("`{name}` must be an array of tables ([[{name}]])"),
+        );
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| deserialize_one(sink, item, &format!("each [[{name}]]")))
+        .collect()
+}
+
+/// A validated pool plus the locations later checks point at.
+struct PoolInfo {
+    config: PoolConfig,
+    servers_spans: Vec<Range<usize>>,
+}
+
+struct Validator<'a> {
+    sink: Sink<'a>,
+    path: &'a Path,
+    base_dir: PathBuf,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        self.sink.line_col(span.start).0
+    }
+
+    fn addr(&mut self, s: &SStr, what: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                self.sink.error(
+                    s.span(),
+                    format!("{what} `{}` needs a non-zero port", s.get_ref()),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.sink.error(
+                    s.span(),
+                    format!(
+                        "invalid {what} `{}`: expected ip:port, e.g. 192.0.2.11:8080 or [2001:db8::1]:80",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive duration, or `default` when absent. Errors leave the default in place so
+    /// validation carries on.
+    fn duration(&mut self, s: Option<&SStr>, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.sink
+                    .error(s.span(), "duration must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.sink.error(
+                    s.span(),
+                    format!(
+                        "invalid duration `{}`: {e}; expected e.g. \"2s\", \"300ms\", \"5m\"",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, s: Option<&Spanned<ByteSize>>, default: usize, min: usize) -> usize {
+        let Some(s) = s else { return default };
+        match s.get_ref().bytes().map(usize::try_from) {
+            Ok(Ok(n)) if n >= min => n,
+            Ok(Ok(n)) => {
+                self.sink.error(
+                    s.span(),
+                    format!("size {n} is below the minimum of {min} bytes"),
+                );
+                default
+            }
+            Ok(Err(_)) => {
+                self.sink.error(s.span(), "size too large");
+                default
+            }
+            Err(msg) => {
+                self.sink.error(s.span(), msg);
+                default
+            }
+        }
+    }
+
+    fn at_least<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        v: Option<&Spanned<T>>,
+        default: T,
+        min: T,
+        what: &str,
+    ) -> T {
+        match v {
+            None => default,
+            Some(v) if *v.get_ref() >= min => *v.get_ref(),
+            Some(v) => {
+                self.sink
+                    .error(v.span(), format!("{what} must be at least {min}"));
+                default
+            }
+        }
+    }
+
+    fn relative_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn agent(&mut self, raw: Option<&RawAgent>) -> AgentConfig {
+        let mut agent = AgentConfig::default();
+        let Some(raw) = raw else { return agent };
+
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for name in raw.interfaces.iter().flatten() {
+            if let Err(why) = check_ifname(name.get_ref()) {
+                self.sink.error(
+                    name.span(),
+                    format!("invalid interface name `{}`: {why}", name.get_ref()),
+                );
+            } else if let Some(&line) = seen.get(name.get_ref().as_str()) {
+                self.sink.error(
+                    name.span(),
+                    format!(
+                        "interface `{}` listed twice (first on line {line})",
+                        name.get_ref()
+                    ),
+                );
+            } else {
+                seen.insert(name.get_ref(), self.line_of(&name.span()));
+                agent.interfaces.push(name.get_ref().clone());
+            }
+        }
+        if let Some(a) = &raw.admin_listen
+            && let Some(addr) = self.addr(a, "admin_listen address")
+        {
+            agent.admin_listen = addr;
+        }
+        if let Some(dir) = &raw.bpffs_dir {
+            if Path::new(dir.get_ref()).is_absolute() {
+                agent.bpffs_dir = PathBuf::from(dir.get_ref());
+            } else {
+                self.sink.error(
+                    dir.span(),
+                    "bpffs_dir must be an absolute path under a bpf filesystem",
+                );
+            }
+        }
+        if let Some(w) = &raw.workers {
+            agent.workers = Some(self.at_least(Some(w), 1, 1, "workers"));
+        }
+        if let Some(f) = &raw.admin_token_file {
+            agent.admin_token_file = Some(self.relative_path(f.get_ref()));
+        }
+        if let Some(f) = raw.log_format {
+            agent.log_format = f;
+        }
+        if let Some(h) = &raw.http {
+            let d = HttpLimits::default();
+            agent.http = HttpLimits {
+                header_read_timeout: self
+                    .duration(h.header_read_timeout.as_ref(), d.header_read_timeout),
+                idle_timeout: self.duration(h.idle_timeout.as_ref(), d.idle_timeout),
+                upstream_connect_timeout: self.duration(
+                    h.upstream_connect_timeout.as_ref(),
+                    d.upstream_connect_timeout,
+                ),
+                upstream_response_timeout: self.duration(
+                    h.upstream_response_timeout.as_ref(),
+                    d.upstream_response_timeout,
+                ),
+                // hyper refuses (panics on) a read buffer below 8 KiB.
+                max_header_bytes: self.size(h.max_header_bytes.as_ref(), d.max_header_bytes, 8192),
+                max_headers: self.at_least(h.max_headers.as_ref(), d.max_headers, 1, "max_headers"),
+            };
+        }
+        if let Some(ds) = &raw.datascript {
+            let d = DataScriptLimits::default();
+            agent.datascript = DataScriptLimits {
+                instruction_budget: self.at_least(
+                    ds.instruction_budget.as_ref(),
+                    d.instruction_budget,
+                    1000,
+                    "instruction_budget",
+                ),
+                // LuaJIT needs some room for its own state and the avi.* API tables.
+                memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
+            };
+        }
+        agent
+    }
+
+    fn pools(&mut self, raws: &[RawPool]) -> Vec<PoolInfo> {
+        let mut out: Vec<PoolInfo> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for raw in raws {
+            let name = raw.name.get_ref();
+            if name.is_empty() {
+                self.sink
+                    .error(raw.name.span(), "pool name must not be empty");
+                continue;
+            }
+            if let Some(&line) = names.get(name) {
+                self.sink.error(
+                    raw.name.span(),
+                    format!("duplicate pool name `{name}` (first defined on line {line})"),
+                );
+                continue;
+            }
+            names.insert(name.clone(), self.line_of(&raw.name.span()));
+
+            let algorithm = self.algorithm(raw);
+
+            let mut servers = Vec::new();
+            let mut spans = Vec::new();
+            if raw.servers.get_ref().is_empty() {
+                self.sink
+                    .error(raw.servers.span(), format!("pool `{name}` has no servers"));
+            }
+            for s in raw.servers.get_ref() {
+                if let Some(addr) = self.addr(s, "server address") {
+                    if servers.contains(&addr) {
+                        self.sink.error(
+                            s.span(),
+                            format!("server {addr} is listed twice in pool `{name}`"),
+                        );
+                    } else {
+                        servers.push(addr);
+                        spans.push(s.span());
+                    }
+                }
+            }
+            let health_monitor = raw.health_monitor.as_ref().map(|m| self.monitor(m));
+            out.push(PoolInfo {
+                config: PoolConfig {
+                    name: name.clone(),
+                    algorithm,
+                    servers,
+                    health_monitor,
+                },
+                servers_spans: spans,
+            });
+        }
+        out
+    }
+
+    fn algorithm(&mut self, raw: &RawPool) -> Algorithm {
+        let alg = raw
+            .algorithm
+            .as_ref()
+            .map(|a| *a.get_ref())
+            .unwrap_or(RawAlgorithm::RoundRobin);
+        match (alg, &raw.hash) {
+            (RawAlgorithm::ConsistentHash, None) => Algorithm::ConsistentHash(HashKey::ClientIp),
+            (RawAlgorithm::ConsistentHash, Some(h)) => {
+                let h = h.get_ref();
+                let key = match (*h.kind.get_ref(), &h.name) {
+                    (RawHashType::ClientIp, None) => HashKey::ClientIp,
+                    (RawHashType::ClientIp, Some(n)) => {
+                        self.sink
+                            .error(n.span(), "hash type `client_ip` takes no `name`");
+                        HashKey::ClientIp
+                    }
+                    (RawHashType::Header | RawHashType::Cookie, None) => {
+                        self.sink.error(
+                            h.kind.span(),
+                            "hash types `header` and `cookie` need a `name`",
+                        );
+                        HashKey::ClientIp
+                    }
+                    (_, Some(n)) if n.get_ref().is_empty() => {
+                        self.sink.error(n.span(), "hash `name` must not be empty");
+                        HashKey::ClientIp
+                    }
+                    (RawHashType::Header, Some(n)) => HashKey::Header(n.get_ref().clone()),
+                    (RawHashType::Cookie, Some(n)) => HashKey::Cookie(n.get_ref().clone()),
+                };
+                Algorithm::ConsistentHash(key)
+            }
+            (other, Some(h)) => {
+                self.sink.error(
+                    h.span(),
+                    "`hash` only applies to algorithm = \"consistent_hash\"",
+                );
+                plain_algorithm(other)
+            }
+            (other, None) => plain_algorithm(other),
+        }
+    }
+
+    fn monitor(&mut self, m: &Spanned<RawMonitor>) -> HealthMonitor {
+        let raw = m.get_ref();
+        let kind = match raw.kind.get_ref() {
+            RawMonitorType::Tcp => {
+                for (key, span) in [
+                    ("path", raw.path.as_ref().map(|p| p.span())),
+                    (
+                        "expect_status",
+                        raw.expect_status.as_ref().map(|e| e.span()),
+                    ),
+                ] {
+                    if let Some(span) = span {
+                        self.sink
+                            .error(span, format!("`{key}` only applies to http monitors"));
+                    }
+                }
+                MonitorKind::Tcp
+            }
+            RawMonitorType::Http => {
+                let path = match &raw.path {
+                    None => "/".to_string(),
+                    Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+                    Some(p) => {
+                        self.sink
+                            .error(p.span(), "health monitor `path` must start with `/`");
+                        "/".to_string()
+                    }
+                };
+                let expect_status = match &raw.expect_status {
+                    None => StatusSet::default(),
+                    Some(list) => self.status_set(list),
+                };
+                MonitorKind::Http {
+                    path,
+                    expect_status,
+                }
+            }
+        };
+        let interval = self.duration(raw.interval.as_ref(), Duration::from_secs(5));
+        let timeout = self.duration(raw.timeout.as_ref(), Duration::from_secs(2));
+        HealthMonitor {
+            kind,
+            interval,
+            timeout,
+            fall: self.at_least(raw.fall.as_ref(), 3, 1, "fall"),
+            rise: self.at_least(raw.rise.as_ref(), 2, 1, "rise"),
+        }
+    }
+
+    fn status_set(&mut self, list: &Spanned<Vec<Spanned<IntOrStr>>>) -> StatusSet {
+        if list.get_ref().is_empty() {
+            self.sink
+                .error(list.span(), "expect_status must not be empty");
+            return StatusSet::default();
+        }
+        let mut ranges = Vec::new();
+        for item in list.get_ref() {
+            match parse_status_item(item.get_ref()) {
+                Ok(r) => ranges.push(r),
+                Err(msg) => self.sink.error(item.span(), msg),
+            }
+        }
+        if ranges.is_empty() {
+            StatusSet::default()
+        } else {
+            StatusSet { ranges }
+        }
+    }
+
+    fn services(
+        &mut self,
+        raws: &[RawVs],
+        pools: &[PoolInfo],
+        agent: &AgentConfig,
+    ) -> Vec<VirtualServiceConfig> {
+        let mut out = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut listeners: HashMap<(SocketAddr, u8), (String, usize)> = HashMap::new();
+        let mut kernel_services = 0usize;
+        for raw in raws {
+            let name = raw.name.get_ref().clone();
+            if name.is_empty() {
+                self.sink
+                    .error(raw.name.span(), "virtual service name must not be empty");
+            } else if let Some(&line) = names.get(&name) {
+                self.sink.error(
+                    raw.name.span(),
+                    format!(
+                        "duplicate virtual service name `{name}` (first defined on line {line})"
+                    ),
+                );
+            } else {
+                names.insert(name.clone(), self.line_of(&raw.name.span()));
+            }
+            let kind = *raw.kind.get_ref();
+            let listen = self.addr(&raw.listen, "listen address");
+
+            let pool = pools.iter().find(|p| p.config.name == *raw.pool.get_ref());
+            if pool.is_none() {
+                let known: Vec<_> = pools
+                    .iter()
+                    .map(|p| format!("`{}`", p.config.name))
+                    .collect();
+                let hint = if known.is_empty() {
+                    "no pools are defined".to_string()
+                } else {
+                    format!("known pools: {}", known.join(", "))
+                };
+                self.sink.error(
+                    raw.pool.span(),
+                    format!("unknown pool `{}` ({hint})", raw.pool.get_ref()),
+                );
+            }
+
+            // fast_path and persistence
+            let fast_path = match &raw.fast_path {
+                Some(fp) if kind != ServiceType::Http => {
+                    self.sink.error(
+                        fp.span(),
+                        format!(
+                            "fast_path only applies to http services; {} services are already forwarded by XDP (use `persistence` for client-IP stickiness)",
+                            kind.as_str()
+                        ),
+                    );
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            let persistence = match &raw.persistence {
+                Some(p) if kind == ServiceType::Http => {
+                    self.sink.error(
+                        p.span(),
+                        "persistence applies to tcp and udp services; for http use a DataScript table, optionally with fast_path = \"client_ip\"",
+                    );
+                    None
+                }
+                Some(p) => Some(self.duration(p.get_ref().timeout.as_ref(), DEFAULT_PERSISTENCE)),
+                None => None,
+            };
+            let forwarding = match &raw.forwarding {
+                Some(f) if kind == ServiceType::Http && !fast_path => {
+                    self.sink.error(
+                        f.span(),
+                        "forwarding only applies to tcp/udp services and to http services with fast_path",
+                    );
+                    Forwarding::Nat
+                }
+                Some(f) => *f.get_ref(),
+                None => Forwarding::Nat,
+            };
+
+            // The XDP data plane handles these; it speaks IPv4 only for now.
+            let in_kernel = kind != ServiceType::Http || fast_path;
+            if in_kernel {
+                kernel_services += 1;
+                if kernel_services == lb_common::MAX_SERVICES as usize {
+                    self.sink.error(
+                        raw.name.span(),
+                        format!(
+                            "too many tcp/udp/fast-path services: the data plane holds at most {}",
+                            lb_common::MAX_SERVICES - 1
+                        ),
+                    );
+                }
+                if agent.interfaces.is_empty() {
+                    self.sink.error(
+                        raw.kind.span(),
+                        "this service is forwarded by XDP but [agent] interfaces is empty",
+                    );
+                }
+                if let Some(l) = listen
+                    && !l.is_ipv4()
+                {
+                    self.sink.error(
+                        raw.listen.span(),
+                        "the XDP data plane supports IPv4 listen addresses only (IPv6 is planned)",
+                    );
+                }
+                if let Some(p) = pool {
+                    for (addr, span) in p.config.servers.iter().zip(&p.servers_spans) {
+                        if !addr.is_ipv4() {
+                            self.sink.error(
+                                span.clone(),
+                                format!(
+                                    "server {addr} is IPv6, but virtual service `{name}` forwards to this pool with XDP, which supports IPv4 only"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+
+            if let Some(l) = listen {
+                let key = (l, kind.ip_proto());
+                let proto = if kind == ServiceType::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                if let Some((other, line)) = listeners.get(&key) {
+                    self.sink.error(
+                        raw.listen.span(),
+                        format!(
+                            "duplicate listener {l}/{proto}: already used by virtual service `{other}` (line {line})"
+                        ),
+                    );
+                } else {
+                    listeners.insert(key, (name.clone(), self.line_of(&raw.listen.span())));
+                }
+            }
+
+            let datascripts = self.datascripts(raw, kind, &name);
+
+            out.push(VirtualServiceConfig {
+                name,
+                listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                kind,
+                pool: raw.pool.get_ref().clone(),
+                forwarding,
+                persistence,
+                fast_path,
+                datascripts,
+            });
+        }
+        out
+    }
+
+    fn datascripts(&mut self, raw: &RawVs, kind: ServiceType, vs: &str) -> Vec<ScriptSource> {
+        let mut out = Vec::new();
+        for (i, ds) in raw.datascript.iter().enumerate() {
+            if kind != ServiceType::Http {
+                self.sink.error(
+                    ds.span(),
+                    format!(
+                        "DataScripts only run on http services, not {}",
+                        kind.as_str()
+                    ),
+                );
+                continue;
+            }
+            let d = ds.get_ref();
+            match (&d.script, &d.file) {
+                (None, None) => self
+                    .sink
+                    .error(ds.span(), "datascript needs either `script` or `file`"),
+                (Some(_), Some(f)) => self.sink.error(
+                    f.span(),
+                    "datascript has both `script` and `file`; keep one",
+                ),
+                (Some(s), None) => out.push(ScriptSource {
+                    event: d.event,
+                    name: format!("{vs}#{}", i + 1),
+                    text: s.get_ref().clone(),
+                    origin_file: self.path.to_path_buf(),
+                    first_line: self.string_first_line(&s.span()),
+                }),
+                (None, Some(f)) => {
+                    let file = self.relative_path(f.get_ref());
+                    match std::fs::read(&file) {
+                        Ok(bytes) => match String::from_utf8(bytes) {
+                            Ok(text) => out.push(ScriptSource {
+                                event: d.event,
+                                name: f.get_ref().clone(),
+                                text,
+                                origin_file: file,
+                                first_line: 1,
+                            }),
+                            Err(_) => self.sink.push(Diagnostic {
+                                file,
+                                line: 0,
+                                col: 0,
+                                message: "script file is not valid UTF-8".to_string(),
+                            }),
+                        },
+                        Err(e) => self.sink.error(
+                            f.span(),
+                            format!("cannot read script file {}: {e}", file.display()),
+                        ),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Line of the config file on which a string value's content starts: TOML drops a newline
+    /// right after an opening `'''` or `"""`.
+    fn string_first_line(&self, span: &Range<usize>) -> usize {
+        let line = self.line_of(span);
+        let rest = self.sink.text().get(span.start..).unwrap_or("");
+        let after_delim = rest
+            .strip_prefix("'''")
+            .or_else(|| rest.strip_prefix("\"\"\""));
+        match after_delim {
+            Some(r) if r.starts_with('\n') || r.starts_with("\r\n") => line + 1,
+            _ => line,
+        }
+    }
+
+    fn replication(&mut self, raw: &RawReplication) -> Option<ReplicationConfig> {
+        let url = raw.redis_url.get_ref();
+        let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if !scheme_ok {
+            self.sink.error(
+                raw.redis_url.span(),
+                format!(
+                    "invalid redis_url `{url}`: expected redis://host:port, rediss:// or unix://"
+                ),
+            );
+        }
+        let node = raw.node_id.get_ref();
+        if node.is_empty() || node.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.sink.error(
+                raw.node_id.span(),
+                "node_id must be non-empty and contain no whitespace",
+            );
+        }
+        Some(ReplicationConfig {
+            redis_url: url.clone(),
+            node_id: node.clone(),
+            connect_timeout: self.duration(raw.connect_timeout.as_ref(), Duration::from_secs(3)),
+            command_timeout: self.duration(raw.command_timeout.as_ref(), Duration::from_secs(1)),
+        })
+    }
+}
+
+fn plain_algorithm(a: RawAlgorithm) -> Algorithm {
+    match a {
+        RawAlgorithm::RoundRobin => Algorithm::RoundRobin,
+        RawAlgorithm::LeastConnections => Algorithm::LeastConnections,
+        RawAlgorithm::ConsistentHash => Algorithm::ConsistentHash(HashKey::ClientIp),
+    }
+}
+
+/// Linux's `dev_valid_name`: what the kernel accepts as an interface name.
+fn check_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > 15 {
+        return Err("longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are reserved");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        return Err("contains `/`, `:`, whitespace or NUL");
+    }
+    Ok(())
+}
+
+/// `200`, `"204"` or `"200-299"`.
+fn parse_status_item(item: &IntOrStr) -> Result<(u16, u16), String> {
+    let code = |n: i64| -> Result<u16, String> {
+        u16::try_from(n)
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("HTTP status {n} is outside 100-599"))
+    };
+    match item {
+        IntOrStr::Int(n) => code(*n).map(|c| (c, c)),
+        IntOrStr::Str(s) => {
+            let bad = || {
+                format!(
+                    "invalid status `{s}`: expected a code like 200 or a range like \"200-399\""
+                )
+            };
+            let (lo, hi) = match s.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (s.trim(), s.trim()),
+            };
+            let lo = code(lo.parse().map_err(|_| bad())?)?;
+            let hi = code(hi.parse().map_err(|_| bad())?)?;
+            if lo > hi {
+                return Err(bad());
+            }
+            Ok((lo, hi))
+        }
+    }
+}
