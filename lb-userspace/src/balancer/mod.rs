@@ -1,1 +1,3 @@
 //! Pure load-balancing logic, testable without root: maglev table builder, pool algorithms, health state.
+
+pub mod maglev;
