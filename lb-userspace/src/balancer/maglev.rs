@@ -245,10 +245,13 @@ mod tests {
         reversed.reverse();
         assert_eq!(t1, build_table(&reversed, M));
         // The table is a contract between hosts and agent versions: pin a fingerprint.
-        let fingerprint = t1
-            .iter()
-            .fold(0u64, |h, &id| h.wrapping_mul(31).wrapping_add(u64::from(id)));
-        assert_eq!(fingerprint, GOLDEN_FINGERPRINT_17, "maglev placement changed");
+        let fingerprint = t1.iter().fold(0u64, |h, &id| {
+            h.wrapping_mul(31).wrapping_add(u64::from(id))
+        });
+        assert_eq!(
+            fingerprint, GOLDEN_FINGERPRINT_17,
+            "maglev placement changed"
+        );
     }
 
     #[test]
