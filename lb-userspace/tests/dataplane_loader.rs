@@ -532,7 +532,6 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     });
     assert_eq!(modes[0].mode, AttachMode::Replaced);
     assert_eq!(ns.xdp_prog(&ns.a), None, "detached when no longer listed");
-    let _ = first;
 
     // Attach again and check the program id changes across agents without a gap.
     let (d3, a3) = (d.clone(), a.clone());

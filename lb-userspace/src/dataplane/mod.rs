@@ -737,9 +737,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dataplane_is_send() {
-        fn assert_send<T: Send>() {}
-        assert_send::<Dataplane>();
+    fn dataplane_is_send_and_sync() {
+        // The agent shares it between the reload task and the API (pins, stats).
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Dataplane>();
     }
 
     #[test]
