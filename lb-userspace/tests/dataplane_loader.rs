@@ -515,8 +515,7 @@ fn attach_survives_restart_replaces_program_and_detaches() {
         AttachMode::Driver,
         "veth supports native XDP"
     );
-    let first = ns
-        .xdp_prog(&ns.a)
+    ns.xdp_prog(&ns.a)
         .expect("attached, and still after the agent dropped");
     assert!(versioned_dir(&d).join("links").join(&ns.a).exists());
     assert_eq!(ns.xdp_prog(&ns.b), None, "peer untouched");
