@@ -2,3 +2,4 @@
 
 pub mod algorithm;
 pub mod health;
+pub mod maglev;

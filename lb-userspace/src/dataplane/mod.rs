@@ -1,1 +1,806 @@
 //! The only code that touches aya: load, pin, attach the XDP program and program its maps.
+//!
+//! Everything the agent wants kept across restarts lives in bpffs under
+//! `<bpffs_dir>/v<LAYOUT_VERSION>/`: the maps (pinned by the loader), the XDP links
+//! (`links/<ifname>`) and a layout manifest. A restarted agent adopts all of it, so L4 traffic
+//! never notices the restart. The decisions (`plan`) are pure; `maps` and `attach` are the thin
+//! layer that executes them.
+
+mod attach;
+mod error;
+mod maps;
+pub mod plan;
+
+use std::{
+    fmt,
+    fs::File,
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{ProgramError, Xdp},
+};
+use lb_common::{
+    Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
+};
+
+pub use attach::{AttachMode, Attached};
+pub use error::DataplaneError;
+pub use maps::versioned_dir;
+pub use plan::PlanError;
+
+/// Name of the XDP entry point in the lb-ebpf object.
+pub const PROGRAM_NAME: &str = "latch_xdp";
+
+/// Where `open` mounts bpffs when the pin directory lies under it and it is not mounted.
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn xdp_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"))
+}
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => lb_common::proto::TCP,
+            Proto::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    /// From an IP protocol number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::proto::TCP => Some(Proto::Tcp),
+            lb_common::proto::UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// How packets reach the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Destination address/port rewrite; replies come back through the balancer.
+    Nat,
+    /// MAC rewrite only; backends own the VIP and reply directly.
+    Dsr,
+}
+
+/// What the XDP program does with a service's packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Forwarded in XDP.
+    L4,
+    /// Passed to the local proxy, except pinned clients when `fast_path` is on.
+    Http {
+        /// Client-IP fast path enabled.
+        fast_path: bool,
+    },
+}
+
+/// Desired data-plane contents: the agent maps its config into this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneSpec {
+    /// Virtual services.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One virtual service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Virtual port.
+    pub port: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// NAT or DSR.
+    pub forwarding: Forwarding,
+    /// L4 or HTTP.
+    pub kind: ServiceKind,
+    /// Native client-IP persistence timeout (L4 services only; the proxy handles HTTP).
+    pub persistence_ttl: Option<Duration>,
+    /// Pool members.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// One pool member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Address and port packets are sent to.
+    pub addr: SocketAddrV4,
+    /// Health: down backends keep their id but get no new flows, and their established
+    /// flows are dropped by XDP.
+    pub up: bool,
+}
+
+/// One global counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalCounter {
+    /// Index in the STATS map ([`lb_common::stat`]).
+    pub index: u32,
+    /// Metric-friendly name.
+    pub name: &'static str,
+    /// Sum over CPUs.
+    pub value: u64,
+}
+
+/// Counters of one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Virtual port.
+    pub port: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// Sums over CPUs.
+    pub counters: TrafficCounters,
+}
+
+/// Counters of one backend (shared by every service that uses the address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendCounters {
+    /// Backend address.
+    pub addr: SocketAddrV4,
+    /// Sums over CPUs.
+    pub counters: TrafficCounters,
+}
+
+/// Snapshot of every counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneStats {
+    /// Per-path counters.
+    pub global: Vec<GlobalCounter>,
+    /// Per programmed service.
+    pub services: Vec<ServiceCounters>,
+    /// Per programmed backend.
+    pub backends: Vec<BackendCounters>,
+}
+
+/// Names of the global counters, by [`lb_common::stat`] index.
+pub const GLOBAL_COUNTERS: [(u32, &str); 15] = [
+    (stat::PASS_NOT_VIP, "pass_not_vip"),
+    (stat::PASS_MALFORMED, "pass_malformed"),
+    (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
+    (stat::PASS_TO_PROXY, "pass_to_proxy"),
+    (stat::CONNTRACK_HIT, "conntrack_hit"),
+    (stat::NEW_FLOW_MAGLEV, "new_flow_maglev"),
+    (stat::PERSIST_HIT, "persist_hit"),
+    (stat::PERSIST_EXPIRED, "persist_expired"),
+    (stat::REPLY_NAT, "reply_nat"),
+    (stat::DROP_NO_BACKEND, "drop_no_backend"),
+    (stat::PASS_FIB_MISS, "pass_fib_miss"),
+    (stat::VERDICT_TX, "verdict_tx"),
+    (stat::VERDICT_REDIRECT, "verdict_redirect"),
+    (stat::PASS_NO_FLOW, "pass_no_flow"),
+    (stat::FAST_PATH, "fast_path"),
+];
+
+/// What `teardown` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// Interfaces whose pinned XDP link was removed (which detaches the program).
+    pub links_detached: Vec<String>,
+    /// Other pinned objects removed (maps, manifest).
+    pub pins_removed: usize,
+    /// The pin directory existed and is gone.
+    pub removed_dir: bool,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, used for every expiry.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+fn nearest_existing(path: &Path) -> &Path {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    p
+}
+
+/// Makes sure `dir` is (or will be, once created) on bpffs, mounting bpffs at /sys/fs/bpf
+/// when the directory lies under it, as systemd would have done on most distributions.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let probe = nearest_existing(dir);
+    if is_bpffs(probe).unwrap_or(false) {
+        return Ok(());
+    }
+    let default = Path::new(DEFAULT_BPFFS);
+    if dir.starts_with(default) && !is_bpffs(default).unwrap_or(false) {
+        tracing::warn!(
+            "{DEFAULT_BPFFS} is not a BPF filesystem; mounting one (mount -t bpf bpf {DEFAULT_BPFFS})"
+        );
+        // SAFETY: all arguments are valid NUL-terminated strings; data may be null.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(DataplaneError::MountBpffs {
+                source: io::Error::last_os_error(),
+            });
+        }
+        if is_bpffs(nearest_existing(dir)).unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    Err(DataplaneError::BpffsNotMounted {
+        dir: dir.to_owned(),
+    })
+}
+
+/// Exclusive, non-blocking flock on the pin directory itself: bpffs holds no regular files,
+/// but directories can be locked, and the lock dies with the process.
+fn lock_dir(dir: &Path) -> Result<File, DataplaneError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| DataplaneError::io("opening", dir, e))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DataplaneError::AlreadyRunning {
+                dir: dir.to_owned(),
+            });
+        }
+        return Err(DataplaneError::io("locking", dir, e));
+    }
+    Ok(f)
+}
+
+fn program_error(e: ProgramError, action: &str) -> DataplaneError {
+    DataplaneError::or_permission(&e, action).unwrap_or_else(|| DataplaneError::Program {
+        source: Box::new(e),
+    })
+}
+
+/// The loaded XDP object, its pinned maps, and what the agent knows they contain.
+pub struct Dataplane {
+    root: PathBuf,
+    vdir: PathBuf,
+    adopted: bool,
+    maps: maps::Maps,
+    ebpf: aya::Ebpf,
+    state: plan::State,
+    // Last: released after every kernel handle is closed.
+    _lock: File,
+}
+
+impl fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("dir", &self.vdir)
+            .field("adopted", &self.adopted)
+            .field("services", &self.state.services.len())
+            .field("backends", &self.state.backend_ids.len())
+            .finish()
+    }
+}
+
+impl Dataplane {
+    /// Loads the XDP object, creating its maps or adopting the ones pinned under
+    /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
+    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
+    pub fn open(bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+        ensure_bpffs(bpffs_dir)?;
+        std::fs::create_dir_all(bpffs_dir)
+            .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
+        let lock = lock_dir(bpffs_dir)?;
+        let vdir = versioned_dir(bpffs_dir);
+        std::fs::create_dir_all(&vdir).map_err(|e| DataplaneError::io("creating", &vdir, e))?;
+
+        let adopted = maps::check_pins(&vdir, bpffs_dir)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&vdir)
+            .load(xdp_object())
+            .map_err(|e| {
+                DataplaneError::or_permission(&e, "creating BPF maps").unwrap_or_else(|| {
+                    DataplaneError::Load {
+                        source: Box::new(e),
+                    }
+                })
+            })?;
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(|e| program_error(e, "loading the XDP program"))?;
+        maps::write_manifest(&vdir)?;
+
+        let maps = maps::Maps::take(&mut ebpf)?;
+        let (services, backends) = maps.read_state()?;
+        let state = plan::State::from_maps(services, backends);
+        tracing::info!(
+            dir = %vdir.display(),
+            adopted,
+            services = state.services.len(),
+            backends = state.backend_ids.len(),
+            "data plane loaded"
+        );
+        Ok(Self {
+            root: bpffs_dir.to_owned(),
+            vdir,
+            adopted,
+            maps,
+            ebpf,
+            state,
+            _lock: lock,
+        })
+    }
+
+    /// The configured pin directory.
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when `open` found pinned maps from a previous agent and adopted them.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Backend id the maps use for `addr`, if programmed (for diagnostics and tests).
+    pub fn backend_id(&self, addr: SocketAddrV4) -> Option<u32> {
+        self.state.backend_ids.get(&addr).copied()
+    }
+
+    /// Service id of a programmed service.
+    pub fn service_id(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<u32> {
+        self.state
+            .services
+            .get(&plan::service_key(vip, port, proto))
+            .map(|s| s.id)
+    }
+
+    /// Attaches the XDP program to each interface through a pinned link (replacing the
+    /// program of an existing pinned link atomically), and detaches interfaces that are no
+    /// longer listed.
+    pub fn attach(&mut self, interfaces: &[String]) -> Result<Vec<Attached>, DataplaneError> {
+        let links = self.vdir.join("links");
+        let xdp = xdp_program(&mut self.ebpf)?;
+        attach::attach_all(xdp, &links, interfaces)
+    }
+
+    /// Programs services, backends and maglev tables to match `spec`. Each service switches
+    /// to its new table with one SERVICES update, after the table is complete. On error the
+    /// known state is re-read from the maps, so a retry converges.
+    pub fn apply(&mut self, spec: &DataplaneSpec) -> Result<(), DataplaneError> {
+        let plan = plan::plan(&self.state, spec)?;
+        if plan.is_noop() {
+            return Ok(());
+        }
+        match self.execute(&plan) {
+            Ok(()) => {
+                self.state = plan::apply_to_state(&self.state, &plan);
+                tracing::info!(
+                    services = self.state.services.len(),
+                    backends = self.state.backend_ids.len(),
+                    "data plane programmed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                match self.maps.read_state() {
+                    Ok((s, b)) => self.state = plan::State::from_maps(s, b),
+                    Err(re) => tracing::error!(error = %re, "re-reading maps after a failed apply"),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn execute(&mut self, plan: &plan::Plan) -> Result<(), DataplaneError> {
+        let m = &mut self.maps;
+        for id in &plan.fresh_backends {
+            maps::Maps::zero_counters(&mut m.backend_stats, map_names::BACKEND_STATS, *id)?;
+        }
+        for (id, b) in &plan.backend_writes {
+            m.backends
+                .set(*id, b, 0)
+                .map_err(|e| DataplaneError::map(map_names::BACKENDS, "write", e))?;
+        }
+        for (key, svc) in &plan.service_deletes {
+            remove_ok(m.services.remove(key))
+                .map_err(|e| DataplaneError::map(map_names::SERVICES, "delete", e))?;
+            // Pins of a removed service would otherwise outlive it and greet whichever
+            // service takes its id next.
+            let group = svc.persist_group;
+            let mut persist = m.persist.lock();
+            let keys = collect_keys(&persist, |k: &PersistKey, _| k.group == group)
+                .map_err(|e| DataplaneError::map(map_names::PERSIST, "read", e))?;
+            for k in keys {
+                remove_ok(persist.remove(&k))
+                    .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))?;
+            }
+        }
+        for w in plan.service_writes.iter().filter(|w| w.changed) {
+            if w.fresh {
+                maps::Maps::zero_counters(
+                    &mut m.service_stats,
+                    map_names::SERVICE_STATS,
+                    w.value.id,
+                )?;
+            }
+            if let Some(table) = &w.table {
+                let base = maglev_base(w.value.id, w.value.maglev_slot);
+                for (i, backend) in table.iter().enumerate() {
+                    m.maglev
+                        .set(base + i as u32, backend, 0)
+                        .map_err(|e| DataplaneError::map(map_names::MAGLEV, "write", e))?;
+                }
+            }
+            m.services
+                .insert(w.key, w.value, 0)
+                .map_err(|e| DataplaneError::map(map_names::SERVICES, "write", e))?;
+        }
+        for (id, b) in &plan.backend_releases {
+            m.backends
+                .set(*id, b, 0)
+                .map_err(|e| DataplaneError::map(map_names::BACKENDS, "write", e))?;
+        }
+        Ok(())
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+        let mut out = DataplaneStats::default();
+        for (index, name) in GLOBAL_COUNTERS {
+            let v = self
+                .maps
+                .stats
+                .get(&index, 0)
+                .map_err(|e| DataplaneError::map(map_names::STATS, "read", e))?;
+            out.global.push(GlobalCounter {
+                index,
+                name,
+                value: v.iter().fold(0u64, |a, x| a.wrapping_add(*x)),
+            });
+        }
+        for (key, svc) in &self.state.services {
+            let Some((vip, port, proto)) = plan::service_key_parts(key) else {
+                continue;
+            };
+            let counters = maps::Maps::sum_counters(
+                &self.maps.service_stats,
+                map_names::SERVICE_STATS,
+                svc.id,
+            )?;
+            out.services.push(ServiceCounters {
+                vip,
+                port,
+                proto,
+                counters,
+            });
+        }
+        for (addr, id) in &self.state.backend_ids {
+            let counters =
+                maps::Maps::sum_counters(&self.maps.backend_stats, map_names::BACKEND_STATS, *id)?;
+            out.backends.push(BackendCounters {
+                addr: *addr,
+                counters,
+            });
+        }
+        Ok(out)
+    }
+
+    fn persist_key(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+    ) -> Result<PersistKey, DataplaneError> {
+        let (vip, port, proto) = service;
+        let svc = self
+            .state
+            .services
+            .get(&plan::service_key(vip, port, proto))
+            .ok_or(DataplaneError::UnknownService { vip, port, proto })?;
+        Ok(PersistKey {
+            group: svc.persist_group,
+            client_addr: u32::from_ne_bytes(client.octets()),
+        })
+    }
+
+    /// Pins `client` to `backend` for new connections to `service` until `expires_ns`
+    /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]).
+    pub fn pin_client(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+        backend: SocketAddrV4,
+        expires_ns: u64,
+    ) -> Result<(), DataplaneError> {
+        let key = self.persist_key(service, client)?;
+        let id = self
+            .state
+            .backend_ids
+            .get(&backend)
+            .copied()
+            .ok_or(DataplaneError::UnknownBackend { addr: backend })?;
+        let generation = self.state.backend(id).map_or(0, |b| b.generation);
+        let value = Persist {
+            backend_id: id,
+            generation,
+            expires_ns,
+        };
+        self.maps
+            .persist
+            .lock()
+            .insert(key, value, 0)
+            .map_err(|e| DataplaneError::map(map_names::PERSIST, "write", e))
+    }
+
+    /// Removes a client's pin (no error if there is none).
+    pub fn unpin_client(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+    ) -> Result<(), DataplaneError> {
+        let key = self.persist_key(service, client)?;
+        remove_ok(self.maps.persist.lock().remove(&key))
+            .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))
+    }
+
+    /// Removes expired or stale persistence entries and conntrack entries of released or
+    /// reassigned backends. Returns how many entries were removed. Costs one syscall per
+    /// entry scanned, so call it every few seconds, not per packet.
+    pub fn sweep(&self, now_ns: u64) -> Result<usize, DataplaneError> {
+        let mut removed = 0;
+        {
+            let mut persist = self.maps.persist.lock();
+            let keys = collect_keys(&persist, |_, v: &Persist| {
+                self.state.persist_is_stale(v, now_ns)
+            })
+            .map_err(|e| DataplaneError::map(map_names::PERSIST, "read", e))?;
+            for k in keys {
+                remove_ok(persist.remove(&k))
+                    .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))?;
+                removed += 1;
+            }
+        }
+        {
+            let mut ct = self.maps.conntrack.lock();
+            let keys = collect_keys(&ct, |_: &FlowKey, v: &Flow| self.state.flow_is_stale(v))
+                .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "read", e))?;
+            for k in keys {
+                remove_ok(ct.remove(&k))
+                    .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "delete", e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| DataplaneError::MissingObject {
+            what: "program",
+            name: PROGRAM_NAME.to_owned(),
+        })?;
+    prog.try_into()
+        .map_err(|e: ProgramError| DataplaneError::Program {
+            source: Box::new(e),
+        })
+}
+
+/// Keys of entries matching `pred`, collected before any deletion: deleting while walking a
+/// hash map with get_next_key restarts the walk.
+fn collect_keys<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    pred: impl Fn(&K, &V) -> bool,
+) -> Result<Vec<K>, aya::maps::MapError> {
+    let mut out = Vec::new();
+    for kv in map.iter() {
+        match kv {
+            Ok((k, v)) => {
+                if pred(&k, &v) {
+                    out.push(k);
+                }
+            }
+            // Removed by XDP or LRU eviction between listing and reading: skip.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Treats "no such entry" as success: deletes are idempotent.
+fn remove_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// `latch down`: detaches every pinned link, unpins every map and removes `bpffs_dir`.
+/// Refuses while an agent holds the lock (its maps would survive, unpinned, until it exits).
+pub fn teardown(bpffs_dir: &Path) -> Result<TeardownReport, DataplaneError> {
+    let mut report = TeardownReport::default();
+    if !bpffs_dir.exists() {
+        return Ok(report);
+    }
+    let lock = lock_dir(bpffs_dir)?;
+    remove_tree(bpffs_dir, false, &mut report)?;
+    std::fs::remove_dir(bpffs_dir).map_err(|e| DataplaneError::io("removing", bpffs_dir, e))?;
+    drop(lock);
+    report.removed_dir = true;
+    tracing::info!(
+        dir = %bpffs_dir.display(),
+        links = ?report.links_detached,
+        pins = report.pins_removed,
+        "data plane torn down"
+    );
+    Ok(report)
+}
+
+fn remove_tree(
+    dir: &Path,
+    in_links: bool,
+    report: &mut TeardownReport,
+) -> Result<(), DataplaneError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| DataplaneError::io("listing", dir, e))?;
+    let mut entries: Vec<_> = rd
+        .collect::<Result<_, _>>()
+        .map_err(|e| DataplaneError::io("listing", dir, e))?;
+    // Links first, so traffic stops being processed before its maps disappear.
+    entries.sort_by_key(|e| e.file_name() != "links");
+    for entry in entries {
+        let path = entry.path();
+        let is_dir = entry
+            .file_type()
+            .map_err(|e| DataplaneError::io("inspecting", &path, e))?
+            .is_dir();
+        if is_dir {
+            remove_tree(&path, entry.file_name() == "links", report)?;
+            std::fs::remove_dir(&path).map_err(|e| DataplaneError::io("removing", &path, e))?;
+        } else {
+            std::fs::remove_file(&path).map_err(|e| DataplaneError::io("removing", &path, e))?;
+            if in_links {
+                report
+                    .links_detached
+                    .push(entry.file_name().to_string_lossy().into_owned());
+            } else {
+                report.pins_removed += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataplane_is_send_and_sync() {
+        // The agent shares it between the reload task and the API (pins, stats).
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Dataplane>();
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let a = monotonic_now_ns();
+        let b = monotonic_now_ns();
+        assert!(a > 0 && b >= a);
+    }
+
+    #[test]
+    fn global_counter_names_cover_distinct_indexes() {
+        let mut idx: Vec<u32> = GLOBAL_COUNTERS.iter().map(|(i, _)| *i).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        assert_eq!(idx.len(), GLOBAL_COUNTERS.len());
+        assert!(idx.iter().all(|&i| i < stat::COUNT));
+    }
+
+    #[test]
+    fn proto_round_trips() {
+        for p in [Proto::Tcp, Proto::Udp] {
+            assert_eq!(Proto::from_number(p.number()), Some(p));
+        }
+        assert_eq!(Proto::from_number(1), None);
+    }
+
+    #[test]
+    fn teardown_of_missing_dir_is_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = teardown(&dir.path().join("absent")).expect("teardown");
+        assert_eq!(r, TeardownReport::default());
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_teardown_respects_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = lock_dir(dir.path()).expect("first lock");
+        assert!(matches!(
+            lock_dir(dir.path()),
+            Err(DataplaneError::AlreadyRunning { .. })
+        ));
+        let msg = teardown(dir.path()).expect_err("locked").to_string();
+        assert!(msg.contains("another latch agent is running"), "{msg}");
+        drop(l);
+        assert!(lock_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn teardown_removes_tree_links_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("latch");
+        let v = versioned_dir(&root);
+        std::fs::create_dir_all(v.join("links")).expect("mkdir");
+        std::fs::write(v.join("links/eth0"), b"").expect("write");
+        std::fs::write(v.join("LATCH_SERVICES"), b"").expect("write");
+        std::fs::write(v.join("LATCH_LAYOUT"), b"").expect("write");
+        let r = teardown(&root).expect("teardown");
+        assert_eq!(r.links_detached, vec!["eth0".to_owned()]);
+        assert_eq!(r.pins_removed, 2);
+        assert!(r.removed_dir);
+        assert!(!root.exists());
+    }
+}

@@ -1,0 +1,233 @@
+//! XDP attachment through pinned bpf_links, so that forwarding survives the agent: a restarted
+//! agent swaps its freshly loaded program into the existing link (bpf_link_update, atomic for
+//! in-flight packets) instead of detaching and re-attaching.
+
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+
+use super::error::DataplaneError;
+
+/// How an interface ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP, newly attached.
+    Driver,
+    /// Generic (skb) XDP, newly attached because the driver refused native mode.
+    Generic,
+    /// An existing pinned link now runs this agent's program.
+    Replaced,
+}
+
+/// Result of attaching to one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Interface name.
+    pub iface: String,
+    /// How.
+    pub mode: AttachMode,
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Interface names double as pin file names; refuse anything that could escape the links
+/// directory even if the kernel knew such an interface.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+fn link_path(links_dir: &Path, iface: &str) -> PathBuf {
+    links_dir.join(iface)
+}
+
+/// Swaps `xdp` into the pinned link at `path`. Returns false when the link is defunct
+/// (interface gone) or unusable, after removing its pin.
+fn replace_pinned(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<bool, DataplaneError> {
+    let pinned = match PinnedLink::from_pin(path) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%iface, path = %path.display(), error = %e, "unreadable pinned link; re-attaching");
+            remove_pin(path)?;
+            return Ok(false);
+        }
+    };
+    let fd_link: FdLink = pinned.into();
+    let link = match XdpLink::try_from(fd_link) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%iface, path = %path.display(), error = %e, "pinned object is not an XDP link; re-attaching");
+            remove_pin(path)?;
+            return Ok(false);
+        }
+    };
+    match xdp.attach_to_link(link) {
+        Ok(id) => {
+            // The pin keeps the link; drop our handle without detaching.
+            if let Ok(l) = xdp.take_link(id) {
+                drop(l);
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            if let Some(perm) =
+                DataplaneError::or_permission(&e, format!("updating the XDP link of {iface}"))
+            {
+                return Err(perm);
+            }
+            tracing::warn!(%iface, error = %e, "pinned XDP link is defunct; re-attaching");
+            remove_pin(path)?;
+            Ok(false)
+        }
+    }
+}
+
+fn attach_fresh(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<AttachMode, DataplaneError> {
+    let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, AttachMode::Driver),
+        Err(driver_err) => {
+            if let Some(perm) =
+                DataplaneError::or_permission(&driver_err, format!("attaching XDP to {iface}"))
+            {
+                return Err(perm);
+            }
+            tracing::warn!(%iface, error = %driver_err, "driver-mode XDP refused; falling back to generic (skb) mode, which is much slower");
+            match xdp.attach(iface, XdpMode::Skb) {
+                Ok(id) => (id, AttachMode::Generic),
+                Err(e) => {
+                    return Err(DataplaneError::Attach {
+                        iface: iface.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    };
+    let link = xdp.take_link(id).map_err(|e| DataplaneError::Attach {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    })?;
+    // Dropping a netlink-based link detaches it, which is what we want on this error path.
+    let fd_link = FdLink::try_from(link).map_err(|_| DataplaneError::LinkUnsupported {
+        iface: iface.to_owned(),
+    })?;
+    fd_link.pin(path).map_err(|e| DataplaneError::Pin {
+        what: format!("the XDP link of {iface}"),
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(mode)
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DataplaneError::io("removing", path, e)),
+    }
+}
+
+/// Pinned link names (interface names) under `links_dir`.
+pub(crate) fn pinned_links(links_dir: &Path) -> Result<BTreeSet<String>, DataplaneError> {
+    let mut out = BTreeSet::new();
+    let rd = match std::fs::read_dir(links_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(DataplaneError::io("listing", links_dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| DataplaneError::io("listing", links_dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            out.insert(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Attaches to every interface in `interfaces` and detaches pinned links of interfaces no
+/// longer listed. Validates every name before changing anything.
+pub(crate) fn attach_all(
+    xdp: &mut Xdp,
+    links_dir: &Path,
+    interfaces: &[String],
+) -> Result<Vec<Attached>, DataplaneError> {
+    for iface in interfaces {
+        if !valid_name(iface) || ifindex(iface).is_none() {
+            return Err(DataplaneError::UnknownInterface {
+                name: iface.clone(),
+            });
+        }
+    }
+    std::fs::create_dir_all(links_dir).map_err(|e| DataplaneError::io("creating", links_dir, e))?;
+
+    let mut out = Vec::new();
+    let wanted: BTreeSet<&str> = interfaces.iter().map(String::as_str).collect();
+    for iface in &wanted {
+        let path = link_path(links_dir, iface);
+        let mode = if path.exists() && replace_pinned(xdp, &path, iface)? {
+            AttachMode::Replaced
+        } else {
+            attach_fresh(xdp, &path, iface)?
+        };
+        tracing::info!(%iface, ?mode, "XDP attached");
+        out.push(Attached {
+            iface: (*iface).to_owned(),
+            mode,
+        });
+    }
+
+    for stale in pinned_links(links_dir)? {
+        if !wanted.contains(stale.as_str()) {
+            remove_pin(&link_path(links_dir, &stale))?;
+            tracing::info!(iface = %stale, "XDP detached (no longer configured)");
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_the_links_dir_are_refused() {
+        assert!(valid_name("eth0"));
+        assert!(valid_name("veth-a.100"));
+        for bad in ["", ".", "..", "a/b", "../x"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn interface_lookup_and_pin_listing() {
+        assert!(ifindex("latch-nope-0").is_none());
+        assert!(ifindex("lo").is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let links = dir.path().join("links");
+        assert!(
+            pinned_links(&links)
+                .expect("missing dir lists nothing")
+                .is_empty()
+        );
+        std::fs::create_dir(&links).expect("mkdir");
+        std::fs::write(links.join("eth0"), b"").expect("write");
+        std::fs::write(links.join("eth1"), b"").expect("write");
+        let got: Vec<_> = pinned_links(&links).expect("list").into_iter().collect();
+        assert_eq!(got, ["eth0", "eth1"]);
+        remove_pin(&links.join("eth0")).expect("remove");
+        remove_pin(&links.join("eth0")).expect("removing twice is fine");
+        assert_eq!(pinned_links(&links).expect("list").len(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! Every way the data plane can fail, each message naming the problem and the fix.
+
+use std::{io, net::SocketAddrV4, path::PathBuf};
+
+use super::{Proto, plan::PlanError};
+
+/// Errors of [`super::Dataplane`] and [`super::teardown`].
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The pin directory is not on a BPF filesystem and none could be mounted for it.
+    #[error(
+        "{dir} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`, or set \
+         agent.bpffs_dir to a directory under a bpffs mount"
+    )]
+    BpffsNotMounted {
+        /// The configured pin directory.
+        dir: PathBuf,
+    },
+
+    /// `/sys/fs/bpf` was not bpffs and mounting it failed.
+    #[error(
+        "/sys/fs/bpf is not a BPF filesystem and mounting one there failed ({source}); mount it \
+         yourself with `mount -t bpf bpf /sys/fs/bpf`"
+    )]
+    MountBpffs {
+        /// Error of mount(2).
+        #[source]
+        source: io::Error,
+    },
+
+    /// Another process holds the agent lock on the pin directory.
+    #[error(
+        "another latch agent is running on {dir}: stop it first (or give this one another \
+         agent.bpffs_dir)"
+    )]
+    AlreadyRunning {
+        /// The locked pin directory.
+        dir: PathBuf,
+    },
+
+    /// The kernel refused a BPF or netlink operation for lack of privileges (EPERM).
+    #[error(
+        "permission denied while {action}: run latch as root, or give it CAP_BPF, CAP_NET_ADMIN \
+         and CAP_PERFMON (CAP_SYS_ADMIN on kernels older than 5.8)"
+    )]
+    PermissionDenied {
+        /// What was being done.
+        action: String,
+        /// The EPERM error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A pinned map (or the layout manifest) does not match this build's map layout.
+    #[error(
+        "pinned {path} has {found} but this latch expects {expected}: the pins were made by an \
+         incompatible latch build; run `latch down` with that build, or remove {dir} (this drops \
+         all connection and persistence state)"
+    )]
+    LayoutMismatch {
+        /// The pinned object.
+        path: PathBuf,
+        /// Directory to remove to start afresh.
+        dir: PathBuf,
+        /// Layout this build needs.
+        expected: String,
+        /// Layout found in the kernel.
+        found: String,
+    },
+
+    /// A filesystem operation on the pin directory failed.
+    #[error("{action} {path} failed: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The embedded XDP object could not be loaded (maps created or programs parsed).
+    #[error("loading the XDP object failed: {source}")]
+    Load {
+        /// aya's error.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+
+    /// The embedded object lacks a map or program this code needs.
+    #[error(
+        "the XDP object has no {what} named {name}: lb-ebpf and lb-userspace disagree; rebuild \
+         both from the same tree"
+    )]
+    MissingObject {
+        /// "map" or "program".
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+
+    /// The XDP program failed to load (usually the verifier).
+    #[error("loading the XDP program into the kernel failed: {source}")]
+    Program {
+        /// aya's error, including the verifier log.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    /// A map operation failed.
+    #[error("{action} on map {map} failed: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What was being done.
+        action: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+
+    /// An interface named in the config does not exist.
+    #[error("unknown network interface {name}: check agent.interfaces against `ip link`")]
+    UnknownInterface {
+        /// Interface name.
+        name: String,
+    },
+
+    /// Attaching the XDP program to an interface failed in both driver and generic mode.
+    #[error(
+        "attaching XDP to {iface} failed: {source} (another XDP program may be attached: see \
+         `ip link show {iface}`)"
+    )]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    /// Pinning an object (an XDP link, the layout manifest) failed.
+    #[error("pinning {what} at {path} failed: {source}")]
+    Pin {
+        /// What was being pinned.
+        what: String,
+        /// Pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+
+    /// The kernel fell back to a netlink attachment, which cannot outlive the agent.
+    #[error(
+        "the kernel attached XDP to {iface} through netlink, which cannot be pinned: latch needs \
+         Linux 5.9 or newer (bpf_link for XDP)"
+    )]
+    LinkUnsupported {
+        /// Interface name.
+        iface: String,
+    },
+
+    /// The spec cannot be programmed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+
+    /// `pin_client`/`unpin_client` named a service that is not programmed.
+    #[error("service {vip}:{port}/{proto} is not programmed: apply a spec that contains it first")]
+    UnknownService {
+        /// Virtual IP.
+        vip: std::net::Ipv4Addr,
+        /// Virtual port.
+        port: u16,
+        /// Protocol.
+        proto: Proto,
+    },
+
+    /// `pin_client` named a backend that is not programmed.
+    #[error("backend {addr} is not programmed: apply a spec that contains it first")]
+    UnknownBackend {
+        /// Backend address.
+        addr: SocketAddrV4,
+    },
+}
+
+impl DataplaneError {
+    /// Turns an aya error into [`DataplaneError::PermissionDenied`] when EPERM is at its root,
+    /// since that is the one failure an operator fixes the same way everywhere. EACCES is not
+    /// included: the verifier uses it for rejected programs.
+    pub(crate) fn or_permission(
+        err: &(dyn std::error::Error + 'static),
+        action: impl Into<String>,
+    ) -> Option<Self> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<io::Error>()
+                && io.raw_os_error() == Some(libc::EPERM)
+            {
+                return Some(Self::PermissionDenied {
+                    action: action.into(),
+                    source: io::Error::from_raw_os_error(libc::EPERM),
+                });
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    pub(crate) fn map(
+        map: &'static str,
+        action: &'static str,
+        source: aya::maps::MapError,
+    ) -> Self {
+        if let Some(e) = Self::or_permission(&source, format!("{action} on map {map}")) {
+            return e;
+        }
+        Self::Map {
+            map,
+            action,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

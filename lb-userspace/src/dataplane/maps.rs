@@ -1,0 +1,420 @@
+//! Typed handles on the pinned maps, the layout check done before aya adopts a pin, and the
+//! layout manifest.
+//!
+//! aya reuses a pinned map by name without comparing its shape with the object's definition,
+//! and then reads and writes it with the new sizes. So every pin is checked here first.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
+use lb_common::{
+    Backend, Flow, FlowKey, LAYOUT_VERSION, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service, ServiceKey, TrafficCounters,
+    map_names, stat,
+};
+use parking_lot::Mutex;
+
+use super::error::DataplaneError;
+
+/// Kernel map kinds latch uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Hash,
+    LruHash,
+    Array,
+    PerCpuArray,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Hash => "hash",
+            Kind::LruHash => "lru_hash",
+            Kind::Array => "array",
+            Kind::PerCpuArray => "percpu_array",
+        }
+    }
+
+    fn of(t: MapType) -> Option<Self> {
+        match t {
+            MapType::Hash => Some(Kind::Hash),
+            MapType::LruHash => Some(Kind::LruHash),
+            MapType::Array => Some(Kind::Array),
+            MapType::PerCpuArray => Some(Kind::PerCpuArray),
+            _ => None,
+        }
+    }
+}
+
+/// Shape of one map as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub kind: Option<Kind>,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} key {}B value {}B max_entries {} flags {:#x}",
+            self.kind.map_or("unknown type", Kind::name),
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            self.flags
+        )
+    }
+}
+
+const fn shape(kind: Kind, key_size: usize, value_size: usize, max_entries: u32) -> Shape {
+    Shape {
+        kind: Some(kind),
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+        flags: 0,
+    }
+}
+
+use core::mem::size_of;
+
+/// Every map the XDP object declares, with the shape lb-common's types give it.
+pub(crate) const EXPECTED: [(&str, Shape); 8] = [
+    (
+        map_names::SERVICES,
+        shape(
+            Kind::Hash,
+            size_of::<ServiceKey>(),
+            size_of::<Service>(),
+            MAX_SERVICES,
+        ),
+    ),
+    (
+        map_names::BACKENDS,
+        shape(Kind::Array, 4, size_of::<Backend>(), MAX_BACKENDS),
+    ),
+    (map_names::MAGLEV, shape(Kind::Array, 4, 4, MAGLEV_ENTRIES)),
+    (
+        map_names::CONNTRACK,
+        shape(
+            Kind::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<Flow>(),
+            MAX_CONNTRACK,
+        ),
+    ),
+    (
+        map_names::PERSIST,
+        shape(
+            Kind::Hash,
+            size_of::<PersistKey>(),
+            size_of::<Persist>(),
+            MAX_PERSIST,
+        ),
+    ),
+    (
+        map_names::STATS,
+        shape(Kind::PerCpuArray, 4, 8, stat::COUNT),
+    ),
+    (
+        map_names::SERVICE_STATS,
+        shape(
+            Kind::PerCpuArray,
+            4,
+            size_of::<TrafficCounters>(),
+            MAX_SERVICES,
+        ),
+    ),
+    (
+        map_names::BACKEND_STATS,
+        shape(
+            Kind::PerCpuArray,
+            4,
+            size_of::<TrafficCounters>(),
+            MAX_BACKENDS,
+        ),
+    ),
+];
+
+/// Name of the pinned one-entry array that records the layout the pins were made with.
+/// bpffs holds only BPF objects, so the manifest is itself a map (readable with
+/// `bpftool map dump pinned <dir>/v1/LATCH_LAYOUT`).
+pub(crate) const MANIFEST_NAME: &str = "LATCH_LAYOUT";
+const MANIFEST_LEN: usize = 1024;
+
+/// The manifest text: layout version and every map's shape, one per line.
+pub(crate) fn manifest_text() -> String {
+    let mut s = format!("latch pinned map layout v{LAYOUT_VERSION}\n");
+    for (name, sh) in EXPECTED {
+        s.push_str(&format!("{name} {sh}\n"));
+    }
+    s
+}
+
+fn manifest_bytes() -> [u8; MANIFEST_LEN] {
+    let mut out = [0u8; MANIFEST_LEN];
+    let text = manifest_text();
+    let n = text.len().min(MANIFEST_LEN);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
+fn manifest_from_bytes(b: &[u8; MANIFEST_LEN]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(MANIFEST_LEN);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Compares a pinned map's shape with what this build expects.
+pub(crate) fn check_shape(
+    path: &Path,
+    dir: &Path,
+    expected: &Shape,
+    found: &Shape,
+) -> Result<(), DataplaneError> {
+    if expected == found {
+        return Ok(());
+    }
+    Err(DataplaneError::LayoutMismatch {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        expected: expected.to_string(),
+        found: found.to_string(),
+    })
+}
+
+/// Checks every pin that exists under `vdir` against this build's layout, before aya adopts
+/// them. Returns whether any map pin was found (i.e. this is an adoption).
+pub(crate) fn check_pins(vdir: &Path, root: &Path) -> Result<bool, DataplaneError> {
+    let mut adopted = false;
+    for (name, expected) in &EXPECTED {
+        let path = vdir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        adopted = true;
+        let info = MapInfo::from_pin(&path).map_err(|e| {
+            DataplaneError::or_permission(&e, format!("opening pinned map {}", path.display()))
+                .unwrap_or_else(|| DataplaneError::map(name, "open pinned", e))
+        })?;
+        let found = Shape {
+            kind: info.map_type().ok().and_then(Kind::of),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        check_shape(&path, root, expected, &found)?;
+    }
+
+    let mpath = vdir.join(MANIFEST_NAME);
+    if mpath.exists() {
+        let found = read_manifest(&mpath)?;
+        let expected = manifest_text();
+        if found != expected {
+            return Err(DataplaneError::LayoutMismatch {
+                path: mpath,
+                dir: root.to_owned(),
+                expected: format!("manifest {expected:?}"),
+                found: format!("manifest {found:?}"),
+            });
+        }
+    } else if adopted {
+        tracing::warn!(
+            dir = %vdir.display(),
+            "pinned maps without a layout manifest; their shapes match, adopting them"
+        );
+    }
+    Ok(adopted)
+}
+
+fn read_manifest(path: &Path) -> Result<String, DataplaneError> {
+    let data = MapData::from_pin(path)
+        .map_err(|e| DataplaneError::map(MANIFEST_NAME, "open pinned", e))?;
+    let map = Map::from_map_data(data)
+        .map_err(|e| DataplaneError::map(MANIFEST_NAME, "open pinned", e))?;
+    let arr: Array<MapData, [u8; MANIFEST_LEN]> =
+        Array::try_from(map).map_err(|_| DataplaneError::LayoutMismatch {
+            path: path.to_owned(),
+            dir: path.parent().unwrap_or(path).to_owned(),
+            expected: format!("a one-entry array of {MANIFEST_LEN} bytes"),
+            found: "another map shape".into(),
+        })?;
+    let bytes = arr
+        .get(&0, 0)
+        .map_err(|e| DataplaneError::map(MANIFEST_NAME, "read", e))?;
+    Ok(manifest_from_bytes(&bytes))
+}
+
+/// Pins the manifest if it is not there yet.
+pub(crate) fn write_manifest(vdir: &Path) -> Result<(), DataplaneError> {
+    let path = vdir.join(MANIFEST_NAME);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut arr: Array<MapData, [u8; MANIFEST_LEN]> =
+        Array::create(1, 0).map_err(|e| DataplaneError::map(MANIFEST_NAME, "create", e))?;
+    arr.set(0, manifest_bytes(), 0)
+        .map_err(|e| DataplaneError::map(MANIFEST_NAME, "write", e))?;
+    arr.pin(&path).map_err(|e| DataplaneError::Pin {
+        what: "the layout manifest".into(),
+        path: path.clone(),
+        source: Box::new(e),
+    })
+}
+
+/// Typed handles on every map. Maps written from `&self` paths (pins, sweeps) sit behind
+/// mutexes because aya's write methods take `&mut`; the kernel itself serialises nothing
+/// here that matters.
+pub(crate) struct Maps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub backends: Array<MapData, Backend>,
+    pub maglev: Array<MapData, u32>,
+    pub conntrack: Mutex<HashMap<MapData, FlowKey, Flow>>,
+    pub persist: Mutex<HashMap<MapData, PersistKey, Persist>>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub service_stats: PerCpuArray<MapData, TrafficCounters>,
+    pub backend_stats: PerCpuArray<MapData, TrafficCounters>,
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| DataplaneError::MissingObject {
+            what: "map",
+            name: name.to_owned(),
+        })
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:expr) => {
+        take($ebpf, $name)?
+            .try_into()
+            .map_err(|e| DataplaneError::map($name, "open", e))?
+    };
+}
+
+impl Maps {
+    pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            services: typed!(ebpf, map_names::SERVICES),
+            backends: typed!(ebpf, map_names::BACKENDS),
+            maglev: typed!(ebpf, map_names::MAGLEV),
+            conntrack: Mutex::new(typed!(ebpf, map_names::CONNTRACK)),
+            persist: Mutex::new(typed!(ebpf, map_names::PERSIST)),
+            stats: typed!(ebpf, map_names::STATS),
+            service_stats: typed!(ebpf, map_names::SERVICE_STATS),
+            backend_stats: typed!(ebpf, map_names::BACKEND_STATS),
+        })
+    }
+
+    /// SERVICES and BACKENDS contents, for adoption.
+    pub(crate) fn read_state(
+        &self,
+    ) -> Result<(std::collections::HashMap<ServiceKey, Service>, Vec<Backend>), DataplaneError>
+    {
+        let mut services = std::collections::HashMap::new();
+        for kv in self.services.iter() {
+            match kv {
+                Ok((k, v)) => {
+                    services.insert(k, v);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(DataplaneError::map(map_names::SERVICES, "read", e)),
+            }
+        }
+        let mut backends = Vec::with_capacity(MAX_BACKENDS as usize);
+        for i in 0..MAX_BACKENDS {
+            backends.push(
+                self.backends
+                    .get(&i, 0)
+                    .map_err(|e| DataplaneError::map(map_names::BACKENDS, "read", e))?,
+            );
+        }
+        Ok((services, backends))
+    }
+
+    pub(crate) fn zero_counters(
+        map: &mut PerCpuArray<MapData, TrafficCounters>,
+        name: &'static str,
+        index: u32,
+    ) -> Result<(), DataplaneError> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| {
+            DataplaneError::io("reading", "/sys/devices/system/cpu/possible", e)
+        })?;
+        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); n])
+            .map_err(|e| DataplaneError::map(name, "zero", e.into()))?;
+        map.set(index, zeros, 0)
+            .map_err(|e| DataplaneError::map(name, "zero", e))
+    }
+
+    pub(crate) fn sum_counters(
+        map: &PerCpuArray<MapData, TrafficCounters>,
+        name: &'static str,
+        index: u32,
+    ) -> Result<TrafficCounters, DataplaneError> {
+        let vals = map
+            .get(&index, 0)
+            .map_err(|e| DataplaneError::map(name, "read", e))?;
+        Ok(vals
+            .iter()
+            .fold(TrafficCounters::default(), |a, c| TrafficCounters {
+                packets: a.packets.wrapping_add(c.packets),
+                bytes: a.bytes.wrapping_add(c.bytes),
+                new_flows: a.new_flows.wrapping_add(c.new_flows),
+            }))
+    }
+}
+
+/// `<root>/v<LAYOUT_VERSION>`.
+pub fn versioned_dir(root: &Path) -> PathBuf {
+    root.join(format!("v{LAYOUT_VERSION}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_shapes_match_lb_common() {
+        let by: std::collections::HashMap<_, _> = EXPECTED.iter().copied().collect();
+        assert_eq!(by.len(), 8, "map names are distinct");
+        assert_eq!(by[map_names::SERVICES].key_size, 8);
+        assert_eq!(by[map_names::SERVICES].value_size, 24);
+        assert_eq!(by[map_names::MAGLEV].max_entries, MAGLEV_ENTRIES);
+        assert_eq!(by[map_names::CONNTRACK].kind, Some(Kind::LruHash));
+        assert_eq!(by[map_names::BACKEND_STATS].value_size, 24);
+    }
+
+    #[test]
+    fn shape_mismatch_names_both_sides_and_the_fix() {
+        let exp = EXPECTED[1].1;
+        let found = Shape {
+            value_size: exp.value_size + 8,
+            ..exp
+        };
+        let err = check_shape(
+            Path::new("/sys/fs/bpf/latch/v1/LATCH_BACKENDS"),
+            Path::new("/sys/fs/bpf/latch"),
+            &exp,
+            &found,
+        )
+        .expect_err("mismatch");
+        let msg = err.to_string();
+        assert!(msg.contains("value 16B"), "{msg}");
+        assert!(msg.contains("value 24B"), "{msg}");
+        assert!(msg.contains("latch down"), "{msg}");
+        assert!(check_shape(Path::new("x"), Path::new("y"), &exp, &exp).is_ok());
+    }
+
+    #[test]
+    fn manifest_round_trips_and_fits() {
+        let text = manifest_text();
+        assert!(text.len() < MANIFEST_LEN);
+        assert_eq!(manifest_from_bytes(&manifest_bytes()), text);
+        assert!(text.contains(map_names::CONNTRACK));
+        assert!(text.starts_with(&format!("latch pinned map layout v{LAYOUT_VERSION}")));
+    }
+}

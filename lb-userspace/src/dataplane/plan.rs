@@ -1,0 +1,847 @@
+//! What `apply` must write, decided without touching the kernel: id allocation, generations,
+//! flags, maglev inputs, and the order that keeps every intermediate map state consistent.
+//!
+//! The state is rebuilt from the maps themselves on adopt (SERVICES gives service ids, BACKENDS
+//! gives backend ids and generations), so ids survive agent restarts without a side file.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use lb_common::{
+    Backend, Flow, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, Persist, Service, ServiceKey,
+    backend_state, service_flags,
+};
+
+use super::{DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
+use crate::balancer::maglev::{MaglevBackend, build_table};
+
+/// A spec that cannot be programmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Two services share VIP, port and protocol.
+    #[error(
+        "service {vip}:{port}/{proto} is listed twice: each VIP, port and protocol may be used once"
+    )]
+    DuplicateService {
+        /// Virtual IP.
+        vip: Ipv4Addr,
+        /// Virtual port.
+        port: u16,
+        /// Protocol.
+        proto: Proto,
+    },
+    /// More services than the kernel maps hold.
+    #[error("{wanted} services configured but the data plane holds at most {limit}: remove some")]
+    TooManyServices {
+        /// Services in the spec.
+        wanted: usize,
+        /// Capacity.
+        limit: u32,
+    },
+    /// More distinct backends than the kernel maps hold.
+    #[error(
+        "{wanted} distinct backends configured but the data plane holds at most {limit}: remove some"
+    )]
+    TooManyBackends {
+        /// Distinct backend addresses in the spec.
+        wanted: usize,
+        /// Capacity.
+        limit: u32,
+    },
+}
+
+/// Network-order key of a service.
+pub fn service_key(vip: Ipv4Addr, port: u16, proto: Proto) -> ServiceKey {
+    ServiceKey {
+        vip: u32::from_ne_bytes(vip.octets()),
+        port: port.to_be(),
+        proto: proto.number(),
+        _pad: 0,
+    }
+}
+
+/// Host view of a service key; `None` for a protocol latch does not program.
+pub fn service_key_parts(key: &ServiceKey) -> Option<(Ipv4Addr, u16, Proto)> {
+    Some((
+        Ipv4Addr::from(key.vip.to_ne_bytes()),
+        u16::from_be(key.port),
+        Proto::from_number(key.proto)?,
+    ))
+}
+
+/// Host view of a backend slot's address.
+pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+}
+
+fn backend_value(addr: SocketAddrV4, state: u32, generation: u32) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        _pad: 0,
+        state,
+        generation,
+    }
+}
+
+/// The agent's knowledge of the maps: exactly what SERVICES and BACKENDS hold, plus which
+/// maglev inputs are known to be live (lost on restart, which only costs one rewrite).
+#[derive(Clone, Debug)]
+pub struct State {
+    /// SERVICES contents.
+    pub services: HashMap<ServiceKey, Service>,
+    /// BACKENDS contents, indexed by id (`MAX_BACKENDS` entries).
+    pub backends: Vec<Backend>,
+    /// Backend ids by address, for slots not UNUSED.
+    pub backend_ids: BTreeMap<SocketAddrV4, u32>,
+    /// Per service id, the ordered backend ids whose maglev table is in the live slot.
+    pub live_maglev: BTreeMap<u32, Vec<(u32, SocketAddrV4)>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::from_maps(
+            HashMap::new(),
+            vec![Backend::default(); MAX_BACKENDS as usize],
+        )
+    }
+}
+
+impl State {
+    /// Rebuilds the state from map contents (adopt after restart). When two slots claim one
+    /// address (only possible after a crash mid-write by some other tool), the lowest id wins
+    /// and the next apply releases the other.
+    pub fn from_maps(services: HashMap<ServiceKey, Service>, mut backends: Vec<Backend>) -> Self {
+        backends.resize(MAX_BACKENDS as usize, Backend::default());
+        let mut backend_ids = BTreeMap::new();
+        for (id, b) in backends.iter().enumerate().skip(1) {
+            if b.state != backend_state::UNUSED {
+                backend_ids.entry(backend_addr(b)).or_insert(id as u32);
+            }
+        }
+        Self {
+            services,
+            backends,
+            backend_ids,
+            live_maglev: BTreeMap::new(),
+        }
+    }
+
+    /// Backend slot by id.
+    pub fn backend(&self, id: u32) -> Option<&Backend> {
+        self.backends.get(id as usize)
+    }
+
+    fn assigned_ids(&self) -> impl Iterator<Item = (u32, &Backend)> {
+        self.backends
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, b)| b.state != backend_state::UNUSED)
+            .map(|(i, b)| (i as u32, b))
+    }
+
+    /// True when a persistence entry can no longer be honoured: expired, or its backend slot
+    /// was released or reassigned since the pin was made.
+    pub fn persist_is_stale(&self, p: &Persist, now_ns: u64) -> bool {
+        now_ns >= p.expires_ns || !self.generation_matches(p.backend_id, p.generation)
+    }
+
+    /// True when a conntrack entry points at a released or reassigned backend slot.
+    pub fn flow_is_stale(&self, f: &Flow) -> bool {
+        !self.generation_matches(f.backend_id, f.generation)
+    }
+
+    fn generation_matches(&self, id: u32, generation: u32) -> bool {
+        match self.backend(id) {
+            Some(b) if id != 0 => b.state != backend_state::UNUSED && b.generation == generation,
+            _ => false,
+        }
+    }
+}
+
+/// One service to write: fill `table` into its maglev slot (if any), then update SERVICES.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceWrite {
+    /// SERVICES key.
+    pub key: ServiceKey,
+    /// New SERVICES value; `maglev_slot` is the slot `table` goes into.
+    pub value: Service,
+    /// Maglev table to write before the SERVICES update; `None` when the live one is current.
+    pub table: Option<Vec<u32>>,
+    /// Maglev input the table was built from (recorded as live once written).
+    pub maglev_input: Vec<(u32, SocketAddrV4)>,
+    /// The id was newly assigned: its counters are zeroed first.
+    pub fresh: bool,
+    /// SERVICES needs the update (value or table changed).
+    pub changed: bool,
+}
+
+/// Map writes for one apply, in execution order.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// 1. Backend slots to create or change (before any maglev table refers to them).
+    pub backend_writes: Vec<(u32, Backend)>,
+    /// Backend ids newly assigned: their counters are zeroed before the slot is written.
+    pub fresh_backends: Vec<u32>,
+    /// 2. Services to remove from SERVICES (before new ones may take over their ids).
+    pub service_deletes: Vec<(ServiceKey, Service)>,
+    /// 3. Services to insert or update.
+    pub service_writes: Vec<ServiceWrite>,
+    /// 4. Backend slots to release (state UNUSED, generation bumped), once nothing maps to them.
+    pub backend_releases: Vec<(u32, Backend)>,
+}
+
+impl Plan {
+    /// True when applying changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.backend_writes.is_empty()
+            && self.service_deletes.is_empty()
+            && self.backend_releases.is_empty()
+            && self.service_writes.iter().all(|w| !w.changed)
+    }
+}
+
+fn service_value(spec: &ServiceSpec, id: u32, maglev_slot: u32) -> Service {
+    let mut flags = 0;
+    if spec.forwarding == Forwarding::Dsr {
+        flags |= service_flags::DSR;
+    }
+    match spec.kind {
+        ServiceKind::L4 => {
+            if spec.persistence_ttl.is_some() {
+                flags |= service_flags::PERSIST_CLIENT_IP;
+            }
+        }
+        ServiceKind::Http { fast_path } => {
+            flags |= service_flags::HTTP;
+            if fast_path {
+                flags |= service_flags::FAST_PATH;
+            }
+        }
+    }
+    let persist_ttl_ns = spec
+        .persistence_ttl
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Service {
+        id,
+        flags,
+        maglev_slot,
+        persist_group: id,
+        persist_ttl_ns,
+    }
+}
+
+/// Lowest free id in `1..limit`, preferring ids not released by this very apply (so that
+/// anything still cached about the old owner cannot be mistaken for the new one).
+fn allocate(
+    limit: u32,
+    taken: &BTreeSet<u32>,
+    just_released: &BTreeSet<u32>,
+    free: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    let candidates = || (1..limit).filter(|id| !taken.contains(id) && free(*id));
+    candidates()
+        .find(|id| !just_released.contains(id))
+        .or_else(|| candidates().next())
+}
+
+/// Decides the writes that take the maps from `state` to `spec`.
+pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
+    // Validate services.
+    // Ordered by (vip, port, proto) so that id allocation does not depend on spec order.
+    let mut by_addr: BTreeMap<(Ipv4Addr, u16, Proto), &ServiceSpec> = BTreeMap::new();
+    for s in &spec.services {
+        if by_addr.insert((s.vip, s.port, s.proto), s).is_some() {
+            return Err(PlanError::DuplicateService {
+                vip: s.vip,
+                port: s.port,
+                proto: s.proto,
+            });
+        }
+    }
+    let wanted: Vec<(ServiceKey, &ServiceSpec)> = by_addr
+        .values()
+        .map(|s| (service_key(s.vip, s.port, s.proto), *s))
+        .collect();
+    let wanted_keys: HashSet<ServiceKey> = wanted.iter().map(|(k, _)| *k).collect();
+    if wanted.len() >= MAX_SERVICES as usize {
+        return Err(PlanError::TooManyServices {
+            wanted: wanted.len(),
+            limit: MAX_SERVICES - 1,
+        });
+    }
+
+    // Backends: a backend is UP if any service lists it up (health is per address).
+    let mut wanted_backends: BTreeMap<SocketAddrV4, bool> = BTreeMap::new();
+    for s in &spec.services {
+        for b in &s.backends {
+            *wanted_backends.entry(b.addr).or_insert(false) |= b.up;
+        }
+    }
+    if wanted_backends.len() >= MAX_BACKENDS as usize {
+        return Err(PlanError::TooManyBackends {
+            wanted: wanted_backends.len(),
+            limit: MAX_BACKENDS - 1,
+        });
+    }
+
+    let mut out = Plan::default();
+
+    // Release slots of backends no longer wanted, and duplicate slots of one address.
+    let mut released = BTreeSet::new();
+    for (id, b) in state.assigned_ids() {
+        let addr = backend_addr(b);
+        let keep = wanted_backends.contains_key(&addr) && state.backend_ids.get(&addr) == Some(&id);
+        if !keep {
+            released.insert(id);
+            out.backend_releases.push((
+                id,
+                Backend {
+                    state: backend_state::UNUSED,
+                    generation: b.generation.wrapping_add(1),
+                    ..Backend::default()
+                },
+            ));
+        }
+    }
+
+    // Keep or assign ids for wanted backends.
+    let mut backend_ids: BTreeMap<SocketAddrV4, u32> = BTreeMap::new();
+    let mut taken: BTreeSet<u32> = state
+        .assigned_ids()
+        .map(|(id, _)| id)
+        .filter(|id| !released.contains(id))
+        .collect();
+    for (&addr, &up) in &wanted_backends {
+        let st = if up {
+            backend_state::UP
+        } else {
+            backend_state::DOWN
+        };
+        match state.backend_ids.get(&addr) {
+            Some(&id) => {
+                let cur = state.backends[id as usize];
+                if cur.state != st {
+                    out.backend_writes
+                        .push((id, backend_value(addr, st, cur.generation)));
+                }
+                backend_ids.insert(addr, id);
+            }
+            None => {
+                let id = allocate(MAX_BACKENDS, &taken, &released, |id| {
+                    state.backends[id as usize].state == backend_state::UNUSED
+                        || released.contains(&id)
+                })
+                .ok_or(PlanError::TooManyBackends {
+                    wanted: wanted_backends.len(),
+                    limit: MAX_BACKENDS - 1,
+                })?;
+                taken.insert(id);
+                // Bump past both the current generation and the one a release in this apply
+                // would write, so entries of either previous owner are stale.
+                let generation = state.backends[id as usize].generation.wrapping_add(2);
+                out.backend_writes
+                    .push((id, backend_value(addr, st, generation)));
+                out.fresh_backends.push(id);
+                backend_ids.insert(addr, id);
+            }
+        }
+    }
+    // A slot both released and reassigned in this apply is written once, as its new owner.
+    let reassigned: BTreeSet<u32> = out.fresh_backends.iter().copied().collect();
+    out.backend_releases
+        .retain(|(id, _)| !reassigned.contains(id));
+
+    // Services.
+    for (key, cur) in &state.services {
+        if !wanted_keys.contains(key) {
+            out.service_deletes.push((*key, *cur));
+        }
+    }
+    out.service_deletes.sort_by_key(|(_, s)| s.id);
+    let deleted_ids: BTreeSet<u32> = out.service_deletes.iter().map(|(_, s)| s.id).collect();
+    let mut service_ids_taken: BTreeSet<u32> = state
+        .services
+        .iter()
+        .filter(|(k, _)| wanted_keys.contains(k))
+        .map(|(_, s)| s.id)
+        .collect();
+    for (key, s) in &wanted {
+        let s = *s;
+        let mut input: Vec<(u32, SocketAddrV4)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for b in s.backends.iter().filter(|b| b.up) {
+            if seen.insert(b.addr)
+                && let Some(&id) = backend_ids.get(&b.addr)
+            {
+                input.push((id, b.addr));
+            }
+        }
+        input.sort();
+
+        let (id, fresh, current) = match state.services.get(key) {
+            Some(cur) => (cur.id, false, Some(*cur)),
+            None => {
+                let id = allocate(MAX_SERVICES, &service_ids_taken, &deleted_ids, |_| true).ok_or(
+                    PlanError::TooManyServices {
+                        wanted: wanted.len(),
+                        limit: MAX_SERVICES - 1,
+                    },
+                )?;
+                service_ids_taken.insert(id);
+                (id, true, None)
+            }
+        };
+        let table_current = current.is_some()
+            && state
+                .live_maglev
+                .get(&id)
+                .is_some_and(|live| *live == input);
+        let (slot, table) = match current {
+            Some(cur) if table_current => (cur.maglev_slot, None),
+            Some(cur) => (1 - (cur.maglev_slot & 1), Some(maglev_for(&input))),
+            None => (0, Some(maglev_for(&input))),
+        };
+        let value = service_value(s, id, slot);
+        let changed = table.is_some() || current != Some(value);
+        out.service_writes.push(ServiceWrite {
+            key: *key,
+            value,
+            table,
+            maglev_input: input,
+            fresh,
+            changed,
+        });
+    }
+    Ok(out)
+}
+
+fn maglev_for(input: &[(u32, SocketAddrV4)]) -> Vec<u32> {
+    let backends: Vec<MaglevBackend> = input
+        .iter()
+        .map(|(id, addr)| MaglevBackend::new(*id, addr.to_string()))
+        .collect();
+    build_table(&backends, MAGLEV_TABLE_SIZE)
+}
+
+/// The state after `plan` has been executed completely.
+pub fn apply_to_state(state: &State, plan: &Plan) -> State {
+    let mut backends = state.backends.clone();
+    for (id, b) in plan.backend_writes.iter().chain(&plan.backend_releases) {
+        if let Some(slot) = backends.get_mut(*id as usize) {
+            *slot = *b;
+        }
+    }
+    let mut services = state.services.clone();
+    let mut live_maglev = state.live_maglev.clone();
+    for (key, s) in &plan.service_deletes {
+        services.remove(key);
+        live_maglev.remove(&s.id);
+    }
+    for w in &plan.service_writes {
+        services.insert(w.key, w.value);
+        live_maglev.insert(w.value.id, w.maglev_input.clone());
+    }
+    let mut next = State::from_maps(services, backends);
+    next.live_maglev = live_maglev;
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::BackendSpec;
+    use std::time::Duration;
+
+    fn be(s: &str, up: bool) -> BackendSpec {
+        BackendSpec {
+            addr: s.parse().expect("test address"),
+            up,
+        }
+    }
+
+    fn svc(vip: &str, port: u16, backends: Vec<BackendSpec>) -> ServiceSpec {
+        ServiceSpec {
+            vip: vip.parse().expect("test vip"),
+            port,
+            proto: Proto::Tcp,
+            forwarding: Forwarding::Nat,
+            kind: ServiceKind::L4,
+            persistence_ttl: None,
+            backends,
+        }
+    }
+
+    fn run(state: &State, spec: &DataplaneSpec) -> (Plan, State) {
+        let p = plan(state, spec).expect("plan");
+        let next = apply_to_state(state, &p);
+        (p, next)
+    }
+
+    /// Simulates an agent restart: only what the maps hold survives.
+    fn restart(state: &State) -> State {
+        State::from_maps(state.services.clone(), state.backends.clone())
+    }
+
+    fn spec(services: Vec<ServiceSpec>) -> DataplaneSpec {
+        DataplaneSpec { services }
+    }
+
+    #[test]
+    fn first_apply_assigns_ids_and_tables() {
+        let s = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:8080", true), be("192.0.2.12:8080", true)],
+        )]);
+        let (p, next) = run(&State::default(), &s);
+        assert_eq!(p.backend_writes.len(), 2);
+        assert_eq!(p.fresh_backends, vec![1, 2]);
+        assert!(p.service_deletes.is_empty() && p.backend_releases.is_empty());
+        let w = &p.service_writes[0];
+        assert_eq!(w.value.id, 1);
+        assert_eq!(w.value.persist_group, 1);
+        assert!(w.fresh && w.changed);
+        let table = w.table.as_ref().expect("table");
+        assert_eq!(table.len(), MAGLEV_TABLE_SIZE as usize);
+        assert!(table.iter().all(|&id| id == 1 || id == 2));
+        for (_, b) in &p.backend_writes {
+            assert_eq!(b.state, backend_state::UP);
+            assert!(b.generation > 0);
+        }
+        let key = service_key("198.51.100.10".parse().expect("ip"), 80, Proto::Tcp);
+        assert_eq!(next.services[&key].id, 1);
+        assert_eq!(next.backend_ids.len(), 2);
+    }
+
+    #[test]
+    fn reapply_is_noop_and_restart_keeps_ids() {
+        let s = spec(vec![
+            svc("198.51.100.10", 80, vec![be("192.0.2.11:8080", true)]),
+            svc("198.51.100.11", 443, vec![be("192.0.2.12:8080", true)]),
+        ]);
+        let (_, st) = run(&State::default(), &s);
+        let (p2, st2) = run(&st, &s);
+        assert!(p2.is_noop(), "{p2:?}");
+        assert_eq!(st2.services, st.services);
+
+        // After a restart the live maglev input is unknown: the table is rewritten (into the
+        // other slot), but no id changes.
+        let adopted = restart(&st);
+        let (p3, st3) = run(&adopted, &s);
+        assert!(p3.backend_writes.is_empty());
+        assert!(p3.fresh_backends.is_empty());
+        for w in &p3.service_writes {
+            assert!(!w.fresh);
+            let before = st.services[&w.key];
+            assert_eq!(w.value.id, before.id);
+            assert_eq!(w.value.maglev_slot, 1 - before.maglev_slot);
+        }
+        assert_eq!(st3.backend_ids, st.backend_ids);
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_spec_order_after_first_assignment() {
+        let a = svc("198.51.100.10", 80, vec![be("192.0.2.11:80", true)]);
+        let b = svc("198.51.100.11", 80, vec![be("192.0.2.12:80", true)]);
+        let (_, st) = run(&State::default(), &spec(vec![a.clone(), b.clone()]));
+        let (_, st2) = run(&st, &spec(vec![b, a]));
+        assert_eq!(st.services, st2.services);
+        assert_eq!(st.backend_ids, st2.backend_ids);
+    }
+
+    #[test]
+    fn backend_change_switches_maglev_slot() {
+        let s1 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true), be("192.0.2.12:80", true)],
+        )]);
+        let (_, st) = run(&State::default(), &s1);
+        let s2 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![
+                be("192.0.2.11:80", true),
+                be("192.0.2.12:80", true),
+                be("192.0.2.13:80", true),
+            ],
+        )]);
+        let (p, st2) = run(&st, &s2);
+        let w = &p.service_writes[0];
+        let old = st.services[&w.key];
+        assert_eq!(w.value.maglev_slot, 1 - old.maglev_slot);
+        assert_eq!(w.value.id, old.id);
+        let t = w.table.as_ref().expect("table rewritten");
+        assert!(t.contains(&3));
+        assert_eq!(st2.services[&w.key].maglev_slot, w.value.maglev_slot);
+        // And switching back flips again.
+        let (p3, _) = run(&st2, &s1);
+        assert_eq!(p3.service_writes[0].value.maglev_slot, old.maglev_slot);
+    }
+
+    #[test]
+    fn down_backend_leaves_table_but_keeps_id() {
+        let s1 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true), be("192.0.2.12:80", true)],
+        )]);
+        let (_, st) = run(&State::default(), &s1);
+        let down_addr: SocketAddrV4 = "192.0.2.12:80".parse().expect("addr");
+        let down_id = st.backend_ids[&down_addr];
+        let s2 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true), be("192.0.2.12:80", false)],
+        )]);
+        let (p, st2) = run(&st, &s2);
+        assert_eq!(p.backend_writes.len(), 1);
+        let (id, b) = p.backend_writes[0];
+        assert_eq!(id, down_id);
+        assert_eq!(b.state, backend_state::DOWN);
+        assert_eq!(b.generation, st.backends[id as usize].generation);
+        assert!(p.backend_releases.is_empty());
+        let t = p.service_writes[0].table.as_ref().expect("table");
+        assert!(!t.contains(&down_id));
+        assert_eq!(st2.backend_ids[&down_addr], down_id);
+    }
+
+    #[test]
+    fn removed_backend_is_released_with_new_generation() {
+        let s1 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true), be("192.0.2.12:80", true)],
+        )]);
+        let (_, st) = run(&State::default(), &s1);
+        let gone: SocketAddrV4 = "192.0.2.12:80".parse().expect("addr");
+        let gone_id = st.backend_ids[&gone];
+        let old_gen = st.backends[gone_id as usize].generation;
+        let s2 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true)],
+        )]);
+        let (p, st2) = run(&st, &s2);
+        assert_eq!(p.backend_releases.len(), 1);
+        let (id, b) = p.backend_releases[0];
+        assert_eq!(id, gone_id);
+        assert_eq!(b.state, backend_state::UNUSED);
+        assert_eq!(b.generation, old_gen + 1);
+        assert!(!st2.backend_ids.contains_key(&gone));
+
+        // Stale conntrack/persist entries for the released slot are recognised.
+        let flow = Flow {
+            backend_id: gone_id,
+            generation: old_gen,
+            ..Flow::default()
+        };
+        assert!(!st.flow_is_stale(&flow));
+        assert!(st2.flow_is_stale(&flow));
+
+        // A new backend reusing the slot gets yet another generation.
+        let s3 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true), be("192.0.2.99:80", true)],
+        )]);
+        let (p3, st3) = run(&st2, &s3);
+        let (nid, nb) = p3.backend_writes[0];
+        assert_eq!(nid, gone_id, "lowest free id is reused");
+        assert!(nb.generation > old_gen + 1);
+        assert!(st3.flow_is_stale(&flow));
+    }
+
+    #[test]
+    fn swap_in_one_apply_does_not_reuse_released_slot_if_another_is_free() {
+        let s1 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:80", true)],
+        )]);
+        let (_, st) = run(&State::default(), &s1);
+        let s2 = spec(vec![svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.12:80", true)],
+        )]);
+        let (p, _) = run(&st, &s2);
+        assert_eq!(
+            p.backend_releases,
+            vec![(
+                1,
+                Backend {
+                    state: backend_state::UNUSED,
+                    generation: st.backends[1].generation + 1,
+                    ..Backend::default()
+                }
+            )]
+        );
+        assert_eq!(p.fresh_backends, vec![2]);
+    }
+
+    #[test]
+    fn removed_service_is_deleted_and_its_id_not_reused_at_once() {
+        let a = svc("198.51.100.10", 80, vec![be("192.0.2.11:80", true)]);
+        let b = svc("198.51.100.11", 80, vec![be("192.0.2.11:80", true)]);
+        let (_, st) = run(&State::default(), &spec(vec![a.clone(), b]));
+        let c = svc("198.51.100.12", 80, vec![be("192.0.2.11:80", true)]);
+        let (p, st2) = run(&st, &spec(vec![a, c]));
+        assert_eq!(p.service_deletes.len(), 1);
+        let deleted_id = p.service_deletes[0].1.id;
+        let new = p
+            .service_writes
+            .iter()
+            .find(|w| w.fresh)
+            .expect("new service");
+        assert_ne!(new.value.id, deleted_id);
+        assert_eq!(st2.services.len(), 2);
+        assert!(p.backend_releases.is_empty(), "shared backend stays");
+    }
+
+    #[test]
+    fn flags_follow_spec() {
+        let mut l4 = svc("198.51.100.10", 53, vec![]);
+        l4.proto = Proto::Udp;
+        l4.forwarding = Forwarding::Dsr;
+        l4.persistence_ttl = Some(Duration::from_secs(300));
+        let mut http = svc("198.51.100.10", 80, vec![]);
+        http.kind = ServiceKind::Http { fast_path: true };
+        let mut http_plain = svc("198.51.100.10", 81, vec![]);
+        http_plain.kind = ServiceKind::Http { fast_path: false };
+        let (p, _) = run(&State::default(), &spec(vec![l4, http, http_plain]));
+        let by_port = |port: u16| {
+            p.service_writes
+                .iter()
+                .find(|w| u16::from_be(w.key.port) == port)
+                .expect("service")
+                .value
+        };
+        let v = by_port(53);
+        assert_eq!(
+            v.flags,
+            service_flags::DSR | service_flags::PERSIST_CLIENT_IP
+        );
+        assert_eq!(v.persist_ttl_ns, 300_000_000_000);
+        assert_eq!(
+            by_port(80).flags,
+            service_flags::HTTP | service_flags::FAST_PATH
+        );
+        assert_eq!(by_port(81).flags, service_flags::HTTP);
+        // Empty pool: a table of zeros, which XDP treats as "no backend".
+        assert!(
+            p.service_writes[0]
+                .table
+                .as_ref()
+                .expect("table")
+                .iter()
+                .all(|&x| x == 0)
+        );
+    }
+
+    #[test]
+    fn keys_are_network_order() {
+        let k = service_key("198.51.100.10".parse().expect("ip"), 0x1234, Proto::Tcp);
+        assert_eq!(k.vip.to_ne_bytes(), [198, 51, 100, 10]);
+        assert_eq!(k.port.to_ne_bytes(), [0x12, 0x34]);
+        assert_eq!(k.proto, lb_common::proto::TCP);
+        assert_eq!(
+            service_key_parts(&k),
+            Some(("198.51.100.10".parse().expect("ip"), 0x1234, Proto::Tcp))
+        );
+        let b = backend_value("192.0.2.1:8080".parse().expect("addr"), 1, 1);
+        assert_eq!(b.addr.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!(backend_addr(&b).to_string(), "192.0.2.1:8080");
+    }
+
+    #[test]
+    fn rejects_duplicates_and_overflow() {
+        let a = svc("198.51.100.10", 80, vec![]);
+        assert!(matches!(
+            plan(&State::default(), &spec(vec![a.clone(), a])),
+            Err(PlanError::DuplicateService { port: 80, .. })
+        ));
+        let many: Vec<_> = (0..MAX_SERVICES)
+            .map(|i| svc("198.51.100.10", 1000 + i as u16, vec![]))
+            .collect();
+        assert!(matches!(
+            plan(&State::default(), &spec(many)),
+            Err(PlanError::TooManyServices { .. })
+        ));
+        let backends: Vec<_> = (0..MAX_BACKENDS)
+            .map(|i| BackendSpec {
+                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1000 + i as u16),
+                up: true,
+            })
+            .collect();
+        assert!(matches!(
+            plan(
+                &State::default(),
+                &spec(vec![svc("198.51.100.10", 80, backends)])
+            ),
+            Err(PlanError::TooManyBackends { .. })
+        ));
+    }
+
+    #[test]
+    fn adopt_ignores_duplicate_slots_and_releases_them() {
+        let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
+        let addr: SocketAddrV4 = "192.0.2.11:80".parse().expect("addr");
+        backends[3] = backend_value(addr, backend_state::UP, 4);
+        backends[5] = backend_value(addr, backend_state::UP, 9);
+        let st = State::from_maps(HashMap::new(), backends);
+        assert_eq!(st.backend_ids[&addr], 3);
+        let (p, st2) = run(
+            &st,
+            &spec(vec![svc(
+                "198.51.100.10",
+                80,
+                vec![be("192.0.2.11:80", true)],
+            )]),
+        );
+        assert_eq!(p.backend_releases.len(), 1);
+        assert_eq!(p.backend_releases[0].0, 5);
+        assert_eq!(st2.backend_ids[&addr], 3);
+    }
+
+    #[test]
+    fn persist_staleness() {
+        let (_, st) = run(
+            &State::default(),
+            &spec(vec![svc(
+                "198.51.100.10",
+                80,
+                vec![be("192.0.2.11:80", true)],
+            )]),
+        );
+        let id = st.backend_ids[&"192.0.2.11:80".parse().expect("addr")];
+        let generation = st.backends[id as usize].generation;
+        let p = Persist {
+            backend_id: id,
+            generation,
+            expires_ns: 1_000,
+        };
+        assert!(!st.persist_is_stale(&p, 999));
+        assert!(st.persist_is_stale(&p, 1_000));
+        assert!(st.persist_is_stale(
+            &Persist {
+                generation: generation + 1,
+                ..p
+            },
+            0
+        ));
+        assert!(st.persist_is_stale(&Persist { backend_id: 0, ..p }, 0));
+        assert!(st.persist_is_stale(
+            &Persist {
+                backend_id: MAX_BACKENDS + 5,
+                ..p
+            },
+            0
+        ));
+    }
+}

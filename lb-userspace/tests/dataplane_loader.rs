@@ -1,0 +1,557 @@
+//! Loader tests against the real kernel: load, pin, adopt, layout check, lock, apply/read back,
+//! attach through pinned links, teardown. They need root; without it each test prints a skip
+//! line and returns.
+//!
+//! Every test pins under its own `/sys/fs/bpf/latch-test-<pid>-<n>` and attaches only to veths
+//! inside its own network namespace; both are removed on drop, even when the test fails.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use latch::dataplane::{
+    AttachMode, BackendSpec, Dataplane, DataplaneError, DataplaneSpec, Forwarding, Proto,
+    ServiceKind, ServiceSpec, monotonic_now_ns, teardown, versioned_dir,
+};
+use lb_common::{
+    Backend, MAGLEV_TABLE_SIZE, Persist, PersistKey, Service, ServiceKey, backend_state,
+    maglev_base, map_names, service_flags,
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIP: dataplane loader tests need root (CAP_BPF + CAP_NET_ADMIN)");
+    }
+    root
+}
+
+fn ensure_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount bpffs");
+    }
+}
+
+/// A unique pin directory, torn down on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> Self {
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/latch-test-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        Self(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = teardown(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A throwaway network namespace holding a veth pair `a`/`b`, deleted on drop.
+struct NetNs {
+    name: String,
+    a: String,
+    b: String,
+}
+
+impl NetNs {
+    fn new() -> Self {
+        let n = unique();
+        let pid = std::process::id() % 100_000;
+        let ns = Self {
+            name: format!("latch-dpt-{pid}-{n}"),
+            a: format!("lda{pid}x{n}"),
+            b: format!("ldb{pid}x{n}"),
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "-n", &ns.name, "link", "add", &ns.a, "type", "veth", "peer", "name", &ns.b,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &ns.a, "up"]);
+        ip(&["-n", &ns.name, "link", "set", &ns.b, "up"]);
+        ns
+    }
+
+    /// XDP program id attached to `dev`, if any.
+    fn xdp_prog(&self, dev: &str) -> Option<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "-d", "link", "show", "dev", dev])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip link show {dev}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+        let xdp = &v[0]["xdp"];
+        xdp["prog"]["id"]
+            .as_u64()
+            .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f_ns = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
+fn addr(s: &str) -> SocketAddrV4 {
+    s.parse().expect("test address")
+}
+
+fn l4(vip: &str, port: u16, backends: &[(&str, bool)]) -> ServiceSpec {
+    ServiceSpec {
+        vip: vip.parse().expect("vip"),
+        port,
+        proto: Proto::Tcp,
+        forwarding: Forwarding::Nat,
+        kind: ServiceKind::L4,
+        persistence_ttl: None,
+        backends: backends
+            .iter()
+            .map(|(a, up)| BackendSpec {
+                addr: addr(a),
+                up: *up,
+            })
+            .collect(),
+    }
+}
+
+fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> T {
+    let data = MapData::from_pin(versioned_dir(dir).join(name)).expect("open pinned map");
+    let map = Map::from_map_data(data).expect("map");
+    T::try_from(map).expect("typed map")
+}
+
+fn services_map(dir: &Path) -> HashMap<MapData, ServiceKey, Service> {
+    pinned(dir, map_names::SERVICES)
+}
+
+fn backends_map(dir: &Path) -> Array<MapData, Backend> {
+    pinned(dir, map_names::BACKENDS)
+}
+
+fn service_in_map(dir: &Path, vip: &str, port: u16) -> Option<Service> {
+    let key = ServiceKey {
+        vip: u32::from_ne_bytes(vip.parse::<Ipv4Addr>().expect("vip").octets()),
+        port: port.to_be(),
+        proto: lb_common::proto::TCP,
+        _pad: 0,
+    };
+    services_map(dir).get(&key, 0).ok()
+}
+
+fn maglev_live(dir: &Path, svc: &Service) -> Vec<u32> {
+    let m: Array<MapData, u32> = pinned(dir, map_names::MAGLEV);
+    let base = maglev_base(svc.id, svc.maglev_slot);
+    (0..MAGLEV_TABLE_SIZE)
+        .map(|i| m.get(&(base + i), 0).expect("maglev entry"))
+        .collect()
+}
+
+#[test]
+fn load_pins_everything_and_adopts_after_drop() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    let spec = DataplaneSpec {
+        services: vec![
+            l4(
+                "198.51.100.10",
+                80,
+                &[("192.0.2.11:8080", true), ("192.0.2.12:8080", true)],
+            ),
+            l4(
+                "198.51.100.11",
+                80,
+                &[("192.0.2.12:8080", true), ("192.0.2.13:8080", true)],
+            ),
+        ],
+    };
+    let (ids_before, svc_before) = {
+        let mut dp = Dataplane::open(dir.path()).expect("open");
+        assert!(!dp.adopted());
+        dp.apply(&spec).expect("apply");
+        let ids: Vec<_> = ["192.0.2.11:8080", "192.0.2.12:8080", "192.0.2.13:8080"]
+            .iter()
+            .map(|a| dp.backend_id(addr(a)).expect("backend id"))
+            .collect();
+        let svc = dp
+            .service_id("198.51.100.11".parse().expect("ip"), 80, Proto::Tcp)
+            .expect("service id");
+        (ids, svc)
+    };
+    let v = versioned_dir(dir.path());
+    for name in [
+        map_names::SERVICES,
+        map_names::BACKENDS,
+        map_names::MAGLEV,
+        map_names::CONNTRACK,
+        map_names::PERSIST,
+        map_names::STATS,
+        map_names::SERVICE_STATS,
+        map_names::BACKEND_STATS,
+        "LATCH_LAYOUT",
+    ] {
+        assert!(v.join(name).exists(), "{name} pinned");
+    }
+    // The maps outlive the agent.
+    let s = service_in_map(dir.path(), "198.51.100.11", 80).expect("service survives drop");
+    assert_eq!(s.id, svc_before);
+
+    let mut dp = Dataplane::open(dir.path()).expect("reopen");
+    assert!(dp.adopted());
+    let ids_after: Vec<_> = ["192.0.2.11:8080", "192.0.2.12:8080", "192.0.2.13:8080"]
+        .iter()
+        .map(|a| dp.backend_id(addr(a)).expect("adopted backend id"))
+        .collect();
+    assert_eq!(ids_before, ids_after);
+    // Re-applying after adoption keeps ids and leaves a table over the same backends live.
+    dp.apply(&spec).expect("apply after adopt");
+    let s2 = service_in_map(dir.path(), "198.51.100.11", 80).expect("service");
+    assert_eq!(s2.id, s.id);
+    assert_ne!(
+        s2.maglev_slot, s.maglev_slot,
+        "rewritten into the other slot"
+    );
+    assert_eq!(maglev_live(dir.path(), &s2), maglev_live(dir.path(), &s));
+}
+
+#[test]
+fn second_open_is_refused_by_the_lock() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    let _first = Dataplane::open(dir.path()).expect("open");
+    let err = Dataplane::open(dir.path()).expect_err("second open must fail");
+    assert!(
+        matches!(err, DataplaneError::AlreadyRunning { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "another latch agent is running on {}",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    let err = teardown(dir.path()).expect_err("teardown while running");
+    assert!(
+        matches!(err, DataplaneError::AlreadyRunning { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn layout_mismatch_is_refused() {
+    if !is_root() {
+        return;
+    }
+    ensure_bpffs();
+    let dir = PinDir::new();
+    let v = versioned_dir(dir.path());
+    std::fs::create_dir_all(&v).expect("mkdir");
+    // A BACKENDS array whose values are 8 bytes instead of 16: what an older layout would
+    // have left behind.
+    let wrong: Array<MapData, [u8; 8]> = Array::create(lb_common::MAX_BACKENDS, 0).expect("create");
+    wrong.pin(v.join(map_names::BACKENDS)).expect("pin");
+    let err = Dataplane::open(dir.path()).expect_err("must refuse");
+    match &err {
+        DataplaneError::LayoutMismatch {
+            expected, found, ..
+        } => {
+            assert!(expected.contains("value 16B"), "{expected}");
+            assert!(found.contains("value 8B"), "{found}");
+        }
+        other => panic!("expected LayoutMismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("latch down"), "{err}");
+    // Nothing else was created next to the bad pin.
+    assert!(!v.join(map_names::SERVICES).exists());
+}
+
+#[test]
+fn apply_then_read_maps_back() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    let mut dp = Dataplane::open(dir.path()).expect("open");
+    let mut dsr = l4(
+        "198.51.100.20",
+        53,
+        &[("192.0.2.21:53", true), ("192.0.2.22:53", true)],
+    );
+    dsr.proto = Proto::Udp;
+    dsr.forwarding = Forwarding::Dsr;
+    dsr.persistence_ttl = Some(Duration::from_secs(60));
+    let web = l4(
+        "198.51.100.10",
+        80,
+        &[
+            ("192.0.2.11:8080", true),
+            ("192.0.2.12:8080", true),
+            ("192.0.2.13:8080", false),
+        ],
+    );
+    let mut http = l4("198.51.100.30", 80, &[("192.0.2.11:8080", true)]);
+    http.kind = ServiceKind::Http { fast_path: true };
+    dp.apply(&DataplaneSpec {
+        services: vec![web.clone(), dsr.clone(), http.clone()],
+    })
+    .expect("apply");
+
+    // SERVICES.
+    let web_svc = service_in_map(dir.path(), "198.51.100.10", 80).expect("web");
+    assert_eq!(web_svc.flags, 0);
+    assert_eq!(web_svc.persist_group, web_svc.id);
+    let http_svc = service_in_map(dir.path(), "198.51.100.30", 80).expect("http");
+    assert_eq!(
+        http_svc.flags,
+        service_flags::HTTP | service_flags::FAST_PATH
+    );
+    let dsr_key = ServiceKey {
+        vip: u32::from_ne_bytes([198, 51, 100, 20]),
+        port: 53u16.to_be(),
+        proto: lb_common::proto::UDP,
+        _pad: 0,
+    };
+    let dsr_svc = services_map(dir.path()).get(&dsr_key, 0).expect("dsr");
+    assert_eq!(
+        dsr_svc.flags,
+        service_flags::DSR | service_flags::PERSIST_CLIENT_IP
+    );
+    assert_eq!(dsr_svc.persist_ttl_ns, 60_000_000_000);
+
+    // BACKENDS, network order, UP/DOWN.
+    let backends = backends_map(dir.path());
+    let id11 = dp.backend_id(addr("192.0.2.11:8080")).expect("id");
+    let id13 = dp.backend_id(addr("192.0.2.13:8080")).expect("id");
+    let b11 = backends.get(&id11, 0).expect("backend");
+    assert_eq!(b11.addr.to_ne_bytes(), [192, 0, 2, 11]);
+    assert_eq!(u16::from_be(b11.port), 8080);
+    assert_eq!(b11.state, backend_state::UP);
+    assert_eq!(
+        backends.get(&id13, 0).expect("backend").state,
+        backend_state::DOWN
+    );
+
+    // MAGLEV: the live table of web holds exactly its two UP backends, about half each.
+    let table = maglev_live(dir.path(), &web_svc);
+    let id12 = dp.backend_id(addr("192.0.2.12:8080")).expect("id");
+    let n11 = table.iter().filter(|&&x| x == id11).count();
+    let n12 = table.iter().filter(|&&x| x == id12).count();
+    assert_eq!(n11 + n12, MAGLEV_TABLE_SIZE as usize);
+    assert!(n11.abs_diff(n12) <= 1, "{n11} vs {n12}");
+
+    // Remove a backend and a service.
+    let old_gen = backends.get(&id12, 0).expect("backend").generation;
+    let web2 = l4(
+        "198.51.100.10",
+        80,
+        &[("192.0.2.11:8080", true), ("192.0.2.13:8080", true)],
+    );
+    dp.apply(&DataplaneSpec {
+        services: vec![web2, http.clone()],
+    })
+    .expect("apply 2");
+    let b12 = backends.get(&id12, 0).expect("backend");
+    assert_eq!(b12.state, backend_state::UNUSED);
+    assert_eq!(b12.generation, old_gen + 1);
+    assert!(
+        services_map(dir.path()).get(&dsr_key, 0).is_err(),
+        "dsr deleted"
+    );
+    let web_svc2 = service_in_map(dir.path(), "198.51.100.10", 80).expect("web");
+    assert_eq!(web_svc2.id, web_svc.id);
+    assert_ne!(web_svc2.maglev_slot, web_svc.maglev_slot);
+    let table2 = maglev_live(dir.path(), &web_svc2);
+    assert!(table2.iter().all(|&x| x == id11 || x == id13));
+    assert!(table2.contains(&id13));
+
+    // Persistence pins.
+    let persist: HashMap<MapData, PersistKey, Persist> = pinned(dir.path(), map_names::PERSIST);
+    let client: Ipv4Addr = "203.0.113.7".parse().expect("ip");
+    let pkey = PersistKey {
+        group: http_svc.persist_group,
+        client_addr: u32::from_ne_bytes(client.octets()),
+    };
+    let svc = ("198.51.100.30".parse().expect("ip"), 80, Proto::Tcp);
+    let now = monotonic_now_ns();
+    dp.pin_client(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
+        .expect("pin");
+    let p = persist.get(&pkey, 0).expect("pinned");
+    assert_eq!(p.backend_id, id11);
+    assert_eq!(p.generation, b11.generation);
+    assert!(matches!(
+        dp.pin_client(svc, client, addr("192.0.2.99:1"), now),
+        Err(DataplaneError::UnknownBackend { .. })
+    ));
+    assert_eq!(dp.sweep(now).expect("sweep"), 0, "unexpired pin kept");
+    assert!(persist.get(&pkey, 0).is_ok());
+    assert_eq!(dp.sweep(now + 61_000_000_000).expect("sweep"), 1);
+    assert!(persist.get(&pkey, 0).is_err(), "expired pin swept");
+    dp.pin_client(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
+        .expect("pin");
+    dp.unpin_client(svc, client).expect("unpin");
+    assert!(persist.get(&pkey, 0).is_err());
+    dp.unpin_client(svc, client).expect("unpin twice");
+
+    // Stats: every programmed service and backend is reported, counters zero (no traffic).
+    let stats = dp.stats().expect("stats");
+    assert_eq!(stats.services.len(), 2);
+    assert_eq!(stats.backends.len(), 2);
+    assert!(stats.services.iter().all(|s| s.counters.packets == 0));
+    assert_eq!(stats.global.len(), 15);
+}
+
+#[test]
+fn teardown_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    {
+        let mut dp = Dataplane::open(dir.path()).expect("open");
+        dp.apply(&DataplaneSpec {
+            services: vec![l4("198.51.100.10", 80, &[("192.0.2.11:80", true)])],
+        })
+        .expect("apply");
+    }
+    let report = teardown(dir.path()).expect("teardown");
+    assert!(report.removed_dir);
+    assert_eq!(report.pins_removed, 9, "8 maps + manifest: {report:?}");
+    assert!(!dir.path().exists());
+    // And a fresh open starts empty.
+    let dp = Dataplane::open(dir.path()).expect("open after teardown");
+    assert!(!dp.adopted());
+    assert!(dp.backend_id(addr("192.0.2.11:80")).is_none());
+}
+
+#[test]
+fn unknown_interface_is_an_error() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    let mut dp = Dataplane::open(dir.path()).expect("open");
+    let err = dp
+        .attach(&["latch-nope0".to_owned()])
+        .expect_err("unknown interface");
+    assert!(
+        matches!(&err, DataplaneError::UnknownInterface { name } if name == "latch-nope0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn attach_survives_restart_replaces_program_and_detaches() {
+    if !is_root() {
+        return;
+    }
+    let ns = NetNs::new();
+    let dir = PinDir::new();
+    let (d, a) = (dir.path().to_owned(), ns.a.clone());
+
+    let (d1, a1) = (d.clone(), a.clone());
+    let modes = ns.run(move || {
+        let mut dp = Dataplane::open(&d1).expect("open");
+        dp.attach(&[a1]).expect("attach")
+    });
+    assert_eq!(modes.len(), 1);
+    assert_eq!(
+        modes[0].mode,
+        AttachMode::Driver,
+        "veth supports native XDP"
+    );
+    ns.xdp_prog(&ns.a)
+        .expect("attached, and still after the agent dropped");
+    assert!(versioned_dir(&d).join("links").join(&ns.a).exists());
+    assert_eq!(ns.xdp_prog(&ns.b), None, "peer untouched");
+
+    // A new agent swaps its program into the pinned link.
+    let (d2, a2) = (d.clone(), a.clone());
+    let modes = ns.run(move || {
+        let mut dp = Dataplane::open(&d2).expect("reopen");
+        let m = dp.attach(&[a2]).expect("re-attach");
+        // Removing the interface from the list detaches it.
+        dp.attach(&[]).expect("detach");
+        m
+    });
+    assert_eq!(modes[0].mode, AttachMode::Replaced);
+    assert_eq!(ns.xdp_prog(&ns.a), None, "detached when no longer listed");
+
+    // Attach again and check the program id changes across agents without a gap.
+    let (d3, a3) = (d.clone(), a.clone());
+    ns.run(move || {
+        let mut dp = Dataplane::open(&d3).expect("open");
+        dp.attach(&[a3]).expect("attach");
+    });
+    let p1 = ns.xdp_prog(&ns.a).expect("attached");
+    let (d4, a4) = (d.clone(), a.clone());
+    ns.run(move || {
+        let mut dp = Dataplane::open(&d4).expect("open");
+        assert_eq!(
+            dp.attach(&[a4]).expect("attach")[0].mode,
+            AttachMode::Replaced
+        );
+    });
+    let p2 = ns.xdp_prog(&ns.a).expect("still attached");
+    assert_ne!(p1, p2, "the new agent's program runs");
+
+    // `latch down` detaches.
+    let report = teardown(&d).expect("teardown");
+    assert_eq!(report.links_detached, vec![ns.a.clone()]);
+    assert_eq!(ns.xdp_prog(&ns.a), None, "teardown detached");
+}
