@@ -135,7 +135,7 @@ pub fn run() -> Result<bool> {
                     format!("cargo test exited with {s} without a failing test line"),
                 )
             }
-            Some(s) => (false, format!("exit {s}")),
+            Some(s) => (false, s.to_string()),
         };
         steps.push(Step {
             name: "test",
@@ -185,7 +185,7 @@ fn simple(name: &'static str, banner: &str, args: &[&str], limit: Duration) -> R
     let (ok, detail) = match out.status {
         None => (false, format!("killed after {limit:?}")),
         Some(s) if s.success() => (true, String::new()),
-        Some(s) => (false, format!("exit {s}")),
+        Some(s) => (false, s.to_string()),
     };
     Ok(Step {
         name,
