@@ -1,1 +1,48 @@
-fn main() {}
+//! `cargo xtask setup | test | demo | bench`: orchestration only. The eBPF object is built by
+//! lb-userspace/build.rs, not here.
+
+mod demo;
+mod proc;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "latch development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install or check the toolchain and system packages (idempotent; fast when all present).
+    Setup,
+    /// Setup, then build, fmt check, clippy and every test, ending in `N passed, N failed`.
+    Test,
+    /// Build the demo topology in namespaces and run latch in it until Ctrl-C.
+    Demo,
+    /// Benchmarks (not built yet).
+    Bench,
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().cmd {
+        Cmd::Setup => setup::run().map(|_| true),
+        Cmd::Test => test::run(),
+        Cmd::Demo => demo::run().map(|_| true),
+        Cmd::Bench => {
+            eprintln!("bench: not built yet");
+            Ok(false)
+        }
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
