@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "latch", version, about = "XDP load balancer with Avi-compatible DataScripts")]
+#[command(
+    name = "latch",
+    version,
+    about = "XDP load balancer with Avi-compatible DataScripts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
