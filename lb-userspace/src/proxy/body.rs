@@ -68,7 +68,11 @@ pub(crate) struct ServerUse {
 }
 
 impl ServerUse {
-    pub fn new(addr: SocketAddr, counters: Arc<ServerCounters>, picker: Arc<dyn ServerPicker>) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        counters: Arc<ServerCounters>,
+        picker: Arc<dyn ServerPicker>,
+    ) -> Self {
         counters.requests.fetch_add(1, Ordering::Relaxed);
         picker.request_started(addr);
         Self {
@@ -108,7 +112,12 @@ pub(crate) struct Txn {
 }
 
 impl Txn {
-    pub fn new(client: SocketAddr, method: http::Method, uri: http::Uri, clock: Arc<ConnClock>) -> Self {
+    pub fn new(
+        client: SocketAddr,
+        method: http::Method,
+        uri: http::Uri,
+        clock: Arc<ConnClock>,
+    ) -> Self {
         Self {
             start: Instant::now(),
             client,
@@ -137,7 +146,8 @@ impl Drop for Txn {
         if let Some(vs) = &self.vs {
             let c = &vs.counters;
             c.request_bytes.fetch_add(request_bytes, Ordering::Relaxed);
-            c.response_bytes.fetch_add(self.response_bytes, Ordering::Relaxed);
+            c.response_bytes
+                .fetch_add(self.response_bytes, Ordering::Relaxed);
             if self.status != 0 {
                 c.response(self.status);
             }
@@ -147,7 +157,8 @@ impl Drop for Txn {
             c.request_bytes.fetch_add(request_bytes, Ordering::Relaxed);
             if let Some(status) = self.server_status {
                 c.response(status);
-                c.response_bytes.fetch_add(self.response_bytes, Ordering::Relaxed);
+                c.response_bytes
+                    .fetch_add(self.response_bytes, Ordering::Relaxed);
             }
         }
         let script_log = self.hooks.as_ref().and_then(|h| h.log_output());

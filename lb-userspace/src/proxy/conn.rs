@@ -49,7 +49,8 @@ impl ConnClock {
     }
 
     fn set(&self, phase: u64) {
-        self.state.store((self.now_ms() << 2) | phase, Ordering::Relaxed);
+        self.state
+            .store((self.now_ms() << 2) | phase, Ordering::Relaxed);
     }
 
     /// A request head was parsed: no client timer until its response is done.
@@ -111,7 +112,11 @@ impl AsyncRead for TimedIo {
 }
 
 impl AsyncWrite for TimedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -180,11 +185,17 @@ pub(crate) async fn serve_conn(
     let conn = watcher.watch(builder.serve_connection(io, service));
     tokio::pin!(conn);
     // Bounded: every iteration either ends the connection or sleeps at least `recheck`.
-    let recheck = settings.header_read_timeout.min(settings.client_idle_timeout);
+    let recheck = settings
+        .header_read_timeout
+        .min(settings.client_idle_timeout);
     loop {
         let snap = clock.snapshot();
         let deadline = clock
-            .deadline(snap, settings.client_idle_timeout, settings.header_read_timeout)
+            .deadline(
+                snap,
+                settings.client_idle_timeout,
+                settings.header_read_timeout,
+            )
             .unwrap_or_else(|| Instant::now() + recheck);
         tokio::select! {
             res = &mut conn => {
@@ -222,7 +233,9 @@ mod tests {
         c.on_read();
         assert_eq!(c.snapshot() & 3, BUSY, "reads while busy are body bytes");
         c.idle();
-        let d = c.deadline(c.snapshot(), idle, head).map(|d| d.duration_since(c.epoch));
+        let d = c
+            .deadline(c.snapshot(), idle, head)
+            .map(|d| d.duration_since(c.epoch));
         assert!(d.is_some_and(|d| d >= idle && d < idle + Duration::from_secs(1)));
         c.on_read();
         assert_eq!(c.snapshot() & 3, HEAD);

@@ -54,7 +54,11 @@ pub(crate) fn error_response(status: StatusCode) -> Response<Bytes> {
     resp
 }
 
-fn local_response(resp: Response<Bytes>, mut txn: Txn, force_close: bool) -> Response<ResponseBody> {
+fn local_response(
+    resp: Response<Bytes>,
+    mut txn: Txn,
+    force_close: bool,
+) -> Response<ResponseBody> {
     let close = force_close || txn.close_requested();
     let (mut parts, body) = resp.into_parts();
     if close {
@@ -104,14 +108,17 @@ pub(crate) async fn handle(
         Some(RequestVerdict::Forward(selection)) => selection,
         None => Selection::default(),
     };
-    let (mut rparts, rbody, lent) =
-        match forward(&ctx, &table, &vs, &conn, parts, body, selection, &mut txn).await {
-            Ok(r) => r,
-            Err(f) => {
-                tracing::debug!(vs = %vs.name, client = %conn.client, status = f.status.as_u16(), reason = f.reason, "request not forwarded");
-                return Ok(local_response(error_response(f.status), txn, false));
-            }
-        };
+    let (mut rparts, rbody, lent) = match forward(
+        &ctx, &table, &vs, &conn, parts, body, selection, &mut txn,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(f) => {
+            tracing::debug!(vs = %vs.name, client = %conn.client, status = f.status.as_u16(), reason = f.reason, "request not forwarded");
+            return Ok(local_response(error_response(f.status), txn, false));
+        }
+    };
     txn.server_status = Some(rparts.status.as_u16());
     headers::strip_hop_by_hop(&mut rparts.headers);
     if let Some(h) = txn.hooks.as_mut()
@@ -219,7 +226,12 @@ async fn forward(
     let mut retried = false;
     loop {
         match tokio::time::timeout_at(deadline, checkout.sender.try_send_request(req)).await {
-            Err(_) => return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream response timeout")),
+            Err(_) => {
+                return Err(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream response timeout",
+                ));
+            }
             Ok(Ok(resp)) => {
                 let (rparts, rbody) = resp.into_parts();
                 return Ok((

@@ -102,14 +102,23 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_to_existing_values() {
-        let mut h = map(&[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut h, "198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])));
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        add_forwarded(
+            &mut h,
+            "198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])),
+        );
         assert_eq!(
             h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
             Some("203.0.113.7, 10.0.0.1, 198.51.100.2")
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(&b"http"[..]));
+        assert_eq!(
+            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"http"[..])
+        );
 
         let mut fresh = HeaderMap::new();
         prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]));

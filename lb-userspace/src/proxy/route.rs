@@ -128,7 +128,8 @@ mod tests {
     use crate::proxy::settings::VirtualServiceSpec;
 
     fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        s.parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     fn config() -> ProxyConfig {

@@ -130,7 +130,11 @@ impl HttpProxy {
             .filter(|k| table.vs(**k).is_none())
             .copied()
             .collect();
-        let names = table.vs_names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let names = table
+            .vs_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>();
         let servers = table.servers();
         self.table.store(Arc::new(table));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -232,7 +236,11 @@ impl HttpProxy {
         Ok((bound, sockets))
     }
 
-    fn hand_out(&self, key: SocketAddr, sockets: Vec<std::net::TcpListener>) -> Result<(), ProxyError> {
+    fn hand_out(
+        &self,
+        key: SocketAddr,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> Result<(), ProxyError> {
         for (w, listener) in self.workers.iter().zip(sockets) {
             w.tx.send(WorkerCmd::Listen { key, listener })
                 .map_err(|_| ProxyError::Stopped)?;
@@ -268,7 +276,8 @@ pub async fn serve(
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ProxyError> {
     let err = |source| ProxyError::Bind { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_reuse_port(true).map_err(err)?;
     // The VIP may not be on an interface yet (XDP hands its packets to the stack).

@@ -242,10 +242,18 @@ mod tests {
         let reg = StatsRegistry::default();
         let c = reg.vs("a");
         {
-            let _g = GaugeGuard::new(Gauge::new(c.clone(), |c: &VsCounters| &c.active_connections));
-            assert_eq!(reg.snapshot().vs("a").map(|v| v.active_connections), Some(1));
+            let _g = GaugeGuard::new(Gauge::new(c.clone(), |c: &VsCounters| {
+                &c.active_connections
+            }));
+            assert_eq!(
+                reg.snapshot().vs("a").map(|v| v.active_connections),
+                Some(1)
+            );
         }
-        assert_eq!(reg.snapshot().vs("a").map(|v| v.active_connections), Some(0));
+        assert_eq!(
+            reg.snapshot().vs("a").map(|v| v.active_connections),
+            Some(0)
+        );
         reg.retain(&[], &[]);
         assert!(reg.snapshot().vs("a").is_none());
     }

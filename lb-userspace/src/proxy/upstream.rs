@@ -23,7 +23,10 @@ pub(crate) type UpstreamSender = SendRequest<RequestBody>;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
     #[error("connect to {server} timed out after {timeout:?}")]
-    Timeout { server: SocketAddr, timeout: Duration },
+    Timeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
     #[error("connect to {server}: {source}")]
     Io {
         server: SocketAddr,
@@ -73,16 +76,26 @@ impl UpstreamPool {
     }
 
     /// A pooled connection to `server` if one is alive, else a new one (always new if `fresh`).
-    pub async fn checkout(&self, server: SocketAddr, fresh: bool) -> Result<Checkout, ConnectError> {
+    pub async fn checkout(
+        &self,
+        server: SocketAddr,
+        fresh: bool,
+    ) -> Result<Checkout, ConnectError> {
         if !fresh {
             while let Some(mut sender) = self.take_idle(server) {
                 if sender.is_ready() {
-                    return Ok(Checkout { sender, reused: true });
+                    return Ok(Checkout {
+                        sender,
+                        reused: true,
+                    });
                 }
                 // Just returned: the connection task may not have gone idle yet.
                 if let Ok(Ok(())) = tokio::time::timeout(self.connect_timeout, sender.ready()).await
                 {
-                    return Ok(Checkout { sender, reused: true });
+                    return Ok(Checkout {
+                        sender,
+                        reused: true,
+                    });
                 }
             }
         }
@@ -132,37 +145,35 @@ impl UpstreamPool {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         for list in idle.values_mut() {
-            list.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout);
+            list.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout
+            });
         }
         idle.retain(|_, list| !list.is_empty());
     }
 
-    /// Number of pooled idle connections (tests).
-    #[cfg(test)]
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().values().map(Vec::len).sum()
-    }
-
     async fn connect(&self, server: SocketAddr) -> Result<UpstreamSender, ConnectError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    server,
-                    timeout: self.connect_timeout,
-                });
-            }
-            Ok(Err(source)) => return Err(ConnectError::Io { server, source }),
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        server,
+                        timeout: self.connect_timeout,
+                    });
+                }
+                Ok(Err(source)) => return Err(ConnectError::Io { server, source }),
+                Ok(Ok(s)) => s,
+            };
         // Small request heads must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake { server, source })?;
-        let gauge = GaugeGuard::new(Gauge::new(self.stats.server(server), |c: &ServerCounters| {
-            &c.connections
-        }));
+        let gauge = GaugeGuard::new(Gauge::new(
+            self.stats.server(server),
+            |c: &ServerCounters| &c.connections,
+        ));
         tokio::spawn(async move {
             let _gauge = gauge;
             if let Err(e) = conn.await {
