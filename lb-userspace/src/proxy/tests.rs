@@ -914,3 +914,70 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
         Ok(())
     })
 }
+
+/// Collects what the global subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn one_access_log_line_per_request() -> TestResult {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        // The proxy logs from its own threads, so only a global subscriber sees the lines.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("latch::access=info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        capture
+    });
+    run(async {
+        let b = backend().await?;
+        let hooks = FnHooks::new(
+            |_| RequestVerdict::Forward(Selection::default()),
+            |_, _| ResponseVerdict::Continue,
+        );
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        for _ in 0..3 {
+            let (parts, _) = send(&mut c, get("/access-log-probe")?).await?;
+            assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        }
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        let text = capture
+            .0
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map_err(|_| err("poisoned"))?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("/access-log-probe"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for line in lines {
+            assert!(line.contains("latch::access"), "{line}");
+            assert!(line.contains("vs=\"shop\""), "{line}");
+            assert!(line.contains(&format!("server={}", b.addr)), "{line}");
+            assert!(line.contains("method=GET"), "{line}");
+            assert!(line.contains("status=404"), "{line}");
+            assert!(line.contains("script said hi"), "{line}");
+            assert!(line.contains("complete=true"), "{line}");
+        }
+        Ok(())
+    })
+}
