@@ -1,3 +1,36 @@
 //! HTTP termination and upstream connection pools (tokio + hyper).
+//!
+//! One [`HttpProxy`] serves every `type = "http"` virtual service. Per request it runs the
+//! service's [`hooks`] (DataScripts), asks a pool's [`ServerPicker`] for a server, forwards
+//! over a pooled HTTP/1.1 connection and streams both bodies. Defaults of every timeout and
+//! limit are the `DEFAULT_*` constants in [`settings`].
+//!
+//! Protocol errors are answered by hyper before a request reaches the proxy or a server: a
+//! request head over `max_header_bytes` or with more than `max_headers` headers gets 431, a
+//! bad request line or header, or Content-Length together with Transfer-Encoding, gets 400;
+//! then the connection is closed. A head that does not arrive within `header_read_timeout`
+//! closes the connection without a response. Upgrades (WebSocket) are not supported: the
+//! Upgrade header is hop-by-hop and removed.
 
+mod body;
+mod conn;
+mod error;
+mod handler;
+mod headers;
 pub mod hooks;
+mod picker;
+mod route;
+mod server;
+pub mod settings;
+mod stats;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ProxyError;
+pub use picker::{PickContext, RoundRobin, ServerPicker};
+pub use route::StaticPoolView;
+pub use server::{DrainReport, HttpProxy, serve};
+pub use settings::{PoolSpec, ProxyConfig, ProxySettings, VirtualServiceSpec};
+pub use stats::{ProxyStats, ServerStats, VsStats, status_class};

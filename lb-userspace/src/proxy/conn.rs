@@ -1,0 +1,243 @@
+//! One client connection: hyper's HTTP/1.1 server plus our own idle and header timers.
+//!
+//! hyper's `header_read_timeout` starts as soon as hyper waits for the next request head, so
+//! it would also cut idle keep-alive connections at the (short) header timeout. The proxy
+//! therefore disables it and runs one watchdog per connection with two phases: idle (waiting
+//! for the first byte of a request, `client_idle_timeout`) and head (first byte seen, whole
+//! head not yet parsed, `header_read_timeout`). A new connection starts in the head phase, so
+//! a client that connects and sends nothing is dropped after the header timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::handler::{WorkerCtx, handle};
+use super::stats::{Gauge, GaugeGuard, VsCounters};
+
+const IDLE: u64 = 0;
+const HEAD: u64 = 1;
+const BUSY: u64 = 2;
+
+/// Phase of a connection and when it began, packed in one atomic: `(millis << 2) | phase`.
+#[derive(Debug)]
+pub(crate) struct ConnClock {
+    epoch: Instant,
+    state: AtomicU64,
+}
+
+impl ConnClock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            state: AtomicU64::new(HEAD),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2)
+    }
+
+    fn set(&self, phase: u64) {
+        self.state
+            .store((self.now_ms() << 2) | phase, Ordering::Relaxed);
+    }
+
+    /// A request head was parsed: no client timer until its response is done.
+    pub fn busy(&self) {
+        self.set(BUSY);
+    }
+
+    /// The response is done: the keep-alive idle timer starts.
+    pub fn idle(&self) {
+        self.set(IDLE);
+    }
+
+    /// Bytes arrived: if idle, a new request head has begun.
+    fn on_read(&self) {
+        let cur = self.state.load(Ordering::Relaxed);
+        if cur & 3 == IDLE {
+            let next = (self.now_ms() << 2) | HEAD;
+            let _ = self
+                .state
+                .compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> u64 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// When the phase in `snap` expires; `None` while busy.
+    fn deadline(&self, snap: u64, idle: Duration, head: Duration) -> Option<Instant> {
+        let since = self.epoch + Duration::from_millis(snap >> 2);
+        match snap & 3 {
+            IDLE => Some(since + idle),
+            HEAD => Some(since + head),
+            _ => None,
+        }
+    }
+}
+
+/// The client socket, telling the clock when bytes arrive.
+struct TimedIo {
+    inner: TcpStream,
+    clock: Arc<ConnClock>,
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.clock.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Who is on the other end and which listener (by configured VIP:port) accepted them.
+pub(crate) struct ConnInfo {
+    pub client: SocketAddr,
+    pub listen: SocketAddr,
+    pub clock: Arc<ConnClock>,
+}
+
+/// Serves one client connection until it closes, times out, or drains.
+pub(crate) async fn serve_conn(
+    stream: TcpStream,
+    client: SocketAddr,
+    listen: SocketAddr,
+    ctx: Arc<WorkerCtx>,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let _active = ctx.table.load().vs(listen).map(|vs| {
+        GaugeGuard::new(Gauge::new(vs.counters.clone(), |c: &VsCounters| {
+            &c.active_connections
+        }))
+    });
+    let clock = Arc::new(ConnClock::new());
+    let info = Arc::new(ConnInfo {
+        client,
+        listen,
+        clock: clock.clone(),
+    });
+    let settings = ctx.settings.clone();
+    let io = TokioIo::new(TimedIo {
+        inner: stream,
+        clock: clock.clone(),
+    });
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| handle(service_ctx.clone(), info.clone(), req));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(settings.max_headers)
+        .max_header_size(settings.max_header_bytes);
+    let conn = watcher.watch(builder.serve_connection(io, service));
+    tokio::pin!(conn);
+    // Bounded: every iteration either ends the connection or sleeps at least `recheck`.
+    let recheck = settings
+        .header_read_timeout
+        .min(settings.client_idle_timeout);
+    loop {
+        let snap = clock.snapshot();
+        let deadline = clock
+            .deadline(
+                snap,
+                settings.client_idle_timeout,
+                settings.header_read_timeout,
+            )
+            .unwrap_or_else(|| Instant::now() + recheck);
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res {
+                    tracing::debug!(%client, %listen, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if clock.snapshot() == snap && snap & 3 != BUSY {
+                    tracing::debug!(%client, %listen, phase = if snap & 3 == IDLE { "idle" } else { "header" },
+                        "closing client connection: timeout");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_phases() {
+        let c = ConnClock::new();
+        let idle = Duration::from_secs(60);
+        let head = Duration::from_secs(10);
+        let s = c.snapshot();
+        assert_eq!(s & 3, HEAD);
+        let d = c.deadline(s, idle, head).map(|d| d.duration_since(c.epoch));
+        assert!(d.is_some_and(|d| d <= head + Duration::from_millis(50)));
+        c.busy();
+        assert_eq!(c.deadline(c.snapshot(), idle, head), None);
+        c.on_read();
+        assert_eq!(c.snapshot() & 3, BUSY, "reads while busy are body bytes");
+        c.idle();
+        let d = c
+            .deadline(c.snapshot(), idle, head)
+            .map(|d| d.duration_since(c.epoch));
+        assert!(d.is_some_and(|d| d >= idle && d < idle + Duration::from_secs(1)));
+        c.on_read();
+        assert_eq!(c.snapshot() & 3, HEAD);
+    }
+}

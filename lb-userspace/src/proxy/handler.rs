@@ -1,0 +1,265 @@
+//! One request: scripts, server choice, upstream exchange, response scripts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::body::{Lent, RequestBody, ResponseBody, ServerUse, Txn};
+use super::conn::ConnInfo;
+use super::headers;
+use super::hooks::{RequestVerdict, ResponseVerdict, Selection, TxnInfo};
+use super::picker::PickContext;
+use super::route::{RoutingTable, VsRoute};
+use super::settings::ProxySettings;
+use super::stats::StatsRegistry;
+use super::upstream::UpstreamPool;
+
+/// What every connection of one worker shares.
+pub(crate) struct WorkerCtx {
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub upstream: Arc<UpstreamPool>,
+    pub settings: Arc<ProxySettings>,
+    pub stats: Arc<StatsRegistry>,
+}
+
+/// A request that could not be forwarded, answered by the proxy.
+struct Failure {
+    status: StatusCode,
+    reason: &'static str,
+}
+
+fn fail(status: StatusCode, reason: &'static str) -> Failure {
+    Failure { status, reason }
+}
+
+/// A short plain-text answer made by the proxy itself.
+pub(crate) fn error_response(status: StatusCode) -> Response<Bytes> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(Bytes::from(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn local_response(
+    resp: Response<Bytes>,
+    mut txn: Txn,
+    force_close: bool,
+) -> Response<ResponseBody> {
+    let close = force_close || txn.close_requested();
+    let (mut parts, body) = resp.into_parts();
+    if close {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    txn.status = parts.status.as_u16();
+    Response::from_parts(parts, ResponseBody::full(body, txn))
+}
+
+pub(crate) async fn handle(
+    ctx: Arc<WorkerCtx>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    conn.clock.busy();
+    let table = ctx.table.load_full();
+    let (mut parts, body) = req.into_parts();
+    let mut txn = Txn::new(
+        conn.client,
+        parts.method.clone(),
+        parts.uri.clone(),
+        conn.clock.clone(),
+    );
+    let Some(vs) = table.vs(conn.listen).cloned() else {
+        // The listener was removed by a reload and is draining.
+        return Ok(local_response(
+            error_response(StatusCode::SERVICE_UNAVAILABLE),
+            txn,
+            true,
+        ));
+    };
+    vs.counters
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    txn.vs = Some(vs.clone());
+    txn.hooks = vs.hooks.as_ref().map(|f| {
+        f.begin(TxnInfo {
+            vs_name: vs.name.to_string(),
+            vs_addr: vs.listen,
+            client: conn.client,
+        })
+    });
+    let selection = match txn.hooks.as_mut().map(|h| h.on_request(&mut parts)) {
+        Some(RequestVerdict::Respond(resp)) => return Ok(local_response(resp, txn, false)),
+        Some(RequestVerdict::Forward(selection)) => selection,
+        None => Selection::default(),
+    };
+    let (mut rparts, rbody, lent) = match forward(
+        &ctx, &table, &vs, &conn, parts, body, selection, &mut txn,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(f) => {
+            tracing::debug!(vs = %vs.name, client = %conn.client, status = f.status.as_u16(), reason = f.reason, "request not forwarded");
+            return Ok(local_response(error_response(f.status), txn, false));
+        }
+    };
+    txn.server_status = Some(rparts.status.as_u16());
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    if let Some(h) = txn.hooks.as_mut()
+        && let ResponseVerdict::Respond(resp) = h.on_response(&mut rparts, lent.server)
+    {
+        // The server's body is abandoned, so its connection cannot be reused.
+        drop((rbody, lent));
+        return Ok(local_response(resp, txn, false));
+    }
+    if txn.close_requested() {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    txn.status = rparts.status.as_u16();
+    Ok(Response::from_parts(
+        rparts,
+        ResponseBody::upstream(rbody, lent, txn),
+    ))
+}
+
+/// Chooses the server, sends the request and waits for the response head.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &WorkerCtx,
+    table: &RoutingTable,
+    vs: &VsRoute,
+    conn: &ConnInfo,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    selection: Selection,
+    txn: &mut Txn,
+) -> Result<(http::response::Parts, Incoming, Lent), Failure> {
+    let pool_name = selection.pool.as_deref().unwrap_or(&vs.pool);
+    let picker = table
+        .pool(pool_name)
+        .ok_or(fail(StatusCode::SERVICE_UNAVAILABLE, "unknown pool"))?
+        .clone();
+    let pinned = match selection.server {
+        None => None,
+        Some(server) => match picker.server_state(server) {
+            None => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "server not in pool")),
+            Some(true) => Some(server),
+            // A script's pick of a down server (typically a stale persistence entry) falls
+            // back to the pool's algorithm, as persistence does in HAProxy with redispatch.
+            Some(false) => {
+                tracing::debug!(vs = %vs.name, %server, "selected server is down; balancing instead");
+                None
+            }
+        },
+    };
+
+    headers::prepare_request(&mut parts.headers, conn.client.ip());
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    // Servers get origin-form targets, whatever form the client used.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse()
+            .map_err(|_| fail(StatusCode::BAD_REQUEST, "bad request target"))?;
+        parts.uri = origin;
+    }
+    parts.version = Version::HTTP_11;
+    let mut req = Request::from_parts(parts, RequestBody::new(body, txn.request_bytes.clone()));
+
+    let mut failed: Vec<SocketAddr> = Vec::with_capacity(2);
+    let (server, mut checkout) = loop {
+        let server = match pinned {
+            Some(s) => s,
+            None => match picker.pick(&PickContext {
+                client: conn.client,
+                headers: req.headers(),
+                uri: req.uri(),
+                exclude: &failed,
+            }) {
+                Some(s) => s,
+                None if failed.is_empty() => {
+                    return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no server up"));
+                }
+                None => return Err(fail(StatusCode::BAD_GATEWAY, "connect failed")),
+            },
+        };
+        match ctx.upstream.checkout(server, false).await {
+            Ok(c) => break (server, c),
+            Err(e) => {
+                tracing::warn!(vs = %vs.name, error = %e, "upstream connect failed");
+                failed.push(server);
+                // Only a balanced choice may go elsewhere, and only once.
+                if pinned.is_some() || failed.len() >= 2 {
+                    return Err(fail(StatusCode::BAD_GATEWAY, "connect failed"));
+                }
+            }
+        }
+    };
+    txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
+
+    let deadline = tokio::time::Instant::now() + ctx.settings.upstream_response_timeout;
+    let mut retried = false;
+    loop {
+        match tokio::time::timeout_at(deadline, checkout.sender.try_send_request(req)).await {
+            Err(_) => {
+                return Err(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream response timeout",
+                ));
+            }
+            Ok(Ok(resp)) => {
+                let (rparts, rbody) = resp.into_parts();
+                return Ok((
+                    rparts,
+                    rbody,
+                    Lent {
+                        pool: ctx.upstream.clone(),
+                        server,
+                        sender: checkout.sender,
+                    },
+                ));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // A pooled connection the server had closed: the request never left, so it
+                // may go once more on a new connection.
+                Some(unsent) if checkout.reused && !retried => {
+                    retried = true;
+                    req = unsent;
+                    checkout = ctx.upstream.checkout(server, true).await.map_err(|e| {
+                        tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
+                        fail(StatusCode::BAD_GATEWAY, "connect failed")
+                    })?;
+                }
+                _ => {
+                    tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
+                    return Err(fail(StatusCode::BAD_GATEWAY, "upstream request failed"));
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Header rewriting done by every proxy hop (RFC 9110 section 7.6), kept pure for tests.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message: they must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop headers: the fixed list, `Keep-Alive`, every `Proxy-*` header, and the
+/// headers the `Connection` header names. Transfer-Encoding framing is redone by hyper.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client address to X-Forwarded-For (joining earlier values into one line, as
+/// most backends read only one) and states that the client spoke plain HTTP.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    let mut value = String::new();
+    for prior in headers.get_all("x-forwarded-for") {
+        if let Ok(s) = prior.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                value.push_str(s);
+                value.push_str(", ");
+            }
+        }
+    }
+    value.push_str(&client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// Prepares request headers for the upstream hop.
+pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr) {
+    strip_hop_by_hop(headers);
+    // The proxy answered any 100-continue expectation itself when it read the body.
+    headers.remove(header::EXPECT);
+    add_forwarded(headers, client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_others_kept() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("host", "shop.example"),
+            ("cookie", "a=1"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "cookie", "host"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_existing_values() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        add_forwarded(
+            &mut h,
+            "198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])),
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            Some("203.0.113.7, 10.0.0.1, 198.51.100.2")
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"http"[..])
+        );
+
+        let mut fresh = HeaderMap::new();
+        prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            fresh.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"127.0.0.1"[..])
+        );
+    }
+}

@@ -1,0 +1,983 @@
+//! Loopback tests: an in-process hyper backend, the proxy on its own worker threads, and
+//! clients speaking hyper or raw bytes. Every wait is bounded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::hooks::{HookFactory, RequestVerdict, ResponseVerdict, Selection, TxnHooks, TxnInfo};
+use super::*;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1024 * 1024;
+
+type TestError = Box<dyn std::error::Error + Send + Sync>;
+type TestResult = Result<(), TestError>;
+type ClientBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn err(msg: impl Into<String>) -> TestError {
+    msg.into().into()
+}
+
+/// Polls `cond` every 5 ms for at most `limit`.
+async fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let steps = limit.as_millis() / 5;
+    for _ in 0..steps {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+/// Shared state of the in-process backend and the test.
+#[derive(Default)]
+struct BackendState {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    upload_seen: AtomicU64,
+    client_got: AtomicU64,
+}
+
+struct Backend {
+    addr: SocketAddr,
+    state: Arc<BackendState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type BackendBody = UnsyncBoxBody<Bytes, TestError>;
+
+fn text(status: StatusCode, body: String) -> Response<BackendBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn backend_service(
+    state: Arc<BackendState>,
+    me: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<BackendBody>, Infallible> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let num = query
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    match path.as_str() {
+        "/headers" => {
+            let mut out = format!("server={me}\n");
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Ok(text(StatusCode::OK, out))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(num)).await;
+            Ok(text(StatusCode::OK, "slow done".into()))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut chunks = 0u64;
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Ok(text(StatusCode::BAD_REQUEST, "broken body".into()));
+                };
+                if let Some(d) = frame.data_ref() {
+                    chunks += 1;
+                    total += d.len() as u64;
+                    state.upload_seen.store(total, Ordering::SeqCst);
+                }
+            }
+            Ok(text(
+                StatusCode::OK,
+                format!("bytes={total} chunks={chunks}"),
+            ))
+        }
+        "/download" => {
+            // Sends the first MiB, then waits for the client to have it before the rest: a
+            // proxy that buffered the whole body would deadlock here.
+            let total = num;
+            let chunk = 64 * 1024u64;
+            let st = state.clone();
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let st = st.clone();
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    if sent == MIB {
+                        let ok = wait_until(Duration::from_secs(10), || {
+                            st.client_got.load(Ordering::SeqCst) >= MIB
+                        })
+                        .await;
+                        if !ok {
+                            return Some((Err(err("client never got the first MiB")), total));
+                        }
+                    }
+                    let n = chunk.min(total - sent);
+                    let data = Bytes::from(vec![b'x'; n as usize]);
+                    Some((Ok(Frame::data(data)), sent + n))
+                }
+            });
+            Ok(Response::new(StreamBody::new(stream).boxed_unsync()))
+        }
+        _ => Ok(text(StatusCode::NOT_FOUND, "no such path".into())),
+    }
+}
+
+async fn backend() -> Result<Backend, TestError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(BackendState::default());
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            st.connections.fetch_add(1, Ordering::SeqCst);
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req| backend_service(st.clone(), addr, req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(Backend { addr, state, task })
+}
+
+/// An address where nothing listens.
+async fn dead_addr() -> Result<SocketAddr, TestError> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(l.local_addr()?)
+}
+
+struct Setup {
+    proxy: HttpProxy,
+    addr: SocketAddr,
+    picker: Arc<RoundRobin>,
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn settings() -> ProxySettings {
+    ProxySettings {
+        workers: 2,
+        ..ProxySettings::default()
+    }
+}
+
+fn config(
+    servers: &[SocketAddr],
+    hooks: Option<Arc<dyn HookFactory>>,
+) -> (ProxyConfig, Arc<RoundRobin>) {
+    let picker = Arc::new(RoundRobin::new(servers.iter().copied()));
+    let config = ProxyConfig {
+        virtual_services: vec![VirtualServiceSpec {
+            name: "shop".into(),
+            listen: vip(),
+            pool: "web".into(),
+            hooks,
+        }],
+        pools: vec![PoolSpec {
+            name: "web".into(),
+            picker: picker.clone(),
+        }],
+    };
+    (config, picker)
+}
+
+fn start(
+    servers: &[SocketAddr],
+    hooks: Option<Arc<dyn HookFactory>>,
+    settings: ProxySettings,
+) -> Result<Setup, TestError> {
+    let (config, picker) = config(servers, hooks);
+    let proxy = HttpProxy::start(settings, config)?;
+    let addr = proxy.local_addr(vip()).ok_or_else(|| err("no listener"))?;
+    Ok(Setup {
+        proxy,
+        addr,
+        picker,
+    })
+}
+
+async fn client(addr: SocketAddr) -> Result<SendRequest<ClientBody>, TestError> {
+    let stream = TcpStream::connect(addr).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn get(path: &str) -> Result<Request<ClientBody>, TestError> {
+    Ok(Request::get(path)
+        .header("host", "shop.example")
+        .body(Empty::new().boxed_unsync())?)
+}
+
+async fn send(
+    c: &mut SendRequest<ClientBody>,
+    req: Request<ClientBody>,
+) -> Result<(http::response::Parts, String), TestError> {
+    c.ready().await?;
+    let resp = c.send_request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok((parts, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Writes raw bytes and reads until the server closes (bounded).
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<String, TestError> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn run(test: impl std::future::Future<Output = TestResult>) -> TestResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test).await })?
+}
+
+#[test]
+fn keep_alive_reuses_upstream_and_rewrites_headers() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+        let mut c = client(s.addr).await?;
+        for _ in 0..5 {
+            let req = Request::get("/headers")
+                .header("host", "shop.example")
+                .header("connection", "keep-alive, x-drop-me")
+                .header("x-drop-me", "1")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("proxy-authorization", "secret")
+                .body(Empty::new().boxed_unsync())?;
+            let (parts, body) = send(&mut c, req).await?;
+            assert_eq!(parts.status, StatusCode::OK);
+            assert!(body.contains("host: shop.example\n"), "{body}");
+            assert!(
+                body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+                "{body}"
+            );
+            assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+            assert!(!body.contains("x-drop-me"), "{body}");
+            assert!(!body.contains("proxy-authorization"), "{body}");
+        }
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            b.state.connections.load(Ordering::SeqCst),
+            1,
+            "upstream connection reused"
+        );
+        let stats = s.proxy.stats();
+        let vs = stats.vs("shop").ok_or_else(|| err("no vs stats"))?;
+        assert_eq!(vs.requests, 5);
+        assert_eq!(vs.responses[1], 5);
+        let server = stats.server(b.addr).ok_or_else(|| err("no server stats"))?;
+        assert_eq!(server.requests, 5);
+        assert_eq!(server.connections, 1);
+        assert_eq!(server.active_requests, 0);
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn large_bodies_stream_both_ways() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+        let total = 20 * MIB;
+
+        // Upload: the second half is only sent once the backend holds the first MiB.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let req = Request::post("/upload")
+            .header("host", "shop.example")
+            .header("content-length", total.to_string())
+            .body(StreamBody::new(stream).boxed_unsync())?;
+        let mut c = client(s.addr).await?;
+        let state = b.state.clone();
+        let producer = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+            let mut sent = 0u64;
+            while sent < total {
+                if sent == 2 * MIB {
+                    let seen = wait_until(Duration::from_secs(10), || {
+                        state.upload_seen.load(Ordering::SeqCst) >= MIB
+                    })
+                    .await;
+                    if !seen {
+                        return Err("backend did not get the first MiB while the upload went on");
+                    }
+                }
+                if tx.send(chunk.clone()).await.is_err() {
+                    return Err("request body dropped");
+                }
+                sent += chunk.len() as u64;
+            }
+            Ok(())
+        });
+        let (parts, body) = send(&mut c, req).await?;
+        producer.await?.map_err(err)?;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(body.starts_with(&format!("bytes={total} ")), "{body}");
+
+        // Download: the backend waits for the client to hold the first MiB.
+        c.ready().await?;
+        let resp = c
+            .send_request(get(&format!("/download?bytes={total}"))?)
+            .await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Some(d) = frame?.data_ref() {
+                got += d.len() as u64;
+                b.state.client_got.store(got, Ordering::SeqCst);
+            }
+        }
+        assert_eq!(got, total);
+        let stats = s.proxy.stats();
+        let vs = stats.vs("shop").ok_or_else(|| err("no vs stats"))?;
+        assert!(
+            wait_until(Duration::from_secs(2), || {
+                s.proxy
+                    .stats()
+                    .vs("shop")
+                    .is_some_and(|v| v.response_bytes >= total)
+            })
+            .await
+        );
+        assert!(vs.request_bytes >= total, "{vs:?}");
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn protocol_violations_never_reach_the_backend() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+
+        let big = "a".repeat(20 * 1024);
+        let resp = raw(
+            s.addr,
+            format!("GET /headers HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+
+        let mut many = String::from("GET /headers HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..150 {
+            many.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        let resp = raw(s.addr, many.as_bytes()).await?;
+        assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+
+        // Framing that cannot be read one way only is refused.
+        for bad in [
+            &b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nhello"[..],
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+            b"POST /upload HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let resp = raw(s.addr, bad).await?;
+            assert!(resp.starts_with("HTTP/1.1 400 "), "{}: {resp}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
+
+        // Content-Length together with chunked: hyper applies RFC 9112 section 6.3 (chunked
+        // wins, Content-Length is dropped, the client connection is closed after the
+        // response), so the server sees one unambiguous framing and nothing can be smuggled
+        // behind the body.
+        let resp = raw(
+            s.addr,
+            b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await?;
+        assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+        assert!(resp.contains("transfer-encoding: chunked\n"), "{resp}");
+        assert!(!resp.contains("content-length: 3"), "{resp}");
+        assert!(
+            !resp.contains("smuggled") && !resp.contains("404"),
+            "{resp}"
+        );
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 1);
+
+        let resp = raw(
+            s.addr,
+            b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        assert!(
+            resp.starts_with("HTTP/1.1 200 "),
+            "a good request still works: {resp}"
+        );
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 2);
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+type ReqFn = dyn Fn(&mut http::request::Parts) -> RequestVerdict + Send + Sync;
+type RespFn = dyn Fn(&mut http::response::Parts, SocketAddr) -> ResponseVerdict + Send + Sync;
+
+/// Hooks made of closures, standing in for the DataScript engine.
+struct FnHooks {
+    on_req: Arc<ReqFn>,
+    on_resp: Arc<RespFn>,
+    close: bool,
+    begun: Arc<std::sync::Mutex<Vec<TxnInfo>>>,
+}
+
+impl FnHooks {
+    fn new(
+        on_req: impl Fn(&mut http::request::Parts) -> RequestVerdict + Send + Sync + 'static,
+        on_resp: impl Fn(&mut http::response::Parts, SocketAddr) -> ResponseVerdict
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            on_req: Arc::new(on_req),
+            on_resp: Arc::new(on_resp),
+            close: false,
+            begun: Arc::default(),
+        }
+    }
+}
+
+struct FnTxn {
+    on_req: Arc<ReqFn>,
+    on_resp: Arc<RespFn>,
+    close: bool,
+}
+
+impl TxnHooks for FnTxn {
+    fn on_request(&mut self, request: &mut http::request::Parts) -> RequestVerdict {
+        (self.on_req)(request)
+    }
+
+    fn on_response(
+        &mut self,
+        response: &mut http::response::Parts,
+        server: SocketAddr,
+    ) -> ResponseVerdict {
+        (self.on_resp)(response, server)
+    }
+
+    fn log_output(&self) -> Option<String> {
+        Some("script said hi".into())
+    }
+
+    fn close_connection(&self) -> bool {
+        self.close
+    }
+}
+
+impl HookFactory for FnHooks {
+    fn begin(&self, info: TxnInfo) -> Box<dyn TxnHooks> {
+        if let Ok(mut b) = self.begun.lock() {
+            b.push(info);
+        }
+        Box::new(FnTxn {
+            on_req: self.on_req.clone(),
+            on_resp: self.on_resp.clone(),
+            close: self.close,
+        })
+    }
+}
+
+fn respond(status: StatusCode, body: &'static str) -> http::Response<Bytes> {
+    let mut r = http::Response::new(Bytes::from_static(body.as_bytes()));
+    *r.status_mut() = status;
+    r
+}
+
+#[test]
+fn request_hook_can_answer_without_a_backend() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let hooks = FnHooks::new(
+            |req| {
+                if req.uri.path() == "/blocked" {
+                    RequestVerdict::Respond(respond(StatusCode::FORBIDDEN, "denied by script"))
+                } else {
+                    req.headers
+                        .insert("x-from-script", http::HeaderValue::from_static("yes"));
+                    RequestVerdict::Forward(Selection::default())
+                }
+            },
+            |_, _| ResponseVerdict::Continue,
+        );
+        let begun = hooks.begun.clone();
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        let (parts, body) = send(&mut c, get("/blocked")?).await?;
+        assert_eq!(parts.status, StatusCode::FORBIDDEN);
+        assert_eq!(body, "denied by script");
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
+
+        let (parts, body) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(body.contains("x-from-script: yes\n"), "{body}");
+        let begun = begun.lock().map_err(|_| err("poisoned"))?.clone();
+        assert_eq!(begun.len(), 2);
+        assert_eq!(begun[0].vs_name, "shop");
+        assert_eq!(begun[0].vs_addr, vip());
+        assert_eq!(begun[0].client.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn response_hook_edits_or_replaces_the_response() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let seen_server = Arc::new(std::sync::Mutex::new(None));
+        let seen = seen_server.clone();
+        let hooks = FnHooks::new(
+            |_| RequestVerdict::Forward(Selection::default()),
+            move |resp, server| {
+                if let Ok(mut s) = seen.lock() {
+                    *s = Some(server);
+                }
+                if resp.status == StatusCode::NOT_FOUND {
+                    return ResponseVerdict::Respond(respond(StatusCode::GONE, "replaced"));
+                }
+                resp.headers.insert(
+                    "set-cookie",
+                    http::HeaderValue::from_static("JSESSIONID=abc"),
+                );
+                ResponseVerdict::Continue
+            },
+        );
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(
+            parts.headers.get("set-cookie").map(|v| v.as_bytes()),
+            Some(&b"JSESSIONID=abc"[..])
+        );
+        assert_eq!(
+            *seen_server.lock().map_err(|_| err("poisoned"))?,
+            Some(b.addr)
+        );
+        let (parts, body) = send(&mut c, get("/missing")?).await?;
+        assert_eq!(parts.status, StatusCode::GONE);
+        assert_eq!(body, "replaced");
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn script_selection_pins_a_server_or_fails_with_503() -> TestResult {
+    run(async {
+        let b1 = backend().await?;
+        let b2 = backend().await?;
+        let target = b2.addr;
+        let stranger = dead_addr().await?;
+        let hooks = FnHooks::new(
+            move |req| {
+                let server = match req.uri.path() {
+                    "/headers" => Some(target),
+                    _ => Some(stranger),
+                };
+                RequestVerdict::Forward(Selection { pool: None, server })
+            },
+            |_, _| ResponseVerdict::Continue,
+        );
+        let s = start(&[b1.addr, b2.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        for _ in 0..4 {
+            let (parts, body) = send(&mut c, get("/headers")?).await?;
+            assert_eq!(parts.status, StatusCode::OK);
+            assert!(body.starts_with(&format!("server={target}\n")), "{body}");
+        }
+        assert_eq!(b1.state.requests.load(Ordering::SeqCst), 0);
+        let (parts, _) = send(&mut c, get("/elsewhere")?).await?;
+        assert_eq!(
+            parts.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server not in the pool"
+        );
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn unknown_pool_from_script_is_503() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let hooks = FnHooks::new(
+            |_| {
+                RequestVerdict::Forward(Selection {
+                    pool: Some("nope".into()),
+                    server: None,
+                })
+            },
+            |_, _| ResponseVerdict::Continue,
+        );
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn upstream_failures_map_to_502_503_504() -> TestResult {
+    run(async {
+        let dead = dead_addr().await?;
+        let settings = ProxySettings {
+            upstream_response_timeout: Duration::from_millis(300),
+            ..settings()
+        };
+        // Only a dead server: 502.
+        let s = start(&[dead], None, settings.clone())?;
+        let mut c = client(s.addr).await?;
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            s.proxy
+                .stats()
+                .server(dead)
+                .is_some_and(|st| st.connect_failures >= 1)
+        );
+        // Every server down: 503.
+        s.picker.set_up(dead, false);
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+
+        // A dead server and a live one: the connect failure is retried elsewhere.
+        let b = backend().await?;
+        let s = start(&[dead, b.addr], None, settings.clone())?;
+        let mut c = client(s.addr).await?;
+        for _ in 0..4 {
+            let (parts, _) = send(&mut c, get("/headers")?).await?;
+            assert_eq!(parts.status, StatusCode::OK);
+        }
+        // Slow server: 504 after the response timeout.
+        let (parts, _) = send(&mut c, get("/slow?ms=3000")?).await?;
+        assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT);
+        let (parts, _) = send(&mut c, get("/slow?ms=10")?).await?;
+        assert_eq!(
+            parts.status,
+            StatusCode::OK,
+            "the client connection survives a 504"
+        );
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn graceful_drain_finishes_in_flight_requests() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+        let mut c = client(s.addr).await?;
+        let in_flight = tokio::spawn(async move { send(&mut c, get("/slow?ms=700")?).await });
+        let state = b.state.clone();
+        assert!(
+            wait_until(Duration::from_secs(5), || state
+                .requests
+                .load(Ordering::SeqCst)
+                == 1)
+            .await
+        );
+        let mut idle = client(s.addr).await?;
+        let (parts, _) = send(&mut idle, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+
+        let addr = s.addr;
+        let report = s.proxy.shutdown(Duration::from_secs(10)).await;
+        let (parts, body) = in_flight.await??;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(body, "slow done");
+        assert_eq!(report.aborted_connections, 0);
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+        assert!(
+            idle.ready().await.is_err(),
+            "idle keep-alive connection closed"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn drain_deadline_aborts_stuck_requests() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+        let mut c = client(s.addr).await?;
+        let in_flight = tokio::spawn(async move { send(&mut c, get("/slow?ms=5000")?).await });
+        let state = b.state.clone();
+        assert!(
+            wait_until(Duration::from_secs(5), || state
+                .requests
+                .load(Ordering::SeqCst)
+                == 1)
+            .await
+        );
+        let report = s.proxy.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(report.aborted_connections, 1);
+        assert!(in_flight.await?.is_err());
+        Ok(())
+    })
+}
+
+#[test]
+fn close_connection_from_script_closes_after_the_response() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let mut hooks = FnHooks::new(
+            |_| RequestVerdict::Forward(Selection::default()),
+            |_, _| ResponseVerdict::Continue,
+        );
+        hooks.close = true;
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let resp = raw(s.addr, b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp}"
+        );
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn client_timeouts_close_idle_and_slow_connections() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let settings = ProxySettings {
+            header_read_timeout: Duration::from_millis(300),
+            client_idle_timeout: Duration::from_millis(800),
+            ..settings()
+        };
+        let s = start(&[b.addr], None, settings)?;
+
+        // A partial head is cut at the header timeout.
+        let mut slow = TcpStream::connect(s.addr).await?;
+        slow.write_all(b"GET /headers HTTP/1.1\r\nHo").await?;
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await??;
+        assert!(start.elapsed() >= Duration::from_millis(250));
+
+        // A keep-alive connection outlives the header timeout while idle, then is closed at
+        // the idle timeout.
+        let mut c = client(s.addr).await?;
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(
+            parts.status,
+            StatusCode::OK,
+            "idle for longer than the header timeout"
+        );
+        let closed = wait_until(Duration::from_secs(5), || c.is_closed()).await;
+        assert!(closed, "idle connection closed");
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResult {
+    run(async {
+        let b1 = backend().await?;
+        let b2 = backend().await?;
+        let s = start(&[b1.addr], None, settings())?;
+        let mut c = client(s.addr).await?;
+        let (_, body) = send(&mut c, get("/headers")?).await?;
+        assert!(body.starts_with(&format!("server={}\n", b1.addr)), "{body}");
+
+        // Same listener now points at another pool; a second service appears.
+        let (mut cfg, _) = config(&[b2.addr], None);
+        // Keep the bound port of the first service: its listener is identified by `vip()`.
+        let second_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.virtual_services.push(VirtualServiceSpec {
+            name: "blog".into(),
+            listen: SocketAddr::from(([127, 0, 0, 2], 0)),
+            pool: "web".into(),
+            hooks: None,
+        });
+        s.proxy.reload(cfg)?;
+        let (_, body) = send(&mut c, get("/headers")?).await?;
+        assert!(
+            body.starts_with(&format!("server={}\n", b2.addr)),
+            "same connection, new pool: {body}"
+        );
+        let blog = s
+            .proxy
+            .local_addr(SocketAddr::from(([127, 0, 0, 2], 0)))
+            .ok_or_else(|| err("blog not listening"))?;
+        let mut c2 = client(blog).await?;
+        let (parts, _) = send(&mut c2, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+
+        // A reload that fails changes nothing.
+        let (mut bad, _) = config(&[b2.addr], None);
+        bad.virtual_services[0].pool = "missing".into();
+        assert!(s.proxy.reload(bad).is_err());
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+
+        // Remove the first service: its listener closes, the other stays.
+        let mut only_blog = ProxyConfig {
+            virtual_services: vec![VirtualServiceSpec {
+                name: "blog".into(),
+                listen: SocketAddr::from(([127, 0, 0, 2], 0)),
+                pool: "web".into(),
+                hooks: None,
+            }],
+            pools: vec![],
+        };
+        only_blog.pools.push(PoolSpec {
+            name: "web".into(),
+            picker: Arc::new(RoundRobin::new([b2.addr])),
+        });
+        s.proxy.reload(only_blog)?;
+        let addr = s.addr;
+        assert!(
+            wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_err())
+            .await,
+            "removed listener closed"
+        );
+        assert!(s.proxy.local_addr(second_listen).is_none());
+        let (parts, _) = send(&mut c2, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(s.proxy.stats().vs("shop").is_none());
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+/// Collects what the global subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn one_access_log_line_per_request() -> TestResult {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        // The proxy logs from its own threads, so only a global subscriber sees the lines.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("latch::access=info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        capture
+    });
+    run(async {
+        let b = backend().await?;
+        let hooks = FnHooks::new(
+            |_| RequestVerdict::Forward(Selection::default()),
+            |_, _| ResponseVerdict::Continue,
+        );
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
+        let mut c = client(s.addr).await?;
+        for _ in 0..3 {
+            let (parts, _) = send(&mut c, get("/access-log-probe")?).await?;
+            assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        }
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        let text = capture
+            .0
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map_err(|_| err("poisoned"))?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("/access-log-probe"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for line in lines {
+            assert!(line.contains("latch::access"), "{line}");
+            assert!(line.contains("vs=\"shop\""), "{line}");
+            assert!(line.contains(&format!("server={}", b.addr)), "{line}");
+            assert!(line.contains("method=GET"), "{line}");
+            assert!(line.contains("status=404"), "{line}");
+            assert!(line.contains("script said hi"), "{line}");
+            assert!(line.contains("complete=true"), "{line}");
+        }
+        Ok(())
+    })
+}

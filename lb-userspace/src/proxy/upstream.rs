@@ -1,0 +1,185 @@
+//! Per-worker pools of keep-alive HTTP/1.1 connections to servers.
+//!
+//! Our own pool rather than hyper-util's legacy client because the proxy must know whether a
+//! failure happened while connecting (then another server may be tried with the untouched
+//! request) or after the request left (then it must not be replayed).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use super::body::RequestBody;
+use super::stats::{Gauge, GaugeGuard, ServerCounters, StatsRegistry};
+
+pub(crate) type UpstreamSender = SendRequest<RequestBody>;
+
+/// Why no connection to a server could be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect to {server} timed out after {timeout:?}")]
+    Timeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("connect to {server}: {source}")]
+    Io {
+        server: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {server}: {source}")]
+    Handshake {
+        server: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// A connection ready for one request.
+pub(crate) struct Checkout {
+    pub sender: UpstreamSender,
+    /// True when it served an earlier request (the server may have closed it meanwhile).
+    pub reused: bool,
+}
+
+struct Idle {
+    sender: UpstreamSender,
+    since: Instant,
+}
+
+pub(crate) struct UpstreamPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    stats: Arc<StatsRegistry>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl UpstreamPool {
+    pub fn new(
+        stats: Arc<StatsRegistry>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            stats,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    /// A pooled connection to `server` if one is alive, else a new one (always new if `fresh`).
+    pub async fn checkout(
+        &self,
+        server: SocketAddr,
+        fresh: bool,
+    ) -> Result<Checkout, ConnectError> {
+        if !fresh {
+            while let Some(mut sender) = self.take_idle(server) {
+                if sender.is_ready() {
+                    return Ok(Checkout {
+                        sender,
+                        reused: true,
+                    });
+                }
+                // Just returned: the connection task may not have gone idle yet.
+                if let Ok(Ok(())) = tokio::time::timeout(self.connect_timeout, sender.ready()).await
+                {
+                    return Ok(Checkout {
+                        sender,
+                        reused: true,
+                    });
+                }
+            }
+        }
+        let sender = self.connect(server).await.inspect_err(|_| {
+            self.stats
+                .server(server)
+                .connect_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
+    }
+
+    fn take_idle(&self, server: SocketAddr) -> Option<UpstreamSender> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&server)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last response was read to the end.
+    pub fn checkin(&self, server: SocketAddr, sender: UpstreamSender) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(server).or_default();
+        if list.len() >= self.max_idle {
+            // Drop the oldest: the newest are the least likely to be closed by the server.
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle longer than the idle timeout.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        for list in idle.values_mut() {
+            list.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout
+            });
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    async fn connect(&self, server: SocketAddr) -> Result<UpstreamSender, ConnectError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        server,
+                        timeout: self.connect_timeout,
+                    });
+                }
+                Ok(Err(source)) => return Err(ConnectError::Io { server, source }),
+                Ok(Ok(s)) => s,
+            };
+        // Small request heads must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { server, source })?;
+        let gauge = GaugeGuard::new(Gauge::new(
+            self.stats.server(server),
+            |c: &ServerCounters| &c.connections,
+        ));
+        tokio::spawn(async move {
+            let _gauge = gauge;
+            if let Err(e) = conn.await {
+                tracing::debug!(%server, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
