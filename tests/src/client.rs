@@ -87,9 +87,25 @@ impl Response {
 }
 
 async fn connect(addr: SocketAddr) -> Result<(SendRequest<AnyBody>, Option<SocketAddr>)> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(io(format!("connect {addr}")))?;
+    connect_from(None, addr).await
+}
+
+/// Connects from source address `from` (any port) when given, else from the routing default.
+async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> Result<(SendRequest<AnyBody>, Option<SocketAddr>)> {
+    let stream = match from {
+        None => tokio::net::TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(io("TCP socket"))?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(io(format!("bind {ip}")))?;
+            socket.connect(addr).await
+        }
+    }
+    .map_err(io(format!("connect {addr}")))?;
     let local = stream.local_addr().ok();
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
@@ -225,6 +241,22 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resul
         RequestBody::Empty,
         DEFAULT_TIMEOUT,
     )
+}
+
+/// `GET path` on a fresh connection from source address `from`, bounded by [`DEFAULT_TIMEOUT`].
+pub fn http_get_from(from: std::net::IpAddr, addr: SocketAddr, path: &str) -> Result<Response> {
+    runtime()?.block_on(async {
+        let work = async {
+            let (mut sender, local) = connect_from(Some(from), addr).await?;
+            send(&mut sender, addr, local, "GET", path, &[], RequestBody::Empty).await
+        };
+        tokio::time::timeout(DEFAULT_TIMEOUT, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("GET http://{addr}{path} from {from}"),
+                after: DEFAULT_TIMEOUT,
+            })?
+    })
 }
 
 /// Downloads `/download?bytes=n` and returns how many body bytes arrived.

@@ -5,6 +5,7 @@
 //! every address lives in the RFC 5737 ranges and only inside those namespaces; nothing here
 //! touches the host's interfaces, routes or sysctls.
 
+pub mod agent;
 pub mod body;
 pub mod client;
 pub mod error;
@@ -12,8 +13,10 @@ pub mod netns;
 pub mod server;
 pub mod topology;
 
+pub use agent::{LatchAgent, READY_LINE, agent_section};
 pub use client::{
     DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
+    http_get_from,
     http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
 pub use error::{Error, Result};

@@ -195,6 +195,8 @@ async fn run(config: Config) -> Result<(), AgentError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
 
     let mut agent = Agent::start(config)?;
+    // Readiness for scripts and tests: everything is programmed and attached.
+    println!("latch ready (pid {})", std::process::id());
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
