@@ -71,7 +71,7 @@ pub fn record(
         src_port: be.port,
         dst_port: key.src_port,
         proto: key.proto,
-        _pad: [0; 3],
+        _pad: [0, 0, 0],
     };
     let reply = Flow {
         backend_id,

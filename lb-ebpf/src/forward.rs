@@ -80,29 +80,57 @@ fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u
     csum::store(pkt.l4_check, c);
 }
 
+/// `struct bpf_fib_lookup` for IPv4 with plain fields, so that it can be built with ordinary
+/// stores (the bindgen unions would need a zeroing memset call first).
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    tos: u8,
+    _pad: [u8; 3],
+    src: u32,
+    _src_v6: [u32; 3],
+    dst: u32,
+    _dst_v6: [u32; 3],
+    _vlan_or_tbid: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<bpf_fib_lookup>());
+
 /// FIB lookup toward `next_dst`; on success rewrite MACs (and TTL) and transmit, otherwise
 /// pass the (already rewritten) packet to the stack, which routes it and resolves ARP.
 #[inline(always)]
 fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = pkt.key.proto;
     let ports = unsafe { *pkt.ports };
-    fib.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    fib.dport = u16::from_ne_bytes([ports[2], ports[3]]);
-    fib.__bindgen_anon_1.tot_len = pkt.tot_len;
-    fib.ifindex = ingress;
-    unsafe {
-        fib.__bindgen_anon_2.tos = (*pkt.ip).tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*pkt.ip).src);
-        fib.__bindgen_anon_4.ipv4_dst = next_dst;
-    }
+    let mut fib = FibParams {
+        family: AF_INET,
+        l4_protocol: pkt.key.proto,
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        tot_len: pkt.tot_len,
+        ifindex: ingress,
+        tos: unsafe { (*pkt.ip).tos },
+        _pad: [0, 0, 0],
+        src: u32::from_ne_bytes(unsafe { (*pkt.ip).src }),
+        _src_v6: [0, 0, 0],
+        dst: next_dst,
+        _dst_v6: [0, 0, 0],
+        _vlan_or_tbid: 0,
+        smac: [0, 0, 0, 0, 0, 0],
+        dmac: [0, 0, 0, 0, 0, 0],
+    };
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            (&mut fib as *mut FibParams).cast::<bpf_fib_lookup>(),
+            core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
@@ -120,9 +148,12 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool) -> u3
         let ip_check = unsafe { core::ptr::addr_of_mut!((*ip).check) };
         csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
     }
-    unsafe {
-        (*pkt.eth).dst = fib.dmac;
-        (*pkt.eth).src = fib.smac;
+    let eth = pkt.eth as *mut u8;
+    for i in 0..6 {
+        unsafe {
+            *eth.add(i) = fib.dmac[i];
+            *eth.add(6 + i) = fib.smac[i];
+        }
     }
     if fib.ifindex == ingress {
         stats::count(stat::VERDICT_TX);

@@ -30,6 +30,14 @@ fn pass(stat_index: u32) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// What the service logic decided for a VIP packet.
+enum Decision {
+    /// Final verdict (counters already done).
+    Verdict(u32),
+    /// Forward to this backend (`new_flow`: a connection starts).
+    Forward { id: u32, be: Backend, new_flow: bool },
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> u32 {
     let pkt = match parse::parse(ctx) {
@@ -53,10 +61,22 @@ fn process(ctx: &XdpContext) -> u32 {
         return not_vip(ctx, &pkt);
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if svc.flags & service_flags::HTTP != 0 {
-        http(ctx, &pkt, &svc, now)
+    let decision = if svc.flags & service_flags::HTTP != 0 {
+        http(&pkt, &svc, now)
     } else {
-        l4(ctx, &pkt, &svc, now)
+        l4(&pkt, &svc, now)
+    };
+    match decision {
+        Decision::Verdict(v) => v,
+        Decision::Forward { id, be, new_flow } => {
+            // Single call site: the rewrite code is emitted once.
+            stats::traffic(svc.id, id, pkt.tot_len, new_flow);
+            if svc.flags & service_flags::DSR != 0 {
+                forward::dsr(ctx, &pkt, &be)
+            } else {
+                forward::nat(ctx, &pkt, &be)
+            }
+        }
     }
 }
 
@@ -73,27 +93,28 @@ fn not_vip(ctx: &XdpContext, pkt: &Packet) -> u32 {
 }
 
 #[inline(always)]
-fn l4(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
+fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
     if !pkt.is_syn() {
         if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
             stats::count(stat::CONNTRACK_HIT);
-            return send(ctx, pkt, svc, id, &be, false);
+            return Decision::Forward { id, be, new_flow: false };
         }
     }
     // A SYN, any UDP miss, and (as Katran does) a TCP mid-flow miss after an LB restart or
     // LRU eviction: the choice is consistent, so re-hashing lands on the same backend.
     let Some((id, be)) = choose(pkt, svc, now) else {
-        return drop_no_backend();
+        stats::count(stat::DROP_NO_BACKEND);
+        return Decision::Verdict(xdp_action::XDP_DROP);
     };
     conntrack::record(&pkt.key, id, &be, svc.id, svc.flags & service_flags::DSR != 0, now);
     if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
         persist::pin(svc.persist_group, pkt.key.src_addr, id, &be, now, svc.persist_ttl_ns);
     }
-    send(ctx, pkt, svc, id, &be, true)
+    Decision::Forward { id, be, new_flow: true }
 }
 
 #[inline(always)]
-fn http(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
+fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
     if pkt.is_syn() {
         if svc.flags & service_flags::FAST_PATH != 0 {
             if let persist::Lookup::Live(id, be) =
@@ -102,19 +123,20 @@ fn http(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
                 stats::count(stat::FAST_PATH);
                 let dsr = svc.flags & service_flags::DSR != 0;
                 conntrack::record(&pkt.key, id, &be, svc.id, dsr, now);
-                return send(ctx, pkt, svc, id, &be, true);
+                // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
+                return Decision::Forward { id, be, new_flow: true };
             }
         }
         // The tuple may have carried an earlier fast-path connection: its entry must not
         // steal this proxied one.
         conntrack::forget(&pkt.key);
-        return pass(stat::PASS_TO_PROXY);
+        return Decision::Verdict(pass(stat::PASS_TO_PROXY));
     }
     if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
         stats::count(stat::CONNTRACK_HIT);
-        return send(ctx, pkt, svc, id, &be, false);
+        return Decision::Forward { id, be, new_flow: false };
     }
-    pass(stat::PASS_TO_PROXY)
+    Decision::Verdict(pass(stat::PASS_TO_PROXY))
 }
 
 /// New-flow backend choice: a live persistence pin first, else the maglev table.
@@ -133,22 +155,6 @@ fn choose(pkt: &Packet, svc: &Service, now: u64) -> Option<(u32, Backend)> {
     let chosen = maglev::pick(svc, maglev::flow_hash(&pkt.key))?;
     stats::count(stat::NEW_FLOW_MAGLEV);
     Some(chosen)
-}
-
-#[inline(always)]
-fn drop_no_backend() -> u32 {
-    stats::count(stat::DROP_NO_BACKEND);
-    xdp_action::XDP_DROP
-}
-
-#[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, svc: &Service, id: u32, be: &Backend, new_flow: bool) -> u32 {
-    stats::traffic(svc.id, id, pkt.tot_len, new_flow);
-    if svc.flags & service_flags::DSR != 0 {
-        forward::dsr(ctx, pkt, be)
-    } else {
-        forward::nat(ctx, pkt, be)
-    }
 }
 
 #[cfg(not(test))]

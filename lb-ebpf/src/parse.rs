@@ -189,7 +189,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         src_port: u16::from_ne_bytes([p[0], p[1]]),
         dst_port: u16::from_ne_bytes([p[2], p[3]]),
         proto: l4_proto,
-        _pad: [0; 3],
+        _pad: [0, 0, 0],
     };
     Parsed::Packet(Packet {
         eth,
