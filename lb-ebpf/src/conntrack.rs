@@ -42,14 +42,7 @@ pub fn lookup_reply(key: &FlowKey) -> Option<Flow> {
 
 /// Records a new flow (and its reply translation for NAT).
 #[inline(always)]
-pub fn record(
-    key: &FlowKey,
-    backend_id: u32,
-    be: &Backend,
-    service_id: u32,
-    dsr: bool,
-    now: u64,
-) {
+pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr: bool, now: u64) {
     let flow = Flow {
         backend_id,
         generation: be.generation,
@@ -61,7 +54,7 @@ pub fn record(
         last_seen_ns: now,
     };
     // An LRU map makes room by itself; a failed insert only costs a re-hash later.
-    let _ = CONNTRACK.insert(key, &flow, 0);
+    let _ = CONNTRACK.insert(key, flow, 0);
     if dsr {
         return;
     }
@@ -83,7 +76,7 @@ pub fn record(
         _pad: 0,
         last_seen_ns: now,
     };
-    let _ = CONNTRACK.insert(&reply_key, &reply, 0);
+    let _ = CONNTRACK.insert(reply_key, reply, 0);
 }
 
 /// Forgets a tuple (an HTTP SYN going to the proxy must not follow an old fast-path entry).

@@ -31,7 +31,10 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
         p[3] = port[1];
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
-    csum::store(ip_check, csum::replace4(csum::load(ip_check), old_addr, be.addr));
+    csum::store(
+        ip_check,
+        csum::replace4(csum::load(ip_check), old_addr, be.addr),
+    );
     fix_l4(pkt, old_addr, be.addr, old_port, be.port);
     out(ctx, pkt, be.addr, true)
 }
@@ -53,7 +56,10 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16) -> u32 {
         p[1] = port[1];
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
-    csum::store(ip_check, csum::replace4(csum::load(ip_check), old_addr, vip));
+    csum::store(
+        ip_check,
+        csum::replace4(csum::load(ip_check), old_addr, vip),
+    );
     fix_l4(pkt, old_addr, vip, old_port, vport);
     out(ctx, pkt, pkt.key.dst_addr, true)
 }

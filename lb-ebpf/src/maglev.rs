@@ -12,9 +12,7 @@ const JHASH_INITVAL: u32 = 0xdead_beef;
 /// The kernel's `jhash_3words`: good avalanche on small fixed-size keys, cheap in BPF.
 #[inline(always)]
 fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
-    let iv = initval
-        .wrapping_add(JHASH_INITVAL)
-        .wrapping_add(3 << 2);
+    let iv = initval.wrapping_add(JHASH_INITVAL).wrapping_add(3 << 2);
     let mut a = a.wrapping_add(iv);
     let mut b = b.wrapping_add(iv);
     let mut c = c.wrapping_add(iv);

@@ -14,7 +14,9 @@ mod persist;
 mod service;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
 use lb_common::{Backend, Service, service_flags, stat};
 
 use crate::parse::{Packet, Parsed};
@@ -35,7 +37,11 @@ enum Decision {
     /// Final verdict (counters already done).
     Verdict(u32),
     /// Forward to this backend (`new_flow`: a connection starts).
-    Forward { id: u32, be: Backend, new_flow: bool },
+    Forward {
+        id: u32,
+        be: Backend,
+        new_flow: bool,
+    },
 }
 
 #[inline(always)]
@@ -94,11 +100,15 @@ fn not_vip(ctx: &XdpContext, pkt: &Packet) -> u32 {
 
 #[inline(always)]
 fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
-    if !pkt.is_syn() {
-        if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
-            stats::count(stat::CONNTRACK_HIT);
-            return Decision::Forward { id, be, new_flow: false };
-        }
+    if !pkt.is_syn()
+        && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now)
+    {
+        stats::count(stat::CONNTRACK_HIT);
+        return Decision::Forward {
+            id,
+            be,
+            new_flow: false,
+        };
     }
     // A SYN, any UDP miss, and (as Katran does) a TCP mid-flow miss after an LB restart or
     // LRU eviction: the choice is consistent, so re-hashing lands on the same backend.
@@ -106,26 +116,47 @@ fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
         stats::count(stat::DROP_NO_BACKEND);
         return Decision::Verdict(xdp_action::XDP_DROP);
     };
-    conntrack::record(&pkt.key, id, &be, svc.id, svc.flags & service_flags::DSR != 0, now);
+    conntrack::record(
+        &pkt.key,
+        id,
+        &be,
+        svc.id,
+        svc.flags & service_flags::DSR != 0,
+        now,
+    );
     if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
-        persist::pin(svc.persist_group, pkt.key.src_addr, id, &be, now, svc.persist_ttl_ns);
+        persist::pin(
+            svc.persist_group,
+            pkt.key.src_addr,
+            id,
+            &be,
+            now,
+            svc.persist_ttl_ns,
+        );
     }
-    Decision::Forward { id, be, new_flow: true }
+    Decision::Forward {
+        id,
+        be,
+        new_flow: true,
+    }
 }
 
 #[inline(always)]
 fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
     if pkt.is_syn() {
-        if svc.flags & service_flags::FAST_PATH != 0 {
-            if let persist::Lookup::Live(id, be) =
+        if svc.flags & service_flags::FAST_PATH != 0
+            && let persist::Lookup::Live(id, be) =
                 persist::lookup(svc.persist_group, pkt.key.src_addr, now)
-            {
-                stats::count(stat::FAST_PATH);
-                let dsr = svc.flags & service_flags::DSR != 0;
-                conntrack::record(&pkt.key, id, &be, svc.id, dsr, now);
-                // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
-                return Decision::Forward { id, be, new_flow: true };
-            }
+        {
+            stats::count(stat::FAST_PATH);
+            let dsr = svc.flags & service_flags::DSR != 0;
+            conntrack::record(&pkt.key, id, &be, svc.id, dsr, now);
+            // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
+            return Decision::Forward {
+                id,
+                be,
+                new_flow: true,
+            };
         }
         // The tuple may have carried an earlier fast-path connection: its entry must not
         // steal this proxied one.
@@ -134,7 +165,11 @@ fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
     }
     if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
         stats::count(stat::CONNTRACK_HIT);
-        return Decision::Forward { id, be, new_flow: false };
+        return Decision::Forward {
+            id,
+            be,
+            new_flow: false,
+        };
     }
     Decision::Verdict(pass(stat::PASS_TO_PROXY))
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST,
-    MAX_SERVICES, Persist, PersistKey, Service, ServiceKey, TrafficCounters, stat,
+    Backend, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST, MAX_SERVICES,
+    Persist, PersistKey, Service, ServiceKey, TrafficCounters, stat,
 };
 
 #[map(name = "LATCH_SERVICES")]

@@ -155,7 +155,11 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
                 dport = Some(u16::from_ne_bytes([b[2], b[3]]));
             }
         }
-        return Parsed::Irregular(Irregular { dst, dport, proto: l4_proto });
+        return Parsed::Irregular(Irregular {
+            dst,
+            dport,
+            proto: l4_proto,
+        });
     }
 
     let (l4_check, ports, tcp_flags, l4_min) = if l4_proto == proto::TCP {

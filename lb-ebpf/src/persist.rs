@@ -14,7 +14,7 @@ pub enum Lookup {
 #[inline(always)]
 pub fn lookup(group: u32, client_addr: u32, now: u64) -> Lookup {
     let key = PersistKey { group, client_addr };
-    let Some(p) = (unsafe { PERSIST.get(&key) }).copied() else {
+    let Some(p) = (unsafe { PERSIST.get(key) }).copied() else {
         return Lookup::Miss;
     };
     if now >= p.expires_ns {
@@ -36,5 +36,5 @@ pub fn pin(group: u32, client_addr: u32, backend_id: u32, be: &Backend, now: u64
         expires_ns: now.saturating_add(ttl_ns),
     };
     // A full map only loses stickiness for this client; the flow itself still proceeds.
-    let _ = PERSIST.insert(&key, &value, 0);
+    let _ = PERSIST.insert(key, value, 0);
 }

@@ -12,7 +12,7 @@ pub fn lookup(vip: u32, port: u16, proto: u8) -> Option<Service> {
         proto,
         _pad: 0,
     };
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// The backend with this id if it is UP and, when `generation` is given, still the same

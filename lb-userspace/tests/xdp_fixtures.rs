@@ -143,7 +143,9 @@ fn l3_len(frame: &[u8]) -> u64 {
 
 #[test]
 fn non_vip_tcp_passes_untouched() {
-    let Some(mut fx) = Fixture::new("non_vip_tcp_passes_untouched") else { return };
+    let Some(mut fx) = Fixture::new("non_vip_tcp_passes_untouched") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     // Right address, wrong port; then a wrong address.
     let mut f = from_client(proto::TCP, SYN);
@@ -166,25 +168,41 @@ fn non_vip_tcp_passes_untouched() {
 
 #[test]
 fn new_tcp_flow_nat_with_port_mapping_redirects() {
-    let Some(mut fx) = Fixture::new("new_tcp_flow_nat_with_port_mapping_redirects") else { return };
+    let Some(mut fx) = Fixture::new("new_tcp_flow_nat_with_port_mapping_redirects") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let f = from_client(proto::TCP, SYN);
     let input = f.build();
     let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC));
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)]);
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
+    );
+    assert_stats(
+        &fx,
+        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
+    );
 
     let fwd = fx
         .flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
         .expect("forward conntrack entry");
-    assert_eq!((fwd.backend_id, fwd.generation, fwd.service_id, fwd.flags), (1, 1, SVC_ID, 0));
+    assert_eq!(
+        (fwd.backend_id, fwd.generation, fwd.service_id, fwd.flags),
+        (1, 1, SVC_ID, 0)
+    );
     let now = monotonic_ns();
     assert!(fwd.last_seen_ns > 0 && fwd.last_seen_ns <= now);
     let rev = fx
         .flow(&flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP))
         .expect("reply conntrack entry");
     assert_eq!(rev.flags, flow_flags::REPLY);
-    assert_eq!((rev.vip, rev.vport, rev.backend_id), (addr(VIP), port(80), 1));
+    assert_eq!(
+        (rev.vip, rev.vport, rev.backend_id),
+        (addr(VIP), port(80), 1)
+    );
 
     let bytes = l3_len(&input);
     let s = fx.service_traffic(SVC_ID);
@@ -196,16 +214,31 @@ fn new_tcp_flow_nat_with_port_mapping_redirects() {
 
 #[test]
 fn new_udp_flow_nat_fixes_udp_checksum() {
-    let Some(mut fx) = Fixture::new("new_udp_flow_nat_fixes_udp_checksum") else { return };
+    let Some(mut fx) = Fixture::new("new_udp_flow_nat_fixes_udp_checksum") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 2);
     let f = from_client(proto::UDP, 0);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC));
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)]);
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
+    assert_stats(
+        &fx,
+        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
+    );
 
     // A second datagram of the flow is a conntrack hit.
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
     assert_eq!(fx.stat(stat::CONNTRACK_HIT), 1);
     let s = fx.service_traffic(SVC_ID);
     assert_eq!((s.packets, s.new_flows), (2, 1));
@@ -213,7 +246,9 @@ fn new_udp_flow_nat_fixes_udp_checksum() {
 
 #[test]
 fn udp_without_checksum_keeps_zero_checksum() {
-    let Some(mut fx) = Fixture::new("udp_without_checksum_keeps_zero_checksum") else { return };
+    let Some(mut fx) = Fixture::new("udp_without_checksum_keeps_zero_checksum") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 1);
     let mut f = from_client(proto::UDP, 0);
     f.l4 = L4::Udp {
@@ -229,7 +264,9 @@ fn udp_without_checksum_keeps_zero_checksum() {
 
 #[test]
 fn new_flow_dsr_rewrites_only_macs() {
-    let Some(mut fx) = Fixture::new("new_flow_dsr_rewrites_only_macs") else { return };
+    let Some(mut fx) = Fixture::new("new_flow_dsr_rewrites_only_macs") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, service_flags::DSR, 2);
     let f = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &f.build());
@@ -237,30 +274,43 @@ fn new_flow_dsr_rewrites_only_macs() {
     want.dst_mac = BACKEND2_MAC;
     want.src_mac = LBB_MAC;
     assert_out(v, &out, XDP_REDIRECT, &want.build());
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)]);
+    assert_stats(
+        &fx,
+        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
+    );
     let fwd = fx
         .flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
         .expect("forward entry");
     assert_eq!((fwd.backend_id, fwd.flags), (2, flow_flags::DSR));
     assert!(
-        fx.flow(&flow_key((B2, 8080), (CLIENT, CPORT), proto::TCP)).is_none(),
+        fx.flow(&flow_key((B2, 8080), (CLIENT, CPORT), proto::TCP))
+            .is_none(),
         "DSR records no reply translation"
     );
 }
 
 #[test]
 fn backend_behind_ingress_port_is_xdp_tx() {
-    let Some(mut fx) = Fixture::new("backend_behind_ingress_port_is_xdp_tx") else { return };
+    let Some(mut fx) = Fixture::new("backend_behind_ingress_port_is_xdp_tx") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 3);
     let f = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_TX, &natted(&f, NEAR, 8080, NEAR_BACKEND_MAC, LBC_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_TX,
+        &natted(&f, NEAR, 8080, NEAR_BACKEND_MAC, LBC_MAC),
+    );
     assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_TX, 1)]);
 }
 
 #[test]
 fn fib_miss_passes_rewritten_packet_to_stack() {
-    let Some(mut fx) = Fixture::new("fib_miss_passes_rewritten_packet_to_stack") else { return };
+    let Some(mut fx) = Fixture::new("fib_miss_passes_rewritten_packet_to_stack") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 4);
     let f = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &f.build());
@@ -281,7 +331,9 @@ fn fib_miss_passes_rewritten_packet_to_stack() {
 
 #[test]
 fn ttl_one_is_left_to_the_stack() {
-    let Some(mut fx) = Fixture::new("ttl_one_is_left_to_the_stack") else { return };
+    let Some(mut fx) = Fixture::new("ttl_one_is_left_to_the_stack") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = from_client(proto::TCP, SYN);
     f.ttl = 1;
@@ -293,7 +345,9 @@ fn ttl_one_is_left_to_the_stack() {
 
 #[test]
 fn no_usable_backend_drops() {
-    let Some(mut fx) = Fixture::new("no_usable_backend_drops") else { return };
+    let Some(mut fx) = Fixture::new("no_usable_backend_drops") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 0);
     let input = from_client(proto::TCP, SYN).build();
     let (v, _) = fx.run(fx.lbc, &input);
@@ -314,7 +368,9 @@ fn no_usable_backend_drops() {
 
 #[test]
 fn maglev_spreads_flows_over_backends() {
-    let Some(mut fx) = Fixture::new("maglev_spreads_flows_over_backends") else { return };
+    let Some(mut fx) = Fixture::new("maglev_spreads_flows_over_backends") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 1);
     fx.fill_maglev(SVC_ID, 1, &[1, 2]);
     let mut seen = [0u32; 2];
@@ -338,7 +394,10 @@ fn maglev_spreads_flows_over_backends() {
         let (_, again) = fx.run(fx.lbc, &f.build());
         assert_eq!(&again[30..34], &out[30..34]);
     }
-    assert!(seen[0] >= 8 && seen[1] >= 8, "64 flows over 2 backends: {seen:?}");
+    assert!(
+        seen[0] >= 8 && seen[1] >= 8,
+        "64 flows over 2 backends: {seen:?}"
+    );
     assert_eq!(fx.stat(stat::NEW_FLOW_MAGLEV), 64);
     assert_eq!(fx.stat(stat::CONNTRACK_HIT), 64);
 }
@@ -348,7 +407,9 @@ fn maglev_spreads_flows_over_backends() {
 
 #[test]
 fn conntrack_hit_follows_recorded_backend() {
-    let Some(mut fx) = Fixture::new("conntrack_hit_follows_recorded_backend") else { return };
+    let Some(mut fx) = Fixture::new("conntrack_hit_follows_recorded_backend") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
     let old = monotonic_ns() - 5 * SEC;
@@ -367,16 +428,29 @@ fn conntrack_hit_follows_recorded_backend() {
     );
     let f = from_client(proto::TCP, ACK | PSH);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC));
-    assert_stats(&fx, &[(stat::CONNTRACK_HIT, 1), (stat::VERDICT_REDIRECT, 1)]);
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
+    assert_stats(
+        &fx,
+        &[(stat::CONNTRACK_HIT, 1), (stat::VERDICT_REDIRECT, 1)],
+    );
     let s = fx.service_traffic(SVC_ID);
     assert_eq!((s.packets, s.new_flows), (1, 0));
-    assert!(fx.flow(&key).expect("entry").last_seen_ns > old, "last_seen refreshed");
+    assert!(
+        fx.flow(&key).expect("entry").last_seen_ns > old,
+        "last_seen refreshed"
+    );
 }
 
 #[test]
 fn stale_conntrack_entry_is_rehashed() {
-    let Some(mut fx) = Fixture::new("stale_conntrack_entry_is_rehashed") else { return };
+    let Some(mut fx) = Fixture::new("stale_conntrack_entry_is_rehashed") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
     // Backend 2 was replaced since (generation 1 -> 2).
@@ -392,8 +466,16 @@ fn stale_conntrack_entry_is_rehashed() {
     );
     let f = from_client(proto::TCP, ACK);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC));
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)]);
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
+    );
+    assert_stats(
+        &fx,
+        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
+    );
     assert_eq!(fx.flow(&key).expect("entry").backend_id, 1);
 }
 
@@ -409,7 +491,9 @@ fn persist_key() -> PersistKey {
 
 #[test]
 fn persistence_hit_overrides_maglev() {
-    let Some(mut fx) = Fixture::new("persistence_hit_overrides_maglev") else { return };
+    let Some(mut fx) = Fixture::new("persistence_hit_overrides_maglev") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, service_flags::PERSIST_CLIENT_IP, 1);
     let before = monotonic_ns();
     fx.insert_persist(
@@ -422,11 +506,19 @@ fn persistence_hit_overrides_maglev() {
     );
     let f = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
     assert_stats(&fx, &[(stat::PERSIST_HIT, 1), (stat::VERDICT_REDIRECT, 1)]);
     let p = fx.persist_entry(&persist_key()).expect("pin kept");
     assert_eq!(p.backend_id, 2);
-    assert!(p.expires_ns >= before + 300 * SEC, "pin refreshed to now + ttl");
+    assert!(
+        p.expires_ns >= before + 300 * SEC,
+        "pin refreshed to now + ttl"
+    );
 }
 
 #[test]
@@ -446,7 +538,12 @@ fn expired_persistence_falls_back_to_maglev_and_repins() {
     );
     let f = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
+    );
     assert_stats(
         &fx,
         &[
@@ -462,7 +559,9 @@ fn expired_persistence_falls_back_to_maglev_and_repins() {
 
 #[test]
 fn persistence_to_stale_backend_is_expired() {
-    let Some(mut fx) = Fixture::new("persistence_to_stale_backend_is_expired") else { return };
+    let Some(mut fx) = Fixture::new("persistence_to_stale_backend_is_expired") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, service_flags::PERSIST_CLIENT_IP, 1);
     fx.insert_persist(
         persist_key(),
@@ -474,7 +573,12 @@ fn persistence_to_stale_backend_is_expired() {
     );
     let f = from_client(proto::UDP, 0);
     let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
+    );
     assert_eq!(fx.stat(stat::PERSIST_EXPIRED), 1);
 }
 
@@ -502,7 +606,9 @@ fn unnatted(f: &Frame) -> Vec<u8> {
 
 #[test]
 fn reply_is_translated_back_to_vip() {
-    let Some(mut fx) = Fixture::new("reply_is_translated_back_to_vip") else { return };
+    let Some(mut fx) = Fixture::new("reply_is_translated_back_to_vip") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     fx.insert_flow(
         flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP),
@@ -525,7 +631,9 @@ fn reply_is_translated_back_to_vip() {
 
 #[test]
 fn forward_then_reply_round_trip() {
-    let Some(mut fx) = Fixture::new("forward_then_reply_round_trip") else { return };
+    let Some(mut fx) = Fixture::new("forward_then_reply_round_trip") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let f = from_client(proto::TCP, SYN);
     let (v, _) = fx.run(fx.lbc, &f.build());
@@ -561,8 +669,15 @@ fn forward_then_reply_round_trip() {
 
 #[test]
 fn http_service_passes_to_proxy() {
-    let Some(mut fx) = Fixture::new("http_service_passes_to_proxy") else { return };
-    setup(&mut fx, proto::TCP, service_flags::HTTP | service_flags::FAST_PATH, 1);
+    let Some(mut fx) = Fixture::new("http_service_passes_to_proxy") else {
+        return;
+    };
+    setup(
+        &mut fx,
+        proto::TCP,
+        service_flags::HTTP | service_flags::FAST_PATH,
+        1,
+    );
     // No pin: SYN and the rest of the connection go to the local proxy, untouched.
     for flags in [SYN, ACK, ACK | PSH] {
         let input = from_client(proto::TCP, flags).build();
@@ -578,7 +693,9 @@ fn http_service_passes_to_proxy() {
 
 #[test]
 fn http_without_fast_path_ignores_pins() {
-    let Some(mut fx) = Fixture::new("http_without_fast_path_ignores_pins") else { return };
+    let Some(mut fx) = Fixture::new("http_without_fast_path_ignores_pins") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, service_flags::HTTP, 1);
     fx.insert_persist(
         persist_key(),
@@ -599,7 +716,12 @@ fn fast_path_syn_of_pinned_client_is_forwarded() {
     let Some(mut fx) = Fixture::new("fast_path_syn_of_pinned_client_is_forwarded") else {
         return;
     };
-    setup(&mut fx, proto::TCP, service_flags::HTTP | service_flags::FAST_PATH, 1);
+    setup(
+        &mut fx,
+        proto::TCP,
+        service_flags::HTTP | service_flags::FAST_PATH,
+        1,
+    );
     let expires = monotonic_ns() + 100 * SEC;
     fx.insert_persist(
         persist_key(),
@@ -611,11 +733,21 @@ fn fast_path_syn_of_pinned_client_is_forwarded() {
     );
     let syn = from_client(proto::TCP, SYN);
     let (v, out) = fx.run(fx.lbc, &syn.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&syn, B2, 8080, BACKEND2_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&syn, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
     // The rest of the connection follows conntrack.
     let ack = from_client(proto::TCP, ACK);
     let (v, out) = fx.run(fx.lbc, &ack.build());
-    assert_out(v, &out, XDP_REDIRECT, &natted(&ack, B2, 8080, BACKEND2_MAC, LBB_MAC));
+    assert_out(
+        v,
+        &out,
+        XDP_REDIRECT,
+        &natted(&ack, B2, 8080, BACKEND2_MAC, LBB_MAC),
+    );
     assert_stats(
         &fx,
         &[
@@ -625,7 +757,10 @@ fn fast_path_syn_of_pinned_client_is_forwarded() {
         ],
     );
     // The agent owns fast-path expiry: XDP does not extend it.
-    assert_eq!(fx.persist_entry(&persist_key()).expect("pin").expires_ns, expires);
+    assert_eq!(
+        fx.persist_entry(&persist_key()).expect("pin").expires_ns,
+        expires
+    );
     let s = fx.service_traffic(SVC_ID);
     assert_eq!((s.packets, s.new_flows), (2, 1));
 
@@ -659,18 +794,25 @@ fn assert_untouched(fx: &Fixture, input: &[u8], stat_index: u32) {
 
 #[test]
 fn truncated_ethernet() {
-    let Some(mut fx) = Fixture::new("truncated_ethernet") else { return };
+    let Some(mut fx) = Fixture::new("truncated_ethernet") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let full = from_client(proto::TCP, SYN).build();
     // The kernel refuses test frames shorter than an Ethernet header, so the shortest frame
     // the program can see is a bare Ethernet header: IPv4 ethertype, no IP header.
-    assert!(fx.try_run(fx.lbc, &full[..13]).is_err(), "kernel accepts < 14 bytes");
+    assert!(
+        fx.try_run(fx.lbc, &full[..13]).is_err(),
+        "kernel accepts < 14 bytes"
+    );
     assert_untouched(&fx, &full[..14], stat::PASS_MALFORMED);
 }
 
 #[test]
 fn truncated_ip_header() {
-    let Some(mut fx) = Fixture::new("truncated_ip_header") else { return };
+    let Some(mut fx) = Fixture::new("truncated_ip_header") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let full = from_client(proto::TCP, SYN).build();
     assert_untouched(&fx, &full[..14 + 19], stat::PASS_MALFORMED);
@@ -678,7 +820,9 @@ fn truncated_ip_header() {
 
 #[test]
 fn ip_total_length_beyond_frame() {
-    let Some(mut fx) = Fixture::new("ip_total_length_beyond_frame") else { return };
+    let Some(mut fx) = Fixture::new("ip_total_length_beyond_frame") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let full = from_client(proto::TCP, SYN).build();
     // Cut the payload: tot_len now claims more than the frame holds.
@@ -687,7 +831,9 @@ fn ip_total_length_beyond_frame() {
 
 #[test]
 fn truncated_tcp_header() {
-    let Some(mut fx) = Fixture::new("truncated_tcp_header") else { return };
+    let Some(mut fx) = Fixture::new("truncated_tcp_header") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = from_client(proto::TCP, SYN);
     f.payload.clear();
@@ -700,7 +846,9 @@ fn truncated_tcp_header() {
 
 #[test]
 fn truncated_udp_header() {
-    let Some(mut fx) = Fixture::new("truncated_udp_header") else { return };
+    let Some(mut fx) = Fixture::new("truncated_udp_header") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 1);
     let mut f = from_client(proto::UDP, 0);
     f.payload.clear();
@@ -721,7 +869,9 @@ fn fix_ip_len(frame: &mut [u8]) {
 
 #[test]
 fn tcp_data_offset_too_small() {
-    let Some(mut fx) = Fixture::new("tcp_data_offset_too_small") else { return };
+    let Some(mut fx) = Fixture::new("tcp_data_offset_too_small") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut bytes = from_client(proto::TCP, SYN).build();
     bytes[14 + 20 + 12] = 4 << 4;
@@ -730,7 +880,9 @@ fn tcp_data_offset_too_small() {
 
 #[test]
 fn ip_options_to_vip() {
-    let Some(mut fx) = Fixture::new("ip_options_to_vip") else { return };
+    let Some(mut fx) = Fixture::new("ip_options_to_vip") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = from_client(proto::TCP, SYN);
     f.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
@@ -739,7 +891,9 @@ fn ip_options_to_vip() {
 
 #[test]
 fn ip_options_to_non_vip() {
-    let Some(mut fx) = Fixture::new("ip_options_to_non_vip") else { return };
+    let Some(mut fx) = Fixture::new("ip_options_to_non_vip") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = from_client(proto::TCP, SYN);
     f.options = vec![1, 1, 1, 0];
@@ -751,7 +905,9 @@ fn ip_options_to_non_vip() {
 
 #[test]
 fn first_fragment_to_vip() {
-    let Some(mut fx) = Fixture::new("first_fragment_to_vip") else { return };
+    let Some(mut fx) = Fixture::new("first_fragment_to_vip") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 1);
     let mut f = from_client(proto::UDP, 0);
     f.frag = 0x2000; // MF, offset 0
@@ -760,7 +916,9 @@ fn first_fragment_to_vip() {
 
 #[test]
 fn later_fragment_to_vip() {
-    let Some(mut fx) = Fixture::new("later_fragment_to_vip") else { return };
+    let Some(mut fx) = Fixture::new("later_fragment_to_vip") else {
+        return;
+    };
     setup(&mut fx, proto::UDP, 0, 1);
     let mut f = from_client(proto::UDP, 0);
     f.frag = 185; // offset 1480 bytes, last fragment
@@ -770,7 +928,9 @@ fn later_fragment_to_vip() {
 
 #[test]
 fn bad_ihl() {
-    let Some(mut fx) = Fixture::new("bad_ihl") else { return };
+    let Some(mut fx) = Fixture::new("bad_ihl") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut bytes = from_client(proto::TCP, SYN).build();
     bytes[14] = 0x44; // version 4, ihl 4 (16 bytes): impossible
@@ -779,7 +939,9 @@ fn bad_ihl() {
 
 #[test]
 fn ihl_beyond_frame() {
-    let Some(mut fx) = Fixture::new("ihl_beyond_frame") else { return };
+    let Some(mut fx) = Fixture::new("ihl_beyond_frame") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = from_client(proto::TCP, SYN);
     f.payload.clear();
@@ -790,7 +952,9 @@ fn ihl_beyond_frame() {
 
 #[test]
 fn wrong_ip_version() {
-    let Some(mut fx) = Fixture::new("wrong_ip_version") else { return };
+    let Some(mut fx) = Fixture::new("wrong_ip_version") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut bytes = from_client(proto::TCP, SYN).build();
     bytes[14] = 0x65;
@@ -799,7 +963,9 @@ fn wrong_ip_version() {
 
 #[test]
 fn non_ipv4_ethertypes() {
-    let Some(mut fx) = Fixture::new("non_ipv4_ethertypes") else { return };
+    let Some(mut fx) = Fixture::new("non_ipv4_ethertypes") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut arp = from_client(proto::TCP, SYN).build();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
@@ -819,7 +985,9 @@ fn assert_out_untouched(v: u32, out: &[u8], input: &[u8]) {
 
 #[test]
 fn icmp_to_vip_passes() {
-    let Some(mut fx) = Fixture::new("icmp_to_vip_passes") else { return };
+    let Some(mut fx) = Fixture::new("icmp_to_vip_passes") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let mut f = Frame::new(CLIENT, VIP, L4::Raw { proto: 1 });
     // Echo request, checksum not needed by the program.
@@ -829,7 +997,9 @@ fn icmp_to_vip_passes() {
 
 #[test]
 fn never_aborts_on_any_truncation() {
-    let Some(mut fx) = Fixture::new("never_aborts_on_any_truncation") else { return };
+    let Some(mut fx) = Fixture::new("never_aborts_on_any_truncation") else {
+        return;
+    };
     setup(&mut fx, proto::TCP, 0, 1);
     let full = from_client(proto::TCP, SYN).build();
     for len in 14..full.len() {

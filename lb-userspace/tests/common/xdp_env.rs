@@ -104,12 +104,26 @@ impl Netns {
             ("198.51.100.11", "02:00:00:00:0b:0b", "lbb"),
         ] {
             self.ip(&[
-                "neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
             ]);
         }
         // The namespace's own sysctl: bpf_fib_lookup refuses with FWD_DISABLED without it.
         run(&[
-            "ip", "netns", "exec", &self.name, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
         ]);
     }
 
@@ -255,8 +269,7 @@ impl Fixture {
     /// Fills one maglev table with `ids` repeated in order.
     pub fn fill_maglev(&mut self, service_id: u32, slot: u32, ids: &[u32]) {
         let mut m: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV).expect("map"))
-                .expect("maglev");
+            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV).expect("map")).expect("maglev");
         let base = lb_common::maglev_base(service_id, slot);
         for i in 0..lb_common::MAGLEV_TABLE_SIZE {
             let id = ids[i as usize % ids.len()];
@@ -265,8 +278,7 @@ impl Fixture {
     }
 
     fn conntrack(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, Flow> {
-        HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).expect("map"))
-            .expect("conntrack")
+        HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).expect("map")).expect("conntrack")
     }
 
     pub fn insert_flow(&mut self, key: FlowKey, flow: Flow) {
@@ -282,7 +294,9 @@ impl Fixture {
     }
 
     pub fn insert_persist(&mut self, key: PersistKey, value: Persist) {
-        self.persist().insert(key, value, 0).expect("insert persist");
+        self.persist()
+            .insert(key, value, 0)
+            .expect("insert persist");
     }
 
     pub fn persist_entry(&mut self, key: &PersistKey) -> Option<Persist> {
