@@ -248,6 +248,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "LATCH_SVC_STATS";
     /// Per-backend per-CPU counters.
     pub const BACKEND_STATS: &str = "LATCH_BE_STATS";
+    /// Egress devmap (hash keyed by ifindex) for XDP_REDIRECT; not pinned, optional.
+    pub const TX_PORTS: &str = "LATCH_TX_PORTS";
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);

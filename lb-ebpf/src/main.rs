@@ -1,13 +1,195 @@
+//! latch's XDP program: L4 load balancing (NAT or DSR) from BPF maps, HTTP services handed
+//! to the local proxy unless the client-IP fast path applies. See ARCHITECTURE.md, "How a
+//! packet and a request travel".
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
+mod forward;
+mod maglev;
 mod maps;
+mod parse;
+mod persist;
+mod service;
+mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
+use lb_common::{Backend, Service, service_flags, stat};
+
+use crate::parse::{Packet, Parsed};
 
 #[xdp]
-pub fn latch_xdp(_ctx: XdpContext) -> u32 {
+pub fn latch_xdp(ctx: XdpContext) -> u32 {
+    process(&ctx)
+}
+
+#[inline(always)]
+fn pass(stat_index: u32) -> u32 {
+    stats::count(stat_index);
     xdp_action::XDP_PASS
+}
+
+/// What the service logic decided for a VIP packet.
+enum Decision {
+    /// Final verdict (counters already done).
+    Verdict(u32),
+    /// Forward to this backend (`new_flow`: a connection starts).
+    Forward {
+        id: u32,
+        be: Backend,
+        new_flow: bool,
+    },
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> u32 {
+    let pkt = match parse::parse(ctx) {
+        Parsed::Pass(s) => return pass(s),
+        Parsed::Irregular(irr) => {
+            // Non-first fragments carry no ports: count them as fragments without knowing
+            // whether they were meant for a VIP.
+            let to_vip = match irr.dport {
+                Some(port) => service::lookup(irr.dst, port, irr.proto).is_some(),
+                None => true,
+            };
+            return pass(if to_vip {
+                stat::PASS_FRAGMENT_OR_OPTIONS
+            } else {
+                stat::PASS_NOT_VIP
+            });
+        }
+        Parsed::Packet(p) => p,
+    };
+    let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto) else {
+        return not_vip(ctx, &pkt);
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let decision = if svc.flags & service_flags::HTTP != 0 {
+        http(&pkt, &svc, now)
+    } else {
+        l4(&pkt, &svc, now)
+    };
+    match decision {
+        Decision::Verdict(v) => v,
+        Decision::Forward { id, be, new_flow } => {
+            // Single call site: the rewrite code is emitted once.
+            stats::traffic(svc.id, id, pkt.tot_len, new_flow);
+            if svc.flags & service_flags::DSR != 0 {
+                forward::dsr(ctx, &pkt, &be)
+            } else {
+                forward::nat(ctx, &pkt, &be)
+            }
+        }
+    }
+}
+
+/// Not addressed to a VIP: either a backend's reply to translate (NAT) or not ours.
+#[inline(always)]
+fn not_vip(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    match conntrack::lookup_reply(&pkt.key) {
+        Some(flow) => {
+            stats::count(stat::REPLY_NAT);
+            forward::reply(ctx, pkt, flow.vip, flow.vport)
+        }
+        None => pass(stat::PASS_NOT_VIP),
+    }
+}
+
+#[inline(always)]
+fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
+    if !pkt.is_syn()
+        && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now)
+    {
+        stats::count(stat::CONNTRACK_HIT);
+        return Decision::Forward {
+            id,
+            be,
+            new_flow: false,
+        };
+    }
+    // A SYN, any UDP miss, and (as Katran does) a TCP mid-flow miss after an LB restart or
+    // LRU eviction: the choice is consistent, so re-hashing lands on the same backend.
+    let Some((id, be)) = choose(pkt, svc, now) else {
+        stats::count(stat::DROP_NO_BACKEND);
+        return Decision::Verdict(xdp_action::XDP_DROP);
+    };
+    conntrack::record(
+        &pkt.key,
+        id,
+        &be,
+        svc.id,
+        svc.flags & service_flags::DSR != 0,
+        now,
+    );
+    if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
+        persist::pin(
+            svc.persist_group,
+            pkt.key.src_addr,
+            id,
+            &be,
+            now,
+            svc.persist_ttl_ns,
+        );
+    }
+    Decision::Forward {
+        id,
+        be,
+        new_flow: true,
+    }
+}
+
+#[inline(always)]
+fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
+    if pkt.is_syn() {
+        if svc.flags & service_flags::FAST_PATH != 0
+            && let persist::Lookup::Live(id, be) =
+                persist::lookup(svc.persist_group, pkt.key.src_addr, now)
+        {
+            stats::count(stat::FAST_PATH);
+            let dsr = svc.flags & service_flags::DSR != 0;
+            conntrack::record(&pkt.key, id, &be, svc.id, dsr, now);
+            // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
+            return Decision::Forward {
+                id,
+                be,
+                new_flow: true,
+            };
+        }
+        // The tuple may have carried an earlier fast-path connection: its entry must not
+        // steal this proxied one.
+        conntrack::forget(&pkt.key);
+        return Decision::Verdict(pass(stat::PASS_TO_PROXY));
+    }
+    if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
+        stats::count(stat::CONNTRACK_HIT);
+        return Decision::Forward {
+            id,
+            be,
+            new_flow: false,
+        };
+    }
+    Decision::Verdict(pass(stat::PASS_TO_PROXY))
+}
+
+/// New-flow backend choice: a live persistence pin first, else the maglev table.
+#[inline(always)]
+fn choose(pkt: &Packet, svc: &Service, now: u64) -> Option<(u32, Backend)> {
+    if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
+        match persist::lookup(svc.persist_group, pkt.key.src_addr, now) {
+            persist::Lookup::Live(id, be) => {
+                stats::count(stat::PERSIST_HIT);
+                return Some((id, be));
+            }
+            persist::Lookup::Stale => stats::count(stat::PERSIST_EXPIRED),
+            persist::Lookup::Miss => {}
+        }
+    }
+    let chosen = maglev::pick(svc, maglev::flow_hash(&pkt.key))?;
+    stats::count(stat::NEW_FLOW_MAGLEV);
+    Some(chosen)
 }
 
 #[cfg(not(test))]

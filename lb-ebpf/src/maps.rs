@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST, MAX_SERVICES,
@@ -33,3 +33,9 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX
 
 #[map(name = "LATCH_BE_STATS")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Egress ports for XDP_REDIRECT, keyed by ifindex (value: the same ifindex). Optional: the
+/// agent fills it for bulk redirects; a missing entry falls back to `bpf_redirect`. Not
+/// pinned: ifindexes are only meaningful for the running agent.
+#[map(name = "LATCH_TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);

@@ -1,0 +1,86 @@
+//! Connection tracking: forward entries keyed by the client 5-tuple and, for NAT, reply
+//! entries keyed by the backend's reply 5-tuple.
+
+use lb_common::{Backend, Flow, FlowKey, flow_flags};
+
+use crate::{maps::CONNTRACK, service::usable_backend};
+
+/// last_seen is refreshed at most once per second per flow, sparing a cache-line write on
+/// every packet of busy flows.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// A live forward entry for `key`: its backend id and backend. Stale entries (backend gone,
+/// reassigned or not UP) are a miss.
+#[inline(always)]
+pub fn lookup_forward(key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
+    let flow = CONNTRACK.get_ptr_mut(key)?;
+    let f = unsafe { *flow };
+    if f.flags & flow_flags::REPLY != 0 {
+        return None;
+    }
+    let be = usable_backend(f.backend_id, Some(f.generation))?;
+    if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
+        unsafe { (*flow).last_seen_ns = now };
+    }
+    Some((f.backend_id, be))
+}
+
+/// A reply entry for `key` (a packet from a backend), if its backend is still the same.
+#[inline(always)]
+pub fn lookup_reply(key: &FlowKey) -> Option<Flow> {
+    let f = unsafe { *CONNTRACK.get_ptr(key)? };
+    if f.flags & flow_flags::REPLY == 0 {
+        return None;
+    }
+    // A reply from a removed/reassigned backend is left to the stack.
+    let be = *crate::maps::BACKENDS.get(f.backend_id)?;
+    if be.generation != f.generation {
+        return None;
+    }
+    Some(f)
+}
+
+/// Records a new flow (and its reply translation for NAT).
+#[inline(always)]
+pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr: bool, now: u64) {
+    let flow = Flow {
+        backend_id,
+        generation: be.generation,
+        service_id,
+        flags: if dsr { flow_flags::DSR } else { 0 },
+        vip: 0,
+        vport: 0,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    // An LRU map makes room by itself; a failed insert only costs a re-hash later.
+    let _ = CONNTRACK.insert(key, flow, 0);
+    if dsr {
+        return;
+    }
+    let reply_key = FlowKey {
+        src_addr: be.addr,
+        dst_addr: key.src_addr,
+        src_port: be.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0, 0, 0],
+    };
+    let reply = Flow {
+        backend_id,
+        generation: be.generation,
+        service_id,
+        flags: flow_flags::REPLY,
+        vip: key.dst_addr,
+        vport: key.dst_port,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = CONNTRACK.insert(reply_key, reply, 0);
+}
+
+/// Forgets a tuple (an HTTP SYN going to the proxy must not follow an old fast-path entry).
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    let _ = CONNTRACK.remove(key);
+}

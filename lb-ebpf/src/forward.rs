@@ -1,0 +1,180 @@
+//! Rewriting and transmitting: NAT (destination rewrite), DSR (MAC rewrite only) and the
+//! reverse NAT of backend replies, then a FIB lookup for next-hop MACs and the egress port.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{Backend, proto, stat};
+
+use crate::{csum, maps::TX_PORTS, parse::Packet, stats};
+
+const AF_INET: u8 = 2;
+
+/// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
+#[inline(always)]
+pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
+    if unsafe { (*pkt.ip).ttl } <= 1 {
+        // Let the stack answer with ICMP time exceeded.
+        stats::count(stat::PASS_FIB_MISS);
+        return xdp_action::XDP_PASS;
+    }
+    let old_addr = pkt.key.dst_addr;
+    let old_port = pkt.key.dst_port;
+    unsafe {
+        (*pkt.ip).dst = be.addr.to_ne_bytes();
+        let p = &mut *pkt.ports;
+        let port = be.port.to_ne_bytes();
+        p[2] = port[0];
+        p[3] = port[1];
+    }
+    let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
+    csum::store(
+        ip_check,
+        csum::replace4(csum::load(ip_check), old_addr, be.addr),
+    );
+    fix_l4(pkt, old_addr, be.addr, old_port, be.port);
+    out(ctx, pkt, be.addr, true)
+}
+
+/// Rewrites the source of a backend reply back to the virtual service.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16) -> u32 {
+    if unsafe { (*pkt.ip).ttl } <= 1 {
+        stats::count(stat::PASS_FIB_MISS);
+        return xdp_action::XDP_PASS;
+    }
+    let old_addr = pkt.key.src_addr;
+    let old_port = pkt.key.src_port;
+    unsafe {
+        (*pkt.ip).src = vip.to_ne_bytes();
+        let p = &mut *pkt.ports;
+        let port = vport.to_ne_bytes();
+        p[0] = port[0];
+        p[1] = port[1];
+    }
+    let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
+    csum::store(
+        ip_check,
+        csum::replace4(csum::load(ip_check), old_addr, vip),
+    );
+    fix_l4(pkt, old_addr, vip, old_port, vport);
+    out(ctx, pkt, pkt.key.dst_addr, true)
+}
+
+/// DSR: the IP packet stays as the client sent it; only the MACs change.
+#[inline(always)]
+pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
+    out(ctx, pkt, be.addr, false)
+}
+
+/// L4 checksum after one address (pseudo-header) and one port changed.
+#[inline(always)]
+fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u16) {
+    let check = csum::load(pkt.l4_check);
+    if pkt.key.proto == proto::UDP && check == 0 {
+        // UDP without checksum stays without.
+        return;
+    }
+    let mut c = csum::replace4(check, old_addr, new_addr);
+    c = csum::replace2(c, old_port, new_port);
+    if pkt.key.proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    csum::store(pkt.l4_check, c);
+}
+
+/// `struct bpf_fib_lookup` for IPv4 with plain fields, so that it can be built with ordinary
+/// stores (the bindgen unions would need a zeroing memset call first).
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    tos: u8,
+    _pad: [u8; 3],
+    src: u32,
+    _src_v6: [u32; 3],
+    dst: u32,
+    _dst_v6: [u32; 3],
+    _vlan_or_tbid: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<bpf_fib_lookup>());
+
+/// FIB lookup toward `next_dst`; on success rewrite MACs (and TTL) and transmit, otherwise
+/// pass the (already rewritten) packet to the stack, which routes it and resolves ARP.
+#[inline(always)]
+fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool) -> u32 {
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let ports = unsafe { *pkt.ports };
+    let mut fib = FibParams {
+        family: AF_INET,
+        l4_protocol: pkt.key.proto,
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        tot_len: pkt.tot_len,
+        ifindex: ingress,
+        tos: unsafe { (*pkt.ip).tos },
+        _pad: [0, 0, 0],
+        src: u32::from_ne_bytes(unsafe { (*pkt.ip).src }),
+        _src_v6: [0, 0, 0],
+        dst: next_dst,
+        _dst_v6: [0, 0, 0],
+        _vlan_or_tbid: 0,
+        smac: [0, 0, 0, 0, 0, 0],
+        dmac: [0, 0, 0, 0, 0, 0],
+    };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            (&mut fib as *mut FibParams).cast::<bpf_fib_lookup>(),
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        stats::count(stat::PASS_FIB_MISS);
+        return xdp_action::XDP_PASS;
+    }
+    if decrement_ttl {
+        let ip = pkt.ip;
+        let ttl = unsafe { (*ip).ttl };
+        let l4p = unsafe { (*ip).proto };
+        let old = u16::from_ne_bytes([ttl, l4p]);
+        let new = u16::from_ne_bytes([ttl - 1, l4p]);
+        unsafe { (*ip).ttl = ttl - 1 };
+        let ip_check = unsafe { core::ptr::addr_of_mut!((*ip).check) };
+        csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
+    }
+    let eth = pkt.eth as *mut u8;
+    for i in 0..6 {
+        unsafe {
+            *eth.add(i) = fib.dmac[i];
+            *eth.add(6 + i) = fib.smac[i];
+        }
+    }
+    if fib.ifindex == ingress {
+        stats::count(stat::VERDICT_TX);
+        return xdp_action::XDP_TX;
+    }
+    // A devmap entry for the egress port (filled by the agent) bulks redirects; without one,
+    // plain bpf_redirect still works.
+    let verdict = match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(v) => v,
+        Err(_) => unsafe { bpf_redirect(fib.ifindex, 0) as u32 },
+    };
+    if verdict == xdp_action::XDP_REDIRECT {
+        stats::count(stat::VERDICT_REDIRECT);
+    } else {
+        stats::count(stat::PASS_FIB_MISS);
+    }
+    verdict
+}

@@ -1,0 +1,207 @@
+//! Ethernet / IPv4 / TCP|UDP parsing with a bounds check before every access.
+//!
+//! Header structs use byte arrays only (alignment 1): packet data in XDP is at best 2-byte
+//! aligned after the 14-byte Ethernet header, so typed `u32` fields would be misaligned reads.
+//! Values that the maps store "in network byte order" are read with `from_ne_bytes`, which
+//! keeps the wire bytes as they are.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{FlowKey, proto, stat};
+
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// IPv4 header length without options (the only shape the fast path handles).
+pub const IPV4_HLEN: usize = 20;
+/// Offset of the L4 header for an option-less IPv4 packet.
+pub const L4_OFF: usize = ETH_HLEN + IPV4_HLEN;
+/// EtherType of IPv4, as the wire bytes.
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+
+/// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type: [u8; 2],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub doff_res: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+/// A bounds-checked pointer to a `T` at `off` bytes into the frame.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// A parsed option-less, unfragmented IPv4 TCP/UDP packet.
+pub struct Packet {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    /// Pointer to the L4 checksum field (TCP offset 16, UDP offset 6).
+    pub l4_check: *mut [u8; 2],
+    /// Pointer to the L4 source port; the destination port follows it.
+    pub ports: *mut [u8; 4],
+    /// The 5-tuple as it is on the wire.
+    pub key: FlowKey,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+    /// IPv4 total length, host order (the byte count the counters use).
+    pub tot_len: u16,
+}
+
+impl Packet {
+    /// A connection opener: SYN without ACK.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.key.proto == proto::TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+/// An IPv4 TCP/UDP packet the fast path does not handle (options or fragment). The
+/// destination port is known when the L4 header is present (first fragment or options).
+pub struct Irregular {
+    pub dst: u32,
+    pub dport: Option<u16>,
+    pub proto: u8,
+}
+
+pub enum Parsed {
+    /// Pass untouched, counting this stat index.
+    Pass(u32),
+    Irregular(Irregular),
+    Packet(Packet),
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    };
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return Parsed::Pass(stat::PASS_NOT_VIP);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    };
+    let vihl = unsafe { (*ip).version_ihl };
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    }
+    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let ip_room = frame_len - ETH_HLEN;
+    if (tot_len as usize) < ihl * 4 || tot_len as usize > ip_room {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    }
+    let l4_proto = unsafe { (*ip).proto };
+    if l4_proto != proto::TCP && l4_proto != proto::UDP {
+        return Parsed::Pass(stat::PASS_NOT_VIP);
+    }
+    let dst = u32::from_ne_bytes(unsafe { (*ip).dst });
+    let frag = u16::from_be_bytes(unsafe { (*ip).frag_off });
+    // MF bit or a non-zero fragment offset; DF (0x4000) is fine.
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = frag & 0x1fff;
+    if ihl != 5 || more_fragments || frag_offset != 0 {
+        let mut dport = None;
+        if frag_offset == 0 {
+            // ihl is 5..=15, so the offset is bounded for the verifier.
+            let off = ETH_HLEN + (ihl & 0x0f) * 4;
+            if let Some(p) = ptr_at::<[u8; 4]>(ctx, off) {
+                let b = unsafe { *p };
+                dport = Some(u16::from_ne_bytes([b[2], b[3]]));
+            }
+        }
+        return Parsed::Irregular(Irregular {
+            dst,
+            dport,
+            proto: l4_proto,
+        });
+    }
+
+    let (l4_check, ports, tcp_flags, l4_min) = if l4_proto == proto::TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFF) else {
+            return Parsed::Pass(stat::PASS_MALFORMED);
+        };
+        let doff = unsafe { (*tcp).doff_res } >> 4;
+        if doff < 5 || (tot_len as usize) < IPV4_HLEN + doff as usize * 4 {
+            return Parsed::Pass(stat::PASS_MALFORMED);
+        }
+        let check = unsafe { core::ptr::addr_of_mut!((*tcp).check) };
+        (check, tcp as *mut [u8; 4], unsafe { (*tcp).flags }, 20usize)
+    } else {
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
+            return Parsed::Pass(stat::PASS_MALFORMED);
+        };
+        let ulen = u16::from_be_bytes(unsafe { (*udp).len });
+        if ulen < 8 {
+            return Parsed::Pass(stat::PASS_MALFORMED);
+        }
+        let check = unsafe { core::ptr::addr_of_mut!((*udp).check) };
+        (check, udp as *mut [u8; 4], 0u8, 8usize)
+    };
+    if (tot_len as usize) < IPV4_HLEN + l4_min {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    }
+    let p = unsafe { *ports };
+    let key = FlowKey {
+        src_addr: u32::from_ne_bytes(unsafe { (*ip).src }),
+        dst_addr: dst,
+        src_port: u16::from_ne_bytes([p[0], p[1]]),
+        dst_port: u16::from_ne_bytes([p[2], p[3]]),
+        proto: l4_proto,
+        _pad: [0, 0, 0],
+    };
+    Parsed::Packet(Packet {
+        eth,
+        ip,
+        l4_check,
+        ports,
+        key,
+        tcp_flags,
+        tot_len,
+    })
+}

@@ -1,0 +1,33 @@
+//! Service and backend lookups.
+
+use lb_common::{Backend, Service, ServiceKey, backend_state};
+
+use crate::maps::{BACKENDS, SERVICES};
+
+#[inline(always)]
+pub fn lookup(vip: u32, port: u16, proto: u8) -> Option<Service> {
+    let key = ServiceKey {
+        vip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    unsafe { SERVICES.get(key) }.copied()
+}
+
+/// The backend with this id if it is UP and, when `generation` is given, still the same
+/// incarnation (a removed or reassigned slot has a newer generation).
+#[inline(always)]
+pub fn usable_backend(id: u32, generation: Option<u32>) -> Option<Backend> {
+    if id == 0 {
+        return None;
+    }
+    let be = *BACKENDS.get(id)?;
+    if be.state != backend_state::UP {
+        return None;
+    }
+    match generation {
+        Some(g) if g != be.generation => None,
+        _ => Some(be),
+    }
+}
