@@ -44,7 +44,20 @@ impl From<ConfigErrors> for AgentError {
 }
 
 /// How often expired persistence entries and stale flows are collected.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often backends' neighbour entries are refreshed (well inside the kernel's default
+/// 60 s stale-entry garbage collection).
+const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Every backend address the data plane forwards to.
+fn backend_addrs(
+    spec: &dataplane::DataplaneSpec,
+) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    spec.services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+        .collect()
+}
 
 /// `latch check -c FILE`: validate and print every error; exit 1 if there is one.
 pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
@@ -130,6 +143,7 @@ impl Agent {
         let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
         let spec = spec::dataplane_spec(&config, &spec::AllUp)?;
         dataplane.apply(&spec)?;
+        dataplane::neighbor::solicit(backend_addrs(&spec));
         let attached = dataplane.attach(&config.agent.interfaces)?;
         for a in &attached {
             tracing::info!(attached = ?a, "XDP attached");
@@ -172,8 +186,18 @@ impl Agent {
             tracing::error!(%err, "reload failed while programming the data plane");
             return;
         }
+        dataplane::neighbor::solicit(backend_addrs(&spec));
         tracing::info!(?diff, "configuration reloaded");
         self.config = new;
+    }
+
+    fn refresh_neighbors(&self) {
+        match spec::dataplane_spec(&self.config, &spec::AllUp) {
+            Ok(spec) => {
+                dataplane::neighbor::solicit(backend_addrs(&spec));
+            }
+            Err(err) => tracing::warn!(%err, "cannot list backends"),
+        }
     }
 
     fn sweep(&self) {
@@ -198,12 +222,14 @@ async fn run(config: Config) -> Result<(), AgentError> {
     // Readiness for scripts and tests: everything is programmed and attached.
     println!("latch ready (pid {})", std::process::id());
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut neighbors = tokio::time::interval(NEIGHBOR_INTERVAL);
     loop {
         tokio::select! {
             _ = hangup.recv() => agent.reload(),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = sweep.tick() => agent.sweep(),
+            _ = neighbors.tick() => agent.refresh_neighbors(),
         }
     }
     tracing::info!("stopping; the XDP program stays attached and the maps pinned");
