@@ -3,6 +3,7 @@
 //! The three `*_command` functions are what the `latch` binary calls; they print for people
 //! and return the process exit code.
 
+pub mod pools;
 pub mod spec;
 
 use std::path::Path;
