@@ -697,8 +697,8 @@ impl VsTables {
                 value: e.value.into_boxed_str(),
                 expires_ns: e.expires_at_mono_ns.min(cap),
             };
-            let stored = self.with_map_or_create(&e.table, |map| {
-                match map.entry(e.key.into_boxed_str()) {
+            let stored =
+                self.with_map_or_create(&e.table, |map| match map.entry(e.key.into_boxed_str()) {
                     MapEntry::Occupied(mut o) => {
                         o.insert(entry);
                         true
@@ -711,8 +711,7 @@ impl VsTables {
                         v.insert(entry);
                         true
                     }
-                }
-            });
+                });
             n += usize::from(stored);
         }
         n
@@ -785,8 +784,9 @@ impl TableStore {
 
     /// Replace the mirror of every virtual service, present and future.
     pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
-        self.mirror
-            .store(Arc::new(Box::new(ArcMirror(Arc::clone(&mirror))) as Box<dyn Mirror>));
+        self.mirror.store(Arc::new(
+            Box::new(ArcMirror(Arc::clone(&mirror))) as Box<dyn Mirror>
+        ));
         for r in self.vss.iter() {
             r.value().set_mirror(Arc::clone(&mirror));
         }

@@ -36,13 +36,22 @@ fn t() -> (VsTables, Arc<Rec>) {
 #[test]
 fn insert_new_then_existing_keeps_value_and_resets_lifetime() {
     let (tb, rec) = t();
-    assert_eq!(tb.insert("", "k", "v1", 100, T0), Ok(InsertOutcome::Inserted));
+    assert_eq!(
+        tb.insert("", "k", "v1", 100, T0),
+        Ok(InsertOutcome::Inserted)
+    );
     // 60 s later: a second insert keeps v1 and resets the lifetime to 1000 s from now.
     let now = T0 + 60 * S;
-    assert_eq!(tb.insert("", "k", "v2", 1000, now), Ok(InsertOutcome::Updated));
+    assert_eq!(
+        tb.insert("", "k", "v2", 1000, now),
+        Ok(InsertOutcome::Updated)
+    );
     assert_eq!(tb.lookup("", "k", 0, now), Some(("v1".into(), 1000)));
     // A shorter lifetime also resets (to 10 s from now), not max(old, new).
-    assert_eq!(tb.insert("", "k", "v3", 10, now), Ok(InsertOutcome::Updated));
+    assert_eq!(
+        tb.insert("", "k", "v3", 10, now),
+        Ok(InsertOutcome::Updated)
+    );
     assert_eq!(tb.lookup("", "k", 0, now), Some(("v1".into(), 10)));
     let ev = rec.0.lock().clone();
     assert_eq!(
@@ -63,7 +72,10 @@ fn expired_key_is_replaced_by_insert() {
     tb.insert("", "k", "old", 5, T0).unwrap();
     let now = T0 + 5 * S; // expiry is exclusive: live strictly before T0+5s
     assert_eq!(tb.lookup("", "k", 0, now - 1), Some(("old".into(), 0)));
-    assert_eq!(tb.insert("", "k", "new", 5, now), Ok(InsertOutcome::Inserted));
+    assert_eq!(
+        tb.insert("", "k", "new", 5, now),
+        Ok(InsertOutcome::Inserted)
+    );
     assert_eq!(tb.lookup("", "k", 0, now), Some(("new".into(), 5)));
     assert_eq!(tb.len(), 1);
     assert!(
@@ -137,11 +149,20 @@ fn named_tables_are_separate_namespaces() {
     let (tb, _) = t();
     tb.insert("", "k", "default", 10, T0).unwrap();
     tb.insert("ids", "k", "named", 10, T0).unwrap();
-    assert_eq!(tb.lookup("", "k", 0, T0).map(|x| x.0), Some("default".into()));
-    assert_eq!(tb.lookup("ids", "k", 0, T0).map(|x| x.0), Some("named".into()));
+    assert_eq!(
+        tb.lookup("", "k", 0, T0).map(|x| x.0),
+        Some("default".into())
+    );
+    assert_eq!(
+        tb.lookup("ids", "k", 0, T0).map(|x| x.0),
+        Some("named".into())
+    );
     assert_eq!(tb.lookup("other", "k", 0, T0), None);
     assert!(tb.remove("ids", "k", T0));
-    assert_eq!(tb.lookup("", "k", 0, T0).map(|x| x.0), Some("default".into()));
+    assert_eq!(
+        tb.lookup("", "k", 0, T0).map(|x| x.0),
+        Some("default".into())
+    );
     assert_eq!(tb.table_names(), vec!["".to_string(), "ids".to_string()]);
 }
 
@@ -270,7 +291,10 @@ fn concurrent_inserts_of_one_key_agree() {
                 })
             })
             .collect();
-        let seen: Vec<_> = handles.into_iter().map(|h| h.join().ok().flatten()).collect();
+        let seen: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect();
         assert!(seen[0].is_some());
         assert!(seen.iter().all(|s| s == &seen[0]), "{seen:?}");
         let c = tb.counters();
