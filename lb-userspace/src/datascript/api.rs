@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::header::{COOKIE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
-use mlua::{Lua, Table, Value, Variadic};
+use mlua::{Function, Lua, Table, Value, Variadic};
 
 use super::Event;
 use super::vm::{Ctx, TERMINATE, TxnState, VmShared};
@@ -67,6 +67,10 @@ fn which(ctx: &Ctx, arg: Option<&Value>) -> LResult<Msg> {
             _ => Msg::Req,
         }),
     }
+}
+
+fn which_n(ctx: &Ctx, arg: Option<f64>) -> LResult<Msg> {
+    which(ctx, arg.map(Value::Number).as_ref())
 }
 
 fn read_headers(ctx: &Ctx, m: Msg) -> Option<&HeaderMap> {
@@ -135,22 +139,6 @@ fn name_arg(v: Option<&Value>, func: &str, pos: usize) -> LResult<String> {
             "bad argument #{pos} to '{func}' (string expected, got no value)"
         ))),
     }
-}
-
-fn seconds_arg(v: &Value, func: &str, pos: usize, allow_zero: bool) -> LResult<u64> {
-    let n = number(v).ok_or_else(|| {
-        rt(format!(
-            "bad argument #{pos} to '{func}' (number of seconds expected, got {})",
-            v.type_name()
-        ))
-    })?;
-    if !n.is_finite() || n < 0.0 || (!allow_zero && n < 1.0) {
-        return Err(rt(format!(
-            "bad argument #{pos} to '{func}' (lifetime must be {} seconds)",
-            if allow_zero { ">= 0" } else { ">= 1" }
-        )));
-    }
-    Ok(n.floor() as u64)
 }
 
 fn lua_str(lua: &Lua, b: &[u8]) -> LResult<Value> {
@@ -454,14 +442,8 @@ pub(crate) fn vs_log(sh: &VmShared, args: &Args) -> LResult<()> {
         line = sh.set.locate(&line);
     }
     with_ctx(sh, |ctx| {
-        let script = sh
-            .set
-            .scripts
-            .get(ctx.script)
-            .map(|s| s.name.as_str())
-            .unwrap_or("");
         let t = txn(ctx)?;
-        tracing::debug!(vs = %t.info.vs_name, script = %script, "{line}");
+        tracing::debug!(vs = %t.info.vs_name, "{line}");
         if !t.log.is_empty() {
             t.log.push('\n');
         }
@@ -532,15 +514,6 @@ fn pool_server(sh: &VmShared, args: &Args, func: &str) -> LResult<(String, Socke
 
 // ---- tables ----------------------------------------------------------------------------------
 
-/// Resolve `[table,] key ...` by count and type: returns (table, key index).
-fn table_key<'a>(args: &'a Args, n_key_only: usize, func: &str) -> LResult<(Cow<'a, str>, usize)> {
-    if args.len() > n_key_only {
-        Ok((str_arg(&args[0], func, 1)?, 1))
-    } else {
-        Ok((Cow::Borrowed(DEFAULT_TABLE), 0))
-    }
-}
-
 fn now(sh: &VmShared) -> u64 {
     sh.env.clock.now_ns()
 }
@@ -558,34 +531,32 @@ fn observe_upsert(sh: &VmShared, table: &str, key: &str) -> LResult<()> {
     })
 }
 
-fn table_insert(sh: &VmShared, args: &Args) -> LResult<bool> {
-    const F: &str = "table_insert";
-    // (key, value) | (key, value, lifetime:number) | (table, key, value) |
-    // (table, key, value, lifetime)
-    let (table, k, lifetime) = match args.len() {
-        2 => (Cow::Borrowed(DEFAULT_TABLE), 0, None),
-        3 if is_number(&args[2]) => (Cow::Borrowed(DEFAULT_TABLE), 0, Some(&args[2])),
-        3 => (str_arg(&args[0], F, 1)?, 1, None),
-        4 => (str_arg(&args[0], F, 1)?, 1, Some(&args[3])),
-        n => {
-            return Err(rt(format!(
-                "{F}: expected ([table,] key, value [, lifetime]), got {n} arguments"
-            )));
-        }
-    };
-    let key = str_arg(&args[k], F, k + 1)?;
-    let value = str_arg(&args[k + 1], F, k + 2)?;
-    let lifetime = match lifetime {
-        Some(v) => seconds_arg(v, F, args.len(), false)?,
-        None => DEFAULT_LIFETIME_S,
-    };
-    match sh
-        .env
-        .tables
-        .insert(&table, &key, &value, lifetime, now(sh))
-    {
+fn lifetime_s(v: f64, func: &str, allow_zero: bool) -> LResult<u64> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v < 1.0) {
+        return Err(rt(format!(
+            "{func}: lifetime must be {} seconds, got {}",
+            if allow_zero { ">= 0" } else { ">= 1" },
+            number_string(v)
+        )));
+    }
+    Ok(v.floor() as u64)
+}
+
+/// The table primitives take resolved arguments; the Lua wrappers in [`TABLE_LUA`] decide
+/// which argument is which by count and Lua type, as the contract says. Strings cross the
+/// boundary as Rust strings (numbers are turned into strings by Lua itself, integers
+/// without ".0"), which is much cheaper than handles to Lua values.
+fn table_insert(
+    sh: &VmShared,
+    table: &str,
+    key: &str,
+    value: &str,
+    lifetime: f64,
+) -> LResult<bool> {
+    let lifetime = lifetime_s(lifetime, "table_insert", false)?;
+    match sh.env.tables.insert(table, key, value, lifetime, now(sh)) {
         Ok(_) => {
-            observe_upsert(sh, &table, &key)?;
+            observe_upsert(sh, table, key)?;
             Ok(true)
         }
         Err(e) => {
@@ -595,71 +566,119 @@ fn table_insert(sh: &VmShared, args: &Args) -> LResult<bool> {
     }
 }
 
-/// Shared parsing of lookup/refresh: ([table,] key [, lifetime_exten]).
-fn table_touch_args<'a>(args: &'a Args, func: &str) -> LResult<(Cow<'a, str>, Cow<'a, str>, u64)> {
-    let (table, k, exten) = match args.len() {
-        1 => (Cow::Borrowed(DEFAULT_TABLE), 0, None),
-        2 if is_number(&args[1]) => (Cow::Borrowed(DEFAULT_TABLE), 0, Some(&args[1])),
-        2 => (str_arg(&args[0], func, 1)?, 1, None),
-        3 => (str_arg(&args[0], func, 1)?, 1, Some(&args[2])),
-        n => {
-            return Err(rt(format!(
-                "{func}: expected ([table,] key [, lifetime_exten]), got {n} arguments"
-            )));
-        }
-    };
-    let key = str_arg(&args[k], func, k + 1)?;
-    let exten = match exten {
-        Some(v) => seconds_arg(v, func, args.len(), true)?,
-        None => DEFAULT_LIFETIME_S,
-    };
-    Ok((table, key, exten))
-}
-
-fn table_lookup(lua: &Lua, sh: &VmShared, args: &Args) -> LResult<Args> {
-    let (table, key, exten) = table_touch_args(args, "table_lookup")?;
-    match sh.env.tables.lookup(&table, &key, exten, now(sh)) {
+fn table_lookup(
+    sh: &VmShared,
+    table: &str,
+    key: &str,
+    exten: f64,
+) -> LResult<(Option<String>, f64)> {
+    let exten = lifetime_s(exten, "table_lookup", true)?;
+    match sh.env.tables.lookup(table, key, exten, now(sh)) {
         Some((value, remaining)) => {
             if exten > 0 {
-                observe_upsert(sh, &table, &key)?;
+                observe_upsert(sh, table, key)?;
             }
-            Ok(Variadic::from_iter([
-                lua_str(lua, value.as_bytes())?,
-                Value::Number(remaining as f64),
-            ]))
+            Ok((Some(value), remaining as f64))
         }
-        None => Ok(Variadic::from_iter([Value::Nil])),
+        None => Ok((None, 0.0)),
     }
 }
 
-fn table_refresh(sh: &VmShared, args: &Args) -> LResult<bool> {
-    let (table, key, exten) = table_touch_args(args, "table_refresh")?;
-    let live = sh.env.tables.refresh(&table, &key, exten, now(sh));
+fn table_refresh(sh: &VmShared, table: &str, key: &str, exten: f64) -> LResult<bool> {
+    let exten = lifetime_s(exten, "table_refresh", true)?;
+    let live = sh.env.tables.refresh(table, key, exten, now(sh));
     if live && exten > 0 {
-        observe_upsert(sh, &table, &key)?;
+        observe_upsert(sh, table, key)?;
     }
     Ok(live)
 }
 
-fn table_remove(sh: &VmShared, args: &Args) -> LResult<bool> {
-    const F: &str = "table_remove";
-    if args.is_empty() || args.len() > 2 {
-        return Err(rt(format!(
-            "{F}: expected ([table,] key), got {} arguments",
-            args.len()
-        )));
-    }
-    let (table, k) = table_key(args, 1, F)?;
-    let key = str_arg(&args[k], F, k + 1)?;
-    let removed = sh.env.tables.remove(&table, &key, now(sh));
+fn table_remove(sh: &VmShared, table: &str, key: &str) -> LResult<bool> {
+    let removed = sh.env.tables.remove(table, key, now(sh));
     if removed && let Some(obs) = sh.env.observer.as_ref() {
         with_ctx(sh, |ctx| {
-            obs.removed(&txn(ctx)?.info, &table, &key);
+            obs.removed(&txn(ctx)?.info, table, key);
             Ok(())
         })?;
     }
     Ok(removed)
 }
+
+/// Argument roles of avi.vs.table_*: only a Lua number stands in a lifetime position.
+const TABLE_LUA: &str = r##"
+local ins, look, refr, rem, DEFAULT, LIFETIME = ...
+local type, select, error, fmt = type, select, error, string.format
+
+local function kv(v, f, pos)
+  local t = type(v)
+  if t ~= "string" and t ~= "number" then
+    error(fmt("bad argument #%d to '%s' (string or number expected, got %s)", pos, f, t), 3)
+  end
+end
+local function secs(v, f, pos)
+  if type(v) ~= "number" then
+    error(fmt("bad argument #%d to '%s' (number of seconds expected, got %s)", pos, f, type(v)), 3)
+  end
+end
+local function count(f, n, shape)
+  error(fmt("%s: expected (%s), got %d arguments", f, shape, n), 3)
+end
+
+local function table_insert(...)
+  local n, a, b, c, d = select("#", ...), ...
+  local F = "table_insert"
+  if n == 2 then
+    kv(a, F, 1) kv(b, F, 2)
+    return ins(DEFAULT, a, b, LIFETIME)
+  elseif n == 3 then
+    kv(a, F, 1) kv(b, F, 2)
+    if type(c) == "number" then return ins(DEFAULT, a, b, c) end
+    kv(c, F, 3)
+    return ins(a, b, c, LIFETIME)
+  elseif n == 4 then
+    kv(a, F, 1) kv(b, F, 2) kv(c, F, 3) secs(d, F, 4)
+    return ins(a, b, c, d)
+  end
+  count(F, n, "[table,] key, value [, lifetime]")
+end
+
+-- ([table,] key [, lifetime_exten]) -> table, key, exten
+local function touch_args(F, n, a, b, c)
+  if n == 1 then
+    kv(a, F, 1)
+    return DEFAULT, a, LIFETIME
+  elseif n == 2 then
+    kv(a, F, 1)
+    if type(b) == "number" then return DEFAULT, a, b end
+    kv(b, F, 2)
+    return a, b, LIFETIME
+  elseif n == 3 then
+    kv(a, F, 1) kv(b, F, 2) secs(c, F, 3)
+    return a, b, c
+  end
+  count(F, n, "[table,] key [, lifetime_exten]")
+end
+
+local function table_lookup(...)
+  local v, r = look(touch_args("table_lookup", select("#", ...), ...))
+  if v == nil then return nil end
+  return v, r
+end
+
+local function table_refresh(...)
+  return refr(touch_args("table_refresh", select("#", ...), ...))
+end
+
+local function table_remove(...)
+  local n, a, b = select("#", ...), ...
+  local F = "table_remove"
+  if n == 1 then kv(a, F, 1) return rem(DEFAULT, a) end
+  if n == 2 then kv(a, F, 1) kv(b, F, 2) return rem(a, b) end
+  count(F, n, "[table,] key")
+end
+
+return table_insert, table_lookup, table_refresh, table_remove
+"##;
 
 // ---- registration ----------------------------------------------------------------------------
 
@@ -689,23 +708,30 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     avi.raw_set("QUERY_TABLE", QUERY_TABLE)?;
 
     // -- avi.http --
-    reg!(lua, http, sh, "get_cookie", |l, s, a| {
-        let name = name_arg(a.first(), "get_cookie", 1)?;
-        with_ctx(s, |ctx| {
-            let m = which(ctx, a.get(1))?;
-            let v = read_headers(ctx, m).and_then(|h| find_cookie(h, m, name.as_bytes()));
-            opt_str(l, v)
-        })
-    });
-    reg!(lua, http, sh, "cookie_exists", |l, s, a| {
-        let name = name_arg(a.first(), "cookie_exists", 1)?;
-        with_ctx(s, |ctx| {
-            let m = which(ctx, a.get(1))?;
-            Ok(read_headers(ctx, m)
-                .and_then(|h| find_cookie(h, m, name.as_bytes()))
-                .is_some())
-        })
-    });
+    let s = Arc::clone(sh);
+    http.raw_set(
+        "get_cookie",
+        lua.create_function(move |_, (name, c): (String, Option<f64>)| {
+            with_ctx(&s, |ctx| {
+                let m = which_n(ctx, c)?;
+                Ok(read_headers(ctx, m)
+                    .and_then(|h| find_cookie(h, m, name.as_bytes()))
+                    .map(|v| String::from_utf8_lossy(v).into_owned()))
+            })
+        })?,
+    )?;
+    let s = Arc::clone(sh);
+    http.raw_set(
+        "cookie_exists",
+        lua.create_function(move |_, (name, c): (String, Option<f64>)| {
+            with_ctx(&s, |ctx| {
+                let m = which_n(ctx, c)?;
+                Ok(read_headers(ctx, m)
+                    .and_then(|h| find_cookie(h, m, name.as_bytes()))
+                    .is_some())
+            })
+        })?,
+    )?;
     reg!(lua, http, sh, "get_header", |l, s, a| {
         with_ctx(s, |ctx| {
             let (name, ctx_arg) = match a.first() {
@@ -914,12 +940,33 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         Ok(Value::Number(f64::from(txn(ctx)?.info.client.port())))
     }));
     reg!(lua, vs, sh, "log", |l, s, a| vs_log(s, &a));
-    reg!(lua, vs, sh, "table_insert", |l, s, a| table_insert(s, &a));
-    reg!(lua, vs, sh, "table_lookup", |l, s, a| table_lookup(
-        l, s, &a
-    ));
-    reg!(lua, vs, sh, "table_refresh", |l, s, a| table_refresh(s, &a));
-    reg!(lua, vs, sh, "table_remove", |l, s, a| table_remove(s, &a));
+    let sh1 = Arc::clone(sh);
+    let ins = lua.create_function(move |_, (t, k, v, life): (String, String, String, f64)| {
+        table_insert(&sh1, &t, &k, &v, life)
+    })?;
+    let sh1 = Arc::clone(sh);
+    let look = lua.create_function(move |_, (t, k, e): (String, String, f64)| {
+        table_lookup(&sh1, &t, &k, e)
+    })?;
+    let sh1 = Arc::clone(sh);
+    let refr = lua.create_function(move |_, (t, k, e): (String, String, f64)| {
+        table_refresh(&sh1, &t, &k, e)
+    })?;
+    let sh1 = Arc::clone(sh);
+    let rem = lua.create_function(move |_, (t, k): (String, String)| table_remove(&sh1, &t, &k))?;
+    let (f_ins, f_look, f_refr, f_rem): (Function, Function, Function, Function) =
+        lua.load(TABLE_LUA).set_name("=avi.vs").call((
+            ins,
+            look,
+            refr,
+            rem,
+            DEFAULT_TABLE,
+            DEFAULT_LIFETIME_S as f64,
+        ))?;
+    vs.raw_set("table_insert", f_ins)?;
+    vs.raw_set("table_lookup", f_look)?;
+    vs.raw_set("table_refresh", f_refr)?;
+    vs.raw_set("table_remove", f_rem)?;
     // avi.vs.reqvar: a per-request table reached through __index, since avi is shared.
     let reqvar_sh = Arc::clone(sh);
     let vs_mt = lua.create_table()?;
@@ -941,34 +988,38 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     vs.set_metatable(Some(vs_mt))?;
 
     // -- avi.pool --
-    reg!(lua, pool, sh, "select", |l, s, a| {
-        let pool = name_arg(a.first(), "select", 1)?;
-        let servers = servers_of(s, &pool)?;
-        let server = match a.get(1) {
-            None | Some(Value::Nil) => None,
-            Some(v) => {
-                let name = str_arg(v, "select", 2)?;
-                Some(find_server(&servers, &pool, &name, port_arg(a.get(2))?)?)
-            }
-        };
-        with_ctx(s, |ctx| {
-            let t = txn(ctx)?;
-            t.selection.pool = Some(pool);
-            t.selection.server = server;
-            Ok(())
-        })
-    });
-    reg!(lua, pool, sh, "server_ip", |l, s, a| with_ctx(s, |ctx| {
-        let t = txn(ctx)?;
-        let server = t.server.or(t.selection.server);
-        opt_str(
-            l,
-            server
-                .map(|a| a.ip().to_string())
-                .as_deref()
-                .map(str::as_bytes),
-        )
-    }));
+    let s = Arc::clone(sh);
+    pool.raw_set(
+        "select",
+        lua.create_function(
+            move |_, (pool, server, port): (String, Option<String>, Option<f64>)| {
+                let servers = servers_of(&s, &pool)?;
+                let port = port
+                    .filter(|p| (0.0..=65535.0).contains(p))
+                    .map(|p| p as u16);
+                let server = match server {
+                    None => None,
+                    Some(name) => Some(find_server(&servers, &pool, &name, port)?),
+                };
+                with_ctx(&s, |ctx| {
+                    let t = txn(ctx)?;
+                    t.selection.pool = Some(pool);
+                    t.selection.server = server;
+                    Ok(())
+                })
+            },
+        )?,
+    )?;
+    let s = Arc::clone(sh);
+    pool.raw_set(
+        "server_ip",
+        lua.create_function(move |_, ()| {
+            with_ctx(&s, |ctx| {
+                let t = txn(ctx)?;
+                Ok(t.server.or(t.selection.server).map(|a| a.ip().to_string()))
+            })
+        })?,
+    )?;
     reg!(lua, pool, sh, "get_server_info", |l, s, a| with_ctx(
         s,
         |ctx| {

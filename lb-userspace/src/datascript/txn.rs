@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use mlua::Table;
 use parking_lot::Mutex;
 
 use super::compile::ScriptSet;
@@ -184,64 +185,63 @@ impl Txn {
         let Some(mut state) = self.state.take() else {
             return (Outcome::Failed, req, resp);
         };
-        let vs = state.info.vs_name.clone();
-        if state.env.is_none() {
-            match vm.new_env() {
-                Ok(env) => state.env = Some(env),
-                Err(e) => {
-                    tracing::warn!(vs = %vs, error = %e, "DataScript environment");
-                    self.state = Some(state);
-                    return (Outcome::Failed, req, resp);
-                }
-            }
-        }
-        let env = state.env.clone();
-        {
-            let mut ctx = vm.shared.ctx.lock();
-            *ctx = Ctx {
-                event: Some(event),
-                script: 0,
-                txn: Some(state),
-                req,
-                resp,
-            };
-        }
-        vm.shared.begin_event();
-        let funcs = match event {
-            Event::HttpReq => &vm.req,
-            Event::HttpResp => &vm.resp,
+        let (funcs, list) = match event {
+            Event::HttpReq => (&vm.req, &vm.req_list),
+            Event::HttpResp => (&vm.resp, &vm.resp_list),
         };
-        let mut failed = false;
-        for (i, f) in funcs {
-            vm.shared.ctx.lock().script = *i;
-            let r = match &env {
-                Some(env) => f
-                    .set_environment(env.clone())
-                    .and_then(|_| f.call::<()>(())),
-                None => Ok(()),
-            };
-            if let Err(e) = r {
-                let terminated = vm
-                    .shared
-                    .ctx
-                    .lock()
-                    .txn
-                    .as_ref()
-                    .is_some_and(|t| t.reply.is_some());
-                if terminated {
-                    break;
+        let env = state.env.take();
+        *vm.shared.ctx.lock() = Ctx {
+            event: Some(event),
+            txn: Some(state),
+            req,
+            resp,
+        };
+        vm.shared.begin_event();
+        let result = vm
+            .run
+            .call::<(Option<Table>, Option<usize>, Option<String>)>((env, list));
+        let mut ctx = std::mem::take(&mut *vm.shared.ctx.lock());
+        let failure = match result {
+            Ok((env, pos, err)) => {
+                if let Some(t) = ctx.txn.as_mut() {
+                    t.env = env;
                 }
-                let err = shared.set.error(*i, &e);
-                let script = &shared.set.scripts[*i].name;
-                tracing::warn!(vs = %vs, script = %script, event = %event, error = %err, "DataScript error, answering 500");
-                failed = true;
-                break;
+                pos.map(|p| {
+                    let script = p.checked_sub(1).and_then(|p| funcs.get(p)).copied();
+                    (script, mlua::Error::runtime(err.unwrap_or_default()))
+                })
             }
-        }
-        let ctx = std::mem::take(&mut *vm.shared.ctx.lock());
+            Err(e) => Some((None, e)),
+        };
         drop(vm);
         let Some(mut state) = ctx.txn else {
             return (Outcome::Failed, ctx.req, ctx.resp);
+        };
+        let failed = match failure {
+            // avi.http.response/redirect end the event with an error on purpose.
+            Some(_) if state.reply.is_some() => false,
+            Some((script, e)) => {
+                let vs = &state.info.vs_name;
+                match script {
+                    Some(i) => {
+                        let err = shared.set.error(i, &e);
+                        let name = &shared.set.scripts[i].name;
+                        tracing::warn!(vs = %vs, script = %name, event = %event, error = %err, "DataScript error, answering 500");
+                        // Also in the request's log line.
+                        if !state.log.is_empty() {
+                            state.log.push('\n');
+                        }
+                        state
+                            .log
+                            .push_str(&format!("DataScript error in {name}: {err}"));
+                    }
+                    None => {
+                        tracing::warn!(vs = %vs, event = %event, error = %e, "DataScript runner error, answering 500");
+                    }
+                }
+                true
+            }
+            None => false,
         };
         let outcome = if failed {
             Outcome::Failed

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Uri, Version};
 use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
 use parking_lot::Mutex;
 
-use super::compile::ScriptSet;
+use super::compile::{CHUNK_PREFIX, ScriptSet};
 use super::txn::ScriptEnv;
 use super::{DsError, Event};
 use crate::proxy::hooks::{Selection, TxnInfo};
@@ -60,8 +60,6 @@ impl TxnState {
 #[derive(Default)]
 pub(crate) struct Ctx {
     pub event: Option<Event>,
-    /// Index of the running script (for logs).
-    pub script: usize,
     pub txn: Option<TxnState>,
     /// The live request (HTTP_REQ).
     pub req: Option<http::request::Parts>,
@@ -95,17 +93,20 @@ pub(crate) const BUDGET: &str = "instruction budget exceeded";
 
 pub(crate) struct Vm {
     pub lua: Lua,
-    /// (script index, function) per event, in order.
-    pub req: Vec<(usize, Function)>,
-    pub resp: Vec<(usize, Function)>,
-    env_mt: Table,
+    /// Script indexes per event, in order; `req_list`/`resp_list` hold their functions.
+    pub req: Vec<usize>,
+    pub resp: Vec<usize>,
+    pub req_list: Table,
+    pub resp_list: Table,
+    /// The Lua runner (see SANDBOX_LUA).
+    pub run: Function,
     pub shared: Arc<VmShared>,
 }
 
 /// Lua side of the sandbox. Runs once per VM with the real globals; returns the sandbox
 /// table scripts' environments fall back to, and the metatable of those environments.
 const SANDBOX_LUA: &str = r#"
-local avi, abort_requested, compile, log_print, mem_kb, jit_on = ...
+local avi, abort_requested, compile, log_print, mem_kb, jit_on, locate = ...
 local G = _G
 if jit and not jit_on then jit.off(); jit.flush() end
 local error, setmetatable, select = error, setmetatable, select
@@ -144,11 +145,17 @@ end
 S.pcall = function(...) return pass(raw_pcall(...)) end
 S.xpcall = function(...) return pass(raw_xpcall(...)) end
 
-S.loadstring = compile
-S.load = function(chunk, name)
+-- Source only (compile refuses bytecode); the chunk shares its caller's environment, which
+-- is the transaction's.
+local getfenv, setfenv = getfenv, setfenv
+local function load_text(chunk, name)
   if type(chunk) ~= "string" then return nil, "load: only source strings are allowed" end
-  return compile(chunk, name)
+  local f, err = compile(chunk, name)
+  if f then setfenv(f, getfenv(2)) end
+  return f, err
 end
+S.loadstring = load_text
+S.load = load_text
 S.print = log_print
 S.collectgarbage = function(opt)
   if opt == nil or opt == "count" then return mem_kb() end
@@ -158,7 +165,24 @@ end
 S.avi = avi
 
 local env_mt = {__index = S, __metatable = false}
-return S, env_mt, ro
+
+-- Runs the scripts of one event in a transaction's environment (created on first use).
+-- One call from Rust per event: every call across the boundary costs more than this loop.
+-- Returns the environment and, on failure, the failing position and a located message.
+local function run(env, list)
+  if env == nil then
+    env = setmetatable({}, env_mt)
+    env._G = env
+  end
+  for i = 1, #list do
+    local f = list[i]
+    setfenv(f, env)
+    local ok, err = raw_xpcall(f, locate)
+    if not ok then return env, i, err end
+  end
+  return env
+end
+return S, run
 "#;
 
 impl Vm {
@@ -182,64 +206,64 @@ impl Vm {
             env: env.clone(),
             set: Arc::clone(set),
         });
-        let (sandbox, env_mt) = Self::sandbox(&lua, &shared).map_err(vm_err)?;
-        drop(sandbox);
+        let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
+        let req_list = lua.create_table().map_err(vm_err)?;
+        let resp_list = lua.create_table().map_err(vm_err)?;
         let mut vm = Vm {
             lua,
             req: Vec::new(),
             resp: Vec::new(),
-            env_mt,
+            req_list,
+            resp_list,
+            run,
             shared: Arc::clone(&shared),
         };
         for (i, s) in set.scripts.iter().enumerate() {
             let f = set.load(&vm.lua, i)?;
-            match s.event {
-                Event::HttpReq => vm.req.push((i, f)),
-                Event::HttpResp => vm.resp.push((i, f)),
-            }
+            let (idx, list) = match s.event {
+                Event::HttpReq => (&mut vm.req, &vm.req_list),
+                Event::HttpResp => (&mut vm.resp, &vm.resp_list),
+            };
+            idx.push(i);
+            list.raw_push(f).map_err(vm_err)?;
         }
         let sh = Arc::clone(&shared);
-        vm.lua
-            .set_hook(
-                HookTriggers::new().every_nth_instruction(limits.hook_every.max(1)),
-                move |_, _| {
-                    let t = sh.ticks.fetch_add(1, Ordering::Relaxed) + 1;
-                    if t > sh.max_ticks {
-                        sh.abort.store(true, Ordering::Relaxed);
-                        return Err(mlua::Error::runtime(BUDGET));
-                    }
-                    Ok(VmState::Continue)
-                },
-            )
-            .map_err(vm_err)?;
+        {
+            vm.lua
+                .set_hook(
+                    HookTriggers::new().every_nth_instruction(limits.hook_every.max(1)),
+                    move |_, _| {
+                        let t = sh.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+                        if t > sh.max_ticks {
+                            sh.abort.store(true, Ordering::Relaxed);
+                            return Err(mlua::Error::runtime(BUDGET));
+                        }
+                        Ok(VmState::Continue)
+                    },
+                )
+                .map_err(vm_err)?;
+        }
         vm.lua.gc_collect().map_err(vm_err)?;
         let used = vm.lua.used_memory();
-        vm.lua
-            .set_memory_limit(limits.memory_bytes.max(used + (1 << 20)))
-            .map_err(vm_err)?;
+        {
+            vm.lua
+                .set_memory_limit(limits.memory_bytes.max(used + (1 << 20)))
+                .map_err(vm_err)?;
+        }
         Ok(vm)
     }
 
-    fn sandbox(lua: &Lua, shared: &Arc<VmShared>) -> mlua::Result<(Table, Table)> {
+    fn sandbox(lua: &Lua, shared: &Arc<VmShared>) -> mlua::Result<Function> {
         let avi = super::api::install(lua, shared)?;
         let sh = Arc::clone(shared);
         let abort_requested =
             lua.create_function(move |_, ()| Ok(sh.abort.load(Ordering::Relaxed)))?;
-        let sh = Arc::clone(shared);
         let compile =
             lua.create_function(move |lua, (text, name): (mlua::String, Option<String>)| {
-                let env = {
-                    let g = sh.ctx.try_lock();
-                    g.and_then(|g| g.txn.as_ref().and_then(|t| t.env.clone()))
-                };
-                let Some(env) = env else {
-                    return Ok((None, Some("loadstring outside a transaction".to_string())));
-                };
                 let chunk = lua
                     .load(text.as_bytes().to_vec())
                     .set_name(format!("={}", name.unwrap_or_else(|| "loadstring".into())))
-                    .set_mode(ChunkMode::Text)
-                    .set_environment(env);
+                    .set_mode(ChunkMode::Text);
                 match chunk.into_function() {
                     Ok(f) => Ok((Some(f), None)),
                     Err(e) => Ok((None, Some(super::compile::root_message(&e)))),
@@ -250,7 +274,27 @@ impl Vm {
             super::api::vs_log(&sh, &args)
         })?;
         let mem_kb = lua.create_function(|lua, ()| Ok(lua.used_memory() as f64 / 1024.0))?;
-        let (s, env_mt, _ro): (Table, Table, Function) =
+        // xpcall handler: the message with the script position where the error was raised
+        // (errors from avi.* functions carry none of their own).
+        let locate = lua.create_function(|lua, err: mlua::Value| {
+            let msg = match err {
+                mlua::Value::String(s) => return Ok(s.to_string_lossy()),
+                mlua::Value::Error(e) => super::compile::root_message(&e),
+                other => other
+                    .to_string()
+                    .unwrap_or_else(|_| other.type_name().into()),
+            };
+            let pos = (1..32).find_map(|level| {
+                lua.inspect_stack(level, |d| {
+                    let src = d.source().short_src.map(|s| s.into_owned())?;
+                    src.starts_with(CHUNK_PREFIX)
+                        .then(|| format!("{src}:{}: ", d.current_line().unwrap_or(0)))
+                })
+                .flatten()
+            });
+            Ok(format!("{}{msg}", pos.unwrap_or_default()))
+        })?;
+        let (_s, run): (Table, Function) =
             lua.load(SANDBOX_LUA).set_name("=latch-sandbox").call((
                 avi,
                 abort_requested,
@@ -258,15 +302,8 @@ impl Vm {
                 log_print,
                 mem_kb,
                 shared.env.limits.jit,
+                locate,
             ))?;
-        Ok((s, env_mt))
-    }
-
-    /// A fresh global environment for one transaction.
-    pub fn new_env(&self) -> mlua::Result<Table> {
-        let env = self.lua.create_table()?;
-        env.set_metatable(Some(self.env_mt.clone()))?;
-        env.raw_set("_G", &env)?;
-        Ok(env)
+        Ok(run)
     }
 }
