@@ -566,19 +566,41 @@ fn table_insert(
     }
 }
 
+/// A Lua string for `s`, from the VM's small cache of recent results.
+///
+/// Creating a Lua string from Rust costs a protected call while a memory limit is set (about
+/// 2.7k instructions); pushing an existing one does not. Table values and server addresses
+/// repeat a lot (a handful of servers), so most results come from here.
+fn cached_str(lua: &Lua, sh: &VmShared, s: &str) -> LResult<mlua::String> {
+    let mut cache = sh.strings.lock();
+    if let Some(v) = cache.get(s) {
+        return Ok(v.clone());
+    }
+    let v = lua.create_string(s)?;
+    if cache.len() >= STRING_CACHE {
+        cache.clear();
+    }
+    cache.insert(Box::from(s), v.clone());
+    Ok(v)
+}
+
+/// Entries of [`cached_str`]'s cache.
+const STRING_CACHE: usize = 256;
+
 fn table_lookup(
+    lua: &Lua,
     sh: &VmShared,
     table: &str,
     key: &str,
     exten: f64,
-) -> LResult<(Option<String>, f64)> {
+) -> LResult<(Option<mlua::String>, f64)> {
     let exten = lifetime_s(exten, "table_lookup", true)?;
     match sh.env.tables.lookup(table, key, exten, now(sh)) {
         Some((value, remaining)) => {
             if exten > 0 {
                 observe_upsert(sh, table, key)?;
             }
-            Ok((Some(value), remaining as f64))
+            Ok((Some(cached_str(lua, sh, &value)?), remaining as f64))
         }
         None => Ok((None, 0.0)),
     }
@@ -711,13 +733,16 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     let s = Arc::clone(sh);
     http.raw_set(
         "get_cookie",
-        lua.create_function(move |_, (name, c): (String, Option<f64>)| {
-            with_ctx(&s, |ctx| {
+        lua.create_function(move |l, (name, c): (String, Option<f64>)| {
+            let v = with_ctx(&s, |ctx| {
                 let m = which_n(ctx, c)?;
                 Ok(read_headers(ctx, m)
                     .and_then(|h| find_cookie(h, m, name.as_bytes()))
                     .map(|v| String::from_utf8_lossy(v).into_owned()))
-            })
+            })?;
+            // Scripts read the same cookie several times per event (the JSESSIONID example
+            // twice), so the cache pays off even for per-client values.
+            v.map(|v| cached_str(l, &s, &v)).transpose()
         })?,
     )?;
     let s = Arc::clone(sh);
@@ -945,8 +970,8 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         table_insert(&sh1, &t, &k, &v, life)
     })?;
     let sh1 = Arc::clone(sh);
-    let look = lua.create_function(move |_, (t, k, e): (String, String, f64)| {
-        table_lookup(&sh1, &t, &k, e)
+    let look = lua.create_function(move |l, (t, k, e): (String, String, f64)| {
+        table_lookup(l, &sh1, &t, &k, e)
     })?;
     let sh1 = Arc::clone(sh);
     let refr = lua.create_function(move |_, (t, k, e): (String, String, f64)| {
@@ -1013,11 +1038,12 @@ pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     let s = Arc::clone(sh);
     pool.raw_set(
         "server_ip",
-        lua.create_function(move |_, ()| {
-            with_ctx(&s, |ctx| {
+        lua.create_function(move |l, ()| {
+            let ip = with_ctx(&s, |ctx| {
                 let t = txn(ctx)?;
                 Ok(t.server.or(t.selection.server).map(|a| a.ip().to_string()))
-            })
+            })?;
+            ip.map(|ip| cached_str(l, &s, &ip)).transpose()
         })?,
     )?;
     reg!(lua, pool, sh, "get_server_info", |l, s, a| with_ctx(

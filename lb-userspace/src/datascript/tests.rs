@@ -839,6 +839,56 @@ fn no_scripts_means_no_vms_and_plain_forwarding() {
     ));
 }
 
+#[derive(Default)]
+struct Obs(parking_lot::Mutex<Vec<String>>);
+
+impl ScriptTableObserver for Obs {
+    fn upserted(&self, txn: &TxnInfo, e: &crate::tables::EntryView) {
+        self.0
+            .lock()
+            .push(format!("up {} {} {}", txn.client.ip(), e.key, e.value));
+    }
+    fn removed(&self, txn: &TxnInfo, _table: &str, key: &str) {
+        self.0.lock().push(format!("rm {} {key}", txn.client.ip()));
+    }
+}
+
+#[test]
+fn observer_sees_script_writes_with_the_client() {
+    let set = ScriptSet::compile(
+        "shop",
+        vec![src(
+            Event::HttpReq,
+            "avi.vs.table_insert('s', '192.0.2.11') avi.vs.table_lookup('s', 0) \
+             avi.vs.table_refresh('s') avi.vs.table_remove('s')",
+        )],
+    )
+    .expect("compile");
+    let obs = Arc::new(Obs::default());
+    let env = ScriptEnv {
+        tables: Arc::new(VsTables::new(
+            "shop",
+            TableLimits::default(),
+            Arc::new(NoMirror),
+        )),
+        pools: pools(),
+        clock: Arc::new(ManualClock::new(1)),
+        limits: limits(),
+        observer: Some(obs.clone()),
+    };
+    let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
+    let mut t = hooks.begin(info());
+    forward(t.on_request(&mut req("/", &[])));
+    assert_eq!(
+        *obs.0.lock(),
+        vec![
+            "up 203.0.113.7 s 192.0.2.11",
+            "up 203.0.113.7 s 192.0.2.11",
+            "rm 203.0.113.7 s"
+        ]
+    );
+}
+
 // ---- measurements (no timed asserts) ---------------------------------------------------------
 
 /// `cargo test -p lb-userspace --release --lib datascript::tests::bench_event -- --ignored --nocapture`

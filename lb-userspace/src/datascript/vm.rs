@@ -77,6 +77,8 @@ pub(crate) struct VmShared {
     pub abort: AtomicBool,
     pub env: ScriptEnv,
     pub set: Arc<ScriptSet>,
+    /// Recently returned Lua strings (see `api::cached_str`).
+    pub strings: Mutex<std::collections::HashMap<Box<str>, mlua::String>>,
 }
 
 impl VmShared {
@@ -205,6 +207,7 @@ impl Vm {
             abort: AtomicBool::new(false),
             env: env.clone(),
             set: Arc::clone(set),
+            strings: Mutex::default(),
         });
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
         let req_list = lua.create_table().map_err(vm_err)?;

@@ -69,7 +69,7 @@ fn insert_new_then_existing_keeps_value_and_resets_lifetime() {
 #[test]
 fn expired_key_is_replaced_by_insert() {
     let (tb, rec) = t();
-    tb.insert("", "k", "old", 5, T0).unwrap();
+    tb.insert("", "k", "old", 5, T0).expect("test value");
     let now = T0 + 5 * S; // expiry is exclusive: live strictly before T0+5s
     assert_eq!(tb.lookup("", "k", 0, now - 1), Some(("old".into(), 0)));
     assert_eq!(
@@ -92,7 +92,7 @@ fn lookup_extends_by_exten_capped_at_max_lifetime() {
         max_lifetime_s: 1000,
         ..TableLimits::default()
     });
-    tb.insert("", "k", "v", 100, T0).unwrap();
+    tb.insert("", "k", "v", 100, T0).expect("test value");
     // Default-style extension of 300: 100 + 300 = 400 remaining.
     assert_eq!(tb.lookup("", "k", 300, T0), Some(("v".into(), 400)));
     // 0 leaves it.
@@ -100,7 +100,7 @@ fn lookup_extends_by_exten_capped_at_max_lifetime() {
     // Never beyond max lifetime from now.
     assert_eq!(tb.lookup("", "k", 5000, T0), Some(("v".into(), 1000)));
     // Insert lifetime is capped too.
-    tb.insert("", "x", "v", 99_999, T0).unwrap();
+    tb.insert("", "x", "v", 99_999, T0).expect("test value");
     assert_eq!(tb.lookup("", "x", 0, T0), Some(("v".into(), 1000)));
 }
 
@@ -108,7 +108,7 @@ fn lookup_extends_by_exten_capped_at_max_lifetime() {
 fn lookup_miss_and_expired_are_none_and_lazily_removed() {
     let (tb, rec) = t();
     assert_eq!(tb.lookup("", "nope", 300, T0), None);
-    tb.insert("", "k", "v", 10, T0).unwrap();
+    tb.insert("", "k", "v", 10, T0).expect("test value");
     assert_eq!(tb.lookup("", "k", 300, T0 + 10 * S), None);
     assert_eq!(tb.len(), 0);
     assert_eq!(
@@ -123,7 +123,7 @@ fn lookup_miss_and_expired_are_none_and_lazily_removed() {
 fn refresh_extends_and_reports_liveness() {
     let (tb, _) = t();
     assert!(!tb.refresh("", "k", 300, T0));
-    tb.insert("", "k", "v", 10, T0).unwrap();
+    tb.insert("", "k", "v", 10, T0).expect("test value");
     assert!(tb.refresh("", "k", 20, T0 + 5 * S));
     assert_eq!(tb.lookup("", "k", 0, T0 + 5 * S), Some(("v".into(), 25)));
     assert!(!tb.refresh("", "k", 20, T0 + 30 * S));
@@ -132,7 +132,7 @@ fn refresh_extends_and_reports_liveness() {
 #[test]
 fn remove_and_counters() {
     let (tb, rec) = t();
-    tb.insert("", "k", "v", 10, T0).unwrap();
+    tb.insert("", "k", "v", 10, T0).expect("test value");
     assert!(tb.remove("", "k", T0));
     assert!(!tb.remove("", "k", T0));
     assert_eq!(tb.lookup("", "k", 0, T0), None);
@@ -147,8 +147,8 @@ fn remove_and_counters() {
 #[test]
 fn named_tables_are_separate_namespaces() {
     let (tb, _) = t();
-    tb.insert("", "k", "default", 10, T0).unwrap();
-    tb.insert("ids", "k", "named", 10, T0).unwrap();
+    tb.insert("", "k", "default", 10, T0).expect("test value");
+    tb.insert("ids", "k", "named", 10, T0).expect("test value");
     assert_eq!(
         tb.lookup("", "k", 0, T0).map(|x| x.0),
         Some("default".into())
@@ -182,8 +182,8 @@ fn limits_refuse_and_count_failures() {
         tb.insert("", "k", "long", 10, T0),
         Err(InsertError::ValueTooLong { len: 4, max: 3 })
     );
-    tb.insert("", "a", "v", 10, T0).unwrap();
-    tb.insert("t", "b", "v", 10, T0).unwrap();
+    tb.insert("", "a", "v", 10, T0).expect("test value");
+    tb.insert("t", "b", "v", 10, T0).expect("test value");
     // The limit counts entries across all tables of the VS.
     assert_eq!(
         tb.insert("", "c", "v", 10, T0),
@@ -200,9 +200,9 @@ fn limits_refuse_and_count_failures() {
 #[test]
 fn sweep_returns_expired_and_notifies() {
     let (tb, rec) = t();
-    tb.insert("", "a", "1", 10, T0).unwrap();
-    tb.insert("t", "b", "2", 20, T0).unwrap();
-    tb.insert("", "c", "3", 30, T0).unwrap();
+    tb.insert("", "a", "1", 10, T0).expect("test value");
+    tb.insert("t", "b", "2", 20, T0).expect("test value");
+    tb.insert("", "c", "3", 30, T0).expect("test value");
     rec.0.lock().clear();
     let mut gone = tb.sweep(T0 + 20 * S);
     gone.sort_by(|a, b| a.key.cmp(&b.key));
@@ -220,7 +220,7 @@ fn sweep_returns_expired_and_notifies() {
 fn list_get_delete_flush() {
     let (tb, rec) = t();
     for (tbl, k) in [("", "u1"), ("", "u2"), ("", "x1"), ("t", "u3")] {
-        tb.insert(tbl, k, "v", 10, T0).unwrap();
+        tb.insert(tbl, k, "v", 10, T0).expect("test value");
     }
     let all = tb.list(None, None, 100, T0);
     assert_eq!(all.len(), 4);
@@ -231,7 +231,7 @@ fn list_get_delete_flush() {
         .collect();
     assert_eq!(u, vec!["u1", "u2"]);
     assert_eq!(tb.list(None, Some("u"), 2, T0).len(), 2);
-    let g = tb.get("t", "u3", T0 + S).unwrap();
+    let g = tb.get("t", "u3", T0 + S).expect("test value");
     assert_eq!(g.remaining_s(T0 + S), 9);
     assert_eq!(tb.get("t", "u3", T0 + 11 * S), None);
     assert_eq!(tb.flush(Some("")), 3);
@@ -306,9 +306,18 @@ fn concurrent_inserts_of_one_key_agree() {
 fn store_creates_vs_tables_and_sweeps_all() {
     let rec = Arc::new(Rec::default());
     let store = TableStore::new(TableLimits::default(), rec.clone());
-    store.vs("a").insert("", "k", "v", 1, T0).unwrap();
-    store.vs("b").insert("", "k", "v", 100, T0).unwrap();
-    assert!(Arc::ptr_eq(&store.vs("a"), &store.get_vs("a").unwrap()));
+    store
+        .vs("a")
+        .insert("", "k", "v", 1, T0)
+        .expect("test value");
+    store
+        .vs("b")
+        .insert("", "k", "v", 100, T0)
+        .expect("test value");
+    assert!(Arc::ptr_eq(
+        &store.vs("a"),
+        &store.get_vs("a").expect("test value")
+    ));
     let gone = store.sweep(T0 + 2 * S);
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].0, "a");
@@ -316,7 +325,10 @@ fn store_creates_vs_tables_and_sweeps_all() {
     let rec2 = Arc::new(Rec::default());
     store.set_mirror(rec2.clone());
     store.vs("b").remove("", "k", T0);
-    store.vs("c").insert("", "k", "v", 1, T0).unwrap();
+    store
+        .vs("c")
+        .insert("", "k", "v", 1, T0)
+        .expect("test value");
     assert_eq!(rec2.0.lock().len(), 2);
     assert_eq!(rec.0.lock().len(), 3);
     store.retain_vs(|v| v != "a");
@@ -344,7 +356,8 @@ fn memory_per_entry() {
     let before = heap();
     for i in 0..n {
         let key = format!("{i:032}");
-        tb.insert("", &key, "0123456789abcdef", 300, T0).unwrap();
+        tb.insert("", &key, "0123456789abcdef", 300, T0)
+            .expect("test value");
     }
     let after = heap();
     let per = (after - before) as f64 / n as f64;
