@@ -29,11 +29,13 @@ pub use lint::lint;
 pub use txn::{DataScriptHooks, ScriptEnv, ScriptTableObserver};
 
 /// The DataScript events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum Event {
     /// After the request headers, before the body.
+    #[serde(rename = "HTTP_REQ")]
     HttpReq,
     /// After the response headers.
+    #[serde(rename = "HTTP_RESP")]
     HttpResp,
 }
 
@@ -57,8 +59,16 @@ pub struct ScriptSource {
     pub text: String,
     /// File the text came from (the config file for inline scripts).
     pub origin_file: PathBuf,
-    /// Line of `origin_file` where the text's first line is (1-based).
+    /// Line of `origin_file` where the text's first line is (1-based). Exact for TOML
+    /// literal strings (`'''`); a basic string with `\n` escapes shifts the mapping.
     pub first_line: usize,
+}
+
+impl ScriptSource {
+    /// Line in `origin_file` of the script's line `lua_line` (1-based).
+    pub fn origin_line(&self, lua_line: usize) -> usize {
+        self.first_line + lua_line.saturating_sub(1)
+    }
 }
 
 /// A problem in a script, located in the file it came from.
