@@ -161,7 +161,7 @@ fn l4_part(topo: &Topology, latch: &Path, stop: &AtomicBool) -> Result<()> {
             })
             .collect::<Vec<_>>()
     });
-    println!("    {:<15} {:<24} {}", "client", "served by", "persistence");
+    println!("    {:<15} {:<24} persistence", "client", "served by");
     for (client, served) in &rows {
         let sticky = served.windows(2).all(|w| w[0] == w[1]) && !served[0].starts_with("error");
         println!(
@@ -242,8 +242,8 @@ fn http_part(topo: &Topology, latch: &Path, stop: &AtomicBool) -> Result<()> {
         });
         let (sessions, rotating) = outcome.map_err(anyhow::Error::msg)?;
         println!(
-            "    {:<16} {:<10} {}",
-            "session", "issued by", "next 4 requests with the cookie"
+            "    {:<16} {:<10} next 4 requests with the cookie",
+            "session", "issued by"
         );
         for (cookie, first, later) in &sessions {
             println!("    {cookie:<16} {first:<10} {}", later.join(" "));
