@@ -140,7 +140,7 @@ impl Bench<'_> {
     fn latch_attach(&mut self, ifaces: &[String]) -> Result<String> {
         let topo = self.topo;
         let dp = self.dp.as_mut().context("data plane closed")?;
-        let attached = with_ns(topo.lb(), || dp.attach(ifaces))??;
+        let attached = env::retry_busy(|| Ok(with_ns(topo.lb(), || dp.attach(ifaces))??))?;
         Ok(attached
             .iter()
             .map(|a| format!("{} {:?}", a.iface, a.mode))
@@ -235,7 +235,7 @@ impl Bench<'_> {
                     .join(", ")
             }
             Target::Nft => format!(
-                "nft rule counter {}",
+                "nft DNAT rule hits (conntrack entries created) {}",
                 nft_packets(self.lb())? - nft_before
             ),
             Target::Ceiling => String::new(),

@@ -133,8 +133,10 @@ impl BenchProgs {
     pub fn attach(&mut self, ns: &Netns, iface: &str, prog: &'static str) -> Result<()> {
         self.detach(ns)?;
         let p = xdp(&mut self.ebpf, prog)?;
-        let id = with_ns(ns, || p.attach(iface, XdpMode::Driver))?
-            .with_context(|| format!("attaching {prog} to {iface} in {}", ns.name()))?;
+        let id = retry_busy(|| {
+            with_ns(ns, || p.attach(iface, XdpMode::Driver))?
+                .with_context(|| format!("attaching {prog} to {iface} in {}", ns.name()))
+        })?;
         self.attached = Some((prog, id));
         Ok(())
     }
@@ -155,6 +157,22 @@ impl BenchProgs {
                 .context("no BENCH_COUNT map")?,
         )?;
         Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// Retries `f` while it fails with EBUSY, for at most about two seconds. Removing a pinned XDP
+/// link (how the agent detaches) releases it from a kernel work queue, so the interface can
+/// still be busy for a moment afterwards.
+pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if tries < 100 && format!("{e:#}").contains("os error 16") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
