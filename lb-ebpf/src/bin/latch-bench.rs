@@ -59,8 +59,11 @@ pub struct GenConfig {
 #[map(name = "BENCH_GEN")]
 static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
 
+/// Packets generated so far. Not per-CPU: a generator thread that migrates to another CPU
+/// would continue from that CPU's count and repeat tuples (each generator thread loads its
+/// own copy of this object, so there is one writer).
 #[map(name = "BENCH_SEQ")]
-static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SEQ: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_COUNT")]
 static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -108,7 +111,10 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
         *p.add(41) = tail[1];
 
         core::ptr::write_unaligned(p.add(IP_SRC_OFF) as *mut u32, src_addr);
-        core::ptr::write_unaligned(p.add(SPORT_OFF) as *mut [u8; 2], (sport as u16).to_be_bytes());
+        core::ptr::write_unaligned(
+            p.add(SPORT_OFF) as *mut [u8; 2],
+            (sport as u16).to_be_bytes(),
+        );
         let a = src_addr.to_ne_bytes();
         let mut sum = cfg.csum_base
             + u16::from_ne_bytes([a[0], a[1]]) as u32

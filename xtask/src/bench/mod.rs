@@ -36,7 +36,9 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("==> building the bench runner (xtask --features bench; the first build takes minutes)");
+    println!(
+        "==> building the bench runner (xtask --features bench; the first build takes minutes)"
+    );
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args([

@@ -17,8 +17,7 @@ use aya::{
 use latch_tests::Netns;
 
 pub static LATCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
-pub static BENCH_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-bench"));
+pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-bench"));
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -151,11 +150,8 @@ impl BenchProgs {
 
     /// Frames counted (and dropped) by `bench_count_drop`, summed over CPUs.
     pub fn count(&self) -> Result<u64> {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("BENCH_COUNT")
-                .context("no BENCH_COUNT map")?,
-        )?;
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("BENCH_COUNT").context("no BENCH_COUNT map")?)?;
         Ok(m.get(&0, 0)?.iter().sum())
     }
 }

@@ -195,7 +195,10 @@ mod tests {
             .collect();
         assert_eq!(ports, vec![10_000, 10_001, 10_002, 10_003, 10_000, 10_001]);
         // The fixed-flow header is exactly the template frame's header.
-        assert_eq!(&generated_header(&cfg, 0)[..], &udp_frame(&template())[..HDR_LEN]);
+        assert_eq!(
+            &generated_header(&cfg, 0)[..],
+            &udp_frame(&template())[..HDR_LEN]
+        );
     }
 
     #[test]

@@ -59,8 +59,12 @@ fn panel(
         .map_err(err)?;
         if text {
             let style = ("sans-serif", 17).into_font().color(&BLACK);
-            root.draw(&Text::new(b.text.clone(), (left, bottom - h - 22), style.clone()))
-                .map_err(err)?;
+            root.draw(&Text::new(
+                b.text.clone(),
+                (left, bottom - h - 22),
+                style.clone(),
+            ))
+            .map_err(err)?;
             for (k, line) in b.label.split('\n').enumerate() {
                 root.draw(&Text::new(
                     line.to_string(),
@@ -106,7 +110,12 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
         .iter()
         .filter(|p| p.key != "non_vip_pass_single")
         .map(|p| Bar {
-            label: p.label.split(" (").next().unwrap_or(p.label).replacen(' ', "\n", 1),
+            label: p
+                .label
+                .split(" (")
+                .next()
+                .unwrap_or(p.label)
+                .replacen(' ', "\n", 1),
             value: p.ns,
             text: format!("{:.0}", p.ns),
             color: if p.check_ok {
@@ -117,7 +126,15 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
         })
         .collect();
     panel(&root, 0, W / 2, "Mpps on veth (64-byte UDP)", &rates, text)?;
-    panel(&root, W / 2, W / 2, "ns/packet (BPF_PROG_TEST_RUN)", &paths, text)?;
-    root.present().map_err(|e| anyhow!("writing {}: {e:?}", path.display()))?;
+    panel(
+        &root,
+        W / 2,
+        W / 2,
+        "ns/packet (BPF_PROG_TEST_RUN)",
+        &paths,
+        text,
+    )?;
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))?;
     Ok(())
 }

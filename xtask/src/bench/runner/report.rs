@@ -12,6 +12,9 @@ pub struct PathCost {
     pub ns: f64,
     /// Median over samples (per-run samples, or per-call means with repeat).
     pub median_ns: f64,
+    /// For 1-run-per-call paths: `ns` minus the per-call overhead measured on the non-VIP
+    /// pass (1-run mean minus repeat mean). The targets are judged on this value.
+    pub net_ns: Option<f64>,
     /// Program runs measured.
     pub runs: u64,
     pub method: String,
@@ -121,12 +124,15 @@ pub fn ratios(rates: &[Rate]) -> Ratios {
 /// it claims to measure is reported as not measured (`met: None`).
 pub fn targets(paths: &[PathCost], ratios: &Ratios) -> Vec<Target> {
     let ns_target = |key: &str, what: &str, max: f64| match path(paths, key) {
-        Some(p) if p.check_ok => Target {
-            what: what.into(),
-            target: format!("<= {max:.0} ns/packet"),
-            value: format!("{:.1} ns", p.ns),
-            met: Some(p.ns <= max),
-        },
+        Some(p) if p.check_ok => {
+            let v = p.net_ns.unwrap_or(p.ns);
+            Target {
+                what: what.into(),
+                target: format!("<= {max:.0} ns/packet"),
+                value: format!("{v:.0} ns (raw {:.0})", p.ns),
+                met: Some(v <= max),
+            }
+        }
         _ => Target {
             what: what.into(),
             target: format!("<= {max:.0} ns/packet"),
@@ -189,14 +195,17 @@ pub fn markdown(r: &Report) -> String {
         r.kernel, r.cpus, r.generator_threads, r.rounds, r.seconds_per_measurement
     ));
     s.push_str("## ns/packet (BPF_PROG_TEST_RUN)\n\n");
-    s.push_str("| path | mean ns | median ns | runs | method | path check |\n");
-    s.push_str("|---|---:|---:|---:|---|---|\n");
+    s.push_str(
+        "| path | mean ns | median ns | minus per-call overhead | runs | method | path check |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---|---|\n");
     for p in &r.paths {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {} | {} | {}{} |\n",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {}{} |\n",
             p.label,
             p.ns,
             p.median_ns,
+            p.net_ns.map_or("-".into(), |v| format!("{v:.1}")),
             p.runs,
             p.method,
             if p.check_ok { "" } else { "FAILED: " },
@@ -223,10 +232,22 @@ pub fn markdown(r: &Report) -> String {
     s.push_str("\n## Ratios (same run)\n\n| ratio | value |\n|---|---:|\n");
     let q = &r.ratios;
     for (name, v) in [
-        ("latch established / XDP_DROP ceiling", opt_pct(q.established_vs_ceiling)),
-        ("latch new flows / XDP_DROP ceiling", opt_pct(q.new_flows_vs_ceiling)),
-        ("nftables DNAT / XDP_DROP ceiling", opt_pct(q.nft_vs_ceiling)),
-        ("latch established / nftables DNAT", opt_x(q.established_vs_nft)),
+        (
+            "latch established / XDP_DROP ceiling",
+            opt_pct(q.established_vs_ceiling),
+        ),
+        (
+            "latch new flows / XDP_DROP ceiling",
+            opt_pct(q.new_flows_vs_ceiling),
+        ),
+        (
+            "nftables DNAT / XDP_DROP ceiling",
+            opt_pct(q.nft_vs_ceiling),
+        ),
+        (
+            "latch established / nftables DNAT",
+            opt_x(q.established_vs_nft),
+        ),
         ("latch new flows / nftables DNAT", opt_x(q.new_flows_vs_nft)),
     ] {
         s.push_str(&format!("| {name} | {v} |\n"));
@@ -274,6 +295,7 @@ mod tests {
             label: key,
             ns,
             median_ns: ns,
+            net_ns: None,
             runs: 10,
             method: "m".into(),
             check: "c".into(),
@@ -311,7 +333,10 @@ mod tests {
         let q = ratios(&rates);
         assert_eq!(q.established_vs_ceiling, Some(0.6));
         assert_eq!(q.established_vs_nft, Some(4.0));
-        let paths = vec![cost("conntrack_hit", 120.0, true), cost("new_flow", 400.0, true)];
+        let paths = vec![
+            cost("conntrack_hit", 120.0, true),
+            cost("new_flow", 400.0, true),
+        ];
         let t = targets(&paths, &q);
         let met: Vec<Option<bool>> = t.iter().map(|t| t.met).collect();
         assert_eq!(met, vec![Some(true), Some(false), Some(true), Some(false)]);
@@ -344,7 +369,7 @@ mod tests {
             method: vec!["how".into()],
         };
         let md = markdown(&r);
-        assert!(md.contains("| conntrack_hit | 120.0 |"));
+        assert!(md.contains("| conntrack_hit | 120.0 | 120.0 | - |"));
         assert!(md.contains("| nft_dnat | 1.00 |"));
         assert!(md.contains("| nftables DNAT / XDP_DROP ceiling | 10% |"));
         assert!(md.contains("not measured"));
