@@ -58,7 +58,7 @@ fn panel(
         ))
         .map_err(err)?;
         if text {
-            let style = ("sans-serif", 17).into_font().color(&BLACK);
+            let style = ("sans-serif", 15).into_font().color(&BLACK);
             root.draw(&Text::new(
                 b.text.clone(),
                 (left, bottom - h - 22),
@@ -110,12 +110,14 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
         .iter()
         .filter(|p| p.key != "non_vip_pass_single")
         .map(|p| Bar {
-            label: p
-                .label
-                .split(" (")
-                .next()
-                .unwrap_or(p.label)
-                .replacen(' ', "\n", 1),
+            label: match p.key {
+                "non_vip_pass" => "non-VIP\npass".into(),
+                "conntrack_hit_dsr" => "conntrack hit\nDSR (repeat)".into(),
+                "conntrack_hit" => "conntrack hit\nNAT".into(),
+                "new_flow" => "new flow".into(),
+                "persistence_hit" => "persistence\nhit".into(),
+                _ => p.label.replacen(' ', "\n", 1),
+            },
             value: p.ns,
             text: format!("{:.0}", p.ns),
             color: if p.check_ok {
