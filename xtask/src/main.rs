@@ -1,6 +1,7 @@
 //! `cargo xtask setup | test | demo | bench`: orchestration only. The eBPF object is built by
 //! lb-userspace/build.rs, not here.
 
+mod bench;
 mod demo;
 mod proc;
 mod setup;
@@ -23,8 +24,9 @@ enum Cmd {
     Test,
     /// Build the demo topology in namespaces and run latch in it until Ctrl-C.
     Demo,
-    /// Benchmarks (not built yet).
-    Bench,
+    /// Benchmarks: measure latch beside its peers, write target/bench/.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,10 +34,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Setup => setup::run().map(|_| true),
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run().map(|_| true),
-        Cmd::Bench => {
-            eprintln!("bench: not built yet");
-            Ok(false)
-        }
+        Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,160 @@
+//! XDP programs for `cargo xtask bench dataplane`; never loaded by the agent.
+//!
+//! - `bench_gen` runs through BPF_PROG_TEST_RUN in live-frames mode and returns XDP_TX, so each
+//!   run puts one frame on the wire of the generator's veth. Live frames are recycled
+//!   page_pool pages that the kernel initialises once: a receiver that rewrites a frame (NAT)
+//!   would otherwise feed its rewrite into the next run, so the whole header is written from
+//!   the template on every run.
+//! - `bench_count_drop` counts IPv4 UDP frames and drops them (the XDP_DROP ceiling, and the
+//!   backend-side counter); anything else passes so that the namespace keeps working.
+//! - `bench_pass` only gives a veth NAPI so that frames redirected into it are received by the
+//!   stack (the nftables measurement).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Length of the Ethernet + IPv4 + UDP header the generator writes.
+const HDR_LEN: usize = 42;
+const IP_CSUM_OFF: usize = 24;
+const IP_SRC_OFF: usize = 26;
+const SPORT_OFF: usize = 34;
+
+/// Every packet repeats one of `flows` 5-tuples.
+const MODE_FIXED_FLOWS: u32 = 0;
+
+/// Generator configuration (index 0), written by the bench before it runs. Layout mirrored in
+/// xtask/src/bench/dataplane/gen.rs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenConfig {
+    /// Ethernet + IPv4 + UDP header with the IP checksum and the source address zeroed
+    /// (48 bytes, 42 used).
+    pub header: [u64; 6],
+    /// One's complement sum (native 16-bit words, unfolded) of the template header with the
+    /// source address and checksum zeroed.
+    pub csum_base: u32,
+    /// `MODE_FIXED_FLOWS` or new-flow mode (any other value).
+    pub mode: u32,
+    /// Fixed-flow mode: number of distinct flows (source ports `base_sport..`).
+    pub flows: u32,
+    /// Source address (network order) of fixed-flow mode; in new-flow mode its last octet is
+    /// replaced.
+    pub src_addr: u32,
+    /// First source port (host order).
+    pub base_sport: u32,
+    /// New-flow mode: first value of the last source octet; each generator instance gets its
+    /// own range so instances never repeat each other's tuples.
+    pub octet_base: u32,
+    /// New-flow mode: number of last-octet values this instance may use.
+    pub octet_span: u32,
+    pub _pad: u32,
+}
+
+#[map(name = "BENCH_GEN")]
+static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Packets generated so far. Not per-CPU: a generator thread that migrates to another CPU
+/// would continue from that CPU's count and repeat tuples (each generator thread loads its
+/// own copy of this object, so there is one writer).
+#[map(name = "BENCH_SEQ")]
+static SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_COUNT")]
+static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    generate(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+#[inline(always)]
+fn generate(ctx: &XdpContext) -> Option<u32> {
+    let start = ctx.data();
+    if start + HDR_LEN > ctx.data_end() {
+        return None;
+    }
+    let cfg = GEN.get(0)?;
+    let seq = SEQ.get_ptr_mut(0)?;
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    let (src_addr, sport) = if cfg.mode == MODE_FIXED_FLOWS {
+        let flows = if cfg.flows == 0 { 1 } else { cfg.flows as u64 };
+        (cfg.src_addr, cfg.base_sport as u64 + n % flows)
+    } else {
+        let span = if cfg.octet_span == 0 {
+            1
+        } else {
+            cfg.octet_span as u64
+        };
+        let octet = (cfg.octet_base as u64 + (n >> 16) % span) as u32;
+        let mut bytes = cfg.src_addr.to_ne_bytes();
+        bytes[3] = octet as u8;
+        (u32::from_ne_bytes(bytes), n & 0xffff)
+    };
+    unsafe {
+        let dst = start as *mut u64;
+        for i in 0..5 {
+            core::ptr::write_unaligned(dst.add(i), cfg.header[i]);
+        }
+        let tail = cfg.header[5].to_ne_bytes();
+        let p = start as *mut u8;
+        *p.add(40) = tail[0];
+        *p.add(41) = tail[1];
+
+        core::ptr::write_unaligned(p.add(IP_SRC_OFF) as *mut u32, src_addr);
+        core::ptr::write_unaligned(
+            p.add(SPORT_OFF) as *mut [u8; 2],
+            (sport as u16).to_be_bytes(),
+        );
+        let a = src_addr.to_ne_bytes();
+        let mut sum = cfg.csum_base
+            + u16::from_ne_bytes([a[0], a[1]]) as u32
+            + u16::from_ne_bytes([a[2], a[3]]) as u32;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        core::ptr::write_unaligned(p.add(IP_CSUM_OFF) as *mut u16, !(sum as u16));
+    }
+    Some(xdp_action::XDP_TX)
+}
+
+#[xdp]
+pub fn bench_count_drop(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + HDR_LEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let p = start as *const u8;
+    // EtherType 0x0800 and protocol 17.
+    let udp4 = unsafe { *p.add(12) == 0x08 && *p.add(13) == 0 && *p.add(23) == 17 };
+    if !udp4 {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = COUNT.get_ptr_mut(0) {
+        unsafe { *c += 1 }
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

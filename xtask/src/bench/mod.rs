@@ -1,0 +1,68 @@
+//! `cargo xtask bench <what>`: builds and runs the `xtask-bench` binary (feature `bench`),
+//! which links the agent library and the eBPF objects. Kept out of the plain `xtask` binary
+//! so that `cargo xtask setup` builds on a machine without the eBPF toolchain.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// XDP data plane: ns/packet per path (BPF_PROG_TEST_RUN) and Mpps on veth against an
+    /// XDP_DROP ceiling and nftables DNAT. Writes target/bench/dataplane.{md,json,png}.
+    Dataplane(DataplaneArgs),
+}
+
+#[derive(Args)]
+pub struct DataplaneArgs {
+    /// Seconds of traffic per Mpps measurement.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Rounds of the Mpps measurements (interleaved; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<bool> {
+    let args: Vec<String> = match cmd {
+        BenchCmd::Dataplane(a) => vec![
+            "dataplane".into(),
+            "--seconds".into(),
+            a.seconds.to_string(),
+            "--rounds".into(),
+            a.rounds.to_string(),
+        ],
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!(
+        "==> building the bench runner (xtask --features bench; the first build takes minutes)"
+    );
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--features",
+            "bench",
+            "--bin",
+            "xtask-bench",
+            "--",
+        ])
+        .args(&args);
+    // Ctrl-C reaches the runner too (same process group); it stops its traffic and removes its
+    // namespaces and pins. This process only waits for it to finish doing so. A no-op handler
+    // rather than SIG_IGN, which the child would inherit across exec.
+    let handler: extern "C" fn(libc::c_int) = ignore;
+    // SAFETY: the handler is async-signal-safe (it does nothing).
+    let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    let status = cmd.status().context("running cargo for xtask-bench");
+    // SAFETY: restores the disposition read above.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    Ok(status?.success())
+}
+
+extern "C" fn ignore(_: libc::c_int) {}

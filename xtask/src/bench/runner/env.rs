@@ -1,0 +1,191 @@
+//! The bench's surroundings: namespaces entered per call, the bpffs pin directory, the eBPF
+//! objects and the small bench programs attached to interfaces, and Ctrl-C.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::PerCpuArray,
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use latch_tests::Netns;
+
+pub static LATCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
+pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-bench"));
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C sets a flag that every traffic loop checks, so the run ends early but still removes
+/// its namespaces, links and pins on the way out.
+pub fn install_sigint() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+pub fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+pub fn check_stopped() -> Result<()> {
+    if stopped() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &str) -> Result<()> {
+    let target = File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: valid namespace fd; setns affects only this thread.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+    }
+    Ok(())
+}
+
+/// Runs `f` with the calling thread inside `ns`, then returns to the original namespace.
+/// Interface names and ifindexes (attach, BPF_PROG_TEST_RUN's ingress) resolve in the
+/// caller's namespace, and objects must stay on this thread, hence no helper thread.
+pub fn with_ns<T>(ns: &Netns, f: impl FnOnce() -> T) -> Result<T> {
+    let original = File::open("/proc/thread-self/ns/net").context("own netns")?;
+    enter(&ns.path())?;
+    let out = f();
+    // SAFETY: valid namespace fd.
+    if unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("returning to own netns");
+    }
+    Ok(out)
+}
+
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(idx)
+}
+
+/// The pin directory of the bench's data plane, torn down (links, maps) on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/latch-bench-{}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = latch::dataplane::teardown(&self.0) {
+            eprintln!("warning: tearing down {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// One loaded copy of the bench object, with at most one of its programs attached.
+pub struct BenchProgs {
+    ebpf: Ebpf,
+    attached: Option<(&'static str, XdpLinkId)>,
+}
+
+pub const COUNT_DROP: &str = "bench_count_drop";
+pub const PASS: &str = "bench_pass";
+pub const GEN: &str = "bench_gen";
+
+impl BenchProgs {
+    pub fn load() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(BENCH_OBJ)
+            .context("loading the bench object")?;
+        for name in [COUNT_DROP, PASS, GEN] {
+            xdp(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifier: {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            attached: None,
+        })
+    }
+
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches `prog` to `iface` of `ns` in driver mode.
+    pub fn attach(&mut self, ns: &Netns, iface: &str, prog: &'static str) -> Result<()> {
+        self.detach(ns)?;
+        let p = xdp(&mut self.ebpf, prog)?;
+        let id = retry_busy(|| {
+            with_ns(ns, || p.attach(iface, XdpMode::Driver))?
+                .with_context(|| format!("attaching {prog} to {iface} in {}", ns.name()))
+        })?;
+        self.attached = Some((prog, id));
+        Ok(())
+    }
+
+    pub fn detach(&mut self, ns: &Netns) -> Result<()> {
+        if let Some((prog, id)) = self.attached.take() {
+            let p = xdp(&mut self.ebpf, prog)?;
+            with_ns(ns, || p.detach(id))?.with_context(|| format!("detaching {prog}"))?;
+        }
+        Ok(())
+    }
+
+    /// Frames counted (and dropped) by `bench_count_drop`, summed over CPUs.
+    pub fn count(&self) -> Result<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("BENCH_COUNT").context("no BENCH_COUNT map")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// Retries `f` while it fails with EBUSY, for at most about two seconds. Removing a pinned XDP
+/// link (how the agent detaches) releases it from a kernel work queue, so the interface can
+/// still be busy for a moment afterwards.
+pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if tries < 100 && format!("{e:#}").contains("os error 16") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let p: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    Ok(p)
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn out_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+}

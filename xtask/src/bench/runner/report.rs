@@ -1,0 +1,378 @@
+//! Results, targets and the Markdown/JSON renderings: pure, unit-tested.
+
+use serde::Serialize;
+
+/// One BPF_PROG_TEST_RUN path measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathCost {
+    /// Stable key (`conntrack_hit`, ...).
+    pub key: &'static str,
+    pub label: &'static str,
+    /// Mean kernel-reported ns per run of the program.
+    pub ns: f64,
+    /// Median over samples (per-run samples, or per-call means with repeat).
+    pub median_ns: f64,
+    /// For 1-run-per-call paths: `ns` minus the per-call overhead measured on the non-VIP
+    /// pass (1-run mean minus repeat mean). The targets are judged on this value.
+    pub net_ns: Option<f64>,
+    /// Program runs measured.
+    pub runs: u64,
+    pub method: String,
+    /// What the counters said about the path taken (the measurement is valid only if every
+    /// run took the path).
+    pub check: String,
+    pub check_ok: bool,
+}
+
+/// One Mpps measurement on veth, over every round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rate {
+    pub key: &'static str,
+    pub label: &'static str,
+    /// Received Mpps per round, in run order.
+    pub rounds_mpps: Vec<f64>,
+    /// Median received Mpps.
+    pub mpps: f64,
+    /// Median Mpps the generator pushed (frames it ran) over the same windows.
+    pub generated_mpps: f64,
+    pub counted_at: String,
+    /// Extra counters (latch path breakdown, nft counter) from the last round.
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub value: String,
+    pub met: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratios {
+    pub established_vs_ceiling: Option<f64>,
+    pub new_flows_vs_ceiling: Option<f64>,
+    pub established_vs_nft: Option<f64>,
+    pub new_flows_vs_nft: Option<f64>,
+    pub nft_vs_ceiling: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub cpus: usize,
+    pub unix_time: u64,
+    pub seconds_per_measurement: u64,
+    pub rounds: u32,
+    pub generator_threads: usize,
+    pub paths: Vec<PathCost>,
+    pub rates: Vec<Rate>,
+    pub ratios: Ratios,
+    pub targets: Vec<Target>,
+    pub method: Vec<String>,
+}
+
+pub const CONNTRACK_HIT_MAX_NS: f64 = 150.0;
+pub const NEW_FLOW_MAX_NS: f64 = 350.0;
+pub const ESTABLISHED_MIN_CEILING_SHARE: f64 = 0.5;
+pub const ESTABLISHED_MIN_NFT_FACTOR: f64 = 5.0;
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn rate(rates: &[Rate], key: &str) -> Option<f64> {
+    rates.iter().find(|r| r.key == key).map(|r| r.mpps)
+}
+
+fn path<'a>(paths: &'a [PathCost], key: &str) -> Option<&'a PathCost> {
+    paths.iter().find(|p| p.key == key)
+}
+
+pub fn ratios(rates: &[Rate]) -> Ratios {
+    let ceiling = rate(rates, "xdp_drop_ceiling");
+    let est = rate(rates, "latch_established");
+    let new = rate(rates, "latch_new_flows");
+    let nft = rate(rates, "nft_dnat");
+    Ratios {
+        established_vs_ceiling: ratio(est, ceiling),
+        new_flows_vs_ceiling: ratio(new, ceiling),
+        established_vs_nft: ratio(est, nft),
+        new_flows_vs_nft: ratio(new, nft),
+        nft_vs_ceiling: ratio(nft, ceiling),
+    }
+}
+
+/// The issue's targets for this machine kind. A path whose counters disagree with the path
+/// it claims to measure is reported as not measured (`met: None`).
+pub fn targets(paths: &[PathCost], ratios: &Ratios) -> Vec<Target> {
+    let ns_target = |key: &str, what: &str, max: f64| match path(paths, key) {
+        Some(p) if p.check_ok => {
+            let v = p.net_ns.unwrap_or(p.ns);
+            Target {
+                what: what.into(),
+                target: format!("<= {max:.0} ns/packet"),
+                value: format!("{v:.0} ns (raw {:.0})", p.ns),
+                met: Some(v <= max),
+            }
+        }
+        _ => Target {
+            what: what.into(),
+            target: format!("<= {max:.0} ns/packet"),
+            value: "not measured".into(),
+            met: None,
+        },
+    };
+    let share = |what: &str, target: String, v: Option<f64>, min: f64, pct: bool| Target {
+        what: what.into(),
+        target,
+        value: match v {
+            Some(v) if pct => format!("{:.0}%", v * 100.0),
+            Some(v) => format!("{v:.1}x"),
+            None => "not measured".into(),
+        },
+        met: v.map(|v| v >= min),
+    };
+    vec![
+        ns_target("conntrack_hit", "conntrack hit", CONNTRACK_HIT_MAX_NS),
+        ns_target("new_flow", "new flow", NEW_FLOW_MAX_NS),
+        share(
+            "established flows vs XDP_DROP ceiling",
+            format!(">= {:.0}%", ESTABLISHED_MIN_CEILING_SHARE * 100.0),
+            ratios.established_vs_ceiling,
+            ESTABLISHED_MIN_CEILING_SHARE,
+            true,
+        ),
+        share(
+            "established flows vs nftables DNAT",
+            format!(">= {ESTABLISHED_MIN_NFT_FACTOR:.0}x"),
+            ratios.established_vs_nft,
+            ESTABLISHED_MIN_NFT_FACTOR,
+            false,
+        ),
+    ]
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "not measured",
+    }
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0))
+}
+
+fn opt_x(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}x"))
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    s.push_str("# latch data plane benchmark\n\n");
+    s.push_str(&format!(
+        "Kernel {}, {} CPUs, {} generator thread(s); Mpps: {} round(s) of {} s per \
+         measurement, interleaved, median reported.\n\n",
+        r.kernel, r.cpus, r.generator_threads, r.rounds, r.seconds_per_measurement
+    ));
+    s.push_str("## ns/packet (BPF_PROG_TEST_RUN)\n\n");
+    s.push_str(
+        "| path | mean ns | median ns | minus per-call overhead | runs | method | path check |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---|---|\n");
+    for p in &r.paths {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {}{} |\n",
+            p.label,
+            p.ns,
+            p.median_ns,
+            p.net_ns.map_or("-".into(), |v| format!("{v:.1}")),
+            p.runs,
+            p.method,
+            if p.check_ok { "" } else { "FAILED: " },
+            p.check
+        ));
+    }
+    s.push_str("\n## Mpps on veth (64-byte UDP frames, XDP live-frames generator)\n\n");
+    s.push_str("| measurement | received Mpps (median) | rounds | generated Mpps | vs ceiling | counted at | detail |\n");
+    s.push_str("|---|---:|---|---:|---:|---|---|\n");
+    let ceiling = rate(&r.rates, "xdp_drop_ceiling");
+    for x in &r.rates {
+        let rounds: Vec<String> = x.rounds_mpps.iter().map(|v| format!("{v:.2}")).collect();
+        s.push_str(&format!(
+            "| {} | {:.2} | {} | {:.2} | {} | {} | {} |\n",
+            x.label,
+            x.mpps,
+            rounds.join(", "),
+            x.generated_mpps,
+            opt_pct(ratio(Some(x.mpps), ceiling)),
+            x.counted_at,
+            x.detail
+        ));
+    }
+    s.push_str("\n## Ratios (same run)\n\n| ratio | value |\n|---|---:|\n");
+    let q = &r.ratios;
+    for (name, v) in [
+        (
+            "latch established / XDP_DROP ceiling",
+            opt_pct(q.established_vs_ceiling),
+        ),
+        (
+            "latch new flows / XDP_DROP ceiling",
+            opt_pct(q.new_flows_vs_ceiling),
+        ),
+        (
+            "nftables DNAT / XDP_DROP ceiling",
+            opt_pct(q.nft_vs_ceiling),
+        ),
+        (
+            "latch established / nftables DNAT",
+            opt_x(q.established_vs_nft),
+        ),
+        ("latch new flows / nftables DNAT", opt_x(q.new_flows_vs_nft)),
+    ] {
+        s.push_str(&format!("| {name} | {v} |\n"));
+    }
+    s.push_str("\n## Targets\n\n| target | required | measured | verdict |\n|---|---|---|---|\n");
+    for t in &r.targets {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            t.what,
+            t.target,
+            t.value,
+            verdict(t.met)
+        ));
+    }
+    s.push_str("\n## Method\n\n");
+    for m in &r.method {
+        s.push_str(&format!("- {m}\n"));
+    }
+    s
+}
+
+/// Compact terminal summary of the targets.
+pub fn target_lines(targets: &[Target]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| {
+            format!(
+                "{:<40} {:<16} {:<14} {}",
+                t.what,
+                t.target,
+                t.value,
+                verdict(t.met)
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(key: &'static str, ns: f64, ok: bool) -> PathCost {
+        PathCost {
+            key,
+            label: key,
+            ns,
+            median_ns: ns,
+            net_ns: None,
+            runs: 10,
+            method: "m".into(),
+            check: "c".into(),
+            check_ok: ok,
+        }
+    }
+
+    fn rate_of(key: &'static str, mpps: f64) -> Rate {
+        Rate {
+            key,
+            label: key,
+            rounds_mpps: vec![mpps],
+            mpps,
+            generated_mpps: mpps,
+            counted_at: "x".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn ratios_and_targets_follow_the_measurements() {
+        let rates = vec![
+            rate_of("xdp_drop_ceiling", 10.0),
+            rate_of("latch_established", 6.0),
+            rate_of("latch_new_flows", 2.0),
+            rate_of("nft_dnat", 1.5),
+        ];
+        let q = ratios(&rates);
+        assert_eq!(q.established_vs_ceiling, Some(0.6));
+        assert_eq!(q.established_vs_nft, Some(4.0));
+        let paths = vec![
+            cost("conntrack_hit", 120.0, true),
+            cost("new_flow", 400.0, true),
+        ];
+        let t = targets(&paths, &q);
+        let met: Vec<Option<bool>> = t.iter().map(|t| t.met).collect();
+        assert_eq!(met, vec![Some(true), Some(false), Some(true), Some(false)]);
+    }
+
+    #[test]
+    fn a_path_that_failed_its_check_or_a_missing_peer_is_not_measured() {
+        let q = ratios(&[rate_of("latch_established", 6.0)]);
+        assert_eq!(q.established_vs_ceiling, None);
+        let t = targets(&[cost("conntrack_hit", 10.0, false)], &q);
+        assert!(t.iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
+    fn markdown_has_every_row() {
+        let rates = vec![rate_of("xdp_drop_ceiling", 10.0), rate_of("nft_dnat", 1.0)];
+        let paths = vec![cost("conntrack_hit", 120.0, true)];
+        let ratios = ratios(&rates);
+        let r = Report {
+            kernel: "k".into(),
+            cpus: 2,
+            unix_time: 0,
+            seconds_per_measurement: 3,
+            rounds: 1,
+            generator_threads: 2,
+            targets: targets(&paths, &ratios),
+            paths,
+            rates,
+            ratios,
+            method: vec!["how".into()],
+        };
+        let md = markdown(&r);
+        assert!(md.contains("| conntrack_hit | 120.0 | 120.0 | - |"));
+        assert!(md.contains("| nft_dnat | 1.00 |"));
+        assert!(md.contains("| nftables DNAT / XDP_DROP ceiling | 10% |"));
+        assert!(md.contains("not measured"));
+        assert!(md.contains("- how"));
+    }
+}
