@@ -224,6 +224,19 @@ pub enum InsertOutcome {
     Updated,
 }
 
+/// What applying another host's upsert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// The key was absent (or expired) and now holds the value.
+    Inserted,
+    /// The key held another value, now replaced.
+    Replaced,
+    /// Same value; the expiry moved.
+    Extended,
+    /// Nothing changed (same value and expiry, or the change had already expired).
+    Unchanged,
+}
+
 /// An entry as the admin API and the sweep report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryView {
@@ -271,6 +284,8 @@ pub struct VsTables {
     limits: TableLimits,
     counters: Counters,
     mirror: ArcSwap<Box<dyn Mirror>>,
+    /// Told only of changes made on this host (see [`VsTables::set_replicator`]).
+    replicator: ArcSwap<Box<dyn Mirror>>,
 }
 
 impl std::fmt::Debug for VsTables {
@@ -294,6 +309,7 @@ impl VsTables {
             limits,
             counters: Counters::default(),
             mirror: ArcSwap::from_pointee(Box::new(ArcMirror(mirror)) as Box<dyn Mirror>),
+            replicator: ArcSwap::from_pointee(Box::new(NoMirror) as Box<dyn Mirror>),
         }
     }
 
@@ -311,6 +327,28 @@ impl VsTables {
     pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
         self.mirror
             .store(Arc::new(Box::new(ArcMirror(mirror)) as Box<dyn Mirror>));
+    }
+
+    /// Set the observer of local changes only: every change made through the script/admin
+    /// operations reaches it after the mirror, while the `apply_remote_*` methods (changes that
+    /// came from another host) skip it, so replication never echoes what it applied.
+    pub fn set_replicator(&self, replicator: Arc<dyn Mirror>) {
+        self.replicator
+            .store(Arc::new(Box::new(ArcMirror(replicator)) as Box<dyn Mirror>));
+    }
+
+    fn notify_upsert(&self, table: &str, key: &str, value: &str, expires_ns: u64) {
+        self.mirror
+            .load()
+            .upsert(&self.vs, table, key, value, expires_ns);
+        self.replicator
+            .load()
+            .upsert(&self.vs, table, key, value, expires_ns);
+    }
+
+    fn notify_remove(&self, table: &str, key: &str, reason: RemoveReason) {
+        self.mirror.load().remove(&self.vs, table, key, reason);
+        self.replicator.load().remove(&self.vs, table, key, reason);
     }
 
     /// Counters and the current entry count.
@@ -370,9 +408,7 @@ impl VsTables {
     fn expired(&self, table: &str, key: &str) {
         self.entries.fetch_sub(1, Ordering::Relaxed);
         bump(&self.counters.expirations);
-        self.mirror
-            .load()
-            .remove(&self.vs, table, key, RemoveReason::Expired);
+        self.notify_remove(table, key, RemoveReason::Expired);
     }
 
     /// `table_insert`: a new (or expired) key stores `value`; a live key keeps its value and
@@ -416,9 +452,7 @@ impl VsTables {
                 && e.live(now_ns)
             {
                 e.expires_ns = expires_ns;
-                self.mirror
-                    .load()
-                    .upsert(&self.vs, table, key, &e.value, expires_ns);
+                self.notify_upsert(table, key, &e.value, expires_ns);
                 return Ok(InsertOutcome::Updated);
             }
             if value.len() > l.max_value_bytes {
@@ -432,21 +466,18 @@ impl VsTables {
                     let e = o.get_mut();
                     if e.live(now_ns) {
                         e.expires_ns = expires_ns;
-                        self.mirror
-                            .load()
-                            .upsert(&self.vs, table, key, &e.value, expires_ns);
+                        self.notify_upsert(table, key, &e.value, expires_ns);
                         Ok(InsertOutcome::Updated)
                     } else {
                         // The expired entry is replaced in place; report its expiry first so a
                         // mirror sees the same sequence as for a swept entry.
                         bump(&self.counters.expirations);
-                        let m = self.mirror.load();
-                        m.remove(&self.vs, table, key, RemoveReason::Expired);
+                        self.notify_remove(table, key, RemoveReason::Expired);
                         *e = Entry {
                             value: Box::from(value),
                             expires_ns,
                         };
-                        m.upsert(&self.vs, table, key, value, expires_ns);
+                        self.notify_upsert(table, key, value, expires_ns);
                         Ok(InsertOutcome::Inserted)
                     }
                 }
@@ -460,9 +491,7 @@ impl VsTables {
                         value: Box::from(value),
                         expires_ns,
                     });
-                    self.mirror
-                        .load()
-                        .upsert(&self.vs, table, key, value, expires_ns);
+                    self.notify_upsert(table, key, value, expires_ns);
                     Ok(InsertOutcome::Inserted)
                 }
             }
@@ -484,9 +513,7 @@ impl VsTables {
                         .max(e.expires_ns);
                     if new != e.expires_ns {
                         e.expires_ns = new;
-                        self.mirror
-                            .load()
-                            .upsert(&self.vs, table, key, &e.value, new);
+                        self.notify_upsert(table, key, &e.value, new);
                     }
                 }
                 return Some(Ok((e.value.to_string(), e.expires_ns)));
@@ -560,9 +587,7 @@ impl VsTables {
             Some(e) if e.live(now_ns) => {
                 self.entries.fetch_sub(1, Ordering::Relaxed);
                 bump(&self.counters.removals);
-                self.mirror
-                    .load()
-                    .remove(&self.vs, table, key, RemoveReason::Removed);
+                self.notify_remove(table, key, RemoveReason::Removed);
                 true
             }
             Some(_) => {
@@ -580,9 +605,7 @@ impl VsTables {
             map.retain(|k, _| {
                 self.entries.fetch_sub(1, Ordering::Relaxed);
                 bump(&self.counters.removals);
-                self.mirror
-                    .load()
-                    .remove(&self.vs, name, k, RemoveReason::Removed);
+                self.notify_remove(name, k, RemoveReason::Removed);
                 n += 1;
                 false
             });
@@ -680,6 +703,107 @@ impl VsTables {
         out
     }
 
+    /// Apply a change another host made: `key` holds `value` until `expires_ns` (capped at the
+    /// maximum lifetime from now), whatever it held before. The mirror is told (a changed
+    /// value as a removal then an upsert, so fast-path pins of the old value go), the
+    /// replicator is not. Size limits and `max_entries` hold as for a local insert.
+    pub fn apply_remote_upsert(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+        expires_ns: u64,
+        now_ns: u64,
+    ) -> Result<RemoteOutcome, InsertError> {
+        let l = &self.limits;
+        if key.len() > l.max_key_bytes {
+            return Err(InsertError::KeyTooLong {
+                len: key.len(),
+                max: l.max_key_bytes,
+            });
+        }
+        if value.len() > l.max_value_bytes {
+            return Err(InsertError::ValueTooLong {
+                len: value.len(),
+                max: l.max_value_bytes,
+            });
+        }
+        if expires_ns <= now_ns {
+            return Ok(RemoteOutcome::Unchanged);
+        }
+        let expires_ns = expires_ns.min(self.clamp_expiry(now_ns, l.max_lifetime_s));
+        self.with_map_or_create(table, |map| match map.entry(Box::from(key)) {
+            MapEntry::Occupied(mut o) => {
+                let e = o.get_mut();
+                let m = self.mirror.load();
+                if e.live(now_ns) && *e.value == *value {
+                    if e.expires_ns == expires_ns {
+                        return Ok(RemoteOutcome::Unchanged);
+                    }
+                    e.expires_ns = expires_ns;
+                    m.upsert(&self.vs, table, key, value, expires_ns);
+                    return Ok(RemoteOutcome::Extended);
+                }
+                let outcome = if e.live(now_ns) {
+                    m.remove(&self.vs, table, key, RemoveReason::Removed);
+                    RemoteOutcome::Replaced
+                } else {
+                    bump(&self.counters.expirations);
+                    m.remove(&self.vs, table, key, RemoveReason::Expired);
+                    RemoteOutcome::Inserted
+                };
+                *e = Entry {
+                    value: Box::from(value),
+                    expires_ns,
+                };
+                m.upsert(&self.vs, table, key, value, expires_ns);
+                Ok(outcome)
+            }
+            MapEntry::Vacant(v) => {
+                if self.entries.fetch_add(1, Ordering::Relaxed) >= l.max_entries {
+                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                    return Err(InsertError::Full { max: l.max_entries });
+                }
+                v.insert(Entry {
+                    value: Box::from(value),
+                    expires_ns,
+                });
+                self.mirror
+                    .load()
+                    .upsert(&self.vs, table, key, value, expires_ns);
+                Ok(RemoteOutcome::Inserted)
+            }
+        })
+    }
+
+    /// Apply a removal or expiry another host made: `key` goes unless it expires after
+    /// `unless_expires_after_ns` (pass `u64::MAX` to remove whatever its expiry; an expiry
+    /// report passes a bound so an entry this host extended meanwhile stays). The mirror is
+    /// told, the replicator is not. True if an entry was removed.
+    pub fn apply_remote_remove(
+        &self,
+        table: &str,
+        key: &str,
+        reason: RemoveReason,
+        unless_expires_after_ns: u64,
+    ) -> bool {
+        let removed = self
+            .with_map(table, |map| {
+                map.remove_if(key, |_, e| e.expires_ns <= unless_expires_after_ns)
+            })
+            .flatten()
+            .is_some();
+        if removed {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            bump(match reason {
+                RemoveReason::Removed => &self.counters.removals,
+                RemoveReason::Expired => &self.counters.expirations,
+            });
+            self.mirror.load().remove(&self.vs, table, key, reason);
+        }
+        removed
+    }
+
     /// Bulk-load entries (agent restart, replication) without notifying the mirror. Entries
     /// already expired at `now_ns`, over the size limits or beyond `max_entries` are skipped;
     /// an existing key takes the restored value and expiry. Returns how many were loaded.
@@ -736,6 +860,7 @@ pub struct TableStore {
     vss: DashMap<String, Arc<VsTables>>,
     limits: TableLimits,
     mirror: ArcSwap<Box<dyn Mirror>>,
+    replicator: ArcSwap<Option<Arc<dyn Mirror>>>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -754,6 +879,7 @@ impl TableStore {
             vss: DashMap::new(),
             limits,
             mirror: ArcSwap::from_pointee(Box::new(ArcMirror(mirror)) as Box<dyn Mirror>),
+            replicator: ArcSwap::from_pointee(None),
         }
     }
 
@@ -766,7 +892,13 @@ impl TableStore {
         Arc::clone(
             self.vss
                 .entry(vs.to_string())
-                .or_insert_with(|| Arc::new(VsTables::new(vs, self.limits.clone(), mirror)))
+                .or_insert_with(|| {
+                    let t = VsTables::new(vs, self.limits.clone(), mirror);
+                    if let Some(r) = self.replicator.load().as_ref() {
+                        t.set_replicator(Arc::clone(r));
+                    }
+                    Arc::new(t)
+                })
                 .value(),
         )
     }
@@ -790,6 +922,16 @@ impl TableStore {
         ));
         for r in self.vss.iter() {
             r.value().set_mirror(Arc::clone(&mirror));
+        }
+    }
+
+    /// Set the replicator (see [`VsTables::set_replicator`]) of every virtual service,
+    /// present and future.
+    pub fn set_replicator(&self, replicator: Arc<dyn Mirror>) {
+        self.replicator
+            .store(Arc::new(Some(Arc::clone(&replicator))));
+        for r in self.vss.iter() {
+            r.value().set_replicator(Arc::clone(&replicator));
         }
     }
 

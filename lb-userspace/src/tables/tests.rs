@@ -364,3 +364,138 @@ fn memory_per_entry() {
     println!("{per:.1} bytes/entry ({n} entries, 32-byte keys, 16-byte values)");
     assert_eq!(tb.len(), n);
 }
+
+fn with_replicator() -> (VsTables, Arc<Rec>, Arc<Rec>) {
+    let (tb, rec) = t();
+    let repl = Arc::new(Rec::default());
+    tb.set_replicator(repl.clone());
+    (tb, rec, repl)
+}
+
+#[test]
+fn replicator_sees_local_changes_after_the_mirror() {
+    let (tb, rec, repl) = with_replicator();
+    tb.insert("", "k", "v", 100, T0).expect("insert");
+    assert!(tb.refresh("", "k", 10, T0));
+    assert!(tb.remove("", "k", T0));
+    tb.insert("s", "e", "v", 1, T0).expect("insert");
+    assert_eq!(tb.sweep(T0 + 2 * S).len(), 1);
+    let want = vec![
+        Ev::Up("".into(), "k".into(), "v".into(), T0 + 100 * S),
+        Ev::Up("".into(), "k".into(), "v".into(), T0 + 110 * S),
+        Ev::Rm("".into(), "k".into(), RemoveReason::Removed),
+        Ev::Up("s".into(), "e".into(), "v".into(), T0 + S),
+        Ev::Rm("s".into(), "e".into(), RemoveReason::Expired),
+    ];
+    assert_eq!(*rec.0.lock(), want);
+    assert_eq!(*repl.0.lock(), want);
+}
+
+#[test]
+fn remote_upsert_reaches_the_mirror_but_not_the_replicator() {
+    let (tb, rec, repl) = with_replicator();
+    assert_eq!(
+        tb.apply_remote_upsert("", "k", "a", T0 + 50 * S, T0),
+        Ok(RemoteOutcome::Inserted)
+    );
+    assert_eq!(tb.lookup("", "k", 0, T0), Some(("a".into(), 50)));
+    // Same value, later expiry: extended.
+    assert_eq!(
+        tb.apply_remote_upsert("", "k", "a", T0 + 80 * S, T0),
+        Ok(RemoteOutcome::Extended)
+    );
+    assert_eq!(
+        tb.apply_remote_upsert("", "k", "a", T0 + 80 * S, T0),
+        Ok(RemoteOutcome::Unchanged)
+    );
+    // Another value replaces the local one (adopting the cluster's winner): the mirror sees
+    // the old value leave first.
+    assert_eq!(
+        tb.apply_remote_upsert("", "k", "b", T0 + 90 * S, T0),
+        Ok(RemoteOutcome::Replaced)
+    );
+    assert_eq!(tb.lookup("", "k", 0, T0), Some(("b".into(), 90)));
+    assert_eq!(
+        *rec.0.lock(),
+        vec![
+            Ev::Up("".into(), "k".into(), "a".into(), T0 + 50 * S),
+            Ev::Up("".into(), "k".into(), "a".into(), T0 + 80 * S),
+            Ev::Rm("".into(), "k".into(), RemoveReason::Removed),
+            Ev::Up("".into(), "k".into(), "b".into(), T0 + 90 * S),
+        ]
+    );
+    assert!(repl.0.lock().is_empty());
+    assert_eq!(tb.len(), 1);
+}
+
+#[test]
+fn remote_upsert_respects_limits_and_past_expiry() {
+    let (tb, _rec) = setup(TableLimits {
+        max_entries: 1,
+        max_key_bytes: 4,
+        max_value_bytes: 4,
+        max_lifetime_s: 100,
+    });
+    assert!(matches!(
+        tb.apply_remote_upsert("", "kkkkk", "v", T0 + S, T0),
+        Err(InsertError::KeyTooLong { .. })
+    ));
+    assert!(matches!(
+        tb.apply_remote_upsert("", "k", "vvvvv", T0 + S, T0),
+        Err(InsertError::ValueTooLong { .. })
+    ));
+    assert_eq!(
+        tb.apply_remote_upsert("", "k", "v", T0, T0),
+        Ok(RemoteOutcome::Unchanged)
+    );
+    assert!(tb.is_empty());
+    // Capped at the maximum lifetime.
+    tb.apply_remote_upsert("", "k", "v", T0 + 1000 * S, T0)
+        .expect("upsert");
+    assert_eq!(tb.lookup("", "k", 0, T0), Some(("v".into(), 100)));
+    assert_eq!(
+        tb.apply_remote_upsert("", "k2", "v", T0 + S, T0),
+        Err(InsertError::Full { max: 1 })
+    );
+}
+
+#[test]
+fn remote_remove_honours_the_expiry_bound() {
+    let (tb, rec, repl) = with_replicator();
+    tb.insert("", "k", "v", 100, T0).expect("insert");
+    repl.0.lock().clear();
+    rec.0.lock().clear();
+    // An expiry report from a host whose copy ended earlier does not remove a longer-lived one.
+    assert!(!tb.apply_remote_remove("", "k", RemoveReason::Expired, T0 + 10 * S));
+    assert_eq!(tb.len(), 1);
+    assert!(tb.apply_remote_remove("", "k", RemoveReason::Expired, T0 + 100 * S));
+    assert!(tb.is_empty());
+    tb.insert("", "k", "v", 100, T0).expect("insert");
+    repl.0.lock().clear();
+    assert!(tb.apply_remote_remove("", "k", RemoveReason::Removed, u64::MAX));
+    assert!(!tb.apply_remote_remove("", "k", RemoveReason::Removed, u64::MAX));
+    assert!(repl.0.lock().is_empty());
+    let ev = rec.0.lock().clone();
+    assert_eq!(
+        ev.first(),
+        Some(&Ev::Rm("".into(), "k".into(), RemoveReason::Expired))
+    );
+    assert_eq!(
+        ev.last(),
+        Some(&Ev::Rm("".into(), "k".into(), RemoveReason::Removed))
+    );
+    let c = tb.counters();
+    assert_eq!((c.expirations, c.removals, c.entries), (1, 1, 0));
+}
+
+#[test]
+fn store_gives_the_replicator_to_future_virtual_services() {
+    let store = TableStore::new(TableLimits::default(), Arc::new(NoMirror));
+    let early = store.vs("a");
+    let repl = Arc::new(Rec::default());
+    store.set_replicator(repl.clone());
+    let late = store.vs("b");
+    early.insert("", "x", "1", 10, T0).expect("insert");
+    late.insert("", "y", "2", 10, T0).expect("insert");
+    assert_eq!(repl.0.lock().len(), 2);
+}
