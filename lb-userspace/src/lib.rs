@@ -10,4 +10,5 @@ pub mod config;
 pub mod dataplane;
 pub mod datascript;
 pub mod proxy;
+pub mod replication;
 pub mod tables;

@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{self, Config, ConfigErrors};
 use crate::dataplane::{self, Dataplane, DataplaneError};
 use crate::proxy::{HttpProxy, ProxyError};
+use crate::replication::{Replication, ReplicationError};
 use crate::tables::{Clock, MonotonicClock, NoMirror, TableLimits, TableStore};
 
 use pools::ConfiguredPool;
@@ -41,6 +42,9 @@ pub enum AgentError {
     /// The HTTP proxy failed to start (e.g. a listener could not be bound).
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// Replication could not start (a bad Redis URL; Redis being down is not an error).
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
     /// Setting up the runtime or signal handlers failed.
     #[error("{action}: {source}")]
     Io {
@@ -171,6 +175,7 @@ struct Agent {
     tables: Arc<TableStore>,
     clock: Arc<dyn Clock>,
     proxy: Option<HttpProxy>,
+    replication: Option<Replication>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -194,6 +199,15 @@ impl Agent {
         for a in &attached {
             tracing::info!(attached = ?a, "XDP attached");
         }
+        // Before the proxy serves: a joining host loads the cluster's entries first (bounded).
+        let replication = match &config.replication {
+            Some(r) => Some(Replication::start(
+                r,
+                Arc::clone(&tables),
+                Arc::clone(&clock),
+            )?),
+            None => None,
+        };
         let proxy = if has_http(&config) {
             Some(HttpProxy::start(http::proxy_settings(&config), plan.proxy)?)
         } else {
@@ -212,6 +226,7 @@ impl Agent {
             tables,
             clock,
             proxy,
+            replication,
         })
     }
 
@@ -228,6 +243,9 @@ impl Agent {
             }
         };
         let diff = config::diff(&self.config, &new);
+        if diff.replication_changed {
+            tracing::warn!("[replication] changes only on restart; the rest of the reload applies");
+        }
         if !diff.restart_required.is_empty() {
             tracing::warn!(
                 settings = ?diff.restart_required,
@@ -313,6 +331,10 @@ impl Agent {
         if let Some(proxy) = self.proxy {
             let report = proxy.shutdown(DRAIN_TIMEOUT).await;
             tracing::info!(?report, "HTTP drained");
+        }
+        if let Some(replication) = self.replication {
+            tracing::info!(stats = ?replication.stats(), "replication stopped");
+            replication.stop();
         }
         tracing::info!("stopping; the XDP program stays attached and the maps pinned");
     }
