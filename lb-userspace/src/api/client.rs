@@ -80,6 +80,8 @@ pub enum ClientError {
 pub struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
     /// Body.
     pub body: Bytes,
 }
@@ -203,13 +205,18 @@ impl AdminClient {
                     .await
                     .map_err(|source| ClientError::Http { addr, source })?;
                 let status = response.status();
+                let headers = response.headers().clone();
                 let body = response
                     .into_body()
                     .collect()
                     .await
                     .map_err(|source| ClientError::Http { addr, source })?
                     .to_bytes();
-                Ok(RawResponse { status, body })
+                Ok(RawResponse {
+                    status,
+                    headers,
+                    body,
+                })
             };
             // The connection is driven alongside the exchange; neither outlives this call.
             tokio::pin!(conn);
