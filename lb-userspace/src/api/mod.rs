@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod convert;
 pub mod metrics;
 pub mod model;
 
