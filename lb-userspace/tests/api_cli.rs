@@ -257,3 +257,31 @@ async fn binary_without_agent_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn options_come_from_the_config_even_while_it_is_being_edited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tok"), "abc\n").expect("token");
+    let config = dir.path().join("latch.toml");
+    // A pool that does not exist: `latch check` refuses this file, the CLI still finds the agent.
+    std::fs::write(
+        &config,
+        "[agent]\nadmin_listen = \"127.0.0.1:9999\"\nadmin_token_file = \"tok\"\n\n[[virtual_service]]\nname = \"x\"\npool = \"missing\"\n",
+    )
+    .expect("config");
+    let o = ClientOptions::resolve(None, Some(&config), None, false).expect("resolve");
+    assert_eq!(o.admin.to_string(), "127.0.0.1:9999");
+    assert_eq!(o.token.as_deref(), Some("abc"));
+
+    let flag: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let o = ClientOptions::resolve(Some(flag), Some(&config), None, true).expect("resolve");
+    assert_eq!(o.admin, flag, "--admin wins over the config");
+
+    let o = ClientOptions::resolve(None, None, None, false).expect("resolve");
+    assert_eq!(o.admin.to_string(), "127.0.0.1:9180");
+    assert_eq!(o.token, None);
+
+    std::fs::write(&config, "[agent]\nadmin_listen = \"nowhere\"\n").expect("config");
+    let err = ClientOptions::resolve(None, Some(&config), None, false).expect_err("bad address");
+    assert!(err.to_string().contains("agent.admin_listen"), "{err}");
+}

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::client::{AdminClient, ClientError};
 use super::model::{PoolView, ReloadView, StatusView, TableEntryView, VirtualServiceView};
-use crate::config::{self, ConfigErrors, DEFAULT_ADMIN_LISTEN};
+use crate::config::DEFAULT_ADMIN_LISTEN;
 
 /// Why a client command could not run.
 #[derive(Debug, thiserror::Error)]
@@ -21,13 +21,13 @@ pub enum CliError {
     /// The call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// `-c FILE` cannot be loaded.
-    #[error("{}: configuration refused:\n{errors}", path.display())]
+    /// `-c FILE` cannot be read for the admin settings.
+    #[error("{}: {message}", path.display())]
     Config {
         /// The file.
         path: PathBuf,
-        /// Every diagnostic.
-        errors: ConfigErrors,
+        /// What is wrong.
+        message: String,
     },
     /// The token file cannot be read.
     #[error(transparent)]
@@ -63,31 +63,64 @@ impl ClientOptions {
         token_file: Option<&Path>,
         json: bool,
     ) -> Result<Self, CliError> {
-        let config = match config_path {
-            Some(path) => Some(config::load(path).map_err(|errors| CliError::Config {
-                path: path.to_owned(),
-                errors,
-            })?),
+        let from_config = match config_path {
+            Some(path) => Some(admin_settings(path)?),
             None => None,
         };
-        let admin = match (admin, &config) {
+        let admin = match (admin, &from_config) {
             (Some(a), _) => a,
-            (None, Some(c)) => c.agent.admin_listen,
-            (None, None) => DEFAULT_ADMIN_LISTEN
+            (None, Some((Some(a), _))) => *a,
+            _ => DEFAULT_ADMIN_LISTEN
                 .parse()
                 .map_err(|_| CliError::DefaultAddr(DEFAULT_ADMIN_LISTEN.to_owned()))?,
         };
-        let token_file = token_file.map(Path::to_owned).or_else(|| {
-            config
-                .as_ref()
-                .and_then(|c| c.agent.admin_token_file.clone())
-        });
+        let token_file = token_file
+            .map(Path::to_owned)
+            .or_else(|| from_config.and_then(|(_, t)| t));
         let token = token_file
             .as_deref()
             .map(super::read_token_file)
             .transpose()?;
         Ok(Self { admin, token, json })
     }
+}
+
+/// `admin_listen` and `admin_token_file` (resolved against the file's directory, as the agent
+/// does) of a config file. Only these two keys are read, so a config being edited (say, with a
+/// script that does not compile yet) still tells the CLI where its agent is.
+pub fn admin_settings(path: &Path) -> Result<(Option<SocketAddr>, Option<PathBuf>), CliError> {
+    let err = |message: String| CliError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let agent = doc.get("agent").and_then(toml::Value::as_table);
+    let listen = match agent.and_then(|a| a.get("admin_listen")) {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .ok_or_else(|| err(format!("agent.admin_listen {v} is not an address:port")))?,
+        ),
+    };
+    let token = match agent.and_then(|a| a.get("admin_token_file")) {
+        None => None,
+        Some(v) => {
+            let f = v
+                .as_str()
+                .ok_or_else(|| err(format!("agent.admin_token_file {v} is not a path")))?;
+            let f = Path::new(f);
+            Some(if f.is_absolute() {
+                f.to_owned()
+            } else {
+                path.parent().unwrap_or(Path::new("")).join(f)
+            })
+        }
+    };
+    Ok((listen, token))
 }
 
 /// A client subcommand.

@@ -12,7 +12,7 @@ use super::metrics::{
 };
 use super::model::{
     HttpCounters, L4Counters, MonitorView, PoolView, ResponseClasses, ServerHttpCounters,
-    ServerView, TableCounters, VirtualServiceView,
+    ServerView, StatusView, TableCounters, VirtualServiceView,
 };
 use crate::config::{
     Algorithm, Config, Forwarding, HealthMonitor, MonitorKind, VirtualServiceConfig,
@@ -47,6 +47,8 @@ pub struct Sources<'a> {
     pub reloads_applied: u64,
     /// Reloads refused since start.
     pub reloads_refused: u64,
+    /// Last reload attempt.
+    pub last_reload: Option<SystemTime>,
 }
 
 /// Config spelling of an algorithm.
@@ -149,6 +151,26 @@ impl Sources<'_> {
             .servers
             .iter()
             .find(|s| s.addr == addr)
+    }
+
+    /// `GET /api/v1/status` at `now`.
+    pub fn status(&self, now: SystemTime) -> StatusView {
+        let (servers_up, servers_total) = self.servers_up();
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            config_path: self.config.path.display().to_string(),
+            started_at_unix_seconds: unix_seconds(self.started),
+            uptime_seconds: now.duration_since(self.started).map_or(0, |d| d.as_secs()),
+            interfaces: self.config.agent.interfaces.clone(),
+            virtual_services: self.config.virtual_services.len(),
+            pools: self.config.pools.len(),
+            servers_up,
+            servers_total,
+            reloads_applied: self.reloads_applied,
+            reloads_refused: self.reloads_refused,
+            last_reload_unix_seconds: self.last_reload.map(unix_seconds),
+        }
     }
 
     /// `GET /api/v1/virtual-services`.

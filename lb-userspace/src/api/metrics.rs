@@ -159,6 +159,9 @@ fn escape(v: &str) -> String {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A counter family read from one field: name, help, getter.
+type Field<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.iter().map(|&(k, v)| (k, escape(v))).collect()
 }
@@ -422,7 +425,7 @@ impl Collector for SnapshotCollector {
                 .iter()
                 .map(|t| (labels([("vs", &t.vs)]), gauge_value(t.counters.entries))),
         )?;
-        let table_counters: [(&str, &str, fn(&TableCounters) -> u64); 7] = [
+        let table_counters: [Field<TableCounters>; 7] = [
             ("table_inserts", "New keys stored.", |c| c.inserts),
             ("table_updates", "Inserts of a live key.", |c| c.updates),
             ("table_hits", "Lookups that found a live key.", |c| c.hits),
@@ -451,7 +454,7 @@ impl Collector for SnapshotCollector {
         }
 
         // DataScripts.
-        let ds_counters: [(&str, &str, fn(&DataScriptMetrics) -> u64); 3] = [
+        let ds_counters: [Field<DataScriptMetrics>; 3] = [
             ("datascript_runs", "DataScript runs.", |d| d.runs),
             (
                 "datascript_errors",

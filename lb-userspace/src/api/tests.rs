@@ -564,6 +564,7 @@ pool = "web"
             started: since,
             reloads_applied: 0,
             reloads_refused: 0,
+            last_reload: None,
         };
 
         let vs = src.virtual_services();
@@ -606,5 +607,12 @@ pool = "web"
         assert!(snap.health[0].up && !snap.health[1].up);
         assert_eq!(snap.start_time_seconds, 1_700_000_000);
         assert_eq!(snap.http_servers[0].response_bytes, 20);
+
+        let st = src.status(since + Duration::from_secs(90));
+        assert_eq!(st.uptime_seconds, 90);
+        assert_eq!((st.servers_up, st.servers_total), (1, 2));
+        assert_eq!((st.virtual_services, st.pools), (2, 1));
+        assert_eq!(st.config_path, "/etc/latch/latch.toml");
+        assert_eq!(st.interfaces, ["lb0"]);
     }
 }
