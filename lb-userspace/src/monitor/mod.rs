@@ -152,7 +152,8 @@ impl std::fmt::Debug for MonitorHandle {
 impl Monitor {
     /// Starts probing every server of every pool with a monitor. Must be called inside a tokio
     /// runtime. Servers start up (like HAProxy: serving at once, taken out after `fall`
-    /// failures); `on_change` is called, from a probe task, on every transition.
+    /// failures); `on_change` is called on every transition from the pool's probe task, so it
+    /// should only hand the event on (to a channel the agent's loop reads).
     pub fn start(
         pools: &[PoolConfig],
         on_change: impl Fn(HealthEvent) + Send + Sync + 'static,
