@@ -198,6 +198,24 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
         fast.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
         "second pin: {fast:?}"
     );
+
+    // kill -9: the pin keeps working while no agent runs, and the next agent adopts it with
+    // its owning table entry.
+    agent.kill9()?;
+    let while_down = topo.client().run(|| connections(&topo, a, 3))?;
+    assert!(
+        while_down.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
+        "pin without an agent: {while_down:?}"
+    );
+    agent.start()?;
+    let log = strip_ansi(&agent.log());
+    assert!(log.contains("entries=1 pins=1"), "{log}");
+    let fast = topo.client().run(|| connections(&topo, a, 2))?;
+    assert!(
+        fast.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
+        "pin after restart: {fast:?}"
+    );
+
     let owner_index: usize = owner.trim_start_matches('b').parse()?;
     let keep: Vec<usize> = (1..=3).filter(|&i| i != owner_index).collect();
     agent.write_config(&config(&agent, &topo, &keep))?;
@@ -215,4 +233,18 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     );
     agent.stop(Duration::from_secs(10))?;
     Ok(())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }
