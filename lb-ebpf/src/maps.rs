@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES, MAX_DS_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST, MAX_SERVICES,
-    Persist, PersistKey, Service, ServiceKey, TrafficCounters, stat,
+    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service,
+    ServiceKey, TrafficCounters, stat,
 };
 
 #[map(name = "LATCH_SERVICES")]

@@ -113,11 +113,7 @@ fn login(topo: &Topology, from: Ipv4Addr) -> Result<(String, String, SocketAddr)
 
 /// `n` new connections from `from`: the backends that answered and the client addresses
 /// they saw.
-fn connections(
-    topo: &Topology,
-    from: Ipv4Addr,
-    n: usize,
-) -> Result<Vec<(String, IpAddr)>, String> {
+fn connections(topo: &Topology, from: Ipv4Addr, n: usize) -> Result<Vec<(String, IpAddr)>, String> {
     let vip = SocketAddr::from((topo.vip(), 80));
     (0..n)
         .map(|_| {
@@ -161,7 +157,10 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     // and XDP's NAT keeps A's own address.
     let fast = topo.client().run(|| connections(&topo, a, 6))?;
     for (backend, seen) in &fast {
-        assert_eq!(backend, &owner, "fast-path connection reached another server");
+        assert_eq!(
+            backend, &owner,
+            "fast-path connection reached another server"
+        );
         assert_eq!(*seen, IpAddr::V4(a), "fast-path connection was proxied");
     }
     let fast_after = global_counter(agent.bpffs_dir(), stat::FAST_PATH)?;
@@ -195,7 +194,8 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     let (_cookie, owner, _) = topo.client().run(|| login(&topo, a))?;
     let fast = topo.client().run(|| connections(&topo, a, 3))?;
     assert!(
-        fast.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
+        fast.iter()
+            .all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
         "second pin: {fast:?}"
     );
 
@@ -204,7 +204,9 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     agent.kill9()?;
     let while_down = topo.client().run(|| connections(&topo, a, 3))?;
     assert!(
-        while_down.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
+        while_down
+            .iter()
+            .all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
         "pin without an agent: {while_down:?}"
     );
     agent.start()?;
@@ -212,7 +214,8 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     assert!(log.contains("entries=1 pins=1"), "{log}");
     let fast = topo.client().run(|| connections(&topo, a, 2))?;
     assert!(
-        fast.iter().all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
+        fast.iter()
+            .all(|(be, s)| *be == owner && *s == IpAddr::V4(a)),
         "pin after restart: {fast:?}"
     );
 

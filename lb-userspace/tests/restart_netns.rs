@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use latch_tests::{
-    HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns,
-};
+use latch_tests::{HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns};
 use lb_common::map_names;
 
 const LATCH: &str = env!("CARGO_BIN_EXE_latch");
@@ -152,7 +150,9 @@ fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
             agent.start().map_err(|e| e.to_string())?;
             Ok(done.load(Ordering::Relaxed) - at_kill)
         });
-        let failures = load.join().unwrap_or_else(|_| vec!["load thread panicked".into()]);
+        let failures = load
+            .join()
+            .unwrap_or_else(|_| vec!["load thread panicked".into()]);
         (failures, restarted)
     });
     let served_while_down = restarted?;
@@ -161,7 +161,11 @@ fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
         "requests served while no agent ran: {served_while_down}"
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(strip_ansi(&agent.log()).contains("adopted=true"), "{}", agent.log());
+    assert!(
+        strip_ansi(&agent.log()).contains("adopted=true"),
+        "{}",
+        agent.log()
+    );
     Ok(())
 }
 
@@ -214,7 +218,9 @@ fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestRes
         }
         let (_, hit) = with_cookie(&topo, &short)?;
         if hit != "false" {
-            return Err(format!("session expired during the restart still hit: {hit}"));
+            return Err(format!(
+                "session expired during the restart still hit: {hit}"
+            ));
         }
         Ok(())
     })?;
@@ -319,7 +325,11 @@ fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
     assert!(fresh_failures.is_empty(), "{fresh_failures:?}");
     assert!(kept_n > 20 && fresh_n > 20, "load ran: {kept_n} {fresh_n}");
     // The kept connection saw every script version, in order, without reconnecting.
-    assert_eq!(tags, vec!["v1", "v2", "v3"], "script versions on the kept connection");
+    assert_eq!(
+        tags,
+        vec!["v1", "v2", "v3"],
+        "script versions on the kept connection"
+    );
     Ok(())
 }
 
@@ -399,7 +409,11 @@ fn older_pin_dir_without_the_table_mirror_is_adopted_and_upgraded() -> TestResul
     let r = topo.client().run(|| http_get(vip(&topo), "/", &[]))?;
     assert_eq!(r.status, 200);
     agent.start()?;
-    assert!(strip_ansi(&agent.log()).contains("adopted=true"), "{}", agent.log());
+    assert!(
+        strip_ansi(&agent.log()).contains("adopted=true"),
+        "{}",
+        agent.log()
+    );
     assert!(vdir.join(map_names::DS_TABLE).exists(), "DS_TABLE created");
     let manifest: Array<MapData, [u8; 1024]> =
         Array::try_from(Map::from_map_data(MapData::from_pin(&manifest_path)?)?)?;

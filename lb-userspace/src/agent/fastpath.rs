@@ -518,7 +518,10 @@ pub fn reconfigure(config: &Config, dataplane: &Dataplane, fastpath: &FastPath) 
     fastpath.configure(config);
     match dataplane.kernel_mirror().retain_vs(&http_vs_names(config)) {
         Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "kernel table entries of removed virtual services dropped"),
+        Ok(n) => tracing::info!(
+            removed = n,
+            "kernel table entries of removed virtual services dropped"
+        ),
         Err(err) => tracing::warn!(%err, "cleaning the kernel table mirror failed"),
     }
 }
@@ -686,8 +689,14 @@ mod tests {
         fp.configure(&config("\"192.0.2.11:8080\"", false));
         fp.upserted(&txn(C2), &entry("s9", "192.0.2.11", 300));
         let calls: Vec<String> = rec.calls.lock().drain(..).collect();
-        assert_eq!(calls.last().map(String::as_str), Some("forget shop 203.0.113.2"));
-        assert!(!calls.iter().any(|c| c.contains("203.0.113.3")), "{calls:?}");
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("forget shop 203.0.113.2")
+        );
+        assert!(
+            !calls.iter().any(|c| c.contains("203.0.113.3")),
+            "{calls:?}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
     Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, LAYOUT_VERSION, MAGLEV_ENTRIES,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service, ServiceKey, TrafficCounters,
-    map_names, stat,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey,
+    Service, ServiceKey, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 

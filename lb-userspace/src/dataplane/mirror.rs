@@ -76,7 +76,8 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
 
     /// A second handle on a pinned map (its own descriptor).
     pub(crate) fn from_pin(name: &'static str, path: &Path) -> Result<Self, DataplaneError> {
-        let data = MapData::from_pin(path).map_err(|e| DataplaneError::map(name, "open pinned", e))?;
+        let data =
+            MapData::from_pin(path).map_err(|e| DataplaneError::map(name, "open pinned", e))?;
         let map = Map::from_map_data(data).map_err(|e| DataplaneError::map(name, "open", e))?;
         let map = AyaHashMap::try_from(map).map_err(|e| DataplaneError::map(name, "open", e))?;
         Ok(Self::new(name, map))
@@ -112,7 +113,9 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
     /// Inserts or replaces `key`.
     pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), DataplaneError> {
         self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)))
-            .map_err(|e| DataplaneError::map(self.name, "write", syscall_error("bpf_map_update_elem", e)))
+            .map_err(|e| {
+                DataplaneError::map(self.name, "write", syscall_error("bpf_map_update_elem", e))
+            })
     }
 
     /// Removes `key`; false when it was not there.
@@ -131,7 +134,11 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
     /// The value of `key`, if present.
     pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, DataplaneError> {
         let mut out = std::mem::MaybeUninit::<V>::zeroed();
-        match self.elem(BPF_MAP_LOOKUP_ELEM, key, Some(out.as_mut_ptr().cast_const())) {
+        match self.elem(
+            BPF_MAP_LOOKUP_ELEM,
+            key,
+            Some(out.as_mut_ptr().cast_const()),
+        ) {
             // SAFETY: the kernel filled all `size_of::<V>()` bytes; V is Pod.
             Ok(()) => Ok(Some(unsafe { out.assume_init() })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -500,10 +507,10 @@ impl KernelMirror {
         let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
             return;
         };
-        if let Err(err) = self
-            .map
-            .update(&pin_key(vs_id, client), &pin_value(table_id, key, expires_ns))
-        {
+        if let Err(err) = self.map.update(
+            &pin_key(vs_id, client),
+            &pin_value(table_id, key, expires_ns),
+        ) {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%err, %client, "cannot record a fast-path pin");
         }
@@ -654,7 +661,10 @@ impl crate::tables::Mirror for KernelMirror {
 }
 
 /// Opens the handles the mirror and pins use, next to the loader's own.
-pub(crate) fn open_pins(vdir: &Path, index: Arc<ArcSwap<PinIndex>>) -> Result<PersistPins, DataplaneError> {
+pub(crate) fn open_pins(
+    vdir: &Path,
+    index: Arc<ArcSwap<PinIndex>>,
+) -> Result<PersistPins, DataplaneError> {
     let persist = RawHash::from_pin(map_names::PERSIST, &vdir.join(map_names::PERSIST))?;
     Ok(PersistPins::new(persist, index))
 }

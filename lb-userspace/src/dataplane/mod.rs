@@ -380,9 +380,7 @@ impl Dataplane {
             mirror::PinIndex::from_state(&state),
         ));
         let pins = mirror::open_pins(&vdir, std::sync::Arc::clone(&pin_index))?;
-        let mirror = std::sync::Arc::new(KernelMirror::new(std::sync::Arc::clone(
-            &maps.ds_table,
-        )));
+        let mirror = std::sync::Arc::new(KernelMirror::new(std::sync::Arc::clone(&maps.ds_table)));
         tracing::info!(
             dir = %vdir.display(),
             adopted,
@@ -456,7 +454,9 @@ impl Dataplane {
         }
         let result = self.execute_plan(&plan);
         self.pin_index
-            .store(std::sync::Arc::new(mirror::PinIndex::from_state(&self.state)));
+            .store(std::sync::Arc::new(mirror::PinIndex::from_state(
+                &self.state,
+            )));
         result
     }
 
