@@ -3,6 +3,7 @@
 //! The three `*_command` functions are what the `latch` binary calls; they print for people
 //! and return the process exit code.
 
+pub mod fastpath;
 pub mod http;
 pub mod pools;
 pub mod spec;
@@ -171,6 +172,7 @@ struct Agent {
     tables: Arc<TableStore>,
     clock: Arc<dyn Clock>,
     proxy: Option<HttpProxy>,
+    fastpath: Arc<fastpath::FastPath>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -184,11 +186,19 @@ impl Agent {
     fn start(config: Config) -> Result<Self, AgentError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
         let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
-        let plan = http::build(&config, &HashMap::new(), &tables, Arc::clone(&clock), None)?;
-
+        // Opened before the HTTP side is built: the fast path's observer writes to it.
         let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
+        let plan = http::build(
+            &config,
+            &HashMap::new(),
+            &tables,
+            Arc::clone(&clock),
+            Some(Arc::clone(&fastpath) as _),
+        )?;
         let spec = spec::dataplane_spec(&config, &plan.pools)?;
         dataplane.apply(&spec)?;
+        fastpath::adopt_kernel_state(&config, &dataplane, &tables, &fastpath, clock.now_ns())?;
         dataplane::neighbor::solicit(backend_addrs(&spec));
         let attached = dataplane.attach(&config.agent.interfaces)?;
         for a in &attached {
@@ -212,6 +222,7 @@ impl Agent {
             tables,
             clock,
             proxy,
+            fastpath,
         })
     }
 
@@ -239,7 +250,7 @@ impl Agent {
             &self.pools,
             &self.tables,
             Arc::clone(&self.clock),
-            None,
+            Some(Arc::clone(&self.fastpath) as _),
         ) {
             Ok(plan) => plan,
             Err(err) => {
@@ -282,6 +293,7 @@ impl Agent {
             .collect();
         self.tables
             .retain_vs(|vs| http_names.iter().any(|n| n == vs));
+        fastpath::reconfigure(&new, &self.dataplane, &self.fastpath);
         tracing::info!(?diff, "configuration reloaded");
         self.pools = plan.pools;
         self.config = new;
@@ -298,6 +310,7 @@ impl Agent {
 
     fn sweep(&self) {
         let expired = self.tables.sweep(self.clock.now_ns());
+        self.fastpath.sweep(self.clock.now_ns());
         if !expired.is_empty() {
             tracing::debug!(expired = expired.len(), "table entries expired");
         }
