@@ -9,6 +9,7 @@ pub mod balancer;
 pub mod config;
 pub mod dataplane;
 pub mod datascript;
+pub mod monitor;
 pub mod proxy;
 pub mod replication;
 pub mod tables;

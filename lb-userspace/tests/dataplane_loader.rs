@@ -471,7 +471,10 @@ fn teardown_leaves_nothing() {
     }
     let report = teardown(dir.path()).expect("teardown");
     assert!(report.removed_dir);
-    assert_eq!(report.pins_removed, 9, "8 maps + manifest: {report:?}");
+    assert_eq!(
+        report.pins_removed, 10,
+        "9 maps (incl. DS_TABLE) + manifest: {report:?}"
+    );
     assert!(!dir.path().exists());
     // And a fresh open starts empty.
     let dp = Dataplane::open(dir.path()).expect("open after teardown");
