@@ -12,6 +12,20 @@ pub enum BenchCmd {
     /// XDP data plane: ns/packet per path (BPF_PROG_TEST_RUN) and Mpps on veth against an
     /// XDP_DROP ceiling and nftables DNAT. Writes target/bench/dataplane.{md,json,png}.
     Dataplane(DataplaneArgs),
+    /// Table replication through Redis: latency from an insert on one host to the entry
+    /// applied on another (p50/p99) and sustained inserts/s. Writes
+    /// target/bench/replication.{md,json}.
+    Replication(ReplicationArgs),
+}
+
+#[derive(Args)]
+pub struct ReplicationArgs {
+    /// Inserts timed one at a time.
+    #[arg(long, default_value_t = 2000)]
+    pub samples: usize,
+    /// Inserts for the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    pub inserts: usize,
 }
 
 #[derive(Args)]
@@ -32,6 +46,13 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             a.seconds.to_string(),
             "--rounds".into(),
             a.rounds.to_string(),
+        ],
+        BenchCmd::Replication(a) => vec![
+            "replication".into(),
+            "--samples".into(),
+            a.samples.to_string(),
+            "--inserts".into(),
+            a.inserts.to_string(),
         ],
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -6,6 +6,7 @@ mod env;
 mod frames;
 mod mpps;
 mod plot;
+mod replication;
 mod report;
 mod testrun;
 
@@ -27,6 +28,13 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Table replication through Redis: insert-to-visible latency and inserts/s.
+    Replication {
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        #[arg(long, default_value_t = 200_000)]
+        inserts: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +42,9 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Dataplane { seconds, rounds } => {
             dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
+        }
+        Cmd::Replication { samples, inserts } => {
+            replication::run(samples.clamp(10, 100_000), inserts.clamp(1000, 2_000_000))
         }
     };
     match result {
