@@ -228,6 +228,7 @@ impl Replication {
             rx,
             shutdown: shutdown_rx,
             ready: Some(ready_tx),
+            upsert_sha: String::new(),
         };
         let thread = std::thread::Builder::new()
             .name("latch-replication".into())

@@ -58,6 +58,9 @@ pub(crate) struct Worker {
     pub rx: mpsc::Receiver<Op>,
     pub shutdown: watch::Receiver<bool>,
     pub ready: Option<std::sync::mpsc::SyncSender<u64>>,
+    /// SHA1 of [`UPSERT_LUA`] as loaded on the current connection (SCRIPT LOAD per session:
+    /// a restarted or failed-over Redis has an empty script cache).
+    pub upsert_sha: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +176,11 @@ impl Worker {
         self.timed(self.command_timeout, pubsub.subscribe(CHANNEL))
             .await?;
         let mut messages = pubsub.into_on_message();
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(UPSERT_LUA);
+        self.upsert_sha = self
+            .timed(self.command_timeout, load.query_async(&mut conn))
+            .await?;
         *connected = true;
         self.counters.connected.store(true, Ordering::Relaxed);
         if reconnect {
@@ -279,8 +287,8 @@ impl Worker {
                         ttl_ms: Some(ttl_ms),
                         ..change(ChangeOp::Up, vs, table, key)
                     };
-                    pipe.cmd("EVAL")
-                        .arg(UPSERT_LUA)
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.upsert_sha)
                         .arg(1)
                         .arg(codec::encode_key(vs, table, key))
                         .arg(value)
