@@ -496,6 +496,19 @@ fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult
         "B's session learned while Redis was down did not reach A\n{}",
         cl.logs()
     );
+
+    // What B applied from A reached B's kernel mirror too: with Redis gone again, a restarted
+    // B restores A's session from its pinned map alone.
+    let (cookie, owner) = cl.login(0)?;
+    assert!(eventually(CONVERGE, || cl.honours(1, &cookie, &owner)));
+    drop(cl.redis.take());
+    cl.agents[1].stop(Duration::from_secs(10))?;
+    cl.agents[1].start()?;
+    assert!(
+        cl.honours(1, &cookie, &owner),
+        "restarted B lost A's session\n{}",
+        cl.logs()
+    );
     Ok(())
 }
 
