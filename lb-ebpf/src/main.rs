@@ -9,6 +9,7 @@ mod csum;
 mod forward;
 mod maglev;
 mod maps;
+mod nexthop;
 mod parse;
 mod persist;
 mod service;
@@ -78,9 +79,9 @@ fn process(ctx: &XdpContext) -> u32 {
             // Single call site: the rewrite code is emitted once.
             stats::traffic(svc.id, id, pkt.tot_len, new_flow);
             if svc.flags & service_flags::DSR != 0 {
-                forward::dsr(ctx, &pkt, &be)
+                forward::dsr(ctx, &pkt, &be, now)
             } else {
-                forward::nat(ctx, &pkt, &be)
+                forward::nat(ctx, &pkt, &be, now)
             }
         }
     }
@@ -92,7 +93,8 @@ fn not_vip(ctx: &XdpContext, pkt: &Packet) -> u32 {
     match conntrack::lookup_reply(&pkt.key) {
         Some(flow) => {
             stats::count(stat::REPLY_NAT);
-            forward::reply(ctx, pkt, flow.vip, flow.vport)
+            let now = unsafe { bpf_ktime_get_ns() };
+            forward::reply(ctx, pkt, flow.vip, flow.vport, now)
         }
         None => pass(stat::PASS_NOT_VIP),
     }
