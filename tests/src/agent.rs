@@ -101,18 +101,7 @@ impl LatchAgent {
     /// Starts `latch run` and waits for it to exit (for configs that must be refused).
     /// Returns the exit status and everything it wrote to stderr.
     pub fn run_expecting_exit(&self, timeout: Duration) -> Result<(ExitStatus, String)> {
-        let mut child = self.spawn_run()?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok((status, child.stderr_complete(Duration::from_secs(2))));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(Error::Timeout {
-            what: format!("latch run to exit; stderr: {}", child.stderr()),
-            after: timeout,
-        })
+        wait_for_exit(self.spawn_run()?, timeout)
     }
 
     fn spawn_run(&self) -> Result<ChildGuard> {
@@ -132,18 +121,7 @@ impl LatchAgent {
             .arg(&self.binary)
             .args(["run", "-c"])
             .arg(&self.config);
-        let mut child = ChildGuard::spawn(&mut cmd, "wrapped latch run")?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok((status, child.stderr_complete(Duration::from_secs(2))));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(Error::Timeout {
-            what: format!("wrapped latch run to exit; stderr: {}", child.stderr()),
-            after: timeout,
-        })
+        wait_for_exit(ChildGuard::spawn(&mut cmd, "wrapped latch run")?, timeout)
     }
 
     /// `latch ARGS -c CONFIG` entering only the network namespace. `ip netns exec` would also
@@ -251,6 +229,21 @@ impl LatchAgent {
     pub fn latch(&self, args: &[&str]) -> Result<std::process::Output> {
         self.command(args)?.output().map_err(io("run latch"))
     }
+}
+
+/// Waits for `child` to exit; its status and complete stderr, or a timeout naming it.
+fn wait_for_exit(mut child: ChildGuard, timeout: Duration) -> Result<(ExitStatus, String)> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, child.stderr_complete(Duration::from_secs(2))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::Timeout {
+        what: format!("latch run to exit; stderr: {}", child.stderr()),
+        after: timeout,
+    })
 }
 
 impl Drop for LatchAgent {
