@@ -46,3 +46,9 @@ pub static DS_TABLE: HashMap<DsKey, DsValue> = HashMap::pinned(MAX_DS_ENTRIES, D
 /// pinned: ifindexes are only meaningful for the running agent.
 #[map(name = "LATCH_TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Per-CPU next-hop cache (see nexthop.rs). Not pinned: it caches the kernel's own FIB and
+/// ifindexes, which a fresh program relearns within one lookup per destination.
+#[map(name = "LATCH_NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<crate::nexthop::NextHop> =
+    PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);

@@ -3,17 +3,19 @@
 //! The agent's event loop owns the configuration and applies reloads; the API reads shared
 //! handles (data plane, proxy, tables, health) and asks the loop for reloads over a channel.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::api::convert::Sources;
-use crate::api::metrics::MetricsSnapshot;
+use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot};
 use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
 use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};
 use crate::config::{Config, ServiceType};
 use crate::dataplane::Dataplane;
+use crate::datascript::{DsCounters, Event};
 use crate::monitor::MonitorHandle;
 use crate::proxy::HttpProxy;
 use crate::tables::{Clock, EntryView, TableStore};
@@ -47,6 +49,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Reload counts.
     pub reloads: Mutex<ReloadStats>,
+    /// DataScript counters per virtual service, kept across reloads.
+    pub script_counters: Mutex<HashMap<String, Arc<DsCounters>>>,
 }
 
 /// [`AdminBackend`] over [`Shared`].
@@ -95,13 +99,30 @@ impl AgentAdmin {
             })
             .collect();
         let reloads = *s.reloads.lock();
+        let datascripts: Vec<DataScriptMetrics> = s
+            .script_counters
+            .lock()
+            .iter()
+            .flat_map(|(vs, counters)| {
+                [Event::HttpReq, Event::HttpResp].map(|event| {
+                    let c = counters.get(event);
+                    DataScriptMetrics {
+                        vs: vs.clone(),
+                        event: event.to_string(),
+                        runs: c.runs,
+                        errors: c.errors,
+                        budget_stops: c.budget_stops,
+                    }
+                })
+            })
+            .collect();
         f(Sources {
             config: &config,
             proxy: proxy.as_ref(),
             dataplane: dataplane.as_ref(),
             health: &health,
             tables: &tables,
-            datascripts: &[],
+            datascripts: &datascripts,
             started: s.started,
             reloads_applied: reloads.applied,
             reloads_refused: reloads.refused,

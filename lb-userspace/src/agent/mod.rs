@@ -201,6 +201,7 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
         let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
+        let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
         let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
@@ -210,6 +211,7 @@ impl Agent {
             &tables,
             Arc::clone(&clock),
             Some(Arc::clone(&fastpath) as _),
+            &script_counters,
         )?;
         let spec = spec::dataplane_spec(&config, &plan.pools)?;
         dataplane.apply(&spec)?;
@@ -252,6 +254,7 @@ impl Agent {
             clock,
             started: SystemTime::now(),
             reloads: Mutex::new(admin::ReloadStats::default()),
+            script_counters,
         });
         Ok(Self {
             shared,
@@ -315,6 +318,7 @@ impl Agent {
             &self.shared.tables,
             Arc::clone(&self.shared.clock),
             Some(Arc::clone(&self.fastpath) as _),
+            &self.shared.script_counters,
         ) {
             Ok(plan) => plan,
             Err(err) => return refused(vec![err.to_string()]),

@@ -216,17 +216,11 @@ pub struct TeardownReport {
     pub removed_dir: bool,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, used for every expiry.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, used for every expiry
+/// (the same clock the tables use, so a table entry and its kernel mirror expire together).
 pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    use crate::tables::Clock as _;
+    crate::tables::MonotonicClock.now_ns()
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
