@@ -65,6 +65,8 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
         .args([
             "run",
             "--quiet",
+            // Measured code must be optimised: the agent library is linked into the runner.
+            "--release",
             "--package",
             "xtask",
             "--features",
