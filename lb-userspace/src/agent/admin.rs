@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use parking_lot::{Mutex, RwLock};
 
 use crate::api::convert::Sources;
-use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot};
+use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
 use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
 use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};
 use crate::config::{Config, ServiceType};
@@ -49,6 +49,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Reload counts.
     pub reloads: Mutex<ReloadStats>,
+    /// Table replication through Redis, when configured.
+    pub replication: Mutex<Option<crate::replication::Replication>>,
     /// DataScript counters per virtual service, kept across reloads.
     pub script_counters: Mutex<HashMap<String, Arc<DsCounters>>>,
 }
@@ -209,6 +211,21 @@ impl AdminBackend for AgentAdmin {
     }
 
     fn metrics_snapshot(&self) -> MetricsSnapshot {
-        self.with_sources(|s| s.metrics())
+        let mut snapshot = self.with_sources(|s| s.metrics());
+        snapshot.replication = self.shared.replication.lock().as_ref().map(|r| {
+            let st = r.stats();
+            ReplicationMetrics {
+                queued: st.queued,
+                coalesced: st.coalesced,
+                dropped: st.dropped,
+                sent: st.sent,
+                applied: st.applied,
+                adopted: st.adopted,
+                reconnects: st.reconnects,
+                errors: st.errors,
+                connected: st.connected,
+            }
+        });
+        snapshot
     }
 }

@@ -184,7 +184,6 @@ struct Agent {
     shared: Arc<admin::Shared>,
     pools: HashMap<String, Arc<ConfiguredPool>>,
     fastpath: Arc<fastpath::FastPath>,
-    replication: Option<Replication>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -254,13 +253,13 @@ impl Agent {
             clock,
             started: SystemTime::now(),
             reloads: Mutex::new(admin::ReloadStats::default()),
+            replication: Mutex::new(replication),
             script_counters,
         });
         Ok(Self {
             shared,
             pools: plan.pools,
             fastpath,
-            replication,
         })
     }
 
@@ -427,7 +426,8 @@ impl Agent {
             let report = proxy.shutdown(DRAIN_TIMEOUT).await;
             tracing::info!(?report, "HTTP drained");
         }
-        if let Some(replication) = self.replication {
+        let replication = self.shared.replication.lock().take();
+        if let Some(replication) = replication {
             tracing::info!(stats = ?replication.stats(), "replication stopped");
             replication.stop();
         }

@@ -354,6 +354,8 @@ impl Sources<'_> {
             tables,
             datascripts: self.datascripts.to_vec(),
             health,
+            // Filled by the agent, which owns the replication handle.
+            replication: None,
         }
     }
 }

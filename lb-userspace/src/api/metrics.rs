@@ -128,6 +128,31 @@ pub struct MetricsSnapshot {
     pub datascripts: Vec<DataScriptMetrics>,
     /// Health, per pool member.
     pub health: Vec<ServerHealthMetrics>,
+    /// Table replication through Redis, when configured.
+    pub replication: Option<ReplicationMetrics>,
+}
+
+/// Counters of table replication through Redis.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationMetrics {
+    /// Local changes queued for Redis.
+    pub queued: u64,
+    /// Changes merged into a pending one (lookup-extension bursts).
+    pub coalesced: u64,
+    /// Changes dropped because the queue was full.
+    pub dropped: u64,
+    /// Changes written to Redis.
+    pub sent: u64,
+    /// Changes from other hosts applied here.
+    pub applied: u64,
+    /// Local inserts that lost the cluster-wide race and adopted the winner's value.
+    pub adopted: u64,
+    /// Reconnections to Redis.
+    pub reconnects: u64,
+    /// Redis errors.
+    pub errors: u64,
+    /// Connected to Redis now.
+    pub connected: bool,
 }
 
 /// Encodes `snapshot` in the OpenMetrics text format (ends with `# EOF`).
@@ -493,6 +518,46 @@ impl Collector for SnapshotCollector {
             None,
             s.health.iter().map(|h| (pool_server(h), h.transitions)),
         )?;
+        if let Some(r) = &s.replication {
+            f.counter(
+                "replication_changes",
+                "Local table changes for Redis by outcome.",
+                None,
+                [
+                    (labels([("outcome", "queued")]), r.queued),
+                    (labels([("outcome", "coalesced")]), r.coalesced),
+                    (labels([("outcome", "dropped")]), r.dropped),
+                    (labels([("outcome", "sent")]), r.sent),
+                ],
+            )?;
+            f.counter(
+                "replication_remote_changes",
+                "Changes from other hosts applied here, and lost insert races adopted.",
+                None,
+                [
+                    (labels([("kind", "applied")]), r.applied),
+                    (labels([("kind", "adopted")]), r.adopted),
+                ],
+            )?;
+            f.counter(
+                "replication_reconnects",
+                "Reconnections to Redis.",
+                None,
+                [(Labels::new(), r.reconnects)],
+            )?;
+            f.counter(
+                "replication_errors",
+                "Redis errors.",
+                None,
+                [(Labels::new(), r.errors)],
+            )?;
+            f.gauge(
+                "replication_connected",
+                "1 while connected to Redis.",
+                None,
+                [(Labels::new(), i64::from(r.connected))],
+            )?;
+        }
         Ok(())
     }
 }

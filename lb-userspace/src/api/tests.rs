@@ -194,6 +194,13 @@ fn sample_snapshot() -> MetricsSnapshot {
                 transitions: 3,
             },
         ],
+        replication: Some(crate::api::metrics::ReplicationMetrics {
+            queued: 10,
+            sent: 9,
+            dropped: 1,
+            connected: true,
+            ..Default::default()
+        }),
     }
 }
 
@@ -216,6 +223,11 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
     let text = encode(sample_snapshot()).expect("encode");
+    assert!(
+        text.contains("latch_replication_changes_total{outcome=\"dropped\"} 1"),
+        "replication counters exported:\n{text}"
+    );
+    assert!(text.contains("latch_replication_connected 1"), "{text}");
     let (types, units, samples) = parse(&text);
 
     for (family, ty) in &types {
