@@ -296,6 +296,14 @@ fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
                 vip(&topo),
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc",
             )?,
+            raw_status(
+                vip(&topo),
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            )?,
+            raw_status(
+                vip(&topo),
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            )?,
         ])
     })?;
     assert!(
@@ -310,6 +318,14 @@ fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
     assert!(
         statuses[3].contains(" 400"),
         "conflicting lengths: {statuses:?}"
+    );
+    assert!(
+        statuses[4].contains(" 400"),
+        "Content-Length then Transfer-Encoding: {statuses:?}"
+    );
+    assert!(
+        statuses[5].contains(" 400"),
+        "Transfer-Encoding then Content-Length: {statuses:?}"
     );
     // A good request still works, and only it reached the backend.
     let ok = topo.client().run(|| {

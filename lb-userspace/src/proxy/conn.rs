@@ -22,6 +22,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::framing::RequestGuard;
 use super::handler::{WorkerCtx, handle};
 use super::stats::{Gauge, GaugeGuard, VsCounters};
 
@@ -89,10 +90,13 @@ impl ConnClock {
     }
 }
 
-/// The client socket, telling the clock when bytes arrive.
+/// The client socket, telling the clock when bytes arrive and showing them to the framing
+/// watcher before hyper parses them.
 struct TimedIo {
     inner: TcpStream,
     clock: Arc<ConnClock>,
+    guard: RequestGuard,
+    client: SocketAddr,
 }
 
 impl AsyncRead for TimedIo {
@@ -102,10 +106,17 @@ impl AsyncRead for TimedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.guard.owed(buf) {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.clock.on_read();
+            if let Some(refusal) = this.guard.inspect(buf, before) {
+                tracing::debug!(client = %this.client, reason = refusal.as_str(),
+                    "refusing an ambiguously framed request with 400");
+            }
         }
         polled
     }
@@ -172,10 +183,14 @@ pub(crate) async fn serve_conn(
     let io = TokioIo::new(TimedIo {
         inner: stream,
         clock: clock.clone(),
+        guard: RequestGuard::new(),
+        client,
     });
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| handle(service_ctx.clone(), info.clone(), req));
     let mut builder = http1::Builder::new();
+    // `RequestGuard` relies on hyper's defaults for what it does not set here; in particular
+    // `ignore_invalid_headers` must stay off.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)

@@ -8,13 +8,17 @@
 //! Protocol errors are answered by hyper before a request reaches the proxy or a server: a
 //! request head over `max_header_bytes` or with more than `max_headers` headers gets 431, a
 //! bad request line or header, or Content-Length together with Transfer-Encoding, gets 400;
-//! then the connection is closed. A head that does not arrive within `header_read_timeout`
+//! then the connection is closed. hyper alone would accept the last one (dropping
+//! Content-Length, as RFC 9112 section 6.3 permits); `framing` follows the framing of every
+//! request on a connection and makes hyper refuse it, since it is the request-smuggling
+//! vector. A head that does not arrive within `header_read_timeout`
 //! closes the connection without a response. Upgrades (WebSocket) are not supported: the
 //! Upgrade header is hop-by-hop and removed.
 
 mod body;
 mod conn;
 mod error;
+mod framing;
 mod handler;
 mod headers;
 pub mod hooks;
