@@ -107,8 +107,37 @@ pub(crate) struct Txn {
     /// Status sent to the client; 0 until a response exists.
     pub status: u16,
     pub request_bytes: Arc<AtomicU64>,
+    /// How the server was chosen (the access log's persistence decision).
+    pub route: Route,
     response_bytes: u64,
     complete: bool,
+}
+
+/// How a request's server was chosen, for the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Answered without a server (a script's response or redirect, or an error).
+    None,
+    /// The pool's algorithm chose (no script selection).
+    Balanced,
+    /// A script selected the pool; its algorithm chose the server.
+    ScriptPool,
+    /// A script selected the server (persistence hit) and it was used.
+    ScriptServer,
+    /// A script selected a server that is down; the pool's algorithm chose instead.
+    ScriptServerDown,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::None => "-",
+            Route::Balanced => "balanced",
+            Route::ScriptPool => "script-pool",
+            Route::ScriptServer => "script-server",
+            Route::ScriptServerDown => "script-server-down",
+        }
+    }
 }
 
 impl Txn {
@@ -130,6 +159,7 @@ impl Txn {
             server_status: None,
             status: 0,
             request_bytes: Arc::new(AtomicU64::new(0)),
+            route: Route::None,
             response_bytes: 0,
             complete: false,
         }
@@ -174,6 +204,7 @@ impl Drop for Txn {
             request_bytes,
             response_bytes = self.response_bytes,
             complete = self.complete,
+            route = self.route.as_str(),
             script_log = script_log.as_deref().unwrap_or(""),
         );
         self.clock.idle();

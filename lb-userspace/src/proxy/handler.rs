@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::body::{Lent, RequestBody, ResponseBody, ServerUse, Txn};
+use super::body::{Lent, RequestBody, ResponseBody, Route, ServerUse, Txn};
 use super::conn::ConnInfo;
 use super::headers;
 use super::hooks::{RequestVerdict, ResponseVerdict, Selection, TxnInfo};
@@ -158,14 +158,25 @@ async fn forward(
         .ok_or(fail(StatusCode::SERVICE_UNAVAILABLE, "unknown pool"))?
         .clone();
     let pinned = match selection.server {
-        None => None,
+        None => {
+            txn.route = if selection.pool.is_some() {
+                Route::ScriptPool
+            } else {
+                Route::Balanced
+            };
+            None
+        }
         Some(server) => match picker.server_state(server) {
             None => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "server not in pool")),
-            Some(true) => Some(server),
+            Some(true) => {
+                txn.route = Route::ScriptServer;
+                Some(server)
+            }
             // A script's pick of a down server (typically a stale persistence entry) falls
             // back to the pool's algorithm, as persistence does in HAProxy with redispatch.
             Some(false) => {
                 tracing::debug!(vs = %vs.name, %server, "selected server is down; balancing instead");
+                txn.route = Route::ScriptServerDown;
                 None
             }
         },

@@ -1136,6 +1136,10 @@ fn one_access_log_line_per_request() -> TestResult {
             assert!(line.contains("status=404"), "{line}");
             assert!(line.contains("script said hi"), "{line}");
             assert!(line.contains("complete=true"), "{line}");
+            assert!(
+                line.contains("route=\"balanced\"") || line.contains("route=balanced"),
+                "{line}"
+            );
         }
         Ok(())
     })
