@@ -323,6 +323,9 @@ pub struct Dataplane {
     pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
     pins: PersistPins,
     mirror: std::sync::Arc<KernelMirror>,
+    /// Set when an apply may have made connection-tracking entries stale (a backend's
+    /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
+    conntrack_maybe_stale: std::sync::atomic::AtomicBool,
     // Last: released after every kernel handle is closed.
     _lock: File,
 }
@@ -392,6 +395,7 @@ impl Dataplane {
             pin_index,
             pins,
             mirror,
+            conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
             _lock: lock,
         })
     }
@@ -447,6 +451,8 @@ impl Dataplane {
             return Ok(());
         }
         let result = self.execute_plan(&plan);
+        self.conntrack_maybe_stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.pin_index
             .store(std::sync::Arc::new(mirror::PinIndex::from_state(
                 &self.state,
@@ -643,6 +649,12 @@ impl Dataplane {
                 removed += 1;
             }
         }
+        // Stale flows are harmless (XDP checks generations itself and the LRU evicts them), so
+        // the costly walk of the connection table (two syscalls per entry, hundreds of
+        // thousands of entries under load) runs only after a change that made some stale.
+        if self
+            .conntrack_maybe_stale
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             let mut ct = self.maps.conntrack.lock();
             let keys = collect_keys(&ct, |_: &FlowKey, v: &Flow| self.state.flow_is_stale(v))

@@ -261,9 +261,25 @@ impl EntryView {
 struct Entry {
     value: Box<str>,
     expires_ns: u64,
+    /// Expiry the mirrors last heard of (see [`VsTables::notify_extension`]).
+    notified_ns: u64,
 }
 
+/// Lifetime-only changes reach the mirrors once the expiry moved this far past the one they
+/// last heard of (or moved earlier). A busy key is extended on every request and each mirror
+/// write is a syscall (kernel map) or a message (Redis); this bounds them to about one per
+/// second per key, and a mirror's copy can only expire up to this much *early*, never late.
+const MIRROR_COALESCE_NS: u64 = NS_PER_S;
+
 impl Entry {
+    fn new(value: Box<str>, expires_ns: u64) -> Self {
+        Self {
+            value,
+            expires_ns,
+            notified_ns: expires_ns,
+        }
+    }
+
     fn live(&self, now_ns: u64) -> bool {
         self.expires_ns > now_ns
     }
@@ -344,6 +360,17 @@ impl VsTables {
         self.replicator
             .load()
             .upsert(&self.vs, table, key, value, expires_ns);
+    }
+
+    /// An entry's lifetime changed (value unchanged): tell the mirrors, coalesced per
+    /// [`MIRROR_COALESCE_NS`].
+    fn notify_extension(&self, table: &str, key: &str, e: &mut Entry) {
+        if e.expires_ns < e.notified_ns
+            || e.expires_ns >= e.notified_ns.saturating_add(MIRROR_COALESCE_NS)
+        {
+            e.notified_ns = e.expires_ns;
+            self.notify_upsert(table, key, &e.value, e.expires_ns);
+        }
     }
 
     fn notify_remove(&self, table: &str, key: &str, reason: RemoveReason) {
@@ -452,7 +479,7 @@ impl VsTables {
                 && e.live(now_ns)
             {
                 e.expires_ns = expires_ns;
-                self.notify_upsert(table, key, &e.value, expires_ns);
+                self.notify_extension(table, key, &mut e);
                 return Ok(InsertOutcome::Updated);
             }
             if value.len() > l.max_value_bytes {
@@ -466,17 +493,14 @@ impl VsTables {
                     let e = o.get_mut();
                     if e.live(now_ns) {
                         e.expires_ns = expires_ns;
-                        self.notify_upsert(table, key, &e.value, expires_ns);
+                        self.notify_extension(table, key, e);
                         Ok(InsertOutcome::Updated)
                     } else {
                         // The expired entry is replaced in place; report its expiry first so a
                         // mirror sees the same sequence as for a swept entry.
                         bump(&self.counters.expirations);
                         self.notify_remove(table, key, RemoveReason::Expired);
-                        *e = Entry {
-                            value: Box::from(value),
-                            expires_ns,
-                        };
+                        *e = Entry::new(Box::from(value), expires_ns);
                         self.notify_upsert(table, key, value, expires_ns);
                         Ok(InsertOutcome::Inserted)
                     }
@@ -487,10 +511,7 @@ impl VsTables {
                         self.entries.fetch_sub(1, Ordering::Relaxed);
                         return Err(InsertError::Full { max: l.max_entries });
                     }
-                    v.insert(Entry {
-                        value: Box::from(value),
-                        expires_ns,
-                    });
+                    v.insert(Entry::new(Box::from(value), expires_ns));
                     self.notify_upsert(table, key, value, expires_ns);
                     Ok(InsertOutcome::Inserted)
                 }
@@ -513,7 +534,7 @@ impl VsTables {
                         .max(e.expires_ns);
                     if new != e.expires_ns {
                         e.expires_ns = new;
-                        self.notify_upsert(table, key, &e.value, new);
+                        self.notify_extension(table, key, &mut e);
                     }
                 }
                 return Some(Ok((e.value.to_string(), e.expires_ns)));
@@ -741,6 +762,7 @@ impl VsTables {
                         return Ok(RemoteOutcome::Unchanged);
                     }
                     e.expires_ns = expires_ns;
+                    e.notified_ns = expires_ns;
                     m.upsert(&self.vs, table, key, value, expires_ns);
                     return Ok(RemoteOutcome::Extended);
                 }
@@ -752,10 +774,7 @@ impl VsTables {
                     m.remove(&self.vs, table, key, RemoveReason::Expired);
                     RemoteOutcome::Inserted
                 };
-                *e = Entry {
-                    value: Box::from(value),
-                    expires_ns,
-                };
+                *e = Entry::new(Box::from(value), expires_ns);
                 m.upsert(&self.vs, table, key, value, expires_ns);
                 Ok(outcome)
             }
@@ -764,10 +783,7 @@ impl VsTables {
                     self.entries.fetch_sub(1, Ordering::Relaxed);
                     return Err(InsertError::Full { max: l.max_entries });
                 }
-                v.insert(Entry {
-                    value: Box::from(value),
-                    expires_ns,
-                });
+                v.insert(Entry::new(Box::from(value), expires_ns));
                 self.mirror
                     .load()
                     .upsert(&self.vs, table, key, value, expires_ns);
@@ -818,10 +834,7 @@ impl VsTables {
                 continue;
             }
             let cap = self.clamp_expiry(now_ns, l.max_lifetime_s);
-            let entry = Entry {
-                value: e.value.into_boxed_str(),
-                expires_ns: e.expires_at_mono_ns.min(cap),
-            };
+            let entry = Entry::new(e.value.into_boxed_str(), e.expires_at_mono_ns.min(cap));
             let stored =
                 self.with_map_or_create(&e.table, |map| match map.entry(e.key.into_boxed_str()) {
                     MapEntry::Occupied(mut o) => {

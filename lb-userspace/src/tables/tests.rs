@@ -499,3 +499,37 @@ fn store_gives_the_replicator_to_future_virtual_services() {
     late.insert("", "y", "2", 10, T0).expect("insert");
     assert_eq!(repl.0.lock().len(), 2);
 }
+
+#[test]
+fn lifetime_only_changes_reach_mirrors_at_most_once_per_second_of_lifetime() {
+    let (tb, rec) = t();
+    tb.insert("", "k", "v", 1000, T0).expect("insert");
+    // Re-inserting every 100 ms resets the lifetime to 1000 s from then: the expiry moves
+    // 100 ms at a time, so the mirror hears of it once it moved a whole second.
+    for i in 1..=25u64 {
+        tb.insert("", "k", "v", 1000, T0 + i * S / 10)
+            .expect("insert");
+    }
+    let ups: Vec<u64> = rec
+        .0
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Up(_, _, _, exp) => Some(*exp),
+            Ev::Rm(..) => None,
+        })
+        .collect();
+    assert_eq!(
+        ups,
+        vec![T0 + 1000 * S, T0 + S + 1000 * S, T0 + 2 * S + 1000 * S],
+        "initial insert, then one write per second of extension"
+    );
+    // A shorter lifetime is never held back: the mirror must not outlive the entry.
+    tb.insert("", "k", "v", 10, T0 + 3 * S).expect("insert");
+    assert_eq!(
+        rec.0.lock().last(),
+        Some(&Ev::Up("".into(), "k".into(), "v".into(), T0 + 13 * S))
+    );
+    // The table itself always has the exact expiry.
+    assert_eq!(tb.lookup("", "k", 0, T0 + 3 * S), Some(("v".into(), 10)));
+}
