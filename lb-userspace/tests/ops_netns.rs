@@ -346,3 +346,73 @@ fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2."));
     Ok(())
 }
+
+#[test]
+fn a_session_on_a_down_server_is_balanced_and_re_learned() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    // Insert-if-absent keyed on the request's cookie, as examples/header_persist.toml does.
+    let scripts = r#"
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+local id = avi.http.get_cookie("sid")
+if id then
+  local server = avi.vs.table_lookup(id)
+  if server then avi.pool.select("web", server) end
+  avi.vs.reqvar.id = id
+end
+'''
+
+[[virtual_service.datascript]]
+event = "HTTP_RESP"
+script = '''
+if avi.vs.reqvar.id then
+  avi.vs.table_insert(avi.vs.reqvar.id, avi.pool.server_ip(), 600)
+end
+'''
+"#;
+    let _agent = start(&topo, |a| {
+        format!(
+            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
+             health_monitor = {{ type = \"http\", path = \"/healthz\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
+             [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n{scripts}",
+            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
+            servers(&topo),
+            topo.vip()
+        )
+    })?;
+    let vip = SocketAddr::from((topo.vip(), 80));
+    let with_session = || -> Result<String, String> {
+        topo.client().run(|| {
+            http_get(vip, "/", &[("cookie", "sid=abc")])
+                .map_err(|e| e.to_string())?
+                .backend
+                .ok_or_else(|| "no X-Backend".to_string())
+        })
+    };
+    let first = with_session()?;
+    assert_eq!(with_session()?, first, "session sticks");
+    let (first_addr, other) = if first == "b1" {
+        (topo.backend_addrs()[0], "b2")
+    } else {
+        (topo.backend_addrs()[1], "b1")
+    };
+    let first_server = topo.server(&first).ok_or("no server")?;
+    first_server.set_healthy(false);
+    wait_for("session server down", Duration::from_secs(3), || {
+        Ok(server_up(&topo, "web", &format!("{first_addr}:{HTTP_PORT}"))? == Some(false))
+    })?;
+    // Balanced to the other server and re-learned there...
+    assert_eq!(with_session()?, other);
+    first_server.set_healthy(true);
+    wait_for("session server back", Duration::from_secs(3), || {
+        Ok(server_up(&topo, "web", &format!("{first_addr}:{HTTP_PORT}"))? == Some(true))
+    })?;
+    // ...so it stays there when the first server returns.
+    for _ in 0..5 {
+        assert_eq!(with_session()?, other, "session re-pinned to {other}");
+    }
+    Ok(())
+}

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -379,6 +380,9 @@ impl Agent {
             return;
         };
         pool.balancer().set_up(event.server, event.up);
+        if !event.up {
+            self.forget_sessions_on(event.server);
+        }
         let config = self.config();
         match spec::dataplane_spec(&config, &self.pools) {
             Ok(spec) => {
@@ -387,6 +391,33 @@ impl Agent {
                 }
             }
             Err(err) => tracing::error!(%err, "data-plane spec after a health change"),
+        }
+    }
+
+    /// A server went down: table entries that point at it are removed (and with them their
+    /// kernel mirror and fast-path pins), so their clients are balanced afresh and the
+    /// scripts learn the new server, as Avi re-persists clients of a down server. Sessions of
+    /// a server that only flapped are re-learned the same way.
+    fn forget_sessions_on(&self, server: SocketAddr) {
+        let SocketAddr::V4(v4) = server else {
+            return;
+        };
+        let now = self.shared.clock.now_ns();
+        let mut removed = 0usize;
+        for vs in self.shared.tables.vs_names() {
+            let Some(tables) = self.shared.tables.get_vs(&vs) else {
+                continue;
+            };
+            for e in tables.list(None, None, usize::MAX, now) {
+                if fastpath::match_server(&e.value, &[v4]).is_some()
+                    && tables.remove(&e.table, &e.key, now)
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(%server, removed, "table entries of a down server removed; their clients are balanced again");
         }
     }
 
