@@ -118,11 +118,33 @@ impl LatchAgent {
     }
 
     fn spawn_run(&self) -> Result<ChildGuard> {
-        let binary = self.binary.to_string_lossy().into_owned();
-        let config = self.config.to_string_lossy().into_owned();
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, &binary, "run", "-c", &config]);
+        let mut cmd = self.command(&["run"])?;
         ChildGuard::spawn(&mut cmd, "latch run")
+    }
+
+    /// `latch ARGS -c CONFIG` entering only the network namespace. `ip netns exec` would also
+    /// give the process a private mount namespace with a fresh /sys, hiding the host's bpffs:
+    /// pins made there would vanish with the process, defeating the restart guarantees and
+    /// the per-directory agent lock the tests check.
+    fn command(&self, args: &[&str]) -> Result<std::process::Command> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+
+        let netns_path = format!("/run/netns/{}", self.netns);
+        let netns = std::fs::File::open(&netns_path).map_err(io(format!("open {netns_path}")))?;
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(args).arg("-c").arg(&self.config);
+        // SAFETY: only setns(2) (async-signal-safe) runs between fork and exec; the file is
+        // moved into the closure, so its descriptor stays open until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
     }
 
     /// Process id of the running agent.
@@ -197,14 +219,7 @@ impl LatchAgent {
 
     /// Runs a `latch` subcommand in the namespace with `-c <config>` appended.
     pub fn latch(&self, args: &[&str]) -> Result<std::process::Output> {
-        let binary = self.binary.to_string_lossy().into_owned();
-        let config = self.config.to_string_lossy().into_owned();
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &self.netns, &binary])
-            .args(args)
-            .args(["-c", &config])
-            .output()
-            .map_err(io("run latch"))
+        self.command(args)?.output().map_err(io("run latch"))
     }
 }
 

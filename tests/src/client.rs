@@ -248,7 +248,16 @@ pub fn http_get_from(from: std::net::IpAddr, addr: SocketAddr, path: &str) -> Re
     runtime()?.block_on(async {
         let work = async {
             let (mut sender, local) = connect_from(Some(from), addr).await?;
-            send(&mut sender, addr, local, "GET", path, &[], RequestBody::Empty).await
+            send(
+                &mut sender,
+                addr,
+                local,
+                "GET",
+                path,
+                &[],
+                RequestBody::Empty,
+            )
+            .await
         };
         tokio::time::timeout(DEFAULT_TIMEOUT, work)
             .await

@@ -16,8 +16,7 @@ pub mod topology;
 pub use agent::{LatchAgent, READY_LINE, agent_section};
 pub use client::{
     DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
-    http_get_from,
-    http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
+    http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
@@ -43,6 +42,12 @@ macro_rules! require_netns {
         if !$crate::can_run_netns_tests() {
             eprintln!("skipped: needs root and iproute2 (network namespaces)");
             return;
+        }
+    };
+    ($ret:expr) => {
+        if !$crate::can_run_netns_tests() {
+            eprintln!("skipped: needs root and iproute2 (network namespaces)");
+            return $ret;
         }
     };
 }

@@ -359,9 +359,15 @@ impl Topology {
     pub fn start_backends(&self, http_port: u16, udp_port: Option<u16>) -> Result<Vec<ServerInfo>> {
         let mut infos = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
+            // DSR backends answer on the VIP they hold on loopback, so listen on every address.
+            let http_ip = if self.dsr {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                b.addr
+            };
             let cfg = ServeConfig {
                 name: b.name(),
-                http: Some(SocketAddr::from((b.addr, http_port))),
+                http: Some(SocketAddr::from((http_ip, http_port))),
                 udp: udp_port.map(|p| SocketAddr::from((b.addr, p))),
             };
             infos.push(self.start_server_in(&b.ns, cfg)?);

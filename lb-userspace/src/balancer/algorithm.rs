@@ -185,6 +185,24 @@ impl PoolBalancer {
         self.slot(addr).map(ServerHandle::new)
     }
 
+    /// Counts a request as in flight on `addr` until [`PoolBalancer::finished`] (for callers
+    /// that cannot hold a [`ServerHandle`] across their request, such as the proxy).
+    pub fn started(&self, addr: SocketAddr) {
+        if let Some(s) = self.slot(addr) {
+            s.active.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends what [`PoolBalancer::started`] began.
+    pub fn finished(&self, addr: SocketAddr) {
+        if let Some(s) = self.slot(addr) {
+            // Saturating: a reload may hand a fresh slot the end of an older request.
+            let _ = s
+                .active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
     /// Marks a server up or down; returns false if the pool has no such server.
     pub fn set_up(&self, addr: SocketAddr, up: bool) -> bool {
         match self.slot(addr) {

@@ -292,42 +292,8 @@ impl VirtualServiceConfig {
     }
 }
 
-/// DataScript event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-pub enum ScriptEvent {
-    /// After request headers, before the body.
-    #[serde(rename = "HTTP_REQ")]
-    HttpReq,
-    /// After response headers.
-    #[serde(rename = "HTTP_RESP")]
-    HttpResp,
-}
-
-/// A DataScript's text and where it came from, so Lua errors can be reported at the right
-/// place in the user's files.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScriptSource {
-    /// Event it runs on.
-    pub event: ScriptEvent,
-    /// Display name: the `file` value as written, or `<vs>#<n>` (n counts the VS's scripts
-    /// from 1) for inline scripts.
-    pub name: String,
-    /// Lua source.
-    pub text: String,
-    /// File that holds the text: the script file, or the config file for inline scripts.
-    pub origin_file: PathBuf,
-    /// Line of `origin_file` on which the script's line 1 is. Lua line N is at
-    /// `origin_file:(first_line + N - 1)`. Exact for literal strings (`'''`); a basic string
-    /// with `\n` escapes or line-ending backslashes shifts the mapping.
-    pub first_line: usize,
-}
-
-impl ScriptSource {
-    /// Line in `origin_file` of the script's line `lua_line` (1-based).
-    pub fn origin_line(&self, lua_line: usize) -> usize {
-        self.first_line + lua_line.saturating_sub(1)
-    }
-}
+// A script as the config produces it is exactly what the DataScript compiler takes.
+pub use crate::datascript::{Event as ScriptEvent, ScriptSource};
 
 /// `[replication]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

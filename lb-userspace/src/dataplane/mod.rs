@@ -9,6 +9,7 @@
 mod attach;
 mod error;
 mod maps;
+pub mod neighbor;
 pub mod plan;
 
 use std::{

@@ -1,1 +1,134 @@
 //! DataScript engine: Lua VMs, the avi.* API, sandbox and limits.
+//!
+//! - [`ScriptSet::compile`] checks the scripts of one virtual service when the config loads
+//!   (syntax errors come back as `file:line: message`); [`lint`] flags string literals standing
+//!   where a lifetime could be meant.
+//! - [`DataScriptHooks`] is the [`crate::proxy::hooks::HookFactory`] of one virtual service. It
+//!   owns a small pool of LuaJIT VMs (one per proxy worker by default) so concurrent requests
+//!   do not serialize on one VM; a transaction sticks to the VM of its first event and keeps its
+//!   own global environment there, so globals set in HTTP_REQ are seen in HTTP_RESP of the same
+//!   request and by no other request.
+//! - The JIT compiler is switched off in script VMs: LuaJIT does not run count hooks inside
+//!   compiled traces, so a `while true do end` under the JIT would escape the instruction
+//!   budget. DataScripts spend their time in avi.* calls (C functions, which end traces
+//!   anyway), so the interpreter costs little; `bench_event` measures both.
+
+mod api;
+mod compile;
+mod lint;
+mod txn;
+mod vm;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use compile::ScriptSet;
+pub use lint::lint;
+pub use txn::{DataScriptHooks, ScriptEnv, ScriptTableObserver};
+
+/// The DataScript events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+pub enum Event {
+    /// After the request headers, before the body.
+    #[serde(rename = "HTTP_REQ")]
+    HttpReq,
+    /// After the response headers.
+    #[serde(rename = "HTTP_RESP")]
+    HttpResp,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Event::HttpReq => "HTTP_REQ",
+            Event::HttpResp => "HTTP_RESP",
+        })
+    }
+}
+
+/// One script as the config module hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptSource {
+    /// The event it runs at.
+    pub event: Event,
+    /// A name for logs (e.g. the file name or "shop/HTTP_RESP#1").
+    pub name: String,
+    /// Lua source.
+    pub text: String,
+    /// File the text came from (the config file for inline scripts).
+    pub origin_file: PathBuf,
+    /// Line of `origin_file` where the text's first line is (1-based). Exact for TOML
+    /// literal strings (`'''`); a basic string with `\n` escapes shifts the mapping.
+    pub first_line: usize,
+}
+
+impl ScriptSource {
+    /// Line in `origin_file` of the script's line `lua_line` (1-based).
+    pub fn origin_line(&self, lua_line: usize) -> usize {
+        self.first_line + lua_line.saturating_sub(1)
+    }
+}
+
+/// A problem in a script, located in the file it came from.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct ScriptError {
+    /// File of the script.
+    pub file: PathBuf,
+    /// Line in that file (1-based).
+    pub line: usize,
+    /// Script name.
+    pub script: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A warning from [`lint`]; same shape as an error.
+pub type LintWarning = ScriptError;
+
+/// Resource limits of one virtual service's scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DsLimits {
+    /// Lua VM instructions per event (all scripts of the event together).
+    pub instruction_budget: u64,
+    /// Hook period in instructions: a runaway script stops within budget + this.
+    pub hook_every: u32,
+    /// Memory limit per VM in bytes.
+    pub memory_bytes: usize,
+    /// VMs per virtual service (concurrent events); 0 = number of CPUs.
+    pub vms: usize,
+    /// Leave LuaJIT's compiler on. Only for measurements: a loop compiled into a trace does not
+    /// run the count hook, so the instruction budget no longer holds.
+    pub jit: bool,
+}
+
+impl Default for DsLimits {
+    fn default() -> Self {
+        Self {
+            instruction_budget: 1_000_000,
+            hook_every: 1000,
+            memory_bytes: 32 << 20,
+            vms: 0,
+            jit: false,
+        }
+    }
+}
+
+/// Failure to build the VMs of a virtual service (compile errors are [`ScriptError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum DsError {
+    /// Lua refused to set up a VM.
+    #[error("DataScript VM setup for {vs}: {source}")]
+    Vm {
+        /// Virtual service.
+        vs: String,
+        /// The Lua error.
+        #[source]
+        source: mlua::Error,
+    },
+    /// A script that compiled in [`ScriptSet::compile`] did not compile in a VM.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+}

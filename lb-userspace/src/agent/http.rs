@@ -1,0 +1,145 @@
+//! Builds what the HTTP proxy runs from a configuration: pools, compiled DataScripts with
+//! their tables, and the virtual services. Everything here is built before anything running
+//! is touched, so a reload that fails to build changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ServiceType};
+use crate::datascript::{
+    DataScriptHooks, DsLimits, ScriptEnv, ScriptError, ScriptSet, ScriptTableObserver,
+};
+use crate::proxy::hooks::HookFactory;
+use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, VirtualServiceSpec};
+use crate::tables::{Clock, TableStore};
+
+use super::pools::{ConfiguredPool, build_pools};
+
+/// Why the HTTP side of a configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpBuildError {
+    /// DataScripts that do not compile, every one as `file:line: message`.
+    #[error("DataScript errors:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Scripts(Vec<ScriptError>),
+    /// A Lua VM could not be set up.
+    #[error(transparent)]
+    Vm(#[from] crate::datascript::DsError),
+}
+
+/// What the agent needs to run the HTTP side of one configuration.
+pub struct HttpPlan {
+    /// Handed to [`crate::proxy::HttpProxy::start`] or `reload`.
+    pub proxy: ProxyConfig,
+    /// Every pool (also those only L4 services use), keyed by name.
+    pub pools: HashMap<String, Arc<ConfiguredPool>>,
+}
+
+/// Proxy tunables from `[agent]`.
+pub fn proxy_settings(config: &Config) -> ProxySettings {
+    let http = &config.agent.http;
+    ProxySettings {
+        workers: config.agent.workers.unwrap_or(0),
+        header_read_timeout: http.header_read_timeout,
+        client_idle_timeout: http.idle_timeout,
+        upstream_connect_timeout: http.upstream_connect_timeout,
+        upstream_response_timeout: http.upstream_response_timeout,
+        max_header_bytes: http.max_header_bytes,
+        max_headers: http.max_headers,
+        ..ProxySettings::default()
+    }
+}
+
+/// DataScript limits from `[agent.datascript]`.
+fn script_limits(config: &Config) -> DsLimits {
+    DsLimits {
+        instruction_budget: config.agent.datascript.instruction_budget,
+        memory_bytes: config.agent.datascript.memory_limit,
+        // One VM per proxy worker: each worker prefers its own, so they never contend.
+        vms: config.agent.workers.unwrap_or(0),
+        ..DsLimits::default()
+    }
+}
+
+/// Compiles every http virtual service's scripts; every error of every service, or the sets.
+pub fn compile_scripts(
+    config: &Config,
+) -> Result<HashMap<String, Arc<ScriptSet>>, Vec<ScriptError>> {
+    let mut sets = HashMap::new();
+    let mut errors = Vec::new();
+    for vs in config
+        .virtual_services
+        .iter()
+        .filter(|v| v.kind == ServiceType::Http)
+    {
+        match ScriptSet::compile(&vs.name, vs.datascripts.clone()) {
+            Ok(set) => {
+                sets.insert(vs.name.clone(), Arc::new(set));
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sets)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Builds the HTTP side of `config`. `previous` pools keep their server state; `tables` keeps
+/// every entry across reloads (a virtual service's tables are found by its name).
+pub fn build(
+    config: &Config,
+    previous: &HashMap<String, Arc<ConfiguredPool>>,
+    tables: &TableStore,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn ScriptTableObserver>>,
+) -> Result<HttpPlan, HttpBuildError> {
+    let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
+    let pools = build_pools(&config.pools, previous);
+    let pool_specs: Vec<PoolSpec> = config
+        .pools
+        .iter()
+        .filter_map(|p| {
+            pools.get(&p.name).map(|pool| PoolSpec {
+                name: p.name.clone(),
+                picker: Arc::clone(pool) as Arc<dyn crate::proxy::ServerPicker>,
+            })
+        })
+        .collect();
+    let view = Arc::new(StaticPoolView::new(&pool_specs));
+    let limits = script_limits(config);
+
+    let mut services = Vec::new();
+    for vs in config
+        .virtual_services
+        .iter()
+        .filter(|v| v.kind == ServiceType::Http)
+    {
+        let hooks: Option<Arc<dyn HookFactory>> = match sets.get(&vs.name) {
+            Some(set) if !set.is_empty() => {
+                let env = ScriptEnv {
+                    tables: tables.vs(&vs.name),
+                    pools: view.clone(),
+                    clock: Arc::clone(&clock),
+                    limits: limits.clone(),
+                    observer: observer.clone(),
+                };
+                Some(Arc::new(DataScriptHooks::new(Arc::clone(set), env)?))
+            }
+            _ => None,
+        };
+        services.push(VirtualServiceSpec {
+            name: vs.name.clone(),
+            listen: vs.listen,
+            pool: vs.pool.clone(),
+            hooks,
+        });
+    }
+    Ok(HttpPlan {
+        proxy: ProxyConfig {
+            virtual_services: services,
+            pools: pool_specs,
+        },
+        pools,
+    })
+}

@@ -1,0 +1,79 @@
+//! Keeps backends' link-layer addresses in the kernel's neighbour table.
+//!
+//! XDP's `bpf_fib_lookup` cannot resolve ARP: for a next hop without a neighbour entry it
+//! returns NO_NEIGH and the program hands the packet to the kernel. That is harmless for NAT
+//! (the kernel forwards the rewritten packet and resolves ARP on the way) but breaks DSR, where
+//! the untouched packet is addressed to the VIP and the kernel has nowhere to send it. So the
+//! agent solicits every backend with one ICMP echo request when it programs it and again
+//! periodically, the way keepalived and Katran's healthcheckers keep their neighbours warm.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// An ICMP echo request (type 8, code 0) with a fixed identifier; the checksum is filled in.
+fn echo_request(sequence: u16) -> [u8; 8] {
+    let mut packet = [8, 0, 0, 0, 0x1a, 0x7c, 0, 0];
+    packet[6..8].copy_from_slice(&sequence.to_be_bytes());
+    let checksum = internet_checksum(&packet);
+    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+    packet
+}
+
+/// RFC 1071 one's complement sum.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one echo request to each address (replies are ignored: the point is the ARP
+/// exchange the kernel performs to send it). Returns how many were sent; failures are logged,
+/// never fatal.
+pub fn solicit(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
+    let socket = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::warn!(%err, "cannot open a raw ICMP socket to warm the neighbour table");
+            return 0;
+        }
+    };
+    if let Err(err) = socket.set_nonblocking(true) {
+        tracing::debug!(%err, "ICMP socket stays blocking");
+    }
+    let mut sent = 0;
+    for (sequence, addr) in addrs.into_iter().enumerate() {
+        let target = SocketAddr::V4(SocketAddrV4::new(addr, 0));
+        match socket.send_to(&echo_request(sequence as u16), &target.into()) {
+            Ok(_) => sent += 1,
+            Err(err) => tracing::debug!(%addr, %err, "neighbour solicitation failed"),
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_request_checksum_verifies() {
+        let packet = echo_request(7);
+        assert_eq!(packet[0], 8);
+        assert_eq!(&packet[6..8], &[0, 7]);
+        // A packet with a correct checksum sums to zero.
+        assert_eq!(internet_checksum(&packet), 0);
+    }
+
+    #[test]
+    fn checksum_of_known_vector() {
+        // RFC 1071 example bytes.
+        let bytes = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&bytes), !0xddf2);
+    }
+}

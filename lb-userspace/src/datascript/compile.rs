@@ -1,0 +1,235 @@
+//! Compile-time checks and mapping of Lua positions back to config files.
+
+use std::path::PathBuf;
+
+use mlua::{ChunkMode, Lua, StdLib};
+
+use super::{Event, ScriptError, ScriptSource};
+
+/// Prefix of the chunk names given to scripts; `latch#3:12:` in a Lua message is line 12 of
+/// script 3, which [`ScriptSet::locate`] turns into `file:line:`.
+pub(crate) const CHUNK_PREFIX: &str = "latch#";
+
+#[derive(Clone, Debug)]
+pub(crate) struct Script {
+    pub event: Event,
+    pub name: String,
+    pub text: String,
+    pub origin_file: PathBuf,
+    pub first_line: usize,
+}
+
+/// The checked scripts of one virtual service, in configured order.
+#[derive(Clone, Debug)]
+pub struct ScriptSet {
+    vs_name: String,
+    pub(crate) scripts: Vec<Script>,
+    /// HTTP_RESP scripts read the request (so a copy of its head is kept past HTTP_REQ).
+    pub(crate) resp_reads_request: bool,
+}
+
+impl ScriptSet {
+    /// Check every script's syntax; all errors are returned, each as `file:line: message`.
+    pub fn compile(
+        vs_name: &str,
+        scripts: Vec<ScriptSource>,
+    ) -> Result<ScriptSet, Vec<ScriptError>> {
+        let set = ScriptSet {
+            vs_name: vs_name.to_string(),
+            resp_reads_request: scripts
+                .iter()
+                .filter(|s| s.event == Event::HttpResp)
+                .any(|s| reads_request(&s.text)),
+            scripts: scripts
+                .into_iter()
+                .map(|s| Script {
+                    event: s.event,
+                    name: s.name,
+                    text: s.text,
+                    origin_file: s.origin_file,
+                    first_line: s.first_line.max(1),
+                })
+                .collect(),
+        };
+        // A bare VM is enough to parse: nothing runs.
+        let lua = Lua::new_with(StdLib::NONE, mlua::LuaOptions::default()).map_err(|e| {
+            vec![ScriptError {
+                file: PathBuf::new(),
+                line: 0,
+                script: String::new(),
+                message: format!("cannot create a Lua VM: {e}"),
+            }]
+        })?;
+        let errors: Vec<ScriptError> = (0..set.scripts.len())
+            .filter_map(|i| set.load(&lua, i).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Virtual service name.
+    pub fn vs_name(&self) -> &str {
+        &self.vs_name
+    }
+
+    /// Number of scripts.
+    pub fn len(&self) -> usize {
+        self.scripts.len()
+    }
+
+    /// True when there are no scripts at all.
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
+    }
+
+    /// True when some script runs at `event`.
+    pub fn has(&self, event: Event) -> bool {
+        self.scripts.iter().any(|s| s.event == event)
+    }
+
+    /// Compile script `i` into `lua` (text only: bytecode is refused).
+    pub(crate) fn load(&self, lua: &Lua, i: usize) -> Result<mlua::Function, ScriptError> {
+        let s = &self.scripts[i];
+        lua.load(&s.text)
+            .set_name(format!("={CHUNK_PREFIX}{i}"))
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| self.error(i, &e))
+    }
+
+    /// A Lua error of script `i` as a [`ScriptError`] located in the config.
+    pub(crate) fn error(&self, i: usize, e: &mlua::Error) -> ScriptError {
+        let s = &self.scripts[i];
+        let raw = root_message(e);
+        let (line, msg) = match find_position(&raw, i) {
+            Some((lua_line, rest)) => (s.first_line + lua_line - 1, rest),
+            None => {
+                // Errors raised by avi.* carry no position; the traceback has it.
+                let line = traceback(e)
+                    .and_then(|tb| find_position(&tb, i))
+                    .map(|(l, _)| s.first_line + l - 1)
+                    .unwrap_or(s.first_line);
+                (line, raw.clone())
+            }
+        };
+        ScriptError {
+            file: s.origin_file.clone(),
+            line,
+            script: s.name.clone(),
+            message: self.locate(&msg),
+        }
+    }
+
+    /// Rewrite every `latch#N:L:` in a message as `file:line:`.
+    pub(crate) fn locate(&self, msg: &str) -> String {
+        let mut out = String::with_capacity(msg.len());
+        let mut rest = msg;
+        while let Some(p) = rest.find(CHUNK_PREFIX) {
+            out.push_str(&rest[..p]);
+            let after = &rest[p + CHUNK_PREFIX.len()..];
+            let parsed = parse_pos(after).and_then(|(idx, line, len)| {
+                let s = self.scripts.get(idx)?;
+                Some((
+                    format!(
+                        "{}:{}",
+                        s.origin_file.display(),
+                        s.first_line + line.max(1) - 1
+                    ),
+                    len,
+                ))
+            });
+            match parsed {
+                Some((loc, len)) => {
+                    out.push_str(&loc);
+                    rest = &after[len..];
+                }
+                None => {
+                    out.push_str(CHUNK_PREFIX);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// `N:L` at the start of `s`: (N, L, bytes consumed).
+fn parse_pos(s: &str) -> Option<(usize, usize, usize)> {
+    let n_len = s.bytes().take_while(u8::is_ascii_digit).count();
+    let idx = s.get(..n_len)?.parse().ok()?;
+    let rest = s.get(n_len..)?.strip_prefix(':')?;
+    let l_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let line = rest.get(..l_len)?.parse().ok()?;
+    Some((idx, line, n_len + 1 + l_len))
+}
+
+/// The first `latch#i:LINE: ` in `msg`: (LINE, the message after it, or all of it).
+fn find_position(msg: &str, i: usize) -> Option<(usize, String)> {
+    let tag = format!("{CHUNK_PREFIX}{i}:");
+    let p = msg.find(&tag)?;
+    let after = &msg[p + tag.len()..];
+    let l_len = after.bytes().take_while(u8::is_ascii_digit).count();
+    let line: usize = after[..l_len].parse().ok()?;
+    let rest = after[l_len..].strip_prefix(':').unwrap_or(&after[l_len..]);
+    let rest = rest.trim_start();
+    let text = if p == 0 {
+        rest.to_string()
+    } else {
+        msg.to_string()
+    };
+    Some((line.max(1), text))
+}
+
+/// The innermost message of an mlua error, first line only (tracebacks are dropped).
+pub(crate) fn root_message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => root_message(cause),
+        mlua::Error::WithContext { cause, .. } => root_message(cause),
+        mlua::Error::SyntaxError { message, .. } => first_line(message),
+        mlua::Error::RuntimeError(m) => first_line(m),
+        mlua::Error::MemoryError(m) => format!("memory limit exceeded ({})", first_line(m)),
+        mlua::Error::ExternalError(x) => first_line(&x.to_string()),
+        other => first_line(&other.to_string()),
+    }
+}
+
+fn traceback(e: &mlua::Error) -> Option<String> {
+    match e {
+        mlua::Error::CallbackError { traceback, cause } => {
+            traceback_inner(cause).or_else(|| Some(traceback.clone()))
+        }
+        mlua::Error::WithContext { cause, .. } => traceback(cause),
+        _ => None,
+    }
+}
+
+fn traceback_inner(e: &mlua::Error) -> Option<String> {
+    match e {
+        mlua::Error::CallbackError { .. } | mlua::Error::WithContext { .. } => traceback(e),
+        _ => None,
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim_end().to_string()
+}
+
+/// Whether a response script may read the request (conservative, textual).
+fn reads_request(text: &str) -> bool {
+    [
+        "HTTP_REQUEST",
+        "get_path",
+        "get_uri",
+        "get_query",
+        "method",
+        "get_version",
+        "loadstring",
+        "load",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}

@@ -1,0 +1,312 @@
+//! One sandboxed Lua VM with the avi.* API and the scripts of a virtual service loaded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri, Version};
+use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
+use parking_lot::Mutex;
+
+use super::compile::{CHUNK_PREFIX, ScriptSet};
+use super::txn::ScriptEnv;
+use super::{DsError, Event};
+use crate::proxy::hooks::{Selection, TxnInfo};
+
+/// The request head kept for HTTP_RESP scripts that read the request.
+#[derive(Clone, Debug)]
+pub(crate) struct ReqSnapshot {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Everything a transaction keeps between its two events.
+pub(crate) struct TxnState {
+    pub info: TxnInfo,
+    /// The transaction's global environment (in its VM).
+    pub env: Option<Table>,
+    /// avi.vs.reqvar, created on first use.
+    pub reqvar: Option<Table>,
+    pub req_snapshot: Option<ReqSnapshot>,
+    /// The server that answered (HTTP_RESP).
+    pub server: Option<SocketAddr>,
+    pub selection: Selection,
+    /// A response a script asked for (avi.http.response / redirect).
+    pub reply: Option<http::Response<Bytes>>,
+    pub close: bool,
+    pub log: String,
+}
+
+impl TxnState {
+    pub fn new(info: TxnInfo) -> Self {
+        Self {
+            info,
+            env: None,
+            reqvar: None,
+            req_snapshot: None,
+            server: None,
+            selection: Selection::default(),
+            reply: None,
+            close: false,
+            log: String::new(),
+        }
+    }
+}
+
+/// What the avi.* functions see during an event. Empty between events.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub event: Option<Event>,
+    pub txn: Option<TxnState>,
+    /// The live request (HTTP_REQ).
+    pub req: Option<http::request::Parts>,
+    /// The live response (HTTP_RESP).
+    pub resp: Option<http::response::Parts>,
+}
+
+/// State shared by the Rust functions registered in one VM.
+pub(crate) struct VmShared {
+    pub ctx: Mutex<Ctx>,
+    /// Hook ticks in the current event.
+    pub ticks: AtomicU64,
+    pub max_ticks: u64,
+    /// Set when the event must end (budget exhausted, response sent): pcall then re-raises.
+    pub abort: AtomicBool,
+    pub env: ScriptEnv,
+    pub set: Arc<ScriptSet>,
+    /// Recently returned Lua strings (see `api::cached_str`).
+    pub strings: Mutex<std::collections::HashMap<Box<str>, mlua::String>>,
+}
+
+impl VmShared {
+    pub fn begin_event(&self) {
+        self.ticks.store(0, Ordering::Relaxed);
+        self.abort.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Marker message of the error that ends an event after avi.http.response/redirect.
+pub(crate) const TERMINATE: &str = "latch: DataScript terminated by a response";
+/// Message of the budget error.
+pub(crate) const BUDGET: &str = "instruction budget exceeded";
+
+pub(crate) struct Vm {
+    pub lua: Lua,
+    /// Script indexes per event, in order; `req_list`/`resp_list` hold their functions.
+    pub req: Vec<usize>,
+    pub resp: Vec<usize>,
+    pub req_list: Table,
+    pub resp_list: Table,
+    /// The Lua runner (see SANDBOX_LUA).
+    pub run: Function,
+    pub shared: Arc<VmShared>,
+}
+
+/// Lua side of the sandbox. Runs once per VM with the real globals; returns the sandbox
+/// table scripts' environments fall back to, and the metatable of those environments.
+const SANDBOX_LUA: &str = r#"
+local avi, abort_requested, compile, log_print, mem_kb, jit_on, locate = ...
+local G = _G
+if jit and not jit_on then jit.off(); jit.flush() end
+local error, setmetatable, select = error, setmetatable, select
+
+local function ro(t, name)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function() error("attempt to modify read-only table '" .. name .. "'", 2) end,
+    __metatable = false,
+  })
+end
+
+local S = {}
+for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawset",
+    "select", "tonumber", "tostring", "type", "unpack", "setmetatable", "getmetatable"}) do
+  S[k] = G[k]
+end
+S._VERSION = _VERSION
+
+-- Without string.dump no script can produce bytecode; the shared string metatable is hidden
+-- so no script can change how every other transaction's strings behave.
+string.dump = nil
+getmetatable("").__metatable = false
+S.string = ro(string, "string")
+S.table = ro(table, "table")
+S.math = ro(math, "math")
+if bit then S.bit = ro(bit, "bit") end
+S.os = ro({time = os.time, clock = os.clock, date = os.date}, "os")
+
+-- A budget stop or a response must end the event even inside pcall.
+local raw_pcall, raw_xpcall = pcall, xpcall
+local function pass(ok, ...)
+  if not ok and abort_requested() then error((...), 0) end
+  return ok, ...
+end
+S.pcall = function(...) return pass(raw_pcall(...)) end
+S.xpcall = function(...) return pass(raw_xpcall(...)) end
+
+-- Source only (compile refuses bytecode); the chunk shares its caller's environment, which
+-- is the transaction's.
+local getfenv, setfenv = getfenv, setfenv
+local function load_text(chunk, name)
+  if type(chunk) ~= "string" then return nil, "load: only source strings are allowed" end
+  local f, err = compile(chunk, name)
+  if f then setfenv(f, getfenv(2)) end
+  return f, err
+end
+S.loadstring = load_text
+S.load = load_text
+S.print = log_print
+S.collectgarbage = function(opt)
+  if opt == nil or opt == "count" then return mem_kb() end
+  return 0
+end
+
+S.avi = avi
+
+local env_mt = {__index = S, __metatable = false}
+
+-- Runs the scripts of one event in a transaction's environment (created on first use).
+-- One call from Rust per event: every call across the boundary costs more than this loop.
+-- Returns the environment and, on failure, the failing position and a located message.
+local function run(env, list)
+  if env == nil then
+    env = setmetatable({}, env_mt)
+    env._G = env
+  end
+  for i = 1, #list do
+    local f = list[i]
+    setfenv(f, env)
+    local ok, err = raw_xpcall(f, locate)
+    if not ok then return env, i, err end
+  end
+  return env
+end
+return S, run
+"#;
+
+impl Vm {
+    pub fn new(set: &Arc<ScriptSet>, env: &ScriptEnv) -> Result<Vm, DsError> {
+        let vs = set.vs_name().to_string();
+        let vm_err = |source| DsError::Vm {
+            vs: vs.clone(),
+            source,
+        };
+        let libs =
+            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::OS | StdLib::BIT | StdLib::JIT;
+        let lua = Lua::new_with(libs, LuaOptions::default()).map_err(vm_err)?;
+        let limits = &env.limits;
+        let shared = Arc::new(VmShared {
+            ctx: Mutex::new(Ctx::default()),
+            ticks: AtomicU64::new(0),
+            max_ticks: limits
+                .instruction_budget
+                .div_ceil(u64::from(limits.hook_every.max(1))),
+            abort: AtomicBool::new(false),
+            env: env.clone(),
+            set: Arc::clone(set),
+            strings: Mutex::default(),
+        });
+        let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
+        let req_list = lua.create_table().map_err(vm_err)?;
+        let resp_list = lua.create_table().map_err(vm_err)?;
+        let mut vm = Vm {
+            lua,
+            req: Vec::new(),
+            resp: Vec::new(),
+            req_list,
+            resp_list,
+            run,
+            shared: Arc::clone(&shared),
+        };
+        for (i, s) in set.scripts.iter().enumerate() {
+            let f = set.load(&vm.lua, i)?;
+            let (idx, list) = match s.event {
+                Event::HttpReq => (&mut vm.req, &vm.req_list),
+                Event::HttpResp => (&mut vm.resp, &vm.resp_list),
+            };
+            idx.push(i);
+            list.raw_push(f).map_err(vm_err)?;
+        }
+        let sh = Arc::clone(&shared);
+        {
+            vm.lua
+                .set_hook(
+                    HookTriggers::new().every_nth_instruction(limits.hook_every.max(1)),
+                    move |_, _| {
+                        let t = sh.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+                        if t > sh.max_ticks {
+                            sh.abort.store(true, Ordering::Relaxed);
+                            return Err(mlua::Error::runtime(BUDGET));
+                        }
+                        Ok(VmState::Continue)
+                    },
+                )
+                .map_err(vm_err)?;
+        }
+        vm.lua.gc_collect().map_err(vm_err)?;
+        let used = vm.lua.used_memory();
+        {
+            vm.lua
+                .set_memory_limit(limits.memory_bytes.max(used + (1 << 20)))
+                .map_err(vm_err)?;
+        }
+        Ok(vm)
+    }
+
+    fn sandbox(lua: &Lua, shared: &Arc<VmShared>) -> mlua::Result<Function> {
+        let avi = super::api::install(lua, shared)?;
+        let sh = Arc::clone(shared);
+        let abort_requested =
+            lua.create_function(move |_, ()| Ok(sh.abort.load(Ordering::Relaxed)))?;
+        let compile =
+            lua.create_function(move |lua, (text, name): (mlua::String, Option<String>)| {
+                let chunk = lua
+                    .load(text.as_bytes().to_vec())
+                    .set_name(format!("={}", name.unwrap_or_else(|| "loadstring".into())))
+                    .set_mode(ChunkMode::Text);
+                match chunk.into_function() {
+                    Ok(f) => Ok((Some(f), None)),
+                    Err(e) => Ok((None, Some(super::compile::root_message(&e)))),
+                }
+            })?;
+        let sh = Arc::clone(shared);
+        let log_print = lua.create_function(move |_, args: mlua::Variadic<mlua::Value>| {
+            super::api::vs_log(&sh, &args)
+        })?;
+        let mem_kb = lua.create_function(|lua, ()| Ok(lua.used_memory() as f64 / 1024.0))?;
+        // xpcall handler: the message with the script position where the error was raised
+        // (errors from avi.* functions carry none of their own).
+        let locate = lua.create_function(|lua, err: mlua::Value| {
+            let msg = match err {
+                mlua::Value::String(s) => return Ok(s.to_string_lossy()),
+                mlua::Value::Error(e) => super::compile::root_message(&e),
+                other => other
+                    .to_string()
+                    .unwrap_or_else(|_| other.type_name().into()),
+            };
+            let pos = (1..32).find_map(|level| {
+                lua.inspect_stack(level, |d| {
+                    let src = d.source().short_src.map(|s| s.into_owned())?;
+                    src.starts_with(CHUNK_PREFIX)
+                        .then(|| format!("{src}:{}: ", d.current_line().unwrap_or(0)))
+                })
+                .flatten()
+            });
+            Ok(format!("{}{msg}", pos.unwrap_or_default()))
+        })?;
+        let (_s, run): (Table, Function) =
+            lua.load(SANDBOX_LUA).set_name("=latch-sandbox").call((
+                avi,
+                abort_requested,
+                compile,
+                log_print,
+                mem_kb,
+                shared.env.limits.jit,
+                locate,
+            ))?;
+        Ok(run)
+    }
+}

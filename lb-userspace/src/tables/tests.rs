@@ -1,0 +1,366 @@
+use super::*;
+use parking_lot::Mutex;
+
+const S: u64 = NS_PER_S;
+const T0: u64 = 1_000 * S;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ev {
+    Up(String, String, String, u64),
+    Rm(String, String, RemoveReason),
+}
+
+#[derive(Default)]
+struct Rec(Mutex<Vec<Ev>>);
+
+impl Mirror for Rec {
+    fn upsert(&self, _vs: &str, table: &str, key: &str, value: &str, exp: u64) {
+        self.0
+            .lock()
+            .push(Ev::Up(table.into(), key.into(), value.into(), exp));
+    }
+    fn remove(&self, _vs: &str, table: &str, key: &str, reason: RemoveReason) {
+        self.0.lock().push(Ev::Rm(table.into(), key.into(), reason));
+    }
+}
+
+fn setup(limits: TableLimits) -> (VsTables, Arc<Rec>) {
+    let rec = Arc::new(Rec::default());
+    (VsTables::new("shop", limits, rec.clone()), rec)
+}
+
+fn t() -> (VsTables, Arc<Rec>) {
+    setup(TableLimits::default())
+}
+
+#[test]
+fn insert_new_then_existing_keeps_value_and_resets_lifetime() {
+    let (tb, rec) = t();
+    assert_eq!(
+        tb.insert("", "k", "v1", 100, T0),
+        Ok(InsertOutcome::Inserted)
+    );
+    // 60 s later: a second insert keeps v1 and resets the lifetime to 1000 s from now.
+    let now = T0 + 60 * S;
+    assert_eq!(
+        tb.insert("", "k", "v2", 1000, now),
+        Ok(InsertOutcome::Updated)
+    );
+    assert_eq!(tb.lookup("", "k", 0, now), Some(("v1".into(), 1000)));
+    // A shorter lifetime also resets (to 10 s from now), not max(old, new).
+    assert_eq!(
+        tb.insert("", "k", "v3", 10, now),
+        Ok(InsertOutcome::Updated)
+    );
+    assert_eq!(tb.lookup("", "k", 0, now), Some(("v1".into(), 10)));
+    let ev = rec.0.lock().clone();
+    assert_eq!(
+        ev,
+        vec![
+            Ev::Up("".into(), "k".into(), "v1".into(), T0 + 100 * S),
+            Ev::Up("".into(), "k".into(), "v1".into(), now + 1000 * S),
+            Ev::Up("".into(), "k".into(), "v1".into(), now + 10 * S),
+        ]
+    );
+    let c = tb.counters();
+    assert_eq!((c.inserts, c.updates, c.hits, c.entries), (1, 2, 2, 1));
+}
+
+#[test]
+fn expired_key_is_replaced_by_insert() {
+    let (tb, rec) = t();
+    tb.insert("", "k", "old", 5, T0).expect("test value");
+    let now = T0 + 5 * S; // expiry is exclusive: live strictly before T0+5s
+    assert_eq!(tb.lookup("", "k", 0, now - 1), Some(("old".into(), 0)));
+    assert_eq!(
+        tb.insert("", "k", "new", 5, now),
+        Ok(InsertOutcome::Inserted)
+    );
+    assert_eq!(tb.lookup("", "k", 0, now), Some(("new".into(), 5)));
+    assert_eq!(tb.len(), 1);
+    assert!(
+        rec.0
+            .lock()
+            .contains(&Ev::Rm("".into(), "k".into(), RemoveReason::Expired))
+    );
+    assert_eq!(tb.counters().expirations, 1);
+}
+
+#[test]
+fn lookup_extends_by_exten_capped_at_max_lifetime() {
+    let (tb, _) = setup(TableLimits {
+        max_lifetime_s: 1000,
+        ..TableLimits::default()
+    });
+    tb.insert("", "k", "v", 100, T0).expect("test value");
+    // Default-style extension of 300: 100 + 300 = 400 remaining.
+    assert_eq!(tb.lookup("", "k", 300, T0), Some(("v".into(), 400)));
+    // 0 leaves it.
+    assert_eq!(tb.lookup("", "k", 0, T0 + 50 * S), Some(("v".into(), 350)));
+    // Never beyond max lifetime from now.
+    assert_eq!(tb.lookup("", "k", 5000, T0), Some(("v".into(), 1000)));
+    // Insert lifetime is capped too.
+    tb.insert("", "x", "v", 99_999, T0).expect("test value");
+    assert_eq!(tb.lookup("", "x", 0, T0), Some(("v".into(), 1000)));
+}
+
+#[test]
+fn lookup_miss_and_expired_are_none_and_lazily_removed() {
+    let (tb, rec) = t();
+    assert_eq!(tb.lookup("", "nope", 300, T0), None);
+    tb.insert("", "k", "v", 10, T0).expect("test value");
+    assert_eq!(tb.lookup("", "k", 300, T0 + 10 * S), None);
+    assert_eq!(tb.len(), 0);
+    assert_eq!(
+        rec.0.lock().last(),
+        Some(&Ev::Rm("".into(), "k".into(), RemoveReason::Expired))
+    );
+    let c = tb.counters();
+    assert_eq!((c.misses, c.expirations), (2, 1));
+}
+
+#[test]
+fn refresh_extends_and_reports_liveness() {
+    let (tb, _) = t();
+    assert!(!tb.refresh("", "k", 300, T0));
+    tb.insert("", "k", "v", 10, T0).expect("test value");
+    assert!(tb.refresh("", "k", 20, T0 + 5 * S));
+    assert_eq!(tb.lookup("", "k", 0, T0 + 5 * S), Some(("v".into(), 25)));
+    assert!(!tb.refresh("", "k", 20, T0 + 30 * S));
+}
+
+#[test]
+fn remove_and_counters() {
+    let (tb, rec) = t();
+    tb.insert("", "k", "v", 10, T0).expect("test value");
+    assert!(tb.remove("", "k", T0));
+    assert!(!tb.remove("", "k", T0));
+    assert_eq!(tb.lookup("", "k", 0, T0), None);
+    assert_eq!(tb.counters().removals, 1);
+    assert_eq!(
+        rec.0.lock().last(),
+        Some(&Ev::Rm("".into(), "k".into(), RemoveReason::Removed))
+    );
+    assert!(tb.is_empty());
+}
+
+#[test]
+fn named_tables_are_separate_namespaces() {
+    let (tb, _) = t();
+    tb.insert("", "k", "default", 10, T0).expect("test value");
+    tb.insert("ids", "k", "named", 10, T0).expect("test value");
+    assert_eq!(
+        tb.lookup("", "k", 0, T0).map(|x| x.0),
+        Some("default".into())
+    );
+    assert_eq!(
+        tb.lookup("ids", "k", 0, T0).map(|x| x.0),
+        Some("named".into())
+    );
+    assert_eq!(tb.lookup("other", "k", 0, T0), None);
+    assert!(tb.remove("ids", "k", T0));
+    assert_eq!(
+        tb.lookup("", "k", 0, T0).map(|x| x.0),
+        Some("default".into())
+    );
+    assert_eq!(tb.table_names(), vec!["".to_string(), "ids".to_string()]);
+}
+
+#[test]
+fn limits_refuse_and_count_failures() {
+    let (tb, _) = setup(TableLimits {
+        max_entries: 2,
+        max_key_bytes: 4,
+        max_value_bytes: 3,
+        max_lifetime_s: 100,
+    });
+    assert_eq!(
+        tb.insert("", "12345", "v", 10, T0),
+        Err(InsertError::KeyTooLong { len: 5, max: 4 })
+    );
+    assert_eq!(
+        tb.insert("", "k", "long", 10, T0),
+        Err(InsertError::ValueTooLong { len: 4, max: 3 })
+    );
+    tb.insert("", "a", "v", 10, T0).expect("test value");
+    tb.insert("t", "b", "v", 10, T0).expect("test value");
+    // The limit counts entries across all tables of the VS.
+    assert_eq!(
+        tb.insert("", "c", "v", 10, T0),
+        Err(InsertError::Full { max: 2 })
+    );
+    // Updating an existing key still works when full.
+    assert_eq!(tb.insert("", "a", "v", 10, T0), Ok(InsertOutcome::Updated));
+    assert_eq!(tb.counters().failures, 3);
+    // Expired entries free their slot once swept.
+    assert_eq!(tb.sweep(T0 + 10 * S).len(), 2);
+    assert!(tb.insert("", "c", "v", 10, T0 + 10 * S).is_ok());
+}
+
+#[test]
+fn sweep_returns_expired_and_notifies() {
+    let (tb, rec) = t();
+    tb.insert("", "a", "1", 10, T0).expect("test value");
+    tb.insert("t", "b", "2", 20, T0).expect("test value");
+    tb.insert("", "c", "3", 30, T0).expect("test value");
+    rec.0.lock().clear();
+    let mut gone = tb.sweep(T0 + 20 * S);
+    gone.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<_> = gone
+        .iter()
+        .map(|e| (e.table.as_str(), e.key.as_str()))
+        .collect();
+    assert_eq!(keys, vec![("", "a"), ("t", "b")]);
+    assert_eq!(tb.len(), 1);
+    assert_eq!(rec.0.lock().len(), 2);
+    assert_eq!(tb.counters().expirations, 2);
+}
+
+#[test]
+fn list_get_delete_flush() {
+    let (tb, rec) = t();
+    for (tbl, k) in [("", "u1"), ("", "u2"), ("", "x1"), ("t", "u3")] {
+        tb.insert(tbl, k, "v", 10, T0).expect("test value");
+    }
+    let all = tb.list(None, None, 100, T0);
+    assert_eq!(all.len(), 4);
+    let u: Vec<_> = tb
+        .list(Some(""), Some("u"), 100, T0)
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(u, vec!["u1", "u2"]);
+    assert_eq!(tb.list(None, Some("u"), 2, T0).len(), 2);
+    let g = tb.get("t", "u3", T0 + S).expect("test value");
+    assert_eq!(g.remaining_s(T0 + S), 9);
+    assert_eq!(tb.get("t", "u3", T0 + 11 * S), None);
+    assert_eq!(tb.flush(Some("")), 3);
+    assert!(tb.is_empty());
+    assert_eq!(
+        rec.0
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, Ev::Rm(_, _, RemoveReason::Removed)))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn restore_does_not_notify_and_skips_expired() {
+    let (tb, rec) = t();
+    let n = tb.restore(
+        vec![
+            EntryView {
+                table: "".into(),
+                key: "a".into(),
+                value: "1".into(),
+                expires_at_mono_ns: T0 + 10 * S,
+            },
+            EntryView {
+                table: "t".into(),
+                key: "b".into(),
+                value: "2".into(),
+                expires_at_mono_ns: T0 - 1,
+            },
+        ],
+        T0,
+    );
+    assert_eq!(n, 1);
+    assert!(rec.0.lock().is_empty());
+    assert_eq!(tb.lookup("", "a", 0, T0), Some(("1".into(), 10)));
+    assert_eq!(tb.len(), 1);
+}
+
+#[test]
+fn concurrent_inserts_of_one_key_agree() {
+    for round in 0..50 {
+        let (tb, _) = t();
+        let tb = Arc::new(tb);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let tb = Arc::clone(&tb);
+                let b = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    b.wait();
+                    let key = format!("k{round}");
+                    tb.insert("", &key, &format!("v{i}"), 100, T0)
+                        .expect("insert");
+                    tb.lookup("", &key, 0, T0).map(|x| x.0)
+                })
+            })
+            .collect();
+        let seen: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect();
+        assert!(seen[0].is_some());
+        assert!(seen.iter().all(|s| s == &seen[0]), "{seen:?}");
+        let c = tb.counters();
+        assert_eq!((c.inserts, c.updates, c.entries), (1, 3, 1));
+    }
+}
+
+#[test]
+fn store_creates_vs_tables_and_sweeps_all() {
+    let rec = Arc::new(Rec::default());
+    let store = TableStore::new(TableLimits::default(), rec.clone());
+    store
+        .vs("a")
+        .insert("", "k", "v", 1, T0)
+        .expect("test value");
+    store
+        .vs("b")
+        .insert("", "k", "v", 100, T0)
+        .expect("test value");
+    assert!(Arc::ptr_eq(
+        &store.vs("a"),
+        &store.get_vs("a").expect("test value")
+    ));
+    let gone = store.sweep(T0 + 2 * S);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].0, "a");
+    assert_eq!(rec.0.lock().len(), 3);
+    let rec2 = Arc::new(Rec::default());
+    store.set_mirror(rec2.clone());
+    store.vs("b").remove("", "k", T0);
+    store
+        .vs("c")
+        .insert("", "k", "v", 1, T0)
+        .expect("test value");
+    assert_eq!(rec2.0.lock().len(), 2);
+    assert_eq!(rec.0.lock().len(), 3);
+    store.retain_vs(|v| v != "a");
+    assert_eq!(store.vs_names(), vec!["b".to_string(), "c".to_string()]);
+}
+
+#[test]
+fn monotonic_clock_moves_forward() {
+    let a = MonotonicClock.now_ns();
+    let b = MonotonicClock.now_ns();
+    assert!(a > 0 && b >= a);
+}
+
+/// Bytes per entry in user space (glibc heap), 100k entries, 32-byte keys, 16-byte values.
+/// `cargo test -p lb-userspace --lib tables::tests::memory_per_entry -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn memory_per_entry() {
+    fn heap() -> usize {
+        // SAFETY: mallinfo2 only reads allocator statistics.
+        unsafe { libc::mallinfo2().uordblks }
+    }
+    let (tb, _) = setup(TableLimits::default());
+    let n = 100_000;
+    let before = heap();
+    for i in 0..n {
+        let key = format!("{i:032}");
+        tb.insert("", &key, "0123456789abcdef", 300, T0)
+            .expect("test value");
+    }
+    let after = heap();
+    let per = (after - before) as f64 / n as f64;
+    println!("{per:.1} bytes/entry ({n} entries, 32-byte keys, 16-byte values)");
+    assert_eq!(tb.len(), n);
+}

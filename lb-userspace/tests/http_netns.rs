@@ -1,0 +1,328 @@
+//! HTTP virtual services with DataScripts, with real traffic through `latch run` in the LB
+//! namespace. Needs root; skips otherwise.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use latch_tests::{
+    LatchAgent, RequestBody, Topology, agent_section, http_get, http_request, require_netns,
+};
+
+const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+const HTTP_PORT: u16 = 8080;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The seed's JSESSIONID scripts with a short lifetime, plus a header telling the client
+/// whether the request was routed by a table hit (reqvar carries it from HTTP_REQ to
+/// HTTP_RESP), and /logout removing the session.
+const JSESSION_SCRIPTS: &str = r#"
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+local id = avi.http.get_cookie("JSESSIONID")
+if id then
+  if avi.http.get_path() == "/logout" then
+    avi.vs.table_remove(id)
+  else
+    local server = avi.vs.table_lookup(id, 0)
+    avi.vs.reqvar.hit = server ~= nil
+    if server then
+      avi.pool.select("web", server)
+    end
+  end
+end
+'''
+
+[[virtual_service.datascript]]
+event = "HTTP_RESP"
+script = '''
+if avi.http.get_cookie("JSESSIONID") then
+  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 2)
+end
+avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
+'''
+"#;
+
+fn http_config(agent: &LatchAgent, topo: &Topology, scripts: &str) -> String {
+    let servers: Vec<String> = topo
+        .backend_addrs()
+        .iter()
+        .map(|b| format!("\"{b}:{HTTP_PORT}\""))
+        .collect();
+    format!(
+        "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"shop\"\n\
+         listen = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n{scripts}",
+        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
+        servers.join(", "),
+        topo.vip()
+    )
+}
+
+fn start(topo: &Topology, scripts: &str) -> Result<LatchAgent, Box<dyn std::error::Error>> {
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&http_config(&agent, topo, scripts))?;
+    agent.start()?;
+    Ok(agent)
+}
+
+fn vip(topo: &Topology) -> SocketAddr {
+    SocketAddr::from((topo.vip(), 80))
+}
+
+fn get_with_cookie(
+    topo: &Topology,
+    path: &str,
+    cookie: &str,
+) -> Result<latch_tests::Response, String> {
+    let header = format!("JSESSIONID={cookie}");
+    http_get(vip(topo), path, &[("cookie", header.as_str())]).map_err(|e| e.to_string())
+}
+
+#[test]
+fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_release() -> TestResult
+{
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, JSESSION_SCRIPTS)?;
+
+    topo.client().run(|| -> Result<(), String> {
+        let login = http_get(vip(&topo), "/login", &[]).map_err(|e| e.to_string())?;
+        let cookie = login.set_cookie("JSESSIONID").ok_or("no JSESSIONID")?;
+        let owner = login.backend.ok_or("no X-Backend")?;
+        // The proxy adds X-Forwarded-For; the backend sees the LB's address as peer.
+        for _ in 0..12 {
+            let r = get_with_cookie(&topo, "/", &cookie)?;
+            if r.backend.as_deref() != Some(owner.as_str()) {
+                return Err(format!(
+                    "session {cookie} moved from {owner} to {:?}",
+                    r.backend
+                ));
+            }
+            if r.header("x-persist") != Some("true") {
+                return Err(format!(
+                    "expected a table hit, got {:?}",
+                    r.header("x-persist")
+                ));
+            }
+        }
+        let mut rotated = BTreeSet::new();
+        for _ in 0..9 {
+            let r = http_get(vip(&topo), "/", &[]).map_err(|e| e.to_string())?;
+            rotated.insert(r.backend.ok_or("no X-Backend")?);
+        }
+        if rotated.len() != 3 {
+            return Err(format!("cookie-less requests did not rotate: {rotated:?}"));
+        }
+
+        // Expiry: the entry lives 2 s and lookups do not extend it (extension 0).
+        std::thread::sleep(Duration::from_millis(2600));
+        let r = get_with_cookie(&topo, "/", &cookie)?;
+        if r.header("x-persist") != Some("false") {
+            return Err(format!(
+                "expired session still hit: {:?}",
+                r.header("x-persist")
+            ));
+        }
+        // table_remove through /logout releases a fresh session.
+        let login = http_get(vip(&topo), "/login", &[]).map_err(|e| e.to_string())?;
+        let cookie = login.set_cookie("JSESSIONID").ok_or("no JSESSIONID")?;
+        if get_with_cookie(&topo, "/", &cookie)?.header("x-persist") != Some("true") {
+            return Err("new session not learned".into());
+        }
+        get_with_cookie(&topo, "/logout", &cookie)?;
+        let r = get_with_cookie(&topo, "/", &cookie)?;
+        if r.header("x-persist") != Some("false") {
+            return Err(format!(
+                "removed session still hit: {:?}",
+                r.header("x-persist")
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, JSESSION_SCRIPTS)?;
+    let failures = topo.client().run(|| {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| -> Result<(), String> {
+                        let login =
+                            http_get(vip(&topo), "/login", &[]).map_err(|e| e.to_string())?;
+                        let cookie = login.set_cookie("JSESSIONID").ok_or("no cookie")?;
+                        let owner = login.backend.ok_or("no X-Backend")?;
+                        for _ in 0..10 {
+                            let r = get_with_cookie(&topo, "/", &cookie)?;
+                            if r.backend.as_deref() != Some(owner.as_str()) {
+                                return Err(format!("{cookie} moved to {:?}", r.backend));
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .filter_map(|w| match w.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some("client thread panicked".to_string()),
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    assert!(failures.is_empty(), "{failures:?}");
+    Ok(())
+}
+
+#[test]
+fn runtime_error_and_runaway_script_answer_500_and_others_go_on() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let scripts = r#"
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+local path = avi.http.get_path()
+if path == "/boom" then
+  error("boom on purpose")
+elseif path == "/loop" then
+  while true do end
+end
+'''
+"#;
+    let agent = start(&topo, scripts)?;
+    topo.client().run(|| -> Result<(), String> {
+        for _ in 0..3 {
+            let boom = http_get(vip(&topo), "/boom", &[]).map_err(|e| e.to_string())?;
+            let looped = http_get(vip(&topo), "/loop", &[]).map_err(|e| e.to_string())?;
+            let fine = http_get(vip(&topo), "/", &[]).map_err(|e| e.to_string())?;
+            if (boom.status, looped.status, fine.status) != (500, 500, 200) {
+                return Err(format!(
+                    "statuses {} {} {}",
+                    boom.status, looped.status, fine.status
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    let log = agent.log();
+    assert!(
+        log.contains("boom on purpose"),
+        "runtime error logged: {log}"
+    );
+    assert!(log.contains("shop"), "log names the virtual service");
+    Ok(())
+}
+
+#[test]
+fn hundred_megabytes_stream_both_ways_with_bounded_agent_memory() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(1).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let agent = start(&topo, "")?;
+    let pid = agent.pid().ok_or("agent not running")?;
+    let rss = || -> Result<u64, String> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| "no VmHWM".to_string())
+    };
+    let before = rss()?;
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let (down, up) = topo.client().run(|| -> Result<(u64, u64), String> {
+        let down = latch_tests::http_download(vip(&topo), SIZE, Duration::from_secs(60))
+            .map_err(|e| e.to_string())?;
+        let up = latch_tests::http_upload(vip(&topo), SIZE, Duration::from_secs(60))
+            .map_err(|e| e.to_string())?;
+        Ok((down, up))
+    })?;
+    assert_eq!(down, SIZE);
+    assert_eq!(up, SIZE);
+    let grown_kb = rss()?.saturating_sub(before);
+    assert!(
+        grown_kb < 32 * 1024,
+        "agent peak memory grew by {grown_kb} kB while streaming 2 x 100 MB"
+    );
+    Ok(())
+}
+
+/// Sends raw bytes and returns the status line of the answer.
+fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(request).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 512];
+    let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(1).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, "")?;
+    let server = topo.server("b1").ok_or("no b1")?;
+    let before = server.requests();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let statuses = topo.client().run(|| -> Result<Vec<String>, String> {
+        Ok(vec![
+            raw_status(vip(&topo), b"GARBAGE\r\n\r\n")?,
+            raw_status(vip(&topo), b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n")?,
+            raw_status(vip(&topo), huge.as_bytes())?,
+            raw_status(
+                vip(&topo),
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc",
+            )?,
+        ])
+    })?;
+    assert!(
+        statuses[0].contains(" 400"),
+        "bad request line: {statuses:?}"
+    );
+    assert!(statuses[1].contains(" 400"), "bad target: {statuses:?}");
+    assert!(
+        statuses[2].contains(" 431"),
+        "oversize headers: {statuses:?}"
+    );
+    assert!(
+        statuses[3].contains(" 400"),
+        "conflicting lengths: {statuses:?}"
+    );
+    // A good request still works, and only it reached the backend.
+    let ok = topo.client().run(|| {
+        http_request(
+            vip(&topo),
+            "GET",
+            "/",
+            &[],
+            RequestBody::Empty,
+            Duration::from_secs(5),
+        )
+    })?;
+    assert_eq!(ok.status, 200);
+    assert_eq!(server.requests(), before + 1);
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Layer-4 services through the XDP data plane with real traffic: client namespace -> LB
+//! namespace running `latch run` -> backend namespaces. Needs root; skips otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use latch_tests::{
+    HttpConn, LatchAgent, Topology, agent_section, http_get, http_get_from, require_netns,
+    udp_roundtrip,
+};
+
+const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+const HTTP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 9000;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A pool of every backend's HTTP port, a tcp VS on VIP:80 (port mapping to 8080) and a udp
+/// VS on VIP:53 (to 9000).
+fn l4_config(agent: &LatchAgent, topo: &Topology, tcp_extra: &str, servers: &[usize]) -> String {
+    let http: Vec<String> = servers
+        .iter()
+        .map(|&i| format!("\"{}:{HTTP_PORT}\"", topo.backend_addrs()[i - 1]))
+        .collect();
+    let udp: Vec<String> = servers
+        .iter()
+        .map(|&i| format!("\"{}:{UDP_PORT}\"", topo.backend_addrs()[i - 1]))
+        .collect();
+    format!(
+        "{agent}\n[[pool]]\nname = \"web\"\nservers = [{http}]\n\n[[pool]]\nname = \"dns\"\nservers = [{udp}]\n\n\
+         [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"{vip}:80\"\ntype = \"tcp\"\npool = \"web\"\n{tcp_extra}\n\n\
+         [[virtual_service]]\nname = \"dns-udp\"\nlisten = \"{vip}:53\"\ntype = \"udp\"\npool = \"dns\"\n",
+        agent = agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
+        http = http.join(", "),
+        udp = udp.join(", "),
+        vip = topo.vip(),
+    )
+}
+
+fn start(
+    topo: &Topology,
+    config: impl Fn(&LatchAgent) -> String,
+) -> Result<LatchAgent, Box<dyn std::error::Error>> {
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&config(&agent))?;
+    agent.start()?;
+    Ok(agent)
+}
+
+fn vip(topo: &Topology, port: u16) -> SocketAddr {
+    SocketAddr::from((topo.vip(), port))
+}
+
+#[test]
+fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let _agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
+    let client = topo.client_addr();
+
+    let (tcp_seen, udp_seen) = topo.client().run(|| -> Result<_, String> {
+        let mut tcp = BTreeMap::<String, usize>::new();
+        for _ in 0..60 {
+            let r = http_get(vip(&topo, 80), "/", &[]).map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("status {}", r.status));
+            }
+            // NAT keeps the client's address: the backend sees it, not the LB's.
+            let seen = r.seen_client.ok_or("no X-Seen-Client")?;
+            if seen.ip() != IpAddr::V4(client) {
+                return Err(format!("backend saw {seen}, expected {client}"));
+            }
+            *tcp.entry(r.backend.ok_or("no X-Backend")?).or_default() += 1;
+        }
+        let mut udp = BTreeMap::<String, usize>::new();
+        for _ in 0..60 {
+            let r = udp_roundtrip(vip(&topo, 53), b"hello", Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            // The reply must come from the VIP, as the client addressed it.
+            if r.from != vip(&topo, 53) {
+                return Err(format!("UDP reply from {}, expected the VIP", r.from));
+            }
+            let seen = r.seen_client().ok_or("no client in UDP reply")?;
+            if seen.ip() != IpAddr::V4(client) {
+                return Err(format!("UDP backend saw {seen}"));
+            }
+            *udp.entry(r.backend().ok_or("no backend in UDP reply")?.to_string())
+                .or_default() += 1;
+        }
+        Ok((tcp, udp))
+    })?;
+    assert_eq!(
+        tcp_seen.len(),
+        3,
+        "TCP connections spread over all backends: {tcp_seen:?}"
+    );
+    assert_eq!(
+        udp_seen.len(),
+        3,
+        "UDP flows spread over all backends: {udp_seen:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_ip_persistence_sticks_and_expires() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder()
+        .backends(3)
+        .client_addresses(4)
+        .vip_on_lb(false)
+        .build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let _agent = start(&topo, |a| {
+        l4_config(
+            a,
+            &topo,
+            "persistence = { type = \"client_ip\", timeout = \"1s\" }",
+            &[1, 2, 3],
+        )
+    })?;
+    let clients: Vec<IpAddr> = topo.client_addrs().iter().map(|&a| IpAddr::V4(a)).collect();
+
+    // Every client address sticks to one backend over many connections (many source ports).
+    let sticky = topo.client().run(|| -> Result<Vec<String>, String> {
+        let mut pinned = Vec::new();
+        for &from in &clients {
+            let mut seen = BTreeSet::new();
+            for _ in 0..15 {
+                let r = http_get_from(from, vip(&topo, 80), "/").map_err(|e| e.to_string())?;
+                seen.insert(r.backend.ok_or("no X-Backend")?);
+            }
+            if seen.len() != 1 {
+                return Err(format!(
+                    "{from} was spread over {seen:?} despite persistence"
+                ));
+            }
+            pinned.extend(seen);
+        }
+        Ok(pinned)
+    })?;
+    assert_eq!(sticky.len(), clients.len());
+
+    // After the timeout the pin is gone and the next connection is balanced afresh. Each
+    // round lands on the old backend with probability 1/3; 8 rounds make a false failure a
+    // 1-in-6561 event.
+    let first = clients[0];
+    let moved = topo.client().run(|| -> Result<bool, String> {
+        let mut current = sticky[0].clone();
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(1500));
+            let r = http_get_from(first, vip(&topo, 80), "/").map_err(|e| e.to_string())?;
+            let now = r.backend.ok_or("no X-Backend")?;
+            if now != current {
+                return Ok(true);
+            }
+            current = now;
+        }
+        Ok(false)
+    })?;
+    assert!(
+        moved,
+        "client {first} never moved after its persistence expired"
+    );
+    Ok(())
+}
+
+#[test]
+fn dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder()
+        .backends(3)
+        .with_vip_on_backend_loopback()
+        .build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, |a| {
+        let servers: Vec<String> = topo
+            .backend_addrs()
+            .iter()
+            .map(|b| format!("\"{b}:{HTTP_PORT}\""))
+            .collect();
+        format!(
+            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"dsr\"\n\
+             listen = \"{}:{HTTP_PORT}\"\ntype = \"tcp\"\npool = \"web\"\nforwarding = \"dsr\"\n",
+            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
+            servers.join(", "),
+            topo.vip()
+        )
+    })?;
+    let client = topo.client_addr();
+    let seen = topo.client().run(|| -> Result<BTreeSet<String>, String> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..45 {
+            let r = http_get(vip(&topo, HTTP_PORT), "/", &[]).map_err(|e| e.to_string())?;
+            let c = r.seen_client.ok_or("no X-Seen-Client")?;
+            if c.ip() != IpAddr::V4(client) {
+                return Err(format!("backend saw {c}"));
+            }
+            seen.insert(r.backend.ok_or("no X-Backend")?);
+        }
+        Ok(seen)
+    })?;
+    assert_eq!(seen.len(), 3, "DSR spread over all backends: {seen:?}");
+    Ok(())
+}
+
+#[test]
+fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
+
+    // A long-lived keep-alive connection; whichever backend it lands on stays in the pool.
+    let (conn_backend, mut conn) = topo.client().run(|| -> Result<_, String> {
+        let mut conn =
+            HttpConn::connect(vip(&topo, 80), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let first = conn.get("/", &[]).map_err(|e| e.to_string())?;
+        Ok((first.backend.ok_or("no X-Backend")?, conn))
+    })?;
+    let index = |name: &str| name.trim_start_matches('b').parse::<usize>().unwrap_or(0);
+    let removed = (1..=3)
+        .find(|&i| i != index(&conn_backend))
+        .ok_or("no backend to remove")?;
+
+    let keep: Vec<usize> = (1..=3).filter(|&i| i != removed).collect();
+    agent.write_config(&l4_config(&agent, &topo, "", &keep))?;
+    let outcome = agent.reload()?;
+    assert!(
+        outcome.contains("configuration reloaded"),
+        "reload: {outcome}"
+    );
+
+    let removed_name = format!("b{removed}");
+    let removed_before = topo
+        .server(&removed_name)
+        .map(|s| s.requests())
+        .ok_or("no removed server")?;
+    topo.client().run(|| -> Result<(), String> {
+        // The established connection survives the reload on its backend.
+        for _ in 0..5 {
+            let r = conn
+                .get("/", &[])
+                .map_err(|e| format!("kept connection broke: {e}"))?;
+            if r.backend.as_deref() != Some(conn_backend.as_str()) {
+                return Err(format!("kept connection moved to {:?}", r.backend));
+            }
+        }
+        // New connections never reach the removed backend.
+        for _ in 0..40 {
+            let r = http_get(vip(&topo, 80), "/", &[]).map_err(|e| e.to_string())?;
+            if r.backend.as_deref() == Some(removed_name.as_str()) {
+                return Err(format!(
+                    "new connection reached removed backend {removed_name}"
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    let removed_after = topo
+        .server(&removed_name)
+        .map(|s| s.requests())
+        .ok_or("no removed server")?;
+    assert_eq!(
+        removed_before, removed_after,
+        "removed backend got requests"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_config_on_reload_is_refused_and_traffic_goes_on() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2]))?;
+    let good = l4_config(&agent, &topo, "", &[1, 2]);
+    agent.write_config(&good.replace("pool = \"web\"", "pool = \"nope\""))?;
+    let outcome = agent.reload()?;
+    assert!(outcome.contains("reload refused"), "reload: {outcome}");
+    assert!(
+        outcome.contains("latch.toml:"),
+        "refusal names file:line:col: {outcome}"
+    );
+    topo.client().run(|| -> Result<(), String> {
+        for _ in 0..10 {
+            let r = http_get(vip(&topo, 80), "/", &[]).map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("status {}", r.status));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let first = start(&topo, |a| l4_config(a, &topo, "", &[1]))?;
+
+    // Same pin directory: refused by the lock, naming the directory.
+    let second = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    second.write_config(&std::fs::read_to_string(first.config_path())?)?;
+    let (status, stderr) = second.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("another latch agent is running"),
+        "second agent: {stderr}"
+    );
+
+    let third = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    let text = l4_config(&third, &topo, "", &[1]).replacen("vclient", "nosuch0", 1);
+    third.write_config(&text)?;
+    let (status, stderr) = third.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("nosuch0"),
+        "unknown interface named: {stderr}"
+    );
+    // The refused start left the first agent's traffic alone.
+    let r = topo.client().run(|| http_get(vip(&topo, 80), "/", &[]))?;
+    assert_eq!(r.status, 200);
+    Ok(())
+}
