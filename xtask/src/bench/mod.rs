@@ -12,6 +12,30 @@ pub enum BenchCmd {
     /// XDP data plane: ns/packet per path (BPF_PROG_TEST_RUN) and Mpps on veth against an
     /// XDP_DROP ceiling and nftables DNAT. Writes target/bench/dataplane.{md,json,png}.
     Dataplane(DataplaneArgs),
+    /// HTTP: req/s and p50/p99 with wrk, keep-alive and connection per request, for the
+    /// direct backend, latch (no scripts, JSESSIONID DataScripts, fast path), HAProxy with a
+    /// stick table and nginx with Lua, at equal worker counts; table ops/s and bytes/entry.
+    /// Writes target/bench/http.{md,json,png}.
+    Http(HttpArgs),
+}
+
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Seconds of each wrk run (19 runs per round at the default worker counts).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Rounds (targets alternate within each round; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// LB worker counts to compare, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    pub workers: String,
+    /// Skip the datascript/tables measurement tests (they build lb-userspace's tests in release).
+    #[arg(long)]
+    pub no_tables: bool,
 }
 
 #[derive(Args)]
@@ -33,6 +57,23 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             "--rounds".into(),
             a.rounds.to_string(),
         ],
+        BenchCmd::Http(a) => {
+            let mut v = vec![
+                "http".into(),
+                "--duration".into(),
+                a.duration.to_string(),
+                "--rounds".into(),
+                a.rounds.to_string(),
+                "--connections".into(),
+                a.connections.to_string(),
+                "--workers".into(),
+                a.workers,
+            ];
+            if a.no_tables {
+                v.push("--no-tables".into());
+            }
+            v
+        }
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -4,6 +4,7 @@
 mod dataplane;
 mod env;
 mod frames;
+mod http;
 mod mpps;
 mod plot;
 mod report;
@@ -27,6 +28,19 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// HTTP: wrk against the direct backend, latch, HAProxy and nginx+Lua.
+    Http {
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        #[arg(long)]
+        no_tables: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +48,25 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Dataplane { seconds, rounds } => {
             dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
+        }
+        Cmd::Http {
+            duration,
+            rounds,
+            connections,
+            mut workers,
+            no_tables,
+        } => {
+            workers.retain(|w| (1..=16).contains(w));
+            workers.sort_unstable();
+            workers.dedup();
+            http::run(http::Options {
+                seconds: duration.clamp(1, 120),
+                rounds: rounds.clamp(1, 10),
+                connections: connections.clamp(2, 2000),
+                wrk_threads: 2,
+                workers,
+                tables: !no_tables,
+            })
         }
     };
     match result {
