@@ -36,6 +36,9 @@ pub struct HttpArgs {
     /// Skip the datascript/tables measurement tests (they build lb-userspace's tests in release).
     #[arg(long)]
     pub no_tables: bool,
+    /// Keep latch's per-request access log on (the peers run without access logs).
+    #[arg(long)]
+    pub latch_access_log: bool,
 }
 
 #[derive(Args)]
@@ -71,6 +74,9 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             ];
             if a.no_tables {
                 v.push("--no-tables".into());
+            }
+            if a.latch_access_log {
+                v.push("--access-log".into());
             }
             v
         }

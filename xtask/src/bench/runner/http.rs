@@ -45,6 +45,8 @@ pub struct Options {
     pub wrk_threads: u32,
     pub workers: Vec<usize>,
     pub tables: bool,
+    /// Keep latch's per-request access log on (off by default, like the peers' logs).
+    pub access_log: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -116,10 +118,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "latch-bench-http-{}-{tag}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("latch-bench-http-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Self(p))
     }
@@ -160,10 +159,7 @@ fn clock_ticks() -> f64 {
 enum Running {
     None,
     Latch(Box<LatchAgent>),
-    Process {
-        child: ChildGuard,
-        _dir: TempDir,
-    },
+    Process { child: ChildGuard, _dir: TempDir },
 }
 
 impl Running {
@@ -374,7 +370,11 @@ impl Bench<'_> {
                 let (mut note, mut valid) = (note.clone(), true);
                 if s.lb == Lb::LatchFastPath {
                     let (n, ok) = self.fast_path_check(s, fast_before, fast_after, w.requests);
-                    note = if note.is_empty() { n } else { format!("{note}; {n}") };
+                    note = if note.is_empty() {
+                        n
+                    } else {
+                        format!("{note}; {n}")
+                    };
                     valid = ok;
                 }
                 out.push((
@@ -580,7 +580,8 @@ fn route_scenarios(topo: &Topology, list: &[Scenario]) -> Result<()> {
     for s in list {
         let dst = *s.target().ip();
         if s.lb != Lb::Direct {
-            topo.lb().ip(&["addr", "add", &format!("{dst}/32"), "dev", "lo"])?;
+            topo.lb()
+                .ip(&["addr", "add", &format!("{dst}/32"), "dev", "lo"])?;
         }
         topo.client().ip(&[
             "route",
@@ -624,6 +625,14 @@ fn method_notes(o: &Options) -> Vec<String> {
          proxy_pass http://$target; upstream keepalive 64). latch runs the seed's scripts \
          verbatim (examples/jsession.toml), release build."
             .into(),
+        if o.access_log {
+            "latch's access log (one line per request to stderr) was ON for this run.".into()
+        } else {
+            "Access logs off everywhere: HAProxy has no log directive, nginx access_log off, \
+             latch runs with RUST_LOG=info,latch::access=off (its per-request access line is \
+             otherwise formatted and written to stderr synchronously on the worker thread)."
+                .into()
+        },
         "LB CPU us/req: user+system CPU time of the LB's processes (nginx master and workers) \
          over the run divided by the requests wrk completed."
             .into(),
@@ -659,6 +668,13 @@ pub fn run(opts: Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench http needs root (network namespaces)");
+    }
+    // latch writes an access log line per request to stderr (formatted synchronously on the
+    // worker thread); HAProxy and nginx run without access logs here, so latch does too.
+    // The agent inherits this environment. Set before any thread exists.
+    if !opts.access_log {
+        // SAFETY: single-threaded at this point (no thread has been spawned yet).
+        unsafe { std::env::set_var("RUST_LOG", "info,latch::access=off") };
     }
     check_tools()?;
     let latch_bin = build_latch()?;
@@ -743,7 +759,9 @@ pub fn run(opts: Options) -> Result<()> {
                         sample.rps,
                         sample.p50_ms.map_or("-".into(), |v| format!("{v:.2}")),
                         sample.p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
-                        sample.cpu_us_per_req.map_or("-".into(), |v| format!("{v:.1}")),
+                        sample
+                            .cpu_us_per_req
+                            .map_or("-".into(), |v| format!("{v:.1}")),
                         if sample.errors > 0 {
                             format!("  errors {}", sample.errors)
                         } else {
@@ -764,10 +782,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
         Ok(())
     })();
-    println!(
-        "    measured for {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("    measured for {:.0} s", started.elapsed().as_secs_f64());
     for b in backends {
         b.stop();
     }
@@ -834,13 +849,12 @@ fn write(r: &HttpReport) -> Result<()> {
     for mode in [Mode::KeepAlive, Mode::Close] {
         println!();
         println!(
-            "{:<48} {:>10} {:>8} {:>8} {:>10}  {}",
+            "{:<48} {:>10} {:>8} {:>8} {:>10}  note",
             mode.label(),
             "req/s",
             "p50 ms",
             "p99 ms",
             "cpu us/req",
-            "note"
         );
         for m in r.measurements.iter().filter(|m| m.mode == mode) {
             println!(
@@ -849,8 +863,7 @@ fn write(r: &HttpReport) -> Result<()> {
                 m.rps,
                 m.p50_ms.map_or("-".into(), |v| format!("{v:.2}")),
                 m.p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
-                m.cpu_us_per_req
-                    .map_or("-".into(), |v| format!("{v:.1}")),
+                m.cpu_us_per_req.map_or("-".into(), |v| format!("{v:.1}")),
                 if m.valid { "" } else { "NOT VALID: " },
                 m.note
             );
@@ -889,7 +902,10 @@ fn write(r: &HttpReport) -> Result<()> {
         println!("table figures: {e}");
     }
     println!();
-    println!("{:<52} {:<12} {:<34} verdict", "target", "required", "measured");
+    println!(
+        "{:<52} {:<12} {:<34} verdict",
+        "target", "required", "measured"
+    );
     for x in &r.targets {
         println!(
             "{:<52} {:<12} {:<34} {}",

@@ -40,6 +40,8 @@ enum Cmd {
         workers: Vec<usize>,
         #[arg(long)]
         no_tables: bool,
+        #[arg(long)]
+        access_log: bool,
     },
 }
 
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
             connections,
             mut workers,
             no_tables,
+            access_log,
         } => {
             workers.retain(|w| (1..=16).contains(w));
             workers.sort_unstable();
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
                 wrk_threads: 2,
                 workers,
                 tables: !no_tables,
+                access_log,
             })
         }
     };

@@ -38,10 +38,10 @@ pub fn write_png(report: &HttpReport, path: &Path) -> Result<()> {
                 label: format!(
                     "{}\n{}",
                     m.lb.short(),
-                    if m.workers == 0 {
-                        String::new()
-                    } else {
-                        format!("{} wk", m.workers)
+                    match (m.workers, m.lb, m.valid) {
+                        (0, Lb::LatchFastPath, false) => "NOT ENGAGED".to_string(),
+                        (0, _, _) => String::new(),
+                        (w, _, _) => format!("{w} wk"),
                     }
                 ),
                 value: m.rps,

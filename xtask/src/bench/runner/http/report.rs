@@ -50,7 +50,7 @@ impl Lb {
             Lb::Direct => "direct",
             Lb::LatchPlain => "latch",
             Lb::LatchScripts => "latch+DS",
-            Lb::LatchFastPath => "latch fast path",
+            Lb::LatchFastPath => "fast path",
             Lb::Haproxy => "HAProxy",
             Lb::NginxLua => "nginx+Lua",
         }
@@ -99,7 +99,9 @@ fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 
 /// Medians of every field over the rounds (each field on its own: the p99 reported is the
 /// median round's p99, not the p99 of the median-throughput round).
-pub fn summarize(samples: &[Sample]) -> (Vec<f64>, f64, Option<f64>, Option<f64>, Option<f64>, u64) {
+pub fn summarize(
+    samples: &[Sample],
+) -> (Vec<f64>, f64, Option<f64>, Option<f64>, Option<f64>, u64) {
     let rps: Vec<f64> = samples.iter().map(|s| s.rps).collect();
     (
         rps.clone(),
@@ -142,7 +144,13 @@ impl TableFigures {
 /// Parses `bench_event` and `memory_per_entry` output lines.
 pub fn parse_table_output(text: &str, t: &mut TableFigures) {
     for line in text.lines() {
-        let l = line.trim();
+        let mut l = line.trim();
+        // With --nocapture a test's first line follows libtest's `test <name> ... `.
+        if l.starts_with("test ")
+            && let Some((_, after)) = l.split_once(" ... ")
+        {
+            l = after.trim();
+        }
         if let Some(rest) = l.strip_prefix("table_lookup from Lua, ") {
             // "jit=false, exten=0: 7.12 M lookups/s"
             if let Some((key, val)) = rest.split_once(": ")
@@ -208,12 +216,7 @@ pub const LOOKUPS_MIN_MPS: f64 = 2.0;
 pub const FAST_VS_DIRECT_MIN: f64 = 0.9;
 pub const FAST_VS_HAPROXY_MIN: f64 = 1.5;
 
-pub fn find<'a>(
-    ms: &'a [Measurement],
-    lb: Lb,
-    workers: usize,
-    mode: Mode,
-) -> Option<&'a Measurement> {
+pub fn find(ms: &[Measurement], lb: Lb, workers: usize, mode: Mode) -> Option<&Measurement> {
     ms.iter()
         .find(|m| m.lb == lb && m.workers == workers && m.mode == mode)
 }
@@ -537,7 +540,10 @@ mod tests {
         let (rounds, rps, p50, p99, cpu, errors) =
             summarize(&[s(3.0, 9.0), s(1.0, 1.0), s(2.0, 5.0)]);
         assert_eq!(rounds, vec![3.0, 1.0, 2.0]);
-        assert_eq!((rps, p50, p99, cpu, errors), (2.0, Some(1.0), Some(5.0), None, 6));
+        assert_eq!(
+            (rps, p50, p99, cpu, errors),
+            (2.0, Some(1.0), Some(5.0), None, 6)
+        );
     }
 
     #[test]
@@ -558,14 +564,18 @@ mod tests {
         let ov = overhead(&ms);
         let mut tables = TableFigures::default();
         parse_table_output(
-            "table_lookup from Lua, jit=false, exten=0: 2.50 M lookups/s\n\
+            "test datascript::tests::bench_event ... JSESSIONID txn (req+resp), jit=false: 5200 ns/txn, overhead over no scripts 3100 ns (900 ns baseline: begin + clones)\n\
+             table_lookup from Lua, jit=false, exten=0: 2.50 M lookups/s\n\
              table_lookup from Lua, jit=true, exten=0: 9.10 M lookups/s\n\
-             JSESSIONID txn (req+resp), jit=false: 5200 ns/txn, overhead over no scripts 3100 ns (900 ns baseline: begin + clones)\n\
-             137.9 bytes/entry (100000 entries, 32-byte keys, 16-byte values)\n",
+             ok\n\
+             test tables::tests::memory_per_entry ... 137.9 bytes/entry (100000 entries, 32-byte keys, 16-byte values)\n",
             &mut tables,
         );
         assert_eq!(tables.agent_lookups_mps(), Some(2.5));
-        assert_eq!(tables.txn_overhead_ns, vec![("jit=false".to_string(), 3100.0)]);
+        assert_eq!(
+            tables.txn_overhead_ns,
+            vec![("jit=false".to_string(), 3100.0)]
+        );
         assert_eq!(tables.user_bytes_per_entry, Some(137.9));
         let t = targets(&ms, &ov, &tables);
         let get = |what: &str| {
@@ -594,12 +604,18 @@ mod tests {
             }
         }
         let t = targets(&ms, &overhead(&ms), &TableFigures::default());
-        let fast: Vec<&Target> = t.iter().filter(|t| t.what.starts_with("fast path")).collect();
+        let fast: Vec<&Target> = t
+            .iter()
+            .filter(|t| t.what.starts_with("fast path"))
+            .collect();
         assert_eq!(fast.len(), 2);
         assert!(fast.iter().all(|t| t.met.is_none()));
         assert!(fast.iter().all(|t| t.value == "fast path did not engage"));
         let q = ratios(&ms);
-        assert!(q.iter().any(|r| r.what.starts_with("latch fast path / direct") && r.value.is_none()));
+        assert!(
+            q.iter()
+                .any(|r| r.what.starts_with("latch fast path / direct") && r.value.is_none())
+        );
     }
 
     #[test]

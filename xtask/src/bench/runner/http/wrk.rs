@@ -195,6 +195,9 @@ Transfer/sec:      6.12MB
         assert_eq!(&v[..4], ["wrk", "-t2", "-c50", "-d10s"]);
         assert!(v.contains(&"Cookie: JSESSIONID=b1-x".to_string()));
         assert!(v.contains(&"Connection: close".to_string()));
-        assert_eq!(v.last().map(String::as_str), Some("http://198.51.100.20:80/"));
+        assert_eq!(
+            v.last().map(String::as_str),
+            Some("http://198.51.100.20:80/")
+        );
     }
 }
