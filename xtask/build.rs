@@ -3,6 +3,9 @@
 //! the eBPF toolchain.
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=build.rs");
+    // The benchmark must never measure a stale program: rebuild when either side changes.
+    println!("cargo:rerun-if-changed=../lb-ebpf/src");
+    println!("cargo:rerun-if-changed=../lb-common/src");
     #[cfg(feature = "bench")]
     {
         let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf");

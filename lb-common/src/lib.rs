@@ -23,6 +23,15 @@ pub const MAX_BACKENDS: u32 = 1024;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Entries in the client persistence map.
 pub const MAX_PERSIST: u32 = 262_144;
+/// Entries in the DataScript table mirror (DS_TABLE). The map is created without
+/// preallocation, so memory is only used by entries that exist.
+pub const MAX_DS_ENTRIES: u32 = 262_144;
+/// Longest DataScript table key the kernel mirror holds; longer keys stay in userspace only.
+pub const DS_KEY_BYTES: usize = 64;
+/// Longest DataScript table value the kernel mirror holds; longer values stay in userspace only.
+pub const DS_VALUE_BYTES: usize = 64;
+/// `BPF_F_NO_PREALLOC`: the flag DS_TABLE is created with.
+pub const DS_TABLE_FLAGS: u32 = 1;
 /// Every service owns two maglev tables; `Service::maglev_slot` says which one is live, so the
 /// agent can fill the other and switch with a single map update.
 pub const MAGLEV_SLOTS_PER_SERVICE: u32 = 2;
@@ -182,6 +191,86 @@ pub struct Persist {
     pub expires_ns: u64,
 }
 
+/// Reserved ids in [`DsKey`]. Real virtual service and table ids are [`ds_name_id`] hashes,
+/// which never take these values.
+pub mod ds_ids {
+    /// `vs_id` of name records: `table_id` 0, key = the id (4 bytes, little endian), value =
+    /// the name. They let a restarted agent map ids back to names.
+    pub const NAMES: u32 = 0;
+    /// `table_id` of fast-path pin records of a virtual service: key = client address (4
+    /// bytes, network order), value = table id (4 bytes LE) and a 64-bit FNV-1a hash of the
+    /// table key (8 bytes LE), so a restarted agent knows which entry owns which pin.
+    pub const PINS: u32 = u32::MAX;
+}
+
+/// Stable 32-bit id of a virtual service or table name (FNV-1a), as used in [`DsKey`]. Ids
+/// survive restarts without any state; the reserved values of [`ds_ids`] are never returned.
+pub const fn ds_name_id(name: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < name.len() {
+        h ^= name[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    match h {
+        ds_ids::NAMES => 1,
+        ds_ids::PINS => u32::MAX - 1,
+        h => h,
+    }
+}
+
+/// Key of the DS_TABLE hash map: one DataScript table entry (or a reserved record, see
+/// [`ds_ids`]). Unused key bytes are zero, so equal keys are equal byte for byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DsKey {
+    /// [`ds_name_id`] of the virtual service name.
+    pub vs_id: u32,
+    /// [`ds_name_id`] of the table name (the default table's name is empty).
+    pub table_id: u32,
+    /// Bytes of `key` in use.
+    pub key_len: u32,
+    /// The key, zero padded.
+    pub key: [u8; DS_KEY_BYTES],
+}
+
+impl Default for DsKey {
+    fn default() -> Self {
+        Self {
+            vs_id: 0,
+            table_id: 0,
+            key_len: 0,
+            key: [0; DS_KEY_BYTES],
+        }
+    }
+}
+
+/// Value of the DS_TABLE hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DsValue {
+    /// Expiry, monotonic ns (`u64::MAX` for name records).
+    pub expires_ns: u64,
+    /// Bytes of `value` in use.
+    pub value_len: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The value, zero padded.
+    pub value: [u8; DS_VALUE_BYTES],
+}
+
+impl Default for DsValue {
+    fn default() -> Self {
+        Self {
+            expires_ns: 0,
+            value_len: 0,
+            _pad: 0,
+            value: [0; DS_VALUE_BYTES],
+        }
+    }
+}
+
 /// Per-service and per-backend traffic counters (values of per-CPU arrays).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -248,6 +337,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "LATCH_SVC_STATS";
     /// Per-backend per-CPU counters.
     pub const BACKEND_STATS: &str = "LATCH_BE_STATS";
+    /// Kernel mirror of the DataScript tables (XDP does not read it).
+    pub const DS_TABLE: &str = "LATCH_DS_TABLE";
     /// Egress devmap (hash keyed by ifindex) for XDP_REDIRECT; not pinned, optional.
     pub const TX_PORTS: &str = "LATCH_TX_PORTS";
 }
@@ -260,6 +351,8 @@ const _: () = assert!(core::mem::size_of::<Flow>() == 32);
 const _: () = assert!(core::mem::size_of::<PersistKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Persist>() == 16);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<DsKey>() == 76);
+const _: () = assert!(core::mem::size_of::<DsValue>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -274,4 +367,6 @@ mod pod {
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for Persist {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for DsKey {}
+    unsafe impl aya::Pod for DsValue {}
 }

@@ -1,18 +1,74 @@
 //! Connection tracking: forward entries keyed by the client 5-tuple and, for NAT, reply
 //! entries keyed by the backend's reply 5-tuple.
 
-use lb_common::{Backend, Flow, FlowKey, flow_flags};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{Backend, Flow, FlowKey, Service, flow_flags, service_flags};
 
 use crate::{maps::CONNTRACK, service::usable_backend};
 
 /// last_seen is refreshed at most once per second per flow, sparing a cache-line write on
-/// every packet of busy flows.
+/// every packet of busy flows. The same period bounds how long an established flow is
+/// forwarded without consulting SERVICES (see [`early`]).
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// A live forward entry for `key`: its backend id and backend. Stale entries (backend gone,
-/// reassigned or not UP) are a miss.
+/// What a non-SYN packet's own conntrack entry says, looked up before SERVICES.
+pub enum Early {
+    /// No entry for the tuple.
+    Miss,
+    /// A reply entry whose backend is unchanged: a backend's reply to translate.
+    Reply(Flow),
+    /// A forward entry with a usable backend, refreshed (and so checked against SERVICES by
+    /// the full path) within the last [`REFRESH_NS`].
+    Forward {
+        id: u32,
+        be: Backend,
+        flow: Flow,
+        now: u64,
+    },
+    /// Stale, or due for its periodic check: take the full path.
+    Full,
+}
+
+/// The established-flow fast path: one conntrack lookup instead of SERVICES + conntrack.
+///
+/// A forward entry is trusted without the SERVICES lookup only while its last_seen is under
+/// [`REFRESH_NS`] old; the full path's [`lookup_forward`] refreshes it and rewrites the
+/// entry's service id and DSR bit from the service it found. So a deleted service, or one
+/// switched between NAT and DSR, affects its established flows at most one second late
+/// (before: at once). A reply entry is taken as a reply even if its destination is also a
+/// VIP:port, which only a client using a VIP and service port as its own source could cause.
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
+pub fn early(key: &FlowKey) -> Early {
+    let Some(flow) = CONNTRACK.get_ptr(key) else {
+        return Early::Miss;
+    };
+    let f = unsafe { *flow };
+    if f.flags & flow_flags::REPLY != 0 {
+        return match crate::maps::BACKENDS.get(f.backend_id) {
+            Some(be) if be.generation == f.generation => Early::Reply(f),
+            _ => Early::Full,
+        };
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
+        return Early::Full;
+    }
+    match usable_backend(f.backend_id, Some(f.generation)) {
+        Some(be) => Early::Forward {
+            id: f.backend_id,
+            be,
+            flow: f,
+            now,
+        },
+        None => Early::Full,
+    }
+}
+
+/// A live forward entry for `key`: its backend id and backend. Stale entries (backend gone,
+/// reassigned or not UP) are a miss. A refresh also records `svc`'s id and forwarding mode,
+/// which [`early`] trusts until the next refresh.
+#[inline(always)]
+pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Backend)> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
@@ -20,7 +76,16 @@ pub fn lookup_forward(key: &FlowKey, now: u64) -> Option<(u32, Backend)> {
     }
     let be = usable_backend(f.backend_id, Some(f.generation))?;
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
-        unsafe { (*flow).last_seen_ns = now };
+        let flags = if svc.flags & service_flags::DSR != 0 {
+            flow_flags::DSR
+        } else {
+            0
+        };
+        unsafe {
+            (*flow).last_seen_ns = now;
+            (*flow).service_id = svc.id;
+            (*flow).flags = flags;
+        }
     }
     Some((f.backend_id, be))
 }

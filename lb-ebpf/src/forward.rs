@@ -1,5 +1,6 @@
 //! Rewriting and transmitting: NAT (destination rewrite), DSR (MAC rewrite only) and the
-//! reverse NAT of backend replies, then a FIB lookup for next-hop MACs and the egress port.
+//! reverse NAT of backend replies, then the next hop (cached FIB answer) for MACs and the
+//! egress port.
 
 use aya_ebpf::{
     EbpfContext,
@@ -9,13 +10,19 @@ use aya_ebpf::{
 };
 use lb_common::{Backend, proto, stat};
 
-use crate::{csum, maps::TX_PORTS, parse::Packet, stats};
+use crate::{
+    csum,
+    maps::TX_PORTS,
+    nexthop::{self, NextHop},
+    parse::Packet,
+    stats,
+};
 
 const AF_INET: u8 = 2;
 
 /// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
+pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     if unsafe { (*pkt.ip).ttl } <= 1 {
         // Let the stack answer with ICMP time exceeded.
         stats::count(stat::PASS_FIB_MISS);
@@ -36,12 +43,12 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
         csum::replace4(csum::load(ip_check), old_addr, be.addr),
     );
     fix_l4(pkt, old_addr, be.addr, old_port, be.port);
-    out(ctx, pkt, be.addr, true)
+    out(ctx, pkt, be.addr, true, now)
 }
 
 /// Rewrites the source of a backend reply back to the virtual service.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16) -> u32 {
+pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
     if unsafe { (*pkt.ip).ttl } <= 1 {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
@@ -61,13 +68,13 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16) -> u32 {
         csum::replace4(csum::load(ip_check), old_addr, vip),
     );
     fix_l4(pkt, old_addr, vip, old_port, vport);
-    out(ctx, pkt, pkt.key.dst_addr, true)
+    out(ctx, pkt, pkt.key.dst_addr, true, now)
 }
 
 /// DSR: the IP packet stays as the client sent it; only the MACs change.
 #[inline(always)]
-pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> u32 {
-    out(ctx, pkt, be.addr, false)
+pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+    out(ctx, pkt, be.addr, false, now)
 }
 
 /// L4 checksum after one address (pseudo-header) and one port changed.
@@ -109,11 +116,69 @@ struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<bpf_fib_lookup>());
 
-/// FIB lookup toward `next_dst`; on success rewrite MACs (and TTL) and transmit, otherwise
-/// pass the (already rewritten) packet to the stack, which routes it and resolves ARP.
+/// Next hop toward `next_dst` (cached, else a FIB lookup); on success rewrite MACs (and
+/// TTL) and transmit, otherwise pass the (already rewritten) packet to the stack, which routes
+/// it and resolves ARP.
 #[inline(always)]
-fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool) -> u32 {
+fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some((hop, live)) = nexthop::entry(next_dst, ingress, now) else {
+        stats::count(stat::PASS_FIB_MISS);
+        return xdp_action::XDP_PASS;
+    };
+    if !live {
+        let Some(()) = fib(ctx, pkt, next_dst, ingress, hop, now) else {
+            stats::count(stat::PASS_FIB_MISS);
+            return xdp_action::XDP_PASS;
+        };
+    }
+    if decrement_ttl {
+        let ip = pkt.ip;
+        let ttl = unsafe { (*ip).ttl };
+        let l4p = unsafe { (*ip).proto };
+        let old = u16::from_ne_bytes([ttl, l4p]);
+        let new = u16::from_ne_bytes([ttl - 1, l4p]);
+        unsafe { (*ip).ttl = ttl - 1 };
+        let ip_check = unsafe { core::ptr::addr_of_mut!((*ip).check) };
+        csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
+    }
+    let eth = pkt.eth as *mut u8;
+    let (dmac, smac, ifindex) = unsafe { ((*hop).dmac, (*hop).smac, (*hop).ifindex) };
+    for i in 0..6 {
+        unsafe {
+            *eth.add(i) = dmac[i];
+            *eth.add(6 + i) = smac[i];
+        }
+    }
+    if ifindex == ingress {
+        stats::count(stat::VERDICT_TX);
+        return xdp_action::XDP_TX;
+    }
+    // A devmap entry for the egress port (filled by the agent) bulks redirects; without one,
+    // plain bpf_redirect still works.
+    let verdict = match TX_PORTS.redirect(ifindex, 0) {
+        Ok(v) => v,
+        Err(_) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+    };
+    if verdict == xdp_action::XDP_REDIRECT {
+        stats::count(stat::VERDICT_REDIRECT);
+    } else {
+        stats::count(stat::PASS_FIB_MISS);
+    }
+    verdict
+}
+
+/// A FIB lookup toward `next_dst`, its answer stored in the cache entry `hop`. None when the
+/// kernel cannot forward it directly (no route, no neighbour yet, forwarding off).
+#[inline(always)]
+fn fib(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    next_dst: u32,
+    ingress: u32,
+    hop: *mut NextHop,
+    now: u64,
+) -> Option<()> {
     let ports = unsafe { *pkt.ports };
     let mut fib = FibParams {
         family: AF_INET,
@@ -141,40 +206,15 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool) -> u3
         )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        stats::count(stat::PASS_FIB_MISS);
-        return xdp_action::XDP_PASS;
+        return None;
     }
-    if decrement_ttl {
-        let ip = pkt.ip;
-        let ttl = unsafe { (*ip).ttl };
-        let l4p = unsafe { (*ip).proto };
-        let old = u16::from_ne_bytes([ttl, l4p]);
-        let new = u16::from_ne_bytes([ttl - 1, l4p]);
-        unsafe { (*ip).ttl = ttl - 1 };
-        let ip_check = unsafe { core::ptr::addr_of_mut!((*ip).check) };
-        csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
+    unsafe {
+        (*hop).dst = next_dst;
+        (*hop).ingress = ingress;
+        (*hop).ifindex = fib.ifindex;
+        (*hop).dmac = fib.dmac;
+        (*hop).smac = fib.smac;
+        (*hop).stamp_ns = now;
     }
-    let eth = pkt.eth as *mut u8;
-    for i in 0..6 {
-        unsafe {
-            *eth.add(i) = fib.dmac[i];
-            *eth.add(6 + i) = fib.smac[i];
-        }
-    }
-    if fib.ifindex == ingress {
-        stats::count(stat::VERDICT_TX);
-        return xdp_action::XDP_TX;
-    }
-    // A devmap entry for the egress port (filled by the agent) bulks redirects; without one,
-    // plain bpf_redirect still works.
-    let verdict = match TX_PORTS.redirect(fib.ifindex, 0) {
-        Ok(v) => v,
-        Err(_) => unsafe { bpf_redirect(fib.ifindex, 0) as u32 },
-    };
-    if verdict == xdp_action::XDP_REDIRECT {
-        stats::count(stat::VERDICT_REDIRECT);
-    } else {
-        stats::count(stat::PASS_FIB_MISS);
-    }
-    verdict
+    Some(())
 }

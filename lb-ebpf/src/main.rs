@@ -9,6 +9,7 @@ mod csum;
 mod forward;
 mod maglev;
 mod maps;
+mod nexthop;
 mod parse;
 mod persist;
 mod service;
@@ -17,7 +18,7 @@ mod stats;
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use lb_common::{Backend, Service, service_flags, stat};
+use lb_common::{Backend, Flow, Service, flow_flags, service_flags, stat};
 
 use crate::parse::{Packet, Parsed};
 
@@ -63,45 +64,88 @@ fn process(ctx: &XdpContext) -> u32 {
         }
         Parsed::Packet(p) => p,
     };
-    let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto) else {
-        return not_vip(ctx, &pkt);
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let decision = if svc.flags & service_flags::HTTP != 0 {
-        http(&pkt, &svc, now)
-    } else {
-        l4(&pkt, &svc, now)
-    };
-    match decision {
-        Decision::Verdict(v) => v,
-        Decision::Forward { id, be, new_flow } => {
-            // Single call site: the rewrite code is emitted once.
-            stats::traffic(svc.id, id, pkt.tot_len, new_flow);
-            if svc.flags & service_flags::DSR != 0 {
-                forward::dsr(ctx, &pkt, &be)
+    // Established flows first: a non-SYN packet's own conntrack entry answers most traffic
+    // with one lookup. `known_miss` spares the full path a second lookup of the same key.
+    let mut known_miss = false;
+    let mut early = None;
+    if !pkt.is_syn() {
+        match conntrack::early(&pkt.key) {
+            conntrack::Early::Miss => known_miss = true,
+            conntrack::Early::Reply(flow) => return reply_nat(ctx, &pkt, &flow),
+            conntrack::Early::Forward { id, be, flow, now } => {
+                stats::count(stat::CONNTRACK_HIT);
+                early = Some((
+                    flow.service_id,
+                    flow.flags & flow_flags::DSR != 0,
+                    id,
+                    be,
+                    now,
+                ));
+            }
+            conntrack::Early::Full => {}
+        }
+    }
+    let (service_id, dsr, id, be, new_flow, now) = match early {
+        Some((service_id, dsr, id, be, now)) => (service_id, dsr, id, be, false, now),
+        None => {
+            let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
+            else {
+                return not_vip(ctx, &pkt, known_miss);
+            };
+            let now = unsafe { bpf_ktime_get_ns() };
+            let decision = if svc.flags & service_flags::HTTP != 0 {
+                http(&pkt, &svc, now, known_miss)
             } else {
-                forward::nat(ctx, &pkt, &be)
+                l4(&pkt, &svc, now, known_miss)
+            };
+            match decision {
+                Decision::Verdict(v) => return v,
+                Decision::Forward { id, be, new_flow } => (
+                    svc.id,
+                    svc.flags & service_flags::DSR != 0,
+                    id,
+                    be,
+                    new_flow,
+                    now,
+                ),
             }
         }
+    };
+    // Single call site: the rewrite code is emitted once.
+    stats::traffic(service_id, id, pkt.tot_len, new_flow);
+    if dsr {
+        forward::dsr(ctx, &pkt, &be, now)
+    } else {
+        forward::nat(ctx, &pkt, &be, now)
     }
 }
 
 /// Not addressed to a VIP: either a backend's reply to translate (NAT) or not ours.
+/// `known_miss`: the tuple is already known to have no conntrack entry.
 #[inline(always)]
-fn not_vip(ctx: &XdpContext, pkt: &Packet) -> u32 {
+fn not_vip(ctx: &XdpContext, pkt: &Packet, known_miss: bool) -> u32 {
+    if known_miss {
+        return pass(stat::PASS_NOT_VIP);
+    }
     match conntrack::lookup_reply(&pkt.key) {
-        Some(flow) => {
-            stats::count(stat::REPLY_NAT);
-            forward::reply(ctx, pkt, flow.vip, flow.vport)
-        }
+        Some(flow) => reply_nat(ctx, pkt, &flow),
         None => pass(stat::PASS_NOT_VIP),
     }
 }
 
+/// A backend's reply, translated back to the virtual service.
 #[inline(always)]
-fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
+fn reply_nat(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> u32 {
+    stats::count(stat::REPLY_NAT);
+    let now = unsafe { bpf_ktime_get_ns() };
+    forward::reply(ctx, pkt, flow.vip, flow.vport, now)
+}
+
+#[inline(always)]
+fn l4(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
     if !pkt.is_syn()
-        && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now)
+        && !known_miss
+        && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, svc, now)
     {
         stats::count(stat::CONNTRACK_HIT);
         return Decision::Forward {
@@ -142,7 +186,7 @@ fn l4(pkt: &Packet, svc: &Service, now: u64) -> Decision {
 }
 
 #[inline(always)]
-fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
+fn http(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
     if pkt.is_syn() {
         if svc.flags & service_flags::FAST_PATH != 0
             && let persist::Lookup::Live(id, be) =
@@ -163,7 +207,7 @@ fn http(pkt: &Packet, svc: &Service, now: u64) -> Decision {
         conntrack::forget(&pkt.key);
         return Decision::Verdict(pass(stat::PASS_TO_PROXY));
     }
-    if let Some((id, be)) = conntrack::lookup_forward(&pkt.key, now) {
+    if !known_miss && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, svc, now) {
         stats::count(stat::CONNTRACK_HIT);
         return Decision::Forward {
             id,

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_PERSIST, MAX_SERVICES,
-    Persist, PersistKey, Service, ServiceKey, TrafficCounters, stat,
+    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service,
+    ServiceKey, TrafficCounters, stat,
 };
 
 #[map(name = "LATCH_SERVICES")]
@@ -34,8 +35,20 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX
 #[map(name = "LATCH_BE_STATS")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
+/// Kernel mirror of the agent's DataScript tables, pinned so that a restarted agent restores
+/// them. XDP never reads it; it is declared here so the loader creates and pins it with the
+/// other maps.
+#[map(name = "LATCH_DS_TABLE")]
+pub static DS_TABLE: HashMap<DsKey, DsValue> = HashMap::pinned(MAX_DS_ENTRIES, DS_TABLE_FLAGS);
+
 /// Egress ports for XDP_REDIRECT, keyed by ifindex (value: the same ifindex). Optional: the
 /// agent fills it for bulk redirects; a missing entry falls back to `bpf_redirect`. Not
 /// pinned: ifindexes are only meaningful for the running agent.
 #[map(name = "LATCH_TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Per-CPU next-hop cache (see nexthop.rs). Not pinned: it caches the kernel's own FIB and
+/// ifindexes, which a fresh program relearns within one lookup per destination.
+#[map(name = "LATCH_NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<crate::nexthop::NextHop> =
+    PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);

@@ -9,5 +9,6 @@ pub mod balancer;
 pub mod config;
 pub mod dataplane;
 pub mod datascript;
+pub mod monitor;
 pub mod proxy;
 pub mod tables;

@@ -1,9 +1,12 @@
-//! The `latch` command: run, check and take down the agent.
+//! The `latch` command: run, check and take down the agent, and talk to a running agent's
+//! admin API.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use latch::api::cli::{ClientCommand, ClientOptions};
 
 #[derive(Parser)]
 #[command(
@@ -34,14 +37,150 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Show a running agent's status and the health of every server.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show a running agent's counters per virtual service and server.
+    Stats {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a running agent reload its config file (all or nothing).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Inspect and edit a running agent's DataScript persistence tables.
+    Table {
+        #[command(subcommand)]
+        command: TableCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// List live entries of a virtual service's tables.
+    List {
+        /// Virtual service.
+        vs: String,
+        /// Only this table (default: every table).
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// At most this many entries (agent default 100).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one entry.
+    Get {
+        /// Virtual service.
+        vs: String,
+        /// Key.
+        key: String,
+        /// Table (default: the default table).
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove one entry.
+    Delete {
+        /// Virtual service.
+        vs: String,
+        /// Key.
+        key: String,
+        /// Table (default: the default table).
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove every entry of a table (default: of every table of the service).
+    Flush {
+        /// Virtual service.
+        vs: String,
+        /// Only this table.
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach the agent.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin API address [default: admin_listen of -c FILE, else 127.0.0.1:9180].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// The agent's config file, for its admin_listen and admin_token_file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// File holding the bearer token [default: admin_token_file of -c FILE].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn client(admin: AdminArgs, command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let opts = ClientOptions::resolve(
+        admin.admin,
+        admin.config.as_deref(),
+        admin.token_file.as_deref(),
+        admin.json,
+    )?;
+    Ok(latch::api::cli::run(&opts, &command)?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => latch::agent::check_command(&config),
-        Command::Run { config } => latch::agent::run_command(&config),
-        Command::Down { config } => latch::agent::down_command(&config),
+        Command::Check { config } => latch::agent::check_command(&config).map_err(Into::into),
+        Command::Run { config } => latch::agent::run_command(&config).map_err(Into::into),
+        Command::Down { config } => latch::agent::down_command(&config).map_err(Into::into),
+        Command::Status { admin } => client(admin, ClientCommand::Status),
+        Command::Stats { admin } => client(admin, ClientCommand::Stats),
+        Command::Reload { admin } => client(admin, ClientCommand::Reload),
+        Command::Table { command } => match command {
+            TableCommand::List {
+                vs,
+                table,
+                prefix,
+                limit,
+                admin,
+            } => client(
+                admin,
+                ClientCommand::TableList {
+                    vs,
+                    table,
+                    prefix,
+                    limit,
+                },
+            ),
+            TableCommand::Get {
+                vs,
+                key,
+                table,
+                admin,
+            } => client(admin, ClientCommand::TableGet { vs, key, table }),
+            TableCommand::Delete {
+                vs,
+                key,
+                table,
+                admin,
+            } => client(admin, ClientCommand::TableDelete { vs, key, table }),
+            TableCommand::Flush { vs, table, admin } => {
+                client(admin, ClientCommand::TableFlush { vs, table })
+            }
+        },
     };
     match result {
         Ok(code) => code,

@@ -471,7 +471,10 @@ fn teardown_leaves_nothing() {
     }
     let report = teardown(dir.path()).expect("teardown");
     assert!(report.removed_dir);
-    assert_eq!(report.pins_removed, 9, "8 maps + manifest: {report:?}");
+    assert_eq!(
+        report.pins_removed, 10,
+        "9 maps (incl. DS_TABLE) + manifest: {report:?}"
+    );
     assert!(!dir.path().exists());
     // And a fresh open starts empty.
     let dp = Dataplane::open(dir.path()).expect("open after teardown");
@@ -553,5 +556,11 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     // `latch down` detaches.
     let report = teardown(&d).expect("teardown");
     assert_eq!(report.links_detached, vec![ns.a.clone()]);
+    // The kernel releases an unpinned link's attachment asynchronously (RCU), so allow it
+    // a moment to disappear from the interface.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while ns.xdp_prog(&ns.a).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(ns.xdp_prog(&ns.a), None, "teardown detached");
 }

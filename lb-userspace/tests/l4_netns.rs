@@ -327,3 +327,23 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
     assert_eq!(r.status, 200);
     Ok(())
 }
+
+#[test]
+fn missing_privileges_are_named_with_the_capabilities_needed() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
+    let agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&l4_config(&agent, &topo, "", &[1]))?;
+    // Root's uid but no capabilities at all: BPF and netlink operations are refused.
+    let (status, stderr) = agent.run_wrapped_expecting_exit(
+        &["setpriv", "--bounding-set=-all", "--inh-caps=-all"],
+        Duration::from_secs(20),
+    )?;
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("permission denied"), "{status}: {stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -446,6 +446,82 @@ fn conntrack_hit_follows_recorded_backend() {
     );
 }
 
+/// An established flow is forwarded from its conntrack entry alone while the entry was
+/// refreshed within the last second; past that, SERVICES is consulted again. Here the entry
+/// carries a wrong service id and DSR although the service is NAT: the periodic check
+/// forwards by the service and corrects the entry, and the next packet (now on the
+/// conntrack-only path) follows the corrected entry.
+#[test]
+fn conntrack_refresh_revalidates_service() {
+    let Some(mut fx) = Fixture::new("conntrack_refresh_revalidates_service") else {
+        return;
+    };
+    setup(&mut fx, proto::TCP, 0, 1);
+    let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
+    let old = monotonic_ns() - 5 * SEC;
+    fx.insert_flow(
+        key,
+        Flow {
+            backend_id: 2,
+            generation: 1,
+            service_id: 7,
+            flags: flow_flags::DSR,
+            vip: 0,
+            vport: 0,
+            _pad: 0,
+            last_seen_ns: old,
+        },
+    );
+    let f = from_client(proto::TCP, ACK | PSH);
+    let want = natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC);
+    for _ in 0..2 {
+        let (v, out) = fx.run(fx.lbc, &f.build());
+        assert_out(v, &out, XDP_REDIRECT, &want);
+    }
+    let e = fx.flow(&key).expect("entry");
+    assert_eq!((e.service_id, e.flags, e.backend_id), (SVC_ID, 0, 2));
+    assert!(e.last_seen_ns > old, "last_seen refreshed");
+    assert_stats(
+        &fx,
+        &[(stat::CONNTRACK_HIT, 2), (stat::VERDICT_REDIRECT, 2)],
+    );
+    let s = fx.service_traffic(SVC_ID);
+    assert_eq!((s.packets, s.new_flows), (2, 0));
+    assert_eq!(fx.service_traffic(7).packets, 0);
+}
+
+/// A flow whose service is gone (here: an entry for a port no service listens on) is not
+/// forwarded once its entry is due for the periodic check: the packet is not for a VIP.
+#[test]
+fn conntrack_entry_of_deleted_service_passes() {
+    let Some(mut fx) = Fixture::new("conntrack_entry_of_deleted_service_passes") else {
+        return;
+    };
+    setup(&mut fx, proto::TCP, 0, 1);
+    let key = flow_key((CLIENT, CPORT), (VIP, 81), proto::TCP);
+    let old = monotonic_ns() - 5 * SEC;
+    let flow = Flow {
+        backend_id: 1,
+        generation: 1,
+        service_id: SVC_ID,
+        flags: 0,
+        vip: 0,
+        vport: 0,
+        _pad: 0,
+        last_seen_ns: old,
+    };
+    fx.insert_flow(key, flow);
+    let mut f = from_client(proto::TCP, ACK | PSH);
+    if let L4::Tcp { dport, .. } = &mut f.l4 {
+        *dport = 81;
+    }
+    let input = f.build();
+    let (v, out) = fx.run(fx.lbc, &input);
+    assert_out(v, &out, XDP_PASS, &input);
+    assert_stats(&fx, &[(stat::PASS_NOT_VIP, 1)]);
+    assert_eq!(fx.flow(&key), Some(flow), "entry untouched");
+}
+
 #[test]
 fn stale_conntrack_entry_is_rehashed() {
     let Some(mut fx) = Fixture::new("stale_conntrack_entry_is_rehashed") else {

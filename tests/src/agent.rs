@@ -105,9 +105,7 @@ impl LatchAgent {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
-                // Give the reader thread a moment to collect the last stderr bytes.
-                std::thread::sleep(Duration::from_millis(50));
-                return Ok((status, child.stderr()));
+                return Ok((status, child.stderr_complete(Duration::from_secs(2))));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -122,18 +120,50 @@ impl LatchAgent {
         ChildGuard::spawn(&mut cmd, "latch run")
     }
 
+    /// Runs `WRAPPER... latch run -c CONFIG` in the namespace (e.g. `setpriv` dropping
+    /// capabilities) and waits for it to exit; returns the status and stderr.
+    pub fn run_wrapped_expecting_exit(
+        &self,
+        wrapper: &[&str],
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        let mut cmd = self.in_netns(wrapper[0])?;
+        cmd.args(&wrapper[1..])
+            .arg(&self.binary)
+            .args(["run", "-c"])
+            .arg(&self.config);
+        let mut child = ChildGuard::spawn(&mut cmd, "wrapped latch run")?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, child.stderr_complete(Duration::from_secs(2))));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(Error::Timeout {
+            what: format!("wrapped latch run to exit; stderr: {}", child.stderr()),
+            after: timeout,
+        })
+    }
+
     /// `latch ARGS -c CONFIG` entering only the network namespace. `ip netns exec` would also
     /// give the process a private mount namespace with a fresh /sys, hiding the host's bpffs:
     /// pins made there would vanish with the process, defeating the restart guarantees and
     /// the per-directory agent lock the tests check.
     fn command(&self, args: &[&str]) -> Result<std::process::Command> {
+        let mut cmd = self.in_netns(&self.binary.to_string_lossy())?;
+        cmd.args(args).arg("-c").arg(&self.config);
+        Ok(cmd)
+    }
+
+    /// `program` to be run inside the namespace's network stack only.
+    fn in_netns(&self, program: &str) -> Result<std::process::Command> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
 
         let netns_path = format!("/run/netns/{}", self.netns);
         let netns = std::fs::File::open(&netns_path).map_err(io(format!("open {netns_path}")))?;
-        let mut cmd = std::process::Command::new(&self.binary);
-        cmd.args(args).arg("-c").arg(&self.config);
+        let mut cmd = std::process::Command::new(program);
         // SAFETY: only setns(2) (async-signal-safe) runs between fork and exec; the file is
         // moved into the closure, so its descriptor stays open until then.
         unsafe {

@@ -238,6 +238,7 @@ pub struct ChildGuard {
     what: String,
     lines: mpsc::Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    stderr_closed: Arc<std::sync::atomic::AtomicBool>,
     reaped: bool,
 }
 
@@ -262,8 +263,10 @@ impl ChildGuard {
             });
         }
         let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(mut err) = child.stderr.take() {
             let sink = Arc::clone(&stderr);
+            let closed = Arc::clone(&stderr_closed);
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = err.read(&mut buf) {
@@ -274,15 +277,33 @@ impl ChildGuard {
                         s.push_str(&String::from_utf8_lossy(&buf[..n]));
                     }
                 }
+                closed.store(true, std::sync::atomic::Ordering::Release);
             });
+        } else {
+            stderr_closed.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(Self {
             child,
             what: what.to_string(),
             lines,
             stderr,
+            stderr_closed,
             reaped: false,
         })
+    }
+
+    /// Everything the child wrote to stderr, once it closed stderr (after it exited), waiting
+    /// at most `timeout` for the reader to drain the pipe.
+    pub fn stderr_complete(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while !self
+            .stderr_closed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        self.stderr()
     }
 
     pub fn pid(&self) -> u32 {

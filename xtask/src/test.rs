@@ -10,6 +10,8 @@ use crate::proc::{cargo, is_root, run_bounded};
 /// lb-ebpf is a `no_std` BPF program: it builds only for the bpf target (through
 /// lb-userspace/build.rs), never for the host, so host-side cargo runs leave it out.
 const EXCLUDE: [&str; 2] = ["--exclude", "lb-ebpf"];
+// `--all-features` below also builds, lints and tests the benchmark binary (feature `bench`),
+// so it cannot rot unnoticed between benchmark runs.
 
 const BUILD_LIMIT: Duration = Duration::from_secs(15 * 60);
 const CLIPPY_LIMIT: Duration = Duration::from_secs(10 * 60);
@@ -87,7 +89,13 @@ pub fn run() -> Result<bool> {
     let build = simple(
         "build",
         "[2/4] cargo build",
-        &["build", "--workspace", EXCLUDE[0], EXCLUDE[1]],
+        &[
+            "build",
+            "--workspace",
+            "--all-features",
+            EXCLUDE[0],
+            EXCLUDE[1],
+        ],
         BUILD_LIMIT,
     )?;
     let built = build.ok;
@@ -101,6 +109,7 @@ pub fn run() -> Result<bool> {
             &[
                 "clippy",
                 "--workspace",
+                "--all-features",
                 EXCLUDE[0],
                 EXCLUDE[1],
                 "--all-targets",
@@ -117,6 +126,7 @@ pub fn run() -> Result<bool> {
         cmd.args([
             "test",
             "--workspace",
+            "--all-features",
             EXCLUDE[0],
             EXCLUDE[1],
             "--no-fail-fast",

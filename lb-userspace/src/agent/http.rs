@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ServiceType};
 use crate::datascript::{
-    DataScriptHooks, DsLimits, ScriptEnv, ScriptError, ScriptSet, ScriptTableObserver,
+    DataScriptHooks, DsCounters, DsLimits, ScriptEnv, ScriptError, ScriptSet, ScriptTableObserver,
 };
 use crate::proxy::hooks::HookFactory;
 use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, VirtualServiceSpec};
@@ -93,6 +93,7 @@ pub fn build(
     tables: &TableStore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn ScriptTableObserver>>,
+    script_counters: &parking_lot::Mutex<HashMap<String, Arc<DsCounters>>>,
 ) -> Result<HttpPlan, HttpBuildError> {
     let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
     let pools = build_pools(&config.pools, previous);
@@ -124,7 +125,13 @@ pub fn build(
                     limits: limits.clone(),
                     observer: observer.clone(),
                 };
-                Some(Arc::new(DataScriptHooks::new(Arc::clone(set), env)?))
+                let counters =
+                    Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default());
+                Some(Arc::new(DataScriptHooks::with_counters(
+                    Arc::clone(set),
+                    env,
+                    counters,
+                )?))
             }
             _ => None,
         };

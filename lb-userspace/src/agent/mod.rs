@@ -3,6 +3,8 @@
 //! The three `*_command` functions are what the `latch` binary calls; they print for people
 //! and return the process exit code.
 
+pub mod admin;
+pub mod fastpath;
 pub mod http;
 pub mod pools;
 pub mod spec;
@@ -13,11 +15,17 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::api::{self, ApiError, model::ReloadView};
 use crate::config::{self, Config, ConfigErrors};
 use crate::dataplane::{self, Dataplane, DataplaneError};
+use crate::monitor::{HealthEvent, Monitor};
 use crate::proxy::{HttpProxy, ProxyError};
 use crate::tables::{Clock, MonotonicClock, NoMirror, TableLimits, TableStore};
 
@@ -41,6 +49,9 @@ pub enum AgentError {
     /// The HTTP proxy failed to start (e.g. a listener could not be bound).
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The admin API cannot start (token file, exposure without a token, bind).
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// Setting up the runtime or signal handlers failed.
     #[error("{action}: {source}")]
     Io {
@@ -163,14 +174,12 @@ fn init_logging(config: &Config) {
     };
 }
 
-/// The agent proper: data plane, pools, tables and proxy, and what configured them.
+/// The agent proper: data plane, pools, tables, proxy and monitors, and what configured them.
+/// What the admin API also reads lives in [`admin::Shared`].
 struct Agent {
-    config: Config,
-    dataplane: Dataplane,
+    shared: Arc<admin::Shared>,
     pools: HashMap<String, Arc<ConfiguredPool>>,
-    tables: Arc<TableStore>,
-    clock: Arc<dyn Clock>,
-    proxy: Option<HttpProxy>,
+    fastpath: Arc<fastpath::FastPath>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -181,14 +190,27 @@ fn has_http(config: &Config) -> bool {
 }
 
 impl Agent {
-    fn start(config: Config) -> Result<Self, AgentError> {
+    fn start(
+        config: Config,
+        health_events: mpsc::UnboundedSender<HealthEvent>,
+    ) -> Result<Self, AgentError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
         let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
-        let plan = http::build(&config, &HashMap::new(), &tables, Arc::clone(&clock), None)?;
-
+        let script_counters = Mutex::new(HashMap::new());
+        // Opened before the HTTP side is built: the fast path's observer writes to it.
         let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
+        let plan = http::build(
+            &config,
+            &HashMap::new(),
+            &tables,
+            Arc::clone(&clock),
+            Some(Arc::clone(&fastpath) as _),
+            &script_counters,
+        )?;
         let spec = spec::dataplane_spec(&config, &plan.pools)?;
         dataplane.apply(&spec)?;
+        fastpath::adopt_kernel_state(&config, &dataplane, &tables, &fastpath, clock.now_ns())?;
         dataplane::neighbor::solicit(backend_addrs(&spec));
         let attached = dataplane.attach(&config.agent.interfaces)?;
         for a in &attached {
@@ -199,79 +221,116 @@ impl Agent {
         } else {
             None
         };
+        let monitor = Monitor::start(&config.pools, move |event| {
+            // The loop owns the pools and the data plane; it applies the change.
+            let _ = health_events.send(event);
+        });
         tracing::info!(
             config = %config.path.display(),
             services = spec.services.len(),
             adopted = dataplane.adopted(),
             "latch running"
         );
-        Ok(Self {
-            config,
-            dataplane,
-            pools: plan.pools,
+        let shared = Arc::new(admin::Shared {
+            config: RwLock::new(Arc::new(config)),
+            dataplane: Mutex::new(dataplane),
+            proxy: Mutex::new(proxy),
             tables,
+            monitor,
             clock,
-            proxy,
+            started: SystemTime::now(),
+            reloads: Mutex::new(admin::ReloadStats::default()),
+            script_counters,
+        });
+        Ok(Self {
+            shared,
+            pools: plan.pools,
+            fastpath,
         })
     }
 
-    /// SIGHUP: all or nothing. Everything is built before anything running changes; a
-    /// refused config leaves everything as it was.
-    fn reload(&mut self) {
-        let new = match config::load(&self.config.path) {
+    fn config(&self) -> Arc<Config> {
+        self.shared.config.read().clone()
+    }
+
+    /// SIGHUP or `latch reload`: all or nothing. Everything is built before anything running
+    /// changes; a refused config leaves everything as it was.
+    fn reload(&mut self) -> ReloadView {
+        let view = self.try_reload();
+        let mut stats = self.shared.reloads.lock();
+        stats.last = Some(SystemTime::now());
+        if view.applied {
+            stats.applied += 1;
+        } else {
+            stats.refused += 1;
+            for d in &view.diagnostics {
+                tracing::error!(%d, "reload refused");
+            }
+        }
+        view
+    }
+
+    fn try_reload(&mut self) -> ReloadView {
+        let refused = |diagnostics: Vec<String>| ReloadView {
+            applied: false,
+            diagnostics,
+            warnings: Vec::new(),
+        };
+        let current = self.config();
+        let new = match config::load(&current.path) {
             Ok(new) => new,
             Err(errors) => {
-                for d in &errors.diagnostics {
-                    tracing::error!(%d, "reload refused");
-                }
-                return;
+                return refused(errors.diagnostics.iter().map(ToString::to_string).collect());
             }
         };
-        let diff = config::diff(&self.config, &new);
-        if !diff.restart_required.is_empty() {
-            tracing::warn!(
-                settings = ?diff.restart_required,
-                "these settings change only on restart; the rest of the reload applies"
-            );
+        let diff = config::diff(&current, &new);
+        let warnings: Vec<String> = diff
+            .restart_required
+            .iter()
+            .map(|s| format!("{s} changes only on restart; the rest of the reload applies"))
+            .collect();
+        for w in &warnings {
+            tracing::warn!("{w}");
         }
         let plan = match http::build(
             &new,
             &self.pools,
-            &self.tables,
-            Arc::clone(&self.clock),
-            None,
+            &self.shared.tables,
+            Arc::clone(&self.shared.clock),
+            Some(Arc::clone(&self.fastpath) as _),
+            &self.shared.script_counters,
         ) {
             Ok(plan) => plan,
-            Err(err) => {
-                tracing::error!(%err, "reload refused");
-                return;
-            }
+            Err(err) => return refused(vec![err.to_string()]),
         };
         let spec = match spec::dataplane_spec(&new, &plan.pools) {
             Ok(spec) => spec,
-            Err(err) => {
-                tracing::error!(%err, "reload refused");
-                return;
-            }
+            Err(err) => return refused(vec![err.to_string()]),
         };
         // The proxy goes first: binding a new listener is what most often fails, and its
         // reload changes nothing when it fails.
-        let proxy_result = match (&self.proxy, has_http(&new)) {
-            (Some(proxy), _) => proxy.reload(plan.proxy).map(|()| None),
-            (None, true) => HttpProxy::start(http::proxy_settings(&new), plan.proxy).map(Some),
-            (None, false) => Ok(None),
-        };
-        match proxy_result {
-            Ok(Some(started)) => self.proxy = Some(started),
-            Ok(None) => {}
-            Err(err) => {
-                tracing::error!(%err, "reload refused");
-                return;
+        {
+            let mut proxy = self.shared.proxy.lock();
+            let result = match (proxy.as_ref(), has_http(&new)) {
+                (Some(running), _) => running.reload(plan.proxy).map(|()| None),
+                (None, true) => HttpProxy::start(http::proxy_settings(&new), plan.proxy).map(Some),
+                (None, false) => Ok(None),
+            };
+            match result {
+                Ok(Some(started)) => *proxy = Some(started),
+                Ok(None) => {}
+                Err(err) => return refused(vec![err.to_string()]),
             }
         }
-        if let Err(err) = self.dataplane.apply(&spec) {
-            tracing::error!(%err, "reload failed while programming the data plane");
-            return;
+        {
+            let mut dataplane = self.shared.dataplane.lock();
+            if let Err(err) = dataplane.apply(&spec) {
+                return refused(vec![format!(
+                    "programming the data plane failed (the proxy already runs the new \
+                     configuration): {err}"
+                )]);
+            }
+            fastpath::reconfigure(&new, &dataplane, &self.fastpath);
         }
         dataplane::neighbor::solicit(backend_addrs(&spec));
         let http_names: Vec<String> = new
@@ -280,15 +339,40 @@ impl Agent {
             .filter(|v| v.kind == config::ServiceType::Http)
             .map(|v| v.name.clone())
             .collect();
-        self.tables
+        self.shared
+            .tables
             .retain_vs(|vs| http_names.iter().any(|n| n == vs));
+        self.shared.monitor.reconfigure(&new.pools);
         tracing::info!(?diff, "configuration reloaded");
         self.pools = plan.pools;
-        self.config = new;
+        *self.shared.config.write() = Arc::new(new);
+        ReloadView {
+            applied: true,
+            diagnostics: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// A health monitor saw a server go up or down: the proxy's rotation and the data
+    /// plane's maglev tables follow (connections in flight finish where they are).
+    fn health_changed(&self, event: &HealthEvent) {
+        let Some(pool) = self.pools.get(&event.pool) else {
+            return;
+        };
+        pool.balancer().set_up(event.server, event.up);
+        let config = self.config();
+        match spec::dataplane_spec(&config, &self.pools) {
+            Ok(spec) => {
+                if let Err(err) = self.shared.dataplane.lock().apply(&spec) {
+                    tracing::error!(%err, "re-programming the data plane after a health change failed");
+                }
+            }
+            Err(err) => tracing::error!(%err, "data-plane spec after a health change"),
+        }
     }
 
     fn refresh_neighbors(&self) {
-        match spec::dataplane_spec(&self.config, &self.pools) {
+        match spec::dataplane_spec(&self.config(), &self.pools) {
             Ok(spec) => {
                 dataplane::neighbor::solicit(backend_addrs(&spec));
             }
@@ -297,11 +381,18 @@ impl Agent {
     }
 
     fn sweep(&self) {
-        let expired = self.tables.sweep(self.clock.now_ns());
+        let now = self.shared.clock.now_ns();
+        let expired = self.shared.tables.sweep(now);
+        self.fastpath.sweep(now);
         if !expired.is_empty() {
             tracing::debug!(expired = expired.len(), "table entries expired");
         }
-        match self.dataplane.sweep(dataplane::monotonic_now_ns()) {
+        match self
+            .shared
+            .dataplane
+            .lock()
+            .sweep(dataplane::monotonic_now_ns())
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "swept expired data-plane entries"),
             Err(err) => tracing::warn!(%err, "data-plane sweep failed"),
@@ -310,12 +401,40 @@ impl Agent {
 
     /// SIGTERM: drain HTTP; the data plane stays attached and pinned.
     async fn stop(self) {
-        if let Some(proxy) = self.proxy {
+        self.shared.monitor.stop();
+        let proxy = self.shared.proxy.lock().take();
+        if let Some(proxy) = proxy {
             let report = proxy.shutdown(DRAIN_TIMEOUT).await;
             tracing::info!(?report, "HTTP drained");
         }
         tracing::info!("stopping; the XDP program stays attached and the maps pinned");
     }
+}
+
+/// Starts the admin API on `admin_listen` (with the token from `admin_token_file`).
+async fn start_admin(
+    shared: &Arc<admin::Shared>,
+    reloader: api::ReloadRequester,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let config = shared.config.read().clone();
+    let token = match &config.agent.admin_token_file {
+        Some(path) => Some(api::read_token_file(path)?),
+        None => None,
+    };
+    api::check_exposure(config.agent.admin_listen, token.as_deref())?;
+    let server = api::AdminServer::bind(config.agent.admin_listen, token).await?;
+    let backend = Arc::new(admin::AgentAdmin::new(Arc::clone(shared), reloader));
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(err) = server.run(backend, shutdown).await {
+            tracing::error!(%err, "admin API stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn run(config: Config) -> Result<(), AgentError> {
@@ -327,20 +446,29 @@ async fn run(config: Config) -> Result<(), AgentError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
 
-    let mut agent = Agent::start(config)?;
-    // Readiness for scripts and tests: everything is programmed and attached.
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent::start(config, health_tx)?;
+    let (reloader, mut reload_rx) = api::reload_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    start_admin(&agent.shared, reloader, stop_rx).await?;
+    // Readiness for scripts and tests: everything is programmed, attached and listening.
     println!("latch ready (pid {})", std::process::id());
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut neighbors = tokio::time::interval(NEIGHBOR_INTERVAL);
     loop {
         tokio::select! {
-            _ = hangup.recv() => agent.reload(),
+            _ = hangup.recv() => {
+                agent.reload();
+            }
+            Some(request) = reload_rx.recv() => request.respond(agent.reload()),
+            Some(event) = health_rx.recv() => agent.health_changed(&event),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = sweep.tick() => agent.sweep(),
             _ = neighbors.tick() => agent.refresh_neighbors(),
         }
     }
+    let _ = stop_tx.send(true);
     agent.stop().await;
     Ok(())
 }

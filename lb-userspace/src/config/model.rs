@@ -50,7 +50,7 @@ pub struct AgentConfig {
     pub bpffs_dir: PathBuf,
     /// Proxy worker threads; `None` means one per core.
     pub workers: Option<usize>,
-    /// File holding the bearer token the admin API requires for mutating calls (resolved
+    /// File holding the bearer token the admin API then requires on every endpoint (resolved
     /// against the config file's directory).
     pub admin_token_file: Option<PathBuf>,
     /// Log line format.

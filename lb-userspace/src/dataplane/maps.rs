@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, Flow, FlowKey, LAYOUT_VERSION, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service, ServiceKey, TrafficCounters,
-    map_names, stat,
+    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, LAYOUT_VERSION, MAGLEV_ENTRIES,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey,
+    Service, ServiceKey, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 
@@ -82,8 +82,10 @@ const fn shape(kind: Kind, key_size: usize, value_size: usize, max_entries: u32)
 
 use core::mem::size_of;
 
-/// Every map the XDP object declares, with the shape lb-common's types give it.
-pub(crate) const EXPECTED: [(&str, Shape); 8] = [
+/// Every map the XDP object declares, with the shape lb-common's types give it. A map added
+/// later (DS_TABLE) may be absent from an older pin directory of the same layout version: the
+/// loader then creates and pins it, and the manifest is rewritten (see [`check_pins`]).
+pub(crate) const EXPECTED: [(&str, Shape); 9] = [
     (
         map_names::SERVICES,
         shape(
@@ -137,6 +139,18 @@ pub(crate) const EXPECTED: [(&str, Shape); 8] = [
             size_of::<TrafficCounters>(),
             MAX_BACKENDS,
         ),
+    ),
+    (
+        map_names::DS_TABLE,
+        Shape {
+            flags: DS_TABLE_FLAGS,
+            ..shape(
+                Kind::Hash,
+                size_of::<DsKey>(),
+                size_of::<DsValue>(),
+                MAX_DS_ENTRIES,
+            )
+        },
     ),
 ];
 
@@ -214,7 +228,7 @@ pub(crate) fn check_pins(vdir: &Path, root: &Path) -> Result<bool, DataplaneErro
     if mpath.exists() {
         let found = read_manifest(&mpath)?;
         let expected = manifest_text();
-        if found != expected {
+        if !manifest_compatible(&found, &expected) {
             return Err(DataplaneError::LayoutMismatch {
                 path: mpath,
                 dir: root.to_owned(),
@@ -229,6 +243,15 @@ pub(crate) fn check_pins(vdir: &Path, root: &Path) -> Result<bool, DataplaneErro
         );
     }
     Ok(adopted)
+}
+
+/// A manifest is compatible when it is this build's, or an older one of the same layout
+/// version that lacks maps added since (every line it has is one this build expects, the
+/// version line first). The shapes of the maps that do exist were checked one by one.
+pub(crate) fn manifest_compatible(found: &str, expected: &str) -> bool {
+    let mut found_lines = found.lines();
+    let header_ok = found_lines.next() == expected.lines().next();
+    header_ok && found_lines.all(|l| expected.lines().skip(1).any(|e| e == l))
 }
 
 fn read_manifest(path: &Path) -> Result<String, DataplaneError> {
@@ -249,11 +272,24 @@ fn read_manifest(path: &Path) -> Result<String, DataplaneError> {
     Ok(manifest_from_bytes(&bytes))
 }
 
-/// Pins the manifest if it is not there yet.
+/// Pins the manifest if it is not there yet, or brings an older compatible one up to date
+/// (once the loader has created the maps it lacked).
 pub(crate) fn write_manifest(vdir: &Path) -> Result<(), DataplaneError> {
     let path = vdir.join(MANIFEST_NAME);
     if path.exists() {
-        return Ok(());
+        if read_manifest(&path)? == manifest_text() {
+            return Ok(());
+        }
+        let data = MapData::from_pin(&path)
+            .map_err(|e| DataplaneError::map(MANIFEST_NAME, "open pinned", e))?;
+        let map = Map::from_map_data(data)
+            .map_err(|e| DataplaneError::map(MANIFEST_NAME, "open pinned", e))?;
+        let mut arr: Array<MapData, [u8; MANIFEST_LEN]> =
+            Array::try_from(map).map_err(|e| DataplaneError::map(MANIFEST_NAME, "open", e))?;
+        tracing::info!(path = %path.display(), "layout manifest updated for maps added since");
+        return arr
+            .set(0, manifest_bytes(), 0)
+            .map_err(|e| DataplaneError::map(MANIFEST_NAME, "write", e));
     }
     let mut arr: Array<MapData, [u8; MANIFEST_LEN]> =
         Array::create(1, 0).map_err(|e| DataplaneError::map(MANIFEST_NAME, "create", e))?;
@@ -278,6 +314,8 @@ pub(crate) struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    /// Shared with the mirror and fast-path pins, which write from request threads.
+    pub ds_table: std::sync::Arc<super::mirror::RawHash<DsKey, DsValue>>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -307,6 +345,10 @@ impl Maps {
             stats: typed!(ebpf, map_names::STATS),
             service_stats: typed!(ebpf, map_names::SERVICE_STATS),
             backend_stats: typed!(ebpf, map_names::BACKEND_STATS),
+            ds_table: std::sync::Arc::new(super::mirror::RawHash::new(
+                map_names::DS_TABLE,
+                typed!(ebpf, map_names::DS_TABLE),
+            )),
         })
     }
 
@@ -380,7 +422,10 @@ mod tests {
     #[test]
     fn expected_shapes_match_lb_common() {
         let by: std::collections::HashMap<_, _> = EXPECTED.iter().copied().collect();
-        assert_eq!(by.len(), 8, "map names are distinct");
+        assert_eq!(by.len(), 9, "map names are distinct");
+        assert_eq!(by[map_names::DS_TABLE].key_size, 76);
+        assert_eq!(by[map_names::DS_TABLE].value_size, 80);
+        assert_eq!(by[map_names::DS_TABLE].flags, DS_TABLE_FLAGS);
         assert_eq!(by[map_names::SERVICES].key_size, 8);
         assert_eq!(by[map_names::SERVICES].value_size, 24);
         assert_eq!(by[map_names::MAGLEV].max_entries, MAGLEV_ENTRIES);
@@ -407,6 +452,28 @@ mod tests {
         assert!(msg.contains("value 24B"), "{msg}");
         assert!(msg.contains("latch down"), "{msg}");
         assert!(check_shape(Path::new("x"), Path::new("y"), &exp, &exp).is_ok());
+    }
+
+    #[test]
+    fn older_manifest_without_new_maps_is_compatible_but_not_a_changed_one() {
+        let expected = manifest_text();
+        let older: String = expected
+            .lines()
+            .filter(|l| !l.starts_with(map_names::DS_TABLE))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(older, expected);
+        assert!(manifest_compatible(&older, &expected));
+        assert!(manifest_compatible(&expected, &expected));
+        let changed = expected.replace("key 8B value 24B", "key 8B value 32B");
+        assert_ne!(changed, expected);
+        assert!(!manifest_compatible(&changed, &expected));
+        let other_version = expected.replacen(
+            &format!("v{LAYOUT_VERSION}"),
+            &format!("v{}", LAYOUT_VERSION + 1),
+            1,
+        );
+        assert!(!manifest_compatible(&other_version, &expected));
     }
 
     #[test]

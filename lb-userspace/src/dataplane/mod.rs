@@ -9,6 +9,7 @@
 mod attach;
 mod error;
 mod maps;
+pub mod mirror;
 pub mod neighbor;
 pub mod plan;
 
@@ -33,6 +34,7 @@ use lb_common::{
 pub use attach::{AttachMode, Attached};
 pub use error::DataplaneError;
 pub use maps::versioned_dir;
+pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, Restored};
 pub use plan::PlanError;
 
 /// Name of the XDP entry point in the lb-ebpf object.
@@ -323,6 +325,10 @@ pub struct Dataplane {
     maps: maps::Maps,
     ebpf: aya::Ebpf,
     state: plan::State,
+    /// What [`PersistPins`] handles see of `state`, refreshed by every apply.
+    pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
+    pins: PersistPins,
+    mirror: std::sync::Arc<KernelMirror>,
     // Last: released after every kernel handle is closed.
     _lock: File,
 }
@@ -370,6 +376,11 @@ impl Dataplane {
         let maps = maps::Maps::take(&mut ebpf)?;
         let (services, backends) = maps.read_state()?;
         let state = plan::State::from_maps(services, backends);
+        let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+            mirror::PinIndex::from_state(&state),
+        ));
+        let pins = mirror::open_pins(&vdir, std::sync::Arc::clone(&pin_index))?;
+        let mirror = std::sync::Arc::new(KernelMirror::new(std::sync::Arc::clone(&maps.ds_table)));
         tracing::info!(
             dir = %vdir.display(),
             adopted,
@@ -384,8 +395,21 @@ impl Dataplane {
             maps,
             ebpf,
             state,
+            pin_index,
+            pins,
+            mirror,
             _lock: lock,
         })
+    }
+
+    /// A handle that pins fast-path clients from any thread; it follows every apply.
+    pub fn persist_pins(&self) -> PersistPins {
+        self.pins.clone()
+    }
+
+    /// The DS_TABLE mirror of the DataScript tables.
+    pub fn kernel_mirror(&self) -> std::sync::Arc<KernelMirror> {
+        std::sync::Arc::clone(&self.mirror)
     }
 
     /// The configured pin directory.
@@ -428,9 +452,18 @@ impl Dataplane {
         if plan.is_noop() {
             return Ok(());
         }
-        match self.execute(&plan) {
+        let result = self.execute_plan(&plan);
+        self.pin_index
+            .store(std::sync::Arc::new(mirror::PinIndex::from_state(
+                &self.state,
+            )));
+        result
+    }
+
+    fn execute_plan(&mut self, plan: &plan::Plan) -> Result<(), DataplaneError> {
+        match self.execute(plan) {
             Ok(()) => {
-                self.state = plan::apply_to_state(&self.state, &plan);
+                self.state = plan::apply_to_state(&self.state, plan);
                 tracing::info!(
                     services = self.state.services.len(),
                     backends = self.state.backend_ids.len(),

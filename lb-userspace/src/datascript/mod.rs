@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 pub use compile::ScriptSet;
 pub use lint::lint;
-pub use txn::{DataScriptHooks, ScriptEnv, ScriptTableObserver};
+pub use txn::{DataScriptHooks, DsCounters, EventCounters, ScriptEnv, ScriptTableObserver};
 
 /// The DataScript events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]

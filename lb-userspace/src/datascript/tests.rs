@@ -338,6 +338,27 @@ fn runaway_loop_is_stopped_within_budget_and_answered_500() {
 }
 
 #[test]
+fn counters_separate_runs_errors_and_budget_stops() {
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            "local p = avi.http.get_path() if p == '/loop' then while true do end elseif p == '/boom' then error('x') end",
+        )],
+        DsLimits {
+            instruction_budget: 100_000,
+            vms: 1,
+            ..DsLimits::default()
+        },
+    );
+    for path in ["/", "/", "/boom", "/loop"] {
+        let _ = run_req(&f, path, &[]);
+    }
+    let c = f.hooks.counters().get(Event::HttpReq);
+    assert_eq!((c.runs, c.errors, c.budget_stops), (4, 1, 1));
+    assert_eq!(f.hooks.counters().get(Event::HttpResp).runs, 0);
+}
+
+#[test]
 fn budget_counts_instructions_not_time() {
     // A loop of known length: about 4 instructions per iteration. 10k iterations fit a
     // 100k budget; 100k iterations do not.

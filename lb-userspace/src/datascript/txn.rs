@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use mlua::Table;
@@ -45,6 +45,46 @@ struct Shared {
     vms: Vec<Mutex<Vm>>,
     has_req: bool,
     has_resp: bool,
+    counters: Arc<DsCounters>,
+}
+
+/// Runs, errors and budget stops of one virtual service's scripts, per event. Kept by the
+/// agent across reloads so the exported counters only ever grow.
+#[derive(Debug, Default)]
+pub struct DsCounters {
+    runs: [AtomicU64; 2],
+    errors: [AtomicU64; 2],
+    budget_stops: [AtomicU64; 2],
+}
+
+/// One event's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounters {
+    /// Events run (all scripts of the event together).
+    pub runs: u64,
+    /// Runs that ended in a Lua error (budget stops not included).
+    pub errors: u64,
+    /// Runs stopped by the instruction budget.
+    pub budget_stops: u64,
+}
+
+impl DsCounters {
+    fn slot(event: Event) -> usize {
+        match event {
+            Event::HttpReq => 0,
+            Event::HttpResp => 1,
+        }
+    }
+
+    /// Counters of `event`.
+    pub fn get(&self, event: Event) -> EventCounters {
+        let i = Self::slot(event);
+        EventCounters {
+            runs: self.runs[i].load(Ordering::Relaxed),
+            errors: self.errors[i].load(Ordering::Relaxed),
+            budget_stops: self.budget_stops[i].load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The [`HookFactory`] of one virtual service.
@@ -66,6 +106,16 @@ impl std::fmt::Debug for DataScriptHooks {
 impl DataScriptHooks {
     /// Build the VMs of a virtual service (`env.limits.vms` of them, 0 = one per CPU).
     pub fn new(set: Arc<ScriptSet>, env: ScriptEnv) -> Result<Self, DsError> {
+        Self::with_counters(set, env, Arc::default())
+    }
+
+    /// Like [`DataScriptHooks::new`], counting into `counters` (shared with the hooks this
+    /// replaces on a reload).
+    pub fn with_counters(
+        set: Arc<ScriptSet>,
+        env: ScriptEnv,
+        counters: Arc<DsCounters>,
+    ) -> Result<Self, DsError> {
         let n = match env.limits.vms {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -83,8 +133,14 @@ impl DataScriptHooks {
                 has_resp: set.has(Event::HttpResp),
                 set,
                 vms,
+                counters,
             }),
         })
+    }
+
+    /// Runs, errors and budget stops so far.
+    pub fn counters(&self) -> &Arc<DsCounters> {
+        &self.shared.counters
     }
 
     /// The scripts.
@@ -220,10 +276,18 @@ impl Txn {
         let Some(mut state) = ctx.txn else {
             return (Outcome::Failed, ctx.req, ctx.resp);
         };
+        let slot = DsCounters::slot(event);
+        let counters = &shared.counters;
+        counters.runs[slot].fetch_add(1, Ordering::Relaxed);
         let failed = match failure {
             // avi.http.response/redirect end the event with an error on purpose.
             Some(_) if state.reply.is_some() => false,
             Some((script, e)) => {
+                if e.to_string().contains(crate::datascript::vm::BUDGET) {
+                    counters.budget_stops[slot].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    counters.errors[slot].fetch_add(1, Ordering::Relaxed);
+                }
                 let vs = &state.info.vs_name;
                 match script {
                     Some(i) => {

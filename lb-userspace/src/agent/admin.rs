@@ -1,0 +1,214 @@
+//! The admin API's view of the running agent ([`AdminBackend`]).
+//!
+//! The agent's event loop owns the configuration and applies reloads; the API reads shared
+//! handles (data plane, proxy, tables, health) and asks the loop for reloads over a channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::api::convert::Sources;
+use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot};
+use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
+use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};
+use crate::config::{Config, ServiceType};
+use crate::dataplane::Dataplane;
+use crate::datascript::{DsCounters, Event};
+use crate::monitor::MonitorHandle;
+use crate::proxy::HttpProxy;
+use crate::tables::{Clock, EntryView, TableStore};
+
+/// Reload bookkeeping for the status document and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads applied since start.
+    pub applied: u64,
+    /// Reloads refused since start.
+    pub refused: u64,
+    /// Last attempt.
+    pub last: Option<SystemTime>,
+}
+
+/// Handles shared between the event loop and the admin API.
+pub struct Shared {
+    /// The running configuration (replaced as a whole on reload).
+    pub config: RwLock<Arc<Config>>,
+    /// The data plane (locked briefly for map reads and writes).
+    pub dataplane: Mutex<Dataplane>,
+    /// The HTTP proxy, when an http virtual service exists.
+    pub proxy: Mutex<Option<HttpProxy>>,
+    /// DataScript tables.
+    pub tables: Arc<TableStore>,
+    /// Health monitors.
+    pub monitor: MonitorHandle,
+    /// Table lifetimes' clock.
+    pub clock: Arc<dyn Clock>,
+    /// When the agent started.
+    pub started: SystemTime,
+    /// Reload counts.
+    pub reloads: Mutex<ReloadStats>,
+    /// DataScript counters per virtual service, kept across reloads.
+    pub script_counters: Mutex<HashMap<String, Arc<DsCounters>>>,
+}
+
+/// [`AdminBackend`] over [`Shared`].
+pub struct AgentAdmin {
+    shared: Arc<Shared>,
+    reloader: ReloadRequester,
+}
+
+impl AgentAdmin {
+    /// The backend; reload requests go to the receiver paired with `reloader`.
+    pub fn new(shared: Arc<Shared>, reloader: ReloadRequester) -> Self {
+        Self { shared, reloader }
+    }
+
+    fn with_sources<R>(&self, f: impl FnOnce(Sources<'_>) -> R) -> R {
+        let s = &self.shared;
+        let config = s.config.read().clone();
+        let proxy = s.proxy.lock().as_ref().map(HttpProxy::stats);
+        let dataplane = match s.dataplane.lock().stats() {
+            Ok(stats) => Some(stats),
+            Err(err) => {
+                tracing::warn!(%err, "reading data-plane counters failed");
+                None
+            }
+        };
+        let health = s.monitor.snapshot();
+        let tables: Vec<(String, TableCounters)> = s
+            .tables
+            .vs_names()
+            .into_iter()
+            .filter_map(|name| {
+                let c = s.tables.get_vs(&name)?.counters();
+                Some((
+                    name,
+                    TableCounters {
+                        entries: c.entries,
+                        inserts: c.inserts,
+                        updates: c.updates,
+                        hits: c.hits,
+                        misses: c.misses,
+                        expirations: c.expirations,
+                        removals: c.removals,
+                        failures: c.failures,
+                    },
+                ))
+            })
+            .collect();
+        let reloads = *s.reloads.lock();
+        let datascripts: Vec<DataScriptMetrics> = s
+            .script_counters
+            .lock()
+            .iter()
+            .flat_map(|(vs, counters)| {
+                [Event::HttpReq, Event::HttpResp].map(|event| {
+                    let c = counters.get(event);
+                    DataScriptMetrics {
+                        vs: vs.clone(),
+                        event: event.to_string(),
+                        runs: c.runs,
+                        errors: c.errors,
+                        budget_stops: c.budget_stops,
+                    }
+                })
+            })
+            .collect();
+        f(Sources {
+            config: &config,
+            proxy: proxy.as_ref(),
+            dataplane: dataplane.as_ref(),
+            health: &health,
+            tables: &tables,
+            datascripts: &datascripts,
+            started: s.started,
+            reloads_applied: reloads.applied,
+            reloads_refused: reloads.refused,
+            last_reload: reloads.last,
+        })
+    }
+
+    /// The tables of an http virtual service, or why not.
+    fn vs_tables(&self, vs: &str) -> Result<Arc<crate::tables::VsTables>, BackendError> {
+        let config = self.shared.config.read().clone();
+        match config.virtual_service(vs) {
+            None => Err(BackendError::UnknownVs { vs: vs.to_string() }),
+            Some(v) if v.kind != ServiceType::Http => {
+                Err(BackendError::NoTables { vs: vs.to_string() })
+            }
+            Some(_) => Ok(self.shared.tables.vs(vs)),
+        }
+    }
+
+    fn entry_view(&self, e: &EntryView, now: u64) -> TableEntryView {
+        TableEntryView {
+            table: e.table.clone(),
+            key: e.key.clone(),
+            value: e.value.clone(),
+            expires_in_seconds: e.remaining_s(now),
+        }
+    }
+}
+
+impl AdminBackend for AgentAdmin {
+    fn status(&self) -> StatusView {
+        self.with_sources(|s| s.status(SystemTime::now()))
+    }
+
+    fn virtual_services(&self) -> Vec<VirtualServiceView> {
+        self.with_sources(|s| s.virtual_services())
+    }
+
+    fn pools(&self) -> Vec<PoolView> {
+        self.with_sources(|s| s.pools())
+    }
+
+    fn table_list(
+        &self,
+        vs: &str,
+        table: Option<&str>,
+        prefix: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TableEntryView>, BackendError> {
+        let tables = self.vs_tables(vs)?;
+        let now = self.shared.clock.now_ns();
+        Ok(tables
+            .list(table, prefix, limit, now)
+            .iter()
+            .map(|e| self.entry_view(e, now))
+            .collect())
+    }
+
+    fn table_get(
+        &self,
+        vs: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<TableEntryView>, BackendError> {
+        let tables = self.vs_tables(vs)?;
+        let now = self.shared.clock.now_ns();
+        Ok(tables
+            .get(table, key, now)
+            .map(|e| self.entry_view(&e, now)))
+    }
+
+    fn table_delete(&self, vs: &str, table: &str, key: &str) -> Result<bool, BackendError> {
+        let tables = self.vs_tables(vs)?;
+        Ok(tables.remove(table, key, self.shared.clock.now_ns()))
+    }
+
+    fn table_flush(&self, vs: &str, table: Option<&str>) -> Result<u64, BackendError> {
+        let tables = self.vs_tables(vs)?;
+        Ok(tables.flush(table) as u64)
+    }
+
+    fn reload(&self) -> ReloadFuture {
+        self.reloader.request()
+    }
+
+    fn metrics_snapshot(&self) -> MetricsSnapshot {
+        self.with_sources(|s| s.metrics())
+    }
+}

@@ -1,0 +1,730 @@
+//! The kernel copies of user-space state that must outlive the agent: the DataScript tables
+//! (DS_TABLE, through [`KernelMirror`]) and the fast-path client pins (PERSIST, through
+//! [`PersistPins`]).
+//!
+//! Both are written from proxy worker threads while a request runs, so neither takes a lock
+//! around its syscall: [`RawHash`] issues `BPF_MAP_*_ELEM` directly on a map descriptor (aya's
+//! typed maps want `&mut self` to write). A mirror write costs one syscall (about a
+//! microsecond); nothing here allocates per request once a name is known.
+//!
+//! DS_TABLE layout (see [`lb_common::DsKey`]): `{vs id, table id, key bytes} -> {value bytes,
+//! expires_ns}` with ids from [`lb_common::ds_name_id`], so they are stable across restarts
+//! without any state. Keys and values longer than [`DS_KEY_BYTES`] / [`DS_VALUE_BYTES`] stay
+//! in user space only (counted in [`MirrorStats::too_large`]): after a restart those entries
+//! are gone. Two kinds of reserved records live in the same map: name records (`vs id` =
+//! [`ds_ids::NAMES`]) mapping an id back to its name, and fast-path pin records (`table id` =
+//! [`ds_ids::PINS`]) saying which table entry owns a client's pin.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    marker::PhantomData,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
+use dashmap::DashMap;
+use lb_common::{
+    DS_KEY_BYTES, DS_VALUE_BYTES, DsKey, DsValue, Persist, PersistKey, ds_ids, ds_name_id,
+    map_names,
+};
+
+use super::{DataplaneError, Proto, plan};
+use crate::tables::EntryView;
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
+
+/// The `bpf_attr` member of the `BPF_MAP_*_ELEM` commands. The kernel zero-fills whatever
+/// follows when the size passed is shorter than its union.
+#[repr(C, align(8))]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn syscall_error(call: &'static str, io_error: io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
+
+/// A BPF hash map written through `&self` (see the module docs).
+pub(crate) struct RawHash<K, V> {
+    name: &'static str,
+    map: AyaHashMap<MapData, K, V>,
+    _types: PhantomData<(K, V)>,
+}
+
+impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
+    pub(crate) fn new(name: &'static str, map: AyaHashMap<MapData, K, V>) -> Self {
+        Self {
+            name,
+            map,
+            _types: PhantomData,
+        }
+    }
+
+    /// A second handle on a pinned map (its own descriptor).
+    pub(crate) fn from_pin(name: &'static str, path: &Path) -> Result<Self, DataplaneError> {
+        let data =
+            MapData::from_pin(path).map_err(|e| DataplaneError::map(name, "open pinned", e))?;
+        let map = Map::from_map_data(data).map_err(|e| DataplaneError::map(name, "open", e))?;
+        let map = AyaHashMap::try_from(map).map_err(|e| DataplaneError::map(name, "open", e))?;
+        Ok(Self::new(name, map))
+    }
+
+    fn elem(&self, cmd: libc::c_int, key: &K, value: Option<*const V>) -> io::Result<()> {
+        use aya::maps::IterableMap;
+        let fd = self.map.map().fd().as_fd().as_raw_fd();
+        let mut attr = ElemAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: value.map_or(0, |v| v as u64),
+            flags: 0,
+        };
+        // SAFETY: `attr` points at a key (and value) of the map's sizes, which live until the
+        // call returns; the kernel reads at most `size_of::<ElemAttr>()` bytes of `attr`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<ElemAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Inserts or replaces `key`.
+    pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), DataplaneError> {
+        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)))
+            .map_err(|e| {
+                DataplaneError::map(self.name, "write", syscall_error("bpf_map_update_elem", e))
+            })
+    }
+
+    /// Removes `key`; false when it was not there.
+    pub(crate) fn delete(&self, key: &K) -> Result<bool, DataplaneError> {
+        match self.elem(BPF_MAP_DELETE_ELEM, key, None) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(DataplaneError::map(
+                self.name,
+                "delete",
+                syscall_error("bpf_map_delete_elem", e),
+            )),
+        }
+    }
+
+    /// The value of `key`, if present.
+    pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, DataplaneError> {
+        let mut out = std::mem::MaybeUninit::<V>::zeroed();
+        match self.elem(
+            BPF_MAP_LOOKUP_ELEM,
+            key,
+            Some(out.as_mut_ptr().cast_const()),
+        ) {
+            // SAFETY: the kernel filled all `size_of::<V>()` bytes; V is Pod.
+            Ok(()) => Ok(Some(unsafe { out.assume_init() })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(DataplaneError::map(
+                self.name,
+                "read",
+                syscall_error("bpf_map_lookup_elem", e),
+            )),
+        }
+    }
+
+    /// Every entry (a walk of the whole map: startup and reload only).
+    pub(crate) fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
+        let mut out = Vec::new();
+        for kv in self.map.iter() {
+            match kv {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(DataplaneError::map(self.name, "read", e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---- fast-path pins ---------------------------------------------------------------------------
+
+/// What [`PersistPins`] needs to know of the programmed state: refreshed by every apply.
+#[derive(Debug, Default)]
+pub(crate) struct PinIndex {
+    /// Persistence group of each programmed service.
+    services: HashMap<(Ipv4Addr, u16, Proto), u32>,
+    /// Id and generation of each programmed backend.
+    backends: HashMap<SocketAddrV4, (u32, u32)>,
+}
+
+impl PinIndex {
+    pub(crate) fn from_state(state: &plan::State) -> Self {
+        let services = state
+            .services
+            .iter()
+            .filter_map(|(k, s)| plan::service_key_parts(k).map(|parts| (parts, s.persist_group)))
+            .collect();
+        let backends = state
+            .backend_ids
+            .iter()
+            .map(|(addr, id)| {
+                let generation = state.backend(*id).map_or(0, |b| b.generation);
+                (*addr, (*id, generation))
+            })
+            .collect();
+        Self { services, backends }
+    }
+}
+
+/// A cheap, cloneable handle that pins clients in PERSIST from any thread, without waiting
+/// on the agent's data-plane lock or on a reload.
+#[derive(Clone)]
+pub struct PersistPins {
+    map: Arc<RawHash<PersistKey, Persist>>,
+    index: Arc<ArcSwap<PinIndex>>,
+}
+
+impl std::fmt::Debug for PersistPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersistPins").finish_non_exhaustive()
+    }
+}
+
+impl PersistPins {
+    pub(crate) fn new(map: RawHash<PersistKey, Persist>, index: Arc<ArcSwap<PinIndex>>) -> Self {
+        Self {
+            map: Arc::new(map),
+            index,
+        }
+    }
+
+    fn key(
+        &self,
+        index: &PinIndex,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+    ) -> Result<PersistKey, DataplaneError> {
+        let (vip, port, proto) = service;
+        let group = index
+            .services
+            .get(&service)
+            .copied()
+            .ok_or(DataplaneError::UnknownService { vip, port, proto })?;
+        Ok(PersistKey {
+            group,
+            client_addr: u32::from_ne_bytes(client.octets()),
+        })
+    }
+
+    /// Pins `client` to `backend` for new connections to `service` until `expires_ns`
+    /// (CLOCK_MONOTONIC).
+    pub fn pin(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+        backend: SocketAddrV4,
+        expires_ns: u64,
+    ) -> Result<(), DataplaneError> {
+        let index = self.index.load();
+        let key = self.key(&index, service, client)?;
+        let (backend_id, generation) = index
+            .backends
+            .get(&backend)
+            .copied()
+            .ok_or(DataplaneError::UnknownBackend { addr: backend })?;
+        self.map.update(
+            &key,
+            &Persist {
+                backend_id,
+                generation,
+                expires_ns,
+            },
+        )
+    }
+
+    /// Removes a client's pin; false when there was none (or the service is gone, which took
+    /// its pins with it).
+    pub fn unpin(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+    ) -> Result<bool, DataplaneError> {
+        let index = self.index.load();
+        match self.key(&index, service, client) {
+            Ok(key) => self.map.delete(&key),
+            Err(DataplaneError::UnknownService { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The backend and expiry a client is pinned to (diagnostics and tests).
+    pub fn pinned(
+        &self,
+        service: (Ipv4Addr, u16, Proto),
+        client: Ipv4Addr,
+    ) -> Result<Option<(SocketAddrV4, u64)>, DataplaneError> {
+        let index = self.index.load();
+        let key = self.key(&index, service, client)?;
+        let Some(p) = self.map.lookup(&key)? else {
+            return Ok(None);
+        };
+        Ok(index
+            .backends
+            .iter()
+            .find(|(_, (id, _))| *id == p.backend_id)
+            .map(|(addr, _)| (*addr, p.expires_ns)))
+    }
+}
+
+// ---- DataScript table mirror ------------------------------------------------------------------
+
+/// The DS_TABLE key of an entry; `None` when the key is too long for the kernel mirror.
+pub fn ds_key(vs_id: u32, table_id: u32, key: &[u8]) -> Option<DsKey> {
+    if key.len() > DS_KEY_BYTES {
+        return None;
+    }
+    let mut k = DsKey {
+        vs_id,
+        table_id,
+        key_len: key.len() as u32,
+        ..DsKey::default()
+    };
+    k.key[..key.len()].copy_from_slice(key);
+    Some(k)
+}
+
+/// The DS_TABLE value of an entry; `None` when the value is too long for the kernel mirror.
+pub fn ds_value(value: &[u8], expires_ns: u64) -> Option<DsValue> {
+    if value.len() > DS_VALUE_BYTES {
+        return None;
+    }
+    let mut v = DsValue {
+        expires_ns,
+        value_len: value.len() as u32,
+        ..DsValue::default()
+    };
+    v.value[..value.len()].copy_from_slice(value);
+    Some(v)
+}
+
+fn key_bytes(k: &DsKey) -> Option<&[u8]> {
+    k.key.get(..k.key_len as usize)
+}
+
+fn value_bytes(v: &DsValue) -> Option<&[u8]> {
+    v.value.get(..v.value_len as usize)
+}
+
+/// 64-bit FNV-1a of a table key: how a pin record names the entry that owns the pin.
+pub fn key_hash64(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn name_key(id: u32) -> DsKey {
+    let mut k = DsKey {
+        vs_id: ds_ids::NAMES,
+        key_len: 4,
+        ..DsKey::default()
+    };
+    k.key[..4].copy_from_slice(&id.to_le_bytes());
+    k
+}
+
+fn pin_key(vs_id: u32, client: Ipv4Addr) -> DsKey {
+    let mut k = DsKey {
+        vs_id,
+        table_id: ds_ids::PINS,
+        key_len: 4,
+        ..DsKey::default()
+    };
+    k.key[..4].copy_from_slice(&client.octets());
+    k
+}
+
+fn pin_value(table_id: u32, key: &str, expires_ns: u64) -> DsValue {
+    let mut v = DsValue {
+        expires_ns,
+        value_len: 12,
+        ..DsValue::default()
+    };
+    v.value[..4].copy_from_slice(&table_id.to_le_bytes());
+    v.value[4..12].copy_from_slice(&key_hash64(key).to_le_bytes());
+    v
+}
+
+/// A fast-path pin record read back after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinRecord {
+    /// Virtual service name.
+    pub vs: String,
+    /// The pinned client.
+    pub client: Ipv4Addr,
+    /// Table of the owning entry.
+    pub table: String,
+    /// [`key_hash64`] of the owning entry's key.
+    pub key_hash: u64,
+    /// Expiry of the pin, monotonic ns.
+    pub expires_ns: u64,
+}
+
+/// What [`KernelMirror::restore`] found.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Live entries per virtual service.
+    pub entries: HashMap<String, Vec<EntryView>>,
+    /// Live pin records of configured virtual services.
+    pub pins: Vec<PinRecord>,
+    /// Entries and records removed: expired, of virtual services no longer configured, or
+    /// unreadable.
+    pub removed: usize,
+}
+
+/// Counters of the mirror (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorStats {
+    /// Entries written (insert, refresh, extension).
+    pub written: u64,
+    /// Entries removed (script, admin, expiry).
+    pub removed: u64,
+    /// Entries kept in user space only: key, value, table or VS name too long, or a 32-bit
+    /// name id collision.
+    pub too_large: u64,
+    /// Writes the kernel refused (map full, out of memory).
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    removed: AtomicU64,
+    too_large: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Mirrors every DataScript table change into DS_TABLE (implements [`crate::tables::Mirror`]).
+pub struct KernelMirror {
+    map: Arc<RawHash<DsKey, DsValue>>,
+    /// Name -> id once its name record is known to be in the map; `None`: not mirrorable.
+    names: DashMap<Box<str>, Option<u32>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for KernelMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMirror")
+            .field("names", &self.names.len())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelMirror {
+    pub(crate) fn new(map: Arc<RawHash<DsKey, DsValue>>) -> Self {
+        Self {
+            map,
+            names: DashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The mirror's counters.
+    pub fn stats(&self) -> MirrorStats {
+        let c = &self.counters;
+        MirrorStats {
+            written: c.written.load(Ordering::Relaxed),
+            removed: c.removed.load(Ordering::Relaxed),
+            too_large: c.too_large.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The id of `name`, making sure its name record is in the map (one lookup, and maybe one
+    /// write, the first time a name is seen). `None` when the name cannot be mirrored: longer
+    /// than a value, or its id already names another name.
+    fn id(&self, name: &str) -> Option<u32> {
+        if let Some(id) = self.names.get(name) {
+            return *id;
+        }
+        let id = self.register(name);
+        self.names.insert(Box::from(name), id);
+        id
+    }
+
+    fn register(&self, name: &str) -> Option<u32> {
+        let id = ds_name_id(name.as_bytes());
+        let value = ds_value(name.as_bytes(), u64::MAX)?;
+        let key = name_key(id);
+        match self.map.lookup(&key) {
+            Ok(Some(existing)) if value_bytes(&existing) == Some(name.as_bytes()) => Some(id),
+            Ok(Some(existing)) => {
+                tracing::warn!(
+                    name,
+                    other = %String::from_utf8_lossy(value_bytes(&existing).unwrap_or_default()),
+                    "name id collision: this name's table entries stay in user space only"
+                );
+                None
+            }
+            Ok(None) => match self.map.update(&key, &value) {
+                Ok(()) => Some(id),
+                Err(err) => {
+                    tracing::warn!(name, %err, "cannot record a table name in the kernel mirror");
+                    None
+                }
+            },
+            Err(err) => {
+                tracing::warn!(name, %err, "cannot read the kernel mirror's name records");
+                None
+            }
+        }
+    }
+
+    fn entry_key(&self, vs: &str, table: &str, key: &str) -> Option<DsKey> {
+        ds_key(self.id(vs)?, self.id(table)?, key.as_bytes())
+    }
+
+    /// Records that `client`'s fast-path pin belongs to entry (`table`, `key`) of `vs`.
+    pub fn record_pin(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str, expires_ns: u64) {
+        let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
+            return;
+        };
+        if let Err(err) = self.map.update(
+            &pin_key(vs_id, client),
+            &pin_value(table_id, key, expires_ns),
+        ) {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%err, %client, "cannot record a fast-path pin");
+        }
+    }
+
+    /// Forgets `client`'s pin record in `vs`.
+    pub fn forget_pin(&self, vs: &str, client: Ipv4Addr) {
+        let Some(vs_id) = self.id(vs) else { return };
+        if let Err(err) = self.map.delete(&pin_key(vs_id, client)) {
+            tracing::debug!(%err, %client, "cannot remove a fast-path pin record");
+        }
+    }
+
+    /// Reads the mirror back after a restart: returns the live entries and pin records of
+    /// `configured` virtual services, and deletes everything else (expired entries, entries
+    /// of other virtual services, records whose names are unknown). Name records are kept.
+    pub fn restore(&self, configured: &[String], now_ns: u64) -> Result<Restored, DataplaneError> {
+        let all = self.map.entries()?;
+        let mut names: HashMap<u32, String> = HashMap::new();
+        for (k, v) in &all {
+            if k.vs_id != ds_ids::NAMES {
+                continue;
+            }
+            let (Some(kb), Some(vb)) = (key_bytes(k), value_bytes(v)) else {
+                continue;
+            };
+            let (Ok(id), Ok(name)) = (<[u8; 4]>::try_from(kb), std::str::from_utf8(vb)) else {
+                continue;
+            };
+            let id = u32::from_le_bytes(id);
+            if ds_name_id(name.as_bytes()) == id {
+                self.names.insert(Box::from(name), Some(id));
+                names.insert(id, name.to_owned());
+            }
+        }
+        let vs_by_id: HashMap<u32, &String> = configured
+            .iter()
+            .map(|n| (ds_name_id(n.as_bytes()), n))
+            .collect();
+        let mut out = Restored::default();
+        let mut stale = Vec::new();
+        for (k, v) in all {
+            if k.vs_id == ds_ids::NAMES {
+                continue;
+            }
+            let Some(vs) = vs_by_id.get(&k.vs_id) else {
+                stale.push(k);
+                continue;
+            };
+            if v.expires_ns <= now_ns {
+                stale.push(k);
+                continue;
+            }
+            let decoded = if k.table_id == ds_ids::PINS {
+                decode_pin(&k, &v, &names).map(|(client, table, key_hash)| {
+                    out.pins.push(PinRecord {
+                        vs: (*vs).clone(),
+                        client,
+                        table,
+                        key_hash,
+                        expires_ns: v.expires_ns,
+                    });
+                })
+            } else {
+                decode_entry(&k, &v, &names).map(|e| {
+                    out.entries.entry((*vs).clone()).or_default().push(e);
+                })
+            };
+            if decoded.is_none() {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            if self.map.delete(k)? {
+                out.removed += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every entry and pin record of virtual services not in `keep` (reload).
+    pub fn retain_vs(&self, keep: &[String]) -> Result<usize, DataplaneError> {
+        let ids: HashSet<u32> = keep.iter().map(|n| ds_name_id(n.as_bytes())).collect();
+        let mut n = 0;
+        for (k, _) in self.map.entries()? {
+            if k.vs_id != ds_ids::NAMES && !ids.contains(&k.vs_id) && self.map.delete(&k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn decode_entry(k: &DsKey, v: &DsValue, names: &HashMap<u32, String>) -> Option<EntryView> {
+    Some(EntryView {
+        table: names.get(&k.table_id)?.clone(),
+        key: std::str::from_utf8(key_bytes(k)?).ok()?.to_owned(),
+        value: std::str::from_utf8(value_bytes(v)?).ok()?.to_owned(),
+        expires_at_mono_ns: v.expires_ns,
+    })
+}
+
+fn decode_pin(
+    k: &DsKey,
+    v: &DsValue,
+    names: &HashMap<u32, String>,
+) -> Option<(Ipv4Addr, String, u64)> {
+    let client = <[u8; 4]>::try_from(key_bytes(k)?).ok()?;
+    let vb = value_bytes(v)?;
+    let table_id = u32::from_le_bytes(vb.get(..4)?.try_into().ok()?);
+    let hash = u64::from_le_bytes(vb.get(4..12)?.try_into().ok()?);
+    Some((Ipv4Addr::from(client), names.get(&table_id)?.clone(), hash))
+}
+
+impl crate::tables::Mirror for KernelMirror {
+    fn upsert(&self, vs: &str, table: &str, key: &str, value: &str, expires_at_mono_ns: u64) {
+        let (Some(k), Some(v)) = (
+            self.entry_key(vs, table, key),
+            ds_value(value.as_bytes(), expires_at_mono_ns),
+        ) else {
+            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match self.map.update(&k, &v) {
+            Ok(()) => {
+                self.counters.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%err, vs, table, "table entry not mirrored into the kernel");
+            }
+        }
+    }
+
+    fn remove(&self, vs: &str, table: &str, key: &str, _reason: crate::tables::RemoveReason) {
+        // Entries that were never mirrored have no key here and nothing to delete.
+        let Some(k) = self.entry_key(vs, table, key) else {
+            return;
+        };
+        match self.map.delete(&k) {
+            Ok(true) => {
+                self.counters.removed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(err) => tracing::debug!(%err, vs, table, "mirrored entry not removed"),
+        }
+    }
+}
+
+/// Opens the handles the mirror and pins use, next to the loader's own.
+pub(crate) fn open_pins(
+    vdir: &Path,
+    index: Arc<ArcSwap<PinIndex>>,
+) -> Result<PersistPins, DataplaneError> {
+    let persist = RawHash::from_pin(map_names::PERSIST, &vdir.join(map_names::PERSIST))?;
+    Ok(PersistPins::new(persist, index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_are_zero_padded_and_bounded() {
+        let k = ds_key(7, 9, b"abc").expect("fits");
+        assert_eq!((k.vs_id, k.table_id, k.key_len), (7, 9, 3));
+        assert_eq!(&k.key[..3], b"abc");
+        assert!(k.key[3..].iter().all(|&b| b == 0));
+        assert_eq!(key_bytes(&k), Some(&b"abc"[..]));
+        assert_eq!(ds_key(7, 9, b"abc"), Some(k), "equal keys are equal bytes");
+        assert!(ds_key(1, 1, &[b'x'; DS_KEY_BYTES]).is_some());
+        assert!(ds_key(1, 1, &[b'x'; DS_KEY_BYTES + 1]).is_none());
+        let v = ds_value(b"192.0.2.11", 42).expect("fits");
+        assert_eq!(value_bytes(&v), Some(&b"192.0.2.11"[..]));
+        assert_eq!(v.expires_ns, 42);
+        assert!(ds_value(&[b'x'; DS_VALUE_BYTES + 1], 1).is_none());
+    }
+
+    #[test]
+    fn entries_and_pins_decode_with_their_names() {
+        let names: HashMap<u32, String> = [("", ds_name_id(b"")), ("ids", ds_name_id(b"ids"))]
+            .into_iter()
+            .map(|(n, id)| (id, n.to_owned()))
+            .collect();
+        let k = ds_key(5, ds_name_id(b"ids"), b"s1").expect("key");
+        let v = ds_value(b"192.0.2.12:8080", 1000).expect("value");
+        let e = decode_entry(&k, &v, &names).expect("decodes");
+        assert_eq!(
+            (e.table.as_str(), e.key.as_str(), e.value.as_str()),
+            ("ids", "s1", "192.0.2.12:8080")
+        );
+        assert_eq!(e.expires_at_mono_ns, 1000);
+        // An unknown table id does not decode (and is then deleted by restore).
+        let orphan = ds_key(5, 12345, b"s1").expect("key");
+        assert!(decode_entry(&orphan, &v, &names).is_none());
+
+        let client = Ipv4Addr::new(203, 0, 113, 2);
+        let pk = pin_key(5, client);
+        let pv = pin_value(ds_name_id(b""), "cookie", 77);
+        let (c, table, hash) = decode_pin(&pk, &pv, &names).expect("pin decodes");
+        assert_eq!((c, table.as_str()), (client, ""));
+        assert_eq!(hash, key_hash64("cookie"));
+        assert_ne!(hash, key_hash64("cookie2"));
+    }
+
+    #[test]
+    fn name_ids_avoid_reserved_values_and_records_round_trip() {
+        for n in ["", "shop", "ids", "a-long-virtual-service-name"] {
+            let id = ds_name_id(n.as_bytes());
+            assert_ne!(id, ds_ids::NAMES);
+            assert_ne!(id, ds_ids::PINS);
+        }
+        let k = name_key(0xdead_beef);
+        assert_eq!(k.vs_id, ds_ids::NAMES);
+        assert_eq!(key_bytes(&k), Some(&0xdead_beefu32.to_le_bytes()[..]));
+    }
+}

@@ -1,0 +1,140 @@
+//! One health probe of one server: the only I/O of the monitor.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{MonitorKind, StatusSet};
+
+/// Why a probe failed; its text is the reason logged and shown by the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer within the monitor's timeout.
+    #[error("no answer within {timeout:?}")]
+    Timeout {
+        /// The monitor's timeout.
+        timeout: Duration,
+    },
+    /// The TCP connection failed.
+    #[error("connect: {source}")]
+    Connect {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed after connecting.
+    #[error("http: {source}")]
+    Http {
+        /// The error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be built (a path the config validator should have refused).
+    #[error("bad request for path {path:?}: {message}")]
+    Request {
+        /// The configured path.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The server answered with a status the monitor does not accept.
+    #[error("status {status}, expected {expected}")]
+    Status {
+        /// The status received.
+        status: u16,
+        /// The accepted statuses.
+        expected: String,
+    },
+}
+
+/// The accepted statuses as written in the config ("200-399,404").
+pub fn format_status_set(set: &StatusSet) -> String {
+    set.ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs one probe of `kind` against `addr`; the whole probe (connect, request, status line)
+/// must finish within `timeout`.
+pub async fn probe(
+    kind: &MonitorKind,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let work = async {
+        match kind {
+            MonitorKind::Tcp => probe_tcp(addr).await,
+            MonitorKind::Http {
+                path,
+                expect_status,
+            } => probe_http(addr, path, expect_status).await,
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ProbeError::Timeout { timeout })?
+}
+
+async fn probe_tcp(addr: SocketAddr) -> Result<(), ProbeError> {
+    TcpStream::connect(addr)
+        .await
+        .map(drop)
+        .map_err(|source| ProbeError::Connect { source })
+}
+
+async fn probe_http(addr: SocketAddr, path: &str, expect: &StatusSet) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ProbeError::Connect { source })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ProbeError::Http { source })?;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(
+            http::header::USER_AGENT,
+            concat!("latch-health/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ProbeError::Request {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    // The connection is driven here rather than spawned, so nothing outlives the probe: the
+    // socket closes when this function returns (only the status line matters, not the body).
+    let exchange = sender.send_request(request);
+    tokio::pin!(conn);
+    tokio::pin!(exchange);
+    let response = tokio::select! {
+        r = &mut exchange => r,
+        c = &mut conn => match c {
+            Err(source) => return Err(ProbeError::Http { source }),
+            // The connection ended cleanly before answering: the exchange reports why.
+            Ok(()) => exchange.await,
+        },
+    }
+    .map_err(|source| ProbeError::Http { source })?;
+    let status = response.status().as_u16();
+    if expect.contains(status) {
+        Ok(())
+    } else {
+        Err(ProbeError::Status {
+            status,
+            expected: format_status_set(expect),
+        })
+    }
+}

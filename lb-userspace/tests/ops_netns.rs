@@ -1,0 +1,348 @@
+//! Operating a running agent: health monitors taking servers out and back, /metrics moving
+//! with traffic, the admin token, and the CLI's table commands. Needs root; skips otherwise.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use latch_tests::{LatchAgent, Topology, agent_section, http_get, require_netns};
+
+const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+const HTTP_PORT: u16 = 8080;
+const ADMIN: &str = "127.0.0.1:9180";
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn servers(topo: &Topology) -> String {
+    topo.backend_addrs()
+        .iter()
+        .map(|b| format!("\"{b}:{HTTP_PORT}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn start(
+    topo: &Topology,
+    body: impl Fn(&LatchAgent) -> String,
+) -> Result<LatchAgent, Box<dyn std::error::Error>> {
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&body(&agent))?;
+    agent.start()?;
+    Ok(agent)
+}
+
+/// GET on the admin API from inside the LB namespace.
+fn admin_get(topo: &Topology, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    topo.lb().run(|| {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let addr: SocketAddr = ADMIN.parse().map_err(|e| format!("{e}"))?;
+        http_get(addr, path, &headers)
+            .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// `up` of `server` in `pool` according to GET /api/v1/pools.
+fn server_up(topo: &Topology, pool: &str, server: &str) -> Result<Option<bool>, String> {
+    let (status, body) = admin_get(topo, "/api/v1/pools", None)?;
+    if status != 200 {
+        return Err(format!("pools: {status} {body}"));
+    }
+    let pools: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let list = pools
+        .as_array()
+        .or_else(|| pools.get("pools").and_then(|p| p.as_array()));
+    Ok(list
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("name").and_then(|n| n.as_str()) == Some(pool))
+        .flat_map(|p| {
+            p.get("servers")
+                .and_then(|s| s.as_array())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find(|s| s.get("addr").and_then(|a| a.as_str()) == Some(server))
+        .and_then(|s| s.get("up").and_then(|u| u.as_bool())))
+}
+
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<bool, String>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check()? {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what}: not within {limit:?}"))
+}
+
+#[test]
+fn a_stopped_backend_is_taken_out_within_fall_intervals_and_back_after_rise() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, |a| {
+        format!(
+            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
+             health_monitor = {{ type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
+             [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"{}:80\"\ntype = \"tcp\"\npool = \"web\"\n",
+            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
+            servers(&topo),
+            topo.vip()
+        )
+    })?;
+    let b2 = topo.backend(2).ok_or("no b2")?;
+    let b2_addr = format!("{}:{HTTP_PORT}", b2.addr);
+    let vip = SocketAddr::from((topo.vip(), 80));
+    wait_for("b2 up at start", Duration::from_secs(5), || {
+        Ok(server_up(&topo, "web", &b2_addr)? == Some(true))
+    })?;
+
+    // Stop b2: its link goes down, so probes (and any connection) time out.
+    b2.ns.ip(&["link", "set", "eth0", "down"])?;
+    // fall x interval = 600 ms, plus one probe timeout and scheduling slack.
+    let took = wait_for("b2 marked down", Duration::from_secs(3), || {
+        Ok(server_up(&topo, "web", &b2_addr)? == Some(false))
+    })?;
+    eprintln!("b2 marked down after {took:?}");
+    let before = topo
+        .server("b2")
+        .map(|s| s.requests())
+        .ok_or("no b2 server")?;
+    b2.ns.ip(&["link", "set", "eth0", "up"])?;
+    b2.ns
+        .ip(&["route", "replace", "192.0.2.1/32", "dev", "eth0"])?;
+    b2.ns.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "eth0",
+    ])?;
+    // Until `rise` probes succeed, new connections avoid b2 although it answers again.
+    let served = topo.client().run(|| -> Result<Vec<String>, String> {
+        (0..12)
+            .map(|_| {
+                http_get(vip, "/", &[])
+                    .map_err(|e| e.to_string())
+                    .map(|r| r.backend.unwrap_or_default())
+            })
+            .collect()
+    });
+    let served = served?;
+    let up_again = wait_for("b2 back up", Duration::from_secs(5), || {
+        Ok(server_up(&topo, "web", &b2_addr)? == Some(true))
+    });
+    // Either b2 came back during those requests (then it may have served some) or none of
+    // them went to it; a down b2 must not have been sent a request.
+    let after_down_phase = topo
+        .server("b2")
+        .map(|s| s.requests())
+        .ok_or("no b2 server")?;
+    if !served.iter().any(|b| b == "b2") {
+        assert_eq!(before, after_down_phase, "b2 got requests while down");
+    }
+    up_again?;
+    let seen_b2 = topo.client().run(|| {
+        (0..30).any(|_| {
+            http_get(vip, "/", &[])
+                .map(|r| r.backend.as_deref() == Some("b2"))
+                .unwrap_or(false)
+        })
+    });
+    assert!(seen_b2, "b2 takes new connections again after rise");
+    Ok(())
+}
+
+#[test]
+fn http_monitor_takes_an_unhealthy_server_out_of_rotation() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let _agent = start(&topo, |a| {
+        format!(
+            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
+             health_monitor = {{ type = \"http\", path = \"/healthz\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
+             [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n",
+            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
+            servers(&topo),
+            topo.vip()
+        )
+    })?;
+    let vip = SocketAddr::from((topo.vip(), 80));
+    let b3 = topo.server("b3").ok_or("no b3")?;
+    let b3_addr = format!("{}:{HTTP_PORT}", topo.backend_addrs()[2]);
+    b3.set_healthy(false);
+    wait_for("b3 marked down", Duration::from_secs(3), || {
+        Ok(server_up(&topo, "web", &b3_addr)? == Some(false))
+    })?;
+    let before = b3.requests();
+    let served: Vec<String> = topo.client().run(|| {
+        (0..15)
+            .filter_map(|_| http_get(vip, "/", &[]).ok().and_then(|r| r.backend))
+            .collect()
+    });
+    assert_eq!(served.len(), 15);
+    assert!(
+        !served.iter().any(|b| b == "b3"),
+        "down server in rotation: {served:?}"
+    );
+    assert_eq!(b3.requests(), before);
+
+    // Every server down: 503, not a hang.
+    for name in ["b1", "b2"] {
+        topo.server(name).ok_or("no server")?.set_healthy(false);
+    }
+    wait_for("all down", Duration::from_secs(3), || {
+        Ok(server_up(
+            &topo,
+            "web",
+            &format!("{}:{HTTP_PORT}", topo.backend_addrs()[0]),
+        )? == Some(false)
+            && server_up(
+                &topo,
+                "web",
+                &format!("{}:{HTTP_PORT}", topo.backend_addrs()[1]),
+            )? == Some(false))
+    })?;
+    let status = topo
+        .client()
+        .run(|| http_get(vip, "/", &[]).map(|r| r.status))?;
+    assert_eq!(status, 503);
+    Ok(())
+}
+
+/// Value of the first sample line of `name` whose labels contain every `labels` item.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    let token_file = agent.dir().join("token");
+    std::fs::write(&token_file, "s3cret-token\n")?;
+    agent.write_config(&format!(
+        "{}admin_token_file = \"{}\"\n\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n\
+         [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n",
+        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
+        token_file.display(),
+        servers(&topo),
+        topo.vip()
+    ))?;
+    agent.start()?;
+
+    assert_eq!(admin_get(&topo, "/metrics", None)?.0, 401, "no token");
+    assert_eq!(
+        admin_get(&topo, "/api/v1/status", Some("wrong"))?.0,
+        401,
+        "wrong token"
+    );
+    let (status, before) = admin_get(&topo, "/metrics", Some("s3cret-token"))?;
+    assert_eq!(status, 200);
+    let count =
+        |text: &str| sample(text, "latch_http_requests_total", &["vs=\"shop\""]).unwrap_or(0.0);
+    let vip = SocketAddr::from((topo.vip(), 80));
+    topo.client().run(|| -> Result<(), String> {
+        for _ in 0..7 {
+            http_get(vip, "/", &[]).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    let (_, after) = admin_get(&topo, "/metrics", Some("s3cret-token"))?;
+    assert_eq!(
+        count(&after) - count(&before),
+        7.0,
+        "requests counted:\n{after}"
+    );
+    assert!(
+        after.contains("# TYPE latch_http_requests counter")
+            || after.contains("# TYPE latch_http_requests_total counter")
+    );
+    assert!(
+        after.contains("latch_xdp_packets_total"),
+        "XDP counters exported:\n{after}"
+    );
+
+    // The CLI reads the token from the config's admin_token_file.
+    let out = agent.latch(&["status"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let agent = start(&topo, |a| {
+        format!(
+            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"shop\"\n\
+             listen = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n\n[[virtual_service.datascript]]\n\
+             event = \"HTTP_RESP\"\nscript = '''\nif avi.http.get_cookie(\"JSESSIONID\") then\n  \
+             avi.vs.table_insert(avi.http.get_cookie(\"JSESSIONID\"), avi.pool.server_ip(), 600)\nend\n'''\n",
+            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
+            servers(&topo),
+            topo.vip()
+        )
+    })?;
+    let vip = SocketAddr::from((topo.vip(), 80));
+    let cookies = topo.client().run(|| -> Result<Vec<String>, String> {
+        (0..2)
+            .map(|_| {
+                http_get(vip, "/login", &[])
+                    .map_err(|e| e.to_string())?
+                    .set_cookie("JSESSIONID")
+                    .ok_or_else(|| "no cookie".to_string())
+            })
+            .collect()
+    })?;
+
+    let out = agent.latch(&["table", "list", "shop"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for c in &cookies {
+        assert!(text.contains(c.as_str()), "{c} listed:\n{text}");
+    }
+    let out = agent.latch(&["table", "list", "shop", "--json"])?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(json["entries"].as_array().map(Vec::len), Some(2), "{json}");
+
+    let out = agent.latch(&["table", "delete", "shop", &cookies[0]])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = agent.latch(&["table", "get", "shop", &cookies[0]])?;
+    assert!(!out.status.success(), "deleted entry still found");
+    let out = agent.latch(&["table", "get", "shop", &cookies[1]])?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2."));
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Restarts and reloads without loss, with real traffic through `latch run`: L4 traffic keeps
+//! flowing across a kill -9 and restart; DataScript tables survive a restart (restored from
+//! the kernel mirror) and reloads; an incompatible pinned layout is refused, an older one
+//! lacking a newer map is adopted. Needs root; skips otherwise.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use latch_tests::{HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns};
+use lb_common::map_names;
+
+const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+const HTTP_PORT: u16 = 8080;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn servers(topo: &Topology, which: &[usize]) -> String {
+    which
+        .iter()
+        .map(|&i| format!("\"{}:{HTTP_PORT}\"", topo.backend_addrs()[i - 1]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn l4_config(agent: &LatchAgent, topo: &Topology) -> String {
+    format!(
+        "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"web-tcp\"\n\
+         listen = \"{}:80\"\ntype = \"tcp\"\npool = \"web\"\n",
+        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
+        servers(topo, &[1, 2]),
+        topo.vip()
+    )
+}
+
+/// JSESSIONID persistence; the lifetime comes from the login request's X-Life header
+/// (default 60 s) and HTTP_RESP reports table hits in X-Persist. `tag` lands in X-Script so a
+/// test sees which script version answered.
+fn http_config(agent: &LatchAgent, topo: &Topology, pool: &[usize], tag: &str) -> String {
+    format!(
+        r#"{agent}
+[[pool]]
+name = "web"
+servers = [{servers}]
+
+[[virtual_service]]
+name = "shop"
+listen = "{vip}:80"
+type = "http"
+pool = "web"
+
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+avi.vs.reqvar.life = tonumber(avi.http.get_header("X-Life") or "60")
+local id = avi.http.get_cookie("JSESSIONID")
+if id then
+  local server = avi.vs.table_lookup(id, 0)
+  avi.vs.reqvar.hit = server ~= nil
+  if server then
+    avi.pool.select("web", server)
+  end
+end
+'''
+
+[[virtual_service.datascript]]
+event = "HTTP_RESP"
+script = '''
+if avi.http.get_cookie("JSESSIONID") then
+  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), avi.vs.reqvar.life)
+end
+avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
+avi.http.add_header("X-Script", "{tag}")
+'''
+"#,
+        agent = agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
+        servers = servers(topo, pool),
+        vip = topo.vip()
+    )
+}
+
+fn vip(topo: &Topology) -> SocketAddr {
+    SocketAddr::from((topo.vip(), 80))
+}
+
+fn login(topo: &Topology, life: &str) -> Result<(String, String), String> {
+    let r = http_get(vip(topo), "/login", &[("x-life", life)]).map_err(|e| e.to_string())?;
+    Ok((
+        r.set_cookie("JSESSIONID").ok_or("no JSESSIONID")?,
+        r.backend.ok_or("no X-Backend")?,
+    ))
+}
+
+/// (backend, X-Persist) of a request carrying `cookie`.
+fn with_cookie(topo: &Topology, cookie: &str) -> Result<(String, String), String> {
+    let header = format!("JSESSIONID={cookie}");
+    let r = http_get(vip(topo), "/", &[("cookie", header.as_str())]).map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!("status {}", r.status));
+    }
+    let persist = r.header("x-persist").unwrap_or_default().to_string();
+    Ok((r.backend.ok_or("no X-Backend")?, persist))
+}
+
+#[test]
+fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&l4_config(&agent, &topo))?;
+    agent.start()?;
+
+    const REQUESTS: usize = 200;
+    let done = AtomicUsize::new(0);
+    let (failures, restarted) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            topo.client().run(|| {
+                let mut failures = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for i in 0..REQUESTS {
+                    if Instant::now() > deadline {
+                        failures.push("load ran out of time".to_string());
+                        break;
+                    }
+                    match http_get(vip(&topo), "/", &[]) {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => failures.push(format!("request {i}: status {}", r.status)),
+                        Err(e) => failures.push(format!("request {i}: {e}")),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                failures
+            })
+        });
+        // Kill the agent a quarter of the way in; the data plane runs alone for a while.
+        let wait_for = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while done.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_for(REQUESTS / 4);
+        let killed = agent.kill9();
+        let at_kill = done.load(Ordering::Relaxed);
+        wait_for(at_kill + 25);
+        let restarted = killed.map_err(|e| e.to_string()).and_then(|()| {
+            agent.start().map_err(|e| e.to_string())?;
+            Ok(done.load(Ordering::Relaxed) - at_kill)
+        });
+        let failures = load
+            .join()
+            .unwrap_or_else(|_| vec!["load thread panicked".into()]);
+        (failures, restarted)
+    });
+    let served_while_down = restarted?;
+    assert!(
+        served_while_down >= 25,
+        "requests served while no agent ran: {served_while_down}"
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        strip_ansi(&agent.log()).contains("adopted=true"),
+        "{}",
+        agent.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&http_config(&agent, &topo, &[1, 2, 3], "v1"))?;
+    agent.start()?;
+
+    let ((cookie, owner), (short, _)) = topo.client().run(|| -> Result<_, String> {
+        let long = login(&topo, "60")?;
+        let short = login(&topo, "2")?;
+        for c in [&long.0, &short.0] {
+            let (_, hit) = with_cookie(&topo, c)?;
+            if hit != "true" {
+                return Err(format!("{c} not learned: {hit}"));
+            }
+        }
+        Ok((long, short))
+    })?;
+
+    agent.stop(Duration::from_secs(10))?;
+    // The short session expires while no agent runs.
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.start()?;
+    let log = agent.log();
+    assert!(
+        log.contains("DataScript tables restored from the kernel mirror"),
+        "{log}"
+    );
+    let restored_line = log
+        .lines()
+        .find(|l| l.contains("restored from the kernel mirror"))
+        .unwrap_or_default();
+    let plain: String = strip_ansi(restored_line);
+    assert!(plain.contains("entries=1"), "{plain}");
+    assert!(plain.contains("removed=1"), "{plain}");
+
+    topo.client().run(|| -> Result<(), String> {
+        for _ in 0..6 {
+            let (backend, hit) = with_cookie(&topo, &cookie)?;
+            if backend != owner || hit != "true" {
+                return Err(format!(
+                    "after restart {cookie} went to {backend} (hit {hit}), expected {owner}"
+                ));
+            }
+        }
+        let (_, hit) = with_cookie(&topo, &short)?;
+        if hit != "false" {
+            return Err(format!(
+                "session expired during the restart still hit: {hit}"
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(3).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&http_config(&agent, &topo, &[1, 2], "v1"))?;
+    agent.start()?;
+    let (cookie, owner) = topo.client().run(|| login(&topo, "60"))?;
+
+    let stop = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        // Keep-alive: one connection, requests back to back.
+        let kept = s.spawn(|| {
+            topo.client().run(|| -> (usize, Vec<String>, Vec<String>) {
+                let mut failures = Vec::new();
+                let mut tags = Vec::new();
+                let mut n = 0;
+                let mut conn = match HttpConn::connect(vip(&topo), Duration::from_secs(5)) {
+                    Ok(c) => c,
+                    Err(e) => return (0, vec![format!("connect: {e}")], tags),
+                };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && n < 5000 && Instant::now() < deadline {
+                    match conn.get("/", &[]) {
+                        Ok(r) if r.status == 200 => {
+                            let tag = r.header("x-script").unwrap_or_default().to_string();
+                            if tags.last() != Some(&tag) {
+                                tags.push(tag);
+                            }
+                        }
+                        Ok(r) => failures.push(format!("keep-alive: status {}", r.status)),
+                        Err(e) => failures.push(format!("keep-alive: {e}")),
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (n, failures, tags)
+            })
+        });
+        // New connections, each with the session cookie.
+        let fresh = s.spawn(|| {
+            topo.client().run(|| -> (usize, Vec<String>) {
+                let mut failures = Vec::new();
+                let mut n = 0;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && n < 2000 && Instant::now() < deadline {
+                    match with_cookie(&topo, &cookie) {
+                        Ok((backend, hit)) if backend == owner && hit == "true" => {}
+                        Ok(other) => failures.push(format!("session answered by {other:?}")),
+                        Err(e) => failures.push(format!("new connection: {e}")),
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (n, failures)
+            })
+        });
+        let reloads = (|| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+            let mut outcomes = Vec::new();
+            std::thread::sleep(Duration::from_millis(500));
+            agent.write_config(&http_config(&agent, &topo, &[1, 2, 3], "v2"))?;
+            outcomes.push(agent.reload()?);
+            std::thread::sleep(Duration::from_millis(500));
+            agent.write_config(&http_config(&agent, &topo, &[1, 2], "v3"))?;
+            outcomes.push(agent.reload()?);
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(outcomes)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let kept = kept.join();
+        let fresh = fresh.join();
+        (reloads.map_err(|e| e.to_string()), kept, fresh)
+    });
+    let (reloads, kept, fresh) = outcome;
+    for o in reloads? {
+        assert!(o.contains("configuration reloaded"), "{o}");
+    }
+    let (kept_n, kept_failures, tags) = kept.map_err(|_| "keep-alive thread panicked")?;
+    let (fresh_n, fresh_failures) = fresh.map_err(|_| "new-connection thread panicked")?;
+    assert!(kept_failures.is_empty(), "{kept_failures:?}");
+    assert!(fresh_failures.is_empty(), "{fresh_failures:?}");
+    assert!(kept_n > 20 && fresh_n > 20, "load ran: {kept_n} {fresh_n}");
+    // The kept connection saw every script version, in order, without reconnecting.
+    assert_eq!(
+        tags,
+        vec!["v1", "v2", "v3"],
+        "script versions on the kept connection"
+    );
+    Ok(())
+}
+
+/// A config for an agent that is expected to refuse to start or to start on `lo` only.
+fn lo_config(agent: &LatchAgent) -> String {
+    format!(
+        "{}\n[[pool]]\nname = \"web\"\nservers = [\"192.0.2.11:{HTTP_PORT}\"]\n\n\
+         [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"198.51.100.10:80\"\ntype = \"tcp\"\n\
+         pool = \"web\"\n",
+        agent_section(&["lo".to_string()], agent.bpffs_dir()),
+    )
+}
+
+#[test]
+fn incompatible_pinned_layout_is_refused_through_latch_run() -> TestResult {
+    require_netns!(Ok(()));
+    let ns = Netns::new("layout")?;
+    let agent = LatchAgent::prepare(LATCH.as_ref(), &ns)?;
+    agent.write_config(&lo_config(&agent))?;
+    // A DS_TABLE of the wrong shape, as an incompatible build would have left it.
+    let vdir = latch::dataplane::versioned_dir(agent.bpffs_dir());
+    std::fs::create_dir_all(&vdir)?;
+    let wrong: HashMap<MapData, [u8; 8], [u8; 8]> = HashMap::create(16, 0)?;
+    // Pinning consumes the handle; the pin keeps the map alive.
+    wrong.pin(vdir.join(map_names::DS_TABLE))?;
+
+    let (status, stderr) = agent.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success(), "latch run accepted a wrong layout");
+    assert!(stderr.contains(map_names::DS_TABLE), "{stderr}");
+    assert!(stderr.contains("latch down"), "the fix is named: {stderr}");
+    // Nothing was misread or replaced: the wrong map is still the one pinned.
+    let info = aya::maps::MapInfo::from_pin(vdir.join(map_names::DS_TABLE))?;
+    assert_eq!((info.key_size(), info.value_size()), (8, 8));
+
+    // `latch down` clears it and the next start works.
+    let down = agent.latch(&["down"])?;
+    assert!(down.status.success(), "{down:?}");
+    let (status, stderr) = {
+        let mut agent = agent;
+        agent.start()?;
+        let stopped = agent.stop(Duration::from_secs(10))?;
+        (stopped, agent.log())
+    };
+    assert!(status.success(), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn older_pin_dir_without_the_table_mirror_is_adopted_and_upgraded() -> TestResult {
+    require_netns!(Ok(()));
+    let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_config(&l4_config(&agent, &topo))?;
+    agent.start()?;
+    agent.stop(Duration::from_secs(10))?;
+
+    // Make the pin directory look like one an agent from before DS_TABLE left behind.
+    let vdir = latch::dataplane::versioned_dir(agent.bpffs_dir());
+    std::fs::remove_file(vdir.join(map_names::DS_TABLE))?;
+    let manifest_path = vdir.join("LATCH_LAYOUT");
+    let mut manifest: Array<MapData, [u8; 1024]> =
+        Array::try_from(Map::from_map_data(MapData::from_pin(&manifest_path)?)?)?;
+    let text = manifest.get(&0, 0)?;
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let old: String = String::from_utf8_lossy(&text[..end])
+        .lines()
+        .filter(|l| !l.starts_with(map_names::DS_TABLE))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut bytes = [0u8; 1024];
+    bytes[..old.len()].copy_from_slice(old.as_bytes());
+    manifest.set(0, bytes, 0)?;
+    drop(manifest);
+
+    // L4 traffic flows with no agent, and the new agent adopts the old directory.
+    let r = topo.client().run(|| http_get(vip(&topo), "/", &[]))?;
+    assert_eq!(r.status, 200);
+    agent.start()?;
+    assert!(
+        strip_ansi(&agent.log()).contains("adopted=true"),
+        "{}",
+        agent.log()
+    );
+    assert!(vdir.join(map_names::DS_TABLE).exists(), "DS_TABLE created");
+    let manifest: Array<MapData, [u8; 1024]> =
+        Array::try_from(Map::from_map_data(MapData::from_pin(&manifest_path)?)?)?;
+    let now = manifest.get(&0, 0)?;
+    assert!(
+        String::from_utf8_lossy(&now).contains(map_names::DS_TABLE),
+        "manifest upgraded"
+    );
+    let r = topo.client().run(|| http_get(vip(&topo), "/", &[]))?;
+    assert_eq!(r.status, 200);
+    Ok(())
+}
