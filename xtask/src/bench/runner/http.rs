@@ -421,7 +421,9 @@ impl Bench<'_> {
                     "XDP fast_path counter +{} over {requests} requests",
                     a.saturating_sub(b)
                 ),
-                Some(a.saturating_sub(b) >= requests.max(1)),
+                // One count per fast-path packet or connection: far below one per request
+                // means most connections went through the proxy.
+                Some(a.saturating_sub(b).saturating_mul(2) >= requests.max(1)),
             ),
             _ => ("fast_path counter not readable".into(), None),
         };
@@ -454,6 +456,14 @@ fn fast_path_counter(running: &Running) -> Option<u64> {
     let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).ok()?;
     let v = stats.get(&lb_common::stat::FAST_PATH, 0).ok()?;
     Some(v.iter().fold(0u64, |a, x| a.wrapping_add(*x)))
+}
+
+/// The 1-minute load average: the machine is shared, and a busy neighbour shows here.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn repo_root() -> PathBuf {
@@ -743,10 +753,12 @@ pub fn run(opts: Options) -> Result<()> {
         .map(|s| vec![(String::new(), true); s.modes.len()])
         .collect();
     let started = Instant::now();
+    let mut loads: Vec<f64> = Vec::new();
     let result = (|| -> Result<()> {
         for round in 1..=opts.rounds {
             for (i, s) in list.iter().enumerate() {
                 env::check_stopped()?;
+                loads.push(load_average());
                 let out = bench
                     .measure(s)
                     .with_context(|| format!("round {round}: {}", s.label()))?;
@@ -826,6 +838,7 @@ pub fn run(opts: Options) -> Result<()> {
         wrk_threads: opts.wrk_threads,
         connections: opts.connections,
         backends: BACKENDS,
+        load_average: report::LoadSummary::of(&loads),
         ratios: report::ratios(&measurements),
         targets: report::targets(&measurements, &overhead, &tables),
         overhead,
@@ -845,7 +858,10 @@ fn write(r: &HttpReport) -> Result<()> {
         eprintln!("warning: no plot: {e:#}");
     }
     println!();
-    println!("==> summary (medians of {} rounds)", r.rounds);
+    println!(
+        "==> summary (medians of {} rounds; 1-min load average during the runs {:.1} .. {:.1}, median {:.1}, on {} CPUs)",
+        r.rounds, r.load_average.min, r.load_average.max, r.load_average.median, r.cpus
+    );
     for mode in [Mode::KeepAlive, Mode::Close] {
         println!();
         println!(

@@ -191,6 +191,28 @@ pub struct Overhead {
     pub from_cpu_us: Option<f64>,
 }
 
+/// The 1-minute load average sampled before each target's runs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadSummary {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl LoadSummary {
+    pub fn of(samples: &[f64]) -> Self {
+        Self {
+            min: samples
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
+                .min(f64::MAX),
+            median: median(samples),
+            max: samples.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpReport {
     pub kernel: String,
@@ -201,6 +223,7 @@ pub struct HttpReport {
     pub wrk_threads: u32,
     pub connections: u32,
     pub backends: usize,
+    pub load_average: LoadSummary,
     pub measurements: Vec<Measurement>,
     pub ratios: Vec<Ratio>,
     pub overhead: Vec<Overhead>,
@@ -402,6 +425,12 @@ pub fn markdown(r: &HttpReport) -> String {
          worker each). wrk -t{} -c{} for {} s per run, {} round(s) alternating between \
          targets, medians reported.\n\n",
         r.kernel, r.cpus, r.backends, r.wrk_threads, r.connections, r.seconds_per_run, r.rounds
+    ));
+    s.push_str(&format!(
+        "1-minute load average before each target: {:.1} .. {:.1} (median {:.1}). A load well \
+         above the CPU count means other jobs shared the machine: req/s and p99 then vary \
+         between rounds; CPU us/req varies less.\n\n",
+        r.load_average.min, r.load_average.max, r.load_average.median
     ));
     for mode in [Mode::KeepAlive, Mode::Close] {
         s.push_str(&format!("## {}\n\n", mode.label()));
@@ -632,6 +661,7 @@ mod tests {
             wrk_threads: 2,
             connections: 50,
             backends: 3,
+            load_average: LoadSummary::of(&[1.0, 3.0, 2.0]),
             ratios: ratios(&ms),
             targets: targets(&ms, &ov, &tables),
             overhead: ov,
@@ -646,5 +676,6 @@ mod tests {
         assert!(md.contains("| latch+DS / HAProxy, 1 worker(s), keep-alive | 1.19x |"));
         assert!(md.contains("- how"));
         assert!(md.contains("not measured"));
+        assert!(md.contains("load average before each target: 1.0 .. 3.0 (median 2.0)"));
     }
 }
