@@ -16,6 +16,11 @@ pub enum BenchCmd {
     /// applied on another (p50/p99) and sustained inserts/s. Writes
     /// target/bench/replication.{md,json}.
     Replication(ReplicationArgs),
+    /// HTTP: req/s and p50/p99 with wrk, keep-alive and connection per request, for the
+    /// direct backend, latch (no scripts, JSESSIONID DataScripts, fast path), HAProxy with a
+    /// stick table and nginx with Lua, at equal worker counts; table ops/s and bytes/entry.
+    /// Writes target/bench/http.{md,json,png}.
+    Http(HttpArgs),
 }
 
 #[derive(Args)]
@@ -26,6 +31,28 @@ pub struct ReplicationArgs {
     /// Inserts for the throughput run.
     #[arg(long, default_value_t = 200_000)]
     pub inserts: usize,
+}
+
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Seconds of each wrk run (19 runs per round at the default worker counts).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Rounds (targets alternate within each round; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// LB worker counts to compare, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    pub workers: String,
+    /// Skip the datascript/tables measurement tests (they build lb-userspace's tests in release).
+    #[arg(long)]
+    pub no_tables: bool,
+    /// Keep latch's per-request access log on (the peers run without access logs).
+    #[arg(long)]
+    pub latch_access_log: bool,
 }
 
 #[derive(Args)]
@@ -54,6 +81,26 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             "--inserts".into(),
             a.inserts.to_string(),
         ],
+        BenchCmd::Http(a) => {
+            let mut v = vec![
+                "http".into(),
+                "--duration".into(),
+                a.duration.to_string(),
+                "--rounds".into(),
+                a.rounds.to_string(),
+                "--connections".into(),
+                a.connections.to_string(),
+                "--workers".into(),
+                a.workers,
+            ];
+            if a.no_tables {
+                v.push("--no-tables".into());
+            }
+            if a.latch_access_log {
+                v.push("--access-log".into());
+            }
+            v
+        }
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

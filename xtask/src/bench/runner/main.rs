@@ -4,6 +4,7 @@
 mod dataplane;
 mod env;
 mod frames;
+mod http;
 mod mpps;
 mod plot;
 mod replication;
@@ -35,6 +36,21 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         inserts: usize,
     },
+    /// HTTP: wrk against the direct backend, latch, HAProxy and nginx+Lua.
+    Http {
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        #[arg(long)]
+        no_tables: bool,
+        #[arg(long)]
+        access_log: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +61,27 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Replication { samples, inserts } => {
             replication::run(samples.clamp(10, 100_000), inserts.clamp(1000, 2_000_000))
+        }
+        Cmd::Http {
+            duration,
+            rounds,
+            connections,
+            mut workers,
+            no_tables,
+            access_log,
+        } => {
+            workers.retain(|w| (1..=16).contains(w));
+            workers.sort_unstable();
+            workers.dedup();
+            http::run(http::Options {
+                seconds: duration.clamp(1, 120),
+                rounds: rounds.clamp(1, 10),
+                connections: connections.clamp(2, 2000),
+                wrk_threads: 2,
+                workers,
+                tables: !no_tables,
+                access_log,
+            })
         }
     };
     match result {

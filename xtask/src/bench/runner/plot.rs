@@ -11,7 +11,7 @@ use crate::report::Report;
 /// DejaVu ships with the machine image; text is skipped if it is missing.
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn load_font() -> bool {
+pub fn load_font() -> bool {
     match std::fs::read(FONT) {
         Ok(bytes) => {
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -21,17 +21,17 @@ fn load_font() -> bool {
     }
 }
 
-struct Bar {
-    label: String,
-    value: f64,
-    text: String,
-    color: RGBColor,
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub text: String,
+    pub color: RGBColor,
 }
 
-const W: i32 = 1200;
-const H: i32 = 560;
+pub const W: i32 = 1200;
+pub const H: i32 = 560;
 
-fn panel(
+pub fn panel(
     root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     x0: i32,
     width: i32,

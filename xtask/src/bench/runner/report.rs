@@ -170,7 +170,7 @@ pub fn targets(paths: &[PathCost], ratios: &Ratios) -> Vec<Target> {
     ]
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+pub fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "met",
         Some(false) => "MISSED",
