@@ -154,7 +154,7 @@ pub fn down_command(path: &Path) -> Result<ExitCode, AgentError> {
 /// `latch run -c FILE`: run in the foreground until SIGTERM or SIGINT.
 pub fn run_command(path: &Path) -> Result<ExitCode, AgentError> {
     let config = config::load(path)?;
-    init_logging(&config);
+    let _log_writer = init_logging(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,17 +166,26 @@ pub fn run_command(path: &Path) -> Result<ExitCode, AgentError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through a writer thread, so a proxy worker formatting an access line
+/// never waits on the terminal or a pipe (it only waits when 128k lines are queued: lines are
+/// never dropped). Colours only on a terminal. Keep the guard until exit: dropping it flushes.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     // A second initialisation (tests) is harmless: keep the first subscriber.
     let _ = match config.agent.log_format {
         config::LogFormat::Json => builder.json().try_init(),
         config::LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 /// The agent proper: data plane, pools, tables, proxy and monitors, and what configured them.
