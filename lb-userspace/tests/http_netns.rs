@@ -15,36 +15,10 @@ const HTTP_PORT: u16 = 8080;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The seed's JSESSIONID scripts with a short lifetime, plus a header telling the client
-/// whether the request was routed by a table hit (reqvar carries it from HTTP_REQ to
-/// HTTP_RESP), and /logout removing the session.
-const JSESSION_SCRIPTS: &str = r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("JSESSIONID")
-if id then
-  if avi.http.get_path() == "/logout" then
-    avi.vs.table_remove(id)
-  else
-    local server = avi.vs.table_lookup(id, 0)
-    avi.vs.reqvar.hit = server ~= nil
-    if server then
-      avi.pool.select("web", server)
-    end
-  end
-end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
-  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 2)
-end
-avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
-'''
-"#;
+/// Sessions live 2 s, so the expiry test is quick.
+fn jsession_scripts() -> String {
+    latch_tests::jsession_scripts(2)
+}
 
 fn http_config(agent: &LatchAgent, topo: &Topology, scripts: &str) -> String {
     let servers: Vec<String> = topo
@@ -87,7 +61,7 @@ fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_rele
     require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let _agent = start(&topo, JSESSION_SCRIPTS)?;
+    let _agent = start(&topo, &jsession_scripts())?;
 
     topo.client().run(|| -> Result<(), String> {
         let login = http_get(vip(&topo), "/login", &[]).map_err(|e| e.to_string())?;
@@ -151,7 +125,7 @@ fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
     require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let _agent = start(&topo, JSESSION_SCRIPTS)?;
+    let _agent = start(&topo, &jsession_scripts())?;
     let failures = topo.client().run(|| {
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..8)

@@ -240,33 +240,7 @@ name = "shop"
 listen = "{VIP}:80"
 type = "http"
 pool = "web"
-
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("JSESSIONID")
-if id then
-  if avi.http.get_path() == "/logout" then
-    avi.vs.table_remove(id)
-  else
-    local server = avi.vs.table_lookup(id, 0)
-    avi.vs.reqvar.hit = server ~= nil
-    if server then
-      avi.pool.select("web", server)
-    end
-  end
-end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
-  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 60)
-end
-avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
-'''
-
+{jsession}
 [[virtual_service]]
 name = "kv"
 listen = "{VIP}:81"
@@ -294,6 +268,7 @@ command_timeout = "300ms"
 "#,
         agent = agent_section(&["eth0".to_string()], lb.bpffs_dir()),
         servers = servers.join(", "),
+        jsession = latch_tests::jsession_scripts(60),
     )
 }
 

@@ -51,3 +51,40 @@ macro_rules! require_netns {
         }
     };
 }
+
+/// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a
+/// server issues for `lifetime_s` seconds and reports in `X-Persist` whether the request was
+/// routed by a table hit (reqvar carries that from HTTP_REQ); HTTP_REQ looks the cookie up
+/// without extending it and `/logout` removes the session. TOML to follow a
+/// `[[virtual_service]]` whose pool is named `web`.
+pub fn jsession_scripts(lifetime_s: u32) -> String {
+    format!(
+        r#"
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+local id = avi.http.get_cookie("JSESSIONID")
+if id then
+  if avi.http.get_path() == "/logout" then
+    avi.vs.table_remove(id)
+  else
+    local server = avi.vs.table_lookup(id, 0)
+    avi.vs.reqvar.hit = server ~= nil
+    if server then
+      avi.pool.select("web", server)
+    end
+  end
+end
+'''
+
+[[virtual_service.datascript]]
+event = "HTTP_RESP"
+script = '''
+if avi.http.get_cookie("JSESSIONID") then
+  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), {lifetime_s})
+end
+avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
+'''
+"#
+    )
+}
