@@ -61,6 +61,7 @@ pub struct TopologyBuilder {
     dsr: bool,
     vip_on_lb: Option<bool>,
     client_addrs: usize,
+    queues: usize,
 }
 
 impl Default for TopologyBuilder {
@@ -70,6 +71,7 @@ impl Default for TopologyBuilder {
             dsr: false,
             vip_on_lb: None,
             client_addrs: 1,
+            queues: 1,
         }
     }
 }
@@ -104,6 +106,15 @@ impl TopologyBuilder {
         self
     }
 
+    /// RX/TX queues on every veth end (default 1). A veth hands a frame sent from CPU `c` to
+    /// its peer's queue `c % queues`, and each queue has its own NAPI, so with one queue all
+    /// CPUs feed one ring that one CPU drains: benchmarks give every CPU its own queue, as
+    /// RSS does on a real NIC.
+    pub fn queues(mut self, n: usize) -> Self {
+        self.queues = n;
+        self
+    }
+
     pub fn build(self) -> Result<Topology> {
         if !(1..=MAX_BACKENDS).contains(&self.backends) {
             return Err(Error::Topology {
@@ -118,6 +129,12 @@ impl TopologyBuilder {
                 ),
             });
         }
+        if !(1..=64).contains(&self.queues) {
+            return Err(Error::Topology {
+                what: format!("queues must be 1..=64, got {}", self.queues),
+            });
+        }
+        let queues = self.queues.to_string();
         // Namespaces are created first and owned by locals: if any later step fails, dropping
         // them on the error path removes everything built so far.
         let client = Netns::new("client")?;
@@ -137,11 +154,19 @@ impl TopologyBuilder {
             "link",
             "add",
             LB_CLIENT_IFACE,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "type",
             "veth",
             "peer",
             "name",
             PEER_IFACE,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "netns",
             client.name(),
         ])?;
@@ -176,11 +201,19 @@ impl TopologyBuilder {
                 "link",
                 "add",
                 &b.lb_iface,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
                 "type",
                 "veth",
                 "peer",
                 "name",
                 PEER_IFACE,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
                 "netns",
                 b.ns.name(),
             ])?;

@@ -276,21 +276,29 @@ fn method_notes(threads: usize, secs: u64) -> Vec<String> {
          DSR conntrack hit (idempotent, so repeat) is a warm-cache figure for comparison."
             .into(),
         format!(
-            "Mpps: {threads} generator thread(s) in the client namespace run an XDP program \
-             through BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES; it writes the whole \
-             42-byte header from a template on every run (live frames are recycled page_pool \
-             pages, a receiver's NAT rewrite would otherwise leak into the next frame) and \
-             returns XDP_TX, which sends the frame into the LB's veth. 64-byte UDP frames."
+            "Mpps: {threads} generator threads in the client namespace, pinned {per_cpu} per \
+             CPU, run an XDP program through BPF_PROG_TEST_RUN with \
+             BPF_F_TEST_XDP_LIVE_FRAMES; it writes the whole 42-byte header from a template on \
+             every run (live frames are recycled page_pool pages, a receiver's NAT rewrite \
+             would otherwise leak into the next frame) and returns XDP_TX, which sends the \
+             frame into the LB's veth. 64-byte UDP frames. Each call is sized to last about \
+             0.3 s: a call costs a fixed ~40 ms of sleep (page_pool teardown waits for an RCU \
+             grace period), which the second thread on the CPU fills. Every veth has one queue \
+             per CPU (a veth queues a frame on the peer's queue of the sending CPU, each queue \
+             with its own NAPI), as RSS gives a real NIC.",
+            per_cpu = mpps::THREADS_PER_CPU
         ),
         format!(
             "Established: {ESTABLISHED_FLOWS} fixed flows (source ports vary). New flows: every \
              frame a new 5-tuple (source port and last source octet vary, disjoint per thread)."
         ),
         format!(
-            "Each measurement runs {secs} s; received packets are counted by an XDP program \
+            "Each measurement is a {secs} s window that opens after the generators have run \
+             0.7 s; received packets are counted by an XDP program \
              (count, then XDP_DROP) on the LB's veth for the ceiling and on the backend's veth \
              for latch and nftables. Rounds interleave the four measurements; the median round \
-             is reported. 'generated' is what the generator ran in the same window: when it \
+             is reported. 'generated' is what the generators sent in the same window (each call \
+             prorated to the part of it inside the window): when it \
              exceeds 'received', the receiver, not the generator, is the bottleneck."
         ),
         "nftables: one DNAT rule in the LB namespace only (prerouting), GRO off on the LB's \
@@ -308,14 +316,16 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench dataplane needs root (namespaces, XDP, BPF_PROG_TEST_RUN)");
     }
-    let threads = std::thread::available_parallelism()
+    let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(2);
+    let threads = cpus * mpps::THREADS_PER_CPU;
     println!("==> bench dataplane: topology (namespaces client, lb, backend)");
     let topo = Topology::builder()
         .backends(1)
         .vip_on_lb(false)
+        .queues(cpus)
         .build()
         .context("building the topology")?;
     let vip = topo.vip();
