@@ -5,7 +5,7 @@
 //! the size assertions at the bottom make a layout change a compile error on both sides.
 //! Addresses and ports are stored in network byte order, exactly as they appear in packets,
 //! so the fast path never swaps bytes. Times are CLOCK_MONOTONIC nanoseconds
-//! (`bpf_ktime_get_ns` in the kernel, `clock_gettime(CLOCK_MONOTONIC)` in the agent).
+//! (`bpf_ktime_get_coarse_ns` in the kernel, `clock_gettime(CLOCK_MONOTONIC)` in the agent).
 #![no_std]
 #![deny(missing_docs)]
 

@@ -1,7 +1,6 @@
 //! Connection tracking: forward entries keyed by the client 5-tuple and, for NAT, reply
 //! entries keyed by the backend's reply 5-tuple.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{Backend, Flow, FlowKey, Service, flow_flags, service_flags};
 
 use crate::{maps::CONNTRACK, service::usable_backend};
@@ -49,7 +48,7 @@ pub fn early(key: &FlowKey) -> Early {
             _ => Early::Full,
         };
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
         return Early::Full;
     }

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod conntrack;
 mod csum;
 mod forward;
@@ -15,9 +16,7 @@ mod persist;
 mod service;
 mod stats;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Backend, Flow, Service, flow_flags, service_flags, stat};
 
 use crate::parse::{Packet, Parsed};
@@ -92,7 +91,7 @@ fn process(ctx: &XdpContext) -> u32 {
             else {
                 return not_vip(ctx, &pkt, known_miss);
             };
-            let now = unsafe { bpf_ktime_get_ns() };
+            let now = crate::clock::now_ns();
             let decision = if svc.flags & service_flags::HTTP != 0 {
                 http(&pkt, &svc, now, known_miss)
             } else {
@@ -137,7 +136,7 @@ fn not_vip(ctx: &XdpContext, pkt: &Packet, known_miss: bool) -> u32 {
 #[inline(always)]
 fn reply_nat(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> u32 {
     stats::count(stat::REPLY_NAT);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     forward::reply(ctx, pkt, flow.vip, flow.vport, now)
 }
 

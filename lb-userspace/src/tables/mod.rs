@@ -2,7 +2,7 @@
 //!
 //! One [`VsTables`] per virtual service; inside it, the default table (named
 //! [`DEFAULT_TABLE`]) and any named tables, each a separate namespace. Time is always passed in
-//! as CLOCK_MONOTONIC nanoseconds (the clock `bpf_ktime_get_ns` reads) so that expiries can be
+//! as CLOCK_MONOTONIC nanoseconds (the clock the XDP program reads, at tick resolution) so that expiries can be
 //! mirrored into kernel maps unchanged and tests are deterministic.
 //!
 //! Every operation on a key runs under that key's shard lock (dashmap), so operations on one
@@ -33,7 +33,8 @@ const NS_PER_S: u64 = 1_000_000_000;
 /// a large share of the entries at once.
 const SHARDS: usize = 64;
 
-/// Monotonic time source in nanoseconds, on the same clock as the kernel's `bpf_ktime_get_ns`.
+/// Monotonic time source in nanoseconds, on the clock the XDP program reads
+/// (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC at tick resolution).
 pub trait Clock: Send + Sync {
     /// Current CLOCK_MONOTONIC time in nanoseconds.
     fn now_ns(&self) -> u64;

@@ -337,7 +337,7 @@ impl Fixture {
     }
 }
 
-/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
+/// CLOCK_MONOTONIC now, the clock the program reads (at tick resolution).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
