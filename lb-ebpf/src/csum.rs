@@ -28,14 +28,14 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
-/// Reads a checksum field as stored.
+/// Reads a checksum field (in the packet, bounds-checked by the parser) as stored.
 #[inline(always)]
 pub fn load(field: *const [u8; 2]) -> u16 {
-    u16::from_ne_bytes(unsafe { *field })
+    unsafe { crate::wire::load_u16(field.cast::<u8>()) }
 }
 
-/// Writes a checksum field.
+/// Writes a checksum field (in the packet, bounds-checked by the parser).
 #[inline(always)]
 pub fn store(field: *mut [u8; 2], value: u16) {
-    unsafe { *field = value.to_ne_bytes() }
+    unsafe { crate::wire::store_u16(field.cast::<u8>(), value) }
 }

@@ -15,7 +15,7 @@ use crate::{
     maps::TX_PORTS,
     nexthop::{self, NextHop},
     parse::Packet,
-    stats,
+    stats, wire,
 };
 
 const AF_INET: u8 = 2;
@@ -31,11 +31,8 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     let old_addr = pkt.key.dst_addr;
     let old_port = pkt.key.dst_port;
     unsafe {
-        (*pkt.ip).dst = be.addr.to_ne_bytes();
-        let p = &mut *pkt.ports;
-        let port = be.port.to_ne_bytes();
-        p[2] = port[0];
-        p[3] = port[1];
+        wire::store_u32(pkt.ip.cast::<u8>().add(16), be.addr);
+        wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
     csum::store(
@@ -56,11 +53,8 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> 
     let old_addr = pkt.key.src_addr;
     let old_port = pkt.key.src_port;
     unsafe {
-        (*pkt.ip).src = vip.to_ne_bytes();
-        let p = &mut *pkt.ports;
-        let port = vport.to_ne_bytes();
-        p[0] = port[0];
-        p[1] = port[1];
+        wire::store_u32(pkt.ip.cast::<u8>().add(12), vip);
+        wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
     csum::store(
@@ -133,22 +127,20 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
         };
     }
     if decrement_ttl {
-        let ip = pkt.ip;
-        let ttl = unsafe { (*ip).ttl };
-        let l4p = unsafe { (*ip).proto };
-        let old = u16::from_ne_bytes([ttl, l4p]);
-        let new = u16::from_ne_bytes([ttl - 1, l4p]);
-        unsafe { (*ip).ttl = ttl - 1 };
-        let ip_check = unsafe { core::ptr::addr_of_mut!((*ip).check) };
+        // TTL and protocol form one 16-bit word of the checksum; TTL is its first byte.
+        let ttl_proto = unsafe { pkt.ip.cast::<u8>().add(8) };
+        let old = unsafe { wire::load_u16(ttl_proto) };
+        let new = u16::from_ne_bytes([unsafe { (*pkt.ip).ttl } - 1, unsafe { (*pkt.ip).proto }]);
+        unsafe { wire::store_u16(ttl_proto, new) };
+        let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
         csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
     }
-    let eth = pkt.eth as *mut u8;
-    let (dmac, smac, ifindex) = unsafe { ((*hop).dmac, (*hop).smac, (*hop).ifindex) };
-    for i in 0..6 {
-        unsafe {
-            *eth.add(i) = dmac[i];
-            *eth.add(6 + i) = smac[i];
-        }
+    let eth = pkt.eth.cast::<u8>();
+    let (macs, ifindex) = unsafe { ((*hop).macs, (*hop).ifindex) };
+    unsafe {
+        wire::store_u32(eth, macs[0]);
+        wire::store_u32(eth.add(4), macs[1]);
+        wire::store_u32(eth.add(8), macs[2]);
     }
     if ifindex == ingress {
         stats::count(stat::VERDICT_TX);
@@ -212,8 +204,7 @@ fn fib(
         (*hop).dst = next_dst;
         (*hop).ingress = ingress;
         (*hop).ifindex = fib.ifindex;
-        (*hop).dmac = fib.dmac;
-        (*hop).smac = fib.smac;
+        (*hop).macs = NextHop::macs(fib.dmac, fib.smac);
         (*hop).stamp_ns = now;
     }
     Some(())

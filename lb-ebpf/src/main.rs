@@ -3,6 +3,7 @@
 //! packet and a request travel".
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod clock;
 mod conntrack;
@@ -15,6 +16,7 @@ mod parse;
 mod persist;
 mod service;
 mod stats;
+mod wire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Backend, Flow, Service, flow_flags, service_flags, stat};

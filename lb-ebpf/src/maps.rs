@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey, Service,
-    ServiceKey, TrafficCounters, stat,
+    Backend, CONNTRACK_FLAGS, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey,
+    Service, ServiceKey, TrafficCounters, stat,
 };
 
 #[map(name = "LATCH_SERVICES")]
@@ -21,7 +21,8 @@ pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
 
 #[map(name = "LATCH_CONNTRACK")]
-pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, Flow> =
+    LruHashMap::pinned(MAX_CONNTRACK, CONNTRACK_FLAGS);
 
 #[map(name = "LATCH_PERSIST")]
 pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::pinned(MAX_PERSIST, 0);

@@ -28,9 +28,22 @@ pub struct NextHop {
     pub ingress: u32,
     /// Egress ifindex from the FIB.
     pub ifindex: u32,
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
+    /// Destination then source MAC: the first 12 bytes of the outgoing Ethernet header, as
+    /// three words written with three stores.
+    pub macs: [u32; 3],
     pub stamp_ns: u64,
+}
+
+impl NextHop {
+    /// `macs` from the FIB's answer.
+    #[inline(always)]
+    pub fn macs(dmac: [u8; 6], smac: [u8; 6]) -> [u32; 3] {
+        [
+            u32::from_ne_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]),
+            u32::from_ne_bytes([dmac[4], dmac[5], smac[0], smac[1]]),
+            u32::from_ne_bytes([smac[2], smac[3], smac[4], smac[5]]),
+        ]
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);

@@ -8,6 +8,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, proto, stat};
 
+use crate::wire;
+
 /// Ethernet header length.
 pub const ETH_HLEN: usize = 14;
 /// IPv4 header length without options (the only shape the fast path handles).
@@ -120,18 +122,19 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
+    if unsafe { wire::load_u16(eth.cast::<u8>().add(12)) } != u16::from_ne_bytes(ETH_P_IP) {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
+    let ipb = ip.cast::<u8>();
     let vihl = unsafe { (*ip).version_ihl };
     let ihl = (vihl & 0x0f) as usize;
     if vihl >> 4 != 4 || ihl < 5 {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
-    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let tot_len = u16::from_be(unsafe { wire::load_u16(ipb.add(2)) });
     let ip_room = frame_len - ETH_HLEN;
     if (tot_len as usize) < ihl * 4 || tot_len as usize > ip_room {
         return Parsed::Pass(stat::PASS_MALFORMED);
@@ -140,8 +143,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if l4_proto != proto::TCP && l4_proto != proto::UDP {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
-    let dst = u32::from_ne_bytes(unsafe { (*ip).dst });
-    let frag = u16::from_be_bytes(unsafe { (*ip).frag_off });
+    let src = unsafe { wire::load_u32(ipb.add(12)) };
+    let dst = unsafe { wire::load_u32(ipb.add(16)) };
+    let frag = u16::from_be(unsafe { wire::load_u16(ipb.add(6)) });
     // MF bit or a non-zero fragment offset; DF (0x4000) is fine.
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
@@ -151,8 +155,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             // ihl is 5..=15, so the offset is bounded for the verifier.
             let off = ETH_HLEN + (ihl & 0x0f) * 4;
             if let Some(p) = ptr_at::<[u8; 4]>(ctx, off) {
-                let b = unsafe { *p };
-                dport = Some(u16::from_ne_bytes([b[2], b[3]]));
+                dport = Some(unsafe { wire::load_u16(p.cast::<u8>().add(2)) });
             }
         }
         return Parsed::Irregular(Irregular {
@@ -176,7 +179,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
             return Parsed::Pass(stat::PASS_MALFORMED);
         };
-        let ulen = u16::from_be_bytes(unsafe { (*udp).len });
+        let ulen = u16::from_be(unsafe { wire::load_u16(udp.cast::<u8>().add(4)) });
         if ulen < 8 {
             return Parsed::Pass(stat::PASS_MALFORMED);
         }
@@ -186,12 +189,12 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if (tot_len as usize) < IPV4_HLEN + l4_min {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
-    let p = unsafe { *ports };
+    let pb = ports.cast::<u8>();
     let key = FlowKey {
-        src_addr: u32::from_ne_bytes(unsafe { (*ip).src }),
+        src_addr: src,
         dst_addr: dst,
-        src_port: u16::from_ne_bytes([p[0], p[1]]),
-        dst_port: u16::from_ne_bytes([p[2], p[3]]),
+        src_port: unsafe { wire::load_u16(pb) },
+        dst_port: unsafe { wire::load_u16(pb.add(2)) },
         proto: l4_proto,
         _pad: [0, 0, 0],
     };

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, LAYOUT_VERSION, MAGLEV_ENTRIES,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey,
-    Service, ServiceKey, TrafficCounters, map_names, stat,
+    Backend, CONNTRACK_FLAGS, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, LAYOUT_VERSION,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES,
+    Persist, PersistKey, Service, ServiceKey, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 
@@ -102,12 +102,15 @@ pub(crate) const EXPECTED: [(&str, Shape); 9] = [
     (map_names::MAGLEV, shape(Kind::Array, 4, 4, MAGLEV_ENTRIES)),
     (
         map_names::CONNTRACK,
-        shape(
-            Kind::LruHash,
-            size_of::<FlowKey>(),
-            size_of::<Flow>(),
-            MAX_CONNTRACK,
-        ),
+        Shape {
+            flags: CONNTRACK_FLAGS,
+            ..shape(
+                Kind::LruHash,
+                size_of::<FlowKey>(),
+                size_of::<Flow>(),
+                MAX_CONNTRACK,
+            )
+        },
     ),
     (
         map_names::PERSIST,
@@ -156,7 +159,7 @@ pub(crate) const EXPECTED: [(&str, Shape); 9] = [
 
 /// Name of the pinned one-entry array that records the layout the pins were made with.
 /// bpffs holds only BPF objects, so the manifest is itself a map (readable with
-/// `bpftool map dump pinned <dir>/v1/LATCH_LAYOUT`).
+/// `bpftool map dump pinned <dir>/v2/LATCH_LAYOUT`).
 pub(crate) const MANIFEST_NAME: &str = "LATCH_LAYOUT";
 const MANIFEST_LEN: usize = 1024;
 
