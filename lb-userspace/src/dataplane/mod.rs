@@ -533,6 +533,24 @@ impl Dataplane {
         Ok(())
     }
 
+    /// How often the XDP program has run and its total run time in nanoseconds, from the
+    /// kernel's run-time statistics. The kernel counts only while some process holds a
+    /// `BPF_ENABLE_STATS` descriptor open (the data-plane benchmark does); otherwise both stay
+    /// where they were.
+    pub fn program_runs(&self) -> Result<(u64, u64), DataplaneError> {
+        let prog =
+            self.ebpf
+                .program(PROGRAM_NAME)
+                .ok_or_else(|| DataplaneError::MissingObject {
+                    what: "program",
+                    name: PROGRAM_NAME.to_owned(),
+                })?;
+        let info = prog.info().map_err(|e| DataplaneError::Program {
+            source: Box::new(e),
+        })?;
+        Ok((info.run_count(), info.run_time().as_nanos() as u64))
+    }
+
     /// Every counter, summed over CPUs.
     pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         let mut out = DataplaneStats::default();

@@ -21,7 +21,7 @@ use crate::{
     frames::{GenConfig, MODE_FIXED_FLOWS, MODE_NEW_FLOWS, Udp},
     mpps::{self, Window},
     plot,
-    report::{self, Rate, Report, median},
+    report::{self, PathCost, Rate, Report, median},
     testrun::{self, Frames, LatchRun},
 };
 
@@ -31,6 +31,13 @@ const DSR_PORT: u16 = 5002;
 const BACKEND_PORT: u16 = 6000;
 const ESTABLISHED_FLOWS: u32 = 256;
 const NFT_TABLE: &str = "latchbench";
+/// latch's global counters shown beside the Mpps of its measurements.
+const LATCH_COUNTERS: [&str; 4] = [
+    "conntrack_hit",
+    "new_flow_maglev",
+    "verdict_redirect",
+    "pass_fib_miss",
+];
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<u8> = s
@@ -192,6 +199,92 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// latch's global counters named in [`LATCH_COUNTERS`], in that order.
+    fn latch_counts(&self) -> Result<Vec<u64>> {
+        let stats = self.dp.as_ref().context("data plane closed")?.stats()?;
+        Ok(LATCH_COUNTERS
+            .iter()
+            .map(|n| {
+                stats
+                    .global
+                    .iter()
+                    .find(|c| c.name == *n)
+                    .map_or(0, |c| c.value)
+            })
+            .collect())
+    }
+
+    /// ns per program run of latch in live traffic (`target` is one of the latch targets),
+    /// from the kernel's run-time statistics over one measurement, with the path check: the
+    /// share of runs that took the path (conntrack hit, or new flow through maglev).
+    fn live_path(&mut self, target: Target, secs: u64) -> Result<PathCost> {
+        let runs = |b: &Bench<'_>| -> Result<(u64, u64)> {
+            Ok(b.dp.as_ref().context("data plane closed")?.program_runs()?)
+        };
+        // The kernel times programs only while a BPF_ENABLE_STATS descriptor is open; closing
+        // it (at the end of this function, or if the bench dies) switches timing off again.
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("BPF_ENABLE_STATS (run time)")?;
+        let counts_before = self.latch_counts()?;
+        let (n0, t0) = runs(self)?;
+        let (c0, ct0) = self.backend_progs.runs(COUNT_DROP)?;
+        let (window, _) = self.measure(target, secs)?;
+        let (n1, t1) = runs(self)?;
+        let (c1, ct1) = self.backend_progs.runs(COUNT_DROP)?;
+        let counts_after = self.latch_counts()?;
+        // The kernel's timing (two clock reads around every run) has a cost of its own, part
+        // of which lands inside the measured interval. The backend's counter program (one
+        // per-CPU increment) measured in the same traffic gives that floor; latch's net figure
+        // subtracts it, which also takes off the few ns of the counter's own work.
+        let floor = (c1 > c0).then(|| ct1.saturating_sub(ct0) as f64 / (c1 - c0) as f64);
+        let delta = |name: &str| -> u64 {
+            LATCH_COUNTERS
+                .iter()
+                .position(|n| *n == name)
+                .map_or(0, |i| counts_after[i] - counts_before[i])
+        };
+        let n = n1.saturating_sub(n0);
+        let (key, label, counter) = if target == Target::LatchNew {
+            (
+                "new_flow_live",
+                "new flow, live (full table: every insert evicts)",
+                "new_flow_maglev",
+            )
+        } else {
+            (
+                "conntrack_hit_live",
+                "conntrack hit (NAT, UDP), live",
+                "conntrack_hit",
+            )
+        };
+        let on_path = delta(counter);
+        // Warm-up and the 256 flows' first packets are the only runs off the path.
+        let check_ok = n > 0 && on_path as f64 >= 0.99 * n as f64;
+        let ns = if n > 0 {
+            t1.saturating_sub(t0) as f64 / n as f64
+        } else {
+            0.0
+        };
+        Ok(PathCost {
+            key,
+            label,
+            ns,
+            median_ns: ns,
+            net_ns: floor.map(|f| (ns - f).max(0.0)),
+            runs: n,
+            method: format!(
+                "live traffic at {:.2} Mpps on veth; kernel run-time statistics \
+                 (BPF_ENABLE_STATS) over the whole measurement; net = minus the {} ns per run \
+                 that the backend's counter program (one per-CPU increment) measured in the \
+                 same traffic (the timing's own cost)",
+                window.received_mpps(),
+                floor.map_or("-".into(), |f| format!("{f:.0}"))
+            ),
+            check: format!("{counter} {on_path} of {n} runs"),
+            check_ok,
+        })
+    }
+
     fn measure(&mut self, target: Target, secs: u64) -> Result<(Window, String)> {
         self.prepare(target)?;
         let mode = if target == Target::LatchNew {
@@ -201,26 +294,7 @@ impl Bench<'_> {
         };
         let configs = self.configs(mode);
         let client = self.topo.client().path();
-        let names = [
-            "conntrack_hit",
-            "new_flow_maglev",
-            "verdict_redirect",
-            "pass_fib_miss",
-        ];
-        let latch_counts = |b: &Bench<'_>| -> Result<Vec<u64>> {
-            let stats = b.dp.as_ref().context("data plane closed")?.stats()?;
-            Ok(names
-                .iter()
-                .map(|n| {
-                    stats
-                        .global
-                        .iter()
-                        .find(|c| c.name == *n)
-                        .map_or(0, |c| c.value)
-                })
-                .collect())
-        };
-        let before = latch_counts(self)?;
+        let before = self.latch_counts()?;
         let nft_before = if target == Target::Nft {
             nft_packets(self.lb())?
         } else {
@@ -238,8 +312,8 @@ impl Bench<'_> {
         };
         let detail = match target {
             Target::LatchEstablished | Target::LatchNew => {
-                let after = latch_counts(self)?;
-                names
+                let after = self.latch_counts()?;
+                LATCH_COUNTERS
                     .iter()
                     .zip(after.iter().zip(&before))
                     .map(|(n, (a, b))| format!("{n} {}", a - b))
@@ -359,7 +433,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     dp.apply(&spec(vip, backend_addr))
         .context("programming the data plane")?;
 
-    println!("==> [1/2] ns/packet with BPF_PROG_TEST_RUN");
+    println!("==> [1/3] ns/packet with BPF_PROG_TEST_RUN");
     let latch_run = LatchRun::load(&pins.0)?;
     let frames = Frames {
         client_mac: template.src_mac,
@@ -370,7 +444,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
         persist_port: PERSIST_PORT,
         dsr_port: DSR_PORT,
     };
-    let paths = with_ns(lb, || -> Result<_> {
+    let mut paths = with_ns(lb, || -> Result<_> {
         let ingress = env::ifindex("vclient")?;
         testrun::measure(&dp, &latch_run, ingress, &frames)
     })??;
@@ -398,7 +472,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     dp.apply(&spec(vip, backend_addr))?;
 
     println!(
-        "==> [2/2] Mpps on veth: {rounds} round(s) x 4 measurements x {secs} s, {threads} generator thread(s)"
+        "==> [2/3] Mpps on veth: {rounds} round(s) x 4 measurements x {secs} s, {threads} generator thread(s)"
     );
     let mut backend_progs = BenchProgs::load()?;
     backend_progs.attach(backend_ns, "eth0", COUNT_DROP)?;
@@ -429,6 +503,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     };
     let mut windows: Vec<Vec<Window>> = vec![Vec::new(); Target::ALL.len()];
     let mut details = vec![String::new(); Target::ALL.len()];
+    let mut live = Vec::new();
     let result = (|| -> Result<()> {
         for round in 1..=rounds {
             for (i, target) in Target::ALL.iter().enumerate() {
@@ -449,6 +524,24 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
                 details[i] = detail;
             }
         }
+        println!(
+            "==> [3/3] ns/packet in live traffic: latch's run time from the kernel's BPF \
+             statistics, one {secs} s measurement each"
+        );
+        for target in [Target::LatchEstablished, Target::LatchNew] {
+            env::check_stopped()?;
+            let p = bench.live_path(target, secs)?;
+            println!(
+                "    {:<48} {:>7.1} ns{}  [{}]",
+                p.label,
+                p.ns,
+                p.net_ns.map_or(String::new(), |v| format!(
+                    ", {v:.0} without timing overhead"
+                )),
+                p.check
+            );
+            live.push(p);
+        }
         Ok(())
     })();
     // Cleanup before reporting (and on error): links off, then maps; namespaces go last.
@@ -458,6 +551,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     drop(bench);
     drop(pins);
     result?;
+    paths.extend(live);
 
     let rates: Vec<Rate> = Target::ALL
         .iter()

@@ -165,6 +165,16 @@ impl BenchProgs {
         Ok(())
     }
 
+    /// Runs and total run time (ns) of `prog`, from the kernel's run-time statistics.
+    pub fn runs(&self, prog: &str) -> Result<(u64, u64)> {
+        let info = self
+            .ebpf
+            .program(prog)
+            .with_context(|| format!("no program {prog}"))?
+            .info()?;
+        Ok((info.run_count(), info.run_time().as_nanos() as u64))
+    }
+
     /// Frames counted (and dropped) by `bench_count_drop`, summed over CPUs.
     pub fn count(&self) -> Result<u64> {
         let m: PerCpuArray<_, u64> =
