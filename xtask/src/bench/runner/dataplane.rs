@@ -379,6 +379,17 @@ fn method_notes(threads: usize, secs: u64) -> Vec<String> {
          client veth (GRO would merge a UDP flow into a few large packets and make the stack \
          look cheaper per packet), an XDP_PASS program on it for NAPI."
             .into(),
+        "ns/packet in live traffic: after the Mpps rounds, one more established and one more \
+         new-flow measurement with the kernel's run-time statistics on (BPF_ENABLE_STATS, held \
+         only for that measurement): run time / runs of latch-xdp over millions of packets, \
+         with warm caches and real flow churn, which the 1-run-per-call method cannot give \
+         (each call enters the kernel and cools the caches; its figures vary by 2x between \
+         runs). Timing every run costs about 57 ns here (a clock read in a VM), so these \
+         measurements are kept out of the Mpps rows, and the net figure subtracts what the \
+         backend's one-increment counter program measured in the same traffic. In the \
+         new-flow measurement the connection table is full after a fraction of a second, so \
+         every new flow also evicts (a SYN flood's cost rather than a quiet new connection's)."
+            .into(),
         "The machine is shared (2 CPUs, other jobs): rates vary between runs; compare \
          measurements of the same run."
             .into(),
