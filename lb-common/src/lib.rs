@@ -344,8 +344,6 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "LATCH_BE_STATS";
     /// Kernel mirror of the DataScript tables (XDP does not read it).
     pub const DS_TABLE: &str = "LATCH_DS_TABLE";
-    /// Egress devmap (hash keyed by ifindex) for XDP_REDIRECT; not pinned, optional.
-    pub const TX_PORTS: &str = "LATCH_TX_PORTS";
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);

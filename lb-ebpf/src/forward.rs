@@ -12,7 +12,6 @@ use lb_common::{Backend, proto, stat};
 
 use crate::{
     csum,
-    maps::TX_PORTS,
     nexthop::{self, NextHop},
     parse::Packet,
     stats, wire,
@@ -146,12 +145,9 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
         stats::count(stat::VERDICT_TX);
         return xdp_action::XDP_TX;
     }
-    // A devmap entry for the egress port (filled by the agent) bulks redirects; without one,
-    // plain bpf_redirect still works.
-    let verdict = match TX_PORTS.redirect(ifindex, 0) {
-        Ok(v) => v,
-        Err(_) => unsafe { bpf_redirect(ifindex, 0) as u32 },
-    };
+    // Plain bpf_redirect queues into the same per-CPU bulk queue as a devmap redirect
+    // (dev_xdp_enqueue), so a devmap would only add a lookup.
+    let verdict = unsafe { bpf_redirect(ifindex, 0) as u32 };
     if verdict == xdp_action::XDP_REDIRECT {
         stats::count(stat::VERDICT_REDIRECT);
     } else {

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, CONNTRACK_FLAGS, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES,
@@ -41,12 +41,6 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX
 /// other maps.
 #[map(name = "LATCH_DS_TABLE")]
 pub static DS_TABLE: HashMap<DsKey, DsValue> = HashMap::pinned(MAX_DS_ENTRIES, DS_TABLE_FLAGS);
-
-/// Egress ports for XDP_REDIRECT, keyed by ifindex (value: the same ifindex). Optional: the
-/// agent fills it for bulk redirects; a missing entry falls back to `bpf_redirect`. Not
-/// pinned: ifindexes are only meaningful for the running agent.
-#[map(name = "LATCH_TX_PORTS")]
-pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// Per-CPU next-hop cache (see nexthop.rs). Not pinned: it caches the kernel's own FIB and
 /// ifindexes, which a fresh program relearns within one lookup per destination.

@@ -9,11 +9,15 @@
 //!   backend-side counter); anything else passes so that the namespace keeps working.
 //! - `bench_pass` only gives a veth NAPI so that frames redirected into it are received by the
 //!   stack (the nftables measurement).
+//! - `bench_redirect` forwards IPv4 UDP frames to one fixed port with fixed MACs and nothing
+//!   else (no lookup, no rewrite of the IP header): the floor of any XDP forwarder on the same
+//!   topology, against which latch's own cost shows.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::bpf_redirect,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -64,6 +68,11 @@ static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
 /// own copy of this object, so there is one writer).
 #[map(name = "BENCH_SEQ")]
 static SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `bench_redirect`'s next hop (index 0), written by the bench: destination then source MAC
+/// in the first 12 bytes, the egress ifindex in the last 4 (native order).
+#[map(name = "BENCH_HOP")]
+static HOP: Array<[u8; 16]> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_COUNT")]
 static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -126,22 +135,43 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_TX)
 }
 
-#[xdp]
-pub fn bench_count_drop(ctx: XdpContext) -> u32 {
+/// The frame, if it is an IPv4 UDP frame at least a header long (what the bench sends);
+/// anything else passes so that the namespace keeps working.
+#[inline(always)]
+fn udp4_frame(ctx: &XdpContext) -> Option<*mut u8> {
     let start = ctx.data();
     if start + HDR_LEN > ctx.data_end() {
-        return xdp_action::XDP_PASS;
+        return None;
     }
-    let p = start as *const u8;
+    let p = start as *mut u8;
     // EtherType 0x0800 and protocol 17.
     let udp4 = unsafe { *p.add(12) == 0x08 && *p.add(13) == 0 && *p.add(23) == 17 };
-    if !udp4 {
+    udp4.then_some(p)
+}
+
+#[xdp]
+pub fn bench_count_drop(ctx: XdpContext) -> u32 {
+    if udp4_frame(&ctx).is_none() {
         return xdp_action::XDP_PASS;
     }
     if let Some(c) = COUNT.get_ptr_mut(0) {
         unsafe { *c += 1 }
     }
     xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_redirect(ctx: XdpContext) -> u32 {
+    let (Some(p), Some(hop)) = (udp4_frame(&ctx), HOP.get(0)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let hop = *hop;
+    let ifindex = u32::from_ne_bytes([hop[12], hop[13], hop[14], hop[15]]);
+    for i in 0..12 {
+        unsafe { *p.add(i) = hop[i] };
+    }
+    // The same helper as latch's own forwarding.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 #[xdp]

@@ -17,7 +17,7 @@ use latch::dataplane::{
 use latch_tests::{Netns, Topology};
 
 use crate::{
-    env::{self, BenchProgs, COUNT_DROP, PASS, PinDir, with_ns},
+    env::{self, BenchProgs, COUNT_DROP, PASS, PinDir, REDIRECT, with_ns},
     frames::{GenConfig, MODE_FIXED_FLOWS, MODE_NEW_FLOWS, Udp},
     mpps::{self, Window},
     plot,
@@ -100,14 +100,16 @@ fn nft_packets(lb: &Netns) -> Result<u64> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
     Ceiling,
+    RedirectFloor,
     LatchEstablished,
     LatchNew,
     Nft,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [
+    const ALL: [Target; 5] = [
         Target::Ceiling,
+        Target::RedirectFloor,
         Target::LatchEstablished,
         Target::LatchNew,
         Target::Nft,
@@ -115,6 +117,7 @@ impl Target {
     fn key(self) -> &'static str {
         match self {
             Target::Ceiling => "xdp_drop_ceiling",
+            Target::RedirectFloor => "xdp_redirect_floor",
             Target::LatchEstablished => "latch_established",
             Target::LatchNew => "latch_new_flows",
             Target::Nft => "nft_dnat",
@@ -123,6 +126,7 @@ impl Target {
     fn label(self) -> &'static str {
         match self {
             Target::Ceiling => "XDP_DROP ceiling",
+            Target::RedirectFloor => "no-lookup XDP forwarder",
             Target::LatchEstablished => "latch established flows",
             Target::LatchNew => "latch new flows",
             Target::Nft => "nftables DNAT (established)",
@@ -184,6 +188,10 @@ impl Bench<'_> {
             Target::Ceiling => {
                 self.latch_attach(&[])?;
                 self.lb_progs.attach(lb, "vclient", COUNT_DROP)?;
+            }
+            Target::RedirectFloor => {
+                self.latch_attach(&[])?;
+                self.lb_progs.attach(lb, "vclient", REDIRECT)?;
             }
             Target::LatchEstablished | Target::LatchNew => {
                 self.lb_progs.detach(lb)?;
@@ -324,7 +332,7 @@ impl Bench<'_> {
                 "nft DNAT rule hits (conntrack entries created) {}",
                 nft_packets(self.lb())? - nft_before
             ),
-            Target::Ceiling => String::new(),
+            Target::Ceiling | Target::RedirectFloor => String::new(),
         };
         Ok((w, detail))
     }
@@ -370,11 +378,17 @@ fn method_notes(threads: usize, secs: u64) -> Vec<String> {
             "Each measurement is a {secs} s window that opens after the generators have run \
              0.7 s; received packets are counted by an XDP program \
              (count, then XDP_DROP) on the LB's veth for the ceiling and on the backend's veth \
-             for latch and nftables. Rounds interleave the four measurements; the median round \
+             for latch and nftables. Rounds interleave the measurements; the median round \
              is reported. 'generated' is what the generators sent in the same window (each call \
              prorated to the part of it inside the window): when it \
              exceeds 'received', the receiver, not the generator, is the bottleneck."
         ),
+        "No-lookup XDP forwarder: a bench program on the LB's veth that writes fixed MACs and \
+         redirects every UDP frame to the backend's veth (bpf_redirect, as latch), without \
+         parsing beyond the Ethernet type and IP protocol or any lookup but its one: the floor \
+         of any XDP forwarder on this topology (the frame crosses a second veth, whose receive \
+         runs on the same two CPUs), against which latch's own lookups and rewrites show."
+            .into(),
         "nftables: one DNAT rule in the LB namespace only (prerouting), GRO off on the LB's \
          client veth (GRO would merge a UDP flow into a few large packets and make the stack \
          look cheaper per packet), an XDP_PASS program on it for NAPI."
@@ -483,7 +497,8 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     dp.apply(&spec(vip, backend_addr))?;
 
     println!(
-        "==> [2/3] Mpps on veth: {rounds} round(s) x 4 measurements x {secs} s, {threads} generator thread(s)"
+        "==> [2/3] Mpps on veth: {rounds} round(s) x {} measurements x {secs} s, {threads} generator thread(s)",
+        Target::ALL.len()
     );
     let mut backend_progs = BenchProgs::load()?;
     backend_progs.attach(backend_ns, "eth0", COUNT_DROP)?;
@@ -504,10 +519,13 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
             bail!("nft rejected the DNAT ruleset");
         }
     }
+    let mut lb_progs = BenchProgs::load()?;
+    let vb1 = with_ns(lb, || env::ifindex("vb1"))??;
+    lb_progs.set_redirect(vb1, parse_mac(&backend_mac)?, parse_mac(&lb.mac("vb1")?)?)?;
     let mut bench = Bench {
         topo: &topo,
         dp: Some(dp),
-        lb_progs: BenchProgs::load()?,
+        lb_progs,
         backend_progs,
         threads,
         template,

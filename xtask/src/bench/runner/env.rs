@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use latch_tests::Netns;
@@ -124,13 +124,14 @@ pub struct BenchProgs {
 pub const COUNT_DROP: &str = "bench_count_drop";
 pub const PASS: &str = "bench_pass";
 pub const GEN: &str = "bench_gen";
+pub const REDIRECT: &str = "bench_redirect";
 
 impl BenchProgs {
     pub fn load() -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(BENCH_OBJ)
             .context("loading the bench object")?;
-        for name in [COUNT_DROP, PASS, GEN] {
+        for name in [COUNT_DROP, PASS, GEN, REDIRECT] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifier: {name}"))?;
@@ -162,6 +163,18 @@ impl BenchProgs {
             let p = xdp(&mut self.ebpf, prog)?;
             with_ns(ns, || p.detach(id))?.with_context(|| format!("detaching {prog}"))?;
         }
+        Ok(())
+    }
+
+    /// Points `bench_redirect` at `ifindex` with these MACs (destination, then source).
+    pub fn set_redirect(&mut self, ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Result<()> {
+        let mut value = [0u8; 16];
+        value[..6].copy_from_slice(&dmac);
+        value[6..12].copy_from_slice(&smac);
+        value[12..].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut hop: Array<_, [u8; 16]> =
+            Array::try_from(self.ebpf.map_mut("BENCH_HOP").context("no BENCH_HOP map")?)?;
+        hop.set(0, value, 0)?;
         Ok(())
     }
 

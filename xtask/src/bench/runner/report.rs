@@ -55,6 +55,10 @@ pub struct Ratios {
     pub established_vs_nft: Option<f64>,
     pub new_flows_vs_nft: Option<f64>,
     pub nft_vs_ceiling: Option<f64>,
+    /// The no-lookup XDP forwarder against the ceiling: what any XDP forwarder can reach here.
+    pub redirect_floor_vs_ceiling: Option<f64>,
+    /// latch against that forwarder: the share its lookups and rewrites leave.
+    pub established_vs_redirect_floor: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,7 +115,10 @@ pub fn ratios(rates: &[Rate]) -> Ratios {
     let est = rate(rates, "latch_established");
     let new = rate(rates, "latch_new_flows");
     let nft = rate(rates, "nft_dnat");
+    let floor = rate(rates, "xdp_redirect_floor");
     Ratios {
+        redirect_floor_vs_ceiling: ratio(floor, ceiling),
+        established_vs_redirect_floor: ratio(est, floor),
         established_vs_ceiling: ratio(est, ceiling),
         new_flows_vs_ceiling: ratio(new, ceiling),
         established_vs_nft: ratio(est, nft),
@@ -266,6 +273,14 @@ pub fn markdown(r: &Report) -> String {
             opt_x(q.established_vs_nft),
         ),
         ("latch new flows / nftables DNAT", opt_x(q.new_flows_vs_nft)),
+        (
+            "no-lookup XDP forwarder / XDP_DROP ceiling",
+            opt_pct(q.redirect_floor_vs_ceiling),
+        ),
+        (
+            "latch established / no-lookup XDP forwarder",
+            opt_pct(q.established_vs_redirect_floor),
+        ),
     ] {
         s.push_str(&format!("| {name} | {v} |\n"));
     }
@@ -346,10 +361,13 @@ mod tests {
             rate_of("latch_established", 6.0),
             rate_of("latch_new_flows", 2.0),
             rate_of("nft_dnat", 1.5),
+            rate_of("xdp_redirect_floor", 7.5),
         ];
         let q = ratios(&rates);
         assert_eq!(q.established_vs_ceiling, Some(0.6));
         assert_eq!(q.established_vs_nft, Some(4.0));
+        assert_eq!(q.redirect_floor_vs_ceiling, Some(0.75));
+        assert_eq!(q.established_vs_redirect_floor, Some(0.8));
         let paths = vec![
             cost("conntrack_hit", 120.0, true),
             cost("conntrack_hit_live", 160.0, true),
