@@ -10,8 +10,8 @@
 //! - `bench_pass` only gives a veth NAPI so that frames redirected into it are received by the
 //!   stack (the nftables measurement).
 //! - `bench_redirect` forwards IPv4 UDP frames to one fixed port with fixed MACs and nothing
-//!   else (no lookup, no rewrite of the IP header): the floor of any XDP forwarder on the same
-//!   topology, against which latch's own cost shows.
+//!   else (no lookup, no rewrite of the IP header): the best any XDP forwarder can do on the
+//!   same topology, against which latch's own cost shows.
 #![no_std]
 #![no_main]
 

@@ -385,9 +385,10 @@ fn method_notes(threads: usize, secs: u64) -> Vec<String> {
         ),
         "No-lookup XDP forwarder: a bench program on the LB's veth that writes fixed MACs and \
          redirects every UDP frame to the backend's veth (bpf_redirect, as latch), without \
-         parsing beyond the Ethernet type and IP protocol or any lookup but its one: the floor \
-         of any XDP forwarder on this topology (the frame crosses a second veth, whose receive \
-         runs on the same two CPUs), against which latch's own lookups and rewrites show."
+         parsing beyond the Ethernet type and IP protocol or any lookup but its one: the best \
+         any XDP forwarder can do on this topology (the frame crosses a second veth, whose \
+         receive runs on the same two CPUs), against which latch's own lookups and rewrites \
+         show."
             .into(),
         "nftables: one DNAT rule in the LB namespace only (prerouting), GRO off on the LB's \
          client veth (GRO would merge a UDP flow into a few large packets and make the stack \
