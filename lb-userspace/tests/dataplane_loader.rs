@@ -564,3 +564,55 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     }
     assert_eq!(ns.xdp_prog(&ns.a), None, "teardown detached");
 }
+
+#[test]
+fn kernel_mirror_writes_entries_at_once_and_lifetimes_on_flush() {
+    use latch::tables::{Mirror, RemoveReason};
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir::new();
+    let dp = Dataplane::open(dir.path()).expect("open");
+    let mirror = dp.kernel_mirror();
+    let vs = vec!["shop".to_string()];
+    let restored_expiry = |key: &str| -> Option<u64> {
+        let restored = mirror.restore(&vs, 0).expect("restore");
+        restored
+            .entries
+            .get("shop")
+            .and_then(|list| list.iter().find(|e| e.key == key))
+            .map(|e| e.expires_at_mono_ns)
+    };
+    let sec = 1_000_000_000u64;
+    let t0 = monotonic_now_ns() + 100 * sec;
+
+    // A new entry is in the kernel before upsert returns (a kill -9 right after keeps it).
+    mirror.upsert("shop", "", "s1", "192.0.2.11", t0);
+    assert_eq!(restored_expiry("s1"), Some(t0));
+    // A lifetime-only change waits for the flush; the latest of several wins.
+    mirror.extend("shop", "", "s1", "192.0.2.11", t0 + sec);
+    mirror.extend("shop", "", "s1", "192.0.2.11", t0 + 2 * sec);
+    assert_eq!(restored_expiry("s1"), Some(t0));
+    mirror.flush();
+    assert_eq!(restored_expiry("s1"), Some(t0 + 2 * sec));
+
+    // A queued extension never brings back a removed entry, nor overwrites a newer write.
+    mirror.extend("shop", "", "s1", "192.0.2.11", t0 + 3 * sec);
+    mirror.remove("shop", "", "s1", RemoveReason::Removed);
+    mirror.flush();
+    assert_eq!(restored_expiry("s1"), None);
+    mirror.upsert("shop", "", "s2", "192.0.2.12", t0);
+    mirror.extend("shop", "", "s2", "192.0.2.12", t0 + 5 * sec);
+    mirror.upsert("shop", "", "s2", "192.0.2.13", t0 + sec);
+    mirror.flush();
+    let restored = mirror.restore(&vs, 0).expect("restore");
+    let s2 = restored
+        .entries
+        .get("shop")
+        .and_then(|list| list.iter().find(|e| e.key == "s2"))
+        .expect("s2 restored");
+    assert_eq!(
+        (s2.value.as_str(), s2.expires_at_mono_ns),
+        ("192.0.2.13", t0 + sec)
+    );
+}

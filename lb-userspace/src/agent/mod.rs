@@ -76,6 +76,9 @@ impl From<ConfigErrors> for AgentError {
 
 /// How often expired persistence entries and stale flows are collected.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often queued table lifetime changes are written into the kernel mirror (see
+/// `dataplane::mirror`): a kill -9 can lose at most this much of them.
+const MIRROR_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long SIGTERM lets in-flight HTTP requests finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often backends' neighbour entries are refreshed (well inside the kernel's default
@@ -439,6 +442,10 @@ impl Agent {
         }
     }
 
+    fn flush_mirror(&self) {
+        self.shared.dataplane.lock().kernel_mirror().flush();
+    }
+
     fn sweep(&self) {
         let now = self.shared.clock.now_ns();
         let expired = self.shared.tables.sweep(now);
@@ -471,6 +478,8 @@ impl Agent {
             tracing::info!(stats = ?replication.stats(), "replication stopped");
             replication.stop();
         }
+        // No request runs any more: the kernel mirror gets the last lifetime changes.
+        self.flush_mirror();
         tracing::info!("stopping; the XDP program stays attached and the maps pinned");
     }
 }
@@ -519,6 +528,8 @@ async fn run(config: Config) -> Result<(), AgentError> {
     println!("latch ready (pid {})", std::process::id());
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut neighbors = tokio::time::interval(NEIGHBOR_INTERVAL);
+    let mut mirror_flush = tokio::time::interval(MIRROR_FLUSH_INTERVAL);
+    mirror_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -530,6 +541,7 @@ async fn run(config: Config) -> Result<(), AgentError> {
             _ = interrupt.recv() => break,
             _ = sweep.tick() => agent.sweep(),
             _ = neighbors.tick() => agent.refresh_neighbors(),
+            _ = mirror_flush.tick() => agent.flush_mirror(),
         }
     }
     let _ = stop_tx.send(true);

@@ -4,8 +4,13 @@
 //!
 //! Both are written from proxy worker threads while a request runs, so neither takes a lock
 //! around its syscall: [`RawHash`] issues `BPF_MAP_*_ELEM` directly on a map descriptor (aya's
-//! typed maps want `&mut self` to write). A mirror write costs one syscall (about a
-//! microsecond); nothing here allocates per request once a name is known.
+//! typed maps want `&mut self` to write). A mirror write costs one syscall (1-2 µs here).
+//! New entries, value changes and removals are written at once, so a kill -9 loses none of
+//! them. Lifetime-only changes are queued and written by [`KernelMirror::flush`], which the
+//! agent calls ten times a second: the seed's JSESSIONID scripts extend a session's lifetime
+//! on every request (lookup with the default extension, insert on the response), and
+//! writing each of those cost about 2 µs of the request's CPU. A restored entry's expiry is
+//! then at most one flush period stale.
 //!
 //! DS_TABLE layout (see [`lb_common::DsKey`]): `{vs id, table id, key bytes} -> {value bytes,
 //! expires_ns}` with ids from [`lb_common::ds_name_id`], so they are stable across restarts
@@ -42,6 +47,8 @@ use crate::tables::EntryView;
 const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
+/// `BPF_EXIST`: update only a key that is present.
+const BPF_EXIST: u64 = 2;
 
 /// The `bpf_attr` member of the `BPF_MAP_*_ELEM` commands. The kernel zero-fills whatever
 /// follows when the size passed is shorter than its union.
@@ -83,7 +90,13 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
         Ok(Self::new(name, map))
     }
 
-    fn elem(&self, cmd: libc::c_int, key: &K, value: Option<*const V>) -> io::Result<()> {
+    fn elem(
+        &self,
+        cmd: libc::c_int,
+        key: &K,
+        value: Option<*const V>,
+        flags: u64,
+    ) -> io::Result<()> {
         use aya::maps::IterableMap;
         let fd = self.map.map().fd().as_fd().as_raw_fd();
         let mut attr = ElemAttr {
@@ -91,7 +104,7 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
             _pad: 0,
             key: std::ptr::from_ref(key) as u64,
             value: value.map_or(0, |v| v as u64),
-            flags: 0,
+            flags,
         };
         // SAFETY: `attr` points at a key (and value) of the map's sizes, which live until the
         // call returns; the kernel reads at most `size_of::<ElemAttr>()` bytes of `attr`.
@@ -112,15 +125,33 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
 
     /// Inserts or replaces `key`.
     pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), DataplaneError> {
-        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)))
+        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)), 0)
             .map_err(|e| {
                 DataplaneError::map(self.name, "write", syscall_error("bpf_map_update_elem", e))
             })
     }
 
+    /// Replaces `key` if it is present; false when it was not there (never creates it).
+    pub(crate) fn update_existing(&self, key: &K, value: &V) -> Result<bool, DataplaneError> {
+        match self.elem(
+            BPF_MAP_UPDATE_ELEM,
+            key,
+            Some(std::ptr::from_ref(value)),
+            BPF_EXIST,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(DataplaneError::map(
+                self.name,
+                "write",
+                syscall_error("bpf_map_update_elem", e),
+            )),
+        }
+    }
+
     /// Removes `key`; false when it was not there.
     pub(crate) fn delete(&self, key: &K) -> Result<bool, DataplaneError> {
-        match self.elem(BPF_MAP_DELETE_ELEM, key, None) {
+        match self.elem(BPF_MAP_DELETE_ELEM, key, None, 0) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(DataplaneError::map(
@@ -138,6 +169,7 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
             BPF_MAP_LOOKUP_ELEM,
             key,
             Some(out.as_mut_ptr().cast_const()),
+            0,
         ) {
             // SAFETY: the kernel filled all `size_of::<V>()` bytes; V is Pod.
             Ok(()) => Ok(Some(unsafe { out.assume_init() })),
@@ -426,6 +458,11 @@ pub struct KernelMirror {
     map: Arc<RawHash<DsKey, DsValue>>,
     /// Name -> id once its name record is known to be in the map; `None`: not mirrorable.
     names: DashMap<Box<str>, Option<u32>>,
+    /// Lifetime-only changes not written yet, the latest per key (see the module docs).
+    /// [`KernelMirror::flush`] writes each under this lock and an immediate write drops its
+    /// key from here first, so a queued extension never lands after a newer value or a
+    /// removal.
+    pending: parking_lot::Mutex<HashMap<DsKey, DsValue>>,
     counters: Counters,
 }
 
@@ -443,7 +480,33 @@ impl KernelMirror {
         Self {
             map,
             names: DashMap::new(),
+            pending: parking_lot::Mutex::new(HashMap::new()),
             counters: Counters::default(),
+        }
+    }
+
+    /// Writes the queued lifetime-only changes. An entry removed meanwhile stays removed:
+    /// the write only replaces a present key.
+    pub fn flush(&self) {
+        loop {
+            let mut pending = self.pending.lock();
+            let Some(k) = pending.keys().next().copied() else {
+                return;
+            };
+            let Some(v) = pending.remove(&k) else {
+                return;
+            };
+            match self.map.update_existing(&k, &v) {
+                Ok(true) => {
+                    self.counters.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%err, "table lifetime not mirrored into the kernel");
+                }
+            }
+            drop(pending);
         }
     }
 
@@ -634,6 +697,7 @@ impl crate::tables::Mirror for KernelMirror {
             self.counters.too_large.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.pending.lock().remove(&k);
         match self.map.update(&k, &v) {
             Ok(()) => {
                 self.counters.written.fetch_add(1, Ordering::Relaxed);
@@ -645,11 +709,23 @@ impl crate::tables::Mirror for KernelMirror {
         }
     }
 
+    fn extend(&self, vs: &str, table: &str, key: &str, value: &str, expires_at_mono_ns: u64) {
+        // Too large or unnamed: the entry was never mirrored, so neither is its lifetime.
+        let (Some(k), Some(v)) = (
+            self.entry_key(vs, table, key),
+            ds_value(value.as_bytes(), expires_at_mono_ns),
+        ) else {
+            return;
+        };
+        self.pending.lock().insert(k, v);
+    }
+
     fn remove(&self, vs: &str, table: &str, key: &str, _reason: crate::tables::RemoveReason) {
         // Entries that were never mirrored have no key here and nothing to delete.
         let Some(k) = self.entry_key(vs, table, key) else {
             return;
         };
+        self.pending.lock().remove(&k);
         match self.map.delete(&k) {
             Ok(true) => {
                 self.counters.removed.fetch_add(1, Ordering::Relaxed);

@@ -121,8 +121,13 @@ pub enum RemoveReason {
 /// Called under the key's shard lock, so calls for one key arrive in order; implementations
 /// must be quick and must not call back into the tables (queue the work instead).
 pub trait Mirror: Send + Sync {
-    /// A key was stored or its expiry changed.
+    /// A key was stored, or its value changed.
     fn upsert(&self, vs: &str, table: &str, key: &str, value: &str, expires_at_mono_ns: u64);
+    /// Only a live key's expiry changed (value unchanged). A mirror may apply this later, or
+    /// merge it with the next one, as long as a later `upsert` or `remove` of the key wins.
+    fn extend(&self, vs: &str, table: &str, key: &str, value: &str, expires_at_mono_ns: u64) {
+        self.upsert(vs, table, key, value, expires_at_mono_ns);
+    }
     /// A key left the table.
     fn remove(&self, vs: &str, table: &str, key: &str, reason: RemoveReason);
 }
@@ -143,6 +148,11 @@ impl Mirror for Mirrors {
     fn upsert(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
         for m in &self.0 {
             m.upsert(vs, table, key, value, expires);
+        }
+    }
+    fn extend(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
+        for m in &self.0 {
+            m.extend(vs, table, key, value, expires);
         }
     }
     fn remove(&self, vs: &str, table: &str, key: &str, reason: RemoveReason) {
@@ -354,13 +364,14 @@ impl VsTables {
             .store(Arc::new(Box::new(ArcMirror(replicator)) as Box<dyn Mirror>));
     }
 
+    /// Tells the kernel mirror, then the replicator.
+    fn notify(&self, tell: impl Fn(&dyn Mirror)) {
+        tell(&***self.mirror.load());
+        tell(&***self.replicator.load());
+    }
+
     fn notify_upsert(&self, table: &str, key: &str, value: &str, expires_ns: u64) {
-        self.mirror
-            .load()
-            .upsert(&self.vs, table, key, value, expires_ns);
-        self.replicator
-            .load()
-            .upsert(&self.vs, table, key, value, expires_ns);
+        self.notify(|m| m.upsert(&self.vs, table, key, value, expires_ns));
     }
 
     /// An entry's lifetime changed (value unchanged): tell the mirrors, coalesced per
@@ -370,13 +381,13 @@ impl VsTables {
             || e.expires_ns >= e.notified_ns.saturating_add(MIRROR_COALESCE_NS)
         {
             e.notified_ns = e.expires_ns;
-            self.notify_upsert(table, key, &e.value, e.expires_ns);
+            let (value, expires) = (&e.value, e.expires_ns);
+            self.notify(|m| m.extend(&self.vs, table, key, value, expires));
         }
     }
 
     fn notify_remove(&self, table: &str, key: &str, reason: RemoveReason) {
-        self.mirror.load().remove(&self.vs, table, key, reason);
-        self.replicator.load().remove(&self.vs, table, key, reason);
+        self.notify(|m| m.remove(&self.vs, table, key, reason));
     }
 
     /// Counters and the current entry count.
@@ -864,6 +875,9 @@ impl Mirror for ArcMirror {
     fn upsert(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
         self.0.upsert(vs, table, key, value, expires);
     }
+    fn extend(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
+        self.0.extend(vs, table, key, value, expires);
+    }
     fn remove(&self, vs: &str, table: &str, key: &str, reason: RemoveReason) {
         self.0.remove(vs, table, key, reason);
     }
@@ -973,6 +987,9 @@ struct SharedMirror(Arc<Box<dyn Mirror>>);
 impl Mirror for SharedMirror {
     fn upsert(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
         self.0.upsert(vs, table, key, value, expires);
+    }
+    fn extend(&self, vs: &str, table: &str, key: &str, value: &str, expires: u64) {
+        self.0.extend(vs, table, key, value, expires);
     }
     fn remove(&self, vs: &str, table: &str, key: &str, reason: RemoveReason) {
         self.0.remove(vs, table, key, reason);

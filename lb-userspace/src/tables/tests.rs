@@ -533,3 +533,39 @@ fn lifetime_only_changes_reach_mirrors_at_most_once_per_second_of_lifetime() {
     // The table itself always has the exact expiry.
     assert_eq!(tb.lookup("", "k", 0, T0 + 3 * S), Some(("v".into(), 10)));
 }
+
+/// Counts which kind of notification each change is.
+#[derive(Default)]
+struct Kinds(Mutex<Vec<&'static str>>);
+
+impl Mirror for Kinds {
+    fn upsert(&self, _: &str, _: &str, _: &str, _: &str, _: u64) {
+        self.0.lock().push("upsert");
+    }
+    fn extend(&self, _: &str, _: &str, _: &str, _: &str, _: u64) {
+        self.0.lock().push("extend");
+    }
+    fn remove(&self, _: &str, _: &str, _: &str, _: RemoveReason) {
+        self.0.lock().push("remove");
+    }
+}
+
+#[test]
+fn only_lifetime_changes_are_extensions() {
+    let kinds = Arc::new(Kinds::default());
+    let tb = VsTables::new("shop", TableLimits::default(), kinds.clone());
+    tb.insert("", "k", "v", 100, T0).expect("insert");
+    // The seed's pattern: a lookup with the default extension, then an insert resetting it.
+    tb.lookup("", "k", 300, T0 + S);
+    tb.insert("", "k", "v", 100, T0 + 2 * S).expect("insert");
+    tb.remove("", "k", T0 + 3 * S);
+    // Expired, then stored again: a new entry, not an extension.
+    tb.insert("", "k", "w", 1, T0 + 4 * S).expect("insert");
+    tb.insert("", "k", "x", 10, T0 + 6 * S).expect("insert");
+    assert_eq!(
+        *kinds.0.lock(),
+        vec![
+            "upsert", "extend", "extend", "remove", "upsert", "remove", "upsert"
+        ]
+    );
+}
