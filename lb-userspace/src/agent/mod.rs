@@ -443,7 +443,9 @@ impl Agent {
     }
 
     fn flush_mirror(&self) {
-        self.shared.dataplane.lock().kernel_mirror().flush();
+        // The data-plane lock only hands out the mirror; the writes happen without it.
+        let mirror = self.shared.dataplane.lock().kernel_mirror();
+        mirror.flush();
     }
 
     fn sweep(&self) {
