@@ -485,28 +485,31 @@ impl KernelMirror {
         }
     }
 
-    /// Writes the queued lifetime-only changes. An entry removed meanwhile stays removed:
-    /// the write only replaces a present key.
+    /// Writes the queued lifetime-only changes, in chunks written under the queue's lock (so
+    /// an immediate write of the same key waits for at most one chunk). An entry removed
+    /// meanwhile stays removed: the write only replaces a present key.
     pub fn flush(&self) {
+        const CHUNK: usize = 64;
         loop {
             let mut pending = self.pending.lock();
-            let Some(k) = pending.keys().next().copied() else {
-                return;
-            };
-            let Some(v) = pending.remove(&k) else {
-                return;
-            };
-            match self.map.update_existing(&k, &v) {
-                Ok(true) => {
-                    self.counters.written.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%err, "table lifetime not mirrored into the kernel");
+            let chunk: Vec<(DsKey, DsValue)> =
+                pending.iter().take(CHUNK).map(|(k, v)| (*k, *v)).collect();
+            for (k, v) in &chunk {
+                pending.remove(k);
+                match self.map.update_existing(k, v) {
+                    Ok(true) => {
+                        self.counters.written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%err, "table lifetime not mirrored into the kernel");
+                    }
                 }
             }
-            drop(pending);
+            if chunk.len() < CHUNK {
+                return;
+            }
         }
     }
 
