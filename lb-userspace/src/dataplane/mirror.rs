@@ -2,8 +2,8 @@
 //! (DS_TABLE, through [`KernelMirror`]) and the fast-path client pins (PERSIST, through
 //! [`PersistPins`]).
 //!
-//! Both are written from proxy worker threads while a request runs, so neither takes a lock
-//! around its syscall: [`RawHash`] issues `BPF_MAP_*_ELEM` directly on a map descriptor (aya's
+//! Both are written from proxy worker threads while a request runs, so their immediate writes
+//! take no lock around the syscall: [`RawHash`] issues `BPF_MAP_*_ELEM` directly on a map descriptor (aya's
 //! typed maps want `&mut self` to write). A mirror write costs one syscall (1-2 µs here).
 //! New entries, value changes and removals are written at once, so a kill -9 loses none of
 //! them. Lifetime-only changes are queued and written by [`KernelMirror::flush`], which the

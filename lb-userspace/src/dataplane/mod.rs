@@ -216,8 +216,9 @@ pub struct TeardownReport {
     pub removed_dir: bool,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program reads (at tick resolution), used for every expiry
-/// (the same clock the tables use, so a table entry and its kernel mirror expire together).
+/// CLOCK_MONOTONIC in nanoseconds: the clock the XDP program reads (at tick resolution), used
+/// for every expiry (the same clock the tables use, so a table entry and its kernel mirror
+/// expire together).
 pub fn monotonic_now_ns() -> u64 {
     use crate::tables::Clock as _;
     crate::tables::MonotonicClock.now_ns()

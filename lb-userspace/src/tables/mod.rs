@@ -2,8 +2,8 @@
 //!
 //! One [`VsTables`] per virtual service; inside it, the default table (named
 //! [`DEFAULT_TABLE`]) and any named tables, each a separate namespace. Time is always passed in
-//! as CLOCK_MONOTONIC nanoseconds (the clock the XDP program reads, at tick resolution) so that expiries can be
-//! mirrored into kernel maps unchanged and tests are deterministic.
+//! as CLOCK_MONOTONIC nanoseconds (the clock the XDP program reads, at tick resolution) so
+//! that expiries can be mirrored into kernel maps unchanged and tests are deterministic.
 //!
 //! Every operation on a key runs under that key's shard lock (dashmap), so operations on one
 //! key are atomic and linearizable, and [`Mirror`] observers see the changes of one key in the
