@@ -2,6 +2,8 @@
 //! reverse NAT of backend replies, then the next hop (cached FIB answer) for MACs and the
 //! egress port.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
@@ -13,7 +15,7 @@ use lb_common::{Backend, proto, stat};
 use crate::{
     csum,
     nexthop::{self, NextHop},
-    parse::Packet,
+    parse::{Ipv4Hdr, Packet},
     stats, wire,
 };
 
@@ -30,7 +32,7 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     let old_addr = pkt.key.dst_addr;
     let old_port = pkt.key.dst_port;
     unsafe {
-        wire::store_u32(pkt.ip.cast::<u8>().add(16), be.addr);
+        wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, dst)), be.addr);
         wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
@@ -52,7 +54,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> 
     let old_addr = pkt.key.src_addr;
     let old_port = pkt.key.src_port;
     unsafe {
-        wire::store_u32(pkt.ip.cast::<u8>().add(12), vip);
+        wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, src)), vip);
         wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
     let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
@@ -127,7 +129,7 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
     }
     if decrement_ttl {
         // TTL and protocol form one 16-bit word of the checksum; TTL is its first byte.
-        let ttl_proto = unsafe { pkt.ip.cast::<u8>().add(8) };
+        let ttl_proto = unsafe { pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, ttl)) };
         let old = unsafe { wire::load_u16(ttl_proto) };
         let new = u16::from_ne_bytes([unsafe { (*pkt.ip).ttl } - 1, unsafe { (*pkt.ip).proto }]);
         unsafe { wire::store_u16(ttl_proto, new) };

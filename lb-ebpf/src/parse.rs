@@ -5,6 +5,8 @@
 //! Values that the maps store "in network byte order" are read with `from_ne_bytes`, which
 //! keeps the wire bytes as they are.
 
+use core::mem::offset_of;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, proto, stat};
 
@@ -122,7 +124,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
-    if unsafe { wire::load_u16(eth.cast::<u8>().add(12)) } != u16::from_ne_bytes(ETH_P_IP) {
+    if unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) }
+        != u16::from_ne_bytes(ETH_P_IP)
+    {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
@@ -134,7 +138,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if vihl >> 4 != 4 || ihl < 5 {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
-    let tot_len = u16::from_be(unsafe { wire::load_u16(ipb.add(2)) });
+    let tot_len = u16::from_be(unsafe { wire::load_u16(ipb.add(offset_of!(Ipv4Hdr, tot_len))) });
     let ip_room = frame_len - ETH_HLEN;
     if (tot_len as usize) < ihl * 4 || tot_len as usize > ip_room {
         return Parsed::Pass(stat::PASS_MALFORMED);
@@ -143,9 +147,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if l4_proto != proto::TCP && l4_proto != proto::UDP {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
-    let src = unsafe { wire::load_u32(ipb.add(12)) };
-    let dst = unsafe { wire::load_u32(ipb.add(16)) };
-    let frag = u16::from_be(unsafe { wire::load_u16(ipb.add(6)) });
+    let src = unsafe { wire::load_u32(ipb.add(offset_of!(Ipv4Hdr, src))) };
+    let dst = unsafe { wire::load_u32(ipb.add(offset_of!(Ipv4Hdr, dst))) };
+    let frag = u16::from_be(unsafe { wire::load_u16(ipb.add(offset_of!(Ipv4Hdr, frag_off))) });
     // MF bit or a non-zero fragment offset; DF (0x4000) is fine.
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
@@ -179,7 +183,8 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
             return Parsed::Pass(stat::PASS_MALFORMED);
         };
-        let ulen = u16::from_be(unsafe { wire::load_u16(udp.cast::<u8>().add(4)) });
+        let ulen =
+            u16::from_be(unsafe { wire::load_u16(udp.cast::<u8>().add(offset_of!(UdpHdr, len))) });
         if ulen < 8 {
             return Parsed::Pass(stat::PASS_MALFORMED);
         }
