@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use latch_tests::{LatchAgent, Topology, agent_section, http_get_from, require_netns};
+use latch_tests::{LatchAgent, Topology, agent_section, http_get_from, require_netns, strip_ansi};
 use lb_common::{map_names, stat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -236,18 +236,4 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     );
     agent.stop(Duration::from_secs(10))?;
     Ok(())
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }

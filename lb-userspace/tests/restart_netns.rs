@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use latch_tests::{HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns};
+use latch_tests::{
+    HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns, strip_ansi,
+};
 use lb_common::map_names;
 
 const LATCH: &str = env!("CARGO_BIN_EXE_latch");
@@ -225,20 +227,6 @@ fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestRes
         Ok(())
     })?;
     Ok(())
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 #[test]

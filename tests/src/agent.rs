@@ -259,3 +259,19 @@ impl Drop for LatchAgent {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// An agent log line without its colour codes (SGR sequences), for matching `key=value`
+/// fields that the terminal formatter wraps in colours.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}

@@ -13,7 +13,7 @@ pub mod netns;
 pub mod server;
 pub mod topology;
 
-pub use agent::{LatchAgent, READY_LINE, agent_section};
+pub use agent::{LatchAgent, READY_LINE, agent_section, strip_ansi};
 pub use client::{
     DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,

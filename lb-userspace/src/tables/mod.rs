@@ -107,6 +107,28 @@ impl Default for TableLimits {
     }
 }
 
+impl TableLimits {
+    fn check_key(&self, key: &str) -> Result<(), InsertError> {
+        if key.len() > self.max_key_bytes {
+            return Err(InsertError::KeyTooLong {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &str) -> Result<(), InsertError> {
+        if value.len() > self.max_value_bytes {
+            return Err(InsertError::ValueTooLong {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why an entry left a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
@@ -478,12 +500,7 @@ impl VsTables {
         now_ns: u64,
     ) -> Result<InsertOutcome, InsertError> {
         let l = &self.limits;
-        if key.len() > l.max_key_bytes {
-            return Err(InsertError::KeyTooLong {
-                len: key.len(),
-                max: l.max_key_bytes,
-            });
-        }
+        l.check_key(key)?;
         let expires_ns = self.clamp_expiry(now_ns, lifetime_s);
         self.with_map_or_create(table, |map| {
             // Fast path without allocating the key: a live key only has its expiry reset.
@@ -494,12 +511,7 @@ impl VsTables {
                 self.notify_extension(table, key, &mut e);
                 return Ok(InsertOutcome::Updated);
             }
-            if value.len() > l.max_value_bytes {
-                return Err(InsertError::ValueTooLong {
-                    len: value.len(),
-                    max: l.max_value_bytes,
-                });
-            }
+            l.check_value(value)?;
             match map.entry(Box::from(key)) {
                 MapEntry::Occupied(mut o) => {
                     let e = o.get_mut();
@@ -749,18 +761,8 @@ impl VsTables {
         now_ns: u64,
     ) -> Result<RemoteOutcome, InsertError> {
         let l = &self.limits;
-        if key.len() > l.max_key_bytes {
-            return Err(InsertError::KeyTooLong {
-                len: key.len(),
-                max: l.max_key_bytes,
-            });
-        }
-        if value.len() > l.max_value_bytes {
-            return Err(InsertError::ValueTooLong {
-                len: value.len(),
-                max: l.max_value_bytes,
-            });
-        }
+        l.check_key(key)?;
+        l.check_value(value)?;
         if expires_ns <= now_ns {
             return Ok(RemoteOutcome::Unchanged);
         }
