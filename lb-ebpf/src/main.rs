@@ -1,6 +1,6 @@
 //! latch's XDP program: L4 load balancing (NAT or DSR) from BPF maps, HTTP services handed
-//! to the local proxy unless the client-IP fast path applies. See ARCHITECTURE.md, "How a
-//! packet and a request travel".
+//! to the local proxy unless the client-IP fast path applies. See docs/ARCHITECTURE.md,
+//! "The life of a packet in XDP".
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]

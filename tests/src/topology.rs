@@ -17,7 +17,7 @@
 //! Veths are created directly inside the namespaces (`ip -n lb link add … peer … netns …`), so
 //! nothing ever appears in the host namespace and the short fixed names cannot collide.
 //!
-//! Two settings make XDP forwarding over veth work, both measured (ARCHITECTURE.md "Tests"):
+//! Two settings make XDP forwarding over veth work, both measured (docs/ARCHITECTURE.md, "Tests"):
 //! GRO on the receiving peers (client and backend `eth0`) enables NAPI there, without which a
 //! frame redirected into the veth is dropped; and TX checksum offload off on every veth end, so
 //! packets carry full checksums (a frame that an XDP program redirects loses the skb's

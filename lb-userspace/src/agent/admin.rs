@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::api::convert::Sources;
+use super::views::Sources;
 use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
 use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
 use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};

@@ -8,6 +8,7 @@ pub mod fastpath;
 pub mod http;
 pub mod pools;
 pub mod spec;
+pub mod views;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -99,7 +100,7 @@ fn backend_addrs(
 pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
     match config::load(path) {
         Ok(config) => {
-            let spec = spec::dataplane_spec(&config, &spec::AllUp)?;
+            let spec = spec::dataplane_spec(&config, &crate::balancer::health::AllUp)?;
             let scripts: Vec<_> = config
                 .virtual_services
                 .iter()

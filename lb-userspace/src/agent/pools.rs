@@ -115,7 +115,7 @@ pub fn build_pools(
 }
 
 /// Server health as the pools know it, for the data-plane spec.
-impl super::spec::ServerHealth for HashMap<String, Arc<ConfiguredPool>> {
+impl crate::balancer::health::HealthView for HashMap<String, Arc<ConfiguredPool>> {
     fn is_up(&self, pool: &str, server: SocketAddr) -> bool {
         self.get(pool)
             .and_then(|p| p.balancer.is_up(server))

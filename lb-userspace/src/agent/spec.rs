@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
+use crate::balancer::health::HealthView;
 use crate::config::{Config, Forwarding, ServiceType, VirtualServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataplaneSpec, ServiceKind, ServiceSpec};
 
@@ -27,26 +28,11 @@ pub enum SpecError {
     },
 }
 
-/// Health of a server as the agent knows it; `None` means "no monitor: treat as up".
-pub trait ServerHealth {
-    /// Whether `server` of `pool` may take new flows.
-    fn is_up(&self, pool: &str, server: SocketAddr) -> bool;
-}
-
-/// Every server is up (no health monitors yet, or in tests).
-pub struct AllUp;
-
-impl ServerHealth for AllUp {
-    fn is_up(&self, _pool: &str, _server: SocketAddr) -> bool {
-        true
-    }
-}
-
 /// The data-plane programme for `config`: every tcp and udp service, and every http service
 /// (whose packets XDP hands to the proxy, or forwards directly for fast-path clients).
 pub fn dataplane_spec(
     config: &Config,
-    health: &dyn ServerHealth,
+    health: &dyn HealthView,
 ) -> Result<DataplaneSpec, SpecError> {
     let services = config
         .virtual_services
@@ -59,7 +45,7 @@ pub fn dataplane_spec(
 fn service_spec(
     config: &Config,
     vs: &VirtualServiceConfig,
-    health: &dyn ServerHealth,
+    health: &dyn HealthView,
 ) -> Result<ServiceSpec, SpecError> {
     let SocketAddr::V4(listen) = vs.listen else {
         return Err(SpecError::Ipv6Listener {
@@ -163,7 +149,7 @@ fast_path = "client_ip"
 "#;
 
     struct Down(SocketAddr);
-    impl ServerHealth for Down {
+    impl HealthView for Down {
         fn is_up(&self, _pool: &str, server: SocketAddr) -> bool {
             server != self.0
         }
@@ -173,7 +159,7 @@ fast_path = "client_ip"
     fn maps_every_service_kind() -> Result<(), Box<dyn std::error::Error>> {
         let config = crate::config::parse(CONFIG, Path::new("t.toml"))
             .map_err(|e| format!("config: {e}"))?;
-        let spec = dataplane_spec(&config, &AllUp)?;
+        let spec = dataplane_spec(&config, &crate::balancer::health::AllUp)?;
         assert_eq!(spec.services.len(), 3);
         let tcp = &spec.services[0];
         assert_eq!(tcp.vip.to_string(), "198.51.100.10");

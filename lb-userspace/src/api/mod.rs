@@ -14,7 +14,6 @@
 
 pub mod cli;
 pub mod client;
-pub mod convert;
 pub mod metrics;
 pub mod model;
 

@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 
 use crate::config::HealthMonitor;
 
+/// What the data-plane spec needs to know of server health: owned here (not by the agent or
+/// the monitor) so both the probe runner and the agent's pool state can answer it without
+/// depending on each other.
+pub trait HealthView {
+    /// Whether `server` of `pool` may take new flows.
+    fn is_up(&self, pool: &str, server: SocketAddr) -> bool;
+}
+
+/// Every server is up (no health monitors yet, or in tests).
+pub struct AllUp;
+
+impl HealthView for AllUp {
+    fn is_up(&self, _pool: &str, _server: SocketAddr) -> bool {
+        true
+    }
+}
+
 /// Thresholds and timing of one pool's health checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthParams {

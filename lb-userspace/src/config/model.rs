@@ -292,8 +292,48 @@ impl VirtualServiceConfig {
     }
 }
 
-// A script as the config produces it is exactly what the DataScript compiler takes.
-pub use crate::datascript::{Event as ScriptEvent, ScriptSource};
+/// The DataScript events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+pub enum ScriptEvent {
+    /// After the request headers, before the body.
+    #[serde(rename = "HTTP_REQ")]
+    HttpReq,
+    /// After the response headers.
+    #[serde(rename = "HTTP_RESP")]
+    HttpResp,
+}
+
+impl std::fmt::Display for ScriptEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScriptEvent::HttpReq => "HTTP_REQ",
+            ScriptEvent::HttpResp => "HTTP_RESP",
+        })
+    }
+}
+
+/// One script as the config describes it; the DataScript compiler takes it as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptSource {
+    /// The event it runs at.
+    pub event: ScriptEvent,
+    /// A name for logs (e.g. the file name or "shop/HTTP_RESP#1").
+    pub name: String,
+    /// Lua source.
+    pub text: String,
+    /// File the text came from (the config file for inline scripts).
+    pub origin_file: PathBuf,
+    /// Line of `origin_file` where the text's first line is (1-based). Exact for TOML
+    /// literal strings (`'''`); a basic string with `\n` escapes shifts the mapping.
+    pub first_line: usize,
+}
+
+impl ScriptSource {
+    /// Line in `origin_file` of the script's line `lua_line` (1-based).
+    pub fn origin_line(&self, lua_line: usize) -> usize {
+        self.first_line + lua_line.saturating_sub(1)
+    }
+}
 
 /// `[replication]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,48 +28,9 @@ pub use compile::ScriptSet;
 pub use lint::lint;
 pub use txn::{DataScriptHooks, DsCounters, EventCounters, ScriptEnv, ScriptTableObserver};
 
-/// The DataScript events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
-pub enum Event {
-    /// After the request headers, before the body.
-    #[serde(rename = "HTTP_REQ")]
-    HttpReq,
-    /// After the response headers.
-    #[serde(rename = "HTTP_RESP")]
-    HttpResp,
-}
-
-impl std::fmt::Display for Event {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Event::HttpReq => "HTTP_REQ",
-            Event::HttpResp => "HTTP_RESP",
-        })
-    }
-}
-
-/// One script as the config module hands it over.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScriptSource {
-    /// The event it runs at.
-    pub event: Event,
-    /// A name for logs (e.g. the file name or "shop/HTTP_RESP#1").
-    pub name: String,
-    /// Lua source.
-    pub text: String,
-    /// File the text came from (the config file for inline scripts).
-    pub origin_file: PathBuf,
-    /// Line of `origin_file` where the text's first line is (1-based). Exact for TOML
-    /// literal strings (`'''`); a basic string with `\n` escapes shifts the mapping.
-    pub first_line: usize,
-}
-
-impl ScriptSource {
-    /// Line in `origin_file` of the script's line `lua_line` (1-based).
-    pub fn origin_line(&self, lua_line: usize) -> usize {
-        self.first_line + lua_line.saturating_sub(1)
-    }
-}
+// The event names and script sources are what the config describes; the engine takes them as
+// they are.
+pub use crate::config::{ScriptEvent as Event, ScriptSource};
 
 /// A problem in a script, located in the file it came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -342,7 +342,7 @@ impl MonitorHandle {
     }
 }
 
-impl crate::agent::spec::ServerHealth for MonitorHandle {
+impl crate::balancer::health::HealthView for MonitorHandle {
     fn is_up(&self, pool: &str, server: SocketAddr) -> bool {
         MonitorHandle::is_up(self, pool, server)
     }

@@ -1,16 +1,16 @@
 //! Builds the API's documents and the metrics snapshot from what the agent has: the running
 //! config, the proxy's and the data plane's counter snapshots, the monitor's health snapshot,
-//! and table and DataScript counters. Pure, so an [`super::AdminBackend`] implementation is a
+//! and table and DataScript counters. Pure, so an [`crate::api::AdminBackend`] implementation is a
 //! few lines: gather the snapshots into [`Sources`], call a method.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::metrics::{
+use crate::api::metrics::{
     DataScriptMetrics, L4BackendMetrics, L4ServiceMetrics, MetricsSnapshot, ServerHealthMetrics,
     ServerHttpMetrics, TableMetrics, VsHttpMetrics, XdpPathMetric,
 };
-use super::model::{
+use crate::api::model::{
     HttpCounters, L4Counters, MonitorView, PoolView, ResponseClasses, ServerHttpCounters,
     ServerView, StatusView, TableCounters, VirtualServiceView,
 };
@@ -357,5 +357,174 @@ impl Sources<'_> {
             // Filled by the agent, which owns the replication handle.
             replication: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use lb_common::TrafficCounters;
+
+    use super::Sources;
+    use crate::api::model::TableCounters;
+    use crate::dataplane::{
+        BackendCounters, DataplaneStats, GlobalCounter, Proto, ServiceCounters,
+    };
+    use crate::monitor::{PoolHealth, ServerHealthStatus};
+    use crate::proxy::{ProxyStats, ServerStats, VsStats};
+
+    const CONFIG: &str = r#"[agent]
+interfaces = ["lb0"]
+
+[[pool]]
+name = "web"
+servers = ["192.0.2.11:8080", "192.0.2.12:8080"]
+health_monitor = { type = "http", path = "/healthz", interval = "2s", timeout = "1s", fall = 3, rise = 2 }
+
+[[virtual_service]]
+name = "shop"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "web"
+
+[[virtual_service]]
+name = "dns"
+listen = "198.51.100.10:53"
+type = "udp"
+pool = "web"
+"#;
+
+    fn sa(s: &str) -> std::net::SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn views_and_metrics_from_agent_snapshots() {
+        let config =
+            crate::config::parse(CONFIG, Path::new("/etc/latch/latch.toml")).expect("config");
+        let proxy = ProxyStats {
+            virtual_services: vec![VsStats {
+                name: "shop".into(),
+                requests: 5,
+                responses: [0, 4, 0, 0, 1],
+                request_bytes: 10,
+                response_bytes: 20,
+                active_connections: 1,
+            }],
+            servers: vec![ServerStats {
+                addr: sa("192.0.2.11:8080"),
+                requests: 5,
+                responses: [0, 4, 0, 0, 1],
+                request_bytes: 10,
+                response_bytes: 20,
+                active_requests: 0,
+                connections: 2,
+                connect_failures: 1,
+            }],
+        };
+        let traffic = TrafficCounters {
+            packets: 8,
+            bytes: 800,
+            new_flows: 2,
+        };
+        let dp = DataplaneStats {
+            global: vec![GlobalCounter {
+                index: 9,
+                name: "drop_no_backend",
+                value: 3,
+            }],
+            services: vec![ServiceCounters {
+                vip: Ipv4Addr::new(198, 51, 100, 10),
+                port: 53,
+                proto: Proto::Udp,
+                counters: traffic,
+            }],
+            backends: vec![BackendCounters {
+                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 8080),
+                counters: traffic,
+            }],
+        };
+        let since = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let health = vec![PoolHealth {
+            pool: "web".into(),
+            monitor: None,
+            servers: vec![ServerHealthStatus {
+                addr: sa("192.0.2.12:8080"),
+                up: false,
+                since,
+                last_error: Some("connect: refused".into()),
+                transitions: 1,
+            }],
+        }];
+        let tables = vec![(
+            "shop".to_owned(),
+            TableCounters {
+                entries: 3,
+                ..TableCounters::default()
+            },
+        )];
+        let src = Sources {
+            config: &config,
+            proxy: Some(&proxy),
+            dataplane: Some(&dp),
+            health: &health,
+            tables: &tables,
+            datascripts: &[],
+            started: since,
+            reloads_applied: 0,
+            reloads_refused: 0,
+            last_reload: None,
+        };
+
+        let vs = src.virtual_services();
+        assert_eq!(vs[0].http.map(|h| h.responses.c5xx), Some(1));
+        assert_eq!(vs[0].tables.map(|t| t.entries), Some(3));
+        assert_eq!(vs[0].l4, None, "no data-plane counters for shop");
+        assert_eq!(
+            (vs[1].kind.as_str(), vs[1].forwarding.as_str()),
+            ("udp", "nat")
+        );
+        assert_eq!(vs[1].l4.map(|l| l.packets), Some(8));
+        assert_eq!(vs[1].http, None);
+
+        let pools = src.pools();
+        let m = pools[0].monitor.as_ref().expect("monitor");
+        assert_eq!(
+            (
+                m.kind.as_str(),
+                m.path.as_deref(),
+                m.expect_status.as_deref()
+            ),
+            ("http", Some("/healthz"), Some("200-399"))
+        );
+        let [a, b] = &pools[0].servers[..] else {
+            panic!("two servers")
+        };
+        assert!(a.up, "a server missing from the health snapshot is up");
+        assert_eq!(a.http.map(|h| h.connect_failures), Some(1));
+        assert!(!b.up);
+        assert_eq!(b.since_unix_seconds, Some(1_700_000_000));
+        assert_eq!(b.l4.map(|l| l.new_flows), Some(2));
+        assert_eq!(src.servers_up(), (1, 2));
+
+        let snap = src.metrics();
+        assert_eq!(snap.xdp_paths[0].path, "drop_no_backend");
+        assert_eq!(snap.l4_services.len(), 1);
+        assert_eq!(snap.l4_services[0].vs, "dns");
+        assert_eq!(snap.l4_backends[0].server, "192.0.2.12:8080");
+        assert_eq!(snap.health.len(), 2);
+        assert!(snap.health[0].up && !snap.health[1].up);
+        assert_eq!(snap.start_time_seconds, 1_700_000_000);
+        assert_eq!(snap.http_servers[0].response_bytes, 20);
+
+        let st = src.status(since + Duration::from_secs(90));
+        assert_eq!(st.uptime_seconds, 90);
+        assert_eq!((st.servers_up, st.servers_total), (1, 2));
+        assert_eq!((st.virtual_services, st.pools), (2, 1));
+        assert_eq!(st.config_path, "/etc/latch/latch.toml");
+        assert_eq!(st.interfaces, ["lb0"]);
     }
 }
