@@ -94,7 +94,7 @@ fn build_ebpf_quietly() -> anyhow::Result<()> {
         .any(|line| progress_word(line) == Some("Compiling"))
     {
         announce(&format!(
-            "lb-ebpf for {} in {:.0} s (release, nested cargo of lb-userspace/build.rs)",
+            "lb-ebpf for {} in {:.0} s",
             bpf_target(),
             started.elapsed().as_secs_f64()
         ));
