@@ -10,7 +10,7 @@ use crate::proc::{cargo, is_root, run_bounded};
 /// lb-ebpf is a `no_std` BPF program: it builds only for the bpf target (through
 /// lb-userspace/build.rs), never for the host, so host-side cargo runs leave it out.
 const EXCLUDE: [&str; 2] = ["--exclude", "lb-ebpf"];
-// `--all-features` below also builds, lints and tests the benchmark binary (feature `bench`),
+// `--workspace` below also builds, lints and tests the benchmark runner (crate xtask/bench),
 // so it cannot rot unnoticed between benchmark runs.
 
 const BUILD_LIMIT: Duration = Duration::from_secs(15 * 60);

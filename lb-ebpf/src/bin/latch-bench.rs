@@ -33,7 +33,7 @@ const SPORT_OFF: usize = 34;
 const MODE_FIXED_FLOWS: u32 = 0;
 
 /// Generator configuration (index 0), written by the bench before it runs. Layout mirrored in
-/// xtask/src/bench/dataplane/gen.rs.
+/// xtask/bench/src/frames.rs (`GenConfig`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GenConfig {

@@ -466,13 +466,9 @@ fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(repo_root());
+    c.current_dir(env::repo_root());
     c
 }
 
@@ -485,7 +481,7 @@ fn build_latch() -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build --release -p lb-userspace failed");
     }
-    let bin = repo_root().join("target/release/latch");
+    let bin = env::repo_root().join("target/release/latch");
     if !bin.exists() {
         bail!("no {}", bin.display());
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench <what>`: builds and runs the `xtask-bench` binary (feature `bench`),
+//! `cargo xtask bench <what>`: builds and runs the `xtask-bench` binary (crate xtask/bench),
 //! which links the agent library and the eBPF objects. Kept out of the plain `xtask` binary
 //! so that `cargo xtask setup` builds on a machine without the eBPF toolchain.
 
@@ -105,7 +105,7 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!(
-        "==> building the bench runner (xtask --features bench; the first build takes minutes)"
+        "==> building the bench runner (xtask-bench in release; the first build takes minutes)"
     );
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -115,10 +115,6 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             // Measured code must be optimised: the agent library is linked into the runner.
             "--release",
             "--package",
-            "xtask",
-            "--features",
-            "bench",
-            "--bin",
             "xtask-bench",
             "--",
         ])

@@ -16,8 +16,11 @@ use aya::{
 };
 use latch_tests::Netns;
 
-pub static LATCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
-pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-bench"));
+// Built by lb-userspace/build.rs; build.rs passes their directory on.
+pub static LATCH_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("LATCH_EBPF_OBJ_DIR"), "/latch-xdp"));
+pub static BENCH_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("LATCH_EBPF_OBJ_DIR"), "/latch-bench"));
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -227,5 +230,10 @@ pub fn kernel_release() -> String {
 }
 
 pub fn out_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+    repo_root().join("target/bench")
+}
+
+/// The workspace root (this crate is xtask/bench).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

@@ -1,4 +1,4 @@
-//! `xtask-bench`: the benchmark runner behind `cargo xtask bench` (feature `bench`).
+//! `xtask-bench`: the benchmark runner behind `cargo xtask bench`, which builds it in release.
 //! Performance is measured here, never asserted in a test.
 
 mod dataplane;
