@@ -23,35 +23,6 @@ pub use netns::{ChildGuard, Netns, list_namespaces};
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
 pub use topology::{Backend, Topology, TopologyBuilder};
 
-/// Namespace tests need root (and `ip`); without them they print why and skip.
-pub fn can_run_netns_tests() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && std::process::Command::new("ip")
-        .arg("-V")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Returns early from a test (printing why) when namespace tests cannot run here.
-#[macro_export]
-macro_rules! require_netns {
-    () => {
-        if !$crate::can_run_netns_tests() {
-            eprintln!("skipped: needs root and iproute2 (network namespaces)");
-            return;
-        }
-    };
-    ($ret:expr) => {
-        if !$crate::can_run_netns_tests() {
-            eprintln!("skipped: needs root and iproute2 (network namespaces)");
-            return $ret;
-        }
-    };
-}
-
 /// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a
 /// server issues for `lifetime_s` seconds and reports in `X-Persist` whether the request was
 /// routed by a table hit (reqvar carries that from HTTP_REQ); HTTP_REQ looks the cookie up

@@ -5,9 +5,8 @@
 //!
 //! Run: `cargo test -p lb-userspace --test xdp_fixtures`
 
-#[path = "common/packet.rs"]
 mod packet;
-#[path = "common/xdp_env.rs"]
+
 mod xdp_env;
 
 use std::net::Ipv4Addr;

@@ -1,16 +1,14 @@
 //! HTTP virtual services with DataScripts, with real traffic through `latch run` in the LB
-//! namespace. Needs root; skips otherwise.
+//! namespace. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use latch_tests::{
-    LatchAgent, RequestBody, Topology, agent_section, http_get, http_request, require_netns,
-};
+use latch_tests::{LatchAgent, RequestBody, Topology, agent_section, http_get, http_request};
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 const HTTP_PORT: u16 = 8080;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -56,9 +54,9 @@ fn get_with_cookie(
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_release() -> TestResult
 {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, &jsession_scripts())?;
@@ -121,8 +119,8 @@ fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_rele
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, &jsession_scripts())?;
@@ -160,8 +158,8 @@ fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn runtime_error_and_runaway_script_answer_500_and_others_go_on() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let scripts = r#"
@@ -201,8 +199,8 @@ end
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn hundred_megabytes_stream_both_ways_with_bounded_agent_memory() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let agent = start(&topo, "")?;
@@ -250,8 +248,8 @@ fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, "")?;

@@ -1,11 +1,9 @@
 //! The client subcommands against a fake agent on 127.0.0.1 (no root): the formatter through
 //! `execute`, and the built `latch` binary end to end.
 
-mod api_support;
-
 use std::process::Output;
 
-use api_support::RunningApi;
+use crate::api_support::RunningApi;
 use latch::api::cli::{ClientCommand, ClientOptions, execute};
 use latch::api::model::TableListView;
 

@@ -1,6 +1,6 @@
 //! Loader tests against the real kernel: load, pin, adopt, layout check, lock, apply/read back,
-//! attach through pinned links, teardown. They need root; without it each test prints a skip
-//! line and returns.
+//! attach through pinned links, teardown. They need root, so they are `#[ignore]`d; run them
+//! as root with `--include-ignored`.
 //!
 //! Every test pins under its own `/sys/fs/bpf/latch-test-<pid>-<n>` and attaches only to veths
 //! inside its own network namespace; both are removed on drop, even when the test fails.
@@ -27,15 +27,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP: dataplane loader tests need root (CAP_BPF + CAP_NET_ADMIN)");
-    }
-    root
 }
 
 fn ensure_bpffs() {
@@ -199,10 +190,8 @@ fn maglev_live(dir: &Path, svc: &Service) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn load_pins_everything_and_adopts_after_drop() {
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     let spec = DataplaneSpec {
         services: vec![
@@ -268,10 +257,8 @@ fn load_pins_everything_and_adopts_after_drop() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn second_open_is_refused_by_the_lock() {
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     let _first = Dataplane::open(dir.path()).expect("open");
     let err = Dataplane::open(dir.path()).expect_err("second open must fail");
@@ -294,10 +281,8 @@ fn second_open_is_refused_by_the_lock() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn layout_mismatch_is_refused() {
-    if !is_root() {
-        return;
-    }
     ensure_bpffs();
     let dir = PinDir::new();
     let v = versioned_dir(dir.path());
@@ -322,10 +307,8 @@ fn layout_mismatch_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn apply_then_read_maps_back() {
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     let mut dp = Dataplane::open(dir.path()).expect("open");
     let mut dsr = l4(
@@ -457,10 +440,8 @@ fn apply_then_read_maps_back() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn teardown_leaves_nothing() {
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     {
         let mut dp = Dataplane::open(dir.path()).expect("open");
@@ -483,10 +464,8 @@ fn teardown_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn unknown_interface_is_an_error() {
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     let mut dp = Dataplane::open(dir.path()).expect("open");
     let err = dp
@@ -499,10 +478,8 @@ fn unknown_interface_is_an_error() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn attach_survives_restart_replaces_program_and_detaches() {
-    if !is_root() {
-        return;
-    }
     let ns = NetNs::new();
     let dir = PinDir::new();
     let (d, a) = (dir.path().to_owned(), ns.a.clone());
@@ -566,11 +543,9 @@ fn attach_survives_restart_replaces_program_and_detaches() {
 }
 
 #[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
 fn kernel_mirror_writes_entries_at_once_and_lifetimes_on_flush() {
     use latch::tables::{Mirror, RemoveReason};
-    if !is_root() {
-        return;
-    }
     let dir = PinDir::new();
     let dp = Dataplane::open(dir.path()).expect("open");
     let mirror = dp.kernel_mirror();

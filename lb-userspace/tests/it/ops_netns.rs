@@ -1,12 +1,13 @@
 //! Operating a running agent: health monitors taking servers out and back, /metrics moving
-//! with traffic, the admin token, and the CLI's table commands. Needs root; skips otherwise.
+//! with traffic, the admin token, and the CLI's table commands. Needs root: `#[ignore]`d, run
+//! with `--include-ignored`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use latch_tests::{LatchAgent, Topology, agent_section, http_get, require_netns};
+use latch_tests::{LatchAgent, Topology, agent_section, http_get};
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 const HTTP_PORT: u16 = 8080;
 const ADMIN: &str = "127.0.0.1:9180";
 
@@ -83,8 +84,8 @@ fn wait_for(
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn a_stopped_backend_is_taken_out_within_fall_intervals_and_back_after_rise() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, |a| {
@@ -163,8 +164,8 @@ fn a_stopped_backend_is_taken_out_within_fall_intervals_and_back_after_rise() ->
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn http_monitor_takes_an_unhealthy_server_out_of_rotation() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, |a| {
@@ -232,8 +233,8 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
@@ -292,8 +293,8 @@ fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let agent = start(&topo, |a| {
@@ -348,8 +349,8 @@ fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn a_session_on_a_down_server_is_balanced_and_re_learned() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     // Insert-if-absent keyed on the request's cookie, as examples/header_persist.toml does.

@@ -1,19 +1,17 @@
 //! Restarts and reloads without loss, with real traffic through `latch run`: L4 traffic keeps
 //! flowing across a kill -9 and restart; DataScript tables survive a restart (restored from
 //! the kernel mirror) and reloads; an incompatible pinned layout is refused, an older one
-//! lacking a newer map is adopted. Needs root; skips otherwise.
+//! lacking a newer map is adopted. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use latch_tests::{
-    HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns, strip_ansi,
-};
+use latch_tests::{HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, strip_ansi};
 use lb_common::map_names;
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 const HTTP_PORT: u16 = 8080;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -106,8 +104,8 @@ fn with_cookie(topo: &Topology, cookie: &str) -> Result<(String, String), String
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
@@ -172,8 +170,8 @@ fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
@@ -230,8 +228,8 @@ fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestRes
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
@@ -332,8 +330,8 @@ fn lo_config(agent: &LatchAgent) -> String {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn incompatible_pinned_layout_is_refused_through_latch_run() -> TestResult {
-    require_netns!(Ok(()));
     let ns = Netns::new("layout")?;
     let agent = LatchAgent::prepare(LATCH.as_ref(), &ns)?;
     agent.write_config(&lo_config(&agent))?;
@@ -366,8 +364,8 @@ fn incompatible_pinned_layout_is_refused_through_latch_run() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn older_pin_dir_without_the_table_mirror_is_adopted_and_upgraded() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;

@@ -1,16 +1,16 @@
 //! Layer-4 services through the XDP data plane with real traffic: client namespace -> LB
-//! namespace running `latch run` -> backend namespaces. Needs root; skips otherwise.
+//! namespace running `latch run` -> backend namespaces. Needs root: `#[ignore]`d, run with
+//! `--include-ignored`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use latch_tests::{
-    HttpConn, LatchAgent, Topology, agent_section, http_get, http_get_from, require_netns,
-    udp_roundtrip,
+    HttpConn, LatchAgent, Topology, agent_section, http_get, http_get_from, udp_roundtrip,
 };
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 9000;
 
@@ -53,8 +53,8 @@ fn vip(topo: &Topology, port: u16) -> SocketAddr {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
     let _agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
@@ -105,8 +105,8 @@ fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn client_ip_persistence_sticks_and_expires() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder()
         .backends(3)
         .client_addresses(4)
@@ -168,8 +168,8 @@ fn client_ip_persistence_sticks_and_expires() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder()
         .backends(3)
         .with_vip_on_backend_loopback()
@@ -207,8 +207,8 @@ fn dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
     let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
@@ -271,8 +271,8 @@ fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> Tes
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn bad_config_on_reload_is_refused_and_traffic_goes_on() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
     let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2]))?;
@@ -297,8 +297,8 @@ fn bad_config_on_reload_is_refused_and_traffic_goes_on() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
     let first = start(&topo, |a| l4_config(a, &topo, "", &[1]))?;
@@ -329,8 +329,8 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn missing_privileges_are_named_with_the_capabilities_needed() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
     let agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
     agent.write_config(&l4_config(&agent, &topo, "", &[1]))?;
