@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod body;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod netns;
 pub mod server;
@@ -18,6 +19,9 @@ pub use client::{
     DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
+pub use config::{
+    AgentSettings, DataScript, Event, HealthMonitor, LatchConfig, Pool, Replication, VirtualService,
+};
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
@@ -26,15 +30,12 @@ pub use topology::{Backend, Topology, TopologyBuilder};
 /// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a
 /// server issues for `lifetime_s` seconds and reports in `X-Persist` whether the request was
 /// routed by a table hit (reqvar carries that from HTTP_REQ); HTTP_REQ looks the cookie up
-/// without extending it and `/logout` removes the session. TOML to follow a
-/// `[[virtual_service]]` whose pool is named `web`.
-pub fn jsession_scripts(lifetime_s: u32) -> String {
-    format!(
-        r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("JSESSIONID")
+/// without extending it and `/logout` removes the session. For a virtual service whose pool
+/// is named `web`.
+pub fn jsession_scripts(lifetime_s: u32) -> [DataScript; 2] {
+    [
+        DataScript::request(
+            r#"local id = avi.http.get_cookie("JSESSIONID")
 if id then
   if avi.http.get_path() == "/logout" then
     avi.vs.table_remove(id)
@@ -46,16 +47,14 @@ if id then
     end
   end
 end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
+"#,
+        ),
+        DataScript::response(&format!(
+            r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), {lifetime_s})
 end
 avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
-'''
 "#
-    )
+        )),
+    ]
 }
