@@ -1,14 +1,17 @@
-//! BPF_PROG_TEST_RUN fixtures for the latch XDP program: one frame in, the verdict and the
-//! exact frame out, Katran-fixture style. Needs root (prints a SKIP line otherwise). Each test
-//! loads its own program instance with private maps inside a private network namespace whose
-//! static routes and neighbours make `bpf_fib_lookup` deterministic.
+//! BPF_PROG_TEST_RUN fixtures for the latch XDP program, Katran-fixture style: a table of
+//! rows, each naming its service, the map state it writes, the frames it sends with the
+//! verdict and the exact frame expected back, and the counters that must have moved; one loop
+//! ([`run_row`]) runs a row. Every row is its own `#[test]` (through [`fixture_tests!`]), so
+//! the runner counts, runs and reports each failing row by name. They need root and are
+//! `#[ignore]`d; each loads its own program instance with private maps inside a private
+//! network namespace whose static routes and neighbours make `bpf_fib_lookup` deterministic.
 //!
-//! Run: `cargo test -p lb-userspace --test xdp_fixtures`
+//! Run: `cargo test -p lb-userspace --test it xdp_fixtures -- --include-ignored`
 
 mod packet;
-
 mod xdp_env;
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use lb_common::{
@@ -18,7 +21,6 @@ use lb_common::{
 use packet::{ACK, Frame, L4, PSH, SYN, verify_checksums};
 use xdp_env::*;
 
-const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -36,6 +38,245 @@ const SEC: u64 = 1_000_000_000;
 /// How far the program's clock (CLOCK_MONOTONIC at tick resolution, `bpf_ktime_get_coarse_ns`)
 /// may lag the test's own reading: one tick, at most 10 ms on kernels with HZ >= 100.
 const CLOCK_SLACK: u64 = 50_000_000;
+
+// ---------------------------------------------------------------------------------------
+// The row format and the loop that runs a row
+
+/// The LB port a frame arrives on.
+#[derive(Clone, Copy, Debug)]
+enum Port {
+    /// `lbc`, facing the client.
+    Client,
+    /// `lbb`, facing the backends.
+    Backend,
+}
+
+/// What the program must leave in the frame.
+#[derive(Debug)]
+enum Output {
+    /// Exactly these bytes, whose checksums are then verified independently.
+    Frame(Vec<u8>),
+    /// The input, byte for byte (malformed input has no checksums to verify).
+    Unchanged,
+    /// Only the verdict is checked.
+    Any,
+}
+
+/// Map state a row writes before (or between) its frames.
+#[derive(Debug)]
+enum MapEntry {
+    Flow(FlowKey, Flow),
+    Persist(PersistKey, Persist),
+    Backend(u32, Backend),
+    /// The live maglev table (slot 1) maps everything to these backends, in turn.
+    Maglev(Vec<u32>),
+}
+
+/// Expectations on map state that are not frames or global counters (conntrack and
+/// persistence entries, traffic counters), given the `now` the row was built with.
+type Check = fn(&mut Fixture, u64);
+
+enum Step {
+    Write(MapEntry),
+    /// One frame through the program: the verdict and the frame it leaves.
+    Frame {
+        port: Port,
+        input: Vec<u8>,
+        verdict: u32,
+        output: Output,
+    },
+    /// The kernel refuses to run the program on this frame at all.
+    Refused(Vec<u8>),
+    /// Exactly these global counters (STATS) moved so far, by these amounts.
+    Stats(Vec<(u32, u64)>),
+    Check(Check),
+}
+
+/// One fixture: the service it sets up and its steps, in order.
+struct Row {
+    name: &'static str,
+    /// The service's protocol and flags, and the backend its live maglev table picks (see
+    /// [`setup`]).
+    service: (u8, u32, u32),
+    steps: Vec<Step>,
+}
+
+impl Row {
+    fn new(name: &'static str, l4: u8, flags: u32, maglev_backend: u32) -> Self {
+        Self {
+            name,
+            service: (l4, flags, maglev_backend),
+            steps: Vec::new(),
+        }
+    }
+
+    fn write(mut self, entry: MapEntry) -> Self {
+        self.steps.push(Step::Write(entry));
+        self
+    }
+
+    fn frame(mut self, port: Port, input: Vec<u8>, verdict: u32, output: Output) -> Self {
+        self.steps.push(Step::Frame {
+            port,
+            input,
+            verdict,
+            output,
+        });
+        self
+    }
+
+    /// A client frame the program must pass to the stack untouched.
+    fn passes_untouched(self, input: Vec<u8>) -> Self {
+        self.frame(Port::Client, input, XDP_PASS, Output::Unchanged)
+    }
+
+    fn refused(mut self, input: Vec<u8>) -> Self {
+        self.steps.push(Step::Refused(input));
+        self
+    }
+
+    fn stats(mut self, expected: &[(u32, u64)]) -> Self {
+        self.steps.push(Step::Stats(expected.to_vec()));
+        self
+    }
+
+    fn check(mut self, check: Check) -> Self {
+        self.steps.push(Step::Check(check));
+        self
+    }
+}
+
+/// Runs the row named `name` on a fresh program instance; panics, naming the row and the
+/// step, at the first expectation that does not hold.
+fn run_row(name: &str) {
+    let mut fx = Fixture::new();
+    let now = monotonic_ns();
+    let row = rows(now)
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no fixture row {name}"));
+    let (l4, flags, maglev_backend) = row.service;
+    setup(&mut fx, l4, flags, maglev_backend);
+    for (i, step) in row.steps.into_iter().enumerate() {
+        let at = format!("{name}, step {i}");
+        match step {
+            Step::Write(entry) => write(&mut fx, entry),
+            Step::Frame {
+                port,
+                input,
+                verdict,
+                output,
+            } => {
+                let ingress = match port {
+                    Port::Client => fx.lbc,
+                    Port::Backend => fx.lbb,
+                };
+                let (v, out) = fx.run(ingress, &input);
+                assert_eq!(v, verdict, "{at}: verdict");
+                match output {
+                    Output::Frame(want) => {
+                        assert_eq!(out, want, "{at}: output frame");
+                        if let Err(e) = verify_checksums(&out) {
+                            panic!("{at}: output checksums: {e}");
+                        }
+                    }
+                    Output::Unchanged => assert_eq!(out, input, "{at}: frame untouched"),
+                    Output::Any => {}
+                }
+            }
+            Step::Refused(input) => assert!(
+                fx.try_run(fx.lbc, &input).is_err(),
+                "{at}: kernel accepts a {}-byte frame",
+                input.len()
+            ),
+            Step::Stats(expected) => {
+                let mut want = vec![0u64; lb_common::stat::COUNT as usize];
+                for (i, n) in expected {
+                    want[i as usize] += n;
+                }
+                assert_eq!(fx.stats(), want, "{at}: STATS (index = lb_common::stat)");
+            }
+            Step::Check(check) => check(&mut fx, now),
+        }
+    }
+}
+
+fn write(fx: &mut Fixture, entry: MapEntry) {
+    match entry {
+        MapEntry::Flow(key, flow) => fx.insert_flow(key, flow),
+        MapEntry::Persist(key, value) => fx.insert_persist(key, value),
+        MapEntry::Backend(id, backend) => fx.set_backend(id, backend),
+        MapEntry::Maglev(ids) => fx.fill_maglev(SVC_ID, 1, &ids),
+    }
+}
+
+/// One `#[test]` per row, and the list of rows that have one.
+macro_rules! fixture_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            #[ignore = "needs root: runs the XDP program in a private network namespace"]
+            fn $name() {
+                run_row(stringify!($name));
+            }
+        )*
+        const TESTED_ROWS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+fixture_tests! {
+    non_vip_tcp_passes_untouched,
+    new_tcp_flow_nat_with_port_mapping_redirects,
+    new_udp_flow_nat_fixes_udp_checksum,
+    udp_without_checksum_keeps_zero_checksum,
+    new_flow_dsr_rewrites_only_macs,
+    backend_behind_ingress_port_is_xdp_tx,
+    fib_miss_passes_rewritten_packet_to_stack,
+    ttl_one_is_left_to_the_stack,
+    no_usable_backend_drops,
+    maglev_spreads_flows_over_backends,
+    conntrack_hit_follows_recorded_backend,
+    conntrack_refresh_revalidates_service,
+    conntrack_entry_of_deleted_service_passes,
+    stale_conntrack_entry_is_rehashed,
+    persistence_hit_overrides_maglev,
+    expired_persistence_falls_back_to_maglev_and_repins,
+    persistence_to_stale_backend_is_expired,
+    reply_is_translated_back_to_vip,
+    forward_then_reply_round_trip,
+    http_service_passes_to_proxy,
+    http_without_fast_path_ignores_pins,
+    fast_path_syn_of_pinned_client_is_forwarded,
+    truncated_ethernet,
+    truncated_ip_header,
+    ip_total_length_beyond_frame,
+    truncated_tcp_header,
+    truncated_udp_header,
+    tcp_data_offset_too_small,
+    ip_options_to_vip,
+    ip_options_to_non_vip,
+    first_fragment_to_vip,
+    later_fragment_to_vip,
+    bad_ihl,
+    ihl_beyond_frame,
+    wrong_ip_version,
+    non_ipv4_ethertypes,
+    icmp_to_vip_passes,
+    never_aborts_on_any_truncation,
+}
+
+/// Building the table needs no root: every row has exactly one test and every test a row.
+#[test]
+fn every_row_has_one_test() {
+    let rows: Vec<&str> = rows(monotonic_ns()).iter().map(|r| r.name).collect();
+    let unique: BTreeSet<&str> = rows.iter().copied().collect();
+    assert_eq!(unique.len(), rows.len(), "row names repeat: {rows:?}");
+    let tested: BTreeSet<&str> = TESTED_ROWS.iter().copied().collect();
+    assert_eq!(unique, tested, "rows and fixture_tests! differ");
+}
+
+// ---------------------------------------------------------------------------------------
+// Building blocks of rows
 
 fn addr(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -64,6 +305,11 @@ fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: u8) -> FlowKey {
         proto: l4,
         _pad: [0; 3],
     }
+}
+
+/// The client's TCP flow to VIP:80.
+fn client_flow() -> FlowKey {
+    flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP)
 }
 
 /// Service 1 on VIP:80/`l4` with `flags`; backends 1 = B1:8080, 2 = B2:8080, 3 = NEAR:8080
@@ -107,8 +353,16 @@ fn from_client(l4: u8, flags: u8) -> Frame {
     f
 }
 
+/// `f` sent to another destination port.
+fn to_port(mut f: Frame, to: u16) -> Frame {
+    if let L4::Tcp { dport, .. } = &mut f.l4 {
+        *dport = to;
+    }
+    f
+}
+
 /// What a NAT-forwarded client frame must look like after a successful fib lookup.
-fn natted(f: &Frame, to: Ipv4Addr, to_port: u16, dmac: [u8; 6], smac: [u8; 6]) -> Vec<u8> {
+fn natted(f: &Frame, to: Ipv4Addr, to_port: u16, dmac: [u8; 6], smac: [u8; 6]) -> Output {
     let mut e = f.clone();
     e.dst = to;
     e.ttl -= 1;
@@ -118,263 +372,280 @@ fn natted(f: &Frame, to: Ipv4Addr, to_port: u16, dmac: [u8; 6], smac: [u8; 6]) -
         L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = to_port,
         L4::Raw { .. } => unreachable!(),
     }
-    e.build()
+    Output::Frame(e.build())
 }
 
-/// Exactly these counters (global STATS) moved, by these amounts.
-fn assert_stats(fx: &Fixture, expected: &[(u32, u64)]) {
-    let mut want = vec![0u64; lb_common::stat::COUNT as usize];
-    for &(i, n) in expected {
-        want[i as usize] += n;
-    }
-    assert_eq!(fx.stats(), want, "STATS (index = lb_common::stat)");
+/// Forwarded by NAT to backend 1 (B1) through the backend port.
+fn to_b1(f: &Frame) -> Output {
+    natted(f, B1, 8080, BACKEND1_MAC, LBB_MAC)
 }
 
-fn assert_out(verdict: u32, out: &[u8], want_verdict: u32, want: &[u8]) {
-    assert_eq!(verdict, want_verdict, "verdict");
-    assert_eq!(out, want, "output frame");
-    verify_checksums(out).expect("output checksums");
+/// Forwarded by NAT to backend 2 (B2) through the backend port.
+fn to_b2(f: &Frame) -> Output {
+    natted(f, B2, 8080, BACKEND2_MAC, LBB_MAC)
+}
+
+/// A frame that must come back as it went in, checksums and all.
+fn same(f: &[u8]) -> Output {
+    Output::Frame(f.to_vec())
 }
 
 fn l3_len(frame: &[u8]) -> u64 {
     u64::from(u16::from_be_bytes([frame[16], frame[17]]))
 }
 
-// ---------------------------------------------------------------------------------------
-// Pass-through paths
-
-#[test]
-fn non_vip_tcp_passes_untouched() {
-    let Some(mut fx) = Fixture::new("non_vip_tcp_passes_untouched") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    // Right address, wrong port; then a wrong address.
-    let mut f = from_client(proto::TCP, SYN);
-    if let L4::Tcp { dport, .. } = &mut f.l4 {
-        *dport = 81;
+/// A conntrack entry to `backend_id` of service `service_id`, last seen at `last_seen_ns`.
+fn flow(backend_id: u32, service_id: u32, flags: u32, last_seen_ns: u64) -> Flow {
+    Flow {
+        backend_id,
+        generation: 1,
+        service_id,
+        flags,
+        vip: 0,
+        vport: 0,
+        _pad: 0,
+        last_seen_ns,
     }
-    let input = f.build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    f.dst = Ipv4Addr::new(192, 0, 2, 1);
-    let input = f.build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    assert_stats(&fx, &[(stat::PASS_NOT_VIP, 2)]);
-    assert_eq!(fx.service_traffic(SVC_ID).packets, 0);
+}
+
+fn persist_key() -> PersistKey {
+    PersistKey {
+        group: SVC_ID,
+        client_addr: addr(CLIENT),
+    }
+}
+
+/// The client pinned to `backend_id` (of `generation`) until `expires_ns`.
+fn pin(backend_id: u32, generation: u32, expires_ns: u64) -> MapEntry {
+    MapEntry::Persist(
+        persist_key(),
+        Persist {
+            backend_id,
+            generation,
+            expires_ns,
+        },
+    )
+}
+
+fn from_backend(b: Ipv4Addr, bmac: [u8; 6]) -> Frame {
+    let mut f = Frame::tcp((b, 8080), (CLIENT, CPORT), SYN | ACK);
+    f.src_mac = bmac;
+    f.dst_mac = LBB_MAC;
+    f
+}
+
+fn unnatted(f: &Frame) -> Output {
+    let mut e = f.clone();
+    e.src = VIP;
+    e.ttl -= 1;
+    e.dst_mac = CLIENT_MAC;
+    e.src_mac = LBC_MAC;
+    if let L4::Tcp { sport, .. } = &mut e.l4 {
+        *sport = 80;
+    }
+    Output::Frame(e.build())
+}
+
+/// Sets the IPv4 total length to the frame's and recomputes the header checksum.
+fn fix_ip_len(frame: &mut [u8]) {
+    let len = (frame.len() - 14) as u16;
+    frame[16..18].copy_from_slice(&len.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&[&frame[14..34]]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An established flow's entry whose service is gone: a port no service listens on.
+fn flow_to_deleted_service(now: u64) -> (FlowKey, Flow) {
+    (
+        flow_key((CLIENT, CPORT), (VIP, 81), proto::TCP),
+        flow(1, SVC_ID, 0, now - 5 * SEC),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
-// New flows
+// The table
 
-#[test]
-fn new_tcp_flow_nat_with_port_mapping_redirects() {
-    let Some(mut fx) = Fixture::new("new_tcp_flow_nat_with_port_mapping_redirects") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let f = from_client(proto::TCP, SYN);
-    let input = f.build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
-    );
-
-    let fwd = fx
-        .flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
-        .expect("forward conntrack entry");
-    assert_eq!(
-        (fwd.backend_id, fwd.generation, fwd.service_id, fwd.flags),
-        (1, 1, SVC_ID, 0)
-    );
-    let now = monotonic_ns();
-    assert!(fwd.last_seen_ns > 0 && fwd.last_seen_ns <= now);
-    let rev = fx
-        .flow(&flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP))
-        .expect("reply conntrack entry");
-    assert_eq!(rev.flags, flow_flags::REPLY);
-    assert_eq!(
-        (rev.vip, rev.vport, rev.backend_id),
-        (addr(VIP), port(80), 1)
-    );
-
-    let bytes = l3_len(&input);
-    let s = fx.service_traffic(SVC_ID);
-    assert_eq!((s.packets, s.bytes, s.new_flows), (1, bytes, 1));
-    let b = fx.backend_traffic(1);
-    assert_eq!((b.packets, b.bytes, b.new_flows), (1, bytes, 1));
-    assert_eq!(fx.backend_traffic(2).packets, 0);
+/// Every fixture, built at `now` (CLOCK_MONOTONIC) for the entries whose times are relative.
+fn rows(now: u64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    rows.extend(pass_through_and_new_flows());
+    rows.extend(established_flows(now));
+    rows.extend(persistence(now));
+    rows.extend(nat_replies(now));
+    rows.extend(http_services(now));
+    rows.extend(malformed_input());
+    rows
 }
 
-#[test]
-fn new_udp_flow_nat_fixes_udp_checksum() {
-    let Some(mut fx) = Fixture::new("new_udp_flow_nat_fixes_udp_checksum") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 2);
-    let f = from_client(proto::UDP, 0);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
-    );
-
-    // A second datagram of the flow is a conntrack hit.
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    assert_eq!(fx.stat(stat::CONNTRACK_HIT), 1);
-    let s = fx.service_traffic(SVC_ID);
-    assert_eq!((s.packets, s.new_flows), (2, 1));
-}
-
-#[test]
-fn udp_without_checksum_keeps_zero_checksum() {
-    let Some(mut fx) = Fixture::new("udp_without_checksum_keeps_zero_checksum") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 1);
-    let mut f = from_client(proto::UDP, 0);
-    f.l4 = L4::Udp {
+fn pass_through_and_new_flows() -> Vec<Row> {
+    let tcp_syn = from_client(proto::TCP, SYN);
+    let syn = tcp_syn.build();
+    let udp = from_client(proto::UDP, 0);
+    let mut udp_without_checksum = udp.clone();
+    udp_without_checksum.l4 = L4::Udp {
         sport: CPORT,
         dport: 80,
         no_checksum: true,
     };
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    let want = natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC);
-    assert_out(v, &out, XDP_REDIRECT, &want);
-    assert_eq!(&out[40..42], &[0, 0], "UDP checksum stays 0");
-}
-
-#[test]
-fn new_flow_dsr_rewrites_only_macs() {
-    let Some(mut fx) = Fixture::new("new_flow_dsr_rewrites_only_macs") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, service_flags::DSR, 2);
-    let f = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    let mut want = f.clone();
-    want.dst_mac = BACKEND2_MAC;
-    want.src_mac = LBB_MAC;
-    assert_out(v, &out, XDP_REDIRECT, &want.build());
-    assert_stats(
-        &fx,
-        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
-    );
-    let fwd = fx
-        .flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
-        .expect("forward entry");
-    assert_eq!((fwd.backend_id, fwd.flags), (2, flow_flags::DSR));
-    assert!(
-        fx.flow(&flow_key((B2, 8080), (CLIENT, CPORT), proto::TCP))
-            .is_none(),
-        "DSR records no reply translation"
-    );
-}
-
-#[test]
-fn backend_behind_ingress_port_is_xdp_tx() {
-    let Some(mut fx) = Fixture::new("backend_behind_ingress_port_is_xdp_tx") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 3);
-    let f = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_TX,
-        &natted(&f, NEAR, 8080, NEAR_BACKEND_MAC, LBC_MAC),
-    );
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_TX, 1)]);
-}
-
-#[test]
-fn fib_miss_passes_rewritten_packet_to_stack() {
-    let Some(mut fx) = Fixture::new("fib_miss_passes_rewritten_packet_to_stack") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 4);
-    let f = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &f.build());
+    let udp_zero_checksum = to_b1(&udp_without_checksum);
+    if let Output::Frame(want) = &udp_zero_checksum {
+        assert_eq!(&want[40..42], &[0, 0], "UDP checksum stays 0");
+    }
+    let mut dsr = tcp_syn.clone();
+    dsr.dst_mac = BACKEND2_MAC;
+    dsr.src_mac = LBB_MAC;
     // Addresses rewritten, TTL and MACs left for the kernel's forwarding path.
-    let mut want = f.clone();
-    want.dst = NO_NEIGH;
-    want.l4 = L4::Tcp {
+    let mut fib_miss = tcp_syn.clone();
+    fib_miss.dst = NO_NEIGH;
+    fib_miss.l4 = L4::Tcp {
         sport: CPORT,
         dport: 8080,
         flags: SYN,
         seq: 0x0102_0304,
         ack: 0,
     };
-    assert_out(v, &out, XDP_PASS, &want.build());
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::PASS_FIB_MISS, 1)]);
-    assert_eq!(fx.backend_traffic(4).new_flows, 1);
+    let mut ttl_one = tcp_syn.clone();
+    ttl_one.ttl = 1;
+    let mut other_address = to_port(tcp_syn.clone(), 81);
+    other_address.dst = Ipv4Addr::new(192, 0, 2, 1);
+    let mut b1_down = backend(B1, 8080, 1);
+    b1_down.state = backend_state::DOWN;
+    let new_flow = [(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)];
+
+    vec![
+        // Right address, wrong port; then a wrong address.
+        Row::new("non_vip_tcp_passes_untouched", proto::TCP, 0, 1)
+            .frame(
+                Port::Client,
+                to_port(tcp_syn.clone(), 81).build(),
+                XDP_PASS,
+                same(&to_port(tcp_syn.clone(), 81).build()),
+            )
+            .frame(
+                Port::Client,
+                other_address.build(),
+                XDP_PASS,
+                same(&other_address.build()),
+            )
+            .stats(&[(stat::PASS_NOT_VIP, 2)])
+            .check(|fx, _| assert_eq!(fx.service_traffic(SVC_ID).packets, 0)),
+        Row::new(
+            "new_tcp_flow_nat_with_port_mapping_redirects",
+            proto::TCP,
+            0,
+            1,
+        )
+        .frame(Port::Client, syn.clone(), XDP_REDIRECT, to_b1(&tcp_syn))
+        .stats(&new_flow)
+        .check(|fx, _| {
+            let fwd = fx.flow(&client_flow()).expect("forward conntrack entry");
+            assert_eq!(
+                (fwd.backend_id, fwd.generation, fwd.service_id, fwd.flags),
+                (1, 1, SVC_ID, 0)
+            );
+            let now = monotonic_ns();
+            assert!(fwd.last_seen_ns > 0 && fwd.last_seen_ns <= now);
+            let rev = fx
+                .flow(&flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP))
+                .expect("reply conntrack entry");
+            assert_eq!(rev.flags, flow_flags::REPLY);
+            assert_eq!(
+                (rev.vip, rev.vport, rev.backend_id),
+                (addr(VIP), port(80), 1)
+            );
+            let bytes = l3_len(&from_client(proto::TCP, SYN).build());
+            let s = fx.service_traffic(SVC_ID);
+            assert_eq!((s.packets, s.bytes, s.new_flows), (1, bytes, 1));
+            let b = fx.backend_traffic(1);
+            assert_eq!((b.packets, b.bytes, b.new_flows), (1, bytes, 1));
+            assert_eq!(fx.backend_traffic(2).packets, 0);
+        }),
+        Row::new("new_udp_flow_nat_fixes_udp_checksum", proto::UDP, 0, 2)
+            .frame(Port::Client, udp.build(), XDP_REDIRECT, to_b2(&udp))
+            .stats(&new_flow)
+            // A second datagram of the flow is a conntrack hit.
+            .frame(Port::Client, udp.build(), XDP_REDIRECT, to_b2(&udp))
+            .check(|fx, _| {
+                assert_eq!(fx.stat(stat::CONNTRACK_HIT), 1);
+                let s = fx.service_traffic(SVC_ID);
+                assert_eq!((s.packets, s.new_flows), (2, 1));
+            }),
+        Row::new("udp_without_checksum_keeps_zero_checksum", proto::UDP, 0, 1).frame(
+            Port::Client,
+            udp_without_checksum.build(),
+            XDP_REDIRECT,
+            udp_zero_checksum,
+        ),
+        Row::new(
+            "new_flow_dsr_rewrites_only_macs",
+            proto::TCP,
+            service_flags::DSR,
+            2,
+        )
+        .frame(
+            Port::Client,
+            syn.clone(),
+            XDP_REDIRECT,
+            Output::Frame(dsr.build()),
+        )
+        .stats(&new_flow)
+        .check(|fx, _| {
+            let fwd = fx.flow(&client_flow()).expect("forward entry");
+            assert_eq!((fwd.backend_id, fwd.flags), (2, flow_flags::DSR));
+            assert!(
+                fx.flow(&flow_key((B2, 8080), (CLIENT, CPORT), proto::TCP))
+                    .is_none(),
+                "DSR records no reply translation"
+            );
+        }),
+        Row::new("backend_behind_ingress_port_is_xdp_tx", proto::TCP, 0, 3)
+            .frame(
+                Port::Client,
+                syn.clone(),
+                XDP_TX,
+                natted(&tcp_syn, NEAR, 8080, NEAR_BACKEND_MAC, LBC_MAC),
+            )
+            .stats(&[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_TX, 1)]),
+        Row::new(
+            "fib_miss_passes_rewritten_packet_to_stack",
+            proto::TCP,
+            0,
+            4,
+        )
+        .frame(
+            Port::Client,
+            syn.clone(),
+            XDP_PASS,
+            Output::Frame(fib_miss.build()),
+        )
+        .stats(&[(stat::NEW_FLOW_MAGLEV, 1), (stat::PASS_FIB_MISS, 1)])
+        .check(|fx, _| assert_eq!(fx.backend_traffic(4).new_flows, 1)),
+        Row::new("ttl_one_is_left_to_the_stack", proto::TCP, 0, 1)
+            .frame(
+                Port::Client,
+                ttl_one.build(),
+                XDP_PASS,
+                same(&ttl_one.build()),
+            )
+            .stats(&[(stat::NEW_FLOW_MAGLEV, 1), (stat::PASS_FIB_MISS, 1)]),
+        Row::new("no_usable_backend_drops", proto::TCP, 0, 0)
+            .frame(Port::Client, syn.clone(), XDP_DROP, Output::Any)
+            // A DOWN backend in the table is no better than an empty slot.
+            .write(MapEntry::Maglev(vec![1]))
+            .write(MapEntry::Backend(1, b1_down))
+            .frame(Port::Client, syn.clone(), XDP_DROP, Output::Any)
+            .stats(&[(stat::DROP_NO_BACKEND, 2)])
+            .check(|fx, _| assert!(fx.flow(&client_flow()).is_none())),
+        Row::new("maglev_spreads_flows_over_backends", proto::UDP, 0, 1)
+            .write(MapEntry::Maglev(vec![1, 2]))
+            .check(maglev_spreads_64_flows),
+    ]
 }
 
-#[test]
-fn ttl_one_is_left_to_the_stack() {
-    let Some(mut fx) = Fixture::new("ttl_one_is_left_to_the_stack") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = from_client(proto::TCP, SYN);
-    f.ttl = 1;
-    let input = f.build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    assert_stats(&fx, &[(stat::NEW_FLOW_MAGLEV, 1), (stat::PASS_FIB_MISS, 1)]);
-}
-
-#[test]
-fn no_usable_backend_drops() {
-    let Some(mut fx) = Fixture::new("no_usable_backend_drops") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 0);
-    let input = from_client(proto::TCP, SYN).build();
-    let (v, _) = fx.run(fx.lbc, &input);
-    assert_eq!(v, XDP_DROP);
-    // A DOWN backend in the table is no better than an empty slot.
-    fx.fill_maglev(SVC_ID, 1, &[1]);
-    let mut b1 = backend(B1, 8080, 1);
-    b1.state = backend_state::DOWN;
-    fx.set_backend(1, b1);
-    let (v, _) = fx.run(fx.lbc, &input);
-    assert_eq!(v, XDP_DROP);
-    assert_stats(&fx, &[(stat::DROP_NO_BACKEND, 2)]);
-    assert!(
-        fx.flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
-            .is_none()
-    );
-}
-
-#[test]
-fn maglev_spreads_flows_over_backends() {
-    let Some(mut fx) = Fixture::new("maglev_spreads_flows_over_backends") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 1);
-    fx.fill_maglev(SVC_ID, 1, &[1, 2]);
+/// 64 flows over backends 1 and 2: each lands on one of them, sticks to it, and both get a
+/// fair share.
+fn maglev_spreads_64_flows(fx: &mut Fixture, _now: u64) {
     let mut seen = [0u32; 2];
     for i in 0..64u16 {
         let mut f = from_client(proto::UDP, 0);
@@ -404,323 +675,148 @@ fn maglev_spreads_flows_over_backends() {
     assert_eq!(fx.stat(stat::CONNTRACK_HIT), 64);
 }
 
-// ---------------------------------------------------------------------------------------
-// Established flows
-
-#[test]
-fn conntrack_hit_follows_recorded_backend() {
-    let Some(mut fx) = Fixture::new("conntrack_hit_follows_recorded_backend") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
-    let old = monotonic_ns() - 5 * SEC;
-    fx.insert_flow(
-        key,
-        Flow {
-            backend_id: 2,
-            generation: 1,
-            service_id: SVC_ID,
-            flags: 0,
-            vip: 0,
-            vport: 0,
-            _pad: 0,
-            last_seen_ns: old,
-        },
-    );
-    let f = from_client(proto::TCP, ACK | PSH);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[(stat::CONNTRACK_HIT, 1), (stat::VERDICT_REDIRECT, 1)],
-    );
-    let s = fx.service_traffic(SVC_ID);
-    assert_eq!((s.packets, s.new_flows), (1, 0));
-    assert!(
-        fx.flow(&key).expect("entry").last_seen_ns > old,
-        "last_seen refreshed"
-    );
+fn established_flows(now: u64) -> Vec<Row> {
+    let old = now - 5 * SEC;
+    let data = from_client(proto::TCP, ACK | PSH);
+    let ack = from_client(proto::TCP, ACK);
+    let (deleted_key, deleted_flow) = flow_to_deleted_service(now);
+    let to_deleted = to_port(data.clone(), 81).build();
+    vec![
+        Row::new("conntrack_hit_follows_recorded_backend", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(client_flow(), flow(2, SVC_ID, 0, old)))
+            .frame(Port::Client, data.build(), XDP_REDIRECT, to_b2(&data))
+            .stats(&[(stat::CONNTRACK_HIT, 1), (stat::VERDICT_REDIRECT, 1)])
+            .check(|fx, now| {
+                let s = fx.service_traffic(SVC_ID);
+                assert_eq!((s.packets, s.new_flows), (1, 0));
+                assert!(
+                    fx.flow(&client_flow()).expect("entry").last_seen_ns > now - 5 * SEC,
+                    "last_seen refreshed"
+                );
+            }),
+        // An established flow is forwarded from its conntrack entry alone while the entry was
+        // refreshed within the last second; past that, SERVICES is consulted again. Here the
+        // entry carries a wrong service id and DSR although the service is NAT: the periodic
+        // check forwards by the service and corrects the entry, and the next packet (now on
+        // the conntrack-only path) follows the corrected entry.
+        Row::new("conntrack_refresh_revalidates_service", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(
+                client_flow(),
+                flow(2, 7, flow_flags::DSR, old),
+            ))
+            .frame(Port::Client, data.build(), XDP_REDIRECT, to_b2(&data))
+            .frame(Port::Client, data.build(), XDP_REDIRECT, to_b2(&data))
+            .check(|fx, now| {
+                let e = fx.flow(&client_flow()).expect("entry");
+                assert_eq!((e.service_id, e.flags, e.backend_id), (SVC_ID, 0, 2));
+                assert!(e.last_seen_ns > now - 5 * SEC, "last_seen refreshed");
+            })
+            .stats(&[(stat::CONNTRACK_HIT, 2), (stat::VERDICT_REDIRECT, 2)])
+            .check(|fx, _| {
+                let s = fx.service_traffic(SVC_ID);
+                assert_eq!((s.packets, s.new_flows), (2, 0));
+                assert_eq!(fx.service_traffic(7).packets, 0);
+            }),
+        // A flow whose service is gone is not forwarded once its entry is due for the
+        // periodic check: the packet is not for a VIP.
+        Row::new(
+            "conntrack_entry_of_deleted_service_passes",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(deleted_key, deleted_flow))
+        .frame(
+            Port::Client,
+            to_deleted.clone(),
+            XDP_PASS,
+            same(&to_deleted),
+        )
+        .stats(&[(stat::PASS_NOT_VIP, 1)])
+        .check(|fx, now| {
+            let (key, flow) = flow_to_deleted_service(now);
+            assert_eq!(fx.flow(&key), Some(flow), "entry untouched");
+        }),
+        // Backend 2 was replaced since (generation 1 -> 2).
+        Row::new("stale_conntrack_entry_is_rehashed", proto::TCP, 0, 1)
+            .write(MapEntry::Backend(2, backend(B2, 8080, 2)))
+            .write(MapEntry::Flow(
+                client_flow(),
+                Flow {
+                    backend_id: 2,
+                    generation: 1,
+                    service_id: SVC_ID,
+                    ..Default::default()
+                },
+            ))
+            .frame(Port::Client, ack.build(), XDP_REDIRECT, to_b1(&ack))
+            .stats(&[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)])
+            .check(|fx, _| assert_eq!(fx.flow(&client_flow()).expect("entry").backend_id, 1)),
+    ]
 }
 
-/// An established flow is forwarded from its conntrack entry alone while the entry was
-/// refreshed within the last second; past that, SERVICES is consulted again. Here the entry
-/// carries a wrong service id and DSR although the service is NAT: the periodic check
-/// forwards by the service and corrects the entry, and the next packet (now on the
-/// conntrack-only path) follows the corrected entry.
-#[test]
-fn conntrack_refresh_revalidates_service() {
-    let Some(mut fx) = Fixture::new("conntrack_refresh_revalidates_service") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
-    let old = monotonic_ns() - 5 * SEC;
-    fx.insert_flow(
-        key,
-        Flow {
-            backend_id: 2,
-            generation: 1,
-            service_id: 7,
-            flags: flow_flags::DSR,
-            vip: 0,
-            vport: 0,
-            _pad: 0,
-            last_seen_ns: old,
-        },
-    );
-    let f = from_client(proto::TCP, ACK | PSH);
-    let want = natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC);
-    for _ in 0..2 {
-        let (v, out) = fx.run(fx.lbc, &f.build());
-        assert_out(v, &out, XDP_REDIRECT, &want);
-    }
-    let e = fx.flow(&key).expect("entry");
-    assert_eq!((e.service_id, e.flags, e.backend_id), (SVC_ID, 0, 2));
-    assert!(e.last_seen_ns > old, "last_seen refreshed");
-    assert_stats(
-        &fx,
-        &[(stat::CONNTRACK_HIT, 2), (stat::VERDICT_REDIRECT, 2)],
-    );
-    let s = fx.service_traffic(SVC_ID);
-    assert_eq!((s.packets, s.new_flows), (2, 0));
-    assert_eq!(fx.service_traffic(7).packets, 0);
-}
-
-/// A flow whose service is gone (here: an entry for a port no service listens on) is not
-/// forwarded once its entry is due for the periodic check: the packet is not for a VIP.
-#[test]
-fn conntrack_entry_of_deleted_service_passes() {
-    let Some(mut fx) = Fixture::new("conntrack_entry_of_deleted_service_passes") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let key = flow_key((CLIENT, CPORT), (VIP, 81), proto::TCP);
-    let old = monotonic_ns() - 5 * SEC;
-    let flow = Flow {
-        backend_id: 1,
-        generation: 1,
-        service_id: SVC_ID,
-        flags: 0,
-        vip: 0,
-        vport: 0,
-        _pad: 0,
-        last_seen_ns: old,
-    };
-    fx.insert_flow(key, flow);
-    let mut f = from_client(proto::TCP, ACK | PSH);
-    if let L4::Tcp { dport, .. } = &mut f.l4 {
-        *dport = 81;
-    }
-    let input = f.build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    assert_stats(&fx, &[(stat::PASS_NOT_VIP, 1)]);
-    assert_eq!(fx.flow(&key), Some(flow), "entry untouched");
-}
-
-#[test]
-fn stale_conntrack_entry_is_rehashed() {
-    let Some(mut fx) = Fixture::new("stale_conntrack_entry_is_rehashed") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let key = flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP);
-    // Backend 2 was replaced since (generation 1 -> 2).
-    fx.set_backend(2, backend(B2, 8080, 2));
-    fx.insert_flow(
-        key,
-        Flow {
-            backend_id: 2,
-            generation: 1,
-            service_id: SVC_ID,
-            ..Default::default()
-        },
-    );
-    let f = from_client(proto::TCP, ACK);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)],
-    );
-    assert_eq!(fx.flow(&key).expect("entry").backend_id, 1);
-}
-
-// ---------------------------------------------------------------------------------------
-// Persistence
-
-fn persist_key() -> PersistKey {
-    PersistKey {
-        group: SVC_ID,
-        client_addr: addr(CLIENT),
-    }
-}
-
-#[test]
-fn persistence_hit_overrides_maglev() {
-    let Some(mut fx) = Fixture::new("persistence_hit_overrides_maglev") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, service_flags::PERSIST_CLIENT_IP, 1);
-    let before = monotonic_ns();
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 1,
-            expires_ns: before + 10 * SEC,
-        },
-    );
-    let f = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    assert_stats(&fx, &[(stat::PERSIST_HIT, 1), (stat::VERDICT_REDIRECT, 1)]);
-    let p = fx.persist_entry(&persist_key()).expect("pin kept");
-    assert_eq!(p.backend_id, 2);
-    assert!(
-        p.expires_ns >= before + 300 * SEC - CLOCK_SLACK,
-        "pin refreshed to now + ttl"
-    );
-}
-
-#[test]
-fn expired_persistence_falls_back_to_maglev_and_repins() {
-    let Some(mut fx) = Fixture::new("expired_persistence_falls_back_to_maglev_and_repins") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, service_flags::PERSIST_CLIENT_IP, 1);
-    let before = monotonic_ns();
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 1,
-            expires_ns: before - CLOCK_SLACK,
-        },
-    );
-    let f = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[
+fn persistence(now: u64) -> Vec<Row> {
+    let syn = from_client(proto::TCP, SYN);
+    let udp = from_client(proto::UDP, 0);
+    let persist = service_flags::PERSIST_CLIENT_IP;
+    vec![
+        Row::new("persistence_hit_overrides_maglev", proto::TCP, persist, 1)
+            .write(pin(2, 1, now + 10 * SEC))
+            .frame(Port::Client, syn.build(), XDP_REDIRECT, to_b2(&syn))
+            .stats(&[(stat::PERSIST_HIT, 1), (stat::VERDICT_REDIRECT, 1)])
+            .check(|fx, now| {
+                let p = fx.persist_entry(&persist_key()).expect("pin kept");
+                assert_eq!(p.backend_id, 2);
+                assert!(
+                    p.expires_ns >= now + 300 * SEC - CLOCK_SLACK,
+                    "pin refreshed to now + ttl"
+                );
+            }),
+        Row::new(
+            "expired_persistence_falls_back_to_maglev_and_repins",
+            proto::TCP,
+            persist,
+            1,
+        )
+        .write(pin(2, 1, now - CLOCK_SLACK))
+        .frame(Port::Client, syn.build(), XDP_REDIRECT, to_b1(&syn))
+        .stats(&[
             (stat::PERSIST_EXPIRED, 1),
             (stat::NEW_FLOW_MAGLEV, 1),
             (stat::VERDICT_REDIRECT, 1),
-        ],
-    );
-    let p = fx.persist_entry(&persist_key()).expect("re-pinned");
-    assert_eq!((p.backend_id, p.generation), (1, 1));
-    assert!(p.expires_ns >= before + 300 * SEC - CLOCK_SLACK);
+        ])
+        .check(|fx, now| {
+            let p = fx.persist_entry(&persist_key()).expect("re-pinned");
+            assert_eq!((p.backend_id, p.generation), (1, 1));
+            assert!(p.expires_ns >= now + 300 * SEC - CLOCK_SLACK);
+        }),
+        // Backend 2 is generation 1 now.
+        Row::new(
+            "persistence_to_stale_backend_is_expired",
+            proto::UDP,
+            persist,
+            1,
+        )
+        .write(pin(2, 0, now + 100 * SEC))
+        .frame(Port::Client, udp.build(), XDP_REDIRECT, to_b1(&udp))
+        .check(|fx, _| assert_eq!(fx.stat(stat::PERSIST_EXPIRED), 1)),
+    ]
 }
 
-#[test]
-fn persistence_to_stale_backend_is_expired() {
-    let Some(mut fx) = Fixture::new("persistence_to_stale_backend_is_expired") else {
-        return;
+fn nat_replies(now: u64) -> Vec<Row> {
+    let reply = from_backend(B1, BACKEND1_MAC);
+    let reply_entry = Flow {
+        backend_id: 1,
+        generation: 1,
+        service_id: SVC_ID,
+        flags: flow_flags::REPLY,
+        vip: addr(VIP),
+        vport: port(80),
+        _pad: 0,
+        last_seen_ns: now,
     };
-    setup(&mut fx, proto::UDP, service_flags::PERSIST_CLIENT_IP, 1);
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 0, // backend 2 is generation 1 now
-            expires_ns: monotonic_ns() + 100 * SEC,
-        },
-    );
-    let f = from_client(proto::UDP, 0);
-    let (v, out) = fx.run(fx.lbc, &f.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&f, B1, 8080, BACKEND1_MAC, LBB_MAC),
-    );
-    assert_eq!(fx.stat(stat::PERSIST_EXPIRED), 1);
-}
-
-// ---------------------------------------------------------------------------------------
-// NAT replies
-
-fn from_backend(b: Ipv4Addr, bmac: [u8; 6]) -> Frame {
-    let mut f = Frame::tcp((b, 8080), (CLIENT, CPORT), SYN | ACK);
-    f.src_mac = bmac;
-    f.dst_mac = LBB_MAC;
-    f
-}
-
-fn unnatted(f: &Frame) -> Vec<u8> {
-    let mut e = f.clone();
-    e.src = VIP;
-    e.ttl -= 1;
-    e.dst_mac = CLIENT_MAC;
-    e.src_mac = LBC_MAC;
-    if let L4::Tcp { sport, .. } = &mut e.l4 {
-        *sport = 80;
-    }
-    e.build()
-}
-
-#[test]
-fn reply_is_translated_back_to_vip() {
-    let Some(mut fx) = Fixture::new("reply_is_translated_back_to_vip") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    fx.insert_flow(
-        flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP),
-        Flow {
-            backend_id: 1,
-            generation: 1,
-            service_id: SVC_ID,
-            flags: flow_flags::REPLY,
-            vip: addr(VIP),
-            vport: port(80),
-            _pad: 0,
-            last_seen_ns: monotonic_ns(),
-        },
-    );
-    let f = from_backend(B1, BACKEND1_MAC);
-    let (v, out) = fx.run(fx.lbb, &f.build());
-    assert_out(v, &out, XDP_REDIRECT, &unnatted(&f));
-    assert_stats(&fx, &[(stat::REPLY_NAT, 1), (stat::VERDICT_REDIRECT, 1)]);
-}
-
-#[test]
-fn forward_then_reply_round_trip() {
-    let Some(mut fx) = Fixture::new("forward_then_reply_round_trip") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let f = from_client(proto::TCP, SYN);
-    let (v, _) = fx.run(fx.lbc, &f.build());
-    assert_eq!(v, XDP_REDIRECT);
-    let r = from_backend(B1, BACKEND1_MAC);
-    let (v, out) = fx.run(fx.lbb, &r.build());
-    assert_out(v, &out, XDP_REDIRECT, &unnatted(&r));
     // A packet from another backend port is not ours.
-    let mut other = r.clone();
+    let mut other = reply.clone();
     other.l4 = L4::Tcp {
         sport: 9999,
         dport: CPORT,
@@ -728,367 +824,184 @@ fn forward_then_reply_round_trip() {
         seq: 1,
         ack: 1,
     };
-    let input = other.build();
-    let (v, out) = fx.run(fx.lbb, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    assert_stats(
-        &fx,
-        &[
-            (stat::NEW_FLOW_MAGLEV, 1),
-            (stat::REPLY_NAT, 1),
-            (stat::VERDICT_REDIRECT, 2),
-            (stat::PASS_NOT_VIP, 1),
-        ],
-    );
+    vec![
+        Row::new("reply_is_translated_back_to_vip", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(
+                flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP),
+                reply_entry,
+            ))
+            .frame(Port::Backend, reply.build(), XDP_REDIRECT, unnatted(&reply))
+            .stats(&[(stat::REPLY_NAT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        Row::new("forward_then_reply_round_trip", proto::TCP, 0, 1)
+            .frame(
+                Port::Client,
+                from_client(proto::TCP, SYN).build(),
+                XDP_REDIRECT,
+                Output::Any,
+            )
+            .frame(Port::Backend, reply.build(), XDP_REDIRECT, unnatted(&reply))
+            .frame(Port::Backend, other.build(), XDP_PASS, same(&other.build()))
+            .stats(&[
+                (stat::NEW_FLOW_MAGLEV, 1),
+                (stat::REPLY_NAT, 1),
+                (stat::VERDICT_REDIRECT, 2),
+                (stat::PASS_NOT_VIP, 1),
+            ]),
+    ]
 }
 
-// ---------------------------------------------------------------------------------------
-// HTTP services
-
-#[test]
-fn http_service_passes_to_proxy() {
-    let Some(mut fx) = Fixture::new("http_service_passes_to_proxy") else {
-        return;
-    };
-    setup(
-        &mut fx,
-        proto::TCP,
-        service_flags::HTTP | service_flags::FAST_PATH,
-        1,
-    );
-    // No pin: SYN and the rest of the connection go to the local proxy, untouched.
-    for flags in [SYN, ACK, ACK | PSH] {
-        let input = from_client(proto::TCP, flags).build();
-        let (v, out) = fx.run(fx.lbc, &input);
-        assert_out(v, &out, XDP_PASS, &input);
-    }
-    assert_stats(&fx, &[(stat::PASS_TO_PROXY, 3)]);
-    assert!(
-        fx.flow(&flow_key((CLIENT, CPORT), (VIP, 80), proto::TCP))
-            .is_none()
-    );
-}
-
-#[test]
-fn http_without_fast_path_ignores_pins() {
-    let Some(mut fx) = Fixture::new("http_without_fast_path_ignores_pins") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, service_flags::HTTP, 1);
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 1,
-            expires_ns: monotonic_ns() + 100 * SEC,
-        },
-    );
-    let input = from_client(proto::TCP, SYN).build();
-    let (v, out) = fx.run(fx.lbc, &input);
-    assert_out(v, &out, XDP_PASS, &input);
-    assert_stats(&fx, &[(stat::PASS_TO_PROXY, 1)]);
-}
-
-#[test]
-fn fast_path_syn_of_pinned_client_is_forwarded() {
-    let Some(mut fx) = Fixture::new("fast_path_syn_of_pinned_client_is_forwarded") else {
-        return;
-    };
-    setup(
-        &mut fx,
-        proto::TCP,
-        service_flags::HTTP | service_flags::FAST_PATH,
-        1,
-    );
-    let expires = monotonic_ns() + 100 * SEC;
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 1,
-            expires_ns: expires,
-        },
-    );
+fn http_services(now: u64) -> Vec<Row> {
+    let http = service_flags::HTTP;
+    let fast_path = service_flags::HTTP | service_flags::FAST_PATH;
     let syn = from_client(proto::TCP, SYN);
-    let (v, out) = fx.run(fx.lbc, &syn.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&syn, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    // The rest of the connection follows conntrack.
     let ack = from_client(proto::TCP, ACK);
-    let (v, out) = fx.run(fx.lbc, &ack.build());
-    assert_out(
-        v,
-        &out,
-        XDP_REDIRECT,
-        &natted(&ack, B2, 8080, BACKEND2_MAC, LBB_MAC),
-    );
-    assert_stats(
-        &fx,
-        &[
+    let data = from_client(proto::TCP, ACK | PSH).build();
+    vec![
+        // No pin: SYN and the rest of the connection go to the local proxy, untouched.
+        Row::new("http_service_passes_to_proxy", proto::TCP, fast_path, 1)
+            .frame(Port::Client, syn.build(), XDP_PASS, same(&syn.build()))
+            .frame(Port::Client, ack.build(), XDP_PASS, same(&ack.build()))
+            .frame(Port::Client, data.clone(), XDP_PASS, same(&data))
+            .stats(&[(stat::PASS_TO_PROXY, 3)])
+            .check(|fx, _| assert!(fx.flow(&client_flow()).is_none())),
+        Row::new("http_without_fast_path_ignores_pins", proto::TCP, http, 1)
+            .write(pin(2, 1, now + 100 * SEC))
+            .frame(Port::Client, syn.build(), XDP_PASS, same(&syn.build()))
+            .stats(&[(stat::PASS_TO_PROXY, 1)]),
+        Row::new(
+            "fast_path_syn_of_pinned_client_is_forwarded",
+            proto::TCP,
+            fast_path,
+            1,
+        )
+        .write(pin(2, 1, now + 100 * SEC))
+        .frame(Port::Client, syn.build(), XDP_REDIRECT, to_b2(&syn))
+        // The rest of the connection follows conntrack.
+        .frame(Port::Client, ack.build(), XDP_REDIRECT, to_b2(&ack))
+        .stats(&[
             (stat::FAST_PATH, 1),
             (stat::CONNTRACK_HIT, 1),
             (stat::VERDICT_REDIRECT, 2),
-        ],
-    );
-    // The agent owns fast-path expiry: XDP does not extend it.
-    assert_eq!(
-        fx.persist_entry(&persist_key()).expect("pin").expires_ns,
-        expires
-    );
-    let s = fx.service_traffic(SVC_ID);
-    assert_eq!((s.packets, s.new_flows), (2, 1));
-
-    // Once the pin expired, a new connection on the same tuple goes to the proxy and the old
-    // entry no longer steals its packets.
-    fx.insert_persist(
-        persist_key(),
-        Persist {
-            backend_id: 2,
-            generation: 1,
-            expires_ns: monotonic_ns() - CLOCK_SLACK,
-        },
-    );
-    for flags in [SYN, ACK] {
-        let input = from_client(proto::TCP, flags).build();
-        let (v, out) = fx.run(fx.lbc, &input);
-        assert_out(v, &out, XDP_PASS, &input);
-    }
-    assert_eq!(fx.stat(stat::PASS_TO_PROXY), 2);
+        ])
+        .check(|fx, now| {
+            // The agent owns fast-path expiry: XDP does not extend it.
+            assert_eq!(
+                fx.persist_entry(&persist_key()).expect("pin").expires_ns,
+                now + 100 * SEC
+            );
+            let s = fx.service_traffic(SVC_ID);
+            assert_eq!((s.packets, s.new_flows), (2, 1));
+        })
+        // Once the pin expired, a new connection on the same tuple goes to the proxy and
+        // the old entry no longer steals its packets.
+        .write(pin(2, 1, now - CLOCK_SLACK))
+        .frame(Port::Client, syn.build(), XDP_PASS, same(&syn.build()))
+        .frame(Port::Client, ack.build(), XDP_PASS, same(&ack.build()))
+        .check(|fx, _| assert_eq!(fx.stat(stat::PASS_TO_PROXY), 2)),
+    ]
 }
 
-// ---------------------------------------------------------------------------------------
-// Malformed and irregular input: always XDP_PASS with the frame untouched.
-
-fn assert_untouched(fx: &Fixture, input: &[u8], stat_index: u32) {
-    let (v, out) = fx.run(fx.lbc, input);
-    assert_eq!(v, XDP_PASS, "verdict");
-    assert_eq!(out, input, "frame untouched");
-    assert_stats(fx, &[(stat_index, 1)]);
-}
-
-#[test]
-fn truncated_ethernet() {
-    let Some(mut fx) = Fixture::new("truncated_ethernet") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
+/// Malformed and irregular input: always XDP_PASS with the frame untouched, counted once.
+fn malformed_input() -> Vec<Row> {
     let full = from_client(proto::TCP, SYN).build();
-    // The kernel refuses test frames shorter than an Ethernet header, so the shortest frame
-    // the program can see is a bare Ethernet header: IPv4 ethertype, no IP header.
-    assert!(
-        fx.try_run(fx.lbc, &full[..13]).is_err(),
-        "kernel accepts < 14 bytes"
-    );
-    assert_untouched(&fx, &full[..14], stat::PASS_MALFORMED);
-}
+    let malformed = [(stat::PASS_MALFORMED, 1)];
+    let options = [(stat::PASS_FRAGMENT_OR_OPTIONS, 1)];
 
-#[test]
-fn truncated_ip_header() {
-    let Some(mut fx) = Fixture::new("truncated_ip_header") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let full = from_client(proto::TCP, SYN).build();
-    assert_untouched(&fx, &full[..14 + 19], stat::PASS_MALFORMED);
-}
-
-#[test]
-fn ip_total_length_beyond_frame() {
-    let Some(mut fx) = Fixture::new("ip_total_length_beyond_frame") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let full = from_client(proto::TCP, SYN).build();
-    // Cut the payload: tot_len now claims more than the frame holds.
-    assert_untouched(&fx, &full[..full.len() - 1], stat::PASS_MALFORMED);
-}
-
-#[test]
-fn truncated_tcp_header() {
-    let Some(mut fx) = Fixture::new("truncated_tcp_header") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = from_client(proto::TCP, SYN);
-    f.payload.clear();
-    let full = f.build();
+    let mut no_payload = from_client(proto::TCP, SYN);
+    no_payload.payload.clear();
     // A consistent IP header whose TCP header is 19 bytes.
-    let mut cut = full[..14 + 20 + 19].to_vec();
-    fix_ip_len(&mut cut);
-    assert_untouched(&fx, &cut, stat::PASS_MALFORMED);
-}
-
-#[test]
-fn truncated_udp_header() {
-    let Some(mut fx) = Fixture::new("truncated_udp_header") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 1);
-    let mut f = from_client(proto::UDP, 0);
-    f.payload.clear();
-    let full = f.build();
-    let mut cut = full[..14 + 20 + 7].to_vec();
-    fix_ip_len(&mut cut);
-    assert_untouched(&fx, &cut, stat::PASS_MALFORMED);
-}
-
-/// Sets the IPv4 total length to the frame's and recomputes the header checksum.
-fn fix_ip_len(frame: &mut [u8]) {
-    let len = (frame.len() - 14) as u16;
-    frame[16..18].copy_from_slice(&len.to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let c = packet::checksum(&[&frame[14..34]]);
-    frame[24..26].copy_from_slice(&c.to_be_bytes());
-}
-
-#[test]
-fn tcp_data_offset_too_small() {
-    let Some(mut fx) = Fixture::new("tcp_data_offset_too_small") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut bytes = from_client(proto::TCP, SYN).build();
-    bytes[14 + 20 + 12] = 4 << 4;
-    assert_untouched(&fx, &bytes, stat::PASS_MALFORMED);
-}
-
-#[test]
-fn ip_options_to_vip() {
-    let Some(mut fx) = Fixture::new("ip_options_to_vip") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = from_client(proto::TCP, SYN);
-    f.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-    assert_untouched(&fx, &f.build(), stat::PASS_FRAGMENT_OR_OPTIONS);
-}
-
-#[test]
-fn ip_options_to_non_vip() {
-    let Some(mut fx) = Fixture::new("ip_options_to_non_vip") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = from_client(proto::TCP, SYN);
-    f.options = vec![1, 1, 1, 0];
-    if let L4::Tcp { dport, .. } = &mut f.l4 {
-        *dport = 443;
-    }
-    assert_untouched(&fx, &f.build(), stat::PASS_NOT_VIP);
-}
-
-#[test]
-fn first_fragment_to_vip() {
-    let Some(mut fx) = Fixture::new("first_fragment_to_vip") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 1);
-    let mut f = from_client(proto::UDP, 0);
-    f.frag = 0x2000; // MF, offset 0
-    assert_untouched(&fx, &f.build(), stat::PASS_FRAGMENT_OR_OPTIONS);
-}
-
-#[test]
-fn later_fragment_to_vip() {
-    let Some(mut fx) = Fixture::new("later_fragment_to_vip") else {
-        return;
-    };
-    setup(&mut fx, proto::UDP, 0, 1);
-    let mut f = from_client(proto::UDP, 0);
-    f.frag = 185; // offset 1480 bytes, last fragment
-    f.l4 = L4::Raw { proto: proto::UDP };
-    assert_untouched(&fx, &f.build(), stat::PASS_FRAGMENT_OR_OPTIONS);
-}
-
-#[test]
-fn bad_ihl() {
-    let Some(mut fx) = Fixture::new("bad_ihl") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut bytes = from_client(proto::TCP, SYN).build();
-    bytes[14] = 0x44; // version 4, ihl 4 (16 bytes): impossible
-    assert_untouched(&fx, &bytes, stat::PASS_MALFORMED);
-}
-
-#[test]
-fn ihl_beyond_frame() {
-    let Some(mut fx) = Fixture::new("ihl_beyond_frame") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = from_client(proto::TCP, SYN);
-    f.payload.clear();
-    let mut bytes = f.build();
-    bytes[14] = 0x4f; // 60-byte header claimed, 40 bytes of IP in total
-    assert_untouched(&fx, &bytes, stat::PASS_MALFORMED);
-}
-
-#[test]
-fn wrong_ip_version() {
-    let Some(mut fx) = Fixture::new("wrong_ip_version") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut bytes = from_client(proto::TCP, SYN).build();
-    bytes[14] = 0x65;
-    assert_untouched(&fx, &bytes, stat::PASS_MALFORMED);
-}
-
-#[test]
-fn non_ipv4_ethertypes() {
-    let Some(mut fx) = Fixture::new("non_ipv4_ethertypes") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut arp = from_client(proto::TCP, SYN).build();
+    let mut tcp_cut = no_payload.build()[..14 + 20 + 19].to_vec();
+    fix_ip_len(&mut tcp_cut);
+    let mut udp_no_payload = from_client(proto::UDP, 0);
+    udp_no_payload.payload.clear();
+    let mut udp_cut = udp_no_payload.build()[..14 + 20 + 7].to_vec();
+    fix_ip_len(&mut udp_cut);
+    let mut small_offset = full.clone();
+    small_offset[14 + 20 + 12] = 4 << 4;
+    let mut with_options = from_client(proto::TCP, SYN);
+    with_options.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let options_to_443 = to_port(with_options.clone(), 443);
+    let mut first_fragment = from_client(proto::UDP, 0);
+    first_fragment.frag = 0x2000; // MF, offset 0
+    let mut later_fragment = from_client(proto::UDP, 0);
+    later_fragment.frag = 185; // offset 1480 bytes, last fragment
+    later_fragment.l4 = L4::Raw { proto: proto::UDP };
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44; // version 4, ihl 4 (16 bytes): impossible
+    let mut ihl_beyond = no_payload.build();
+    ihl_beyond[14] = 0x4f; // 60-byte header claimed, 40 bytes of IP in total
+    let mut version_6 = full.clone();
+    version_6[14] = 0x65;
+    let mut arp = full.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    let (v, out) = fx.run(fx.lbc, &arp);
-    assert_out_untouched(v, &out, &arp);
-    let mut v6 = arp.clone();
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let (v, out) = fx.run(fx.lbc, &v6);
-    assert_out_untouched(v, &out, &v6);
-    assert_stats(&fx, &[(stat::PASS_NOT_VIP, 2)]);
-}
-
-fn assert_out_untouched(v: u32, out: &[u8], input: &[u8]) {
-    assert_eq!(v, XDP_PASS);
-    assert_eq!(out, input);
-}
-
-#[test]
-fn icmp_to_vip_passes() {
-    let Some(mut fx) = Fixture::new("icmp_to_vip_passes") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let mut f = Frame::new(CLIENT, VIP, L4::Raw { proto: 1 });
+    let mut ipv6 = arp.clone();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut icmp = Frame::new(CLIENT, VIP, L4::Raw { proto: 1 });
     // Echo request, checksum not needed by the program.
-    f.payload = vec![8, 0, 0, 0, 0, 1, 0, 1];
-    assert_untouched(&fx, &f.build(), stat::PASS_NOT_VIP);
-}
+    icmp.payload = vec![8, 0, 0, 0, 0, 1, 0, 1];
 
-#[test]
-fn never_aborts_on_any_truncation() {
-    let Some(mut fx) = Fixture::new("never_aborts_on_any_truncation") else {
-        return;
-    };
-    setup(&mut fx, proto::TCP, 0, 1);
-    let full = from_client(proto::TCP, SYN).build();
+    let tcp = |name| Row::new(name, proto::TCP, 0, 1);
+    let udp = |name| Row::new(name, proto::UDP, 0, 1);
+    let mut every_cut = tcp("never_aborts_on_any_truncation");
     for len in 14..full.len() {
-        let (v, out) = fx.run(fx.lbc, &full[..len]);
-        assert_ne!(v, XDP_ABORTED, "len {len}");
-        assert_eq!(v, XDP_PASS, "len {len}");
-        assert_eq!(out, &full[..len], "len {len}");
+        every_cut = every_cut.passes_untouched(full[..len].to_vec());
     }
-    assert_eq!(
-        fx.stat(stat::PASS_MALFORMED),
-        (full.len() - 14) as u64,
-        "every cut frame counted malformed"
-    );
+    vec![
+        // The kernel refuses test frames shorter than an Ethernet header, so the shortest
+        // frame the program can see is a bare Ethernet header: IPv4 ethertype, no IP header.
+        tcp("truncated_ethernet")
+            .refused(full[..13].to_vec())
+            .passes_untouched(full[..14].to_vec())
+            .stats(&malformed),
+        tcp("truncated_ip_header")
+            .passes_untouched(full[..14 + 19].to_vec())
+            .stats(&malformed),
+        // Cut the payload: tot_len now claims more than the frame holds.
+        tcp("ip_total_length_beyond_frame")
+            .passes_untouched(full[..full.len() - 1].to_vec())
+            .stats(&malformed),
+        tcp("truncated_tcp_header")
+            .passes_untouched(tcp_cut)
+            .stats(&malformed),
+        udp("truncated_udp_header")
+            .passes_untouched(udp_cut)
+            .stats(&malformed),
+        tcp("tcp_data_offset_too_small")
+            .passes_untouched(small_offset)
+            .stats(&malformed),
+        tcp("ip_options_to_vip")
+            .passes_untouched(with_options.build())
+            .stats(&options),
+        tcp("ip_options_to_non_vip")
+            .passes_untouched(options_to_443.build())
+            .stats(&[(stat::PASS_NOT_VIP, 1)]),
+        udp("first_fragment_to_vip")
+            .passes_untouched(first_fragment.build())
+            .stats(&options),
+        udp("later_fragment_to_vip")
+            .passes_untouched(later_fragment.build())
+            .stats(&options),
+        tcp("bad_ihl").passes_untouched(bad_ihl).stats(&malformed),
+        tcp("ihl_beyond_frame")
+            .passes_untouched(ihl_beyond)
+            .stats(&malformed),
+        tcp("wrong_ip_version")
+            .passes_untouched(version_6)
+            .stats(&malformed),
+        tcp("non_ipv4_ethertypes")
+            .passes_untouched(arp)
+            .passes_untouched(ipv6)
+            .stats(&[(stat::PASS_NOT_VIP, 2)]),
+        tcp("icmp_to_vip_passes")
+            .passes_untouched(icmp.build())
+            .stats(&[(stat::PASS_NOT_VIP, 1)]),
+        every_cut.check(|fx, _| {
+            let full = from_client(proto::TCP, SYN).build();
+            assert_eq!(
+                fx.stat(stat::PASS_MALFORMED),
+                (full.len() - 14) as u64,
+                "every cut frame counted malformed"
+            );
+        }),
+    ]
 }
