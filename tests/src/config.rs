@@ -9,7 +9,8 @@
 //! use latch_tests::config::{AgentSettings, HealthMonitor, LatchConfig, Pool, VirtualService};
 //!
 //! let servers = ["198.51.100.10:8080".parse().unwrap()];
-//! let toml = LatchConfig::new(AgentSettings::new(&["vclient".into()], "/sys/fs/bpf/t".as_ref()))
+//! let agent = AgentSettings::new(&["vclient".into()]).bpffs_dir("/sys/fs/bpf/t".as_ref());
+//! let toml = LatchConfig::new(agent)
 //!     .pool(Pool::new("web", servers).health_monitor(HealthMonitor::tcp(Duration::from_millis(300))))
 //!     .virtual_service(VirtualService::tcp("web-tcp", "203.0.113.10:80".parse().unwrap(), "web"))
 //!     .to_toml()
@@ -82,7 +83,8 @@ impl LatchConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentSettings {
     interfaces: Vec<String>,
-    bpffs_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpffs_dir: Option<PathBuf>,
     admin_listen: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token_file: Option<PathBuf>,
@@ -91,16 +93,28 @@ pub struct AgentSettings {
 }
 
 impl AgentSettings {
-    /// XDP on `interfaces`, pins under `bpffs_dir` (a test agent's own, see
-    /// [`crate::LatchAgent::bpffs_dir`]), the admin API on [`ADMIN_LISTEN`].
-    pub fn new(interfaces: &[String], bpffs_dir: &Path) -> Self {
+    /// XDP on `interfaces`, the admin API on [`ADMIN_LISTEN`], pins where latch puts them by
+    /// default (agents in tests set their own with [`AgentSettings::bpffs_dir`]).
+    pub fn new(interfaces: &[String]) -> Self {
         Self {
             interfaces: interfaces.to_vec(),
-            bpffs_dir: bpffs_dir.to_path_buf(),
+            bpffs_dir: None,
             admin_listen: ADMIN_LISTEN,
             admin_token_file: None,
             workers: None,
         }
+    }
+
+    /// Pins under `dir`: a test agent's own, see [`crate::LatchAgent::bpffs_dir`].
+    pub fn bpffs_dir(mut self, dir: &Path) -> Self {
+        self.bpffs_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The admin API on `addr`.
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin_listen = addr;
+        self
     }
 
     /// The admin API requires the bearer token stored in `path`.
@@ -390,12 +404,10 @@ mod tests {
     #[test]
     fn every_section_serializes_to_the_keys_latch_reads() {
         let text = LatchConfig::new(
-            AgentSettings::new(
-                &["vclient".into(), "vback".into()],
-                Path::new("/sys/fs/bpf/t"),
-            )
-            .admin_token_file(Path::new("/tmp/token"))
-            .workers(2),
+            AgentSettings::new(&["vclient".into(), "vback".into()])
+                .bpffs_dir(Path::new("/sys/fs/bpf/t"))
+                .admin_token_file(Path::new("/tmp/token"))
+                .workers(2),
         )
         .pool(
             Pool::new("web", [addr("198.51.100.10:8080")])
@@ -422,6 +434,7 @@ mod tests {
         let v: toml::Table = toml::from_str(&text).expect("parses back");
         let agent = &v["agent"];
         assert_eq!(agent["interfaces"][1].as_str(), Some("vback"));
+        assert_eq!(agent["bpffs_dir"].as_str(), Some("/sys/fs/bpf/t"));
         assert_eq!(agent["admin_listen"].as_str(), Some("127.0.0.1:9180"));
         assert_eq!(agent["admin_token_file"].as_str(), Some("/tmp/token"));
         assert_eq!(agent["workers"].as_integer(), Some(2));

@@ -305,7 +305,7 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
     let mut interfaces = topo.lb_interfaces();
     interfaces[0] = "nosuch0".to_string();
     let config = with_l4_services(
-        LatchConfig::new(AgentSettings::new(&interfaces, third.bpffs_dir())),
+        LatchConfig::new(AgentSettings::new(&interfaces).bpffs_dir(third.bpffs_dir())),
         &topo,
         web_tcp(&topo),
         &[1],

@@ -12,7 +12,7 @@ pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The `[agent]` section for `agent` running in the LB namespace of `topo`.
 pub fn lb_agent(topo: &Topology, agent: &LatchAgent) -> LatchConfig {
-    LatchConfig::new(AgentSettings::new(&topo.lb_interfaces(), agent.bpffs_dir()))
+    LatchConfig::new(AgentSettings::new(&topo.lb_interfaces()).bpffs_dir(agent.bpffs_dir()))
 }
 
 /// Backends `which` (numbered from 1, as b1, b2...) of `topo` on `port`.
@@ -69,7 +69,8 @@ fn the_built_configs_parse_as_latch_configs() -> TestResult {
     let vip = |port| SocketAddr::from(([203, 0, 113, 10], port));
     let scripts = latch_tests::jsession_scripts(60);
     let text = LatchConfig::new(
-        AgentSettings::new(&["lo".to_string()], "/sys/fs/bpf/latch-parse-test".as_ref())
+        AgentSettings::new(&["lo".to_string()])
+            .bpffs_dir("/sys/fs/bpf/latch-parse-test".as_ref())
             .admin_token_file("/nonexistent/token".as_ref())
             .workers(2),
     )

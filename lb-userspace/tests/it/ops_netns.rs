@@ -217,7 +217,9 @@ fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
     let token_file = agent.dir().join("token");
     std::fs::write(&token_file, "s3cret-token\n")?;
     let config = LatchConfig::new(
-        AgentSettings::new(&topo.lb_interfaces(), agent.bpffs_dir()).admin_token_file(&token_file),
+        AgentSettings::new(&topo.lb_interfaces())
+            .bpffs_dir(agent.bpffs_dir())
+            .admin_token_file(&token_file),
     )
     .pool(web_pool(&topo))
     .virtual_service(shop(&topo));

@@ -235,7 +235,7 @@ elseif path == "/get" then
 end
 "#,
     );
-    LatchConfig::new(AgentSettings::new(&["eth0".to_string()], lb.bpffs_dir()))
+    LatchConfig::new(AgentSettings::new(&["eth0".to_string()]).bpffs_dir(lb.bpffs_dir()))
         .pool(Pool::new("web", servers))
         .virtual_service(
             VirtualService::http("shop", SocketAddr::from((VIP, 80)), "web")

@@ -294,7 +294,7 @@ fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
 /// A config for an agent that is expected to refuse to start or to start on `lo` only.
 fn lo_config(agent: &LatchAgent) -> LatchConfig {
     let listen = SocketAddr::from(([198, 51, 100, 10], 80));
-    LatchConfig::new(AgentSettings::new(&["lo".to_string()], agent.bpffs_dir()))
+    LatchConfig::new(AgentSettings::new(&["lo".to_string()]).bpffs_dir(agent.bpffs_dir()))
         .pool(Pool::new(
             "web",
             [SocketAddr::from(([192, 0, 2, 11], HTTP_PORT))],
