@@ -29,6 +29,23 @@ fn unique() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Runs `f` again while it finds the pin directory locked, for up to a second. The lock is an
+/// flock on a descriptor this test already dropped, but another test of this binary that
+/// spawns a process at that instant holds a copy of every descriptor between its fork and
+/// exec (close-on-exec is not close-on-fork), so a re-open right after a drop can find the
+/// lock still held for that moment.
+fn once_unlocked<T>(mut f: impl FnMut() -> Result<T, DataplaneError>) -> Result<T, DataplaneError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match f() {
+            Err(DataplaneError::AlreadyRunning { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 fn ensure_bpffs() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| {
@@ -238,7 +255,7 @@ fn load_pins_everything_and_adopts_after_drop() {
     let s = service_in_map(dir.path(), "198.51.100.11", 80).expect("service survives drop");
     assert_eq!(s.id, svc_before);
 
-    let mut dp = Dataplane::open(dir.path()).expect("reopen");
+    let mut dp = once_unlocked(|| Dataplane::open(dir.path())).expect("reopen");
     assert!(dp.adopted());
     let ids_after: Vec<_> = ["192.0.2.11:8080", "192.0.2.12:8080", "192.0.2.13:8080"]
         .iter()
@@ -450,7 +467,7 @@ fn teardown_leaves_nothing() {
         })
         .expect("apply");
     }
-    let report = teardown(dir.path()).expect("teardown");
+    let report = once_unlocked(|| teardown(dir.path())).expect("teardown");
     assert!(report.removed_dir);
     assert_eq!(
         report.pins_removed, 10,
@@ -503,7 +520,7 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     // A new agent swaps its program into the pinned link.
     let (d2, a2) = (d.clone(), a.clone());
     let modes = ns.run(move || {
-        let mut dp = Dataplane::open(&d2).expect("reopen");
+        let mut dp = once_unlocked(|| Dataplane::open(&d2)).expect("reopen");
         let m = dp.attach(&[a2]).expect("re-attach");
         // Removing the interface from the list detaches it.
         dp.attach(&[]).expect("detach");
@@ -515,13 +532,13 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     // Attach again and check the program id changes across agents without a gap.
     let (d3, a3) = (d.clone(), a.clone());
     ns.run(move || {
-        let mut dp = Dataplane::open(&d3).expect("open");
+        let mut dp = once_unlocked(|| Dataplane::open(&d3)).expect("open");
         dp.attach(&[a3]).expect("attach");
     });
     let p1 = ns.xdp_prog(&ns.a).expect("attached");
     let (d4, a4) = (d.clone(), a.clone());
     ns.run(move || {
-        let mut dp = Dataplane::open(&d4).expect("open");
+        let mut dp = once_unlocked(|| Dataplane::open(&d4)).expect("open");
         assert_eq!(
             dp.attach(&[a4]).expect("attach")[0].mode,
             AttachMode::Replaced
@@ -531,7 +548,7 @@ fn attach_survives_restart_replaces_program_and_detaches() {
     assert_ne!(p1, p2, "the new agent's program runs");
 
     // `latch down` detaches.
-    let report = teardown(&d).expect("teardown");
+    let report = once_unlocked(|| teardown(&d)).expect("teardown");
     assert_eq!(report.links_detached, vec![ns.a.clone()]);
     // The kernel releases an unpinned link's attachment asynchronously (RCU), so allow it
     // a moment to disappear from the interface.
