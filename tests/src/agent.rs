@@ -9,6 +9,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::LatchConfig;
 use crate::error::{Error, Result, io};
 use crate::netns::{ChildGuard, Netns};
 
@@ -31,8 +32,9 @@ pub struct LatchAgent {
     bpffs_dir: PathBuf,
 }
 
-/// The `[agent]` section a test config should start with: `interfaces`, a unique pin
-/// directory and an admin address on the namespace's loopback.
+/// The `[agent]` section as text, for configs assembled by hand (the benchmark): `interfaces`,
+/// a unique pin directory and an admin address on the namespace's loopback. Tests build whole
+/// configs with [`crate::config::LatchConfig`] instead.
 pub fn agent_section(interfaces: &[String], bpffs_dir: &Path) -> String {
     let list = interfaces
         .iter()
@@ -47,8 +49,8 @@ pub fn agent_section(interfaces: &[String], bpffs_dir: &Path) -> String {
 
 impl LatchAgent {
     /// A fresh pin directory and config path for an agent in `ns`; nothing started yet.
-    /// Write the config with [`LatchAgent::write_config`] (use [`LatchAgent::bpffs_dir`] in
-    /// its `[agent]` section, e.g. through [`agent_section`]) and then [`LatchAgent::start`].
+    /// Write the config with [`LatchAgent::write_latch_config`] (use [`LatchAgent::bpffs_dir`]
+    /// in its [`crate::config::AgentSettings`]) and then [`LatchAgent::start`].
     pub fn prepare(binary: &Path, ns: &Netns) -> Result<Self> {
         let n = NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
@@ -82,6 +84,11 @@ impl LatchAgent {
     /// (Re)writes the config file; a running agent picks it up on [`LatchAgent::reload`].
     pub fn write_config(&self, text: &str) -> Result<()> {
         std::fs::write(&self.config, text).map_err(io(format!("write {}", self.config.display())))
+    }
+
+    /// (Re)writes the config file from a typed config.
+    pub fn write_latch_config(&self, config: &LatchConfig) -> Result<()> {
+        self.write_config(&config.to_toml()?)
     }
 
     /// Starts `latch run` in the namespace and waits for its ready line.

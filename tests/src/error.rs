@@ -29,6 +29,8 @@ pub enum Error {
     Protocol { addr: SocketAddr, what: String },
     #[error("invalid topology: {what}")]
     Topology { what: String },
+    #[error("config does not serialize: {what}")]
+    Config { what: String },
     #[error("thread {name} panicked")]
     ThreadPanicked { name: String },
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod body;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod netns;
 pub mod server;
@@ -18,52 +19,23 @@ pub use client::{
     DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
+pub use config::{
+    AgentSettings, DataScript, Event, HealthMonitor, LatchConfig, Pool, Replication, VirtualService,
+};
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
 pub use topology::{Backend, Topology, TopologyBuilder};
 
-/// Namespace tests need root (and `ip`); without them they print why and skip.
-pub fn can_run_netns_tests() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && std::process::Command::new("ip")
-        .arg("-V")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Returns early from a test (printing why) when namespace tests cannot run here.
-#[macro_export]
-macro_rules! require_netns {
-    () => {
-        if !$crate::can_run_netns_tests() {
-            eprintln!("skipped: needs root and iproute2 (network namespaces)");
-            return;
-        }
-    };
-    ($ret:expr) => {
-        if !$crate::can_run_netns_tests() {
-            eprintln!("skipped: needs root and iproute2 (network namespaces)");
-            return $ret;
-        }
-    };
-}
-
 /// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a
 /// server issues for `lifetime_s` seconds and reports in `X-Persist` whether the request was
 /// routed by a table hit (reqvar carries that from HTTP_REQ); HTTP_REQ looks the cookie up
-/// without extending it and `/logout` removes the session. TOML to follow a
-/// `[[virtual_service]]` whose pool is named `web`.
-pub fn jsession_scripts(lifetime_s: u32) -> String {
-    format!(
-        r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("JSESSIONID")
+/// without extending it and `/logout` removes the session. For a virtual service whose pool
+/// is named `web`.
+pub fn jsession_scripts(lifetime_s: u32) -> [DataScript; 2] {
+    [
+        DataScript::request(
+            r#"local id = avi.http.get_cookie("JSESSIONID")
 if id then
   if avi.http.get_path() == "/logout" then
     avi.vs.table_remove(id)
@@ -75,16 +47,14 @@ if id then
     end
   end
 end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
+"#,
+        ),
+        DataScript::response(&format!(
+            r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), {lifetime_s})
 end
 avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
-'''
 "#
-    )
+        )),
+    ]
 }

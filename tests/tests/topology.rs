@@ -1,13 +1,13 @@
 //! Self-test of the harness: plain kernel forwarding through the LB namespace (no latch yet),
-//! the test server's endpoints, and cleanup. Needs root; skips otherwise.
+//! the test server's endpoints, and cleanup. Needs root: `#[ignore]`d, run with
+//! `--include-ignored`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use latch_tests::topology::{CLIENT_ADDR, VIP, backend_addr};
 use latch_tests::{
-    ServeConfig, Topology, http_download, http_get, http_upload, list_namespaces, require_netns,
-    udp_roundtrip,
+    ServeConfig, Topology, http_download, http_get, http_upload, list_namespaces, udp_roundtrip,
 };
 
 const T: Duration = Duration::from_secs(5);
@@ -20,8 +20,8 @@ fn assert_gone(names: &[String]) {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn client_reaches_backends_through_lb_forwarding_and_drop_cleans_up() {
-    require_netns!();
     let topo = Topology::builder()
         .backends(2)
         .build()
@@ -125,8 +125,8 @@ fn client_reaches_backends_through_lb_forwarding_and_drop_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn vip_is_routed_from_client_to_lb() {
-    require_netns!();
     let topo = Topology::builder()
         .backends(1)
         .build()
@@ -162,8 +162,8 @@ fn vip_is_routed_from_client_to_lb() {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn dsr_layout_puts_vip_on_backend_loopback_only() {
-    require_netns!();
     let topo = Topology::builder()
         .backends(2)
         .with_vip_on_backend_loopback()
@@ -192,8 +192,8 @@ fn dsr_layout_puts_vip_on_backend_loopback_only() {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn namespaces_are_removed_when_a_test_panics() {
-    require_netns!();
     let names = std::sync::Mutex::new(Vec::new());
     let outcome = std::panic::catch_unwind(|| {
         let topo = Topology::builder()

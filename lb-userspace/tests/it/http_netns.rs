@@ -1,45 +1,30 @@
 //! HTTP virtual services with DataScripts, with real traffic through `latch run` in the LB
-//! namespace. Needs root; skips otherwise.
+//! namespace. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use latch_tests::{
-    LatchAgent, RequestBody, Topology, agent_section, http_get, http_request, require_netns,
-};
+use latch_tests::{DataScript, LatchAgent, RequestBody, Topology, http_get, http_request};
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
-const HTTP_PORT: u16 = 8080;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, shop, start_agent, web_pool};
 
 /// Sessions live 2 s, so the expiry test is quick.
-fn jsession_scripts() -> String {
+fn jsession_scripts() -> [DataScript; 2] {
     latch_tests::jsession_scripts(2)
 }
 
-fn http_config(agent: &LatchAgent, topo: &Topology, scripts: &str) -> String {
-    let servers: Vec<String> = topo
-        .backend_addrs()
-        .iter()
-        .map(|b| format!("\"{b}:{HTTP_PORT}\""))
-        .collect();
-    format!(
-        "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"shop\"\n\
-         listen = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n{scripts}",
-        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        servers.join(", "),
-        topo.vip()
-    )
-}
-
-fn start(topo: &Topology, scripts: &str) -> Result<LatchAgent, Box<dyn std::error::Error>> {
-    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&http_config(&agent, topo, scripts))?;
-    agent.start()?;
-    Ok(agent)
+/// Pool `web` of every backend and the HTTP virtual service `shop` on VIP:80 with `scripts`.
+fn start(
+    topo: &Topology,
+    scripts: impl IntoIterator<Item = DataScript>,
+) -> Result<LatchAgent, Box<dyn std::error::Error>> {
+    start_agent(topo, |agent| {
+        lb_agent(topo, agent)
+            .pool(web_pool(topo))
+            .virtual_service(shop(topo).datascripts(scripts))
+    })
 }
 
 fn vip(topo: &Topology) -> SocketAddr {
@@ -56,12 +41,12 @@ fn get_with_cookie(
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_release() -> TestResult
 {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let _agent = start(&topo, &jsession_scripts())?;
+    let _agent = start(&topo, jsession_scripts())?;
 
     topo.client().run(|| -> Result<(), String> {
         let login = http_get(vip(&topo), "/login", &[]).map_err(|e| e.to_string())?;
@@ -121,11 +106,11 @@ fn jsessionid_sticks_while_cookieless_requests_rotate_and_expiry_and_remove_rele
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let _agent = start(&topo, &jsession_scripts())?;
+    let _agent = start(&topo, jsession_scripts())?;
     let failures = topo.client().run(|| {
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..8)
@@ -160,23 +145,20 @@ fn concurrent_sessions_each_stick_to_their_server() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn runtime_error_and_runaway_script_answer_500_and_others_go_on() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let scripts = r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local path = avi.http.get_path()
+    let script = DataScript::request(
+        r#"local path = avi.http.get_path()
 if path == "/boom" then
   error("boom on purpose")
 elseif path == "/loop" then
   while true do end
 end
-'''
-"#;
-    let agent = start(&topo, scripts)?;
+"#,
+    );
+    let agent = start(&topo, [script])?;
     topo.client().run(|| -> Result<(), String> {
         for _ in 0..3 {
             let boom = http_get(vip(&topo), "/boom", &[]).map_err(|e| e.to_string())?;
@@ -201,11 +183,11 @@ end
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn hundred_megabytes_stream_both_ways_with_bounded_agent_memory() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let agent = start(&topo, "")?;
+    let agent = start(&topo, [])?;
     let pid = agent.pid().ok_or("agent not running")?;
     let rss = || -> Result<u64, String> {
         let status =
@@ -250,11 +232,11 @@ fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).build()?;
     topo.start_backends(HTTP_PORT, None)?;
-    let _agent = start(&topo, "")?;
+    let _agent = start(&topo, [])?;
     let server = topo.server("b1").ok_or("no b1")?;
     let before = server.requests();
     let huge = format!(

@@ -1,51 +1,46 @@
 //! Layer-4 services through the XDP data plane with real traffic: client namespace -> LB
-//! namespace running `latch run` -> backend namespaces. Needs root; skips otherwise.
+//! namespace running `latch run` -> backend namespaces. Needs root: `#[ignore]`d, run with
+//! `--include-ignored`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use latch_tests::{
-    HttpConn, LatchAgent, Topology, agent_section, http_get, http_get_from, require_netns,
-    udp_roundtrip,
+    AgentSettings, HttpConn, LatchAgent, LatchConfig, Pool, Topology, VirtualService, http_get,
+    http_get_from, udp_roundtrip,
 };
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
-const HTTP_PORT: u16 = 8080;
+use crate::LATCH;
+use crate::netns_config::{
+    HTTP_PORT, TestResult, all_backends, backends, lb_agent, start_agent as start, web_tcp,
+};
+
 const UDP_PORT: u16 = 9000;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A pool of every backend's HTTP port, a tcp VS on VIP:80 (port mapping to 8080) and a udp
-/// VS on VIP:53 (to 9000).
-fn l4_config(agent: &LatchAgent, topo: &Topology, tcp_extra: &str, servers: &[usize]) -> String {
-    let http: Vec<String> = servers
-        .iter()
-        .map(|&i| format!("\"{}:{HTTP_PORT}\"", topo.backend_addrs()[i - 1]))
-        .collect();
-    let udp: Vec<String> = servers
-        .iter()
-        .map(|&i| format!("\"{}:{UDP_PORT}\"", topo.backend_addrs()[i - 1]))
-        .collect();
-    format!(
-        "{agent}\n[[pool]]\nname = \"web\"\nservers = [{http}]\n\n[[pool]]\nname = \"dns\"\nservers = [{udp}]\n\n\
-         [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"{vip}:80\"\ntype = \"tcp\"\npool = \"web\"\n{tcp_extra}\n\n\
-         [[virtual_service]]\nname = \"dns-udp\"\nlisten = \"{vip}:53\"\ntype = \"udp\"\npool = \"dns\"\n",
-        agent = agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        http = http.join(", "),
-        udp = udp.join(", "),
-        vip = topo.vip(),
-    )
+/// Pool `web` of backends `servers` on their HTTP port behind `tcp` (VIP:80, port mapping to
+/// 8080), pool `dns` of the same backends on their UDP port behind a udp VS on VIP:53.
+fn l4_config(
+    agent: &LatchAgent,
+    topo: &Topology,
+    tcp: VirtualService,
+    servers: &[usize],
+) -> LatchConfig {
+    with_l4_services(lb_agent(topo, agent), topo, tcp, servers)
 }
 
-fn start(
+/// `config` with the pools and services of [`l4_config`].
+fn with_l4_services(
+    config: LatchConfig,
     topo: &Topology,
-    config: impl Fn(&LatchAgent) -> String,
-) -> Result<LatchAgent, Box<dyn std::error::Error>> {
-    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&config(&agent))?;
-    agent.start()?;
-    Ok(agent)
+    tcp: VirtualService,
+    servers: &[usize],
+) -> LatchConfig {
+    config
+        .pool(Pool::new("web", backends(topo, servers, HTTP_PORT)))
+        .pool(Pool::new("dns", backends(topo, servers, UDP_PORT)))
+        .virtual_service(tcp)
+        .virtual_service(VirtualService::udp("dns-udp", vip(topo, 53), "dns"))
 }
 
 fn vip(topo: &Topology, port: u16) -> SocketAddr {
@@ -53,11 +48,11 @@ fn vip(topo: &Topology, port: u16) -> SocketAddr {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
-    let _agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
+    let _agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2, 3]))?;
     let client = topo.client_addr();
 
     let (tcp_seen, udp_seen) = topo.client().run(|| -> Result<_, String> {
@@ -105,8 +100,8 @@ fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn client_ip_persistence_sticks_and_expires() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder()
         .backends(3)
         .client_addresses(4)
@@ -117,7 +112,7 @@ fn client_ip_persistence_sticks_and_expires() -> TestResult {
         l4_config(
             a,
             &topo,
-            "persistence = { type = \"client_ip\", timeout = \"1s\" }",
+            web_tcp(&topo).client_ip_persistence(Duration::from_secs(1)),
             &[1, 2, 3],
         )
     })?;
@@ -168,26 +163,17 @@ fn client_ip_persistence_sticks_and_expires() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder()
         .backends(3)
         .with_vip_on_backend_loopback()
         .build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, |a| {
-        let servers: Vec<String> = topo
-            .backend_addrs()
-            .iter()
-            .map(|b| format!("\"{b}:{HTTP_PORT}\""))
-            .collect();
-        format!(
-            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"dsr\"\n\
-             listen = \"{}:{HTTP_PORT}\"\ntype = \"tcp\"\npool = \"web\"\nforwarding = \"dsr\"\n",
-            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
-            servers.join(", "),
-            topo.vip()
-        )
+        lb_agent(&topo, a)
+            .pool(Pool::new("web", all_backends(&topo, HTTP_PORT)))
+            .virtual_service(VirtualService::tcp("dsr", vip(&topo, HTTP_PORT), "web").dsr())
     })?;
     let client = topo.client_addr();
     let seen = topo.client().run(|| -> Result<BTreeSet<String>, String> {
@@ -207,11 +193,11 @@ fn dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
-    let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2, 3]))?;
+    let agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2, 3]))?;
 
     // A long-lived keep-alive connection; whichever backend it lands on stays in the pool.
     let (conn_backend, mut conn) = topo.client().run(|| -> Result<_, String> {
@@ -226,7 +212,7 @@ fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> Tes
         .ok_or("no backend to remove")?;
 
     let keep: Vec<usize> = (1..=3).filter(|&i| i != removed).collect();
-    agent.write_config(&l4_config(&agent, &topo, "", &keep))?;
+    agent.write_latch_config(&l4_config(&agent, &topo, web_tcp(&topo), &keep))?;
     let outcome = agent.reload()?;
     assert!(
         outcome.contains("configuration reloaded"),
@@ -271,13 +257,14 @@ fn reload_removing_a_backend_keeps_other_flows_and_stops_new_ones_to_it() -> Tes
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn bad_config_on_reload_is_refused_and_traffic_goes_on() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
-    let agent = start(&topo, |a| l4_config(a, &topo, "", &[1, 2]))?;
-    let good = l4_config(&agent, &topo, "", &[1, 2]);
-    agent.write_config(&good.replace("pool = \"web\"", "pool = \"nope\""))?;
+    let agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2]))?;
+    // web-tcp names a pool that does not exist.
+    let unknown_pool = VirtualService::tcp("web-tcp", vip(&topo, 80), "nope");
+    agent.write_latch_config(&l4_config(&agent, &topo, unknown_pool, &[1, 2]))?;
     let outcome = agent.reload()?;
     assert!(outcome.contains("reload refused"), "reload: {outcome}");
     assert!(
@@ -297,11 +284,11 @@ fn bad_config_on_reload_is_refused_and_traffic_goes_on() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
-    let first = start(&topo, |a| l4_config(a, &topo, "", &[1]))?;
+    let first = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1]))?;
 
     // Same pin directory: refused by the lock, naming the directory.
     let second = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
@@ -314,8 +301,16 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
     );
 
     let third = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    let text = l4_config(&third, &topo, "", &[1]).replacen("vclient", "nosuch0", 1);
-    third.write_config(&text)?;
+    // The client-side interface replaced by one that does not exist.
+    let mut interfaces = topo.lb_interfaces();
+    interfaces[0] = "nosuch0".to_string();
+    let config = with_l4_services(
+        LatchConfig::new(AgentSettings::new(&interfaces).bpffs_dir(third.bpffs_dir())),
+        &topo,
+        web_tcp(&topo),
+        &[1],
+    );
+    third.write_latch_config(&config)?;
     let (status, stderr) = third.run_expecting_exit(Duration::from_secs(20))?;
     assert!(!status.success());
     assert!(
@@ -329,11 +324,11 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn missing_privileges_are_named_with_the_capabilities_needed() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
     let agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&l4_config(&agent, &topo, "", &[1]))?;
+    agent.write_latch_config(&l4_config(&agent, &topo, web_tcp(&topo), &[1]))?;
     // Root's uid but no capabilities at all: BPF and netlink operations are refused.
     let (status, stderr) = agent.run_wrapped_expecting_exit(
         &["setpriv", "--bounding-set=-all", "--inh-caps=-all"],

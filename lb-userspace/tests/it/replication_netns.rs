@@ -17,13 +17,11 @@ use latch::replication::Replication;
 use latch::tables::{
     Mirror, MonotonicClock, NoMirror, RemoveReason, TableLimits, TableStore, VsTables,
 };
-use latch_tests::{
-    ChildGuard, LatchAgent, Netns, ServeConfig, ServerHandle, agent_section, http_get,
-    require_netns,
-};
+use latch_tests::config::{self, AgentSettings, DataScript, LatchConfig, Pool, VirtualService};
+use latch_tests::{ChildGuard, LatchAgent, Netns, ServeConfig, ServerHandle, http_get};
 use parking_lot::Mutex;
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 const REDIS: &str = "/usr/bin/redis-server";
 const REDIS_READY: Duration = Duration::from_secs(10);
 /// How long a change may take to show on the other host before the test fails.
@@ -224,52 +222,34 @@ const HTTP_PORT: u16 = 8080;
 
 /// The seed's JSESSIONID scripts (as in http_netns.rs, a longer lifetime), and a `kv` virtual
 /// service whose script stores and reads entries named by request headers.
-fn config(lb: &LatchAgent, node: &str) -> String {
-    let servers: Vec<String> = BACKEND_ADDRS
-        .iter()
-        .map(|b| format!("\"{b}:{HTTP_PORT}\""))
-        .collect();
-    format!(
-        r#"{agent}
-[[pool]]
-name = "web"
-servers = [{servers}]
-
-[[virtual_service]]
-name = "shop"
-listen = "{VIP}:80"
-type = "http"
-pool = "web"
-{jsession}
-[[virtual_service]]
-name = "kv"
-listen = "{VIP}:81"
-type = "http"
-pool = "web"
-
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local key = avi.http.get_header("X-Key")
+fn config(lb: &LatchAgent, node: &str) -> LatchConfig {
+    let servers = BACKEND_ADDRS.map(|b| SocketAddr::from((b, HTTP_PORT)));
+    let kv_script = DataScript::request(
+        r#"local key = avi.http.get_header("X-Key")
 local path = avi.http.get_path()
 if path == "/put" then
   avi.vs.table_insert(key, avi.http.get_header("X-Val"), 60)
-  avi.http.response(200, {{}}, "ok")
+  avi.http.response(200, {}, "ok")
 elseif path == "/get" then
-  avi.http.response(200, {{}}, avi.vs.table_lookup(key, 0) or "-")
+  avi.http.response(200, {}, avi.vs.table_lookup(key, 0) or "-")
 end
-'''
-
-[replication]
-redis_url = "redis://{REDIS_ADDR}:6379"
-node_id = "{node}"
-connect_timeout = "1s"
-command_timeout = "300ms"
 "#,
-        agent = agent_section(&["eth0".to_string()], lb.bpffs_dir()),
-        servers = servers.join(", "),
-        jsession = latch_tests::jsession_scripts(60),
-    )
+    );
+    LatchConfig::new(AgentSettings::new(&["eth0".to_string()]).bpffs_dir(lb.bpffs_dir()))
+        .pool(Pool::new("web", servers))
+        .virtual_service(
+            VirtualService::http("shop", SocketAddr::from((VIP, 80)), "web")
+                .datascripts(latch_tests::jsession_scripts(60)),
+        )
+        .virtual_service(
+            VirtualService::http("kv", SocketAddr::from((VIP, 81)), "web").datascript(kv_script),
+        )
+        .replication(config::Replication::new(
+            &format!("redis://{REDIS_ADDR}:6379"),
+            node,
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        ))
 }
 
 /// GET from a client inside `ns`.
@@ -368,7 +348,7 @@ impl Cluster {
         cluster.redis = Some(redis_in(&cluster.redis_ns)?);
         for (ns, node) in cluster.lbs.iter().zip(["lb-a", "lb-b"]) {
             let mut agent = LatchAgent::prepare(LATCH.as_ref(), ns)?;
-            agent.write_config(&config(&agent, node))?;
+            agent.write_latch_config(&config(&agent, node))?;
             agent.start()?;
             cluster.agents.push(agent);
         }
@@ -423,8 +403,8 @@ impl Cluster {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult {
-    require_netns!(Ok(()));
     if redis_missing() {
         return Ok(());
     }
@@ -488,8 +468,8 @@ fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn concurrent_inserts_on_two_hosts_converge_on_one_value() -> TestResult {
-    require_netns!(Ok(()));
     if redis_missing() {
         return Ok(());
     }

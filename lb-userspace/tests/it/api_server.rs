@@ -1,11 +1,9 @@
 //! The admin API against a fake agent on 127.0.0.1 (no root): every endpoint, errors, tokens.
 
-mod api_support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use api_support::{RunningApi, server_addr};
+use crate::api_support::{RunningApi, server_addr};
 use http::{Method, StatusCode};
 use latch::api::client::{AdminClient, ClientError, RawResponse};
 use latch::api::model::*;

@@ -34,11 +34,6 @@ pub const NEAR_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x32];
 pub const BACKEND1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0a];
 pub const BACKEND2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0b];
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -190,12 +185,8 @@ fn ifindex(name: &str) -> u32 {
 }
 
 impl Fixture {
-    /// None (after printing a skip line) when not root.
-    pub fn new(test: &str) -> Option<Self> {
-        if !is_root() {
-            eprintln!("SKIP {test}: BPF_PROG_TEST_RUN fixtures need root");
-            return None;
-        }
+    /// Needs root (network namespaces, BPF).
+    pub fn new() -> Self {
         let netns = Netns::create();
         let pins = PinDir::create();
         let mut ebpf = EbpfLoader::new()
@@ -213,13 +204,13 @@ impl Fixture {
         prog.load().expect("verifier accepts latch_xdp");
         let lbc = ifindex("lbc");
         let lbb = ifindex("lbb");
-        Some(Self {
+        Self {
             ebpf,
             _pins: pins,
             _netns: netns,
             lbc,
             lbb,
-        })
+        }
     }
 
     /// Runs the program once on `frame` as if received on `ingress`; returns the verdict and

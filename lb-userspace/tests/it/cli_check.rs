@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
+use crate::LATCH;
 
 fn check(example: &str) -> (bool, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

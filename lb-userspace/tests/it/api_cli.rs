@@ -1,13 +1,13 @@
 //! The client subcommands against a fake agent on 127.0.0.1 (no root): the formatter through
 //! `execute`, and the built `latch` binary end to end.
 
-mod api_support;
-
+use std::net::SocketAddr;
 use std::process::Output;
 
-use api_support::RunningApi;
+use crate::api_support::RunningApi;
 use latch::api::cli::{ClientCommand, ClientOptions, execute};
 use latch::api::model::TableListView;
+use latch_tests::{AgentSettings, LatchConfig, Pool, VirtualService};
 
 fn opts(api: &RunningApi, token: Option<&str>, json: bool) -> ClientOptions {
     ClientOptions {
@@ -161,28 +161,22 @@ async fn binary_talks_to_the_agent_with_the_config_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), "s3cret\n").expect("token");
     let config = dir.path().join("latch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-interfaces = ["lb0"]
-admin_listen = "{}"
-admin_token_file = "token"
-
-[[pool]]
-name = "web"
-servers = ["192.0.2.11:8080"]
-
-[[virtual_service]]
-name = "shop"
-listen = "198.51.100.10:80"
-type = "http"
-pool = "web"
-"#,
-            api.addr
-        ),
-    )
-    .expect("config");
+    let settings = AgentSettings::new(&["lb0".to_string()])
+        .admin_listen(api.addr)
+        .admin_token_file("token".as_ref());
+    let toml = LatchConfig::new(settings)
+        .pool(Pool::new(
+            "web",
+            [SocketAddr::from(([192, 0, 2, 11], 8080))],
+        ))
+        .virtual_service(VirtualService::http(
+            "shop",
+            SocketAddr::from(([198, 51, 100, 10], 80)),
+            "web",
+        ))
+        .to_toml()
+        .expect("config serializes");
+    std::fs::write(&config, toml).expect("config");
     let config = config.to_str().expect("utf-8 path");
 
     // Address and token both come from -c FILE.

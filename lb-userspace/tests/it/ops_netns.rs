@@ -1,34 +1,22 @@
 //! Operating a running agent: health monitors taking servers out and back, /metrics moving
-//! with traffic, the admin token, and the CLI's table commands. Needs root; skips otherwise.
+//! with traffic, the admin token, and the CLI's table commands. Needs root: `#[ignore]`d, run
+//! with `--include-ignored`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use latch_tests::{LatchAgent, Topology, agent_section, http_get, require_netns};
+use latch_tests::config::ADMIN_LISTEN;
+use latch_tests::{
+    AgentSettings, DataScript, HealthMonitor, LatchAgent, LatchConfig, Topology, http_get,
+};
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
-const HTTP_PORT: u16 = 8080;
-const ADMIN: &str = "127.0.0.1:9180";
+use crate::LATCH;
+use crate::netns_config::{
+    HTTP_PORT, TestResult, lb_agent, shop, start_agent as start, web_pool, web_tcp,
+};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn servers(topo: &Topology) -> String {
-    topo.backend_addrs()
-        .iter()
-        .map(|b| format!("\"{b}:{HTTP_PORT}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn start(
-    topo: &Topology,
-    body: impl Fn(&LatchAgent) -> String,
-) -> Result<LatchAgent, Box<dyn std::error::Error>> {
-    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&body(&agent))?;
-    agent.start()?;
-    Ok(agent)
-}
+/// Probes every 300 ms, each timing out after 200 ms; fall and rise 2.
+const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 
 /// GET on the admin API from inside the LB namespace.
 fn admin_get(topo: &Topology, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
@@ -36,8 +24,7 @@ fn admin_get(topo: &Topology, path: &str, token: Option<&str>) -> Result<(u16, S
     topo.lb().run(|| {
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        let addr: SocketAddr = ADMIN.parse().map_err(|e| format!("{e}"))?;
-        http_get(addr, path, &headers)
+        http_get(ADMIN_LISTEN, path, &headers)
             .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
             .map_err(|e| e.to_string())
     })
@@ -83,19 +70,14 @@ fn wait_for(
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn a_stopped_backend_is_taken_out_within_fall_intervals_and_back_after_rise() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, |a| {
-        format!(
-            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
-             health_monitor = {{ type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
-             [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"{}:80\"\ntype = \"tcp\"\npool = \"web\"\n",
-            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
-            servers(&topo),
-            topo.vip()
-        )
+        lb_agent(&topo, a)
+            .pool(web_pool(&topo).health_monitor(HealthMonitor::tcp(PROBE_INTERVAL)))
+            .virtual_service(web_tcp(&topo))
     })?;
     let b2 = topo.backend(2).ok_or("no b2")?;
     let b2_addr = format!("{}:{HTTP_PORT}", b2.addr);
@@ -163,19 +145,14 @@ fn a_stopped_backend_is_taken_out_within_fall_intervals_and_back_after_rise() ->
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn http_monitor_takes_an_unhealthy_server_out_of_rotation() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let _agent = start(&topo, |a| {
-        format!(
-            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
-             health_monitor = {{ type = \"http\", path = \"/healthz\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
-             [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n",
-            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
-            servers(&topo),
-            topo.vip()
-        )
+        lb_agent(&topo, a)
+            .pool(web_pool(&topo).health_monitor(HealthMonitor::http("/healthz", PROBE_INTERVAL)))
+            .virtual_service(shop(&topo))
     })?;
     let vip = SocketAddr::from((topo.vip(), 80));
     let b3 = topo.server("b3").ok_or("no b3")?;
@@ -232,21 +209,21 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
     let token_file = agent.dir().join("token");
     std::fs::write(&token_file, "s3cret-token\n")?;
-    agent.write_config(&format!(
-        "{}admin_token_file = \"{}\"\n\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n\
-         [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n",
-        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        token_file.display(),
-        servers(&topo),
-        topo.vip()
-    ))?;
+    let config = LatchConfig::new(
+        AgentSettings::new(&topo.lb_interfaces())
+            .bpffs_dir(agent.bpffs_dir())
+            .admin_token_file(&token_file),
+    )
+    .pool(web_pool(&topo))
+    .virtual_service(shop(&topo));
+    agent.write_latch_config(&config)?;
     agent.start()?;
 
     assert_eq!(admin_get(&topo, "/metrics", None)?.0, 401, "no token");
@@ -292,20 +269,20 @@ fn metrics_move_with_traffic_and_the_token_is_enforced() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
+    let store_sessions = DataScript::response(
+        r#"if avi.http.get_cookie("JSESSIONID") then
+  avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 600)
+end
+"#,
+    );
     let agent = start(&topo, |a| {
-        format!(
-            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"shop\"\n\
-             listen = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n\n[[virtual_service.datascript]]\n\
-             event = \"HTTP_RESP\"\nscript = '''\nif avi.http.get_cookie(\"JSESSIONID\") then\n  \
-             avi.vs.table_insert(avi.http.get_cookie(\"JSESSIONID\"), avi.pool.server_ip(), 600)\nend\n'''\n",
-            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
-            servers(&topo),
-            topo.vip()
-        )
+        lb_agent(&topo, a)
+            .pool(web_pool(&topo))
+            .virtual_service(shop(&topo).datascript(store_sessions))
     })?;
     let vip = SocketAddr::from((topo.vip(), 80));
     let cookies = topo.client().run(|| -> Result<Vec<String>, String> {
@@ -348,40 +325,32 @@ fn cli_lists_gets_and_deletes_table_entries() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn a_session_on_a_down_server_is_balanced_and_re_learned() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     // Insert-if-absent keyed on the request's cookie, as examples/header_persist.toml does.
-    let scripts = r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("sid")
+    let scripts = [
+        DataScript::request(
+            r#"local id = avi.http.get_cookie("sid")
 if id then
   local server = avi.vs.table_lookup(id)
   if server then avi.pool.select("web", server) end
   avi.vs.reqvar.id = id
 end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.vs.reqvar.id then
+"#,
+        ),
+        DataScript::response(
+            r#"if avi.vs.reqvar.id then
   avi.vs.table_insert(avi.vs.reqvar.id, avi.pool.server_ip(), 600)
 end
-'''
-"#;
+"#,
+        ),
+    ];
     let _agent = start(&topo, |a| {
-        format!(
-            "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\
-             health_monitor = {{ type = \"http\", path = \"/healthz\", interval = \"300ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
-             [[virtual_service]]\nname = \"shop\"\nlisten = \"{}:80\"\ntype = \"http\"\npool = \"web\"\n{scripts}",
-            agent_section(&topo.lb_interfaces(), a.bpffs_dir()),
-            servers(&topo),
-            topo.vip()
-        )
+        lb_agent(&topo, a)
+            .pool(web_pool(&topo).health_monitor(HealthMonitor::http("/healthz", PROBE_INTERVAL)))
+            .virtual_service(shop(&topo).datascripts(scripts))
     })?;
     let vip = SocketAddr::from((topo.vip(), 80));
     let with_session = || -> Result<String, String> {

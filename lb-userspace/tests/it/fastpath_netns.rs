@@ -1,29 +1,26 @@
 //! The HTTP fast path (`fast_path = "client_ip"`) with real traffic: a DataScript table write
 //! pins the client to its server in the kernel, XDP then forwards the client's new
 //! connections straight to that server; table_remove and a server leaving the pool release
-//! the client back to the proxy. Needs root; skips otherwise.
+//! the client back to the proxy. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use latch_tests::{LatchAgent, Topology, agent_section, http_get_from, require_netns, strip_ansi};
+use latch_tests::{DataScript, LatchAgent, LatchConfig, Pool, Topology, http_get_from, strip_ansi};
 use lb_common::{map_names, stat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
-const HTTP_PORT: u16 = 8080;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use crate::LATCH;
+use crate::netns_config::{HTTP_PORT, TestResult, backends, lb_agent, shop};
 
 /// Sessions learned at /login (lifetime 60 s), looked up without extension, removed at
 /// /logout.
-const SCRIPTS: &str = r#"
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-local id = avi.http.get_cookie("JSESSIONID")
+fn scripts() -> [DataScript; 2] {
+    [
+        DataScript::request(
+            r#"local id = avi.http.get_cookie("JSESSIONID")
 if id then
   if avi.http.get_path() == "/logout" then
     avi.vs.table_remove(id)
@@ -34,29 +31,22 @@ if id then
     end
   end
 end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
+"#,
+        ),
+        DataScript::response(
+            r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 60)
 end
-'''
-"#;
+"#,
+        ),
+    ]
+}
 
-fn config(agent: &LatchAgent, topo: &Topology, servers: &[usize]) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|&i| format!("\"{}:{HTTP_PORT}\"", topo.backend_addrs()[i - 1]))
-        .collect();
-    format!(
-        "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"shop\"\n\
-         listen = \"{}:80\"\ntype = \"http\"\npool = \"web\"\nfast_path = \"client_ip\"\n{SCRIPTS}",
-        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        list.join(", "),
-        topo.vip()
-    )
+/// Pool `web` of backends `servers` and the fast-path HTTP service `shop` on VIP:80.
+fn config(agent: &LatchAgent, topo: &Topology, servers: &[usize]) -> LatchConfig {
+    lb_agent(topo, agent)
+        .pool(Pool::new("web", backends(topo, servers, HTTP_PORT)))
+        .virtual_service(shop(topo).client_ip_fast_path().datascripts(scripts()))
 }
 
 /// Sum over CPUs of one global counter, read from the agent's pinned STATS map.
@@ -130,15 +120,15 @@ fn connections(topo: &Topology, from: Ipv4Addr, n: usize) -> Result<Vec<(String,
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder()
         .backends(3)
         .client_addresses(2)
         .build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&config(&agent, &topo, &[1, 2, 3]))?;
+    agent.write_latch_config(&config(&agent, &topo, &[1, 2, 3]))?;
     agent.start()?;
     let (a, b) = (topo.client_addrs()[0], topo.client_addrs()[1]);
     let vip = SocketAddr::from((topo.vip(), 80));
@@ -221,7 +211,7 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
 
     let owner_index: usize = owner.trim_start_matches('b').parse()?;
     let keep: Vec<usize> = (1..=3).filter(|&i| i != owner_index).collect();
-    agent.write_config(&config(&agent, &topo, &keep))?;
+    agent.write_latch_config(&config(&agent, &topo, &keep))?;
     let outcome = agent.reload()?;
     assert!(outcome.contains("configuration reloaded"), "{outcome}");
     let after_reload = topo.client().run(|| connections(&topo, a, 4))?;

@@ -1,7 +1,7 @@
 //! Restarts and reloads without loss, with real traffic through `latch run`: L4 traffic keeps
 //! flowing across a kill -9 and restart; DataScript tables survive a restart (restored from
 //! the kernel mirror) and reloads; an incompatible pinned layout is refused, an older one
-//! lacking a newer map is adopted. Needs root; skips otherwise.
+//! lacking a newer map is adopted. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,53 +9,26 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use latch_tests::{
-    HttpConn, LatchAgent, Netns, Topology, agent_section, http_get, require_netns, strip_ansi,
+    AgentSettings, DataScript, HttpConn, LatchAgent, LatchConfig, Netns, Pool, Topology,
+    VirtualService, http_get, strip_ansi,
 };
 use lb_common::map_names;
 
-const LATCH: &str = env!("CARGO_BIN_EXE_latch");
-const HTTP_PORT: u16 = 8080;
+use crate::LATCH;
+use crate::netns_config::{HTTP_PORT, TestResult, backends, lb_agent, shop, web_tcp};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn servers(topo: &Topology, which: &[usize]) -> String {
-    which
-        .iter()
-        .map(|&i| format!("\"{}:{HTTP_PORT}\"", topo.backend_addrs()[i - 1]))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn l4_config(agent: &LatchAgent, topo: &Topology) -> String {
-    format!(
-        "{}\n[[pool]]\nname = \"web\"\nservers = [{}]\n\n[[virtual_service]]\nname = \"web-tcp\"\n\
-         listen = \"{}:80\"\ntype = \"tcp\"\npool = \"web\"\n",
-        agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        servers(topo, &[1, 2]),
-        topo.vip()
-    )
+fn l4_config(agent: &LatchAgent, topo: &Topology) -> LatchConfig {
+    lb_agent(topo, agent)
+        .pool(Pool::new("web", backends(topo, &[1, 2], HTTP_PORT)))
+        .virtual_service(web_tcp(topo))
 }
 
 /// JSESSIONID persistence; the lifetime comes from the login request's X-Life header
 /// (default 60 s) and HTTP_RESP reports table hits in X-Persist. `tag` lands in X-Script so a
 /// test sees which script version answered.
-fn http_config(agent: &LatchAgent, topo: &Topology, pool: &[usize], tag: &str) -> String {
-    format!(
-        r#"{agent}
-[[pool]]
-name = "web"
-servers = [{servers}]
-
-[[virtual_service]]
-name = "shop"
-listen = "{vip}:80"
-type = "http"
-pool = "web"
-
-[[virtual_service.datascript]]
-event = "HTTP_REQ"
-script = '''
-avi.vs.reqvar.life = tonumber(avi.http.get_header("X-Life") or "60")
+fn http_config(agent: &LatchAgent, topo: &Topology, pool: &[usize], tag: &str) -> LatchConfig {
+    let learn = DataScript::request(
+        r#"avi.vs.reqvar.life = tonumber(avi.http.get_header("X-Life") or "60")
 local id = avi.http.get_cookie("JSESSIONID")
 if id then
   local server = avi.vs.table_lookup(id, 0)
@@ -64,22 +37,19 @@ if id then
     avi.pool.select("web", server)
   end
 end
-'''
-
-[[virtual_service.datascript]]
-event = "HTTP_RESP"
-script = '''
-if avi.http.get_cookie("JSESSIONID") then
+"#,
+    );
+    let store = DataScript::response(&format!(
+        r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), avi.vs.reqvar.life)
 end
 avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
 avi.http.add_header("X-Script", "{tag}")
-'''
-"#,
-        agent = agent_section(&topo.lb_interfaces(), agent.bpffs_dir()),
-        servers = servers(topo, pool),
-        vip = topo.vip()
-    )
+"#
+    ));
+    lb_agent(topo, agent)
+        .pool(Pool::new("web", backends(topo, pool, HTTP_PORT)))
+        .virtual_service(shop(topo).datascript(learn).datascript(store))
 }
 
 fn vip(topo: &Topology) -> SocketAddr {
@@ -106,12 +76,12 @@ fn with_cookie(topo: &Topology, cookie: &str) -> Result<(String, String), String
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&l4_config(&agent, &topo))?;
+    agent.write_latch_config(&l4_config(&agent, &topo))?;
     agent.start()?;
 
     const REQUESTS: usize = 200;
@@ -172,12 +142,12 @@ fn kill9_and_restart_during_l4_load_fails_no_request() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&http_config(&agent, &topo, &[1, 2, 3], "v1"))?;
+    agent.write_latch_config(&http_config(&agent, &topo, &[1, 2, 3], "v1"))?;
     agent.start()?;
 
     let ((cookie, owner), (short, _)) = topo.client().run(|| -> Result<_, String> {
@@ -230,12 +200,12 @@ fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestRes
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&http_config(&agent, &topo, &[1, 2], "v1"))?;
+    agent.write_latch_config(&http_config(&agent, &topo, &[1, 2], "v1"))?;
     agent.start()?;
     let (cookie, owner) = topo.client().run(|| login(&topo, "60"))?;
 
@@ -290,10 +260,10 @@ fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
         let reloads = (|| -> Result<Vec<String>, Box<dyn std::error::Error>> {
             let mut outcomes = Vec::new();
             std::thread::sleep(Duration::from_millis(500));
-            agent.write_config(&http_config(&agent, &topo, &[1, 2, 3], "v2"))?;
+            agent.write_latch_config(&http_config(&agent, &topo, &[1, 2, 3], "v2"))?;
             outcomes.push(agent.reload()?);
             std::thread::sleep(Duration::from_millis(500));
-            agent.write_config(&http_config(&agent, &topo, &[1, 2], "v3"))?;
+            agent.write_latch_config(&http_config(&agent, &topo, &[1, 2], "v3"))?;
             outcomes.push(agent.reload()?);
             std::thread::sleep(Duration::from_millis(500));
             Ok(outcomes)
@@ -322,21 +292,22 @@ fn reloads_under_http_load_fail_no_request_and_keep_tables() -> TestResult {
 }
 
 /// A config for an agent that is expected to refuse to start or to start on `lo` only.
-fn lo_config(agent: &LatchAgent) -> String {
-    format!(
-        "{}\n[[pool]]\nname = \"web\"\nservers = [\"192.0.2.11:{HTTP_PORT}\"]\n\n\
-         [[virtual_service]]\nname = \"web-tcp\"\nlisten = \"198.51.100.10:80\"\ntype = \"tcp\"\n\
-         pool = \"web\"\n",
-        agent_section(&["lo".to_string()], agent.bpffs_dir()),
-    )
+fn lo_config(agent: &LatchAgent) -> LatchConfig {
+    let listen = SocketAddr::from(([198, 51, 100, 10], 80));
+    LatchConfig::new(AgentSettings::new(&["lo".to_string()]).bpffs_dir(agent.bpffs_dir()))
+        .pool(Pool::new(
+            "web",
+            [SocketAddr::from(([192, 0, 2, 11], HTTP_PORT))],
+        ))
+        .virtual_service(VirtualService::tcp("web-tcp", listen, "web"))
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn incompatible_pinned_layout_is_refused_through_latch_run() -> TestResult {
-    require_netns!(Ok(()));
     let ns = Netns::new("layout")?;
     let agent = LatchAgent::prepare(LATCH.as_ref(), &ns)?;
-    agent.write_config(&lo_config(&agent))?;
+    agent.write_latch_config(&lo_config(&agent))?;
     // A DS_TABLE of the wrong shape, as an incompatible build would have left it.
     let vdir = latch::dataplane::versioned_dir(agent.bpffs_dir());
     std::fs::create_dir_all(&vdir)?;
@@ -366,12 +337,12 @@ fn incompatible_pinned_layout_is_refused_through_latch_run() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root: creates network namespaces"]
 fn older_pin_dir_without_the_table_mirror_is_adopted_and_upgraded() -> TestResult {
-    require_netns!(Ok(()));
     let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_config(&l4_config(&agent, &topo))?;
+    agent.write_latch_config(&l4_config(&agent, &topo))?;
     agent.start()?;
     agent.stop(Duration::from_secs(10))?;
 

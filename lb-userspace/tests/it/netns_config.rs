@@ -1,0 +1,124 @@
+//! Pieces of agent configs the namespace tests share, built with `latch_tests::config` (typed
+//! and serialized with the `toml` crate, never formatted by hand).
+
+use std::net::SocketAddr;
+
+use latch_tests::{AgentSettings, LatchAgent, LatchConfig, Pool, Topology, VirtualService};
+
+/// The port every test backend serves HTTP on.
+pub const HTTP_PORT: u16 = 8080;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The `[agent]` section for `agent` running in the LB namespace of `topo`.
+pub fn lb_agent(topo: &Topology, agent: &LatchAgent) -> LatchConfig {
+    LatchConfig::new(AgentSettings::new(&topo.lb_interfaces()).bpffs_dir(agent.bpffs_dir()))
+}
+
+/// Backends `which` (numbered from 1, as b1, b2...) of `topo` on `port`.
+pub fn backends(topo: &Topology, which: &[usize], port: u16) -> Vec<SocketAddr> {
+    let addrs = topo.backend_addrs();
+    which
+        .iter()
+        .map(|&i| SocketAddr::from((addrs[i - 1], port)))
+        .collect()
+}
+
+/// Every backend of `topo` on `port`.
+pub fn all_backends(topo: &Topology, port: u16) -> Vec<SocketAddr> {
+    let which: Vec<usize> = (1..=topo.backend_addrs().len()).collect();
+    backends(topo, &which, port)
+}
+
+/// Pool `web`: every backend's HTTP port.
+pub fn web_pool(topo: &Topology) -> Pool {
+    Pool::new("web", all_backends(topo, HTTP_PORT))
+}
+
+/// HTTP virtual service `shop` on the VIP's port 80, balancing over pool `web`.
+pub fn shop(topo: &Topology) -> VirtualService {
+    VirtualService::http("shop", SocketAddr::from((topo.vip(), 80)), "web")
+}
+
+/// Layer-4 TCP virtual service `web-tcp` on the VIP's port 80, over pool `web`.
+pub fn web_tcp(topo: &Topology) -> VirtualService {
+    VirtualService::tcp("web-tcp", SocketAddr::from((topo.vip(), 80)), "web")
+}
+
+/// Prepares an agent in the LB namespace, writes the config `config` builds for it and starts
+/// it.
+pub fn start_agent(
+    topo: &Topology,
+    config: impl FnOnce(&LatchAgent) -> LatchConfig,
+) -> Result<LatchAgent, Box<dyn std::error::Error>> {
+    let mut agent = LatchAgent::prepare(crate::LATCH.as_ref(), topo.lb())?;
+    agent.write_latch_config(&config(&agent))?;
+    agent.start()?;
+    Ok(agent)
+}
+
+/// Every builder method the namespace tests use yields a config the agent accepts, checked
+/// without root so a serialization slip shows up in a plain `cargo test`.
+#[test]
+fn the_built_configs_parse_as_latch_configs() -> TestResult {
+    use std::time::Duration;
+
+    use latch_tests::{DataScript, HealthMonitor, Replication};
+
+    let servers = [SocketAddr::from(([198, 51, 100, 10], HTTP_PORT))];
+    let vip = |port| SocketAddr::from(([203, 0, 113, 10], port));
+    let scripts = latch_tests::jsession_scripts(60);
+    let text = LatchConfig::new(
+        AgentSettings::new(&["lo".to_string()])
+            .bpffs_dir("/sys/fs/bpf/latch-parse-test".as_ref())
+            .admin_token_file("/nonexistent/token".as_ref())
+            .workers(2),
+    )
+    .pool(Pool::new("web", servers).health_monitor(HealthMonitor::tcp(Duration::from_millis(300))))
+    .pool(
+        Pool::new("probed", servers).health_monitor(
+            HealthMonitor::http("/healthz", Duration::from_millis(300))
+                .fall(3)
+                .rise(1),
+        ),
+    )
+    .virtual_service(VirtualService::http("shop", vip(80), "web").datascripts(scripts))
+    .virtual_service(
+        VirtualService::http("fast", vip(81), "probed")
+            .client_ip_fast_path()
+            .datascript(DataScript::response(
+                "avi.http.add_header(\"X-A\", '''b''')\n",
+            )),
+    )
+    .virtual_service(
+        VirtualService::tcp("l4", vip(82), "web").client_ip_persistence(Duration::from_secs(1)),
+    )
+    .virtual_service(VirtualService::tcp("dsr", vip(83), "web").dsr())
+    .virtual_service(VirtualService::udp("dns", vip(53), "web"))
+    .replication(Replication::new(
+        "redis://192.0.2.50:6379",
+        "a",
+        Duration::from_secs(1),
+        Duration::from_millis(300),
+    ))
+    .to_toml()?;
+    let config =
+        latch::config::parse(&text, "built.toml".as_ref()).map_err(|e| format!("{e}\n{text}"))?;
+    assert_eq!(config.virtual_services.len(), 5);
+    let fast = &config.virtual_services[1];
+    assert!(fast.fast_path);
+    assert_eq!(fast.datascripts.len(), 1);
+    assert_eq!(
+        config.virtual_services[2].persistence,
+        Some(Duration::from_secs(1))
+    );
+    let monitor = config.pools[1]
+        .health_monitor
+        .as_ref()
+        .ok_or("no monitor")?;
+    assert_eq!((monitor.fall, monitor.rise), (3, 1));
+    assert_eq!(monitor.timeout, Duration::from_millis(200));
+    assert_eq!(config.agent.workers, Some(2));
+    assert!(config.replication.is_some());
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! Typed latch configs for tests: build an agent section, pools, virtual services with their
+//! DataScripts and replication with typed methods, then [`LatchConfig::to_toml`] serializes
+//! it with the `toml` crate. Nothing here formats TOML by hand, so quoting, escaping and
+//! multi-line scripts are always valid TOML; tests that are about the TOML text itself (error
+//! positions, unknown keys) still write raw text.
+//!
+//! ```
+//! use std::time::Duration;
+//! use latch_tests::config::{AgentSettings, HealthMonitor, LatchConfig, Pool, VirtualService};
+//!
+//! let servers = ["198.51.100.10:8080".parse().unwrap()];
+//! let agent = AgentSettings::new(&["vclient".into()]).bpffs_dir("/sys/fs/bpf/t".as_ref());
+//! let toml = LatchConfig::new(agent)
+//!     .pool(Pool::new("web", servers).health_monitor(HealthMonitor::tcp(Duration::from_millis(300))))
+//!     .virtual_service(VirtualService::tcp("web-tcp", "203.0.113.10:80".parse().unwrap(), "web"))
+//!     .to_toml()
+//!     .unwrap();
+//! assert!(toml.contains("[[virtual_service]]"));
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// The admin API address test agents listen on, on their namespace's loopback.
+pub const ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9180);
+
+/// A whole latch config file.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatchConfig {
+    agent: AgentSettings,
+    #[serde(rename = "pool", skip_serializing_if = "Vec::is_empty")]
+    pools: Vec<Pool>,
+    #[serde(rename = "virtual_service", skip_serializing_if = "Vec::is_empty")]
+    virtual_services: Vec<VirtualService>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<Replication>,
+}
+
+impl LatchConfig {
+    /// A config with only the `[agent]` section.
+    pub fn new(agent: AgentSettings) -> Self {
+        Self {
+            agent,
+            pools: Vec::new(),
+            virtual_services: Vec::new(),
+            replication: None,
+        }
+    }
+
+    /// Adds a `[[pool]]`.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// Adds a `[[virtual_service]]`.
+    pub fn virtual_service(mut self, service: VirtualService) -> Self {
+        self.virtual_services.push(service);
+        self
+    }
+
+    /// Sets the `[replication]` section.
+    pub fn replication(mut self, replication: Replication) -> Self {
+        self.replication = Some(replication);
+        self
+    }
+
+    /// The config file's text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config {
+            what: e.to_string(),
+        })
+    }
+}
+
+/// The `[agent]` section.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentSettings {
+    interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpffs_dir: Option<PathBuf>,
+    admin_listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<usize>,
+}
+
+impl AgentSettings {
+    /// XDP on `interfaces`, the admin API on [`ADMIN_LISTEN`], pins where latch puts them by
+    /// default (agents in tests set their own with [`AgentSettings::bpffs_dir`]).
+    pub fn new(interfaces: &[String]) -> Self {
+        Self {
+            interfaces: interfaces.to_vec(),
+            bpffs_dir: None,
+            admin_listen: ADMIN_LISTEN,
+            admin_token_file: None,
+            workers: None,
+        }
+    }
+
+    /// Pins under `dir`: a test agent's own, see [`crate::LatchAgent::bpffs_dir`].
+    pub fn bpffs_dir(mut self, dir: &Path) -> Self {
+        self.bpffs_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The admin API on `addr`.
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin_listen = addr;
+        self
+    }
+
+    /// The admin API requires the bearer token stored in `path`.
+    pub fn admin_token_file(mut self, path: &Path) -> Self {
+        self.admin_token_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Proxy worker threads.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+}
+
+/// A `[[pool]]` of servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pool {
+    name: String,
+    servers: Vec<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_monitor: Option<HealthMonitor>,
+}
+
+impl Pool {
+    pub fn new(name: &str, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Self {
+            name: name.to_string(),
+            servers: servers.into_iter().collect(),
+            health_monitor: None,
+        }
+    }
+
+    pub fn health_monitor(mut self, monitor: HealthMonitor) -> Self {
+        self.health_monitor = Some(monitor);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum MonitorKind {
+    Tcp,
+    Http,
+}
+
+/// A pool's `health_monitor`: probes every `interval`; `fall` failures take a server out,
+/// `rise` successes bring it back.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthMonitor {
+    #[serde(rename = "type")]
+    kind: MonitorKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(serialize_with = "duration")]
+    interval: Duration,
+    #[serde(serialize_with = "duration")]
+    timeout: Duration,
+    fall: u32,
+    rise: u32,
+}
+
+impl HealthMonitor {
+    /// TCP connect probes every `interval`, each timing out after two thirds of it; fall and
+    /// rise 2.
+    pub fn tcp(interval: Duration) -> Self {
+        Self {
+            kind: MonitorKind::Tcp,
+            path: None,
+            interval,
+            timeout: interval * 2 / 3,
+            fall: 2,
+            rise: 2,
+        }
+    }
+
+    /// HTTP GET `path` probes, otherwise as [`HealthMonitor::tcp`].
+    pub fn http(path: &str, interval: Duration) -> Self {
+        Self {
+            kind: MonitorKind::Http,
+            path: Some(path.to_string()),
+            ..Self::tcp(interval)
+        }
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn fall(mut self, fall: u32) -> Self {
+        self.fall = fall;
+        self
+    }
+
+    pub fn rise(mut self, rise: u32) -> Self {
+        self.rise = rise;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ServiceType {
+    Tcp,
+    Udp,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Forwarding {
+    Dsr,
+}
+
+/// The only persistence and fast-path key latch has.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ClientKey {
+    ClientIp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Persistence {
+    #[serde(rename = "type")]
+    kind: ClientKey,
+    #[serde(serialize_with = "duration")]
+    timeout: Duration,
+}
+
+/// A `[[virtual_service]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualService {
+    name: String,
+    listen: SocketAddr,
+    #[serde(rename = "type")]
+    kind: ServiceType,
+    pool: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarding: Option<Forwarding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistence: Option<Persistence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fast_path: Option<ClientKey>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    datascript: Vec<DataScript>,
+}
+
+impl VirtualService {
+    fn new(kind: ServiceType, name: &str, listen: SocketAddr, pool: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            listen,
+            kind,
+            pool: pool.to_string(),
+            forwarding: None,
+            persistence: None,
+            fast_path: None,
+            datascript: Vec::new(),
+        }
+    }
+
+    /// A layer-4 TCP service forwarded by XDP.
+    pub fn tcp(name: &str, listen: SocketAddr, pool: &str) -> Self {
+        Self::new(ServiceType::Tcp, name, listen, pool)
+    }
+
+    /// A layer-4 UDP service forwarded by XDP.
+    pub fn udp(name: &str, listen: SocketAddr, pool: &str) -> Self {
+        Self::new(ServiceType::Udp, name, listen, pool)
+    }
+
+    /// An HTTP service terminated by the proxy.
+    pub fn http(name: &str, listen: SocketAddr, pool: &str) -> Self {
+        Self::new(ServiceType::Http, name, listen, pool)
+    }
+
+    /// Direct server return instead of NAT.
+    pub fn dsr(mut self) -> Self {
+        self.forwarding = Some(Forwarding::Dsr);
+        self
+    }
+
+    /// Client-IP persistence that expires after `timeout` without traffic.
+    pub fn client_ip_persistence(mut self, timeout: Duration) -> Self {
+        self.persistence = Some(Persistence {
+            kind: ClientKey::ClientIp,
+            timeout,
+        });
+        self
+    }
+
+    /// `fast_path = "client_ip"`: table entries pin clients to servers in XDP.
+    pub fn client_ip_fast_path(mut self) -> Self {
+        self.fast_path = Some(ClientKey::ClientIp);
+        self
+    }
+
+    /// Adds a `[[virtual_service.datascript]]`.
+    pub fn datascript(mut self, script: DataScript) -> Self {
+        self.datascript.push(script);
+        self
+    }
+
+    /// Adds several DataScripts in order.
+    pub fn datascripts(mut self, scripts: impl IntoIterator<Item = DataScript>) -> Self {
+        self.datascript.extend(scripts);
+        self
+    }
+}
+
+/// The event a DataScript runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Event {
+    #[serde(rename = "HTTP_REQ")]
+    HttpReq,
+    #[serde(rename = "HTTP_RESP")]
+    HttpResp,
+}
+
+/// A DataScript given inline.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataScript {
+    event: Event,
+    script: String,
+}
+
+impl DataScript {
+    pub fn new(event: Event, script: &str) -> Self {
+        Self {
+            event,
+            script: script.to_string(),
+        }
+    }
+
+    /// Runs on every request.
+    pub fn request(script: &str) -> Self {
+        Self::new(Event::HttpReq, script)
+    }
+
+    /// Runs on every response.
+    pub fn response(script: &str) -> Self {
+        Self::new(Event::HttpResp, script)
+    }
+}
+
+/// The `[replication]` section.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replication {
+    redis_url: String,
+    node_id: String,
+    #[serde(serialize_with = "duration")]
+    connect_timeout: Duration,
+    #[serde(serialize_with = "duration")]
+    command_timeout: Duration,
+}
+
+impl Replication {
+    pub fn new(
+        redis_url: &str,
+        node_id: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
+        Self {
+            redis_url: redis_url.to_string(),
+            node_id: node_id.to_string(),
+            connect_timeout,
+            command_timeout,
+        }
+    }
+}
+
+/// Durations as the config reads them: whole milliseconds with a unit ("300ms").
+fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{}ms", d.as_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn every_section_serializes_to_the_keys_latch_reads() {
+        let text = LatchConfig::new(
+            AgentSettings::new(&["vclient".into(), "vback".into()])
+                .bpffs_dir(Path::new("/sys/fs/bpf/t"))
+                .admin_token_file(Path::new("/tmp/token"))
+                .workers(2),
+        )
+        .pool(
+            Pool::new("web", [addr("198.51.100.10:8080")])
+                .health_monitor(HealthMonitor::http("/healthz", Duration::from_millis(300))),
+        )
+        .virtual_service(
+            VirtualService::http("shop", addr("203.0.113.10:80"), "web")
+                .client_ip_fast_path()
+                .datascript(DataScript::request("local x = \"a\"\nlocal y = '''b'''\n")),
+        )
+        .virtual_service(
+            VirtualService::tcp("l4", addr("203.0.113.10:81"), "web")
+                .dsr()
+                .client_ip_persistence(Duration::from_secs(1)),
+        )
+        .replication(Replication::new(
+            "redis://192.0.2.1:6379",
+            "a",
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        ))
+        .to_toml()
+        .expect("serializes");
+        let v: toml::Table = toml::from_str(&text).expect("parses back");
+        let agent = &v["agent"];
+        assert_eq!(agent["interfaces"][1].as_str(), Some("vback"));
+        assert_eq!(agent["bpffs_dir"].as_str(), Some("/sys/fs/bpf/t"));
+        assert_eq!(agent["admin_listen"].as_str(), Some("127.0.0.1:9180"));
+        assert_eq!(agent["admin_token_file"].as_str(), Some("/tmp/token"));
+        assert_eq!(agent["workers"].as_integer(), Some(2));
+        let pool = &v["pool"][0];
+        assert_eq!(pool["servers"][0].as_str(), Some("198.51.100.10:8080"));
+        let hm = &pool["health_monitor"];
+        assert_eq!(hm["type"].as_str(), Some("http"));
+        assert_eq!(hm["path"].as_str(), Some("/healthz"));
+        assert_eq!(hm["interval"].as_str(), Some("300ms"));
+        assert_eq!(hm["timeout"].as_str(), Some("200ms"));
+        assert_eq!(
+            (hm["fall"].as_integer(), hm["rise"].as_integer()),
+            (Some(2), Some(2))
+        );
+        let shop = &v["virtual_service"][0];
+        assert_eq!(shop["type"].as_str(), Some("http"));
+        assert_eq!(shop["fast_path"].as_str(), Some("client_ip"));
+        assert_eq!(shop["datascript"][0]["event"].as_str(), Some("HTTP_REQ"));
+        assert_eq!(
+            shop["datascript"][0]["script"].as_str(),
+            Some("local x = \"a\"\nlocal y = '''b'''\n"),
+            "scripts survive quotes of both kinds"
+        );
+        let l4 = &v["virtual_service"][1];
+        assert_eq!(l4["forwarding"].as_str(), Some("dsr"));
+        assert_eq!(l4["persistence"]["type"].as_str(), Some("client_ip"));
+        assert_eq!(l4["persistence"]["timeout"].as_str(), Some("1000ms"));
+        assert!(l4.get("datascript").is_none(), "no empty script list");
+        assert_eq!(v["replication"]["command_timeout"].as_str(), Some("300ms"));
+    }
+}
