@@ -77,7 +77,7 @@ pub(crate) struct VmShared {
     pub abort: AtomicBool,
     pub env: ScriptEnv,
     pub set: Arc<ScriptSet>,
-    /// Recently returned Lua strings (see `api::cached_str`).
+    /// Recently returned Lua strings (see `api::args::cached_str`).
     pub strings: Mutex<std::collections::HashMap<Box<str>, mlua::String>>,
 }
 
