@@ -46,6 +46,9 @@ enum WorkerCmd {
     },
 }
 
+/// The address a listener group is bound to and one socket per worker.
+type BoundGroup = (SocketAddr, Vec<std::net::TcpListener>);
+
 struct Worker {
     tx: mpsc::UnboundedSender<WorkerCmd>,
     thread: Option<JoinHandle<()>>,
@@ -119,12 +122,11 @@ impl HttpProxy {
     pub fn reload(&self, config: ProxyConfig) -> Result<(), ProxyError> {
         let table = RoutingTable::build(&config, &self.stats)?;
         let mut listeners = self.listeners.lock();
-        let mut opened = Vec::new();
-        for key in table.listeners() {
-            if !listeners.contains_key(&key) {
-                opened.push((key, self.bind_group(key)?));
-            }
-        }
+        let fresh: Vec<SocketAddr> = table
+            .listeners()
+            .filter(|key| !listeners.contains_key(key))
+            .collect();
+        let opened = self.bind_groups(fresh)?;
         let removed: Vec<SocketAddr> = listeners
             .keys()
             .filter(|k| table.vs(**k).is_none())
@@ -139,10 +141,7 @@ impl HttpProxy {
         self.table.store(Arc::new(table));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         self.stats.retain(&names, &servers);
-        for (key, (bound, sockets)) in opened {
-            self.hand_out(key, sockets)?;
-            listeners.insert(key, bound);
-        }
+        self.hand_out_groups(&mut listeners, opened)?;
         for key in removed {
             listeners.remove(&key);
             for w in &self.workers {
@@ -209,10 +208,26 @@ impl HttpProxy {
 
     fn open_listeners(&self, table: &RoutingTable) -> Result<(), ProxyError> {
         let mut listeners = self.listeners.lock();
-        let mut opened = Vec::new();
-        for key in table.listeners() {
-            opened.push((key, self.bind_group(key)?));
-        }
+        let opened = self.bind_groups(table.listeners())?;
+        self.hand_out_groups(&mut listeners, opened)
+    }
+
+    /// Binds a socket group for each of `keys`, all or none.
+    fn bind_groups(
+        &self,
+        keys: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Vec<(SocketAddr, BoundGroup)>, ProxyError> {
+        keys.into_iter()
+            .map(|key| Ok((key, self.bind_group(key)?)))
+            .collect()
+    }
+
+    /// Hands bound groups to the workers and records them as open.
+    fn hand_out_groups(
+        &self,
+        listeners: &mut HashMap<SocketAddr, SocketAddr>,
+        opened: Vec<(SocketAddr, BoundGroup)>,
+    ) -> Result<(), ProxyError> {
         for (key, (bound, sockets)) in opened {
             self.hand_out(key, sockets)?;
             listeners.insert(key, bound);
@@ -221,10 +236,7 @@ impl HttpProxy {
     }
 
     /// One SO_REUSEPORT socket per worker, all on the same address.
-    fn bind_group(
-        &self,
-        key: SocketAddr,
-    ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ProxyError> {
+    fn bind_group(&self, key: SocketAddr) -> Result<BoundGroup, ProxyError> {
         let first = bind_one(key, self.settings.listen_backlog)?;
         let bound = first
             .local_addr()

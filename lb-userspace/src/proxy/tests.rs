@@ -1144,3 +1144,105 @@ fn one_access_log_line_per_request() -> TestResult {
         Ok(())
     })
 }
+
+// ---- module layers ---------------------------------------------------------------------------
+
+/// Every module of the proxy with its source, as compiled.
+const MODULE_SOURCES: &[(&str, &str)] = &[
+    ("access_log", include_str!("access_log.rs")),
+    ("body", include_str!("body.rs")),
+    ("conn", include_str!("conn.rs")),
+    ("conn_clock", include_str!("conn_clock.rs")),
+    ("error", include_str!("error.rs")),
+    ("framing", include_str!("framing.rs")),
+    ("handler", include_str!("handler.rs")),
+    ("headers", include_str!("headers.rs")),
+    ("hooks", include_str!("hooks.rs")),
+    ("picker", include_str!("picker.rs")),
+    ("route", include_str!("route.rs")),
+    ("server", include_str!("server.rs")),
+    ("settings", include_str!("settings.rs")),
+    ("stats", include_str!("stats.rs")),
+    ("txn", include_str!("txn.rs")),
+    ("upstream", include_str!("upstream.rs")),
+];
+
+/// The layer of each module, from the numbered list in mod.rs's "Module layers" section.
+fn documented_layers() -> std::collections::HashMap<String, usize> {
+    let mut layers = std::collections::HashMap::new();
+    for line in include_str!("mod.rs").lines() {
+        let Some((number, rest)) = line.strip_prefix("//! ").and_then(|l| l.split_once(". "))
+        else {
+            continue;
+        };
+        let Ok(layer) = number.parse::<usize>() else {
+            continue;
+        };
+        let names = rest.split(':').next().unwrap_or("");
+        for name in names.split('`').skip(1).step_by(2) {
+            layers.insert(name.to_string(), layer);
+        }
+    }
+    layers
+}
+
+/// Modules of the proxy named by `super::` or `crate::proxy::` paths in the code (comments and
+/// the tests at the end excluded).
+fn used_modules(source: &str) -> Vec<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or("");
+    let mut used = Vec::new();
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for prefix in ["super::", "crate::proxy::"] {
+            for (i, _) in line.match_indices(prefix) {
+                let after = &line[i + prefix.len()..];
+                let items = match after.strip_prefix('{') {
+                    Some(list) => list.split('}').next().unwrap_or("").split(',').collect(),
+                    None => vec![after],
+                };
+                for item in items {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    used.push(name);
+                }
+            }
+        }
+    }
+    used
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
+    let layers = documented_layers();
+    let declared: Vec<&str> = include_str!("mod.rs")
+        .lines()
+        .filter_map(|l| l.trim_start_matches("pub ").strip_prefix("mod "))
+        .map(|l| l.trim_end_matches(';'))
+        .filter(|m| *m != "tests")
+        .collect();
+    let listed: Vec<&str> = MODULE_SOURCES.iter().map(|(m, _)| *m).collect();
+    assert_eq!(declared.len(), listed.len(), "{declared:?} vs {listed:?}");
+    for module in &declared {
+        assert!(
+            listed.contains(module),
+            "{module} missing from MODULE_SOURCES"
+        );
+        assert!(
+            layers.contains_key(*module),
+            "{module} has no layer in mod.rs"
+        );
+    }
+    for (module, source) in MODULE_SOURCES {
+        let own = layers[*module];
+        for used in used_modules(source) {
+            if let Some(layer) = layers.get(&used) {
+                assert!(
+                    *layer < own,
+                    "{module} (layer {own}) uses {used} (layer {layer})"
+                );
+            }
+        }
+    }
+}

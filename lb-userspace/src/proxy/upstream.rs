@@ -39,6 +39,20 @@ pub(crate) enum ConnectError {
     },
 }
 
+/// An upstream connection lent to one response, returned to its pool at end of body.
+pub(crate) struct Lent {
+    pub pool: Arc<UpstreamPool>,
+    pub server: SocketAddr,
+    pub sender: UpstreamSender,
+}
+
+impl Lent {
+    /// The response was read to its end: the connection may serve another request.
+    pub fn give_back(self) {
+        self.pool.checkin(self.server, self.sender);
+    }
+}
+
 /// A connection ready for one request.
 pub(crate) struct Checkout {
     pub sender: UpstreamSender,
@@ -49,6 +63,13 @@ pub(crate) struct Checkout {
 struct Idle {
     sender: UpstreamSender,
     since: Instant,
+}
+
+impl Idle {
+    /// Still open and idle for less than `timeout` at `now`.
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < timeout
+    }
 }
 
 pub(crate) struct UpstreamPool {
@@ -116,7 +137,7 @@ impl UpstreamPool {
         let list = idle.get_mut(&server)?;
         let now = Instant::now();
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
+            if entry.usable(now, self.idle_timeout) {
                 return Some(entry.sender);
             }
         }
@@ -145,9 +166,7 @@ impl UpstreamPool {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         for list in idle.values_mut() {
-            list.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout
-            });
+            list.retain(|e| e.usable(now, self.idle_timeout));
         }
         idle.retain(|_, list| !list.is_empty());
     }
