@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -97,12 +96,13 @@ pub(crate) async fn serve_conn(
     watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
+    // Before the gauge: whoever sees the connection counted sees its timers running.
+    let clock = Arc::new(ConnClock::new(ctx.settings.clock.clone()));
     let _active = ctx.table.load().vs(listen).map(|vs| {
         GaugeGuard::new(Gauge::new(vs.counters.clone(), |c: &VsCounters| {
             &c.active_connections
         }))
     });
-    let clock = Arc::new(ConnClock::new());
     let info = Arc::new(ConnInfo {
         client,
         listen,
@@ -140,7 +140,7 @@ pub(crate) async fn serve_conn(
                 settings.client_idle_timeout,
                 settings.header_read_timeout,
             )
-            .unwrap_or_else(|| Instant::now() + recheck);
+            .unwrap_or_else(|| settings.clock.now() + recheck);
         tokio::select! {
             res = &mut conn => {
                 if let Err(e) = res {
@@ -148,7 +148,7 @@ pub(crate) async fn serve_conn(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(deadline.into()) => {
+            () = settings.clock.sleep_until(deadline) => {
                 if clock.snapshot() == snap && snap & 3 != BUSY {
                     tracing::debug!(%client, %listen, phase = if snap & 3 == IDLE { "idle" } else { "header" },
                         "closing client connection: timeout");

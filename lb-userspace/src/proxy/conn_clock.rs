@@ -2,7 +2,11 @@
 //! when it began: what the connection's watchdog in `conn` reads to know which timeout runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::clock::ProxyClock;
 
 pub(super) const IDLE: u64 = 0;
 pub(super) const HEAD: u64 = 1;
@@ -11,20 +15,24 @@ pub(super) const BUSY: u64 = 2;
 /// Phase of a connection and when it began, packed in one atomic: `(millis << 2) | phase`.
 #[derive(Debug)]
 pub(crate) struct ConnClock {
+    clock: ProxyClock,
     epoch: Instant,
     state: AtomicU64,
 }
 
 impl ConnClock {
-    pub(super) fn new() -> Self {
+    /// A new connection, reading its first request head from now on `clock`.
+    pub(super) fn new(clock: ProxyClock) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch: clock.now(),
+            clock,
             state: AtomicU64::new(HEAD),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2)
+        let elapsed = self.clock.now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> 2)
     }
 
     fn set(&self, phase: u64) {
@@ -70,27 +78,38 @@ impl ConnClock {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::proxy::clock::ManualClock;
 
     #[test]
     fn clock_phases() {
-        let c = ConnClock::new();
+        let manual = Arc::new(ManualClock::new());
+        let c = ConnClock::new(ProxyClock::manual(manual.clone()));
         let idle = Duration::from_secs(60);
         let head = Duration::from_secs(10);
         let s = c.snapshot();
         assert_eq!(s & 3, HEAD);
-        let d = c.deadline(s, idle, head).map(|d| d.duration_since(c.epoch));
-        assert!(d.is_some_and(|d| d <= head + Duration::from_millis(50)));
+        assert_eq!(c.deadline(s, idle, head), Some(c.epoch + head));
+        manual.advance(Duration::from_millis(1500));
         c.busy();
         assert_eq!(c.deadline(c.snapshot(), idle, head), None);
         c.on_read();
         assert_eq!(c.snapshot() & 3, BUSY, "reads while busy are body bytes");
+        manual.advance(Duration::from_millis(500));
         c.idle();
-        let d = c
-            .deadline(c.snapshot(), idle, head)
-            .map(|d| d.duration_since(c.epoch));
-        assert!(d.is_some_and(|d| d >= idle && d < idle + Duration::from_secs(1)));
+        let idle_since = c.epoch + Duration::from_secs(2);
+        assert_eq!(
+            c.deadline(c.snapshot(), idle, head),
+            Some(idle_since + idle)
+        );
+        manual.advance(Duration::from_secs(59));
         c.on_read();
         assert_eq!(c.snapshot() & 3, HEAD);
+        assert_eq!(
+            c.deadline(c.snapshot(), idle, head),
+            Some(idle_since + Duration::from_secs(59) + head)
+        );
     }
 }

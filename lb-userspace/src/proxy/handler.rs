@@ -243,10 +243,14 @@ async fn forward(
     };
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
-    let deadline = tokio::time::Instant::now() + ctx.settings.upstream_response_timeout;
+    let clock = &ctx.settings.clock;
+    let deadline = clock.now() + ctx.settings.upstream_response_timeout;
     let mut retried = false;
     loop {
-        match tokio::time::timeout_at(deadline, checkout.sender.try_send_request(req)).await {
+        match clock
+            .timeout_at(deadline, checkout.sender.try_send_request(req))
+            .await
+        {
             Err(_) => {
                 return Err(fail(
                     StatusCode::GATEWAY_TIMEOUT,

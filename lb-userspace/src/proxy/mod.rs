@@ -20,11 +20,13 @@
 //! A module uses only modules of lower layers, so the module graph has no cycle (a test reads
 //! this list and checks every `super::` path against it):
 //!
-//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `access_log`: leaves. The
-//!    bodies only count and report to a `BodyEnd`; the access log only formats a line.
+//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `access_log`, `clock`: leaves.
+//!    The bodies only count and report to a `BodyEnd`; the access log only formats a line;
+//!    the clock is what every timer waits on.
 //! 1. `picker`, `conn_clock`: a pool's server choice; a client connection's phase.
-//! 2. `settings`, `upstream`: what the agent hands over; the upstream connection pools.
-//! 3. `route`: the routing table built from the settings.
+//! 2. `settings`: what the agent hands over.
+//! 3. `route`, `upstream`: the routing table built from the settings; the upstream
+//!    connection pools.
 //! 4. `txn`: one transaction, finished (counters, pooled connection, access log) by its
 //!    response body.
 //! 5. `handler`: one request: hooks, server choice, upstream exchange.
@@ -33,6 +35,7 @@
 
 mod access_log;
 mod body;
+mod clock;
 mod conn;
 mod conn_clock;
 mod error;
@@ -51,6 +54,7 @@ mod upstream;
 #[cfg(test)]
 mod tests;
 
+pub use clock::{ManualClock, ProxyClock, TimedOut};
 pub use error::ProxyError;
 pub use picker::{PickContext, RoundRobin, ServerPicker};
 pub use route::StaticPoolView;

@@ -1,9 +1,9 @@
 //! The transaction: one request from its head to the end of its response body.
 //!
 //! It is carried by the response body (as its [`BodyEnd`]) and finishes when that body is
-//! sent or abandoned: then the counters are added, the upstream connection goes back to its
-//! pool when the body was read to the end, the access log line is written and the
-//! connection's keep-alive timer starts.
+//! sent or abandoned: the upstream connection goes back to its pool when the body was read to
+//! the end, then the connection's keep-alive timer starts, the counters are added and the
+//! access log line is written.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,6 +126,8 @@ impl BodyEnd for Txn {
 
 impl Drop for Txn {
     fn drop(&mut self) {
+        // First, so that whoever sees this response counted sees its connection idle.
+        self.clock.idle();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         if let Some(vs) = &self.vs {
             let c = &vs.counters;
@@ -161,6 +163,5 @@ impl Drop for Txn {
             script_log: script_log.as_deref(),
         }
         .write();
-        self.clock.idle();
     }
 }
