@@ -78,7 +78,7 @@ macro_rules! reg {
         let $s = std::sync::Arc::clone($sh);
         $t.raw_set(
             $name,
-            $lua.create_function(move |$l: &mlua::Lua, $a: super::Args| {
+            $lua.create_function(move |$l: &mlua::Lua, $a: crate::datascript::api::Args| {
                 let $s: &crate::datascript::vm::VmShared = &$s;
                 let _ = (&$l, &$a);
                 $body

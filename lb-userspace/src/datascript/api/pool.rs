@@ -23,7 +23,7 @@ fn servers_of(sh: &VmShared, pool: &str) -> LResult<Vec<ServerView>> {
         .ok_or_else(|| rt(format!("unknown pool '{pool}'")))
 }
 
-/// The server of `servers` named by `server` ("ip", "ip:port", "[v6]:port") and `port`.
+/// The server of `servers` named by `server` (`ip`, `ip:port`, `[v6]:port`) and `port`.
 /// A port no server of that address uses is ignored: the public JSESSIONID example passes
 /// table_lookup's second result (the remaining lifetime) there.
 fn find_server(

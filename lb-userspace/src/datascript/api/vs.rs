@@ -25,22 +25,25 @@
 //! 3. **Who is told, synchronously on the request thread:**
 //!    - The tables' mirror, under the key's shard lock, so one key's changes arrive in order.
 //!      In the agent it is the kernel mirror ([`crate::dataplane::KernelMirror`], DS_TABLE)
-//!      followed by the fast path (`agent::fastpath::FastPath`). A new entry or a new
-//!      value (`Mirror::upsert`) and a removal or expiry (`Mirror::remove`) are written to
-//!      DS_TABLE at once (one syscall), so a kill -9 loses none of them. A change of lifetime
-//!      alone (`Mirror::extend`, which the tables send at most once per second of expiry
-//!      movement per key) is queued and reaches the kernel at the next
-//!      `KernelMirror::flush`, which the agent runs ten times a second. The fast path ignores
+//!      followed by the fast path (`agent::fastpath::FastPath`). A new entry or a new value
+//!      (`Mirror::upsert`; an expired entry replaced in place is first a `Mirror::remove`)
+//!      and a removal or expiry (`Mirror::remove`) are written to DS_TABLE at once (one
+//!      syscall), so a kill -9 loses none of them. A change of lifetime alone
+//!      (`Mirror::extend`, which the tables skip while the expiry moved less than a second
+//!      since the last one they sent) is queued and reaches the kernel at the next
+//!      `KernelMirror::flush`, which the agent runs ten times a second. Entries whose key or
+//!      value is longer than a DS_TABLE slot stay in user space only. The fast path ignores
 //!      upserts there and unpins, at once, the clients pinned by an entry that leaves.
 //!    - The replicator (Redis, with `[replication]`), after the mirror: it only queues the
 //!      change (upserts coalesced per key), and never hears of changes another host made.
 //!    - The script table observer ([`ScriptTableObserver`](crate::datascript::ScriptTableObserver),
 //!      the fast path in the agent), after the tables returned, with the transaction: told of
 //!      every successful insert, of every lookup or refresh of a live entry with a non-zero
-//!      extension, and of every removal by a script. When the entry's value is a server of
-//!      the service's fast-path pool and the client is IPv4, it pins the client to that
-//!      server in PERSIST and records the pin in DS_TABLE, both at once, unless the same pin
-//!      exists and its expiry moved by less than a second.
+//!      extension, and of every removal of a live entry by a script. When the entry's value
+//!      is a server of the service's fast-path pool and the client is IPv4, it pins the
+//!      client to that server in PERSIST and records the pin in DS_TABLE, both at once,
+//!      unless the same pin exists and its expiry moved by less than a second. Removals it
+//!      leaves to its mirror side above, which sees every removal, scripted or not.
 
 use std::sync::Arc;
 
