@@ -81,11 +81,7 @@ impl ScriptSet {
 
     /// Compile script `i` into `lua` (text only: bytecode is refused).
     pub(crate) fn load(&self, lua: &Lua, i: usize) -> Result<mlua::Function, ScriptError> {
-        let s = &self.scripts[i];
-        lua.load(&s.text)
-            .set_name(format!("={CHUNK_PREFIX}{i}"))
-            .set_mode(ChunkMode::Text)
-            .into_function()
+        load_text(lua, &self.scripts[i].text, &format!("{CHUNK_PREFIX}{i}"))
             .map_err(|e| self.error(i, &e))
     }
 
@@ -140,6 +136,19 @@ impl ScriptSet {
         out.push_str(rest);
         out
     }
+}
+
+/// Compiles Lua source named `name` in messages; bytecode is refused, since it can break out
+/// of the sandbox.
+pub(crate) fn load_text(
+    lua: &Lua,
+    text: impl mlua::AsChunk,
+    name: &str,
+) -> mlua::Result<mlua::Function> {
+    lua.load(text)
+        .set_name(format!("={name}"))
+        .set_mode(ChunkMode::Text)
+        .into_function()
 }
 
 /// `N:L` at the start of `s`: (N, L, bytes consumed).

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
-use mlua::{ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
 use parking_lot::Mutex;
 
-use super::compile::{CHUNK_PREFIX, ScriptSet};
+use super::compile::{CHUNK_PREFIX, ScriptSet, load_text};
 use super::txn::ScriptEnv;
 use super::{DsError, Event};
 use crate::proxy::hooks::{Selection, TxnInfo};
@@ -185,11 +185,8 @@ impl Vm {
             lua.create_function(move |_, ()| Ok(sh.abort.load(Ordering::Relaxed)))?;
         let compile =
             lua.create_function(move |lua, (text, name): (mlua::String, Option<String>)| {
-                let chunk = lua
-                    .load(text.as_bytes().to_vec())
-                    .set_name(format!("={}", name.unwrap_or_else(|| "loadstring".into())))
-                    .set_mode(ChunkMode::Text);
-                match chunk.into_function() {
+                let name = name.as_deref().unwrap_or("loadstring");
+                match load_text(lua, text.as_bytes().to_vec(), name) {
                     Ok(f) => Ok((Some(f), None)),
                     Err(e) => Ok((None, Some(super::compile::root_message(&e)))),
                 }
