@@ -166,7 +166,7 @@ pub enum DataplaneError {
     #[error(transparent)]
     Plan(#[from] PlanError),
 
-    /// `pin_client`/`unpin_client` named a service that is not programmed.
+    /// `PersistPins::pin`/`pinned` named a service that is not programmed.
     #[error("service {vip}:{port}/{proto} is not programmed: apply a spec that contains it first")]
     UnknownService {
         /// Virtual IP.
@@ -177,7 +177,7 @@ pub enum DataplaneError {
         proto: Proto,
     },
 
-    /// `pin_client` named a backend that is not programmed.
+    /// `PersistPins::pin` named a backend that is not programmed.
     #[error("backend {addr} is not programmed: apply a spec that contains it first")]
     UnknownBackend {
         /// Backend address.

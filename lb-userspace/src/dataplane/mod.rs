@@ -594,63 +594,6 @@ impl Dataplane {
         Ok(out)
     }
 
-    fn persist_key(
-        &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-    ) -> Result<PersistKey, DataplaneError> {
-        let (vip, port, proto) = service;
-        let svc = self
-            .state
-            .services
-            .get(&plan::service_key(vip, port, proto))
-            .ok_or(DataplaneError::UnknownService { vip, port, proto })?;
-        Ok(PersistKey {
-            group: svc.persist_group,
-            client_addr: u32::from_ne_bytes(client.octets()),
-        })
-    }
-
-    /// Pins `client` to `backend` for new connections to `service` until `expires_ns`
-    /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]).
-    pub fn pin_client(
-        &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-        backend: SocketAddrV4,
-        expires_ns: u64,
-    ) -> Result<(), DataplaneError> {
-        let key = self.persist_key(service, client)?;
-        let id = self
-            .state
-            .backend_ids
-            .get(&backend)
-            .copied()
-            .ok_or(DataplaneError::UnknownBackend { addr: backend })?;
-        let generation = self.state.backend(id).map_or(0, |b| b.generation);
-        let value = Persist {
-            backend_id: id,
-            generation,
-            expires_ns,
-        };
-        self.maps
-            .persist
-            .lock()
-            .insert(key, value, 0)
-            .map_err(|e| DataplaneError::map(map_names::PERSIST, "write", e))
-    }
-
-    /// Removes a client's pin (no error if there is none).
-    pub fn unpin_client(
-        &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-    ) -> Result<(), DataplaneError> {
-        let key = self.persist_key(service, client)?;
-        remove_ok(self.maps.persist.lock().remove(&key))
-            .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))
-    }
-
     /// Removes expired or stale persistence entries and conntrack entries of released or
     /// reassigned backends. Returns how many entries were removed. Costs one syscall per
     /// entry scanned, so call it every few seconds, not per packet.

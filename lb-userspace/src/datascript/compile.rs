@@ -10,20 +10,12 @@ use super::{Event, ScriptError, ScriptSource};
 /// script 3, which [`ScriptSet::locate`] turns into `file:line:`.
 pub(crate) const CHUNK_PREFIX: &str = "latch#";
 
-#[derive(Clone, Debug)]
-pub(crate) struct Script {
-    pub event: Event,
-    pub name: String,
-    pub text: String,
-    pub origin_file: PathBuf,
-    pub first_line: usize,
-}
-
 /// The checked scripts of one virtual service, in configured order.
 #[derive(Clone, Debug)]
 pub struct ScriptSet {
     vs_name: String,
-    pub(crate) scripts: Vec<Script>,
+    /// The scripts, each with a `first_line` of at least 1.
+    pub(crate) scripts: Vec<ScriptSource>,
     /// HTTP_RESP scripts read the request (so a copy of its head is kept past HTTP_REQ).
     pub(crate) resp_reads_request: bool,
 }
@@ -42,12 +34,9 @@ impl ScriptSet {
                 .any(|s| reads_request(&s.text)),
             scripts: scripts
                 .into_iter()
-                .map(|s| Script {
-                    event: s.event,
-                    name: s.name,
-                    text: s.text,
-                    origin_file: s.origin_file,
+                .map(|s| ScriptSource {
                     first_line: s.first_line.max(1),
+                    ..s
                 })
                 .collect(),
         };
@@ -92,11 +81,7 @@ impl ScriptSet {
 
     /// Compile script `i` into `lua` (text only: bytecode is refused).
     pub(crate) fn load(&self, lua: &Lua, i: usize) -> Result<mlua::Function, ScriptError> {
-        let s = &self.scripts[i];
-        lua.load(&s.text)
-            .set_name(format!("={CHUNK_PREFIX}{i}"))
-            .set_mode(ChunkMode::Text)
-            .into_function()
+        load_text(lua, &self.scripts[i].text, &format!("{CHUNK_PREFIX}{i}"))
             .map_err(|e| self.error(i, &e))
     }
 
@@ -105,12 +90,12 @@ impl ScriptSet {
         let s = &self.scripts[i];
         let raw = root_message(e);
         let (line, msg) = match find_position(&raw, i) {
-            Some((lua_line, rest)) => (s.first_line + lua_line - 1, rest),
+            Some((lua_line, rest)) => (s.origin_line(lua_line), rest),
             None => {
                 // Errors raised by avi.* carry no position; the traceback has it.
                 let line = traceback(e)
                     .and_then(|tb| find_position(&tb, i))
-                    .map(|(l, _)| s.first_line + l - 1)
+                    .map(|(l, _)| s.origin_line(l))
                     .unwrap_or(s.first_line);
                 (line, raw.clone())
             }
@@ -133,11 +118,7 @@ impl ScriptSet {
             let parsed = parse_pos(after).and_then(|(idx, line, len)| {
                 let s = self.scripts.get(idx)?;
                 Some((
-                    format!(
-                        "{}:{}",
-                        s.origin_file.display(),
-                        s.first_line + line.max(1) - 1
-                    ),
+                    format!("{}:{}", s.origin_file.display(), s.origin_line(line)),
                     len,
                 ))
             });
@@ -157,6 +138,19 @@ impl ScriptSet {
     }
 }
 
+/// Compiles Lua source named `name` in messages; bytecode is refused, since it can break out
+/// of the sandbox.
+pub(crate) fn load_text(
+    lua: &Lua,
+    text: impl mlua::AsChunk,
+    name: &str,
+) -> mlua::Result<mlua::Function> {
+    lua.load(text)
+        .set_name(format!("={name}"))
+        .set_mode(ChunkMode::Text)
+        .into_function()
+}
+
 /// `N:L` at the start of `s`: (N, L, bytes consumed).
 fn parse_pos(s: &str) -> Option<(usize, usize, usize)> {
     let n_len = s.bytes().take_while(u8::is_ascii_digit).count();
@@ -169,12 +163,10 @@ fn parse_pos(s: &str) -> Option<(usize, usize, usize)> {
 
 /// The first `latch#i:LINE: ` in `msg`: (LINE, the message after it, or all of it).
 fn find_position(msg: &str, i: usize) -> Option<(usize, String)> {
-    let tag = format!("{CHUNK_PREFIX}{i}:");
-    let p = msg.find(&tag)?;
-    let after = &msg[p + tag.len()..];
-    let l_len = after.bytes().take_while(u8::is_ascii_digit).count();
-    let line: usize = after[..l_len].parse().ok()?;
-    let rest = after[l_len..].strip_prefix(':').unwrap_or(&after[l_len..]);
+    let p = msg.find(&format!("{CHUNK_PREFIX}{i}:"))?;
+    let after = &msg[p + CHUNK_PREFIX.len()..];
+    let (_, line, len) = parse_pos(after)?;
+    let rest = after[len..].strip_prefix(':').unwrap_or(&after[len..]);
     let rest = rest.trim_start();
     let text = if p == 0 {
         rest.to_string()

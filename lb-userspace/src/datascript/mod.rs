@@ -1,7 +1,7 @@
 //! DataScript engine: Lua VMs, the avi.* API, sandbox and limits.
 //!
 //! - [`ScriptSet::compile`] checks the scripts of one virtual service when the config loads
-//!   (syntax errors come back as `file:line: message`); [`lint`] flags string literals standing
+//!   (syntax errors come back as `file:line: message`); [`lint()`] flags string literals standing
 //!   where a lifetime could be meant.
 //! - [`DataScriptHooks`] is the [`crate::proxy::hooks::HookFactory`] of one virtual service. It
 //!   owns a small pool of LuaJIT VMs (one per proxy worker by default) so concurrent requests
@@ -46,7 +46,7 @@ pub struct ScriptError {
     pub message: String,
 }
 
-/// A warning from [`lint`]; same shape as an error.
+/// A warning from [`lint()`]; same shape as an error.
 pub type LintWarning = ScriptError;
 
 /// Resource limits of one virtual service's scripts.

@@ -523,6 +523,30 @@ fn library_tables_are_read_only() {
     assert_eq!(t.log_output().as_deref(), Some("false false"));
 }
 
+#[test]
+fn avi_and_every_namespace_are_read_only() {
+    let log = eval_req(
+        r#"local function try(f) local ok, err = pcall(f) avi.vs.log(ok, err) end
+           try(function() avi.http.get_path = nil end)
+           try(function() avi.pool = {} end)
+           try(function() avi.HTTP_REQUEST = 3 end)
+           avi.vs.reqvar.seen = true
+           avi.vs.log(avi.vs.reqvar.seen, getmetatable(avi.vs), avi.HTTP_RESPONSE, avi.QUERY_TABLE)"#,
+        "/",
+        &[],
+    );
+    let errors: Vec<&str> = log.lines().take(3).collect();
+    assert_eq!(errors.len(), 3, "{log}");
+    for (line, table) in errors.iter().zip(["avi.http", "avi", "avi"]) {
+        assert!(line.starts_with("false "), "{line}");
+        assert!(
+            line.ends_with(&format!("attempt to modify read-only table '{table}'")),
+            "{line}"
+        );
+    }
+    assert_eq!(log.lines().nth(3), Some("true false 2 1"), "{log}");
+}
+
 // ---- avi.http --------------------------------------------------------------------------------
 
 #[test]

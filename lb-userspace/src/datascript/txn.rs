@@ -208,6 +208,17 @@ enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The response the client gets instead of the server's, if any.
+    fn answer(self) -> Option<http::Response<Bytes>> {
+        match self {
+            Outcome::Done => None,
+            Outcome::Reply(r) => Some(r),
+            Outcome::Failed => Some(internal_error()),
+        }
+    }
+}
+
 impl Txn {
     /// The transaction's VM: chosen at the first event (the worker's own VM unless busy),
     /// kept afterwards because the transaction's globals live there.
@@ -345,10 +356,9 @@ impl TxnHooks for Txn {
                 headers: request.headers.clone(),
             });
         }
-        match outcome {
-            Outcome::Done => RequestVerdict::Forward(state.selection.clone()),
-            Outcome::Reply(r) => RequestVerdict::Respond(r),
-            Outcome::Failed => RequestVerdict::Respond(internal_error()),
+        match outcome.answer() {
+            None => RequestVerdict::Forward(state.selection.clone()),
+            Some(r) => RequestVerdict::Respond(r),
         }
     }
 
@@ -368,10 +378,9 @@ impl TxnHooks for Txn {
         if let Some(back) = back {
             *response = back;
         }
-        match outcome {
-            Outcome::Done => ResponseVerdict::Continue,
-            Outcome::Reply(r) => ResponseVerdict::Respond(r),
-            Outcome::Failed => ResponseVerdict::Respond(internal_error()),
+        match outcome.answer() {
+            None => ResponseVerdict::Continue,
+            Some(r) => ResponseVerdict::Respond(r),
         }
     }
 

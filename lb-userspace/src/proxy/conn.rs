@@ -11,9 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,73 +20,10 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::conn_clock::{BUSY, ConnClock, IDLE};
 use super::framing::RequestGuard;
-use super::handler::{WorkerCtx, handle};
+use super::handler::{ConnInfo, WorkerCtx, handle};
 use super::stats::{Gauge, GaugeGuard, VsCounters};
-
-const IDLE: u64 = 0;
-const HEAD: u64 = 1;
-const BUSY: u64 = 2;
-
-/// Phase of a connection and when it began, packed in one atomic: `(millis << 2) | phase`.
-#[derive(Debug)]
-pub(crate) struct ConnClock {
-    epoch: Instant,
-    state: AtomicU64,
-}
-
-impl ConnClock {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            state: AtomicU64::new(HEAD),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2)
-    }
-
-    fn set(&self, phase: u64) {
-        self.state
-            .store((self.now_ms() << 2) | phase, Ordering::Relaxed);
-    }
-
-    /// A request head was parsed: no client timer until its response is done.
-    pub fn busy(&self) {
-        self.set(BUSY);
-    }
-
-    /// The response is done: the keep-alive idle timer starts.
-    pub fn idle(&self) {
-        self.set(IDLE);
-    }
-
-    /// Bytes arrived: if idle, a new request head has begun.
-    fn on_read(&self) {
-        let cur = self.state.load(Ordering::Relaxed);
-        if cur & 3 == IDLE {
-            let next = (self.now_ms() << 2) | HEAD;
-            let _ = self
-                .state
-                .compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed);
-        }
-    }
-
-    fn snapshot(&self) -> u64 {
-        self.state.load(Ordering::Relaxed)
-    }
-
-    /// When the phase in `snap` expires; `None` while busy.
-    fn deadline(&self, snap: u64, idle: Duration, head: Duration) -> Option<Instant> {
-        let since = self.epoch + Duration::from_millis(snap >> 2);
-        match snap & 3 {
-            IDLE => Some(since + idle),
-            HEAD => Some(since + head),
-            _ => None,
-        }
-    }
-}
 
 /// The client socket, telling the clock when bytes arrive and showing them to the framing
 /// watcher before hyper parses them.
@@ -152,13 +87,6 @@ impl AsyncWrite for TimedIo {
     }
 }
 
-/// Who is on the other end and which listener (by configured VIP:port) accepted them.
-pub(crate) struct ConnInfo {
-    pub client: SocketAddr,
-    pub listen: SocketAddr,
-    pub clock: Arc<ConnClock>,
-}
-
 /// Serves one client connection until it closes, times out, or drains.
 pub(crate) async fn serve_conn(
     stream: TcpStream,
@@ -168,12 +96,13 @@ pub(crate) async fn serve_conn(
     watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
+    // Before the gauge: whoever sees the connection counted sees its timers running.
+    let clock = Arc::new(ConnClock::new(ctx.settings.clock.clone()));
     let _active = ctx.table.load().vs(listen).map(|vs| {
         GaugeGuard::new(Gauge::new(vs.counters.clone(), |c: &VsCounters| {
             &c.active_connections
         }))
     });
-    let clock = Arc::new(ConnClock::new());
     let info = Arc::new(ConnInfo {
         client,
         listen,
@@ -211,7 +140,7 @@ pub(crate) async fn serve_conn(
                 settings.client_idle_timeout,
                 settings.header_read_timeout,
             )
-            .unwrap_or_else(|| Instant::now() + recheck);
+            .unwrap_or_else(|| settings.clock.now() + recheck);
         tokio::select! {
             res = &mut conn => {
                 if let Err(e) = res {
@@ -219,7 +148,7 @@ pub(crate) async fn serve_conn(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(deadline.into()) => {
+            () = settings.clock.sleep_until(deadline) => {
                 if clock.snapshot() == snap && snap & 3 != BUSY {
                     tracing::debug!(%client, %listen, phase = if snap & 3 == IDLE { "idle" } else { "header" },
                         "closing client connection: timeout");
@@ -227,32 +156,5 @@ pub(crate) async fn serve_conn(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clock_phases() {
-        let c = ConnClock::new();
-        let idle = Duration::from_secs(60);
-        let head = Duration::from_secs(10);
-        let s = c.snapshot();
-        assert_eq!(s & 3, HEAD);
-        let d = c.deadline(s, idle, head).map(|d| d.duration_since(c.epoch));
-        assert!(d.is_some_and(|d| d <= head + Duration::from_millis(50)));
-        c.busy();
-        assert_eq!(c.deadline(c.snapshot(), idle, head), None);
-        c.on_read();
-        assert_eq!(c.snapshot() & 3, BUSY, "reads while busy are body bytes");
-        c.idle();
-        let d = c
-            .deadline(c.snapshot(), idle, head)
-            .map(|d| d.duration_since(c.epoch));
-        assert!(d.is_some_and(|d| d >= idle && d < idle + Duration::from_secs(1)));
-        c.on_read();
-        assert_eq!(c.snapshot() & 3, HEAD);
     }
 }

@@ -10,15 +10,17 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::body::{Lent, RequestBody, ResponseBody, Route, ServerUse, Txn};
-use super::conn::ConnInfo;
+use super::access_log::Route;
+use super::body::{RequestBody, ResponseBody};
+use super::conn_clock::ConnClock;
 use super::headers;
 use super::hooks::{RequestVerdict, ResponseVerdict, Selection, TxnInfo};
 use super::picker::PickContext;
 use super::route::{RoutingTable, VsRoute};
 use super::settings::ProxySettings;
 use super::stats::StatsRegistry;
-use super::upstream::UpstreamPool;
+use super::txn::{ServerUse, Txn};
+use super::upstream::{Lent, UpstreamPool};
 
 /// What every connection of one worker shares.
 pub(crate) struct WorkerCtx {
@@ -26,6 +28,13 @@ pub(crate) struct WorkerCtx {
     pub upstream: Arc<UpstreamPool>,
     pub settings: Arc<ProxySettings>,
     pub stats: Arc<StatsRegistry>,
+}
+
+/// Who is on the other end and which listener (by configured VIP:port) accepted them.
+pub(crate) struct ConnInfo {
+    pub client: SocketAddr,
+    pub listen: SocketAddr,
+    pub clock: Arc<ConnClock>,
 }
 
 /// A request that could not be forwarded, answered by the proxy.
@@ -58,23 +67,28 @@ fn local_response(
     resp: Response<Bytes>,
     mut txn: Txn,
     force_close: bool,
-) -> Response<ResponseBody> {
-    let close = force_close || txn.close_requested();
+) -> Response<ResponseBody<Txn>> {
     let (mut parts, body) = resp.into_parts();
-    if close {
+    finish_head(&mut parts, &mut txn, force_close);
+    Response::from_parts(parts, ResponseBody::full(body, txn))
+}
+
+/// Last touches on the response head the client gets: `Connection: close` when the
+/// connection must end after it, and its status in the transaction.
+fn finish_head(parts: &mut http::response::Parts, txn: &mut Txn, force_close: bool) {
+    if force_close || txn.close_requested() {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     txn.status = parts.status.as_u16();
-    Response::from_parts(parts, ResponseBody::full(body, txn))
 }
 
 pub(crate) async fn handle(
     ctx: Arc<WorkerCtx>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody<Txn>>, Infallible> {
     conn.clock.busy();
     let table = ctx.table.load_full();
     let (mut parts, body) = req.into_parts();
@@ -128,15 +142,11 @@ pub(crate) async fn handle(
         drop((rbody, lent));
         return Ok(local_response(resp, txn, false));
     }
-    if txn.close_requested() {
-        rparts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    txn.status = rparts.status.as_u16();
+    finish_head(&mut rparts, &mut txn, false);
+    txn.upstream = Some(lent);
     Ok(Response::from_parts(
         rparts,
-        ResponseBody::upstream(rbody, lent, txn),
+        ResponseBody::streamed(rbody, txn),
     ))
 }
 
@@ -233,10 +243,14 @@ async fn forward(
     };
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
-    let deadline = tokio::time::Instant::now() + ctx.settings.upstream_response_timeout;
+    let clock = &ctx.settings.clock;
+    let deadline = clock.now() + ctx.settings.upstream_response_timeout;
     let mut retried = false;
     loop {
-        match tokio::time::timeout_at(deadline, checkout.sender.try_send_request(req)).await {
+        match clock
+            .timeout_at(deadline, checkout.sender.try_send_request(req))
+            .await
+        {
             Err(_) => {
                 return Err(fail(
                     StatusCode::GATEWAY_TIMEOUT,

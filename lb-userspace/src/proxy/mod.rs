@@ -14,9 +14,30 @@
 //! vector. A head that does not arrive within `header_read_timeout`
 //! closes the connection without a response. Upgrades (WebSocket) are not supported: the
 //! Upgrade header is hop-by-hop and removed.
+//!
+//! # Module layers
+//!
+//! A module uses only modules of lower layers, so the module graph has no cycle (a test reads
+//! this list and checks every `super::` path against it):
+//!
+//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `access_log`, `clock`: leaves.
+//!    The bodies only count and report to a `BodyEnd`; the access log only formats a line;
+//!    the clock is what every timer waits on.
+//! 1. `picker`, `conn_clock`: a pool's server choice; a client connection's phase.
+//! 2. `settings`: what the agent hands over.
+//! 3. `route`, `upstream`: the routing table built from the settings; the upstream
+//!    connection pools.
+//! 4. `txn`: one transaction, finished (counters, pooled connection, access log) by its
+//!    response body.
+//! 5. `handler`: one request: hooks, server choice, upstream exchange.
+//! 6. `conn`: one client connection, its timers and hyper's server.
+//! 7. `server`: workers, listeners, reload and drain.
 
+mod access_log;
 mod body;
+mod clock;
 mod conn;
+mod conn_clock;
 mod error;
 mod framing;
 mod handler;
@@ -27,11 +48,13 @@ mod route;
 mod server;
 pub mod settings;
 mod stats;
+mod txn;
 mod upstream;
 
 #[cfg(test)]
 mod tests;
 
+pub use clock::{ManualClock, ProxyClock, TimedOut};
 pub use error::ProxyError;
 pub use picker::{PickContext, RoundRobin, ServerPicker};
 pub use route::StaticPoolView;

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::conn::serve_conn;
 use super::error::ProxyError;
@@ -36,15 +37,17 @@ enum WorkerCmd {
         key: SocketAddr,
         listener: std::net::TcpListener,
     },
-    Unlisten {
-        key: SocketAddr,
-        drain: Duration,
-    },
+    /// Stop accepting on `key`; close its connections still busy at `deadline`.
+    Unlisten { key: SocketAddr, deadline: Instant },
+    /// Stop every listener; close connections still busy at `deadline`.
     Shutdown {
-        drain: Duration,
+        deadline: Instant,
         done: Option<oneshot::Sender<usize>>,
     },
 }
+
+/// The address a listener group is bound to and one socket per worker.
+type BoundGroup = (SocketAddr, Vec<std::net::TcpListener>);
 
 struct Worker {
     tx: mpsc::UnboundedSender<WorkerCmd>,
@@ -80,12 +83,7 @@ impl HttpProxy {
             let (tx, rx) = mpsc::unbounded_channel();
             let ctx = Arc::new(WorkerCtx {
                 table: table.clone(),
-                upstream: Arc::new(UpstreamPool::new(
-                    stats.clone(),
-                    settings.upstream_connect_timeout,
-                    settings.upstream_idle_timeout,
-                    settings.max_idle_per_server,
-                )),
+                upstream: Arc::new(UpstreamPool::new(stats.clone(), &settings)),
                 settings: settings.clone(),
                 stats: stats.clone(),
             });
@@ -119,12 +117,11 @@ impl HttpProxy {
     pub fn reload(&self, config: ProxyConfig) -> Result<(), ProxyError> {
         let table = RoutingTable::build(&config, &self.stats)?;
         let mut listeners = self.listeners.lock();
-        let mut opened = Vec::new();
-        for key in table.listeners() {
-            if !listeners.contains_key(&key) {
-                opened.push((key, self.bind_group(key)?));
-            }
-        }
+        let fresh: Vec<SocketAddr> = table
+            .listeners()
+            .filter(|key| !listeners.contains_key(key))
+            .collect();
+        let opened = self.bind_groups(fresh)?;
         let removed: Vec<SocketAddr> = listeners
             .keys()
             .filter(|k| table.vs(**k).is_none())
@@ -139,18 +136,13 @@ impl HttpProxy {
         self.table.store(Arc::new(table));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         self.stats.retain(&names, &servers);
-        for (key, (bound, sockets)) in opened {
-            self.hand_out(key, sockets)?;
-            listeners.insert(key, bound);
-        }
+        self.hand_out_groups(&mut listeners, opened)?;
+        let deadline = self.settings.clock.now() + self.settings.drain_timeout;
         for key in removed {
             listeners.remove(&key);
             for w in &self.workers {
-                w.tx.send(WorkerCmd::Unlisten {
-                    key,
-                    drain: self.settings.drain_timeout,
-                })
-                .map_err(|_| ProxyError::Stopped)?;
+                w.tx.send(WorkerCmd::Unlisten { key, deadline })
+                    .map_err(|_| ProxyError::Stopped)?;
             }
         }
         Ok(())
@@ -173,14 +165,16 @@ impl HttpProxy {
     }
 
     /// Stops accepting on every listener, lets in-flight requests finish (idle keep-alive
-    /// connections close at once), and after `drain` closes what is left.
-    pub async fn shutdown(mut self, drain: Duration) -> DrainReport {
+    /// connections close at once), and `drain` after this call closes what is left. The
+    /// workers are told at once; the returned future waits for them.
+    pub fn shutdown(mut self, drain: Duration) -> impl Future<Output = DrainReport> {
+        let deadline = self.settings.clock.now() + drain;
         let mut waits = Vec::new();
         for w in &self.workers {
             let (done, wait) = oneshot::channel();
             if w.tx
                 .send(WorkerCmd::Shutdown {
-                    drain,
+                    deadline,
                     done: Some(done),
                 })
                 .is_ok()
@@ -188,6 +182,11 @@ impl HttpProxy {
                 waits.push(wait);
             }
         }
+        async move { self.join_workers(waits).await }
+    }
+
+    /// Waits for the workers' drain reports, then for their threads.
+    async fn join_workers(&mut self, waits: Vec<oneshot::Receiver<usize>>) -> DrainReport {
         let mut report = DrainReport::default();
         for wait in waits {
             report.aborted_connections += wait.await.unwrap_or(0);
@@ -209,10 +208,26 @@ impl HttpProxy {
 
     fn open_listeners(&self, table: &RoutingTable) -> Result<(), ProxyError> {
         let mut listeners = self.listeners.lock();
-        let mut opened = Vec::new();
-        for key in table.listeners() {
-            opened.push((key, self.bind_group(key)?));
-        }
+        let opened = self.bind_groups(table.listeners())?;
+        self.hand_out_groups(&mut listeners, opened)
+    }
+
+    /// Binds a socket group for each of `keys`, all or none.
+    fn bind_groups(
+        &self,
+        keys: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Vec<(SocketAddr, BoundGroup)>, ProxyError> {
+        keys.into_iter()
+            .map(|key| Ok((key, self.bind_group(key)?)))
+            .collect()
+    }
+
+    /// Hands bound groups to the workers and records them as open.
+    fn hand_out_groups(
+        &self,
+        listeners: &mut HashMap<SocketAddr, SocketAddr>,
+        opened: Vec<(SocketAddr, BoundGroup)>,
+    ) -> Result<(), ProxyError> {
         for (key, (bound, sockets)) in opened {
             self.hand_out(key, sockets)?;
             listeners.insert(key, bound);
@@ -221,10 +236,7 @@ impl HttpProxy {
     }
 
     /// One SO_REUSEPORT socket per worker, all on the same address.
-    fn bind_group(
-        &self,
-        key: SocketAddr,
-    ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ProxyError> {
+    fn bind_group(&self, key: SocketAddr) -> Result<BoundGroup, ProxyError> {
         let first = bind_one(key, self.settings.listen_backlog)?;
         let bound = first
             .local_addr()
@@ -251,10 +263,11 @@ impl HttpProxy {
 
 impl Drop for HttpProxy {
     fn drop(&mut self) {
+        let now = self.settings.clock.now();
         for w in &self.workers {
             if w.thread.is_some() {
                 let _ = w.tx.send(WorkerCmd::Shutdown {
-                    drain: Duration::ZERO,
+                    deadline: now,
                     done: None,
                 });
             }
@@ -295,7 +308,8 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Pro
 }
 
 struct ListenerTask {
-    stop: watch::Sender<Option<Duration>>,
+    /// The drain deadline, once the listener must stop.
+    stop: watch::Sender<Option<Instant>>,
 }
 
 async fn worker_main(mut rx: mpsc::UnboundedReceiver<WorkerCmd>, ctx: Arc<WorkerCtx>) {
@@ -312,7 +326,8 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<WorkerCmd>, ctx: Arc<Worker
             }
         })
     };
-    let (drain, done) = loop {
+    let clock = &ctx.settings.clock;
+    let (deadline, done) = loop {
         let cmd = tokio::select! {
             cmd = rx.recv() => cmd,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -329,29 +344,32 @@ async fn worker_main(mut rx: mpsc::UnboundedReceiver<WorkerCmd>, ctx: Arc<Worker
                 let (stop, stopped) = watch::channel(None);
                 tasks.spawn(accept_loop(listener, key, ctx.clone(), stopped));
                 if let Some(old) = listeners.insert(key, ListenerTask { stop }) {
-                    let _ = old.stop.send(Some(ctx.settings.drain_timeout));
+                    let _ = old
+                        .stop
+                        .send(Some(clock.now() + ctx.settings.drain_timeout));
                 }
             }
-            Some(WorkerCmd::Unlisten { key, drain }) => {
+            Some(WorkerCmd::Unlisten { key, deadline }) => {
                 if let Some(task) = listeners.remove(&key) {
-                    let _ = task.stop.send(Some(drain));
+                    let _ = task.stop.send(Some(deadline));
                 }
             }
-            Some(WorkerCmd::Shutdown { drain, done }) => break (drain, done),
-            None => break (Duration::ZERO, None),
+            Some(WorkerCmd::Shutdown { deadline, done }) => break (deadline, done),
+            None => break (clock.now(), None),
         }
     };
     for task in listeners.values() {
-        let _ = task.stop.send(Some(drain));
+        let _ = task.stop.send(Some(deadline));
     }
     let mut aborted = 0;
     // Listeners removed earlier may still be draining with a longer deadline: this one wins.
-    match tokio::time::timeout(drain + Duration::from_millis(100), async {
-        while let Some(r) = tasks.join_next().await {
-            aborted += r.unwrap_or(0);
-        }
-    })
-    .await
+    match clock
+        .timeout_at(deadline + Duration::from_millis(100), async {
+            while let Some(r) = tasks.join_next().await {
+                aborted += r.unwrap_or(0);
+            }
+        })
+        .await
     {
         Ok(()) => {}
         Err(_) => {
@@ -371,11 +389,12 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     key: SocketAddr,
     ctx: Arc<WorkerCtx>,
-    mut stop: watch::Receiver<Option<Duration>>,
+    mut stop: watch::Receiver<Option<Instant>>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
-    let drain = loop {
+    let clock = &ctx.settings.clock;
+    let deadline = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
@@ -393,16 +412,17 @@ async fn accept_loop(
                         break d;
                     }
                 }
-                Err(_) => break Duration::ZERO,
+                Err(_) => break clock.now(),
             },
         }
     };
     drop(listener);
-    let drained = tokio::time::timeout(drain, async {
-        graceful.shutdown().await;
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = clock
+        .timeout_at(deadline, async {
+            graceful.shutdown().await;
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
     let aborted = if drained.is_ok() { 0 } else { conns.len() };
     conns.abort_all();
     if aborted > 0 {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::clock::ProxyClock;
 use super::hooks::HookFactory;
 use super::picker::ServerPicker;
 
@@ -57,6 +58,9 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// See [`DEFAULT_LISTEN_BACKLOG`].
     pub listen_backlog: u32,
+    /// What every timeout and drain deadline is measured on: tokio's clock unless a test
+    /// drives a [`ManualClock`](super::ManualClock).
+    pub clock: ProxyClock,
 }
 
 impl Default for ProxySettings {
@@ -73,6 +77,7 @@ impl Default for ProxySettings {
             max_headers: DEFAULT_MAX_HEADERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            clock: ProxyClock::default(),
         }
     }
 }

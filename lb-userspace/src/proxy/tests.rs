@@ -50,6 +50,8 @@ struct BackendState {
     requests: AtomicUsize,
     upload_seen: AtomicU64,
     client_got: AtomicU64,
+    /// What `/gate` waits for before it answers.
+    gate: tokio::sync::Notify,
 }
 
 struct Backend {
@@ -100,6 +102,10 @@ async fn backend_service(
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(num)).await;
             Ok(text(StatusCode::OK, "slow done".into()))
+        }
+        "/gate" => {
+            state.gate.notified().await;
+            Ok(text(StatusCode::OK, "gate opened".into()))
         }
         "/upload" => {
             let mut body = req.into_body();
@@ -273,6 +279,69 @@ fn run(test: impl std::future::Future<Output = TestResult>) -> TestResult {
         .enable_all()
         .build()?;
     rt.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test).await })?
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Test settings on a clock only the test moves: the proxy's timers fire exactly when the
+/// test advances it past their deadline.
+fn manual_settings() -> (ProxySettings, Arc<ManualClock>) {
+    let manual = Arc::new(ManualClock::new());
+    let settings = ProxySettings {
+        clock: ProxyClock::manual(manual.clone()),
+        ..settings()
+    };
+    (settings, manual)
+}
+
+/// Waits (bounded) until the proxy holds `n` connections of "shop": their timers then run.
+async fn connections_open(proxy: &HttpProxy, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .stats()
+            .vs("shop")
+            .is_some_and(|v| v.active_connections == n)
+    })
+    .await
+}
+
+/// Waits (bounded) until the proxy has finished `n` responses of "shop": their connections'
+/// keep-alive timers then run.
+async fn responses_done(proxy: &HttpProxy, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .stats()
+            .vs("shop")
+            .is_some_and(|v| v.responses.iter().sum::<u64>() >= n)
+    })
+    .await
+}
+
+/// Waits (bounded) until the backend has received `n` requests.
+async fn requests_seen(state: &BackendState, n: usize) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        state.requests.load(Ordering::SeqCst) >= n
+    })
+    .await
+}
+
+/// Waits (bounded) until nothing accepts connections on `addr` any more.
+async fn listener_closed(addr: SocketAddr) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await
+}
+
+/// True when nothing (neither bytes nor the end) arrives on `s` for a moment. Only used to
+/// check that a timer did not fire early: on a manual clock it cannot fire on its own.
+async fn quiet(s: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(ms(50), s.read(&mut byte))
+        .await
+        .is_err()
 }
 
 #[test]
@@ -842,9 +911,10 @@ fn unknown_pool_from_script_is_503() -> TestResult {
 fn upstream_failures_map_to_502_503_504() -> TestResult {
     run(async {
         let dead = dead_addr().await?;
+        let (settings, manual) = manual_settings();
         let settings = ProxySettings {
-            upstream_response_timeout: Duration::from_millis(300),
-            ..settings()
+            upstream_response_timeout: ms(300),
+            ..settings
         };
         // Only a dead server: 502.
         let s = start(&[dead], None, settings.clone())?;
@@ -871,8 +941,23 @@ fn upstream_failures_map_to_502_503_504() -> TestResult {
             let (parts, _) = send(&mut c, get("/headers")?).await?;
             assert_eq!(parts.status, StatusCode::OK);
         }
-        // Slow server: 504 after the response timeout.
-        let (parts, _) = send(&mut c, get("/slow?ms=3000")?).await?;
+        // A server that does not answer: 504 at the response timeout, not before. The
+        // timeout starts before the request leaves, so once the server has it the test may
+        // move the clock.
+        let seen = b.state.requests.load(Ordering::SeqCst);
+        let waiting = tokio::spawn(async move {
+            let answer = send(&mut c, get("/gate")?).await?;
+            Ok::<_, TestError>((c, answer))
+        });
+        assert!(requests_seen(&b.state, seen + 1).await);
+        manual.advance(ms(299));
+        tokio::time::sleep(ms(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "answered before the response timeout"
+        );
+        manual.advance(ms(1));
+        let (mut c, (parts, _)) = waiting.await??;
         assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT);
         let (parts, _) = send(&mut c, get("/slow?ms=10")?).await?;
         assert_eq!(
@@ -889,28 +974,25 @@ fn upstream_failures_map_to_502_503_504() -> TestResult {
 fn graceful_drain_finishes_in_flight_requests() -> TestResult {
     run(async {
         let b = backend().await?;
-        let s = start(&[b.addr], None, settings())?;
+        // The drain deadline never comes: the clock is not moved.
+        let (settings, _manual) = manual_settings();
+        let s = start(&[b.addr], None, settings)?;
         let mut c = client(s.addr).await?;
-        let in_flight = tokio::spawn(async move { send(&mut c, get("/slow?ms=700")?).await });
-        let state = b.state.clone();
-        assert!(
-            wait_until(Duration::from_secs(5), || state
-                .requests
-                .load(Ordering::SeqCst)
-                == 1)
-            .await
-        );
+        let in_flight = tokio::spawn(async move { send(&mut c, get("/gate")?).await });
+        assert!(requests_seen(&b.state, 1).await);
         let mut idle = client(s.addr).await?;
         let (parts, _) = send(&mut idle, get("/headers")?).await?;
         assert_eq!(parts.status, StatusCode::OK);
 
         let addr = s.addr;
-        let report = s.proxy.shutdown(Duration::from_secs(10)).await;
+        let shutdown = tokio::spawn(s.proxy.shutdown(Duration::from_secs(10)));
+        assert!(listener_closed(addr).await, "listener closed");
+        b.state.gate.notify_one();
         let (parts, body) = in_flight.await??;
         assert_eq!(parts.status, StatusCode::OK);
-        assert_eq!(body, "slow done");
+        assert_eq!(body, "gate opened");
+        let report = shutdown.await?;
         assert_eq!(report.aborted_connections, 0);
-        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
         assert!(
             idle.ready().await.is_err(),
             "idle keep-alive connection closed"
@@ -923,18 +1005,18 @@ fn graceful_drain_finishes_in_flight_requests() -> TestResult {
 fn drain_deadline_aborts_stuck_requests() -> TestResult {
     run(async {
         let b = backend().await?;
-        let s = start(&[b.addr], None, settings())?;
+        let (settings, manual) = manual_settings();
+        let s = start(&[b.addr], None, settings)?;
         let mut c = client(s.addr).await?;
-        let in_flight = tokio::spawn(async move { send(&mut c, get("/slow?ms=5000")?).await });
-        let state = b.state.clone();
-        assert!(
-            wait_until(Duration::from_secs(5), || state
-                .requests
-                .load(Ordering::SeqCst)
-                == 1)
-            .await
-        );
-        let report = s.proxy.shutdown(Duration::from_millis(200)).await;
+        let in_flight = tokio::spawn(async move { send(&mut c, get("/gate")?).await });
+        assert!(requests_seen(&b.state, 1).await);
+        // The drain deadline is set by the call, before the future runs.
+        let shutdown = tokio::spawn(s.proxy.shutdown(ms(200)));
+        manual.advance(ms(199));
+        tokio::time::sleep(ms(50)).await;
+        assert!(!shutdown.is_finished(), "aborted before the drain deadline");
+        manual.advance(ms(1));
+        let report = shutdown.await?;
         assert_eq!(report.aborted_connections, 1);
         assert!(in_flight.await?.is_err());
         Ok(())
@@ -966,33 +1048,44 @@ fn close_connection_from_script_closes_after_the_response() -> TestResult {
 fn client_timeouts_close_idle_and_slow_connections() -> TestResult {
     run(async {
         let b = backend().await?;
+        let (settings, manual) = manual_settings();
         let settings = ProxySettings {
-            header_read_timeout: Duration::from_millis(300),
-            client_idle_timeout: Duration::from_millis(800),
-            ..settings()
+            header_read_timeout: ms(300),
+            client_idle_timeout: ms(800),
+            ..settings
         };
         let s = start(&[b.addr], None, settings)?;
 
-        // A partial head is cut at the header timeout.
+        // A partial head is cut at the header timeout, without a response.
         let mut slow = TcpStream::connect(s.addr).await?;
         slow.write_all(b"GET /headers HTTP/1.1\r\nHo").await?;
-        let start = std::time::Instant::now();
+        assert!(connections_open(&s.proxy, 1).await);
+        manual.advance(ms(299));
+        assert!(quiet(&mut slow).await, "cut before the header timeout");
+        manual.advance(ms(1));
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await??;
-        assert!(start.elapsed() >= Duration::from_millis(250));
+        assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+        assert!(connections_open(&s.proxy, 0).await);
 
         // A keep-alive connection outlives the header timeout while idle, then is closed at
         // the idle timeout.
         let mut c = client(s.addr).await?;
         let (parts, _) = send(&mut c, get("/headers")?).await?;
         assert_eq!(parts.status, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(responses_done(&s.proxy, 1).await);
+        manual.advance(ms(450));
         let (parts, _) = send(&mut c, get("/headers")?).await?;
         assert_eq!(
             parts.status,
             StatusCode::OK,
             "idle for longer than the header timeout"
         );
+        assert!(responses_done(&s.proxy, 2).await);
+        manual.advance(ms(799));
+        tokio::time::sleep(ms(50)).await;
+        assert!(!c.is_closed(), "closed before the idle timeout");
+        manual.advance(ms(1));
         let closed = wait_until(Duration::from_secs(5), || c.is_closed()).await;
         assert!(closed, "idle connection closed");
         s.proxy.shutdown(Duration::from_secs(1)).await;
@@ -1057,14 +1150,7 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
         });
         s.proxy.reload(only_blog)?;
         let addr = s.addr;
-        assert!(
-            wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(
-                addr
-            )
-            .is_err())
-            .await,
-            "removed listener closed"
-        );
+        assert!(listener_closed(addr).await, "removed listener closed");
         assert!(s.proxy.local_addr(second_listen).is_none());
         let (parts, _) = send(&mut c2, get("/headers")?).await?;
         assert_eq!(parts.status, StatusCode::OK);
@@ -1143,4 +1229,107 @@ fn one_access_log_line_per_request() -> TestResult {
         }
         Ok(())
     })
+}
+
+// ---- module layers ---------------------------------------------------------------------------
+
+/// Every module of the proxy with its source, as compiled.
+const MODULE_SOURCES: &[(&str, &str)] = &[
+    ("access_log", include_str!("access_log.rs")),
+    ("body", include_str!("body.rs")),
+    ("clock", include_str!("clock.rs")),
+    ("conn", include_str!("conn.rs")),
+    ("conn_clock", include_str!("conn_clock.rs")),
+    ("error", include_str!("error.rs")),
+    ("framing", include_str!("framing.rs")),
+    ("handler", include_str!("handler.rs")),
+    ("headers", include_str!("headers.rs")),
+    ("hooks", include_str!("hooks.rs")),
+    ("picker", include_str!("picker.rs")),
+    ("route", include_str!("route.rs")),
+    ("server", include_str!("server.rs")),
+    ("settings", include_str!("settings.rs")),
+    ("stats", include_str!("stats.rs")),
+    ("txn", include_str!("txn.rs")),
+    ("upstream", include_str!("upstream.rs")),
+];
+
+/// The layer of each module, from the numbered list in mod.rs's "Module layers" section.
+fn documented_layers() -> std::collections::HashMap<String, usize> {
+    let mut layers = std::collections::HashMap::new();
+    for line in include_str!("mod.rs").lines() {
+        let Some((number, rest)) = line.strip_prefix("//! ").and_then(|l| l.split_once(". "))
+        else {
+            continue;
+        };
+        let Ok(layer) = number.parse::<usize>() else {
+            continue;
+        };
+        let names = rest.split(':').next().unwrap_or("");
+        for name in names.split('`').skip(1).step_by(2) {
+            layers.insert(name.to_string(), layer);
+        }
+    }
+    layers
+}
+
+/// Modules of the proxy named by `super::` or `crate::proxy::` paths in the code (comments and
+/// the tests at the end excluded).
+fn used_modules(source: &str) -> Vec<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or("");
+    let mut used = Vec::new();
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for prefix in ["super::", "crate::proxy::"] {
+            for (i, _) in line.match_indices(prefix) {
+                let after = &line[i + prefix.len()..];
+                let items = match after.strip_prefix('{') {
+                    Some(list) => list.split('}').next().unwrap_or("").split(',').collect(),
+                    None => vec![after],
+                };
+                for item in items {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    used.push(name);
+                }
+            }
+        }
+    }
+    used
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
+    let layers = documented_layers();
+    let declared: Vec<&str> = include_str!("mod.rs")
+        .lines()
+        .filter_map(|l| l.trim_start_matches("pub ").strip_prefix("mod "))
+        .map(|l| l.trim_end_matches(';'))
+        .filter(|m| *m != "tests")
+        .collect();
+    let listed: Vec<&str> = MODULE_SOURCES.iter().map(|(m, _)| *m).collect();
+    assert_eq!(declared.len(), listed.len(), "{declared:?} vs {listed:?}");
+    for module in &declared {
+        assert!(
+            listed.contains(module),
+            "{module} missing from MODULE_SOURCES"
+        );
+        assert!(
+            layers.contains_key(*module),
+            "{module} has no layer in mod.rs"
+        );
+    }
+    for (module, source) in MODULE_SOURCES {
+        let own = layers[*module];
+        for used in used_modules(source) {
+            if let Some(layer) = layers.get(&used) {
+                assert!(
+                    *layer < own,
+                    "{module} (layer {own}) uses {used} (layer {layer})"
+                );
+            }
+        }
+    }
 }

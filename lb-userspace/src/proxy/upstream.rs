@@ -7,14 +7,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::body::RequestBody;
+use super::clock::ProxyClock;
+use super::settings::ProxySettings;
 use super::stats::{Gauge, GaugeGuard, ServerCounters, StatsRegistry};
 
 pub(crate) type UpstreamSender = SendRequest<RequestBody>;
@@ -39,6 +42,20 @@ pub(crate) enum ConnectError {
     },
 }
 
+/// An upstream connection lent to one response, returned to its pool at end of body.
+pub(crate) struct Lent {
+    pub pool: Arc<UpstreamPool>,
+    pub server: SocketAddr,
+    pub sender: UpstreamSender,
+}
+
+impl Lent {
+    /// The response was read to its end: the connection may serve another request.
+    pub fn give_back(self) {
+        self.pool.checkin(self.server, self.sender);
+    }
+}
+
 /// A connection ready for one request.
 pub(crate) struct Checkout {
     pub sender: UpstreamSender,
@@ -51,27 +68,32 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open and idle for less than `timeout` at `now`.
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < timeout
+    }
+}
+
 pub(crate) struct UpstreamPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     stats: Arc<StatsRegistry>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    clock: ProxyClock,
 }
 
 impl UpstreamPool {
-    pub fn new(
-        stats: Arc<StatsRegistry>,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Self {
+    /// An empty pool with the upstream limits of `settings`.
+    pub fn new(stats: Arc<StatsRegistry>, settings: &ProxySettings) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
             stats,
-            connect_timeout,
-            idle_timeout,
-            max_idle,
+            connect_timeout: settings.upstream_connect_timeout,
+            idle_timeout: settings.upstream_idle_timeout,
+            max_idle: settings.max_idle_per_server,
+            clock: settings.clock.clone(),
         }
     }
 
@@ -90,7 +112,10 @@ impl UpstreamPool {
                     });
                 }
                 // Just returned: the connection task may not have gone idle yet.
-                if let Ok(Ok(())) = tokio::time::timeout(self.connect_timeout, sender.ready()).await
+                if let Ok(Ok(())) = self
+                    .clock
+                    .timeout(self.connect_timeout, sender.ready())
+                    .await
                 {
                     return Ok(Checkout {
                         sender,
@@ -114,9 +139,9 @@ impl UpstreamPool {
     fn take_idle(&self, server: SocketAddr) -> Option<UpstreamSender> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(&server)?;
-        let now = Instant::now();
+        let now = self.clock.now();
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
+            if entry.usable(now, self.idle_timeout) {
                 return Some(entry.sender);
             }
         }
@@ -136,34 +161,35 @@ impl UpstreamPool {
         }
         list.push(Idle {
             sender,
-            since: Instant::now(),
+            since: self.clock.now(),
         });
     }
 
     /// Closes connections idle longer than the idle timeout.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut idle = self.idle.lock();
         for list in idle.values_mut() {
-            list.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout
-            });
+            list.retain(|e| e.usable(now, self.idle_timeout));
         }
         idle.retain(|_, list| !list.is_empty());
     }
 
     async fn connect(&self, server: SocketAddr) -> Result<UpstreamSender, ConnectError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        server,
-                        timeout: self.connect_timeout,
-                    });
-                }
-                Ok(Err(source)) => return Err(ConnectError::Io { server, source }),
-                Ok(Ok(s)) => s,
-            };
+        let stream = match self
+            .clock
+            .timeout(self.connect_timeout, TcpStream::connect(server))
+            .await
+        {
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    server,
+                    timeout: self.connect_timeout,
+                });
+            }
+            Ok(Err(source)) => return Err(ConnectError::Io { server, source }),
+            Ok(Ok(s)) => s,
+        };
         // Small request heads must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()

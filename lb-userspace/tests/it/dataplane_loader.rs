@@ -429,24 +429,25 @@ fn apply_then_read_maps_back() {
     };
     let svc = ("198.51.100.30".parse().expect("ip"), 80, Proto::Tcp);
     let now = monotonic_now_ns();
-    dp.pin_client(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
+    let pins = dp.persist_pins();
+    pins.pin(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
         .expect("pin");
     let p = persist.get(&pkey, 0).expect("pinned");
     assert_eq!(p.backend_id, id11);
     assert_eq!(p.generation, b11.generation);
     assert!(matches!(
-        dp.pin_client(svc, client, addr("192.0.2.99:1"), now),
+        pins.pin(svc, client, addr("192.0.2.99:1"), now),
         Err(DataplaneError::UnknownBackend { .. })
     ));
     assert_eq!(dp.sweep(now).expect("sweep"), 0, "unexpired pin kept");
     assert!(persist.get(&pkey, 0).is_ok());
     assert_eq!(dp.sweep(now + 61_000_000_000).expect("sweep"), 1);
     assert!(persist.get(&pkey, 0).is_err(), "expired pin swept");
-    dp.pin_client(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
+    pins.pin(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
         .expect("pin");
-    dp.unpin_client(svc, client).expect("unpin");
+    assert!(pins.unpin(svc, client).expect("unpin"));
     assert!(persist.get(&pkey, 0).is_err());
-    dp.unpin_client(svc, client).expect("unpin twice");
+    assert!(!pins.unpin(svc, client).expect("unpin twice"));
 
     // Stats: every programmed service and backend is reported, counters zero (no traffic).
     let stats = dp.stats().expect("stats");

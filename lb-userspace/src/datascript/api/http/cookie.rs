@@ -1,0 +1,169 @@
+//! Cookie and Set-Cookie headers: reading them and changing them for avi.http.*_cookie.
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+use mlua::Value;
+
+use super::super::args::{name_arg, str_arg};
+use super::super::{Args, LResult, rt};
+use super::{Msg, write_headers};
+use crate::datascript::vm::Ctx;
+
+/// `name=value` pairs of Cookie headers.
+fn request_cookies(h: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    h.get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = trim(pair);
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some((trim(&pair[..eq]), trim(&pair[eq + 1..])))
+        })
+}
+
+/// Name and value of one Set-Cookie header.
+fn set_cookie_pair(v: &HeaderValue) -> Option<(&[u8], &[u8])> {
+    let first = v.as_bytes().split(|b| *b == b';').next()?;
+    let eq = first.iter().position(|b| *b == b'=')?;
+    Some((trim(&first[..eq]), trim(&first[eq + 1..])))
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |e| e + 1);
+    &b[s..e.max(s)]
+}
+
+pub(super) fn find_cookie<'a>(h: &'a HeaderMap, m: Msg, name: &[u8]) -> Option<&'a [u8]> {
+    match m {
+        Msg::Req => request_cookies(h).find(|(n, _)| *n == name).map(|(_, v)| v),
+        Msg::Resp => h
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(set_cookie_pair)
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v),
+    }
+}
+
+/// A Set-Cookie value from `name, value` or a table {name=, value=, path=, domain=, expires=,
+/// max_age=, secure=, httponly=, samesite=}.
+fn cookie_from_args(args: &Args, func: &str) -> LResult<(String, String)> {
+    match args.first() {
+        Some(Value::Table(t)) => {
+            let name: String = t.get("name")?;
+            let value: String = t.get::<Option<String>>("value")?.unwrap_or_default();
+            let mut s = format!("{name}={value}");
+            for (k, attr) in [
+                ("path", "Path"),
+                ("domain", "Domain"),
+                ("expires", "Expires"),
+                ("max_age", "Max-Age"),
+                ("samesite", "SameSite"),
+            ] {
+                if let Some(v) = t.get::<Option<String>>(k)? {
+                    s.push_str(&format!("; {attr}={v}"));
+                }
+            }
+            for (k, attr) in [("secure", "Secure"), ("httponly", "HttpOnly")] {
+                if t.get::<Option<bool>>(k)?.unwrap_or(false) {
+                    s.push_str(&format!("; {attr}"));
+                }
+            }
+            Ok((name, s))
+        }
+        Some(v) => {
+            let name = str_arg(v, func, 1)?.into_owned();
+            let value = name_arg(args.get(1), func, 2)?;
+            let s = format!("{name}={value}");
+            Ok((name, s))
+        }
+        None => Err(rt(format!("bad argument #1 to '{func}' (cookie expected)"))),
+    }
+}
+
+/// A request's cookies as owned `name, value` pairs.
+type CookiePairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Rewrites a request's Cookie header through `edit` on its pairs (no header when none is
+/// left).
+fn edit_request_cookies(h: &mut HeaderMap, edit: impl FnOnce(&mut CookiePairs)) -> LResult<()> {
+    let mut pairs: CookiePairs = request_cookies(h)
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    edit(&mut pairs);
+    h.remove(COOKIE);
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let joined = pairs
+        .iter()
+        .map(|(n, v)| [n.as_slice(), b"=", v.as_slice()].concat())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    h.insert(
+        COOKIE,
+        HeaderValue::from_bytes(&joined).map_err(|_| rt("invalid cookie"))?,
+    );
+    Ok(())
+}
+
+/// add (replace=false) or replace a cookie in the current message.
+pub(super) fn put_cookie(ctx: &mut Ctx, args: &Args, func: &str, replace: bool) -> LResult<()> {
+    let (name, set_cookie) = cookie_from_args(args, func)?;
+    let (h, m) = write_headers(ctx)?;
+    if replace {
+        remove_cookie(h, m, name.as_bytes())?;
+    }
+    match m {
+        Msg::Req => {
+            let value = set_cookie
+                .split(';')
+                .next()
+                .and_then(|p| p.split_once('='))
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            edit_request_cookies(h, |pairs| {
+                pairs.push((name.into_bytes(), value.into_bytes()));
+            })
+        }
+        Msg::Resp => {
+            h.append(
+                SET_COOKIE,
+                HeaderValue::from_str(&set_cookie)
+                    .map_err(|_| rt(format!("{func}: invalid cookie")))?,
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Removes every cookie called `name` from a message.
+pub(super) fn remove_cookie(h: &mut HeaderMap, m: Msg, name: &[u8]) -> LResult<()> {
+    match m {
+        Msg::Req => edit_request_cookies(h, |pairs| pairs.retain(|(n, _)| n != name)),
+        Msg::Resp => {
+            remove_set_cookie(h, name);
+            Ok(())
+        }
+    }
+}
+
+fn remove_set_cookie(h: &mut HeaderMap, name: &[u8]) {
+    let keep: Vec<HeaderValue> = h
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| set_cookie_pair(v).is_none_or(|(n, _)| n != name))
+        .cloned()
+        .collect();
+    h.remove(SET_COOKIE);
+    for v in keep {
+        h.append(SET_COOKIE, v);
+    }
+}
