@@ -41,6 +41,10 @@ pub fn early(key: &FlowKey) -> Early {
     let Some(flow) = CONNTRACK.get_ptr(key) else {
         return Early::Miss;
     };
+    // SAFETY: `get_ptr` returned a non-null pointer to a `Flow` value of CONNTRACK, valid
+    // while the program runs (map values are RCU-protected). Another CPU may update the entry
+    // meanwhile: the copy may then mix old and new fields, which are plain integers (any bit
+    // pattern is a valid `Flow`), and the checks below treat it like any stale entry.
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
         return match crate::maps::BACKENDS.get(f.backend_id) {
@@ -69,6 +73,8 @@ pub fn early(key: &FlowKey) -> Early {
 #[inline(always)]
 pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Backend)> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: as in `early`: a live, aligned map value; a racing update only mixes integer
+    // fields.
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
         return None;
@@ -80,6 +86,8 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
         } else {
             0
         };
+        // SAFETY: `flow` is the same live, aligned map value; these are aligned word stores,
+        // and a racing writer on another CPU can at worst interleave its own refresh.
         unsafe {
             (*flow).last_seen_ns = now;
             (*flow).service_id = svc.id;
@@ -92,6 +100,8 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
 /// A reply entry for `key` (a packet from a backend), if its backend is still the same.
 #[inline(always)]
 pub fn lookup_reply(key: &FlowKey) -> Option<Flow> {
+    // SAFETY: `get_ptr` gives a non-null pointer to a live `Flow` map value (RCU-protected
+    // while the program runs); a racing update only mixes integer fields.
     let f = unsafe { *CONNTRACK.get_ptr(key)? };
     if f.flags & flow_flags::REPLY == 0 {
         return None;
