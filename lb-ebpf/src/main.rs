@@ -243,6 +243,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the loader reads the license from a section of this name; `LICENSE` is the only
+// symbol of that name in the object, so keeping it unmangled clashes with nothing.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
