@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::*;
+use crate::config::GeoDatabase;
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, Selection, ServerView, TxnHooks,
     TxnInfo,
@@ -74,6 +75,10 @@ fn src(event: Event, text: &str) -> ScriptSource {
 }
 
 fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
+    fixture_with_geo(scripts, limits, None)
+}
+
+fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
     let set = ScriptSet::compile("shop", scripts).expect("compile");
     let tables = Arc::new(VsTables::new(
         "shop",
@@ -87,6 +92,7 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
         clock: clock.clone(),
         limits,
         observer: None,
+        geo,
     };
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     Fx {
@@ -920,6 +926,7 @@ fn observer_sees_script_writes_with_the_client() {
         clock: Arc::new(ManualClock::new(1)),
         limits: limits(),
         observer: Some(obs.clone()),
+        geo: None,
     };
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     let mut t = hooks.begin(info());
@@ -1070,3 +1077,6 @@ fn bench_txn_only() {
         start.elapsed().as_nanos() as f64 / f64::from(n)
     );
 }
+
+// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
+mod namespaces;
