@@ -1,14 +1,14 @@
-//! Constants on `avi` that belong to no one namespace: request methods, response statuses,
-//! the string form of avi.http.get_query and the rate-limit types and actions.
+//! Constants on `avi` that belong to no one namespace: request methods, response statuses and
+//! the rate-limit types and actions.
 //!
 //! Lua types (Avi calls them "static strings" and does not say more):
 //! - methods are strings (`avi.http.method() == avi.HTTP_POST`, since method() returns "POST");
 //! - statuses are numbers, which avi.http.response and redirect take and `==` compares with
 //!   numbers (avi.http.status() is a string: compare `tonumber(avi.http.status())`);
-//! - avi.QUERY_STRING and the RL_* values are numbers, only ever passed back to avi.* calls.
+//! - the RL_* values are numbers, only ever passed back to avi.* calls.
 //!
-//! The context constants (avi.HTTP_REQUEST, HTTP_RESPONSE) and avi.QUERY_TABLE are avi.http's,
-//! avi.CIPHER_* avi.crypto's.
+//! The context constants (avi.HTTP_REQUEST, HTTP_RESPONSE) and the query ones (avi.QUERY_TABLE,
+//! QUERY_STRING) are avi.http's, avi.CIPHER_* avi.crypto's.
 
 use mlua::Table;
 
@@ -52,10 +52,6 @@ const STATUSES: &[(&str, i64)] = &[
     ("HTTP_GATEWAY_TIMEOUT", 504),
 ];
 
-/// avi.QUERY_STRING: `get_query(avi.QUERY_STRING)` is the whole query string, as
-/// `get_query()` (avi.QUERY_TABLE is 1).
-pub(super) const QUERY_STRING: i64 = 0;
-
 /// The rate-limit key type of avi.vs.rate_limit and the actions it reports.
 const RATE_LIMIT: &[(&str, i64)] = &[
     ("RL_CUSTOM_STRING", 1),
@@ -73,6 +69,5 @@ pub(super) fn install(avi: &Table) -> LResult<()> {
     for (name, value) in STATUSES.iter().chain(RATE_LIMIT) {
         avi.raw_set(*name, *value)?;
     }
-    avi.raw_set("QUERY_STRING", QUERY_STRING)?;
     Ok(())
 }
