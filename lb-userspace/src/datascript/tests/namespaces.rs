@@ -630,6 +630,18 @@ fn string_extensions_take_numbers_nil_and_the_method_form() {
 }
 
 #[test]
+fn string_contains_searches_in_linear_time() {
+    // A naive search of this needle would compare about 5 * 10^11 bytes inside C, where the
+    // instruction budget cannot stop it.
+    let log = log_of(
+        r#"local s = string.rep("a", 1000000)
+           local t = string.rep("a", 500000) .. "b"
+           avi.vs.log(string.contains(s, t), string.contains(s .. "b", t), string.endswith(s, t))"#,
+    );
+    assert_eq!(log, "false true false");
+}
+
+#[test]
 fn string_extensions_work_in_response_scripts_and_stay_read_only() {
     let f = fx(
         "",
