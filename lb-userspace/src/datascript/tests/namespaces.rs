@@ -713,3 +713,52 @@ fn cipher_and_rate_limit_constants_are_distinct_numbers() {
     );
     assert_eq!(log, "1 2\n1 0 1 2 3\n1 2");
 }
+
+// ---- the shipped example ---------------------------------------------------------------------
+
+/// The LB cookie examples/encrypted_cookie.toml's response script gives a client that `server`
+/// answered.
+fn sealed_cookie(f: &Fx, server: &str) -> String {
+    let mut t = f.hooks.begin(info());
+    forward(t.on_request(&mut req("/", &[])));
+    let mut r = resp(200, &[]);
+    let _ = t.on_response(&mut r, sa(server));
+    let set_cookie = r
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let value = set_cookie
+        .strip_prefix("LB=")
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no LB cookie in {set_cookie:?}"));
+    format!("LB={value}")
+}
+
+#[test]
+fn encrypted_cookie_example_brings_a_client_back_to_its_server() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/encrypted_cookie.toml");
+    let config = crate::config::load(&path).expect("the example loads");
+    let f = fixture_with(config.virtual_services[0].datascripts.clone(), limits());
+
+    let cookie = sealed_cookie(&f, S2);
+    let (_, v, _) = run_req(&f, "/", &[("cookie", &cookie)]);
+    assert_eq!(forward(v).server, Some(sa(S2)));
+    // A client that already has the cookie gets no new one.
+    let mut t = f.hooks.begin(info());
+    forward(t.on_request(&mut req("/", &[("cookie", &cookie)])));
+    let mut r = resp(200, &[]);
+    let _ = t.on_response(&mut r, sa(S2));
+    assert!(r.headers.get("set-cookie").is_none());
+    // A down server (S3) is not selected; a forged cookie is ignored.
+    let down = sealed_cookie(&f, S3);
+    let (_, v, _) = run_req(&f, "/", &[("cookie", &down)]);
+    assert_eq!(forward(v).server, None);
+    let forged = cookie.replacen("LB=", "LB=A", 1);
+    let (_, v, _) = run_req(&f, "/", &[("cookie", &forged)]);
+    assert_eq!(forward(v).server, None);
+    let (_, v, _) = run_req(&f, "/", &[("cookie", "LB=bm90IGEgY2lwaGVydGV4dA%3D%3D")]);
+    assert_eq!(forward(v).server, None);
+}
