@@ -4,10 +4,11 @@
 //! - `md5_hash`, `sha1_hash`, `sha256_hash` return lower-case hex text (scripts put hashes in
 //!   headers and compare them as text); `murmur_hash` returns MurmurHash3 x86 32-bit, seed 0,
 //!   as a non-negative Lua number (scripts bucket with `% n`).
-//! - `base64_decode` and `uri_decode` of input that is not valid return nil; `base64_decode`
-//!   takes padded or unpadded standard base64.
+//! - `base64_decode` takes padded or unpadded standard base64 and returns nil for anything
+//!   else (client data: the script decides).
 //! - `uri_encode` escapes every byte but the RFC 3986 unreserved ones (`A-Z a-z 0-9 - . _ ~`);
-//!   `uri_decode` decodes `%XX` and leaves `+` as it is (it is no form decoder).
+//!   `uri_decode` decodes `%XX`, keeps a `%` not followed by two hex digits and leaves `+` as
+//!   it is (it is no form decoder).
 //! - `rand_bytes(n)` takes 0..=[`MAX_RAND_BYTES`].
 //! - `ip_in_subnet(ip, "net/len")` or `ip_in_subnet(ip, net, mask)` (mask a prefix length or a
 //!   dotted mask): a boolean; an `ip` that is not an address (a missing header) is false, a
