@@ -60,14 +60,19 @@ fn service_spec(
         .unwrap_or_default();
     let backends = servers
         .iter()
-        .map(|&server| match server {
-            SocketAddr::V4(addr) => Ok(BackendSpec {
-                addr,
-                up: health.is_up(&vs.pool, server),
-            }),
+        .map(|server| match server.addr {
+            SocketAddr::V4(addr) => {
+                let traffic = health.traffic(&vs.pool, server);
+                Ok(BackendSpec {
+                    addr,
+                    up: traffic.up,
+                    weight: traffic.weight,
+                    backup: traffic.backup,
+                })
+            }
             SocketAddr::V6(_) => Err(SpecError::Ipv6Server {
                 pool: vs.pool.clone(),
-                addr: server,
+                addr: server.addr,
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -102,8 +107,8 @@ pub fn pool_servers_v4(config: &Config, pool: &str) -> Vec<SocketAddrV4> {
         .map(|p| {
             p.servers
                 .iter()
-                .filter_map(|s| match s {
-                    SocketAddr::V4(v4) => Some(*v4),
+                .filter_map(|s| match s.addr {
+                    SocketAddr::V4(v4) => Some(v4),
                     SocketAddr::V6(_) => None,
                 })
                 .collect()

@@ -145,6 +145,7 @@ impl AdminBackend for FakeBackend {
                         ..ServerHttpCounters::default()
                     }),
                     l4: None,
+                    levers: ServerLeversView::default(),
                 },
                 ServerView {
                     addr: server_addr("192.0.2.12:8080"),
@@ -154,6 +155,7 @@ impl AdminBackend for FakeBackend {
                     transitions: 1,
                     http: None,
                     l4: None,
+                    levers: ServerLeversView::default(),
                 },
             ],
         }]
@@ -251,6 +253,7 @@ impl AdminBackend for FakeBackend {
                 server: "192.0.2.12:8080".into(),
                 up: false,
                 transitions: 1,
+                ..ServerHealthMetrics::default()
             }],
             ..MetricsSnapshot::default()
         }
