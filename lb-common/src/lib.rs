@@ -1,13 +1,22 @@
 //! Map keys, values and constants shared by the XDP program (`lb-ebpf`) and the agent
-//! (`lb-userspace`).
+//! (`lb-userspace`), and the arithmetic both sides must agree on: checksums ([`csum`]),
+//! hashes ([`jhash`], [`fnv`]) and Maglev placement ([`maglev`]). Everything is `no_std` and
+//! free of map access, so the host unit tests cover what the data plane computes.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so that both sides agree byte for byte;
 //! the size assertions at the bottom make a layout change a compile error on both sides.
 //! Addresses and ports are stored in network byte order, exactly as they appear in packets,
 //! so the fast path never swaps bytes. Times are CLOCK_MONOTONIC nanoseconds
 //! (`bpf_ktime_get_coarse_ns` in the kernel, `clock_gettime(CLOCK_MONOTONIC)` in the agent).
-#![no_std]
+// The unit tests use std (proptest, formatting); the library never does.
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod csum;
+pub mod fnv;
+pub mod jhash;
+pub mod maglev;
 
 /// Version of the pinned map layout. Pinned state lives under `<bpffs_dir>/v<LAYOUT_VERSION>/`;
 /// bump this whenever any type below changes size or meaning.
@@ -211,14 +220,7 @@ pub mod ds_ids {
 /// Stable 32-bit id of a virtual service or table name (FNV-1a), as used in [`DsKey`]. Ids
 /// survive restarts without any state; the reserved values of [`ds_ids`] are never returned.
 pub const fn ds_name_id(name: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let mut i = 0;
-    while i < name.len() {
-        h ^= name[i] as u32;
-        h = h.wrapping_mul(0x0100_0193);
-        i += 1;
-    }
-    match h {
+    match fnv::fnv1a_32(name) {
         ds_ids::NAMES => 1,
         ds_ids::PINS => u32::MAX - 1,
         h => h,
@@ -360,16 +362,28 @@ const _: () = assert!(core::mem::size_of::<DsValue>() == 80);
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all types are repr(C), contain only integers and have no implicit padding
-    // (checked by the size assertions above).
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for Service {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for PersistKey {}
-    unsafe impl aya::Pod for Persist {}
-    unsafe impl aya::Pod for TrafficCounters {}
-    unsafe impl aya::Pod for DsKey {}
-    unsafe impl aya::Pod for DsValue {}
+
+    /// `aya::Pod` for map keys and values: aya copies them to and from the kernel as raw
+    /// bytes, which is sound for a type that is `repr(C)`, holds only integers (every bit
+    /// pattern valid) and has no implicit padding (no uninitialised bytes reach the kernel),
+    /// which the size assertions above check for each one.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: `$t` is repr(C), all integer fields, no implicit padding (see above).
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        ServiceKey,
+        Service,
+        Backend,
+        FlowKey,
+        Flow,
+        PersistKey,
+        Persist,
+        TrafficCounters,
+        DsKey,
+        DsValue,
+    );
 }

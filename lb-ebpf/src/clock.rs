@@ -10,5 +10,7 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads the kernel's clock; the verifier
+    // allows it in XDP programs.
     unsafe { bpf_ktime_get_coarse_ns() }
 }

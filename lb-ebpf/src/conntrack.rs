@@ -41,6 +41,12 @@ pub fn early(key: &FlowKey) -> Early {
     let Some(flow) = CONNTRACK.get_ptr(key) else {
         return Early::Miss;
     };
+    // SAFETY: `get_ptr` returned a non-null, aligned pointer to a `Flow` value of CONNTRACK,
+    // whose preallocated memory stays valid while the program runs. Another CPU may rewrite
+    // it meanwhile (a refresh, or LRU eviction recycling it for another flow): the copy may
+    // then mix fields, but they are plain integers (any bit pattern is a valid `Flow`), so it
+    // is at worst a stale answer for this one packet. Plain racy access to map values is the
+    // BPF memory model, as in C programs.
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
         return match crate::maps::BACKENDS.get(f.backend_id) {
@@ -69,6 +75,8 @@ pub fn early(key: &FlowKey) -> Early {
 #[inline(always)]
 pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Backend)> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: as in `early`: valid, aligned map memory; a racing rewrite only mixes integer
+    // fields.
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
         return None;
@@ -80,6 +88,10 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
         } else {
             0
         };
+        // SAFETY: `flow` is the same valid, aligned map memory, written with plain aligned
+        // stores. Should LRU eviction on another CPU recycle the entry for another tuple since
+        // the lookup (a window of a few instructions), these fields land on that entry: a
+        // rare, known race of the refresh, not a memory error.
         unsafe {
             (*flow).last_seen_ns = now;
             (*flow).service_id = svc.id;
@@ -92,6 +104,8 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
 /// A reply entry for `key` (a packet from a backend), if its backend is still the same.
 #[inline(always)]
 pub fn lookup_reply(key: &FlowKey) -> Option<Flow> {
+    // SAFETY: as in `early`: `get_ptr` gives a non-null, aligned pointer to valid map memory;
+    // a racing rewrite only mixes integer fields.
     let f = unsafe { *CONNTRACK.get_ptr(key)? };
     if f.flags & flow_flags::REPLY == 0 {
         return None;

@@ -10,13 +10,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{Backend, proto, stat};
+use lb_common::{Backend, csum, proto, stat};
 
 use crate::{
-    csum,
     nexthop::{self, NextHop},
     parse::{Ipv4Hdr, Packet},
-    stats, wire,
+    stats,
+    wire::{self, load_check, store_check},
 };
 
 const AF_INET: u8 = 2;
@@ -24,6 +24,7 @@ const AF_INET: u8 = 2;
 /// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
 #[inline(always)]
 pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         // Let the stack answer with ICMP time exceeded.
         stats::count(stat::PASS_FIB_MISS);
@@ -31,15 +32,13 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     }
     let old_addr = pkt.key.dst_addr;
     let old_port = pkt.key.dst_port;
+    // SAFETY: `Packet`'s invariant: the IPv4 header (destination at 16..20) and the four port
+    // bytes (destination port at 2..4) are bounds-checked packet memory, not borrowed.
     unsafe {
         wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, dst)), be.addr);
         wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
-    let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
-    csum::store(
-        ip_check,
-        csum::replace4(csum::load(ip_check), old_addr, be.addr),
-    );
+    update_ip_check(pkt, |check| csum::replace4(check, old_addr, be.addr));
     fix_l4(pkt, old_addr, be.addr, old_port, be.port);
     out(ctx, pkt, be.addr, true, now)
 }
@@ -47,21 +46,20 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
 /// Rewrites the source of a backend reply back to the virtual service.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
     }
     let old_addr = pkt.key.src_addr;
     let old_port = pkt.key.src_port;
+    // SAFETY: `Packet`'s invariant: the IPv4 header (source at 12..16) and the four port bytes
+    // (source port at 0..2) are bounds-checked packet memory, not borrowed.
     unsafe {
         wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, src)), vip);
         wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
-    let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
-    csum::store(
-        ip_check,
-        csum::replace4(csum::load(ip_check), old_addr, vip),
-    );
+    update_ip_check(pkt, |check| csum::replace4(check, old_addr, vip));
     fix_l4(pkt, old_addr, vip, old_port, vport);
     out(ctx, pkt, pkt.key.dst_addr, true, now)
 }
@@ -72,10 +70,23 @@ pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     out(ctx, pkt, be.addr, false, now)
 }
 
+/// Replaces the IPv4 header checksum by `update` of it.
+#[inline(always)]
+fn update_ip_check(pkt: &Packet, update: impl FnOnce(u16) -> u16) {
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant),
+    // so the checksum field at 10..12 is packet memory; only raw pointers reach it.
+    unsafe {
+        let field = core::ptr::addr_of_mut!((*pkt.ip).check);
+        store_check(field, update(load_check(field)));
+    }
+}
+
 /// L4 checksum after one address (pseudo-header) and one port changed.
 #[inline(always)]
 fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u16) {
-    let check = csum::load(pkt.l4_check);
+    // SAFETY: `pkt.l4_check` points to the checksum field of the bounds-checked TCP or UDP
+    // header (`Packet`'s invariant).
+    let check = unsafe { load_check(pkt.l4_check) };
     if pkt.key.proto == proto::UDP && check == 0 {
         // UDP without checksum stays without.
         return;
@@ -83,9 +94,11 @@ fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u
     let mut c = csum::replace4(check, old_addr, new_addr);
     c = csum::replace2(c, old_port, new_port);
     if pkt.key.proto == proto::UDP && c == 0 {
+        // A computed 0 is sent as 0xffff, its other representation (RFC 768).
         c = 0xffff;
     }
-    csum::store(pkt.l4_check, c);
+    // SAFETY: as above; no reference to the field exists.
+    unsafe { store_check(pkt.l4_check, c) };
 }
 
 /// `struct bpf_fib_lookup` for IPv4 with plain fields, so that it can be built with ordinary
@@ -116,6 +129,8 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<
 /// it and resolves ARP.
 #[inline(always)]
 fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
+    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run, valid for the whole program;
+    // the verifier checks (and rewrites) each context field access.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let Some((hop, live)) = nexthop::entry(next_dst, ingress, now) else {
         stats::count(stat::PASS_FIB_MISS);
@@ -129,15 +144,24 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
     }
     if decrement_ttl {
         // TTL and protocol form one 16-bit word of the checksum; TTL is its first byte.
-        let ttl_proto = unsafe { pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, ttl)) };
-        let old = unsafe { wire::load_u16(ttl_proto) };
-        let new = u16::from_ne_bytes([unsafe { (*pkt.ip).ttl } - 1, unsafe { (*pkt.ip).proto }]);
-        unsafe { wire::store_u16(ttl_proto, new) };
-        let ip_check = unsafe { core::ptr::addr_of_mut!((*pkt.ip).check) };
-        csum::store(ip_check, csum::replace2(csum::load(ip_check), old, new));
+        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s
+        // invariant): bytes 8..10 are in it, reached only through raw pointers; TTL > 1 was
+        // checked by the callers that decrement it.
+        let (old, new) = unsafe {
+            let ttl_proto = pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, ttl));
+            let old = wire::load_u16(ttl_proto);
+            let new = u16::from_ne_bytes([(*pkt.ip).ttl - 1, (*pkt.ip).proto]);
+            wire::store_u16(ttl_proto, new);
+            (old, new)
+        };
+        update_ip_check(pkt, |check| csum::replace2(check, old, new));
     }
     let eth = pkt.eth.cast::<u8>();
+    // SAFETY: `hop` is this CPU's NEXT_HOPS entry from `nexthop::entry`: a valid, aligned
+    // per-CPU map value that nothing else writes while the program runs.
     let (macs, ifindex) = unsafe { ((*hop).macs, (*hop).ifindex) };
+    // SAFETY: `pkt.eth` points to a whole, bounds-checked Ethernet header (`Packet`'s
+    // invariant), so bytes 0..12 (both MACs) are packet memory reached only by raw pointers.
     unsafe {
         wire::store_u32(eth, macs[0]);
         wire::store_u32(eth.add(4), macs[1]);
@@ -149,6 +173,8 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
     }
     // Plain bpf_redirect queues into the same per-CPU bulk queue as a devmap redirect
     // (dev_xdp_enqueue), so a devmap would only add a lookup.
+    // SAFETY: the helper takes an ifindex and flags by value and touches no memory of ours;
+    // an ifindex that is gone just makes it return XDP_ABORTED.
     let verdict = unsafe { bpf_redirect(ifindex, 0) as u32 };
     if verdict == xdp_action::XDP_REDIRECT {
         stats::count(stat::VERDICT_REDIRECT);
@@ -169,6 +195,8 @@ fn fib(
     hop: *mut NextHop,
     now: u64,
 ) -> Option<()> {
+    // SAFETY: `Packet`'s invariant: `pkt.ports` points to the four bounds-checked port bytes;
+    // a `[u8; 4]` read needs no alignment.
     let ports = unsafe { *pkt.ports };
     let mut fib = FibParams {
         family: AF_INET,
@@ -177,8 +205,10 @@ fn fib(
         dport: u16::from_ne_bytes([ports[2], ports[3]]),
         tot_len: pkt.tot_len,
         ifindex: ingress,
+        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
         tos: unsafe { (*pkt.ip).tos },
         _pad: [0, 0, 0],
+        // SAFETY: as for `tos`; the source address is bytes 12..16 of the header.
         src: u32::from_ne_bytes(unsafe { (*pkt.ip).src }),
         _src_v6: [0, 0, 0],
         dst: next_dst,
@@ -187,6 +217,9 @@ fn fib(
         smac: [0, 0, 0, 0, 0, 0],
         dmac: [0, 0, 0, 0, 0, 0],
     };
+    // SAFETY: the context pointer is this run's `xdp_md`; `fib` is a live, exclusively
+    // borrowed stack value laid out as `struct bpf_fib_lookup` (same size, asserted above),
+    // and the length passed is its size, so the helper reads and writes only inside it.
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
@@ -198,6 +231,8 @@ fn fib(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
+    // SAFETY: `hop` is this CPU's NEXT_HOPS entry (see `out`): valid, aligned, written by
+    // nothing else while the program runs.
     unsafe {
         (*hop).dst = next_dst;
         (*hop).ingress = ingress;

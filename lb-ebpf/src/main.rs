@@ -4,10 +4,10 @@
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod clock;
 mod conntrack;
-mod csum;
 mod forward;
 mod maglev;
 mod maps;
@@ -232,7 +232,7 @@ fn choose(pkt: &Packet, svc: &Service, now: u64) -> Option<(u32, Backend)> {
             persist::Lookup::Miss => {}
         }
     }
-    let chosen = maglev::pick(svc, maglev::flow_hash(&pkt.key))?;
+    let chosen = maglev::pick(svc, lb_common::maglev::flow_hash(&pkt.key))?;
     stats::count(stat::NEW_FLOW_MAGLEV);
     Some(chosen)
 }
@@ -243,6 +243,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the loader reads the license from a section of this name; `LICENSE` is the only
+// symbol of that name in the object, so keeping it unmangled clashes with nothing.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

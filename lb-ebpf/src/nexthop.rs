@@ -59,6 +59,8 @@ fn slot(dst: u32, ingress: u32) -> u32 {
 #[inline(always)]
 pub fn entry(dst: u32, ingress: u32, now: u64) -> Option<(*mut NextHop, bool)> {
     let e = NEXT_HOPS.get_ptr_mut(slot(dst, ingress))?;
+    // SAFETY: a non-null pointer to this CPU's entry of a per-CPU array: valid, aligned and
+    // written only by this program on this CPU.
     let live = unsafe {
         (*e).dst == dst
             && (*e).ingress == ingress

@@ -80,6 +80,12 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 /// A parsed option-less, unfragmented IPv4 TCP/UDP packet.
+///
+/// Invariant, relied on by every `unsafe` access through its pointers: they come from
+/// [`ptr_at`] in [`parse`] (the only constructor), so each points into this run's frame with
+/// the whole header it designates before `data_end` (the Ethernet header, the 20-byte IPv4
+/// header, the L4 checksum field, the four port bytes), and no Rust reference to packet memory
+/// exists. The headers are byte arrays, so no access needs alignment.
 pub struct Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
@@ -124,6 +130,10 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
+    // Every packet access below reads through a pointer from `ptr_at` for a type that covers
+    // the bytes read, so they lie inside the frame; the headers are byte arrays (any
+    // alignment, any bit pattern valid).
+    // SAFETY: `eth` covers the 14-byte Ethernet header, the EtherType at 12..14.
     if unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) }
         != u16::from_ne_bytes(ETH_P_IP)
     {
@@ -133,22 +143,28 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
     let ipb = ip.cast::<u8>();
+    // SAFETY: `ip` covers the 20-byte IPv4 header.
     let vihl = unsafe { (*ip).version_ihl };
     let ihl = (vihl & 0x0f) as usize;
     if vihl >> 4 != 4 || ihl < 5 {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
+    // SAFETY: `ip` covers the 20-byte IPv4 header, total length at 2..4.
     let tot_len = u16::from_be(unsafe { wire::load_u16(ipb.add(offset_of!(Ipv4Hdr, tot_len))) });
     let ip_room = frame_len - ETH_HLEN;
     if (tot_len as usize) < ihl * 4 || tot_len as usize > ip_room {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
+    // SAFETY: `ip` covers the 20-byte IPv4 header.
     let l4_proto = unsafe { (*ip).proto };
     if l4_proto != proto::TCP && l4_proto != proto::UDP {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
+    // SAFETY: `ip` covers the 20-byte IPv4 header, source address at 12..16.
     let src = unsafe { wire::load_u32(ipb.add(offset_of!(Ipv4Hdr, src))) };
+    // SAFETY: `ip` covers the 20-byte IPv4 header, destination address at 16..20.
     let dst = unsafe { wire::load_u32(ipb.add(offset_of!(Ipv4Hdr, dst))) };
+    // SAFETY: `ip` covers the 20-byte IPv4 header, fragment field at 6..8.
     let frag = u16::from_be(unsafe { wire::load_u16(ipb.add(offset_of!(Ipv4Hdr, frag_off))) });
     // MF bit or a non-zero fragment offset; DF (0x4000) is fine.
     let more_fragments = frag & 0x2000 != 0;
@@ -159,6 +175,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             // ihl is 5..=15, so the offset is bounded for the verifier.
             let off = ETH_HLEN + (ihl & 0x0f) * 4;
             if let Some(p) = ptr_at::<[u8; 4]>(ctx, off) {
+                // SAFETY: `p` covers the four port bytes, destination port at 2..4.
                 dport = Some(unsafe { wire::load_u16(p.cast::<u8>().add(2)) });
             }
         }
@@ -173,21 +190,27 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFF) else {
             return Parsed::Pass(stat::PASS_MALFORMED);
         };
+        // SAFETY: `tcp` covers the 20-byte TCP header.
         let doff = unsafe { (*tcp).doff_res } >> 4;
         if doff < 5 || (tot_len as usize) < IPV4_HLEN + doff as usize * 4 {
             return Parsed::Pass(stat::PASS_MALFORMED);
         }
-        let check = unsafe { core::ptr::addr_of_mut!((*tcp).check) };
-        (check, tcp as *mut [u8; 4], unsafe { (*tcp).flags }, 20usize)
+        // SAFETY: `tcp` covers the 20-byte TCP header (checksum at 16..18, flags at 13); taking
+        // the field's address creates no reference.
+        let (check, flags) = unsafe { (core::ptr::addr_of_mut!((*tcp).check), (*tcp).flags) };
+        (check, tcp as *mut [u8; 4], flags, 20usize)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
             return Parsed::Pass(stat::PASS_MALFORMED);
         };
+        // SAFETY: `udp` covers the 8-byte UDP header, length at 4..6.
         let ulen =
             u16::from_be(unsafe { wire::load_u16(udp.cast::<u8>().add(offset_of!(UdpHdr, len))) });
         if ulen < 8 {
             return Parsed::Pass(stat::PASS_MALFORMED);
         }
+        // SAFETY: `udp` covers the UDP header; taking the checksum field's address (6..8)
+        // creates no reference.
         let check = unsafe { core::ptr::addr_of_mut!((*udp).check) };
         (check, udp as *mut [u8; 4], 0u8, 8usize)
     };
@@ -195,11 +218,14 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Pass(stat::PASS_MALFORMED);
     }
     let pb = ports.cast::<u8>();
+    // SAFETY: `ports` is the start of the TCP or UDP header checked above, which covers the
+    // source (0..2) and destination (2..4) ports.
+    let (src_port, dst_port) = unsafe { (wire::load_u16(pb), wire::load_u16(pb.add(2))) };
     let key = FlowKey {
         src_addr: src,
         dst_addr: dst,
-        src_port: unsafe { wire::load_u16(pb) },
-        dst_port: unsafe { wire::load_u16(pb.add(2)) },
+        src_port,
+        dst_port,
         proto: l4_proto,
         _pad: [0, 0, 0],
     };

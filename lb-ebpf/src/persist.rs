@@ -14,6 +14,9 @@ pub enum Lookup {
 #[inline(always)]
 pub fn lookup(group: u32, client_addr: u32, now: u64) -> Lookup {
     let key = PersistKey { group, client_addr };
+    // SAFETY: `get` is unsafe because the reference it returns could see the entry updated
+    // or deleted by the agent; it is copied at once and every field is a plain integer, so a
+    // torn copy is at worst a stale pin, which the generation check below rejects.
     let Some(p) = (unsafe { PERSIST.get(key) }).copied() else {
         return Lookup::Miss;
     };

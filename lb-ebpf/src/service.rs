@@ -12,6 +12,8 @@ pub fn lookup(vip: u32, port: u16, proto: u8) -> Option<Service> {
         proto,
         _pad: 0,
     };
+    // SAFETY: the reference from `get` may see the agent update or delete the entry; it is
+    // copied at once, and `Service` is plain integers, valid for any bit pattern.
     unsafe { SERVICES.get(key) }.copied()
 }
 

@@ -7,6 +7,8 @@ use crate::maps::{BACKEND_STATS, SERVICE_STATS, STATS};
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array: valid, aligned,
+        // and written by no one else while the program runs on this CPU.
         unsafe { *p += 1 }
     }
 }
@@ -14,6 +16,8 @@ pub fn count(index: u32) {
 #[inline(always)]
 fn add(p: Option<*mut TrafficCounters>, bytes: u16, new_flow: bool) {
     if let Some(p) = p {
+        // SAFETY: `p` is this CPU's slot of a per-CPU array (see `traffic`): valid, aligned,
+        // and written by no one else while the program runs on this CPU.
         unsafe {
             (*p).packets += 1;
             (*p).bytes += bytes as u64;

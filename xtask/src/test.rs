@@ -1,11 +1,12 @@
 //! `cargo xtask test`: the one test command. Setup, fmt check, build, clippy, every test;
 //! ends with a line `N passed, N failed` and a non-zero exit on any failure.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::proc::{cargo, is_root, run_bounded};
+use crate::proc::{cargo, is_root, repo_root, run_bounded};
 
 /// lb-ebpf is a `no_std` BPF program: it builds only for the bpf target (through
 /// lb-userspace/build.rs), never for the host, so host-side cargo runs leave it out.
@@ -128,6 +129,7 @@ pub fn run() -> Result<bool> {
             ],
             CLIPPY_LIMIT,
         )?);
+        steps.push(clippy_bpf()?);
 
         println!("==> [4/4] cargo test");
         let t = Instant::now();
@@ -206,11 +208,46 @@ pub fn run() -> Result<bool> {
 }
 
 fn simple(name: &'static str, banner: &str, args: &[&str], limit: Duration) -> Result<Step> {
-    println!("==> {banner}");
-    let t = Instant::now();
     let mut cmd = cargo();
     cmd.args(args);
-    let out = run_bounded(&mut cmd, limit, |line| println!("{line}"))?;
+    run_step(name, banner, &mut cmd, limit)
+}
+
+/// Clippy on lb-ebpf for the BPF target, built the way aya-build builds it for
+/// lb-userspace/build.rs (nightly, `core` from source, the `bpf_target_arch` cfg aya-ebpf
+/// reads), since the host-side steps above exclude it. Any warning fails the run.
+fn clippy_bpf() -> Result<Step> {
+    let target = if cfg!(target_endian = "big") {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(repo_root())
+        .args(["run", "nightly", "cargo", "clippy", "--package", "lb-ebpf"])
+        .args(["--lib", "--bins", "--release", "--target", target])
+        .args(["-Z", "build-std=core"])
+        // Its own directory: nightly artifacts would otherwise churn the host build's.
+        .args(["--target-dir", "target/bpf-clippy", "--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
+        // As aya-build does: a RUSTC from the calling (stable) cargo would win over nightly.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run_step(
+        "lb-ebpf",
+        &format!("[3/4] cargo clippy (lb-ebpf, {target})"),
+        &mut cmd,
+        CLIPPY_LIMIT,
+    )
+}
+
+fn run_step(name: &'static str, banner: &str, cmd: &mut Command, limit: Duration) -> Result<Step> {
+    println!("==> {banner}");
+    let t = Instant::now();
+    let out = run_bounded(cmd, limit, |line| println!("{line}"))?;
     let (ok, detail) = match out.status {
         None => (false, format!("killed after {limit:?}")),
         Some(s) if s.success() => (true, String::new()),

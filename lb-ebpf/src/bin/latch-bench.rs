@@ -14,6 +14,7 @@
 //!   same topology, against which latch's own cost shows.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -22,6 +23,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use lb_common::csum;
 
 /// Length of the Ethernet + IPv4 + UDP header the generator writes.
 const HDR_LEN: usize = 42;
@@ -90,6 +92,9 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     }
     let cfg = GEN.get(0)?;
     let seq = SEQ.get_ptr_mut(0)?;
+    // SAFETY: a non-null pointer to SEQ's only value, valid and aligned while the program
+    // runs; each generator thread loads its own copy of this object, so nothing else writes
+    // it concurrently.
     let n = unsafe {
         let n = *seq;
         *seq = n + 1;
@@ -109,6 +114,9 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
         bytes[3] = octet as u8;
         (u32::from_ne_bytes(bytes), n & 0xffff)
     };
+    // SAFETY: the frame was checked to hold HDR_LEN (42) bytes from `start`; every write
+    // below stays inside them (40 bytes as five u64, bytes 40 and 41, then fields at offsets
+    // 26, 34 and 24) and is unaligned-tolerant; nothing else references the frame.
     unsafe {
         let dst = start as *mut u64;
         for i in 0..5 {
@@ -124,13 +132,8 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
             p.add(SPORT_OFF) as *mut [u8; 2],
             (sport as u16).to_be_bytes(),
         );
-        let a = src_addr.to_ne_bytes();
-        let mut sum = cfg.csum_base
-            + u16::from_ne_bytes([a[0], a[1]]) as u32
-            + u16::from_ne_bytes([a[2], a[3]]) as u32;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        core::ptr::write_unaligned(p.add(IP_CSUM_OFF) as *mut u16, !(sum as u16));
+        let check = !csum::fold(csum::add_u32(cfg.csum_base, src_addr));
+        core::ptr::write_unaligned(p.add(IP_CSUM_OFF) as *mut u16, check);
     }
     Some(xdp_action::XDP_TX)
 }
@@ -145,6 +148,7 @@ fn udp4_frame(ctx: &XdpContext) -> Option<*mut u8> {
     }
     let p = start as *mut u8;
     // EtherType 0x0800 and protocol 17.
+    // SAFETY: bytes 12, 13 and 23 lie inside the HDR_LEN bytes checked against data_end.
     let udp4 = unsafe { *p.add(12) == 0x08 && *p.add(13) == 0 && *p.add(23) == 17 };
     udp4.then_some(p)
 }
@@ -155,6 +159,8 @@ pub fn bench_count_drop(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     if let Some(c) = COUNT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array: valid, aligned, and written by no one
+        // else while the program runs on this CPU.
         unsafe { *c += 1 }
     }
     xdp_action::XDP_DROP
@@ -167,10 +173,13 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
     };
     let hop = *hop;
     let ifindex = u32::from_ne_bytes([hop[12], hop[13], hop[14], hop[15]]);
-    for i in 0..12 {
-        unsafe { *p.add(i) = hop[i] };
+    for (i, byte) in hop[..12].iter().enumerate() {
+        // SAFETY: `p` starts a frame of at least HDR_LEN (42) bytes (`udp4_frame`), so the
+        // twelve MAC bytes are inside it.
+        unsafe { *p.add(i) = *byte };
     }
     // The same helper as latch's own forwarding.
+    // SAFETY: the helper takes an ifindex and flags by value and touches no memory of ours.
     unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
@@ -185,6 +194,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the loader reads the license from a section of this name; `LICENSE` is the only
+// symbol of that name in the object, so keeping it unmangled clashes with nothing.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -528,11 +528,7 @@ fn build_ring(slots: &[Arc<ServerSlot>]) -> Arc<[(u64, u32)]> {
 /// FNV-1a followed by murmur3's 64-bit finalizer: stable across processes, hosts and Rust
 /// versions (unlike `DefaultHasher`), so every load balancer maps a key to the same server.
 pub fn hash64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = lb_common::fnv::fnv1a_64(data);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -5,7 +5,11 @@
 //! The table is rebuilt from scratch by the agent and written to the kernel; the XDP program
 //! only indexes it with a flow hash. Tables must be identical across agent restarts and across
 //! load-balancer hosts (so that a flow keeps its backend whichever host or agent generation
-//! forwards it), hence the fixed-seed hashes and the order-independent construction.
+//! forwards it), hence the fixed-seed hashes and the order-independent construction. The
+//! arithmetic both sides share (each backend's permutation, the XDP lookup) is in
+//! `lb_common::maglev`.
+
+use lb_common::maglev::Permutation;
 
 /// One table participant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,26 +41,6 @@ impl MaglevBackend {
     }
 }
 
-/// Seeds of the two independent hashes giving each backend's offset and skip. Changing them
-/// reshuffles every table in the fleet, so they are part of the on-the-wire contract.
-const OFFSET_SEED: u64 = 0x6c61_7463_685f_6f66; // "latch_of"
-const SKIP_SEED: u64 = 0x6c61_7463_685f_736b; // "latch_sk"
-
-/// FNV-1a over the bytes, started from a seeded basis and finished with the splitmix64
-/// finaliser so that keys differing in one character still land far apart.
-fn hash64(bytes: &[u8], seed: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 /// Builds a Maglev lookup table of `size` slots (which should be prime so that every skip
 /// generates a full permutation). Each slot holds the `id` of a backend; with no backend of
 /// non-zero weight every slot is 0.
@@ -81,29 +65,19 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let size64 = u64::from(size);
     struct Cursor {
         id: u32,
-        offset: u64,
-        skip: u64,
+        permutation: Permutation,
         next: u64,
         weight: u64,
         credit: u64,
     }
     let mut cursors: Vec<Cursor> = members
         .iter()
-        .map(|b| {
-            let offset = hash64(b.key.as_bytes(), OFFSET_SEED) % size64;
-            let skip = if size64 > 1 {
-                hash64(b.key.as_bytes(), SKIP_SEED) % (size64 - 1) + 1
-            } else {
-                1
-            };
-            Cursor {
-                id: b.id,
-                offset,
-                skip,
-                next: 0,
-                weight: u64::from(b.weight),
-                credit: 0,
-            }
+        .map(|b| Cursor {
+            id: b.id,
+            permutation: Permutation::new(b.key.as_bytes(), size),
+            next: 0,
+            weight: u64::from(b.weight),
+            credit: 0,
         })
         .collect();
     let max_weight = cursors.iter().map(|c| c.weight).max().unwrap_or(1);
@@ -123,7 +97,7 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
             let mut slot;
             let mut steps = 0u64;
             loop {
-                slot = ((c.offset + c.next * c.skip) % size64) as usize;
+                slot = c.permutation.slot(c.next);
                 c.next += 1;
                 steps += 1;
                 if !filled[slot] || steps > size64 {
@@ -287,18 +261,5 @@ mod tests {
                 b.weight
             );
         }
-    }
-
-    #[test]
-    fn hashes_are_independent() {
-        // Offset and skip must not be correlated, or backends would share permutations.
-        let same = (0..1000)
-            .filter(|i| {
-                let k = format!("198.51.100.{}:{}", i % 250, i);
-                hash64(k.as_bytes(), OFFSET_SEED) % u64::from(M)
-                    == hash64(k.as_bytes(), SKIP_SEED) % u64::from(M)
-            })
-            .count();
-        assert!(same < 5, "{same} keys with equal offset and skip");
     }
 }

@@ -367,9 +367,7 @@ fn value_bytes(v: &DsValue) -> Option<&[u8]> {
 
 /// 64-bit FNV-1a of a table key: how a pin record names the entry that owns the pin.
 pub fn key_hash64(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    lb_common::fnv::fnv1a_64(key.as_bytes())
 }
 
 fn name_key(id: u32) -> DsKey {

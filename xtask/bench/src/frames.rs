@@ -35,25 +35,13 @@ pub fn udp_frame(u: &Udp) -> Vec<u8> {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&u.src.octets());
     ip[16..20].copy_from_slice(&u.dst.octets());
-    let c = ip_checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let c = lb_common::csum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
     let udp = &mut f[34..42];
     udp[0..2].copy_from_slice(&u.sport.to_be_bytes());
     udp[2..4].copy_from_slice(&u.dport.to_be_bytes());
     udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
     f
-}
-
-/// RFC 1071 checksum of an IPv4 header whose checksum field is zero.
-pub fn ip_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 = hdr
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Generator modes (`GenConfig::mode`).
@@ -171,7 +159,7 @@ mod tests {
 
     fn checksum_ok(frame: &[u8]) -> bool {
         // Summing a header including its checksum gives 0xffff, i.e. a zero complement.
-        ip_checksum(&frame[14..34]) == 0
+        lb_common::csum::checksum(&frame[14..34]) == 0
     }
 
     #[test]
