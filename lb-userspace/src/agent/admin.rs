@@ -11,15 +11,19 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::levers::{LeverError, ServerChange};
 use super::pools::ConfiguredPool;
-use super::views::Sources;
+use super::views::{Sources, levers_view};
 use super::{fastpath, spec};
 use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
-use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
+use crate::api::model::{
+    PoolView, ServerChangeRequest, ServerChangeView, StatusView, TableCounters, TableEntryView,
+    VirtualServiceView,
+};
 use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};
 use crate::balancer::algorithm::ServerStatus;
 use crate::balancer::levers::Levers;
-use crate::config::{Config, ServiceType};
+use crate::config::{Config, MAX_WEIGHT, ServiceType};
 use crate::dataplane::Dataplane;
 use crate::datascript::{DsCounters, Event};
 use crate::monitor::MonitorHandle;
@@ -272,6 +276,43 @@ impl AdminBackend for AgentAdmin {
     fn table_flush(&self, vs: &str, table: Option<&str>) -> Result<u64, BackendError> {
         let tables = self.vs_tables(vs)?;
         Ok(tables.flush(table) as u64)
+    }
+
+    fn set_server(
+        &self,
+        pool: &str,
+        server: &str,
+        change: &ServerChangeRequest,
+    ) -> Result<ServerChangeView, BackendError> {
+        let bad = |message: String| BackendError::BadRequest { message };
+        let change = match (&change.state, &change.weight) {
+            (Some(state), None) => ServerChange::State(state.parse().map_err(bad)?),
+            (None, Some(w)) if w == "config" => ServerChange::Weight(None),
+            (None, Some(w)) => ServerChange::Weight(Some(w.parse().map_err(|_| {
+                bad(format!(
+                    "weight must be a number from 0 to {MAX_WEIGHT} or `config`, got {w:?}"
+                ))
+            })?)),
+            _ => return Err(bad("give exactly one of state and weight".to_owned())),
+        };
+        let (addr, status) =
+            self.shared
+                .set_server(pool, server, change)
+                .map_err(|err| match err {
+                    LeverError::BadWeight(_) => bad(err.to_string()),
+                    LeverError::UnknownPool(_) | LeverError::UnknownServer(_) => {
+                        BackendError::NotFound {
+                            message: err.to_string(),
+                        }
+                    }
+                })?;
+        Ok(ServerChangeView {
+            pool: pool.to_owned(),
+            server: addr,
+            up: status.up,
+            active_requests: status.active as u64,
+            levers: levers_view(&status),
+        })
     }
 
     fn reload(&self) -> ReloadFuture {
