@@ -328,7 +328,10 @@ impl Agent {
             tracing::warn!("{w}");
         }
         // Held to the end: a server state set meanwhile through the API waits for the new pools.
-        let mut levers = self.shared.levers.lock();
+        let mut running_levers = self.shared.levers.lock();
+        // Servers the new config drops lose their levers (one added again later starts
+        // ready); a refused reload keeps them all.
+        let mut levers = running_levers.clone();
         levers.retain(|pool, server| new.pool(pool).is_some_and(|p| p.server(server).is_some()));
         let previous = self.shared.pools.read().clone();
         let plan = match http::build(
@@ -386,7 +389,10 @@ impl Agent {
         tracing::info!(?diff, "configuration reloaded");
         *self.shared.pools.write() = plan.pools;
         *self.shared.config.write() = Arc::new(new);
-        self.shared.save_levers(&levers);
+        if *running_levers != levers {
+            self.shared.save_levers(&levers);
+            *running_levers = levers;
+        }
         ReloadView {
             applied: true,
             diagnostics: Vec::new(),
