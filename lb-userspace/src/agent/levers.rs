@@ -190,4 +190,39 @@ mod tests {
         assert!(resolve_server(&pool, "192.0.2.11:81").is_err());
         assert!(resolve_server(&pool, "web1").is_err());
     }
+
+    #[test]
+    fn the_state_file_round_trips_and_keeps_only_configured_servers()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state").join("servers.json");
+        let config = crate::config::parse(
+            "[[pool]]\nname = \"web\"\nservers = [\"192.0.2.11:80\"]\n",
+            Path::new("t.toml"),
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(load(&path, &config), Levers::default(), "no file yet");
+        let mut levers = Levers::default();
+        let drained = crate::balancer::levers::ServerLevers {
+            state: AdminState::Drain,
+            weight: Some(4),
+        };
+        levers.set("web", "192.0.2.11:80".parse()?, drained);
+        levers.set("web", "192.0.2.99:80".parse()?, drained);
+        save(&path, &levers)?;
+        let loaded = load(&path, &config);
+        assert_eq!(
+            loaded.iter().count(),
+            1,
+            "a server the config lacks is dropped"
+        );
+        assert_eq!(loaded.get("web", "192.0.2.11:80".parse()?), drained);
+        std::fs::write(&path, "not json")?;
+        assert_eq!(
+            load(&path, &config),
+            Levers::default(),
+            "a bad file is ignored"
+        );
+        Ok(())
+    }
 }

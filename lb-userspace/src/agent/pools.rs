@@ -227,4 +227,50 @@ mod tests {
         p.request_started(cfg.addrs()[2]);
         assert_eq!(p.pick(&ctx(&headers, &uri, &[])), Some(cfg.addrs()[0]));
     }
+
+    #[test]
+    fn states_reach_scripts_and_the_data_plane() {
+        let mut cfg = pool(Algorithm::RoundRobin);
+        cfg.servers[1].weight = 3;
+        cfg.servers[2].backup = true;
+        let [a, b, c] = [0, 1, 2].map(|i| cfg.servers[i]);
+        let mut levers = Levers::default();
+        levers.set(
+            "p",
+            a.addr,
+            crate::balancer::levers::ServerLevers {
+                state: AdminState::Drain,
+                weight: None,
+            },
+        );
+        let pools = build_pools(std::slice::from_ref(&cfg), &HashMap::new(), &levers);
+        let p = &pools["p"];
+        // Scripts: drained is up (persistence goes on), maint is down.
+        assert_eq!(p.server_state(a.addr), Some(true));
+        p.balancer().set_state(b.addr, AdminState::Maint);
+        assert_eq!(p.server_state(b.addr), Some(false));
+        assert_eq!(
+            p.servers().iter().filter(|s| s.up).count(),
+            2,
+            "get_servers counts a and c"
+        );
+        // Data plane: drained keeps its flows but no share; maint loses both.
+        let traffic = |s: &PoolServer| pools.traffic("p", s);
+        assert_eq!(
+            traffic(&a),
+            ServerTraffic {
+                up: true,
+                weight: 0,
+                backup: false
+            }
+        );
+        assert!(!traffic(&b).up);
+        assert_eq!(traffic(&c).weight, 16);
+        assert!(traffic(&c).backup);
+        // A rebuild (reload) takes the states from the levers, the agent's record of them.
+        let again = build_pools(std::slice::from_ref(&cfg), &pools, &levers);
+        let state = |addr| again["p"].balancer().status(addr).map(|s| s.state);
+        assert_eq!(state(a.addr), Some(AdminState::Drain));
+        assert_eq!(state(b.addr), Some(AdminState::Ready), "not in the levers");
+    }
 }

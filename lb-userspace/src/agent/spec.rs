@@ -196,4 +196,22 @@ fast_path = "client_ip"
         assert_eq!(states, vec![true, false]);
         Ok(())
     }
+
+    #[test]
+    fn weights_and_backups_reach_the_backends() -> Result<(), Box<dyn std::error::Error>> {
+        let text = CONFIG.replace(
+            r#"servers = ["192.0.2.11:8080", "192.0.2.12:8080"]"#,
+            r#"servers = [{ addr = "192.0.2.11:8080", weight = 3 }, { addr = "192.0.2.12:8080", backup = true }]"#,
+        );
+        let config =
+            crate::config::parse(&text, Path::new("t.toml")).map_err(|e| format!("config: {e}"))?;
+        let spec = dataplane_spec(&config, &crate::balancer::health::AllUp)?;
+        let b: Vec<(u32, bool)> = spec.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.weight, b.backup))
+            .collect();
+        assert_eq!(b, [(48, false), (16, true)], "weights in 1/16ths");
+        Ok(())
+    }
 }
