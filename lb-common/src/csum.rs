@@ -59,6 +59,25 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     !fold(add_u32(add_u32((!check) as u32, !old), new))
 }
 
+/// A TCP or UDP checksum after NAT changed one address (in the pseudo-header) and one port,
+/// with UDP's rules: a zero checksum means "none" and stays zero (`None`: leave the field
+/// alone), and a computed zero is sent as 0xffff, its other representation (RFC 768).
+#[inline(always)]
+pub fn replace_addr_port(
+    check: u16,
+    udp: bool,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> Option<u16> {
+    if udp && check == 0 {
+        return None;
+    }
+    let c = replace2(replace4(check, old_addr, new_addr), old_port, new_port);
+    Some(if udp && c == 0 { 0xffff } else { c })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -142,29 +161,6 @@ mod tests {
             store16(&mut self.l4, at, check);
             self
         }
-    }
-
-    /// The L4 update of lb-ebpf's `forward::fix_l4`: the pseudo-header address, then the port,
-    /// with UDP's rules (0 = no checksum, stays 0; a computed 0 is sent as 0xffff). It is
-    /// written out there rather than called from here because the BPF backend compiled the
-    /// shared function two instructions longer on the forwarding path.
-    fn replace_addr_port(
-        check: u16,
-        udp: bool,
-        old_addr: u32,
-        new_addr: u32,
-        old_port: u16,
-        new_port: u16,
-    ) -> Option<u16> {
-        if udp && check == 0 {
-            return None;
-        }
-        let mut c = replace4(check, old_addr, new_addr);
-        c = replace2(c, old_port, new_port);
-        if udp && c == 0 {
-            c = 0xffff;
-        }
-        Some(c)
     }
 
     fn segment() -> impl Strategy<Value = Segment> {

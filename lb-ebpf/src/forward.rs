@@ -87,16 +87,11 @@ fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u
     // SAFETY: `pkt.l4_check` points to the checksum field of the bounds-checked TCP or UDP
     // header (`Packet`'s invariant).
     let check = unsafe { load_check(pkt.l4_check) };
-    if pkt.key.proto == proto::UDP && check == 0 {
-        // UDP without checksum stays without.
+    let udp = pkt.key.proto == proto::UDP;
+    let Some(c) = csum::replace_addr_port(check, udp, old_addr, new_addr, old_port, new_port)
+    else {
         return;
-    }
-    let mut c = csum::replace4(check, old_addr, new_addr);
-    c = csum::replace2(c, old_port, new_port);
-    if pkt.key.proto == proto::UDP && c == 0 {
-        // A computed 0 is sent as 0xffff, its other representation (RFC 768).
-        c = 0xffff;
-    }
+    };
     // SAFETY: as above; no reference to the field exists.
     unsafe { store_check(pkt.l4_check, c) };
 }
