@@ -118,13 +118,27 @@ fn drain_keeps_connections_and_sessions_but_gets_no_new_session_and_maint_moves_
 {
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
+    let l4_vip = SocketAddr::from((topo.vip(), 81));
     let agent = start_agent(&topo, |a| {
         agent_section(&topo, a)
             .pool(Pool::new("web", all_backends(&topo, HTTP_PORT)))
             .virtual_service(shop(&topo).datascripts(latch_tests::jsession_scripts(60)))
+            .virtual_service(VirtualService::tcp("web-tcp", l4_vip, "web"))
     })?;
     let b1 = server(&topo, 1).to_string();
     let cookie = session_on(&topo, "b1")?;
+    // An XDP-forwarded connection that Maglev put on b1, kept open across the drain.
+    let mut l4_conn = topo.client().run(|| -> Result<HttpConn, String> {
+        for _ in 0..30 {
+            let mut c =
+                HttpConn::connect(l4_vip, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            let r = c.get("/", &[]).map_err(|e| e.to_string())?;
+            if r.backend.as_deref() == Some("b1") {
+                return Ok(c);
+            }
+        }
+        Err("no L4 connection landed on b1".into())
+    })?;
     // A keep-alive connection opened before the drain.
     let mut conn = topo
         .client()
@@ -155,6 +169,20 @@ fn drain_keeps_connections_and_sessions_but_gets_no_new_session_and_maint_moves_
             .map(|_| conn.get("/", &[]).map(|r| r.backend.unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()
     })?;
+    // XDP: the established flow stays on b1, new flows avoid it.
+    for _ in 0..3 {
+        let r = topo.client().run(|| l4_conn.get("/", &[]))?;
+        assert_eq!(
+            r.backend.as_deref(),
+            Some("b1"),
+            "established L4 flow moved"
+        );
+    }
+    let l4_fresh = spread(&topo, l4_vip, 12)?;
+    assert!(
+        !l4_fresh.contains_key("b1"),
+        "drained b1 got new L4 flows: {l4_fresh:?}"
+    );
     assert!(
         !cookieless.iter().any(|b| b == "b1"),
         "new requests on the old connection avoid b1: {cookieless:?}"
