@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::levers::{AdminState, WEIGHT_SCALE, ramped_weight};
+use super::levers::{AdminState, WEIGHT_SCALE, full_weight, ramped_weight};
 use crate::config::{Algorithm, PoolConfig, PoolServer};
 
 /// Virtual nodes per unit of weight on the consistent-hash ring. 160 is ketama's choice: it
@@ -74,7 +74,7 @@ impl ServerSlot {
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Ready.as_u8()),
             weight: AtomicU32::new(server.weight),
-            effective: AtomicU32::new(server.weight * WEIGHT_SCALE),
+            effective: AtomicU32::new(full_weight(server.weight)),
             ramp_since_ns: AtomicU64::new(0),
             active: AtomicUsize::new(0),
         }
@@ -233,7 +233,7 @@ impl PoolBalancer {
         for s in balancer.servers.iter() {
             if s.ramp_since_ns.load(Ordering::Relaxed) == 0 {
                 s.effective.store(
-                    ramped_weight(s.weight.load(Ordering::Relaxed), Duration::MAX, None),
+                    full_weight(s.weight.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
                 );
             }
@@ -331,10 +331,7 @@ impl PoolBalancer {
         };
         s.weight.store(weight, Ordering::Relaxed);
         if s.ramp_since_ns.load(Ordering::Relaxed) == 0 {
-            s.effective.store(
-                ramped_weight(weight, Duration::MAX, None),
-                Ordering::Relaxed,
-            );
+            s.effective.store(full_weight(weight), Ordering::Relaxed);
         }
         self.rebuild_ring();
         true

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::levers::WEIGHT_SCALE;
+use super::levers::full_weight;
 use crate::config::{HealthMonitor, PoolServer};
 
 /// What the data-plane spec needs to know of server health: owned here (not by the agent or
@@ -24,7 +24,7 @@ pub trait HealthView {
     fn traffic(&self, pool: &str, server: &PoolServer) -> ServerTraffic {
         ServerTraffic {
             up: self.is_up(pool, server.addr),
-            weight: server.weight * WEIGHT_SCALE,
+            weight: full_weight(server.weight),
             backup: server.backup,
         }
     }
@@ -35,7 +35,8 @@ pub trait HealthView {
 pub struct ServerTraffic {
     /// Its established flows and pins keep going (false when down or in maintenance).
     pub up: bool,
-    /// Share of new flows, in 1/[`WEIGHT_SCALE`] units; 0 when drained or of weight 0.
+    /// Share of new flows, in 1/[`WEIGHT_SCALE`](super::levers::WEIGHT_SCALE) units; 0 when
+    /// drained or of weight 0.
     pub weight: u32,
     /// Gets new flows only while no primary server of its pool can.
     pub backup: bool,

@@ -79,11 +79,16 @@ pub const WEIGHT_SCALE: u32 = 16;
 /// this many times per ramp).
 pub const SLOW_START_STEPS: u32 = 10;
 
+/// The scaled weight (see [`WEIGHT_SCALE`]) of a server of `weight` outside a ramp.
+pub fn full_weight(weight: u32) -> u32 {
+    weight.min(MAX_WEIGHT) * WEIGHT_SCALE
+}
+
 /// The scaled weight (see [`WEIGHT_SCALE`]) of a server of configured `weight` that came up
 /// `elapsed` ago: step k of [`SLOW_START_STEPS`] gives k tenths of the weight, never less
 /// than one unit, so a ramping server gets some traffic from its first second.
 pub fn ramped_weight(weight: u32, elapsed: Duration, slow_start: Option<Duration>) -> u32 {
-    let full = weight.min(MAX_WEIGHT) * WEIGHT_SCALE;
+    let full = full_weight(weight);
     let Some(ramp) = slow_start else {
         return full;
     };
