@@ -95,7 +95,11 @@ impl Shared {
     /// Writes the state file, logging a failure (the change itself stays in force).
     pub fn save_levers(&self, levers: &Levers) {
         if let Err(err) = save(&self.state_file, levers) {
-            tracing::error!(file = %self.state_file.display(), %err, "writing the server state file failed; the change is lost on restart");
+            tracing::error!(
+                file = %self.state_file.display(),
+                %err,
+                "writing the server state file failed; the change is lost on restart"
+            );
         }
     }
 
@@ -143,8 +147,9 @@ impl Shared {
             }
             ServerChange::Weight(weight) => {
                 l.weight = weight;
-                balancer.set_weight(server, weight.unwrap_or(configured_weight));
-                tracing::info!(pool, %server, weight = weight.unwrap_or(configured_weight), "server weight set");
+                let weight = weight.unwrap_or(configured_weight);
+                balancer.set_weight(server, weight);
+                tracing::info!(pool, %server, weight, "server weight set");
             }
         }
         levers.set(pool, server, l);

@@ -86,7 +86,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
 impl AgentConfig {
     /// The server state file: `state_file`, or one per `bpffs_dir` under
     /// [`DEFAULT_STATE_DIR`] (a bpf filesystem holds no regular files), so two agents with
-    /// their own pins never share one: `/sys/fs/bpf/latch` keeps `/var/lib/latch/latch.servers.json`.
+    /// their own pins never share one: `/sys/fs/bpf/latch` keeps
+    /// `/var/lib/latch/latch.servers.json`.
     pub fn server_state_file(&self) -> PathBuf {
         if let Some(f) = &self.state_file {
             return f.clone();
