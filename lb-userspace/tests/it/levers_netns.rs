@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use latch_tests::{
-    AgentSettings, HealthMonitor, HttpConn, LatchAgent, LatchConfig, Pool, Topology,
-    VirtualService, http_get,
-};
+use latch_tests::{HealthMonitor, HttpConn, LatchAgent, Pool, Topology, VirtualService, http_get};
 
-use crate::netns_config::{HTTP_PORT, TestResult, all_backends, shop, start_agent, wait_for};
+use crate::netns_config::{
+    HTTP_PORT, TestResult, all_backends, lb_agent, shop, start_agent, wait_for,
+};
 
 /// Probes every 300 ms; fall and rise 2.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
@@ -23,15 +22,6 @@ fn vip(topo: &Topology) -> SocketAddr {
 /// Backend `i` (from 1) on the HTTP port, as the pool lists it.
 fn server(topo: &Topology, i: usize) -> SocketAddr {
     all_backends(topo, HTTP_PORT)[i - 1]
-}
-
-/// The `[agent]` section of `agent`, with its state file in its own directory.
-fn agent_section(topo: &Topology, agent: &LatchAgent) -> LatchConfig {
-    LatchConfig::new(
-        AgentSettings::new(&topo.lb_interfaces())
-            .bpffs_dir(agent.bpffs_dir())
-            .state_file(&agent.dir().join("servers.json")),
-    )
 }
 
 /// `latch server ARGS...` against the agent; its stdout, or why it failed.
@@ -120,7 +110,7 @@ fn drain_keeps_connections_and_sessions_but_gets_no_new_session_and_maint_moves_
     topo.start_backends(HTTP_PORT, None)?;
     let l4_vip = SocketAddr::from((topo.vip(), 81));
     let agent = start_agent(&topo, |a| {
-        agent_section(&topo, a)
+        lb_agent(&topo, a)
             .pool(Pool::new("web", all_backends(&topo, HTTP_PORT)))
             .virtual_service(shop(&topo).datascripts(latch_tests::jsession_scripts(60)))
             .virtual_service(VirtualService::tcp("web-tcp", l4_vip, "web"))
@@ -215,7 +205,7 @@ fn server_states_survive_sighup_and_kill9() -> TestResult {
     let topo = Topology::builder().backends(3).build()?;
     topo.start_backends(HTTP_PORT, None)?;
     let mut agent = start_agent(&topo, |a| {
-        agent_section(&topo, a)
+        lb_agent(&topo, a)
             .pool(Pool::new("web", all_backends(&topo, HTTP_PORT)))
             .virtual_service(shop(&topo))
     })?;
@@ -250,7 +240,7 @@ fn a_backup_takes_over_when_the_others_are_down_and_hands_back() -> TestResult {
     let b3 = server(&topo, 3);
     let l4_vip = SocketAddr::from((topo.vip(), 81));
     let _agent = start_agent(&topo, |a| {
-        agent_section(&topo, a)
+        lb_agent(&topo, a)
             .pool(
                 Pool::new("web", all_backends(&topo, HTTP_PORT))
                     .backup(b3)
@@ -302,7 +292,7 @@ fn slow_start_shows_in_the_share_of_new_connections() -> TestResult {
     topo.start_backends(HTTP_PORT, None)?;
     let ramp = Duration::from_secs(6);
     let agent = start_agent(&topo, |a| {
-        agent_section(&topo, a)
+        lb_agent(&topo, a)
             .pool(Pool::new("web", all_backends(&topo, HTTP_PORT)).slow_start(ramp))
             .virtual_service(shop(&topo))
     })?;

@@ -11,9 +11,14 @@ pub const HTTP_PORT: u16 = 8080;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The `[agent]` section for `agent` running in the LB namespace of `topo`.
+/// The `[agent]` section for `agent` running in the LB namespace of `topo` (its pins and its
+/// server state file its own).
 pub fn lb_agent(topo: &Topology, agent: &LatchAgent) -> LatchConfig {
-    LatchConfig::new(AgentSettings::new(&topo.lb_interfaces()).bpffs_dir(agent.bpffs_dir()))
+    LatchConfig::new(
+        AgentSettings::new(&topo.lb_interfaces())
+            .bpffs_dir(agent.bpffs_dir())
+            .state_file(&agent.dir().join("servers.json")),
+    )
 }
 
 /// Backends `which` (numbered from 1, as b1, b2...) of `topo` on `port`.
