@@ -516,7 +516,7 @@ fn bytecode_is_refused_and_source_loads_into_the_txn_env() {
 #[test]
 fn library_tables_are_read_only() {
     let f = fx(
-        "local ok = pcall(function() string.upper = nil end) avi.vs.log(ok, (pcall(function() avi.vs.x = 1 end)))",
+        "local ok = pcall(function() string.upper = nil end) avi.vs.log(ok, (pcall(function() avi.vs['x'] = 1 end)))",
         "",
     );
     let (t, _, _) = run_req(&f, "/", &[]);
@@ -830,7 +830,7 @@ fn pool_health_and_server_info() {
     let f = fx(
         r#"avi.vs.log(avi.pool.get_servers("web"))
            avi.vs.log(avi.pool.get_server_status("web", "192.0.2.11"), avi.pool.get_server_status("web", "192.0.2.13", 8080))
-           avi.vs.log((pcall(avi.pool.get_servers, "nope")), tostring(avi.pool.server_ip()))"#,
+           avi.vs.log((pcall(avi.pool.get_servers, "nope")), tostring(avi.pool["server_ip"]()))"#,
         r#"avi.vs.log(avi.pool.server_ip(), avi.pool.get_server_info())"#,
     );
     let (mut t, _, _) = run_req(&f, "/", &[]);
