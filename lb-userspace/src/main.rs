@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use latch::api::cli::{ClientCommand, ClientOptions};
+use latch::api::model::ServerChangeRequest;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,72 @@ enum Command {
         #[command(subcommand)]
         command: TableCommand,
     },
+    /// Take a server out or bring it back, or change its weight, at runtime (kept across
+    /// reloads and restarts).
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+}
+
+/// Which server.
+#[derive(Args)]
+struct ServerArgs {
+    /// Pool.
+    pool: String,
+    /// Server: ip:port, or an IP only one server of the pool has.
+    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// No new sessions or flows; connections in flight and persistence keep working.
+    Drain(ServerArgs),
+    /// Out at once: its table entries and fast-path pins are removed.
+    Maint(ServerArgs),
+    /// Back in rotation (after slow start, if the pool has one).
+    Ready(ServerArgs),
+    /// Set the server's weight (0 to 256), or `config` for the configured one.
+    Weight {
+        #[command(flatten)]
+        which: ServerArgs,
+        /// The weight, or `config`.
+        weight: String,
+    },
+}
+
+impl ServerCommand {
+    fn into_client(self) -> (AdminArgs, ClientCommand) {
+        let (which, change) = match self {
+            ServerCommand::Drain(w) => (w, state_change("drain")),
+            ServerCommand::Maint(w) => (w, state_change("maint")),
+            ServerCommand::Ready(w) => (w, state_change("ready")),
+            ServerCommand::Weight { which, weight } => (
+                which,
+                ServerChangeRequest {
+                    state: None,
+                    weight: Some(weight),
+                },
+            ),
+        };
+        (
+            which.admin,
+            ClientCommand::Server {
+                pool: which.pool,
+                server: which.server,
+                change,
+            },
+        )
+    }
+}
+
+fn state_change(state: &str) -> ServerChangeRequest {
+    ServerChangeRequest {
+        state: Some(state.to_owned()),
+        weight: None,
+    }
 }
 
 #[derive(Subcommand)]
@@ -149,6 +216,10 @@ fn main() -> ExitCode {
         Command::Status { admin } => client(admin, ClientCommand::Status),
         Command::Stats { admin } => client(admin, ClientCommand::Stats),
         Command::Reload { admin } => client(admin, ClientCommand::Reload),
+        Command::Server { command } => {
+            let (admin, command) = command.into_client();
+            client(admin, command)
+        }
         Command::Table { command } => match command {
             TableCommand::List {
                 vs,

@@ -90,6 +90,8 @@ pub struct AgentSettings {
     admin_token_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_file: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -102,6 +104,7 @@ impl AgentSettings {
             admin_listen: ADMIN_LISTEN,
             admin_token_file: None,
             workers: None,
+            state_file: None,
         }
     }
 
@@ -123,6 +126,13 @@ impl AgentSettings {
         self
     }
 
+    /// The server state file (`latch server ...` states): a test agent's own, under
+    /// [`crate::LatchAgent::dir`], so nothing is left on the host.
+    pub fn state_file(mut self, path: &Path) -> Self {
+        self.state_file = Some(path.to_path_buf());
+        self
+    }
+
     /// Proxy worker threads.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
@@ -134,22 +144,85 @@ impl AgentSettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
     name: String,
-    servers: Vec<SocketAddr>,
+    servers: Vec<PoolServer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health_monitor: Option<HealthMonitor>,
+    #[serde(
+        serialize_with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    slow_start: Option<Duration>,
+}
+
+/// One `servers` element: the plain address, or a table once a weight or backup is set.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum PoolServer {
+    Plain(SocketAddr),
+    Table {
+        addr: SocketAddr,
+        weight: u32,
+        backup: bool,
+    },
+}
+
+impl PoolServer {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            PoolServer::Plain(addr) | PoolServer::Table { addr, .. } => *addr,
+        }
+    }
+
+    fn with(&self, weight: Option<u32>, backup: Option<bool>) -> Self {
+        let (w, b) = match self {
+            PoolServer::Plain(_) => (1, false),
+            PoolServer::Table { weight, backup, .. } => (*weight, *backup),
+        };
+        PoolServer::Table {
+            addr: self.addr(),
+            weight: weight.unwrap_or(w),
+            backup: backup.unwrap_or(b),
+        }
+    }
 }
 
 impl Pool {
     pub fn new(name: &str, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         Self {
             name: name.to_string(),
-            servers: servers.into_iter().collect(),
+            servers: servers.into_iter().map(PoolServer::Plain).collect(),
             health_monitor: None,
+            slow_start: None,
         }
     }
 
     pub fn health_monitor(mut self, monitor: HealthMonitor) -> Self {
         self.health_monitor = Some(monitor);
+        self
+    }
+
+    /// `weight` for `server` (which must be one of the pool's).
+    pub fn weight(self, server: SocketAddr, weight: u32) -> Self {
+        self.edit(server, Some(weight), None)
+    }
+
+    /// `server` becomes a backup.
+    pub fn backup(self, server: SocketAddr) -> Self {
+        self.edit(server, None, Some(true))
+    }
+
+    /// `slow_start` of the pool.
+    pub fn slow_start(mut self, ramp: Duration) -> Self {
+        self.slow_start = Some(ramp);
+        self
+    }
+
+    fn edit(mut self, server: SocketAddr, weight: Option<u32>, backup: Option<bool>) -> Self {
+        for s in &mut self.servers {
+            if s.addr() == server {
+                *s = s.with(weight, backup);
+            }
+        }
         self
     }
 }
@@ -389,6 +462,13 @@ impl Replication {
 }
 
 /// Durations as the config reads them: whole milliseconds with a unit ("300ms").
+fn optional_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{}ms", d.as_millis()))
 }
@@ -410,8 +490,14 @@ mod tests {
                 .workers(2),
         )
         .pool(
-            Pool::new("web", [addr("198.51.100.10:8080")])
-                .health_monitor(HealthMonitor::http("/healthz", Duration::from_millis(300))),
+            Pool::new(
+                "web",
+                [addr("198.51.100.10:8080"), addr("198.51.100.11:8080")],
+            )
+            .health_monitor(HealthMonitor::http("/healthz", Duration::from_millis(300)))
+            .weight(addr("198.51.100.11:8080"), 3)
+            .backup(addr("198.51.100.11:8080"))
+            .slow_start(Duration::from_secs(2)),
         )
         .virtual_service(
             VirtualService::http("shop", addr("203.0.113.10:80"), "web")
@@ -440,6 +526,11 @@ mod tests {
         assert_eq!(agent["workers"].as_integer(), Some(2));
         let pool = &v["pool"][0];
         assert_eq!(pool["servers"][0].as_str(), Some("198.51.100.10:8080"));
+        let weighted = &pool["servers"][1];
+        assert_eq!(weighted["addr"].as_str(), Some("198.51.100.11:8080"));
+        assert_eq!(weighted["weight"].as_integer(), Some(3));
+        assert_eq!(weighted["backup"].as_bool(), Some(true));
+        assert_eq!(pool["slow_start"].as_str(), Some("2000ms"));
         let hm = &pool["health_monitor"];
         assert_eq!(hm["type"].as_str(), Some("http"));
         assert_eq!(hm["path"].as_str(), Some("/healthz"));

@@ -4,16 +4,26 @@
 //! handles (data plane, proxy, tables, health) and asks the loop for reloads over a channel.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::views::Sources;
+use super::levers::{LeverError, ServerChange};
+use super::pools::ConfiguredPool;
+use super::views::{Sources, levers_view};
+use super::{fastpath, spec};
 use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
-use crate::api::model::{PoolView, StatusView, TableCounters, TableEntryView, VirtualServiceView};
+use crate::api::model::{
+    PoolView, ServerChangeRequest, ServerChangeView, StatusView, TableCounters, TableEntryView,
+    VirtualServiceView,
+};
 use crate::api::{AdminBackend, BackendError, ReloadFuture, ReloadRequester};
-use crate::config::{Config, ServiceType};
+use crate::balancer::algorithm::ServerStatus;
+use crate::balancer::levers::Levers;
+use crate::config::{Config, MAX_WEIGHT, ServiceType};
 use crate::dataplane::Dataplane;
 use crate::datascript::{DsCounters, Event};
 use crate::monitor::MonitorHandle;
@@ -53,6 +63,61 @@ pub struct Shared {
     pub replication: Mutex<Option<crate::replication::Replication>>,
     /// DataScript counters per virtual service, kept across reloads.
     pub script_counters: Mutex<HashMap<String, Arc<DsCounters>>>,
+    /// The pools the proxy picks from (replaced as a whole on reload).
+    pub pools: RwLock<HashMap<String, Arc<ConfiguredPool>>>,
+    /// Server states and weights set by the operator (`latch server ...`).
+    pub levers: Mutex<Levers>,
+    /// Where `levers` are kept across restarts.
+    pub state_file: PathBuf,
+}
+
+impl Shared {
+    /// The running pool of that name.
+    pub fn pool(&self, name: &str) -> Option<Arc<ConfiguredPool>> {
+        self.pools.read().get(name).cloned()
+    }
+
+    /// Programs the data plane from the running config and the pools' current health, states
+    /// and weights (after `why`, for the log).
+    pub fn reprogram_dataplane(&self, why: &str) {
+        let config = self.config.read().clone();
+        let pools = self.pools.read().clone();
+        match spec::dataplane_spec(&config, &pools) {
+            Ok(spec) => {
+                if let Err(err) = self.dataplane.lock().apply(&spec) {
+                    tracing::error!(%err, "re-programming the data plane after {why} failed");
+                }
+            }
+            Err(err) => tracing::error!(%err, "data-plane spec after {why}"),
+        }
+    }
+
+    /// A server went down or into maintenance: table entries that point at it are removed
+    /// (and with them their kernel mirror and fast-path pins), so their clients are balanced
+    /// afresh and the scripts learn the new server, as Avi re-persists clients of a down
+    /// server. Sessions of a server that only flapped are re-learned the same way.
+    pub fn forget_sessions_on(&self, server: SocketAddr) {
+        let SocketAddr::V4(v4) = server else {
+            return;
+        };
+        let now = self.clock.now_ns();
+        let mut removed = 0usize;
+        for vs in self.tables.vs_names() {
+            let Some(tables) = self.tables.get_vs(&vs) else {
+                continue;
+            };
+            for e in tables.list(None, None, usize::MAX, now) {
+                if fastpath::match_server(&e.value, &[v4]).is_some()
+                    && tables.remove(&e.table, &e.key, now)
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(%server, removed, "table entries of a server taken out removed; their clients are balanced again");
+        }
+    }
 }
 
 /// [`AdminBackend`] over [`Shared`].
@@ -118,8 +183,15 @@ impl AgentAdmin {
                 })
             })
             .collect();
+        let servers: Vec<(String, Vec<ServerStatus>)> = s
+            .pools
+            .read()
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.balancer().servers()))
+            .collect();
         f(Sources {
             config: &config,
+            servers: &servers,
             proxy: proxy.as_ref(),
             dataplane: dataplane.as_ref(),
             health: &health,
@@ -204,6 +276,43 @@ impl AdminBackend for AgentAdmin {
     fn table_flush(&self, vs: &str, table: Option<&str>) -> Result<u64, BackendError> {
         let tables = self.vs_tables(vs)?;
         Ok(tables.flush(table) as u64)
+    }
+
+    fn set_server(
+        &self,
+        pool: &str,
+        server: &str,
+        change: &ServerChangeRequest,
+    ) -> Result<ServerChangeView, BackendError> {
+        let bad = |message: String| BackendError::BadRequest { message };
+        let change = match (&change.state, &change.weight) {
+            (Some(state), None) => ServerChange::State(state.parse().map_err(bad)?),
+            (None, Some(w)) if w == "config" => ServerChange::Weight(None),
+            (None, Some(w)) => ServerChange::Weight(Some(w.parse().map_err(|_| {
+                bad(format!(
+                    "weight must be a number from 0 to {MAX_WEIGHT} or `config`, got {w:?}"
+                ))
+            })?)),
+            _ => return Err(bad("give exactly one of state and weight".to_owned())),
+        };
+        let (addr, status) =
+            self.shared
+                .set_server(pool, server, change)
+                .map_err(|err| match err {
+                    LeverError::BadWeight(_) => bad(err.to_string()),
+                    LeverError::UnknownPool(_) | LeverError::UnknownServer(_) => {
+                        BackendError::NotFound {
+                            message: err.to_string(),
+                        }
+                    }
+                })?;
+        Ok(ServerChangeView {
+            pool: pool.to_owned(),
+            server: addr,
+            up: status.up,
+            active_requests: status.active as u64,
+            levers: levers_view(&status),
+        })
     }
 
     fn reload(&self) -> ReloadFuture {

@@ -14,6 +14,7 @@ use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, Virtual
 use crate::tables::{Clock, TableStore};
 
 use super::pools::{ConfiguredPool, build_pools};
+use crate::balancer::levers::Levers;
 
 /// Why the HTTP side of a configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -85,18 +86,20 @@ pub fn compile_scripts(
     }
 }
 
-/// Builds the HTTP side of `config`. `previous` pools keep their server state; `tables` keeps
-/// every entry across reloads (a virtual service's tables are found by its name).
+/// Builds the HTTP side of `config`. `previous` pools keep their server state, `levers` are
+/// the operator's server states and weights; `tables` keeps every entry across reloads (a
+/// virtual service's tables are found by its name).
 pub fn build(
     config: &Config,
     previous: &HashMap<String, Arc<ConfiguredPool>>,
+    levers: &Levers,
     tables: &TableStore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn ScriptTableObserver>>,
     script_counters: &parking_lot::Mutex<HashMap<String, Arc<DsCounters>>>,
 ) -> Result<HttpPlan, HttpBuildError> {
     let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
-    let pools = build_pools(&config.pools, previous);
+    let pools = build_pools(&config.pools, previous, levers);
     let pool_specs: Vec<PoolSpec> = config
         .pools
         .iter()

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod fastpath;
 pub mod http;
+pub mod levers;
 pub mod pools;
 pub mod spec;
 pub mod views;
@@ -15,7 +16,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,8 +31,6 @@ use crate::monitor::{HealthEvent, Monitor};
 use crate::proxy::{HttpProxy, ProxyError};
 use crate::replication::{Replication, ReplicationError};
 use crate::tables::{Clock, MonotonicClock, NoMirror, TableLimits, TableStore};
-
-use pools::ConfiguredPool;
 
 /// Why the agent could not start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +83,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often backends' neighbour entries are refreshed (well inside the kernel's default
 /// 60 s stale-entry garbage collection).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(20);
+/// How often slow-start ramps advance (a ramp has ten steps, so this is fine enough for
+/// ramps of ten seconds and more).
+const SLOW_START_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Every backend address the data plane forwards to.
 fn backend_addrs(
@@ -196,7 +197,6 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
 /// What the admin API also reads lives in [`admin::Shared`].
 struct Agent {
     shared: Arc<admin::Shared>,
-    pools: HashMap<String, Arc<ConfiguredPool>>,
     fastpath: Arc<fastpath::FastPath>,
 }
 
@@ -218,9 +218,12 @@ impl Agent {
         // Opened before the HTTP side is built: the fast path's observer writes to it.
         let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
+        let state_file = config.agent.server_state_file();
+        let levers = levers::load(&state_file, &config);
         let plan = http::build(
             &config,
             &HashMap::new(),
+            &levers,
             &tables,
             Arc::clone(&clock),
             Some(Arc::clone(&fastpath) as _),
@@ -269,12 +272,11 @@ impl Agent {
             reloads: Mutex::new(admin::ReloadStats::default()),
             replication: Mutex::new(replication),
             script_counters,
+            pools: RwLock::new(plan.pools),
+            levers: Mutex::new(levers),
+            state_file,
         });
-        Ok(Self {
-            shared,
-            pools: plan.pools,
-            fastpath,
-        })
+        Ok(Self { shared, fastpath })
     }
 
     fn config(&self) -> Arc<Config> {
@@ -325,9 +327,17 @@ impl Agent {
         for w in &warnings {
             tracing::warn!("{w}");
         }
+        // Held to the end: a server state set meanwhile through the API waits for the new pools.
+        let mut running_levers = self.shared.levers.lock();
+        // Servers the new config drops lose their levers (one added again later starts
+        // ready); a refused reload keeps them all.
+        let mut levers = running_levers.clone();
+        levers.retain(|pool, server| new.pool(pool).is_some_and(|p| p.server(server).is_some()));
+        let previous = self.shared.pools.read().clone();
         let plan = match http::build(
             &new,
-            &self.pools,
+            &previous,
+            &levers,
             &self.shared.tables,
             Arc::clone(&self.shared.clock),
             Some(Arc::clone(&self.fastpath) as _),
@@ -377,8 +387,12 @@ impl Agent {
             .retain_vs(|vs| http_names.iter().any(|n| n == vs));
         self.shared.monitor.reconfigure(&new.pools);
         tracing::info!(?diff, "configuration reloaded");
-        self.pools = plan.pools;
+        *self.shared.pools.write() = plan.pools;
         *self.shared.config.write() = Arc::new(new);
+        if *running_levers != levers {
+            self.shared.save_levers(&levers);
+            *running_levers = levers;
+        }
         ReloadView {
             applied: true,
             diagnostics: Vec::new(),
@@ -389,53 +403,35 @@ impl Agent {
     /// A health monitor saw a server go up or down: the proxy's rotation and the data
     /// plane's maglev tables follow (connections in flight finish where they are).
     fn health_changed(&self, event: &HealthEvent) {
-        let Some(pool) = self.pools.get(&event.pool) else {
+        let Some(pool) = self.shared.pool(&event.pool) else {
             return;
         };
         pool.balancer().set_up(event.server, event.up);
-        if !event.up {
-            self.forget_sessions_on(event.server);
+        if event.up {
+            pool.balancer()
+                .start_slow_start(event.server, self.shared.clock.now_ns());
+        } else {
+            self.shared.forget_sessions_on(event.server);
         }
-        let config = self.config();
-        match spec::dataplane_spec(&config, &self.pools) {
-            Ok(spec) => {
-                if let Err(err) = self.shared.dataplane.lock().apply(&spec) {
-                    tracing::error!(%err, "re-programming the data plane after a health change failed");
-                }
-            }
-            Err(err) => tracing::error!(%err, "data-plane spec after a health change"),
-        }
+        self.shared.reprogram_dataplane("a health change");
     }
 
-    /// A server went down: table entries that point at it are removed (and with them their
-    /// kernel mirror and fast-path pins), so their clients are balanced afresh and the
-    /// scripts learn the new server, as Avi re-persists clients of a down server. Sessions of
-    /// a server that only flapped are re-learned the same way.
-    fn forget_sessions_on(&self, server: SocketAddr) {
-        let SocketAddr::V4(v4) = server else {
-            return;
-        };
+    /// Moves slow-start ramps on; the data plane follows each step.
+    fn advance_slow_start(&self) {
         let now = self.shared.clock.now_ns();
-        let mut removed = 0usize;
-        for vs in self.shared.tables.vs_names() {
-            let Some(tables) = self.shared.tables.get_vs(&vs) else {
-                continue;
-            };
-            for e in tables.list(None, None, usize::MAX, now) {
-                if fastpath::match_server(&e.value, &[v4]).is_some()
-                    && tables.remove(&e.table, &e.key, now)
-                {
-                    removed += 1;
-                }
-            }
+        let pools = self.shared.pools.read().clone();
+        let mut changed = false;
+        for pool in pools.values() {
+            changed |= pool.balancer().advance_slow_start(now);
         }
-        if removed > 0 {
-            tracing::info!(%server, removed, "table entries of a down server removed; their clients are balanced again");
+        if changed {
+            self.shared.reprogram_dataplane("a slow-start step");
         }
     }
 
     fn refresh_neighbors(&self) {
-        match spec::dataplane_spec(&self.config(), &self.pools) {
+        let pools = self.shared.pools.read().clone();
+        match spec::dataplane_spec(&self.config(), &pools) {
             Ok(spec) => {
                 dataplane::neighbor::solicit(backend_addrs(&spec));
             }
@@ -531,6 +527,7 @@ async fn run(config: Config) -> Result<(), AgentError> {
     println!("latch ready (pid {})", std::process::id());
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut neighbors = tokio::time::interval(NEIGHBOR_INTERVAL);
+    let mut slow_start = tokio::time::interval(SLOW_START_INTERVAL);
     let mut mirror_flush = tokio::time::interval(MIRROR_FLUSH_INTERVAL);
     mirror_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -545,6 +542,7 @@ async fn run(config: Config) -> Result<(), AgentError> {
             _ = sweep.tick() => agent.sweep(),
             _ = neighbors.tick() => agent.refresh_neighbors(),
             _ = mirror_flush.tick() => agent.flush_mirror(),
+            _ = slow_start.tick() => agent.advance_slow_start(),
         }
     }
     let _ = stop_tx.send(true);

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::balancer::algorithm::{PoolBalancer, Strategy};
-use crate::config::{Algorithm, HashKey, PoolConfig};
+use crate::balancer::algorithm::PoolBalancer;
+use crate::balancer::health::{HealthView, ServerTraffic};
+use crate::balancer::levers::{AdminState, Levers};
+use crate::config::{Algorithm, HashKey, PoolConfig, PoolServer};
 use crate::proxy::hooks::ServerView;
 use crate::proxy::{PickContext, ServerPicker};
 
@@ -20,20 +22,21 @@ pub struct ConfiguredPool {
 
 impl ConfiguredPool {
     /// The pool for `config`, keeping server state from `previous` (the same pool before a
-    /// reload) for servers that stay.
-    pub fn new(config: &PoolConfig, previous: Option<&ConfiguredPool>) -> Self {
+    /// reload) for servers that stay, with the operator's `levers` applied.
+    pub fn new(config: &PoolConfig, previous: Option<&ConfiguredPool>, levers: &Levers) -> Self {
         let hash = match &config.algorithm {
             Algorithm::ConsistentHash(key) => Some(key.clone()),
             Algorithm::RoundRobin | Algorithm::LeastConnections => None,
         };
-        Self {
-            balancer: PoolBalancer::rebuild(
-                Strategy::from(&config.algorithm),
-                &config.servers,
-                previous.map(|p| &p.balancer),
-            ),
-            hash,
+        let balancer = PoolBalancer::from_config(config, previous.map(|p| &p.balancer));
+        for server in &config.servers {
+            let l = levers.get(&config.name, server.addr);
+            balancer.set_state(server.addr, l.state);
+            if let Some(weight) = l.weight {
+                balancer.set_weight(server.addr, weight);
+            }
         }
+        Self { balancer, hash }
     }
 
     /// The balancer (health flags, in-flight counts).
@@ -76,19 +79,21 @@ impl ServerPicker for ConfiguredPool {
             .find(|a| !ctx.exclude.contains(a))
     }
 
+    /// A drained server still counts as up here: scripts keep sending it the sessions they
+    /// persisted to it. A server in maintenance is down.
     fn servers(&self) -> Vec<ServerView> {
         self.balancer
             .servers()
             .into_iter()
             .map(|s| ServerView {
                 addr: s.addr,
-                up: s.up,
+                up: s.serves(),
             })
             .collect()
     }
 
     fn server_state(&self, server: SocketAddr) -> Option<bool> {
-        self.balancer.is_up(server)
+        self.balancer.status(server).map(|s| s.serves())
     }
 
     fn request_started(&self, server: SocketAddr) {
@@ -100,44 +105,60 @@ impl ServerPicker for ConfiguredPool {
     }
 }
 
-/// Every pool of a configuration, rebuilt from the previous set on reload.
+/// Every pool of a configuration, rebuilt from the previous set on reload, with the
+/// operator's levers applied.
 pub fn build_pools(
     configs: &[PoolConfig],
     previous: &HashMap<String, Arc<ConfiguredPool>>,
+    levers: &Levers,
 ) -> HashMap<String, Arc<ConfiguredPool>> {
     configs
         .iter()
         .map(|c| {
-            let pool = ConfiguredPool::new(c, previous.get(&c.name).map(Arc::as_ref));
+            let pool = ConfiguredPool::new(c, previous.get(&c.name).map(Arc::as_ref), levers);
             (c.name.clone(), Arc::new(pool))
         })
         .collect()
 }
 
-/// Server health as the pools know it, for the data-plane spec.
-impl crate::balancer::health::HealthView for HashMap<String, Arc<ConfiguredPool>> {
+/// Server health, states and weights as the pools know them, for the data-plane spec.
+impl HealthView for HashMap<String, Arc<ConfiguredPool>> {
     fn is_up(&self, pool: &str, server: SocketAddr) -> bool {
         self.get(pool)
             .and_then(|p| p.balancer.is_up(server))
             .unwrap_or(true)
+    }
+
+    fn traffic(&self, pool: &str, server: &PoolServer) -> ServerTraffic {
+        let Some(status) = self.get(pool).and_then(|p| p.balancer.status(server.addr)) else {
+            return crate::balancer::health::AllUp.traffic(pool, server);
+        };
+        ServerTraffic {
+            up: status.serves(),
+            weight: if status.state == AdminState::Ready {
+                status.effective_weight
+            } else {
+                0
+            },
+            backup: status.backup,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Algorithm, HashKey, PoolConfig};
+    use crate::config::{Algorithm, HashKey, PoolConfig, PoolServer};
 
     fn pool(algorithm: Algorithm) -> PoolConfig {
         PoolConfig {
             name: "p".into(),
             algorithm,
-            servers: vec![
-                "192.0.2.11:80".parse().unwrap_or_else(|_| unreachable!()),
-                "192.0.2.12:80".parse().unwrap_or_else(|_| unreachable!()),
-                "192.0.2.13:80".parse().unwrap_or_else(|_| unreachable!()),
-            ],
+            servers: ["192.0.2.11:80", "192.0.2.12:80", "192.0.2.13:80"]
+                .map(|a| PoolServer::new(a.parse().unwrap_or_else(|_| unreachable!())))
+                .to_vec(),
             health_monitor: None,
+            slow_start: None,
         }
     }
 
@@ -159,6 +180,7 @@ mod tests {
         let p = ConfiguredPool::new(
             &pool(Algorithm::ConsistentHash(HashKey::Cookie("sid".into()))),
             None,
+            &Levers::default(),
         );
         let mut headers = http::HeaderMap::new();
         headers.insert(
@@ -180,10 +202,10 @@ mod tests {
     #[test]
     fn state_survives_a_rebuild() {
         let cfg = pool(Algorithm::RoundRobin);
-        let before = ConfiguredPool::new(&cfg, None);
-        let down = cfg.servers[1];
+        let before = ConfiguredPool::new(&cfg, None, &Levers::default());
+        let down = cfg.addrs()[1];
         before.balancer.set_up(down, false);
-        let after = ConfiguredPool::new(&cfg, Some(&before));
+        let after = ConfiguredPool::new(&cfg, Some(&before), &Levers::default());
         assert_eq!(after.server_state(down), Some(false));
         let headers = http::HeaderMap::new();
         let uri = http::Uri::from_static("/");
@@ -195,14 +217,60 @@ mod tests {
     #[test]
     fn least_connections_follows_started_and_finished() {
         let cfg = pool(Algorithm::LeastConnections);
-        let p = ConfiguredPool::new(&cfg, None);
-        p.request_started(cfg.servers[0]);
-        p.request_started(cfg.servers[1]);
+        let p = ConfiguredPool::new(&cfg, None, &Levers::default());
+        p.request_started(cfg.addrs()[0]);
+        p.request_started(cfg.addrs()[1]);
         let headers = http::HeaderMap::new();
         let uri = http::Uri::from_static("/");
-        assert_eq!(p.pick(&ctx(&headers, &uri, &[])), Some(cfg.servers[2]));
-        p.request_finished(cfg.servers[0]);
-        p.request_started(cfg.servers[2]);
-        assert_eq!(p.pick(&ctx(&headers, &uri, &[])), Some(cfg.servers[0]));
+        assert_eq!(p.pick(&ctx(&headers, &uri, &[])), Some(cfg.addrs()[2]));
+        p.request_finished(cfg.addrs()[0]);
+        p.request_started(cfg.addrs()[2]);
+        assert_eq!(p.pick(&ctx(&headers, &uri, &[])), Some(cfg.addrs()[0]));
+    }
+
+    #[test]
+    fn states_reach_scripts_and_the_data_plane() {
+        let mut cfg = pool(Algorithm::RoundRobin);
+        cfg.servers[1].weight = 3;
+        cfg.servers[2].backup = true;
+        let [a, b, c] = [0, 1, 2].map(|i| cfg.servers[i]);
+        let mut levers = Levers::default();
+        levers.set(
+            "p",
+            a.addr,
+            crate::balancer::levers::ServerLevers {
+                state: AdminState::Drain,
+                weight: None,
+            },
+        );
+        let pools = build_pools(std::slice::from_ref(&cfg), &HashMap::new(), &levers);
+        let p = &pools["p"];
+        // Scripts: drained is up (persistence goes on), maint is down.
+        assert_eq!(p.server_state(a.addr), Some(true));
+        p.balancer().set_state(b.addr, AdminState::Maint);
+        assert_eq!(p.server_state(b.addr), Some(false));
+        assert_eq!(
+            p.servers().iter().filter(|s| s.up).count(),
+            2,
+            "get_servers counts a and c"
+        );
+        // Data plane: drained keeps its flows but no share; maint loses both.
+        let traffic = |s: &PoolServer| pools.traffic("p", s);
+        assert_eq!(
+            traffic(&a),
+            ServerTraffic {
+                up: true,
+                weight: 0,
+                backup: false
+            }
+        );
+        assert!(!traffic(&b).up);
+        assert_eq!(traffic(&c).weight, 16);
+        assert!(traffic(&c).backup);
+        // A rebuild (reload) takes the states from the levers, the agent's record of them.
+        let again = build_pools(std::slice::from_ref(&cfg), &pools, &levers);
+        let state = |addr| again["p"].balancer().status(addr).map(|s| s.state);
+        assert_eq!(state(a.addr), Some(AdminState::Drain));
+        assert_eq!(state(b.addr), Some(AdminState::Ready), "not in the levers");
     }
 }

@@ -60,14 +60,19 @@ fn service_spec(
         .unwrap_or_default();
     let backends = servers
         .iter()
-        .map(|&server| match server {
-            SocketAddr::V4(addr) => Ok(BackendSpec {
-                addr,
-                up: health.is_up(&vs.pool, server),
-            }),
+        .map(|server| match server.addr {
+            SocketAddr::V4(addr) => {
+                let traffic = health.traffic(&vs.pool, server);
+                Ok(BackendSpec {
+                    addr,
+                    up: traffic.up,
+                    weight: traffic.weight,
+                    backup: traffic.backup,
+                })
+            }
             SocketAddr::V6(_) => Err(SpecError::Ipv6Server {
                 pool: vs.pool.clone(),
-                addr: server,
+                addr: server.addr,
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -102,8 +107,8 @@ pub fn pool_servers_v4(config: &Config, pool: &str) -> Vec<SocketAddrV4> {
         .map(|p| {
             p.servers
                 .iter()
-                .filter_map(|s| match s {
-                    SocketAddr::V4(v4) => Some(*v4),
+                .filter_map(|s| match s.addr {
+                    SocketAddr::V4(v4) => Some(v4),
                     SocketAddr::V6(_) => None,
                 })
                 .collect()
@@ -189,6 +194,24 @@ fast_path = "client_ip"
         let spec = dataplane_spec(&config, &Down(down))?;
         let states: Vec<bool> = spec.services[0].backends.iter().map(|b| b.up).collect();
         assert_eq!(states, vec![true, false]);
+        Ok(())
+    }
+
+    #[test]
+    fn weights_and_backups_reach_the_backends() -> Result<(), Box<dyn std::error::Error>> {
+        let text = CONFIG.replace(
+            r#"servers = ["192.0.2.11:8080", "192.0.2.12:8080"]"#,
+            r#"servers = [{ addr = "192.0.2.11:8080", weight = 3 }, { addr = "192.0.2.12:8080", backup = true }]"#,
+        );
+        let config =
+            crate::config::parse(&text, Path::new("t.toml")).map_err(|e| format!("config: {e}"))?;
+        let spec = dataplane_spec(&config, &crate::balancer::health::AllUp)?;
+        let b: Vec<(u32, bool)> = spec.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.weight, b.backup))
+            .collect();
+        assert_eq!(b, [(48, false), (16, true)], "weights in 1/16ths");
         Ok(())
     }
 }

@@ -12,8 +12,10 @@ use crate::api::metrics::{
 };
 use crate::api::model::{
     HttpCounters, L4Counters, MonitorView, PoolView, ResponseClasses, ServerHttpCounters,
-    ServerView, StatusView, TableCounters, VirtualServiceView,
+    ServerLeversView, ServerView, StatusView, TableCounters, VirtualServiceView,
 };
+use crate::balancer::algorithm::ServerStatus;
+use crate::balancer::levers::{AdminState, WEIGHT_SCALE};
 use crate::config::{
     Algorithm, Config, Forwarding, HealthMonitor, MonitorKind, VirtualServiceConfig,
 };
@@ -37,6 +39,8 @@ pub struct Sources<'a> {
     pub dataplane: Option<&'a DataplaneStats>,
     /// `MonitorHandle::snapshot()`.
     pub health: &'a [PoolHealth],
+    /// The pools' balancer state per server (administrative state, weights), by pool name.
+    pub servers: &'a [(String, Vec<ServerStatus>)],
     /// Table counters per virtual service name.
     pub tables: &'a [(String, TableCounters)],
     /// DataScript counters per virtual service and event.
@@ -91,6 +95,24 @@ pub fn monitor_view(m: &HealthMonitor) -> MonitorView {
     }
 }
 
+/// The API's view of a server's levers.
+pub fn levers_view(s: &ServerStatus) -> ServerLeversView {
+    let full = u64::from(s.weight) * u64::from(WEIGHT_SCALE);
+    let percent = if s.state == AdminState::Ready {
+        (u64::from(s.effective_weight) * 100)
+            .checked_div(full)
+            .map_or(100, |p| u32::try_from(p).unwrap_or(100))
+    } else {
+        0
+    };
+    ServerLeversView {
+        state: s.state.as_str().to_owned(),
+        weight: s.weight,
+        effective_weight_percent: percent,
+        backup: s.backup,
+    }
+}
+
 fn http_counters_of_server(s: &ServerStats) -> ServerHttpCounters {
     ServerHttpCounters {
         requests: s.requests,
@@ -134,6 +156,29 @@ impl Sources<'_> {
             .iter()
             .find(|b| b.addr == addr)
             .map(|b| l4(&b.counters))
+    }
+
+    fn balancer_of(&self, pool: &str, addr: SocketAddr) -> Option<&ServerStatus> {
+        self.servers
+            .iter()
+            .find(|(p, _)| p == pool)?
+            .1
+            .iter()
+            .find(|s| s.addr == addr)
+    }
+
+    fn levers_of(&self, pool: &str, addr: SocketAddr) -> ServerLeversView {
+        self.balancer_of(pool, addr)
+            .map(levers_view)
+            .unwrap_or_default()
+    }
+
+    /// Health up and not in maintenance.
+    fn serves(&self, pool: &str, addr: SocketAddr) -> bool {
+        self.health_of(pool, addr).is_none_or(|h| h.up)
+            && self
+                .balancer_of(pool, addr)
+                .is_none_or(|s| s.state != AdminState::Maint)
     }
 
     fn table_counters(&self, vs: &str) -> Option<TableCounters> {
@@ -213,9 +258,9 @@ impl Sources<'_> {
                 algorithm: algorithm_name(&p.algorithm).to_owned(),
                 monitor: p.health_monitor.as_ref().map(monitor_view),
                 servers: p
-                    .servers
-                    .iter()
-                    .map(|&addr| {
+                    .addrs()
+                    .into_iter()
+                    .map(|addr| {
                         let h = self.health_of(&p.name, addr);
                         ServerView {
                             addr,
@@ -228,6 +273,7 @@ impl Sources<'_> {
                                 .and_then(|s| s.server(addr))
                                 .map(http_counters_of_server),
                             l4: self.l4_of_server(addr),
+                            levers: self.levers_of(&p.name, addr),
                         }
                     })
                     .collect(),
@@ -235,14 +281,14 @@ impl Sources<'_> {
             .collect()
     }
 
-    /// (up, total) over every pool member.
+    /// (up, total) over every pool member; a server in maintenance is not up.
     pub fn servers_up(&self) -> (usize, usize) {
         let mut up = 0;
         let mut total = 0;
         for p in &self.config.pools {
-            for &s in &p.servers {
+            for s in &p.servers {
                 total += 1;
-                if self.health_of(&p.name, s).is_none_or(|h| h.up) {
+                if self.serves(&p.name, s.addr) {
                     up += 1;
                 }
             }
@@ -331,13 +377,24 @@ impl Sources<'_> {
             .pools
             .iter()
             .flat_map(|p| {
-                p.servers.iter().map(move |&addr| {
+                p.servers.iter().map(move |s| {
+                    let addr = s.addr;
                     let h = self.health_of(&p.name, addr);
+                    let levers = self.levers_of(&p.name, addr);
+                    let drain_connections_left = (levers.state == "drain").then(|| {
+                        self.proxy
+                            .and_then(|st| st.server(addr))
+                            .map_or(0, |st| st.connections)
+                    });
                     ServerHealthMetrics {
                         pool: p.name.clone(),
                         server: addr.to_string(),
                         up: h.is_none_or(|h| h.up),
                         transitions: h.map_or(0, |h| h.transitions),
+                        state: levers.state,
+                        weight: levers.weight,
+                        effective_weight_percent: levers.effective_weight_percent,
+                        drain_connections_left,
                     }
                 })
             })
@@ -368,7 +425,7 @@ mod tests {
 
     use lb_common::TrafficCounters;
 
-    use super::Sources;
+    use super::{AdminState, ServerStatus, Sources};
     use crate::api::model::TableCounters;
     use crate::dataplane::{
         BackendCounters, DataplaneStats, GlobalCounter, Proto, ServiceCounters,
@@ -466,8 +523,26 @@ pool = "web"
                 ..TableCounters::default()
             },
         )];
+        let [first, second] = [0, 1].map(|i| config.pools[0].servers[i].addr);
+        let status = |addr, state, weight, effective_weight| ServerStatus {
+            addr,
+            up: true,
+            state,
+            backup: false,
+            weight,
+            effective_weight,
+            active: 0,
+        };
+        let servers = vec![(
+            config.pools[0].name.clone(),
+            vec![
+                status(first, AdminState::Drain, 3, 48),
+                status(second, AdminState::Ready, 2, 16),
+            ],
+        )];
         let src = Sources {
             config: &config,
+            servers: &servers,
             proxy: Some(&proxy),
             dataplane: Some(&dp),
             health: &health,
@@ -508,7 +583,20 @@ pool = "web"
         assert!(!b.up);
         assert_eq!(b.since_unix_seconds, Some(1_700_000_000));
         assert_eq!(b.l4.map(|l| l.new_flows), Some(2));
-        assert_eq!(src.servers_up(), (1, 2));
+        assert_eq!(
+            (
+                a.levers.state.as_str(),
+                a.levers.weight,
+                a.levers.effective_weight_percent
+            ),
+            ("drain", 3, 0)
+        );
+        assert_eq!(
+            (b.levers.state.as_str(), b.levers.effective_weight_percent),
+            ("ready", 50),
+            "slow start half way"
+        );
+        assert_eq!(src.servers_up(), (1, 2), "a drained server is still up");
 
         let snap = src.metrics();
         assert_eq!(snap.xdp_paths[0].path, "drop_no_backend");
@@ -517,6 +605,13 @@ pool = "web"
         assert_eq!(snap.l4_backends[0].server, "192.0.2.12:8080");
         assert_eq!(snap.health.len(), 2);
         assert!(snap.health[0].up && !snap.health[1].up);
+        assert_eq!(snap.health[0].state, "drain");
+        assert_eq!(
+            snap.health[0].drain_connections_left,
+            Some(2),
+            "the proxy stats' open connections"
+        );
+        assert_eq!(snap.health[1].drain_connections_left, None);
         assert_eq!(snap.start_time_seconds, 1_700_000_000);
         assert_eq!(snap.http_servers[0].response_bytes, 20);
 

@@ -12,7 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::client::{AdminClient, ClientError};
-use super::model::{PoolView, ReloadView, StatusView, TableEntryView, VirtualServiceView};
+use super::model::{
+    PoolView, ReloadView, ServerChangeRequest, ServerChangeView, ServerLeversView, StatusView,
+    TableEntryView, VirtualServiceView,
+};
 use crate::config::DEFAULT_ADMIN_LISTEN;
 
 /// Why a client command could not run.
@@ -161,6 +164,15 @@ pub enum ClientCommand {
         /// Table; `None`: the default table.
         table: Option<String>,
     },
+    /// Set a server's state (`drain`, `maint`, `ready`) or weight.
+    Server {
+        /// Pool.
+        pool: String,
+        /// `ip:port`, or an IP only one server of the pool has.
+        server: String,
+        /// The change.
+        change: ServerChangeRequest,
+    },
     /// Remove every entry.
     TableFlush {
         /// Virtual service.
@@ -255,6 +267,18 @@ pub async fn execute(opts: &ClientOptions, cmd: &ClientCommand) -> Result<Outcom
                 text,
                 success: r.applied,
             })
+        }
+        ClientCommand::Server {
+            pool,
+            server,
+            change,
+        } => {
+            let v = c.set_server(pool, server, change).await?;
+            Ok(Outcome::ok(if opts.json {
+                to_json(&v)?
+            } else {
+                format_server_change(&v)
+            }))
         }
         ClientCommand::TableList {
             vs,
@@ -456,6 +480,8 @@ pub fn format_status(s: &StatusView, pools: &[PoolView], now: u64) -> String {
                     p.name.clone(),
                     srv.addr.to_string(),
                     if srv.up { "up" } else { "DOWN" }.to_owned(),
+                    levers_cell(&srv.levers),
+                    weight_cell(&srv.levers),
                     opt(srv
                         .since_unix_seconds
                         .map(|t| human_duration(now.saturating_sub(t)))),
@@ -473,7 +499,9 @@ pub fn format_status(s: &StatusView, pools: &[PoolView], now: u64) -> String {
         &[
             "POOL",
             "SERVER",
+            "HEALTH",
             "STATE",
+            "WEIGHT",
             "SINCE",
             "TRANSITIONS",
             "MONITOR",
@@ -481,6 +509,41 @@ pub fn format_status(s: &StatusView, pools: &[PoolView], now: u64) -> String {
         ],
         &rows,
     ));
+    out
+}
+
+/// A server's levers in one cell: `ready`, `drain`, `maint`, with ` backup` for a backup.
+fn levers_cell(l: &ServerLeversView) -> String {
+    if l.backup {
+        format!("{} backup", l.state)
+    } else {
+        l.state.clone()
+    }
+}
+
+/// A weight and, while it differs, the share of it in force: `3`, `3 (40%)`.
+fn weight_cell(l: &ServerLeversView) -> String {
+    if l.state == "ready" && l.effective_weight_percent < 100 {
+        format!("{} ({}%)", l.weight, l.effective_weight_percent)
+    } else {
+        l.weight.to_string()
+    }
+}
+
+/// `latch server ...` for people.
+pub fn format_server_change(v: &ServerChangeView) -> String {
+    let mut out = format!(
+        "pool {} server {}: {}, weight {}, health {}",
+        v.pool,
+        v.server,
+        levers_cell(&v.levers),
+        weight_cell(&v.levers),
+        if v.up { "up" } else { "DOWN" }
+    );
+    if v.levers.state != "ready" {
+        out.push_str(&format!(", {} requests in flight", v.active_requests));
+    }
+    out.push('\n');
     out
 }
 

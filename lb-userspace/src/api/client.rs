@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::model::{
-    DeleteView, ErrorView, FlushView, PoolView, ReloadView, StatusView, TableEntryView,
-    TableListView, VirtualServiceView,
+    DeleteView, ErrorView, FlushView, PoolView, ReloadView, ServerChangeRequest, ServerChangeView,
+    StatusView, TableEntryView, TableListView, VirtualServiceView,
 };
 
 /// Time for ordinary calls (a reload gets [`RELOAD_TIMEOUT`]).
@@ -340,6 +340,25 @@ impl AdminClient {
             query(&[("table", table)])
         );
         Ok(self.json(Method::DELETE, &path, DEFAULT_TIMEOUT).await?.0)
+    }
+
+    /// `POST /api/v1/pools/{pool}/servers/{server}?state=...` or `?weight=...`.
+    pub async fn set_server(
+        &self,
+        pool: &str,
+        server: &str,
+        change: &ServerChangeRequest,
+    ) -> Result<ServerChangeView, ClientError> {
+        let path = format!(
+            "/api/v1/pools/{}/servers/{}{}",
+            encode_component(pool),
+            encode_component(server),
+            query(&[
+                ("state", change.state.as_deref()),
+                ("weight", change.weight.as_deref())
+            ])
+        );
+        Ok(self.json(Method::POST, &path, DEFAULT_TIMEOUT).await?.0)
     }
 
     /// `POST /api/v1/reload`; a refused reload is an `Ok` with `applied == false`.

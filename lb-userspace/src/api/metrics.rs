@@ -101,6 +101,14 @@ pub struct ServerHealthMetrics {
     pub up: bool,
     /// Up/down transitions.
     pub transitions: u64,
+    /// Administrative state: ready, drain or maint.
+    pub state: String,
+    /// Weight in force.
+    pub weight: u32,
+    /// Percent of its weight it gets now (slow start; 0 unless ready).
+    pub effective_weight_percent: u32,
+    /// For a drained server: proxy connections to it still open.
+    pub drain_connections_left: Option<u64>,
 }
 
 /// Everything `/metrics` shows, filled by the agent at scrape time.
@@ -517,6 +525,44 @@ impl Collector for SnapshotCollector {
             "Up/down transitions of a pool member.",
             None,
             s.health.iter().map(|h| (pool_server(h), h.transitions)),
+        )?;
+        f.gauge(
+            "server_state",
+            "1 for a pool member's administrative state (ready, drain, maint), 0 for the others.",
+            None,
+            s.health.iter().flat_map(|h| {
+                ["ready", "drain", "maint"].map(|st| {
+                    (
+                        labels([("pool", &h.pool), ("server", &h.server), ("state", st)]),
+                        i64::from(h.state == st),
+                    )
+                })
+            }),
+        )?;
+        f.gauge(
+            "server_weight",
+            "Weight in force of a pool member (configured or set at runtime).",
+            None,
+            s.health
+                .iter()
+                .map(|h| (pool_server(h), i64::from(h.weight))),
+        )?;
+        f.gauge(
+            "server_effective_weight_percent",
+            "Percent of its weight a pool member gets now: below 100 while slow start ramps, 0 unless ready.",
+            None,
+            s.health
+                .iter()
+                .map(|h| (pool_server(h), i64::from(h.effective_weight_percent))),
+        )?;
+        f.gauge(
+            "server_drain_connections",
+            "Proxy connections still open to a drained pool member (drain progress).",
+            None,
+            s.health.iter().filter_map(|h| {
+                h.drain_connections_left
+                    .map(|n| (pool_server(h), gauge_value(n)))
+            }),
         )?;
         if let Some(r) = &s.replication {
             f.counter(

@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::metrics::MetricsSnapshot;
 use self::model::{
     DEFAULT_LIST_LIMIT, DEFAULT_TABLE, DeleteView, ErrorView, FlushView, MAX_LIST_LIMIT, PoolView,
-    ReloadView, StatusView, TableEntryView, TableListQuery, TableListView, TableQuery,
-    VirtualServiceView,
+    ReloadView, ServerChangeRequest, ServerChangeView, StatusView, TableEntryView, TableListQuery,
+    TableListView, TableQuery, VirtualServiceView,
 };
 
 /// Why the admin API cannot start.
@@ -100,6 +100,12 @@ pub enum BackendError {
         /// The name asked for.
         vs: String,
     },
+    /// No such pool or server (404).
+    #[error("{message}")]
+    NotFound {
+        /// What is missing.
+        message: String,
+    },
     /// The request is invalid (400).
     #[error("{message}")]
     BadRequest {
@@ -117,7 +123,9 @@ pub enum BackendError {
 impl BackendError {
     fn status(&self) -> StatusCode {
         match self {
-            BackendError::UnknownVs { .. } | BackendError::NoTables { .. } => StatusCode::NOT_FOUND,
+            BackendError::UnknownVs { .. }
+            | BackendError::NoTables { .. }
+            | BackendError::NotFound { .. } => StatusCode::NOT_FOUND,
             BackendError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             BackendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -158,6 +166,14 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn table_delete(&self, vs: &str, table: &str, key: &str) -> Result<bool, BackendError>;
     /// Removes every entry of `table` (all tables when `None`); returns how many.
     fn table_flush(&self, vs: &str, table: Option<&str>) -> Result<u64, BackendError>;
+    /// Sets a server's administrative state or weight (`server` is `ip:port`, or an IP
+    /// only one server of the pool has); the change is in force when this returns.
+    fn set_server(
+        &self,
+        pool: &str,
+        server: &str,
+        change: &ServerChangeRequest,
+    ) -> Result<ServerChangeView, BackendError>;
     /// Reloads the configuration file, all or nothing.
     fn reload(&self) -> ReloadFuture;
     /// Every counter, for `/metrics`.
@@ -305,6 +321,7 @@ pub fn router(backend: Backend, token: Option<String>) -> Router {
             "/api/v1/tables/{vs}/entries/{key}",
             get(table_get).delete(table_delete),
         )
+        .route("/api/v1/pools/{pool}/servers/{server}", post(set_server))
         .route("/api/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -482,6 +499,24 @@ async fn table_flush(
         table: q.table,
         removed,
     }))
+}
+
+async fn set_server(
+    State(b): State<Backend>,
+    path: Result<UrlPath<(String, String)>, PathRejection>,
+    query: Result<Query<ServerChangeRequest>, QueryRejection>,
+) -> Answer<ServerChangeView> {
+    let UrlPath((pool, server)) = path.map_err(bad_path)?;
+    let Query(change) = query.map_err(bad_query)?;
+    if change.state.is_some() == change.weight.is_some() {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "give exactly one of ?state=ready|drain|maint and ?weight=N|config",
+        ));
+    }
+    blocking(b, move |b| b.set_server(&pool, &server, &change))
+        .await
+        .map(axum::Json)
 }
 
 async fn reload(State(b): State<Backend>) -> Response {

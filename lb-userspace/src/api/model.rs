@@ -197,6 +197,61 @@ pub struct ServerView {
     pub http: Option<ServerHttpCounters>,
     /// XDP counters.
     pub l4: Option<L4Counters>,
+    /// The operator's levers and what they give now.
+    #[serde(flatten)]
+    pub levers: ServerLeversView,
+}
+
+/// A server's administrative state and weights.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLeversView {
+    /// `ready`, `drain` or `maint`.
+    pub state: String,
+    /// Weight in force (configured, or set with `latch server weight`).
+    pub weight: u32,
+    /// Percent of that weight the server gets now: 100 when ready, less while slow start
+    /// ramps, 0 when drained or in maintenance.
+    pub effective_weight_percent: u32,
+    /// A backup server (used only when no other server can take new sessions).
+    pub backup: bool,
+}
+
+impl Default for ServerLeversView {
+    fn default() -> Self {
+        Self {
+            state: "ready".to_owned(),
+            weight: 1,
+            effective_weight_percent: 100,
+            backup: false,
+        }
+    }
+}
+
+/// `POST /api/v1/pools/{pool}/servers/{server}`: what to change (one of the two).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChangeRequest {
+    /// New state: `ready`, `drain` or `maint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// New weight (0 to 256), or `"config"` for the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+}
+
+/// The answer to a [`ServerChangeRequest`]: the server as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChangeView {
+    /// Pool.
+    pub pool: String,
+    /// Server.
+    pub server: SocketAddr,
+    /// Health: up (always without a monitor).
+    pub up: bool,
+    /// Requests in flight to it through the proxy (what a drain waits for).
+    pub active_requests: u64,
+    /// State and weights.
+    #[serde(flatten)]
+    pub levers: ServerLeversView,
 }
 
 /// `GET /api/v1/pools`: one element.

@@ -186,12 +186,17 @@ fn sample_snapshot() -> MetricsSnapshot {
                 server: "192.0.2.11:8080".into(),
                 up: true,
                 transitions: 0,
+                state: "drain".into(),
+                weight: 3,
+                effective_weight_percent: 0,
+                drain_connections_left: Some(2),
             },
             ServerHealthMetrics {
                 pool: "web".into(),
                 server: "192.0.2.12:8080".into(),
                 up: false,
                 transitions: 3,
+                ..ServerHealthMetrics::default()
             },
         ],
         replication: Some(crate::api::metrics::ReplicationMetrics {
@@ -351,6 +356,25 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
             &[("pool", "web"), ("server", "192.0.2.11:8080")]
         ),
         1.0
+    );
+    let drained = [("pool", "web"), ("server", "192.0.2.11:8080")];
+    let drained_in = |state| [drained[0], drained[1], ("state", state)];
+    assert_eq!(
+        value(&samples, "latch_server_state", &drained_in("drain")),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "latch_server_state", &drained_in("ready")),
+        0.0
+    );
+    assert_eq!(value(&samples, "latch_server_weight", &drained), 3.0);
+    assert_eq!(
+        value(&samples, "latch_server_effective_weight_percent", &drained),
+        0.0
+    );
+    assert_eq!(
+        value(&samples, "latch_server_drain_connections", &drained),
+        2.0
     );
     assert_eq!(
         value(&samples, "latch_reloads_total", &[("result", "refused")]),

@@ -9,7 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::HealthMonitor;
+use super::levers::full_weight;
+use crate::config::{HealthMonitor, PoolServer};
 
 /// What the data-plane spec needs to know of server health: owned here (not by the agent or
 /// the monitor) so both the probe runner and the agent's pool state can answer it without
@@ -17,6 +18,28 @@ use crate::config::HealthMonitor;
 pub trait HealthView {
     /// Whether `server` of `pool` may take new flows.
     fn is_up(&self, pool: &str, server: SocketAddr) -> bool;
+
+    /// How `server` of `pool` takes part in forwarding now. The default: its health and its
+    /// configured weight (no administrative state, no slow start).
+    fn traffic(&self, pool: &str, server: &PoolServer) -> ServerTraffic {
+        ServerTraffic {
+            up: self.is_up(pool, server.addr),
+            weight: full_weight(server.weight),
+            backup: server.backup,
+        }
+    }
+}
+
+/// How a server takes part in the data plane's forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerTraffic {
+    /// Its established flows and pins keep going (false when down or in maintenance).
+    pub up: bool,
+    /// Share of new flows, in 1/[`WEIGHT_SCALE`](super::levers::WEIGHT_SCALE) units; 0 when
+    /// drained or of weight 0.
+    pub weight: u32,
+    /// Gets new flows only while no primary server of its pool can.
+    pub backup: bool,
 }
 
 /// Every server is up (no health monitors yet, or in tests).

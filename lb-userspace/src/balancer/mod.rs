@@ -2,4 +2,5 @@
 
 pub mod algorithm;
 pub mod health;
+pub mod levers;
 pub mod maglev;

@@ -18,7 +18,7 @@ pub struct ConfigDiff {
     /// Virtual services in both with any difference (listener, pool, forwarding, scripts, ...).
     pub services_changed: Vec<String>,
     /// Agent settings that only take effect on restart and differ (`interfaces`, `bpffs_dir`,
-    /// `admin_listen`, `workers`); a reload keeps the old values and warns.
+    /// `state_file`, `admin_listen`, `workers`); a reload keeps the old values and warns.
     pub restart_required: Vec<&'static str>,
     /// Agent settings that a reload applies (proxy and DataScript limits, log format, token).
     pub agent_changed: bool,
@@ -82,6 +82,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     if o.bpffs_dir != n.bpffs_dir {
         restart_required.push("bpffs_dir");
+    }
+    if o.state_file != n.state_file {
+        restart_required.push("state_file");
     }
     if o.admin_listen != n.admin_listen {
         restart_required.push("admin_listen");

@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub admin_listen: SocketAddr,
     /// Where maps and links are pinned. Default /sys/fs/bpf/latch.
     pub bpffs_dir: PathBuf,
+    /// Where the servers' runtime states and weights (`latch server ...`) are kept across
+    /// restarts; `None` means [`AgentConfig::server_state_file`]'s default.
+    pub state_file: Option<PathBuf>,
     /// Proxy worker threads; `None` means one per core.
     pub workers: Option<usize>,
     /// File holding the bearer token the admin API then requires on every endpoint (resolved
@@ -69,12 +72,35 @@ impl Default for AgentConfig {
             interfaces: Vec::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
+            state_file: None,
             workers: None,
             admin_token_file: None,
             log_format: LogFormat::Text,
             http: HttpLimits::default(),
             datascript: DataScriptLimits::default(),
         }
+    }
+}
+
+/// Directory of the default server state files.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
+
+impl AgentConfig {
+    /// The server state file: `state_file`, or one per `bpffs_dir` under
+    /// [`DEFAULT_STATE_DIR`] (a bpf filesystem holds no regular files), so two agents with
+    /// their own pins never share one: `/sys/fs/bpf/latch` keeps
+    /// `/var/lib/latch/latch.servers.json`.
+    pub fn server_state_file(&self) -> PathBuf {
+        if let Some(f) = &self.state_file {
+            return f.clone();
+        }
+        let dir = self.bpffs_dir.to_string_lossy();
+        let name = dir
+            .strip_prefix("/sys/fs/bpf/")
+            .unwrap_or(&dir)
+            .trim_matches('/')
+            .replace('/', "_");
+        PathBuf::from(DEFAULT_STATE_DIR).join(format!("{name}.servers.json"))
     }
 }
 
@@ -121,20 +147,20 @@ impl Default for HttpLimits {
 /// `[agent.datascript]`: limits that stop runaway scripts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataScriptLimits {
+    /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
+    pub geo_database: Option<GeoDatabase>,
     /// Lua instructions one event may run before the script is aborted. Default 1,000,000.
     pub instruction_budget: u64,
     /// Memory one Lua VM may allocate. Default 16 MiB.
     pub memory_limit: usize,
-    /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
-    pub geo_database: Option<GeoDatabase>,
 }
 
 impl Default for DataScriptLimits {
     fn default() -> Self {
         Self {
+            geo_database: None,
             instruction_budget: 1_000_000,
             memory_limit: 16 * 1024 * 1024,
-            geo_database: None,
         }
     }
 }
@@ -147,9 +173,49 @@ pub struct PoolConfig {
     /// How the HTTP proxy picks a server. L4 services always use the kernel's maglev table.
     pub algorithm: Algorithm,
     /// Servers, in file order, never empty.
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<PoolServer>,
     /// Active health checking; `None` means servers are always considered up.
     pub health_monitor: Option<HealthMonitor>,
+    /// A server that comes up (health or `latch server ready`) ramps its weight from small
+    /// to full over this time; `None` gives it its full weight at once.
+    pub slow_start: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// The servers' addresses, in file order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(|s| s.addr).collect()
+    }
+
+    /// The server with this address.
+    pub fn server(&self, addr: SocketAddr) -> Option<&PoolServer> {
+        self.servers.iter().find(|s| s.addr == addr)
+    }
+}
+
+/// Highest server weight (HAProxy's bound): keeps weighted tables and rings small.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// One member of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolServer {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Relative share of new sessions, 0 to [`MAX_WEIGHT`]; 0 sends it none. Default 1.
+    pub weight: u32,
+    /// Used only while no other (non-backup) server of the pool can take new sessions.
+    pub backup: bool,
+}
+
+impl PoolServer {
+    /// A primary server of weight 1 (what a plain address string in the config means).
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            weight: 1,
+            backup: false,
+        }
+    }
 }
 
 /// Server selection algorithm of a pool.

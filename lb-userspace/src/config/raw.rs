@@ -16,6 +16,7 @@ pub(crate) struct RawAgent {
     pub interfaces: Option<Vec<SStr>>,
     pub admin_listen: Option<SStr>,
     pub bpffs_dir: Option<SStr>,
+    pub state_file: Option<SStr>,
     pub workers: Option<Spanned<usize>>,
     pub admin_token_file: Option<SStr>,
     pub log_format: Option<LogFormat>,
@@ -37,9 +38,9 @@ pub(crate) struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDsLimits {
+    pub geo_database: Option<SStr>,
     pub instruction_budget: Option<Spanned<u64>>,
     pub memory_limit: Option<Spanned<ByteSize>>,
-    pub geo_database: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +73,49 @@ pub(crate) struct RawPool {
     pub name: SStr,
     pub algorithm: Option<Spanned<RawAlgorithm>>,
     pub hash: Option<Spanned<RawHash>>,
-    pub servers: Spanned<Vec<SStr>>,
+    pub servers: Spanned<Vec<Spanned<RawServer>>>,
     pub health_monitor: Option<Spanned<RawMonitor>>,
+    pub slow_start: Option<SStr>,
+}
+
+/// A pool member: `"ip:port"` or `{ addr = "ip:port", weight = 3, backup = true }`.
+#[derive(Debug)]
+pub(crate) enum RawServer {
+    Plain(String),
+    Table(RawServerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerTable {
+    pub addr: SStr,
+    pub weight: Option<Spanned<i64>>,
+    pub backup: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server address string or a table { addr, weight, backup }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawServer, E> {
+                Ok(RawServer::Plain(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawServer, A::Error> {
+                // Through the map's own deserializer, so unknown keys and field spans are
+                // reported as for every other table.
+                RawServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawServer::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

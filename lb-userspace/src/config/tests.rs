@@ -69,8 +69,9 @@ fn base_is_valid_with_defaults() {
     assert_eq!(pool.algorithm, Algorithm::RoundRobin);
     assert_eq!(
         pool.servers,
-        [addr("192.0.2.11:8080"), addr("192.0.2.12:8080")]
+        [addr("192.0.2.11:8080"), addr("192.0.2.12:8080")].map(PoolServer::new)
     );
+    assert_eq!(pool.slow_start, None);
     assert_eq!(pool.health_monitor, None);
     let vs = c.virtual_service("shop").expect("vs shop");
     assert_eq!(vs.listen, addr("198.51.100.10:80"));
@@ -492,6 +493,95 @@ fn duplicate_server_in_pool() {
     assert_eq!(
         e,
         ["/etc/latch/latch.toml:6:31: server 192.0.2.11:8080 is listed twice in pool `web`"]
+    );
+}
+
+#[test]
+fn servers_take_weight_and_backup_and_pools_slow_start() {
+    let c = ok(&BASE.replace(
+        "servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]",
+        "servers = [\"192.0.2.11:8080\", { addr = \"192.0.2.12:8080\", weight = 3 }, \
+         { addr = \"192.0.2.13:8080\", backup = true, weight = 0 }]\nslow_start = \"30s\"",
+    ));
+    let pool = c.pool("web").expect("pool web");
+    assert_eq!(
+        pool.servers,
+        [
+            PoolServer::new(addr("192.0.2.11:8080")),
+            PoolServer {
+                addr: addr("192.0.2.12:8080"),
+                weight: 3,
+                backup: false
+            },
+            PoolServer {
+                addr: addr("192.0.2.13:8080"),
+                weight: 0,
+                backup: true
+            },
+        ]
+    );
+    assert_eq!(pool.slow_start, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn bad_server_tables_are_located() {
+    let e = errors(&BASE.replace(
+        "servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]",
+        "servers = [{ addr = \"192.0.2.11\" }, { addr = \"192.0.2.12:8080\", weight = 257 }, \
+         { addr = \"192.0.2.11:8080\", weight = -1 }]\nslow_start = \"soon\"",
+    ));
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:6:21: invalid server address `192.0.2.11`"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e[1],
+        "/etc/latch/latch.toml:6:74: server weight must be between 0 and 256, got 257"
+    );
+    assert!(
+        e[2].ends_with("server weight must be between 0 and 256, got -1"),
+        "{e:#?}"
+    );
+    assert!(
+        e[3].starts_with("/etc/latch/latch.toml:7:14: invalid duration `soon`"),
+        "{e:#?}"
+    );
+    // Unknown keys and wrong types stop the pool's deserialization, as everywhere.
+    let e = errors(&BASE.replace(
+        "\"192.0.2.12:8080\"]",
+        "{ addr = \"192.0.2.12:8080\", wieght = 2 }]",
+    ));
+    assert!(
+        e[0].starts_with("/etc/latch/latch.toml:6:59: unknown field `wieght`"),
+        "{e:#?}"
+    );
+    let e = errors(&BASE.replace("\"192.0.2.12:8080\"]", "7]"));
+    assert!(
+        e[0].contains("a server address string or a table"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn state_file_resolves_and_defaults_per_bpffs_dir() {
+    let c = ok(&BASE.replace(
+        "interfaces = [\"lb-c\", \"lb-b\"]",
+        "interfaces = [\"lb-c\", \"lb-b\"]\nstate_file = \"state/servers.json\"",
+    ));
+    assert_eq!(
+        c.agent.server_state_file(),
+        Path::new("/etc/latch/state/servers.json")
+    );
+    let mut agent = AgentConfig::default();
+    assert_eq!(
+        agent.server_state_file(),
+        Path::new("/var/lib/latch/latch.servers.json")
+    );
+    agent.bpffs_dir = "/sys/fs/bpf/tests/a1".into();
+    assert_eq!(
+        agent.server_state_file(),
+        Path::new("/var/lib/latch/tests_a1.servers.json")
     );
 }
 

@@ -132,21 +132,22 @@ impl Validator<'_> {
     }
 
     fn addr(&mut self, s: &SStr, what: &str) -> Option<SocketAddr> {
-        match s.get_ref().parse::<SocketAddr>() {
+        self.addr_at(s.get_ref(), s.span(), what)
+    }
+
+    fn addr_at(&mut self, text: &str, span: Range<usize>, what: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
             Ok(a) if a.port() == 0 => {
-                self.sink.error(
-                    s.span(),
-                    format!("{what} `{}` needs a non-zero port", s.get_ref()),
-                );
+                self.sink
+                    .error(span, format!("{what} `{text}` needs a non-zero port"));
                 None
             }
             Ok(a) => Some(a),
             Err(_) => {
                 self.sink.error(
-                    s.span(),
+                    span,
                     format!(
-                        "invalid {what} `{}`: expected ip:port, e.g. 192.0.2.11:8080 or [2001:db8::1]:80",
-                        s.get_ref()
+                        "invalid {what} `{text}`: expected ip:port, e.g. 192.0.2.11:8080 or [2001:db8::1]:80"
                     ),
                 );
                 None
@@ -266,6 +267,9 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(f) = &raw.state_file {
+            agent.state_file = Some(self.relative_path(f.get_ref()));
+        }
         if let Some(w) = &raw.workers {
             agent.workers = Some(self.at_least(Some(w), 1, 1, "workers"));
         }
@@ -297,6 +301,7 @@ impl Validator<'_> {
         if let Some(ds) = &raw.datascript {
             let d = DataScriptLimits::default();
             agent.datascript = DataScriptLimits {
+                geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
                 instruction_budget: self.at_least(
                     ds.instruction_budget.as_ref(),
                     d.instruction_budget,
@@ -305,7 +310,6 @@ impl Validator<'_> {
                 ),
                 // LuaJIT needs some room for its own state and the avi.* API tables.
                 memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
-                geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
             };
         }
         agent
@@ -339,30 +343,70 @@ impl Validator<'_> {
                     .error(raw.servers.span(), format!("pool `{name}` has no servers"));
             }
             for s in raw.servers.get_ref() {
-                if let Some(addr) = self.addr(s, "server address") {
-                    if servers.contains(&addr) {
-                        self.sink.error(
-                            s.span(),
-                            format!("server {addr} is listed twice in pool `{name}`"),
-                        );
-                    } else {
-                        servers.push(addr);
-                        spans.push(s.span());
-                    }
+                let Some(server) = self.server(s) else {
+                    continue;
+                };
+                if servers.iter().any(|p: &PoolServer| p.addr == server.addr) {
+                    self.sink.error(
+                        s.span(),
+                        format!("server {} is listed twice in pool `{name}`", server.addr),
+                    );
+                } else {
+                    servers.push(server);
+                    spans.push(s.span());
                 }
             }
             let health_monitor = raw.health_monitor.as_ref().map(|m| self.monitor(m));
+            let slow_start = raw
+                .slow_start
+                .as_ref()
+                .map(|d| self.duration(Some(d), Duration::ZERO))
+                .filter(|d| !d.is_zero());
             out.push(PoolInfo {
                 config: PoolConfig {
                     name: name.clone(),
                     algorithm,
                     servers,
                     health_monitor,
+                    slow_start,
                 },
                 servers_spans: spans,
             });
         }
         out
+    }
+
+    /// One `servers` element: a plain address, or a table with weight and backup.
+    fn server(&mut self, s: &Spanned<RawServer>) -> Option<PoolServer> {
+        match s.get_ref() {
+            RawServer::Plain(text) => self
+                .addr_at(text, s.span(), "server address")
+                .map(PoolServer::new),
+            RawServer::Table(t) => {
+                let addr = self.addr(&t.addr, "server address")?;
+                let weight = match &t.weight {
+                    None => 1,
+                    Some(w) => match u32::try_from(*w.get_ref()) {
+                        Ok(n) if n <= MAX_WEIGHT => n,
+                        _ => {
+                            self.sink.error(
+                                w.span(),
+                                format!(
+                                    "server weight must be between 0 and {MAX_WEIGHT}, got {}",
+                                    w.get_ref()
+                                ),
+                            );
+                            1
+                        }
+                    },
+                };
+                Some(PoolServer {
+                    addr,
+                    weight,
+                    backup: t.backup.unwrap_or(false),
+                })
+            }
+        }
     }
 
     fn algorithm(&mut self, raw: &RawPool) -> Algorithm {
@@ -589,7 +633,8 @@ impl Validator<'_> {
                     );
                 }
                 if let Some(p) = pool {
-                    for (addr, span) in p.config.servers.iter().zip(&p.servers_spans) {
+                    for (server, span) in p.config.servers.iter().zip(&p.servers_spans) {
+                        let addr = server.addr;
                         if !addr.is_ipv4() {
                             self.sink.error(
                                 span.clone(),

@@ -140,6 +140,11 @@ pub struct BackendSpec {
     /// Health: down backends keep their id but get no new flows, and their established
     /// flows are dropped by XDP.
     pub up: bool,
+    /// Share of the service's new flows (relative; 0: none, as for a drained server, while
+    /// its established flows and pins go on).
+    pub weight: u32,
+    /// Gets new flows only while no primary backend of the service can.
+    pub backup: bool,
 }
 
 /// One global counter.

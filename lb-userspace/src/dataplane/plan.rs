@@ -14,7 +14,7 @@ use lb_common::{
     backend_state, service_flags,
 };
 
-use super::{DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
+use super::{BackendSpec, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
 use crate::balancer::maglev::{MaglevBackend, build_table};
 
 /// A spec that cannot be programmed.
@@ -51,6 +51,9 @@ pub enum PlanError {
         limit: u32,
     },
 }
+
+/// One Maglev table participant: backend id, address, weight.
+pub type MaglevInput = (u32, SocketAddrV4, u32);
 
 /// Network-order key of a service.
 pub fn service_key(vip: Ipv4Addr, port: u16, proto: Proto) -> ServiceKey {
@@ -97,7 +100,7 @@ pub struct State {
     /// Backend ids by address, for slots not UNUSED.
     pub backend_ids: BTreeMap<SocketAddrV4, u32>,
     /// Per service id, the ordered backend ids whose maglev table is in the live slot.
-    pub live_maglev: BTreeMap<u32, Vec<(u32, SocketAddrV4)>>,
+    pub live_maglev: BTreeMap<u32, Vec<MaglevInput>>,
 }
 
 impl Default for State {
@@ -172,7 +175,7 @@ pub struct ServiceWrite {
     /// Maglev table to write before the SERVICES update; `None` when the live one is current.
     pub table: Option<Vec<u32>>,
     /// Maglev input the table was built from (recorded as live once written).
-    pub maglev_input: Vec<(u32, SocketAddrV4)>,
+    pub maglev_input: Vec<MaglevInput>,
     /// The id was newly assigned: its counters are zeroed first.
     pub fresh: bool,
     /// SERVICES needs the update (value or table changed).
@@ -372,16 +375,7 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         .collect();
     for (key, s) in &wanted {
         let s = *s;
-        let mut input: Vec<(u32, SocketAddrV4)> = Vec::new();
-        let mut seen = BTreeSet::new();
-        for b in s.backends.iter().filter(|b| b.up) {
-            if seen.insert(b.addr)
-                && let Some(&id) = backend_ids.get(&b.addr)
-            {
-                input.push((id, b.addr));
-            }
-        }
-        input.sort();
+        let input = maglev_input(s, &backend_ids);
 
         let (id, fresh, current) = match state.services.get(key) {
             Some(cur) => (cur.id, false, Some(*cur)),
@@ -420,10 +414,33 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
     Ok(out)
 }
 
-fn maglev_for(input: &[(u32, SocketAddrV4)]) -> Vec<u32> {
+/// The (id, address, weight) triples a service's Maglev table is built from: its up backends
+/// of non-zero weight, the primaries, or the backups when no primary qualifies.
+fn maglev_input(s: &ServiceSpec, backend_ids: &BTreeMap<SocketAddrV4, u32>) -> Vec<MaglevInput> {
+    let takes_new = |b: &&BackendSpec| b.up && b.weight > 0;
+    let backups = !s.backends.iter().filter(takes_new).any(|b| !b.backup);
+    let mut input: Vec<MaglevInput> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for b in s
+        .backends
+        .iter()
+        .filter(takes_new)
+        .filter(|b| b.backup == backups)
+    {
+        if seen.insert(b.addr)
+            && let Some(&id) = backend_ids.get(&b.addr)
+        {
+            input.push((id, b.addr, b.weight));
+        }
+    }
+    input.sort();
+    input
+}
+
+fn maglev_for(input: &[MaglevInput]) -> Vec<u32> {
     let backends: Vec<MaglevBackend> = input
         .iter()
-        .map(|(id, addr)| MaglevBackend::new(*id, addr.to_string()))
+        .map(|(id, addr, weight)| MaglevBackend::new(*id, addr.to_string()).with_weight(*weight))
         .collect();
     build_table(&backends, MAGLEV_TABLE_SIZE)
 }
@@ -461,6 +478,8 @@ mod tests {
         BackendSpec {
             addr: s.parse().expect("test address"),
             up,
+            weight: 1,
+            backup: false,
         }
     }
 
@@ -489,6 +508,52 @@ mod tests {
 
     fn spec(services: Vec<ServiceSpec>) -> DataplaneSpec {
         DataplaneSpec { services }
+    }
+
+    #[test]
+    fn maglev_takes_weights_and_backups_only_without_primaries() {
+        let with = |b: BackendSpec, weight: u32, backup: bool| BackendSpec {
+            weight,
+            backup,
+            ..b
+        };
+        let service = |primary_up: bool, drained_weight: u32| {
+            spec(vec![svc(
+                "198.51.100.10",
+                80,
+                vec![
+                    with(be("192.0.2.11:8080", primary_up), 3, false),
+                    with(be("192.0.2.12:8080", true), drained_weight, false),
+                    with(be("192.0.2.13:8080", true), 1, true),
+                ],
+            )])
+        };
+        let owners = |p: &Plan| -> BTreeMap<u32, usize> {
+            let mut c = BTreeMap::new();
+            for &id in p.service_writes[0].table.as_deref().unwrap_or_default() {
+                *c.entry(id).or_default() += 1;
+            }
+            c
+        };
+        let (p, state) = run(&State::default(), &service(true, 1));
+        let c = owners(&p);
+        assert_eq!(c.len(), 2, "primaries only: {c:?}");
+        let share = c[&1] as f64 / MAGLEV_TABLE_SIZE as f64;
+        assert!((share - 0.75).abs() < 0.01, "weight 3 of 4: {share}");
+        // Drained (weight 0): out of the table but still UP, so its flows and pins go on.
+        let (p, state) = run(&state, &service(true, 0));
+        assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(
+            state
+                .backends
+                .iter()
+                .all(|b| b.state != backend_state::DOWN)
+        );
+        // No primary left: the backup takes the whole table; then hands it back.
+        let (p, state) = run(&state, &service(false, 0));
+        assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [3]);
+        let (p, _) = run(&state, &service(true, 1));
+        assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]
@@ -777,6 +842,8 @@ mod tests {
             .map(|i| BackendSpec {
                 addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1000 + i as u16),
                 up: true,
+                weight: 1,
+                backup: false,
             })
             .collect();
         assert!(matches!(

@@ -45,13 +45,17 @@ impl ScriptSet {
             vec![ScriptError {
                 file: PathBuf::new(),
                 line: 0,
+                column: None,
                 script: String::new(),
                 message: format!("cannot create a Lua VM: {e}"),
             }]
         })?;
-        let errors: Vec<ScriptError> = (0..set.scripts.len())
+        let mut errors: Vec<ScriptError> = (0..set.scripts.len())
             .filter_map(|i| set.load(&lua, i).err())
             .collect();
+        for script in &set.scripts {
+            errors.extend(super::names::check(script));
+        }
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -81,8 +85,8 @@ impl ScriptSet {
 
     /// Compile script `i` into `lua` (text only: bytecode is refused).
     pub(crate) fn load(&self, lua: &Lua, i: usize) -> Result<mlua::Function, ScriptError> {
-        load_text(lua, &self.scripts[i].text, &format!("{CHUNK_PREFIX}{i}"))
-            .map_err(|e| self.error(i, &e))
+        let text = lua51_escapes(&self.scripts[i].text);
+        load_text(lua, text.as_ref(), &format!("{CHUNK_PREFIX}{i}")).map_err(|e| self.error(i, &e))
     }
 
     /// A Lua error of script `i` as a [`ScriptError`] located in the config.
@@ -103,6 +107,7 @@ impl ScriptSet {
         ScriptError {
             file: s.origin_file.clone(),
             line,
+            column: None,
             script: s.name.clone(),
             message: self.locate(&msg),
         }
@@ -149,6 +154,81 @@ pub(crate) fn load_text(
         .set_name(format!("={name}"))
         .set_mode(ChunkMode::Text)
         .into_function()
+}
+
+/// `text` with the escapes Lua 5.1 accepts and LuaJIT refuses made plain: Lua 5.1 reads a
+/// backslash before a character with no escape meaning (`"\!"`, `"\-"`) as that character,
+/// LuaJIT stops with "invalid escape sequence", and public Avi scripts (written for Lua 5.1)
+/// use them in patterns. Only short string literals change; comments, long strings and code
+/// stay as written, and no line moves.
+pub(crate) fn lua51_escapes(text: &str) -> std::borrow::Cow<'_, str> {
+    /// What may follow a backslash in LuaJIT's short strings.
+    fn known(c: u8) -> bool {
+        matches!(
+            c,
+            b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'x' | b'z' | b'u'
+        ) || matches!(c, b'\\' | b'"' | b'\'' | b'\n' | b'\r')
+            || c.is_ascii_digit()
+    }
+    let b = text.as_bytes();
+    // Byte offsets of backslashes to drop.
+    let mut drop = Vec::new();
+    let long_level = |i: usize| -> Option<usize> {
+        let eq = b.get(i + 1..)?.iter().take_while(|c| **c == b'=').count();
+        (b.get(i) == Some(&b'[') && b.get(i + 1 + eq) == Some(&b'[')).then_some(eq)
+    };
+    let skip_long = |from: usize, eq: usize| -> usize {
+        let close = format!("]{}]", "=".repeat(eq));
+        text.get(from..)
+            .and_then(|rest| rest.find(&close))
+            .map_or(b.len(), |p| from + p + close.len())
+    };
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i += 2;
+                if let Some(eq) = long_level(i) {
+                    i = skip_long(i + eq + 2, eq);
+                } else {
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+            }
+            b'[' if long_level(i).is_some() => {
+                let eq = long_level(i).unwrap_or(0);
+                i = skip_long(i + eq + 2, eq);
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != quote && b[i] != b'\n' {
+                    if b[i] == b'\\' {
+                        if let Some(&next) = b.get(i + 1)
+                            && !known(next)
+                        {
+                            drop.push(i);
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    if drop.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for d in drop {
+        out.push_str(&text[last..d]);
+        last = d + 1;
+    }
+    out.push_str(&text[last..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// `N:L` at the start of `s`: (N, L, bytes consumed).
@@ -224,4 +304,40 @@ fn reads_request(text: &str) -> bool {
     ]
     .iter()
     .any(|w| text.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_lua_51_accepts_become_the_plain_character() {
+        assert_eq!(lua51_escapes(r#"x = "a\!b\-c""#), r#"x = "a!b-c""#);
+        assert_eq!(
+            lua51_escapes(r"x = 'it\'s \n \\ \065 \x41'"),
+            r"x = 'it\'s \n \\ \065 \x41'"
+        );
+        // Comments and long strings are not strings LuaJIT unescapes.
+        let untouched = "-- \\! in a comment\nlocal s = [[\\!]] --[==[ \\! ]==]";
+        assert_eq!(lua51_escapes(untouched), untouched);
+    }
+
+    #[test]
+    fn a_script_with_a_lua_51_escape_compiles_and_means_the_character()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let script = ScriptSource {
+            event: Event::HttpReq,
+            name: "s".into(),
+            text: r#"return string.find("a!b", "\!")"#.into(),
+            origin_file: PathBuf::from("vs.toml"),
+            first_line: 1,
+        };
+        // LuaJIT alone refuses it.
+        let lua = Lua::new();
+        assert!(load_text(&lua, script.text.as_str(), "raw").is_err());
+        let set = ScriptSet::compile("vs", vec![script]).map_err(|e| format!("{e:?}"))?;
+        let found: Option<i64> = set.load(&lua, 0)?.call(())?;
+        assert_eq!(found, Some(2));
+        Ok(())
+    }
 }

@@ -7,17 +7,35 @@
 use super::{LintWarning, ScriptSource};
 
 #[derive(Clone, Debug, PartialEq)]
-enum Tok {
+pub(super) enum Tok {
     Name(String),
     Str(String),
     Other(char),
     Num,
 }
 
+/// The tokens of `src`, each with its 1-based line.
 fn tokenize(src: &str) -> Vec<(Tok, usize)> {
+    tokenize_with_columns(src)
+        .into_iter()
+        .map(|(t, line, _)| (t, line))
+        .collect()
+}
+
+/// The tokens of `src`, each with its 1-based line and 1-based column (in bytes).
+pub(super) fn tokenize_with_columns(src: &str) -> Vec<(Tok, usize, usize)> {
     let b = src.as_bytes();
     let mut i = 0;
     let mut line = 1;
+    // Columns are rare (only reported findings need them), so they are computed from the
+    // byte position rather than tracked through strings and comments.
+    let col_at = |pos: usize| {
+        pos - b[..pos]
+            .iter()
+            .rposition(|c| *c == b'\n')
+            .map_or(0, |n| n + 1)
+            + 1
+    };
     let mut out = Vec::new();
     // Length of a long bracket opening `[==[` at i, returning the level.
     let long_open = |i: usize| -> Option<usize> {
@@ -62,6 +80,7 @@ fn tokenize(src: &str) -> Vec<(Tok, usize)> {
             }
             b'"' | b'\'' => {
                 let start_line = line;
+                let col = col_at(i);
                 let mut s = Vec::new();
                 i += 1;
                 while i < b.len() && b[i] != c {
@@ -83,33 +102,36 @@ fn tokenize(src: &str) -> Vec<(Tok, usize)> {
                 out.push((
                     Tok::Str(String::from_utf8_lossy(&s).into_owned()),
                     start_line,
+                    col,
                 ));
             }
             b'[' if long_open(i).is_some() => {
                 let eq = long_open(i).unwrap_or(0);
                 let start_line = line;
+                let col = col_at(i);
                 let start = i + eq + 2;
                 i = skip_long(start, eq, &mut line);
                 let end = i.saturating_sub(eq + 2).max(start);
                 let text = String::from_utf8_lossy(&b[start..end]).into_owned();
-                out.push((Tok::Str(text), start_line));
+                out.push((Tok::Str(text), start_line, col));
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let s = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                     i += 1;
                 }
-                out.push((Tok::Name(src[s..i].to_string()), line));
+                out.push((Tok::Name(src[s..i].to_string()), line, col_at(s)));
             }
             c if c.is_ascii_digit() => {
+                let col = col_at(i);
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
                     i += 1;
                 }
-                out.push((Tok::Num, line));
+                out.push((Tok::Num, line, col));
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
-                out.push((Tok::Other(c as char), line));
+                out.push((Tok::Other(c as char), line, col_at(i)));
                 i += 1;
             }
         }
@@ -179,6 +201,7 @@ pub fn lint(scripts: &[ScriptSource]) -> Vec<LintWarning> {
                 out.push(LintWarning {
                     file: s.origin_file.clone(),
                     line: s.first_line.max(1) + line - 1,
+                    column: None,
                     script: s.name.clone(),
                     message: format!(
                         "{func}: the string \"{lit}\" is not a lifetime (only a Lua number is); \

@@ -16,6 +16,7 @@
 mod api;
 mod compile;
 mod lint;
+mod names;
 mod txn;
 mod vm;
 
@@ -34,12 +35,15 @@ pub use crate::config::{ScriptEvent as Event, ScriptSource};
 
 /// A problem in a script, located in the file it came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
+#[error("{}:{line}{}: {message}", file.display(), column.map(|c| format!(":{c}")).unwrap_or_default())]
 pub struct ScriptError {
     /// File of the script.
     pub file: PathBuf,
     /// Line in that file (1-based).
     pub line: usize,
+    /// Column in that line (1-based, in bytes), when known: Lua's own compiler reports lines
+    /// only; latch's checks know the column.
+    pub column: Option<usize>,
     /// Script name.
     pub script: String,
     /// What is wrong.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::*;
-use crate::config::GeoDatabase;
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, Selection, ServerView, TxnHooks,
     TxnInfo,
@@ -78,7 +77,11 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
     fixture_with_geo(scripts, limits, None)
 }
 
-fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
+fn fixture_with_geo(
+    scripts: Vec<ScriptSource>,
+    limits: DsLimits,
+    geo: Option<crate::config::GeoDatabase>,
+) -> Fx {
     let set = ScriptSet::compile("shop", scripts).expect("compile");
     let tables = Arc::new(VsTables::new(
         "shop",
@@ -177,6 +180,9 @@ fn eval_req(script: &str, uri: &str, headers: &[(&str, &str)]) -> String {
     forward(v);
     t.log_output().unwrap_or_default()
 }
+
+// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
+mod namespaces;
 
 // ---- compile, lint ---------------------------------------------------------------------------
 
@@ -522,7 +528,7 @@ fn bytecode_is_refused_and_source_loads_into_the_txn_env() {
 #[test]
 fn library_tables_are_read_only() {
     let f = fx(
-        "local ok = pcall(function() string.upper = nil end) avi.vs.log(ok, (pcall(function() avi.vs.x = 1 end)))",
+        "local ok = pcall(function() string.upper = nil end) avi.vs.log(ok, (pcall(function() avi.vs['x'] = 1 end)))",
         "",
     );
     let (t, _, _) = run_req(&f, "/", &[]);
@@ -836,7 +842,7 @@ fn pool_health_and_server_info() {
     let f = fx(
         r#"avi.vs.log(avi.pool.get_servers("web"))
            avi.vs.log(avi.pool.get_server_status("web", "192.0.2.11"), avi.pool.get_server_status("web", "192.0.2.13", 8080))
-           avi.vs.log((pcall(avi.pool.get_servers, "nope")), tostring(avi.pool.server_ip()))"#,
+           avi.vs.log((pcall(avi.pool.get_servers, "nope")), tostring(avi.pool["server_ip"]()))"#,
         r#"avi.vs.log(avi.pool.server_ip(), avi.pool.get_server_info())"#,
     );
     let (mut t, _, _) = run_req(&f, "/", &[]);
@@ -1077,6 +1083,3 @@ fn bench_txn_only() {
         start.elapsed().as_nanos() as f64 / f64::from(n)
     );
 }
-
-// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
-mod namespaces;

@@ -203,18 +203,15 @@ impl MonitorHandle {
 
     fn new_pool(&self, pool: &PoolConfig) -> PoolEntry {
         let now = Instant::now();
+        let servers = pool.addrs();
         let state = PoolState {
-            servers: pool.servers.clone(),
             monitor: pool.health_monitor.clone(),
             tracker: pool
                 .health_monitor
                 .as_ref()
-                .map(|m| HealthTracker::new(&pool.servers, HealthParams::from_monitor(m), now)),
-            info: pool
-                .servers
-                .iter()
-                .map(|&s| (s, ServerInfo::new()))
-                .collect(),
+                .map(|m| HealthTracker::new(&servers, HealthParams::from_monitor(m), now)),
+            info: servers.iter().map(|&s| (s, ServerInfo::new())).collect(),
+            servers,
         };
         let mut entry = PoolEntry {
             name: pool.name.clone(),
@@ -231,18 +228,19 @@ impl MonitorHandle {
     fn update_pool(&self, entry: &mut PoolEntry, pool: &PoolConfig, events: &mut Vec<HealthEvent>) {
         let now = Instant::now();
         let mut st = entry.state.lock();
-        st.servers = pool.servers.clone();
-        st.info.retain(|addr, _| pool.servers.contains(addr));
-        for &s in &pool.servers {
+        let servers = pool.addrs();
+        st.info.retain(|addr, _| servers.contains(addr));
+        for &s in &servers {
             st.info.entry(s).or_insert_with(ServerInfo::new);
         }
+        st.servers.clone_from(&servers);
         st.monitor = pool.health_monitor.clone();
         match &pool.health_monitor {
             Some(m) => {
                 let params = HealthParams::from_monitor(m);
                 match st.tracker.as_mut() {
-                    Some(t) => t.reconfigure(&pool.servers, params, now),
-                    None => st.tracker = Some(HealthTracker::new(&pool.servers, params, now)),
+                    Some(t) => t.reconfigure(&servers, params, now),
+                    None => st.tracker = Some(HealthTracker::new(&servers, params, now)),
                 }
                 drop(st);
                 if entry.task.as_ref().is_none_or(|t| t.is_finished()) {

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::config::{Algorithm, StatusSet};
+use crate::config::{Algorithm, PoolServer, StatusSet};
 
 /// Upper bound on waiting for any one event; probes run every 20 ms, so this is never reached
 /// unless the monitor is broken.
@@ -35,7 +35,8 @@ fn pool(name: &str, servers: Vec<SocketAddr>, kind: Option<MonitorKind>) -> Pool
     PoolConfig {
         name: name.to_owned(),
         algorithm: Algorithm::RoundRobin,
-        servers,
+        servers: servers.into_iter().map(PoolServer::new).collect(),
+        slow_start: None,
         health_monitor: kind.map(|kind| HealthMonitor {
             kind,
             interval: Duration::from_millis(20),

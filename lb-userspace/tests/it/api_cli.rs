@@ -138,6 +138,69 @@ async fn reload_refusal_fails_the_command() {
     assert!(out.text.contains("unknown pool"), "{}", out.text);
 }
 
+#[tokio::test]
+async fn server_commands_set_states_and_weights() {
+    let api = RunningApi::start(None).await;
+    let admin = api.addr.to_string();
+    let out = latch(&[
+        "server",
+        "drain",
+        "web",
+        "192.0.2.11:8080",
+        "--admin",
+        &admin,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "pool web server 192.0.2.11:8080: drain, weight 1, health up, 2 requests in flight\n"
+    );
+    let out = latch(&[
+        "server",
+        "weight",
+        "web",
+        "192.0.2.12:8080",
+        "3",
+        "--admin",
+        &admin,
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["weight"].as_u64(), v["state"].as_str()),
+        (Some(3), Some("ready"))
+    );
+    // `latch status` shows both.
+    let out = execute(&opts(&api, None, false), &ClientCommand::Status)
+        .await
+        .expect("status");
+    assert!(out.text.contains("HEALTH"), "{}", out.text);
+    let out = latch(&["server", "maint", "web", "192.0.2.99:80", "--admin", &admin]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has no server \"192.0.2.99:80\" (HTTP 404)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = latch(&[
+        "server",
+        "ready",
+        "nope",
+        "192.0.2.11:8080",
+        "--admin",
+        &admin,
+    ])
+    .await;
+    assert!(
+        text(&out.stderr).contains("no pool named"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 async fn latch(args: &[&str]) -> Output {
     tokio::time::timeout(
         std::time::Duration::from_secs(30),

@@ -89,6 +89,8 @@ fn systemd_unit_contract() {
     );
     assert_eq!(setting("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(setting("KillSignal"), ["SIGTERM"]);
+    // The default state_file's directory must be writable under ProtectSystem=strict.
+    assert_eq!(setting("StateDirectory"), ["latch"]);
     let caps: BTreeSet<&str> = [
         "CAP_BPF",
         "CAP_PERFMON",

@@ -82,3 +82,55 @@ fn unreadable_geo_database_is_refused_at_its_location() {
         "{stdout}"
     );
 }
+
+#[test]
+fn scripts_naming_what_avi_does_not_have_are_refused_where_they_say_it()
+-> Result<(), Box<dyn std::error::Error>> {
+    use std::net::SocketAddr;
+
+    use latch_tests::config::{AgentSettings, DataScript, LatchConfig, Pool, VirtualService};
+
+    let server: SocketAddr = "192.0.2.11:8080".parse()?;
+    let listen: SocketAddr = "198.51.100.10:80".parse()?;
+    let request = "local c = avi.http.get_cookie(\"a\")\nif c then avi.http.get_cokie(\"b\") end\n";
+    let response = "avi.http.redirect(\"/elsewhere\")\n";
+    let toml = LatchConfig::new(AgentSettings::new(&["eth0".to_string()]))
+        .pool(Pool::new("web", [server]))
+        .virtual_service(
+            VirtualService::http("shop", listen, "web")
+                .datascripts([DataScript::request(request), DataScript::response(response)]),
+        )
+        .to_toml()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("latch.toml");
+    std::fs::write(&path, &toml)?;
+    let out = Command::new(LATCH)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    // Where the calls are in the file as written: an unknown name is shown at the member
+    // that does not exist, a misplaced call at its start.
+    let at = |needle: &str| {
+        toml.lines().enumerate().find_map(|(i, l)| {
+            l.find(needle)
+                .map(|c| format!("latch.toml:{}:{}: ", i + 1, c + 1))
+        })
+    };
+    let misspelt = at("get_cokie").ok_or("script line not in the config")?;
+    let redirect = at("avi.http.redirect").ok_or("script line not in the config")?;
+    assert!(
+        stdout.contains(&format!(
+            "{misspelt}avi.http.get_cokie does not exist; did you mean avi.http.get_cookie?"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{redirect}avi.http.redirect is not allowed in HTTP_RESP scripts"
+        )),
+        "{stdout}"
+    );
+    Ok(())
+}

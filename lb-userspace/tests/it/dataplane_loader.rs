@@ -169,6 +169,8 @@ fn l4(vip: &str, port: u16, backends: &[(&str, bool)]) -> ServiceSpec {
             .map(|(a, up)| BackendSpec {
                 addr: addr(a),
                 up: *up,
+                weight: 1,
+                backup: false,
             })
             .collect(),
     }

@@ -119,9 +119,9 @@ fn connections(topo: &Topology, from: Ipv4Addr, n: usize) -> Result<Vec<(String,
         .collect()
 }
 
-#[test]
-#[ignore = "needs root: creates network namespaces"]
-fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> TestResult {
+/// Three backends serving, two client addresses, and an agent over the three (pool `web`,
+/// service `shop`).
+fn start_over_three_backends() -> Result<(Topology, LatchAgent), Box<dyn std::error::Error>> {
     let topo = Topology::builder()
         .backends(3)
         .client_addresses(2)
@@ -130,6 +130,14 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
     agent.write_latch_config(&config(&agent, &topo, &[1, 2, 3]))?;
     agent.start()?;
+    Ok((topo, agent))
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> TestResult {
+    // Bound in this order so the agent stops before its namespaces go.
+    let (topo, mut agent) = start_over_three_backends()?;
     let (a, b) = (topo.client_addrs()[0], topo.client_addrs()[1]);
     let vip = SocketAddr::from((topo.vip(), 80));
 
@@ -225,5 +233,51 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
         agent.log()
     );
     agent.stop(Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_pin_to_a_drained_server_keeps_working_and_maint_removes_it() -> TestResult {
+    let (topo, agent) = start_over_three_backends()?;
+    let (a, b) = (topo.client_addrs()[0], topo.client_addrs()[1]);
+    topo.client().run(|| connections(&topo, b, 1))?;
+    let (_cookie, owner, _) = topo.client().run(|| login(&topo, a))?;
+    let owner_index: usize = owner.trim_start_matches('b').parse()?;
+    let owner_addr = backends(&topo, &[owner_index], HTTP_PORT)[0].to_string();
+    let pinned = |conns: &[(String, IpAddr)]| {
+        conns
+            .iter()
+            .all(|(be, s)| *be == owner && *s == IpAddr::V4(a))
+    };
+    assert!(pinned(&topo.client().run(|| connections(&topo, a, 3))?));
+
+    let latch_server = |state: &str| -> TestResult {
+        let out = agent.latch(&["server", state, "web", &owner_addr])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    latch_server("drain")?;
+    // The pin goes on (HAProxy's drain keeps persistence), unpinned clients avoid the server.
+    let a_conns = topo.client().run(|| connections(&topo, a, 3))?;
+    assert!(pinned(&a_conns), "pin to a drained server: {a_conns:?}");
+    let b_conns = topo.client().run(|| connections(&topo, b, 6))?;
+    assert!(
+        b_conns.iter().all(|(be, _)| *be != owner),
+        "a drained server got a new session: {b_conns:?}"
+    );
+
+    latch_server("maint")?;
+    let a_conns = topo.client().run(|| connections(&topo, a, 3))?;
+    assert!(
+        a_conns
+            .iter()
+            .all(|(be, s)| *be != owner && *s != IpAddr::V4(a)),
+        "maint removes the pin: {a_conns:?}"
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ mod dataplane_loader;
 mod fastpath_netns;
 mod http_netns;
 mod l4_netns;
+mod levers_netns;
 mod netns_config;
 mod ops_netns;
 mod replication_netns;

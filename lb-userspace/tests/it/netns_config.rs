@@ -2,6 +2,7 @@
 //! and serialized with the `toml` crate, never formatted by hand).
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use latch_tests::{AgentSettings, LatchAgent, LatchConfig, Pool, Topology, VirtualService};
 
@@ -10,9 +11,14 @@ pub const HTTP_PORT: u16 = 8080;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The `[agent]` section for `agent` running in the LB namespace of `topo`.
+/// The `[agent]` section for `agent` running in the LB namespace of `topo` (its pins and its
+/// server state file its own).
 pub fn lb_agent(topo: &Topology, agent: &LatchAgent) -> LatchConfig {
-    LatchConfig::new(AgentSettings::new(&topo.lb_interfaces()).bpffs_dir(agent.bpffs_dir()))
+    LatchConfig::new(
+        AgentSettings::new(&topo.lb_interfaces())
+            .bpffs_dir(agent.bpffs_dir())
+            .state_file(&agent.dir().join("servers.json")),
+    )
 }
 
 /// Backends `which` (numbered from 1, as b1, b2...) of `topo` on `port`.
@@ -45,6 +51,22 @@ pub fn web_tcp(topo: &Topology) -> VirtualService {
     VirtualService::tcp("web-tcp", SocketAddr::from((topo.vip(), 80)), "web")
 }
 
+/// Polls `check` every 50 ms until it holds; how long that took, or an error naming `what`.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<bool, String>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check()? {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what}: not within {limit:?}"))
+}
+
 /// Prepares an agent in the LB namespace, writes the config `config` builds for it and starts
 /// it.
 pub fn start_agent(
@@ -61,8 +83,6 @@ pub fn start_agent(
 /// without root so a serialization slip shows up in a plain `cargo test`.
 #[test]
 fn the_built_configs_parse_as_latch_configs() -> TestResult {
-    use std::time::Duration;
-
     use latch_tests::{DataScript, HealthMonitor, Replication};
 
     let servers = [SocketAddr::from(([198, 51, 100, 10], HTTP_PORT))];

@@ -3,7 +3,7 @@
 //! with `--include-ignored`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use latch_tests::config::ADMIN_LISTEN;
 use latch_tests::{
@@ -12,7 +12,7 @@ use latch_tests::{
 
 use crate::LATCH;
 use crate::netns_config::{
-    HTTP_PORT, TestResult, lb_agent, shop, start_agent as start, web_pool, web_tcp,
+    HTTP_PORT, TestResult, lb_agent, shop, start_agent as start, wait_for, web_pool, web_tcp,
 };
 
 /// Probes every 300 ms, each timing out after 200 ms; fall and rise 2.
@@ -52,21 +52,6 @@ fn server_up(topo: &Topology, pool: &str, server: &str) -> Result<Option<bool>, 
         })
         .find(|s| s.get("addr").and_then(|a| a.as_str()) == Some(server))
         .and_then(|s| s.get("up").and_then(|u| u.as_bool())))
-}
-
-fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Result<bool, String>,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check()? {
-            return Ok(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{what}: not within {limit:?}"))
 }
 
 #[test]

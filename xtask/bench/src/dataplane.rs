@@ -61,6 +61,8 @@ fn spec(vip: Ipv4Addr, backend: Ipv4Addr) -> DataplaneSpec {
         backends: vec![BackendSpec {
             addr: SocketAddrV4::new(backend, backend_port),
             up: true,
+            weight: 1,
+            backup: false,
         }],
     };
     DataplaneSpec {

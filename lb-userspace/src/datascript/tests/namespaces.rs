@@ -2,6 +2,7 @@
 //! and values, and the choices the README writes down where Avi is silent.
 
 use super::*;
+use crate::config::GeoDatabase;
 
 /// What a request script logged, one `avi.vs.log` call per line.
 fn log_of(script: &str) -> String {
@@ -761,4 +762,36 @@ fn encrypted_cookie_example_brings_a_client_back_to_its_server() {
     assert_eq!(forward(v).server, None);
     let (_, v, _) = run_req(&f, "/", &[("cookie", "LB=bm90IGEgY2lwaGVydGV4dA%3D%3D")]);
     assert_eq!(forward(v).server, None);
+}
+
+#[test]
+fn misspelt_utils_and_crypto_names_are_refused_with_the_nearest_one() {
+    let errs = ScriptSet::compile(
+        "shop",
+        vec![src(
+            Event::HttpReq,
+            "local h = avi.utils.md5hash('x')\nlocal c = avi.crypto.encrpyt('x', 'k')",
+        )],
+    )
+    .expect_err("unknown names");
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].contains("avi.utils.md5hash does not exist; did you mean avi.utils.md5_hash?"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].contains("avi.crypto.encrpyt does not exist; did you mean avi.crypto.encrypt?"),
+        "{shown:?}"
+    );
+    // Every new name is known, constants included.
+    ScriptSet::compile(
+        "shop",
+        vec![src(
+            Event::HttpResp,
+            "local x = {avi.utils.get_geo_from_ip, avi.utils.ip.netaddr, avi.crypto.decrypt, \
+             avi.CIPHER_3DES, avi.HTTP_PROPFIND, avi.HTTP_GATEWAY_TIMEOUT, avi.RL_ACTION_NONE}",
+        )],
+    )
+    .expect("known names");
 }

@@ -19,6 +19,8 @@ type Store = BTreeMap<(String, String), (String, u64)>;
 
 pub struct FakeBackend {
     pub tables: Mutex<Store>,
+    /// Levers of pool `web`'s servers, by address.
+    pub levers: Mutex<BTreeMap<SocketAddr, ServerLeversView>>,
     pub refuse_reload: AtomicBool,
     pub reloads: AtomicU64,
 }
@@ -38,8 +40,12 @@ impl FakeBackend {
         ] {
             store.insert((table.into(), key.into()), (value.into(), ttl));
         }
+        let levers = ["192.0.2.11:8080", "192.0.2.12:8080"]
+            .map(|a| (server_addr(a), ServerLeversView::default()))
+            .into();
         Self {
             tables: Mutex::new(store),
+            levers: Mutex::new(levers),
             refuse_reload: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
         }
@@ -64,6 +70,41 @@ impl FakeBackend {
 }
 
 impl AdminBackend for FakeBackend {
+    fn set_server(
+        &self,
+        pool: &str,
+        server: &str,
+        change: &ServerChangeRequest,
+    ) -> Result<ServerChangeView, BackendError> {
+        let not_found = |message: String| BackendError::NotFound { message };
+        if pool != "web" {
+            return Err(not_found(format!("no pool named {pool:?}")));
+        }
+        let addr: SocketAddr = server
+            .parse()
+            .map_err(|_| not_found(format!("pool \"web\" has no server {server:?}")))?;
+        let mut levers = self.levers.lock();
+        let l = levers
+            .get_mut(&addr)
+            .ok_or_else(|| not_found(format!("pool \"web\" has no server {server:?}")))?;
+        if let Some(state) = &change.state {
+            l.state = state.clone();
+            l.effective_weight_percent = if state == "ready" { 100 } else { 0 };
+        }
+        if let Some(w) = &change.weight {
+            l.weight = w.parse().map_err(|_| BackendError::BadRequest {
+                message: format!("bad weight {w:?}"),
+            })?;
+        }
+        Ok(ServerChangeView {
+            pool: pool.into(),
+            server: addr,
+            up: true,
+            active_requests: 2,
+            levers: l.clone(),
+        })
+    }
+
     fn status(&self) -> StatusView {
         StatusView {
             version: "0.1.0".into(),
@@ -145,6 +186,7 @@ impl AdminBackend for FakeBackend {
                         ..ServerHttpCounters::default()
                     }),
                     l4: None,
+                    levers: ServerLeversView::default(),
                 },
                 ServerView {
                     addr: server_addr("192.0.2.12:8080"),
@@ -154,6 +196,7 @@ impl AdminBackend for FakeBackend {
                     transitions: 1,
                     http: None,
                     l4: None,
+                    levers: ServerLeversView::default(),
                 },
             ],
         }]
@@ -251,6 +294,7 @@ impl AdminBackend for FakeBackend {
                 server: "192.0.2.12:8080".into(),
                 up: false,
                 transitions: 1,
+                ..ServerHealthMetrics::default()
             }],
             ..MetricsSnapshot::default()
         }

@@ -1,0 +1,293 @@
+//! Load-time checks of the avi.* names a script writes, as Avi checks a DataScript at save:
+//! a name that does not exist (with the nearest one that does), and a function used in an
+//! event where Avi does not allow it. Without them such a script compiles and then fails every
+//! request that reaches the call with a 500.
+//!
+//! The valid names are read from the API itself (the namespace installers of [`super::api`]
+//! run once in a scratch VM), so a function added there is known here without a second list.
+//! Only names written literally (`avi.http.get_cookie`) are checked; `avi.http[name]` is a
+//! runtime matter.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
+
+use mlua::{Lua, StdLib, Table, Value};
+use parking_lot::Mutex;
+
+use super::lint::{Tok, tokenize_with_columns};
+use super::vm::{Ctx, VmShared};
+use super::{DsLimits, Event, ScriptEnv, ScriptError, ScriptSet, ScriptSource};
+use crate::proxy::StaticPoolView;
+use crate::tables::{MonotonicClock, NoMirror, TableLimits, VsTables};
+
+/// What a dotted avi name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A table whose members are the API (`avi.http`): a member that is not there is an error.
+    Namespace,
+    /// A table scripts fill themselves (`avi.vs.reqvar`): any member is fine.
+    Open,
+    /// A function or constant.
+    Leaf,
+}
+
+/// Tables reached through a metatable rather than stored in the namespace, which the walk of
+/// the installed tables cannot see.
+const OPEN_TABLES: [&str; 1] = ["avi.vs.reqvar"];
+
+/// Functions Avi allows in one event only (DATASCRIPT-API.md, section (a) and each function's
+/// "evt" column): a request rewrite means nothing once the response is in, and the chosen
+/// server is not known before.
+const EVENT_ONLY: [(&str, Event); 10] = [
+    ("avi.http.redirect", Event::HttpReq),
+    ("avi.http.set_path", Event::HttpReq),
+    ("avi.http.set_uri", Event::HttpReq),
+    ("avi.http.set_query", Event::HttpReq),
+    ("avi.http.set_server_timeout", Event::HttpReq),
+    ("avi.pool.select", Event::HttpReq),
+    ("avi.pool.chash", Event::HttpReq),
+    ("avi.http.status", Event::HttpResp),
+    ("avi.pool.server_ip", Event::HttpResp),
+    ("avi.pool.get_server_info", Event::HttpResp),
+];
+
+/// Every avi.* name the API installs, with its kind.
+fn api_names() -> &'static BTreeMap<String, Kind> {
+    static NAMES: OnceLock<BTreeMap<String, Kind>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names = BTreeMap::new();
+        // Installing needs a Lua state and a VM's shared state; nothing is ever called. If it
+        // failed, every VM would fail the same way, so an empty list reports nothing new.
+        if let Err(e) = scratch_install(&mut names) {
+            tracing::error!(error = %e, "cannot list the avi.* names for script checks");
+        }
+        for open in OPEN_TABLES {
+            names.insert(open.to_string(), Kind::Open);
+        }
+        names
+    })
+}
+
+fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
+    // The installers' Lua parts use the standard libraries a VM has.
+    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::OS | StdLib::BIT;
+    let lua = Lua::new_with(libs, mlua::LuaOptions::default())?;
+    let set = ScriptSet::compile("", Vec::new())
+        .map_err(|_| mlua::Error::runtime("an empty script set does not compile"))?;
+    let env = ScriptEnv {
+        tables: Arc::new(VsTables::new(
+            "",
+            TableLimits::default(),
+            Arc::new(NoMirror),
+        )),
+        pools: Arc::new(StaticPoolView::new(&[])),
+        clock: Arc::new(MonotonicClock),
+        limits: DsLimits::default(),
+        observer: None,
+        geo: None,
+    };
+    let shared = Arc::new(VmShared {
+        ctx: Mutex::new(Ctx::default()),
+        ticks: AtomicU64::new(0),
+        max_ticks: 0,
+        abort: AtomicBool::new(false),
+        env,
+        set: Arc::new(set),
+        strings: Mutex::default(),
+    });
+    let avi = super::api::install(&lua, &shared)?;
+    walk(&avi, "avi", 0, names);
+    Ok(())
+}
+
+fn walk(table: &Table, prefix: &str, depth: usize, out: &mut BTreeMap<String, Kind>) {
+    let mut members = 0;
+    for (key, value) in table.pairs::<Value, Value>().flatten() {
+        let Value::String(key) = key else { continue };
+        let name = format!("{prefix}.{}", key.to_string_lossy());
+        members += 1;
+        match value {
+            Value::Table(t) if depth < 3 => walk(&t, &name, depth + 1, out),
+            _ => {
+                out.insert(name, Kind::Leaf);
+            }
+        }
+    }
+    let kind = if members == 0 {
+        Kind::Open
+    } else {
+        Kind::Namespace
+    };
+    out.insert(prefix.to_string(), kind);
+}
+
+/// The closest valid name in the same namespace, if one is close enough to be a likely typo.
+fn nearest(namespace: &str, wrong: &str) -> Option<&'static str> {
+    let names = api_names();
+    let prefix = format!("{namespace}.");
+    names
+        .keys()
+        .filter_map(|n| {
+            let member = n.strip_prefix(&prefix)?;
+            (!member.contains('.')).then_some((n.as_str(), member))
+        })
+        .map(|(full, member)| (full, strsim::jaro_winkler(member, wrong)))
+        .filter(|(_, score)| *score >= 0.8)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(full, _)| full)
+}
+
+/// Every problem with the literal avi.* names of `script`.
+pub(crate) fn check(script: &ScriptSource) -> Vec<ScriptError> {
+    let names = api_names();
+    let toks = tokenize_with_columns(&script.text);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let starts_path = matches!(&toks[i].0, Tok::Name(n) if n == "avi")
+            // `x.avi` or `x:avi` is some other table's field.
+            && !matches!(i.checked_sub(1).map(|p| &toks[p].0), Some(Tok::Other('.' | ':')));
+        if !starts_path {
+            i += 1;
+            continue;
+        }
+        let mut path = String::from("avi");
+        let mut j = i + 1;
+        while let (Some((Tok::Other('.'), ..)), Some((Tok::Name(member), line, col))) =
+            (toks.get(j), toks.get(j + 1))
+        {
+            let parent = path.clone();
+            path = format!("{parent}.{member}");
+            j += 2;
+            match names.get(&parent) {
+                Some(Kind::Namespace) if !names.contains_key(&path) => {
+                    let hint = nearest(&parent, member)
+                        .map(|n| format!("; did you mean {n}?"))
+                        .unwrap_or_default();
+                    out.push(located(
+                        script,
+                        *line,
+                        *col,
+                        format!("{path} does not exist{hint}"),
+                    ));
+                    break;
+                }
+                Some(Kind::Namespace) => {}
+                // Members of an open table or of a function's result are not API names.
+                _ => break,
+            }
+        }
+        if let Some((_, only)) = EVENT_ONLY.iter().find(|(name, _)| *name == path)
+            && *only != script.event
+            && let Some((_, line, col)) = toks.get(i)
+        {
+            out.push(located(
+                script,
+                *line,
+                *col,
+                format!(
+                    "{path} is not allowed in {} scripts (Avi allows it in {only} only)",
+                    script.event
+                ),
+            ));
+        }
+        i = j.max(i + 1);
+    }
+    out
+}
+
+fn located(script: &ScriptSource, line: usize, col: usize, message: String) -> ScriptError {
+    ScriptError {
+        file: script.origin_file.clone(),
+        line: script.origin_line(line),
+        column: Some(col),
+        script: script.name.clone(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn script(event: Event, text: &str) -> ScriptSource {
+        ScriptSource {
+            event,
+            name: "s".into(),
+            text: text.into(),
+            origin_file: PathBuf::from("vs.toml"),
+            first_line: 10,
+        }
+    }
+
+    fn messages(event: Event, text: &str) -> Vec<String> {
+        check(&script(event, text))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_names_come_from_the_installed_api() {
+        let names = api_names();
+        assert_eq!(names.get("avi.http"), Some(&Kind::Namespace));
+        assert_eq!(names.get("avi.http.get_cookie"), Some(&Kind::Leaf));
+        assert_eq!(names.get("avi.vs.table_insert"), Some(&Kind::Leaf));
+        assert_eq!(names.get("avi.HTTP_REQUEST"), Some(&Kind::Leaf));
+        assert_eq!(names.get("avi.vs.reqvar"), Some(&Kind::Open));
+    }
+
+    #[test]
+    fn a_misspelt_function_is_refused_with_its_position_and_the_nearest_name() {
+        let text = "local c = avi.http.get_cookie('a')\nif c then avi.http.get_cokie('b') end";
+        assert_eq!(
+            messages(Event::HttpReq, text),
+            ["vs.toml:11:20: avi.http.get_cokie does not exist; did you mean avi.http.get_cookie?"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_namespace_is_refused() {
+        assert_eq!(
+            messages(Event::HttpReq, "avi.htp.method()"),
+            ["vs.toml:10:5: avi.htp does not exist; did you mean avi.http?"]
+        );
+        assert_eq!(
+            messages(Event::HttpReq, "avi.nothing_like_it()"),
+            ["vs.toml:10:5: avi.nothing_like_it does not exist"]
+        );
+    }
+
+    #[test]
+    fn valid_names_open_tables_and_other_tables_pass() {
+        let text = "avi.vs.reqvar.anything = avi.vs.client_ip()\n\
+                    local t = {avi = 1}; local x = t.avi\n\
+                    -- avi.http.nonsense in a comment\n\
+                    local s = 'avi.http.nonsense in a string'\n\
+                    avi.vs.log(avi.HTTP_REQUEST)";
+        assert_eq!(messages(Event::HttpReq, text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn event_only_functions_are_refused_in_the_other_event() {
+        assert_eq!(
+            messages(Event::HttpResp, "\n  avi.http.redirect('/x')"),
+            [
+                "vs.toml:11:3: avi.http.redirect is not allowed in HTTP_RESP scripts (Avi allows it in HTTP_REQ only)"
+            ]
+        );
+        assert_eq!(
+            messages(Event::HttpReq, "local ip = avi.pool.server_ip()"),
+            [
+                "vs.toml:10:12: avi.pool.server_ip is not allowed in HTTP_REQ scripts (Avi allows it in HTTP_RESP only)"
+            ]
+        );
+        assert_eq!(
+            messages(Event::HttpReq, "avi.http.redirect('/x')"),
+            Vec::<String>::new()
+        );
+    }
+}
