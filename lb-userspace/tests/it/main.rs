@@ -7,6 +7,7 @@ mod api_cli;
 mod api_packaging;
 mod api_server;
 mod api_support;
+mod avi_utils_netns;
 mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
