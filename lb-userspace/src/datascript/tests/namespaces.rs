@@ -646,12 +646,17 @@ fn misspelt_utils_and_crypto_names_are_refused_with_the_nearest_one() {
         "shop",
         vec![src(
             Event::HttpReq,
-            "local h = avi.utils.md5hash('x')\nlocal c = avi.crypto.encrpyt('x', 'k')",
+            "local h = avi.utils.md5hash('x')\nlocal c = avi.crypto.encrpyt('x', 'k')\n\
+             local r = avi.utils.get_ip_reputation('192.0.2.1')",
         )],
     )
     .expect_err("unknown names");
     let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    assert!(
+        shown[2].contains("avi.utils.get_ip_reputation does not exist"),
+        "{shown:?}"
+    );
     assert!(
         shown[0].contains("avi.utils.md5hash does not exist; did you mean avi.utils.md5_hash?"),
         "{shown:?}"
