@@ -294,10 +294,12 @@ fn get_geo_from_ip_refuses_an_unknown_flag_and_a_missing_database() {
         ),
         "{log}"
     );
-    assert_eq!(
-        pcall_log(r#"avi.utils.get_geo_from_ip, "192.0.2.7""#),
-        "false get_geo_from_ip: no geo database configured ([agent.datascript] geo_database)"
-    );
+    for ip in [r#""192.0.2.7""#, "nil"] {
+        assert_eq!(
+            pcall_log(&format!("avi.utils.get_geo_from_ip, {ip}")),
+            "false get_geo_from_ip: no geo database configured ([agent.datascript] geo_database)"
+        );
+    }
 }
 
 #[test]
