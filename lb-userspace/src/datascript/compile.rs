@@ -219,6 +219,9 @@ fn reads_request(text: &str) -> bool {
         "get_query",
         "method",
         "get_version",
+        "hostname",
+        "_tokens",
+        "get_userid",
         "loadstring",
         "load",
     ]
