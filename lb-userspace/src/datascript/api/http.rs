@@ -37,6 +37,12 @@ const CTX_RESPONSE: i64 = 2;
 const QUERY_TABLE: i64 = 1;
 const QUERY_STRING: i64 = 2;
 
+/// avi.http.set_server_timeout's ceiling: one day (longer values are cut to it).
+const MAX_SERVER_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Values of update_cookie's samesite attribute (avi.http.Lax, None, Strict).
+const SAME_SITE: [&str; 3] = ["Lax", "None", "Strict"];
+
 /// Statuses avi.http.response may send (Avi 17.1's list plus 18.1's 451).
 const RESPONSE_STATUSES: [u16; 16] = [
     200, 301, 302, 303, 307, 400, 401, 403, 404, 405, 413, 414, 429, 451, 501, 503,
@@ -218,15 +224,19 @@ fn build_response(
     Ok(resp)
 }
 
-/// avi.http.response's status: a number or numeric string of [`RESPONSE_STATUSES`].
-fn response_status_arg(v: Option<&Value>) -> LResult<u16> {
+/// A status given as a number or a numeric string ("403" appears in Avi's examples).
+fn status_number(v: &Value) -> Option<u16> {
     let n = match v {
-        Some(Value::String(s)) => s.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()),
-        Some(v) => number(v),
-        None => None,
+        Value::String(s) => s.to_str().ok()?.trim().parse::<f64>().ok()?,
+        v => number(v)?,
     };
-    n.filter(|n| n.fract() == 0.0 && RESPONSE_STATUSES.contains(&(*n as u16)))
-        .map(|n| n as u16)
+    (n.fract() == 0.0 && (100.0..1000.0).contains(&n)).then_some(n as u16)
+}
+
+/// avi.http.response's status: one of [`RESPONSE_STATUSES`].
+fn response_status_arg(v: Option<&Value>) -> LResult<u16> {
+    v.and_then(status_number)
+        .filter(|n| RESPONSE_STATUSES.contains(n))
         .ok_or_else(|| {
             rt(format!(
                 "bad argument #1 to 'response' (status expected, one of {RESPONSE_STATUSES:?})"
@@ -441,7 +451,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         let uri = name_arg(a.first(), "redirect", 1)?;
         let status = match a.get(1) {
             None | Some(Value::Nil) => 302,
-            Some(v) => number(v).ok_or_else(|| rt("redirect: status must be a number"))? as u16,
+            Some(v) => status_number(v)
+                .ok_or_else(|| rt("bad argument #2 to 'redirect' (status expected)"))?,
         };
         if !(300..400).contains(&status) {
             return Err(rt(format!(
@@ -475,6 +486,9 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         txn(ctx)?.close = true;
         Ok(())
     }));
+    for value in SAME_SITE {
+        http.raw_set(value, value)?;
+    }
     install_request_info(lua, &http, sh)?;
     install_rewrites(lua, &http, sh)?;
     Ok(http)
@@ -593,14 +607,14 @@ fn install_rewrites(lua: &Lua, http: &Table, sh: &Arc<VmShared>) -> LResult<()> 
         let ms = a
             .first()
             .and_then(number)
-            .filter(|ms| ms.is_finite() && *ms >= 1.0)
+            .filter(|ms| *ms >= 1.0)
             .ok_or_else(|| {
                 rt("bad argument #1 to 'set_server_timeout' (milliseconds >= 1 expected)")
             })?;
+        let ms = ms.min(MAX_SERVER_TIMEOUT_MS as f64) as u64;
         with_ctx(s, |ctx| {
             req_mut(ctx, "set_server_timeout")?;
-            txn(ctx)?.selection.response_timeout =
-                Some(std::time::Duration::from_millis(ms as u64));
+            txn(ctx)?.selection.response_timeout = Some(std::time::Duration::from_millis(ms));
             Ok(())
         })
     });

@@ -139,6 +139,21 @@ fn response_takes_documented_statuses_as_numbers_or_strings() {
 }
 
 #[test]
+fn redirect_takes_a_status_number_or_string() {
+    let f = fx(
+        r#"if avi.http.get_path() == "/s" then avi.http.redirect("/n", "301") end
+           avi.http.redirect("https://shop.example/", avi.HTTP_TEMPORARY_REDIRECT or 307)"#,
+        "",
+    );
+    let r = responded(run_req(&f, "/s", &[]).1);
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "/n");
+    assert!(r.headers().get("content-type").is_none());
+    let r = responded(run_req(&f, "/", &[]).1);
+    assert_eq!(r.status(), 307);
+}
+
+#[test]
 fn status_and_internal_status_are_strings_in_http_resp() {
     let (t, _) = eval_resp(
         r#"avi.vs.log(type(avi.http.status()), avi.http.status(), avi.http.status() == "404",
@@ -268,7 +283,8 @@ fn update_cookie_changes_attributes_and_value_in_place() {
         r#"avi.http.update_cookie("name1", "path", "/dummy1")
            avi.http.update_cookie("name2", "domain", "www.example.com", "httponly", true, "path", "/p")
            avi.http.update_cookie("name3", "value", "new", "secure", false)
-           avi.http.update_cookie("absent", "path", "/")"#,
+           avi.http.update_cookie("absent", "path", "/")
+           avi.http.update_cookie("name1", "samesite", avi.http.Strict)"#,
         200,
         &[
             ("set-cookie", "name1=value1; path=/dummy"),
@@ -285,7 +301,7 @@ fn update_cookie_changes_attributes_and_value_in_place() {
     assert_eq!(
         sc,
         [
-            "name1=value1; Path=/dummy1",
+            "name1=value1; Path=/dummy1; SameSite=Strict",
             "name2=value2; Path=/p; Domain=www.example.com; HttpOnly",
             "name3=new; Max-Age=60",
         ]
@@ -362,6 +378,9 @@ fn server_timeout_and_chash_go_into_the_selection() {
     let sel = forward(run_req(&f, "/", &[]).1);
     assert_eq!(sel.response_timeout, Some(Duration::from_secs(600)));
     assert_eq!(sel.hash_key.as_deref(), Some("user-42"));
+    let f = fx("avi.http.set_server_timeout(1e300)", "");
+    let sel = forward(run_req(&f, "/", &[]).1);
+    assert_eq!(sel.response_timeout, Some(Duration::from_secs(86_400)));
     let log = eval_req(
         r#"avi.vs.log(pcall(avi.http.set_server_timeout, 0))
            avi.vs.log((pcall(avi.pool.chash)))"#,
