@@ -219,6 +219,7 @@ mod tests {
         let p = ConfiguredPool::new(
             &pool(Algorithm::ConsistentHash(HashKey::Cookie("sid".into()))),
             None,
+            &Levers::default(),
         );
         // Without the cookie the pool has no key of its own; the script's key makes it sticky,
         // and different keys spread.
@@ -230,7 +231,7 @@ mod tests {
             .collect();
         assert!(spread.len() > 1);
         // A round-robin pool ignores it.
-        let rr = ConfiguredPool::new(&pool(Algorithm::RoundRobin), None);
+        let rr = ConfiguredPool::new(&pool(Algorithm::RoundRobin), None, &Levers::default());
         let picks: std::collections::HashSet<_> =
             (0..3).filter_map(|_| pick_keyed(&rr, b"user-1")).collect();
         assert_eq!(picks.len(), 3);
