@@ -127,6 +127,7 @@ pub fn build(
                     clock: Arc::clone(&clock),
                     limits: limits.clone(),
                     observer: observer.clone(),
+                    geo: config.agent.datascript.geo_database.clone(),
                 };
                 let counters =
                     Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default());

@@ -7,6 +7,7 @@
 
 mod diag;
 mod diff;
+mod geo;
 mod model;
 mod raw;
 mod validate;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 pub use diag::{ConfigErrors, Diagnostic};
 pub use diff::{ConfigDiff, diff};
+pub use geo::{GeoDatabase, GeoReader};
 pub use model::*;
 
 /// Reads and validates the config file at `path`, including the script files it names.

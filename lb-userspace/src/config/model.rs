@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::geo::GeoDatabase;
+
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -149,6 +151,8 @@ pub struct DataScriptLimits {
     pub instruction_budget: u64,
     /// Memory one Lua VM may allocate. Default 16 MiB.
     pub memory_limit: usize,
+    /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
+    pub geo_database: Option<GeoDatabase>,
 }
 
 impl Default for DataScriptLimits {
@@ -156,6 +160,7 @@ impl Default for DataScriptLimits {
         Self {
             instruction_budget: 1_000_000,
             memory_limit: 16 * 1024 * 1024,
+            geo_database: None,
         }
     }
 }

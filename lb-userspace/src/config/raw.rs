@@ -40,6 +40,7 @@ pub(crate) struct RawHttp {
 pub(crate) struct RawDsLimits {
     pub instruction_budget: Option<Spanned<u64>>,
     pub memory_limit: Option<Spanned<ByteSize>>,
+    pub geo_database: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{ConfigErrors, Diagnostic, Sink};
+use super::geo::GeoDatabase;
 use super::model::*;
 use super::raw::*;
 
@@ -308,6 +309,7 @@ impl Validator<'_> {
                 ),
                 // LuaJIT needs some room for its own state and the avi.* API tables.
                 memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
+                geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
             };
         }
         agent
@@ -678,6 +680,13 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// The geo database file, read and checked now (relative to the config's directory).
+    fn geo_database(&mut self, path: &SStr) -> Option<GeoDatabase> {
+        GeoDatabase::open(&self.relative_path(path.get_ref()))
+            .map_err(|e| self.sink.error(path.span(), e))
+            .ok()
     }
 
     fn datascripts(&mut self, raw: &RawVs, kind: ServiceType, vs: &str) -> Vec<ScriptSource> {

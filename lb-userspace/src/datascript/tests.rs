@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::*;
+use crate::config::GeoDatabase;
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, Selection, ServerView, TxnHooks,
     TxnInfo,
@@ -76,6 +77,10 @@ fn src(event: Event, text: &str) -> ScriptSource {
 }
 
 fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
+    fixture_with_geo(scripts, limits, None)
+}
+
+fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
     let set = ScriptSet::compile("shop", scripts).expect("compile");
     let tables = Arc::new(VsTables::new(
         "shop",
@@ -89,6 +94,7 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
         clock: clock.clone(),
         limits,
         observer: None,
+        geo,
     };
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     Fx {
@@ -928,6 +934,7 @@ fn observer_sees_script_writes_with_the_client() {
         clock: Arc::new(ManualClock::new(1)),
         limits: limits(),
         observer: Some(obs.clone()),
+        geo: None,
     };
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     let mut t = hooks.begin(info());
@@ -1078,3 +1085,6 @@ fn bench_txn_only() {
         start.elapsed().as_nanos() as f64 / f64::from(n)
     );
 }
+
+// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
+mod namespaces;

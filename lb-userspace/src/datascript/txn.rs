@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::compile::ScriptSet;
 use super::vm::{Ctx, ReqSnapshot, TxnState, Vm};
 use super::{DsError, DsLimits, Event};
+use crate::config::GeoDatabase;
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, TxnHooks, TxnInfo,
 };
@@ -38,6 +39,8 @@ pub struct ScriptEnv {
     pub limits: DsLimits,
     /// Optional observer of script table writes.
     pub observer: Option<Arc<dyn ScriptTableObserver>>,
+    /// The MaxMind database of `avi.utils.get_geo_from_ip`, if one is configured.
+    pub geo: Option<GeoDatabase>,
 }
 
 struct Shared {

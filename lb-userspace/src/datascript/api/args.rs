@@ -96,3 +96,11 @@ pub(super) fn cached_str(lua: &Lua, sh: &VmShared, s: &str) -> LResult<mlua::Str
 
 /// Entries of [`cached_str`]'s cache.
 const STRING_CACHE: usize = 256;
+
+/// The Lua type of `v` as Lua names it (LuaJIT's integers are numbers to scripts).
+pub(super) fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) => "number",
+        other => other.type_name(),
+    }
+}

@@ -12,8 +12,12 @@
 //! read-only, so installers need not.
 
 mod args;
+mod constants;
+mod crypto;
 mod http;
 mod pool;
+mod strings;
+mod utils;
 mod vs;
 
 use std::sync::Arc;
@@ -38,11 +42,20 @@ pub(super) struct Namespace {
 }
 
 /// Every namespace scripts see.
-const NAMESPACES: &[Namespace] = &[http::NAMESPACE, vs::NAMESPACE, pool::NAMESPACE];
+const NAMESPACES: &[Namespace] = &[
+    http::NAMESPACE,
+    vs::NAMESPACE,
+    pool::NAMESPACE,
+    utils::NAMESPACE,
+    crypto::NAMESPACE,
+];
 
-/// Build the `avi` table (the sandbox makes it and its namespaces read-only).
+/// Build the `avi` table (the sandbox makes it and its namespaces read-only), and add Avi's
+/// extensions to the `string` library.
 pub(crate) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
+    strings::install(lua)?;
     let avi = lua.create_table()?;
+    constants::install(&avi)?;
     for ns in NAMESPACES {
         for (name, value) in ns.constants {
             avi.raw_set(*name, *value)?;
