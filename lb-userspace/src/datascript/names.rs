@@ -85,6 +85,7 @@ fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
         clock: Arc::new(MonotonicClock),
         limits: DsLimits::default(),
         observer: None,
+        geo: None,
     };
     let shared = Arc::new(VmShared {
         ctx: Mutex::new(Ctx::default()),
