@@ -45,7 +45,11 @@ impl ConfiguredPool {
     }
 
     fn hash_key(&self, ctx: &PickContext<'_>) -> Option<Vec<u8>> {
-        match self.hash.as_ref()? {
+        let configured = self.hash.as_ref()?;
+        if let Some(key) = ctx.hash_key {
+            return Some(key.to_vec());
+        }
+        match configured {
             HashKey::ClientIp => Some(ctx.client.ip().to_string().into_bytes()),
             HashKey::Header(name) => ctx.headers.get(name).map(|v| v.as_bytes().to_vec()),
             HashKey::Cookie(name) => cookie(ctx.headers, name).map(String::into_bytes),
@@ -171,6 +175,7 @@ mod tests {
             client: SocketAddr::from(([203, 0, 113, 2], 40000)),
             headers,
             uri,
+            hash_key: None,
             exclude,
         }
     }
@@ -197,6 +202,39 @@ mod tests {
         let retry = p.pick(&ctx(&headers, &uri, &excluded));
         assert!(retry.is_some());
         assert_ne!(retry, first);
+    }
+
+    /// The pick of `p` for a request whose script chose `key` (avi.pool.chash).
+    fn pick_keyed(p: &ConfiguredPool, key: &[u8]) -> Option<SocketAddr> {
+        let headers = http::HeaderMap::new();
+        let uri = http::Uri::from_static("/");
+        p.pick(&PickContext {
+            hash_key: Some(key),
+            ..ctx(&headers, &uri, &[])
+        })
+    }
+
+    #[test]
+    fn a_script_key_replaces_the_configured_one_on_hash_pools_only() {
+        let p = ConfiguredPool::new(
+            &pool(Algorithm::ConsistentHash(HashKey::Cookie("sid".into()))),
+            None,
+            &Levers::default(),
+        );
+        // Without the cookie the pool has no key of its own; the script's key makes it sticky,
+        // and different keys spread.
+        let first = pick_keyed(&p, b"user-1");
+        assert!(first.is_some());
+        assert!((0..10).all(|_| pick_keyed(&p, b"user-1") == first));
+        let spread: std::collections::HashSet<_> = (0..64u8)
+            .filter_map(|i| pick_keyed(&p, &[b'k', i]))
+            .collect();
+        assert!(spread.len() > 1);
+        // A round-robin pool ignores it.
+        let rr = ConfiguredPool::new(&pool(Algorithm::RoundRobin), None, &Levers::default());
+        let picks: std::collections::HashSet<_> =
+            (0..3).filter_map(|_| pick_keyed(&rr, b"user-1")).collect();
+        assert_eq!(picks.len(), 3);
     }
 
     #[test]

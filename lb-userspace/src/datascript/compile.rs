@@ -299,6 +299,9 @@ fn reads_request(text: &str) -> bool {
         "get_query",
         "method",
         "get_version",
+        "hostname",
+        "_tokens",
+        "get_userid",
         "loadstring",
         "load",
     ]

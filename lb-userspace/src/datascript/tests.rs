@@ -12,6 +12,8 @@ use crate::proxy::hooks::{
 };
 use crate::tables::{Clock, ManualClock, NoMirror, TableLimits, VsTables};
 
+mod avi_http;
+
 const S1: &str = "192.0.2.11:8080";
 const S2: &str = "192.0.2.12:8080";
 const S3: &str = "192.0.2.13:8080";
@@ -128,6 +130,7 @@ fn info() -> TxnInfo {
         vs_name: "shop".into(),
         vs_addr: sa("198.51.100.10:80"),
         client: sa("203.0.113.7:40000"),
+        request_id: crate::proxy::hooks::RequestId(0x2a),
     }
 }
 
@@ -274,7 +277,8 @@ fn jsessionid_seed_scripts_stick_the_session() {
         forward(v),
         Selection {
             pool: Some("web".into()),
-            server: None
+            server: None,
+            ..Selection::default()
         }
     );
 }
@@ -603,12 +607,12 @@ fn header_functions() {
            avi.http.replace_header("x-a", "replaced")
            avi.http.remove_header("x-gone")
            local all = avi.http.get_header()
-           avi.vs.log(all["x-add"], all["x-a"])"#,
+           avi.vs.log(all["x-add"][1], all["x-add"][2], all["x-a"])"#,
         r#"avi.http.add_header("x-resp", "yes") avi.http.remove_header("server")"#,
     );
     let (mut t, v, r) = run_req(&f, "/", &[("x-a", "1"), ("x-gone", "g")]);
     forward(v);
-    assert_eq!(t.log_output().as_deref(), Some("1 nil\n1, 2 replaced"));
+    assert_eq!(t.log_output().as_deref(), Some("1 nil\n1 2 replaced"));
     assert_eq!(
         r.headers.get("x-a").map(|v| v.as_bytes()),
         Some(&b"replaced"[..])
@@ -665,7 +669,7 @@ fn request_line_functions() {
     );
     assert_eq!(
         log,
-        "/shop/cart /shop/cart?a=1&b=x&b=y&sp=a+b%21 a=1&b=x&b=y&sp=a+b%21 GET 1.1 1 x y a b!"
+        "/shop/cart /shop/cart?a=1&b=x&b=y&sp=a+b! a=1&b=x&b=y&sp=a+b%21 GET 1.1 1 x y a b!"
     );
 }
 
@@ -723,11 +727,14 @@ fn close_conn_sets_the_flag() {
 #[test]
 fn vs_accessors() {
     let log = eval_req(
-        "avi.vs.log(avi.vs.name(), avi.vs.ip(), avi.vs.port(), avi.vs.client_ip(), avi.vs.client_port(), nil, true, 1.5)",
+        "avi.vs.log(avi.vs.name(), avi.vs.ip(), avi.vs.port(), avi.vs.client_ip(), avi.vs.client_port(), nil, true, 1.5, type(avi.vs.port()), type(avi.vs.client_port()))",
         "/",
         &[],
     );
-    assert_eq!(log, "shop 198.51.100.10 80 203.0.113.7 40000 nil true 1.5");
+    assert_eq!(
+        log,
+        "shop 198.51.100.10 80 203.0.113.7 40000 nil true 1.5 string string"
+    );
 }
 
 #[test]
@@ -820,7 +827,8 @@ fn pool_select_and_membership_test() {
         sel("/pool"),
         Selection {
             pool: Some("alt".into()),
-            server: None
+            server: None,
+            ..Selection::default()
         }
     );
     assert_eq!(sel("/server").server, Some(sa(S2)));

@@ -397,6 +397,10 @@ impl TxnHooks for Txn {
     fn close_connection(&self) -> bool {
         self.state.as_ref().is_some_and(|s| s.close)
     }
+
+    fn user_id(&self) -> Option<String> {
+        self.state.as_ref().and_then(|s| s.userid.clone())
+    }
 }
 
 impl Drop for Txn {

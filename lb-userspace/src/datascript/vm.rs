@@ -38,6 +38,8 @@ pub(crate) struct TxnState {
     pub reply: Option<http::Response<Bytes>>,
     pub close: bool,
     pub log: String,
+    /// The user id a script set (avi.http.set_userid).
+    pub userid: Option<String>,
 }
 
 impl TxnState {
@@ -52,6 +54,7 @@ impl TxnState {
             reply: None,
             close: false,
             log: String::new(),
+            userid: None,
         }
     }
 }

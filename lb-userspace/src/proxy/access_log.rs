@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::hooks::RequestId;
+
 /// How a request's server was chosen, for the access log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -33,6 +35,10 @@ impl Route {
 
 /// One access log line.
 pub(crate) struct AccessLogLine<'a> {
+    /// The transaction's id (avi.http.get_request_id).
+    pub request_id: RequestId,
+    /// The user id: set by a script (avi.http.set_userid), else the Basic-Auth user.
+    pub user: Option<&'a str>,
     pub client: SocketAddr,
     /// Virtual service; `None` when the listener was gone.
     pub vs: Option<&'a str>,
@@ -56,6 +62,7 @@ impl AccessLogLine<'_> {
     pub fn write(&self) {
         tracing::info!(
             target: "latch::access",
+            request_id = %self.request_id,
             client = %self.client,
             vs = self.vs.unwrap_or("-"),
             server = %self.server.map_or_else(|| "-".to_owned(), |s| s.to_string()),
@@ -67,6 +74,7 @@ impl AccessLogLine<'_> {
             response_bytes = self.response_bytes,
             complete = self.complete,
             route = self.route.as_str(),
+            user = self.user.unwrap_or("-"),
             script_log = self.script_log.unwrap_or(""),
         );
     }

@@ -115,9 +115,12 @@ pub(crate) async fn handle(
             vs_name: vs.name.to_string(),
             vs_addr: vs.listen,
             client: conn.client,
+            request_id: txn.request_id,
         })
     });
-    let selection = match txn.hooks.as_mut().map(|h| h.on_request(&mut parts)) {
+    let verdict = txn.hooks.as_mut().map(|h| h.on_request(&mut parts));
+    txn.basic_auth_user = headers::basic_auth_user(&parts.headers);
+    let selection = match verdict {
         Some(RequestVerdict::Respond(resp)) => return Ok(local_response(resp, txn, false)),
         Some(RequestVerdict::Forward(selection)) => selection,
         None => Selection::default(),
@@ -220,6 +223,7 @@ async fn forward(
                 client: conn.client,
                 headers: req.headers(),
                 uri: req.uri(),
+                hash_key: selection.hash_key.as_deref().map(str::as_bytes),
                 exclude: &failed,
             }) {
                 Some(s) => s,
@@ -244,7 +248,10 @@ async fn forward(
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
     let clock = &ctx.settings.clock;
-    let deadline = clock.now() + ctx.settings.upstream_response_timeout;
+    let response_timeout = selection
+        .response_timeout
+        .unwrap_or(ctx.settings.upstream_response_timeout);
+    let deadline = clock.now() + response_timeout;
     let mut retried = false;
     loop {
         match clock

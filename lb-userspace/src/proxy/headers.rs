@@ -4,6 +4,23 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// The user name of a Basic `Authorization` header (RFC 7617), if there is a well-formed one:
+/// the access log's user and avi.http.get_userid's default.
+pub fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, credentials) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, _password) = decoded.split_once(':')?;
+    Some(user.to_string())
+}
+
 /// Headers that describe one connection, never the message: they must not be forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,

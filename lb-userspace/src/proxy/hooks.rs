@@ -5,9 +5,37 @@
 //! every request and calls it at the two DataScript events. Everything here is synchronous:
 //! scripts never wait on I/O.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+
+/// A transaction's identity (avi.http.get_request_id, the access log's `request_id`): unique
+/// within one agent process, and unlikely to repeat across restarts because the sequence
+/// starts at a random number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// The next id of this process.
+    pub fn next() -> Self {
+        static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+        let counter = NEXT.get_or_init(|| {
+            // RandomState is seeded from the OS: a random start without a rand dependency.
+            use std::hash::BuildHasher;
+            AtomicU64::new(std::collections::hash_map::RandomState::new().hash_one(0u8))
+        });
+        Self(counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
 
 /// What the proxy tells the hooks about a transaction when it begins.
 #[derive(Clone, Debug)]
@@ -18,15 +46,24 @@ pub struct TxnInfo {
     pub vs_addr: SocketAddr,
     /// The client's address (avi.vs.client_ip / client_port).
     pub client: SocketAddr,
+    /// The transaction's id, also in its access log line.
+    pub request_id: RequestId,
 }
 
-/// A pool and server chosen by a script (avi.pool.select), overriding the VS's algorithm.
+/// How a script wants the request forwarded: a pool and server (avi.pool.select),
+/// overriding the VS's algorithm, and per-request settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Pool name; `None` keeps the virtual service's default pool.
     pub pool: Option<String>,
     /// A specific server of that pool; `None` lets the pool's algorithm choose.
     pub server: Option<SocketAddr>,
+    /// The key a consistent-hash pool hashes instead of its configured one
+    /// (avi.pool.chash).
+    pub hash_key: Option<String>,
+    /// Time the server has to send the response head, instead of the proxy's setting
+    /// (avi.http.set_server_timeout).
+    pub response_timeout: Option<Duration>,
 }
 
 /// Outcome of the HTTP_REQ event.
@@ -70,6 +107,12 @@ pub trait TxnHooks: Send {
     /// (avi.http.close_conn).
     fn close_connection(&self) -> bool {
         false
+    }
+
+    /// The user id a script set (avi.http.set_userid), for the access log line; `None`
+    /// leaves the request's Basic-Auth user there.
+    fn user_id(&self) -> Option<String> {
+        None
     }
 }
 

@@ -20,10 +20,10 @@
 //! A module uses only modules of lower layers, so the module graph has no cycle (a test reads
 //! this list and checks every `super::` path against it):
 //!
-//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `access_log`, `clock`: leaves.
-//!    The bodies only count and report to a `BodyEnd`; the access log only formats a line;
-//!    the clock is what every timer waits on.
-//! 1. `picker`, `conn_clock`: a pool's server choice; a client connection's phase.
+//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
+//!    The bodies only count and report to a `BodyEnd`; the clock is what every timer waits on.
+//! 1. `picker`, `conn_clock`, `access_log`: a pool's server choice; a client connection's
+//!    phase; the access log line, which only formats (with the hooks' request id).
 //! 2. `settings`: what the agent hands over.
 //! 3. `route`, `upstream`: the routing table built from the settings; the upstream
 //!    connection pools.
@@ -56,6 +56,7 @@ mod tests;
 
 pub use clock::{ManualClock, ProxyClock, TimedOut};
 pub use error::ProxyError;
+pub use headers::basic_auth_user;
 pub use picker::{PickContext, RoundRobin, ServerPicker};
 pub use route::StaticPoolView;
 pub use server::{DrainReport, HttpProxy, serve};

@@ -15,6 +15,9 @@ pub struct PickContext<'a> {
     pub headers: &'a http::HeaderMap,
     /// Request target.
     pub uri: &'a http::Uri,
+    /// A key a script chose (avi.pool.chash): a consistent-hash pool hashes it instead of
+    /// the configured one.
+    pub hash_key: Option<&'a [u8]>,
     /// Servers that already failed for this request: do not return them.
     pub exclude: &'a [SocketAddr],
 }
@@ -112,6 +115,7 @@ mod tests {
             client: addr(1),
             headers: &headers,
             uri: &uri,
+            hash_key: None,
             exclude,
         })
     }

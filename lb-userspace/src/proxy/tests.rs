@@ -861,7 +861,11 @@ fn script_selection_pins_a_server_or_fails_with_503() -> TestResult {
                     "/headers" => Some(target),
                     _ => Some(stranger),
                 };
-                RequestVerdict::Forward(Selection { pool: None, server })
+                RequestVerdict::Forward(Selection {
+                    pool: None,
+                    server,
+                    ..Selection::default()
+                })
             },
             |_, _| ResponseVerdict::Continue,
         );
@@ -893,6 +897,7 @@ fn unknown_pool_from_script_is_503() -> TestResult {
                 RequestVerdict::Forward(Selection {
                     pool: Some("nope".into()),
                     server: None,
+                    ..Selection::default()
                 })
             },
             |_, _| ResponseVerdict::Continue,
@@ -965,6 +970,51 @@ fn upstream_failures_map_to_502_503_504() -> TestResult {
             StatusCode::OK,
             "the client connection survives a 504"
         );
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
+fn a_script_server_timeout_replaces_the_response_timeout() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let (settings, manual) = manual_settings();
+        let settings = ProxySettings {
+            upstream_response_timeout: ms(300),
+            ..settings
+        };
+        // avi.http.set_server_timeout: /short waits 100 ms, /long 1000 ms.
+        let hooks = FnHooks::new(
+            |req| {
+                let timeout = match req.uri.query() {
+                    Some("short") => ms(100),
+                    _ => ms(1000),
+                };
+                RequestVerdict::Forward(Selection {
+                    response_timeout: Some(timeout),
+                    ..Selection::default()
+                })
+            },
+            |_, _| ResponseVerdict::Continue,
+        );
+        let s = start(&[b.addr], Some(Arc::new(hooks)), settings)?;
+        for (query, timeout) in [("short", 100), ("long", 1000)] {
+            let mut c = client(s.addr).await?;
+            let seen = b.state.requests.load(Ordering::SeqCst);
+            let uri = format!("/gate?{query}");
+            let waiting = tokio::spawn(async move { send(&mut c, get(&uri)?).await });
+            assert!(requests_seen(&b.state, seen + 1).await);
+            manual.advance(ms(timeout - 1));
+            tokio::time::sleep(ms(50)).await;
+            assert!(
+                !waiting.is_finished(),
+                "{query}: answered before its timeout"
+            );
+            manual.advance(ms(1));
+            let (parts, _) = waiting.await??;
+            assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT, "{query}");
+        }
         s.proxy.shutdown(Duration::from_secs(1)).await;
         Ok(())
     })
@@ -1200,7 +1250,12 @@ fn one_access_log_line_per_request() -> TestResult {
         let s = start(&[b.addr], Some(Arc::new(hooks)), settings())?;
         let mut c = client(s.addr).await?;
         for _ in 0..3 {
-            let (parts, _) = send(&mut c, get("/access-log-probe")?).await?;
+            // Basic-Auth user "alice".
+            let probe = Request::get("/access-log-probe")
+                .header("host", "shop.example")
+                .header("authorization", "Basic YWxpY2U6c2VjcmV0")
+                .body(Empty::new().boxed_unsync())?;
+            let (parts, _) = send(&mut c, probe).await?;
             assert_eq!(parts.status, StatusCode::NOT_FOUND);
         }
         s.proxy.shutdown(Duration::from_secs(1)).await;
@@ -1214,7 +1269,17 @@ fn one_access_log_line_per_request() -> TestResult {
             .filter(|l| l.contains("/access-log-probe"))
             .collect();
         assert_eq!(lines.len(), 3, "{text}");
+        let ids: std::collections::HashSet<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("request_id=").nth(1)?.split(' ').next())
+            .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        assert_eq!(ids.len(), 3, "one distinct request id per line: {text}");
         for line in lines {
+            assert!(
+                line.contains("user=\"alice\"") || line.contains("user=alice"),
+                "{line}"
+            );
             assert!(line.contains("latch::access"), "{line}");
             assert!(line.contains("vs=\"shop\""), "{line}");
             assert!(line.contains(&format!("server={}", b.addr)), "{line}");

@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::access_log::{AccessLogLine, Route};
 use super::body::BodyEnd;
 use super::conn_clock::ConnClock;
-use super::hooks::TxnHooks;
+use super::hooks::{RequestId, TxnHooks};
 use super::picker::ServerPicker;
 use super::route::VsRoute;
 use super::stats::{Gauge, GaugeGuard, ServerCounters};
@@ -54,6 +54,7 @@ impl Drop for ServerUse {
 
 /// Everything the access log line and the counters need; written out when dropped.
 pub(crate) struct Txn {
+    pub request_id: RequestId,
     start: Instant,
     client: SocketAddr,
     method: http::Method,
@@ -69,6 +70,8 @@ pub(crate) struct Txn {
     pub request_bytes: Arc<AtomicU64>,
     /// How the server was chosen (the access log's persistence decision).
     pub route: Route,
+    /// The Basic-Auth user of the request (after the scripts), for the access log.
+    pub basic_auth_user: Option<String>,
     /// The connection the response body streams from; back to its pool once read to the end.
     pub upstream: Option<Lent>,
     response_bytes: u64,
@@ -83,6 +86,7 @@ impl Txn {
         clock: Arc<ConnClock>,
     ) -> Self {
         Self {
+            request_id: RequestId::next(),
             start: Instant::now(),
             client,
             method,
@@ -95,6 +99,7 @@ impl Txn {
             status: 0,
             request_bytes: Arc::new(AtomicU64::new(0)),
             route: Route::None,
+            basic_auth_user: None,
             upstream: None,
             response_bytes: 0,
             complete: false,
@@ -148,7 +153,14 @@ impl Drop for Txn {
             }
         }
         let script_log = self.hooks.as_ref().and_then(|h| h.log_output());
+        let user = self
+            .hooks
+            .as_ref()
+            .and_then(|h| h.user_id())
+            .or_else(|| self.basic_auth_user.take());
         AccessLogLine {
+            request_id: self.request_id,
+            user: user.as_deref(),
             client: self.client,
             vs: self.vs.as_ref().map(|v| &*v.name),
             server: self.server.as_ref().map(|s| s.addr),

@@ -55,35 +55,6 @@ fn seed_verbatim_request_script_is_refused_at_its_line() {
 }
 
 #[test]
-fn encrypted_cookie_example_passes_check() {
-    let (ok, out) = check("encrypted_cookie.toml");
-    assert!(ok && out.contains("OK"), "{out}");
-}
-
-#[test]
-fn unreadable_geo_database_is_refused_at_its_location() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("geo.toml");
-    std::fs::write(
-        &config,
-        "[agent]\ninterfaces = []\n\n[agent.datascript]\ngeo_database = \"absent.mmdb\"\n",
-    )
-    .expect("write config");
-    let out = Command::new(LATCH)
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap_or_else(|e| panic!("running latch check: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("geo.toml:5:16: cannot read geo database ")
-            && stdout.contains("absent.mmdb"),
-        "{stdout}"
-    );
-}
-
-#[test]
 fn scripts_naming_what_avi_does_not_have_are_refused_where_they_say_it()
 -> Result<(), Box<dyn std::error::Error>> {
     use std::net::SocketAddr;
@@ -133,4 +104,33 @@ fn scripts_naming_what_avi_does_not_have_are_refused_where_they_say_it()
         "{stdout}"
     );
     Ok(())
+}
+
+#[test]
+fn encrypted_cookie_example_passes_check() {
+    let (ok, out) = check("encrypted_cookie.toml");
+    assert!(ok && out.contains("OK"), "{out}");
+}
+
+#[test]
+fn unreadable_geo_database_is_refused_at_its_location() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("geo.toml");
+    std::fs::write(
+        &config,
+        "[agent]\ninterfaces = []\n\n[agent.datascript]\ngeo_database = \"absent.mmdb\"\n",
+    )
+    .expect("write config");
+    let out = Command::new(LATCH)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("running latch check: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("geo.toml:5:16: cannot read geo database ")
+            && stdout.contains("absent.mmdb"),
+        "{stdout}"
+    );
 }

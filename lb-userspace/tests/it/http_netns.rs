@@ -217,6 +217,76 @@ fn hundred_megabytes_stream_both_ways_with_bounded_agent_memory() -> TestResult 
     Ok(())
 }
 
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn avi_http_functions_work_through_the_agent() -> TestResult {
+    let topo = Topology::builder().backends(1).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    // Avi's documented HTTP-to-HTTPS redirect relies on the port being a string.
+    let request = DataScript::request(
+        r#"local path = avi.http.get_path()
+if avi.vs.port() ~= "443" and path == "/secure" then
+  avi.http.redirect("https://" .. avi.http.hostname() .. avi.http.get_uri(false), 301)
+elseif path == "/rewrite" then
+  avi.http.set_path("/headers")
+elseif path == "/old-slow" then
+  avi.http.set_path("/slow")
+  avi.http.set_query({ms = 3000})
+  avi.http.set_server_timeout(300)
+elseif path == "/user" then
+  avi.http.set_userid("carol")
+end
+"#,
+    );
+    let response = DataScript::response(
+        r#"avi.http.add_header("x-request-id", avi.http.get_request_id())
+avi.http.add_header("x-status", type(avi.http.status()) .. " " .. avi.http.status())
+"#,
+    );
+    let agent = start(&topo, [request, response])?;
+    let id = topo.client().run(|| -> Result<String, String> {
+        let get = |path: &str| {
+            http_get(vip(&topo), path, &[("host", "shop.example:80")]).map_err(|e| e.to_string())
+        };
+        let header = |r: &latch_tests::Response, name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let moved = get("/secure?a=1")?;
+        let location = header(&moved, "location");
+        if moved.status != 301 || location.as_deref() != Some("https://shop.example/secure?a=1") {
+            return Err(format!("redirect: {} {location:?}", moved.status));
+        }
+        let rewritten = get("/rewrite")?;
+        if !String::from_utf8_lossy(&rewritten.body).contains("host: shop.example:80") {
+            return Err(format!("set_path did not reach /headers: {rewritten:?}"));
+        }
+        if header(&rewritten, "x-status").as_deref() != Some("string 200") {
+            return Err(format!("status(): {rewritten:?}"));
+        }
+        let started = std::time::Instant::now();
+        let slow = get("/old-slow")?;
+        let waited = started.elapsed();
+        if slow.status != 504 || waited > Duration::from_millis(2500) {
+            return Err(format!("server timeout: {} after {waited:?}", slow.status));
+        }
+        let user = get("/user")?;
+        header(&user, "x-request-id").ok_or_else(|| "no x-request-id".to_string())
+    })?;
+    let log = latch_tests::strip_ansi(&agent.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("request_id={id}")))
+        .ok_or_else(|| format!("no access log line with request_id={id}: {log}"))?;
+    assert!(
+        line.contains("user=\"carol\"") || line.contains("user=carol"),
+        "{line}"
+    );
+    Ok(())
+}
+
 /// Sends raw bytes and returns the status line of the answer.
 fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<String, String> {
     let mut stream =

@@ -2,6 +2,7 @@
 //! the script (avi.http.response, avi.http.redirect).
 
 mod cookie;
+mod uri;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,8 +12,9 @@ use http::header::LOCATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use mlua::{Lua, Table, Value};
 
-use self::cookie::{find_cookie, put_cookie, remove_cookie};
+use self::cookie::{cookie_names, find_cookie, put_cookie, remove_cookie, update_cookie};
 use super::args::{cached_str, is_number, lua_str, name_arg, number, opt_str, str_arg};
+use super::vs::reqvar;
 use super::{Args, LResult, Namespace, reg, rt, txn, with_ctx};
 use crate::datascript::Event;
 use crate::datascript::vm::{Ctx, TERMINATE, VmShared};
@@ -23,6 +25,7 @@ pub(super) const NAMESPACE: Namespace = Namespace {
     constants: &[
         ("HTTP_REQUEST", CTX_REQUEST),
         ("HTTP_RESPONSE", CTX_RESPONSE),
+        ("QUERY_STRING", QUERY_STRING),
         ("QUERY_TABLE", QUERY_TABLE),
     ],
 };
@@ -30,8 +33,20 @@ pub(super) const NAMESPACE: Namespace = Namespace {
 /// avi.HTTP_REQUEST / avi.HTTP_RESPONSE.
 const CTX_REQUEST: i64 = 1;
 const CTX_RESPONSE: i64 = 2;
-/// avi.QUERY_TABLE.
+/// avi.QUERY_TABLE and avi.QUERY_STRING (the whole query, as get_query() without one).
 const QUERY_TABLE: i64 = 1;
+const QUERY_STRING: i64 = 2;
+
+/// avi.http.set_server_timeout's ceiling: one day (longer values are cut to it).
+const MAX_SERVER_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Values of update_cookie's samesite attribute (avi.http.Lax, None, Strict).
+const SAME_SITE: [&str; 3] = ["Lax", "None", "Strict"];
+
+/// Statuses avi.http.response may send (Avi 17.1's list plus 18.1's 451).
+const RESPONSE_STATUSES: [u16; 16] = [
+    200, 301, 302, 303, 307, 400, 401, 403, 404, 405, 413, 414, 429, 451, 501, 503,
+];
 
 /// Which message a read applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,31 +143,41 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(c) => {
-                        out.push(c);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
+/// A flag argument: `None` when absent (nil), else Lua truthiness, except that the string
+/// "false" is false too (Avi's examples pass flags as strings, e.g. `get_query("a", "true")`).
+fn flag(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Nil => None,
+        Value::Boolean(b) => Some(*b),
+        Value::String(s) => Some(s.as_bytes().as_ref() != b"false"),
+        _ => Some(true),
     }
-    out
+}
+
+/// The live request, for the functions that rewrite it (HTTP_REQ only).
+fn req_mut<'a>(ctx: &'a mut Ctx, func: &str) -> LResult<&'a mut http::request::Parts> {
+    match ctx.event {
+        Some(Event::HttpReq) => ctx.req.as_mut(),
+        _ => None,
+    }
+    .ok_or_else(|| rt(format!("{func}: only allowed in HTTP_REQ")))
+}
+
+/// The status of the response (HTTP_RESP), as a string.
+fn response_status(ctx: &Ctx, func: &str) -> LResult<String> {
+    ctx.resp
+        .as_ref()
+        .map(|r| r.status.as_u16().to_string())
+        .ok_or_else(|| rt(format!("{func}: no response in this event")))
+}
+
+/// The request's host name, port stripped.
+fn request_hostname(ctx: &Ctx) -> Option<String> {
+    let r = req_line(ctx)?;
+    let host = read_headers(ctx, Msg::Req)
+        .and_then(|h| h.get(http::header::HOST))
+        .map(HeaderValue::as_bytes);
+    uri::hostname(r.uri, host)
 }
 
 // ---- responses -------------------------------------------------------------------------------
@@ -169,7 +194,13 @@ fn build_response(
     if let Some(t) = headers {
         for pair in t.pairs::<Value, Value>() {
             let (k, v) = pair?;
-            let name = header_name(&k, "response")?;
+            // Avi documents `content_type = "text/html"`.
+            let name = match &k {
+                Value::String(s) if s.as_bytes().eq_ignore_ascii_case(b"content_type") => {
+                    http::header::CONTENT_TYPE
+                }
+                k => header_name(k, "response")?,
+            };
             match v {
                 Value::Table(list) => {
                     for item in list.sequence_values::<Value>() {
@@ -184,7 +215,33 @@ fn build_response(
             }
         }
     }
+    if !resp.headers().contains_key(http::header::CONTENT_TYPE) {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
     Ok(resp)
+}
+
+/// A status given as a number or a numeric string ("403" appears in Avi's examples).
+fn status_number(v: &Value) -> Option<u16> {
+    let n = match v {
+        Value::String(s) => s.to_str().ok()?.trim().parse::<f64>().ok()?,
+        v => number(v)?,
+    };
+    (n.fract() == 0.0 && (100.0..1000.0).contains(&n)).then_some(n as u16)
+}
+
+/// avi.http.response's status: one of [`RESPONSE_STATUSES`].
+fn response_status_arg(v: Option<&Value>) -> LResult<u16> {
+    v.and_then(status_number)
+        .filter(|n| RESPONSE_STATUSES.contains(n))
+        .ok_or_else(|| {
+            rt(format!(
+                "bad argument #1 to 'response' (status expected, one of {RESPONSE_STATUSES:?})"
+            ))
+        })
 }
 
 /// Record the response and end the event.
@@ -252,16 +309,23 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
                         many => lua_str(l, &many.join(&b", "[..])),
                     }
                 }
+                // Lower-case names (HeaderMap keeps them so); a repeated header is an array.
                 None => {
                     let t = l.create_table()?;
                     for k in h.keys() {
-                        let joined = h
-                            .get_all(k)
-                            .iter()
-                            .map(HeaderValue::as_bytes)
-                            .collect::<Vec<_>>()
-                            .join(&b", "[..]);
-                        t.raw_set(k.as_str(), l.create_string(&joined)?)?;
+                        let mut values = h.get_all(k).iter();
+                        let first = values.next().map(HeaderValue::as_bytes).unwrap_or_default();
+                        let rest: Vec<&[u8]> = values.map(HeaderValue::as_bytes).collect();
+                        if rest.is_empty() {
+                            t.raw_set(k.as_str(), l.create_string(first)?)?;
+                        } else {
+                            let all = std::iter::once(first).chain(rest);
+                            let list = l.create_sequence_from(
+                                all.map(|v| l.create_string(v))
+                                    .collect::<LResult<Vec<_>>>()?,
+                            )?;
+                            t.raw_set(k.as_str(), list)?;
+                        }
                     }
                     Ok(Value::Table(t))
                 }
@@ -324,44 +388,58 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             remove_cookie(h, m, name.as_bytes())
         })
     });
+    // Decoded unless passed false; the path from its first '/' (origin form).
     reg!(lua, http, sh, "get_path", |l, s, a| with_ctx(s, |ctx| {
-        opt_str(l, req_line(ctx).map(|r| r.uri.path().as_bytes()))
+        let Some(r) = req_line(ctx) else {
+            return Ok(Value::Nil);
+        };
+        match flag(a.first()) {
+            Some(false) => lua_str(l, r.uri.path().as_bytes()),
+            _ => lua_str(l, &uri::decode(r.uri.path(), false)),
+        }
     }));
     reg!(lua, http, sh, "get_uri", |l, s, a| with_ctx(s, |ctx| {
-        opt_str(
-            l,
-            req_line(ctx).map(|r| {
-                r.uri
-                    .path_and_query()
-                    .map_or(r.uri.path(), |pq| pq.as_str())
-                    .as_bytes()
-            }),
-        )
+        let Some(r) = req_line(ctx) else {
+            return Ok(Value::Nil);
+        };
+        let raw = r
+            .uri
+            .path_and_query()
+            .map_or(r.uri.path(), |pq| pq.as_str());
+        match flag(a.first()) {
+            Some(false) => lua_str(l, raw.as_bytes()),
+            _ => lua_str(l, &uri::decode(raw, false)),
+        }
     }));
+    // get_query([name | avi.QUERY_TABLE | avi.QUERY_STRING][, decode]): strings are raw
+    // (URI-encoded) unless decode is truthy; the table is always decoded.
     reg!(lua, http, sh, "get_query", |l, s, a| with_ctx(s, |ctx| {
         let Some(r) = req_line(ctx) else {
             return Ok(Value::Nil);
         };
         let q = r.uri.query().unwrap_or("");
-        let as_table = a.first().and_then(number) == Some(QUERY_TABLE as f64);
-        if !as_table {
-            return lua_str(l, q.as_bytes());
-        }
-        let t = l.create_table()?;
-        for part in q.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let k = l.create_string(percent_decode(k))?;
-            let v = l.create_string(percent_decode(v))?;
-            match t.raw_get::<Value>(&k)? {
-                Value::Nil => t.raw_set(k, v)?,
-                Value::Table(list) => list.raw_push(v)?,
-                prev => {
-                    let list = l.create_sequence_from([prev, Value::String(v)])?;
-                    t.raw_set(k, list)?;
+        let decoded = flag(a.get(1)).unwrap_or(false);
+        let text = |raw: &str| {
+            if decoded {
+                lua_str(l, &uri::decode(raw, true))
+            } else {
+                lua_str(l, raw.as_bytes())
+            }
+        };
+        match a.first() {
+            None | Some(Value::Nil) => text(q),
+            Some(v) if number(v) == Some(QUERY_TABLE as f64) => {
+                uri::query_table(l, q).map(Value::Table)
+            }
+            Some(v) if number(v) == Some(QUERY_STRING as f64) => text(q),
+            Some(v) => {
+                let name = str_arg(v, "get_query", 1)?;
+                match uri::query_arg(q, name.as_bytes()) {
+                    Some(raw) => text(raw),
+                    None => Ok(Value::Nil),
                 }
             }
         }
-        Ok(Value::Table(t))
     }));
     reg!(lua, http, sh, "method", |l, s, a| with_ctx(s, |ctx| {
         opt_str(l, req_line(ctx).map(|r| r.method.as_str().as_bytes()))
@@ -373,7 +451,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         let uri = name_arg(a.first(), "redirect", 1)?;
         let status = match a.get(1) {
             None | Some(Value::Nil) => 302,
-            Some(v) => number(v).ok_or_else(|| rt("redirect: status must be a number"))? as u16,
+            Some(v) => status_number(v)
+                .ok_or_else(|| rt("bad argument #2 to 'redirect' (status expected)"))?,
         };
         if !(300..400).contains(&status) {
             return Err(rt(format!(
@@ -381,6 +460,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             )));
         }
         let mut resp = build_response(status, None, None)?;
+        resp.headers_mut().remove(http::header::CONTENT_TYPE);
         resp.headers_mut().insert(
             LOCATION,
             HeaderValue::from_str(&uri).map_err(|_| rt("redirect: invalid uri"))?,
@@ -388,10 +468,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         terminate(s, resp)
     });
     reg!(lua, http, sh, "response", |l, s, a| {
-        let status = a
-            .first()
-            .and_then(number)
-            .ok_or_else(|| rt("bad argument #1 to 'response' (status code expected)"))?;
+        let status = response_status_arg(a.first())?;
         let headers = match a.get(1) {
             Some(Value::Table(t)) => Some(t),
             None | Some(Value::Nil) => None,
@@ -402,12 +479,144 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             None | Some(Value::Nil) => None,
             Some(v) => Some(str_arg(v, "response", 3)?.into_owned().into_bytes()),
         };
-        let resp = build_response(status as u16, headers, body.as_deref())?;
+        let resp = build_response(status, headers, body.as_deref())?;
         terminate(s, resp)
     });
     reg!(lua, http, sh, "close_conn", |l, s, a| with_ctx(s, |ctx| {
         txn(ctx)?.close = true;
         Ok(())
     }));
+    for value in SAME_SITE {
+        http.raw_set(value, value)?;
+    }
+    install_request_info(lua, &http, sh)?;
+    install_rewrites(lua, &http, sh)?;
     Ok(http)
+}
+
+/// Host, tokens, status, user and request ids, connection facts and the request variables.
+fn install_request_info(lua: &Lua, http: &Table, sh: &Arc<VmShared>) -> LResult<()> {
+    reg!(lua, http, sh, "hostname", |l, s, a| with_ctx(s, |ctx| {
+        request_hostname(ctx).map_or(Ok(Value::Nil), |h| lua_str(l, h.as_bytes()))
+    }));
+    reg!(lua, http, sh, "get_path_tokens", |l, s, a| with_ctx(
+        s,
+        |ctx| {
+            let path = req_line(ctx).map(|r| uri::decode(r.uri.path(), false));
+            let path = String::from_utf8_lossy(path.as_deref().unwrap_or_default());
+            let toks = uri::tokens(&path, '/');
+            uri::token_range(l, &toks, "/", a.first(), a.get(1), "get_path_tokens")
+        }
+    ));
+    reg!(lua, http, sh, "get_host_tokens", |l, s, a| with_ctx(
+        s,
+        |ctx| {
+            let host = request_hostname(ctx).unwrap_or_default();
+            let toks = uri::tokens(&host, '.');
+            uri::token_range(l, &toks, ".", a.first(), a.get(1), "get_host_tokens")
+        }
+    ));
+    reg!(lua, http, sh, "status", |l, s, a| {
+        let status = with_ctx(s, |ctx| response_status(ctx, "status"))?;
+        cached_str(l, s, &status)
+    });
+    // Until HTTP_RESP_FAILED exists, the status the server answered.
+    reg!(lua, http, sh, "internal_status", |l, s, a| {
+        let status = with_ctx(s, |ctx| response_status(ctx, "internal_status"))?;
+        cached_str(l, s, &status)
+    });
+    reg!(lua, http, sh, "get_cookie_names", |l, s, a| with_ctx(
+        s,
+        |ctx| {
+            let m = which(ctx, a.first())?;
+            let names = read_headers(ctx, m)
+                .map(|h| cookie_names(h, m))
+                .unwrap_or_default();
+            let count = names.len();
+            let list = l.create_sequence_from(
+                names
+                    .into_iter()
+                    .map(|n| l.create_string(n))
+                    .collect::<LResult<Vec<_>>>()?,
+            )?;
+            Ok((list, count as f64))
+        }
+    ));
+    reg!(lua, http, sh, "update_cookie", |l, s, a| with_ctx(
+        s,
+        |ctx| { update_cookie(ctx, &a) }
+    ));
+    // get_userid: set_userid's value, else the Basic-Auth user (no client certificates yet).
+    reg!(lua, http, sh, "get_userid", |l, s, a| with_ctx(s, |ctx| {
+        if let Some(id) = txn(ctx)?.userid.as_deref() {
+            return lua_str(l, id.as_bytes());
+        }
+        let user = read_headers(ctx, Msg::Req).and_then(crate::proxy::basic_auth_user);
+        opt_str(l, user.as_deref().map(str::as_bytes))
+    }));
+    reg!(lua, http, sh, "set_userid", |l, s, a| {
+        let id = name_arg(a.first(), "set_userid", 1)?;
+        with_ctx(s, |ctx| {
+            txn(ctx)?.userid = Some(id);
+            Ok(())
+        })
+    });
+    reg!(lua, http, sh, "get_request_id", |l, s, a| with_ctx(
+        s,
+        |ctx| { lua_str(l, txn(ctx)?.info.request_id.to_string().as_bytes()) }
+    ));
+    // Plain HTTP until TLS termination exists; secure() is nil, not "" (see the README).
+    reg!(lua, http, sh, "protocol", |l, s, a| cached_str(
+        l, s, "http"
+    ));
+    reg!(lua, http, sh, "scheme", |l, s, a| cached_str(
+        l, s, "http://"
+    ));
+    http.raw_set("secure", lua.create_function(|_, ()| Ok(Value::Nil))?)?;
+    reg!(lua, http, sh, "get_reqvar", |l, s, a| {
+        let name = name_arg(a.first(), "get_reqvar", 1)?;
+        let vars = with_ctx(s, |ctx| reqvar(l, ctx))?;
+        vars.raw_get::<Value>(name)
+    });
+    reg!(lua, http, sh, "set_reqvar", |l, s, a| {
+        let name = name_arg(a.first(), "set_reqvar", 1)?;
+        let vars = with_ctx(s, |ctx| reqvar(l, ctx))?;
+        vars.raw_set(name, a.get(1).cloned().unwrap_or(Value::Nil))
+    });
+    Ok(())
+}
+
+/// The request rewrites and the per-request server timeout (HTTP_REQ only).
+fn install_rewrites(lua: &Lua, http: &Table, sh: &Arc<VmShared>) -> LResult<()> {
+    reg!(lua, http, sh, "set_path", |l, s, a| with_ctx(s, |ctx| {
+        let r = req_mut(ctx, "set_path")?;
+        r.uri = uri::set_path(&r.uri, a.first())?;
+        Ok(())
+    }));
+    reg!(lua, http, sh, "set_uri", |l, s, a| with_ctx(s, |ctx| {
+        let r = req_mut(ctx, "set_uri")?;
+        r.uri = uri::set_uri(&r.uri, a.first())?;
+        Ok(())
+    }));
+    reg!(lua, http, sh, "set_query", |l, s, a| with_ctx(s, |ctx| {
+        let r = req_mut(ctx, "set_query")?;
+        r.uri = uri::set_query(&r.uri, a.first())?;
+        Ok(())
+    }));
+    reg!(lua, http, sh, "set_server_timeout", |l, s, a| {
+        let ms = a
+            .first()
+            .and_then(number)
+            .filter(|ms| *ms >= 1.0)
+            .ok_or_else(|| {
+                rt("bad argument #1 to 'set_server_timeout' (milliseconds >= 1 expected)")
+            })?;
+        let ms = ms.min(MAX_SERVER_TIMEOUT_MS as f64) as u64;
+        with_ctx(s, |ctx| {
+            req_mut(ctx, "set_server_timeout")?;
+            txn(ctx)?.selection.response_timeout = Some(std::time::Duration::from_millis(ms));
+            Ok(())
+        })
+    });
+    Ok(())
 }

@@ -123,6 +123,13 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         let up = servers.iter().any(|sv| sv.addr == addr && sv.up);
         Ok(if up { 1.0 } else { 0.0 })
     });
-
+    // The key a consistent-hash pool hashes for this request, instead of its configured one.
+    reg!(lua, pool, sh, "chash", |l, s, a| {
+        let key = name_arg(a.first(), "chash", 1)?;
+        with_ctx(s, |ctx| {
+            txn(ctx)?.selection.hash_key = Some(key);
+            Ok(())
+        })
+    });
     Ok(pool)
 }

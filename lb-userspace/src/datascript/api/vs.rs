@@ -52,7 +52,7 @@ use mlua::{Function, Lua, Table, Value};
 use super::args::{cached_str, lua_str, number_string};
 use super::{Args, LResult, Namespace, reg, rt, txn, with_ctx};
 use crate::datascript::compile::{CHUNK_PREFIX, root_message};
-use crate::datascript::vm::VmShared;
+use crate::datascript::vm::{Ctx, VmShared};
 use crate::tables::DEFAULT_TABLE;
 
 pub(super) const NAMESPACE: Namespace = Namespace {
@@ -197,6 +197,20 @@ fn table_remove(sh: &VmShared, table: &str, key: &str) -> LResult<bool> {
     Ok(removed)
 }
 
+/// The transaction's avi.vs.reqvar table (also avi.http.get_reqvar/set_reqvar), created on
+/// first use.
+pub(super) fn reqvar(lua: &Lua, ctx: &mut Ctx) -> LResult<Table> {
+    let t = txn(ctx)?;
+    match &t.reqvar {
+        Some(table) => Ok(table.clone()),
+        None => {
+            let table = lua.create_table()?;
+            t.reqvar = Some(table.clone());
+            Ok(table)
+        }
+    }
+}
+
 fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     let vs = lua.create_table()?;
     reg!(lua, vs, sh, "name", |l, s, a| with_ctx(s, |ctx| {
@@ -205,14 +219,16 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     reg!(lua, vs, sh, "ip", |l, s, a| with_ctx(s, |ctx| {
         lua_str(l, txn(ctx)?.info.vs_addr.ip().to_string().as_bytes())
     }));
-    reg!(lua, vs, sh, "port", |l, s, a| with_ctx(s, |ctx| {
-        Ok(Value::Number(f64::from(txn(ctx)?.info.vs_addr.port())))
-    }));
+    // Ports are strings, as Avi documents: scripts compare `avi.vs.port() ~= "443"`.
+    reg!(lua, vs, sh, "port", |l, s, a| {
+        let port = with_ctx(s, |ctx| Ok(txn(ctx)?.info.vs_addr.port()))?;
+        cached_str(l, s, &port.to_string())
+    });
     reg!(lua, vs, sh, "client_ip", |l, s, a| with_ctx(s, |ctx| {
         lua_str(l, txn(ctx)?.info.client.ip().to_string().as_bytes())
     }));
     reg!(lua, vs, sh, "client_port", |l, s, a| with_ctx(s, |ctx| {
-        Ok(Value::Number(f64::from(txn(ctx)?.info.client.port())))
+        lua_str(l, txn(ctx)?.info.client.port().to_string().as_bytes())
     }));
     reg!(lua, vs, sh, "log", |l, s, a| vs_log(s, &a));
     let sh1 = Arc::clone(sh);
@@ -251,13 +267,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             if !matches!(&k, Value::String(s) if s.as_bytes().as_ref() == b"reqvar") {
                 return Ok(Value::Nil);
             }
-            with_ctx(&reqvar_sh, |ctx| {
-                let t = txn(ctx)?;
-                if t.reqvar.is_none() {
-                    t.reqvar = Some(l.create_table()?);
-                }
-                Ok(t.reqvar.clone().map_or(Value::Nil, Value::Table))
-            })
+            with_ctx(&reqvar_sh, |ctx| reqvar(l, ctx).map(Value::Table))
         })?,
     )?;
     vs.set_metatable(Some(vs_mt))?;

@@ -167,3 +167,157 @@ fn remove_set_cookie(h: &mut HeaderMap, name: &[u8]) {
         h.append(SET_COOKIE, v);
     }
 }
+
+/// Distinct cookie names of a message, in order of appearance.
+pub(super) fn cookie_names(h: &HeaderMap, m: Msg) -> Vec<&[u8]> {
+    let all: Vec<&[u8]> = match m {
+        Msg::Req => request_cookies(h).map(|(n, _)| n).collect(),
+        Msg::Resp => h
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(set_cookie_pair)
+            .map(|(n, _)| n)
+            .collect(),
+    };
+    let mut names: Vec<&[u8]> = Vec::with_capacity(all.len());
+    for n in all {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
+/// One change of avi.http.update_cookie: the cookie's value, or an attribute set (`Some`)
+/// or removed (`None`, a flag passed false).
+enum CookieEdit {
+    Value(String),
+    Attr(&'static str, Option<String>),
+}
+
+/// The `attr, value` pairs after the cookie name.
+fn cookie_edits(args: &Args) -> LResult<Vec<CookieEdit>> {
+    const F: &str = "update_cookie";
+    let rest = args.get(1..).unwrap_or_default();
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return Err(rt(format!(
+            "{F}: expected (name, attribute, value [, attribute, value ...])"
+        )));
+    }
+    rest.chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let attr = str_arg(&pair[0], F, 2 + 2 * i)?.to_ascii_lowercase();
+            let value = &pair[1];
+            let flag = |name| {
+                let on = !matches!(value, Value::Nil | Value::Boolean(false));
+                Ok(CookieEdit::Attr(name, on.then(String::new)))
+            };
+            let text = |name| Ok(CookieEdit::Attr(name, Some(attr_text(value, 3 + 2 * i)?)));
+            match attr.as_str() {
+                "value" => Ok(CookieEdit::Value(attr_text(value, 3 + 2 * i)?)),
+                "path" => text("Path"),
+                "domain" => text("Domain"),
+                "expires" => text("Expires"),
+                "maxage" | "max_age" | "max-age" => text("Max-Age"),
+                "samesite" => text("SameSite"),
+                "httponly" => flag("HttpOnly"),
+                "secure" => flag("Secure"),
+                other => Err(rt(format!("{F}: unknown cookie attribute '{other}'"))),
+            }
+        })
+        .collect()
+}
+
+fn attr_text(v: &Value, pos: usize) -> LResult<String> {
+    Ok(str_arg(v, "update_cookie", pos)?.into_owned())
+}
+
+/// Applies `edits` to one Set-Cookie value: attributes are matched case-insensitively,
+/// changed in place or appended.
+fn edit_set_cookie(v: &HeaderValue, edits: &[CookieEdit]) -> LResult<HeaderValue> {
+    let text = String::from_utf8_lossy(v.as_bytes());
+    let mut parts = text.split(';').map(|p| p.trim().to_string());
+    let mut first = parts.next().unwrap_or_default();
+    let mut attrs: Vec<String> = parts.filter(|p| !p.is_empty()).collect();
+    for edit in edits {
+        match edit {
+            CookieEdit::Value(value) => {
+                let name = first.split_once('=').map_or(first.as_str(), |(n, _)| n);
+                first = format!("{name}={value}");
+            }
+            CookieEdit::Attr(name, value) => {
+                let pos = attrs.iter().position(|a| {
+                    a.split_once('=')
+                        .map_or(a.as_str(), |(k, _)| k)
+                        .trim()
+                        .eq_ignore_ascii_case(name)
+                });
+                let new = value.as_ref().map(|v| match v.is_empty() {
+                    true if matches!(*name, "HttpOnly" | "Secure") => (*name).to_string(),
+                    _ => format!("{name}={v}"),
+                });
+                match (pos, new) {
+                    (Some(i), Some(new)) => attrs[i] = new,
+                    (None, Some(new)) => attrs.push(new),
+                    (Some(i), None) => {
+                        attrs.remove(i);
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+    }
+    let joined = std::iter::once(first)
+        .chain(attrs)
+        .collect::<Vec<_>>()
+        .join("; ");
+    HeaderValue::from_str(&joined).map_err(|_| rt("update_cookie: invalid cookie"))
+}
+
+/// avi.http.update_cookie(name, attr, value [, attr, value ...]): changes the named cookie's
+/// attributes (HTTP_RESP) or value ("value", both events); nothing when it is absent.
+pub(super) fn update_cookie(ctx: &mut Ctx, args: &Args) -> LResult<()> {
+    let name = name_arg(args.first(), "update_cookie", 1)?;
+    let edits = cookie_edits(args)?;
+    let (h, m) = write_headers(ctx)?;
+    match m {
+        Msg::Req => {
+            let mut value = None;
+            for e in &edits {
+                match e {
+                    CookieEdit::Value(v) => value = Some(v.clone()),
+                    CookieEdit::Attr(a, _) => {
+                        return Err(rt(format!(
+                            "update_cookie: a request cookie has no {a} attribute"
+                        )));
+                    }
+                }
+            }
+            let Some(value) = value else { return Ok(()) };
+            edit_request_cookies(h, |pairs| {
+                for (n, v) in pairs.iter_mut() {
+                    if *n == name.as_bytes() {
+                        *v = value.clone().into_bytes();
+                    }
+                }
+            })
+        }
+        Msg::Resp => {
+            let mut out = Vec::new();
+            for v in h.get_all(SET_COOKIE) {
+                let ours = set_cookie_pair(v).is_some_and(|(n, _)| n == name.as_bytes());
+                out.push(if ours {
+                    edit_set_cookie(v, &edits)?
+                } else {
+                    v.clone()
+                });
+            }
+            h.remove(SET_COOKIE);
+            for v in out {
+                h.append(SET_COOKIE, v);
+            }
+            Ok(())
+        }
+    }
+}
