@@ -275,11 +275,16 @@ avi.http.add_header("x-status", type(avi.http.status()) .. " " .. avi.http.statu
         let user = get("/user")?;
         header(&user, "x-request-id").ok_or_else(|| "no x-request-id".to_string())
     })?;
+    // The access line is written when the response body ends, after the client has it.
+    let wanted = format!("request_id={id}");
+    crate::netns_config::wait_for("the access log line", Duration::from_secs(5), || {
+        Ok(latch_tests::strip_ansi(&agent.log()).contains(&wanted))
+    })?;
     let log = latch_tests::strip_ansi(&agent.log());
     let line = log
         .lines()
-        .find(|l| l.contains(&format!("request_id={id}")))
-        .ok_or_else(|| format!("no access log line with request_id={id}: {log}"))?;
+        .find(|l| l.contains(&wanted))
+        .ok_or_else(|| format!("no access log line with {wanted}: {log}"))?;
     assert!(
         line.contains("user=\"carol\"") || line.contains("user=carol"),
         "{line}"
