@@ -16,6 +16,8 @@
 mod api;
 mod compile;
 mod lint;
+mod pattern;
+mod strlib;
 mod txn;
 mod vm;
 
@@ -23,6 +25,7 @@ mod vm;
 mod tests;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use compile::ScriptSet;
 pub use lint::lint;
@@ -56,6 +59,10 @@ pub struct DsLimits {
     pub instruction_budget: u64,
     /// Hook period in instructions: a runaway script stops within budget + this.
     pub hook_every: u32,
+    /// Wall-clock time one event may run (all scripts of the event together), whatever
+    /// library function it calls: checked at every hook period and every pattern-matching
+    /// step batch.
+    pub max_event_time: Duration,
     /// Memory limit per VM in bytes.
     pub memory_bytes: usize,
     /// VMs per virtual service (concurrent events); 0 = number of CPUs.
@@ -69,7 +76,8 @@ impl Default for DsLimits {
     fn default() -> Self {
         Self {
             instruction_budget: 1_000_000,
-            hook_every: 1000,
+            hook_every: 100,
+            max_event_time: Duration::from_millis(50),
             memory_bytes: 32 << 20,
             vms: 0,
             jit: false,

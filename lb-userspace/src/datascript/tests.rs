@@ -1070,3 +1070,5 @@ fn bench_txn_only() {
         start.elapsed().as_nanos() as f64 / f64::from(n)
     );
 }
+
+mod sandbox;
