@@ -65,6 +65,10 @@ pub struct DsLimits {
     pub max_event_time: Duration,
     /// Memory limit per VM in bytes.
     pub memory_bytes: usize,
+    /// Headers the scripts of one transaction may add or replace (all events together).
+    pub max_added_headers: usize,
+    /// Bytes (names and values) of those headers.
+    pub max_added_header_bytes: usize,
     /// VMs per virtual service (concurrent events); 0 = number of CPUs.
     pub vms: usize,
     /// Leave LuaJIT's compiler on. Only for measurements: a loop compiled into a trace does not
@@ -79,6 +83,8 @@ impl Default for DsLimits {
             hook_every: 100,
             max_event_time: Duration::from_millis(50),
             memory_bytes: 32 << 20,
+            max_added_headers: 100,
+            max_added_header_bytes: 64 << 10,
             vms: 0,
             jit: false,
         }

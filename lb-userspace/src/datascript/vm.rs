@@ -39,6 +39,10 @@ pub(crate) struct TxnState {
     pub reply: Option<http::Response<Bytes>>,
     pub close: bool,
     pub log: String,
+    /// Headers added or replaced by scripts so far, and their bytes (see
+    /// [`TxnState::charge_added_header`]).
+    pub added_headers: usize,
+    pub added_header_bytes: usize,
 }
 
 impl TxnState {
@@ -53,7 +57,31 @@ impl TxnState {
             reply: None,
             close: false,
             log: String::new(),
+            added_headers: 0,
+            added_header_bytes: 0,
         }
+    }
+
+    /// Counts a header a script adds or replaces (`bytes`: name and value) against the
+    /// transaction's bound: headers live outside the Lua heap, so without it a loop of
+    /// add_header calls grows the request without limit. Beyond it: a Lua error (500).
+    pub fn charge_added_header(
+        &mut self,
+        limits: &super::DsLimits,
+        func: &str,
+        bytes: usize,
+    ) -> mlua::Result<()> {
+        self.added_headers += 1;
+        self.added_header_bytes += bytes;
+        if self.added_headers > limits.max_added_headers
+            || self.added_header_bytes > limits.max_added_header_bytes
+        {
+            return Err(mlua::Error::runtime(format!(
+                "{func}: too many header additions in this transaction (at most {} headers, {} bytes)",
+                limits.max_added_headers, limits.max_added_header_bytes
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -271,6 +271,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     reg!(lua, http, sh, "add_header", |l, s, a| {
         let (name, value) = header_args(&a, "add_header")?;
         with_ctx(s, |ctx| {
+            let bytes = name.as_str().len() + value.len();
+            txn(ctx)?.charge_added_header(&s.env.limits, "add_header", bytes)?;
             write_headers(ctx)?.0.append(name, value);
             Ok(())
         })
@@ -278,6 +280,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     reg!(lua, http, sh, "replace_header", |l, s, a| {
         let (name, value) = header_args(&a, "replace_header")?;
         with_ctx(s, |ctx| {
+            let bytes = name.as_str().len() + value.len();
+            txn(ctx)?.charge_added_header(&s.env.limits, "replace_header", bytes)?;
             write_headers(ctx)?.0.insert(name, value);
             Ok(())
         })

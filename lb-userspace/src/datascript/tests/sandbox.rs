@@ -272,3 +272,72 @@ fn a_memory_error_does_not_poison_the_vm() {
         assert_eq!(out[2], (200, "ok /b".to_string()));
     }
 }
+
+// ---- memory outside the Lua heap -------------------------------------------------------------
+
+#[test]
+fn header_additions_are_bounded_per_transaction() {
+    let f = fixture_with(
+        vec![
+            src(
+                Event::HttpReq,
+                r#"local n = tonumber(avi.http.get_path():sub(2))
+                   for i = 1, n do avi.http.add_header("x-add", "v") end
+                   avi.vs.log("added " .. n)"#,
+            ),
+            src(Event::HttpResp, r#"avi.http.replace_header("x-resp", "1")"#),
+        ],
+        one_vm(DsLimits {
+            max_added_headers: 5,
+            max_added_header_bytes: 1024,
+            ..DsLimits::default()
+        }),
+    );
+    let out = run_paths(&f, &["/4", "/6"]);
+    assert_eq!(out[0], (200, "added 4".to_string()));
+    assert_eq!(out[1].0, 500, "{out:?}");
+    assert!(
+        out[1].1.contains("add_header: too many header additions in this transaction (at most 5 headers, 1024 bytes)"),
+        "{out:?}"
+    );
+    // The response's addition counts in the same transaction: 5 in all fit.
+    let (mut t, v, r) = run_req(&f, "/4", &[]);
+    forward(v);
+    assert_eq!(r.headers.get_all("x-add").iter().count(), 4);
+    let mut rp = resp(200, &[]);
+    assert!(matches!(
+        t.on_response(&mut rp, sa(S1)),
+        ResponseVerdict::Continue
+    ));
+    assert_eq!(rp.headers["x-resp"], "1");
+    // Bytes count too.
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            r#"avi.http.add_header("x-big", string.rep("v", 2000))"#,
+        )],
+        one_vm(DsLimits {
+            max_added_header_bytes: 1024,
+            ..DsLimits::default()
+        }),
+    );
+    assert_eq!(run_paths(&f, &["/"])[0].0, 500);
+}
+
+#[test]
+fn table_insert_beyond_the_memory_limit_returns_false() {
+    let f = fx(
+        r#"local ok = 0
+           for i = 1, 100 do
+             if avi.vs.table_insert("t" .. i, "k", "v") then ok = ok + 1 end
+           end
+           avi.vs.log(ok, type(avi.vs.table_insert("x", "y")))"#,
+        "",
+    );
+    let per_entry = crate::tables::ENTRY_OVERHEAD_BYTES + "t10".len() + 2;
+    f.tables.set_memory_limit(10 * per_entry);
+    let out = run_paths(&f, &["/"]);
+    // t1..t9 are a byte shorter, so the tenth of the two-digit tables does not fit.
+    assert_eq!(out[0], (200, "10 boolean".to_string()));
+    assert_eq!(f.tables.counters().failures, 91);
+}
