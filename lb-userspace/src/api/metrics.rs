@@ -86,7 +86,7 @@ pub struct DataScriptMetrics {
     pub runs: u64,
     /// Runs that ended in a Lua error.
     pub errors: u64,
-    /// Runs stopped by the instruction budget.
+    /// Runs stopped by the instruction budget or the time limit (`max_event_time`).
     pub budget_stops: u64,
 }
 
@@ -516,7 +516,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "datascript_budget_stops",
-                "DataScript runs stopped by the instruction budget.",
+                "DataScript runs stopped by the instruction budget or the time limit.",
                 |d| d.budget_stops,
             ),
         ];

@@ -64,7 +64,7 @@ pub struct EventCounters {
     pub runs: u64,
     /// Runs that ended in a Lua error (budget stops not included).
     pub errors: u64,
-    /// Runs stopped by the instruction budget.
+    /// Runs stopped by the instruction budget or the time limit (`max_event_time`).
     pub budget_stops: u64,
 }
 
