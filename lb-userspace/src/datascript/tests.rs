@@ -989,6 +989,7 @@ fn bench_event() {
                 )],
                 DsLimits {
                     instruction_budget: u64::MAX / 2,
+                    max_event_time: std::time::Duration::from_secs(3600),
                     ..l.clone()
                 },
             );
