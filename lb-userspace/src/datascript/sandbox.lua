@@ -62,6 +62,46 @@ S._VERSION = _VERSION
 -- so no script can change how every other transaction's strings behave.
 string.dump = nil
 getmetatable("").__metatable = false
+-- table.sort in Lua: LuaJIT's sorts in C, where the count hook never fires, and a crafted
+-- order makes its quicksort quadratic. Heapsort is O(n log n) whatever the input, and every
+-- step is counted. Like LuaJIT's, it reads and writes the array raw and is not stable.
+local rawget, rawset, floor = rawget, rawset, math.floor
+local function default_less(a, b) return a < b end
+function table.sort(t, less)
+  if type(t) ~= "table" then
+    error("bad argument #1 to 'sort' (table expected, got " .. type(t) .. ")", 2)
+  end
+  if less == nil then
+    less = default_less
+  elseif type(less) ~= "function" then
+    error("bad argument #2 to 'sort' (function expected, got " .. type(less) .. ")", 2)
+  end
+  local function sift(root, last)
+    local v = rawget(t, root)
+    while true do
+      local child = 2 * root
+      if child > last then break end
+      local c = rawget(t, child)
+      if child < last then
+        local right = rawget(t, child + 1)
+        if less(c, right) then child, c = child + 1, right end
+      end
+      if not less(v, c) then break end
+      rawset(t, root, c)
+      root = child
+    end
+    rawset(t, root, v)
+  end
+  local n = #t
+  for i = floor(n / 2), 1, -1 do sift(i, n) end
+  for last = n, 2, -1 do
+    local top = rawget(t, 1)
+    rawset(t, 1, rawget(t, last))
+    rawset(t, last, top)
+    sift(1, last - 1)
+  end
+end
+
 S.string = string
 S.table = table
 S.math = math

@@ -156,6 +156,8 @@ impl VmShared {
 pub(crate) const TERMINATE: &str = "latch: DataScript terminated by a response";
 /// Message of the budget error.
 pub(crate) const BUDGET: &str = "instruction budget exceeded";
+/// Longest source `loadstring`/`load` compile (the parser runs in C, unhooked).
+pub(crate) const MAX_LOAD_BYTES: usize = 256 * 1024;
 /// Message of the time limit error.
 pub(crate) const TIME_LIMIT: &str = "event time limit exceeded";
 
@@ -265,6 +267,16 @@ impl Vm {
         let compile =
             lua.create_function(move |lua, (text, name): (mlua::String, Option<String>)| {
                 let name = name.as_deref().unwrap_or("loadstring");
+                // Compiling runs in C, out of the hook's reach: bound the source.
+                let len = text.as_bytes().len();
+                if len > MAX_LOAD_BYTES {
+                    return Ok((
+                        None,
+                        Some(format!(
+                            "load: chunk of {len} bytes exceeds the limit of {MAX_LOAD_BYTES}"
+                        )),
+                    ));
+                }
                 match load_text(lua, text.as_bytes().to_vec(), name) {
                     Ok(f) => Ok((Some(f), None)),
                     Err(e) => Ok((None, Some(super::compile::root_message(&e)))),

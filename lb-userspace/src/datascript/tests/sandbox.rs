@@ -341,3 +341,65 @@ fn table_insert_beyond_the_memory_limit_returns_false() {
     assert_eq!(out[0], (200, "10 boolean".to_string()));
     assert_eq!(f.tables.counters().failures, 91);
 }
+
+#[test]
+fn table_sort_sorts_as_lua_and_is_bounded() {
+    let log = eval_req(
+        r#"local t = {5, 3, 9, 1, 7, 3}
+           table.sort(t) avi.vs.log(table.concat(t, " "))
+           table.sort(t, function(a, b) return a > b end) avi.vs.log(table.concat(t, " "))
+           local s = {"pear", "apple", "fig"} table.sort(s) avi.vs.log(table.concat(s, " "))
+           local e = {} table.sort(e) local one = {1} table.sort(one) avi.vs.log(#e, one[1])
+           avi.vs.log(pcall(table.sort, {1, "x", 2}))
+           avi.vs.log(pcall(table.sort, {1, 2}, 3))
+           local big = {} for i = 1, 500 do big[i] = (i * 7919) % 503 end
+           table.sort(big) local ok = true
+           for i = 2, #big do if big[i - 1] > big[i] then ok = false end end
+           avi.vs.log(ok)"#,
+        "/",
+        &[],
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["1 3 3 5 7 9", "9 7 5 3 3 1", "apple fig pear", "0 1"],
+        "{log}"
+    );
+    assert!(
+        lines[4].starts_with("false ") && lines[4].contains("attempt to compare"),
+        "{log}"
+    );
+    assert!(
+        lines[5].contains("bad argument #2 to 'sort' (function expected, got number)"),
+        "{log}"
+    );
+    assert_eq!(lines[6], "true");
+    // A large sort is counted: the budget stops it.
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            "local t = {} for i = 1, 100000 do t[i] = -i end table.sort(t)",
+        )],
+        one_vm(DsLimits {
+            instruction_budget: 200_000,
+            ..DsLimits::default()
+        }),
+    );
+    let out = run_paths(&f, &["/"]);
+    assert_eq!(out[0].0, 500);
+    assert!(out[0].1.contains("instruction budget exceeded"), "{out:?}");
+}
+
+#[test]
+fn loadstring_source_is_bounded() {
+    let log = eval_req(
+        r#"local f, err = loadstring("return 1 --" .. string.rep("x", 300 * 1024))
+           avi.vs.log(f, err)"#,
+        "/",
+        &[],
+    );
+    assert_eq!(
+        log,
+        "nil load: chunk of 307211 bytes exceeds the limit of 262144"
+    );
+}
