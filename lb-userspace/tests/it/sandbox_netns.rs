@@ -57,7 +57,7 @@ fn hostile_scripts_leave_the_agent_answering_bounded_and_stoppable() -> TestResu
             .virtual_service(shop(&topo).datascripts([DataScript::request(HOSTILE)]))
     })?;
     let pid = agent.pid().ok_or("agent not running")?;
-    topo.client().run(|| -> Result<(), String> {
+    let answered = topo.client().run(|| -> Result<(), String> {
         // Backtracking requests on one connection after another while others are served.
         std::thread::scope(|scope| -> Result<(), String> {
             let evil = scope.spawn(|| -> Result<Vec<u16>, String> {
@@ -90,7 +90,12 @@ fn hostile_scripts_leave_the_agent_answering_bounded_and_stoppable() -> TestResu
             }
         }
         Ok(())
-    })?;
+    });
+    if let Err(e) = answered {
+        let log = agent.log();
+        let tail = &log[log.len().saturating_sub(4000)..];
+        return Err(format!("{e}\nagent log (end):\n{tail}").into());
+    }
     // Table memory: the 64 MiB default limit refuses inserts long before memory runs away.
     let before = peak_rss_kb(pid)?;
     let refused = topo.client().run(|| -> Result<u64, String> {
