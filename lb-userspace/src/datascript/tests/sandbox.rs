@@ -322,6 +322,23 @@ fn header_additions_are_bounded_per_transaction() {
         }),
     );
     assert_eq!(run_paths(&f, &["/"])[0].0, 500);
+    // Cookies count as header additions.
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            r#"for i = 1, 10 do avi.http.add_cookie("c" .. i, "v") end"#,
+        )],
+        one_vm(DsLimits {
+            max_added_headers: 5,
+            ..DsLimits::default()
+        }),
+    );
+    let out = run_paths(&f, &["/"]);
+    assert_eq!(out[0].0, 500);
+    assert!(
+        out[0].1.contains("add_cookie: too many header additions"),
+        "{out:?}"
+    );
 }
 
 #[test]
