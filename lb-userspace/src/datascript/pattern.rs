@@ -51,7 +51,7 @@ pub(crate) struct Matcher<'a, 'c> {
 }
 
 /// True when `p` has a character that makes it a pattern rather than plain text
-/// (lj_str_haspattern).
+/// (lj_str_haspattern, which looks past a NUL byte).
 pub(crate) fn has_specials(p: &[u8]) -> bool {
     p.iter().any(|c| b"^$*+?.([%-".contains(c))
 }
@@ -65,6 +65,7 @@ fn match_class(c: u8, class: u8) -> bool {
         b'a' => c.is_ascii_alphabetic(),
         b'c' => c.is_ascii_control(),
         b'd' => c.is_ascii_digit(),
+        b'g' => c.is_ascii_graphic(),
         b'l' => c.is_ascii_lowercase(),
         b'p' => c.is_ascii_punctuation(),
         b's' => is_space(c),
@@ -82,7 +83,13 @@ fn match_class(c: u8, class: u8) -> bool {
 }
 
 impl<'a, 'c> Matcher<'a, 'c> {
+    /// A matcher of `pat` against `src`. As in LuaJIT, a pattern ends at its first NUL byte
+    /// (`%z` matches one).
     pub(crate) fn new(src: &'a [u8], pat: &'a [u8], charge: Charge<'c>) -> Self {
+        let pat = pat
+            .iter()
+            .position(|&c| c == 0)
+            .map_or(pat, |end| &pat[..end]);
         Self {
             src,
             pat,
@@ -317,7 +324,7 @@ impl<'a, 'c> Matcher<'a, 'c> {
 
     fn match_balance(&mut self, s: usize, p: usize) -> PResult<Option<usize>> {
         if p + 1 >= self.pat.len() {
-            return Err(malformed("malformed pattern (missing arguments to '%b')"));
+            return Err(malformed("unbalanced pattern"));
         }
         let (open, close) = (self.pat[p], self.pat[p + 1]);
         if self.src.get(s) != Some(&open) {
@@ -501,7 +508,7 @@ mod tests {
             ("(a", "unfinished capture"),
             ("a)", "invalid pattern capture"),
             ("%1", "invalid capture index"),
-            ("%b(", "malformed pattern (missing arguments to '%b')"),
+            ("%b(", "unbalanced pattern"),
         ] {
             let err = find("abc(", pat).expect_err(pat);
             assert!(err.contains(msg), "{pat}: {err}");

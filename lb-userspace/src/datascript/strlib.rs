@@ -17,6 +17,23 @@ use super::vm::VmShared;
 type LResult<T> = mlua::Result<T>;
 type Args = Variadic<Value>;
 
+/// What the functions charge their work to, and how much they may build outside the Lua heap.
+pub(super) trait Budget: Send + Sync {
+    /// Charge `steps` of work; an error ends the event.
+    fn charge(&self, steps: u64) -> LResult<()>;
+    /// Most bytes a result built in Rust may have.
+    fn max_output(&self) -> usize;
+}
+
+impl Budget for VmShared {
+    fn charge(&self, steps: u64) -> LResult<()> {
+        VmShared::charge(self, steps)
+    }
+    fn max_output(&self) -> usize {
+        self.env.limits.memory_bytes
+    }
+}
+
 fn bad_arg(pos: usize, func: &str, expected: &str, got: Option<&Value>) -> mlua::Error {
     let got = got.map_or("no value", Value::type_name);
     mlua::Error::runtime(format!(
@@ -81,7 +98,7 @@ fn capture_values(
 }
 
 /// string.find (`find`) and string.match.
-fn find_aux(lua: &Lua, sh: &VmShared, args: &Args, find: bool) -> LResult<MultiValue> {
+fn find_aux(lua: &Lua, sh: &dyn Budget, args: &Args, find: bool) -> LResult<MultiValue> {
     let func = if find { "find" } else { "match" };
     let s = str_arg(lua, args, 1, func)?;
     let p = str_arg(lua, args, 2, func)?;
@@ -127,7 +144,7 @@ fn find_aux(lua: &Lua, sh: &VmShared, args: &Args, find: bool) -> LResult<MultiV
     Ok(MultiValue::from_iter([Value::Nil]))
 }
 
-fn gmatch(lua: &Lua, sh: &Arc<VmShared>, args: &Args) -> LResult<Function> {
+fn gmatch(lua: &Lua, sh: &Arc<dyn Budget>, args: &Args) -> LResult<Function> {
     let s = str_arg(lua, args, 1, "gmatch")?;
     let p = str_arg(lua, args, 2, "gmatch")?;
     let pos = AtomicUsize::new(0);
@@ -235,7 +252,7 @@ impl Replacement {
     }
 }
 
-fn gsub(lua: &Lua, sh: &VmShared, args: &Args) -> LResult<(mlua::String, i64)> {
+fn gsub(lua: &Lua, sh: &dyn Budget, args: &Args) -> LResult<(mlua::String, i64)> {
     let s = str_arg(lua, args, 1, "gsub")?;
     let p = str_arg(lua, args, 2, "gsub")?;
     let repl = Replacement::from_arg(lua, args)?;
@@ -246,7 +263,7 @@ fn gsub(lua: &Lua, sh: &VmShared, args: &Args) -> LResult<(mlua::String, i64)> {
         None => (&pat[..], false),
     };
     // The result is built outside the Lua heap: bound it by the VM's limit.
-    let max_out = sh.env.limits.memory_bytes;
+    let max_out = sh.max_output();
     let mut charge = |n| sh.charge(n);
     let mut m = Matcher::new(&src, pat, &mut charge);
     let mut out = Vec::with_capacity(src.len());
@@ -281,25 +298,202 @@ fn gsub(lua: &Lua, sh: &VmShared, args: &Args) -> LResult<(mlua::String, i64)> {
 /// metatable's `__index`).
 pub(super) fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<()> {
     let string: Table = lua.globals().get("string")?;
-    let s = Arc::clone(sh);
-    string.raw_set(
+    install_into(lua, &string, Arc::clone(sh) as Arc<dyn Budget>)
+}
+
+/// Set find, match, gmatch and gsub in `t`, charging `budget`.
+pub(super) fn install_into(lua: &Lua, t: &Table, budget: Arc<dyn Budget>) -> LResult<()> {
+    let b = Arc::clone(&budget);
+    t.raw_set(
         "find",
-        lua.create_function(move |lua, a: Args| find_aux(lua, &s, &a, true))?,
+        lua.create_function(move |lua, a: Args| find_aux(lua, &*b, &a, true))?,
     )?;
-    let s = Arc::clone(sh);
-    string.raw_set(
+    let b = Arc::clone(&budget);
+    t.raw_set(
         "match",
-        lua.create_function(move |lua, a: Args| find_aux(lua, &s, &a, false))?,
+        lua.create_function(move |lua, a: Args| find_aux(lua, &*b, &a, false))?,
     )?;
-    let s = Arc::clone(sh);
-    string.raw_set(
+    let b = Arc::clone(&budget);
+    t.raw_set(
         "gmatch",
-        lua.create_function(move |lua, a: Args| gmatch(lua, &s, &a))?,
+        lua.create_function(move |lua, a: Args| gmatch(lua, &b, &a))?,
     )?;
-    let s = Arc::clone(sh);
-    string.raw_set(
+    t.raw_set(
         "gsub",
-        lua.create_function(move |lua, a: Args| gsub(lua, &s, &a))?,
+        lua.create_function(move |lua, a: Args| gsub(lua, &*budget, &a))?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Unlimited;
+
+    /// Runs LuaJIT's function and ours on the same arguments; the first difference, if any.
+    const COMPARE: &str = r##"local s, p, init = ...
+                        local function all(ok, ...) return ok, select("#", ...), {...} end
+                        local function same(f, ...)
+                          local ok1, n1, r1 = all(pcall(string[f], ...))
+                          local ok2, n2, r2 = all(pcall(ours[f], ...))
+                          if ok1 ~= ok2 or n1 ~= n2 then
+                            return f .. ": " .. tostring(ok1) .. " " .. tostring(r1[1]) .. " / " .. tostring(ok2) .. " " .. tostring(r2[1])
+                          end
+                          for i = 1, n1 do
+                            local a, b = r1[i], r2[i]
+                            if not ok1 then
+                              local function msg(e) return (tostring(e):match("^[^\n]*"):gsub("^.-: ", "")) end
+                              a, b = msg(a), msg(b)
+                            end
+                            if a ~= b and type(a) ~= "function" then
+                              return f .. " result " .. i .. ": " .. tostring(a) .. " / " .. tostring(b)
+                            end
+                          end
+                        end
+                        local function gm(g, ...)
+                          local ok, it = pcall(g, ...)
+                          if not ok then return "error" end
+                          local out, n = {}, 0
+                          while n < 50 do
+                            local r = {pcall(it)}
+                            if not r[1] then out[#out + 1] = "error" break end
+                            if r[2] == nil then break end
+                            for i = 2, #r do out[#out + 1] = tostring(r[i]) end
+                            n = n + 1
+                          end
+                          return table.concat(out, "|")
+                        end
+                        local diff = same("find", s, p, init) or same("match", s, p, init)
+                          or same("gsub", s, p, "<%0>") or same("gsub", s, p, "%%1", 2)
+                          or same("gsub", s, p, "%2") or same("gsub", s, p, {a = "T", h = false})
+                          or same("gsub", s, p, function(x) return x == "a" and 1 or nil end)
+                          or same("gsub", s, p, "x", init)
+                          or same("find", s, p, init, true)
+                        if diff then return diff end
+                        local g1, g2 = gm(string.gmatch, s, p), gm(ours.gmatch, s, p)
+                        if g1 ~= g2 then return "gmatch: " .. g1 .. " / " .. g2 end"##;
+
+    impl Budget for Unlimited {
+        fn charge(&self, _: u64) -> LResult<()> {
+            Ok(())
+        }
+        fn max_output(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    /// Ours against LuaJIT's own functions, on every pattern of a list against every subject:
+    /// same results, same errors (by message).
+    #[test]
+    fn same_results_as_luajit() {
+        let lua = Lua::new();
+        let ours = lua.create_table().expect("table");
+        install_into(&lua, &ours, Arc::new(Unlimited)).expect("install");
+        lua.globals().set("ours", ours).expect("set");
+        let subjects = [
+            "",
+            "a",
+            "hello world",
+            "key=value; other=2",
+            "  padded  ",
+            "(a(b)c)d",
+            "aaa",
+            "THE (quick) fox",
+            "a.b-c+d*e?f",
+            "x=1&y=&z",
+            "\0mid",
+            "192.0.2.1:8080",
+            "a,b,,c",
+            "ÄÖü",
+            "[bracket]",
+            "%percent%",
+            "a\0b\0",
+            "THE END",
+            "aXbXc",
+        ];
+        let patterns = [
+            "",
+            "a",
+            "^a",
+            "a$",
+            "^$",
+            ".",
+            "%a+",
+            "%d+",
+            "%s*",
+            "(%w+)=(%w*)",
+            "[^;]+",
+            "[%w_]+",
+            "()a()",
+            "a-",
+            "a*",
+            "a?b",
+            ".-",
+            "(.-)%s",
+            "%b()",
+            "%f[%w]%w+",
+            "(a)%1",
+            "[]]",
+            "[a-c]+",
+            "[^%s]+$",
+            "%.",
+            "%-",
+            "(%d+)%.(%d+)",
+            "^(.-)%s*$",
+            "(%a)(%a)",
+            "x*",
+            "[%a-]",
+            "%",
+            "[a",
+            "(()",
+            "%1",
+            "%g",
+            "%bx",
+            "%f",
+            "((a))",
+            "[%]]",
+            "[a-]",
+            "(%w+)",
+            "(h)(e)(l)(l)(o)",
+            "$",
+            "^",
+            "a.-b",
+            "%S+",
+            "%u",
+            "[^%]]",
+            "%z",
+            "[%a%d]+",
+            "[^a-z]",
+            "%w-%d",
+            "(a*(.)%w(%s*))",
+            "%f[%a]",
+            "%f[^%z]",
+            "\0",
+            "X",
+            "%x%x",
+            "a\0.",
+            "[+-]?%d",
+            "%p+",
+            "%c",
+            "(%S+)%s*$",
+            "^(%w+)",
+            "a+$",
+        ];
+        let inits = ["nil", "1", "2", "-3", "100", "0"];
+        let compare = lua.load(COMPARE).into_function().expect("compiles");
+        let mut cases = 0;
+        for s in subjects {
+            for p in patterns {
+                for init in inits {
+                    let init: Value = lua.load(init).eval().expect("init");
+                    let diff: Option<String> =
+                        compare.call((s, p, init.clone())).expect("comparison runs");
+                    assert_eq!(diff, None, "subject {s:?} pattern {p:?} init {init:?}");
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 4000);
+    }
 }
