@@ -730,6 +730,31 @@ fn limits_are_checked() {
 }
 
 #[test]
+fn sandbox_limits_are_checked() {
+    let e = errors(
+        "[agent.datascript]\nmax_event_time = \"0s\"\ntable_memory_limit = \"1KiB\"\nmax_added_headers = 0\nmax_added_header_bytes = \"lots\"\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "/etc/latch/latch.toml:2:18: duration must be greater than zero"
+    );
+    assert_eq!(
+        e[1],
+        "/etc/latch/latch.toml:3:22: size 1024 is below the minimum of 65536 bytes"
+    );
+    assert_eq!(
+        e[2],
+        "/etc/latch/latch.toml:4:21: max_added_headers must be at least 1"
+    );
+    assert!(
+        e[3].starts_with("/etc/latch/latch.toml:5:26: invalid size \"lots\""),
+        "{}",
+        e[3]
+    );
+}
+
+#[test]
 fn replication_checks() {
     let e = errors("[replication]\nredis_url = \"http://x\"\nnode_id = \"lb 1\"\n");
     assert_eq!(e.len(), 2, "{e:#?}");
