@@ -420,3 +420,42 @@ fn loadstring_source_is_bounded() {
         "nil load: chunk of 307211 bytes exceeds the limit of 262144"
     );
 }
+
+#[test]
+fn huge_strings_and_concatenations_hit_the_memory_limit_quickly() {
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            r#"local p = avi.http.get_path()
+               if p == "/rep" then local s = string.rep("x", 2 ^ 30)
+               elseif p == "/repsep" then local s = ("ab"):rep(2 ^ 30, "--")
+               elseif p == "/concat" then
+                 local t = {} for i = 1, 1000 do t[i] = string.rep("y", 10000) end
+                 local s = table.concat(t, ",", 1, 1000) .. table.concat(t) .. table.concat(t)
+               elseif p == "/format" then local s = string.format("%s%s", string.rep("z", 2 ^ 23), string.rep("z", 2 ^ 23))
+               end
+               avi.vs.log("ok " .. p)"#,
+        )],
+        one_vm(DsLimits {
+            memory_bytes: 16 << 20,
+            ..DsLimits::default()
+        }),
+    );
+    let started = Instant::now();
+    let out = run_paths(&f, &["/rep", "/repsep", "/concat", "/format", "/next"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for (status, log) in &out[..4] {
+        assert_eq!(*status, 500, "{out:?}");
+        assert!(
+            log.contains("not enough memory")
+                || log.contains("too long")
+                || log.contains("overflow"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(out[4], (200, "ok /next".to_string()));
+}
