@@ -104,7 +104,7 @@ pub(crate) struct VmShared {
     pub spent: AtomicU64,
     /// Instructions an event may spend.
     pub budget: u64,
-    /// Start of the current event, in nanoseconds since `epoch`.
+    /// Start of the current event, in nanoseconds since `epoch` (`u64::MAX` before the first).
     pub event_start_ns: AtomicU64,
     pub epoch: Instant,
     /// How long an event may run (wall clock).
@@ -199,7 +199,8 @@ impl Vm {
             ctx: Mutex::new(Ctx::default()),
             spent: AtomicU64::new(0),
             budget: limits.instruction_budget,
-            event_start_ns: AtomicU64::new(0),
+            // No event yet: Lua run while the VM is set up has no time limit.
+            event_start_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             max_event_time: limits.max_event_time,
             abort: AtomicBool::new(false),
