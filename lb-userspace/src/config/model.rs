@@ -153,6 +153,16 @@ pub struct DataScriptLimits {
     pub instruction_budget: u64,
     /// Memory one Lua VM may allocate. Default 16 MiB.
     pub memory_limit: usize,
+    /// Wall-clock time one script event may run, whatever it calls. Default 50 ms.
+    pub max_event_time: Duration,
+    /// Bytes the persistence tables of one virtual service may hold (keys, values and
+    /// per-entry overhead); an insert beyond it returns false. Default 64 MiB.
+    pub table_memory_limit: usize,
+    /// Headers the scripts of one transaction may add or replace. Default 100.
+    pub max_added_headers: usize,
+    /// Bytes (names and values) of the headers the scripts of one transaction may add or
+    /// replace. Default 64 KiB.
+    pub max_added_header_bytes: usize,
 }
 
 impl Default for DataScriptLimits {
@@ -161,6 +171,10 @@ impl Default for DataScriptLimits {
             geo_database: None,
             instruction_budget: 1_000_000,
             memory_limit: 16 * 1024 * 1024,
+            max_event_time: Duration::from_millis(50),
+            table_memory_limit: 64 * 1024 * 1024,
+            max_added_headers: 100,
+            max_added_header_bytes: 64 * 1024,
         }
     }
 }

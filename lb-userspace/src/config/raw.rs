@@ -41,6 +41,10 @@ pub(crate) struct RawDsLimits {
     pub geo_database: Option<SStr>,
     pub instruction_budget: Option<Spanned<u64>>,
     pub memory_limit: Option<Spanned<ByteSize>>,
+    pub max_event_time: Option<SStr>,
+    pub table_memory_limit: Option<Spanned<ByteSize>>,
+    pub max_added_headers: Option<Spanned<usize>>,
+    pub max_added_header_bytes: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -1010,6 +1010,7 @@ fn bench_event() {
                 )],
                 DsLimits {
                     instruction_budget: u64::MAX / 2,
+                    max_event_time: std::time::Duration::from_secs(3600),
                     ..l.clone()
                 },
             );
@@ -1091,3 +1092,5 @@ fn bench_txn_only() {
         start.elapsed().as_nanos() as f64 / f64::from(n)
     );
 }
+
+mod sandbox;

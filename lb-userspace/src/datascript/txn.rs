@@ -67,7 +67,7 @@ pub struct EventCounters {
     pub runs: u64,
     /// Runs that ended in a Lua error (budget stops not included).
     pub errors: u64,
-    /// Runs stopped by the instruction budget.
+    /// Runs stopped by the instruction budget or the time limit (`max_event_time`).
     pub budget_stops: u64,
 }
 
@@ -269,6 +269,8 @@ impl Txn {
             req,
             resp,
         };
+        // Garbage of earlier transactions must not fail this one.
+        vm.collect_if_above(75);
         vm.shared.begin_event();
         let result = vm
             .run
@@ -286,6 +288,16 @@ impl Txn {
             }
             Err(e) => Some((None, e)),
         };
+        if failure.is_some()
+            && let Some(t) = ctx.txn.as_mut()
+            && t.reply.is_none()
+        {
+            // A failed event ends the transaction's scripts: what it holds in Lua goes now,
+            // so a request that filled the heap leaves it usable for the next one.
+            t.env = None;
+            t.reqvar = None;
+            vm.collect_if_above(50);
+        }
         drop(vm);
         let Some(mut state) = ctx.txn else {
             return (Outcome::Failed, ctx.req, ctx.resp);
@@ -297,7 +309,7 @@ impl Txn {
             // avi.http.response/redirect end the event with an error on purpose.
             Some(_) if state.reply.is_some() => false,
             Some((script, e)) => {
-                if e.to_string().contains(crate::datascript::vm::BUDGET) {
+                if crate::datascript::vm::is_limit_stop(&e.to_string()) {
                     counters.budget_stops[slot].fetch_add(1, Ordering::Relaxed);
                 } else {
                     counters.errors[slot].fetch_add(1, Ordering::Relaxed);

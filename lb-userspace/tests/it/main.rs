@@ -18,6 +18,7 @@ mod netns_config;
 mod ops_netns;
 mod replication_netns;
 mod restart_netns;
+mod sandbox_netns;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.
