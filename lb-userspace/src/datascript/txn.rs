@@ -330,6 +330,17 @@ impl Txn {
                     }
                     None => {
                         tracing::warn!(vs = %vs, event = %event, error = %e, "DataScript runner error, answering 500");
+                        // A limit stop can also fire in the runner's own few instructions
+                        // after a script was stopped (the hook raises until the event ends):
+                        // the request's log line still says why it was answered 500.
+                        let message = e.to_string();
+                        if crate::datascript::vm::is_limit_stop(&message) {
+                            if !state.log.is_empty() {
+                                state.log.push('\n');
+                            }
+                            let reason = crate::datascript::compile::root_message(&e);
+                            state.log.push_str(&format!("DataScript stopped: {reason}"));
+                        }
                     }
                 }
                 true

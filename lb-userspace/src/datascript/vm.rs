@@ -121,6 +121,23 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
+    /// The state of a VM running `set` with `env`, before its first event.
+    pub fn new(env: &ScriptEnv, set: &Arc<ScriptSet>) -> Self {
+        VmShared {
+            ctx: Mutex::new(Ctx::default()),
+            spent: AtomicU64::new(0),
+            budget: env.limits.instruction_budget,
+            // No event yet: Lua run while the VM is set up has no time limit.
+            event_start_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            max_event_time: env.limits.max_event_time,
+            abort: AtomicBool::new(false),
+            env: env.clone(),
+            set: Arc::clone(set),
+            strings: Mutex::default(),
+        }
+    }
+
     pub fn begin_event(&self) {
         self.spent.store(0, Ordering::Relaxed);
         self.event_start_ns.store(self.now_ns(), Ordering::Relaxed);
@@ -198,19 +215,7 @@ impl Vm {
             StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::OS | StdLib::BIT | StdLib::JIT;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(vm_err)?;
         let limits = &env.limits;
-        let shared = Arc::new(VmShared {
-            ctx: Mutex::new(Ctx::default()),
-            spent: AtomicU64::new(0),
-            budget: limits.instruction_budget,
-            // No event yet: Lua run while the VM is set up has no time limit.
-            event_start_ns: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
-            max_event_time: limits.max_event_time,
-            abort: AtomicBool::new(false),
-            env: env.clone(),
-            set: Arc::clone(set),
-            strings: Mutex::default(),
-        });
+        let shared = Arc::new(VmShared::new(env, set));
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
         let req_list = lua.create_table().map_err(vm_err)?;
         let resp_list = lua.create_table().map_err(vm_err)?;
