@@ -84,7 +84,7 @@ impl Default for DsLimits {
     fn default() -> Self {
         Self {
             instruction_budget: 1_000_000,
-            hook_every: 100,
+            hook_every: 1000,
             max_event_time: Duration::from_millis(50),
             memory_bytes: 32 << 20,
             max_added_headers: 100,

@@ -1,6 +1,6 @@
 -- Lua side of the sandbox (vm.rs). Runs once per VM with the real globals; returns the
 -- sandbox table scripts' environments fall back to, and the runner of one event's scripts.
-local avi, abort_requested, compile, log_print, mem_kb, jit_on, locate = ...
+local avi, abort_requested, compile, log_print, mem_kb, jit_on, locate, charge_bytes = ...
 local G = _G
 if jit and not jit_on then jit.off(); jit.flush() end
 local error, setmetatable, select = error, setmetatable, select
@@ -101,6 +101,21 @@ function table.sort(t, less)
     sift(1, last - 1)
   end
 end
+
+-- The C functions that build strings run where the count hook does not fire; their work is
+-- linear in what they return, so each call charges that to the event (budget and clock are
+-- checked at once). Pattern functions charge their own steps (strlib.rs).
+local function charged(f)
+  return function(...)
+    local r = f(...)
+    if type(r) == "string" then charge_bytes(#r) end
+    return r
+  end
+end
+for _, name in ipairs({"rep", "upper", "lower", "reverse", "format"}) do
+  string[name] = charged(string[name])
+end
+table.concat = charged(table.concat)
 
 S.string = string
 S.table = table

@@ -172,6 +172,11 @@ impl VmShared {
     }
 }
 
+/// Bytes a C string function produces per instruction of budget it is charged. The count hook
+/// fires only between Lua instructions, so without a charge a loop of `string.rep` or
+/// `upper` on megabyte strings would do seconds of work per hook period.
+const BYTES_PER_INSTRUCTION: usize = 16;
+
 /// Marker message of the error that ends an event after avi.http.response/redirect.
 pub(crate) const TERMINATE: &str = "latch: DataScript terminated by a response";
 /// Message of the budget error.
@@ -316,6 +321,11 @@ impl Vm {
             });
             Ok(format!("{}{msg}", pos.unwrap_or_default()))
         })?;
+        // What the C string functions produced, charged as work: see sandbox.lua.
+        let sh = Arc::clone(shared);
+        let charge_bytes = lua.create_function(move |_, bytes: usize| {
+            sh.charge((bytes / BYTES_PER_INSTRUCTION) as u64)
+        })?;
         let (_s, run): (Table, Function) =
             lua.load(SANDBOX_LUA).set_name("=latch-sandbox").call((
                 avi,
@@ -325,6 +335,7 @@ impl Vm {
                 mem_kb,
                 shared.env.limits.jit,
                 locate,
+                charge_bytes,
             ))?;
         Ok(run)
     }

@@ -459,3 +459,29 @@ fn huge_strings_and_concatenations_hit_the_memory_limit_quickly() {
     }
     assert_eq!(out[4], (200, "ok /next".to_string()));
 }
+
+#[test]
+fn string_building_c_functions_are_charged_by_what_they_produce() {
+    // Twenty calls are about a hundred Lua instructions, but 20 MiB of output: 16 bytes an
+    // instruction is 1.3 million, past the budget, so the event stops on the budget and not
+    // on the (generous) clock.
+    let f = fixture_with(
+        vec![src(
+            Event::HttpReq,
+            r#"if avi.http.get_path() == "/big" then
+                 local s = string.rep("a", 2 ^ 20)
+                 for _ = 1, 20 do local t = s:upper() end
+               end
+               avi.vs.log("ok " .. avi.http.get_path())"#,
+        )],
+        one_vm(DsLimits {
+            max_event_time: Duration::from_secs(30),
+            memory_bytes: 64 << 20,
+            ..DsLimits::default()
+        }),
+    );
+    let out = run_paths(&f, &["/big", "/next"]);
+    assert_eq!(out[0].0, 500, "{out:?}");
+    assert!(out[0].1.contains("instruction budget exceeded"), "{out:?}");
+    assert_eq!(out[1], (200, "ok /next".to_string()));
+}
