@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ServiceType};
 use crate::datascript::{
-    DataScriptHooks, DsCounters, DsLimits, ScriptEnv, ScriptError, ScriptSet, ScriptTableObserver,
+    DataScriptHooks, DsCounters, DsLimits, RateLimits, ScriptEnv, ScriptError, ScriptSet,
+    ScriptTableObserver,
 };
 use crate::proxy::hooks::HookFactory;
 use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, VirtualServiceSpec};
@@ -128,6 +129,11 @@ pub fn build(
                     limits: limits.clone(),
                     observer: observer.clone(),
                     geo: config.agent.datascript.geo_database.clone(),
+                    groups: Arc::clone(&config.groups),
+                    rate_limits: Arc::new(RateLimits::new(
+                        &config.rate_limiters,
+                        vs.rate_limit.clone(),
+                    )),
                 };
                 let counters =
                     Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default());

@@ -15,6 +15,7 @@
 
 mod api;
 mod compile;
+mod limiter;
 mod lint;
 mod names;
 mod txn;
@@ -26,6 +27,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use compile::ScriptSet;
+pub use limiter::RateLimits;
 pub use lint::lint;
 pub use txn::{DataScriptHooks, DsCounters, EventCounters, ScriptEnv, ScriptTableObserver};
 

@@ -86,6 +86,8 @@ fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
         limits: DsLimits::default(),
         observer: None,
         geo: None,
+        groups: Arc::default(),
+        rate_limits: Arc::default(),
     };
     let shared = Arc::new(VmShared {
         ctx: Mutex::new(Ctx::default()),
