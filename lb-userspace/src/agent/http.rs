@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{Config, ServiceType};
 use crate::datascript::{
     DataScriptHooks, DsCounters, DsLimits, RateLimits, ScriptEnv, ScriptError, ScriptSet,
-    ScriptTableObserver,
+    ScriptTableObserver, check_references,
 };
 use crate::proxy::hooks::HookFactory;
 use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, VirtualServiceSpec};
@@ -73,6 +73,8 @@ pub fn compile_scripts(
         .iter()
         .filter(|v| v.kind == ServiceType::Http)
     {
+        // Literal pool, server, group and rate limiter names must exist, as Avi checks at save.
+        errors.extend(check_references(config, vs));
         match ScriptSet::compile(&vs.name, vs.datascripts.clone()) {
             Ok(set) => {
                 sets.insert(vs.name.clone(), Arc::new(set));

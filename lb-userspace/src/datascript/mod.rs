@@ -18,6 +18,7 @@ mod compile;
 mod limiter;
 mod lint;
 mod names;
+mod refs;
 mod txn;
 mod vm;
 
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 pub use compile::ScriptSet;
 pub use limiter::RateLimits;
 pub use lint::lint;
+pub use refs::check_references;
 pub use txn::{DataScriptHooks, DsCounters, EventCounters, ScriptEnv, ScriptTableObserver};
 
 // The event names and script sources are what the config describes; the engine takes them as
