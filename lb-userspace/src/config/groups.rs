@@ -297,6 +297,16 @@ pub struct VsRateLimit {
     pub action: RateLimitAction,
 }
 
+/// "known X: `a`, `b`" or "no X are defined", for errors about a name that does not exist.
+pub fn known_names<'a>(names: impl Iterator<Item = &'a str>, what: &str) -> String {
+    let known: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    if known.is_empty() {
+        format!("no {what} are defined")
+    } else {
+        format!("known {what}: {}", known.join(", "))
+    }
+}
+
 /// The entries of a group file: one a line, trimmed; blank lines and lines starting with `#`
 /// are skipped. Each comes with its 1-based line.
 pub(crate) fn file_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {

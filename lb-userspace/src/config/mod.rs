@@ -23,7 +23,7 @@ pub use diff::{ConfigDiff, diff};
 pub use geo::{GeoDatabase, GeoReader};
 pub use groups::{
     DEFAULT_RATE_LIMIT_KEYS, Groups, IpEntry, IpGroup, RateLimitAction, RateLimiterConfig,
-    StringEntry, StringGroup, StringMatch, VsRateLimit,
+    StringEntry, StringGroup, StringMatch, VsRateLimit, known_names,
 };
 pub use model::*;
 

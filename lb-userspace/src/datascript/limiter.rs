@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use sha2::Digest;
 
-use crate::config::{RateLimiterConfig, VsRateLimit};
+use crate::config::{RateLimiterConfig, VsRateLimit, known_names};
 
 /// Longest key stored as it is.
 pub(crate) const MAX_KEY_BYTES: usize = 256;
@@ -175,15 +175,11 @@ impl RateLimits {
         now_ns: u64,
     ) -> Result<bool, UnknownLimiter> {
         let l = self.limiters.get(limiter).ok_or_else(|| {
-            let mut names: Vec<String> = self.limiters.keys().map(|n| format!("'{n}'")).collect();
-            names.sort();
+            let mut names: Vec<&str> = self.limiters.keys().map(String::as_str).collect();
+            names.sort_unstable();
             UnknownLimiter {
                 name: limiter.to_string(),
-                known: if names.is_empty() {
-                    "no rate limiters are defined".to_string()
-                } else {
-                    format!("known: {}", names.join(", "))
-                },
+                known: known_names(names.into_iter(), "rate limiters"),
             }
         })?;
         Ok(l.exceed(key, consume, now_ns))
@@ -265,7 +261,7 @@ mod tests {
         let l = limits(1, 1, 1, 10);
         assert_eq!(
             l.exceed("nope", b"k", 1.0, 0).map_err(|e| e.to_string()),
-            Err("unknown rate limiter 'nope' (known: 'rl')".to_string())
+            Err("unknown rate limiter 'nope' (known rate limiters: `rl`)".to_string())
         );
         assert_eq!(
             RateLimits::default()

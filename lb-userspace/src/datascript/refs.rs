@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::lint::{Tok, tokenize_with_columns};
 use super::{ScriptError, ScriptSource};
-use crate::config::{Config, VirtualServiceConfig};
+use crate::config::{Config, VirtualServiceConfig, known_names as known};
 
 /// One call found in a script: its avi.* path, position and literal string arguments (None
 /// for an argument that is not a lone literal).
@@ -76,16 +76,6 @@ fn calls(text: &str) -> Vec<Call> {
         i = j.max(i + 1);
     }
     out
-}
-
-/// "known X: `a`, `b`" or "no X are defined".
-fn known<'a>(names: impl Iterator<Item = &'a str>, what: &str) -> String {
-    let known: Vec<String> = names.map(|n| format!("`{n}`")).collect();
-    if known.is_empty() {
-        format!("no {what} are defined")
-    } else {
-        format!("known {what}: {}", known.join(", "))
-    }
 }
 
 /// True when `server` (`ip`, `ip:port`, `[v6]:port`) names one of `addrs`.

@@ -11,7 +11,7 @@ use super::Validator;
 use crate::config::diag::Diagnostic;
 use crate::config::groups::{
     DEFAULT_RATE_LIMIT_KEYS, IpEntry, IpGroup, RateLimiterConfig, StringEntry, StringGroup,
-    VsRateLimit, file_lines, string_file_entry,
+    VsRateLimit, file_lines, known_names, string_file_entry,
 };
 use crate::config::model::ServiceType;
 use crate::config::raw::{
@@ -263,7 +263,7 @@ impl Validator<'_> {
                 r.limiter.span(),
                 format!(
                     "unknown rate limiter `{limiter}` ({})",
-                    known_list(limiters.iter().map(|l| l.name.as_str()), "rate limiters")
+                    known_names(limiters.iter().map(|l| l.name.as_str()), "rate limiters")
                 ),
             );
             return None;
@@ -272,15 +272,5 @@ impl Validator<'_> {
             limiter: limiter.clone(),
             action: r.action.unwrap_or_default(),
         })
-    }
-}
-
-/// "known X: `a`, `b`" or "no X are defined".
-pub(crate) fn known_list<'a>(names: impl Iterator<Item = &'a str>, what: &str) -> String {
-    let known: Vec<String> = names.map(|n| format!("`{n}`")).collect();
-    if known.is_empty() {
-        format!("no {what} are defined")
-    } else {
-        format!("known {what}: {}", known.join(", "))
     }
 }

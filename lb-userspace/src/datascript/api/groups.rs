@@ -14,7 +14,7 @@ use mlua::{Lua, Table, Value};
 
 use super::args::{lua_type, name_arg};
 use super::{Args, LResult, Namespace, rt};
-use crate::config::StringMatch;
+use crate::config::{StringMatch, known_names};
 use crate::datascript::vm::VmShared;
 
 pub(super) const IPGROUP: Namespace = Namespace {
@@ -28,16 +28,6 @@ pub(super) const STRINGGROUP: Namespace = Namespace {
     install: install_stringgroup,
     constants: &[],
 };
-
-/// "known: 'a', 'b'" or "none are defined", for unknown-name errors.
-fn known<'a>(names: impl Iterator<Item = &'a String>, what: &str) -> String {
-    let names: Vec<String> = names.map(|n| format!("'{n}'")).collect();
-    if names.is_empty() {
-        format!("no {what} are defined")
-    } else {
-        format!("known: {}", names.join(", "))
-    }
-}
 
 /// The bytes of a string or number argument; nil is `None`.
 fn subject(v: Option<&Value>, func: &str) -> LResult<Option<Vec<u8>>> {
@@ -64,7 +54,7 @@ fn install_ipgroup(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             let group = groups.ip.get(&name).ok_or_else(|| {
                 rt(format!(
                     "avi.ipgroup.contains: unknown ip group '{name}' ({})",
-                    known(groups.ip.keys(), "ip groups")
+                    known_names(groups.ip.keys().map(String::as_str), "ip groups")
                 ))
             })?;
             // An address that is not one (nil, a bad header) is in no group.
@@ -103,7 +93,7 @@ fn install_stringgroup(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
                     let group = groups.string.get(&group_name).ok_or_else(|| {
                         rt(format!(
                             "avi.stringgroup.{f}: unknown string group '{group_name}' ({})",
-                            known(groups.string.keys(), "string groups")
+                            known_names(groups.string.keys().map(String::as_str), "string groups")
                         ))
                     })?;
                     let found = subject(a.get(1), &f)?

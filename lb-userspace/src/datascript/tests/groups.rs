@@ -100,7 +100,7 @@ fn ipgroup_unknown_group_is_a_lua_error_naming_the_known_ones() {
     let log = log_of(r#"avi.vs.log(pcall(avi.ipgroup.contains, "nope", "192.0.2.1"))"#);
     assert_eq!(
         log,
-        "false avi.ipgroup.contains: unknown ip group 'nope' (known: 'office')"
+        "false avi.ipgroup.contains: unknown ip group 'nope' (known ip groups: `office`)"
     );
 }
 
@@ -151,7 +151,7 @@ fn stringgroup_single_result_form_works_for_plain_groups() {
         log,
         "bot\nhuman\nnil false\n\
          false bad argument #2 to 'contains' (string expected, got table)\n\
-         false avi.stringgroup.equals: unknown string group 'nope' (known: 'bots', 'routes')"
+         false avi.stringgroup.equals: unknown string group 'nope' (known string groups: `bots`, `routes`)"
     );
 }
 
@@ -181,7 +181,7 @@ fn ratelimit_exceed_takes_consume_and_checks_its_arguments() {
         log,
         "boolean false true\n\
          false false true\n\
-         false avi.vs.ratelimit.exceed: unknown rate limiter 'nope' (known: 'per-client')\n\
+         false avi.vs.ratelimit.exceed: unknown rate limiter 'nope' (known rate limiters: `per-client`)\n\
          false bad argument #2 to 'exceed' (string expected, got nil)\n\
          false bad argument #3 to 'exceed' (a number >= 0 expected, got number)"
     );
