@@ -10,6 +10,7 @@ mod api_support;
 mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
+mod groups_netns;
 mod http_netns;
 mod l4_netns;
 mod levers_netns;
