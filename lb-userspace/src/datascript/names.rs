@@ -39,7 +39,7 @@ const OPEN_TABLES: [&str; 1] = ["avi.vs.reqvar"];
 /// Functions Avi allows in one event only (DATASCRIPT-API.md, section (a) and each function's
 /// "evt" column): a request rewrite means nothing once the response is in, and the chosen
 /// server is not known before.
-const EVENT_ONLY: [(&str, Event); 10] = [
+const EVENT_ONLY: [(&str, Event); 12] = [
     ("avi.http.redirect", Event::HttpReq),
     ("avi.http.set_path", Event::HttpReq),
     ("avi.http.set_uri", Event::HttpReq),
@@ -47,6 +47,8 @@ const EVENT_ONLY: [(&str, Event); 10] = [
     ("avi.http.set_server_timeout", Event::HttpReq),
     ("avi.pool.select", Event::HttpReq),
     ("avi.pool.chash", Event::HttpReq),
+    ("avi.vs.rate_limit", Event::HttpReq),
+    ("avi.vs.ratelimit.exceed", Event::HttpReq),
     ("avi.http.status", Event::HttpResp),
     ("avi.pool.server_ip", Event::HttpResp),
     ("avi.pool.get_server_info", Event::HttpResp),
@@ -240,6 +242,12 @@ mod tests {
         assert_eq!(names.get("avi.vs.table_insert"), Some(&Kind::Leaf));
         assert_eq!(names.get("avi.HTTP_REQUEST"), Some(&Kind::Leaf));
         assert_eq!(names.get("avi.vs.reqvar"), Some(&Kind::Open));
+        assert_eq!(names.get("avi.vs.ratelimit.exceed"), Some(&Kind::Leaf));
+        assert_eq!(names.get("avi.ipgroup.contains"), Some(&Kind::Leaf));
+        assert_eq!(
+            names.get("avi.stringgroup.endswith_CASE"),
+            Some(&Kind::Leaf)
+        );
     }
 
     #[test]
