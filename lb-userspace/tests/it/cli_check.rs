@@ -7,12 +7,18 @@ use std::process::Command;
 use crate::LATCH;
 
 fn check(example: &str) -> (bool, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(example);
+    check_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example),
+    )
+}
+
+/// `latch check -c path`: whether it passed, and what it printed.
+fn check_file(path: &Path) -> (bool, String) {
     let out = Command::new(LATCH)
         .args(["check", "-c"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("running latch check: {e}"));
     (
@@ -166,13 +172,8 @@ end
 '''
 "#;
     std::fs::write(&config, text).expect("write config");
-    let out = Command::new(LATCH)
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap_or_else(|e| panic!("running latch check: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{stdout}");
+    let (ok, stdout) = check_file(&config);
+    assert!(!ok, "{stdout}");
     for expected in [
         "refs.toml:21:25: avi.ipgroup.contains: unknown ip group `offices` (known ip groups: `office`)",
         "refs.toml:22:26: avi.pool.select: server `192.0.2.12` is not in pool `web` (its servers: 192.0.2.11:8080)",
