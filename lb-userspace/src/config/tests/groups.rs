@@ -203,3 +203,20 @@ rate_limit = { limiter = "r" }
         ]
     );
 }
+
+#[test]
+fn a_reload_that_changes_only_groups_or_limiters_is_a_change() {
+    let group = |entries: &str| {
+        with_base(&format!(
+            "\n[[ip_group]]\nname = \"g\"\nentries = [{entries}]\n\n[[rate_limiter]]\nname = \"r\"\ncount = 1\n"
+        ))
+    };
+    let old = ok(&group("\"192.0.2.1\""));
+    assert!(diff(&old, &ok(&group("\"192.0.2.1\""))).is_empty());
+    let new = ok(&group("\"192.0.2.2\""));
+    let d = diff(&old, &new);
+    assert!(d.script_objects_changed, "{d:?}");
+    assert!(d.services_changed.is_empty() && !d.agent_changed, "{d:?}");
+    let faster = ok(&group("\"192.0.2.1\"").replace("count = 1", "count = 2"));
+    assert!(diff(&old, &faster).script_objects_changed);
+}
