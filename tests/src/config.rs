@@ -40,6 +40,10 @@ pub struct LatchConfig {
     virtual_services: Vec<VirtualService>,
     #[serde(skip_serializing_if = "Option::is_none")]
     replication: Option<Replication>,
+    #[serde(rename = "ip_group", skip_serializing_if = "Vec::is_empty")]
+    ip_groups: Vec<IpGroup>,
+    #[serde(rename = "rate_limiter", skip_serializing_if = "Vec::is_empty")]
+    rate_limiters: Vec<RateLimiter>,
 }
 
 impl LatchConfig {
@@ -50,7 +54,21 @@ impl LatchConfig {
             pools: Vec::new(),
             virtual_services: Vec::new(),
             replication: None,
+            ip_groups: Vec::new(),
+            rate_limiters: Vec::new(),
         }
+    }
+
+    /// Adds an `[[ip_group]]`.
+    pub fn ip_group(mut self, group: IpGroup) -> Self {
+        self.ip_groups.push(group);
+        self
+    }
+
+    /// Adds a `[[rate_limiter]]`.
+    pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.rate_limiters.push(limiter);
+        self
     }
 
     /// Adds a `[[pool]]`.
@@ -356,8 +374,54 @@ pub struct VirtualService {
     persistence: Option<Persistence>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fast_path: Option<ClientKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     datascript: Vec<DataScript>,
+}
+
+/// A virtual service's `rate_limit`: the limiter `avi.vs.rate_limit` counts with (its action
+/// is the default, a 429 answer).
+#[derive(Debug, Clone, Serialize)]
+struct RateLimit {
+    limiter: String,
+}
+
+/// An `[[ip_group]]` with inline entries (addresses, prefixes, ranges).
+#[derive(Debug, Clone, Serialize)]
+pub struct IpGroup {
+    name: String,
+    entries: Vec<String>,
+}
+
+impl IpGroup {
+    /// A group of `entries`.
+    pub fn new(name: &str, entries: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            name: name.to_string(),
+            entries: entries.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A `[[rate_limiter]]`: `count` per `period`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimiter {
+    name: String,
+    count: u64,
+    #[serde(serialize_with = "duration")]
+    period: Duration,
+}
+
+impl RateLimiter {
+    /// `count` requests per `period` for each key.
+    pub fn new(name: &str, count: u64, period: Duration) -> Self {
+        Self {
+            name: name.to_string(),
+            count,
+            period,
+        }
+    }
 }
 
 impl VirtualService {
@@ -370,6 +434,7 @@ impl VirtualService {
             forwarding: None,
             persistence: None,
             fast_path: None,
+            rate_limit: None,
             datascript: Vec::new(),
         }
     }
@@ -407,6 +472,14 @@ impl VirtualService {
     /// `fast_path = "client_ip"`: table entries pin clients to servers in XDP.
     pub fn client_ip_fast_path(mut self) -> Self {
         self.fast_path = Some(ClientKey::ClientIp);
+        self
+    }
+
+    /// `rate_limit = { limiter }`: the limiter of `avi.vs.rate_limit`.
+    pub fn rate_limit(mut self, limiter: &str) -> Self {
+        self.rate_limit = Some(RateLimit {
+            limiter: limiter.to_string(),
+        });
         self
     }
 

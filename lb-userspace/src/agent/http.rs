@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ServiceType};
 use crate::datascript::{
-    DataScriptHooks, DsCounters, DsLimits, ScriptEnv, ScriptError, ScriptSet, ScriptTableObserver,
+    DataScriptHooks, DsCounters, DsLimits, RateLimits, ScriptEnv, ScriptError, ScriptSet,
+    ScriptTableObserver, check_references,
 };
 use crate::proxy::hooks::HookFactory;
 use crate::proxy::{PoolSpec, ProxyConfig, ProxySettings, StaticPoolView, VirtualServiceSpec};
@@ -75,6 +76,8 @@ pub fn compile_scripts(
         .iter()
         .filter(|v| v.kind == ServiceType::Http)
     {
+        // Literal pool, server, group and rate limiter names must exist, as Avi checks at save.
+        errors.extend(check_references(config, vs));
         match ScriptSet::compile(&vs.name, vs.datascripts.clone()) {
             Ok(set) => {
                 sets.insert(vs.name.clone(), Arc::new(set));
@@ -133,6 +136,11 @@ pub fn build(
                     limits: limits.clone(),
                     observer: observer.clone(),
                     geo: config.agent.datascript.geo_database.clone(),
+                    groups: Arc::clone(&config.groups),
+                    rate_limits: Arc::new(RateLimits::new(
+                        &config.rate_limiters,
+                        vs.rate_limit.clone(),
+                    )),
                 };
                 let counters =
                     Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default());

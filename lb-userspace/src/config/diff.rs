@@ -24,6 +24,8 @@ pub struct ConfigDiff {
     pub agent_changed: bool,
     /// `[replication]` differs.
     pub replication_changed: bool,
+    /// String groups, IP groups or rate limiters differ (the scripts get the new ones).
+    pub script_objects_changed: bool,
 }
 
 impl ConfigDiff {
@@ -106,5 +108,6 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart_required,
         agent_changed,
         replication_changed: old.replication != new.replication,
+        script_objects_changed: old.groups != new.groups || old.rate_limiters != new.rate_limiters,
     }
 }

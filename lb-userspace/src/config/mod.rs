@@ -8,6 +8,7 @@
 mod diag;
 mod diff;
 mod geo;
+mod groups;
 mod model;
 mod raw;
 mod validate;
@@ -20,6 +21,10 @@ use std::path::Path;
 pub use diag::{ConfigErrors, Diagnostic};
 pub use diff::{ConfigDiff, diff};
 pub use geo::{GeoDatabase, GeoReader};
+pub use groups::{
+    DEFAULT_RATE_LIMIT_KEYS, Groups, IpEntry, IpGroup, RateLimitAction, RateLimiterConfig,
+    StringEntry, StringGroup, StringMatch, VsRateLimit, known_names,
+};
 pub use model::*;
 
 /// Reads and validates the config file at `path`, including the script files it names.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::geo::GeoDatabase;
+use super::groups::{Groups, RateLimiterConfig, VsRateLimit};
 
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,12 +23,21 @@ pub struct Config {
     pub virtual_services: Vec<VirtualServiceConfig>,
     /// `[replication]`; `None` keeps tables local to this host.
     pub replication: Option<ReplicationConfig>,
+    /// `[[string_group]]` and `[[ip_group]]`, loaded and indexed (shared with the scripts).
+    pub groups: std::sync::Arc<Groups>,
+    /// `[[rate_limiter]]`, in file order.
+    pub rate_limiters: Vec<RateLimiterConfig>,
 }
 
 impl Config {
     /// The pool with this name.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The rate limiter with this name.
+    pub fn rate_limiter(&self, name: &str) -> Option<&RateLimiterConfig> {
+        self.rate_limiters.iter().find(|r| r.name == name)
     }
 
     /// The virtual service with this name.
@@ -368,6 +378,8 @@ pub struct VirtualServiceConfig {
     pub fast_path: bool,
     /// DataScripts in configured order (http services only).
     pub datascripts: Vec<ScriptSource>,
+    /// The rate limiter `avi.vs.rate_limit` counts with, and what it does beyond the count.
+    pub rate_limit: Option<VsRateLimit>,
 }
 
 impl VirtualServiceConfig {

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::groups::RateLimitAction;
 use super::model::{Forwarding, LogFormat, ScriptEvent, ServiceType};
 
 /// A string, kept with its location.
@@ -177,6 +178,84 @@ pub(crate) struct RawVs {
     pub fast_path: Option<Spanned<RawFastPath>>,
     #[serde(default)]
     pub datascript: Vec<Spanned<RawDataScript>>,
+    pub rate_limit: Option<Spanned<RawVsRateLimit>>,
+}
+
+/// A virtual service's `rate_limit = { limiter = "...", action = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVsRateLimit {
+    pub limiter: SStr,
+    pub action: Option<RateLimitAction>,
+}
+
+/// `[[string_group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStringGroup {
+    pub name: SStr,
+    pub entries: Option<Spanned<RawStringEntries>>,
+    pub file: Option<SStr>,
+}
+
+/// A string group's inline `entries`: `["a", "b"]` or `{ "a" = "value", ... }`.
+#[derive(Debug)]
+pub(crate) enum RawStringEntries {
+    List(Vec<String>),
+    Map(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for RawStringEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawStringEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of strings or a table of string values")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawStringEntries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(RawStringEntries::List(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawStringEntries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = map.next_entry::<String, String>()? {
+                    out.push(kv);
+                }
+                Ok(RawStringEntries::Map(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[[ip_group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIpGroup {
+    pub name: SStr,
+    pub entries: Option<Spanned<Vec<SStr>>>,
+    pub file: Option<SStr>,
+}
+
+/// `[[rate_limiter]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimiter {
+    pub name: SStr,
+    pub count: Spanned<i64>,
+    pub period: Option<SStr>,
+    pub burst: Option<Spanned<i64>>,
+    pub max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

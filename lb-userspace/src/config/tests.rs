@@ -312,7 +312,7 @@ persistance = { type = "client_ip" }
     assert_eq!(
         e,
         [
-            "/etc/latch/latch.toml:1:2: unknown section `extra`, expected one of `agent`, `pool`, `virtual_service`, `replication`"
+            "/etc/latch/latch.toml:1:2: unknown section `extra`, expected one of `agent`, `pool`, `virtual_service`, `replication`, `string_group`, `ip_group`, `rate_limiter`"
         ]
     );
 }
@@ -963,3 +963,6 @@ fn shipped_examples_are_valid() {
         assert!(!c.virtual_services.is_empty(), "{name}");
     }
 }
+
+// [[string_group]], [[ip_group]], [[rate_limiter]] and a service's rate_limit.
+mod groups;

@@ -12,10 +12,15 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{ConfigErrors, Diagnostic, Sink};
 use super::geo::GeoDatabase;
+use super::groups::{Groups, RateLimiterConfig};
 use super::model::*;
 use super::raw::*;
 
-const TOP_LEVEL: &str = "`agent`, `pool`, `virtual_service`, `replication`";
+/// `[[string_group]]`, `[[ip_group]]`, `[[rate_limiter]]` and a service's `rate_limit`.
+mod objects;
+
+const TOP_LEVEL: &str =
+    "`agent`, `pool`, `virtual_service`, `replication`, `string_group`, `ip_group`, `rate_limiter`";
 
 /// Default persistence timeout when `persistence.timeout` is omitted.
 const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
@@ -40,6 +45,13 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             "virtual_service" => {
                 raw.services = deserialize_array(&mut sink, value, "virtual_service")
             }
+            "string_group" => {
+                raw.string_groups = deserialize_array(&mut sink, value, "string_group")
+            }
+            "ip_group" => raw.ip_groups = deserialize_array(&mut sink, value, "ip_group"),
+            "rate_limiter" => {
+                raw.rate_limiters = deserialize_array(&mut sink, value, "rate_limiter")
+            }
             other => sink.error(
                 key.span(),
                 format!("unknown section `{other}`, expected one of {TOP_LEVEL}"),
@@ -55,7 +67,12 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     };
     let agent = v.agent(raw.agent.as_ref());
     let pools = v.pools(&raw.pools);
-    let services = v.services(&raw.services, &pools, &agent);
+    let groups = Groups {
+        string: v.string_groups(&raw.string_groups),
+        ip: v.ip_groups(&raw.ip_groups),
+    };
+    let rate_limiters = v.rate_limiters(&raw.rate_limiters);
+    let services = v.services(&raw.services, &pools, &agent, &rate_limiters);
     let replication = raw.replication.as_ref().map(|r| v.replication(r));
 
     let config = Config {
@@ -64,6 +81,8 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         pools: pools.into_iter().map(|p| p.config).collect(),
         virtual_services: services,
         replication: replication.flatten(),
+        groups: std::sync::Arc::new(groups),
+        rate_limiters,
     };
     v.sink.into_result(config)
 }
@@ -74,6 +93,9 @@ struct RawDoc {
     pools: Vec<RawPool>,
     services: Vec<RawVs>,
     replication: Option<RawReplication>,
+    string_groups: Vec<RawStringGroup>,
+    ip_groups: Vec<RawIpGroup>,
+    rate_limiters: Vec<RawRateLimiter>,
 }
 
 fn deserialize_one<T: for<'de> Deserialize<'de>>(
@@ -544,6 +566,7 @@ impl Validator<'_> {
         raws: &[RawVs],
         pools: &[PoolInfo],
         agent: &AgentConfig,
+        rate_limiters: &[RateLimiterConfig],
     ) -> Vec<VirtualServiceConfig> {
         let mut out = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -684,6 +707,10 @@ impl Validator<'_> {
             }
 
             let datascripts = self.datascripts(raw, kind, &name);
+            let rate_limit = raw
+                .rate_limit
+                .as_ref()
+                .and_then(|r| self.vs_rate_limit(r, kind, rate_limiters));
 
             out.push(VirtualServiceConfig {
                 name,
@@ -694,6 +721,7 @@ impl Validator<'_> {
                 persistence,
                 fast_path,
                 datascripts,
+                rate_limit,
             });
         }
         out

@@ -15,9 +15,11 @@
 
 mod api;
 mod compile;
+mod limiter;
 mod lint;
 mod names;
 mod pattern;
+mod refs;
 mod strlib;
 mod txn;
 mod vm;
@@ -29,7 +31,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use compile::ScriptSet;
+pub use limiter::RateLimits;
 pub use lint::lint;
+pub use refs::check_references;
 pub use txn::{DataScriptHooks, DsCounters, EventCounters, ScriptEnv, ScriptTableObserver};
 
 // The event names and script sources are what the config describes; the engine takes them as

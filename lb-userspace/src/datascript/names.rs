@@ -37,7 +37,7 @@ const OPEN_TABLES: [&str; 1] = ["avi.vs.reqvar"];
 /// Functions Avi allows in one event only (DATASCRIPT-API.md, section (a) and each function's
 /// "evt" column): a request rewrite means nothing once the response is in, and the chosen
 /// server is not known before.
-const EVENT_ONLY: [(&str, Event); 10] = [
+const EVENT_ONLY: [(&str, Event); 12] = [
     ("avi.http.redirect", Event::HttpReq),
     ("avi.http.set_path", Event::HttpReq),
     ("avi.http.set_uri", Event::HttpReq),
@@ -45,6 +45,8 @@ const EVENT_ONLY: [(&str, Event); 10] = [
     ("avi.http.set_server_timeout", Event::HttpReq),
     ("avi.pool.select", Event::HttpReq),
     ("avi.pool.chash", Event::HttpReq),
+    ("avi.vs.rate_limit", Event::HttpReq),
+    ("avi.vs.ratelimit.exceed", Event::HttpReq),
     ("avi.http.status", Event::HttpResp),
     ("avi.pool.server_ip", Event::HttpResp),
     ("avi.pool.get_server_info", Event::HttpResp),
@@ -84,6 +86,8 @@ fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
         limits: DsLimits::default(),
         observer: None,
         geo: None,
+        groups: Arc::default(),
+        rate_limits: Arc::default(),
     };
     let shared = Arc::new(VmShared::new(&env, &Arc::new(set)));
     let avi = super::api::install(&lua, &shared)?;
@@ -228,6 +232,12 @@ mod tests {
         assert_eq!(names.get("avi.vs.table_insert"), Some(&Kind::Leaf));
         assert_eq!(names.get("avi.HTTP_REQUEST"), Some(&Kind::Leaf));
         assert_eq!(names.get("avi.vs.reqvar"), Some(&Kind::Open));
+        assert_eq!(names.get("avi.vs.ratelimit.exceed"), Some(&Kind::Leaf));
+        assert_eq!(names.get("avi.ipgroup.contains"), Some(&Kind::Leaf));
+        assert_eq!(
+            names.get("avi.stringgroup.endswith_CASE"),
+            Some(&Kind::Leaf)
+        );
     }
 
     #[test]

@@ -79,10 +79,15 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
     fixture_with_geo(scripts, limits, None)
 }
 
-fn fixture_with_geo(
+fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
+    fixture_with_env(scripts, limits, |env| env.geo = geo)
+}
+
+/// A fixture whose script environment `adjust` changes (groups, rate limits, geo database).
+fn fixture_with_env(
     scripts: Vec<ScriptSource>,
     limits: DsLimits,
-    geo: Option<crate::config::GeoDatabase>,
+    adjust: impl FnOnce(&mut ScriptEnv),
 ) -> Fx {
     let set = ScriptSet::compile("shop", scripts).expect("compile");
     let tables = Arc::new(VsTables::new(
@@ -91,14 +96,17 @@ fn fixture_with_geo(
         Arc::new(NoMirror),
     ));
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
-    let env = ScriptEnv {
+    let mut env = ScriptEnv {
         tables: Arc::clone(&tables),
         pools: pools(),
         clock: clock.clone(),
         limits,
         observer: None,
-        geo,
+        geo: None,
+        groups: Arc::default(),
+        rate_limits: Arc::default(),
     };
+    adjust(&mut env);
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     Fx {
         hooks,
@@ -941,6 +949,8 @@ fn observer_sees_script_writes_with_the_client() {
         limits: limits(),
         observer: Some(obs.clone()),
         geo: None,
+        groups: Arc::default(),
+        rate_limits: Arc::default(),
     };
     let hooks = DataScriptHooks::new(Arc::new(set), env).expect("vms");
     let mut t = hooks.begin(info());
@@ -1094,3 +1104,6 @@ fn bench_txn_only() {
 }
 
 mod sandbox;
+
+// avi.ipgroup, avi.stringgroup, avi.vs.rate_limit and avi.vs.ratelimit.
+mod groups;

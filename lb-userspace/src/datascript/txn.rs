@@ -9,9 +9,10 @@ use mlua::Table;
 use parking_lot::Mutex;
 
 use super::compile::ScriptSet;
+use super::limiter::RateLimits;
 use super::vm::{Ctx, ReqSnapshot, TxnState, Vm};
 use super::{DsError, DsLimits, Event};
-use crate::config::GeoDatabase;
+use crate::config::{GeoDatabase, Groups};
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, TxnHooks, TxnInfo,
 };
@@ -41,6 +42,10 @@ pub struct ScriptEnv {
     pub observer: Option<Arc<dyn ScriptTableObserver>>,
     /// The MaxMind database of `avi.utils.get_geo_from_ip`, if one is configured.
     pub geo: Option<GeoDatabase>,
+    /// The string and IP groups of the config (`avi.stringgroup`, `avi.ipgroup`).
+    pub groups: Arc<Groups>,
+    /// The buckets of the service's rate limiters (`avi.vs.ratelimit`, `avi.vs.rate_limit`).
+    pub rate_limits: Arc<RateLimits>,
 }
 
 struct Shared {

@@ -7,12 +7,18 @@ use std::process::Command;
 use crate::LATCH;
 
 fn check(example: &str) -> (bool, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(example);
+    check_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example),
+    )
+}
+
+/// `latch check -c path`: whether it passed, and what it printed.
+fn check_file(path: &Path) -> (bool, String) {
     let out = Command::new(LATCH)
         .args(["check", "-c"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("running latch check: {e}"));
     (
@@ -28,6 +34,7 @@ fn shipped_examples_pass_check() {
         "jsession.toml",
         "header_persist.toml",
         "query_persist.toml",
+        "groups.toml",
     ] {
         let (ok, out) = check(example);
         assert!(ok, "{example}: {out}");
@@ -133,4 +140,44 @@ fn unreadable_geo_database_is_refused_at_its_location() {
             && stdout.contains("absent.mmdb"),
         "{stdout}"
     );
+}
+
+#[test]
+fn literal_pools_servers_groups_and_limiters_that_do_not_exist_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("refs.toml");
+    let text = r#"[agent]
+interfaces = []
+
+[[pool]]
+name = "web"
+servers = ["192.0.2.11:8080"]
+
+[[ip_group]]
+name = "office"
+entries = ["192.0.2.0/24"]
+
+[[virtual_service]]
+name = "shop"
+listen = "198.51.100.10:80"
+type = "http"
+pool = "web"
+
+[[virtual_service.datascript]]
+event = "HTTP_REQ"
+script = '''
+if avi.ipgroup.contains("offices", avi.vs.client_ip()) then
+  avi.pool.select("web", "192.0.2.12")
+end
+'''
+"#;
+    std::fs::write(&config, text).expect("write config");
+    let (ok, stdout) = check_file(&config);
+    assert!(!ok, "{stdout}");
+    for expected in [
+        "refs.toml:21:25: avi.ipgroup.contains: unknown ip group `offices` (known ip groups: `office`)",
+        "refs.toml:22:26: avi.pool.select: server `192.0.2.12` is not in pool `web` (its servers: 192.0.2.11:8080)",
+    ] {
+        assert!(stdout.contains(expected), "expected {expected}\n{stdout}");
+    }
 }

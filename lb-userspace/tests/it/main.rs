@@ -11,6 +11,7 @@ mod avi_utils_netns;
 mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
+mod groups_netns;
 mod http_netns;
 mod l4_netns;
 mod levers_netns;

@@ -145,7 +145,7 @@ fn version_str(v: Version) -> &'static str {
 
 /// A flag argument: `None` when absent (nil), else Lua truthiness, except that the string
 /// "false" is false too (Avi's examples pass flags as strings, e.g. `get_query("a", "true")`).
-fn flag(v: Option<&Value>) -> Option<bool> {
+pub(super) fn flag(v: Option<&Value>) -> Option<bool> {
     match v? {
         Value::Nil => None,
         Value::Boolean(b) => Some(*b),
@@ -182,7 +182,7 @@ fn request_hostname(ctx: &Ctx) -> Option<String> {
 
 // ---- responses -------------------------------------------------------------------------------
 
-fn build_response(
+pub(super) fn build_response(
     status: u16,
     headers: Option<&Table>,
     body: Option<&[u8]>,
@@ -245,7 +245,7 @@ fn response_status_arg(v: Option<&Value>) -> LResult<u16> {
 }
 
 /// Record the response and end the event.
-fn terminate(sh: &VmShared, resp: http::Response<Bytes>) -> LResult<()> {
+pub(super) fn terminate(sh: &VmShared, resp: http::Response<Bytes>) -> LResult<()> {
     with_ctx(sh, |ctx| {
         txn(ctx)?.reply = Some(resp);
         Ok(())

@@ -14,8 +14,10 @@
 mod args;
 mod constants;
 mod crypto;
+mod groups;
 mod http;
 mod pool;
+mod ratelimit;
 mod strings;
 mod utils;
 mod vs;
@@ -48,6 +50,8 @@ const NAMESPACES: &[Namespace] = &[
     pool::NAMESPACE,
     utils::NAMESPACE,
     crypto::NAMESPACE,
+    groups::IPGROUP,
+    groups::STRINGGROUP,
 ];
 
 /// Build the `avi` table (the sandbox makes it and its namespaces read-only), and add Avi's

@@ -258,6 +258,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     vs.raw_set("table_lookup", f_look)?;
     vs.raw_set("table_refresh", f_refr)?;
     vs.raw_set("table_remove", f_rem)?;
+    super::ratelimit::install(lua, &vs, sh)?;
     // avi.vs.reqvar: a per-request table reached through __index, since avi is shared.
     let reqvar_sh = Arc::clone(sh);
     let vs_mt = lua.create_table()?;
