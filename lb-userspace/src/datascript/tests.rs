@@ -79,7 +79,11 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
     fixture_with_geo(scripts, limits, None)
 }
 
-fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
+fn fixture_with_geo(
+    scripts: Vec<ScriptSource>,
+    limits: DsLimits,
+    geo: Option<crate::config::GeoDatabase>,
+) -> Fx {
     fixture_with_env(scripts, limits, |env| env.geo = geo)
 }
 
