@@ -17,6 +17,7 @@ mod netns_config;
 mod ops_netns;
 mod replication_netns;
 mod restart_netns;
+mod script_runner;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.
