@@ -52,7 +52,10 @@ fn every_example_script_passes_its_cases() {
         assert!(ok, "{}:\n{out}", file.display());
         assert!(out.contains(" 0 failed"), "{}:\n{out}", file.display());
     }
-    assert!(scripts >= 40, "only {scripts} scripts under examples/scripts");
+    assert!(
+        scripts >= 40,
+        "only {scripts} scripts under examples/scripts"
+    );
 }
 
 #[test]
