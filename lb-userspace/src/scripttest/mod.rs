@@ -16,6 +16,9 @@ pub mod cases;
 pub mod check;
 pub mod run;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
