@@ -124,6 +124,9 @@ pub fn run_file(path: &Path) -> Result<FileReport, ScriptTestError> {
     Ok(report)
 }
 
+/// Characters of a local answer's body the report shows.
+const BODY_SHOWN: usize = 60;
+
 /// What happened to a case, a few indented lines.
 fn describe(out: &mut String, case: &cases::Case, got: &run::Happened) {
     let req = &case.request;
@@ -142,7 +145,24 @@ fn describe(out: &mut String, case: &cases::Case, got: &run::Happened) {
         (true, Some(reason)) => format!("proxy: {reason}"),
         (true, None) => "script".to_string(),
     };
+    for change in &got.request_changes {
+        let _ = writeln!(out, "       request  {change}");
+    }
     let _ = writeln!(out, "       answer {} ({by})", got.status);
+    for change in &got.response_changes {
+        let _ = writeln!(out, "       response {change}");
+    }
+    if got.local && got.proxy_reason.is_none() {
+        for (name, value) in &got.response_headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let _ = writeln!(out, "       answer   {name}: {value}");
+        }
+        if let Some(body) = got.body.as_deref().filter(|b| !b.is_empty()) {
+            let shown: String = body.chars().take(BODY_SHOWN).collect();
+            let more = if shown.len() < body.len() { "..." } else { "" };
+            let _ = writeln!(out, "       answer   body {shown:?}{more}");
+        }
+    }
     for line in &got.log {
         let _ = writeln!(out, "       log: {line}");
     }

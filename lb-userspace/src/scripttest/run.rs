@@ -96,6 +96,10 @@ pub struct Happened {
     pub proxy_reason: Option<&'static str>,
     /// Headers the client gets.
     pub response_headers: http::HeaderMap,
+    /// Request headers the scripts added (`+ name: value`) or removed (`- name: value`).
+    pub request_changes: Vec<String>,
+    /// The same for the server's response headers (empty for a local answer).
+    pub response_changes: Vec<String>,
     /// Body of a local answer.
     pub body: Option<String>,
     /// avi.vs.log lines.
@@ -190,6 +194,7 @@ impl Service {
         self.ops.0.lock().clear();
 
         let mut request = request_parts(case)?;
+        let sent_headers = request.headers.clone();
         let mut got = Happened::default();
         let mut txn = self.hooks.as_ref().map(|h| {
             h.begin(TxnInfo {
@@ -207,6 +212,7 @@ impl Service {
             }
             None => self.forward(case, &request, &Default::default(), None, &mut got)?,
         }
+        got.request_changes = header_changes(&sent_headers, &request.headers);
         got.request = Some(request);
         if let Some(t) = &txn {
             let log = t.log_output().unwrap_or_default();
@@ -270,10 +276,12 @@ impl Service {
         got.pool = Some(pool);
         got.server = Some(server);
         let mut response = response_parts(case)?;
+        let server_headers = response.headers.clone();
         let verdict = txn.map(|t| t.on_response(&mut response, server));
         match verdict {
             Some(ResponseVerdict::Respond(answer)) => got.local_answer(answer),
             Some(ResponseVerdict::Continue) | None => {
+                got.response_changes = header_changes(&server_headers, &response.headers);
                 got.status = response.status.as_u16();
                 got.response_headers = response.headers;
             }
@@ -335,6 +343,31 @@ fn pick_service(config: &Config, name: Option<&str>) -> Result<usize, ScriptTest
             ))),
         },
     }
+}
+
+/// `- name: value` for each header value of `before` that `after` lacks, then `+ name: value`
+/// for each one `after` added (a repeated value counts as often as it appears).
+fn header_changes(before: &http::HeaderMap, after: &http::HeaderMap) -> Vec<String> {
+    let show = |sign: char, name: &HeaderName, v: &HeaderValue| {
+        format!("{sign} {name}: {}", String::from_utf8_lossy(v.as_bytes()))
+    };
+    let mut out = Vec::new();
+    let mut missing = |from: &http::HeaderMap, to: &http::HeaderMap, sign: char| {
+        for name in from.keys() {
+            let mut left: Vec<&HeaderValue> = to.get_all(name).iter().collect();
+            for v in from.get_all(name) {
+                match left.iter().position(|x| *x == v) {
+                    Some(i) => {
+                        left.remove(i);
+                    }
+                    None => out.push(show(sign, name, v)),
+                }
+            }
+        }
+    };
+    missing(before, after, '-');
+    missing(after, before, '+');
+    out
 }
 
 fn add_headers(

@@ -60,6 +60,8 @@ fn a_case_runs_request_choice_and_response_as_the_proxy_does() {
         Some(&b"1"[..])
     );
     assert_eq!(first.table_ops, vec!["upsert [s] a=192.0.2.11 60s"]);
+    assert_eq!(first.request_changes, vec!["+ x-seen: 1"]);
+    assert!(first.response_changes.is_empty());
     // The expectation names .12, the entry says .11: the diff shows both, field by field.
     let (_, second, m) = &results[1];
     assert_eq!(
