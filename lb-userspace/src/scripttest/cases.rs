@@ -206,6 +206,12 @@ pub struct Expect {
     pub response_cookies: BTreeMap<String, CookieValue>,
     /// Body of a local response.
     pub body: Option<String>,
+    /// Whether a script asked to close the client connection (avi.http.close_conn).
+    pub close_connection: Option<bool>,
+    /// The user id a script set for the access log (avi.http.set_userid).
+    pub user_id: Option<String>,
+    /// The server timeout a script set for this request, in ms (avi.http.set_server_timeout).
+    pub server_timeout_ms: Option<u64>,
     /// Every line the scripts logged with avi.vs.log, in order.
     pub log: Option<Vec<String>>,
     /// Text that must appear in the log.

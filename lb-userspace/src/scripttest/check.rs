@@ -177,6 +177,23 @@ pub fn compare(expect: &Expect, got: &Happened) -> Vec<Mismatch> {
             show_opt(got.body.as_ref().map(|b| format!("{b:?}"))),
         );
     }
+    if let Some(close) = expect.close_connection {
+        d.check(
+            "close connection",
+            close.to_string(),
+            got.close_connection.to_string(),
+        );
+    }
+    if let Some(user) = &expect.user_id {
+        d.check("user id", user.clone(), show_opt(got.user_id.as_ref()));
+    }
+    if let Some(ms) = expect.server_timeout_ms {
+        d.check(
+            "server timeout ms",
+            ms.to_string(),
+            show_opt(got.server_timeout_ms),
+        );
+    }
     if let Some(log) = &expect.log {
         d.lines("log", log, &got.log);
     }

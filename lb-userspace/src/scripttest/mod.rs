@@ -163,6 +163,15 @@ fn describe(out: &mut String, case: &cases::Case, got: &run::Happened) {
             let _ = writeln!(out, "       answer   body {shown:?}{more}");
         }
     }
+    if got.close_connection {
+        let _ = writeln!(out, "       connection closed after the answer");
+    }
+    if let Some(user) = &got.user_id {
+        let _ = writeln!(out, "       user id {user}");
+    }
+    if let Some(ms) = got.server_timeout_ms {
+        let _ = writeln!(out, "       server timeout {ms} ms");
+    }
     for line in &got.log {
         let _ = writeln!(out, "       log: {line}");
     }

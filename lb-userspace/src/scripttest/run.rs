@@ -102,6 +102,12 @@ pub struct Happened {
     pub response_changes: Vec<String>,
     /// Body of a local answer.
     pub body: Option<String>,
+    /// A script asked for the client connection to be closed (avi.http.close_conn).
+    pub close_connection: bool,
+    /// The user id for the access log a script set (avi.http.set_userid).
+    pub user_id: Option<String>,
+    /// The server's response-head timeout a script set (avi.http.set_server_timeout), in ms.
+    pub server_timeout_ms: Option<u128>,
     /// avi.vs.log lines.
     pub log: Vec<String>,
     /// The script error, as `SCRIPT: FILE:LINE: MESSAGE`.
@@ -215,6 +221,8 @@ impl Service {
         got.request_changes = header_changes(&sent_headers, &request.headers);
         got.request = Some(request);
         if let Some(t) = &txn {
+            got.close_connection = t.close_connection();
+            got.user_id = t.user_id();
             let log = t.log_output().unwrap_or_default();
             for line in log.lines() {
                 match line.strip_prefix(ERROR_PREFIX) {
@@ -273,6 +281,7 @@ impl Service {
                 }
             },
         };
+        got.server_timeout_ms = selection.response_timeout.map(|t| t.as_millis());
         got.pool = Some(pool);
         got.server = Some(server);
         let mut response = response_parts(case)?;
