@@ -12,4 +12,5 @@ pub mod datascript;
 pub mod monitor;
 pub mod proxy;
 pub mod replication;
+pub mod scripttest;
 pub mod tables;

@@ -38,6 +38,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run and check DataScripts offline (no root, no network).
+    Script {
+        #[command(subcommand)]
+        command: ScriptCommand,
+    },
     /// Show a running agent's status and the health of every server.
     Status {
         #[command(flatten)]
@@ -63,6 +68,17 @@ enum Command {
     Server {
         #[command(subcommand)]
         command: ServerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScriptCommand {
+    /// Run the cases of each CASES.toml through a virtual service's scripts as the proxy
+    /// would, print what happened and exit non-zero on a failed expectation.
+    Test {
+        /// Cases files.
+        #[arg(required = true, value_name = "CASES.toml")]
+        cases: Vec<PathBuf>,
     },
 }
 
@@ -213,6 +229,9 @@ fn main() -> ExitCode {
         Command::Check { config } => latch::agent::check_command(&config).map_err(Into::into),
         Command::Run { config } => latch::agent::run_command(&config).map_err(Into::into),
         Command::Down { config } => latch::agent::down_command(&config).map_err(Into::into),
+        Command::Script {
+            command: ScriptCommand::Test { cases },
+        } => Ok(latch::scripttest::script_test_command(&cases)),
         Command::Status { admin } => client(admin, ClientCommand::Status),
         Command::Stats { admin } => client(admin, ClientCommand::Stats),
         Command::Reload { admin } => client(admin, ClientCommand::Reload),

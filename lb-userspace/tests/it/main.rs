@@ -20,6 +20,7 @@ mod ops_netns;
 mod replication_netns;
 mod restart_netns;
 mod sandbox_netns;
+mod script_runner;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.
