@@ -55,6 +55,7 @@ fn script_limits(config: &Config) -> DsLimits {
     DsLimits {
         instruction_budget: config.agent.datascript.instruction_budget,
         memory_bytes: config.agent.datascript.memory_limit,
+        max_body_buffer: config.agent.datascript.max_body_buffer,
         // One VM per proxy worker: each worker prefers its own, so they never contend.
         vms: config.agent.workers.unwrap_or(0),
         ..DsLimits::default()

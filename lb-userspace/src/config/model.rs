@@ -153,7 +153,13 @@ pub struct DataScriptLimits {
     pub memory_limit: usize,
     /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
     pub geo_database: Option<GeoDatabase>,
+    /// `max_body_buffer`: the most of a request or response body buffered for the
+    /// HTTP_REQ_DATA / HTTP_RESP_DATA scripts (413 / 502 beyond). Default 4 MiB.
+    pub max_body_buffer: usize,
 }
+
+/// Default of `[agent.datascript] max_body_buffer`.
+pub const DEFAULT_MAX_BODY_BUFFER: usize = 4 * 1024 * 1024;
 
 impl Default for DataScriptLimits {
     fn default() -> Self {
@@ -161,6 +167,7 @@ impl Default for DataScriptLimits {
             instruction_budget: 1_000_000,
             memory_limit: 16 * 1024 * 1024,
             geo_database: None,
+            max_body_buffer: DEFAULT_MAX_BODY_BUFFER,
         }
     }
 }
@@ -363,15 +370,59 @@ impl VirtualServiceConfig {
     }
 }
 
-/// The DataScript events.
+/// The DataScript events. The config takes Avi's names (`HTTP_REQ`) and its API enum names
+/// (`VS_DATASCRIPT_EVT_HTTP_REQ`) alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum ScriptEvent {
     /// After the request headers, before the body.
-    #[serde(rename = "HTTP_REQ")]
+    #[serde(rename = "HTTP_REQ", alias = "VS_DATASCRIPT_EVT_HTTP_REQ")]
     HttpReq,
     /// After the response headers.
-    #[serde(rename = "HTTP_RESP")]
+    #[serde(rename = "HTTP_RESP", alias = "VS_DATASCRIPT_EVT_HTTP_RESP")]
     HttpResp,
+    /// Once the whole request body is in (buffered up to `max_body_buffer`).
+    #[serde(
+        rename = "HTTP_REQ_DATA",
+        alias = "VS_DATASCRIPT_EVT_HTTP_REQ_DATA",
+        alias = "HTTP_REQUEST_DATA"
+    )]
+    HttpReqData,
+    /// Once the whole response body is in (buffered up to `max_body_buffer`).
+    #[serde(rename = "HTTP_RESP_DATA", alias = "VS_DATASCRIPT_EVT_HTTP_RESP_DATA")]
+    HttpRespData,
+    /// The server could not be reached or gave no valid response head.
+    #[serde(
+        rename = "HTTP_RESP_FAILED",
+        alias = "VS_DATASCRIPT_EVT_HTTP_RESP_FAILED"
+    )]
+    HttpRespFailed,
+    /// After server selection, before the request goes to the server.
+    #[serde(rename = "HTTP_LB_DONE", alias = "VS_DATASCRIPT_EVT_HTTP_LB_DONE")]
+    HttpLbDone,
+}
+
+impl ScriptEvent {
+    /// Every event, in the order a transaction meets them.
+    pub const ALL: [ScriptEvent; 6] = [
+        ScriptEvent::HttpReq,
+        ScriptEvent::HttpReqData,
+        ScriptEvent::HttpLbDone,
+        ScriptEvent::HttpRespFailed,
+        ScriptEvent::HttpResp,
+        ScriptEvent::HttpRespData,
+    ];
+
+    /// Position in [`ScriptEvent::ALL`], for per-event arrays.
+    pub fn index(self) -> usize {
+        match self {
+            ScriptEvent::HttpReq => 0,
+            ScriptEvent::HttpReqData => 1,
+            ScriptEvent::HttpLbDone => 2,
+            ScriptEvent::HttpRespFailed => 3,
+            ScriptEvent::HttpResp => 4,
+            ScriptEvent::HttpRespData => 5,
+        }
+    }
 }
 
 impl std::fmt::Display for ScriptEvent {
@@ -379,6 +430,10 @@ impl std::fmt::Display for ScriptEvent {
         f.write_str(match self {
             ScriptEvent::HttpReq => "HTTP_REQ",
             ScriptEvent::HttpResp => "HTTP_RESP",
+            ScriptEvent::HttpReqData => "HTTP_REQ_DATA",
+            ScriptEvent::HttpRespData => "HTTP_RESP_DATA",
+            ScriptEvent::HttpRespFailed => "HTTP_RESP_FAILED",
+            ScriptEvent::HttpLbDone => "HTTP_LB_DONE",
         })
     }
 }

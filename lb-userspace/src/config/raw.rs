@@ -41,6 +41,7 @@ pub(crate) struct RawDsLimits {
     pub instruction_budget: Option<Spanned<u64>>,
     pub memory_limit: Option<Spanned<ByteSize>>,
     pub geo_database: Option<SStr>,
+    pub max_body_buffer: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -310,6 +310,7 @@ impl Validator<'_> {
                 // LuaJIT needs some room for its own state and the avi.* API tables.
                 memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
                 geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
+                max_body_buffer: self.size(ds.max_body_buffer.as_ref(), d.max_body_buffer, 1024),
             };
         }
         agent

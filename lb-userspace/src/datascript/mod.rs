@@ -64,6 +64,8 @@ pub struct DsLimits {
     pub memory_bytes: usize,
     /// VMs per virtual service (concurrent events); 0 = number of CPUs.
     pub vms: usize,
+    /// The most of a body buffered for HTTP_REQ_DATA / HTTP_RESP_DATA scripts.
+    pub max_body_buffer: usize,
     /// Leave LuaJIT's compiler on. Only for measurements: a loop compiled into a trace does not
     /// run the count hook, so the instruction budget no longer holds.
     pub jit: bool,
@@ -76,6 +78,7 @@ impl Default for DsLimits {
             hook_every: 1000,
             memory_bytes: 32 << 20,
             vms: 0,
+            max_body_buffer: crate::config::DEFAULT_MAX_BODY_BUFFER,
             jit: false,
         }
     }

@@ -1088,3 +1088,6 @@ fn bench_txn_only() {
 
 // Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
 mod namespaces;
+
+// HTTP_REQ_DATA, HTTP_RESP_DATA, HTTP_RESP_FAILED and HTTP_LB_DONE.
+mod events;

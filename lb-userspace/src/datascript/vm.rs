@@ -31,8 +31,10 @@ pub(crate) struct TxnState {
     /// avi.vs.reqvar, created on first use.
     pub reqvar: Option<Table>,
     pub req_snapshot: Option<ReqSnapshot>,
-    /// The server that answered (HTTP_RESP).
+    /// The server chosen (HTTP_LB_DONE) or that answered (HTTP_RESP).
     pub server: Option<SocketAddr>,
+    /// avi.http.set_response_body_buffer_size, in bytes (HTTP_RESP).
+    pub resp_body_buffer: Option<usize>,
     pub selection: Selection,
     /// A response a script asked for (avi.http.response / redirect).
     pub reply: Option<http::Response<Bytes>>,
@@ -50,6 +52,7 @@ impl TxnState {
             reqvar: None,
             req_snapshot: None,
             server: None,
+            resp_body_buffer: None,
             selection: Selection::default(),
             reply: None,
             close: false,
@@ -68,6 +71,10 @@ pub(crate) struct Ctx {
     pub req: Option<http::request::Parts>,
     /// The live response (HTTP_RESP).
     pub resp: Option<http::response::Parts>,
+    /// The buffered body (HTTP_REQ_DATA: the request's, HTTP_RESP_DATA: the response's).
+    pub body: Option<Bytes>,
+    /// The status latch answers with when the server failed (HTTP_RESP_FAILED).
+    pub failed_status: Option<u16>,
 }
 
 /// State shared by the Rust functions registered in one VM.
@@ -96,13 +103,18 @@ pub(crate) const TERMINATE: &str = "latch: DataScript terminated by a response";
 /// Message of the budget error.
 pub(crate) const BUDGET: &str = "instruction budget exceeded";
 
+/// The scripts of one event in one VM.
+pub(crate) struct EventScripts {
+    /// Script indexes in the set, in order.
+    pub indexes: Vec<usize>,
+    /// Their functions, in the same order (what the sandbox runner calls).
+    pub list: Table,
+}
+
 pub(crate) struct Vm {
     pub lua: Lua,
-    /// Script indexes per event, in order; `req_list`/`resp_list` hold their functions.
-    pub req: Vec<usize>,
-    pub resp: Vec<usize>,
-    pub req_list: Table,
-    pub resp_list: Table,
+    /// Per event (by [`Event::index`]).
+    pub events: Vec<EventScripts>,
     /// The Lua runner (see sandbox.lua).
     pub run: Function,
     pub shared: Arc<VmShared>,
@@ -135,25 +147,27 @@ impl Vm {
             strings: Mutex::default(),
         });
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
-        let req_list = lua.create_table().map_err(vm_err)?;
-        let resp_list = lua.create_table().map_err(vm_err)?;
+        let events = Event::ALL
+            .iter()
+            .map(|_| {
+                Ok(EventScripts {
+                    indexes: Vec::new(),
+                    list: lua.create_table()?,
+                })
+            })
+            .collect::<mlua::Result<_>>()
+            .map_err(vm_err)?;
         let mut vm = Vm {
             lua,
-            req: Vec::new(),
-            resp: Vec::new(),
-            req_list,
-            resp_list,
+            events,
             run,
             shared: Arc::clone(&shared),
         };
         for (i, s) in set.scripts.iter().enumerate() {
             let f = set.load(&vm.lua, i)?;
-            let (idx, list) = match s.event {
-                Event::HttpReq => (&mut vm.req, &vm.req_list),
-                Event::HttpResp => (&mut vm.resp, &vm.resp_list),
-            };
-            idx.push(i);
-            list.raw_push(f).map_err(vm_err)?;
+            let scripts = &mut vm.events[s.event.index()];
+            scripts.indexes.push(i);
+            scripts.list.raw_push(f).map_err(vm_err)?;
         }
         let sh = Arc::clone(&shared);
         {
