@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use super::access_log::Route;
 use super::body::{CollectError, RequestBody, ResponseBody, collect_limited};
@@ -147,7 +147,12 @@ pub(crate) async fn handle(
         Some(RequestVerdict::Forward(selection)) => selection,
         None => Selection::default(),
     };
-    let body_limit = txn.hooks.as_ref().and_then(|h| h.request_body_limit());
+    // A request without a body (GET, Content-Length: 0) has no data event, as in Avi.
+    let body_limit = txn
+        .hooks
+        .as_ref()
+        .filter(|_| !body.is_end_stream())
+        .and_then(|h| h.request_body_limit());
     let body = match (body_limit, txn.hooks.as_mut()) {
         (Some(limit), Some(hooks)) => match collect_limited(body, limit).await {
             Ok(bytes) => match hooks.on_request_body(&mut parts, &bytes) {
@@ -197,7 +202,11 @@ pub(crate) async fn handle(
         drop((rbody, lent));
         return Ok(local_response(resp, txn, false));
     }
-    let body_limit = txn.hooks.as_ref().and_then(|h| h.response_body_limit());
+    let body_limit = txn
+        .hooks
+        .as_ref()
+        .filter(|_| !rbody.is_end_stream())
+        .and_then(|h| h.response_body_limit());
     if let (Some(limit), Some(hooks)) = (body_limit, txn.hooks.as_mut()) {
         let bytes = match collect_limited(rbody, limit).await {
             Ok(bytes) => bytes,

@@ -126,6 +126,9 @@ fn request_bodies_are_buffered_for_req_data_within_the_limit() -> TestResult {
         let s = start(&[b.addr], hooks, settings())?;
         let mut c = client(s.addr).await?;
 
+        // No body, no HTTP_REQ_DATA.
+        let (parts, _) = send(&mut c, get("/headers")?).await?;
+        assert_eq!(parts.status, StatusCode::OK);
         let (parts, body) = send(&mut c, post("/upload", vec![b'u'; 10_000])?).await?;
         assert_eq!(parts.status, StatusCode::OK);
         assert!(body.starts_with("bytes=10000 "), "{body}");
@@ -136,7 +139,7 @@ fn request_bodies_are_buffered_for_req_data_within_the_limit() -> TestResult {
         let (parts, body) = send(&mut c, post("/upload", "block this")?).await?;
         assert_eq!(parts.status, StatusCode::FORBIDDEN);
         assert_eq!(body, "body refused");
-        assert_eq!(b.state.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 3);
 
         // One byte over the limit: 413, the backend never asked, the connection closed.
         let mut c = client(s.addr).await?;
@@ -146,7 +149,7 @@ fn request_bodies_are_buffered_for_req_data_within_the_limit() -> TestResult {
             parts.headers.get("connection").map(|v| v.as_bytes()),
             Some(&b"close"[..])
         );
-        assert_eq!(b.state.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 3);
         // Chunked, without a length known up front: refused as well.
         let chunks = futures_util::stream::iter(
             (0..3).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'c'; 30_000])))),
@@ -161,7 +164,7 @@ fn request_bodies_are_buffered_for_req_data_within_the_limit() -> TestResult {
         let data: Vec<&String> = seen.iter().filter(|e| e.starts_with("req_data")).collect();
         assert_eq!(data, ["req_data 10000", "req_data 5", "req_data 10"]);
         // The server is chosen after the body: only forwarded requests met HTTP_LB_DONE.
-        assert_eq!(seen.iter().filter(|e| e.starts_with("lb_done")).count(), 2);
+        assert_eq!(seen.iter().filter(|e| e.starts_with("lb_done")).count(), 3);
         s.proxy.shutdown(Duration::from_secs(1)).await;
         Ok(())
     })
@@ -231,6 +234,13 @@ fn response_bodies_are_buffered_for_resp_data_within_the_limit() -> TestResult {
             parts.headers.get("x-body-len").map(|v| v.as_bytes()),
             Some(&b"9"[..])
         );
+        // No body (HEAD), no HTTP_RESP_DATA.
+        let head = Request::head("/slow?ms=1")
+            .header("host", "shop.example")
+            .body(Empty::new().boxed_unsync())?;
+        let (parts, _) = send(&mut c, head).await?;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(parts.headers.get("x-body-len").is_none());
         let (parts, body) = send(&mut c, get("/missing")?).await?;
         assert_eq!(parts.status, StatusCode::GONE);
         assert_eq!(body, "replaced after body");
