@@ -428,6 +428,9 @@ impl TxnHooks for Txn {
         request: &mut http::request::Parts,
         body: &Bytes,
     ) -> RequestVerdict {
+        if !self.has(Event::HttpReqData) {
+            return self.request_verdict(Outcome::Done);
+        }
         let outcome = self.run_on_request(Event::HttpReqData, request, Some(body.clone()));
         self.keep_request(request);
         self.request_verdict(outcome)
@@ -478,6 +481,9 @@ impl TxnHooks for Txn {
         response: &mut http::response::Parts,
         body: &Bytes,
     ) -> ResponseVerdict {
+        if !self.has(Event::HttpRespData) {
+            return ResponseVerdict::Continue;
+        }
         response_verdict(self.run_on_response(Event::HttpRespData, response, Some(body.clone())))
     }
 
