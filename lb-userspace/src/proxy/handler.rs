@@ -331,12 +331,13 @@ async fn forward(
             }
         }
     };
-    txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
     if let Some(answer) = txn.hooks.as_mut().and_then(|h| h.on_lb_done(server)) {
-        // The connection carries no request: back to the pool.
+        // The connection carries no request: back to the pool. Nor is it counted as one of
+        // the server's requests.
         ctx.upstream.checkin(server, checkout.sender);
         return Ok(Forwarded::Answered(answer));
     }
+    txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
     let clock = &ctx.settings.clock;
     let response_timeout = selection

@@ -273,6 +273,11 @@ fn lb_done_runs_before_the_request_goes_and_may_answer() -> TestResult {
         assert_eq!(body, "not now");
         assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
         assert_eq!(plan.seen(), [format!("lb_done {}", b.addr)]);
+        let requests = s.proxy.stats().server(b.addr).map_or(0, |st| st.requests);
+        assert_eq!(
+            requests, 0,
+            "a request answered at HTTP_LB_DONE is not the server's"
+        );
         s.proxy.shutdown(Duration::from_secs(1)).await;
         Ok(())
     })
