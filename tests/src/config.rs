@@ -92,6 +92,17 @@ pub struct AgentSettings {
     workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     state_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datascript: Option<ScriptLimits>,
+}
+
+/// `[agent.datascript]`: the script limits a test sets (latch's defaults otherwise).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScriptLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_event_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_memory_limit: Option<String>,
 }
 
 impl AgentSettings {
@@ -105,6 +116,7 @@ impl AgentSettings {
             admin_token_file: None,
             workers: None,
             state_file: None,
+            datascript: None,
         }
     }
 
@@ -130,6 +142,18 @@ impl AgentSettings {
     /// [`crate::LatchAgent::dir`], so nothing is left on the host.
     pub fn state_file(mut self, path: &Path) -> Self {
         self.state_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// `[agent.datascript] max_event_time`, e.g. "2s".
+    pub fn max_event_time(mut self, time: &str) -> Self {
+        self.datascript.get_or_insert_default().max_event_time = Some(time.to_string());
+        self
+    }
+
+    /// `[agent.datascript] table_memory_limit`, e.g. "8MiB".
+    pub fn table_memory_limit(mut self, limit: &str) -> Self {
+        self.datascript.get_or_insert_default().table_memory_limit = Some(limit.to_string());
         self
     }
 

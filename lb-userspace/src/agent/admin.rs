@@ -161,6 +161,8 @@ impl AgentAdmin {
                         expirations: c.expirations,
                         removals: c.removals,
                         failures: c.failures,
+                        bytes: c.bytes,
+                        memory_limit: c.memory_limit,
                     },
                 ))
             })

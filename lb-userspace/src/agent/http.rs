@@ -56,6 +56,9 @@ fn script_limits(config: &Config) -> DsLimits {
         instruction_budget: config.agent.datascript.instruction_budget,
         memory_bytes: config.agent.datascript.memory_limit,
         max_body_buffer: config.agent.datascript.max_body_buffer,
+        max_event_time: config.agent.datascript.max_event_time,
+        max_added_headers: config.agent.datascript.max_added_headers,
+        max_added_header_bytes: config.agent.datascript.max_added_header_bytes,
         // One VM per proxy worker: each worker prefers its own, so they never contend.
         vms: config.agent.workers.unwrap_or(0),
         ..DsLimits::default()
@@ -122,8 +125,10 @@ pub fn build(
     {
         let hooks: Option<Arc<dyn HookFactory>> = match sets.get(&vs.name) {
             Some(set) if !set.is_empty() => {
+                let vs_tables = tables.vs(&vs.name);
+                vs_tables.set_memory_limit(config.agent.datascript.table_memory_limit);
                 let env = ScriptEnv {
-                    tables: tables.vs(&vs.name),
+                    tables: vs_tables,
                     pools: view.clone(),
                     clock: Arc::clone(&clock),
                     limits: limits.clone(),

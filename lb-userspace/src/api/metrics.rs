@@ -86,7 +86,7 @@ pub struct DataScriptMetrics {
     pub runs: u64,
     /// Runs that ended in a Lua error.
     pub errors: u64,
-    /// Runs stopped by the instruction budget.
+    /// Runs stopped by the instruction budget or the time limit (`max_event_time`).
     pub budget_stops: u64,
 }
 
@@ -450,14 +450,42 @@ impl Collector for SnapshotCollector {
         )?;
 
         // Tables.
-        f.gauge(
-            "table_entries",
-            "Persistence table entries stored per virtual service.",
-            None,
-            s.tables
-                .iter()
-                .map(|t| (labels([("vs", &t.vs)]), gauge_value(t.counters.entries))),
-        )?;
+        let table_gauges: [(Field<TableCounters>, Option<Unit>); 3] = [
+            (
+                (
+                    "table_entries",
+                    "Persistence table entries stored per virtual service.",
+                    |c| c.entries,
+                ),
+                None,
+            ),
+            (
+                (
+                    "table_memory",
+                    "Bytes the persistence tables of a virtual service hold (entries charged with their overhead).",
+                    |c| c.bytes,
+                ),
+                Some(Unit::Bytes),
+            ),
+            (
+                (
+                    "table_memory_limit",
+                    "Bytes the persistence tables of a virtual service may hold; inserts beyond are refused.",
+                    |c| c.memory_limit,
+                ),
+                Some(Unit::Bytes),
+            ),
+        ];
+        for ((name, help, get), unit) in table_gauges {
+            f.gauge(
+                name,
+                help,
+                unit,
+                s.tables
+                    .iter()
+                    .map(|t| (labels([("vs", &t.vs)]), gauge_value(get(&t.counters)))),
+            )?;
+        }
         let table_counters: [Field<TableCounters>; 7] = [
             ("table_inserts", "New keys stored.", |c| c.inserts),
             ("table_updates", "Inserts of a live key.", |c| c.updates),
@@ -471,7 +499,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "table_failures",
-                "Inserts refused (table full, key or value too long).",
+                "Inserts refused (table full, memory limit, key or value too long).",
                 |c| c.failures,
             ),
         ];
@@ -496,7 +524,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "datascript_budget_stops",
-                "DataScript runs stopped by the instruction budget.",
+                "DataScript runs stopped by the instruction budget or the time limit.",
                 |d| d.budget_stops,
             ),
         ];

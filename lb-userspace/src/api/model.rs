@@ -123,6 +123,12 @@ pub struct TableCounters {
     pub removals: u64,
     /// Inserts refused (full, key or value too long).
     pub failures: u64,
+    /// Bytes charged for the entries stored (against `memory_limit`).
+    #[serde(default)]
+    pub bytes: u64,
+    /// The tables' memory limit in bytes (`[agent.datascript] table_memory_limit`).
+    #[serde(default)]
+    pub memory_limit: u64,
 }
 
 /// `GET /api/v1/virtual-services`: one element.

@@ -171,6 +171,8 @@ fn sample_snapshot() -> MetricsSnapshot {
                 expirations: 6,
                 removals: 2,
                 failures: 1,
+                bytes: 4096,
+                memory_limit: 65536,
             },
         }],
         datascripts: vec![DataScriptMetrics {
@@ -326,6 +328,18 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
         value(&samples, "latch_table_entries", &[("vs", "we\"b\\1")]),
         12.0,
         "label values are escaped and parse back"
+    );
+    assert_eq!(
+        value(&samples, "latch_table_memory_bytes", &[("vs", "we\"b\\1")]),
+        4096.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "latch_table_memory_limit_bytes",
+            &[("vs", "we\"b\\1")]
+        ),
+        65536.0
     );
     assert_eq!(
         value(

@@ -147,12 +147,22 @@ impl Default for HttpLimits {
 /// `[agent.datascript]`: limits that stop runaway scripts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataScriptLimits {
+    /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
+    pub geo_database: Option<GeoDatabase>,
     /// Lua instructions one event may run before the script is aborted. Default 1,000,000.
     pub instruction_budget: u64,
     /// Memory one Lua VM may allocate. Default 16 MiB.
     pub memory_limit: usize,
-    /// `geo_database`: the MaxMind database of `avi.utils.get_geo_from_ip`, loaded.
-    pub geo_database: Option<GeoDatabase>,
+    /// Wall-clock time one script event may run, whatever it calls. Default 50 ms.
+    pub max_event_time: Duration,
+    /// Bytes the persistence tables of one virtual service may hold (keys, values and
+    /// per-entry overhead); an insert beyond it returns false. Default 64 MiB.
+    pub table_memory_limit: usize,
+    /// Headers the scripts of one transaction may add or replace. Default 100.
+    pub max_added_headers: usize,
+    /// Bytes (names and values) of the headers the scripts of one transaction may add or
+    /// replace. Default 64 KiB.
+    pub max_added_header_bytes: usize,
     /// `max_body_buffer`: the most of a request or response body buffered for the
     /// HTTP_REQ_DATA / HTTP_RESP_DATA scripts (413 / 502 beyond). Default 4 MiB.
     pub max_body_buffer: usize,
@@ -164,9 +174,13 @@ pub const DEFAULT_MAX_BODY_BUFFER: usize = 4 * 1024 * 1024;
 impl Default for DataScriptLimits {
     fn default() -> Self {
         Self {
+            geo_database: None,
             instruction_budget: 1_000_000,
             memory_limit: 16 * 1024 * 1024,
-            geo_database: None,
+            max_event_time: Duration::from_millis(50),
+            table_memory_limit: 64 * 1024 * 1024,
+            max_added_headers: 100,
+            max_added_header_bytes: 64 * 1024,
             max_body_buffer: DEFAULT_MAX_BODY_BUFFER,
         }
     }

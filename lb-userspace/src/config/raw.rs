@@ -38,9 +38,13 @@ pub(crate) struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDsLimits {
+    pub geo_database: Option<SStr>,
     pub instruction_budget: Option<Spanned<u64>>,
     pub memory_limit: Option<Spanned<ByteSize>>,
-    pub geo_database: Option<SStr>,
+    pub max_event_time: Option<SStr>,
+    pub table_memory_limit: Option<Spanned<ByteSize>>,
+    pub max_added_headers: Option<Spanned<usize>>,
+    pub max_added_header_bytes: Option<Spanned<ByteSize>>,
     pub max_body_buffer: Option<Spanned<ByteSize>>,
 }
 

@@ -65,6 +65,10 @@ fn base_is_valid_with_defaults() {
     assert_eq!(c.agent.http.max_headers, 100);
     assert_eq!(c.agent.datascript.instruction_budget, 1_000_000);
     assert_eq!(c.agent.datascript.memory_limit, 16 << 20);
+    assert_eq!(c.agent.datascript.max_event_time, Duration::from_millis(50));
+    assert_eq!(c.agent.datascript.table_memory_limit, 64 << 20);
+    assert_eq!(c.agent.datascript.max_added_headers, 100);
+    assert_eq!(c.agent.datascript.max_added_header_bytes, 64 << 10);
     let pool = c.pool("web").expect("pool web");
     assert_eq!(pool.algorithm, Algorithm::RoundRobin);
     assert_eq!(
@@ -110,6 +114,10 @@ max_headers = 50
 [agent.datascript]
 instruction_budget = 5000
 memory_limit = 33554432
+max_event_time = "20ms"
+table_memory_limit = "1MiB"
+max_added_headers = 10
+max_added_header_bytes = "2KiB"
 
 [[pool]]
 name = "hash"
@@ -162,6 +170,10 @@ command_timeout = "250ms"
     assert_eq!(a.http.max_headers, 50);
     assert_eq!(a.datascript.instruction_budget, 5000);
     assert_eq!(a.datascript.memory_limit, 32 << 20);
+    assert_eq!(a.datascript.max_event_time, Duration::from_millis(20));
+    assert_eq!(a.datascript.table_memory_limit, 1 << 20);
+    assert_eq!(a.datascript.max_added_headers, 10);
+    assert_eq!(a.datascript.max_added_header_bytes, 2048);
 
     let hash = c.pool("hash").expect("pool");
     assert_eq!(
@@ -804,6 +816,31 @@ fn limits_are_checked() {
         e[1].starts_with("/etc/latch/latch.toml:4:16: invalid size \"lots\""),
         "{}",
         e[1]
+    );
+}
+
+#[test]
+fn sandbox_limits_are_checked() {
+    let e = errors(
+        "[agent.datascript]\nmax_event_time = \"0s\"\ntable_memory_limit = \"1KiB\"\nmax_added_headers = 0\nmax_added_header_bytes = \"lots\"\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "/etc/latch/latch.toml:2:18: duration must be greater than zero"
+    );
+    assert_eq!(
+        e[1],
+        "/etc/latch/latch.toml:3:22: size 1024 is below the minimum of 65536 bytes"
+    );
+    assert_eq!(
+        e[2],
+        "/etc/latch/latch.toml:4:21: max_added_headers must be at least 1"
+    );
+    assert!(
+        e[3].starts_with("/etc/latch/latch.toml:5:26: invalid size \"lots\""),
+        "{}",
+        e[3]
     );
 }
 

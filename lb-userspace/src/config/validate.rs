@@ -301,6 +301,7 @@ impl Validator<'_> {
         if let Some(ds) = &raw.datascript {
             let d = DataScriptLimits::default();
             agent.datascript = DataScriptLimits {
+                geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
                 instruction_budget: self.at_least(
                     ds.instruction_budget.as_ref(),
                     d.instruction_budget,
@@ -309,7 +310,23 @@ impl Validator<'_> {
                 ),
                 // LuaJIT needs some room for its own state and the avi.* API tables.
                 memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
-                geo_database: ds.geo_database.as_ref().and_then(|p| self.geo_database(p)),
+                max_event_time: self.duration(ds.max_event_time.as_ref(), d.max_event_time),
+                table_memory_limit: self.size(
+                    ds.table_memory_limit.as_ref(),
+                    d.table_memory_limit,
+                    64 * 1024,
+                ),
+                max_added_headers: self.at_least(
+                    ds.max_added_headers.as_ref(),
+                    d.max_added_headers,
+                    1,
+                    "max_added_headers",
+                ),
+                max_added_header_bytes: self.size(
+                    ds.max_added_header_bytes.as_ref(),
+                    d.max_added_header_bytes,
+                    1024,
+                ),
                 max_body_buffer: self.size(ds.max_body_buffer.as_ref(), d.max_body_buffer, 1024),
             };
         }

@@ -17,6 +17,8 @@ mod api;
 mod compile;
 mod lint;
 mod names;
+mod pattern;
+mod strlib;
 mod txn;
 mod vm;
 
@@ -24,6 +26,7 @@ mod vm;
 mod tests;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use compile::ScriptSet;
 pub use lint::lint;
@@ -60,8 +63,16 @@ pub struct DsLimits {
     pub instruction_budget: u64,
     /// Hook period in instructions: a runaway script stops within budget + this.
     pub hook_every: u32,
+    /// Wall-clock time one event may run (all scripts of the event together), whatever
+    /// library function it calls: checked at every hook period and every pattern-matching
+    /// step batch.
+    pub max_event_time: Duration,
     /// Memory limit per VM in bytes.
     pub memory_bytes: usize,
+    /// Headers the scripts of one transaction may add or replace (all events together).
+    pub max_added_headers: usize,
+    /// Bytes (names and values) of those headers.
+    pub max_added_header_bytes: usize,
     /// VMs per virtual service (concurrent events); 0 = number of CPUs.
     pub vms: usize,
     /// The most of a body buffered for HTTP_REQ_DATA / HTTP_RESP_DATA scripts.
@@ -75,8 +86,11 @@ impl Default for DsLimits {
     fn default() -> Self {
         Self {
             instruction_budget: 1_000_000,
-            hook_every: 1000,
+            hook_every: 100,
+            max_event_time: Duration::from_millis(50),
             memory_bytes: 32 << 20,
+            max_added_headers: 100,
+            max_added_header_bytes: 64 << 10,
             vms: 0,
             max_body_buffer: crate::config::DEFAULT_MAX_BODY_BUFFER,
             jit: false,

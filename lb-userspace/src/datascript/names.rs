@@ -9,15 +9,13 @@
 //! runtime matter.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 
 use mlua::{Lua, StdLib, Table, Value};
-use parking_lot::Mutex;
 
 use super::api::RESP_FAILED_ALLOWED;
 use super::lint::{Tok, tokenize_with_columns};
-use super::vm::{Ctx, VmShared};
+use super::vm::VmShared;
 use super::{DsLimits, Event, ScriptEnv, ScriptError, ScriptSet, ScriptSource};
 use crate::proxy::StaticPoolView;
 use crate::tables::{MonotonicClock, NoMirror, TableLimits, VsTables};
@@ -124,15 +122,7 @@ fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
         observer: None,
         geo: None,
     };
-    let shared = Arc::new(VmShared {
-        ctx: Mutex::new(Ctx::default()),
-        ticks: AtomicU64::new(0),
-        max_ticks: 0,
-        abort: AtomicBool::new(false),
-        env,
-        set: Arc::new(set),
-        strings: Mutex::default(),
-    });
+    let shared = Arc::new(VmShared::new(&env, &Arc::new(set)));
     let avi = super::api::install(&lua, &shared)?;
     walk(&avi, "avi", 0, names);
     Ok(())

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::*;
-use crate::config::GeoDatabase;
 use crate::proxy::hooks::{
     HookFactory, PoolView, RequestVerdict, ResponseVerdict, Selection, ServerView, TxnHooks,
     TxnInfo,
@@ -80,7 +79,11 @@ fn fixture_with(scripts: Vec<ScriptSource>, limits: DsLimits) -> Fx {
     fixture_with_geo(scripts, limits, None)
 }
 
-fn fixture_with_geo(scripts: Vec<ScriptSource>, limits: DsLimits, geo: Option<GeoDatabase>) -> Fx {
+fn fixture_with_geo(
+    scripts: Vec<ScriptSource>,
+    limits: DsLimits,
+    geo: Option<crate::config::GeoDatabase>,
+) -> Fx {
     let set = ScriptSet::compile("shop", scripts).expect("compile");
     let tables = Arc::new(VsTables::new(
         "shop",
@@ -180,6 +183,9 @@ fn eval_req(script: &str, uri: &str, headers: &[(&str, &str)]) -> String {
     forward(v);
     t.log_output().unwrap_or_default()
 }
+
+// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
+mod namespaces;
 
 // ---- compile, lint ---------------------------------------------------------------------------
 
@@ -1004,6 +1010,7 @@ fn bench_event() {
                 )],
                 DsLimits {
                     instruction_budget: u64::MAX / 2,
+                    max_event_time: std::time::Duration::from_secs(3600),
                     ..l.clone()
                 },
             );
@@ -1086,8 +1093,7 @@ fn bench_txn_only() {
     );
 }
 
-// Namespaces beyond avi.http/vs/pool, Avi's string extensions, the avi.* constants.
-mod namespaces;
-
 // HTTP_REQ_DATA, HTTP_RESP_DATA, HTTP_RESP_FAILED and HTTP_LB_DONE.
 mod events;
+
+mod sandbox;

@@ -68,7 +68,7 @@ pub struct EventCounters {
     pub runs: u64,
     /// Runs that ended in a Lua error (budget stops not included).
     pub errors: u64,
-    /// Runs stopped by the instruction budget.
+    /// Runs stopped by the instruction budget or the time limit (`max_event_time`).
     pub budget_stops: u64,
 }
 
@@ -253,6 +253,8 @@ impl Txn {
             txn: Some(state),
             ..input
         };
+        // Garbage of earlier transactions must not fail this one.
+        vm.collect_if_above(75);
         vm.shared.begin_event();
         let result = vm
             .run
@@ -270,6 +272,16 @@ impl Txn {
             }
             Err(e) => Some((None, e)),
         };
+        if failure.is_some()
+            && let Some(t) = ctx.txn.as_mut()
+            && t.reply.is_none()
+        {
+            // A failed event ends the transaction's scripts: what it holds in Lua goes now,
+            // so a request that filled the heap leaves it usable for the next one.
+            t.env = None;
+            t.reqvar = None;
+            vm.collect_if_above(50);
+        }
         drop(vm);
         let Some(mut state) = ctx.txn.take() else {
             return (Outcome::Failed, ctx);
@@ -281,7 +293,7 @@ impl Txn {
             // avi.http.response/redirect end the event with an error on purpose.
             Some(_) if state.reply.is_some() => false,
             Some((script, e)) => {
-                if e.to_string().contains(crate::datascript::vm::BUDGET) {
+                if crate::datascript::vm::is_limit_stop(&e.to_string()) {
                     counters.budget_stops[slot].fetch_add(1, Ordering::Relaxed);
                 } else {
                     counters.errors[slot].fetch_add(1, Ordering::Relaxed);
@@ -302,6 +314,17 @@ impl Txn {
                     }
                     None => {
                         tracing::warn!(vs = %vs, event = %event, error = %e, "DataScript runner error, answering 500");
+                        // A limit stop can also fire in the runner's own few instructions
+                        // after a script was stopped (the hook raises until the event ends):
+                        // the request's log line still says why it was answered 500.
+                        let message = e.to_string();
+                        if crate::datascript::vm::is_limit_stop(&message) {
+                            if !state.log.is_empty() {
+                                state.log.push('\n');
+                            }
+                            let reason = crate::datascript::compile::root_message(&e);
+                            state.log.push_str(&format!("DataScript stopped: {reason}"));
+                        }
                     }
                 }
                 true

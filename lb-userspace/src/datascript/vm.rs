@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
@@ -42,6 +43,10 @@ pub(crate) struct TxnState {
     pub log: String,
     /// The user id a script set (avi.http.set_userid).
     pub userid: Option<String>,
+    /// Headers added or replaced by scripts so far, and their bytes (see
+    /// [`TxnState::charge_added_header`]).
+    pub added_headers: usize,
+    pub added_header_bytes: usize,
 }
 
 impl TxnState {
@@ -58,7 +63,31 @@ impl TxnState {
             close: false,
             log: String::new(),
             userid: None,
+            added_headers: 0,
+            added_header_bytes: 0,
         }
+    }
+
+    /// Counts a header a script adds or replaces (`bytes`: name and value) against the
+    /// transaction's bound: headers live outside the Lua heap, so without it a loop of
+    /// add_header calls grows the request without limit. Beyond it: a Lua error (500).
+    pub fn charge_added_header(
+        &mut self,
+        limits: &super::DsLimits,
+        func: &str,
+        bytes: usize,
+    ) -> mlua::Result<()> {
+        self.added_headers += 1;
+        self.added_header_bytes += bytes;
+        if self.added_headers > limits.max_added_headers
+            || self.added_header_bytes > limits.max_added_header_bytes
+        {
+            return Err(mlua::Error::runtime(format!(
+                "{func}: too many header additions in this transaction (at most {} headers, {} bytes)",
+                limits.max_added_headers, limits.max_added_header_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -80,9 +109,16 @@ pub(crate) struct Ctx {
 /// State shared by the Rust functions registered in one VM.
 pub(crate) struct VmShared {
     pub ctx: Mutex<Ctx>,
-    /// Hook ticks in the current event.
-    pub ticks: AtomicU64,
-    pub max_ticks: u64,
+    /// Work done in the current event, in instructions: the count hook's periods plus the
+    /// steps of library functions that charge their own work (the pattern matcher).
+    pub spent: AtomicU64,
+    /// Instructions an event may spend.
+    pub budget: u64,
+    /// Start of the current event, in nanoseconds since `epoch` (`u64::MAX` before the first).
+    pub event_start_ns: AtomicU64,
+    pub epoch: Instant,
+    /// How long an event may run (wall clock).
+    pub max_event_time: Duration,
     /// Set when the event must end (budget exhausted, response sent): pcall then re-raises.
     pub abort: AtomicBool,
     pub env: ScriptEnv,
@@ -92,9 +128,54 @@ pub(crate) struct VmShared {
 }
 
 impl VmShared {
+    /// The state of a VM running `set` with `env`, before its first event.
+    pub fn new(env: &ScriptEnv, set: &Arc<ScriptSet>) -> Self {
+        VmShared {
+            ctx: Mutex::new(Ctx::default()),
+            spent: AtomicU64::new(0),
+            budget: env.limits.instruction_budget,
+            // No event yet: Lua run while the VM is set up has no time limit.
+            event_start_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            max_event_time: env.limits.max_event_time,
+            abort: AtomicBool::new(false),
+            env: env.clone(),
+            set: Arc::clone(set),
+            strings: Mutex::default(),
+        }
+    }
+
     pub fn begin_event(&self) {
-        self.ticks.store(0, Ordering::Relaxed);
+        self.spent.store(0, Ordering::Relaxed);
+        self.event_start_ns.store(self.now_ns(), Ordering::Relaxed);
         self.abort.store(false, Ordering::Relaxed);
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Charges `instructions` of work to the current event and checks its limits: past the
+    /// instruction budget or the time limit, the event is aborted (no pcall catches it) and
+    /// the error ends it. The count hook charges its period; library functions that loop in
+    /// Rust charge their steps, so no function runs unbounded.
+    pub fn charge(&self, instructions: u64) -> mlua::Result<()> {
+        let spent = self.spent.fetch_add(instructions, Ordering::Relaxed) + instructions;
+        if spent > self.budget {
+            self.abort.store(true, Ordering::Relaxed);
+            return Err(mlua::Error::runtime(BUDGET));
+        }
+        let ran = self
+            .now_ns()
+            .saturating_sub(self.event_start_ns.load(Ordering::Relaxed));
+        if u128::from(ran) > self.max_event_time.as_nanos() {
+            self.abort.store(true, Ordering::Relaxed);
+            return Err(mlua::Error::runtime(format!(
+                "{TIME_LIMIT} ({} ms)",
+                self.max_event_time.as_millis()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +183,15 @@ impl VmShared {
 pub(crate) const TERMINATE: &str = "latch: DataScript terminated by a response";
 /// Message of the budget error.
 pub(crate) const BUDGET: &str = "instruction budget exceeded";
+/// Longest source `loadstring`/`load` compile (the parser runs in C, unhooked).
+pub(crate) const MAX_LOAD_BYTES: usize = 256 * 1024;
+/// Message of the time limit error.
+pub(crate) const TIME_LIMIT: &str = "event time limit exceeded";
+
+/// True when `message` is the error of a stop by the instruction budget or the time limit.
+pub(crate) fn is_limit_stop(message: &str) -> bool {
+    message.contains(BUDGET) || message.contains(TIME_LIMIT)
+}
 
 /// The scripts of one event in one VM.
 pub(crate) struct EventScripts {
@@ -118,6 +208,8 @@ pub(crate) struct Vm {
     /// The Lua runner (see sandbox.lua).
     pub run: Function,
     pub shared: Arc<VmShared>,
+    /// The heap limit in force (bytes).
+    pub memory_limit: usize,
 }
 
 /// Lua side of the sandbox. Runs once per VM with the real globals; returns the sandbox
@@ -135,17 +227,7 @@ impl Vm {
             StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::OS | StdLib::BIT | StdLib::JIT;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(vm_err)?;
         let limits = &env.limits;
-        let shared = Arc::new(VmShared {
-            ctx: Mutex::new(Ctx::default()),
-            ticks: AtomicU64::new(0),
-            max_ticks: limits
-                .instruction_budget
-                .div_ceil(u64::from(limits.hook_every.max(1))),
-            abort: AtomicBool::new(false),
-            env: env.clone(),
-            set: Arc::clone(set),
-            strings: Mutex::default(),
-        });
+        let shared = Arc::new(VmShared::new(env, set));
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
         let events = Event::ALL
             .iter()
@@ -162,6 +244,7 @@ impl Vm {
             events,
             run,
             shared: Arc::clone(&shared),
+            memory_limit: limits.memory_bytes,
         };
         for (i, s) in set.scripts.iter().enumerate() {
             let f = set.load(&vm.lua, i)?;
@@ -170,32 +253,36 @@ impl Vm {
             scripts.list.raw_push(f).map_err(vm_err)?;
         }
         let sh = Arc::clone(&shared);
-        {
-            vm.lua
-                .set_hook(
-                    HookTriggers::new().every_nth_instruction(limits.hook_every.max(1)),
-                    move |_, _| {
-                        let t = sh.ticks.fetch_add(1, Ordering::Relaxed) + 1;
-                        if t > sh.max_ticks {
-                            sh.abort.store(true, Ordering::Relaxed);
-                            return Err(mlua::Error::runtime(BUDGET));
-                        }
-                        Ok(VmState::Continue)
-                    },
-                )
-                .map_err(vm_err)?;
-        }
+        let period = limits.hook_every.max(1);
+        vm.lua
+            .set_hook(
+                HookTriggers::new().every_nth_instruction(period),
+                move |_, _| {
+                    sh.charge(u64::from(period))?;
+                    Ok(VmState::Continue)
+                },
+            )
+            .map_err(vm_err)?;
         vm.lua.gc_collect().map_err(vm_err)?;
         let used = vm.lua.used_memory();
-        {
-            vm.lua
-                .set_memory_limit(limits.memory_bytes.max(used + (1 << 20)))
-                .map_err(vm_err)?;
-        }
+        vm.memory_limit = limits.memory_bytes.max(used + (1 << 20));
+        vm.lua.set_memory_limit(vm.memory_limit).map_err(vm_err)?;
         Ok(vm)
     }
 
+    /// Collects garbage when the heap is more than `percent` full. LuaJIT runs no emergency
+    /// collection when an allocation fails, so without this the garbage of a transaction that
+    /// filled the heap would fail every later event until the next incremental cycle.
+    pub fn collect_if_above(&self, percent: usize) {
+        if self.lua.used_memory() > self.memory_limit / 100 * percent
+            && let Err(e) = self.lua.gc_collect()
+        {
+            tracing::warn!(vs = %self.shared.set.vs_name(), error = %e, "DataScript VM garbage collection failed");
+        }
+    }
+
     fn sandbox(lua: &Lua, shared: &Arc<VmShared>) -> mlua::Result<Function> {
+        super::strlib::install(lua, shared)?;
         let avi = super::api::install(lua, shared)?;
         let sh = Arc::clone(shared);
         let abort_requested =
@@ -203,6 +290,16 @@ impl Vm {
         let compile =
             lua.create_function(move |lua, (text, name): (mlua::String, Option<String>)| {
                 let name = name.as_deref().unwrap_or("loadstring");
+                // Compiling runs in C, out of the hook's reach: bound the source.
+                let len = text.as_bytes().len();
+                if len > MAX_LOAD_BYTES {
+                    return Ok((
+                        None,
+                        Some(format!(
+                            "load: chunk of {len} bytes exceeds the limit of {MAX_LOAD_BYTES}"
+                        )),
+                    ));
+                }
                 match load_text(lua, text.as_bytes().to_vec(), name) {
                     Ok(f) => Ok((Some(f), None)),
                     Err(e) => Ok((None, Some(super::compile::root_message(&e)))),

@@ -11,8 +11,11 @@
 //! which the agent calls periodically.
 //!
 //! Memory (measured by `memory_per_entry`, `cargo test -p lb-userspace --lib tables -- --ignored
-//! --nocapture`): about 215 bytes per entry (glibc heap, hash table slack included) with
-//! 32-byte keys and 16-byte values in user space.
+//! --nocapture`): about 240 bytes per entry (glibc heap, hash table slack included) with
+//! 32-byte keys and 16-byte values in user space, whatever table it is in: all tables of a
+//! virtual service share one map keyed by (table, key). Each entry is charged
+//! [`ENTRY_OVERHEAD_BYTES`] plus its table name, key and value against the virtual service's
+//! memory limit ([`TableLimits::max_bytes`]); an insert beyond it is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -94,6 +97,9 @@ pub struct TableLimits {
     pub max_value_bytes: usize,
     /// No entry lives longer than this from now, whatever the script asks.
     pub max_lifetime_s: u64,
+    /// Bytes the tables may hold (see [`ENTRY_OVERHEAD_BYTES`]); the agent sets it per
+    /// virtual service from `[agent.datascript] table_memory_limit`.
+    pub max_bytes: usize,
 }
 
 impl Default for TableLimits {
@@ -103,6 +109,7 @@ impl Default for TableLimits {
             max_key_bytes: 256,
             max_value_bytes: 1024,
             max_lifetime_s: 86_400,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -215,6 +222,10 @@ pub struct CounterSnapshot {
     pub failures: u64,
     /// Entries currently stored (live or expired but not yet swept).
     pub entries: u64,
+    /// Bytes charged for the entries stored.
+    pub bytes: u64,
+    /// The memory limit in bytes.
+    pub memory_limit: u64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -237,6 +248,12 @@ pub enum InsertError {
         len: usize,
         /// The configured limit.
         max: usize,
+    },
+    /// The tables hold as many bytes as the memory limit allows.
+    #[error("table memory full ({limit} bytes)")]
+    MemoryFull {
+        /// The configured limit.
+        limit: usize,
     },
     /// The value is longer than the limit.
     #[error("value of {len} bytes exceeds the limit of {max}")]
@@ -318,18 +335,112 @@ impl Entry {
     }
 }
 
-type Map = DashMap<Box<str>, Entry>;
+/// A key with the name of its table, in one allocation: all tables of a virtual service share
+/// one map, so a named table costs nothing of its own (a map per table cost 8 KB of shards).
+struct TableKey {
+    /// The table name followed by the key.
+    text: Box<str>,
+    /// Length of the table name in `text`.
+    split: u32,
+}
 
-fn new_map() -> Map {
-    DashMap::with_capacity_and_shard_amount(0, SHARDS)
+impl TableKey {
+    fn new(table: &str, key: &str) -> Self {
+        let mut text = String::with_capacity(table.len() + key.len());
+        text.push_str(table);
+        text.push_str(key);
+        Self {
+            text: text.into_boxed_str(),
+            // Keys and table names are at most a few hundred bytes (see `TableLimits`).
+            split: u32::try_from(table.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// A (table, key) pair, stored ([`TableKey`]) or looked up ([`Lookup`]) alike, so a lookup
+/// allocates nothing.
+trait Qualified {
+    fn table(&self) -> &str;
+    fn key(&self) -> &str;
+}
+
+impl Qualified for TableKey {
+    fn table(&self) -> &str {
+        &self.text[..self.split as usize]
+    }
+    fn key(&self) -> &str {
+        &self.text[self.split as usize..]
+    }
+}
+
+/// The (table, key) of a lookup.
+struct Lookup<'a>(&'a str, &'a str);
+
+impl Qualified for Lookup<'_> {
+    fn table(&self) -> &str {
+        self.0
+    }
+    fn key(&self) -> &str {
+        self.1
+    }
+}
+
+impl std::hash::Hash for dyn Qualified + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // `str` hashes with a terminator, so ("ab", "c") and ("a", "bc") differ.
+        self.table().hash(h);
+        self.key().hash(h);
+    }
+}
+
+impl PartialEq for dyn Qualified + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.table() == other.table() && self.key() == other.key()
+    }
+}
+
+impl Eq for dyn Qualified + '_ {}
+
+impl std::hash::Hash for TableKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self as &dyn Qualified).hash(h);
+    }
+}
+
+impl PartialEq for TableKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn Qualified) == (other as &dyn Qualified)
+    }
+}
+
+impl Eq for TableKey {}
+
+impl<'a> std::borrow::Borrow<dyn Qualified + 'a> for TableKey {
+    fn borrow(&self) -> &(dyn Qualified + 'a) {
+        self
+    }
+}
+
+type Map = DashMap<TableKey, Entry>;
+
+/// Bytes an entry is charged beyond its table name, key and value: the map slot, the entry,
+/// allocator overhead and hash table slack (measured by `memory_per_entry`).
+pub const ENTRY_OVERHEAD_BYTES: usize = 208;
+
+/// What an entry is charged against the memory limit.
+fn entry_cost(table: &str, key: &str, value: &str) -> usize {
+    ENTRY_OVERHEAD_BYTES + table.len() + key.len() + value.len()
 }
 
 /// All persistence tables of one virtual service.
 pub struct VsTables {
     vs: Arc<str>,
-    default: Map,
-    named: DashMap<Box<str>, Arc<Map>>,
+    map: Map,
     entries: AtomicUsize,
+    /// Bytes charged for the entries stored (see [`entry_cost`]).
+    bytes: AtomicUsize,
+    /// Limit of `bytes`; changed by a reload.
+    memory_limit: AtomicUsize,
     limits: TableLimits,
     counters: Counters,
     mirror: ArcSwap<Box<dyn Mirror>>,
@@ -342,6 +453,7 @@ impl std::fmt::Debug for VsTables {
         f.debug_struct("VsTables")
             .field("vs", &self.vs)
             .field("entries", &self.entries)
+            .field("bytes", &self.bytes)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -352,9 +464,10 @@ impl VsTables {
     pub fn new(vs: &str, limits: TableLimits, mirror: Arc<dyn Mirror>) -> Self {
         Self {
             vs: Arc::from(vs),
-            default: new_map(),
-            named: DashMap::new(),
+            map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             entries: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            memory_limit: AtomicUsize::new(limits.max_bytes),
             limits,
             counters: Counters::default(),
             mirror: ArcSwap::from_pointee(Box::new(ArcMirror(mirror)) as Box<dyn Mirror>),
@@ -370,6 +483,51 @@ impl VsTables {
     /// The limits in force.
     pub fn limits(&self) -> &TableLimits {
         &self.limits
+    }
+
+    /// Bytes charged for the entries stored now.
+    pub fn memory_used(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The memory limit in force.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
+    /// Change the memory limit (a reload). Entries already stored stay; inserts are refused
+    /// while the tables hold more.
+    pub fn set_memory_limit(&self, bytes: usize) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Reserve room for a new entry: one more entry and `cost` more bytes, or why not.
+    fn reserve(&self, cost: usize) -> Result<(), InsertError> {
+        let max = self.limits.max_entries;
+        if self.entries.fetch_add(1, Ordering::Relaxed) >= max {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            return Err(InsertError::Full { max });
+        }
+        let limit = self.memory_limit();
+        if self.bytes.fetch_add(cost, Ordering::Relaxed) + cost > limit {
+            self.bytes.fetch_sub(cost, Ordering::Relaxed);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            return Err(InsertError::MemoryFull { limit });
+        }
+        Ok(())
+    }
+
+    /// An entry left: give back its room.
+    fn release(&self, table: &str, key: &str, value: &str) {
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(entry_cost(table, key, value), Ordering::Relaxed);
+    }
+
+    /// An entry's value changed from `old` to `new` (its key stays): charge the difference.
+    fn recharge(&self, old: &str, new: &str) {
+        self.bytes.fetch_add(new.len(), Ordering::Relaxed);
+        self.bytes.fetch_sub(old.len(), Ordering::Relaxed);
     }
 
     /// Replace the mirror (e.g. once the dataplane or replication is up).
@@ -424,6 +582,8 @@ impl VsTables {
             removals: c.removals.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             entries: self.entries.load(Ordering::Relaxed) as u64,
+            bytes: self.memory_used() as u64,
+            memory_limit: self.memory_limit() as u64,
         }
     }
 
@@ -437,37 +597,13 @@ impl VsTables {
         self.len() == 0
     }
 
-    fn with_map<R>(&self, table: &str, f: impl FnOnce(&Map) -> R) -> Option<R> {
-        if table == DEFAULT_TABLE {
-            return Some(f(&self.default));
-        }
-        let map = self.named.get(table).map(|m| Arc::clone(m.value()))?;
-        Some(f(&map))
-    }
-
-    fn with_map_or_create<R>(&self, table: &str, f: impl FnOnce(&Map) -> R) -> R {
-        if table == DEFAULT_TABLE {
-            return f(&self.default);
-        }
-        let map = match self.named.get(table) {
-            Some(m) => Arc::clone(m.value()),
-            None => Arc::clone(
-                self.named
-                    .entry(Box::from(table))
-                    .or_insert_with(|| Arc::new(new_map()))
-                    .value(),
-            ),
-        };
-        f(&map)
-    }
-
     fn clamp_expiry(&self, now_ns: u64, lifetime_s: u64) -> u64 {
         let lifetime = lifetime_s.min(self.limits.max_lifetime_s);
         now_ns.saturating_add(lifetime.saturating_mul(NS_PER_S))
     }
 
-    fn expired(&self, table: &str, key: &str) {
-        self.entries.fetch_sub(1, Ordering::Relaxed);
+    fn expired(&self, table: &str, key: &str, value: &str) {
+        self.release(table, key, value);
         bump(&self.counters.expirations);
         self.notify_remove(table, key, RemoveReason::Expired);
     }
@@ -501,53 +637,54 @@ impl VsTables {
     ) -> Result<InsertOutcome, InsertError> {
         let l = &self.limits;
         l.check_key(key)?;
+        l.check_key(table)?;
         let expires_ns = self.clamp_expiry(now_ns, lifetime_s);
-        self.with_map_or_create(table, |map| {
-            // Fast path without allocating the key: a live key only has its expiry reset.
-            if let Some(mut e) = map.get_mut(key)
-                && e.live(now_ns)
-            {
-                e.expires_ns = expires_ns;
-                self.notify_extension(table, key, &mut e);
-                return Ok(InsertOutcome::Updated);
-            }
-            l.check_value(value)?;
-            match map.entry(Box::from(key)) {
-                MapEntry::Occupied(mut o) => {
-                    let e = o.get_mut();
-                    if e.live(now_ns) {
-                        e.expires_ns = expires_ns;
-                        self.notify_extension(table, key, e);
-                        Ok(InsertOutcome::Updated)
-                    } else {
-                        // The expired entry is replaced in place; report its expiry first so a
-                        // mirror sees the same sequence as for a swept entry.
-                        bump(&self.counters.expirations);
-                        self.notify_remove(table, key, RemoveReason::Expired);
-                        *e = Entry::new(Box::from(value), expires_ns);
-                        self.notify_upsert(table, key, value, expires_ns);
-                        Ok(InsertOutcome::Inserted)
+        // Fast path without allocating the key: a live key only has its expiry reset.
+        if let Some(mut e) = self.map.get_mut(&Lookup(table, key) as &dyn Qualified)
+            && e.live(now_ns)
+        {
+            e.expires_ns = expires_ns;
+            self.notify_extension(table, key, &mut e);
+            return Ok(InsertOutcome::Updated);
+        }
+        l.check_value(value)?;
+        match self.map.entry(TableKey::new(table, key)) {
+            MapEntry::Occupied(mut o) => {
+                let e = o.get_mut();
+                if e.live(now_ns) {
+                    e.expires_ns = expires_ns;
+                    self.notify_extension(table, key, e);
+                    Ok(InsertOutcome::Updated)
+                } else {
+                    // The expired entry is replaced in place; report its expiry first so a
+                    // mirror sees the same sequence as for a swept entry.
+                    let grows = value.len().saturating_sub(e.value.len());
+                    let limit = self.memory_limit();
+                    if self.memory_used() + grows > limit {
+                        return Err(InsertError::MemoryFull { limit });
                     }
-                }
-                MapEntry::Vacant(v) => {
-                    let before = self.entries.fetch_add(1, Ordering::Relaxed);
-                    if before >= l.max_entries {
-                        self.entries.fetch_sub(1, Ordering::Relaxed);
-                        return Err(InsertError::Full { max: l.max_entries });
-                    }
-                    v.insert(Entry::new(Box::from(value), expires_ns));
+                    bump(&self.counters.expirations);
+                    self.notify_remove(table, key, RemoveReason::Expired);
+                    self.recharge(&e.value, value);
+                    *e = Entry::new(Box::from(value), expires_ns);
                     self.notify_upsert(table, key, value, expires_ns);
                     Ok(InsertOutcome::Inserted)
                 }
             }
-        })
+            MapEntry::Vacant(v) => {
+                self.reserve(entry_cost(table, key, value))?;
+                v.insert(Entry::new(Box::from(value), expires_ns));
+                self.notify_upsert(table, key, value, expires_ns);
+                Ok(InsertOutcome::Inserted)
+            }
+        }
     }
 
     /// Extend a live entry by `exten_s` (never beyond the maximum lifetime from now) and return
     /// its value and expiry; `None` (and the expired entry removed) otherwise.
     fn touch(&self, table: &str, key: &str, exten_s: u64, now_ns: u64) -> Option<(String, u64)> {
-        let found = self.with_map(table, |map| {
-            let mut e = map.get_mut(key)?;
+        let found = {
+            let mut e = self.map.get_mut(&Lookup(table, key) as &dyn Qualified)?;
             if e.live(now_ns) {
                 if exten_s > 0 {
                     let cap = self.clamp_expiry(now_ns, self.limits.max_lifetime_s);
@@ -561,26 +698,26 @@ impl VsTables {
                         self.notify_extension(table, key, &mut e);
                     }
                 }
-                return Some(Ok((e.value.to_string(), e.expires_ns)));
-            }
-            drop(e);
-            Some(Err(()))
-        })??;
-        match found {
-            Ok(v) => Some(v),
-            Err(()) => {
-                self.remove_expired(table, key, now_ns);
+                Some((e.value.to_string(), e.expires_ns))
+            } else {
                 None
             }
+        };
+        if found.is_none() {
+            self.remove_expired(table, key, now_ns);
         }
+        found
     }
 
     fn remove_expired(&self, table: &str, key: &str, now_ns: u64) {
-        self.with_map(table, |map| {
-            if map.remove_if(key, |_, e| !e.live(now_ns)).is_some() {
-                self.expired(table, key);
-            }
-        });
+        if let Some((_, e)) = self
+            .map
+            .remove_if(&Lookup(table, key) as &dyn Qualified, |_, e| {
+                !e.live(now_ns)
+            })
+        {
+            self.expired(table, key, &e.value);
+        }
     }
 
     /// `table_lookup`: the value and remaining whole seconds after extending by `exten_s`
@@ -624,19 +761,15 @@ impl VsTables {
 
     /// `table_remove` / admin delete: true if a live key was removed.
     pub fn remove(&self, table: &str, key: &str, now_ns: u64) -> bool {
-        let removed = self
-            .with_map(table, |map| map.remove(key))
-            .flatten()
-            .map(|(_, e)| e);
-        match removed {
-            Some(e) if e.live(now_ns) => {
-                self.entries.fetch_sub(1, Ordering::Relaxed);
+        match self.map.remove(&Lookup(table, key) as &dyn Qualified) {
+            Some((_, e)) if e.live(now_ns) => {
+                self.release(table, key, &e.value);
                 bump(&self.counters.removals);
                 self.notify_remove(table, key, RemoveReason::Removed);
                 true
             }
-            Some(_) => {
-                self.expired(table, key);
+            Some((_, e)) => {
+                self.expired(table, key, &e.value);
                 false
             }
             None => false,
@@ -646,43 +779,30 @@ impl VsTables {
     /// Remove every entry of `table` (all tables when `None`); returns how many were removed.
     pub fn flush(&self, table: Option<&str>) -> usize {
         let mut n = 0;
-        let mut flush_map = |name: &str, map: &Map| {
-            map.retain(|k, _| {
-                self.entries.fetch_sub(1, Ordering::Relaxed);
-                bump(&self.counters.removals);
-                self.notify_remove(name, k, RemoveReason::Removed);
-                n += 1;
-                false
-            });
-        };
-        match table {
-            Some(t) => {
-                self.with_map(t, |m| flush_map(t, m));
+        self.map.retain(|k, e| {
+            if table.is_some_and(|t| t != k.table()) {
+                return true;
             }
-            None => {
-                flush_map(DEFAULT_TABLE, &self.default);
-                for m in self.named_maps() {
-                    flush_map(&m.0, &m.1);
-                }
-            }
-        }
+            self.release(k.table(), k.key(), &e.value);
+            bump(&self.counters.removals);
+            self.notify_remove(k.table(), k.key(), RemoveReason::Removed);
+            n += 1;
+            false
+        });
         n
     }
 
-    fn named_maps(&self) -> Vec<(Box<str>, Arc<Map>)> {
-        self.named
-            .iter()
-            .map(|r| (r.key().clone(), Arc::clone(r.value())))
-            .collect()
-    }
-
-    /// Names of the tables that exist (the default table always does).
+    /// Names of the tables that hold entries (the default table always exists).
     pub fn table_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::iter::once(DEFAULT_TABLE.to_string())
-            .chain(self.named.iter().map(|r| r.key().to_string()))
+        let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        names.insert(DEFAULT_TABLE);
+        let tables: Vec<String> = self
+            .map
+            .iter()
+            .map(|r| r.key().table().to_string())
             .collect();
-        v.sort();
-        v
+        names.extend(tables.iter().map(String::as_str));
+        names.into_iter().map(str::to_string).collect()
     }
 
     /// Live entries of `table` (all tables when `None`) whose key starts with `prefix`, at most
@@ -694,30 +814,22 @@ impl VsTables {
         limit: usize,
         now_ns: u64,
     ) -> Vec<EntryView> {
-        let mut out = Vec::new();
-        let collect = |name: &str, map: &Map, out: &mut Vec<EntryView>| {
-            for r in map.iter() {
-                if r.value().live(now_ns) && prefix.is_none_or(|p| r.key().starts_with(p)) {
-                    out.push(EntryView {
-                        table: name.to_string(),
-                        key: r.key().to_string(),
-                        value: r.value().value.to_string(),
-                        expires_at_mono_ns: r.value().expires_ns,
-                    });
-                }
-            }
-        };
-        match table {
-            Some(t) => {
-                self.with_map(t, |m| collect(t, m, &mut out));
-            }
-            None => {
-                collect(DEFAULT_TABLE, &self.default, &mut out);
-                for (name, m) in self.named_maps() {
-                    collect(&name, &m, &mut out);
-                }
-            }
-        }
+        let mut out: Vec<EntryView> = self
+            .map
+            .iter()
+            .filter(|r| {
+                let k = r.key();
+                r.value().live(now_ns)
+                    && table.is_none_or(|t| t == k.table())
+                    && prefix.is_none_or(|p| k.key().starts_with(p))
+            })
+            .map(|r| EntryView {
+                table: r.key().table().to_string(),
+                key: r.key().key().to_string(),
+                value: r.value().value.to_string(),
+                expires_at_mono_ns: r.value().expires_ns,
+            })
+            .collect();
         out.sort_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
         out.truncate(limit);
         out
@@ -726,32 +838,27 @@ impl VsTables {
     /// Remove every entry expired at `now_ns`, tell the mirror, and return them.
     pub fn sweep(&self, now_ns: u64) -> Vec<EntryView> {
         let mut out = Vec::new();
-        let mut sweep_map = |name: &str, map: &Map| {
-            map.retain(|k, e| {
-                if e.live(now_ns) {
-                    return true;
-                }
-                self.expired(name, k);
-                out.push(EntryView {
-                    table: name.to_string(),
-                    key: k.to_string(),
-                    value: e.value.to_string(),
-                    expires_at_mono_ns: e.expires_ns,
-                });
-                false
+        self.map.retain(|k, e| {
+            if e.live(now_ns) {
+                return true;
+            }
+            self.expired(k.table(), k.key(), &e.value);
+            out.push(EntryView {
+                table: k.table().to_string(),
+                key: k.key().to_string(),
+                value: e.value.to_string(),
+                expires_at_mono_ns: e.expires_ns,
             });
-        };
-        sweep_map(DEFAULT_TABLE, &self.default);
-        for (name, m) in self.named_maps() {
-            sweep_map(&name, &m);
-        }
+            false
+        });
         out
     }
 
     /// Apply a change another host made: `key` holds `value` until `expires_ns` (capped at the
     /// maximum lifetime from now), whatever it held before. The mirror is told (a changed
     /// value as a removal then an upsert, so fast-path pins of the old value go), the
-    /// replicator is not. Size limits and `max_entries` hold as for a local insert.
+    /// replicator is not. Size limits, `max_entries` and the memory limit hold as for a local
+    /// insert.
     pub fn apply_remote_upsert(
         &self,
         table: &str,
@@ -762,12 +869,13 @@ impl VsTables {
     ) -> Result<RemoteOutcome, InsertError> {
         let l = &self.limits;
         l.check_key(key)?;
+        l.check_key(table)?;
         l.check_value(value)?;
         if expires_ns <= now_ns {
             return Ok(RemoteOutcome::Unchanged);
         }
         let expires_ns = expires_ns.min(self.clamp_expiry(now_ns, l.max_lifetime_s));
-        self.with_map_or_create(table, |map| match map.entry(Box::from(key)) {
+        match self.map.entry(TableKey::new(table, key)) {
             MapEntry::Occupied(mut o) => {
                 let e = o.get_mut();
                 let m = self.mirror.load();
@@ -780,6 +888,11 @@ impl VsTables {
                     m.upsert(&self.vs, table, key, value, expires_ns);
                     return Ok(RemoteOutcome::Extended);
                 }
+                let grows = value.len().saturating_sub(e.value.len());
+                let limit = self.memory_limit();
+                if self.memory_used() + grows > limit {
+                    return Err(InsertError::MemoryFull { limit });
+                }
                 let outcome = if e.live(now_ns) {
                     m.remove(&self.vs, table, key, RemoveReason::Removed);
                     RemoteOutcome::Replaced
@@ -788,22 +901,20 @@ impl VsTables {
                     m.remove(&self.vs, table, key, RemoveReason::Expired);
                     RemoteOutcome::Inserted
                 };
+                self.recharge(&e.value, value);
                 *e = Entry::new(Box::from(value), expires_ns);
                 m.upsert(&self.vs, table, key, value, expires_ns);
                 Ok(outcome)
             }
             MapEntry::Vacant(v) => {
-                if self.entries.fetch_add(1, Ordering::Relaxed) >= l.max_entries {
-                    self.entries.fetch_sub(1, Ordering::Relaxed);
-                    return Err(InsertError::Full { max: l.max_entries });
-                }
+                self.reserve(entry_cost(table, key, value))?;
                 v.insert(Entry::new(Box::from(value), expires_ns));
                 self.mirror
                     .load()
                     .upsert(&self.vs, table, key, value, expires_ns);
                 Ok(RemoteOutcome::Inserted)
             }
-        })
+        }
     }
 
     /// Apply a removal or expiry another host made: `key` goes unless it expires after
@@ -818,52 +929,55 @@ impl VsTables {
         unless_expires_after_ns: u64,
     ) -> bool {
         let removed = self
-            .with_map(table, |map| {
-                map.remove_if(key, |_, e| e.expires_ns <= unless_expires_after_ns)
-            })
-            .flatten()
-            .is_some();
-        if removed {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-            bump(match reason {
-                RemoveReason::Removed => &self.counters.removals,
-                RemoveReason::Expired => &self.counters.expirations,
+            .map
+            .remove_if(&Lookup(table, key) as &dyn Qualified, |_, e| {
+                e.expires_ns <= unless_expires_after_ns
             });
-            self.mirror.load().remove(&self.vs, table, key, reason);
-        }
-        removed
+        let Some((_, e)) = removed else {
+            return false;
+        };
+        self.release(table, key, &e.value);
+        bump(match reason {
+            RemoveReason::Removed => &self.counters.removals,
+            RemoveReason::Expired => &self.counters.expirations,
+        });
+        self.mirror.load().remove(&self.vs, table, key, reason);
+        true
     }
 
     /// Bulk-load entries (agent restart, replication) without notifying the mirror. Entries
-    /// already expired at `now_ns`, over the size limits or beyond `max_entries` are skipped;
-    /// an existing key takes the restored value and expiry. Returns how many were loaded.
+    /// already expired at `now_ns`, over the size limits or beyond `max_entries` or the memory
+    /// limit are skipped; an existing key takes the restored value and expiry. Returns how
+    /// many were loaded.
     pub fn restore(&self, entries: impl IntoIterator<Item = EntryView>, now_ns: u64) -> usize {
         let l = &self.limits;
         let mut n = 0;
         for e in entries {
             if e.expires_at_mono_ns <= now_ns
                 || e.key.len() > l.max_key_bytes
+                || e.table.len() > l.max_key_bytes
                 || e.value.len() > l.max_value_bytes
             {
                 continue;
             }
             let cap = self.clamp_expiry(now_ns, l.max_lifetime_s);
+            let cost = entry_cost(&e.table, &e.key, &e.value);
             let entry = Entry::new(e.value.into_boxed_str(), e.expires_at_mono_ns.min(cap));
-            let stored =
-                self.with_map_or_create(&e.table, |map| match map.entry(e.key.into_boxed_str()) {
-                    MapEntry::Occupied(mut o) => {
-                        o.insert(entry);
-                        true
-                    }
-                    MapEntry::Vacant(v) => {
-                        if self.entries.fetch_add(1, Ordering::Relaxed) >= l.max_entries {
-                            self.entries.fetch_sub(1, Ordering::Relaxed);
-                            return false;
-                        }
+            let stored = match self.map.entry(TableKey::new(&e.table, &e.key)) {
+                MapEntry::Occupied(mut o) => {
+                    self.recharge(&o.get().value, &entry.value);
+                    o.insert(entry);
+                    true
+                }
+                MapEntry::Vacant(v) => {
+                    if self.reserve(cost).is_err() {
+                        false
+                    } else {
                         v.insert(entry);
                         true
                     }
-                });
+                }
+            };
             n += usize::from(stored);
         }
         n

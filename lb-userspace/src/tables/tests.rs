@@ -163,7 +163,80 @@ fn named_tables_are_separate_namespaces() {
         tb.lookup("", "k", 0, T0).map(|x| x.0),
         Some("default".into())
     );
+    // A named table exists while it holds entries; the default table always does.
+    assert_eq!(tb.table_names(), vec!["".to_string()]);
+    tb.insert("ids", "k2", "named", 10, T0).expect("test value");
     assert_eq!(tb.table_names(), vec!["".to_string(), "ids".to_string()]);
+}
+
+#[test]
+fn memory_limit_refuses_inserts_and_counts_bytes() {
+    let cost = |t: &str, k: &str, v: &str| ENTRY_OVERHEAD_BYTES + t.len() + k.len() + v.len();
+    let limit = 2 * cost("", "a", "vv") + cost("t", "b", "vv");
+    let (tb, _) = setup(TableLimits {
+        max_bytes: limit,
+        ..TableLimits::default()
+    });
+    tb.insert("", "a", "vv", 10, T0).expect("fits");
+    tb.insert("t", "b", "vv", 10, T0).expect("fits");
+    assert_eq!(tb.memory_used(), cost("", "a", "vv") + cost("t", "b", "vv"));
+    assert_eq!(
+        tb.insert("", "c", "vvv", 10, T0),
+        Err(InsertError::MemoryFull { limit })
+    );
+    assert_eq!(tb.counters().failures, 1);
+    // A live key is only extended: no new bytes.
+    assert_eq!(
+        tb.insert("t", "b", "xx", 10, T0),
+        Ok(InsertOutcome::Updated)
+    );
+    tb.insert("", "c", "vv", 10, T0).expect("exactly fits");
+    let c = tb.counters();
+    assert_eq!((c.bytes, c.memory_limit), (limit as u64, limit as u64));
+    // Removal, expiry and flush give the bytes back.
+    assert!(tb.remove("", "c", T0));
+    assert_eq!(tb.sweep(T0 + 10 * S).len(), 2);
+    assert_eq!(tb.memory_used(), 0);
+    tb.insert("x", "k", "v", 10, T0 + 10 * S)
+        .expect("room again");
+    assert_eq!(tb.flush(None), 1);
+    assert_eq!(tb.memory_used(), 0);
+    // A reload may lower the limit: stored entries stay, inserts are refused.
+    tb.insert("", "a", "vv", 100, T0 + 10 * S).expect("fits");
+    tb.set_memory_limit(100);
+    assert_eq!(
+        tb.lookup("", "a", 0, T0 + 10 * S).map(|v| v.0),
+        Some("vv".into())
+    );
+    assert!(matches!(
+        tb.insert("", "z", "v", 10, T0 + 10 * S),
+        Err(InsertError::MemoryFull { limit: 100 })
+    ));
+    assert!(matches!(
+        tb.apply_remote_upsert("", "z", "v", T0 + 20 * S, T0 + 10 * S),
+        Err(InsertError::MemoryFull { limit: 100 })
+    ));
+}
+
+#[test]
+fn named_tables_cost_no_more_than_their_entries() {
+    let (tb, _) = setup(TableLimits::default());
+    for i in 0..1000 {
+        tb.insert(&format!("t{i}"), "k", "v", 10, T0)
+            .expect("insert");
+    }
+    assert_eq!(tb.len(), 1000);
+    assert_eq!(
+        tb.memory_used(),
+        1000 * (ENTRY_OVERHEAD_BYTES + "t000".len() + 2) - 100 - 10
+    );
+    assert_eq!(tb.lookup("t999", "k", 0, T0).map(|v| v.0), Some("v".into()));
+    // ("ab", "c") and ("a", "bc") are different entries.
+    tb.insert("ab", "c", "1", 10, T0).expect("insert");
+    tb.insert("a", "bc", "2", 10, T0).expect("insert");
+    assert_eq!(tb.lookup("ab", "c", 0, T0).map(|v| v.0), Some("1".into()));
+    assert_eq!(tb.lookup("a", "bc", 0, T0).map(|v| v.0), Some("2".into()));
+    assert_eq!(tb.list(Some("a"), None, 10, T0).len(), 1);
 }
 
 #[test]
@@ -173,6 +246,7 @@ fn limits_refuse_and_count_failures() {
         max_key_bytes: 4,
         max_value_bytes: 3,
         max_lifetime_s: 100,
+        ..TableLimits::default()
     });
     assert_eq!(
         tb.insert("", "12345", "v", 10, T0),
@@ -363,6 +437,19 @@ fn memory_per_entry() {
     let per = (after - before) as f64 / n as f64;
     println!("{per:.1} bytes/entry ({n} entries, 32-byte keys, 16-byte values)");
     assert_eq!(tb.len(), n);
+    // One named table per entry (a script whose third argument is a string names a table).
+    let (tb, _) = setup(TableLimits::default());
+    let n = 20_000;
+    let before = heap();
+    for i in 0..n {
+        let table = format!("t{i:07}");
+        tb.insert(&table, "k", "0123456789abcdef", 300, T0)
+            .expect("test value");
+    }
+    let per = (heap() - before) as f64 / n as f64;
+    println!("{per:.1} bytes/entry ({n} entries, each in its own named table)");
+    let charged = tb.memory_used() as f64 / n as f64;
+    println!("{charged:.1} bytes/entry charged against the memory limit");
 }
 
 fn with_replicator() -> (VsTables, Arc<Rec>, Arc<Rec>) {
@@ -435,6 +522,7 @@ fn remote_upsert_respects_limits_and_past_expiry() {
         max_key_bytes: 4,
         max_value_bytes: 4,
         max_lifetime_s: 100,
+        ..TableLimits::default()
     });
     assert!(matches!(
         tb.apply_remote_upsert("", "kkkkk", "v", T0 + S, T0),

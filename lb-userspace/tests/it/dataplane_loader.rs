@@ -2,7 +2,8 @@
 //! attach through pinned links, teardown. They need root, so they are `#[ignore]`d; run them
 //! as root with `--include-ignored`.
 //!
-//! Every test pins under its own `/sys/fs/bpf/latch-test-<pid>-<n>` and attaches only to veths
+//! Every test pins under its own `/sys/fs/bpf/latch-loader-test-<pid>-<n>` (apart from the
+//! agents' `latch-test-<pid>-<n>`, which share this binary's pid) and attaches only to veths
 //! inside its own network namespace; both are removed on drop, even when the test fails.
 
 use std::{
@@ -81,7 +82,7 @@ struct PinDir(PathBuf);
 impl PinDir {
     fn new() -> Self {
         let p = PathBuf::from(format!(
-            "/sys/fs/bpf/latch-test-{}-{}",
+            "/sys/fs/bpf/latch-loader-test-{}-{}",
             std::process::id(),
             unique()
         ));

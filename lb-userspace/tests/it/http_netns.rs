@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use latch_tests::{DataScript, LatchAgent, RequestBody, Topology, http_get, http_request};
 
-use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, shop, start_agent, web_pool};
+use crate::netns_config::{
+    HTTP_PORT, TestResult, lb_agent, peak_rss_kb, shop, start_agent, web_pool,
+};
 
 /// Sessions live 2 s, so the expiry test is quick.
 fn jsession_scripts() -> [DataScript; 2] {
@@ -189,15 +191,7 @@ fn hundred_megabytes_stream_both_ways_with_bounded_agent_memory() -> TestResult 
     topo.start_backends(HTTP_PORT, None)?;
     let agent = start(&topo, [])?;
     let pid = agent.pid().ok_or("agent not running")?;
-    let rss = || -> Result<u64, String> {
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| "no VmHWM".to_string())
-    };
+    let rss = || peak_rss_kb(pid);
     let before = rss()?;
     const SIZE: u64 = 100 * 1024 * 1024;
     let (down, up) = topo.client().run(|| -> Result<(u64, u64), String> {
@@ -275,11 +269,16 @@ avi.http.add_header("x-status", type(avi.http.status()) .. " " .. avi.http.statu
         let user = get("/user")?;
         header(&user, "x-request-id").ok_or_else(|| "no x-request-id".to_string())
     })?;
+    // The access line is written when the response body ends, after the client has it.
+    let wanted = format!("request_id={id}");
+    crate::netns_config::wait_for("the access log line", Duration::from_secs(5), || {
+        Ok(latch_tests::strip_ansi(&agent.log()).contains(&wanted))
+    })?;
     let log = latch_tests::strip_ansi(&agent.log());
     let line = log
         .lines()
-        .find(|l| l.contains(&format!("request_id={id}")))
-        .ok_or_else(|| format!("no access log line with request_id={id}: {log}"))?;
+        .find(|l| l.contains(&wanted))
+        .ok_or_else(|| format!("no access log line with {wanted}: {log}"))?;
     assert!(
         line.contains("user=\"carol\"") || line.contains("user=carol"),
         "{line}"

@@ -7,6 +7,7 @@ mod api_cli;
 mod api_packaging;
 mod api_server;
 mod api_support;
+mod avi_utils_netns;
 mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
@@ -17,6 +18,7 @@ mod netns_config;
 mod ops_netns;
 mod replication_netns;
 mod restart_netns;
+mod sandbox_netns;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.

@@ -67,6 +67,17 @@ pub fn wait_for(
     Err(format!("{what}: not within {limit:?}"))
 }
 
+/// Peak resident memory (VmHWM) of process `pid`, in kB.
+pub fn peak_rss_kb(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| "no VmHWM".to_string())
+}
+
 /// Prepares an agent in the LB namespace, writes the config `config` builds for it and starts
 /// it.
 pub fn start_agent(

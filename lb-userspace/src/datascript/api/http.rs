@@ -285,6 +285,19 @@ fn header_args(args: &Args, func: &str) -> LResult<(HeaderName, HeaderValue)> {
     Ok((name, value))
 }
 
+/// Counts a cookie a script adds or replaces against the transaction's header additions
+/// (its bytes: every string argument).
+fn charge_cookie(ctx: &mut Ctx, sh: &VmShared, args: &Args, func: &str) -> LResult<()> {
+    let bytes = args
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => s.as_bytes().len(),
+            _ => 0,
+        })
+        .sum();
+    txn(ctx)?.charge_added_header(&sh.env.limits, func, bytes)
+}
+
 /// Cookie `name` of message `c` (the current event's message when `c` is nil).
 fn cookie_value<'a>(ctx: &'a Ctx, name: &str, c: Option<f64>) -> LResult<Option<&'a [u8]>> {
     let m = which_n(ctx, c)?;
@@ -359,6 +372,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     reg!(lua, http, sh, "add_header", |l, s, a| {
         let (name, value) = header_args(&a, "add_header")?;
         with_ctx(s, |ctx| {
+            let bytes = name.as_str().len() + value.len();
+            txn(ctx)?.charge_added_header(&s.env.limits, "add_header", bytes)?;
             write_headers(ctx)?.0.append(name, value);
             Ok(())
         })
@@ -366,6 +381,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     reg!(lua, http, sh, "replace_header", |l, s, a| {
         let (name, value) = header_args(&a, "replace_header")?;
         with_ctx(s, |ctx| {
+            let bytes = name.as_str().len() + value.len();
+            txn(ctx)?.charge_added_header(&s.env.limits, "replace_header", bytes)?;
             write_headers(ctx)?.0.insert(name, value);
             Ok(())
         })
@@ -399,11 +416,15 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         })
     });
     reg!(lua, http, sh, "add_cookie", |l, s, a| with_ctx(s, |ctx| {
+        charge_cookie(ctx, s, &a, "add_cookie")?;
         put_cookie(ctx, &a, "add_cookie", false)
     }));
     reg!(lua, http, sh, "replace_cookie", |l, s, a| with_ctx(
         s,
-        |ctx| put_cookie(ctx, &a, "replace_cookie", true)
+        |ctx| {
+            charge_cookie(ctx, s, &a, "replace_cookie")?;
+            put_cookie(ctx, &a, "replace_cookie", true)
+        }
     ));
     reg!(lua, http, sh, "remove_cookie", |l, s, a| {
         let name = name_arg(a.first(), "remove_cookie", 1)?;

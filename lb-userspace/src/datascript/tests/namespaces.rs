@@ -2,6 +2,8 @@
 //! and values, and the choices the README writes down where Avi is silent.
 
 use super::*;
+use crate::config::GeoDatabase;
+use latch_tests::mmdb::{Value as Mv, country, ipv4_database};
 
 /// What a request script logged, one `avi.vs.log` call per line.
 fn log_of(script: &str) -> String {
@@ -192,176 +194,51 @@ fn ip_netaddr_is_the_network_address() {
 
 // ---- avi.utils: geo database -----------------------------------------------------------------
 
-/// A value of the MMDB data section.
-enum Mv {
-    S(&'static str),
-    U32(u32),
-    U16(u16),
-    U64(u64),
-    D(f64),
-    M(Vec<(&'static str, Mv)>),
-    A(Vec<Mv>),
-}
-
-/// Control bytes of an MMDB field of type `kind` and `size` (MaxMind DB format 2.0).
-fn mmdb_ctrl(out: &mut Vec<u8>, kind: u8, size: usize) {
-    let (bits, extra): (u8, Vec<u8>) = match size {
-        0..29 => (size as u8, vec![]),
-        29..285 => (29, vec![(size - 29) as u8]),
-        _ => (30, ((size - 285) as u16).to_be_bytes().to_vec()),
-    };
-    if kind <= 7 {
-        out.push((kind << 5) | bits);
-    } else {
-        out.push(bits);
-        out.push(kind - 7);
-    }
-    out.extend(extra);
-}
-
-fn mmdb_uint(out: &mut Vec<u8>, kind: u8, v: u64) {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    mmdb_ctrl(out, kind, 8 - skip);
-    out.extend(&bytes[skip..]);
-}
-
-fn mmdb_value(out: &mut Vec<u8>, v: &Mv) {
-    match v {
-        Mv::S(s) => {
-            mmdb_ctrl(out, 2, s.len());
-            out.extend(s.as_bytes());
-        }
-        Mv::D(d) => {
-            mmdb_ctrl(out, 3, 8);
-            out.extend(d.to_be_bytes());
-        }
-        Mv::U16(n) => mmdb_uint(out, 5, u64::from(*n)),
-        Mv::U32(n) => mmdb_uint(out, 6, u64::from(*n)),
-        Mv::U64(n) => mmdb_uint(out, 9, *n),
-        Mv::M(fields) => {
-            mmdb_ctrl(out, 7, fields.len());
-            for (k, v) in fields {
-                mmdb_value(out, &Mv::S(k));
-                mmdb_value(out, v);
-            }
-        }
-        Mv::A(items) => {
-            mmdb_ctrl(out, 11, items.len());
-            for v in items {
-                mmdb_value(out, v);
-            }
-        }
-    }
-}
-
-/// A minimal IPv4 MaxMind database (24-bit records) mapping each prefix to its record.
-fn mmdb(entries: Vec<(&str, Mv)>) -> Vec<u8> {
-    // A search-tree record: a node, no data, or an offset in the data section.
-    #[derive(Clone, Copy)]
-    enum Rec {
-        Empty,
-        Node(usize),
-        Data(usize),
-    }
-    let mut nodes = vec![[Rec::Empty; 2]];
-    let mut data = Vec::new();
-    for (prefix, record) in entries {
-        let net: ipnet::Ipv4Net = prefix.parse().expect("prefix");
-        let bits = u32::from(net.addr());
-        let offset = data.len();
-        mmdb_value(&mut data, &record);
-        let mut node = 0;
-        for i in 0..usize::from(net.prefix_len()) {
-            let bit = ((bits >> (31 - i)) & 1) as usize;
-            if i + 1 == usize::from(net.prefix_len()) {
-                nodes[node][bit] = Rec::Data(offset);
-            } else if let Rec::Node(next) = nodes[node][bit] {
-                node = next;
-            } else {
-                nodes.push([Rec::Empty; 2]);
-                let next = nodes.len() - 1;
-                nodes[node][bit] = Rec::Node(next);
-                node = next;
-            }
-        }
-    }
-    let count = nodes.len();
-    let mut out = Vec::new();
-    for rec in nodes.iter().flatten() {
-        let v = match *rec {
-            Rec::Empty => count,
-            Rec::Node(n) => n,
-            Rec::Data(off) => count + 16 + off,
-        } as u32;
-        out.extend(&v.to_be_bytes()[1..]);
-    }
-    out.extend([0u8; 16]);
-    out.extend(data);
-    out.extend(b"\xAB\xCD\xEFMaxMind.com");
-    let meta = Mv::M(vec![
-        ("binary_format_major_version", Mv::U16(2)),
-        ("binary_format_minor_version", Mv::U16(0)),
-        ("build_epoch", Mv::U64(1_700_000_000)),
-        ("database_type", Mv::S("latch-test-City")),
-        ("description", Mv::M(vec![("en", Mv::S("latch test"))])),
-        ("ip_version", Mv::U16(4)),
-        ("languages", Mv::A(vec![Mv::S("en")])),
-        ("node_count", Mv::U32(count as u32)),
-        ("record_size", Mv::U16(24)),
-    ]);
-    mmdb_value(&mut out, &meta);
-    out
-}
-
 fn names(en: &'static str) -> Mv {
-    Mv::M(vec![("en", Mv::S(en))])
+    Mv::Map(vec![("en", Mv::Str(en))])
 }
 
 /// A City-style database: 192.0.2.0/24 fully described, 198.51.100.0/24 a country only.
 fn geo_fixture() -> tempfile::NamedTempFile {
-    let db = mmdb(vec![
+    let db = ipv4_database(&[
         (
             "192.0.2.0/24",
-            Mv::M(vec![
+            Mv::Map(vec![
                 (
                     "country",
-                    Mv::M(vec![
-                        ("iso_code", Mv::S("US")),
+                    Mv::Map(vec![
+                        ("iso_code", Mv::Str("US")),
                         ("names", names("United States")),
                     ]),
                 ),
                 (
                     "continent",
-                    Mv::M(vec![
-                        ("code", Mv::S("NA")),
+                    Mv::Map(vec![
+                        ("code", Mv::Str("NA")),
                         ("names", names("North America")),
                     ]),
                 ),
-                ("city", Mv::M(vec![("names", names("Springfield"))])),
+                ("city", Mv::Map(vec![("names", names("Springfield"))])),
                 (
                     "subdivisions",
-                    Mv::A(vec![Mv::M(vec![
-                        ("iso_code", Mv::S("IL")),
+                    Mv::Array(vec![Mv::Map(vec![
+                        ("iso_code", Mv::Str("IL")),
                         ("names", names("Illinois")),
                     ])]),
                 ),
-                ("postal", Mv::M(vec![("code", Mv::S("62701"))])),
+                ("postal", Mv::Map(vec![("code", Mv::Str("62701"))])),
                 (
                     "location",
-                    Mv::M(vec![("latitude", Mv::D(39.8)), ("longitude", Mv::D(-89.6))]),
+                    Mv::Map(vec![
+                        ("latitude", Mv::Double(39.8)),
+                        ("longitude", Mv::Double(-89.6)),
+                    ]),
                 ),
                 ("autonomous_system_number", Mv::U32(64500)),
-                ("autonomous_system_organization", Mv::S("Example AS")),
+                ("autonomous_system_organization", Mv::Str("Example AS")),
             ]),
         ),
-        (
-            "198.51.100.0/24",
-            Mv::M(vec![(
-                "country",
-                Mv::M(vec![("iso_code", Mv::S("DE")), ("names", names("Germany"))]),
-            )]),
-        ),
+        ("198.51.100.0/24", country("DE", "Germany")),
     ]);
     let mut f = tempfile::Builder::new()
         .suffix(".mmdb")
@@ -417,10 +294,12 @@ fn get_geo_from_ip_refuses_an_unknown_flag_and_a_missing_database() {
         ),
         "{log}"
     );
-    assert_eq!(
-        pcall_log(r#"avi.utils.get_geo_from_ip, "192.0.2.7""#),
-        "false get_geo_from_ip: no geo database configured ([agent.datascript] geo_database)"
-    );
+    for ip in [r#""192.0.2.7""#, "nil"] {
+        assert_eq!(
+            pcall_log(&format!("avi.utils.get_geo_from_ip, {ip}")),
+            "false get_geo_from_ip: no geo database configured ([agent.datascript] geo_database)"
+        );
+    }
 }
 
 #[test]
@@ -761,4 +640,41 @@ fn encrypted_cookie_example_brings_a_client_back_to_its_server() {
     assert_eq!(forward(v).server, None);
     let (_, v, _) = run_req(&f, "/", &[("cookie", "LB=bm90IGEgY2lwaGVydGV4dA%3D%3D")]);
     assert_eq!(forward(v).server, None);
+}
+
+#[test]
+fn misspelt_utils_and_crypto_names_are_refused_with_the_nearest_one() {
+    let errs = ScriptSet::compile(
+        "shop",
+        vec![src(
+            Event::HttpReq,
+            "local h = avi.utils.md5hash('x')\nlocal c = avi.crypto.encrpyt('x', 'k')\n\
+             local r = avi.utils.get_ip_reputation('192.0.2.1')",
+        )],
+    )
+    .expect_err("unknown names");
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    assert!(
+        shown[2].contains("avi.utils.get_ip_reputation does not exist"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[0].contains("avi.utils.md5hash does not exist; did you mean avi.utils.md5_hash?"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].contains("avi.crypto.encrpyt does not exist; did you mean avi.crypto.encrypt?"),
+        "{shown:?}"
+    );
+    // Every new name is known, constants included.
+    ScriptSet::compile(
+        "shop",
+        vec![src(
+            Event::HttpResp,
+            "local x = {avi.utils.get_geo_from_ip, avi.utils.ip.netaddr, avi.crypto.decrypt, \
+             avi.CIPHER_3DES, avi.HTTP_PROPFIND, avi.HTTP_GATEWAY_TIMEOUT, avi.RL_ACTION_NONE}",
+        )],
+    )
+    .expect("known names");
 }
