@@ -503,6 +503,14 @@ pub enum Event {
     HttpReq,
     #[serde(rename = "HTTP_RESP")]
     HttpResp,
+    #[serde(rename = "HTTP_REQ_DATA")]
+    HttpReqData,
+    #[serde(rename = "HTTP_RESP_DATA")]
+    HttpRespData,
+    #[serde(rename = "HTTP_RESP_FAILED")]
+    HttpRespFailed,
+    #[serde(rename = "HTTP_LB_DONE")]
+    HttpLbDone,
 }
 
 /// A DataScript given inline.

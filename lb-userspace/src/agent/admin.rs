@@ -173,7 +173,7 @@ impl AgentAdmin {
             .lock()
             .iter()
             .flat_map(|(vs, counters)| {
-                [Event::HttpReq, Event::HttpResp].map(|event| {
+                Event::ALL.map(|event| {
                     let c = counters.get(event);
                     DataScriptMetrics {
                         vs: vs.clone(),

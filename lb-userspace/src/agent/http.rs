@@ -56,6 +56,7 @@ fn script_limits(config: &Config) -> DsLimits {
     DsLimits {
         instruction_budget: config.agent.datascript.instruction_budget,
         memory_bytes: config.agent.datascript.memory_limit,
+        max_body_buffer: config.agent.datascript.max_body_buffer,
         max_event_time: config.agent.datascript.max_event_time,
         max_added_headers: config.agent.datascript.max_added_headers,
         max_added_header_bytes: config.agent.datascript.max_added_header_bytes,

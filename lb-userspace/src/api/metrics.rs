@@ -80,7 +80,7 @@ pub struct TableMetrics {
 pub struct DataScriptMetrics {
     /// Virtual service name (label `vs`).
     pub vs: String,
-    /// HTTP_REQ or HTTP_RESP (label `event`).
+    /// The event, as the config names it: HTTP_REQ, HTTP_RESP_DATA, ... (label `event`).
     pub event: String,
     /// Script runs.
     pub runs: u64,

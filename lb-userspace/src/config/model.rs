@@ -173,7 +173,13 @@ pub struct DataScriptLimits {
     /// Bytes (names and values) of the headers the scripts of one transaction may add or
     /// replace. Default 64 KiB.
     pub max_added_header_bytes: usize,
+    /// `max_body_buffer`: the most of a request or response body buffered for the
+    /// HTTP_REQ_DATA / HTTP_RESP_DATA scripts (413 / 502 beyond). Default 4 MiB.
+    pub max_body_buffer: usize,
 }
+
+/// Default of `[agent.datascript] max_body_buffer`.
+pub const DEFAULT_MAX_BODY_BUFFER: usize = 4 * 1024 * 1024;
 
 impl Default for DataScriptLimits {
     fn default() -> Self {
@@ -185,6 +191,7 @@ impl Default for DataScriptLimits {
             table_memory_limit: 64 * 1024 * 1024,
             max_added_headers: 100,
             max_added_header_bytes: 64 * 1024,
+            max_body_buffer: DEFAULT_MAX_BODY_BUFFER,
         }
     }
 }
@@ -389,15 +396,59 @@ impl VirtualServiceConfig {
     }
 }
 
-/// The DataScript events.
+/// The DataScript events. The config takes Avi's names (`HTTP_REQ`) and its API enum names
+/// (`VS_DATASCRIPT_EVT_HTTP_REQ`) alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum ScriptEvent {
     /// After the request headers, before the body.
-    #[serde(rename = "HTTP_REQ")]
+    #[serde(rename = "HTTP_REQ", alias = "VS_DATASCRIPT_EVT_HTTP_REQ")]
     HttpReq,
     /// After the response headers.
-    #[serde(rename = "HTTP_RESP")]
+    #[serde(rename = "HTTP_RESP", alias = "VS_DATASCRIPT_EVT_HTTP_RESP")]
     HttpResp,
+    /// Once the whole request body is in (buffered up to `max_body_buffer`).
+    #[serde(
+        rename = "HTTP_REQ_DATA",
+        alias = "VS_DATASCRIPT_EVT_HTTP_REQ_DATA",
+        alias = "HTTP_REQUEST_DATA"
+    )]
+    HttpReqData,
+    /// Once the whole response body is in (buffered up to `max_body_buffer`).
+    #[serde(rename = "HTTP_RESP_DATA", alias = "VS_DATASCRIPT_EVT_HTTP_RESP_DATA")]
+    HttpRespData,
+    /// The server could not be reached or gave no valid response head.
+    #[serde(
+        rename = "HTTP_RESP_FAILED",
+        alias = "VS_DATASCRIPT_EVT_HTTP_RESP_FAILED"
+    )]
+    HttpRespFailed,
+    /// After server selection, before the request goes to the server.
+    #[serde(rename = "HTTP_LB_DONE", alias = "VS_DATASCRIPT_EVT_HTTP_LB_DONE")]
+    HttpLbDone,
+}
+
+impl ScriptEvent {
+    /// Every event, in the order a transaction meets them.
+    pub const ALL: [ScriptEvent; 6] = [
+        ScriptEvent::HttpReq,
+        ScriptEvent::HttpReqData,
+        ScriptEvent::HttpLbDone,
+        ScriptEvent::HttpRespFailed,
+        ScriptEvent::HttpResp,
+        ScriptEvent::HttpRespData,
+    ];
+
+    /// Position in [`ScriptEvent::ALL`], for per-event arrays.
+    pub fn index(self) -> usize {
+        match self {
+            ScriptEvent::HttpReq => 0,
+            ScriptEvent::HttpReqData => 1,
+            ScriptEvent::HttpLbDone => 2,
+            ScriptEvent::HttpRespFailed => 3,
+            ScriptEvent::HttpResp => 4,
+            ScriptEvent::HttpRespData => 5,
+        }
+    }
 }
 
 impl std::fmt::Display for ScriptEvent {
@@ -405,6 +456,10 @@ impl std::fmt::Display for ScriptEvent {
         f.write_str(match self {
             ScriptEvent::HttpReq => "HTTP_REQ",
             ScriptEvent::HttpResp => "HTTP_RESP",
+            ScriptEvent::HttpReqData => "HTTP_REQ_DATA",
+            ScriptEvent::HttpRespData => "HTTP_RESP_DATA",
+            ScriptEvent::HttpRespFailed => "HTTP_RESP_FAILED",
+            ScriptEvent::HttpLbDone => "HTTP_LB_DONE",
         })
     }
 }

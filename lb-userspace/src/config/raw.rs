@@ -46,6 +46,7 @@ pub(crate) struct RawDsLimits {
     pub table_memory_limit: Option<Spanned<ByteSize>>,
     pub max_added_headers: Option<Spanned<usize>>,
     pub max_added_header_bytes: Option<Spanned<ByteSize>>,
+    pub max_body_buffer: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

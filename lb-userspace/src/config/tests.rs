@@ -964,5 +964,53 @@ fn shipped_examples_are_valid() {
     }
 }
 
+#[test]
+fn body_buffer_and_event_names_in_both_spellings() {
+    assert_eq!(
+        ok(BASE).agent.datascript.max_body_buffer,
+        DEFAULT_MAX_BODY_BUFFER
+    );
+    let c = ok(&with_base(
+        r#"
+[[virtual_service.datascript]]
+event = "VS_DATASCRIPT_EVT_HTTP_REQ_DATA"
+script = 'local b = avi.http.get_req_body()'
+
+[[virtual_service.datascript]]
+event = "HTTP_RESP_FAILED"
+script = 'avi.http.response(503)'
+
+[[virtual_service.datascript]]
+event = "VS_DATASCRIPT_EVT_HTTP_LB_DONE"
+script = 'local ip = avi.pool.server_ip()'
+
+[agent.datascript]
+max_body_buffer = "64KiB"
+"#,
+    ));
+    assert_eq!(c.agent.datascript.max_body_buffer, 64 << 10);
+    let events: Vec<ScriptEvent> = c.virtual_services[0]
+        .datascripts
+        .iter()
+        .map(|s| s.event)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ScriptEvent::HttpReqData,
+            ScriptEvent::HttpRespFailed,
+            ScriptEvent::HttpLbDone
+        ]
+    );
+    let errs = errors(&with_base(
+        "\n[[virtual_service.datascript]]\nevent = \"HTTP_BODY\"\nscript = 'a = 1'\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("HTTP_BODY") && e.contains("HTTP_REQ_DATA")),
+        "{errs:?}"
+    );
+}
+
 // [[string_group]], [[ip_group]], [[rate_limiter]] and a service's rate_limit.
 mod groups;

@@ -349,6 +349,7 @@ impl Validator<'_> {
                     d.max_added_header_bytes,
                     1024,
                 ),
+                max_body_buffer: self.size(ds.max_body_buffer.as_ref(), d.max_body_buffer, 1024),
             };
         }
         agent

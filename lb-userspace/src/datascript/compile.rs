@@ -16,7 +16,8 @@ pub struct ScriptSet {
     vs_name: String,
     /// The scripts, each with a `first_line` of at least 1.
     pub(crate) scripts: Vec<ScriptSource>,
-    /// HTTP_RESP scripts read the request (so a copy of its head is kept past HTTP_REQ).
+    /// Scripts of the events after the request has gone (HTTP_LB_DONE, HTTP_RESP, ...) read
+    /// the request (so a copy of its head is kept past HTTP_REQ).
     pub(crate) resp_reads_request: bool,
 }
 
@@ -30,7 +31,7 @@ impl ScriptSet {
             vs_name: vs_name.to_string(),
             resp_reads_request: scripts
                 .iter()
-                .filter(|s| s.event == Event::HttpResp)
+                .filter(|s| !matches!(s.event, Event::HttpReq | Event::HttpReqData))
                 .any(|s| reads_request(&s.text)),
             scripts: scripts
                 .into_iter()

@@ -79,6 +79,8 @@ pub struct DsLimits {
     pub max_added_header_bytes: usize,
     /// VMs per virtual service (concurrent events); 0 = number of CPUs.
     pub vms: usize,
+    /// The most of a body buffered for HTTP_REQ_DATA / HTTP_RESP_DATA scripts.
+    pub max_body_buffer: usize,
     /// Leave LuaJIT's compiler on. Only for measurements: a loop compiled into a trace does not
     /// run the count hook, so the instruction budget no longer holds.
     pub jit: bool,
@@ -94,6 +96,7 @@ impl Default for DsLimits {
             max_added_headers: 100,
             max_added_header_bytes: 64 << 10,
             vms: 0,
+            max_body_buffer: crate::config::DEFAULT_MAX_BODY_BUFFER,
             jit: false,
         }
     }

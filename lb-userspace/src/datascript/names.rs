@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use mlua::{Lua, StdLib, Table, Value};
 
+use super::api::RESP_FAILED_ALLOWED;
 use super::lint::{Tok, tokenize_with_columns};
 use super::vm::VmShared;
 use super::{DsLimits, Event, ScriptEnv, ScriptError, ScriptSet, ScriptSource};
@@ -34,23 +35,59 @@ enum Kind {
 /// the installed tables cannot see.
 const OPEN_TABLES: [&str; 1] = ["avi.vs.reqvar"];
 
-/// Functions Avi allows in one event only (DATASCRIPT-API.md, section (a) and each function's
-/// "evt" column): a request rewrite means nothing once the response is in, and the chosen
-/// server is not known before.
-const EVENT_ONLY: [(&str, Event); 12] = [
-    ("avi.http.redirect", Event::HttpReq),
-    ("avi.http.set_path", Event::HttpReq),
-    ("avi.http.set_uri", Event::HttpReq),
-    ("avi.http.set_query", Event::HttpReq),
-    ("avi.http.set_server_timeout", Event::HttpReq),
-    ("avi.pool.select", Event::HttpReq),
-    ("avi.pool.chash", Event::HttpReq),
-    ("avi.vs.rate_limit", Event::HttpReq),
-    ("avi.vs.ratelimit.exceed", Event::HttpReq),
-    ("avi.http.status", Event::HttpResp),
-    ("avi.pool.server_ip", Event::HttpResp),
-    ("avi.pool.get_server_info", Event::HttpResp),
+/// The events where the request can still change: it has not gone to the server yet.
+const REQUEST_EVENTS: &[Event] = &[Event::HttpReq, Event::HttpReqData];
+/// The events that know the chosen server.
+const SERVER_EVENTS: &[Event] = &[Event::HttpLbDone, Event::HttpResp, Event::HttpRespData];
+/// The events with a server response.
+const RESPONSE_EVENTS: &[Event] = &[Event::HttpResp, Event::HttpRespData];
+
+/// Functions Avi allows in some events only (DATASCRIPT-API.md, section (a), each function's
+/// "evt" column and the events list): a request rewrite means nothing once the request has
+/// gone, the chosen server is not known before, a body only in its data event. In
+/// HTTP_RESP_FAILED only the avi.http functions of [`RESP_FAILED_ALLOWED`] may run.
+const EVENT_ONLY: [(&str, &[Event]); 15] = [
+    (
+        "avi.http.redirect",
+        &[Event::HttpReq, Event::HttpReqData, Event::HttpRespFailed],
+    ),
+    ("avi.http.set_path", REQUEST_EVENTS),
+    ("avi.http.set_uri", REQUEST_EVENTS),
+    ("avi.http.set_query", REQUEST_EVENTS),
+    ("avi.http.set_server_timeout", REQUEST_EVENTS),
+    ("avi.pool.select", REQUEST_EVENTS),
+    ("avi.pool.chash", REQUEST_EVENTS),
+    ("avi.vs.rate_limit", REQUEST_EVENTS),
+    ("avi.vs.ratelimit.exceed", REQUEST_EVENTS),
+    ("avi.http.status", RESPONSE_EVENTS),
+    ("avi.pool.server_ip", SERVER_EVENTS),
+    ("avi.pool.get_server_info", SERVER_EVENTS),
+    ("avi.http.get_req_body", &[Event::HttpReqData]),
+    ("avi.http.get_response_body", &[Event::HttpRespData]),
+    ("avi.http.set_response_body_buffer_size", &[Event::HttpResp]),
 ];
+
+/// Why `path` may not be called in `event`, if it may not.
+fn event_rule(path: &str, event: Event) -> Option<String> {
+    if event == Event::HttpRespFailed
+        && let Some(func) = path.strip_prefix("avi.http.")
+        && !RESP_FAILED_ALLOWED.contains(&func)
+    {
+        return Some(format!(
+            "{path} is not allowed in HTTP_RESP_FAILED scripts (only avi.http.{} are)",
+            RESP_FAILED_ALLOWED.join(", avi.http.")
+        ));
+    }
+    let (_, only) = EVENT_ONLY.iter().find(|(name, _)| *name == path)?;
+    if only.contains(&event) {
+        return None;
+    }
+    let events: Vec<String> = only.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "{path} is not allowed in {event} scripts (Avi allows it in {} only)",
+        events.join(", ")
+    ))
+}
 
 /// Every avi.* name the API installs, with its kind.
 fn api_names() -> &'static BTreeMap<String, Kind> {
@@ -172,19 +209,10 @@ pub(crate) fn check(script: &ScriptSource) -> Vec<ScriptError> {
                 _ => break,
             }
         }
-        if let Some((_, only)) = EVENT_ONLY.iter().find(|(name, _)| *name == path)
-            && *only != script.event
+        if let Some(message) = event_rule(&path, script.event)
             && let Some((_, line, col)) = toks.get(i)
         {
-            out.push(located(
-                script,
-                *line,
-                *col,
-                format!(
-                    "{path} is not allowed in {} scripts (Avi allows it in {only} only)",
-                    script.event
-                ),
-            ));
+            out.push(located(script, *line, *col, message));
         }
         i = j.max(i + 1);
     }
@@ -276,18 +304,71 @@ mod tests {
         assert_eq!(
             messages(Event::HttpResp, "\n  avi.http.redirect('/x')"),
             [
-                "vs.toml:11:3: avi.http.redirect is not allowed in HTTP_RESP scripts (Avi allows it in HTTP_REQ only)"
+                "vs.toml:11:3: avi.http.redirect is not allowed in HTTP_RESP scripts (Avi allows it in HTTP_REQ, HTTP_REQ_DATA, HTTP_RESP_FAILED only)"
             ]
         );
         assert_eq!(
             messages(Event::HttpReq, "local ip = avi.pool.server_ip()"),
             [
-                "vs.toml:10:12: avi.pool.server_ip is not allowed in HTTP_REQ scripts (Avi allows it in HTTP_RESP only)"
+                "vs.toml:10:12: avi.pool.server_ip is not allowed in HTTP_REQ scripts (Avi allows it in HTTP_LB_DONE, HTTP_RESP, HTTP_RESP_DATA only)"
             ]
         );
         assert_eq!(
             messages(Event::HttpReq, "avi.http.redirect('/x')"),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_new_events_have_their_own_rules() {
+        let none = Vec::<String>::new();
+        assert_eq!(
+            messages(Event::HttpReqData, "local b = avi.http.get_req_body(4)"),
+            none
+        );
+        assert_eq!(
+            messages(Event::HttpReq, "local b = avi.http.get_req_body()"),
+            [
+                "vs.toml:10:11: avi.http.get_req_body is not allowed in HTTP_REQ scripts (Avi allows it in HTTP_REQ_DATA only)"
+            ]
+        );
+        assert_eq!(
+            messages(
+                Event::HttpRespData,
+                "local b = avi.http.get_response_body(1, 0)"
+            ),
+            none
+        );
+        assert_eq!(
+            messages(
+                Event::HttpResp,
+                "avi.http.set_response_body_buffer_size(64)"
+            ),
+            none
+        );
+        assert_eq!(
+            messages(
+                Event::HttpLbDone,
+                "local ip, port = avi.pool.get_server_info()"
+            ),
+            none
+        );
+        assert_eq!(
+            messages(Event::HttpLbDone, "avi.pool.select('p')"),
+            [
+                "vs.toml:10:1: avi.pool.select is not allowed in HTTP_LB_DONE scripts (Avi allows it in HTTP_REQ, HTTP_REQ_DATA only)"
+            ]
+        );
+        let failed = "if avi.http.internal_status() == '504' then\n\
+                      avi.http.response(503, {}, 'try later')\n\
+                      else avi.http.redirect('/sorry') end\n\
+                      avi.vs.log('failed')";
+        assert_eq!(messages(Event::HttpRespFailed, failed), none);
+        assert_eq!(
+            messages(Event::HttpRespFailed, "local h = avi.http.get_header('a')"),
+            [
+                "vs.toml:10:11: avi.http.get_header is not allowed in HTTP_RESP_FAILED scripts (only avi.http.response, avi.http.redirect, avi.http.internal_status are)"
+            ]
         );
     }
 }

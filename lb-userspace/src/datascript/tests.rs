@@ -1107,6 +1107,9 @@ fn bench_txn_only() {
     );
 }
 
+// HTTP_REQ_DATA, HTTP_RESP_DATA, HTTP_RESP_FAILED and HTTP_LB_DONE.
+mod events;
+
 mod sandbox;
 
 // avi.ipgroup, avi.stringgroup, avi.vs.rate_limit and avi.vs.ratelimit.

@@ -50,9 +50,10 @@ pub struct ScriptEnv {
 
 struct Shared {
     set: Arc<ScriptSet>,
+    limits: DsLimits,
     vms: Vec<Mutex<Vm>>,
-    has_req: bool,
-    has_resp: bool,
+    /// Which events have scripts (by [`Event::index`]).
+    has: [bool; Event::ALL.len()],
     counters: Arc<DsCounters>,
 }
 
@@ -60,9 +61,9 @@ struct Shared {
 /// agent across reloads so the exported counters only ever grow.
 #[derive(Debug, Default)]
 pub struct DsCounters {
-    runs: [AtomicU64; 2],
-    errors: [AtomicU64; 2],
-    budget_stops: [AtomicU64; 2],
+    runs: [AtomicU64; Event::ALL.len()],
+    errors: [AtomicU64; Event::ALL.len()],
+    budget_stops: [AtomicU64; Event::ALL.len()],
 }
 
 /// One event's counters.
@@ -77,16 +78,9 @@ pub struct EventCounters {
 }
 
 impl DsCounters {
-    fn slot(event: Event) -> usize {
-        match event {
-            Event::HttpReq => 0,
-            Event::HttpResp => 1,
-        }
-    }
-
     /// Counters of `event`.
     pub fn get(&self, event: Event) -> EventCounters {
-        let i = Self::slot(event);
+        let i = event.index();
         EventCounters {
             runs: self.runs[i].load(Ordering::Relaxed),
             errors: self.errors[i].load(Ordering::Relaxed),
@@ -137,8 +131,8 @@ impl DataScriptHooks {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                has_req: set.has(Event::HttpReq),
-                has_resp: set.has(Event::HttpResp),
+                has: Event::ALL.map(|e| set.has(e)),
+                limits: env.limits.clone(),
                 set,
                 vms,
                 counters,
@@ -244,35 +238,25 @@ impl Txn {
         i
     }
 
-    fn run(
-        &mut self,
-        event: Event,
-        req: Option<http::request::Parts>,
-        resp: Option<http::response::Parts>,
-    ) -> (
-        Outcome,
-        Option<http::request::Parts>,
-        Option<http::response::Parts>,
-    ) {
+    /// Runs the scripts of `event` with `input` (its messages and body; `event` and `txn` are
+    /// filled here) and gives the messages back.
+    fn run(&mut self, event: Event, input: Ctx) -> (Outcome, Ctx) {
         if self.shared.vms.is_empty() {
-            return (Outcome::Done, req, resp);
+            return (Outcome::Done, input);
         }
         let idx = self.vm();
         let shared = Arc::clone(&self.shared);
         let vm = shared.vms[idx].lock();
         let Some(mut state) = self.state.take() else {
-            return (Outcome::Failed, req, resp);
+            return (Outcome::Failed, input);
         };
-        let (funcs, list) = match event {
-            Event::HttpReq => (&vm.req, &vm.req_list),
-            Event::HttpResp => (&vm.resp, &vm.resp_list),
-        };
+        let scripts = &vm.events[event.index()];
+        let (funcs, list) = (&scripts.indexes, &scripts.list);
         let env = state.env.take();
         *vm.shared.ctx.lock() = Ctx {
             event: Some(event),
             txn: Some(state),
-            req,
-            resp,
+            ..input
         };
         // Garbage of earlier transactions must not fail this one.
         vm.collect_if_above(75);
@@ -304,10 +288,10 @@ impl Txn {
             vm.collect_if_above(50);
         }
         drop(vm);
-        let Some(mut state) = ctx.txn else {
-            return (Outcome::Failed, ctx.req, ctx.resp);
+        let Some(mut state) = ctx.txn.take() else {
+            return (Outcome::Failed, ctx);
         };
-        let slot = DsCounters::slot(event);
+        let slot = event.index();
         let counters = &shared.counters;
         counters.runs[slot].fetch_add(1, Ordering::Relaxed);
         let failed = match failure {
@@ -360,26 +344,74 @@ impl Txn {
             Outcome::Done
         };
         self.state = Some(state);
-        (outcome, ctx.req, ctx.resp)
+        (outcome, ctx)
     }
-}
 
-impl TxnHooks for Txn {
-    fn on_request(&mut self, request: &mut http::request::Parts) -> RequestVerdict {
-        let outcome = if self.shared.has_req {
-            let parts = std::mem::replace(request, empty_request());
-            let (outcome, back, _) = self.run(Event::HttpReq, Some(parts), None);
-            if let Some(back) = back {
-                *request = back;
-            }
-            outcome
-        } else {
-            Outcome::Done
-        };
-        let Some(state) = self.state.as_mut() else {
+    fn has(&self, event: Event) -> bool {
+        self.shared.has[event.index()]
+    }
+
+    /// Runs the scripts of a request event on `request` (taken and put back).
+    fn run_on_request(
+        &mut self,
+        event: Event,
+        request: &mut http::request::Parts,
+        body: Option<Bytes>,
+    ) -> Outcome {
+        let parts = std::mem::replace(request, empty_request());
+        let (outcome, back) = self.run(
+            event,
+            Ctx {
+                req: Some(parts),
+                body,
+                ..Ctx::default()
+            },
+        );
+        if let Some(back) = back.req {
+            *request = back;
+        }
+        outcome
+    }
+
+    /// Runs the scripts of a response event on `response` (taken and put back).
+    fn run_on_response(
+        &mut self,
+        event: Event,
+        response: &mut http::response::Parts,
+        body: Option<Bytes>,
+    ) -> Outcome {
+        let parts = std::mem::replace(response, empty_response());
+        let (outcome, back) = self.run(
+            event,
+            Ctx {
+                resp: Some(parts),
+                body,
+                ..Ctx::default()
+            },
+        );
+        if let Some(back) = back.resp {
+            *response = back;
+        }
+        outcome
+    }
+
+    /// What the proxy does with the request after a request event ended with `outcome`.
+    fn request_verdict(&self, outcome: Outcome) -> RequestVerdict {
+        let Some(state) = self.state.as_ref() else {
             return RequestVerdict::Respond(internal_error());
         };
-        if self.shared.has_resp && self.shared.set.resp_reads_request {
+        match outcome.answer() {
+            None => RequestVerdict::Forward(state.selection.clone()),
+            Some(r) => RequestVerdict::Respond(r),
+        }
+    }
+
+    /// Keeps a copy of the request head for the later events' scripts that read it.
+    fn keep_request(&mut self, request: &http::request::Parts) {
+        if !self.shared.set.resp_reads_request {
+            return;
+        }
+        if let Some(state) = self.state.as_mut() {
             state.req_snapshot = Some(ReqSnapshot {
                 method: request.method.clone(),
                 uri: request.uri.clone(),
@@ -387,10 +419,68 @@ impl TxnHooks for Txn {
                 headers: request.headers.clone(),
             });
         }
-        match outcome.answer() {
-            None => RequestVerdict::Forward(state.selection.clone()),
-            Some(r) => RequestVerdict::Respond(r),
+    }
+
+    fn set_server(&mut self, server: SocketAddr) {
+        if let Some(s) = self.state.as_mut() {
+            s.server = Some(server);
         }
+    }
+}
+
+fn response_verdict(outcome: Outcome) -> ResponseVerdict {
+    match outcome.answer() {
+        None => ResponseVerdict::Continue,
+        Some(r) => ResponseVerdict::Respond(r),
+    }
+}
+
+impl TxnHooks for Txn {
+    fn on_request(&mut self, request: &mut http::request::Parts) -> RequestVerdict {
+        let outcome = if self.has(Event::HttpReq) {
+            self.run_on_request(Event::HttpReq, request, None)
+        } else {
+            Outcome::Done
+        };
+        self.keep_request(request);
+        self.request_verdict(outcome)
+    }
+
+    fn request_body_limit(&self) -> Option<usize> {
+        self.has(Event::HttpReqData)
+            .then_some(self.shared.limits.max_body_buffer)
+    }
+
+    fn on_request_body(
+        &mut self,
+        request: &mut http::request::Parts,
+        body: &Bytes,
+    ) -> RequestVerdict {
+        if !self.has(Event::HttpReqData) {
+            return self.request_verdict(Outcome::Done);
+        }
+        let outcome = self.run_on_request(Event::HttpReqData, request, Some(body.clone()));
+        self.keep_request(request);
+        self.request_verdict(outcome)
+    }
+
+    fn on_lb_done(&mut self, server: SocketAddr) -> Option<http::Response<Bytes>> {
+        self.set_server(server);
+        if !self.has(Event::HttpLbDone) {
+            return None;
+        }
+        self.run(Event::HttpLbDone, Ctx::default()).0.answer()
+    }
+
+    fn on_response_failed(&mut self, status: http::StatusCode) -> Option<http::Response<Bytes>> {
+        if !self.has(Event::HttpRespFailed) {
+            return None;
+        }
+        let input = Ctx {
+            failed_status: Some(status.as_u16()),
+            ..Ctx::default()
+        };
+        self.run(Event::HttpRespFailed, input).0.answer()
     }
 
     fn on_response(
@@ -398,21 +488,31 @@ impl TxnHooks for Txn {
         response: &mut http::response::Parts,
         server: SocketAddr,
     ) -> ResponseVerdict {
-        if let Some(s) = self.state.as_mut() {
-            s.server = Some(server);
-        }
-        if !self.shared.has_resp {
+        self.set_server(server);
+        if !self.has(Event::HttpResp) {
             return ResponseVerdict::Continue;
         }
-        let parts = std::mem::replace(response, empty_response());
-        let (outcome, _, back) = self.run(Event::HttpResp, None, Some(parts));
-        if let Some(back) = back {
-            *response = back;
+        response_verdict(self.run_on_response(Event::HttpResp, response, None))
+    }
+
+    fn response_body_limit(&self) -> Option<usize> {
+        if !self.has(Event::HttpRespData) {
+            return None;
         }
-        match outcome.answer() {
-            None => ResponseVerdict::Continue,
-            Some(r) => ResponseVerdict::Respond(r),
+        let max = self.shared.limits.max_body_buffer;
+        let asked = self.state.as_ref().and_then(|s| s.resp_body_buffer);
+        Some(asked.map_or(max, |a| a.min(max)))
+    }
+
+    fn on_response_body(
+        &mut self,
+        response: &mut http::response::Parts,
+        body: &Bytes,
+    ) -> ResponseVerdict {
+        if !self.has(Event::HttpRespData) {
+            return ResponseVerdict::Continue;
         }
+        response_verdict(self.run_on_response(Event::HttpRespData, response, Some(body.clone())))
     }
 
     fn log_output(&self) -> Option<String> {

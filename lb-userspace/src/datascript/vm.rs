@@ -32,8 +32,10 @@ pub(crate) struct TxnState {
     /// avi.vs.reqvar, created on first use.
     pub reqvar: Option<Table>,
     pub req_snapshot: Option<ReqSnapshot>,
-    /// The server that answered (HTTP_RESP).
+    /// The server chosen (HTTP_LB_DONE) or that answered (HTTP_RESP).
     pub server: Option<SocketAddr>,
+    /// avi.http.set_response_body_buffer_size, in bytes (HTTP_RESP).
+    pub resp_body_buffer: Option<usize>,
     pub selection: Selection,
     /// A response a script asked for (avi.http.response / redirect).
     pub reply: Option<http::Response<Bytes>>,
@@ -55,6 +57,7 @@ impl TxnState {
             reqvar: None,
             req_snapshot: None,
             server: None,
+            resp_body_buffer: None,
             selection: Selection::default(),
             reply: None,
             close: false,
@@ -97,6 +100,10 @@ pub(crate) struct Ctx {
     pub req: Option<http::request::Parts>,
     /// The live response (HTTP_RESP).
     pub resp: Option<http::response::Parts>,
+    /// The buffered body (HTTP_REQ_DATA: the request's, HTTP_RESP_DATA: the response's).
+    pub body: Option<Bytes>,
+    /// The status latch answers with when the server failed (HTTP_RESP_FAILED).
+    pub failed_status: Option<u16>,
 }
 
 /// State shared by the Rust functions registered in one VM.
@@ -191,13 +198,18 @@ pub(crate) fn is_limit_stop(message: &str) -> bool {
     message.contains(BUDGET) || message.contains(TIME_LIMIT)
 }
 
+/// The scripts of one event in one VM.
+pub(crate) struct EventScripts {
+    /// Script indexes in the set, in order.
+    pub indexes: Vec<usize>,
+    /// Their functions, in the same order (what the sandbox runner calls).
+    pub list: Table,
+}
+
 pub(crate) struct Vm {
     pub lua: Lua,
-    /// Script indexes per event, in order; `req_list`/`resp_list` hold their functions.
-    pub req: Vec<usize>,
-    pub resp: Vec<usize>,
-    pub req_list: Table,
-    pub resp_list: Table,
+    /// Per event (by [`Event::index`]).
+    pub events: Vec<EventScripts>,
     /// The Lua runner (see sandbox.lua).
     pub run: Function,
     pub shared: Arc<VmShared>,
@@ -222,26 +234,28 @@ impl Vm {
         let limits = &env.limits;
         let shared = Arc::new(VmShared::new(env, set));
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;
-        let req_list = lua.create_table().map_err(vm_err)?;
-        let resp_list = lua.create_table().map_err(vm_err)?;
+        let events = Event::ALL
+            .iter()
+            .map(|_| {
+                Ok(EventScripts {
+                    indexes: Vec::new(),
+                    list: lua.create_table()?,
+                })
+            })
+            .collect::<mlua::Result<_>>()
+            .map_err(vm_err)?;
         let mut vm = Vm {
             lua,
-            req: Vec::new(),
-            resp: Vec::new(),
-            req_list,
-            resp_list,
+            events,
             run,
             shared: Arc::clone(&shared),
             memory_limit: limits.memory_bytes,
         };
         for (i, s) in set.scripts.iter().enumerate() {
             let f = set.load(&vm.lua, i)?;
-            let (idx, list) = match s.event {
-                Event::HttpReq => (&mut vm.req, &vm.req_list),
-                Event::HttpResp => (&mut vm.resp, &vm.resp_list),
-            };
-            idx.push(i);
-            list.raw_push(f).map_err(vm_err)?;
+            let scripts = &mut vm.events[s.event.index()];
+            scripts.indexes.push(i);
+            scripts.list.raw_push(f).map_err(vm_err)?;
         }
         let sh = Arc::clone(&shared);
         let period = limits.hook_every.max(1);

@@ -1,4 +1,5 @@
-//! Streaming bodies: frames pass through one at a time and are only counted, never collected.
+//! Streaming bodies: frames pass through one at a time and are only counted, never collected
+//! (except, up to a limit, for the scripts of the body events: [`collect_limited`]).
 //!
 //! A response body tells its [`BodyEnd`] (the transaction) what went out and how it ended, so
 //! that the access log line, the counters and the return of the upstream connection to its
@@ -13,15 +14,27 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-/// The client's request body on its way upstream, counted.
+/// The client's request body on its way upstream, counted: streamed, or buffered whole for the
+/// HTTP_REQ_DATA scripts.
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    source: Source,
     bytes: Arc<AtomicU64>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+        Self {
+            source: Source::Streamed(inner),
+            bytes,
+        }
+    }
+
+    /// A body read whole beforehand (see [`collect_limited`]).
+    pub fn buffered(body: Bytes, bytes: Arc<AtomicU64>) -> Self {
+        Self {
+            source: Source::Full((!body.is_empty()).then_some(body)),
+            bytes,
+        }
     }
 }
 
@@ -34,7 +47,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Streamed(inner) => Pin::new(inner).poll_frame(cx),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -44,12 +60,44 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.source.size_hint()
     }
+}
+
+/// Why [`collect_limited`] gave up.
+#[derive(Debug)]
+pub(crate) enum CollectError {
+    /// The body is longer than the limit.
+    TooLarge,
+    /// Reading it failed (the peer reset or sent a malformed body).
+    Read(hyper::Error),
+}
+
+/// Reads a whole body of at most `limit` bytes (for the HTTP_REQ_DATA / HTTP_RESP_DATA
+/// scripts); a longer one is refused as soon as it is known to be longer.
+pub(crate) async fn collect_limited(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Bytes, CollectError> {
+    use http_body_util::BodyExt;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(CollectError::TooLarge);
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(CollectError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(CollectError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Told what a [`ResponseBody`] sent and how it ended.
@@ -65,8 +113,24 @@ pub(crate) trait BodyEnd: Unpin {
 enum Source {
     /// Made by the proxy; `None` once sent.
     Full(Option<Bytes>),
-    /// Streamed from a server.
+    /// Streamed from the peer.
     Streamed(Incoming),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Full(b) => b.is_none(),
+            Source::Streamed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Source::Streamed(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A response body: either made by the proxy (errors, scripts) or streamed from a server.
@@ -129,17 +193,11 @@ impl<E: BodyEnd> Body for ResponseBody<E> {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Full(b) => b.is_none(),
-            Source::Streamed(body) => body.is_end_stream(),
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Source::Streamed(body) => body.size_hint(),
-        }
+        self.source.size_hint()
     }
 }
 

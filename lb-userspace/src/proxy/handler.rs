@@ -8,10 +8,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use super::access_log::Route;
-use super::body::{RequestBody, ResponseBody};
+use super::body::{CollectError, RequestBody, ResponseBody, collect_limited};
 use super::conn_clock::ConnClock;
 use super::headers;
 use super::hooks::{RequestVerdict, ResponseVerdict, Selection, TxnInfo};
@@ -41,10 +41,32 @@ pub(crate) struct ConnInfo {
 struct Failure {
     status: StatusCode,
     reason: &'static str,
+    /// The chosen server failed (connect, timeout, bad or reset response): HTTP_RESP_FAILED.
+    server_failed: bool,
 }
 
 fn fail(status: StatusCode, reason: &'static str) -> Failure {
-    Failure { status, reason }
+    Failure {
+        status,
+        reason,
+        server_failed: false,
+    }
+}
+
+/// The chosen server gave no valid response head.
+fn server_fail(status: StatusCode, reason: &'static str) -> Failure {
+    Failure {
+        server_failed: true,
+        ..fail(status, reason)
+    }
+}
+
+/// How [`forward`] ended well.
+enum Forwarded {
+    /// The server's response head, its body and the connection it came on.
+    Response(http::response::Parts, Incoming, Lent),
+    /// A script answered once the server was chosen (HTTP_LB_DONE).
+    Answered(Response<Bytes>),
 }
 
 /// A short plain-text answer made by the proxy itself.
@@ -120,20 +142,55 @@ pub(crate) async fn handle(
     });
     let verdict = txn.hooks.as_mut().map(|h| h.on_request(&mut parts));
     txn.basic_auth_user = headers::basic_auth_user(&parts.headers);
-    let selection = match verdict {
+    let mut selection = match verdict {
         Some(RequestVerdict::Respond(resp)) => return Ok(local_response(resp, txn, false)),
         Some(RequestVerdict::Forward(selection)) => selection,
         None => Selection::default(),
+    };
+    // A request without a body (GET, Content-Length: 0) has no data event, as in Avi.
+    let body_limit = txn
+        .hooks
+        .as_ref()
+        .filter(|_| !body.is_end_stream())
+        .and_then(|h| h.request_body_limit());
+    let body = match (body_limit, txn.hooks.as_mut()) {
+        (Some(limit), Some(hooks)) => match collect_limited(body, limit).await {
+            Ok(bytes) => match hooks.on_request_body(&mut parts, &bytes) {
+                RequestVerdict::Respond(resp) => return Ok(local_response(resp, txn, false)),
+                RequestVerdict::Forward(s) => {
+                    selection = s;
+                    RequestBody::buffered(bytes, txn.request_bytes.clone())
+                }
+            },
+            // The rest of the body is unread: the connection cannot carry another request.
+            Err(e) => {
+                let status = match e {
+                    CollectError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    CollectError::Read(err) => {
+                        tracing::debug!(vs = %vs.name, client = %conn.client, error = %err, "request body read failed");
+                        StatusCode::BAD_REQUEST
+                    }
+                };
+                return Ok(local_response(error_response(status), txn, true));
+            }
+        },
+        _ => RequestBody::new(body, txn.request_bytes.clone()),
     };
     let (mut rparts, rbody, lent) = match forward(
         &ctx, &table, &vs, &conn, parts, body, selection, &mut txn,
     )
     .await
     {
-        Ok(r) => r,
+        Ok(Forwarded::Response(rparts, rbody, lent)) => (rparts, rbody, lent),
+        Ok(Forwarded::Answered(resp)) => return Ok(local_response(resp, txn, false)),
         Err(f) => {
             tracing::debug!(vs = %vs.name, client = %conn.client, status = f.status.as_u16(), reason = f.reason, "request not forwarded");
-            return Ok(local_response(error_response(f.status), txn, false));
+            let answer = match txn.hooks.as_mut() {
+                Some(h) if f.server_failed => h.on_response_failed(f.status),
+                _ => None,
+            };
+            let resp = answer.unwrap_or_else(|| error_response(f.status));
+            return Ok(local_response(resp, txn, false));
         }
     };
     txn.server_status = Some(rparts.status.as_u16());
@@ -144,6 +201,35 @@ pub(crate) async fn handle(
         // The server's body is abandoned, so its connection cannot be reused.
         drop((rbody, lent));
         return Ok(local_response(resp, txn, false));
+    }
+    let body_limit = txn
+        .hooks
+        .as_ref()
+        .filter(|_| !rbody.is_end_stream())
+        .and_then(|h| h.response_body_limit());
+    if let (Some(limit), Some(hooks)) = (body_limit, txn.hooks.as_mut()) {
+        let bytes = match collect_limited(rbody, limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Part of the body is unread or lost: the server connection is dropped.
+                tracing::debug!(vs = %vs.name, server = %lent.server, error = ?e, "response body not buffered");
+                return Ok(local_response(
+                    error_response(StatusCode::BAD_GATEWAY),
+                    txn,
+                    false,
+                ));
+            }
+        };
+        let verdict = hooks.on_response_body(&mut rparts, &bytes);
+        // The body was read whole: the connection can serve another request.
+        txn.upstream = Some(lent);
+        return Ok(match verdict {
+            ResponseVerdict::Respond(resp) => local_response(resp, txn, false),
+            ResponseVerdict::Continue => {
+                finish_head(&mut rparts, &mut txn, false);
+                Response::from_parts(rparts, ResponseBody::full(bytes, txn))
+            }
+        });
     }
     finish_head(&mut rparts, &mut txn, false);
     txn.upstream = Some(lent);
@@ -161,10 +247,10 @@ async fn forward(
     vs: &VsRoute,
     conn: &ConnInfo,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     selection: Selection,
     txn: &mut Txn,
-) -> Result<(http::response::Parts, Incoming, Lent), Failure> {
+) -> Result<Forwarded, Failure> {
     let pool_name = selection.pool.as_deref().unwrap_or(&vs.pool);
     let picker = table
         .pool(pool_name)
@@ -213,7 +299,7 @@ async fn forward(
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;
-    let mut req = Request::from_parts(parts, RequestBody::new(body, txn.request_bytes.clone()));
+    let mut req = Request::from_parts(parts, body);
 
     let mut failed: Vec<SocketAddr> = Vec::with_capacity(2);
     let (server, mut checkout) = loop {
@@ -230,7 +316,7 @@ async fn forward(
                 None if failed.is_empty() => {
                     return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no server up"));
                 }
-                None => return Err(fail(StatusCode::BAD_GATEWAY, "connect failed")),
+                None => return Err(server_fail(StatusCode::BAD_GATEWAY, "connect failed")),
             },
         };
         match ctx.upstream.checkout(server, false).await {
@@ -240,11 +326,17 @@ async fn forward(
                 failed.push(server);
                 // Only a balanced choice may go elsewhere, and only once.
                 if pinned.is_some() || failed.len() >= 2 {
-                    return Err(fail(StatusCode::BAD_GATEWAY, "connect failed"));
+                    return Err(server_fail(StatusCode::BAD_GATEWAY, "connect failed"));
                 }
             }
         }
     };
+    if let Some(answer) = txn.hooks.as_mut().and_then(|h| h.on_lb_done(server)) {
+        // The connection carries no request: back to the pool. Nor is it counted as one of
+        // the server's requests.
+        ctx.upstream.checkin(server, checkout.sender);
+        return Ok(Forwarded::Answered(answer));
+    }
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
     let clock = &ctx.settings.clock;
@@ -259,14 +351,14 @@ async fn forward(
             .await
         {
             Err(_) => {
-                return Err(fail(
+                return Err(server_fail(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream response timeout",
                 ));
             }
             Ok(Ok(resp)) => {
                 let (rparts, rbody) = resp.into_parts();
-                return Ok((
+                return Ok(Forwarded::Response(
                     rparts,
                     rbody,
                     Lent {
@@ -284,12 +376,15 @@ async fn forward(
                     req = unsent;
                     checkout = ctx.upstream.checkout(server, true).await.map_err(|e| {
                         tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
-                        fail(StatusCode::BAD_GATEWAY, "connect failed")
+                        server_fail(StatusCode::BAD_GATEWAY, "connect failed")
                     })?;
                 }
                 _ => {
                     tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
-                    return Err(fail(StatusCode::BAD_GATEWAY, "upstream request failed"));
+                    return Err(server_fail(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream request failed",
+                    ));
                 }
             },
         }

@@ -2,8 +2,10 @@
 //!
 //! The proxy knows nothing about Lua; the DataScript engine knows nothing about sockets. The
 //! proxy asks a [`HookFactory`] (one per virtual service) for a [`TxnHooks`] at the start of
-//! every request and calls it at the two DataScript events. Everything here is synchronous:
-//! scripts never wait on I/O.
+//! every request and calls it at the DataScript events. Everything here is synchronous:
+//! scripts never wait on I/O. The events beyond HTTP_REQ and HTTP_RESP have no-op defaults, and
+//! a body is only buffered when the hooks ask for it, so a service without such scripts keeps
+//! streaming.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,6 +99,48 @@ pub trait TxnHooks: Send {
         response: &mut http::response::Parts,
         server: SocketAddr,
     ) -> ResponseVerdict;
+
+    /// The most of the request body to buffer for [`TxnHooks::on_request_body`]; `None`
+    /// (the default) streams the body to the server. Asked after `on_request`.
+    fn request_body_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// HTTP_REQ_DATA: the whole request body is in (only when `request_body_limit` asked).
+    fn on_request_body(
+        &mut self,
+        _request: &mut http::request::Parts,
+        _body: &Bytes,
+    ) -> RequestVerdict {
+        RequestVerdict::Forward(Selection::default())
+    }
+
+    /// HTTP_LB_DONE: `server` was chosen and is connected; the request has not gone yet.
+    /// `Some` answers the client instead.
+    fn on_lb_done(&mut self, _server: SocketAddr) -> Option<http::Response<Bytes>> {
+        None
+    }
+
+    /// HTTP_RESP_FAILED: no valid response head came (connect failure, timeout, bad or reset
+    /// response); the proxy would answer `status`. `Some` answers the client instead.
+    fn on_response_failed(&mut self, _status: http::StatusCode) -> Option<http::Response<Bytes>> {
+        None
+    }
+
+    /// The most of the response body to buffer for [`TxnHooks::on_response_body`]; `None`
+    /// (the default) streams it. Asked after `on_response`.
+    fn response_body_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// HTTP_RESP_DATA: the whole response body is in (only when `response_body_limit` asked).
+    fn on_response_body(
+        &mut self,
+        _response: &mut http::response::Parts,
+        _body: &Bytes,
+    ) -> ResponseVerdict {
+        ResponseVerdict::Continue
+    }
 
     /// Text the scripts logged with avi.vs.log, for the request's access log line.
     fn log_output(&self) -> Option<String> {

@@ -1398,3 +1398,6 @@ fn modules_use_only_lower_layers() {
         }
     }
 }
+
+// The DataScript events beyond HTTP_REQ and HTTP_RESP, as the proxy drives them.
+mod events;

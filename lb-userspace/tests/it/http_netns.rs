@@ -367,3 +367,107 @@ fn malformed_requests_are_refused_without_reaching_a_backend() -> TestResult {
     assert_eq!(server.requests(), before + 1);
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn body_failure_and_lb_events_run_through_the_agent() -> TestResult {
+    use latch_tests::Event;
+    let topo = Topology::builder().backends(1).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let scripts = [
+        DataScript::request(
+            r#"if avi.http.get_path() == "/slow" then avi.http.set_server_timeout(300) end"#,
+        ),
+        DataScript::new(
+            Event::HttpReqData,
+            r#"local body = avi.http.get_req_body()
+if body:find("forbidden", 1, true) then
+  avi.http.response(403, {content_type = "text/plain"}, "body refused")
+end
+avi.http.add_header("x-req-body-len", #body)
+"#,
+        ),
+        DataScript::new(
+            Event::HttpLbDone,
+            r#"local ip, port = avi.pool.get_server_info()
+chosen = ip .. ":" .. port
+"#,
+        ),
+        DataScript::new(
+            Event::HttpRespData,
+            r#"avi.http.add_header("x-resp-body-len", #avi.http.get_response_body())
+avi.http.add_header("x-chosen", chosen)
+"#,
+        ),
+        DataScript::new(
+            Event::HttpRespFailed,
+            r#"avi.http.response(503, {content_type = "text/plain"}, "down: " .. avi.http.internal_status())"#,
+        ),
+    ];
+    let _agent = start(&topo, scripts)?;
+    let server = topo.server("b1").ok_or("no b1")?;
+    let backend = SocketAddr::from((topo.backend_addrs()[0], HTTP_PORT));
+    topo.client().run(|| -> Result<(), String> {
+        let header = |r: &latch_tests::Response, name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let post = |path: &str, body: &'static [u8]| {
+            http_request(
+                vip(&topo),
+                "POST",
+                path,
+                &[],
+                RequestBody::Bytes(body.into()),
+                Duration::from_secs(5),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let echoed = post("/headers", b"twelve bytes")?;
+        let text = String::from_utf8_lossy(&echoed.body).into_owned();
+        if echoed.status != 200 || !text.contains("x-req-body-len: 12\n") {
+            return Err(format!("HTTP_REQ_DATA header: {echoed:?}"));
+        }
+        let chosen = header(&echoed, "x-chosen");
+        if chosen.as_deref() != Some(backend.to_string().as_str()) {
+            return Err(format!("HTTP_LB_DONE saw {chosen:?}, not {backend}"));
+        }
+        let length = header(&echoed, "x-resp-body-len");
+        if length != Some(echoed.body.len().to_string()) {
+            return Err(format!("HTTP_RESP_DATA length {length:?}: {echoed:?}"));
+        }
+        let refused = post("/upload", b"a forbidden body")?;
+        if refused.status != 403 || refused.body.as_ref() != b"body refused" {
+            return Err(format!("HTTP_REQ_DATA response: {refused:?}"));
+        }
+        // A timeout before the response head: HTTP_RESP_FAILED answers instead of the 504.
+        let slow = http_get(vip(&topo), "/slow?ms=3000", &[]).map_err(|e| e.to_string())?;
+        if slow.status != 503 || slow.body.as_ref() != b"down: 504" {
+            return Err(format!("HTTP_RESP_FAILED: {slow:?}"));
+        }
+        // Beyond the default max_body_buffer (4 MiB): 502 for a response, 413 for a request
+        // (refused from its Content-Length, before its body is read).
+        let big = http_get(vip(&topo), &format!("/download?bytes={}", 5 << 20), &[])
+            .map_err(|e| e.to_string())?;
+        if big.status != 502 {
+            return Err(format!("oversize response: {}", big.status));
+        }
+        let status = raw_status(
+            vip(&topo),
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                5 << 20
+            )
+            .as_bytes(),
+        )?;
+        if !status.contains(" 413") {
+            return Err(format!("oversize request: {status}"));
+        }
+        Ok(())
+    })?;
+    // /headers, /slow and /download reached the backend; the refused bodies did not.
+    assert_eq!(server.requests(), 3);
+    Ok(())
+}

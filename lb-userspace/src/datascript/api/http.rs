@@ -1,6 +1,7 @@
 //! avi.http: the current message's headers, cookies and request line, and answers made by
 //! the script (avi.http.response, avi.http.redirect).
 
+mod body;
 mod cookie;
 mod uri;
 
@@ -15,7 +16,7 @@ use mlua::{Lua, Table, Value};
 use self::cookie::{cookie_names, find_cookie, put_cookie, remove_cookie, update_cookie};
 use super::args::{cached_str, is_number, lua_str, name_arg, number, opt_str, str_arg};
 use super::vs::reqvar;
-use super::{Args, LResult, Namespace, reg, rt, txn, with_ctx};
+use super::{Args, LResult, Namespace, reg, rt, txn};
 use crate::datascript::Event;
 use crate::datascript::vm::{Ctx, TERMINATE, VmShared};
 
@@ -48,6 +49,23 @@ const RESPONSE_STATUSES: [u16; 16] = [
     200, 301, 302, 303, 307, 400, 401, 403, 404, 405, 413, 414, 429, 451, 501, 503,
 ];
 
+/// The avi.http functions Avi allows in HTTP_RESP_FAILED (DATASCRIPT-API.md, events): there is
+/// no response, and the request is gone.
+pub(crate) const RESP_FAILED_ALLOWED: [&str; 3] = ["response", "redirect", "internal_status"];
+
+/// Runs `f` on the VM's context, unless the event is HTTP_RESP_FAILED, where only the
+/// functions of [`RESP_FAILED_ALLOWED`] may run (they call [`super::with_ctx`] directly).
+fn with_ctx<R>(sh: &VmShared, f: impl FnOnce(&mut Ctx) -> LResult<R>) -> LResult<R> {
+    super::with_ctx(sh, |ctx| {
+        if ctx.event == Some(Event::HttpRespFailed) {
+            return Err(rt(
+                "avi.http: only response, redirect and internal_status are allowed in HTTP_RESP_FAILED",
+            ));
+        }
+        f(ctx)
+    })
+}
+
 /// Which message a read applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Msg {
@@ -63,7 +81,7 @@ fn which(ctx: &Ctx, arg: Option<&Value>) -> LResult<Msg> {
             "bad context (use avi.HTTP_REQUEST or avi.HTTP_RESPONSE)",
         )),
         None => Ok(match ctx.event {
-            Some(Event::HttpResp) => Msg::Resp,
+            Some(Event::HttpResp | Event::HttpRespData) => Msg::Resp,
             _ => Msg::Req,
         }),
     }
@@ -88,9 +106,13 @@ fn read_headers(ctx: &Ctx, m: Msg) -> Option<&HeaderMap> {
 /// The headers of the current event's message (the only one scripts may change).
 fn write_headers(ctx: &mut Ctx) -> LResult<(&mut HeaderMap, Msg)> {
     match ctx.event {
-        Some(Event::HttpReq) => ctx.req.as_mut().map(|r| (&mut r.headers, Msg::Req)),
-        Some(Event::HttpResp) => ctx.resp.as_mut().map(|r| (&mut r.headers, Msg::Resp)),
-        None => None,
+        Some(Event::HttpReq | Event::HttpReqData) => {
+            ctx.req.as_mut().map(|r| (&mut r.headers, Msg::Req))
+        }
+        Some(Event::HttpResp | Event::HttpRespData) => {
+            ctx.resp.as_mut().map(|r| (&mut r.headers, Msg::Resp))
+        }
+        Some(Event::HttpLbDone | Event::HttpRespFailed) | None => None,
     }
     .ok_or_else(|| rt("avi: called outside a DataScript event"))
 }
@@ -154,10 +176,11 @@ pub(super) fn flag(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-/// The live request, for the functions that rewrite it (HTTP_REQ only).
+/// The live request, for the functions that rewrite it (HTTP_REQ, and HTTP_REQ_DATA: the
+/// request has not gone to the server yet).
 fn req_mut<'a>(ctx: &'a mut Ctx, func: &str) -> LResult<&'a mut http::request::Parts> {
     match ctx.event {
-        Some(Event::HttpReq) => ctx.req.as_mut(),
+        Some(Event::HttpReq | Event::HttpReqData) => ctx.req.as_mut(),
         _ => None,
     }
     .ok_or_else(|| rt(format!("{func}: only allowed in HTTP_REQ")))
@@ -246,7 +269,8 @@ fn response_status_arg(v: Option<&Value>) -> LResult<u16> {
 
 /// Record the response and end the event.
 pub(super) fn terminate(sh: &VmShared, resp: http::Response<Bytes>) -> LResult<()> {
-    with_ctx(sh, |ctx| {
+    // Allowed in every event, HTTP_RESP_FAILED included.
+    super::with_ctx(sh, |ctx| {
         txn(ctx)?.reply = Some(resp);
         Ok(())
     })?;
@@ -512,6 +536,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     }
     install_request_info(lua, &http, sh)?;
     install_rewrites(lua, &http, sh)?;
+    body::install(lua, &http, sh)?;
     Ok(http)
 }
 
@@ -541,9 +566,13 @@ fn install_request_info(lua: &Lua, http: &Table, sh: &Arc<VmShared>) -> LResult<
         let status = with_ctx(s, |ctx| response_status(ctx, "status"))?;
         cached_str(l, s, &status)
     });
-    // Until HTTP_RESP_FAILED exists, the status the server answered.
+    // In HTTP_RESP_FAILED the status latch is about to send ("502", "504"), else the one
+    // the server answered.
     reg!(lua, http, sh, "internal_status", |l, s, a| {
-        let status = with_ctx(s, |ctx| response_status(ctx, "internal_status"))?;
+        let status = super::with_ctx(s, |ctx| match ctx.failed_status {
+            Some(failed) => Ok(failed.to_string()),
+            None => response_status(ctx, "internal_status"),
+        })?;
         cached_str(l, s, &status)
     });
     reg!(lua, http, sh, "get_cookie_names", |l, s, a| with_ctx(

@@ -28,6 +28,7 @@ use mlua::{Lua, Table, Value, Variadic};
 
 use super::vm::{Ctx, TxnState, VmShared};
 
+pub(crate) use http::RESP_FAILED_ALLOWED;
 pub(crate) use vs::vs_log;
 
 type LResult<T> = mlua::Result<T>;
