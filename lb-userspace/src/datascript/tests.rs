@@ -671,6 +671,52 @@ fn cookie_writes_in_request_and_response() {
 }
 
 #[test]
+fn cookie_calls_take_every_form_avi_documents() {
+    let f = fx(
+        r#"avi.http.remove_cookie("a", "b")
+           avi.http.add_cookie("n1", "1", "n2", 2)
+           avi.http.add_cookie({t = "x"})"#,
+        r#"avi.http.add_cookie("p", "1", "/", "shop.example", 0, 3600, true, false)
+           avi.http.add_cookie("q", "2", "", nil, 0, 0, false, true)
+           avi.http.add_cookie({jsessionid = "123", path = "/", domain = "x", secure = true})
+           avi.http.replace_cookie({old = "new"})"#,
+    );
+    let (mut t, v, r) = run_req(&f, "/", &[("cookie", "a=1; b=2; c=3")]);
+    forward(v);
+    assert_eq!(
+        r.headers.get("cookie").map(|v| v.to_str().unwrap_or("")),
+        Some("c=3; n1=1; n2=2; t=x")
+    );
+    let mut rp = resp(200, &[("set-cookie", "old=1; Path=/")]);
+    t.on_response(&mut rp, sa(S1));
+    let sc: Vec<&str> = rp
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        sc,
+        vec![
+            "p=1; Path=/; Domain=shop.example; Max-Age=3600; HttpOnly",
+            "q=2; Secure",
+            "jsessionid=123; Path=/; Domain=x; Secure",
+            "old=new",
+        ]
+    );
+    // An odd number of request arguments is no set of pairs.
+    let log = eval_req(
+        r#"avi.vs.log(pcall(avi.http.add_cookie, "a", "1", "b"))"#,
+        "/",
+        &[],
+    );
+    assert!(
+        log.starts_with("false") && log.contains("name, value pairs"),
+        "{log}"
+    );
+}
+
+#[test]
 fn request_line_functions() {
     let log = eval_req(
         r#"local q = avi.http.get_query(avi.QUERY_TABLE)

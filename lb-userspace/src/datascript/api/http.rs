@@ -426,11 +426,17 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
             put_cookie(ctx, &a, "replace_cookie", true)
         }
     ));
+    // remove_cookie(name1[, name2...]): every name given.
     reg!(lua, http, sh, "remove_cookie", |l, s, a| {
-        let name = name_arg(a.first(), "remove_cookie", 1)?;
+        let mut names = vec![name_arg(a.first(), "remove_cookie", 1)?];
+        for (i, v) in a.iter().enumerate().skip(1) {
+            names.push(name_arg(Some(v), "remove_cookie", i + 1)?);
+        }
         with_ctx(s, |ctx| {
             let (h, m) = write_headers(ctx)?;
-            remove_cookie(h, m, name.as_bytes())
+            names
+                .iter()
+                .try_for_each(|name| remove_cookie(h, m, name.as_bytes()))
         })
     });
     // Decoded unless passed false; the path from its first '/' (origin form).

@@ -52,37 +52,131 @@ pub(super) fn find_cookie<'a>(h: &'a HeaderMap, m: Msg, name: &[u8]) -> Option<&
     }
 }
 
-/// A Set-Cookie value from `name, value` or a table {name=, value=, path=, domain=, expires=,
-/// max_age=, secure=, httponly=, samesite=}.
-fn cookie_from_args(args: &Args, func: &str) -> LResult<(String, String)> {
+/// Attributes a Set-Cookie may carry, as Avi's table form names them, and how they are written.
+const ATTRIBUTES: [(&str, &str); 7] = [
+    ("path", "Path"),
+    ("domain", "Domain"),
+    ("expires", "Expires"),
+    ("max_age", "Max-Age"),
+    ("samesite", "SameSite"),
+    ("secure", "Secure"),
+    ("httponly", "HttpOnly"),
+];
+
+/// `; Attr=value` (or `; Attr` for a flag) for one attribute, or nothing when the value means
+/// "not wanted": nil, false, "", or 0 for expires and max_age (Avi: "pass 0 for expires/max-age
+/// you do not want"). `expires` is a number of seconds from now, written as an HTTP date.
+fn attribute(key: &str, attr: &str, v: &Value, func: &str, pos: usize) -> LResult<String> {
+    let flag = matches!(key, "secure" | "httponly");
+    Ok(match v {
+        Value::Nil | Value::Boolean(false) => String::new(),
+        _ if flag => format!("; {attr}"),
+        v => {
+            let text = str_arg(v, func, pos)?.into_owned();
+            let zero = text.parse::<f64>().is_ok_and(|n| n == 0.0);
+            if text.is_empty() || (zero && matches!(key, "expires" | "max_age")) {
+                String::new()
+            } else if key == "expires" {
+                let secs = text.parse::<f64>().map_err(|_| {
+                    rt(format!(
+                        "bad argument #{pos} to '{func}' (seconds expected for expires)"
+                    ))
+                })?;
+                let at = std::time::SystemTime::now()
+                    + std::time::Duration::from_secs_f64(secs.clamp(0.0, 1e10));
+                format!("; {attr}={}", httpdate::fmt_http_date(at))
+            } else {
+                format!("; {attr}={text}")
+            }
+        }
+    })
+}
+
+/// The cookies an add/replace call names, each as `(name, value, Set-Cookie line)`.
+///
+/// Avi's forms: a table (`{jsessionid="123", path="/"}`: in HTTP_RESP the attribute names are
+/// attributes of every other entry, in HTTP_REQ every entry is a cookie), pairs `n1, v1, n2, v2,
+/// ...` in HTTP_REQ, and `name, value, path, domain, expires, max_age, httponly, secure` in
+/// HTTP_RESP. latch's earlier table form `{name=, value=, path=...}` is still read.
+fn cookies_from_args(args: &Args, func: &str, m: Msg) -> LResult<Vec<(String, String, String)>> {
+    let line = |name: &str, value: &str, attrs: &str| format!("{name}={value}{attrs}");
     match args.first() {
         Some(Value::Table(t)) => {
-            let name: String = t.get("name")?;
-            let value: String = t.get::<Option<String>>("value")?.unwrap_or_default();
-            let mut s = format!("{name}={value}");
-            for (k, attr) in [
-                ("path", "Path"),
-                ("domain", "Domain"),
-                ("expires", "Expires"),
-                ("max_age", "Max-Age"),
-                ("samesite", "SameSite"),
-            ] {
-                if let Some(v) = t.get::<Option<String>>(k)? {
-                    s.push_str(&format!("; {attr}={v}"));
+            let mut entries: Vec<(String, Value)> = Vec::new();
+            for pair in t.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                entries.push((str_arg(&k, func, 1)?.into_owned(), v));
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let get = |k: &str| entries.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+            let is_attr = |k: &str| ATTRIBUTES.iter().any(|(a, _)| *a == k);
+            // latch's earlier form: {name=, value=} plus attributes only.
+            let legacy = get("name").is_some()
+                && entries
+                    .iter()
+                    .all(|(k, _)| k == "name" || k == "value" || is_attr(k));
+            let mut attrs = String::new();
+            if m == Msg::Resp || legacy {
+                for (key, attr) in ATTRIBUTES {
+                    if let Some(v) = get(key) {
+                        attrs.push_str(&attribute(key, attr, v, func, 1)?);
+                    }
                 }
             }
-            for (k, attr) in [("secure", "Secure"), ("httponly", "HttpOnly")] {
-                if t.get::<Option<bool>>(k)?.unwrap_or(false) {
-                    s.push_str(&format!("; {attr}"));
-                }
+            if let (true, Some(name)) = (legacy, get("name")) {
+                let name = str_arg(name, func, 1)?.into_owned();
+                let value = match get("value") {
+                    Some(v) => str_arg(v, func, 1)?.into_owned(),
+                    None => String::new(),
+                };
+                let set = line(&name, &value, &attrs);
+                return Ok(vec![(name, value, set)]);
             }
-            Ok((name, s))
+            let mut out = Vec::new();
+            for (name, v) in &entries {
+                if m == Msg::Resp && is_attr(name) {
+                    continue;
+                }
+                let value = str_arg(v, func, 1)?.into_owned();
+                let set = line(name, &value, &attrs);
+                out.push((name.clone(), value, set));
+            }
+            Ok(out)
         }
-        Some(v) => {
-            let name = str_arg(v, func, 1)?.into_owned();
+        Some(_) if m == Msg::Req => {
+            if args.len() % 2 != 0 {
+                return Err(rt(format!(
+                    "{func}: expected name, value pairs (got {} arguments)",
+                    args.len()
+                )));
+            }
+            let mut out = Vec::new();
+            for (i, pair) in args.chunks(2).enumerate() {
+                let name = str_arg(&pair[0], func, 2 * i + 1)?.into_owned();
+                let value = name_arg(pair.get(1), func, 2 * i + 2)?;
+                let set = line(&name, &value, "");
+                out.push((name, value, set));
+            }
+            Ok(out)
+        }
+        Some(first) => {
+            let name = str_arg(first, func, 1)?.into_owned();
             let value = name_arg(args.get(1), func, 2)?;
-            let s = format!("{name}={value}");
-            Ok((name, s))
+            // Positions 3.. are path, domain, expires, max_age, httponly, secure.
+            let order = [2usize, 3, 4, 5, 6, 7];
+            let keys = ["path", "domain", "expires", "max_age", "httponly", "secure"];
+            let mut attrs = String::new();
+            for (pos, key) in order.iter().zip(keys) {
+                if let Some(v) = args.get(*pos) {
+                    let attr = ATTRIBUTES
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or(key, |(_, a)| *a);
+                    attrs.push_str(&attribute(key, attr, v, func, pos + 1)?);
+                }
+            }
+            let set = line(&name, &value, &attrs);
+            Ok(vec![(name, value, set)])
         }
         None => Err(rt(format!("bad argument #1 to '{func}' (cookie expected)"))),
     }
@@ -114,34 +208,28 @@ fn edit_request_cookies(h: &mut HeaderMap, edit: impl FnOnce(&mut CookiePairs)) 
     Ok(())
 }
 
-/// add (replace=false) or replace a cookie in the current message.
+/// add (replace=false) or replace the cookies an add/replace call names in the current message.
 pub(super) fn put_cookie(ctx: &mut Ctx, args: &Args, func: &str, replace: bool) -> LResult<()> {
-    let (name, set_cookie) = cookie_from_args(args, func)?;
     let (h, m) = write_headers(ctx)?;
-    if replace {
-        remove_cookie(h, m, name.as_bytes())?;
-    }
-    match m {
-        Msg::Req => {
-            let value = set_cookie
-                .split(';')
-                .next()
-                .and_then(|p| p.split_once('='))
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            edit_request_cookies(h, |pairs| {
+    let cookies = cookies_from_args(args, func, m)?;
+    for (name, value, set_cookie) in cookies {
+        if replace {
+            remove_cookie(h, m, name.as_bytes())?;
+        }
+        match m {
+            Msg::Req => edit_request_cookies(h, |pairs| {
                 pairs.push((name.into_bytes(), value.into_bytes()));
-            })
-        }
-        Msg::Resp => {
-            h.append(
-                SET_COOKIE,
-                HeaderValue::from_str(&set_cookie)
-                    .map_err(|_| rt(format!("{func}: invalid cookie")))?,
-            );
-            Ok(())
+            })?,
+            Msg::Resp => {
+                h.append(
+                    SET_COOKIE,
+                    HeaderValue::from_str(&set_cookie)
+                        .map_err(|_| rt(format!("{func}: invalid cookie")))?,
+                );
+            }
         }
     }
+    Ok(())
 }
 
 /// Removes every cookie called `name` from a message.
