@@ -5,58 +5,55 @@ local G = _G
 if jit and not jit_on then jit.off(); jit.flush() end
 local error, setmetatable, select = error, setmetatable, select
 
--- Read-only views of the shared tables (string, os, avi and its namespaces...). Every
--- transaction gets views of its own, so whatever a raw write (rawset, table.insert) stores in
--- a view dies with the transaction; the shared tables behind them are never reachable.
+-- Read-only views of the shared tables (string, os, avi and its namespaces...), made once
+-- per VM when this file has set the shared tables up. A view is an empty table whose
+-- metatable reads through to the shared table and refuses writes; the raw writers (rawset,
+-- table.insert, table.remove) refuse views too, so nothing a transaction writes reaches a
+-- table that outlives it. Per transaction only its globals table is new: this runs on every
+-- request.
 local function read_only(name)
   return function() error("attempt to modify read-only table '" .. name .. "'", 2) end
 end
 
--- Metatables of the views of tables without table fields: the same for every transaction.
-local flat_meta = {}
-local function has_table_fields(t)
-  for _, v in next, t do
-    if type(v) == "table" then return true end
+local is_view = {}
+
+-- The view of shared table `t`: table fields are read through views of their own, copied
+-- once into the table the view reads (the shared tables do not change after this file).
+local function view(t, name)
+  local fields = t
+  for k, v in next, t do
+    if type(v) == "table" then
+      if fields == t then
+        -- What the copy lacks is read from `t` itself, through its own metatable
+        -- (avi.vs.reqvar is found that way, per transaction).
+        fields = setmetatable({}, {__index = t})
+        for k2, v2 in next, t do fields[k2] = v2 end
+      end
+      fields[k] = view(v, name .. "." .. tostring(k))
+    end
   end
-  return false
+  local v = setmetatable({}, {__index = fields, __newindex = read_only(name), __metatable = false})
+  is_view[v] = true
+  return v
 end
 
--- A view maker for one transaction: one view per shared table, made on first use.
-local function new_views()
-  local views = {}
-  local function view(t, name)
-    local v = views[t]
-    if v then return v end
-    local mt = flat_meta[t]
-    if mt == nil and has_table_fields(t) then
-      -- Table fields are handed out as views of this transaction too.
-      mt = {
-        __index = function(_, k)
-          local x = rawget(t, k)
-          if x == nil then return t[k] end
-          if type(x) == "table" then return view(x, name .. "." .. tostring(k)) end
-          return x
-        end,
-        __newindex = read_only(name),
-        __metatable = false,
-      }
-    elseif mt == nil then
-      mt = {__index = t, __newindex = read_only(name), __metatable = false}
-      flat_meta[t] = mt
-    end
-    v = setmetatable({}, mt)
-    views[t] = v
-    return v
-  end
-  return view
+-- The raw writers, refusing views (an error as for any write to them, raised at the
+-- script's call: level 3 is the caller of the wrapper that calls this).
+local raw_set = rawset
+local function refuse_view(t, f)
+  if is_view[t] then error("bad argument #1 to '" .. f .. "' (read-only table)", 3) end
 end
 
 local S = {}
-for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawset",
+for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
     "select", "tonumber", "tostring", "type", "unpack", "setmetatable", "getmetatable"}) do
   S[k] = G[k]
 end
 S._VERSION = _VERSION
+S.rawset = function(t, k, v)
+  refuse_view(t, "rawset")
+  return raw_set(t, k, v)
+end
 
 -- Without string.dump no script can produce bytecode; the shared string metatable is hidden
 -- so no script can change how every other transaction's strings behave.
@@ -116,6 +113,13 @@ for _, name in ipairs({"rep", "upper", "lower", "reverse", "format"}) do
   string[name] = charged(string[name])
 end
 table.concat = charged(table.concat)
+for _, name in ipairs({"insert", "remove"}) do
+  local f, fname = table[name], "table." .. name
+  table[name] = function(t, ...)
+    refuse_view(t, fname)
+    return f(t, ...)
+  end
+end
 
 S.string = string
 S.table = table
@@ -154,29 +158,24 @@ end
 
 S.avi = avi
 
--- A transaction's environment: its globals, falling back to S. Shared tables are seen
--- through the transaction's own read-only views; what S holds is copied into the
--- environment on first use, so later reads are plain table hits.
-local function new_env()
-  local view = new_views()
-  local env = setmetatable({}, {
-    __index = function(env, k)
-      local x = S[k]
-      if type(x) == "table" then x = view(x, k) end
-      if x ~= nil then rawset(env, k, x) end
-      return x
-    end,
-    __metatable = false,
-  })
-  env._G = env
-  return env
+-- What scripts' globals fall back to: S, with every shared table replaced by its view.
+local shared = {}
+for k, v in next, S do
+  shared[k] = type(v) == "table" and view(v, k) or v
 end
+
+-- A transaction's environment: its own globals table, reading through to `shared`.
+local env_meta = {__index = shared, __metatable = false}
 
 -- Runs the scripts of one event in a transaction's environment (created on first use).
 -- One call from Rust per event: every call across the boundary costs more than this loop.
 -- Returns the environment and, on failure, the failing position and a located message.
 local function run(env, list)
-  if env == nil then env = new_env() end
+  if env == nil then
+    -- Made with its _G slot, so the assignment does not grow the table.
+    env = setmetatable({_G = false}, env_meta)
+    env._G = env
+  end
   current_env = env
   for i = 1, #list do
     local f = list[i]

@@ -165,7 +165,7 @@ impl HookFactory for DataScriptHooks {
         Box::new(Txn {
             shared: Arc::clone(&self.shared),
             vm: None,
-            state: Some(TxnState::new(info)),
+            state: Some(Box::new(TxnState::new(info))),
         })
     }
 }
@@ -179,8 +179,9 @@ thread_local! {
 struct Txn {
     shared: Arc<Shared>,
     vm: Option<usize>,
-    /// Always `Some` except while an event runs.
-    state: Option<TxnState>,
+    /// Always `Some` except while an event runs. Boxed: it moves into the VM's context and
+    /// back at every event, and a pointer moves for less than the state.
+    state: Option<Box<TxnState>>,
 }
 
 fn empty_request() -> http::request::Parts {
@@ -258,8 +259,10 @@ impl Txn {
             txn: Some(state),
             ..input
         };
-        // Garbage of earlier transactions must not fail this one.
-        vm.collect_if_above(75);
+        if env.is_none() {
+            // The transaction's first event: garbage of earlier transactions must not fail it.
+            vm.collect_if_above(75);
+        }
         vm.shared.begin_event();
         let result = vm
             .run

@@ -95,7 +95,7 @@ impl TxnState {
 #[derive(Default)]
 pub(crate) struct Ctx {
     pub event: Option<Event>,
-    pub txn: Option<TxnState>,
+    pub txn: Option<Box<TxnState>>,
     /// The live request (HTTP_REQ).
     pub req: Option<http::request::Parts>,
     /// The live response (HTTP_RESP).
@@ -114,7 +114,9 @@ pub(crate) struct VmShared {
     pub spent: AtomicU64,
     /// Instructions an event may spend.
     pub budget: u64,
-    /// Start of the current event, in nanoseconds since `epoch` (`u64::MAX` before the first).
+    /// Start of the current event's clock, in nanoseconds since `epoch`; [`NO_EVENT`] while
+    /// no event runs, [`CLOCK_NOT_READ`] until the event's first charge (see
+    /// [`VmShared::charge`]).
     pub event_start_ns: AtomicU64,
     pub epoch: Instant,
     /// How long an event may run (wall clock).
@@ -135,7 +137,7 @@ impl VmShared {
             spent: AtomicU64::new(0),
             budget: env.limits.instruction_budget,
             // No event yet: Lua run while the VM is set up has no time limit.
-            event_start_ns: AtomicU64::new(u64::MAX),
+            event_start_ns: AtomicU64::new(NO_EVENT),
             epoch: Instant::now(),
             max_event_time: env.limits.max_event_time,
             abort: AtomicBool::new(false),
@@ -147,7 +149,7 @@ impl VmShared {
 
     pub fn begin_event(&self) {
         self.spent.store(0, Ordering::Relaxed);
-        self.event_start_ns.store(self.now_ns(), Ordering::Relaxed);
+        self.event_start_ns.store(CLOCK_NOT_READ, Ordering::Relaxed);
         self.abort.store(false, Ordering::Relaxed);
     }
 
@@ -165,10 +167,20 @@ impl VmShared {
             self.abort.store(true, Ordering::Relaxed);
             return Err(mlua::Error::runtime(BUDGET));
         }
-        let ran = self
-            .now_ns()
-            .saturating_sub(self.event_start_ns.load(Ordering::Relaxed));
-        if u128::from(ran) > self.max_event_time.as_nanos() {
+        let start = self.event_start_ns.load(Ordering::Relaxed);
+        if start == NO_EVENT {
+            return Ok(());
+        }
+        let now = self.now_ns();
+        if start == CLOCK_NOT_READ {
+            // The event's clock starts at its first charge: most events end before the
+            // first hook period (1,000 instructions) and never read the clock, which costs
+            // more than their scripts. What runs before the first charge is bounded: fewer
+            // instructions than one period, and library calls that charge as they go.
+            self.event_start_ns.store(now, Ordering::Relaxed);
+            return Ok(());
+        }
+        if u128::from(now.saturating_sub(start)) > self.max_event_time.as_nanos() {
             self.abort.store(true, Ordering::Relaxed);
             return Err(mlua::Error::runtime(format!(
                 "{TIME_LIMIT} ({} ms)",
@@ -178,6 +190,11 @@ impl VmShared {
         Ok(())
     }
 }
+
+/// [`VmShared::event_start_ns`] while no event runs (Lua run to set a VM up has no time limit).
+const NO_EVENT: u64 = u64::MAX;
+/// [`VmShared::event_start_ns`] from the start of an event to its first charge.
+const CLOCK_NOT_READ: u64 = u64::MAX - 1;
 
 /// Bytes a C string function produces per instruction of budget it is charged. The count hook
 /// fires only between Lua instructions, so without a charge a loop of `string.rep` or

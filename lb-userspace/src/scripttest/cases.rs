@@ -144,6 +144,13 @@ pub struct ResponseSpec {
     /// Headers, as for the request.
     #[serde(default, deserialize_with = "pairs")]
     pub headers: Vec<(String, HeaderValues)>,
+    /// Response body (what HTTP_RESP_DATA scripts read).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The server fails instead of answering: HTTP_RESP_FAILED runs and, unless a script
+    /// answers, the client gets the proxy's 502 (504 for `timeout`).
+    #[serde(default)]
+    pub failure: Option<ServerFailure>,
 }
 
 impl Default for ResponseSpec {
@@ -151,6 +158,39 @@ impl Default for ResponseSpec {
         Self {
             status: default_status(),
             headers: Vec::new(),
+            body: None,
+            failure: None,
+        }
+    }
+}
+
+/// How a server fails (`response.failure`), as the proxy tells the failures apart.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerFailure {
+    /// The connection to the server failed (502).
+    Connect,
+    /// No response within the response timeout (504).
+    Timeout,
+    /// The server reset the connection or sent no valid response (502).
+    Reset,
+}
+
+impl ServerFailure {
+    /// The status the proxy answers with, as `proxy/handler.rs` does.
+    pub fn status(self) -> u16 {
+        match self {
+            ServerFailure::Timeout => 504,
+            ServerFailure::Connect | ServerFailure::Reset => 502,
+        }
+    }
+
+    /// The proxy's reason, as the report shows it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ServerFailure::Connect => "connect failed",
+            ServerFailure::Timeout => "response timeout",
+            ServerFailure::Reset => "bad or reset response",
         }
     }
 }

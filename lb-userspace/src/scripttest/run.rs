@@ -210,12 +210,28 @@ impl Service {
                 request_id: RequestId(1),
             })
         });
-        let verdict = txn.as_mut().map(|t| t.on_request(&mut request));
+        let mut verdict = txn.as_mut().map(|t| t.on_request(&mut request));
+        // HTTP_REQ_DATA, as the proxy runs it: only for a request with a body, and only when
+        // the service's scripts asked for the body (beyond the buffer limit: 413).
+        let body = case.request.body.as_deref().filter(|b| !b.is_empty());
+        let forwarded = matches!(verdict, Some(RequestVerdict::Forward(_)));
+        if let (true, Some(t), Some(body)) = (forwarded, txn.as_mut(), body)
+            && let Some(limit) = t.request_body_limit()
+        {
+            if body.len() > limit {
+                got.proxy_answer(413, "request body over max_body_buffer");
+                verdict = None;
+            } else {
+                let bytes = bytes::Bytes::copy_from_slice(body.as_bytes());
+                verdict = Some(t.on_request_body(&mut request, &bytes));
+            }
+        }
         match verdict {
             Some(RequestVerdict::Respond(answer)) => got.local_answer(answer),
             Some(RequestVerdict::Forward(selection)) => {
                 self.forward(case, &request, &selection, txn.as_deref_mut(), &mut got)?;
             }
+            None if got.local => {}
             None => self.forward(case, &request, &Default::default(), None, &mut got)?,
         }
         got.request_changes = header_changes(&sent_headers, &request.headers);
@@ -238,8 +254,8 @@ impl Service {
         Ok(got)
     }
 
-    /// Server choice as `proxy/handler.rs` makes it, then the server's answer through
-    /// HTTP_RESP.
+    /// Server choice as `proxy/handler.rs` makes it, HTTP_LB_DONE, then the server's answer
+    /// (or failure) through HTTP_RESP and HTTP_RESP_DATA (or HTTP_RESP_FAILED).
     fn forward(
         &self,
         case: &Case,
@@ -283,10 +299,51 @@ impl Service {
         };
         got.server_timeout_ms = selection.response_timeout.map(|t| t.as_millis());
         got.pool = Some(pool);
+        let Some(txn) = txn else {
+            got.server = Some(server);
+            return self.server_answer(case, None, server, got);
+        };
+        if let Some(answer) = txn.on_lb_done(server) {
+            // As in the proxy: the request never reaches the server.
+            got.local_answer(answer);
+            return Ok(());
+        }
         got.server = Some(server);
+        self.server_answer(case, Some(txn), server, got)
+    }
+
+    /// The server's answer (the case's `response`) through the response events.
+    fn server_answer(
+        &self,
+        case: &Case,
+        mut txn: Option<&mut (dyn crate::proxy::hooks::TxnHooks + 'static)>,
+        server: SocketAddr,
+        got: &mut Happened,
+    ) -> Result<(), String> {
+        if let Some(failure) = case.response.failure {
+            let status = http::StatusCode::from_u16(failure.status())
+                .map_err(|e| format!("failure status: {e}"))?;
+            match txn.and_then(|t| t.on_response_failed(status)) {
+                Some(answer) => got.local_answer(answer),
+                None => got.proxy_answer(failure.status(), failure.reason()),
+            }
+            return Ok(());
+        }
         let mut response = response_parts(case)?;
         let server_headers = response.headers.clone();
-        let verdict = txn.map(|t| t.on_response(&mut response, server));
+        let mut verdict = txn.as_mut().map(|t| t.on_response(&mut response, server));
+        let body = case.response.body.as_deref().filter(|b| !b.is_empty());
+        let continued = matches!(verdict, Some(ResponseVerdict::Continue));
+        if let (true, Some(t), Some(body)) = (continued, txn.as_mut(), body)
+            && let Some(limit) = t.response_body_limit()
+        {
+            if body.len() > limit {
+                got.proxy_answer(502, "response body over the buffer limit");
+                return Ok(());
+            }
+            let bytes = bytes::Bytes::copy_from_slice(body.as_bytes());
+            verdict = Some(t.on_response_body(&mut response, &bytes));
+        }
         match verdict {
             Some(ResponseVerdict::Respond(answer)) => got.local_answer(answer),
             Some(ResponseVerdict::Continue) | None => {
@@ -431,5 +488,12 @@ fn response_parts(case: &Case) -> Result<http::response::Parts, String> {
         .into_parts()
         .0;
     add_headers(&mut parts.headers, &spec.headers)?;
+    if let Some(body) = &spec.body
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     Ok(parts)
 }

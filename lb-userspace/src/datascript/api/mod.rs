@@ -85,7 +85,7 @@ fn with_ctx<R>(sh: &VmShared, f: impl FnOnce(&mut Ctx) -> LResult<R>) -> LResult
 
 fn txn(ctx: &mut Ctx) -> LResult<&mut TxnState> {
     ctx.txn
-        .as_mut()
+        .as_deref_mut()
         .ok_or_else(|| rt("avi: called outside a DataScript event"))
 }
 

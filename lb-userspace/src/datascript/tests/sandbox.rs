@@ -196,34 +196,57 @@ fn gsub_output_is_bounded_by_the_memory_limit() {
 // ---- nothing a transaction writes outlives it ------------------------------------------------
 
 #[test]
-fn raw_writes_to_shared_tables_stay_in_the_transaction() {
+fn raw_writes_to_shared_tables_are_refused_and_own_globals_die_with_the_transaction() {
     let f = fixture_with(
         vec![src(
             Event::HttpReq,
             r#"if avi.http.get_path() == "/evil" then
-                 rawset(os, "time", function() return 1 end)
-                 rawset(string, "upper", function() return "pwned" end)
-                 rawset(avi.vs, "table_lookup", function() return "pwned" end)
-                 rawset(avi, "pool", "pwned")
-                 table.insert(string, "x")
-                 rawset(math, "pi", 3)
-                 avi.vs.log(os.time(), string.upper("a"), avi.vs.table_lookup("k"), math.pi)
+                 local function try(f, ...)
+                   local ok, err = pcall(f, ...)
+                   avi.vs.log(ok, (tostring(err):gsub("^.-: ", "")))
+                 end
+                 try(rawset, os, "time", function() return 1 end)
+                 try(rawset, string, "upper", function() return "pwned" end)
+                 try(rawset, avi.vs, "table_lookup", function() return "pwned" end)
+                 try(rawset, avi, "pool", "pwned")
+                 try(table.insert, string, "x")
+                 try(table.insert, avi.http, 1, "x")
+                 try(table.remove, math)
+                 try(rawset, math, "pi", 3)
+                 try(function() string.upper = nil end)
                  rawset(_G, "avi", {})
+                 mine = true
+                 avi.vs = nil
                else
                  avi.vs.log(os.time() > 1, string.upper("a"), tostring(avi.vs.table_lookup("k")),
                    type(avi.pool), avi.pool == avi.pool, rawget(string, 1), math.pi > 3.14,
-                   ("a"):upper(), getmetatable(string), next(avi))
+                   ("a"):upper(), getmetatable(string), next(avi), tostring(mine))
                end"#,
         )],
         one_vm(DsLimits::default()),
     );
     let out = run_paths(&f, &["/evil", "/next"]);
-    assert_eq!(out[0], (200, "1 pwned pwned 3".to_string()));
+    let refused = |f: &str| format!("false bad argument #1 to '{f}' (read-only table)");
+    let expected = [
+        refused("rawset"),
+        refused("rawset"),
+        refused("rawset"),
+        refused("rawset"),
+        refused("table.insert"),
+        refused("table.insert"),
+        refused("table.remove"),
+        refused("rawset"),
+        "false attempt to modify read-only table 'string'".to_string(),
+    ]
+    .join("\n");
+    // The script's own globals are its own: replacing `avi` there is allowed and is gone
+    // with the transaction.
+    assert_eq!(out[0], (200, expected));
     assert_eq!(
         out[1],
         (
             200,
-            "true A nil table true nil true A false nil".to_string()
+            "true A nil table true nil true A false nil nil".to_string()
         )
     );
 }
