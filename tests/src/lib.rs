@@ -13,6 +13,7 @@ pub mod error;
 pub mod mmdb;
 pub mod netns;
 pub mod server;
+pub mod tls;
 pub mod topology;
 
 pub use agent::{LatchAgent, READY_LINE, agent_section, strip_ansi};
@@ -22,11 +23,12 @@ pub use client::{
 };
 pub use config::{
     AgentSettings, DataScript, Event, HealthMonitor, IpGroup, LatchConfig, Pool, RateLimiter,
-    Replication, VirtualService,
+    Replication, Tls, VirtualService,
 };
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
+pub use tls::{CertFiles, KeyAlg, KeyForm, TestCa};
 pub use topology::{Backend, Topology, TopologyBuilder};
 
 /// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a

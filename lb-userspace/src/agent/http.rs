@@ -26,6 +26,9 @@ pub enum HttpBuildError {
     /// A Lua VM could not be set up.
     #[error(transparent)]
     Vm(#[from] crate::datascript::DsError),
+    /// A service's TLS configuration was refused by rustls.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsBuildError),
 }
 
 /// What the agent needs to run the HTTP side of one configuration.
@@ -153,11 +156,16 @@ pub fn build(
             }
             _ => None,
         };
+        let tls = match &vs.tls {
+            Some(settings) => Some(super::tls::server_config(&vs.name, settings)?),
+            None => None,
+        };
         services.push(VirtualServiceSpec {
             name: vs.name.clone(),
             listen: vs.listen,
             pool: vs.pool.clone(),
             hooks,
+            tls,
         });
     }
     Ok(HttpPlan {

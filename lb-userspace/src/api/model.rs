@@ -91,6 +91,12 @@ pub struct HttpCounters {
     pub response_bytes: u64,
     /// Client connections open now.
     pub active_connections: u64,
+    /// TLS handshakes completed.
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
 }
 
 /// XDP counters of a service or backend.

@@ -119,6 +119,8 @@ fn sample_snapshot() -> MetricsSnapshot {
                 request_bytes: 100,
                 response_bytes: 2000,
                 active_connections: 2,
+                tls_handshakes: 7,
+                tls_handshake_failures: 1,
             },
         }],
         http_servers: vec![ServerHttpMetrics {
@@ -295,6 +297,22 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
     assert_eq!(
         value(&samples, "latch_http_active_connections", &[("vs", "shop")]),
         2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "latch_http_tls_handshakes_total",
+            &[("vs", "shop")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "latch_http_tls_handshake_failures_total",
+            &[("vs", "shop")]
+        ),
+        1.0
     );
     assert_eq!(
         value(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::geo::GeoDatabase;
 use super::groups::{Groups, RateLimiterConfig, VsRateLimit};
+use super::tls::TlsSettings;
 
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -387,6 +388,8 @@ pub struct VirtualServiceConfig {
     pub datascripts: Vec<ScriptSource>,
     /// The rate limiter `avi.vs.rate_limit` counts with, and what it does beyond the count.
     pub rate_limit: Option<VsRateLimit>,
+    /// TLS termination (http services only); `None` serves plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 impl VirtualServiceConfig {

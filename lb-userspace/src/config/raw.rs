@@ -180,6 +180,26 @@ pub(crate) struct RawVs {
     #[serde(default)]
     pub datascript: Vec<Spanned<RawDataScript>>,
     pub rate_limit: Option<Spanned<RawVsRateLimit>>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// A virtual service's `tls = { certificates = [...], ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub min_version: Option<SStr>,
+    pub alpn: Option<Spanned<Vec<SStr>>>,
+    pub client_ca: Option<SStr>,
+    pub client_cert: Option<SStr>,
+}
+
+/// One `{ cert = "shop.pem", key = "shop.key" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: SStr,
+    pub key: SStr,
 }
 
 /// A virtual service's `rate_limit = { limiter = "...", action = "..." }`.

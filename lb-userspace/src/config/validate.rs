@@ -18,6 +18,8 @@ use super::raw::*;
 
 /// `[[string_group]]`, `[[ip_group]]`, `[[rate_limiter]]` and a service's `rate_limit`.
 mod objects;
+/// A virtual service's `tls`.
+mod tls;
 
 const TOP_LEVEL: &str =
     "`agent`, `pool`, `virtual_service`, `replication`, `string_group`, `ip_group`, `rate_limiter`";
@@ -707,6 +709,7 @@ impl Validator<'_> {
                 }
             }
 
+            let tls = raw.tls.as_ref().and_then(|t| self.tls(t, kind, fast_path));
             let datascripts = self.datascripts(raw, kind, &name);
             let rate_limit = raw
                 .rate_limit
@@ -723,6 +726,7 @@ impl Validator<'_> {
                 fast_path,
                 datascripts,
                 rate_limit,
+                tls,
             });
         }
         out

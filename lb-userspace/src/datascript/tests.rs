@@ -143,6 +143,7 @@ fn info() -> TxnInfo {
         vs_addr: sa("198.51.100.10:80"),
         client: sa("203.0.113.7:40000"),
         request_id: crate::proxy::hooks::RequestId(0x2a),
+        tls: None,
     }
 }
 

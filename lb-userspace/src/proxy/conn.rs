@@ -6,6 +6,9 @@
 //! for the first byte of a request, `client_idle_timeout`) and head (first byte seen, whole
 //! head not yet parsed, `header_read_timeout`). A new connection starts in the head phase, so
 //! a client that connects and sends nothing is dropped after the header timeout.
+//!
+//! A service with TLS first completes the handshake, which must end within
+//! `header_read_timeout` too; hyper then reads the decrypted stream.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,17 +27,18 @@ use super::conn_clock::{BUSY, ConnClock, IDLE};
 use super::framing::RequestGuard;
 use super::handler::{ConnInfo, WorkerCtx, handle};
 use super::stats::{Gauge, GaugeGuard, VsCounters};
+use super::tls::TlsInfo;
 
-/// The client socket, telling the clock when bytes arrive and showing them to the framing
-/// watcher before hyper parses them.
-struct TimedIo {
-    inner: TcpStream,
+/// The client stream (TCP or TLS), telling the clock when bytes arrive and showing them to
+/// the framing watcher before hyper parses them.
+struct TimedIo<S> {
+    inner: S,
     clock: Arc<ConnClock>,
     guard: RequestGuard,
     client: SocketAddr,
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -57,7 +61,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,15 +102,67 @@ pub(crate) async fn serve_conn(
     let _ = stream.set_nodelay(true);
     // Before the gauge: whoever sees the connection counted sees its timers running.
     let clock = Arc::new(ConnClock::new(ctx.settings.clock.clone()));
-    let _active = ctx.table.load().vs(listen).map(|vs| {
+    let vs = ctx.table.load().vs(listen).cloned();
+    let _active = vs.as_ref().map(|vs| {
         GaugeGuard::new(Gauge::new(vs.counters.clone(), |c: &VsCounters| {
             &c.active_connections
         }))
     });
+    let Some(acceptor) = vs.as_ref().and_then(|v| v.tls.clone()) else {
+        return serve_http(stream, None, client, listen, clock, ctx, watcher).await;
+    };
+    let settings = &ctx.settings;
+    let deadline = settings.clock.now() + settings.header_read_timeout;
+    match settings
+        .clock
+        .timeout_at(deadline, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(tls)) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshakes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let info = Arc::new(TlsInfo::of(tls.get_ref().1));
+            serve_http(tls, Some(info), client, listen, clock, ctx, watcher).await;
+        }
+        Ok(Err(e)) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshake_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(%client, %listen, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshake_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(%client, %listen, "closing client connection: TLS handshake timeout");
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 server over `stream` with the idle and header timers.
+async fn serve_http<S>(
+    stream: S,
+    tls: Option<Arc<TlsInfo>>,
+    client: SocketAddr,
+    listen: SocketAddr,
+    clock: Arc<ConnClock>,
+    ctx: Arc<WorkerCtx>,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let info = Arc::new(ConnInfo {
         client,
         listen,
         clock: clock.clone(),
+        tls,
     });
     let settings = ctx.settings.clone();
     let io = TokioIo::new(TimedIo {

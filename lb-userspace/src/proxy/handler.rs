@@ -19,6 +19,7 @@ use super::picker::PickContext;
 use super::route::{RoutingTable, VsRoute};
 use super::settings::ProxySettings;
 use super::stats::StatsRegistry;
+use super::tls::TlsInfo;
 use super::txn::{ServerUse, Txn};
 use super::upstream::{Lent, UpstreamPool};
 
@@ -35,6 +36,8 @@ pub(crate) struct ConnInfo {
     pub client: SocketAddr,
     pub listen: SocketAddr,
     pub clock: Arc<ConnClock>,
+    /// The TLS handshake's facts, on a TLS connection.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 /// A request that could not be forwarded, answered by the proxy.
@@ -120,6 +123,7 @@ pub(crate) async fn handle(
         parts.uri.clone(),
         conn.clock.clone(),
     );
+    txn.tls = conn.tls.clone();
     let Some(vs) = table.vs(conn.listen).cloned() else {
         // The listener was removed by a reload and is draining.
         return Ok(local_response(
@@ -138,6 +142,7 @@ pub(crate) async fn handle(
             vs_addr: vs.listen,
             client: conn.client,
             request_id: txn.request_id,
+            tls: conn.tls.clone(),
         })
     });
     let verdict = txn.hooks.as_mut().map(|h| h.on_request(&mut parts));
@@ -281,7 +286,7 @@ async fn forward(
         },
     };
 
-    headers::prepare_request(&mut parts.headers, conn.client.ip());
+    headers::prepare_request(&mut parts.headers, conn.client.ip(), conn.tls.is_some());
     if let Some(authority) = parts.uri.authority()
         && !parts.headers.contains_key(header::HOST)
         && let Ok(host) = HeaderValue::from_str(authority.as_str())

@@ -56,8 +56,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client address to X-Forwarded-For (joining earlier values into one line, as
-/// most backends read only one) and states that the client spoke plain HTTP.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// most backends read only one) and states whether the client spoke plain HTTP or HTTPS.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
     let mut value = String::new();
     for prior in headers.get_all("x-forwarded-for") {
         if let Ok(s) = prior.to_str() {
@@ -72,15 +72,16 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if secure { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
 }
 
 /// Prepares request headers for the upstream hop.
-pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr) {
+pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
     strip_hop_by_hop(headers);
     // The proxy answered any 100-continue expectation itself when it read the body.
     headers.remove(header::EXPECT);
-    add_forwarded(headers, client);
+    add_forwarded(headers, client, secure);
 }
 
 #[cfg(test)]
@@ -126,6 +127,7 @@ mod tests {
         add_forwarded(
             &mut h,
             "198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])),
+            false,
         );
         assert_eq!(
             h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
@@ -138,10 +140,14 @@ mod tests {
         );
 
         let mut fresh = HeaderMap::new();
-        prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]));
+        prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]), true);
         assert_eq!(
             fresh.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"127.0.0.1"[..])
+        );
+        assert_eq!(
+            fresh.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"https"[..])
         );
     }
 }

@@ -15,23 +15,29 @@
 //! closes the connection without a response. Upgrades (WebSocket) are not supported: the
 //! Upgrade header is hop-by-hop and removed.
 //!
+//! A virtual service with TLS (`VirtualServiceSpec::tls`) handshakes every new connection
+//! (rustls, within `header_read_timeout`) before hyper sees it; the handshake's facts
+//! ([`TlsInfo`]) go to every transaction of the connection. A reload hands new connections
+//! the new certificates; connections already open keep their session.
+//!
 //! # Module layers
 //!
 //! A module uses only modules of lower layers, so the module graph has no cycle (a test reads
 //! this list and checks every `super::` path against it):
 //!
-//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
+//! 0. `tls`: what a TLS handshake tells the transactions (a leaf under the hooks).
+//! 1. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
 //!    The bodies only count and report to a `BodyEnd`; the clock is what every timer waits on.
-//! 1. `picker`, `conn_clock`, `access_log`: a pool's server choice; a client connection's
+//! 2. `picker`, `conn_clock`, `access_log`: a pool's server choice; a client connection's
 //!    phase; the access log line, which only formats (with the hooks' request id).
-//! 2. `settings`: what the agent hands over.
-//! 3. `route`, `upstream`: the routing table built from the settings; the upstream
+//! 3. `settings`: what the agent hands over.
+//! 4. `route`, `upstream`: the routing table built from the settings; the upstream
 //!    connection pools.
-//! 4. `txn`: one transaction, finished (counters, pooled connection, access log) by its
+//! 5. `txn`: one transaction, finished (counters, pooled connection, access log) by its
 //!    response body.
-//! 5. `handler`: one request: hooks, server choice, upstream exchange.
-//! 6. `conn`: one client connection, its timers and hyper's server.
-//! 7. `server`: workers, listeners, reload and drain.
+//! 6. `handler`: one request: hooks, server choice, upstream exchange.
+//! 7. `conn`: one client connection, its timers and hyper's server.
+//! 8. `server`: workers, listeners, reload and drain.
 
 mod access_log;
 mod body;
@@ -48,6 +54,7 @@ mod route;
 mod server;
 pub mod settings;
 mod stats;
+mod tls;
 mod txn;
 mod upstream;
 
@@ -62,3 +69,4 @@ pub use route::StaticPoolView;
 pub use server::{DrainReport, HttpProxy, serve};
 pub use settings::{PoolSpec, ProxyConfig, ProxySettings, VirtualServiceSpec};
 pub use stats::{ProxyStats, ServerStats, VsStats, status_class};
+pub use tls::{CipherNames, TlsInfo};

@@ -19,6 +19,8 @@ pub(crate) struct VsRoute {
     pub pool: String,
     pub hooks: Option<Arc<dyn HookFactory>>,
     pub counters: Arc<VsCounters>,
+    /// Handshakes new connections when the service terminates TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Immutable once built; the proxy replaces it whole.
@@ -61,6 +63,7 @@ impl RoutingTable {
                         pool: v.pool.clone(),
                         hooks: v.hooks.clone(),
                         counters: stats.vs(&v.name),
+                        tls: v.tls.clone().map(tokio_rustls::TlsAcceptor::from),
                     }));
                 }
             }
@@ -139,6 +142,7 @@ mod tests {
                 listen: addr("198.51.100.10:80"),
                 pool: "web".into(),
                 hooks: None,
+                tls: None,
             }],
             pools: vec![PoolSpec {
                 name: "web".into(),

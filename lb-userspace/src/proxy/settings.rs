@@ -104,6 +104,9 @@ pub struct VirtualServiceSpec {
     pub pool: String,
     /// DataScripts of this service, if any.
     pub hooks: Option<Arc<dyn HookFactory>>,
+    /// TLS termination: the handshake's configuration (certificates, versions, ALPN, client
+    /// certificates); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl fmt::Debug for VirtualServiceSpec {
@@ -113,6 +116,7 @@ impl fmt::Debug for VirtualServiceSpec {
             .field("listen", &self.listen)
             .field("pool", &self.pool)
             .field("hooks", &self.hooks.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

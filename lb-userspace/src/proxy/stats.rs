@@ -28,6 +28,8 @@ pub(crate) struct VsCounters {
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
     pub active_connections: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Live counters of one server (shared by every pool that holds it).
@@ -134,6 +136,8 @@ impl StatsRegistry {
                     request_bytes: load(&c.request_bytes),
                     response_bytes: load(&c.response_bytes),
                     active_connections: load(&c.active_connections),
+                    tls_handshakes: load(&c.tls_handshakes),
+                    tls_handshake_failures: load(&c.tls_handshake_failures),
                 }
             })
             .collect();
@@ -178,6 +182,10 @@ pub struct VsStats {
     pub response_bytes: u64,
     /// Client connections open now.
     pub active_connections: u64,
+    /// TLS handshakes completed (a service with TLS).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
 }
 
 /// Counters of one server at snapshot time.

@@ -216,6 +216,7 @@ fn config(
             listen: vip(),
             pool: "web".into(),
             hooks,
+            tls: None,
         }],
         pools: vec![PoolSpec {
             name: "web".into(),
@@ -1162,6 +1163,7 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
             listen: SocketAddr::from(([127, 0, 0, 2], 0)),
             pool: "web".into(),
             hooks: None,
+            tls: None,
         });
         s.proxy.reload(cfg)?;
         let (_, body) = send(&mut c, get("/headers")?).await?;
@@ -1191,6 +1193,7 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
                 listen: SocketAddr::from(([127, 0, 0, 2], 0)),
                 pool: "web".into(),
                 hooks: None,
+                tls: None,
             }],
             pools: vec![],
         };
@@ -1315,6 +1318,7 @@ const MODULE_SOURCES: &[(&str, &str)] = &[
     ("server", include_str!("server.rs")),
     ("settings", include_str!("settings.rs")),
     ("stats", include_str!("stats.rs")),
+    ("tls", include_str!("tls.rs")),
     ("txn", include_str!("txn.rs")),
     ("upstream", include_str!("upstream.rs")),
 ];

@@ -208,6 +208,7 @@ impl Service {
                 vs_addr: self.listen,
                 client: case.request.client,
                 request_id: RequestId(1),
+                tls: None,
             })
         });
         let verdict = txn.as_mut().map(|t| t.on_request(&mut request));

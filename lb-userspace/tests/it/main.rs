@@ -21,6 +21,7 @@ mod replication_netns;
 mod restart_netns;
 mod sandbox_netns;
 mod script_runner;
+mod tls_netns;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.
