@@ -18,7 +18,7 @@ pub mod topology;
 
 pub use agent::{LatchAgent, READY_LINE, agent_section, strip_ansi};
 pub use client::{
-    DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
+    DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, WsClient, http_download, http_get,
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
 pub use config::{

@@ -235,6 +235,8 @@ impl Sources<'_> {
                         active_connections: s.active_connections,
                         tls_handshakes: s.tls_handshakes,
                         tls_handshake_failures: s.tls_handshake_failures,
+                        upgrades: s.upgrades,
+                        active_tunnels: s.active_tunnels,
                     });
                 VirtualServiceView {
                     name: vs.name.clone(),
@@ -316,6 +318,8 @@ impl Sources<'_> {
                             active_connections: s.active_connections,
                             tls_handshakes: s.tls_handshakes,
                             tls_handshake_failures: s.tls_handshake_failures,
+                            upgrades: s.upgrades,
+                            active_tunnels: s.active_tunnels,
                         },
                     })
                     .collect()
@@ -476,6 +480,8 @@ pool = "web"
                 active_connections: 1,
                 tls_handshakes: 0,
                 tls_handshake_failures: 0,
+                upgrades: 0,
+                active_tunnels: 0,
             }],
             servers: vec![ServerStats {
                 addr: sa("192.0.2.11:8080"),

@@ -97,6 +97,12 @@ pub struct HttpCounters {
     /// TLS handshakes that failed or timed out.
     #[serde(default)]
     pub tls_handshake_failures: u64,
+    /// Connections upgraded (WebSocket and other HTTP/1.1 `Upgrade`s).
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Upgraded connections tunnelled now.
+    #[serde(default)]
+    pub active_tunnels: u64,
 }
 
 /// XDP counters of a service or backend.

@@ -121,6 +121,8 @@ fn sample_snapshot() -> MetricsSnapshot {
                 active_connections: 2,
                 tls_handshakes: 7,
                 tls_handshake_failures: 1,
+                upgrades: 3,
+                active_tunnels: 2,
             },
         }],
         http_servers: vec![ServerHttpMetrics {
@@ -313,6 +315,14 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
             &[("vs", "shop")]
         ),
         1.0
+    );
+    assert_eq!(
+        value(&samples, "latch_http_upgrades_total", &[("vs", "shop")]),
+        3.0
+    );
+    assert_eq!(
+        value(&samples, "latch_http_active_tunnels", &[("vs", "shop")]),
+        2.0
     );
     assert_eq!(
         value(

@@ -14,14 +14,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::conn_clock::{BUSY, ConnClock, IDLE};
 use super::framing::RequestGuard;
@@ -33,6 +34,8 @@ use super::tls::TlsInfo;
 /// the framing watcher before hyper parses them.
 struct TimedIo<S> {
     inner: S,
+    /// Set when the connection is upgraded: no more HTTP to watch.
+    tunnel: Arc<AtomicBool>,
     clock: Arc<ConnClock>,
     guard: RequestGuard,
     client: SocketAddr,
@@ -45,6 +48,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.tunnel.load(Ordering::Relaxed) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.guard.owed(buf) {
             return Poll::Ready(Ok(()));
         }
@@ -97,7 +103,7 @@ pub(crate) async fn serve_conn(
     client: SocketAddr,
     listen: SocketAddr,
     ctx: Arc<WorkerCtx>,
-    watcher: Watcher,
+    drain: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     // Before the gauge: whoever sees the connection counted sees its timers running.
@@ -109,7 +115,7 @@ pub(crate) async fn serve_conn(
         }))
     });
     let Some(acceptor) = vs.as_ref().and_then(|v| v.tls.clone()) else {
-        return serve_http(stream, None, client, listen, clock, ctx, watcher).await;
+        return serve_http(stream, None, client, listen, clock, ctx, drain).await;
     };
     let settings = &ctx.settings;
     let deadline = settings.clock.now() + settings.header_read_timeout;
@@ -125,7 +131,7 @@ pub(crate) async fn serve_conn(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let info = Arc::new(TlsInfo::of(tls.get_ref().1));
-            serve_http(tls, Some(info), client, listen, clock, ctx, watcher).await;
+            serve_http(tls, Some(info), client, listen, clock, ctx, drain).await;
         }
         Ok(Err(e)) => {
             if let Some(vs) = &vs {
@@ -154,19 +160,22 @@ async fn serve_http<S>(
     listen: SocketAddr,
     clock: Arc<ConnClock>,
     ctx: Arc<WorkerCtx>,
-    watcher: Watcher,
+    mut drain: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let tunnel = Arc::new(AtomicBool::new(false));
     let info = Arc::new(ConnInfo {
         client,
         listen,
         clock: clock.clone(),
         tls,
+        tunnel: tunnel.clone(),
     });
     let settings = ctx.settings.clone();
     let io = TokioIo::new(TimedIo {
         inner: stream,
+        tunnel,
         clock: clock.clone(),
         guard: RequestGuard::new(),
         client,
@@ -182,12 +191,13 @@ async fn serve_http<S>(
         .keep_alive(true)
         .max_headers(settings.max_headers)
         .max_header_size(settings.max_header_bytes);
-    let conn = watcher.watch(builder.serve_connection(io, service));
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     // Bounded: every iteration either ends the connection or sleeps at least `recheck`.
     let recheck = settings
         .header_read_timeout
         .min(settings.client_idle_timeout);
+    let mut draining = false;
     loop {
         let snap = clock.snapshot();
         let deadline = clock
@@ -203,6 +213,11 @@ async fn serve_http<S>(
                     tracing::debug!(%client, %listen, error = %e, "client connection ended with an error");
                 }
                 return;
+            }
+            // The listener drains: finish the request in flight, then close.
+            Ok(_) = drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = settings.clock.sleep_until(deadline) => {
                 if clock.snapshot() == snap && snap & 3 != BUSY {

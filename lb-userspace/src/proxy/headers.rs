@@ -55,6 +55,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Upgrade` header of a request that asks for one (`Connection: upgrade` with an
+/// `Upgrade` protocol), e.g. `websocket`.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers an upgrade needs after the hop-by-hop ones were removed.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Appends the client address to X-Forwarded-For (joining earlier values into one line, as
 /// most backends read only one) and states whether the client spoke plain HTTP or HTTPS.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
@@ -116,6 +136,31 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         left.sort();
         assert_eq!(left, vec!["content-length", "cookie", "host"]);
+    }
+
+    #[test]
+    fn upgrade_needs_the_connection_token_and_the_protocol() {
+        let ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            requested_upgrade(&ws),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
+        assert_eq!(requested_upgrade(&map(&[("connection", "upgrade")])), None);
+        let mut h = ws.clone();
+        strip_hop_by_hop(&mut h);
+        set_upgrade(&mut h, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            h.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            h.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
     }
 
     #[test]

@@ -12,8 +12,12 @@
 //! Content-Length, as RFC 9112 section 6.3 permits); `framing` follows the framing of every
 //! request on a connection and makes hyper refuse it, since it is the request-smuggling
 //! vector. A head that does not arrive within `header_read_timeout`
-//! closes the connection without a response. Upgrades (WebSocket) are not supported: the
-//! Upgrade header is hop-by-hop and removed.
+//! closes the connection without a response.
+//!
+//! An HTTP/1.1 `Upgrade` request (WebSocket) runs the request scripts and is balanced like any
+//! other, its `Upgrade` and `Connection: upgrade` forwarded; when the server answers 101 the
+//! client gets the 101 and both connections are handed to `tunnel`, which copies bytes both
+//! ways until both close or nothing moves for `client_idle_timeout`.
 //!
 //! A virtual service with TLS (`VirtualServiceSpec::tls`) handshakes every new connection
 //! (rustls, within `header_read_timeout`) before hyper sees it; the handshake's facts
@@ -28,8 +32,9 @@
 //! 0. `tls`: what a TLS handshake tells the transactions (a leaf under the hooks).
 //! 1. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
 //!    The bodies only count and report to a `BodyEnd`; the clock is what every timer waits on.
-//! 2. `picker`, `conn_clock`, `access_log`: a pool's server choice; a client connection's
-//!    phase; the access log line, which only formats (with the hooks' request id).
+//! 2. `picker`, `conn_clock`, `access_log`, `tunnel`: a pool's server choice; a client
+//!    connection's phase; the access log line, which only formats (with the hooks' request
+//!    id); an upgraded connection's two-way copy.
 //! 3. `settings`: what the agent hands over.
 //! 4. `route`, `upstream`: the routing table built from the settings; the upstream
 //!    connection pools.
@@ -55,6 +60,7 @@ mod server;
 pub mod settings;
 mod stats;
 mod tls;
+mod tunnel;
 mod txn;
 mod upstream;
 

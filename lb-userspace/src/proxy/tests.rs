@@ -1320,6 +1320,7 @@ const MODULE_SOURCES: &[(&str, &str)] = &[
     ("stats", include_str!("stats.rs")),
     ("tls", include_str!("tls.rs")),
     ("txn", include_str!("txn.rs")),
+    ("tunnel", include_str!("tunnel.rs")),
     ("upstream", include_str!("upstream.rs")),
 ];
 

@@ -202,7 +202,8 @@ impl UpstreamPool {
         ));
         tokio::spawn(async move {
             let _gauge = gauge;
-            if let Err(e) = conn.await {
+            // An upgraded connection (101) ends here and lives on in the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%server, error = %e, "upstream connection ended with an error");
             }
         });

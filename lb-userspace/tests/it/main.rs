@@ -22,6 +22,7 @@ mod restart_netns;
 mod sandbox_netns;
 mod script_runner;
 mod tls_netns;
+mod upgrade_netns;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.

@@ -16,7 +16,9 @@ use latch_tests::{CertFiles, KeyAlg, KeyForm, TestCa, Tls, Topology, VirtualServ
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, start_agent, wait_for, web_pool};
+use crate::netns_config::{
+    HTTP_PORT, TestResult, lb_agent, start_agent, vs_metric, wait_for, web_pool,
+};
 
 /// The VIP on `port`.
 fn vip(topo: &Topology, port: u16) -> SocketAddr {
@@ -593,20 +595,6 @@ fn client_certificates_required_optional_and_none() -> TestResult {
     Ok(())
 }
 
-/// The value of `name{vs="secure"}` in the agent's /metrics.
-fn metric(topo: &Topology, name: &str) -> Result<f64, String> {
-    let text = topo.lb().run(|| {
-        latch_tests::http_get(latch_tests::config::ADMIN_LISTEN, "/metrics", &[])
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-            .map_err(|e| e.to_string())
-    })?;
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("vs=\"secure\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .ok_or(format!("no {name} in {text}"))
-}
-
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn handshakes_and_failed_handshakes_are_counted() -> TestResult {
@@ -637,8 +625,10 @@ fn handshakes_and_failed_handshakes_are_counted() -> TestResult {
         .run(|| curl(&topo, &ca.cert_file, name, 443, "/", &[]))?;
     assert!(ok && text.contains("status=200"), "{text}");
     wait_for("the counters", Duration::from_secs(5), || {
-        Ok(metric(&topo, "latch_http_tls_handshakes_total")? == 1.0
-            && metric(&topo, "latch_http_tls_handshake_failures_total")? == 1.0)
+        Ok(
+            vs_metric(&topo, "latch_http_tls_handshakes_total", "secure")? == 1.0
+                && vs_metric(&topo, "latch_http_tls_handshake_failures_total", "secure")? == 1.0,
+        )
     })?;
     Ok(())
 }
