@@ -1161,3 +1161,4 @@ mod sandbox;
 
 // avi.ipgroup, avi.stringgroup, avi.vs.rate_limit and avi.vs.ratelimit.
 mod groups;
+mod ssl;

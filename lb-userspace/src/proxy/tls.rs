@@ -111,6 +111,24 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
+    /// Facts given directly (tests and `latch script test` cases): `protocol` is `TLSv1.2`
+    /// or `TLSv1.3`, `cipher_iana` a rustls suite name such as `TLS13_AES_128_GCM_SHA256`.
+    pub fn new(
+        protocol: &'static str,
+        cipher_iana: &str,
+        server_name: Option<String>,
+        client_chain: Option<Vec<CertificateDer<'static>>>,
+    ) -> Self {
+        Self {
+            protocol,
+            cipher: cipher_names(cipher_iana),
+            cipher_iana: cipher_iana.to_string(),
+            server_name,
+            alpn: None,
+            client_chain: client_chain.map(Arc::new),
+        }
+    }
+
     /// The facts of a finished handshake.
     pub fn of(conn: &rustls::ServerConnection) -> Self {
         let protocol = match conn.protocol_version() {

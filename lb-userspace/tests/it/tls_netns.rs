@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use latch_tests::{CertFiles, KeyAlg, KeyForm, TestCa, Tls, Topology, VirtualService};
+use latch_tests::{CertFiles, DataScript, KeyAlg, KeyForm, TestCa, Tls, Topology, VirtualService};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -530,6 +530,13 @@ fn sighup_replaces_the_certificate_under_an_open_connection_and_refuses_a_bad_on
     Ok(())
 }
 
+/// Reports what avi.ssl says of the client certificate in `X-Client`.
+const CLIENT_FACTS: &str = r#"
+local subject = avi.ssl.client_cert(avi.CLIENT_CERT_SUBJECT)
+local cn = subject and string.match(subject, "CN=[%w]+") or "none"
+avi.http.add_header("X-Client", avi.ssl.check_client_cert_validity() .. " " .. cn)
+"#;
+
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn client_certificates_required_optional_and_none() -> TestResult {
@@ -554,7 +561,8 @@ fn client_certificates_required_optional_and_none() -> TestResult {
             )
             .virtual_service(
                 VirtualService::http("optional", vip(&topo, 444), "web")
-                    .tls(tls().client_certs(&clients.cert_file, "optional")),
+                    .tls(tls().client_certs(&clients.cert_file, "optional"))
+                    .datascript(DataScript::request(CLIENT_FACTS)),
             )
             .virtual_service(VirtualService::http("none", vip(&topo, 445), "web").tls(tls()))
     })?;
@@ -583,10 +591,21 @@ fn client_certificates_required_optional_and_none() -> TestResult {
             (445, &alice_args, true, "none, presented anyway"),
         ] {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (ok, text) = curl(&topo, &ca_file, name, port, "/", &args)?;
+            let (ok, text) = curl(&topo, &ca_file, name, port, "/headers", &args)?;
             let served = ok && text.contains("status=200");
             if served != want_ok {
                 failures.push(format!("{what}: served={served}: {text}"));
+            }
+            // The scripts of the optional service see the certificate, or its absence.
+            let facts = match (port, what) {
+                (444, "optional, valid") => Some("x-client: 1 CN=alice"),
+                (444, "optional, absent") => Some("x-client: 0 none"),
+                _ => None,
+            };
+            if let Some(want) = facts
+                && !text.contains(want)
+            {
+                failures.push(format!("{what}: expected `{want}`: {text}"));
             }
         }
         Ok(failures)
