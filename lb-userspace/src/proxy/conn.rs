@@ -14,12 +14,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,6 +27,9 @@ use tokio::sync::watch;
 use super::conn_clock::{BUSY, ConnClock, IDLE};
 use super::framing::RequestGuard;
 use super::handler::{ConnInfo, WorkerCtx, handle};
+use super::settings::{
+    H2_MAX_CONCURRENT_STREAMS, H2_MAX_LOCAL_ERROR_RESETS, H2_MAX_PENDING_ACCEPT_RESETS,
+};
 use super::stats::{Gauge, GaugeGuard, VsCounters};
 use super::tls::TlsInfo;
 
@@ -48,16 +51,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tunnel.load(Ordering::Relaxed) {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        if this.guard.owed(buf) {
+        let framed = !this.tunnel.load(Ordering::Relaxed);
+        if framed && this.guard.owed(buf) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.clock.on_read();
+            if !framed {
+                return polled;
+            }
             if let Some(refusal) = this.guard.inspect(buf, before) {
                 tracing::debug!(client = %this.client, reason = refusal.as_str(),
                     "refusing an ambiguously framed request with 400");
@@ -131,7 +135,11 @@ pub(crate) async fn serve_conn(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let info = Arc::new(TlsInfo::of(tls.get_ref().1));
-            serve_http(tls, Some(info), client, listen, clock, ctx, drain).await;
+            if info.alpn.as_deref() == Some("h2") {
+                serve_h2(tls, info, client, listen, clock, ctx, drain).await;
+            } else {
+                serve_http(tls, Some(info), client, listen, clock, ctx, drain).await;
+            }
         }
         Ok(Err(e)) => {
             if let Some(vs) = &vs {
@@ -149,6 +157,104 @@ pub(crate) async fn serve_conn(
             }
             tracing::debug!(%client, %listen, "closing client connection: TLS handshake timeout");
         }
+    }
+}
+
+/// hyper's HTTP/2 server over a TLS stream that agreed on `h2`: every stream is a transaction
+/// with the same hooks as an HTTP/1.1 request. The h2 crate enforces the limits: at most
+/// [`H2_MAX_CONCURRENT_STREAMS`] open streams, a header list of at most `max_header_bytes`
+/// (CONTINUATION frames count toward it, so a CONTINUATION flood ends in an error, not in
+/// memory), and GOAWAY for a client that resets streams faster than they are accepted
+/// (rapid reset, CVE-2023-44487) or provokes too many stream errors. The connection closes
+/// after `client_idle_timeout` without a byte from the client while no stream is open, and
+/// a peer that stops answering pings is dropped.
+async fn serve_h2<S>(
+    stream: S,
+    tls: Arc<TlsInfo>,
+    client: SocketAddr,
+    listen: SocketAddr,
+    clock: Arc<ConnClock>,
+    ctx: Arc<WorkerCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let open = Arc::new(AtomicUsize::new(0));
+    let info = Arc::new(ConnInfo {
+        client,
+        listen,
+        clock: clock.clone(),
+        tls: Some(tls),
+        // No HTTP/1.1 framing to watch: the frames are HTTP/2's.
+        tunnel: Arc::new(AtomicBool::new(true)),
+    });
+    let settings = ctx.settings.clone();
+    let io = TokioIo::new(TimedIo {
+        inner: stream,
+        tunnel: info.tunnel.clone(),
+        clock: clock.clone(),
+        guard: RequestGuard::new(),
+        client,
+    });
+    let service_ctx = ctx.clone();
+    let streams = open.clone();
+    let service = service_fn(move |req| {
+        let (ctx, info, streams) = (service_ctx.clone(), info.clone(), streams.clone());
+        async move {
+            let _open = StreamGuard::new(streams);
+            handle(ctx, info, req).await
+        }
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(settings.client_idle_timeout / 2)
+        .keep_alive_timeout(settings.header_read_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let seen = clock.snapshot();
+        let deadline = settings.clock.now() + settings.client_idle_timeout;
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res {
+                    tracing::debug!(%client, %listen, error = %e, "HTTP/2 client connection ended with an error");
+                }
+                return;
+            }
+            Ok(_) = drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = settings.clock.sleep_until(deadline) => {
+                if clock.snapshot() == seen && open.load(Ordering::Relaxed) == 0 && !draining {
+                    tracing::debug!(%client, %listen, "closing HTTP/2 client connection: idle");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Counts one open HTTP/2 stream for the idle check.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,7 +22,9 @@
 //! A virtual service with TLS (`VirtualServiceSpec::tls`) handshakes every new connection
 //! (rustls, within `header_read_timeout`) before hyper sees it; the handshake's facts
 //! ([`TlsInfo`]) go to every transaction of the connection. A reload hands new connections
-//! the new certificates; connections already open keep their session.
+//! the new certificates; connections already open keep their session. A TLS client that
+//! agreed on ALPN `h2` is served by hyper's HTTP/2 server (`conn::serve_h2`, limits in
+//! `settings`), each stream a transaction like an HTTP/1.1 request.
 //!
 //! # Module layers
 //!

@@ -29,6 +29,16 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// How long connections of a listener removed by a reload may finish their requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 client connection may have open at once (RFC 9113 suggests at least
+/// 100); more are refused with RST_STREAM(REFUSED_STREAM).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams an HTTP/2 client may reset before the proxy accepted them, at once; beyond it the
+/// connection gets GOAWAY(ENHANCE_YOUR_CALM): the rapid-reset defence (CVE-2023-44487).
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the proxy may reset because of a client's protocol errors before it closes the
+/// connection with GOAWAY (the same attack through errors the client provokes).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// Accept backlog of every listening socket.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 

@@ -12,6 +12,7 @@ mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
 mod groups_netns;
+mod h2_netns;
 mod http_netns;
 mod l4_netns;
 mod levers_netns;

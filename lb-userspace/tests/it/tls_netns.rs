@@ -21,7 +21,7 @@ use crate::netns_config::{
 };
 
 /// The VIP on `port`.
-fn vip(topo: &Topology, port: u16) -> SocketAddr {
+pub(crate) fn vip(topo: &Topology, port: u16) -> SocketAddr {
     SocketAddr::from((topo.vip(), port))
 }
 
@@ -53,7 +53,7 @@ fn client_cmd(
 }
 
 /// curl over TLS to `https://{name}:{port}{path}` resolved to the VIP; extra args appended.
-fn curl(
+pub(crate) fn curl(
     topo: &Topology,
     ca: &Path,
     name: &str,
@@ -280,7 +280,7 @@ fn tls_12_and_13_sni_wildcards_key_formats_resumption_and_access_log() -> TestRe
 }
 
 /// A rustls client trusting `ca`, without resumption (each connection sees the certificate).
-fn rustls_client(
+pub(crate) fn rustls_client(
     ca: &Path,
     client: Option<&CertFiles>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -316,7 +316,7 @@ fn rustls_client(
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to `addr` for `name`, handshake done.
-fn tls_connect(
+pub(crate) fn tls_connect(
     addr: SocketAddr,
     name: &str,
     config: Arc<rustls::ClientConfig>,
@@ -338,7 +338,11 @@ fn tls_connect(
 }
 
 /// One keep-alive GET on `stream`: the status and the body.
-fn tls_get(stream: &mut TlsStream, name: &str, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn tls_get(
+    stream: &mut TlsStream,
+    name: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {name}\r\n\r\n");
     stream
         .write_all(req.as_bytes())
@@ -403,19 +407,19 @@ fn file_leaf(cert: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The name of the certificate most tests serve.
-const SHOP: &str = "shop.example.com";
+pub(crate) const SHOP: &str = "shop.example.com";
 
 /// A one-backend topology with its backends started, a CA and an ECDSA certificate for
 /// [`SHOP`] (PKCS#8 key) in a temporary directory.
-struct Pki {
-    topo: Topology,
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    shop: CertFiles,
+pub(crate) struct Pki {
+    pub topo: Topology,
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub shop: CertFiles,
 }
 
 impl Pki {
-    fn new() -> Result<Self, Box<dyn std::error::Error>> {
+    pub fn new() -> Result<Self, Box<dyn std::error::Error>> {
         Self::with(1, KeyForm::Pkcs8)
     }
 

@@ -145,12 +145,13 @@ fn tls_options_are_checked() {
     let certs = r#"certificates = [{ cert = "a.pem", key = "a.key" }]"#;
     let c = tls_config(
         d,
-        &format!(r#"tls = {{ {certs}, min_version = "1.3", client_ca = "a.pem", client_cert = "optional" }}"#),
+        &format!(r#"tls = {{ {certs}, min_version = "1.3", client_ca = "a.pem", client_cert = "optional", alpn = ["h2", "http/1.1"] }}"#),
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
     let tls = c.virtual_services[0].tls.as_ref().expect("tls");
     assert_eq!(tls.min_version, TlsVersion::V1_3);
     assert_eq!(tls.client_cert, ClientCertMode::Optional);
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
     let c = tls_config(d, &format!(r#"tls = {{ {certs}, client_ca = "a.pem" }}"#))
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(

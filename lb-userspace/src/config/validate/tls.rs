@@ -12,7 +12,7 @@ use crate::config::tls::{
 };
 
 /// ALPN protocols the proxy speaks to clients.
-const ALPN_KNOWN: &[&str] = &["http/1.1"];
+const ALPN_KNOWN: &[&str] = &["h2", "http/1.1"];
 
 impl Validator<'_> {
     /// The service's TLS settings, or `None` after reporting what is wrong.
@@ -91,17 +91,11 @@ impl Validator<'_> {
                 for p in list.get_ref() {
                     if ALPN_KNOWN.contains(&p.get_ref().as_str()) {
                         out.push(p.get_ref().clone());
-                    } else if p.get_ref() == "h2" {
-                        self.sink.error(
-                            p.span(),
-                            "HTTP/2 to clients is not built yet: alpn may only be [\"http/1.1\"]",
-                        );
-                        ok = false;
                     } else {
                         self.sink.error(
                             p.span(),
                             format!(
-                                "unknown ALPN protocol `{}`: expected \"http/1.1\"",
+                                "unknown ALPN protocol `{}`: expected \"h2\" or \"http/1.1\"",
                                 p.get_ref()
                             ),
                         );
