@@ -194,6 +194,18 @@ pub struct Pool {
         skip_serializing_if = "Option::is_none"
     )]
     slow_start: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<PoolTls>,
+}
+
+/// A pool's `tls = { ca, server_name, verify }`.
+#[derive(Debug, Clone, Serialize)]
+struct PoolTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<String>,
+    verify: bool,
 }
 
 /// One `servers` element: the plain address, or a table once a weight or backup is set.
@@ -235,7 +247,18 @@ impl Pool {
             servers: servers.into_iter().map(PoolServer::Plain).collect(),
             health_monitor: None,
             slow_start: None,
+            tls: None,
         }
+    }
+
+    /// `tls = { ca, server_name, verify }`: TLS to the servers.
+    pub fn tls(mut self, ca: Option<&Path>, server_name: Option<&str>, verify: bool) -> Self {
+        self.tls = Some(PoolTls {
+            ca: ca.map(Path::to_path_buf),
+            server_name: server_name.map(str::to_string),
+            verify,
+        });
+        self
     }
 
     pub fn health_monitor(mut self, monitor: HealthMonitor) -> Self {

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub name: String,
     pub http: Option<SocketAddr>,
     pub udp: Option<SocketAddr>,
+    /// Serve HTTP over TLS with this certificate and key.
+    pub tls: Option<crate::tls::CertFiles>,
 }
 
 /// Counters and switches shared between a running server and the test that controls it.
@@ -111,6 +114,7 @@ pub struct TestServer {
     info: ServerInfo,
     http: Option<TcpListener>,
     udp: Option<UdpSocket>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TestServer {
@@ -131,6 +135,11 @@ impl TestServer {
             .as_ref()
             .map(|s| s.local_addr().map_err(io("UDP local_addr")))
             .transpose()?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         Ok(Self {
             info: ServerInfo {
                 http: http_addr,
@@ -139,6 +148,7 @@ impl TestServer {
             },
             http,
             udp,
+            tls,
         })
     }
 
@@ -192,6 +202,18 @@ impl TestServer {
                         };
                         let st = Arc::clone(&state);
                         let svc = service_fn(move |req| handle(req, peer, Arc::clone(&st)));
+                        if let Some(acceptor) = self.tls.clone().map(tokio_rustls::TlsAcceptor::from) {
+                            // TLS backends: handshake, then HTTP/1.1 (no drain wait).
+                            tokio::spawn(async move {
+                                let Ok(stream) = acceptor.accept(stream).await else { return };
+                                let conn = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc);
+                                if let Err(e) = conn.await {
+                                    tracing::debug!(error = %e, %peer, "TLS connection ended with error");
+                                }
+                            });
+                            continue;
+                        }
                         // With upgrades, for /ws (the auto builder's upgradeable connection can
                         // drain gracefully; HTTP/1.1 only, as before).
                         let conn = auto::Builder::new(TokioExecutor::new())

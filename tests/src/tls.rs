@@ -132,6 +132,25 @@ impl TestCa {
     }
 }
 
+/// A TLS server configuration (rustls, aws-lc-rs) serving `files`, for TLS test backends.
+pub fn server_config(files: &CertFiles) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| certs(format!("{}: {e}", files.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| certs(format!("{}: {e}", files.key.display())))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| certs(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| certs(e.to_string()))?;
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Rewrites a PKCS#8 PEM key in place as SEC1 (EC) or PKCS#1 (RSA).
 pub fn to_traditional(key: &Path) -> Result<()> {
     let out_path = key.with_extension("traditional");

@@ -110,16 +110,21 @@ pub fn build(
 ) -> Result<HttpPlan, HttpBuildError> {
     let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
     let pools = build_pools(&config.pools, previous, levers);
-    let pool_specs: Vec<PoolSpec> = config
-        .pools
-        .iter()
-        .filter_map(|p| {
-            pools.get(&p.name).map(|pool| PoolSpec {
-                name: p.name.clone(),
-                picker: Arc::clone(pool) as Arc<dyn crate::proxy::ServerPicker>,
-            })
-        })
-        .collect();
+    let mut pool_specs: Vec<PoolSpec> = Vec::new();
+    for p in &config.pools {
+        let Some(pool) = pools.get(&p.name) else {
+            continue;
+        };
+        pool_specs.push(PoolSpec {
+            name: p.name.clone(),
+            picker: Arc::clone(pool) as Arc<dyn crate::proxy::ServerPicker>,
+            tls: p
+                .tls
+                .as_ref()
+                .map(|t| super::tls::upstream(&p.name, t))
+                .transpose()?,
+        });
+    }
     let view = Arc::new(StaticPoolView::new(&pool_specs));
     let limits = script_limits(config);
 

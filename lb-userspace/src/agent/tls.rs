@@ -12,7 +12,8 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 
-use crate::config::{ClientCertMode, TlsSettings, TlsVersion, name_matches};
+use crate::config::{ClientCertMode, PoolTls, TlsSettings, TlsVersion, name_matches};
+use crate::proxy::UpstreamTls;
 
 /// TLS 1.2 sessions (by id) each service's cache keeps for resumption.
 const SESSION_CACHE_SIZE: usize = 16 * 1024;
@@ -28,6 +29,28 @@ pub enum TlsBuildError {
         /// What rustls said.
         reason: String,
     },
+    /// rustls refused a pool's TLS to its servers.
+    #[error("pool `{pool}`: TLS: {reason}")]
+    Pool {
+        /// The pool.
+        pool: String,
+        /// What rustls said.
+        reason: String,
+    },
+}
+
+/// How the proxy speaks TLS to the servers of pool `pool`.
+pub fn upstream(pool: &str, tls: &PoolTls) -> Result<UpstreamTls, TlsBuildError> {
+    Ok(UpstreamTls {
+        config: tls.client_config().map_err(|reason| TlsBuildError::Pool {
+            pool: pool.to_string(),
+            reason,
+        })?,
+        server_name: tls
+            .server_name
+            .as_deref()
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_string()).ok()),
+    })
 }
 
 /// Chooses the certificate by the client's SNI: an exact name first, then a wildcard, else

@@ -28,8 +28,8 @@ pub use groups::{
 };
 pub use model::*;
 pub use tls::{
-    CertError, CertFile, ClientCa, ClientCertMode, TlsCertificate, TlsSettings, TlsVersion,
-    load_certificate, name_matches,
+    CertError, CertFile, ClientCa, ClientCertMode, PoolTls, TlsCertificate, TlsSettings,
+    TlsVersion, load_certificate, name_matches,
 };
 
 /// Reads and validates the config file at `path`, including the script files it names.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::geo::GeoDatabase;
 use super::groups::{Groups, RateLimiterConfig, VsRateLimit};
-use super::tls::TlsSettings;
+use super::tls::{PoolTls, TlsSettings};
 
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -211,6 +211,9 @@ pub struct PoolConfig {
     /// A server that comes up (health or `latch server ready`) ramps its weight from small
     /// to full over this time; `None` gives it its full weight at once.
     pub slow_start: Option<Duration>,
+    /// TLS to the servers (the proxy's requests and the health monitor's probes); `None`
+    /// speaks plain TCP/HTTP to them.
+    pub tls: Option<PoolTls>,
 }
 
 impl PoolConfig {

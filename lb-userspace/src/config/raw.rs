@@ -82,6 +82,16 @@ pub(crate) struct RawPool {
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
     pub health_monitor: Option<Spanned<RawMonitor>>,
     pub slow_start: Option<SStr>,
+    pub tls: Option<Spanned<RawPoolTls>>,
+}
+
+/// A pool's `tls = { ca = "...", server_name = "...", verify = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoolTls {
+    pub ca: Option<SStr>,
+    pub server_name: Option<SStr>,
+    pub verify: Option<bool>,
 }
 
 /// A pool member: `"ip:port"` or `{ addr = "ip:port", weight = 3, backup = true }`.

@@ -130,6 +130,100 @@ fn at(file: CertFile) -> impl Fn(String) -> CertError {
     move |message| CertError { file, message }
 }
 
+/// A pool's `tls`: how the proxy and the health monitor speak TLS to its servers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolTls {
+    /// Roots the servers' certificates must chain to.
+    pub ca: Option<ClientCa>,
+    /// The name sent as SNI and checked in the server's certificate; `None` uses the server's
+    /// IP address (its certificate then needs an IP subjectAltName).
+    pub server_name: Option<String>,
+    /// Check the server's certificate (default true; false accepts any certificate).
+    pub verify: bool,
+}
+
+impl PoolTls {
+    /// The rustls client configuration (aws-lc-rs), HTTP/1.1 over ALPN.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut config = if self.verify {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in self.ca.iter().flat_map(|ca| &ca.roots) {
+                roots.add(c.clone()).map_err(|e| e.to_string())?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                .with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The name to connect to `server` with: `server_name`, else its address.
+    pub fn name_for(&self, server: std::net::IpAddr) -> rustls_pki_types::ServerName<'static> {
+        self.server_name
+            .as_deref()
+            .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_string()).ok())
+            .unwrap_or(rustls_pki_types::ServerName::IpAddress(server.into()))
+    }
+}
+
+/// `verify = false`: any certificate is accepted; the handshake's signatures are still
+/// checked, so the session is encrypted to whoever holds the presented key.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Reads one certificate chain and its key; the error names the file that is wrong.
 pub fn load_certificate(cert_file: &Path, key_file: &Path) -> Result<TlsCertificate, CertError> {
     let (cert_err, key_err) = (at(CertFile::Cert), at(CertFile::Key));

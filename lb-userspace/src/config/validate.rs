@@ -404,6 +404,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|d| self.duration(Some(d), Duration::ZERO))
                 .filter(|d| !d.is_zero());
+            let tls = raw.tls.as_ref().and_then(|t| self.pool_tls(t));
             out.push(PoolInfo {
                 config: PoolConfig {
                     name: name.clone(),
@@ -411,6 +412,7 @@ impl Validator<'_> {
                     servers,
                     health_monitor,
                     slow_start,
+                    tls,
                 },
                 servers_spans: spans,
             });
@@ -607,6 +609,20 @@ impl Validator<'_> {
                 self.sink.error(
                     raw.pool.span(),
                     format!("unknown pool `{}` ({hint})", raw.pool.get_ref()),
+                );
+            }
+
+            if let Some(p) = pool
+                && p.config.tls.is_some()
+                && kind != ServiceType::Http
+            {
+                self.sink.error(
+                    raw.pool.span(),
+                    format!(
+                        "pool `{}` speaks TLS to its servers, which only http services do; {} services forward the client's bytes as they are",
+                        p.config.name,
+                        kind.as_str()
+                    ),
                 );
             }
 

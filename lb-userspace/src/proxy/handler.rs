@@ -336,6 +336,7 @@ async fn forward(
         .pool(pool_name)
         .ok_or(fail(StatusCode::SERVICE_UNAVAILABLE, "unknown pool"))?
         .clone();
+    let tls = table.pool_tls(pool_name);
     let pinned = match selection.server {
         None => {
             txn.route = if selection.pool.is_some() {
@@ -402,7 +403,7 @@ async fn forward(
                 None => return Err(server_fail(StatusCode::BAD_GATEWAY, "connect failed")),
             },
         };
-        match ctx.upstream.checkout(server, false).await {
+        match ctx.upstream.checkout(server, tls, false).await {
             Ok(c) => break (server, c),
             Err(e) => {
                 tracing::warn!(vs = %vs.name, error = %e, "upstream connect failed");
@@ -417,7 +418,8 @@ async fn forward(
     if let Some(answer) = txn.hooks.as_mut().and_then(|h| h.on_lb_done(server)) {
         // The connection carries no request: back to the pool. Nor is it counted as one of
         // the server's requests.
-        ctx.upstream.checkin(server, checkout.sender);
+        ctx.upstream
+            .checkin((server, tls.is_some()), checkout.sender);
         return Ok(Forwarded::Answered(answer));
     }
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
@@ -448,28 +450,31 @@ async fn forward(
                         pool: ctx.upstream.clone(),
                         server,
                         sender: checkout.sender,
+                        tls: tls.is_some(),
                     },
                 ));
             }
-            Ok(Err(mut e)) => match e.take_message() {
-                // A pooled connection the server had closed: the request never left, so it
-                // may go once more on a new connection.
-                Some(unsent) if checkout.reused && !retried => {
-                    retried = true;
-                    req = unsent;
-                    checkout = ctx.upstream.checkout(server, true).await.map_err(|e| {
+            Ok(Err(mut e)) => {
+                match e.take_message() {
+                    // A pooled connection the server had closed: the request never left, so it
+                    // may go once more on a new connection.
+                    Some(unsent) if checkout.reused && !retried => {
+                        retried = true;
+                        req = unsent;
+                        checkout = ctx.upstream.checkout(server, tls, true).await.map_err(|e| {
                         tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
                         server_fail(StatusCode::BAD_GATEWAY, "connect failed")
                     })?;
+                    }
+                    _ => {
+                        tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
+                        return Err(server_fail(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream request failed",
+                        ));
+                    }
                 }
-                _ => {
-                    tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
-                    return Err(server_fail(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream request failed",
-                    ));
-                }
-            },
+            }
         }
     }
 }

@@ -75,6 +75,6 @@ pub use headers::basic_auth_user;
 pub use picker::{PickContext, RoundRobin, ServerPicker};
 pub use route::StaticPoolView;
 pub use server::{DrainReport, HttpProxy, serve};
-pub use settings::{PoolSpec, ProxyConfig, ProxySettings, VirtualServiceSpec};
+pub use settings::{PoolSpec, ProxyConfig, ProxySettings, UpstreamTls, VirtualServiceSpec};
 pub use stats::{ProxyStats, ServerStats, VsStats, status_class};
 pub use tls::{CipherNames, TlsInfo};

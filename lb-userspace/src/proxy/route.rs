@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::error::ProxyError;
 use super::hooks::{HookFactory, PoolView, ServerView};
 use super::picker::ServerPicker;
-use super::settings::{PoolSpec, ProxyConfig};
+use super::settings::{PoolSpec, ProxyConfig, UpstreamTls};
 use super::stats::{StatsRegistry, VsCounters};
 
 /// A virtual service as the request path sees it.
@@ -28,11 +28,18 @@ pub(crate) struct VsRoute {
 pub(crate) struct RoutingTable {
     vs: HashMap<SocketAddr, Arc<VsRoute>>,
     pools: HashMap<String, Arc<dyn ServerPicker>>,
+    /// Pools that speak TLS to their servers.
+    pool_tls: HashMap<String, UpstreamTls>,
 }
 
 impl RoutingTable {
     pub fn build(config: &ProxyConfig, stats: &StatsRegistry) -> Result<Self, ProxyError> {
         let mut pools: HashMap<String, Arc<dyn ServerPicker>> = HashMap::new();
+        let pool_tls: HashMap<String, UpstreamTls> = config
+            .pools
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.tls.clone()?)))
+            .collect();
         for p in &config.pools {
             if pools.insert(p.name.clone(), p.picker.clone()).is_some() {
                 return Err(ProxyError::DuplicatePool {
@@ -68,7 +75,11 @@ impl RoutingTable {
                 }
             }
         }
-        Ok(Self { vs, pools })
+        Ok(Self {
+            vs,
+            pools,
+            pool_tls,
+        })
     }
 
     pub fn vs(&self, listen: SocketAddr) -> Option<&Arc<VsRoute>> {
@@ -77,6 +88,11 @@ impl RoutingTable {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<dyn ServerPicker>> {
         self.pools.get(name)
+    }
+
+    /// How to speak TLS to the servers of pool `name`, if it does.
+    pub fn pool_tls(&self, name: &str) -> Option<&UpstreamTls> {
+        self.pool_tls.get(name)
     }
 
     pub fn listeners(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -147,6 +163,7 @@ mod tests {
             pools: vec![PoolSpec {
                 name: "web".into(),
                 picker: Arc::new(RoundRobin::new([addr("192.0.2.11:8080")])),
+                tls: None,
             }],
         }
     }

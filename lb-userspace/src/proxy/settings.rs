@@ -131,6 +131,15 @@ impl fmt::Debug for VirtualServiceSpec {
     }
 }
 
+/// How the proxy speaks TLS to the servers of a pool.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Roots, verification and ALPN.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name sent as SNI and checked; `None` uses each server's IP address.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
 /// One pool: its name and the algorithm that owns its servers and their health.
 #[derive(Clone)]
 pub struct PoolSpec {
@@ -138,6 +147,8 @@ pub struct PoolSpec {
     pub name: String,
     /// Chooses among the pool's servers.
     pub picker: Arc<dyn ServerPicker>,
+    /// TLS to its servers; `None` speaks plain HTTP.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl fmt::Debug for PoolSpec {

@@ -221,6 +221,7 @@ fn config(
         pools: vec![PoolSpec {
             name: "web".into(),
             picker: picker.clone(),
+            tls: None,
         }],
     };
     (config, picker)
@@ -1200,6 +1201,7 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
         only_blog.pools.push(PoolSpec {
             name: "web".into(),
             picker: Arc::new(RoundRobin::new([b2.addr])),
+            tls: None,
         });
         s.proxy.reload(only_blog)?;
         let addr = s.addr;

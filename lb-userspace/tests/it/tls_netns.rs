@@ -655,3 +655,80 @@ fn handshakes_and_failed_handshakes_are_counted() -> TestResult {
     })?;
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn tls_to_pool_servers_with_health_monitors() -> TestResult {
+    use latch_tests::{HealthMonitor, Pool, ServeConfig};
+
+    let Pki { topo, dir, ca, .. } = Pki::new()?;
+    let Some(b1) = topo.backend(1) else {
+        return Err("no backend".into());
+    };
+    // The backend serves TLS on 8443 with a certificate for backend.internal.
+    let files = ca.server(
+        dir.path(),
+        "backend",
+        &["backend.internal"],
+        KeyAlg::EcdsaP256,
+        KeyForm::Pkcs8,
+    )?;
+    let tls_addr = SocketAddr::from((b1.addr, 8443));
+    topo.start_server_in(
+        &b1.ns,
+        ServeConfig {
+            name: "b1-tls".into(),
+            http: Some(tls_addr),
+            udp: None,
+            tls: Some(files),
+        },
+    )?;
+    let stranger = TestCa::new(dir.path(), "stranger-ca")?;
+    let monitor = || {
+        HealthMonitor::http("/healthz", Duration::from_millis(200))
+            .fall(1)
+            .rise(1)
+    };
+    let _agent = start_agent(&topo, |agent| {
+        lb_agent(&topo, agent)
+            .pool(
+                Pool::new("verified", [tls_addr])
+                    .tls(Some(&ca.cert_file), Some("backend.internal"), true)
+                    .health_monitor(monitor()),
+            )
+            .pool(
+                Pool::new("wrong-ca", [tls_addr])
+                    .tls(Some(&stranger.cert_file), Some("backend.internal"), true)
+                    .health_monitor(monitor()),
+            )
+            .pool(Pool::new("unverified", [tls_addr]).tls(None, None, false))
+            .virtual_service(VirtualService::http("verified", vip(&topo, 80), "verified"))
+            .virtual_service(VirtualService::http("wrong-ca", vip(&topo, 81), "wrong-ca"))
+            .virtual_service(VirtualService::http(
+                "unverified",
+                vip(&topo, 82),
+                "unverified",
+            ))
+    })?;
+    let get = |port: u16| {
+        topo.client().run(|| {
+            latch_tests::http_get(vip(&topo, port), "/headers", &[]).map_err(|e| e.to_string())
+        })
+    };
+    // The server's certificate is checked: its pool is up and serves over TLS.
+    wait_for(
+        "the verified pool up and serving",
+        Duration::from_secs(5),
+        || Ok(get(80)?.status == 200),
+    )?;
+    let r = get(80)?;
+    assert_eq!(r.backend.as_deref(), Some("b1-tls"), "{r:?}");
+    // A certificate of another CA: the monitor's TLS handshake fails, the server is down and
+    // the service has no server (503; without the monitor the request would fail with 502).
+    wait_for("the wrong-CA pool down", Duration::from_secs(5), || {
+        Ok(get(81)?.status == 503)
+    })?;
+    // verify = false accepts the certificate.
+    assert_eq!(get(82)?.status, 200);
+    Ok(())
+}

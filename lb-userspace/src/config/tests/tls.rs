@@ -202,3 +202,49 @@ fn fast_path_and_l4_services_refuse_tls_with_the_reason() {
         "{e}"
     );
 }
+
+#[test]
+fn pool_tls_is_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    cert(d, "a", &["a.example.com"], false);
+    let pool = |extra: &str| {
+        let text = BASE.replace(
+            "servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]",
+            &format!("servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]\ntls = {{ {extra} }}"),
+        );
+        parse(&text, &d.join("latch.toml"))
+    };
+    let c = pool(r#"ca = "a.pem", server_name = "backend.internal""#).expect("valid");
+    let tls = c.pools[0].tls.as_ref().expect("tls");
+    assert!(tls.verify);
+    assert_eq!(tls.server_name.as_deref(), Some("backend.internal"));
+    assert!(tls.client_config().is_ok());
+    assert!(
+        pool("verify = false").expect("no check").pools[0]
+            .tls
+            .is_some()
+    );
+    for (extra, want) in [
+        ("", "pool tls needs ca"),
+        (r#"ca = "nope.pem""#, "cannot read CA file"),
+        (
+            r#"ca = "a.pem", server_name = "not a name""#,
+            "is not a DNS name or an IP address",
+        ),
+    ] {
+        let e = pool(extra).expect_err(extra).to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let text = BASE.replace("type = \"http\"", "type = \"tcp\"").replace(
+        "servers = [\"192.0.2.11:8080\", \"192.0.2.12:8080\"]",
+        "servers = [\"192.0.2.11:8080\"]\ntls = { verify = false }",
+    );
+    let e = parse(&text, &d.join("latch.toml"))
+        .expect_err("tls pool under a tcp service")
+        .to_string();
+    assert!(
+        e.contains("speaks TLS to its servers, which only http services do"),
+        "{e}"
+    );
+}

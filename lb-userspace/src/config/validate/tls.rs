@@ -6,15 +6,64 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::model::ServiceType;
-use crate::config::raw::RawTls;
+use crate::config::raw::{RawPoolTls, RawTls, SStr};
 use crate::config::tls::{
-    CertFile, ClientCertMode, TlsSettings, TlsVersion, load_certificate, load_client_ca,
+    CertFile, ClientCa, ClientCertMode, PoolTls, TlsSettings, TlsVersion, load_certificate,
+    load_client_ca,
 };
 
 /// ALPN protocols the proxy speaks to clients.
 const ALPN_KNOWN: &[&str] = &["h2", "http/1.1"];
 
 impl Validator<'_> {
+    /// A CA file (relative to the config), and false when it was named but is unusable
+    /// (reported).
+    fn ca_file(&mut self, file: Option<&SStr>) -> (Option<ClientCa>, bool) {
+        let Some(f) = file else {
+            return (None, true);
+        };
+        match load_client_ca(&self.relative_path(f.get_ref())) {
+            Ok(ca) => (Some(ca), true),
+            Err(why) => {
+                self.sink.error(f.span(), why);
+                (None, false)
+            }
+        }
+    }
+
+    /// A pool's TLS to its servers, or `None` after reporting what is wrong.
+    pub(super) fn pool_tls(&mut self, raw: &Spanned<RawPoolTls>) -> Option<PoolTls> {
+        let t = raw.get_ref();
+        let verify = t.verify.unwrap_or(true);
+        let mut ok = true;
+        let (ca, ca_ok) = self.ca_file(t.ca.as_ref());
+        ok &= ca_ok;
+        if verify && t.ca.is_none() {
+            self.sink.error(
+                raw.span(),
+                "pool tls needs ca, the CA file the servers' certificates are checked against (or verify = false to skip the check)",
+            );
+            ok = false;
+        }
+        if let Some(name) = t.server_name.as_ref()
+            && rustls_pki_types::ServerName::try_from(name.get_ref().as_str()).is_err()
+        {
+            self.sink.error(
+                name.span(),
+                format!(
+                    "server_name `{}` is not a DNS name or an IP address",
+                    name.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        ok.then(|| PoolTls {
+            ca,
+            server_name: t.server_name.as_ref().map(|n| n.get_ref().clone()),
+            verify,
+        })
+    }
+
     /// The service's TLS settings, or `None` after reporting what is wrong.
     pub(super) fn tls(
         &mut self,
@@ -105,17 +154,8 @@ impl Validator<'_> {
                 out
             }
         };
-        let client_ca = match raw_tls.client_ca.as_ref() {
-            None => None,
-            Some(f) => match load_client_ca(&self.relative_path(f.get_ref())) {
-                Ok(ca) => Some(ca),
-                Err(why) => {
-                    self.sink.error(f.span(), why);
-                    ok = false;
-                    None
-                }
-            },
-        };
+        let (client_ca, ca_ok) = self.ca_file(raw_tls.client_ca.as_ref());
+        ok &= ca_ok;
         let client_cert = match raw_tls.client_cert.as_ref() {
             None if raw_tls.client_ca.is_some() => ClientCertMode::Required,
             None => ClientCertMode::None,
