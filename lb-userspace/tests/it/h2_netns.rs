@@ -223,8 +223,12 @@ fn a_rapid_reset_client_is_cut_off_while_another_client_is_served() -> TestResul
         opened < MAX_STREAMS,
         "the rapid-reset connection was never cut off ({opened} streams): {how}"
     );
-    // GOAWAY(ENHANCE_YOUR_CALM), as h2 words it.
-    assert!(how.contains("excessive load generating behavior"), "{how}");
+    // GOAWAY(ENHANCE_YOUR_CALM), as h2 words it; on a busy machine the client may instead
+    // first see the closed socket the GOAWAY was followed by, after more resets than the
+    // server's allowance of 20.
+    let calm = how.contains("excessive load generating behavior");
+    let closed = how.contains("broken pipe") || how.contains("BrokenPipe") || how.contains("reset");
+    assert!(calm || (closed && opened > 20), "{opened} streams: {how}");
     // And the service still serves new HTTP/2 clients.
     let (ok, text) = topo
         .client()
