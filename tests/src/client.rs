@@ -417,6 +417,75 @@ pub fn udp_roundtrip_on(
     }
 }
 
+/// A WebSocket client (tungstenite, blocking) on a plain TCP connection.
+pub struct WsClient {
+    socket: tungstenite::WebSocket<std::net::TcpStream>,
+}
+
+fn ws_err(addr: SocketAddr) -> impl Fn(tungstenite::Error) -> Error {
+    move |e| Error::Protocol {
+        addr,
+        what: format!("websocket: {e}"),
+    }
+}
+
+impl WsClient {
+    /// Opens `ws://addr{path}` (the handshake done), every read bounded by `timeout`.
+    pub fn connect(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Self> {
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(io(format!("connect {addr}")))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(io("set_read_timeout"))?;
+        let url = format!("ws://{addr}{path}");
+        let (socket, _) =
+            tungstenite::client::client(url.as_str(), stream).map_err(|e| Error::Protocol {
+                addr,
+                what: format!("websocket handshake: {e}"),
+            })?;
+        Ok(Self { socket })
+    }
+
+    /// The next text message.
+    pub fn recv(&mut self) -> Result<String> {
+        let addr = self.peer();
+        loop {
+            match self.socket.read().map_err(ws_err(addr))? {
+                tungstenite::Message::Text(t) => return Ok(t.to_string()),
+                tungstenite::Message::Close(_) => {
+                    return Err(Error::Protocol {
+                        addr,
+                        what: "websocket closed".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a text message and returns the next text message.
+    pub fn echo(&mut self, text: &str) -> Result<String> {
+        let addr = self.peer();
+        self.socket
+            .send(tungstenite::Message::text(text))
+            .map_err(ws_err(addr))?;
+        self.recv()
+    }
+
+    /// Closes the WebSocket (best effort).
+    pub fn close(mut self) {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.socket
+            .get_ref()
+            .peer_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

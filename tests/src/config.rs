@@ -194,6 +194,18 @@ pub struct Pool {
         skip_serializing_if = "Option::is_none"
     )]
     slow_start: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<PoolTls>,
+}
+
+/// A pool's `tls = { ca, server_name, verify }`.
+#[derive(Debug, Clone, Serialize)]
+struct PoolTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<String>,
+    verify: bool,
 }
 
 /// One `servers` element: the plain address, or a table once a weight or backup is set.
@@ -235,7 +247,18 @@ impl Pool {
             servers: servers.into_iter().map(PoolServer::Plain).collect(),
             health_monitor: None,
             slow_start: None,
+            tls: None,
         }
+    }
+
+    /// `tls = { ca, server_name, verify }`: TLS to the servers.
+    pub fn tls(mut self, ca: Option<&Path>, server_name: Option<&str>, verify: bool) -> Self {
+        self.tls = Some(PoolTls {
+            ca: ca.map(Path::to_path_buf),
+            server_name: server_name.map(str::to_string),
+            verify,
+        });
+        self
     }
 
     pub fn health_monitor(mut self, monitor: HealthMonitor) -> Self {
@@ -376,8 +399,68 @@ pub struct VirtualService {
     fast_path: Option<ClientKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     datascript: Vec<DataScript>,
+}
+
+/// A virtual service's `tls = { certificates = [...], ... }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tls {
+    certificates: Vec<TlsCertificate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpn: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct TlsCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Tls {
+    /// TLS with these certificates, the first the default.
+    pub fn new(certificates: &[crate::tls::CertFiles]) -> Self {
+        Self {
+            certificates: certificates
+                .iter()
+                .map(|c| TlsCertificate {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                })
+                .collect(),
+            min_version: None,
+            alpn: None,
+            client_ca: None,
+            client_cert: None,
+        }
+    }
+
+    /// `min_version = "1.2"` or `"1.3"`.
+    pub fn min_version(mut self, version: &str) -> Self {
+        self.min_version = Some(version.to_string());
+        self
+    }
+
+    /// `alpn = [...]`.
+    pub fn alpn(mut self, protocols: &[&str]) -> Self {
+        self.alpn = Some(protocols.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// `client_ca = "..."` with `client_cert = mode` ("none", "optional", "required").
+    pub fn client_certs(mut self, ca: &Path, mode: &str) -> Self {
+        self.client_ca = Some(ca.to_path_buf());
+        self.client_cert = Some(mode.to_string());
+        self
+    }
 }
 
 /// A virtual service's `rate_limit`: the limiter `avi.vs.rate_limit` counts with (its action
@@ -435,6 +518,7 @@ impl VirtualService {
             persistence: None,
             fast_path: None,
             rate_limit: None,
+            tls: None,
             datascript: Vec::new(),
         }
     }
@@ -480,6 +564,12 @@ impl VirtualService {
         self.rate_limit = Some(RateLimit {
             limiter: limiter.to_string(),
         });
+        self
+    }
+
+    /// `tls = { ... }`: TLS termination.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

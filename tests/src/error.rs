@@ -33,6 +33,8 @@ pub enum Error {
     Config { what: String },
     #[error("thread {name} panicked")]
     ThreadPanicked { name: String },
+    #[error("test certificates: {what}")]
+    Certificates { what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

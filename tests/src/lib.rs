@@ -13,20 +13,22 @@ pub mod error;
 pub mod mmdb;
 pub mod netns;
 pub mod server;
+pub mod tls;
 pub mod topology;
 
 pub use agent::{LatchAgent, READY_LINE, agent_section, strip_ansi};
 pub use client::{
-    DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, http_download, http_get,
+    DEFAULT_TIMEOUT, HttpConn, RequestBody, Response, UdpReply, WsClient, http_download, http_get,
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
 pub use config::{
     AgentSettings, DataScript, Event, HealthMonitor, IpGroup, LatchConfig, Pool, RateLimiter,
-    Replication, VirtualService,
+    Replication, Tls, VirtualService,
 };
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
+pub use tls::{CertFiles, KeyAlg, KeyForm, TestCa};
 pub use topology::{Backend, Topology, TopologyBuilder};
 
 /// The seed's JSESSIONID DataScripts, as the tests run them: HTTP_RESP stores the session a

@@ -26,7 +26,8 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::body::{AnyBody, full, repeat};
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub name: String,
     pub http: Option<SocketAddr>,
     pub udp: Option<SocketAddr>,
+    /// Serve HTTP over TLS with this certificate and key.
+    pub tls: Option<crate::tls::CertFiles>,
 }
 
 /// Counters and switches shared between a running server and the test that controls it.
@@ -111,6 +114,7 @@ pub struct TestServer {
     info: ServerInfo,
     http: Option<TcpListener>,
     udp: Option<UdpSocket>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TestServer {
@@ -131,6 +135,11 @@ impl TestServer {
             .as_ref()
             .map(|s| s.local_addr().map_err(io("UDP local_addr")))
             .transpose()?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         Ok(Self {
             info: ServerInfo {
                 http: http_addr,
@@ -139,6 +148,7 @@ impl TestServer {
             },
             http,
             udp,
+            tls,
         })
     }
 
@@ -192,7 +202,24 @@ impl TestServer {
                         };
                         let st = Arc::clone(&state);
                         let svc = service_fn(move |req| handle(req, peer, Arc::clone(&st)));
-                        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                        if let Some(acceptor) = self.tls.clone().map(tokio_rustls::TlsAcceptor::from) {
+                            // TLS backends: handshake, then HTTP/1.1 (no drain wait).
+                            tokio::spawn(async move {
+                                let Ok(stream) = acceptor.accept(stream).await else { return };
+                                let conn = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc);
+                                if let Err(e) = conn.await {
+                                    tracing::debug!(error = %e, %peer, "TLS connection ended with error");
+                                }
+                            });
+                            continue;
+                        }
+                        // With upgrades, for /ws (the auto builder's upgradeable connection can
+                        // drain gracefully; HTTP/1.1 only, as before).
+                        let conn = auto::Builder::new(TokioExecutor::new())
+                            .http1_only()
+                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                            .into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
@@ -257,11 +284,67 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// `/ws`: a WebSocket that first says `<backend> x-script=<that request header>`, then echoes
+/// every message until the client closes.
+fn websocket(mut req: Request<Incoming>, state: &ServerState) -> Response<AnyBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut resp = Response::new(full("not a websocket handshake"));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    let script = req
+        .headers()
+        .get("x-script")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    let hello = format!("{} x-script={script}", state.name);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        if ws.send(Message::text(hello)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let echo = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<ServerState>,
 ) -> Result<Response<AnyBody>, Infallible> {
+    if req.uri().path() == "/ws" {
+        state.requests.fetch_add(1, Ordering::SeqCst);
+        return Ok(websocket(req, &state));
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let q = query.as_deref();

@@ -402,6 +402,7 @@ impl Topology {
                 name: b.name(),
                 http: Some(SocketAddr::from((http_ip, http_port))),
                 udp: udp_port.map(|p| SocketAddr::from((b.addr, p))),
+                tls: None,
             };
             infos.push(self.start_server_in(&b.ns, cfg)?);
         }

@@ -68,6 +68,7 @@ fn client_reaches_backends_through_lb_forwarding_and_drop_cleans_up() {
                 name: "b2".into(),
                 http: Some(SocketAddr::from((b2.addr, 8080))),
                 udp: None,
+                tls: None,
             },
         )
         .expect("in-process server on b2");
@@ -138,6 +139,7 @@ fn vip_is_routed_from_client_to_lb() {
                 name: "lb".into(),
                 http: Some(SocketAddr::from((VIP, 80))),
                 udp: None,
+                tls: None,
             },
         )
         .expect("server on VIP in lb");

@@ -640,6 +640,7 @@ mod tests {
             vs_addr: "198.51.100.10:80".parse().expect("addr"),
             client: SocketAddr::from((client, 40000)),
             request_id: crate::proxy::hooks::RequestId(1),
+            tls: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub enum HttpBuildError {
     /// A Lua VM could not be set up.
     #[error(transparent)]
     Vm(#[from] crate::datascript::DsError),
+    /// A service's TLS configuration was refused by rustls.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsBuildError),
 }
 
 /// What the agent needs to run the HTTP side of one configuration.
@@ -107,16 +110,21 @@ pub fn build(
 ) -> Result<HttpPlan, HttpBuildError> {
     let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
     let pools = build_pools(&config.pools, previous, levers);
-    let pool_specs: Vec<PoolSpec> = config
-        .pools
-        .iter()
-        .filter_map(|p| {
-            pools.get(&p.name).map(|pool| PoolSpec {
-                name: p.name.clone(),
-                picker: Arc::clone(pool) as Arc<dyn crate::proxy::ServerPicker>,
-            })
-        })
-        .collect();
+    let mut pool_specs: Vec<PoolSpec> = Vec::new();
+    for p in &config.pools {
+        let Some(pool) = pools.get(&p.name) else {
+            continue;
+        };
+        pool_specs.push(PoolSpec {
+            name: p.name.clone(),
+            picker: Arc::clone(pool) as Arc<dyn crate::proxy::ServerPicker>,
+            tls: p
+                .tls
+                .as_ref()
+                .map(|t| super::tls::upstream(&p.name, t))
+                .transpose()?,
+        });
+    }
     let view = Arc::new(StaticPoolView::new(&pool_specs));
     let limits = script_limits(config);
 
@@ -153,11 +161,16 @@ pub fn build(
             }
             _ => None,
         };
+        let tls = match &vs.tls {
+            Some(settings) => Some(super::tls::server_config(&vs.name, settings)?),
+            None => None,
+        };
         services.push(VirtualServiceSpec {
             name: vs.name.clone(),
             listen: vs.listen,
             pool: vs.pool.clone(),
             hooks,
+            tls,
         });
     }
     Ok(HttpPlan {

@@ -181,6 +181,7 @@ mod tests {
                 .to_vec(),
             health_monitor: None,
             slow_start: None,
+            tls: None,
         };
         assert_eq!(
             resolve_server(&pool, "192.0.2.11:80"),

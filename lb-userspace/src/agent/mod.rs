@@ -9,6 +9,7 @@ pub mod http;
 pub mod levers;
 pub mod pools;
 pub mod spec;
+pub mod tls;
 pub mod views;
 
 use std::path::Path;

@@ -163,6 +163,7 @@ mod tests {
                 .to_vec(),
             health_monitor: None,
             slow_start: None,
+            tls: None,
         }
     }
 

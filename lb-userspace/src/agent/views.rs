@@ -233,6 +233,10 @@ impl Sources<'_> {
                         request_bytes: s.request_bytes,
                         response_bytes: s.response_bytes,
                         active_connections: s.active_connections,
+                        tls_handshakes: s.tls_handshakes,
+                        tls_handshake_failures: s.tls_handshake_failures,
+                        upgrades: s.upgrades,
+                        active_tunnels: s.active_tunnels,
                     });
                 VirtualServiceView {
                     name: vs.name.clone(),
@@ -312,6 +316,10 @@ impl Sources<'_> {
                             request_bytes: s.request_bytes,
                             response_bytes: s.response_bytes,
                             active_connections: s.active_connections,
+                            tls_handshakes: s.tls_handshakes,
+                            tls_handshake_failures: s.tls_handshake_failures,
+                            upgrades: s.upgrades,
+                            active_tunnels: s.active_tunnels,
                         },
                     })
                     .collect()
@@ -470,6 +478,10 @@ pool = "web"
                 request_bytes: 10,
                 response_bytes: 20,
                 active_connections: 1,
+                tls_handshakes: 0,
+                tls_handshake_failures: 0,
+                upgrades: 0,
+                active_tunnels: 0,
             }],
             servers: vec![ServerStats {
                 addr: sa("192.0.2.11:8080"),

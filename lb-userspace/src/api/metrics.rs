@@ -315,6 +315,32 @@ impl Collector for SnapshotCollector {
             hs.iter()
                 .map(|m| (vs(m), gauge_value(m.counters.active_connections))),
         )?;
+        f.counter(
+            "http_tls_handshakes",
+            "TLS handshakes completed per virtual service.",
+            None,
+            hs.iter().map(|m| (vs(m), m.counters.tls_handshakes)),
+        )?;
+        f.counter(
+            "http_tls_handshake_failures",
+            "TLS handshakes that failed or timed out per virtual service.",
+            None,
+            hs.iter()
+                .map(|m| (vs(m), m.counters.tls_handshake_failures)),
+        )?;
+        f.counter(
+            "http_upgrades",
+            "Client connections upgraded (101: WebSocket and other Upgrades) per virtual service.",
+            None,
+            hs.iter().map(|m| (vs(m), m.counters.upgrades)),
+        )?;
+        f.gauge(
+            "http_active_tunnels",
+            "Upgraded connections tunnelled now per virtual service.",
+            None,
+            hs.iter()
+                .map(|m| (vs(m), gauge_value(m.counters.active_tunnels))),
+        )?;
 
         // HTTP proxy, per server.
         let ss = &s.http_servers;

@@ -91,6 +91,18 @@ pub struct HttpCounters {
     pub response_bytes: u64,
     /// Client connections open now.
     pub active_connections: u64,
+    /// TLS handshakes completed.
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
+    /// Connections upgraded (WebSocket and other HTTP/1.1 `Upgrade`s).
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Upgraded connections tunnelled now.
+    #[serde(default)]
+    pub active_tunnels: u64,
 }
 
 /// XDP counters of a service or backend.

@@ -119,6 +119,10 @@ fn sample_snapshot() -> MetricsSnapshot {
                 request_bytes: 100,
                 response_bytes: 2000,
                 active_connections: 2,
+                tls_handshakes: 7,
+                tls_handshake_failures: 1,
+                upgrades: 3,
+                active_tunnels: 2,
             },
         }],
         http_servers: vec![ServerHttpMetrics {
@@ -294,6 +298,30 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
     );
     assert_eq!(
         value(&samples, "latch_http_active_connections", &[("vs", "shop")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "latch_http_tls_handshakes_total",
+            &[("vs", "shop")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "latch_http_tls_handshake_failures_total",
+            &[("vs", "shop")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "latch_http_upgrades_total", &[("vs", "shop")]),
+        3.0
+    );
+    assert_eq!(
+        value(&samples, "latch_http_active_tunnels", &[("vs", "shop")]),
         2.0
     );
     assert_eq!(

@@ -797,6 +797,7 @@ mod tests {
             servers: addrs(2).into_iter().map(PoolServer::new).collect(),
             health_monitor: None,
             slow_start: None,
+            tls: None,
         };
         let b = PoolBalancer::from_config(&pool, None);
         assert_eq!(b.strategy(), Strategy::ConsistentHash);

@@ -11,6 +11,7 @@ mod geo;
 mod groups;
 mod model;
 mod raw;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -26,6 +27,10 @@ pub use groups::{
     StringEntry, StringGroup, StringMatch, VsRateLimit, known_names,
 };
 pub use model::*;
+pub use tls::{
+    CertError, CertFile, ClientCa, ClientCertMode, PoolTls, TlsCertificate, TlsSettings,
+    TlsVersion, load_certificate, name_matches,
+};
 
 /// Reads and validates the config file at `path`, including the script files it names.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::geo::GeoDatabase;
 use super::groups::{Groups, RateLimiterConfig, VsRateLimit};
+use super::tls::{PoolTls, TlsSettings};
 
 /// A complete, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +211,9 @@ pub struct PoolConfig {
     /// A server that comes up (health or `latch server ready`) ramps its weight from small
     /// to full over this time; `None` gives it its full weight at once.
     pub slow_start: Option<Duration>,
+    /// TLS to the servers (the proxy's requests and the health monitor's probes); `None`
+    /// speaks plain TCP/HTTP to them.
+    pub tls: Option<PoolTls>,
 }
 
 impl PoolConfig {
@@ -387,6 +391,8 @@ pub struct VirtualServiceConfig {
     pub datascripts: Vec<ScriptSource>,
     /// The rate limiter `avi.vs.rate_limit` counts with, and what it does beyond the count.
     pub rate_limit: Option<VsRateLimit>,
+    /// TLS termination (http services only); `None` serves plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 impl VirtualServiceConfig {

@@ -82,6 +82,16 @@ pub(crate) struct RawPool {
     pub servers: Spanned<Vec<Spanned<RawServer>>>,
     pub health_monitor: Option<Spanned<RawMonitor>>,
     pub slow_start: Option<SStr>,
+    pub tls: Option<Spanned<RawPoolTls>>,
+}
+
+/// A pool's `tls = { ca = "...", server_name = "...", verify = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoolTls {
+    pub ca: Option<SStr>,
+    pub server_name: Option<SStr>,
+    pub verify: Option<bool>,
 }
 
 /// A pool member: `"ip:port"` or `{ addr = "ip:port", weight = 3, backup = true }`.
@@ -180,6 +190,26 @@ pub(crate) struct RawVs {
     #[serde(default)]
     pub datascript: Vec<Spanned<RawDataScript>>,
     pub rate_limit: Option<Spanned<RawVsRateLimit>>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// A virtual service's `tls = { certificates = [...], ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub min_version: Option<SStr>,
+    pub alpn: Option<Spanned<Vec<SStr>>>,
+    pub client_ca: Option<SStr>,
+    pub client_cert: Option<SStr>,
+}
+
+/// One `{ cert = "shop.pem", key = "shop.key" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: SStr,
+    pub key: SStr,
 }
 
 /// A virtual service's `rate_limit = { limiter = "...", action = "..." }`.

@@ -1014,3 +1014,4 @@ max_body_buffer = "64KiB"
 
 // [[string_group]], [[ip_group]], [[rate_limiter]] and a service's rate_limit.
 mod groups;
+mod tls;

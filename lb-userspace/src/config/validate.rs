@@ -18,6 +18,8 @@ use super::raw::*;
 
 /// `[[string_group]]`, `[[ip_group]]`, `[[rate_limiter]]` and a service's `rate_limit`.
 mod objects;
+/// A virtual service's `tls`.
+mod tls;
 
 const TOP_LEVEL: &str =
     "`agent`, `pool`, `virtual_service`, `replication`, `string_group`, `ip_group`, `rate_limiter`";
@@ -402,6 +404,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|d| self.duration(Some(d), Duration::ZERO))
                 .filter(|d| !d.is_zero());
+            let tls = raw.tls.as_ref().and_then(|t| self.pool_tls(t));
             out.push(PoolInfo {
                 config: PoolConfig {
                     name: name.clone(),
@@ -409,6 +412,7 @@ impl Validator<'_> {
                     servers,
                     health_monitor,
                     slow_start,
+                    tls,
                 },
                 servers_spans: spans,
             });
@@ -608,6 +612,20 @@ impl Validator<'_> {
                 );
             }
 
+            if let Some(p) = pool
+                && p.config.tls.is_some()
+                && kind != ServiceType::Http
+            {
+                self.sink.error(
+                    raw.pool.span(),
+                    format!(
+                        "pool `{}` speaks TLS to its servers, which only http services do; {} services forward the client's bytes as they are",
+                        p.config.name,
+                        kind.as_str()
+                    ),
+                );
+            }
+
             // fast_path and persistence
             let fast_path = match &raw.fast_path {
                 Some(fp) if kind != ServiceType::Http => {
@@ -707,6 +725,7 @@ impl Validator<'_> {
                 }
             }
 
+            let tls = raw.tls.as_ref().and_then(|t| self.tls(t, kind, fast_path));
             let datascripts = self.datascripts(raw, kind, &name);
             let rate_limit = raw
                 .rate_limit
@@ -723,6 +742,7 @@ impl Validator<'_> {
                 fast_path,
                 datascripts,
                 rate_limit,
+                tls,
             });
         }
         out

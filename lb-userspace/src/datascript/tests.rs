@@ -143,6 +143,7 @@ fn info() -> TxnInfo {
         vs_addr: sa("198.51.100.10:80"),
         client: sa("203.0.113.7:40000"),
         request_id: crate::proxy::hooks::RequestId(0x2a),
+        tls: None,
     }
 }
 
@@ -1160,3 +1161,4 @@ mod sandbox;
 
 // avi.ipgroup, avi.stringgroup, avi.vs.rate_limit and avi.vs.ratelimit.
 mod groups;
+mod ssl;

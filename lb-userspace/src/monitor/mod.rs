@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::balancer::health::{HealthParams, HealthTracker, Transition};
 use crate::config::{HealthMonitor, MonitorKind, PoolConfig};
+use probe::ProbeTls;
 
 /// A server changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +93,8 @@ impl ServerInfo {
 struct PoolState {
     servers: Vec<SocketAddr>,
     monitor: Option<HealthMonitor>,
+    /// The pool's TLS to its servers: probes speak it too.
+    tls: Option<ProbeTls>,
     /// `Some` exactly when `monitor` is.
     tracker: Option<HealthTracker>,
     info: HashMap<SocketAddr, ServerInfo>,
@@ -206,6 +209,7 @@ impl MonitorHandle {
         let servers = pool.addrs();
         let state = PoolState {
             monitor: pool.health_monitor.clone(),
+            tls: ProbeTls::of(pool),
             tracker: pool
                 .health_monitor
                 .as_ref()
@@ -235,6 +239,7 @@ impl MonitorHandle {
         }
         st.servers.clone_from(&servers);
         st.monitor = pool.health_monitor.clone();
+        st.tls = ProbeTls::of(pool);
         match &pool.health_monitor {
             Some(m) => {
                 let params = HealthParams::from_monitor(m);
@@ -368,13 +373,15 @@ async fn run_pool(
             let Some(monitor) = st.monitor.clone() else {
                 return;
             };
+            let pool_tls = st.tls.clone();
             let Some(tracker) = st.tracker.as_mut() else {
                 return;
             };
             for addr in tracker.due(Instant::now()) {
                 let kind: MonitorKind = monitor.kind.clone();
                 let timeout = monitor.timeout;
-                probes.push(async move { (addr, probe(&kind, addr, timeout).await) });
+                let tls = pool_tls.clone();
+                probes.push(async move { (addr, probe(&kind, addr, tls.as_ref(), timeout).await) });
             }
             tracker.next_due()
         };

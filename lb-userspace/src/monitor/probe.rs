@@ -8,7 +8,9 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::{MonitorKind, StatusSet};
+use std::sync::Arc;
+
+use crate::config::{MonitorKind, PoolConfig, PoolTls, StatusSet};
 
 /// Why a probe failed; its text is the reason logged and shown by the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,13 @@ pub enum ProbeError {
     Timeout {
         /// The monitor's timeout.
         timeout: Duration,
+    },
+    /// The TLS handshake failed (or the TCP connection under it).
+    #[error("tls: {source}")]
+    Tls {
+        /// The error.
+        #[source]
+        source: std::io::Error,
     },
     /// The TCP connection failed.
     #[error("connect: {source}")]
@@ -66,20 +75,58 @@ pub fn format_status_set(set: &StatusSet) -> String {
         .join(",")
 }
 
-/// Runs one probe of `kind` against `addr`; the whole probe (connect, request, status line)
-/// must finish within `timeout`.
+/// A pool's TLS as the probes speak it: a `tcp` probe then also completes the handshake
+/// (certificate checked as the pool's `tls` says), an `http` probe runs over it.
+#[derive(Clone)]
+pub struct ProbeTls {
+    config: Arc<rustls::ClientConfig>,
+    tls: PoolTls,
+}
+
+impl ProbeTls {
+    /// The probes' TLS for `pool`, if it has TLS (a configuration rustls refuses was
+    /// already refused by the reload that built the proxy).
+    pub fn of(pool: &PoolConfig) -> Option<Self> {
+        let tls = pool.tls.clone()?;
+        Some(Self {
+            config: tls.client_config().ok()?,
+            tls,
+        })
+    }
+}
+
+/// Runs one probe of `kind` against `addr`, over TLS with `tls`; the whole probe (connect,
+/// handshake, request, status line) must finish within `timeout`.
 pub async fn probe(
     kind: &MonitorKind,
     addr: SocketAddr,
+    tls: Option<&ProbeTls>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let work = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProbeError::Connect { source })?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return match kind {
+                MonitorKind::Tcp => Ok(()),
+                MonitorKind::Http {
+                    path,
+                    expect_status,
+                } => probe_http(stream, addr, path, expect_status).await,
+            };
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(tls.tls.name_for(addr.ip()), stream)
+            .await
+            .map_err(|source| ProbeError::Tls { source })?;
         match kind {
-            MonitorKind::Tcp => probe_tcp(addr).await,
+            MonitorKind::Tcp => Ok(()),
             MonitorKind::Http {
                 path,
                 expect_status,
-            } => probe_http(addr, path, expect_status).await,
+            } => probe_http(stream, addr, path, expect_status).await,
         }
     };
     tokio::time::timeout(timeout, work)
@@ -87,18 +134,15 @@ pub async fn probe(
         .map_err(|_| ProbeError::Timeout { timeout })?
 }
 
-async fn probe_tcp(addr: SocketAddr) -> Result<(), ProbeError> {
-    TcpStream::connect(addr)
-        .await
-        .map(drop)
-        .map_err(|source| ProbeError::Connect { source })
-}
-
-async fn probe_http(addr: SocketAddr, path: &str, expect: &StatusSet) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ProbeError::Connect { source })?;
-    let _ = stream.set_nodelay(true);
+async fn probe_http<S>(
+    stream: S,
+    addr: SocketAddr,
+    path: &str,
+    expect: &StatusSet,
+) -> Result<(), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProbeError::Http { source })?;

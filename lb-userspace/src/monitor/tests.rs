@@ -37,6 +37,7 @@ fn pool(name: &str, servers: Vec<SocketAddr>, kind: Option<MonitorKind>) -> Pool
         algorithm: Algorithm::RoundRobin,
         servers: servers.into_iter().map(PoolServer::new).collect(),
         slow_start: None,
+        tls: None,
         health_monitor: kind.map(|kind| HealthMonitor {
             kind,
             interval: Duration::from_millis(20),

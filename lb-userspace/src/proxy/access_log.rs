@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::hooks::RequestId;
+use super::hooks::{RequestId, TlsInfo};
 
 /// How a request's server was chosen, for the access log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub(crate) struct AccessLogLine<'a> {
     pub route: Route,
     /// What the transaction's scripts logged.
     pub script_log: Option<&'a str>,
+    /// The connection's TLS version, cipher and SNI; `None` for plain HTTP.
+    pub tls: Option<&'a TlsInfo>,
 }
 
 impl AccessLogLine<'_> {
@@ -76,6 +78,9 @@ impl AccessLogLine<'_> {
             route = self.route.as_str(),
             user = self.user.unwrap_or("-"),
             script_log = self.script_log.unwrap_or(""),
+            tls_version = self.tls.map_or("-", |t| t.protocol),
+            tls_cipher = self.tls.map_or("-", |t| t.cipher_name()),
+            tls_sni = self.tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
         );
     }
 }

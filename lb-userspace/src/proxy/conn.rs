@@ -6,48 +6,62 @@
 //! for the first byte of a request, `client_idle_timeout`) and head (first byte seen, whole
 //! head not yet parsed, `header_read_timeout`). A new connection starts in the head phase, so
 //! a client that connects and sends nothing is dropped after the header timeout.
+//!
+//! A service with TLS first completes the handshake, which must end within
+//! `header_read_timeout` too; hyper then reads the decrypted stream.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::conn_clock::{BUSY, ConnClock, IDLE};
 use super::framing::RequestGuard;
 use super::handler::{ConnInfo, WorkerCtx, handle};
+use super::settings::{
+    H2_MAX_CONCURRENT_STREAMS, H2_MAX_LOCAL_ERROR_RESETS, H2_MAX_PENDING_ACCEPT_RESETS,
+};
 use super::stats::{Gauge, GaugeGuard, VsCounters};
+use super::tls::TlsInfo;
 
-/// The client socket, telling the clock when bytes arrive and showing them to the framing
-/// watcher before hyper parses them.
-struct TimedIo {
-    inner: TcpStream,
+/// The client stream (TCP or TLS), telling the clock when bytes arrive and showing them to
+/// the framing watcher before hyper parses them.
+struct TimedIo<S> {
+    inner: S,
+    /// Set when the connection is upgraded: no more HTTP to watch.
+    tunnel: Arc<AtomicBool>,
     clock: Arc<ConnClock>,
     guard: RequestGuard,
     client: SocketAddr,
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.guard.owed(buf) {
+        let framed = !this.tunnel.load(Ordering::Relaxed);
+        if framed && this.guard.owed(buf) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.clock.on_read();
+            if !framed {
+                return polled;
+            }
             if let Some(refusal) = this.guard.inspect(buf, before) {
                 tracing::debug!(client = %this.client, reason = refusal.as_str(),
                     "refusing an ambiguously framed request with 400");
@@ -57,7 +71,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -93,24 +107,181 @@ pub(crate) async fn serve_conn(
     client: SocketAddr,
     listen: SocketAddr,
     ctx: Arc<WorkerCtx>,
-    watcher: Watcher,
+    drain: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     // Before the gauge: whoever sees the connection counted sees its timers running.
     let clock = Arc::new(ConnClock::new(ctx.settings.clock.clone()));
-    let _active = ctx.table.load().vs(listen).map(|vs| {
+    let vs = ctx.table.load().vs(listen).cloned();
+    let _active = vs.as_ref().map(|vs| {
         GaugeGuard::new(Gauge::new(vs.counters.clone(), |c: &VsCounters| {
             &c.active_connections
         }))
     });
+    let Some(acceptor) = vs.as_ref().and_then(|v| v.tls.clone()) else {
+        return serve_http(stream, None, client, listen, clock, ctx, drain).await;
+    };
+    let settings = &ctx.settings;
+    let deadline = settings.clock.now() + settings.header_read_timeout;
+    match settings
+        .clock
+        .timeout_at(deadline, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(tls)) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshakes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let info = Arc::new(TlsInfo::of(tls.get_ref().1));
+            if info.alpn.as_deref() == Some("h2") {
+                serve_h2(tls, info, client, listen, clock, ctx, drain).await;
+            } else {
+                serve_http(tls, Some(info), client, listen, clock, ctx, drain).await;
+            }
+        }
+        Ok(Err(e)) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshake_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(%client, %listen, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            if let Some(vs) = &vs {
+                vs.counters
+                    .tls_handshake_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(%client, %listen, "closing client connection: TLS handshake timeout");
+        }
+    }
+}
+
+/// hyper's HTTP/2 server over a TLS stream that agreed on `h2`: every stream is a transaction
+/// with the same hooks as an HTTP/1.1 request. The h2 crate enforces the limits: at most
+/// [`H2_MAX_CONCURRENT_STREAMS`] open streams, a header list of at most `max_header_bytes`
+/// (CONTINUATION frames count toward it, so a CONTINUATION flood ends in an error, not in
+/// memory), and GOAWAY for a client that resets streams faster than they are accepted
+/// (rapid reset, CVE-2023-44487) or provokes too many stream errors. The connection closes
+/// after `client_idle_timeout` without a byte from the client while no stream is open, and
+/// a peer that stops answering pings is dropped.
+async fn serve_h2<S>(
+    stream: S,
+    tls: Arc<TlsInfo>,
+    client: SocketAddr,
+    listen: SocketAddr,
+    clock: Arc<ConnClock>,
+    ctx: Arc<WorkerCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let open = Arc::new(AtomicUsize::new(0));
     let info = Arc::new(ConnInfo {
         client,
         listen,
         clock: clock.clone(),
+        tls: Some(tls),
+        // No HTTP/1.1 framing to watch: the frames are HTTP/2's.
+        tunnel: Arc::new(AtomicBool::new(true)),
     });
     let settings = ctx.settings.clone();
     let io = TokioIo::new(TimedIo {
         inner: stream,
+        tunnel: info.tunnel.clone(),
+        clock: clock.clone(),
+        guard: RequestGuard::new(),
+        client,
+    });
+    let service_ctx = ctx.clone();
+    let streams = open.clone();
+    let service = service_fn(move |req| {
+        let (ctx, info, streams) = (service_ctx.clone(), info.clone(), streams.clone());
+        async move {
+            let _open = StreamGuard::new(streams);
+            handle(ctx, info, req).await
+        }
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(settings.client_idle_timeout / 2)
+        .keep_alive_timeout(settings.header_read_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let seen = clock.snapshot();
+        let deadline = settings.clock.now() + settings.client_idle_timeout;
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res {
+                    tracing::debug!(%client, %listen, error = %e, "HTTP/2 client connection ended with an error");
+                }
+                return;
+            }
+            Ok(_) = drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = settings.clock.sleep_until(deadline) => {
+                if clock.snapshot() == seen && open.load(Ordering::Relaxed) == 0 && !draining {
+                    tracing::debug!(%client, %listen, "closing HTTP/2 client connection: idle");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Counts one open HTTP/2 stream for the idle check.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// hyper's HTTP/1.1 server over `stream` with the idle and header timers.
+async fn serve_http<S>(
+    stream: S,
+    tls: Option<Arc<TlsInfo>>,
+    client: SocketAddr,
+    listen: SocketAddr,
+    clock: Arc<ConnClock>,
+    ctx: Arc<WorkerCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tunnel = Arc::new(AtomicBool::new(false));
+    let info = Arc::new(ConnInfo {
+        client,
+        listen,
+        clock: clock.clone(),
+        tls,
+        tunnel: tunnel.clone(),
+    });
+    let settings = ctx.settings.clone();
+    let io = TokioIo::new(TimedIo {
+        inner: stream,
+        tunnel,
         clock: clock.clone(),
         guard: RequestGuard::new(),
         client,
@@ -126,12 +297,13 @@ pub(crate) async fn serve_conn(
         .keep_alive(true)
         .max_headers(settings.max_headers)
         .max_header_size(settings.max_header_bytes);
-    let conn = watcher.watch(builder.serve_connection(io, service));
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     // Bounded: every iteration either ends the connection or sleeps at least `recheck`.
     let recheck = settings
         .header_read_timeout
         .min(settings.client_idle_timeout);
+    let mut draining = false;
     loop {
         let snap = clock.snapshot();
         let deadline = clock
@@ -147,6 +319,11 @@ pub(crate) async fn serve_conn(
                     tracing::debug!(%client, %listen, error = %e, "client connection ended with an error");
                 }
                 return;
+            }
+            // The listener drains: finish the request in flight, then close.
+            Ok(_) = drain.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = settings.clock.sleep_until(deadline) => {
                 if clock.snapshot() == snap && snap & 3 != BUSY {

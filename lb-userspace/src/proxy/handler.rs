@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 
 use super::access_log::Route;
 use super::body::{CollectError, RequestBody, ResponseBody, collect_limited};
@@ -19,6 +20,7 @@ use super::picker::PickContext;
 use super::route::{RoutingTable, VsRoute};
 use super::settings::ProxySettings;
 use super::stats::StatsRegistry;
+use super::tls::TlsInfo;
 use super::txn::{ServerUse, Txn};
 use super::upstream::{Lent, UpstreamPool};
 
@@ -35,6 +37,10 @@ pub(crate) struct ConnInfo {
     pub client: SocketAddr,
     pub listen: SocketAddr,
     pub clock: Arc<ConnClock>,
+    /// The TLS handshake's facts, on a TLS connection.
+    pub tls: Option<Arc<TlsInfo>>,
+    /// Set once the connection is upgraded: its bytes are no longer HTTP.
+    pub tunnel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A request that could not be forwarded, answered by the proxy.
@@ -114,12 +120,17 @@ pub(crate) async fn handle(
     conn.clock.busy();
     let table = ctx.table.load_full();
     let (mut parts, body) = req.into_parts();
+    // An Upgrade request keeps its hyper upgrade handle for the tunnel.
+    let upgrade = headers::requested_upgrade(&parts.headers)
+        .filter(|_| parts.version == Version::HTTP_11)
+        .and_then(|p| Some((p, parts.extensions.remove::<OnUpgrade>()?)));
     let mut txn = Txn::new(
         conn.client,
         parts.method.clone(),
         parts.uri.clone(),
         conn.clock.clone(),
     );
+    txn.tls = conn.tls.clone();
     let Some(vs) = table.vs(conn.listen).cloned() else {
         // The listener was removed by a reload and is draining.
         return Ok(local_response(
@@ -138,6 +149,7 @@ pub(crate) async fn handle(
             vs_addr: vs.listen,
             client: conn.client,
             request_id: txn.request_id,
+            tls: conn.tls.clone(),
         })
     });
     let verdict = txn.hooks.as_mut().map(|h| h.on_request(&mut parts));
@@ -176,8 +188,17 @@ pub(crate) async fn handle(
         },
         _ => RequestBody::new(body, txn.request_bytes.clone()),
     };
+    let upgrade_protocol = upgrade.as_ref().map(|(p, _)| p.clone());
     let (mut rparts, rbody, lent) = match forward(
-        &ctx, &table, &vs, &conn, parts, body, selection, &mut txn,
+        &ctx,
+        &table,
+        &vs,
+        &conn,
+        parts,
+        body,
+        selection,
+        upgrade_protocol,
+        &mut txn,
     )
     .await
     {
@@ -194,7 +215,21 @@ pub(crate) async fn handle(
         }
     };
     txn.server_status = Some(rparts.status.as_u16());
+    let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let server_protocol = rparts.headers.get(header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut rparts.headers);
+    if switching {
+        return Ok(switch_protocols(
+            &ctx,
+            &vs,
+            &conn,
+            upgrade,
+            rparts,
+            server_protocol,
+            lent,
+            txn,
+        ));
+    }
     if let Some(h) = txn.hooks.as_mut()
         && let ResponseVerdict::Respond(resp) = h.on_response(&mut rparts, lent.server)
     {
@@ -239,6 +274,50 @@ pub(crate) async fn handle(
     ))
 }
 
+/// A 101 from the server: the client gets it and both connections become a tunnel, when the
+/// client asked for that upgrade; otherwise the server broke the protocol (502). Response
+/// scripts run on the 101 head and may answer instead (then nothing is tunnelled).
+#[allow(clippy::too_many_arguments)]
+fn switch_protocols(
+    ctx: &WorkerCtx,
+    vs: &Arc<VsRoute>,
+    conn: &ConnInfo,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    mut rparts: http::response::Parts,
+    server_protocol: Option<HeaderValue>,
+    lent: Lent,
+    mut txn: Txn,
+) -> Response<ResponseBody<Txn>> {
+    let server_upgrade = rparts.extensions.remove::<OnUpgrade>();
+    let (Some((asked, client_upgrade)), Some(server_upgrade)) = (upgrade, server_upgrade) else {
+        tracing::warn!(vs = %vs.name, server = %lent.server, "server switched protocols without an upgrade request");
+        return local_response(error_response(StatusCode::BAD_GATEWAY), txn, true);
+    };
+    if let Some(h) = txn.hooks.as_mut()
+        && let ResponseVerdict::Respond(resp) = h.on_response(&mut rparts, lent.server)
+    {
+        return local_response(resp, txn, true);
+    }
+    headers::set_upgrade(&mut rparts.headers, server_protocol.unwrap_or(asked));
+    // From now on the client's bytes belong to the tunnel, not to the HTTP framing checks.
+    conn.tunnel
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    vs.counters
+        .upgrades
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(super::tunnel::run(
+        client_upgrade,
+        server_upgrade,
+        ctx.settings.client_idle_timeout,
+        ctx.settings.clock.clone(),
+        vs.counters.clone(),
+    ));
+    // The server connection is the tunnel's now: never back to the pool.
+    drop(lent);
+    txn.status = rparts.status.as_u16();
+    Response::from_parts(rparts, ResponseBody::full(Bytes::new(), txn))
+}
+
 /// Chooses the server, sends the request and waits for the response head.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
@@ -249,6 +328,7 @@ async fn forward(
     mut parts: http::request::Parts,
     body: RequestBody,
     selection: Selection,
+    upgrade: Option<HeaderValue>,
     txn: &mut Txn,
 ) -> Result<Forwarded, Failure> {
     let pool_name = selection.pool.as_deref().unwrap_or(&vs.pool);
@@ -256,6 +336,7 @@ async fn forward(
         .pool(pool_name)
         .ok_or(fail(StatusCode::SERVICE_UNAVAILABLE, "unknown pool"))?
         .clone();
+    let tls = table.pool_tls(pool_name);
     let pinned = match selection.server {
         None => {
             txn.route = if selection.pool.is_some() {
@@ -281,7 +362,10 @@ async fn forward(
         },
     };
 
-    headers::prepare_request(&mut parts.headers, conn.client.ip());
+    headers::prepare_request(&mut parts.headers, conn.client.ip(), conn.tls.is_some());
+    if let Some(protocol) = upgrade {
+        headers::set_upgrade(&mut parts.headers, protocol);
+    }
     if let Some(authority) = parts.uri.authority()
         && !parts.headers.contains_key(header::HOST)
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -319,7 +403,7 @@ async fn forward(
                 None => return Err(server_fail(StatusCode::BAD_GATEWAY, "connect failed")),
             },
         };
-        match ctx.upstream.checkout(server, false).await {
+        match ctx.upstream.checkout(server, tls, false).await {
             Ok(c) => break (server, c),
             Err(e) => {
                 tracing::warn!(vs = %vs.name, error = %e, "upstream connect failed");
@@ -334,7 +418,8 @@ async fn forward(
     if let Some(answer) = txn.hooks.as_mut().and_then(|h| h.on_lb_done(server)) {
         // The connection carries no request: back to the pool. Nor is it counted as one of
         // the server's requests.
-        ctx.upstream.checkin(server, checkout.sender);
+        ctx.upstream
+            .checkin((server, tls.is_some()), checkout.sender);
         return Ok(Forwarded::Answered(answer));
     }
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
@@ -365,28 +450,31 @@ async fn forward(
                         pool: ctx.upstream.clone(),
                         server,
                         sender: checkout.sender,
+                        tls: tls.is_some(),
                     },
                 ));
             }
-            Ok(Err(mut e)) => match e.take_message() {
-                // A pooled connection the server had closed: the request never left, so it
-                // may go once more on a new connection.
-                Some(unsent) if checkout.reused && !retried => {
-                    retried = true;
-                    req = unsent;
-                    checkout = ctx.upstream.checkout(server, true).await.map_err(|e| {
+            Ok(Err(mut e)) => {
+                match e.take_message() {
+                    // A pooled connection the server had closed: the request never left, so it
+                    // may go once more on a new connection.
+                    Some(unsent) if checkout.reused && !retried => {
+                        retried = true;
+                        req = unsent;
+                        checkout = ctx.upstream.checkout(server, tls, true).await.map_err(|e| {
                         tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
                         server_fail(StatusCode::BAD_GATEWAY, "connect failed")
                     })?;
+                    }
+                    _ => {
+                        tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
+                        return Err(server_fail(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream request failed",
+                        ));
+                    }
                 }
-                _ => {
-                    tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
-                    return Err(server_fail(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream request failed",
-                    ));
-                }
-            },
+            }
         }
     }
 }

@@ -55,9 +55,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Upgrade` header of a request that asks for one (`Connection: upgrade` with an
+/// `Upgrade` protocol), e.g. `websocket`.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers an upgrade needs after the hop-by-hop ones were removed.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Appends the client address to X-Forwarded-For (joining earlier values into one line, as
-/// most backends read only one) and states that the client spoke plain HTTP.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// most backends read only one) and states whether the client spoke plain HTTP or HTTPS.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
     let mut value = String::new();
     for prior in headers.get_all("x-forwarded-for") {
         if let Ok(s) = prior.to_str() {
@@ -72,15 +92,16 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if secure { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
 }
 
 /// Prepares request headers for the upstream hop.
-pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr) {
+pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
     strip_hop_by_hop(headers);
     // The proxy answered any 100-continue expectation itself when it read the body.
     headers.remove(header::EXPECT);
-    add_forwarded(headers, client);
+    add_forwarded(headers, client, secure);
 }
 
 #[cfg(test)]
@@ -118,6 +139,31 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_needs_the_connection_token_and_the_protocol() {
+        let ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            requested_upgrade(&ws),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
+        assert_eq!(requested_upgrade(&map(&[("connection", "upgrade")])), None);
+        let mut h = ws.clone();
+        strip_hop_by_hop(&mut h);
+        set_upgrade(&mut h, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            h.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            h.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+    }
+
+    #[test]
     fn forwarded_for_appends_to_existing_values() {
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.7"),
@@ -126,6 +172,7 @@ mod tests {
         add_forwarded(
             &mut h,
             "198.51.100.2".parse().unwrap_or(IpAddr::from([0; 4])),
+            false,
         );
         assert_eq!(
             h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
@@ -138,10 +185,14 @@ mod tests {
         );
 
         let mut fresh = HeaderMap::new();
-        prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]));
+        prepare_request(&mut fresh, IpAddr::from([127, 0, 0, 1]), true);
         assert_eq!(
             fresh.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"127.0.0.1"[..])
+        );
+        assert_eq!(
+            fresh.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"https"[..])
         );
     }
 }

@@ -9,10 +9,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+pub use super::tls::{CipherNames, TlsInfo};
 
 /// A transaction's identity (avi.http.get_request_id, the access log's `request_id`): unique
 /// within one agent process, and unlikely to repeat across restarts because the sequence
@@ -50,6 +53,8 @@ pub struct TxnInfo {
     pub client: SocketAddr,
     /// The transaction's id, also in its access log line.
     pub request_id: RequestId,
+    /// The connection's TLS facts (avi.ssl.*, avi.http.secure); `None` for plain HTTP.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 /// How a script wants the request forwarded: a pool and server (avi.pool.select),

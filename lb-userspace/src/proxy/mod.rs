@@ -12,26 +12,39 @@
 //! Content-Length, as RFC 9112 section 6.3 permits); `framing` follows the framing of every
 //! request on a connection and makes hyper refuse it, since it is the request-smuggling
 //! vector. A head that does not arrive within `header_read_timeout`
-//! closes the connection without a response. Upgrades (WebSocket) are not supported: the
-//! Upgrade header is hop-by-hop and removed.
+//! closes the connection without a response.
+//!
+//! An HTTP/1.1 `Upgrade` request (WebSocket) runs the request scripts and is balanced like any
+//! other, its `Upgrade` and `Connection: upgrade` forwarded; when the server answers 101 the
+//! client gets the 101 and both connections are handed to `tunnel`, which copies bytes both
+//! ways until both close or nothing moves for `client_idle_timeout`.
+//!
+//! A virtual service with TLS (`VirtualServiceSpec::tls`) handshakes every new connection
+//! (rustls, within `header_read_timeout`) before hyper sees it; the handshake's facts
+//! ([`TlsInfo`]) go to every transaction of the connection. A reload hands new connections
+//! the new certificates; connections already open keep their session. A TLS client that
+//! agreed on ALPN `h2` is served by hyper's HTTP/2 server (`conn::serve_h2`, limits in
+//! `settings`), each stream a transaction like an HTTP/1.1 request.
 //!
 //! # Module layers
 //!
 //! A module uses only modules of lower layers, so the module graph has no cycle (a test reads
 //! this list and checks every `super::` path against it):
 //!
-//! 0. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
+//! 0. `tls`: what a TLS handshake tells the transactions (a leaf under the hooks).
+//! 1. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
 //!    The bodies only count and report to a `BodyEnd`; the clock is what every timer waits on.
-//! 1. `picker`, `conn_clock`, `access_log`: a pool's server choice; a client connection's
-//!    phase; the access log line, which only formats (with the hooks' request id).
-//! 2. `settings`: what the agent hands over.
-//! 3. `route`, `upstream`: the routing table built from the settings; the upstream
+//! 2. `picker`, `conn_clock`, `access_log`, `tunnel`: a pool's server choice; a client
+//!    connection's phase; the access log line, which only formats (with the hooks' request
+//!    id); an upgraded connection's two-way copy.
+//! 3. `settings`: what the agent hands over.
+//! 4. `route`, `upstream`: the routing table built from the settings; the upstream
 //!    connection pools.
-//! 4. `txn`: one transaction, finished (counters, pooled connection, access log) by its
+//! 5. `txn`: one transaction, finished (counters, pooled connection, access log) by its
 //!    response body.
-//! 5. `handler`: one request: hooks, server choice, upstream exchange.
-//! 6. `conn`: one client connection, its timers and hyper's server.
-//! 7. `server`: workers, listeners, reload and drain.
+//! 6. `handler`: one request: hooks, server choice, upstream exchange.
+//! 7. `conn`: one client connection, its timers and hyper's server.
+//! 8. `server`: workers, listeners, reload and drain.
 
 mod access_log;
 mod body;
@@ -48,6 +61,8 @@ mod route;
 mod server;
 pub mod settings;
 mod stats;
+mod tls;
+mod tunnel;
 mod txn;
 mod upstream;
 
@@ -60,5 +75,6 @@ pub use headers::basic_auth_user;
 pub use picker::{PickContext, RoundRobin, ServerPicker};
 pub use route::StaticPoolView;
 pub use server::{DrainReport, HttpProxy, serve};
-pub use settings::{PoolSpec, ProxyConfig, ProxySettings, VirtualServiceSpec};
+pub use settings::{PoolSpec, ProxyConfig, ProxySettings, UpstreamTls, VirtualServiceSpec};
 pub use stats::{ProxyStats, ServerStats, VsStats, status_class};
+pub use tls::{CipherNames, TlsInfo};

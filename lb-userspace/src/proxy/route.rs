@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::error::ProxyError;
 use super::hooks::{HookFactory, PoolView, ServerView};
 use super::picker::ServerPicker;
-use super::settings::{PoolSpec, ProxyConfig};
+use super::settings::{PoolSpec, ProxyConfig, UpstreamTls};
 use super::stats::{StatsRegistry, VsCounters};
 
 /// A virtual service as the request path sees it.
@@ -19,6 +19,8 @@ pub(crate) struct VsRoute {
     pub pool: String,
     pub hooks: Option<Arc<dyn HookFactory>>,
     pub counters: Arc<VsCounters>,
+    /// Handshakes new connections when the service terminates TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Immutable once built; the proxy replaces it whole.
@@ -26,11 +28,18 @@ pub(crate) struct VsRoute {
 pub(crate) struct RoutingTable {
     vs: HashMap<SocketAddr, Arc<VsRoute>>,
     pools: HashMap<String, Arc<dyn ServerPicker>>,
+    /// Pools that speak TLS to their servers.
+    pool_tls: HashMap<String, UpstreamTls>,
 }
 
 impl RoutingTable {
     pub fn build(config: &ProxyConfig, stats: &StatsRegistry) -> Result<Self, ProxyError> {
         let mut pools: HashMap<String, Arc<dyn ServerPicker>> = HashMap::new();
+        let pool_tls: HashMap<String, UpstreamTls> = config
+            .pools
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.tls.clone()?)))
+            .collect();
         for p in &config.pools {
             if pools.insert(p.name.clone(), p.picker.clone()).is_some() {
                 return Err(ProxyError::DuplicatePool {
@@ -61,11 +70,16 @@ impl RoutingTable {
                         pool: v.pool.clone(),
                         hooks: v.hooks.clone(),
                         counters: stats.vs(&v.name),
+                        tls: v.tls.clone().map(tokio_rustls::TlsAcceptor::from),
                     }));
                 }
             }
         }
-        Ok(Self { vs, pools })
+        Ok(Self {
+            vs,
+            pools,
+            pool_tls,
+        })
     }
 
     pub fn vs(&self, listen: SocketAddr) -> Option<&Arc<VsRoute>> {
@@ -74,6 +88,11 @@ impl RoutingTable {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<dyn ServerPicker>> {
         self.pools.get(name)
+    }
+
+    /// How to speak TLS to the servers of pool `name`, if it does.
+    pub fn pool_tls(&self, name: &str) -> Option<&UpstreamTls> {
+        self.pool_tls.get(name)
     }
 
     pub fn listeners(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -139,10 +158,12 @@ mod tests {
                 listen: addr("198.51.100.10:80"),
                 pool: "web".into(),
                 hooks: None,
+                tls: None,
             }],
             pools: vec![PoolSpec {
                 name: "web".into(),
                 picker: Arc::new(RoundRobin::new([addr("192.0.2.11:8080")])),
+                tls: None,
             }],
         }
     }

@@ -14,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -391,14 +390,16 @@ async fn accept_loop(
     ctx: Arc<WorkerCtx>,
     mut stop: watch::Receiver<Option<Instant>>,
 ) -> usize {
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish its request in flight and close (hyper's graceful
+    // shutdown, also for connections that may upgrade).
+    let (drain, draining) = watch::channel(false);
     let mut conns = JoinSet::new();
     let clock = &ctx.settings.clock;
     let deadline = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
-                    conns.spawn(serve_conn(stream, client, key, ctx.clone(), graceful.watcher()));
+                    conns.spawn(serve_conn(stream, client, key, ctx.clone(), draining.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(listen = %key, error = %e, "accept failed");
@@ -419,7 +420,7 @@ async fn accept_loop(
     drop(listener);
     let drained = clock
         .timeout_at(deadline, async {
-            graceful.shutdown().await;
+            let _ = drain.send(true);
             while conns.join_next().await.is_some() {}
         })
         .await;

@@ -29,6 +29,16 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// How long connections of a listener removed by a reload may finish their requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 client connection may have open at once (RFC 9113 suggests at least
+/// 100); more are refused with RST_STREAM(REFUSED_STREAM).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams an HTTP/2 client may reset before the proxy accepted them, at once; beyond it the
+/// connection gets GOAWAY(ENHANCE_YOUR_CALM): the rapid-reset defence (CVE-2023-44487).
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the proxy may reset because of a client's protocol errors before it closes the
+/// connection with GOAWAY (the same attack through errors the client provokes).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// Accept backlog of every listening socket.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 
@@ -104,6 +114,9 @@ pub struct VirtualServiceSpec {
     pub pool: String,
     /// DataScripts of this service, if any.
     pub hooks: Option<Arc<dyn HookFactory>>,
+    /// TLS termination: the handshake's configuration (certificates, versions, ALPN, client
+    /// certificates); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl fmt::Debug for VirtualServiceSpec {
@@ -113,8 +126,18 @@ impl fmt::Debug for VirtualServiceSpec {
             .field("listen", &self.listen)
             .field("pool", &self.pool)
             .field("hooks", &self.hooks.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
+}
+
+/// How the proxy speaks TLS to the servers of a pool.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Roots, verification and ALPN.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name sent as SNI and checked; `None` uses each server's IP address.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// One pool: its name and the algorithm that owns its servers and their health.
@@ -124,6 +147,8 @@ pub struct PoolSpec {
     pub name: String,
     /// Chooses among the pool's servers.
     pub picker: Arc<dyn ServerPicker>,
+    /// TLS to its servers; `None` speaks plain HTTP.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl fmt::Debug for PoolSpec {

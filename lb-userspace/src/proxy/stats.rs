@@ -28,6 +28,10 @@ pub(crate) struct VsCounters {
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
     pub active_connections: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub upgrades: AtomicU64,
+    pub active_tunnels: AtomicU64,
 }
 
 /// Live counters of one server (shared by every pool that holds it).
@@ -134,6 +138,10 @@ impl StatsRegistry {
                     request_bytes: load(&c.request_bytes),
                     response_bytes: load(&c.response_bytes),
                     active_connections: load(&c.active_connections),
+                    tls_handshakes: load(&c.tls_handshakes),
+                    tls_handshake_failures: load(&c.tls_handshake_failures),
+                    upgrades: load(&c.upgrades),
+                    active_tunnels: load(&c.active_tunnels),
                 }
             })
             .collect();
@@ -178,6 +186,14 @@ pub struct VsStats {
     pub response_bytes: u64,
     /// Client connections open now.
     pub active_connections: u64,
+    /// TLS handshakes completed (a service with TLS).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
+    /// Connections upgraded (101 Switching Protocols: WebSocket and other `Upgrade`s).
+    pub upgrades: u64,
+    /// Upgraded connections tunnelled now.
+    pub active_tunnels: u64,
 }
 
 /// Counters of one server at snapshot time.

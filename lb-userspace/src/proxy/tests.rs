@@ -216,10 +216,12 @@ fn config(
             listen: vip(),
             pool: "web".into(),
             hooks,
+            tls: None,
         }],
         pools: vec![PoolSpec {
             name: "web".into(),
             picker: picker.clone(),
+            tls: None,
         }],
     };
     (config, picker)
@@ -1162,6 +1164,7 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
             listen: SocketAddr::from(([127, 0, 0, 2], 0)),
             pool: "web".into(),
             hooks: None,
+            tls: None,
         });
         s.proxy.reload(cfg)?;
         let (_, body) = send(&mut c, get("/headers")?).await?;
@@ -1191,12 +1194,14 @@ fn reload_swaps_routes_and_listeners_without_dropping_connections() -> TestResul
                 listen: SocketAddr::from(([127, 0, 0, 2], 0)),
                 pool: "web".into(),
                 hooks: None,
+                tls: None,
             }],
             pools: vec![],
         };
         only_blog.pools.push(PoolSpec {
             name: "web".into(),
             picker: Arc::new(RoundRobin::new([b2.addr])),
+            tls: None,
         });
         s.proxy.reload(only_blog)?;
         let addr = s.addr;
@@ -1315,7 +1320,9 @@ const MODULE_SOURCES: &[(&str, &str)] = &[
     ("server", include_str!("server.rs")),
     ("settings", include_str!("settings.rs")),
     ("stats", include_str!("stats.rs")),
+    ("tls", include_str!("tls.rs")),
     ("txn", include_str!("txn.rs")),
+    ("tunnel", include_str!("tunnel.rs")),
     ("upstream", include_str!("upstream.rs")),
 ];
 

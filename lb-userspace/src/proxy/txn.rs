@@ -17,6 +17,7 @@ use super::hooks::{RequestId, TxnHooks};
 use super::picker::ServerPicker;
 use super::route::VsRoute;
 use super::stats::{Gauge, GaugeGuard, ServerCounters};
+use super::tls::TlsInfo;
 use super::upstream::Lent;
 
 /// The server a transaction went to; releases the picker's and the gauge's count on drop.
@@ -76,6 +77,8 @@ pub(crate) struct Txn {
     pub upstream: Option<Lent>,
     response_bytes: u64,
     complete: bool,
+    /// The connection's TLS facts, for the access log.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 impl Txn {
@@ -103,6 +106,7 @@ impl Txn {
             upstream: None,
             response_bytes: 0,
             complete: false,
+            tls: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl Drop for Txn {
             complete: self.complete,
             route: self.route,
             script_log: script_log.as_deref(),
+            tls: self.tls.as_deref(),
         }
         .write();
     }

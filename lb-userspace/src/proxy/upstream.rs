@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use super::body::RequestBody;
 use super::clock::ProxyClock;
-use super::settings::ProxySettings;
+use super::settings::{ProxySettings, UpstreamTls};
 use super::stats::{Gauge, GaugeGuard, ServerCounters, StatsRegistry};
+use rustls::pki_types::ServerName;
 
 pub(crate) type UpstreamSender = SendRequest<RequestBody>;
 
@@ -35,6 +36,11 @@ pub(crate) enum ConnectError {
         server: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS handshake with {server}: {source}")]
+    Tls {
+        server: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP/1.1 handshake with {server}: {source}")]
     Handshake {
         server: SocketAddr,
@@ -47,12 +53,14 @@ pub(crate) struct Lent {
     pub pool: Arc<UpstreamPool>,
     pub server: SocketAddr,
     pub sender: UpstreamSender,
+    /// The connection speaks TLS (its idle list).
+    pub tls: bool,
 }
 
 impl Lent {
     /// The response was read to its end: the connection may serve another request.
     pub fn give_back(self) {
-        self.pool.checkin(self.server, self.sender);
+        self.pool.checkin((self.server, self.tls), self.sender);
     }
 }
 
@@ -75,8 +83,12 @@ impl Idle {
     }
 }
 
+/// Idle connections are kept per server and per kind (plain or TLS): one address may be in a
+/// plain pool and in a TLS pool.
+type IdleKey = (SocketAddr, bool);
+
 pub(crate) struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<IdleKey, Vec<Idle>>>,
     stats: Arc<StatsRegistry>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -101,10 +113,11 @@ impl UpstreamPool {
     pub async fn checkout(
         &self,
         server: SocketAddr,
+        tls: Option<&UpstreamTls>,
         fresh: bool,
     ) -> Result<Checkout, ConnectError> {
         if !fresh {
-            while let Some(mut sender) = self.take_idle(server) {
+            while let Some(mut sender) = self.take_idle((server, tls.is_some())) {
                 if sender.is_ready() {
                     return Ok(Checkout {
                         sender,
@@ -124,7 +137,7 @@ impl UpstreamPool {
                 }
             }
         }
-        let sender = self.connect(server).await.inspect_err(|_| {
+        let sender = self.connect(server, tls).await.inspect_err(|_| {
             self.stats
                 .server(server)
                 .connect_failures
@@ -136,7 +149,7 @@ impl UpstreamPool {
         })
     }
 
-    fn take_idle(&self, server: SocketAddr) -> Option<UpstreamSender> {
+    fn take_idle(&self, server: IdleKey) -> Option<UpstreamSender> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(&server)?;
         let now = self.clock.now();
@@ -149,7 +162,7 @@ impl UpstreamPool {
     }
 
     /// Keeps a connection whose last response was read to the end.
-    pub fn checkin(&self, server: SocketAddr, sender: UpstreamSender) {
+    pub fn checkin(&self, server: IdleKey, sender: UpstreamSender) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -175,7 +188,11 @@ impl UpstreamPool {
         idle.retain(|_, list| !list.is_empty());
     }
 
-    async fn connect(&self, server: SocketAddr) -> Result<UpstreamSender, ConnectError> {
+    async fn connect(
+        &self,
+        server: SocketAddr,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<UpstreamSender, ConnectError> {
         let stream = match self
             .clock
             .timeout(self.connect_timeout, TcpStream::connect(server))
@@ -192,6 +209,37 @@ impl UpstreamPool {
         };
         // Small request heads must not wait for Nagle.
         let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return self.handshake(server, stream).await;
+        };
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or(ServerName::IpAddress(server.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        match self
+            .clock
+            .timeout(self.connect_timeout, connector.connect(name, stream))
+            .await
+        {
+            Ok(Ok(stream)) => self.handshake(server, stream).await,
+            Ok(Err(source)) => Err(ConnectError::Tls { server, source }),
+            Err(_) => Err(ConnectError::Timeout {
+                server,
+                timeout: self.connect_timeout,
+            }),
+        }
+    }
+
+    /// HTTP/1.1 over a connected stream, its connection task spawned.
+    async fn handshake<S>(
+        &self,
+        server: SocketAddr,
+        stream: S,
+    ) -> Result<UpstreamSender, ConnectError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -202,7 +250,8 @@ impl UpstreamPool {
         ));
         tokio::spawn(async move {
             let _gauge = gauge;
-            if let Err(e) = conn.await {
+            // An upgraded connection (101) ends here and lives on in the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%server, error = %e, "upstream connection ended with an error");
             }
         });

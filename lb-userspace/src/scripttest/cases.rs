@@ -107,6 +107,47 @@ pub struct RequestSpec {
     /// Request body (its length is sent as Content-Length).
     #[serde(default)]
     pub body: Option<String>,
+    /// The client connection is TLS (avi.ssl.*, avi.http.secure); absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `tls = { version = "1.3", cipher = "...", sni = "shop.example.com" }` of a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// "1.2" or "1.3" (default 1.3).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The suite's rustls name, e.g. `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256` (default
+    /// `TLS13_AES_128_GCM_SHA256` for 1.3, `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256` for 1.2).
+    #[serde(default)]
+    pub cipher: Option<String>,
+    /// The SNI name the client sent.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+impl TlsSpec {
+    /// The connection facts the scripts see, or why the spec is wrong.
+    pub fn info(&self) -> Result<crate::proxy::TlsInfo, String> {
+        let (protocol, cipher) = match self.version.as_deref().unwrap_or("1.3") {
+            "1.3" => ("TLSv1.3", "TLS13_AES_128_GCM_SHA256"),
+            "1.2" => ("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+            other => {
+                return Err(format!(
+                    "tls version {other:?}: expected \"1.2\" or \"1.3\""
+                ));
+            }
+        };
+        let cipher = self.cipher.as_deref().unwrap_or(cipher);
+        Ok(crate::proxy::TlsInfo::new(
+            protocol,
+            cipher,
+            self.sni.clone(),
+            None,
+        ))
+    }
 }
 
 impl Default for RequestSpec {
@@ -118,6 +159,7 @@ impl Default for RequestSpec {
             cookies: BTreeMap::new(),
             client: default_client(),
             body: None,
+            tls: None,
         }
     }
 }

@@ -202,12 +202,17 @@ impl Service {
         let mut request = request_parts(case)?;
         let sent_headers = request.headers.clone();
         let mut got = Happened::default();
+        let tls = match &case.request.tls {
+            Some(spec) => Some(std::sync::Arc::new(spec.info()?)),
+            None => None,
+        };
         let mut txn = self.hooks.as_ref().map(|h| {
             h.begin(TxnInfo {
                 vs_name: self.name.clone(),
                 vs_addr: self.listen,
                 client: case.request.client,
                 request_id: RequestId(1),
+                tls,
             })
         });
         let mut verdict = txn.as_mut().map(|t| t.on_request(&mut request));

@@ -181,3 +181,71 @@ end
         assert!(stdout.contains(expected), "expected {expected}\n{stdout}");
     }
 }
+
+#[test]
+fn latch_check_refuses_bad_certificates_and_fast_path_with_tls() {
+    use latch_tests::{KeyAlg, KeyForm, TestCa};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new(dir.path(), "ca").expect("ca");
+    let a = ca
+        .server(
+            dir.path(),
+            "a",
+            &["a.example.com"],
+            KeyAlg::EcdsaP256,
+            KeyForm::Pkcs8,
+        )
+        .expect("a");
+    let b = ca
+        .server(
+            dir.path(),
+            "b",
+            &["b.example.com"],
+            KeyAlg::Rsa2048,
+            KeyForm::Traditional,
+        )
+        .expect("b");
+    let config = dir.path().join("tls.toml");
+    let vs = |extra: &str, cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[agent]\ninterfaces = [\"lo\"]\n\n[[pool]]\nname = \"web\"\nservers = [\"192.0.2.11:8080\"]\n\n\
+             [[virtual_service]]\nname = \"shop\"\nlisten = \"198.51.100.10:443\"\ntype = \"http\"\npool = \"web\"\n{extra}\
+             tls = {{ certificates = [{{ cert = {:?}, key = {:?} }}] }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let check = |text: &str| {
+        std::fs::write(&config, text).expect("write config");
+        check_file(&config)
+    };
+    let (ok, out) = check(&vs("", &a.cert, &a.key));
+    assert!(ok && out.contains("OK"), "{out}");
+    // A key that is not the certificate's.
+    let (ok, out) = check(&vs("", &a.cert, &b.key));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("tls.toml:13:")
+            && out.contains(&format!(
+                "key {} does not match certificate {}",
+                b.key.display(),
+                a.cert.display()
+            )),
+        "{out}"
+    );
+    // A missing file.
+    let missing = dir.path().join("missing.pem");
+    let (ok, out) = check(&vs("", &missing, &a.key));
+    assert!(
+        !ok && out.contains("cannot read certificate file")
+            && out.contains(&missing.display().to_string()),
+        "{out}"
+    );
+    // fast_path with TLS.
+    let (ok, out) = check(&vs("fast_path = \"client_ip\"\n", &a.cert, &a.key));
+    assert!(
+        !ok && out.contains("fast_path cannot be used with tls"),
+        "{out}"
+    );
+}

@@ -12,6 +12,7 @@ mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
 mod groups_netns;
+mod h2_netns;
 mod http_netns;
 mod l4_netns;
 mod levers_netns;
@@ -21,6 +22,8 @@ mod replication_netns;
 mod restart_netns;
 mod sandbox_netns;
 mod script_runner;
+mod tls_netns;
+mod upgrade_netns;
 mod xdp_fixtures;
 
 /// The path of the `latch` binary cargo built for these tests.

@@ -67,6 +67,22 @@ pub fn wait_for(
     Err(format!("{what}: not within {limit:?}"))
 }
 
+/// The value of `name{vs="<vs>"}` in the agent's /metrics (admin API on the LB namespace's
+/// loopback, no token).
+pub fn vs_metric(topo: &Topology, name: &str, vs: &str) -> Result<f64, String> {
+    let text = topo.lb().run(|| {
+        latch_tests::http_get(latch_tests::config::ADMIN_LISTEN, "/metrics", &[])
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .map_err(|e| e.to_string())
+    })?;
+    let label = format!("vs=\"{vs}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("no {name} for {vs} in {text}"))
+}
+
 /// Peak resident memory (VmHWM) of process `pid`, in kB.
 pub fn peak_rss_kb(pid: u32) -> Result<u64, String> {
     let status =

@@ -341,6 +341,7 @@ impl Cluster {
                     name: format!("b{}", i + 1),
                     http: Some(SocketAddr::from((addr, HTTP_PORT))),
                     udp: None,
+                    tls: None,
                 },
             )?);
         }

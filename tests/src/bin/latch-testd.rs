@@ -47,7 +47,12 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve { name, http, udp } => serve(ServeConfig { name, http, udp }),
+        Cmd::Serve { name, http, udp } => serve(ServeConfig {
+            name,
+            http,
+            udp,
+            tls: None,
+        }),
         Cmd::Get {
             addr,
             path,

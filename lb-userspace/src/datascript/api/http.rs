@@ -621,14 +621,23 @@ fn install_request_info(lua: &Lua, http: &Table, sh: &Arc<VmShared>) -> LResult<
         s,
         |ctx| { lua_str(l, txn(ctx)?.info.request_id.to_string().as_bytes()) }
     ));
-    // Plain HTTP until TLS termination exists; secure() is nil, not "" (see the README).
-    reg!(lua, http, sh, "protocol", |l, s, a| cached_str(
-        l, s, "http"
-    ));
-    reg!(lua, http, sh, "scheme", |l, s, a| cached_str(
-        l, s, "http://"
-    ));
-    http.raw_set("secure", lua.create_function(|_, ()| Ok(Value::Nil))?)?;
+    // By the client connection: TLS or not. secure() is "on" or nil, not "" (see the README).
+    reg!(lua, http, sh, "protocol", |l, s, a| {
+        let secure = with_ctx(s, |ctx| Ok(txn(ctx)?.info.tls.is_some()))?;
+        cached_str(l, s, if secure { "https" } else { "http" })
+    });
+    reg!(lua, http, sh, "scheme", |l, s, a| {
+        let secure = with_ctx(s, |ctx| Ok(txn(ctx)?.info.tls.is_some()))?;
+        cached_str(l, s, if secure { "https://" } else { "http://" })
+    });
+    reg!(lua, http, sh, "secure", |l, s, a| {
+        let secure = with_ctx(s, |ctx| Ok(txn(ctx)?.info.tls.is_some()))?;
+        if secure {
+            Ok(Value::String(cached_str(l, s, "on")?))
+        } else {
+            Ok(Value::Nil)
+        }
+    });
     reg!(lua, http, sh, "get_reqvar", |l, s, a| {
         let name = name_arg(a.first(), "get_reqvar", 1)?;
         let vars = with_ctx(s, |ctx| reqvar(l, ctx))?;

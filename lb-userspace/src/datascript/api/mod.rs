@@ -18,6 +18,7 @@ mod groups;
 mod http;
 mod pool;
 mod ratelimit;
+mod ssl;
 mod strings;
 mod utils;
 mod vs;
@@ -53,6 +54,7 @@ const NAMESPACES: &[Namespace] = &[
     crypto::NAMESPACE,
     groups::IPGROUP,
     groups::STRINGGROUP,
+    ssl::NAMESPACE,
 ];
 
 /// Build the `avi` table (the sandbox makes it and its namespaces read-only), and add Avi's

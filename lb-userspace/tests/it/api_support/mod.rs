@@ -137,6 +137,7 @@ impl AdminBackend for FakeBackend {
                     request_bytes: 2048,
                     response_bytes: 3 * 1024 * 1024,
                     active_connections: 7,
+                    ..HttpCounters::default()
                 }),
                 l4: None,
                 tables: Some(TableCounters {
