@@ -144,12 +144,14 @@ impl AgentAdmin {
             }
         };
         let health = s.monitor.snapshot();
+        let mirror = s.dataplane.lock().kernel_mirror();
         let tables: Vec<(String, TableCounters)> = s
             .tables
             .vs_names()
             .into_iter()
             .filter_map(|name| {
                 let c = s.tables.get_vs(&name)?.counters();
+                let u = mirror.unmirrored(&name);
                 Some((
                     name,
                     TableCounters {
@@ -163,6 +165,9 @@ impl AgentAdmin {
                         failures: c.failures,
                         bytes: c.bytes,
                         memory_limit: c.memory_limit,
+                        unmirrored_full: u.full,
+                        unmirrored_too_large: u.too_large,
+                        unmirrored_failed: u.failed,
                     },
                 ))
             })

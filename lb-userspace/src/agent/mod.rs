@@ -122,6 +122,10 @@ pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
                 spec.services.len(),
                 config.pools.len()
             );
+            print!(
+                "{}",
+                kernel_memory_report(&config.agent.capacity, dataplane::possible_cpus())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -131,6 +135,40 @@ pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// What `latch check` says of the kernel memory the maps will take.
+fn kernel_memory_report(caps: &lb_common::Capacities, cpus: u32) -> String {
+    let maps = dataplane::kernel_memory(caps, cpus);
+    let fixed: u64 = maps.iter().map(|m| m.fixed_bytes).sum();
+    let most: u64 = maps
+        .iter()
+        .map(|m| m.fixed_bytes + m.per_entry_bytes * u64::from(m.max_entries))
+        .sum();
+    let mut out = format!(
+        "kernel maps ([agent.capacity], {cpus} possible CPUs): {} when created, up to {} with \
+         the table mirror full\n",
+        mib(fixed),
+        mib(most)
+    );
+    for m in &maps {
+        let per = if m.per_entry_bytes > 0 {
+            format!(" + {} B per entry present", m.per_entry_bytes)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  {:<18} {:>10} entries  {:>11}{per}\n",
+            m.name,
+            m.max_entries,
+            mib(m.fixed_bytes)
+        ));
+    }
+    out
 }
 
 /// `latch down -c FILE`: detach and unpin everything under the config's bpffs_dir.
@@ -213,10 +251,14 @@ impl Agent {
         health_events: mpsc::UnboundedSender<HealthEvent>,
     ) -> Result<Self, AgentError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-        let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
+        let limits = TableLimits {
+            max_entries: config.agent.datascript.table_max_entries,
+            ..TableLimits::default()
+        };
+        let tables = Arc::new(TableStore::new(limits, Arc::new(NoMirror)));
         let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
-        let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let mut dataplane = Dataplane::open_with(&config.agent.bpffs_dir, &config.agent.capacity)?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
         let state_file = config.agent.server_state_file();
         let levers = levers::load(&state_file, &config);

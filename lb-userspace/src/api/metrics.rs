@@ -486,6 +486,20 @@ impl Collector for SnapshotCollector {
                     .map(|t| (labels([("vs", &t.vs)]), gauge_value(get(&t.counters)))),
             )?;
         }
+        f.counter(
+            "table_unmirrored",
+            "Table entry writes the kernel mirror could not take, by reason (full: [agent.capacity] table_mirror_entries; too_large: key or value over 64 bytes; failed: refused by the kernel). Those entries live in user space only and are lost on kill -9.",
+            None,
+            s.tables.iter().flat_map(|t| {
+                [
+                    ("full", t.counters.unmirrored_full),
+                    ("too_large", t.counters.unmirrored_too_large),
+                    ("failed", t.counters.unmirrored_failed),
+                ]
+                .into_iter()
+                .map(|(reason, v)| (labels([("vs", t.vs.as_str()), ("reason", reason)]), v))
+            }),
+        )?;
         let table_counters: [Field<TableCounters>; 7] = [
             ("table_inserts", "New keys stored.", |c| c.inserts),
             ("table_updates", "Inserts of a live key.", |c| c.updates),

@@ -173,6 +173,9 @@ fn sample_snapshot() -> MetricsSnapshot {
                 failures: 1,
                 bytes: 4096,
                 memory_limit: 65536,
+                unmirrored_full: 5,
+                unmirrored_too_large: 3,
+                unmirrored_failed: 0,
             },
         }],
         datascripts: vec![DataScriptMetrics {
@@ -333,6 +336,16 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
         value(&samples, "latch_table_memory_bytes", &[("vs", "we\"b\\1")]),
         4096.0
     );
+    for (reason, n) in [("full", 5.0), ("too_large", 3.0), ("failed", 0.0)] {
+        assert_eq!(
+            value(
+                &samples,
+                "latch_table_unmirrored_total",
+                &[("vs", "we\"b\\1"), ("reason", reason)]
+            ),
+            n
+        );
+    }
     assert_eq!(
         value(
             &samples,

@@ -9,6 +9,7 @@
 mod attach;
 mod error;
 mod maps;
+mod migrate;
 pub mod mirror;
 pub mod neighbor;
 pub mod plan;
@@ -28,12 +29,13 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
+    Capacities, Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
 };
 
 pub use attach::{AttachMode, Attached};
 pub use error::DataplaneError;
-pub use maps::versioned_dir;
+pub use maps::{MapMemory, kernel_memory, versioned_dir};
+pub use migrate::Migration;
 pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, Restored};
 pub use plan::PlanError;
 
@@ -229,6 +231,11 @@ pub fn monotonic_now_ns() -> u64 {
     crate::tables::MonotonicClock.now_ns()
 }
 
+/// Possible CPUs (what per-CPU maps are sized by); 1 when it cannot be read.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
+}
+
 fn is_bpffs(path: &Path) -> io::Result<bool> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -322,6 +329,8 @@ pub struct Dataplane {
     root: PathBuf,
     vdir: PathBuf,
     adopted: bool,
+    migration: Migration,
+    caps: Capacities,
     maps: maps::Maps,
     ebpf: aya::Ebpf,
     state: plan::State,
@@ -348,10 +357,16 @@ impl fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the XDP object, creating its maps or adopting the ones pinned under
-    /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
-    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
+    /// [`Dataplane::open_with`] the default capacities.
     pub fn open(bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::open_with(bpffs_dir, &Capacities::DEFAULT)
+    }
+
+    /// Loads the XDP object, creating its maps with `caps` or adopting the ones pinned under
+    /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
+    /// Pinned maps of another capacity are migrated into new maps of this one (`migrate.rs`).
+    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
+    pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs_dir)?;
         std::fs::create_dir_all(bpffs_dir)
             .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
@@ -359,26 +374,35 @@ impl Dataplane {
         let vdir = versioned_dir(bpffs_dir);
         std::fs::create_dir_all(&vdir).map_err(|e| DataplaneError::io("creating", &vdir, e))?;
 
-        let adopted = maps::check_pins(&vdir, bpffs_dir)?;
+        let check = maps::check_pins(&vdir, bpffs_dir, caps)?;
+        let adopted = check.adopted;
+        let migrating = migrate::set_aside(&vdir, &check.resized)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&vdir)
-            .load(xdp_object())
-            .map_err(|e| {
-                DataplaneError::or_permission(&e, "creating BPF maps").unwrap_or_else(|| {
-                    DataplaneError::Load {
-                        source: Box::new(e),
-                    }
-                })
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&vdir);
+        for (name, shape) in maps::expected(caps) {
+            loader.map_max_entries(name, shape.max_entries);
+        }
+        let mut ebpf = loader.load(xdp_object()).map_err(|e| {
+            DataplaneError::or_permission(&e, "creating BPF maps").unwrap_or_else(|| {
+                DataplaneError::Load {
+                    source: Box::new(e),
+                }
+            })
+        })?;
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|e| program_error(e, "loading the XDP program"))?;
-        maps::write_manifest(&vdir)?;
 
-        let maps = maps::Maps::take(&mut ebpf)?;
+        let mut maps = maps::Maps::take(&mut ebpf)?;
+        let migration = if migrating {
+            migrate::copy_back(&vdir, &mut maps, caps)?
+        } else {
+            Migration::default()
+        };
+        maps::write_manifest(&vdir, caps)?;
         let (services, backends) = maps.read_state()?;
-        let state = plan::State::from_maps(services, backends);
+        let state = plan::State::from_maps(services, backends, *caps);
         let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             mirror::PinIndex::from_state(&state),
         ));
@@ -387,6 +411,7 @@ impl Dataplane {
         tracing::info!(
             dir = %vdir.display(),
             adopted,
+            migrated = migration.maps.len(),
             services = state.services.len(),
             backends = state.backend_ids.len(),
             "data plane loaded"
@@ -395,6 +420,8 @@ impl Dataplane {
             root: bpffs_dir.to_owned(),
             vdir,
             adopted,
+            migration,
+            caps: *caps,
             maps,
             ebpf,
             state,
@@ -404,6 +431,16 @@ impl Dataplane {
             conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
             _lock: lock,
         })
+    }
+
+    /// What `open` migrated after a capacity change (empty otherwise).
+    pub fn migration(&self) -> &Migration {
+        &self.migration
+    }
+
+    /// The capacities the maps have.
+    pub fn capacities(&self) -> Capacities {
+        self.caps
     }
 
     /// A handle that pins fast-path clients from any thread; it follows every apply.
@@ -479,7 +516,7 @@ impl Dataplane {
             }
             Err(e) => {
                 match self.maps.read_state() {
-                    Ok((s, b)) => self.state = plan::State::from_maps(s, b),
+                    Ok((s, b)) => self.state = plan::State::from_maps(s, b, self.caps),
                     Err(re) => tracing::error!(error = %re, "re-reading maps after a failed apply"),
                 }
                 Err(e)
