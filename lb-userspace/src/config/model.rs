@@ -98,7 +98,7 @@ impl Default for AgentConfig {
 
 /// Entries of the kernel table mirror kept free beyond `table_max_entries` for the name
 /// records (one per virtual service and table name).
-pub const MIRROR_RESERVE: usize = 4096;
+pub const MIRROR_RESERVE: usize = 1024;
 
 /// Directory of the default server state files.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
