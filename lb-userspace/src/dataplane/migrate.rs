@@ -196,28 +196,10 @@ fn copy_one(
             }
         }
         map_names::CONNTRACK => {
-            let old: HashMap<MapData, FlowKey, Flow> =
-                HashMap::try_from(old).map_err(read_err(name))?;
-            let mut new = maps.conntrack.lock();
-            for kv in old.iter() {
-                match kv {
-                    Ok((k, v)) => t.add(new.insert(k, v, 0)),
-                    Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(read_err(name)(e)),
-                }
-            }
+            copy_hash::<FlowKey, Flow>(old, &mut maps.conntrack.lock(), &mut t)?
         }
         map_names::PERSIST => {
-            let old: HashMap<MapData, PersistKey, Persist> =
-                HashMap::try_from(old).map_err(read_err(name))?;
-            let mut new = maps.persist.lock();
-            for kv in old.iter() {
-                match kv {
-                    Ok((k, v)) => t.add(new.insert(k, v, 0)),
-                    Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(read_err(name)(e)),
-                }
-            }
+            copy_hash::<PersistKey, Persist>(old, &mut maps.persist.lock(), &mut t)?;
         }
         map_names::DS_TABLE => {
             let old: HashMap<MapData, DsKey, DsValue> =
@@ -230,6 +212,23 @@ fn copy_one(
         _ => {}
     }
     Ok((t.copied, t.dropped))
+}
+
+/// Inserts every entry of hash map `old` into `new`.
+fn copy_hash<K: aya::Pod, V: aya::Pod>(
+    old: Map,
+    new: &mut HashMap<MapData, K, V>,
+    t: &mut Tally,
+) -> Result<(), DataplaneError> {
+    let old: HashMap<MapData, K, V> = HashMap::try_from(old).map_err(read_err(t.name))?;
+    for kv in old.iter() {
+        match kv {
+            Ok((k, v)) => t.add(new.insert(k, v, 0)),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(read_err(t.name)(e)),
+        }
+    }
+    Ok(())
 }
 
 struct Tally {
