@@ -144,7 +144,7 @@ fn cookies_from_args(args: &Args, func: &str, m: Msg) -> LResult<Vec<(String, St
             Ok(out)
         }
         Some(_) if m == Msg::Req => {
-            if args.len() % 2 != 0 {
+            if !args.len().is_multiple_of(2) {
                 return Err(rt(format!(
                     "{func}: expected name, value pairs (got {} arguments)",
                     args.len()
