@@ -353,8 +353,15 @@ pub mod stat {
     pub const PASS_NO_FLOW: u32 = 13;
     /// Fast-path (pinned HTTP client) connection forwarded directly.
     pub const FAST_PATH: u32 = 14;
+    /// A live NAT flow's reply entry was missing (evicted under connection-table pressure)
+    /// and was written again by the flow's periodic refresh.
+    pub const REPLY_RESTORED: u32 = 15;
+    /// Entries XDP wrote into the connection table (two per new NAT flow, one per DSR flow).
+    pub const CONNTRACK_INSERT: u32 = 16;
+    /// Client pins XDP could not write: the persistence map is full.
+    pub const PERSIST_FULL: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 20;
 }
 
 /// Names of the pinned maps, shared so the agent finds what the program declares.

@@ -162,8 +162,10 @@ pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 9] {
     ]
 }
 
-/// The maps whose size is a capacity, and which capacity: everything but STATS.
-pub(crate) const RESIZABLE: [&str; 8] = [
+/// The maps whose size may change between agents: the capacities, and STATS when counters
+/// are added.
+pub(crate) const RESIZABLE: [&str; 9] = [
+    map_names::STATS,
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::MAGLEV,

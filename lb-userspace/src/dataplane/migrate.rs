@@ -79,6 +79,7 @@ pub(crate) fn copy_back(
     let mdir = vdir.join(MIGRATE_DIR);
     let mut out = Migration::default();
     let order = [
+        map_names::STATS,
         map_names::SERVICES,
         map_names::BACKENDS,
         map_names::MAGLEV,
@@ -175,6 +176,16 @@ fn copy_one(
                     let Ok(b) = old.get(&i, 0) else { break };
                     t.add(maps.maglev.set(i, b, 0));
                 }
+            }
+        }
+        map_names::STATS => {
+            let old: PerCpuArray<MapData, u64> =
+                PerCpuArray::try_from(old).map_err(read_err(name))?;
+            for i in 0..old.len().min(maps.stats.len()) {
+                let v = old.get(&i, 0).map_err(read_err(name))?;
+                let vals: Vec<u64> = v.iter().copied().collect();
+                let vals = PerCpuValues::try_from(vals).map_err(|e| read_err(name)(e.into()))?;
+                t.add(maps.stats.set(i, vals, 0));
             }
         }
         map_names::SERVICE_STATS | map_names::BACKEND_STATS => {

@@ -194,7 +194,7 @@ pub struct DataplaneStats {
 }
 
 /// Names of the global counters, by [`lb_common::stat`] index.
-pub const GLOBAL_COUNTERS: [(u32, &str); 15] = [
+pub const GLOBAL_COUNTERS: [(u32, &str); 18] = [
     (stat::PASS_NOT_VIP, "pass_not_vip"),
     (stat::PASS_MALFORMED, "pass_malformed"),
     (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
@@ -210,6 +210,9 @@ pub const GLOBAL_COUNTERS: [(u32, &str); 15] = [
     (stat::VERDICT_REDIRECT, "verdict_redirect"),
     (stat::PASS_NO_FLOW, "pass_no_flow"),
     (stat::FAST_PATH, "fast_path"),
+    (stat::REPLY_RESTORED, "reply_restored"),
+    (stat::CONNTRACK_INSERT, "conntrack_insert"),
+    (stat::PERSIST_FULL, "persist_full"),
 ];
 
 /// What `teardown` removed.
