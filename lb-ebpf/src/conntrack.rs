@@ -186,7 +186,7 @@ fn reply_entry(
 #[inline(always)]
 fn keep_reply(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, now: u64) {
     let (reply_key, reply) = reply_entry(key, backend_id, be, service_id, now);
-    if CONNTRACK.get_ptr(&reply_key).is_none() {
+    if CONNTRACK.get_ptr(reply_key).is_none() {
         stats::count(stat::REPLY_RESTORED);
         insert(&reply_key, &reply);
     }

@@ -75,6 +75,10 @@ impl From<ConfigErrors> for AgentError {
 
 /// How often expired persistence entries and stale flows are collected.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// A kernel map fuller than this (percent of its capacity) is warned about.
+const MAP_FILL_WARN_PERCENT: u64 = 90;
+/// Least time between two fill warnings of one map.
+const MAP_FILL_WARN_EVERY: Duration = Duration::from_secs(60);
 /// How often queued table lifetime changes are written into the kernel mirror (see
 /// `dataplane::mirror`): a kill -9 can lose at most this much of them.
 const MIRROR_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -236,6 +240,8 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
 struct Agent {
     shared: Arc<admin::Shared>,
     fastpath: Arc<fastpath::FastPath>,
+    /// When each map's fill warning was last logged.
+    map_warned: Mutex<HashMap<&'static str, std::time::Instant>>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -317,8 +323,13 @@ impl Agent {
             pools: RwLock::new(plan.pools),
             levers: Mutex::new(levers),
             state_file,
+            map_fill: Mutex::new(Vec::new()),
         });
-        Ok(Self { shared, fastpath })
+        Ok(Self {
+            shared,
+            fastpath,
+            map_warned: Mutex::new(HashMap::new()),
+        })
     }
 
     fn config(&self) -> Arc<Config> {
@@ -504,6 +515,43 @@ impl Agent {
             Ok(n) => tracing::debug!(removed = n, "swept expired data-plane entries"),
             Err(err) => tracing::warn!(%err, "data-plane sweep failed"),
         }
+        self.check_maps();
+    }
+
+    /// Reads how full the kernel maps are (for /metrics) and warns, at most once a minute per
+    /// map, while one is above [`MAP_FILL_WARN_PERCENT`] of its capacity.
+    fn check_maps(&self) {
+        let fill = match self.shared.dataplane.lock().map_fill() {
+            Ok(f) => f,
+            Err(err) => {
+                tracing::warn!(%err, "reading how full the kernel maps are failed");
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        let mut warned = self.map_warned.lock();
+        for m in &fill {
+            if m.entries * 100 < u64::from(m.capacity) * MAP_FILL_WARN_PERCENT {
+                continue;
+            }
+            if warned
+                .get(m.map)
+                .is_some_and(|t| now.duration_since(*t) < MAP_FILL_WARN_EVERY)
+            {
+                continue;
+            }
+            warned.insert(m.map, now);
+            tracing::warn!(
+                map = m.map,
+                entries = m.entries,
+                capacity = m.capacity,
+                evictions = m.evictions,
+                refused_full = m.full,
+                "kernel map above {MAP_FILL_WARN_PERCENT}% of its capacity; raise it in \
+                 [agent.capacity] (a restart migrates the entries)"
+            );
+        }
+        *self.shared.map_fill.lock() = fill;
     }
 
     /// SIGTERM: drain HTTP; the data plane stays attached and pinned.

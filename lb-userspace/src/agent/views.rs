@@ -419,6 +419,8 @@ impl Sources<'_> {
             health,
             // Filled by the agent, which owns the replication handle.
             replication: None,
+            // Filled by the agent too, from its last sweep.
+            maps: Vec::new(),
         }
     }
 }

@@ -187,6 +187,12 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
         }
     }
 
+    /// The map's descriptor.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap;
+        self.map.map().fd().as_fd()
+    }
+
     /// Every entry (a walk of the whole map: startup and reload only).
     pub(crate) fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
         let mut out = Vec::new();
@@ -535,6 +541,11 @@ impl KernelMirror {
             last_warning_ns: AtomicU64::new(0),
             since_warning: AtomicU64::new(0),
         }
+    }
+
+    /// Entry writes refused because DS_TABLE was full, all virtual services together.
+    pub fn full_total(&self) -> u64 {
+        self.unmirrored.iter().map(|u| u.full).sum()
     }
 
     /// Entries of `vs` the mirror could not take since the agent started.

@@ -34,7 +34,7 @@ use lb_common::{
 
 pub use attach::{AttachMode, Attached};
 pub use error::DataplaneError;
-pub use maps::{MapMemory, kernel_memory, versioned_dir};
+pub use maps::{MapFill, MapMemory, kernel_memory, versioned_dir};
 pub use migrate::Migration;
 pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, Restored};
 pub use plan::PlanError;
@@ -341,6 +341,10 @@ pub struct Dataplane {
     pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
     pins: PersistPins,
     mirror: std::sync::Arc<KernelMirror>,
+    /// Connection-table entries at start, XDP's insert count at start, and the entries the
+    /// agent removed since: the base of the eviction estimate ([`Dataplane::map_fill`]).
+    conntrack_base: std::sync::Mutex<Option<(u64, u64)>>,
+    conntrack_removed: std::sync::atomic::AtomicU64,
     /// Set when an apply may have made connection-tracking entries stale (a backend's
     /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
     conntrack_maybe_stale: std::sync::atomic::AtomicBool,
@@ -432,6 +436,8 @@ impl Dataplane {
             pins,
             mirror,
             conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
+            conntrack_base: std::sync::Mutex::new(None),
+            conntrack_removed: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         })
     }
@@ -597,6 +603,83 @@ impl Dataplane {
         Ok((info.run_count(), info.run_time().as_nanos() as u64))
     }
 
+    fn global_stat(&self, index: u32) -> Result<u64, DataplaneError> {
+        let v = self
+            .maps
+            .stats
+            .get(&index, 0)
+            .map_err(|e| DataplaneError::map(map_names::STATS, "read", e))?;
+        Ok(v.iter().fold(0u64, |a, x| a.wrapping_add(*x)))
+    }
+
+    /// How full the connection table, the client pins and the table mirror are, with their
+    /// evictions and refused writes. Reads each map whole in batches (about 100 ms for two
+    /// million entries): call it every few seconds, not per request.
+    pub fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let connections = {
+            let ct = self.maps.conntrack.lock();
+            count(
+                map_names::CONNTRACK,
+                IterableMap::map(&*ct).fd().as_fd(),
+                std::mem::size_of::<FlowKey>(),
+                std::mem::size_of::<Flow>(),
+            )?
+        };
+        let pins = {
+            let p = self.maps.persist.lock();
+            count(
+                map_names::PERSIST,
+                IterableMap::map(&*p).fd().as_fd(),
+                std::mem::size_of::<PersistKey>(),
+                std::mem::size_of::<Persist>(),
+            )?
+        };
+        let mirror = count(
+            map_names::DS_TABLE,
+            self.maps.ds_table.fd(),
+            std::mem::size_of::<lb_common::DsKey>(),
+            std::mem::size_of::<lb_common::DsValue>(),
+        )?;
+        let inserts = self.global_stat(stat::CONNTRACK_INSERT)?;
+        let (base_entries, base_inserts) = *self
+            .conntrack_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert((connections, inserts));
+        let removed = self
+            .conntrack_removed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let evictions = inserts
+            .saturating_sub(base_inserts)
+            .saturating_sub(connections.saturating_sub(base_entries))
+            .saturating_sub(removed);
+        Ok(vec![
+            MapFill {
+                map: "connections",
+                entries: connections,
+                capacity: self.caps.connections,
+                evictions,
+                full: 0,
+            },
+            MapFill {
+                map: "client_pins",
+                entries: pins,
+                capacity: self.caps.client_pins,
+                evictions: 0,
+                full: self.global_stat(stat::PERSIST_FULL)?,
+            },
+            MapFill {
+                map: "table_mirror",
+                entries: mirror,
+                capacity: self.caps.table_mirror_entries,
+                evictions: 0,
+                full: self.mirror.full_total(),
+            },
+        ])
+    }
+
     /// Every counter, summed over CPUs.
     pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         let mut out = DataplaneStats::default();
@@ -670,10 +753,30 @@ impl Dataplane {
                 remove_ok(ct.remove(&k))
                     .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "delete", e))?;
                 removed += 1;
+                self.conntrack_removed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(removed)
     }
+}
+
+fn count(
+    name: &'static str,
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: usize,
+    value: usize,
+) -> Result<u64, DataplaneError> {
+    maps::count_entries(fd, key, value).map_err(|e| {
+        DataplaneError::map(
+            name,
+            "count",
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        )
+    })
 }
 
 fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {

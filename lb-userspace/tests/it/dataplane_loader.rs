@@ -870,3 +870,53 @@ fn kernel_memory_estimate_matches_what_the_kernel_charges() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn map_fill_counts_the_entries_of_each_map() {
+    use latch::tables::Mirror;
+    let dir = PinDir::new();
+    let caps = Capacities {
+        connections: 16_384,
+        client_pins: 1024,
+        table_mirror_entries: 2048,
+        ..Capacities::DEFAULT
+    };
+    let dp = Dataplane::open_with(dir.path(), &caps).expect("open");
+    let fill = |dp: &Dataplane| -> std::collections::HashMap<&str, (u64, u32)> {
+        dp.map_fill()
+            .expect("map fill")
+            .iter()
+            .map(|m| (m.map, (m.entries, m.capacity)))
+            .collect()
+    };
+    assert_eq!(fill(&dp)["connections"], (0, 16_384));
+    {
+        let mut ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
+        // More than one batch of 4096.
+        for i in 0..5000 {
+            let mut k = flow_key(i);
+            k.dst_port = (1000 + i / 250) as u16;
+            ct.insert(k, Flow::default(), 0).expect("flow");
+        }
+        let mut pins: HashMap<MapData, PersistKey, Persist> =
+            pinned(dir.path(), map_names::PERSIST);
+        for i in 0..7u8 {
+            let key = PersistKey {
+                group: 1,
+                client_addr: u32::from(i),
+            };
+            pins.insert(key, Persist::default(), 0).expect("pin");
+        }
+    }
+    let far = monotonic_now_ns() + 3_600_000_000_000;
+    for i in 0..40 {
+        dp.kernel_mirror()
+            .upsert("shop", "", &format!("k{i}"), "v", far);
+    }
+    let f = fill(&dp);
+    assert_eq!(f["connections"], (5000, 16_384));
+    assert_eq!(f["client_pins"], (7, 1024));
+    // 40 entries and two name records.
+    assert_eq!(f["table_mirror"], (42, 2048));
+}
