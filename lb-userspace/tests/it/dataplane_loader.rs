@@ -473,7 +473,7 @@ fn apply_then_read_maps_back() {
     assert_eq!(stats.services.len(), 2);
     assert_eq!(stats.backends.len(), 2);
     assert!(stats.services.iter().all(|s| s.counters.packets == 0));
-    assert_eq!(stats.global.len(), 15);
+    assert_eq!(stats.global.len(), latch::dataplane::GLOBAL_COUNTERS.len());
 }
 
 #[test]
