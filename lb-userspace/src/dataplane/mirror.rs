@@ -193,16 +193,26 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
         self.map.map().fd().as_fd()
     }
 
-    /// Every entry (a walk of the whole map: startup and reload only).
+    /// Every entry (the whole map read in batches: startup and reload only).
     pub(crate) fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
+        let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
         let mut out = Vec::new();
-        for kv in self.map.iter() {
-            match kv {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(DataplaneError::map(self.name, "read", e)),
+        super::maps::lookup_batches(self.fd(), ks, vs, |keys, values, n| {
+            for i in 0..n {
+                // SAFETY: the kernel wrote `n` keys of `ks` bytes and values of `vs` bytes
+                // back to back; K and V are Pod (any bytes are a valid value), read unaligned.
+                let kv = unsafe {
+                    (
+                        std::ptr::read_unaligned(keys[i * ks..].as_ptr().cast::<K>()),
+                        std::ptr::read_unaligned(values[i * vs..].as_ptr().cast::<V>()),
+                    )
+                };
+                out.push(kv);
             }
-        }
+        })
+        .map_err(|e| {
+            DataplaneError::map(self.name, "read", syscall_error("bpf_map_lookup_batch", e))
+        })?;
         Ok(out)
     }
 }
