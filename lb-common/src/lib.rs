@@ -24,17 +24,50 @@ pub const LAYOUT_VERSION: u32 = 2;
 
 /// Maglev lookup table size per service (prime).
 pub const MAGLEV_TABLE_SIZE: u32 = 16381;
-/// Highest number of virtual services (service ids run from 1 to `MAX_SERVICES - 1`).
-pub const MAX_SERVICES: u32 = 64;
-/// Highest number of backends (backend ids run from 1 to `MAX_BACKENDS - 1`; 0 means none).
-pub const MAX_BACKENDS: u32 = 1024;
-/// Entries in the connection tracking LRU map.
-pub const MAX_CONNTRACK: u32 = 262_144;
-/// Entries in the client persistence map.
-pub const MAX_PERSIST: u32 = 262_144;
-/// Entries in the DataScript table mirror (DS_TABLE). The map is created without
-/// preallocation, so memory is only used by entries that exist.
-pub const MAX_DS_ENTRIES: u32 = 262_144;
+/// Sizes of the maps whose capacity the agent chooses at load time (`[agent.capacity]`). The
+/// XDP object declares them with [`Capacities::DEFAULT`]; the agent overrides every one when
+/// it loads the object, so a capacity is configuration, not a constant of the build. The
+/// memory each takes is [`Capacities::kernel_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Capacities {
+    /// Virtual services in the kernel (tcp/udp and fast-path http): SERVICES, SERVICE_STATS
+    /// and the maglev tables. Ids run from 1 to `services - 1`.
+    pub services: u32,
+    /// Servers in the kernel (BACKENDS, BACKEND_STATS). Ids run from 1 to `backends - 1`.
+    pub backends: u32,
+    /// Entries of the connection table (CONNTRACK): one per L4 flow, two per NAT flow.
+    pub connections: u32,
+    /// Client pins (PERSIST): client-IP persistence and fast-path pins.
+    pub client_pins: u32,
+    /// Entries of the DataScript table mirror (DS_TABLE), shared by every virtual service,
+    /// with its name and pin records.
+    pub table_mirror_entries: u32,
+}
+
+impl Capacities {
+    /// The defaults, sized for a production host (see [`Capacities::kernel_bytes`]).
+    pub const DEFAULT: Capacities = Capacities {
+        services: 256,
+        backends: 16_384,
+        connections: 2_097_152,
+        client_pins: 1_048_576,
+        table_mirror_entries: 2_097_152,
+    };
+
+    /// Entries of the flat maglev array.
+    pub const fn maglev_entries(&self) -> u32 {
+        self.services * MAGLEV_SLOTS_PER_SERVICE * MAGLEV_TABLE_SIZE
+    }
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Highest service capacity: keeps every maglev index within `u32`.
+pub const SERVICE_ID_LIMIT: u32 = 65_536;
 /// Longest DataScript table key the kernel mirror holds; longer keys stay in userspace only.
 pub const DS_KEY_BYTES: usize = 64;
 /// Longest DataScript table value the kernel mirror holds; longer values stay in userspace only.
@@ -49,8 +82,6 @@ pub const CONNTRACK_FLAGS: u32 = 2;
 /// Every service owns two maglev tables; `Service::maglev_slot` says which one is live, so the
 /// agent can fill the other and switch with a single map update.
 pub const MAGLEV_SLOTS_PER_SERVICE: u32 = 2;
-/// Number of entries in the flat maglev array.
-pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * MAGLEV_SLOTS_PER_SERVICE * MAGLEV_TABLE_SIZE;
 
 /// Index of the first entry of a service's maglev table in the flat maglev array.
 pub const fn maglev_base(service_id: u32, slot: u32) -> u32 {
@@ -106,7 +137,7 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
-    /// Service id, 1..MAX_SERVICES; indexes the maglev array and per-service counters.
+    /// Service id, 1..[`Capacities::services`]; indexes the maglev array and per-service counters.
     pub id: u32,
     /// [`service_flags`] bits.
     pub flags: u32,
@@ -322,8 +353,15 @@ pub mod stat {
     pub const PASS_NO_FLOW: u32 = 13;
     /// Fast-path (pinned HTTP client) connection forwarded directly.
     pub const FAST_PATH: u32 = 14;
+    /// A live NAT flow's reply entry was missing (evicted under connection-table pressure)
+    /// and was written again by the flow's periodic refresh.
+    pub const REPLY_RESTORED: u32 = 15;
+    /// Entries XDP wrote into the connection table (two per new NAT flow, one per DSR flow).
+    pub const CONNTRACK_INSERT: u32 = 16;
+    /// Client pins XDP could not write: the persistence map is full.
+    pub const PERSIST_FULL: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 20;
 }
 
 /// Names of the pinned maps, shared so the agent finds what the program declares.

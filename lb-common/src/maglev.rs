@@ -6,7 +6,7 @@
 //! hence fixed seeds here and an order-independent build in the agent.
 
 use crate::{
-    FlowKey, MAGLEV_SLOTS_PER_SERVICE, MAGLEV_TABLE_SIZE, MAX_SERVICES, fnv::fnv1a_64_seeded,
+    FlowKey, MAGLEV_SLOTS_PER_SERVICE, MAGLEV_TABLE_SIZE, SERVICE_ID_LIMIT, fnv::fnv1a_64_seeded,
     jhash::jhash_3words, maglev_base,
 };
 
@@ -23,7 +23,7 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
 /// must not index another service's table).
 #[inline(always)]
 pub fn entry_index(service_id: u32, live_slot: u32, flow_hash: u32) -> Option<u32> {
-    if service_id >= MAX_SERVICES || live_slot >= MAGLEV_SLOTS_PER_SERVICE {
+    if service_id >= SERVICE_ID_LIMIT || live_slot >= MAGLEV_SLOTS_PER_SERVICE {
         return None;
     }
     Some(maglev_base(service_id, live_slot) + flow_hash % MAGLEV_TABLE_SIZE)
@@ -79,7 +79,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::MAGLEV_ENTRIES;
 
     #[test]
     fn flow_hash_is_jhash_of_addresses_and_ports() {
@@ -101,15 +100,21 @@ mod tests {
 
     #[test]
     fn entry_index_stays_inside_the_service_table() {
-        assert_eq!(entry_index(MAX_SERVICES, 0, 0), None);
+        assert_eq!(entry_index(SERVICE_ID_LIMIT, 0, 0), None);
         assert_eq!(entry_index(1, MAGLEV_SLOTS_PER_SERVICE, 0), None);
         assert_eq!(entry_index(0, 0, 0), Some(0));
         assert_eq!(
             entry_index(1, 1, MAGLEV_TABLE_SIZE),
             Some(maglev_base(1, 1))
         );
-        let last = entry_index(MAX_SERVICES - 1, MAGLEV_SLOTS_PER_SERVICE - 1, u32::MAX);
-        assert!(last.is_some_and(|i| i < MAGLEV_ENTRIES));
+        // The largest id of the largest capacity indexes inside that capacity's array, and
+        // the arithmetic does not overflow.
+        let largest = crate::Capacities {
+            services: SERVICE_ID_LIMIT,
+            ..crate::Capacities::DEFAULT
+        };
+        let last = entry_index(SERVICE_ID_LIMIT - 1, MAGLEV_SLOTS_PER_SERVICE - 1, u32::MAX);
+        assert!(last.is_some_and(|i| i < largest.maglev_entries()));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Connection tracking: forward entries keyed by the client 5-tuple and, for NAT, reply
 //! entries keyed by the backend's reply 5-tuple.
 
-use lb_common::{Backend, Flow, FlowKey, Service, flow_flags, service_flags};
+use lb_common::{Backend, Flow, FlowKey, Service, flow_flags, service_flags, stat};
 
-use crate::{maps::CONNTRACK, service::usable_backend};
+use crate::{maps::CONNTRACK, service::usable_backend, stats};
 
 /// last_seen is refreshed at most once per second per flow, sparing a cache-line write on
 /// every packet of busy flows. The same period bounds how long an established flow is
@@ -83,11 +83,11 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
     }
     let be = usable_backend(f.backend_id, Some(f.generation))?;
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
-        let flags = if svc.flags & service_flags::DSR != 0 {
-            flow_flags::DSR
-        } else {
-            0
-        };
+        let dsr = svc.flags & service_flags::DSR != 0;
+        let flags = if dsr { flow_flags::DSR } else { 0 };
+        if !dsr {
+            keep_reply(key, f.backend_id, &be, svc.id, now);
+        }
         // SAFETY: `flow` is the same valid, aligned map memory, written with plain aligned
         // stores. Should LRU eviction on another CPU recycle the entry for another tuple since
         // the lookup (a window of a few instructions), these fields land on that entry: a
@@ -132,10 +132,31 @@ pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr
         last_seen_ns: now,
     };
     // An LRU map makes room by itself; a failed insert only costs a re-hash later.
-    let _ = CONNTRACK.insert(key, flow, 0);
+    insert(key, &flow);
     if dsr {
         return;
     }
+    let (reply_key, reply) = reply_entry(key, backend_id, be, service_id, now);
+    insert(&reply_key, &reply);
+}
+
+#[inline(always)]
+fn insert(key: &FlowKey, flow: &Flow) {
+    if CONNTRACK.insert(key, flow, 0).is_ok() {
+        stats::count(stat::CONNTRACK_INSERT);
+    }
+}
+
+/// The reply entry of a NAT flow: keyed by the backend's reply 5-tuple, translating the
+/// source back to the VIP and port the client used.
+#[inline(always)]
+fn reply_entry(
+    key: &FlowKey,
+    backend_id: u32,
+    be: &Backend,
+    service_id: u32,
+    now: u64,
+) -> (FlowKey, Flow) {
     let reply_key = FlowKey {
         src_addr: be.addr,
         dst_addr: key.src_addr,
@@ -154,7 +175,21 @@ pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr
         _pad: 0,
         last_seen_ns: now,
     };
-    let _ = CONNTRACK.insert(reply_key, reply, 0);
+    (reply_key, reply)
+}
+
+/// Keeps a live NAT flow's reply translation, at its forward entry's once-a-second refresh:
+/// the lookup marks the reply entry used, so the LRU evicts colder entries first (a flow whose
+/// backend rarely answers would otherwise lose it), and an entry evicted all the same under
+/// connection-table pressure is written again (counted in `REPLY_RESTORED`). Without this, the
+/// backend's next replies would leave untranslated and the client would reset.
+#[inline(always)]
+fn keep_reply(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, now: u64) {
+    let (reply_key, reply) = reply_entry(key, backend_id, be, service_id, now);
+    if CONNTRACK.get_ptr(reply_key).is_none() {
+        stats::count(stat::REPLY_RESTORED);
+        insert(&reply_key, &reply);
+    }
 }
 
 /// Forgets a tuple (an HTTP SYN going to the proxy must not follow an old fast-path entry).

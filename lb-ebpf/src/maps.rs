@@ -6,41 +6,44 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CONNTRACK_FLAGS, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, MAGLEV_ENTRIES,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES, Persist, PersistKey,
-    Service, ServiceKey, TrafficCounters, stat,
+    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, Persist,
+    PersistKey, Service, ServiceKey, TrafficCounters, stat,
 };
 
+/// The declared sizes; the agent overrides each with its configured capacity at load time.
+const CAP: Capacities = Capacities::DEFAULT;
+
 #[map(name = "LATCH_SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(CAP.services, 0);
 
 #[map(name = "LATCH_BACKENDS")]
-pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<Backend> = Array::pinned(CAP.backends, 0);
 
 #[map(name = "LATCH_MAGLEV")]
-pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
+pub static MAGLEV: Array<u32> = Array::pinned(CAP.maglev_entries(), 0);
 
 #[map(name = "LATCH_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> =
-    LruHashMap::pinned(MAX_CONNTRACK, CONNTRACK_FLAGS);
+    LruHashMap::pinned(CAP.connections, CONNTRACK_FLAGS);
 
 #[map(name = "LATCH_PERSIST")]
-pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::pinned(MAX_PERSIST, 0);
+pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::pinned(CAP.client_pins, 0);
 
 #[map(name = "LATCH_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
 #[map(name = "LATCH_SVC_STATS")]
-pub static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(CAP.services, 0);
 
 #[map(name = "LATCH_BE_STATS")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(CAP.backends, 0);
 
 /// Kernel mirror of the agent's DataScript tables, pinned so that a restarted agent restores
 /// them. XDP never reads it; it is declared here so the loader creates and pins it with the
 /// other maps.
 #[map(name = "LATCH_DS_TABLE")]
-pub static DS_TABLE: HashMap<DsKey, DsValue> = HashMap::pinned(MAX_DS_ENTRIES, DS_TABLE_FLAGS);
+pub static DS_TABLE: HashMap<DsKey, DsValue> =
+    HashMap::pinned(CAP.table_mirror_entries, DS_TABLE_FLAGS);
 
 /// Per-CPU next-hop cache (see nexthop.rs). Not pinned: it caches the kernel's own FIB and
 /// ifindexes, which a fresh program relearns within one lookup per destination.

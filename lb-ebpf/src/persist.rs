@@ -38,6 +38,9 @@ pub fn pin(group: u32, client_addr: u32, backend_id: u32, be: &Backend, now: u64
         generation: be.generation,
         expires_ns: now.saturating_add(ttl_ns),
     };
-    // A full map only loses stickiness for this client; the flow itself still proceeds.
-    let _ = PERSIST.insert(key, value, 0);
+    // A full map only loses stickiness for this client; the flow itself still proceeds. It
+    // is counted, so the agent can tell the map is full.
+    if PERSIST.insert(key, value, 0).is_err() {
+        crate::stats::count(lb_common::stat::PERSIST_FULL);
+    }
 }

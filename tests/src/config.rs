@@ -112,6 +112,28 @@ pub struct AgentSettings {
     state_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     datascript: Option<ScriptLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<Capacity>,
+}
+
+/// `[agent.capacity]`: the kernel map sizes a test sets (latch's defaults otherwise).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Capacity {
+    /// CONNTRACK entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// PERSIST entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_pins: Option<u32>,
+    /// DS_TABLE entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_mirror_entries: Option<u32>,
+    /// Kernel virtual services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_services: Option<u32>,
+    /// Kernel servers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servers: Option<u32>,
 }
 
 /// `[agent.datascript]`: the script limits a test sets (latch's defaults otherwise).
@@ -121,6 +143,8 @@ pub struct ScriptLimits {
     max_event_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     table_memory_limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_max_entries: Option<u32>,
 }
 
 impl AgentSettings {
@@ -135,6 +159,7 @@ impl AgentSettings {
             workers: None,
             state_file: None,
             datascript: None,
+            capacity: None,
         }
     }
 
@@ -172,6 +197,18 @@ impl AgentSettings {
     /// `[agent.datascript] table_memory_limit`, e.g. "8MiB".
     pub fn table_memory_limit(mut self, limit: &str) -> Self {
         self.datascript.get_or_insert_default().table_memory_limit = Some(limit.to_string());
+        self
+    }
+
+    /// `[agent.datascript] table_max_entries`.
+    pub fn table_max_entries(mut self, entries: u32) -> Self {
+        self.datascript.get_or_insert_default().table_max_entries = Some(entries);
+        self
+    }
+
+    /// `[agent.capacity]`.
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = Some(capacity);
         self
     }
 

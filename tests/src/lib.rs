@@ -22,8 +22,8 @@ pub use client::{
     http_get_from, http_request, http_request_async, http_upload, udp_roundtrip, udp_roundtrip_on,
 };
 pub use config::{
-    AgentSettings, DataScript, Event, HealthMonitor, IpGroup, LatchConfig, Pool, RateLimiter,
-    Replication, Tls, VirtualService,
+    AgentSettings, Capacity, DataScript, Event, HealthMonitor, IpGroup, LatchConfig, Pool,
+    RateLimiter, Replication, Tls, VirtualService,
 };
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};

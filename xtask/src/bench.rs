@@ -21,6 +21,18 @@ pub enum BenchCmd {
     /// stick table and nginx with Lua, at equal worker counts; table ops/s and bytes/entry.
     /// Writes target/bench/http.{md,json,png}.
     Http(HttpArgs),
+    /// Scale: DataScript table inserts and lookups per second with p50/p99 at 10 k, 100 k and
+    /// 1 M entries (kernel mirror attached), RSS per entry, restore time after a kill -9 at
+    /// 1 M entries, and the config load of 1,000 virtual services of 10 servers each. Writes
+    /// target/bench/scale.{md,json}.
+    Scale(ScaleArgs),
+}
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Rounds (the sizes alternate within each round; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[derive(Args)]
@@ -81,6 +93,7 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             "--inserts".into(),
             a.inserts.to_string(),
         ],
+        BenchCmd::Scale(a) => vec!["scale".into(), "--rounds".into(), a.rounds.to_string()],
         BenchCmd::Http(a) => {
             let mut v = vec![
                 "http".into(),

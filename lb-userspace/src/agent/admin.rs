@@ -69,6 +69,8 @@ pub struct Shared {
     pub levers: Mutex<Levers>,
     /// Where `levers` are kept across restarts.
     pub state_file: PathBuf,
+    /// How full the kernel maps were at the last sweep.
+    pub map_fill: Mutex<Vec<crate::dataplane::MapFill>>,
 }
 
 impl Shared {
@@ -144,12 +146,14 @@ impl AgentAdmin {
             }
         };
         let health = s.monitor.snapshot();
+        let mirror = s.dataplane.lock().kernel_mirror();
         let tables: Vec<(String, TableCounters)> = s
             .tables
             .vs_names()
             .into_iter()
             .filter_map(|name| {
                 let c = s.tables.get_vs(&name)?.counters();
+                let u = mirror.unmirrored(&name);
                 Some((
                     name,
                     TableCounters {
@@ -163,6 +167,9 @@ impl AgentAdmin {
                         failures: c.failures,
                         bytes: c.bytes,
                         memory_limit: c.memory_limit,
+                        unmirrored_full: u.full,
+                        unmirrored_too_large: u.too_large,
+                        unmirrored_failed: u.failed,
                     },
                 ))
             })
@@ -323,6 +330,19 @@ impl AdminBackend for AgentAdmin {
 
     fn metrics_snapshot(&self) -> MetricsSnapshot {
         let mut snapshot = self.with_sources(|s| s.metrics());
+        snapshot.maps = self
+            .shared
+            .map_fill
+            .lock()
+            .iter()
+            .map(|m| crate::api::metrics::MapMetrics {
+                map: m.map.to_owned(),
+                entries: m.entries,
+                capacity: u64::from(m.capacity),
+                evictions: m.evictions,
+                full: m.full,
+            })
+            .collect();
         snapshot.replication = self.shared.replication.lock().as_ref().map(|r| {
             let st = r.stats();
             ReplicationMetrics {

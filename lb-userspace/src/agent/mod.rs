@@ -76,6 +76,10 @@ impl From<ConfigErrors> for AgentError {
 
 /// How often expired persistence entries and stale flows are collected.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// A kernel map fuller than this (percent of its capacity) is warned about.
+const MAP_FILL_WARN_PERCENT: u64 = 90;
+/// Least time between two fill warnings of one map.
+const MAP_FILL_WARN_EVERY: Duration = Duration::from_secs(60);
 /// How often queued table lifetime changes are written into the kernel mirror (see
 /// `dataplane::mirror`): a kill -9 can lose at most this much of them.
 const MIRROR_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -123,6 +127,10 @@ pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
                 spec.services.len(),
                 config.pools.len()
             );
+            print!(
+                "{}",
+                kernel_memory_report(&config.agent.capacity, dataplane::possible_cpus())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -132,6 +140,40 @@ pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// What `latch check` says of the kernel memory the maps will take.
+fn kernel_memory_report(caps: &lb_common::Capacities, cpus: u32) -> String {
+    let maps = dataplane::kernel_memory(caps, cpus);
+    let fixed: u64 = maps.iter().map(|m| m.fixed_bytes).sum();
+    let most: u64 = maps
+        .iter()
+        .map(|m| m.fixed_bytes + m.per_entry_bytes * u64::from(m.max_entries))
+        .sum();
+    let mut out = format!(
+        "kernel maps ([agent.capacity], {cpus} possible CPUs): {} when created, up to {} with \
+         the table mirror full\n",
+        mib(fixed),
+        mib(most)
+    );
+    for m in &maps {
+        let per = if m.per_entry_bytes > 0 {
+            format!(" + {} B per entry present", m.per_entry_bytes)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  {:<18} {:>10} entries  {:>11}{per}\n",
+            m.name,
+            m.max_entries,
+            mib(m.fixed_bytes)
+        ));
+    }
+    out
 }
 
 /// `latch down -c FILE`: detach and unpin everything under the config's bpffs_dir.
@@ -199,6 +241,8 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
 struct Agent {
     shared: Arc<admin::Shared>,
     fastpath: Arc<fastpath::FastPath>,
+    /// When each map's fill warning was last logged.
+    map_warned: Mutex<HashMap<&'static str, std::time::Instant>>,
 }
 
 fn has_http(config: &Config) -> bool {
@@ -214,10 +258,14 @@ impl Agent {
         health_events: mpsc::UnboundedSender<HealthEvent>,
     ) -> Result<Self, AgentError> {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-        let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
+        let limits = TableLimits {
+            max_entries: config.agent.datascript.table_max_entries,
+            ..TableLimits::default()
+        };
+        let tables = Arc::new(TableStore::new(limits, Arc::new(NoMirror)));
         let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
-        let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let mut dataplane = Dataplane::open_with(&config.agent.bpffs_dir, &config.agent.capacity)?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
         let state_file = config.agent.server_state_file();
         let levers = levers::load(&state_file, &config);
@@ -276,8 +324,13 @@ impl Agent {
             pools: RwLock::new(plan.pools),
             levers: Mutex::new(levers),
             state_file,
+            map_fill: Mutex::new(Vec::new()),
         });
-        Ok(Self { shared, fastpath })
+        Ok(Self {
+            shared,
+            fastpath,
+            map_warned: Mutex::new(HashMap::new()),
+        })
     }
 
     fn config(&self) -> Arc<Config> {
@@ -463,6 +516,43 @@ impl Agent {
             Ok(n) => tracing::debug!(removed = n, "swept expired data-plane entries"),
             Err(err) => tracing::warn!(%err, "data-plane sweep failed"),
         }
+        self.check_maps();
+    }
+
+    /// Reads how full the kernel maps are (for /metrics) and warns, at most once a minute per
+    /// map, while one is above [`MAP_FILL_WARN_PERCENT`] of its capacity.
+    fn check_maps(&self) {
+        let fill = match self.shared.dataplane.lock().map_fill() {
+            Ok(f) => f,
+            Err(err) => {
+                tracing::warn!(%err, "reading how full the kernel maps are failed");
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        let mut warned = self.map_warned.lock();
+        for m in &fill {
+            if m.entries * 100 < u64::from(m.capacity) * MAP_FILL_WARN_PERCENT {
+                continue;
+            }
+            if warned
+                .get(m.map)
+                .is_some_and(|t| now.duration_since(*t) < MAP_FILL_WARN_EVERY)
+            {
+                continue;
+            }
+            warned.insert(m.map, now);
+            tracing::warn!(
+                map = m.map,
+                entries = m.entries,
+                capacity = m.capacity,
+                evictions = m.evictions,
+                refused_full = m.full,
+                "kernel map above {MAP_FILL_WARN_PERCENT}% of its capacity; raise it in \
+                 [agent.capacity] (a restart migrates the entries)"
+            );
+        }
+        *self.shared.map_fill.lock() = fill;
     }
 
     /// SIGTERM: drain HTTP; the data plane stays attached and pinned.

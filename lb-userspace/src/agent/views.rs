@@ -215,6 +215,12 @@ impl Sources<'_> {
             reloads_applied: self.reloads_applied,
             reloads_refused: self.reloads_refused,
             last_reload_unix_seconds: self.last_reload.map(unix_seconds),
+            tables_unmirrored: self
+                .tables
+                .iter()
+                .filter(|(_, c)| c.unmirrored() > 0)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -421,6 +427,8 @@ impl Sources<'_> {
             health,
             // Filled by the agent, which owns the replication handle.
             replication: None,
+            // Filled by the agent too, from its last sweep.
+            maps: Vec::new(),
         }
     }
 }

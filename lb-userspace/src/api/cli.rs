@@ -468,6 +468,20 @@ pub fn format_status(s: &StatusView, pools: &[PoolView], now: u64) -> String {
             .map(|t| format!(" (last {} ago)", human_duration(now.saturating_sub(t))))
             .unwrap_or_default()
     ));
+    if s.tables_unmirrored.is_empty() {
+        out.push_str("kernel table mirror: every table entry mirrored (all survive a kill -9)\n");
+    } else {
+        out.push_str("table entries NOT in the kernel mirror (lost on kill -9):\n");
+        for (vs, c) in &s.tables_unmirrored {
+            out.push_str(&format!(
+                "  {vs}: {} (mirror full {}, too large {}, refused {})\n",
+                c.unmirrored(),
+                c.unmirrored_full,
+                c.unmirrored_too_large,
+                c.unmirrored_failed
+            ));
+        }
+    }
     if pools.is_empty() {
         return out;
     }

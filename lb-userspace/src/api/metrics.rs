@@ -111,6 +111,21 @@ pub struct ServerHealthMetrics {
     pub drain_connections_left: Option<u64>,
 }
 
+/// How full one kernel map is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMetrics {
+    /// `connections`, `client_pins` or `table_mirror` (label `map`).
+    pub map: String,
+    /// Entries present.
+    pub entries: u64,
+    /// Capacity (`[agent.capacity]`).
+    pub capacity: u64,
+    /// Entries evicted to make room (connections; an estimate, see `dataplane::MapFill`).
+    pub evictions: u64,
+    /// Writes refused because the map was full.
+    pub full: u64,
+}
+
 /// Everything `/metrics` shows, filled by the agent at scrape time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
@@ -138,6 +153,9 @@ pub struct MetricsSnapshot {
     pub health: Vec<ServerHealthMetrics>,
     /// Table replication through Redis, when configured.
     pub replication: Option<ReplicationMetrics>,
+    /// Kernel map fill, per map (read at the agent's last sweep).
+    #[serde(default)]
+    pub maps: Vec<MapMetrics>,
 }
 
 /// Counters of table replication through Redis.
@@ -512,6 +530,52 @@ impl Collector for SnapshotCollector {
                     .map(|t| (labels([("vs", &t.vs)]), gauge_value(get(&t.counters)))),
             )?;
         }
+        f.gauge(
+            "map_entries",
+            "Entries in a kernel map (connections, client_pins, table_mirror), read every 5 s.",
+            None,
+            s.maps
+                .iter()
+                .map(|m| (labels([("map", m.map.as_str())]), gauge_value(m.entries))),
+        )?;
+        f.gauge(
+            "map_capacity",
+            "Capacity of a kernel map ([agent.capacity]); a warning is logged above 90%.",
+            None,
+            s.maps
+                .iter()
+                .map(|m| (labels([("map", m.map.as_str())]), gauge_value(m.capacity))),
+        )?;
+        f.counter(
+            "map_evictions",
+            "Entries the connection table evicted to make room (estimated: entries XDP wrote, less the growth and the agent's removals).",
+            None,
+            s.maps
+                .iter()
+                .map(|m| (labels([("map", m.map.as_str())]), m.evictions)),
+        )?;
+        f.counter(
+            "map_full",
+            "Writes refused because a kernel map was full (client pins by XDP, table entries by the mirror).",
+            None,
+            s.maps
+                .iter()
+                .map(|m| (labels([("map", m.map.as_str())]), m.full)),
+        )?;
+        f.counter(
+            "table_unmirrored",
+            "Table entry writes the kernel mirror could not take, by reason (full: [agent.capacity] table_mirror_entries; too_large: key or value over 64 bytes; failed: refused by the kernel). Those entries live in user space only and are lost on kill -9.",
+            None,
+            s.tables.iter().flat_map(|t| {
+                [
+                    ("full", t.counters.unmirrored_full),
+                    ("too_large", t.counters.unmirrored_too_large),
+                    ("failed", t.counters.unmirrored_failed),
+                ]
+                .into_iter()
+                .map(|(reason, v)| (labels([("vs", t.vs.as_str()), ("reason", reason)]), v))
+            }),
+        )?;
         let table_counters: [Field<TableCounters>; 7] = [
             ("table_inserts", "New keys stored.", |c| c.inserts),
             ("table_updates", "Inserts of a live key.", |c| c.updates),

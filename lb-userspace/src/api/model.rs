@@ -38,6 +38,10 @@ pub struct StatusView {
     pub reloads_refused: u64,
     /// Time of the last reload attempt, seconds since the Unix epoch.
     pub last_reload_unix_seconds: Option<u64>,
+    /// Per virtual service with table entries the kernel mirror could not take: (name,
+    /// counters). Those entries are lost when the agent is killed.
+    #[serde(default)]
+    pub tables_unmirrored: Vec<(String, TableCounters)>,
 }
 
 /// Responses by status class.
@@ -141,6 +145,23 @@ pub struct TableCounters {
     /// The tables' memory limit in bytes (`[agent.datascript] table_memory_limit`).
     #[serde(default)]
     pub memory_limit: u64,
+    /// Entry writes the kernel mirror could not take because it was full: those entries
+    /// live in user space only and do not survive a kill -9.
+    #[serde(default)]
+    pub unmirrored_full: u64,
+    /// Entry writes not mirrored because the key or value is longer than the mirror holds.
+    #[serde(default)]
+    pub unmirrored_too_large: u64,
+    /// Entry writes the kernel refused otherwise.
+    #[serde(default)]
+    pub unmirrored_failed: u64,
+}
+
+impl TableCounters {
+    /// Entry writes not mirrored into the kernel, for every reason.
+    pub fn unmirrored(&self) -> u64 {
+        self.unmirrored_full + self.unmirrored_too_large + self.unmirrored_failed
+    }
 }
 
 /// `GET /api/v1/virtual-services`: one element.

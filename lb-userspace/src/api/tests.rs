@@ -177,6 +177,9 @@ fn sample_snapshot() -> MetricsSnapshot {
                 failures: 1,
                 bytes: 4096,
                 memory_limit: 65536,
+                unmirrored_full: 5,
+                unmirrored_too_large: 3,
+                unmirrored_failed: 0,
             },
         }],
         datascripts: vec![DataScriptMetrics {
@@ -212,6 +215,13 @@ fn sample_snapshot() -> MetricsSnapshot {
             connected: true,
             ..Default::default()
         }),
+        maps: vec![crate::api::metrics::MapMetrics {
+            map: "connections".into(),
+            entries: 1900,
+            capacity: 2048,
+            evictions: 77,
+            full: 0,
+        }],
     }
 }
 
@@ -361,6 +371,21 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
         value(&samples, "latch_table_memory_bytes", &[("vs", "we\"b\\1")]),
         4096.0
     );
+    let conn = [("map", "connections")];
+    assert_eq!(value(&samples, "latch_map_entries", &conn), 1900.0);
+    assert_eq!(value(&samples, "latch_map_capacity", &conn), 2048.0);
+    assert_eq!(value(&samples, "latch_map_evictions_total", &conn), 77.0);
+    assert_eq!(value(&samples, "latch_map_full_total", &conn), 0.0);
+    for (reason, n) in [("full", 5.0), ("too_large", 3.0), ("failed", 0.0)] {
+        assert_eq!(
+            value(
+                &samples,
+                "latch_table_unmirrored_total",
+                &[("vs", "we\"b\\1"), ("reason", reason)]
+            ),
+            n
+        );
+    }
     assert_eq!(
         value(
             &samples,

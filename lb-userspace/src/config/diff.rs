@@ -94,6 +94,12 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if o.workers != n.workers {
         restart_required.push("workers");
     }
+    if o.capacity != n.capacity {
+        restart_required.push("capacity");
+    }
+    if o.datascript.table_max_entries != n.datascript.table_max_entries {
+        restart_required.push("table_max_entries");
+    }
     let agent_changed = o.http != n.http
         || o.datascript != n.datascript
         || o.log_format != n.log_format

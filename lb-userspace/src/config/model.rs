@@ -75,6 +75,9 @@ pub struct AgentConfig {
     pub http: HttpLimits,
     /// `[agent.datascript]`: DataScript VM limits.
     pub datascript: DataScriptLimits,
+    /// `[agent.capacity]`: sizes of the kernel maps (a change applies at the next start,
+    /// which migrates the pinned entries).
+    pub capacity: lb_common::Capacities,
 }
 
 impl Default for AgentConfig {
@@ -89,9 +92,14 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             http: HttpLimits::default(),
             datascript: DataScriptLimits::default(),
+            capacity: lb_common::Capacities::DEFAULT,
         }
     }
 }
+
+/// Entries of the kernel table mirror kept free beyond `table_max_entries` for the name
+/// records (one per virtual service and table name).
+pub const MIRROR_RESERVE: usize = 1024;
 
 /// Directory of the default server state files.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
@@ -169,6 +177,10 @@ pub struct DataScriptLimits {
     /// Bytes the persistence tables of one virtual service may hold (keys, values and
     /// per-entry overhead); an insert beyond it returns false. Default 64 MiB.
     pub table_memory_limit: usize,
+    /// `table_max_entries`: entries the persistence tables of one virtual service may hold
+    /// (an insert beyond returns false). At most `[agent.capacity] table_mirror_entries`, so
+    /// a virtual service's tables always fit the kernel mirror. Default 1,000,000.
+    pub table_max_entries: usize,
     /// Headers the scripts of one transaction may add or replace. Default 100.
     pub max_added_headers: usize,
     /// Bytes (names and values) of the headers the scripts of one transaction may add or
@@ -190,6 +202,7 @@ impl Default for DataScriptLimits {
             memory_limit: 16 * 1024 * 1024,
             max_event_time: Duration::from_millis(50),
             table_memory_limit: 64 * 1024 * 1024,
+            table_max_entries: 1_000_000,
             max_added_headers: 100,
             max_added_header_bytes: 64 * 1024,
             max_body_buffer: DEFAULT_MAX_BODY_BUFFER,

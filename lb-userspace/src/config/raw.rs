@@ -23,6 +23,17 @@ pub(crate) struct RawAgent {
     pub log_format: Option<LogFormat>,
     pub http: Option<RawHttp>,
     pub datascript: Option<RawDsLimits>,
+    pub capacity: Option<RawCapacity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCapacity {
+    pub connections: Option<Spanned<u32>>,
+    pub client_pins: Option<Spanned<u32>>,
+    pub table_mirror_entries: Option<Spanned<u32>>,
+    pub virtual_services: Option<Spanned<u32>>,
+    pub servers: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +55,7 @@ pub(crate) struct RawDsLimits {
     pub memory_limit: Option<Spanned<ByteSize>>,
     pub max_event_time: Option<SStr>,
     pub table_memory_limit: Option<Spanned<ByteSize>>,
+    pub table_max_entries: Option<Spanned<u32>>,
     pub max_added_headers: Option<Spanned<usize>>,
     pub max_added_header_bytes: Option<Spanned<ByteSize>>,
     pub max_body_buffer: Option<Spanned<ByteSize>>,

@@ -1014,4 +1014,57 @@ max_body_buffer = "64KiB"
 
 // [[string_group]], [[ip_group]], [[rate_limiter]] and a service's rate_limit.
 mod groups;
+
+#[test]
+fn capacities_parse_and_a_table_limit_beyond_the_mirror_is_refused() {
+    let c = ok(&format!(
+        "{BASE}\n[agent.capacity]\nconnections = 8388608\nclient_pins = 4096\n\
+         table_mirror_entries = 5000\nvirtual_services = 1024\nservers = 100\n\
+         [agent.datascript]\ntable_max_entries = 3976\n"
+    ));
+    let cap = c.agent.capacity;
+    assert_eq!(
+        (
+            cap.connections,
+            cap.client_pins,
+            cap.table_mirror_entries,
+            cap.services,
+            cap.backends
+        ),
+        (8_388_608, 4096, 5000, 1024, 100)
+    );
+    assert_eq!(c.agent.datascript.table_max_entries, 3976);
+    // The defaults agree with each other.
+    let d = ok(BASE);
+    assert!(
+        d.agent.datascript.table_max_entries + model::MIRROR_RESERVE
+            <= d.agent.capacity.table_mirror_entries as usize
+    );
+
+    let e = errors(&format!(
+        "{BASE}\n[agent.capacity]\ntable_mirror_entries = 5000\n\
+         [agent.datascript]\ntable_max_entries = 3977\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("/etc/latch/latch.toml:17:"), "{e:?}");
+    assert!(e[0].contains("does not fit the kernel mirror"), "{e:?}");
+    // Without table_max_entries the mirror's own key is pointed at.
+    let e = errors(&format!(
+        "{BASE}\n[agent.capacity]\ntable_mirror_entries = 2000\n"
+    ));
+    assert!(e.len() == 1 && e[0].contains(":15:"), "{e:?}");
+    let e = errors(&format!(
+        "{BASE}\n[agent.capacity]\nvirtual_services = 70000\nconnections = 10\n"
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("virtual_services must be at most 65536")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("connections must be at least 1024")),
+        "{e:?}"
+    );
+}
 mod tls;

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lb_common::{Capacities, SERVICE_ID_LIMIT};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -340,6 +341,12 @@ impl Validator<'_> {
                     d.table_memory_limit,
                     64 * 1024,
                 ),
+                table_max_entries: self.at_least(
+                    ds.table_max_entries.as_ref(),
+                    d.table_max_entries as u32,
+                    1,
+                    "table_max_entries",
+                ) as usize,
                 max_added_headers: self.at_least(
                     ds.max_added_headers.as_ref(),
                     d.max_added_headers,
@@ -354,7 +361,80 @@ impl Validator<'_> {
                 max_body_buffer: self.size(ds.max_body_buffer.as_ref(), d.max_body_buffer, 1024),
             };
         }
+        if let Some(c) = &raw.capacity {
+            agent.capacity = self.capacity(c);
+        }
+        let mirror = agent.capacity.table_mirror_entries as usize;
+        if agent.datascript.table_max_entries + MIRROR_RESERVE > mirror {
+            let span = raw
+                .datascript
+                .as_ref()
+                .and_then(|d| d.table_max_entries.as_ref().map(|v| v.span()))
+                .or_else(|| {
+                    raw.capacity
+                        .as_ref()
+                        .and_then(|c| c.table_mirror_entries.as_ref().map(|v| v.span()))
+                });
+            if let Some(span) = span {
+                self.sink.error(
+                    span,
+                    format!(
+                        "[agent.datascript] table_max_entries ({}) does not fit the kernel mirror: \
+                         [agent.capacity] table_mirror_entries ({mirror}) must hold it plus \
+                         {MIRROR_RESERVE} name records, or entries would be lost on a restart",
+                        agent.datascript.table_max_entries
+                    ),
+                );
+            }
+        }
         agent
+    }
+
+    fn capacity(&mut self, c: &RawCapacity) -> Capacities {
+        let d = Capacities::DEFAULT;
+        let mut bounded =
+            |v: Option<&Spanned<u32>>, default: u32, min: u32, max: u32, what: &str| {
+                let n = self.at_least(v, default, min, what);
+                if n > max {
+                    if let Some(v) = v {
+                        self.sink
+                            .error(v.span(), format!("{what} must be at most {max}"));
+                    }
+                    return default;
+                }
+                n
+            };
+        Capacities {
+            connections: bounded(
+                c.connections.as_ref(),
+                d.connections,
+                1024,
+                1 << 28,
+                "connections",
+            ),
+            client_pins: bounded(
+                c.client_pins.as_ref(),
+                d.client_pins,
+                16,
+                1 << 28,
+                "client_pins",
+            ),
+            table_mirror_entries: bounded(
+                c.table_mirror_entries.as_ref(),
+                d.table_mirror_entries,
+                MIRROR_RESERVE as u32 + 1,
+                1 << 28,
+                "table_mirror_entries",
+            ),
+            services: bounded(
+                c.virtual_services.as_ref(),
+                d.services,
+                2,
+                SERVICE_ID_LIMIT,
+                "virtual_services",
+            ),
+            backends: bounded(c.servers.as_ref(), d.backends, 2, 1 << 24, "servers"),
+        }
     }
 
     fn pools(&mut self, raws: &[RawPool]) -> Vec<PoolInfo> {
@@ -668,12 +748,13 @@ impl Validator<'_> {
             let in_kernel = kind != ServiceType::Http || fast_path;
             if in_kernel {
                 kernel_services += 1;
-                if kernel_services == lb_common::MAX_SERVICES as usize {
+                if kernel_services == agent.capacity.services as usize {
                     self.sink.error(
                         raw.name.span(),
                         format!(
-                            "too many tcp/udp/fast-path services: the data plane holds at most {}",
-                            lb_common::MAX_SERVICES - 1
+                            "too many tcp/udp/fast-path services: the data plane holds at most {} \
+                             ([agent.capacity] virtual_services)",
+                            agent.capacity.services - 1
                         ),
                     );
                 }

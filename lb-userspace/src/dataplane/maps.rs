@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, CONNTRACK_FLAGS, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, LAYOUT_VERSION,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_CONNTRACK, MAX_DS_ENTRIES, MAX_PERSIST, MAX_SERVICES,
-    Persist, PersistKey, Service, ServiceKey, TrafficCounters, map_names, stat,
+    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
+    LAYOUT_VERSION, Persist, PersistKey, Service, ServiceKey, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 
@@ -82,80 +81,280 @@ const fn shape(kind: Kind, key_size: usize, value_size: usize, max_entries: u32)
 
 use core::mem::size_of;
 
-/// Every map the XDP object declares, with the shape lb-common's types give it. A map added
-/// later (DS_TABLE) may be absent from an older pin directory of the same layout version: the
-/// loader then creates and pins it, and the manifest is rewritten (see [`check_pins`]).
-pub(crate) const EXPECTED: [(&str, Shape); 9] = [
-    (
-        map_names::SERVICES,
-        shape(
-            Kind::Hash,
-            size_of::<ServiceKey>(),
-            size_of::<Service>(),
-            MAX_SERVICES,
-        ),
-    ),
-    (
-        map_names::BACKENDS,
-        shape(Kind::Array, 4, size_of::<Backend>(), MAX_BACKENDS),
-    ),
-    (map_names::MAGLEV, shape(Kind::Array, 4, 4, MAGLEV_ENTRIES)),
-    (
-        map_names::CONNTRACK,
-        Shape {
-            flags: CONNTRACK_FLAGS,
-            ..shape(
-                Kind::LruHash,
-                size_of::<FlowKey>(),
-                size_of::<Flow>(),
-                MAX_CONNTRACK,
-            )
-        },
-    ),
-    (
-        map_names::PERSIST,
-        shape(
-            Kind::Hash,
-            size_of::<PersistKey>(),
-            size_of::<Persist>(),
-            MAX_PERSIST,
-        ),
-    ),
-    (
-        map_names::STATS,
-        shape(Kind::PerCpuArray, 4, 8, stat::COUNT),
-    ),
-    (
-        map_names::SERVICE_STATS,
-        shape(
-            Kind::PerCpuArray,
-            4,
-            size_of::<TrafficCounters>(),
-            MAX_SERVICES,
-        ),
-    ),
-    (
-        map_names::BACKEND_STATS,
-        shape(
-            Kind::PerCpuArray,
-            4,
-            size_of::<TrafficCounters>(),
-            MAX_BACKENDS,
-        ),
-    ),
-    (
-        map_names::DS_TABLE,
-        Shape {
-            flags: DS_TABLE_FLAGS,
-            ..shape(
+/// Every map the XDP object declares, with the shape lb-common's types and the configured
+/// capacities give it. A map added later (DS_TABLE) may be absent from an older pin directory
+/// of the same layout version: the loader then creates and pins it, and the manifest is
+/// rewritten (see [`check_pins`]).
+pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 9] {
+    [
+        (
+            map_names::SERVICES,
+            shape(
                 Kind::Hash,
-                size_of::<DsKey>(),
-                size_of::<DsValue>(),
-                MAX_DS_ENTRIES,
-            )
-        },
-    ),
+                size_of::<ServiceKey>(),
+                size_of::<Service>(),
+                caps.services,
+            ),
+        ),
+        (
+            map_names::BACKENDS,
+            shape(Kind::Array, 4, size_of::<Backend>(), caps.backends),
+        ),
+        (
+            map_names::MAGLEV,
+            shape(Kind::Array, 4, 4, caps.maglev_entries()),
+        ),
+        (
+            map_names::CONNTRACK,
+            Shape {
+                flags: CONNTRACK_FLAGS,
+                ..shape(
+                    Kind::LruHash,
+                    size_of::<FlowKey>(),
+                    size_of::<Flow>(),
+                    caps.connections,
+                )
+            },
+        ),
+        (
+            map_names::PERSIST,
+            shape(
+                Kind::Hash,
+                size_of::<PersistKey>(),
+                size_of::<Persist>(),
+                caps.client_pins,
+            ),
+        ),
+        (
+            map_names::STATS,
+            shape(Kind::PerCpuArray, 4, 8, stat::COUNT),
+        ),
+        (
+            map_names::SERVICE_STATS,
+            shape(
+                Kind::PerCpuArray,
+                4,
+                size_of::<TrafficCounters>(),
+                caps.services,
+            ),
+        ),
+        (
+            map_names::BACKEND_STATS,
+            shape(
+                Kind::PerCpuArray,
+                4,
+                size_of::<TrafficCounters>(),
+                caps.backends,
+            ),
+        ),
+        (
+            map_names::DS_TABLE,
+            Shape {
+                flags: DS_TABLE_FLAGS,
+                ..shape(
+                    Kind::Hash,
+                    size_of::<DsKey>(),
+                    size_of::<DsValue>(),
+                    caps.table_mirror_entries,
+                )
+            },
+        ),
+    ]
+}
+
+/// The maps whose size may change between agents: the capacities, and STATS when counters
+/// are added.
+pub(crate) const RESIZABLE: [&str; 9] = [
+    map_names::STATS,
+    map_names::SERVICES,
+    map_names::BACKENDS,
+    map_names::MAGLEV,
+    map_names::CONNTRACK,
+    map_names::PERSIST,
+    map_names::SERVICE_STATS,
+    map_names::BACKEND_STATS,
+    map_names::DS_TABLE,
 ];
+
+/// `BPF_MAP_LOOKUP_BATCH`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_int = 24;
+
+/// The `batch` member of `bpf_attr`.
+#[repr(C, align(8))]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads a (non per-CPU) hash map whole in batches of 4096 entries (one syscall each, about
+/// 50 ms for a million entries where a key-by-key walk takes two syscalls per entry), handing
+/// each batch's keys and values (`n` of each, `key_size` and `value_size` bytes apart) to
+/// `batch`. Returns the entries read.
+pub(crate) fn lookup_batches(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    mut batch: impl FnMut(&[u8], &[u8], usize),
+) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const BATCH: usize = 4096;
+    let mut keys = vec![0u8; key_size * BATCH];
+    let mut values = vec![0u8; value_size * BATCH];
+    // The hash map's batch token is a bucket index (u32); room for a u64.
+    let mut token_in = 0u64;
+    let mut token_out = 0u64;
+    let mut total = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_mut(&mut token_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` points at buffers of `count` keys and values of the map's sizes and at
+        // two 8-byte tokens, all alive until the call returns; the kernel reads at most
+        // `size_of::<BatchAttr>()` bytes of `attr` and writes back `count` and the tokens.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let n = (attr.count as usize).min(BATCH);
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                // The last (maybe partial) batch.
+                batch(&keys[..n * key_size], &values[..n * value_size], n);
+                return Ok(total + n as u64);
+            }
+            return Err(e);
+        }
+        batch(&keys[..n * key_size], &values[..n * value_size], n);
+        total += n as u64;
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Entries of a (non per-CPU) hash map (see [`lookup_batches`]).
+pub(crate) fn count_entries(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+) -> std::io::Result<u64> {
+    lookup_batches(fd, key_size, value_size, |_, _, _| {})
+}
+
+/// How full one map is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapFill {
+    /// `connections`, `client_pins` or `table_mirror`.
+    pub map: &'static str,
+    /// Entries present.
+    pub entries: u64,
+    /// Its capacity.
+    pub capacity: u32,
+    /// Entries evicted to make room (the connection table, an LRU map: estimated as the
+    /// entries XDP wrote minus the growth and minus the agent's removals since start).
+    pub evictions: u64,
+    /// Writes refused because the map was full (client pins by XDP, table entries by the
+    /// mirror).
+    pub full: u64,
+}
+
+/// Kernel memory of one map, as [`kernel_memory`] estimates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    /// Map name.
+    pub name: &'static str,
+    /// Allocated when the map is created, whether used or not.
+    pub fixed_bytes: u64,
+    /// Allocated per entry present (maps created without preallocation: DS_TABLE).
+    pub per_entry_bytes: u64,
+    /// Entries it holds at most.
+    pub max_entries: u32,
+}
+
+/// `struct htab_elem` before its key (kernel 6.x, 64-bit): the bucket list node, the LRU node
+/// and the hash.
+const HTAB_ELEM_BYTES: u64 = 48;
+/// `struct bucket`: list head and lock.
+const HTAB_BUCKET_BYTES: u64 = 16;
+
+const fn round8(n: u32) -> u64 {
+    (n as u64).div_ceil(8) * 8
+}
+
+/// The smallest kmalloc size class holding `n` bytes (what a non-preallocated entry takes).
+const fn kmalloc_class(n: u64) -> u64 {
+    let classes = [8u64, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096];
+    let mut i = 0;
+    while i < classes.len() {
+        if n <= classes[i] {
+            return classes[i];
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The kernel memory the maps take with `caps` on a host with `cpus` possible CPUs, by the
+/// kernel's own allocation rules (hash maps: one `htab_elem` with key and value per entry,
+/// preallocated unless created with `BPF_F_NO_PREALLOC`, plus a power-of-two bucket array;
+/// arrays: their values; per-CPU arrays: their values on every CPU). The agent's
+/// `latch check` prints it; a root test compares it with what the kernel reports.
+pub fn kernel_memory(caps: &Capacities, cpus: u32) -> Vec<MapMemory> {
+    expected(caps)
+        .iter()
+        .map(|(name, sh)| {
+            let n = u64::from(sh.max_entries);
+            let value = round8(sh.value_size);
+            let (fixed, per_entry) = match sh.kind {
+                Some(Kind::Hash) | Some(Kind::LruHash) => {
+                    let elem = HTAB_ELEM_BYTES + round8(sh.key_size) + value;
+                    let buckets = n.next_power_of_two() * HTAB_BUCKET_BYTES;
+                    if sh.flags & DS_TABLE_FLAGS != 0 && sh.kind == Some(Kind::Hash) {
+                        (buckets, kmalloc_class(elem))
+                    } else {
+                        // Preallocated; a plain hash keeps one spare element per CPU.
+                        let spare = if sh.kind == Some(Kind::Hash) {
+                            u64::from(cpus)
+                        } else {
+                            0
+                        };
+                        (buckets + (n + spare) * elem, 0)
+                    }
+                }
+                Some(Kind::PerCpuArray) => (n * value * u64::from(cpus), 0),
+                _ => (n * value, 0),
+            };
+            MapMemory {
+                name,
+                fixed_bytes: fixed,
+                per_entry_bytes: per_entry,
+                max_entries: sh.max_entries,
+            }
+        })
+        .collect()
+}
 
 /// Name of the pinned one-entry array that records the layout the pins were made with.
 /// bpffs holds only BPF objects, so the manifest is itself a map (readable with
@@ -164,17 +363,17 @@ pub(crate) const MANIFEST_NAME: &str = "LATCH_LAYOUT";
 const MANIFEST_LEN: usize = 1024;
 
 /// The manifest text: layout version and every map's shape, one per line.
-pub(crate) fn manifest_text() -> String {
+pub(crate) fn manifest_text(caps: &Capacities) -> String {
     let mut s = format!("latch pinned map layout v{LAYOUT_VERSION}\n");
-    for (name, sh) in EXPECTED {
+    for (name, sh) in expected(caps) {
         s.push_str(&format!("{name} {sh}\n"));
     }
     s
 }
 
-fn manifest_bytes() -> [u8; MANIFEST_LEN] {
+fn manifest_bytes(caps: &Capacities) -> [u8; MANIFEST_LEN] {
     let mut out = [0u8; MANIFEST_LEN];
-    let text = manifest_text();
+    let text = manifest_text(caps);
     let n = text.len().min(MANIFEST_LEN);
     out[..n].copy_from_slice(&text.as_bytes()[..n]);
     out
@@ -203,34 +402,51 @@ pub(crate) fn check_shape(
     })
 }
 
-/// Checks every pin that exists under `vdir` against this build's layout, before aya adopts
-/// them. Returns whether any map pin was found (i.e. this is an adoption).
-pub(crate) fn check_pins(vdir: &Path, root: &Path) -> Result<bool, DataplaneError> {
-    let mut adopted = false;
-    for (name, expected) in &EXPECTED {
+/// What [`check_pins`] found under the pin directory.
+#[derive(Debug, Default)]
+pub(crate) struct PinCheck {
+    /// Some map pin exists: this is an adoption.
+    pub adopted: bool,
+    /// Pinned maps of the right kind, key and value whose size is another capacity: (name,
+    /// pinned max_entries, configured max_entries). They are migrated (see `migrate.rs`).
+    pub resized: Vec<(&'static str, u32, u32)>,
+}
+
+/// Checks every pin that exists under `vdir` against this build's layout and the configured
+/// capacities, before aya adopts them. A map that differs only in its size is a capacity
+/// change, reported in [`PinCheck::resized`]; any other difference is refused.
+pub(crate) fn check_pins(
+    vdir: &Path,
+    root: &Path,
+    caps: &Capacities,
+) -> Result<PinCheck, DataplaneError> {
+    let mut out = PinCheck::default();
+    for (name, expected) in &expected(caps) {
         let path = vdir.join(name);
         if !path.exists() {
             continue;
         }
-        adopted = true;
-        let info = MapInfo::from_pin(&path).map_err(|e| {
-            DataplaneError::or_permission(&e, format!("opening pinned map {}", path.display()))
-                .unwrap_or_else(|| DataplaneError::map(name, "open pinned", e))
-        })?;
-        let found = Shape {
-            kind: info.map_type().ok().and_then(Kind::of),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags(),
+        out.adopted = true;
+        let found = pinned_shape(&path, name)?;
+        let resized = Shape {
+            max_entries: expected.max_entries,
+            ..found
         };
+        if found.max_entries != expected.max_entries
+            && RESIZABLE.contains(name)
+            && resized == *expected
+        {
+            out.resized
+                .push((name, found.max_entries, expected.max_entries));
+            continue;
+        }
         check_shape(&path, root, expected, &found)?;
     }
 
     let mpath = vdir.join(MANIFEST_NAME);
     if mpath.exists() {
         let found = read_manifest(&mpath)?;
-        let expected = manifest_text();
+        let expected = manifest_text(caps);
         if !manifest_compatible(&found, &expected) {
             return Err(DataplaneError::LayoutMismatch {
                 path: mpath,
@@ -239,22 +455,58 @@ pub(crate) fn check_pins(vdir: &Path, root: &Path) -> Result<bool, DataplaneErro
                 found: format!("manifest {found:?}"),
             });
         }
-    } else if adopted {
+    } else if out.adopted {
         tracing::warn!(
             dir = %vdir.display(),
             "pinned maps without a layout manifest; their shapes match, adopting them"
         );
     }
-    Ok(adopted)
+    Ok(out)
+}
+
+/// The shape of a pinned map as the kernel reports it.
+pub(crate) fn pinned_shape(path: &Path, name: &'static str) -> Result<Shape, DataplaneError> {
+    let info = MapInfo::from_pin(path).map_err(|e| {
+        DataplaneError::or_permission(&e, format!("opening pinned map {}", path.display()))
+            .unwrap_or_else(|| DataplaneError::map(name, "open pinned", e))
+    })?;
+    Ok(Shape {
+        kind: info.map_type().ok().and_then(Kind::of),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
 }
 
 /// A manifest is compatible when it is this build's, or an older one of the same layout
 /// version that lacks maps added since (every line it has is one this build expects, the
-/// version line first). The shapes of the maps that do exist were checked one by one.
+/// version line first). Sizes are left out of the comparison: they are capacities, checked
+/// map by map and migrated. The shapes of the maps that do exist were checked one by one.
 pub(crate) fn manifest_compatible(found: &str, expected: &str) -> bool {
     let mut found_lines = found.lines();
     let header_ok = found_lines.next() == expected.lines().next();
-    header_ok && found_lines.all(|l| expected.lines().skip(1).any(|e| e == l))
+    header_ok
+        && found_lines.all(|l| {
+            expected
+                .lines()
+                .skip(1)
+                .any(|e| without_size(e) == without_size(l))
+        })
+}
+
+/// A manifest line without its `max_entries N`.
+fn without_size(line: &str) -> String {
+    let mut words = line.split(' ');
+    let mut out = Vec::new();
+    while let Some(w) = words.next() {
+        if w == "max_entries" {
+            words.next();
+        } else {
+            out.push(w);
+        }
+    }
+    out.join(" ")
 }
 
 fn read_manifest(path: &Path) -> Result<String, DataplaneError> {
@@ -277,10 +529,10 @@ fn read_manifest(path: &Path) -> Result<String, DataplaneError> {
 
 /// Pins the manifest if it is not there yet, or brings an older compatible one up to date
 /// (once the loader has created the maps it lacked).
-pub(crate) fn write_manifest(vdir: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn write_manifest(vdir: &Path, caps: &Capacities) -> Result<(), DataplaneError> {
     let path = vdir.join(MANIFEST_NAME);
     if path.exists() {
-        if read_manifest(&path)? == manifest_text() {
+        if read_manifest(&path)? == manifest_text(caps) {
             return Ok(());
         }
         let data = MapData::from_pin(&path)
@@ -289,14 +541,14 @@ pub(crate) fn write_manifest(vdir: &Path) -> Result<(), DataplaneError> {
             .map_err(|e| DataplaneError::map(MANIFEST_NAME, "open pinned", e))?;
         let mut arr: Array<MapData, [u8; MANIFEST_LEN]> =
             Array::try_from(map).map_err(|e| DataplaneError::map(MANIFEST_NAME, "open", e))?;
-        tracing::info!(path = %path.display(), "layout manifest updated for maps added since");
+        tracing::info!(path = %path.display(), "layout manifest updated (maps added or resized)");
         return arr
-            .set(0, manifest_bytes(), 0)
+            .set(0, manifest_bytes(caps), 0)
             .map_err(|e| DataplaneError::map(MANIFEST_NAME, "write", e));
     }
     let mut arr: Array<MapData, [u8; MANIFEST_LEN]> =
         Array::create(1, 0).map_err(|e| DataplaneError::map(MANIFEST_NAME, "create", e))?;
-    arr.set(0, manifest_bytes(), 0)
+    arr.set(0, manifest_bytes(caps), 0)
         .map_err(|e| DataplaneError::map(MANIFEST_NAME, "write", e))?;
     arr.pin(&path).map_err(|e| DataplaneError::Pin {
         what: "the layout manifest".into(),
@@ -370,8 +622,9 @@ impl Maps {
                 Err(e) => return Err(DataplaneError::map(map_names::SERVICES, "read", e)),
             }
         }
-        let mut backends = Vec::with_capacity(MAX_BACKENDS as usize);
-        for i in 0..MAX_BACKENDS {
+        let n = self.backends.len();
+        let mut backends = Vec::with_capacity(n as usize);
+        for i in 0..n {
             backends.push(
                 self.backends
                     .get(&i, 0)
@@ -424,21 +677,25 @@ mod tests {
 
     #[test]
     fn expected_shapes_match_lb_common() {
-        let by: std::collections::HashMap<_, _> = EXPECTED.iter().copied().collect();
+        let by: std::collections::HashMap<_, _> =
+            expected(&Capacities::DEFAULT).iter().copied().collect();
         assert_eq!(by.len(), 9, "map names are distinct");
         assert_eq!(by[map_names::DS_TABLE].key_size, 76);
         assert_eq!(by[map_names::DS_TABLE].value_size, 80);
         assert_eq!(by[map_names::DS_TABLE].flags, DS_TABLE_FLAGS);
         assert_eq!(by[map_names::SERVICES].key_size, 8);
         assert_eq!(by[map_names::SERVICES].value_size, 24);
-        assert_eq!(by[map_names::MAGLEV].max_entries, MAGLEV_ENTRIES);
+        assert_eq!(
+            by[map_names::MAGLEV].max_entries,
+            Capacities::DEFAULT.maglev_entries()
+        );
         assert_eq!(by[map_names::CONNTRACK].kind, Some(Kind::LruHash));
         assert_eq!(by[map_names::BACKEND_STATS].value_size, 24);
     }
 
     #[test]
     fn shape_mismatch_names_both_sides_and_the_fix() {
-        let exp = EXPECTED[1].1;
+        let exp = expected(&Capacities::DEFAULT)[1].1;
         let found = Shape {
             value_size: exp.value_size + 8,
             ..exp
@@ -459,7 +716,7 @@ mod tests {
 
     #[test]
     fn older_manifest_without_new_maps_is_compatible_but_not_a_changed_one() {
-        let expected = manifest_text();
+        let expected = manifest_text(&Capacities::DEFAULT);
         let older: String = expected
             .lines()
             .filter(|l| !l.starts_with(map_names::DS_TABLE))
@@ -477,13 +734,44 @@ mod tests {
             1,
         );
         assert!(!manifest_compatible(&other_version, &expected));
+        // Another capacity is a migration, not an incompatible layout.
+        let resized = manifest_text(&Capacities {
+            connections: 1024,
+            ..Capacities::DEFAULT
+        });
+        assert_ne!(resized, expected);
+        assert!(manifest_compatible(&resized, &expected));
+    }
+
+    #[test]
+    fn kernel_memory_follows_the_kernels_rules() {
+        let caps = Capacities::DEFAULT;
+        let mem = kernel_memory(&caps, 4);
+        let by: std::collections::HashMap<_, _> = mem.iter().map(|m| (m.name, *m)).collect();
+        // CONNTRACK: 48 + 16 + 32 bytes per preallocated entry, 16 per bucket.
+        let ct = by[map_names::CONNTRACK];
+        assert_eq!(ct.fixed_bytes, 2_097_152 * (96 + 16));
+        assert_eq!(ct.per_entry_bytes, 0);
+        // DS_TABLE: buckets only, then 48 + 80 + 80 = 208 -> a 256-byte allocation per entry.
+        let ds = by[map_names::DS_TABLE];
+        assert_eq!(ds.fixed_bytes, 2_097_152 * 16);
+        assert_eq!(ds.per_entry_bytes, 256);
+        // Array values are rounded up to 8 bytes.
+        assert_eq!(
+            by[map_names::MAGLEV].fixed_bytes,
+            u64::from(caps.maglev_entries()) * 8
+        );
+        assert_eq!(by[map_names::BACKEND_STATS].fixed_bytes, 16_384 * 24 * 4);
     }
 
     #[test]
     fn manifest_round_trips_and_fits() {
-        let text = manifest_text();
+        let text = manifest_text(&Capacities::DEFAULT);
         assert!(text.len() < MANIFEST_LEN);
-        assert_eq!(manifest_from_bytes(&manifest_bytes()), text);
+        assert_eq!(
+            manifest_from_bytes(&manifest_bytes(&Capacities::DEFAULT)),
+            text
+        );
         assert!(text.contains(map_names::CONNTRACK));
         assert!(text.starts_with(&format!("latch pinned map layout v{LAYOUT_VERSION}")));
     }

@@ -123,6 +123,11 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
         }
     }
 
+    /// Inserts or replaces `key`, with the kernel's error as it came (E2BIG: the map is full).
+    pub(crate) fn try_update(&self, key: &K, value: &V) -> io::Result<()> {
+        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)), 0)
+    }
+
     /// Inserts or replaces `key`.
     pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), DataplaneError> {
         self.elem(BPF_MAP_UPDATE_ELEM, key, Some(std::ptr::from_ref(value)), 0)
@@ -182,16 +187,32 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
         }
     }
 
-    /// Every entry (a walk of the whole map: startup and reload only).
+    /// The map's descriptor.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use aya::maps::IterableMap;
+        self.map.map().fd().as_fd()
+    }
+
+    /// Every entry (the whole map read in batches: startup and reload only).
     pub(crate) fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
+        let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
         let mut out = Vec::new();
-        for kv in self.map.iter() {
-            match kv {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(DataplaneError::map(self.name, "read", e)),
+        super::maps::lookup_batches(self.fd(), ks, vs, |keys, values, n| {
+            for i in 0..n {
+                // SAFETY: the kernel wrote `n` keys of `ks` bytes and values of `vs` bytes
+                // back to back; K and V are Pod (any bytes are a valid value), read unaligned.
+                let kv = unsafe {
+                    (
+                        std::ptr::read_unaligned(keys[i * ks..].as_ptr().cast::<K>()),
+                        std::ptr::read_unaligned(values[i * vs..].as_ptr().cast::<V>()),
+                    )
+                };
+                out.push(kv);
             }
-        }
+        })
+        .map_err(|e| {
+            DataplaneError::map(self.name, "read", syscall_error("bpf_map_lookup_batch", e))
+        })?;
         Ok(out)
     }
 }
@@ -429,6 +450,47 @@ pub struct Restored {
     pub removed: usize,
 }
 
+/// Table entries of one virtual service the mirror could not take (monotonic counts of
+/// writes): they live in user space only and are lost when the agent is killed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unmirrored {
+    /// DS_TABLE was full (`[agent.capacity] table_mirror_entries`).
+    pub full: u64,
+    /// Key over [`DS_KEY_BYTES`], value over [`DS_VALUE_BYTES`], or a table or virtual
+    /// service name that cannot be recorded.
+    pub too_large: u64,
+    /// The kernel refused the write otherwise (out of memory).
+    pub failed: u64,
+}
+
+impl Unmirrored {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.full + self.too_large + self.failed
+    }
+}
+
+/// Why an entry was not mirrored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Miss {
+    Full,
+    TooLarge,
+    Failed,
+}
+
+impl Miss {
+    fn as_str(self) -> &'static str {
+        match self {
+            Miss::Full => "the kernel mirror is full ([agent.capacity] table_mirror_entries)",
+            Miss::TooLarge => "key or value longer than the kernel mirror holds (64 bytes)",
+            Miss::Failed => "the kernel refused the write",
+        }
+    }
+}
+
+/// Least time between two warnings about entries not mirrored.
+const UNMIRRORED_LOG_INTERVAL_NS: u64 = 10_000_000_000;
+
 /// Counters of the mirror (monotonic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MirrorStats {
@@ -462,6 +524,11 @@ pub struct KernelMirror {
     /// removal.
     pending: parking_lot::Mutex<HashMap<DsKey, DsValue>>,
     counters: Counters,
+    /// Entries not mirrored, per virtual service.
+    unmirrored: DashMap<Box<str>, Unmirrored>,
+    /// Monotonic time of the last warning about them (0: never), and how many since.
+    last_warning_ns: AtomicU64,
+    since_warning: AtomicU64,
 }
 
 impl std::fmt::Debug for KernelMirror {
@@ -480,6 +547,57 @@ impl KernelMirror {
             names: DashMap::new(),
             pending: parking_lot::Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            unmirrored: DashMap::new(),
+            last_warning_ns: AtomicU64::new(0),
+            since_warning: AtomicU64::new(0),
+        }
+    }
+
+    /// Entry writes refused because DS_TABLE was full, all virtual services together.
+    pub fn full_total(&self) -> u64 {
+        self.unmirrored.iter().map(|u| u.full).sum()
+    }
+
+    /// Entries of `vs` the mirror could not take since the agent started.
+    pub fn unmirrored(&self, vs: &str) -> Unmirrored {
+        self.unmirrored.get(vs).map(|u| *u).unwrap_or_default()
+    }
+
+    /// Counts an entry of `vs` that stays in user space only, and warns, at most once every
+    /// ten seconds (with how many there were since the last warning).
+    fn miss(&self, vs: &str, table: &str, why: Miss) {
+        let totals = {
+            let mut u = self.unmirrored.entry(Box::from(vs)).or_default();
+            match why {
+                Miss::Full => u.full += 1,
+                Miss::TooLarge => u.too_large += 1,
+                Miss::Failed => u.failed += 1,
+            }
+            *u
+        };
+        match why {
+            Miss::TooLarge => self.counters.too_large.fetch_add(1, Ordering::Relaxed),
+            Miss::Full | Miss::Failed => self.counters.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        let since = self.since_warning.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = super::monotonic_now_ns();
+        let last = self.last_warning_ns.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= UNMIRRORED_LOG_INTERVAL_NS)
+            && self
+                .last_warning_ns
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since_warning.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                vs,
+                table,
+                reason = why.as_str(),
+                since_last_warning = since,
+                vs_unmirrored_total = totals.total(),
+                "table entries not mirrored into the kernel: they live in user space only and are \
+                 lost if the agent is killed (latch_table_unmirrored_total in /metrics)"
+            );
         }
     }
 
@@ -695,17 +813,22 @@ impl crate::tables::Mirror for KernelMirror {
             self.entry_key(vs, table, key),
             ds_value(value.as_bytes(), expires_at_mono_ns),
         ) else {
-            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
+            self.miss(vs, table, Miss::TooLarge);
             return;
         };
         self.pending.lock().remove(&k);
-        match self.map.update(&k, &v) {
+        match self.map.try_update(&k, &v) {
             Ok(()) => {
                 self.counters.written.fetch_add(1, Ordering::Relaxed);
             }
             Err(err) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let why = if err.raw_os_error() == Some(libc::E2BIG) {
+                    Miss::Full
+                } else {
+                    Miss::Failed
+                };
                 tracing::debug!(%err, vs, table, "table entry not mirrored into the kernel");
+                self.miss(vs, table, why);
             }
         }
     }

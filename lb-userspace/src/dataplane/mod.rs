@@ -9,6 +9,7 @@
 mod attach;
 mod error;
 mod maps;
+mod migrate;
 pub mod mirror;
 pub mod neighbor;
 pub mod plan;
@@ -28,12 +29,13 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
+    Capacities, Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
 };
 
 pub use attach::{AttachMode, Attached};
 pub use error::DataplaneError;
-pub use maps::versioned_dir;
+pub use maps::{MapFill, MapMemory, kernel_memory, versioned_dir};
+pub use migrate::Migration;
 pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, Restored};
 pub use plan::PlanError;
 
@@ -192,7 +194,7 @@ pub struct DataplaneStats {
 }
 
 /// Names of the global counters, by [`lb_common::stat`] index.
-pub const GLOBAL_COUNTERS: [(u32, &str); 15] = [
+pub const GLOBAL_COUNTERS: [(u32, &str); 18] = [
     (stat::PASS_NOT_VIP, "pass_not_vip"),
     (stat::PASS_MALFORMED, "pass_malformed"),
     (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
@@ -208,6 +210,9 @@ pub const GLOBAL_COUNTERS: [(u32, &str); 15] = [
     (stat::VERDICT_REDIRECT, "verdict_redirect"),
     (stat::PASS_NO_FLOW, "pass_no_flow"),
     (stat::FAST_PATH, "fast_path"),
+    (stat::REPLY_RESTORED, "reply_restored"),
+    (stat::CONNTRACK_INSERT, "conntrack_insert"),
+    (stat::PERSIST_FULL, "persist_full"),
 ];
 
 /// What `teardown` removed.
@@ -227,6 +232,11 @@ pub struct TeardownReport {
 pub fn monotonic_now_ns() -> u64 {
     use crate::tables::Clock as _;
     crate::tables::MonotonicClock.now_ns()
+}
+
+/// Possible CPUs (what per-CPU maps are sized by); 1 when it cannot be read.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
@@ -322,6 +332,8 @@ pub struct Dataplane {
     root: PathBuf,
     vdir: PathBuf,
     adopted: bool,
+    migration: Migration,
+    caps: Capacities,
     maps: maps::Maps,
     ebpf: aya::Ebpf,
     state: plan::State,
@@ -329,6 +341,10 @@ pub struct Dataplane {
     pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
     pins: PersistPins,
     mirror: std::sync::Arc<KernelMirror>,
+    /// Connection-table entries at start, XDP's insert count at start, and the entries the
+    /// agent removed since: the base of the eviction estimate ([`Dataplane::map_fill`]).
+    conntrack_base: std::sync::Mutex<Option<(u64, u64)>>,
+    conntrack_removed: std::sync::atomic::AtomicU64,
     /// Set when an apply may have made connection-tracking entries stale (a backend's
     /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
     conntrack_maybe_stale: std::sync::atomic::AtomicBool,
@@ -348,10 +364,16 @@ impl fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the XDP object, creating its maps or adopting the ones pinned under
-    /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
-    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
+    /// [`Dataplane::open_with`] the default capacities.
     pub fn open(bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::open_with(bpffs_dir, &Capacities::DEFAULT)
+    }
+
+    /// Loads the XDP object, creating its maps with `caps` or adopting the ones pinned under
+    /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
+    /// Pinned maps of another capacity are migrated into new maps of this one (`migrate.rs`).
+    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
+    pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs_dir)?;
         std::fs::create_dir_all(bpffs_dir)
             .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
@@ -359,26 +381,35 @@ impl Dataplane {
         let vdir = versioned_dir(bpffs_dir);
         std::fs::create_dir_all(&vdir).map_err(|e| DataplaneError::io("creating", &vdir, e))?;
 
-        let adopted = maps::check_pins(&vdir, bpffs_dir)?;
+        let check = maps::check_pins(&vdir, bpffs_dir, caps)?;
+        let adopted = check.adopted;
+        let migrating = migrate::set_aside(&vdir, &check.resized)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&vdir)
-            .load(xdp_object())
-            .map_err(|e| {
-                DataplaneError::or_permission(&e, "creating BPF maps").unwrap_or_else(|| {
-                    DataplaneError::Load {
-                        source: Box::new(e),
-                    }
-                })
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&vdir);
+        for (name, shape) in maps::expected(caps) {
+            loader.map_max_entries(name, shape.max_entries);
+        }
+        let mut ebpf = loader.load(xdp_object()).map_err(|e| {
+            DataplaneError::or_permission(&e, "creating BPF maps").unwrap_or_else(|| {
+                DataplaneError::Load {
+                    source: Box::new(e),
+                }
+            })
+        })?;
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|e| program_error(e, "loading the XDP program"))?;
-        maps::write_manifest(&vdir)?;
 
-        let maps = maps::Maps::take(&mut ebpf)?;
+        let mut maps = maps::Maps::take(&mut ebpf)?;
+        let migration = if migrating {
+            migrate::copy_back(&vdir, &mut maps, caps)?
+        } else {
+            Migration::default()
+        };
+        maps::write_manifest(&vdir, caps)?;
         let (services, backends) = maps.read_state()?;
-        let state = plan::State::from_maps(services, backends);
+        let state = plan::State::from_maps(services, backends, *caps);
         let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             mirror::PinIndex::from_state(&state),
         ));
@@ -387,6 +418,7 @@ impl Dataplane {
         tracing::info!(
             dir = %vdir.display(),
             adopted,
+            migrated = migration.maps.len(),
             services = state.services.len(),
             backends = state.backend_ids.len(),
             "data plane loaded"
@@ -395,6 +427,8 @@ impl Dataplane {
             root: bpffs_dir.to_owned(),
             vdir,
             adopted,
+            migration,
+            caps: *caps,
             maps,
             ebpf,
             state,
@@ -402,8 +436,20 @@ impl Dataplane {
             pins,
             mirror,
             conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
+            conntrack_base: std::sync::Mutex::new(None),
+            conntrack_removed: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         })
+    }
+
+    /// What `open` migrated after a capacity change (empty otherwise).
+    pub fn migration(&self) -> &Migration {
+        &self.migration
+    }
+
+    /// The capacities the maps have.
+    pub fn capacities(&self) -> Capacities {
+        self.caps
     }
 
     /// A handle that pins fast-path clients from any thread; it follows every apply.
@@ -479,7 +525,7 @@ impl Dataplane {
             }
             Err(e) => {
                 match self.maps.read_state() {
-                    Ok((s, b)) => self.state = plan::State::from_maps(s, b),
+                    Ok((s, b)) => self.state = plan::State::from_maps(s, b, self.caps),
                     Err(re) => tracing::error!(error = %re, "re-reading maps after a failed apply"),
                 }
                 Err(e)
@@ -557,6 +603,83 @@ impl Dataplane {
         Ok((info.run_count(), info.run_time().as_nanos() as u64))
     }
 
+    fn global_stat(&self, index: u32) -> Result<u64, DataplaneError> {
+        let v = self
+            .maps
+            .stats
+            .get(&index, 0)
+            .map_err(|e| DataplaneError::map(map_names::STATS, "read", e))?;
+        Ok(v.iter().fold(0u64, |a, x| a.wrapping_add(*x)))
+    }
+
+    /// How full the connection table, the client pins and the table mirror are, with their
+    /// evictions and refused writes. Reads each map whole in batches (about 100 ms for two
+    /// million entries): call it every few seconds, not per request.
+    pub fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let connections = {
+            let ct = self.maps.conntrack.lock();
+            count(
+                map_names::CONNTRACK,
+                IterableMap::map(&*ct).fd().as_fd(),
+                std::mem::size_of::<FlowKey>(),
+                std::mem::size_of::<Flow>(),
+            )?
+        };
+        let pins = {
+            let p = self.maps.persist.lock();
+            count(
+                map_names::PERSIST,
+                IterableMap::map(&*p).fd().as_fd(),
+                std::mem::size_of::<PersistKey>(),
+                std::mem::size_of::<Persist>(),
+            )?
+        };
+        let mirror = count(
+            map_names::DS_TABLE,
+            self.maps.ds_table.fd(),
+            std::mem::size_of::<lb_common::DsKey>(),
+            std::mem::size_of::<lb_common::DsValue>(),
+        )?;
+        let inserts = self.global_stat(stat::CONNTRACK_INSERT)?;
+        let (base_entries, base_inserts) = *self
+            .conntrack_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert((connections, inserts));
+        let removed = self
+            .conntrack_removed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let evictions = inserts
+            .saturating_sub(base_inserts)
+            .saturating_sub(connections.saturating_sub(base_entries))
+            .saturating_sub(removed);
+        Ok(vec![
+            MapFill {
+                map: "connections",
+                entries: connections,
+                capacity: self.caps.connections,
+                evictions,
+                full: 0,
+            },
+            MapFill {
+                map: "client_pins",
+                entries: pins,
+                capacity: self.caps.client_pins,
+                evictions: 0,
+                full: self.global_stat(stat::PERSIST_FULL)?,
+            },
+            MapFill {
+                map: "table_mirror",
+                entries: mirror,
+                capacity: self.caps.table_mirror_entries,
+                evictions: 0,
+                full: self.mirror.full_total(),
+            },
+        ])
+    }
+
     /// Every counter, summed over CPUs.
     pub fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         let mut out = DataplaneStats::default();
@@ -630,10 +753,30 @@ impl Dataplane {
                 remove_ok(ct.remove(&k))
                     .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "delete", e))?;
                 removed += 1;
+                self.conntrack_removed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(removed)
     }
+}
+
+fn count(
+    name: &'static str,
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: usize,
+    value: usize,
+) -> Result<u64, DataplaneError> {
+    maps::count_entries(fd, key, value).map_err(|e| {
+        DataplaneError::map(
+            name,
+            "count",
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        )
+    })
 }
 
 fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {

@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, Flow, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, Persist, Service, ServiceKey,
-    backend_state, service_flags,
+    Backend, Capacities, Flow, MAGLEV_TABLE_SIZE, Persist, Service, ServiceKey, backend_state,
+    service_flags,
 };
 
 use super::{BackendSpec, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
@@ -95,7 +95,9 @@ fn backend_value(addr: SocketAddrV4, state: u32, generation: u32) -> Backend {
 pub struct State {
     /// SERVICES contents.
     pub services: HashMap<ServiceKey, Service>,
-    /// BACKENDS contents, indexed by id (`MAX_BACKENDS` entries).
+    /// The capacities the maps were made with.
+    pub caps: Capacities,
+    /// BACKENDS contents, indexed by id ([`Capacities::backends`] entries).
     pub backends: Vec<Backend>,
     /// Backend ids by address, for slots not UNUSED.
     pub backend_ids: BTreeMap<SocketAddrV4, u32>,
@@ -105,10 +107,7 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        Self::from_maps(
-            HashMap::new(),
-            vec![Backend::default(); MAX_BACKENDS as usize],
-        )
+        Self::from_maps(HashMap::new(), Vec::new(), Capacities::DEFAULT)
     }
 }
 
@@ -116,8 +115,12 @@ impl State {
     /// Rebuilds the state from map contents (adopt after restart). When two slots claim one
     /// address (only possible after a crash mid-write by some other tool), the lowest id wins
     /// and the next apply releases the other.
-    pub fn from_maps(services: HashMap<ServiceKey, Service>, mut backends: Vec<Backend>) -> Self {
-        backends.resize(MAX_BACKENDS as usize, Backend::default());
+    pub fn from_maps(
+        services: HashMap<ServiceKey, Service>,
+        mut backends: Vec<Backend>,
+        caps: Capacities,
+    ) -> Self {
+        backends.resize(caps.backends as usize, Backend::default());
         let mut backend_ids = BTreeMap::new();
         for (id, b) in backends.iter().enumerate().skip(1) {
             if b.state != backend_state::UNUSED {
@@ -125,6 +128,7 @@ impl State {
             }
         }
         Self {
+            caps,
             services,
             backends,
             backend_ids,
@@ -271,10 +275,11 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         .map(|s| (service_key(s.vip, s.port, s.proto), *s))
         .collect();
     let wanted_keys: HashSet<ServiceKey> = wanted.iter().map(|(k, _)| *k).collect();
-    if wanted.len() >= MAX_SERVICES as usize {
+    let caps = state.caps;
+    if wanted.len() >= caps.services as usize {
         return Err(PlanError::TooManyServices {
             wanted: wanted.len(),
-            limit: MAX_SERVICES - 1,
+            limit: caps.services - 1,
         });
     }
 
@@ -285,10 +290,10 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
             *wanted_backends.entry(b.addr).or_insert(false) |= b.up;
         }
     }
-    if wanted_backends.len() >= MAX_BACKENDS as usize {
+    if wanted_backends.len() >= caps.backends as usize {
         return Err(PlanError::TooManyBackends {
             wanted: wanted_backends.len(),
-            limit: MAX_BACKENDS - 1,
+            limit: caps.backends - 1,
         });
     }
 
@@ -335,13 +340,13 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
                 backend_ids.insert(addr, id);
             }
             None => {
-                let id = allocate(MAX_BACKENDS, &taken, &released, |id| {
+                let id = allocate(caps.backends, &taken, &released, |id| {
                     state.backends[id as usize].state == backend_state::UNUSED
                         || released.contains(&id)
                 })
                 .ok_or(PlanError::TooManyBackends {
                     wanted: wanted_backends.len(),
-                    limit: MAX_BACKENDS - 1,
+                    limit: caps.backends - 1,
                 })?;
                 taken.insert(id);
                 // Bump past both the current generation and the one a release in this apply
@@ -380,12 +385,11 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         let (id, fresh, current) = match state.services.get(key) {
             Some(cur) => (cur.id, false, Some(*cur)),
             None => {
-                let id = allocate(MAX_SERVICES, &service_ids_taken, &deleted_ids, |_| true).ok_or(
-                    PlanError::TooManyServices {
+                let id = allocate(caps.services, &service_ids_taken, &deleted_ids, |_| true)
+                    .ok_or(PlanError::TooManyServices {
                         wanted: wanted.len(),
-                        limit: MAX_SERVICES - 1,
-                    },
-                )?;
+                        limit: caps.services - 1,
+                    })?;
                 service_ids_taken.insert(id);
                 (id, true, None)
             }
@@ -463,7 +467,7 @@ pub fn apply_to_state(state: &State, plan: &Plan) -> State {
         services.insert(w.key, w.value);
         live_maglev.insert(w.value.id, w.maglev_input.clone());
     }
-    let mut next = State::from_maps(services, backends);
+    let mut next = State::from_maps(services, backends, state.caps);
     next.live_maglev = live_maglev;
     next
 }
@@ -503,7 +507,7 @@ mod tests {
 
     /// Simulates an agent restart: only what the maps hold survives.
     fn restart(state: &State) -> State {
-        State::from_maps(state.services.clone(), state.backends.clone())
+        State::from_maps(state.services.clone(), state.backends.clone(), state.caps)
     }
 
     fn spec(services: Vec<ServiceSpec>) -> DataplaneSpec {
@@ -831,14 +835,23 @@ mod tests {
             plan(&State::default(), &spec(vec![a.clone(), a])),
             Err(PlanError::DuplicateService { port: 80, .. })
         ));
-        let many: Vec<_> = (0..MAX_SERVICES)
+        let small = State::from_maps(
+            HashMap::new(),
+            Vec::new(),
+            Capacities {
+                services: 16,
+                backends: 32,
+                ..Capacities::DEFAULT
+            },
+        );
+        let many: Vec<_> = (0..small.caps.services)
             .map(|i| svc("198.51.100.10", 1000 + i as u16, vec![]))
             .collect();
         assert!(matches!(
-            plan(&State::default(), &spec(many)),
+            plan(&small, &spec(many)),
             Err(PlanError::TooManyServices { .. })
         ));
-        let backends: Vec<_> = (0..MAX_BACKENDS)
+        let backends: Vec<_> = (0..small.caps.backends)
             .map(|i| BackendSpec {
                 addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1000 + i as u16),
                 up: true,
@@ -847,21 +860,18 @@ mod tests {
             })
             .collect();
         assert!(matches!(
-            plan(
-                &State::default(),
-                &spec(vec![svc("198.51.100.10", 80, backends)])
-            ),
+            plan(&small, &spec(vec![svc("198.51.100.10", 80, backends)])),
             Err(PlanError::TooManyBackends { .. })
         ));
     }
 
     #[test]
     fn adopt_ignores_duplicate_slots_and_releases_them() {
-        let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
+        let mut backends = vec![Backend::default(); Capacities::DEFAULT.backends as usize];
         let addr: SocketAddrV4 = "192.0.2.11:80".parse().expect("addr");
         backends[3] = backend_value(addr, backend_state::UP, 4);
         backends[5] = backend_value(addr, backend_state::UP, 9);
-        let st = State::from_maps(HashMap::new(), backends);
+        let st = State::from_maps(HashMap::new(), backends, Capacities::DEFAULT);
         assert_eq!(st.backend_ids[&addr], 3);
         let (p, st2) = run(
             &st,
@@ -905,7 +915,7 @@ mod tests {
         assert!(st.persist_is_stale(&Persist { backend_id: 0, ..p }, 0));
         assert!(st.persist_is_stale(
             &Persist {
-                backend_id: MAX_BACKENDS + 5,
+                backend_id: st.caps.backends + 5,
                 ..p
             },
             0

@@ -238,6 +238,20 @@ pub(crate) struct Vm {
 /// table scripts' environments fall back to, and the runner of one event's scripts.
 const SANDBOX_LUA: &str = include_str!("sandbox.lua");
 
+/// Seeds the VM's `math.random` from the OS. LuaJIT keeps the generator's state per Lua
+/// state and seeds it with a constant, so without this every VM of every worker, before and
+/// after a restart, draws the same sequence. `math.randomseed` from a script reseeds only its
+/// own VM. `math.random` is still no source of secrets: `avi.utils.rand_bytes` is.
+fn seed_math_random(lua: &Lua) -> mlua::Result<()> {
+    let mut buf = [0u8; 8];
+    getrandom::fill(&mut buf).map_err(|e| mlua::Error::external(format!("getrandom: {e}")))?;
+    // A double holds 53 bits exactly; LuaJIT derives the generator state from its bits.
+    let seed = (u64::from_le_bytes(buf) >> 11) as f64;
+    let math: Table = lua.globals().get("math")?;
+    let randomseed: Function = math.get("randomseed")?;
+    randomseed.call::<()>(seed)
+}
+
 impl Vm {
     pub fn new(set: &Arc<ScriptSet>, env: &ScriptEnv) -> Result<Vm, DsError> {
         let vs = set.vs_name().to_string();
@@ -248,6 +262,7 @@ impl Vm {
         let libs =
             StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::OS | StdLib::BIT | StdLib::JIT;
         let lua = Lua::new_with(libs, LuaOptions::default()).map_err(vm_err)?;
+        seed_math_random(&lua).map_err(vm_err)?;
         let limits = &env.limits;
         let shared = Arc::new(VmShared::new(env, set));
         let run = Self::sandbox(&lua, &shared).map_err(vm_err)?;

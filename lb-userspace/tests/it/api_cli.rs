@@ -87,6 +87,12 @@ async fn status_and_stats_for_people() {
         "{status}"
     );
     assert!(status.contains("servers up: 1/2"), "{status}");
+    assert!(
+        status.contains(
+            "table entries NOT in the kernel mirror (lost on kill -9):\n  shop: 123 (mirror full 120, too large 3, refused 0)\n"
+        ),
+        "{status}"
+    );
     let down = status
         .lines()
         .find(|l| l.contains("192.0.2.12:8080"))

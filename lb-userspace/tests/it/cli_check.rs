@@ -43,6 +43,34 @@ fn shipped_examples_pass_check() {
 }
 
 #[test]
+fn check_tells_the_kernel_memory_of_the_configured_capacities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cap.toml");
+    let config = "[agent]\ninterfaces = [\"eth0\"]\n[agent.capacity]\nconnections = 1048576\n\
+                  [[pool]]\nname = \"web\"\nservers = [\"192.0.2.11:80\"]\n\
+                  [[virtual_service]]\nname = \"l4\"\nlisten = \"198.51.100.10:80\"\n\
+                  type = \"tcp\"\npool = \"web\"\n";
+    std::fs::write(&path, config).expect("write");
+    let (ok, out) = check_file(&path);
+    assert!(ok, "{out}");
+    assert!(out.contains("kernel maps ([agent.capacity]"), "{out}");
+    // 1 M connections of 96 B plus 16 B of bucket: 112 MiB.
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("LATCH_CONNTRACK"))
+        .unwrap_or_else(|| panic!("no connection table line: {out}"));
+    assert!(
+        line.contains("1048576 entries") && line.contains("112.0 MiB"),
+        "{line}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("LATCH_DS_TABLE") && l.contains("+ 256 B per entry present")),
+        "{out}"
+    );
+}
+
+#[test]
 fn seed_verbatim_request_script_is_refused_at_its_line() {
     let (ok, out) = check("seed_verbatim.toml");
     assert!(!ok);

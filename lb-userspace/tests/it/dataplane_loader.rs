@@ -20,8 +20,8 @@ use latch::dataplane::{
     ServiceKind, ServiceSpec, monotonic_now_ns, teardown, versioned_dir,
 };
 use lb_common::{
-    Backend, MAGLEV_TABLE_SIZE, Persist, PersistKey, Service, ServiceKey, backend_state,
-    maglev_base, map_names, service_flags,
+    Backend, Capacities, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey, Service,
+    ServiceKey, backend_state, maglev_base, map_names, service_flags,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -324,7 +324,8 @@ fn layout_mismatch_is_refused() {
     std::fs::create_dir_all(&v).expect("mkdir");
     // A BACKENDS array whose values are 8 bytes instead of 16: what an older layout would
     // have left behind.
-    let wrong: Array<MapData, [u8; 8]> = Array::create(lb_common::MAX_BACKENDS, 0).expect("create");
+    let wrong: Array<MapData, [u8; 8]> =
+        Array::create(Capacities::DEFAULT.backends, 0).expect("create");
     wrong.pin(v.join(map_names::BACKENDS)).expect("pin");
     let err = Dataplane::open(dir.path()).expect_err("must refuse");
     match &err {
@@ -472,7 +473,7 @@ fn apply_then_read_maps_back() {
     assert_eq!(stats.services.len(), 2);
     assert_eq!(stats.backends.len(), 2);
     assert!(stats.services.iter().all(|s| s.counters.packets == 0));
-    assert_eq!(stats.global.len(), 15);
+    assert_eq!(stats.global.len(), latch::dataplane::GLOBAL_COUNTERS.len());
 }
 
 #[test]
@@ -634,4 +635,288 @@ fn kernel_mirror_writes_entries_at_once_and_lifetimes_on_flush() {
         (s2.value.as_str(), s2.expires_at_mono_ns),
         ("192.0.2.13", t0 + sec)
     );
+}
+
+// ---- capacities (issue 17) -------------------------------------------------------------------
+
+fn max_entries(dir: &Path, name: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(versioned_dir(dir).join(name))
+        .expect("map info")
+        .max_entries()
+}
+
+fn flow_key(i: u32) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes([203, 0, 113, (i % 250) as u8 + 1]),
+        dst_addr: u32::from_ne_bytes([198, 51, 100, 10]),
+        src_port: (10_000 + i as u16).to_be(),
+        dst_port: 80u16.to_be(),
+        proto: lb_common::proto::TCP,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
+    use latch::tables::Mirror;
+    let dir = PinDir::new();
+    let small = Capacities {
+        services: 8,
+        backends: 16,
+        connections: 1024,
+        client_pins: 64,
+        table_mirror_entries: 64,
+    };
+    let spec = DataplaneSpec {
+        services: vec![
+            l4(
+                "198.51.100.10",
+                80,
+                &[("192.0.2.11:8080", true), ("192.0.2.12:8080", true)],
+            ),
+            l4("198.51.100.11", 80, &[("192.0.2.13:8080", true)]),
+        ],
+    };
+    let far = monotonic_now_ns() + 3_600_000_000_000;
+    let (ids, svc, table) = {
+        let mut dp = Dataplane::open_with(dir.path(), &small).expect("open small");
+        dp.apply(&spec).expect("apply");
+        let mirror = dp.kernel_mirror();
+        for i in 0..20 {
+            mirror.upsert("shop", "", &format!("s{i}"), "192.0.2.11", far);
+        }
+        let ids: Vec<_> = ["192.0.2.11:8080", "192.0.2.12:8080", "192.0.2.13:8080"]
+            .iter()
+            .map(|a| dp.backend_id(addr(a)).expect("id"))
+            .collect();
+        let svc = service_in_map(dir.path(), "198.51.100.10", 80).expect("service");
+        (ids, svc, maglev_live(dir.path(), &svc))
+    };
+    // Flows and pins XDP made (written here as XDP would).
+    {
+        let mut ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
+        for i in 0..30 {
+            let flow = Flow {
+                backend_id: ids[0],
+                service_id: svc.id,
+                ..Flow::default()
+            };
+            ct.insert(flow_key(i), flow, 0).expect("flow");
+        }
+        let mut pins: HashMap<MapData, PersistKey, Persist> =
+            pinned(dir.path(), map_names::PERSIST);
+        for i in 0..10u8 {
+            let key = PersistKey {
+                group: svc.id,
+                client_addr: u32::from_ne_bytes([203, 0, 113, i + 1]),
+            };
+            let pin = Persist {
+                backend_id: ids[1],
+                generation: 1,
+                expires_ns: far,
+            };
+            pins.insert(key, pin, 0).expect("pin");
+        }
+    }
+    assert_eq!(max_entries(dir.path(), map_names::CONNTRACK), 1024);
+
+    // The next agent has larger capacities: every entry is carried over.
+    let big = Capacities {
+        services: 16,
+        backends: 64,
+        connections: 4096,
+        client_pins: 256,
+        table_mirror_entries: 128,
+    };
+    let d = dir.path().to_owned();
+    let mut dp = once_unlocked(|| Dataplane::open_with(&d, &big)).expect("open big");
+    assert!(dp.adopted());
+    assert_eq!(dp.capacities(), big);
+    for (name, cap) in [
+        (map_names::SERVICES, 16),
+        (map_names::BACKENDS, 64),
+        (map_names::MAGLEV, big.maglev_entries()),
+        (map_names::CONNTRACK, 4096),
+        (map_names::PERSIST, 256),
+        (map_names::SERVICE_STATS, 16),
+        (map_names::BACKEND_STATS, 64),
+        (map_names::DS_TABLE, 128),
+    ] {
+        assert_eq!(max_entries(dir.path(), name), cap, "{name} resized");
+    }
+    assert!(!versioned_dir(dir.path()).join("migrate").exists());
+    let report: std::collections::HashMap<_, _> = dp
+        .migration()
+        .maps
+        .iter()
+        .map(|(n, c, d)| (*n, (*c, *d)))
+        .collect();
+    assert_eq!(report[map_names::CONNTRACK], (30, 0));
+    assert_eq!(report[map_names::PERSIST], (10, 0));
+    // 20 entries and the two name records ("shop" and the default table's "").
+    assert_eq!(report[map_names::DS_TABLE], (22, 0));
+    let ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
+    for i in 0..30 {
+        assert_eq!(
+            ct.get(&flow_key(i), 0).expect("flow kept").backend_id,
+            ids[0]
+        );
+    }
+    let pins: HashMap<MapData, PersistKey, Persist> = pinned(dir.path(), map_names::PERSIST);
+    assert_eq!(pins.keys().count(), 10);
+    let restored = dp
+        .kernel_mirror()
+        .restore(&["shop".to_owned()], monotonic_now_ns())
+        .expect("restore");
+    assert_eq!(restored.entries.get("shop").map_or(0, Vec::len), 20);
+    // Services, backends and the live maglev table are as they were: flows keep their server.
+    let ids_after: Vec<_> = ["192.0.2.11:8080", "192.0.2.12:8080", "192.0.2.13:8080"]
+        .iter()
+        .map(|a| dp.backend_id(addr(a)).expect("id after"))
+        .collect();
+    assert_eq!(ids_after, ids);
+    let svc_after = service_in_map(dir.path(), "198.51.100.10", 80).expect("service after");
+    assert_eq!(svc_after, svc);
+    assert_eq!(maglev_live(dir.path(), &svc_after), table);
+    dp.apply(&spec).expect("apply after migration");
+    drop(dp);
+
+    // Smaller again: what does not fit is counted, the rest kept.
+    let tiny = Capacities {
+        table_mirror_entries: 8,
+        ..big
+    };
+    let mut dp = once_unlocked(|| Dataplane::open_with(&d, &tiny)).expect("open tiny");
+    let ds = dp
+        .migration()
+        .maps
+        .iter()
+        .find(|(n, _, _)| *n == map_names::DS_TABLE)
+        .map(|(_, c, d)| (*c, *d));
+    assert_eq!(ds, Some((8, 14)), "8 fit, 14 counted as dropped");
+    assert_eq!(max_entries(dir.path(), map_names::DS_TABLE), 8);
+    dp.apply(&spec).expect("apply after shrinking");
+}
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn kernel_mirror_counts_every_entry_it_cannot_hold() {
+    use latch::tables::Mirror;
+    let dir = PinDir::new();
+    let caps = Capacities {
+        table_mirror_entries: 16,
+        ..Capacities::DEFAULT
+    };
+    let dp = Dataplane::open_with(dir.path(), &caps).expect("open");
+    let mirror = dp.kernel_mirror();
+    let far = monotonic_now_ns() + 3_600_000_000_000;
+    for i in 0..30 {
+        mirror.upsert("shop", "", &format!("s{i}"), "192.0.2.11", far);
+    }
+    mirror.upsert("shop", "", "long", &"v".repeat(65), far);
+    mirror.upsert("other", "", "k", "192.0.2.12", far);
+    // Two name records ("shop", "") and 14 entries fill the 16 slots; "other" cannot even
+    // record its name.
+    let u = mirror.unmirrored("shop");
+    assert_eq!((u.full, u.too_large, u.failed), (16, 1, 0));
+    assert_eq!(mirror.unmirrored("other").total(), 1);
+    let restored = mirror
+        .restore(&["shop".to_owned(), "other".to_owned()], monotonic_now_ns())
+        .expect("restore");
+    let back = restored.entries.get("shop").map_or(0, Vec::len) as u64;
+    assert_eq!(
+        back,
+        31 - u.total(),
+        "exactly the counted entries are missing"
+    );
+}
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn kernel_memory_estimate_matches_what_the_kernel_charges() {
+    let dir = PinDir::new();
+    let caps = Capacities {
+        services: 16,
+        backends: 256,
+        connections: 65_536,
+        client_pins: 16_384,
+        table_mirror_entries: 8192,
+    };
+    let _dp = Dataplane::open_with(dir.path(), &caps).expect("open");
+    let cpus = latch::dataplane::possible_cpus();
+    for m in latch::dataplane::kernel_memory(&caps, cpus) {
+        let f = std::fs::File::open(versioned_dir(dir.path()).join(m.name)).ok();
+        // A pinned map opened as a file is no map descriptor: read the memlock the kernel
+        // charges through a descriptor of the map instead.
+        drop(f);
+        let data = MapData::from_pin(versioned_dir(dir.path()).join(m.name)).expect("pin");
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = data.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let memlock: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("memlock line");
+        let est = m.fixed_bytes;
+        // The kernel also counts its map header and, for maps without preallocation, the
+        // entries present (none here); within 10% or 64 KiB.
+        let slack = (memlock / 10).max(64 * 1024);
+        assert!(
+            est.abs_diff(memlock) <= slack,
+            "{}: estimated {est} B, kernel charges {memlock} B",
+            m.name
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn map_fill_counts_the_entries_of_each_map() {
+    use latch::tables::Mirror;
+    let dir = PinDir::new();
+    let caps = Capacities {
+        connections: 16_384,
+        client_pins: 1024,
+        table_mirror_entries: 2048,
+        ..Capacities::DEFAULT
+    };
+    let dp = Dataplane::open_with(dir.path(), &caps).expect("open");
+    let fill = |dp: &Dataplane| -> std::collections::HashMap<&str, (u64, u32)> {
+        dp.map_fill()
+            .expect("map fill")
+            .iter()
+            .map(|m| (m.map, (m.entries, m.capacity)))
+            .collect()
+    };
+    assert_eq!(fill(&dp)["connections"], (0, 16_384));
+    {
+        let mut ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
+        // More than one batch of 4096.
+        for i in 0..5000 {
+            let mut k = flow_key(i);
+            k.dst_port = (1000 + i / 250) as u16;
+            ct.insert(k, Flow::default(), 0).expect("flow");
+        }
+        let mut pins: HashMap<MapData, PersistKey, Persist> =
+            pinned(dir.path(), map_names::PERSIST);
+        for i in 0..7u8 {
+            let key = PersistKey {
+                group: 1,
+                client_addr: u32::from(i),
+            };
+            pins.insert(key, Persist::default(), 0).expect("pin");
+        }
+    }
+    let far = monotonic_now_ns() + 3_600_000_000_000;
+    for i in 0..40 {
+        dp.kernel_mirror()
+            .upsert("shop", "", &format!("k{i}"), "v", far);
+    }
+    let f = fill(&dp);
+    assert_eq!(f["connections"], (5000, 16_384));
+    assert_eq!(f["client_pins"], (7, 1024));
+    // 40 entries and two name records.
+    assert_eq!(f["table_mirror"], (42, 2048));
 }

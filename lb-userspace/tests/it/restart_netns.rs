@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use latch_tests::{
-    AgentSettings, DataScript, HttpConn, LatchAgent, LatchConfig, Netns, Pool, Topology,
+    AgentSettings, Capacity, DataScript, HttpConn, LatchAgent, LatchConfig, Netns, Pool, Topology,
     VirtualService, http_get, strip_ansi,
 };
 use lb_common::map_names;
@@ -383,5 +383,137 @@ fn older_pin_dir_without_the_table_mirror_is_adopted_and_upgraded() -> TestResul
     );
     let r = topo.client().run(|| http_get(vip(&topo), "/", &[]))?;
     assert_eq!(r.status, 200);
+    Ok(())
+}
+
+// ---- nothing lost quietly (issue 17, item 2) -------------------------------------------------
+
+/// Each request with `X-Batch: p` inserts keys `p-1` .. `p-100` (values of 100 bytes for the
+/// first five with `X-Long: 1`) and answers how many the table took in X-Stored.
+const BATCH_INSERT: &str = r#"local b = avi.http.get_header("X-Batch")
+if b then
+  local long = avi.http.get_header("X-Long") == "1"
+  local ok = 0
+  for i = 1, 100 do
+    local v = "192.0.2.11"
+    if long and i <= 5 then v = string.rep("v", 100) end
+    if avi.vs.table_insert(b .. "-" .. i, v, 3600) then ok = ok + 1 end
+  end
+  avi.http.response(200, {["X-Stored"] = tostring(ok)}, "stored")
+end
+"#;
+
+/// (entries, unmirrored) per virtual service, from `latch stats --json`.
+fn table_counts(agent: &LatchAgent) -> Result<Vec<(String, u64, u64)>, String> {
+    let out = agent
+        .latch(&["stats", "--json"])
+        .map_err(|e| e.to_string())?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let list = doc["virtual_services"]
+        .as_array()
+        .ok_or("no virtual_services in latch stats --json")?;
+    Ok(list
+        .iter()
+        .map(|v| {
+            let t = &v["tables"];
+            let n = |k: &str| t[k].as_u64().unwrap_or_default();
+            (
+                v["name"].as_str().unwrap_or_default().to_owned(),
+                n("entries"),
+                n("unmirrored_full") + n("unmirrored_too_large") + n("unmirrored_failed"),
+            )
+        })
+        .collect())
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn table_entries_the_mirror_cannot_hold_are_counted_and_exactly_those_are_lost_on_kill9()
+-> TestResult {
+    let topo = Topology::builder().backends(1).build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    // Each service may hold 600 entries, which its own share of the mirror always fits
+    // (600 + 1024 reserved for names); three full services do not: 1800 entries and four
+    // name records for 1624 slots.
+    let settings = AgentSettings::new(&topo.lb_interfaces())
+        .bpffs_dir(agent.bpffs_dir())
+        .state_file(&agent.dir().join("servers.json"))
+        .table_max_entries(600)
+        .capacity(Capacity {
+            table_mirror_entries: Some(1624),
+            connections: Some(16_384),
+            client_pins: Some(1024),
+            ..Capacity::default()
+        });
+    let names = ["shop-a", "shop-b", "shop-c"];
+    let mut config =
+        LatchConfig::new(settings).pool(Pool::new("web", backends(&topo, &[1], HTTP_PORT)));
+    for (i, name) in names.iter().enumerate() {
+        config = config.virtual_service(
+            VirtualService::http(name, SocketAddr::from((topo.vip(), 80 + i as u16)), "web")
+                .datascript(DataScript::request(BATCH_INSERT)),
+        );
+    }
+    agent.write_latch_config(&config)?;
+    agent.start()?;
+
+    topo.client().run(|| -> Result<(), String> {
+        for (i, name) in names.iter().enumerate() {
+            let vip = SocketAddr::from((topo.vip(), 80 + i as u16));
+            for batch in 0..6 {
+                let prefix = format!("{name}-{batch}");
+                let long = if i == 0 && batch == 0 { "1" } else { "0" };
+                let r = http_get(vip, "/", &[("x-batch", prefix.as_str()), ("x-long", long)])
+                    .map_err(|e| e.to_string())?;
+                if r.status != 200 || r.header("x-stored") != Some("100") {
+                    return Err(format!(
+                        "{prefix}: status {} stored {:?}",
+                        r.status,
+                        r.header("x-stored")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    let before = table_counts(&agent)?;
+    let stored: u64 = before.iter().map(|(_, e, _)| e).sum();
+    let unmirrored: u64 = before.iter().map(|(_, _, u)| u).sum();
+    assert_eq!(stored, 1800, "{before:?}");
+    // 1795 entries that fit the mirror's size and four name records for 1624 slots: 175 did
+    // not fit; five more have values over 64 bytes.
+    assert_eq!(unmirrored, 175 + 5, "{before:?}");
+    let status = agent.latch(&["status"])?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("table entries NOT in the kernel mirror (lost on kill -9):"),
+        "{status}"
+    );
+    assert!(status.contains("too large 5"), "{status}");
+    let warnings = strip_ansi(&agent.log())
+        .lines()
+        .filter(|l| l.contains("table entries not mirrored into the kernel"))
+        .count();
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} warnings for 180 entries: logged, and rate-limited"
+    );
+
+    agent.kill9()?;
+    agent.start()?;
+    let after = table_counts(&agent)?;
+    for (name, entries, unmirrored) in &before {
+        let back = after
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map_or(0, |(_, e, _)| *e);
+        assert_eq!(
+            back,
+            entries - unmirrored,
+            "{name}: exactly the counted entries are missing after kill -9 ({before:?} -> {after:?})"
+        );
+    }
     Ok(())
 }

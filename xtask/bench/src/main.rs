@@ -9,6 +9,7 @@ mod mpps;
 mod plot;
 mod replication;
 mod report;
+mod scale;
 mod testrun;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,12 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         inserts: usize,
     },
+    /// Scale: tables at 10 k / 100 k / 1 M entries, restore after kill -9, config of 1,000
+    /// services.
+    Scale {
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// HTTP: wrk against the direct backend, latch, HAProxy and nginx+Lua.
     Http {
         #[arg(long, default_value_t = 10)]
@@ -59,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Dataplane { seconds, rounds } => {
             dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
         }
+        Cmd::Scale { rounds } => scale::run(rounds.clamp(1, 10)),
         Cmd::Replication { samples, inserts } => {
             replication::run(samples.clamp(10, 100_000), inserts.clamp(1000, 2_000_000))
         }

@@ -86,7 +86,8 @@ pub struct Report {
     pub method: Vec<String>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at rank `p` (0..=1) of `sorted`; 0 when empty.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -120,6 +120,14 @@ impl AdminBackend for FakeBackend {
             reloads_applied: self.reloads.load(Ordering::SeqCst),
             reloads_refused: 0,
             last_reload_unix_seconds: None,
+            tables_unmirrored: vec![(
+                "shop".into(),
+                latch::api::model::TableCounters {
+                    unmirrored_full: 120,
+                    unmirrored_too_large: 3,
+                    ..Default::default()
+                },
+            )],
         }
     }
 
