@@ -217,7 +217,8 @@ impl Agent {
         let tables = Arc::new(TableStore::new(TableLimits::default(), Arc::new(NoMirror)));
         let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
-        let mut dataplane = Dataplane::open(&config.agent.bpffs_dir)?;
+        let mut dataplane =
+            Dataplane::open_with_pins(&config.agent.bpffs_dir, config.agent.ephemeral_pins)?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
         let state_file = config.agent.server_state_file();
         let levers = levers::load(&state_file, &config);

@@ -1015,3 +1015,6 @@ max_body_buffer = "64KiB"
 // [[string_group]], [[ip_group]], [[rate_limiter]] and a service's rate_limit.
 mod groups;
 mod tls;
+
+// Servers, workers and durations that parse but cannot be right; non-UTF-8 files.
+mod bounds;
