@@ -265,7 +265,11 @@ impl Agent {
         let tables = Arc::new(TableStore::new(limits, Arc::new(NoMirror)));
         let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
-        let mut dataplane = Dataplane::open_with(&config.agent.bpffs_dir, &config.agent.capacity)?;
+        let mut dataplane = Dataplane::open_pinned(
+            &config.agent.bpffs_dir,
+            &config.agent.capacity,
+            config.agent.ephemeral_pins,
+        )?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
         let state_file = config.agent.server_state_file();
         let levers = levers::load(&state_file, &config);

@@ -355,6 +355,18 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme name is case-insensitive
+/// and followed by one or more spaces (RFC 7235 section 2.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
+}
+
 async fn authenticate(State(token): State<Option<Arc<str>>>, req: Request, next: Next) -> Response {
     let Some(expected) = token else {
         return next.run(req).await;
@@ -362,7 +374,7 @@ async fn authenticate(State(token): State<Option<Arc<str>>>, req: Request, next:
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| bearer_token(v.as_bytes()));
     match given {
         Some(given) if token_matches(given, expected.as_bytes()) => next.run(req).await,
         _ => {

@@ -551,3 +551,14 @@ fn human_units() {
     assert_eq!(human_bytes(1536), "1.5 KiB");
     assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_takes_several_spaces() {
+    assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+    assert_eq!(bearer_token(b"bearer abc"), Some(&b"abc"[..]));
+    assert_eq!(bearer_token(b"BEARER   abc"), Some(&b"abc"[..]));
+    assert_eq!(bearer_token(b"Bearer"), None);
+    assert_eq!(bearer_token(b"Bearer "), None);
+    assert_eq!(bearer_token(b"Basic abc"), None);
+    assert_eq!(bearer_token(b"Bearerabc"), None);
+}

@@ -18,7 +18,7 @@ pub struct ConfigDiff {
     /// Virtual services in both with any difference (listener, pool, forwarding, scripts, ...).
     pub services_changed: Vec<String>,
     /// Agent settings that only take effect on restart and differ (`interfaces`, `bpffs_dir`,
-    /// `state_file`, `admin_listen`, `workers`); a reload keeps the old values and warns.
+    /// `ephemeral_pins`, `state_file`, `admin_listen`, `workers`); a reload keeps the old values and warns.
     pub restart_required: Vec<&'static str>,
     /// Agent settings that a reload applies (proxy and DataScript limits, log format, token).
     pub agent_changed: bool,
@@ -84,6 +84,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     if o.bpffs_dir != n.bpffs_dir {
         restart_required.push("bpffs_dir");
+    }
+    if o.ephemeral_pins != n.ephemeral_pins {
+        restart_required.push("ephemeral_pins");
     }
     if o.state_file != n.state_file {
         restart_required.push("state_file");

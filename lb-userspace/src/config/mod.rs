@@ -34,9 +34,32 @@ pub use tls::{
 
 /// Reads and validates the config file at `path`, including the script files it names.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ConfigErrors::whole_file(path, format!("cannot read config: {e}")))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     parse(&text, path)
+}
+
+/// The error for a file that is not UTF-8, at the line and column of its first bad byte.
+pub(crate) fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> ConfigErrors {
+    let valid = &bytes[..e.valid_up_to()];
+    let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&valid[line_start..])
+        .chars()
+        .count()
+        + 1;
+    ConfigErrors {
+        diagnostics: vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+            col,
+            message: format!(
+                "the file is not UTF-8 (invalid byte 0x{:02x}); save it as UTF-8",
+                bytes.get(e.valid_up_to()).copied().unwrap_or(0)
+            ),
+        }],
+    }
 }
 
 /// Validates config `text` as if read from `path`; script `file`s are resolved against

@@ -64,6 +64,9 @@ pub struct AgentConfig {
     /// Where the servers' runtime states and weights (`latch server ...`) are kept across
     /// restarts; `None` means [`AgentConfig::server_state_file`]'s default.
     pub state_file: Option<PathBuf>,
+    /// Run even where the pins cannot outlive the agent (a private mount namespace, as under
+    /// `ip netns exec`). Default false: such a start is refused with the cure.
+    pub ephemeral_pins: bool,
     /// Proxy worker threads; `None` means one per core.
     pub workers: Option<usize>,
     /// File holding the bearer token the admin API then requires on every endpoint (resolved
@@ -87,6 +90,7 @@ impl Default for AgentConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
             state_file: None,
+            ephemeral_pins: false,
             workers: None,
             admin_token_file: None,
             log_format: LogFormat::Text,

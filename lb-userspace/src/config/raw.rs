@@ -18,6 +18,7 @@ pub(crate) struct RawAgent {
     pub admin_listen: Option<SStr>,
     pub bpffs_dir: Option<SStr>,
     pub state_file: Option<SStr>,
+    pub ephemeral_pins: Option<bool>,
     pub workers: Option<Spanned<usize>>,
     pub admin_token_file: Option<SStr>,
     pub log_format: Option<LogFormat>,

@@ -1068,3 +1068,6 @@ fn capacities_parse_and_a_table_limit_beyond_the_mirror_is_refused() {
     );
 }
 mod tls;
+
+// Servers, workers and durations that parse but cannot be right; non-UTF-8 files.
+mod bounds;

@@ -27,6 +27,13 @@ const TOP_LEVEL: &str =
 
 /// Default persistence timeout when `persistence.timeout` is omitted.
 const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
+/// The longest duration any setting takes (timeouts, intervals, ramps, persistence): longer
+/// is a typo, and timer arithmetic on it could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The longest `max_event_time`: a script event that may run longer holds a worker that long.
+const MAX_EVENT_TIME: Duration = Duration::from_secs(10);
+/// Workers per CPU beyond which `workers` is refused.
+const MAX_WORKERS_PER_CPU: usize = 4;
 
 pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let mut sink = Sink::new(path, text);
@@ -180,14 +187,30 @@ impl Validator<'_> {
         }
     }
 
-    /// A positive duration, or `default` when absent. Errors leave the default in place so
-    /// validation carries on.
+    /// A positive duration of at most [`MAX_DURATION`], or `default` when absent. Errors leave
+    /// the default in place so validation carries on.
     fn duration(&mut self, s: Option<&SStr>, default: Duration) -> Duration {
+        self.duration_within(s, default, MAX_DURATION)
+    }
+
+    /// Like [`Self::duration`], at most `max`.
+    fn duration_within(&mut self, s: Option<&SStr>, default: Duration, max: Duration) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d.is_zero() => {
                 self.sink
                     .error(s.span(), "duration must be greater than zero");
+                default
+            }
+            Ok(d) if d > max => {
+                self.sink.error(
+                    s.span(),
+                    format!(
+                        "duration `{}` is longer than the maximum of {}",
+                        s.get_ref(),
+                        humantime::format_duration(max)
+                    ),
+                );
                 default
             }
             Ok(d) => d,
@@ -295,8 +318,22 @@ impl Validator<'_> {
         if let Some(f) = &raw.state_file {
             agent.state_file = Some(self.relative_path(f.get_ref()));
         }
+        agent.ephemeral_pins = raw.ephemeral_pins.unwrap_or(false);
         if let Some(w) = &raw.workers {
-            agent.workers = Some(self.at_least(Some(w), 1, 1, "workers"));
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let max = cpus * MAX_WORKERS_PER_CPU;
+            let n = self.at_least(Some(w), 1, 1, "workers");
+            agent.workers = Some(if n > max {
+                self.sink.error(
+                    w.span(),
+                    format!(
+                        "workers = {n} is more than {MAX_WORKERS_PER_CPU} per CPU (this host has {cpus}): at most {max}; more threads than CPUs only add switching"
+                    ),
+                );
+                max
+            } else {
+                n
+            });
         }
         if let Some(f) = &raw.admin_token_file {
             agent.admin_token_file = Some(self.relative_path(f.get_ref()));
@@ -335,7 +372,11 @@ impl Validator<'_> {
                 ),
                 // LuaJIT needs some room for its own state and the avi.* API tables.
                 memory_limit: self.size(ds.memory_limit.as_ref(), d.memory_limit, 1024 * 1024),
-                max_event_time: self.duration(ds.max_event_time.as_ref(), d.max_event_time),
+                max_event_time: self.duration_within(
+                    ds.max_event_time.as_ref(),
+                    d.max_event_time,
+                    MAX_EVENT_TIME,
+                ),
                 table_memory_limit: self.size(
                     ds.table_memory_limit.as_ref(),
                     d.table_memory_limit,
@@ -500,14 +541,71 @@ impl Validator<'_> {
         out
     }
 
+    /// A server address that no server can have: unspecified, broadcast or multicast.
+    fn server_addr_usable(&mut self, addr: SocketAddr, span: Range<usize>) -> Option<SocketAddr> {
+        let ip = addr.ip();
+        let why = if ip.is_unspecified() {
+            "the unspecified address"
+        } else if ip.is_multicast() {
+            "a multicast address"
+        } else if matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast()) {
+            "the broadcast address"
+        } else {
+            return Some(addr);
+        };
+        self.sink.error(
+            span,
+            format!("server address {addr} is {why}, which cannot be a server"),
+        );
+        None
+    }
+
+    /// A server that is the virtual service's own address would send every request back
+    /// into latch: refused for every pool a script could select, and for an XDP-forwarded
+    /// service also a server on the VIP at another port (XDP would forward to itself).
+    fn servers_not_the_listener(
+        &mut self,
+        pools: &[PoolInfo],
+        own: Option<&PoolInfo>,
+        listen: SocketAddr,
+        kind: ServiceType,
+        vs: &str,
+    ) {
+        for p in pools {
+            let is_own = own.is_some_and(|o| std::ptr::eq(o, p));
+            for (server, span) in p.config.servers.iter().zip(&p.servers_spans) {
+                let same_ip = server.addr.ip() == listen.ip();
+                if server.addr == listen {
+                    self.sink.error(
+                        span.clone(),
+                        format!(
+                            "server {} is the listen address of virtual service `{vs}`: requests to it would loop back into latch",
+                            server.addr
+                        ),
+                    );
+                } else if is_own && same_ip && kind != ServiceType::Http {
+                    self.sink.error(
+                        span.clone(),
+                        format!(
+                            "server {} is on the VIP of virtual service `{vs}`, which XDP forwards: it would forward to itself",
+                            server.addr
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// One `servers` element: a plain address, or a table with weight and backup.
     fn server(&mut self, s: &Spanned<RawServer>) -> Option<PoolServer> {
         match s.get_ref() {
-            RawServer::Plain(text) => self
-                .addr_at(text, s.span(), "server address")
-                .map(PoolServer::new),
+            RawServer::Plain(text) => {
+                let addr = self.addr_at(text, s.span(), "server address")?;
+                self.server_addr_usable(addr, s.span()).map(PoolServer::new)
+            }
             RawServer::Table(t) => {
                 let addr = self.addr(&t.addr, "server address")?;
+                let addr = self.server_addr_usable(addr, t.addr.span())?;
                 let weight = match &t.weight {
                     None => 1,
                     Some(w) => match u32::try_from(*w.get_ref()) {
@@ -690,6 +788,10 @@ impl Validator<'_> {
                     raw.pool.span(),
                     format!("unknown pool `{}` ({hint})", raw.pool.get_ref()),
                 );
+            }
+
+            if let Some(l) = listen {
+                self.servers_not_the_listener(pools, pool, l, kind, &name);
             }
 
             if let Some(p) = pool
@@ -876,12 +978,12 @@ impl Validator<'_> {
                                 origin_file: file,
                                 first_line: 1,
                             }),
-                            Err(_) => self.sink.push(Diagnostic {
-                                file,
-                                line: 0,
-                                col: 0,
-                                message: "script file is not valid UTF-8".to_string(),
-                            }),
+                            Err(e) => {
+                                let errors = super::not_utf8(&file, e.as_bytes(), e.utf8_error());
+                                for d in errors.diagnostics {
+                                    self.sink.push(d);
+                                }
+                            }
                         },
                         Err(e) => self.sink.error(
                             f.span(),

@@ -43,6 +43,62 @@ fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
+/// The name of the driver behind `iface` (`veth`, `virtio_net`, `mlx5_core`...), from the
+/// ethtool ioctl in this process's network namespace; `None` for devices without one (`lo`).
+pub(crate) fn driver_name(iface: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` of linux/ethtool.h.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain-old-data structs for which all zeroes is a valid value.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a datagram socket only to carry the ioctl; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `req` names the interface (NUL-terminated: IFNAMSIZ zeroed bytes, a shorter
+    // name) and points at `info`, which outlives the call and has the layout the kernel
+    // fills for ETHTOOL_GDRVINFO.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut req) };
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let len = info
+        .driver
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// Interface names double as pin file names; refuse anything that could escape the links
 /// directory even if the kernel knew such an interface.
 fn valid_name(name: &str) -> bool {
@@ -182,6 +238,16 @@ pub(crate) fn attach_all(
             attach_fresh(xdp, &path, iface)?
         };
         tracing::info!(%iface, ?mode, "XDP attached");
+        if driver_name(iface).as_deref() == Some("veth") {
+            // A veth sender with TX checksum offload hands frames on with a partial
+            // checksum; forwarded by XDP they arrive as from a wire and are dropped.
+            tracing::warn!(
+                %iface,
+                "XDP on a veth: turn TX checksum offload off on the veth peers that send to it \
+                 (ethtool -K PEER tx off), or forwarded TCP/UDP frames carry partial checksums \
+                 and their receivers drop them (see the README, \"veth\")"
+            );
+        }
         out.push(Attached {
             iface: (*iface).to_owned(),
             mode,
@@ -208,6 +274,14 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn driver_names_come_from_ethtool() {
+        // The loopback device has no driver info; a missing device has none either.
+        assert_eq!(driver_name("lo"), None);
+        assert_eq!(driver_name("latch-nope-0"), None);
+        assert_eq!(driver_name("a-name-much-too-long-for-an-interface"), None);
     }
 
     #[test]

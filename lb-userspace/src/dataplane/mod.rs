@@ -263,15 +263,42 @@ fn nearest_existing(path: &Path) -> &Path {
     p
 }
 
+/// True when this process's mount namespace is not PID 1's (as under `ip netns exec`, or
+/// `unshare -m`): what it mounts is seen by no one else and goes with it. Unknown (no access
+/// to PID 1's namespace) counts as shared.
+fn in_private_mount_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata("/proc/self/ns/mnt"),
+        std::fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => (own.dev(), own.ino()) != (init.dev(), init.ino()),
+        _ => false,
+    }
+}
+
 /// Makes sure `dir` is (or will be, once created) on bpffs, mounting bpffs at /sys/fs/bpf
 /// when the directory lies under it, as systemd would have done on most distributions.
-fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+/// In a private mount namespace that mount would die with the agent, and the pins with it:
+/// refused unless `ephemeral_pins`.
+fn ensure_bpffs(dir: &Path, ephemeral_pins: bool) -> Result<(), DataplaneError> {
     let probe = nearest_existing(dir);
     if is_bpffs(probe).unwrap_or(false) {
         return Ok(());
     }
     let default = Path::new(DEFAULT_BPFFS);
     if dir.starts_with(default) && !is_bpffs(default).unwrap_or(false) {
+        if in_private_mount_namespace() {
+            if !ephemeral_pins {
+                return Err(DataplaneError::PrivateBpffs {
+                    dir: dir.to_owned(),
+                });
+            }
+            tracing::warn!(
+                "private mount namespace: the bpffs mounted at {DEFAULT_BPFFS} and every pin in it \
+                 die with this agent (ephemeral_pins = true)"
+            );
+        }
         tracing::warn!(
             "{DEFAULT_BPFFS} is not a BPF filesystem; mounting one (mount -t bpf bpf {DEFAULT_BPFFS})"
         );
@@ -369,12 +396,24 @@ impl Dataplane {
         Self::open_with(bpffs_dir, &Capacities::DEFAULT)
     }
 
+    /// [`Dataplane::open`] with maps of capacities `caps`: pinned maps of another capacity are
+    /// migrated into new maps of this one (`migrate.rs`).
+    pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
+        Self::open_pinned(bpffs_dir, caps, false)
+    }
+
     /// Loads the XDP object, creating its maps with `caps` or adopting the ones pinned under
     /// `<bpffs_dir>/v<LAYOUT_VERSION>/` after checking their shapes, and takes the agent lock.
     /// Pinned maps of another capacity are migrated into new maps of this one (`migrate.rs`).
-    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing.
-    pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
-        ensure_bpffs(bpffs_dir)?;
+    /// Rebuilds service and backend ids from the adopted maps. Attaches nothing. With
+    /// `ephemeral_pins`, it also runs where the pins cannot outlive the process (a bpffs
+    /// mounted in a private mount namespace); without, that is refused.
+    pub fn open_pinned(
+        bpffs_dir: &Path,
+        caps: &Capacities,
+        ephemeral_pins: bool,
+    ) -> Result<Self, DataplaneError> {
+        ensure_bpffs(bpffs_dir, ephemeral_pins)?;
         std::fs::create_dir_all(bpffs_dir)
             .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
         let lock = lock_dir(bpffs_dir)?;

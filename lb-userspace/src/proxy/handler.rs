@@ -143,6 +143,11 @@ pub(crate) async fn handle(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     txn.vs = Some(vs.clone());
+    if let Some(status) = headers::refusal(&parts.method, parts.version, &parts.headers) {
+        // Not passed on altered: answered here, before any script, and the connection ends
+        // (a CONNECT client may already be sending tunnel bytes).
+        return Ok(local_response(error_response(status), txn, true));
+    }
     txn.hooks = vs.hooks.as_ref().map(|f| {
         f.begin(TxnInfo {
             vs_name: vs.name.to_string(),

@@ -104,9 +104,72 @@ pub fn prepare_request(headers: &mut HeaderMap, client: IpAddr, secure: bool) {
     add_forwarded(headers, client, secure);
 }
 
+/// Why a request is answered by the proxy instead of being forwarded, when its head is
+/// well-formed HTTP but not something to pass on (RFC 9110 and 9112): `CONNECT` (latch is not
+/// a forward proxy), two `Host` headers, or an HTTP/1.1 request without one (9112 section
+/// 3.2: "MUST respond with a 400"; HTTP/2 carries the authority in `:authority` instead), a
+/// transfer coding other than `chunked`.
+pub fn refusal(
+    method: &http::Method,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Option<http::StatusCode> {
+    if method == http::Method::CONNECT {
+        return Some(http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == http::Version::HTTP_11) {
+        return Some(http::StatusCode::BAD_REQUEST);
+    }
+    // hyper decodes the final `chunked` and the proxy re-frames the body, so any other coding
+    // (`gzip, chunked`) would reach the server as unmarked compressed bytes: 501, as RFC 9112
+    // section 6.1 says for a coding the recipient does not implement.
+    let other_coding = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("chunked"));
+    other_coding.then_some(http::StatusCode::NOT_IMPLEMENTED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_two_hosts_and_a_hostless_http11_request_are_refused() {
+        use http::{Method, StatusCode, Version};
+        let one = map(&[("host", "shop")]);
+        let two = map(&[("host", "shop"), ("host", "evil")]);
+        let none = map(&[]);
+        assert_eq!(refusal(&Method::GET, Version::HTTP_11, &one), None);
+        assert_eq!(
+            refusal(&Method::GET, Version::HTTP_11, &two),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refusal(&Method::GET, Version::HTTP_11, &none),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        // HTTP/1.0 may leave Host out; HTTP/2 has :authority.
+        assert_eq!(refusal(&Method::GET, Version::HTTP_10, &none), None);
+        assert_eq!(refusal(&Method::GET, Version::HTTP_2, &none), None);
+        assert_eq!(
+            refusal(&Method::GET, Version::HTTP_2, &two),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refusal(&Method::CONNECT, Version::HTTP_11, &one),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        let chunked = map(&[("host", "shop"), ("transfer-encoding", "Chunked")]);
+        assert_eq!(refusal(&Method::POST, Version::HTTP_11, &chunked), None);
+        let gzip = map(&[("host", "shop"), ("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(
+            refusal(&Method::POST, Version::HTTP_11, &gzip),
+            Some(StatusCode::NOT_IMPLEMENTED)
+        );
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

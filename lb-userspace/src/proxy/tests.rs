@@ -468,6 +468,39 @@ fn large_bodies_stream_both_ways() -> TestResult {
 }
 
 #[test]
+fn requests_not_to_pass_on_are_answered_by_the_proxy() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let s = start(&[b.addr], None, settings())?;
+        for (request, status) in [
+            (&b"GET /headers HTTP/1.1\r\n\r\n"[..], "400"),
+            (b"GET /headers HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+            (b"CONNECT 192.0.2.99:443 HTTP/1.1\r\nHost: 192.0.2.99:443\r\n\r\n", "405"),
+            (
+                b"POST /headers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "501",
+            ),
+        ] {
+            let resp = raw(s.addr, request).await?;
+            assert!(
+                resp.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{}: {resp}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
+        // HTTP/1.0 may leave Host out.
+        let resp = raw(s.addr, b"GET /headers HTTP/1.0\r\n\r\n").await?;
+        assert!(
+            resp.starts_with("HTTP/1.0 200 ") || resp.starts_with("HTTP/1.1 200 "),
+            "{resp}"
+        );
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
+
+#[test]
 fn protocol_violations_never_reach_the_backend() -> TestResult {
     run(async {
         let b = backend().await?;

@@ -52,8 +52,14 @@ fn vip(topo: &Topology, port: u16) -> SocketAddr {
 fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
     let topo = Topology::builder().backends(3).vip_on_lb(false).build()?;
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
-    let _agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2, 3]))?;
+    let agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2, 3]))?;
     let client = topo.client_addr();
+    // The topology's links are veths: the agent says what their senders need.
+    let log = agent.log();
+    assert!(
+        log.contains("XDP on a veth: turn TX checksum offload off"),
+        "no veth warning in the agent's log:\n{log}"
+    );
 
     let (tcp_seen, udp_seen) = topo.client().run(|| -> Result<_, String> {
         let mut tcp = BTreeMap::<String, usize>::new();
