@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diag::{ConfigErrors, Diagnostic, Sink};
+use super::diag::{ConfigErrors, Sink};
 use super::geo::GeoDatabase;
 use super::groups::{Groups, RateLimiterConfig};
 use super::model::*;

@@ -15,8 +15,8 @@ fn servers_that_cannot_be_servers_are_refused_where_written() {
         (12, "0.0.0.0:80 is the unspecified address"),
         (26, "255.255.255.255:80 is the broadcast address"),
         (48, "224.0.0.5:80 is a multicast address"),
-        (72, "[ff02::1]:80 is a multicast address"),
-        (89, "[::]:80 is the unspecified address"),
+        (73, "[ff02::1]:80 is a multicast address"),
+        (91, "[::]:80 is the unspecified address"),
     ]) {
         assert!(
             err.starts_with(&format!("{CFG}:6:{col}: server address {what}")),
@@ -71,16 +71,15 @@ fn workers_beyond_four_per_cpu_are_refused() {
 
 #[test]
 fn durations_beyond_their_maximum_are_refused() {
-    let text = BASE.replace(
-        "[agent]\n",
-        "[agent]\n[agent.http]\nidle_timeout = \"25h\"\nheader_read_timeout = \"24h\"\n[agent.datascript]\nmax_event_time = \"11s\"\n",
+    let text = format!(
+        "{BASE}[agent.http]\nidle_timeout = \"25h\"\nheader_read_timeout = \"24h\"\n[agent.datascript]\nmax_event_time = \"11s\"\n"
     );
     let e = errors(&text);
     assert_eq!(
         e,
         [
-            format!("{CFG}:3:16: duration `25h` is longer than the maximum of 1day"),
-            format!("{CFG}:6:18: duration `11s` is longer than the maximum of 10s"),
+            format!("{CFG}:14:16: duration `25h` is longer than the maximum of 1day"),
+            format!("{CFG}:17:18: duration `11s` is longer than the maximum of 10s"),
         ]
     );
 }
