@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,6 +19,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 pub(crate) struct RequestBody {
     source: Source,
     bytes: Arc<AtomicU64>,
+    /// Set when reading the client's body failed (bad chunk framing, the client gone): a
+    /// failed upstream request is then the client's doing, not the server's.
+    client_failed: Arc<AtomicBool>,
 }
 
 impl RequestBody {
@@ -26,6 +29,7 @@ impl RequestBody {
         Self {
             source: Source::Streamed(inner),
             bytes,
+            client_failed: Arc::default(),
         }
     }
 
@@ -34,7 +38,13 @@ impl RequestBody {
         Self {
             source: Source::Full((!body.is_empty()).then_some(body)),
             bytes,
+            client_failed: Arc::default(),
         }
+    }
+
+    /// Whether reading the client's body failed, readable after the body moved upstream.
+    pub fn client_failure(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.client_failed)
     }
 }
 
@@ -51,10 +61,14 @@ impl Body for RequestBody {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Streamed(inner) => Pin::new(inner).poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.client_failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }

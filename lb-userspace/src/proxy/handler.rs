@@ -388,6 +388,7 @@ async fn forward(
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;
+    let client_body_failed = body.client_failure();
     let mut req = Request::from_parts(parts, body);
 
     let mut failed: Vec<SocketAddr> = Vec::with_capacity(2);
@@ -470,6 +471,13 @@ async fn forward(
                         tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
                         server_fail(StatusCode::BAD_GATEWAY, "connect failed")
                     })?;
+                    }
+                    // The client's body broke off or was malformed: the client's error,
+                    // answered 400 (the connection cannot carry another request), not a 502
+                    // blamed on the server.
+                    _ if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                        tracing::debug!(vs = %vs.name, %server, error = %e.into_error(), "client request body failed");
+                        return Err(fail(StatusCode::BAD_REQUEST, "client request body failed"));
                     }
                     _ => {
                         tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");

@@ -489,6 +489,29 @@ fn requests_not_to_pass_on_are_answered_by_the_proxy() -> TestResult {
             );
         }
         assert_eq!(b.state.requests.load(Ordering::SeqCst), 0);
+        // A client whose body breaks off (a chunk size that overflows, or the client gone
+        // before its Content-Length is in) made the error: 400 or a close, never a 502.
+        let resp = raw(
+            s.addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n",
+        )
+        .await?;
+        assert!(
+            resp.is_empty() || resp.starts_with("HTTP/1.1 400 "),
+            "{resp}"
+        );
+        let mut c = TcpStream::connect(s.addr).await?;
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.shutdown().await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await??;
+        let resp = String::from_utf8_lossy(&out);
+        assert!(
+            resp.is_empty() || resp.starts_with("HTTP/1.1 400 "),
+            "{resp}"
+        );
         // HTTP/1.0 may leave Host out.
         let resp = raw(s.addr, b"GET /headers HTTP/1.0\r\n\r\n").await?;
         assert!(

@@ -331,6 +331,25 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
+fn a_start_under_ip_netns_exec_is_refused_naming_the_cure() -> TestResult {
+    let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
+    let agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_latch_config(&l4_config(&agent, &topo, web_tcp(&topo), &[1]))?;
+    // `ip netns exec` gives latch a private mount namespace with a fresh /sys: a bpffs it
+    // mounted there would take every pin with it when it exits.
+    let ns = topo.lb().name().to_string();
+    let (status, stderr) =
+        agent.run_wrapped_expecting_exit(&["ip", "netns", "exec", &ns], Duration::from_secs(20))?;
+    assert!(!status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("private mount namespace") && stderr.contains("nsenter --net="),
+        "refusal names the cure: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
 fn missing_privileges_are_named_with_the_capabilities_needed() -> TestResult {
     let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
     let agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
