@@ -20,7 +20,12 @@ pub enum DataplaneError {
     /// `/sys/fs/bpf` is not bpffs and this process runs in a mount namespace of its own (as
     /// under `ip netns exec`): a bpffs mounted here, and every pin in it, would die with it.
     #[error(
-        "{dir} is not on a BPF filesystem, and this process has a private mount namespace (as          under `ip netns exec`, which mounts a fresh /sys): a bpffs mounted here would vanish          with the agent, and with it the pinned maps and links that keep forwarding and the          tables across restarts. Enter only the network namespace instead (`nsenter          --net=/run/netns/NAME latch run ...`), or mount the host's bpffs where {dir} is; set          `[agent] ephemeral_pins = true` to run with pins that die with the agent anyway"
+        "{dir} is not on a BPF filesystem, and this process has a private mount namespace (as \
+         under `ip netns exec`, which mounts a fresh /sys): a bpffs mounted here would vanish \
+         with the agent, and with it the pinned maps and links that keep forwarding and the \
+         tables across restarts. Enter only the network namespace instead (`nsenter \
+         --net=/run/netns/NAME latch run ...`), or mount the host's bpffs where {dir} is; set \
+         `[agent] ephemeral_pins = true` to run with pins that die with the agent anyway"
     )]
     PrivateBpffs {
         /// The configured pin directory.

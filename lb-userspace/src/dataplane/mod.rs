@@ -264,17 +264,25 @@ fn nearest_existing(path: &Path) -> &Path {
 }
 
 /// True when this process's mount namespace is not PID 1's (as under `ip netns exec`, or
-/// `unshare -m`): what it mounts is seen by no one else and goes with it. Unknown (no access
-/// to PID 1's namespace) counts as shared.
+/// `unshare -m`): what it mounts is seen by no one else and goes with it. Where PID 1's
+/// namespace cannot be read (a container without ptrace rights over it), the parent's is the
+/// reference: `ip netns exec` execs in place, so the parent is the shell that ran it. Unknown
+/// counts as shared.
 fn in_private_mount_namespace() -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata("/proc/self/ns/mnt"),
-        std::fs::metadata("/proc/1/ns/mnt"),
-    ) {
-        (Ok(own), Ok(init)) => (own.dev(), own.ino()) != (init.dev(), init.ino()),
-        _ => false,
-    }
+    let mount_ns = |pid: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let Some(own) = mount_ns("self") else {
+        return false;
+    };
+    let parent = std::os::unix::process::parent_id().to_string();
+    ["1", parent.as_str()]
+        .into_iter()
+        .find_map(mount_ns)
+        .is_some_and(|reference| reference != own)
 }
 
 /// Makes sure `dir` is (or will be, once created) on bpffs, mounting bpffs at /sys/fs/bpf
