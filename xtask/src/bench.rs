@@ -21,6 +21,10 @@ pub enum BenchCmd {
     /// stick table and nginx with Lua, at equal worker counts; table ops/s and bytes/entry.
     /// Writes target/bench/http.{md,json,png}.
     Http(HttpArgs),
+    /// TLS: latch beside HAProxy (same certificate) at equal worker counts: full handshakes/s
+    /// with ECDSA P-256 and RSA 2048 certificates, TLS keep-alive req/s (wrk) and HTTP/2
+    /// req/s (h2load), CPU per request. Writes target/bench/tls.{md,json,png}.
+    Tls(LoadArgs),
     /// Scale: DataScript table inserts and lookups per second with p50/p99 at 10 k, 100 k and
     /// 1 M entries (kernel mirror attached), RSS per entry, restore time after a kill -9 at
     /// 1 M entries, and the config load of 1,000 virtual services of 10 servers each. Writes
@@ -45,20 +49,43 @@ pub struct ReplicationArgs {
     pub inserts: usize,
 }
 
+/// The load knobs `bench http` and `bench tls` share.
 #[derive(Args)]
-pub struct HttpArgs {
-    /// Seconds of each wrk run (19 runs per round at the default worker counts).
+pub struct LoadArgs {
+    /// Seconds of each run (http: 19 runs per round, tls: 16, at the default worker counts).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Rounds (targets alternate within each round; the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// wrk connections.
+    /// Client connections (wrk, h2load, the TLS handshake client's threads).
     #[arg(long, default_value_t = 50)]
     pub connections: u32,
     /// LB worker counts to compare, comma-separated.
     #[arg(long, default_value = "1,2")]
     pub workers: String,
+}
+
+impl LoadArgs {
+    fn argv(self, what: &str) -> Vec<String> {
+        vec![
+            what.into(),
+            "--duration".into(),
+            self.duration.to_string(),
+            "--rounds".into(),
+            self.rounds.to_string(),
+            "--connections".into(),
+            self.connections.to_string(),
+            "--workers".into(),
+            self.workers,
+        ]
+    }
+}
+
+#[derive(Args)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Skip the datascript/tables measurement tests (they build lb-userspace's tests in release).
     #[arg(long)]
     pub no_tables: bool,
@@ -95,17 +122,7 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
         ],
         BenchCmd::Scale(a) => vec!["scale".into(), "--rounds".into(), a.rounds.to_string()],
         BenchCmd::Http(a) => {
-            let mut v = vec![
-                "http".into(),
-                "--duration".into(),
-                a.duration.to_string(),
-                "--rounds".into(),
-                a.rounds.to_string(),
-                "--connections".into(),
-                a.connections.to_string(),
-                "--workers".into(),
-                a.workers,
-            ];
+            let mut v = a.load.argv("http");
             if a.no_tables {
                 v.push("--no-tables".into());
             }
@@ -114,6 +131,7 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             }
             v
         }
+        BenchCmd::Tls(a) => a.argv("tls"),
     };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -8,14 +8,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::proc::{is_root, output, run_visible, succeeds};
 
-/// System packages: network tools for the tests, peers for the benchmarks, LLVM 22 for
-/// bpf-linker, procps for namespaced sysctls.
+/// System packages: network tools for the tests, peers and load generators (wrk, h2load) for
+/// the benchmarks, LLVM 22 for bpf-linker, procps for namespaced sysctls.
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "procps",
     "nftables",
     "wrk",
+    "nghttp2-client",
     "haproxy",
     "nginx",
     "libnginx-mod-http-lua",

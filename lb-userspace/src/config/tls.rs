@@ -145,7 +145,17 @@ pub struct PoolTls {
 impl PoolTls {
     /// The rustls client configuration (aws-lc-rs), HTTP/1.1 over ALPN.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        self.client_config_with(rustls::crypto::aws_lc_rs::default_provider())
+            .map(Arc::new)
+    }
+
+    /// [`PoolTls::client_config`] with another provider (the TLS benchmark's client limits
+    /// the key exchange groups to what its peers' clients offer).
+    pub fn client_config_with(
+        &self,
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::ClientConfig, String> {
+        let provider = Arc::new(provider);
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -162,7 +172,7 @@ impl PoolTls {
                 .with_no_client_auth()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(config)
     }
 
     /// The name to connect to `server` with: `server_name`, else its address.

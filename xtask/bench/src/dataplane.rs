@@ -7,7 +7,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -611,14 +611,7 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
         .collect();
     let ratios = report::ratios(&rates);
     let report = Report {
-        kernel: env::kernel_release(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        unix_time: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        machine: crate::report::Machine::now(),
         seconds_per_measurement: secs,
         rounds,
         generator_threads: threads,

@@ -13,16 +13,16 @@
 //! Every scenario has its own VIP and its own client address, so connection-per-request runs
 //! never meet another run's TIME_WAIT (or conntrack) state.
 
-mod conf;
+pub(crate) mod conf;
 mod plot;
-mod report;
-mod wrk;
+pub(crate) mod report;
+pub(crate) mod wrk;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -34,7 +34,7 @@ use report::{HttpReport, Lb, Measurement, Mode, Sample, TableFigures};
 
 const BACKEND_PORT: u16 = 8080;
 const VIP_PORT: u16 = 80;
-const BACKENDS: usize = 3;
+pub(crate) const BACKENDS: usize = 3;
 
 /// Command-line knobs.
 #[derive(Clone, Debug)]
@@ -114,10 +114,10 @@ fn scenarios(workers: &[usize]) -> Vec<Scenario> {
 }
 
 /// A private directory for config files, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
+    pub(crate) fn new(tag: &str) -> Result<Self> {
         let p = std::env::temp_dir().join(format!("latch-bench-http-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Self(p))
@@ -156,7 +156,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// A running load balancer (or none, for the direct backend).
-enum Running {
+pub(crate) enum Running {
     None,
     Latch(Box<LatchAgent>),
     Process { child: ChildGuard, _dir: TempDir },
@@ -172,7 +172,7 @@ impl Running {
     }
 
     /// CPU seconds used so far by the LB's process and its children (nginx workers).
-    fn cpu_seconds(&self) -> Option<f64> {
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
         let pid = self.pid()?;
         let table = process_table();
         let ticks: u64 = table
@@ -183,7 +183,7 @@ impl Running {
         Some(ticks as f64 / clock_ticks())
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         match self {
             Running::None => String::new(),
             Running::Latch(a) => a.log(),
@@ -192,7 +192,7 @@ impl Running {
     }
 
     /// Stops the LB by its PID, nginx's workers included.
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         if let Running::Process { child, _dir } = self {
             let pid = child.pid();
             let children: Vec<u32> = process_table()
@@ -223,7 +223,7 @@ impl Running {
 }
 
 /// Waits until `addr` accepts TCP connections from `ns`.
-fn wait_listening(ns: &Netns, addr: SocketAddrV4, what: &str) -> Result<()> {
+pub(crate) fn wait_listening(ns: &Netns, addr: SocketAddrV4, what: &str) -> Result<()> {
     let ok = ns.run(|| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -241,7 +241,12 @@ fn wait_listening(ns: &Netns, addr: SocketAddrV4, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_process(ns: &Netns, argv: &[&str], what: &str, dir: TempDir) -> Result<Running> {
+pub(crate) fn spawn_process(
+    ns: &Netns,
+    argv: &[&str],
+    what: &str,
+    dir: TempDir,
+) -> Result<Running> {
     let child = ns.spawn(argv).with_context(|| format!("starting {what}"))?;
     Ok(Running::Process { child, _dir: dir })
 }
@@ -459,7 +464,7 @@ fn fast_path_counter(running: &Running) -> Option<u64> {
 }
 
 /// The 1-minute load average: the machine is shared, and a busy neighbour shows here.
-fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -472,7 +477,7 @@ fn cargo() -> Command {
     c
 }
 
-fn build_latch() -> Result<PathBuf> {
+pub(crate) fn build_latch() -> Result<PathBuf> {
     println!("==> building latch (cargo build --release -p lb-userspace)");
     let status = cargo()
         .args(["build", "--release", "-p", "lb-userspace", "--bin", "latch"])
@@ -544,8 +549,9 @@ fn table_figures() -> TableFigures {
     t
 }
 
-fn check_tools() -> Result<()> {
-    for (tool, arg) in [("wrk", "--version"), ("haproxy", "-v"), ("nginx", "-v")] {
+/// Fails unless every `(tool, version flag)` runs.
+pub(crate) fn check_installed(tools: &[(&str, &str)]) -> Result<()> {
+    for (tool, arg) in tools {
         let ok = Command::new(tool)
             .arg(arg)
             .stdout(std::process::Stdio::null())
@@ -556,13 +562,18 @@ fn check_tools() -> Result<()> {
             bail!("{tool} is not installed (cargo xtask setup installs it)");
         }
     }
+    Ok(())
+}
+
+fn check_tools() -> Result<()> {
+    check_installed(&[("wrk", "--version"), ("haproxy", "-v"), ("nginx", "-v")])?;
     if !Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists() {
         bail!("nginx's Lua module is not installed (apt-get install libnginx-mod-http-lua)");
     }
     Ok(())
 }
 
-fn prepare_topology(n_scenarios: usize) -> Result<Topology> {
+pub(crate) fn prepare_topology(n_scenarios: usize) -> Result<Topology> {
     let topo = Topology::builder()
         .backends(BACKENDS)
         .client_addresses(n_scenarios)
@@ -582,23 +593,34 @@ fn prepare_topology(n_scenarios: usize) -> Result<Topology> {
 }
 
 fn route_scenarios(topo: &Topology, list: &[Scenario]) -> Result<()> {
-    let gw = latch_tests::topology::LB_CLIENT_SIDE_ADDR.to_string();
     for s in list {
-        let dst = *s.target().ip();
-        if s.lb != Lb::Direct {
-            topo.lb()
-                .ip(&["addr", "add", &format!("{dst}/32"), "dev", "lo"])?;
-        }
-        topo.client().ip(&[
-            "route",
-            "add",
-            &format!("{dst}/32"),
-            "via",
-            &gw,
-            "src",
-            &s.client().to_string(),
-        ])?;
+        route_vip(topo, *s.target().ip(), s.client(), s.lb != Lb::Direct)?;
     }
+    Ok(())
+}
+
+/// Routes `dst` from the client namespace through the LB namespace with source `client`;
+/// `on_lb`: `dst` is a VIP, added to the LB namespace's loopback.
+pub(crate) fn route_vip(
+    topo: &Topology,
+    dst: Ipv4Addr,
+    client: Ipv4Addr,
+    on_lb: bool,
+) -> Result<()> {
+    let gw = latch_tests::topology::LB_CLIENT_SIDE_ADDR.to_string();
+    if on_lb {
+        topo.lb()
+            .ip(&["addr", "add", &format!("{dst}/32"), "dev", "lo"])?;
+    }
+    topo.client().ip(&[
+        "route",
+        "add",
+        &format!("{dst}/32"),
+        "via",
+        &gw,
+        "src",
+        &client.to_string(),
+    ])?;
     Ok(())
 }
 
@@ -670,6 +692,39 @@ fn method_notes(o: &Options) -> Vec<String> {
     ]
 }
 
+/// The backends: one nginx worker each, listening when this returns. The guard of each stops
+/// its process before its directory goes.
+pub(crate) fn start_backends(topo: &Topology, ups: &[Upstream]) -> Result<Vec<Running>> {
+    let mut backends: Vec<Running> = Vec::new();
+    for (b, up) in topo.backends.iter().zip(ups) {
+        let dir = TempDir::new(&up.name)?;
+        let cfg = dir.0.join("nginx.conf");
+        std::fs::write(&cfg, conf::backend_nginx(&dir.0, up))?;
+        let (cfg, prefix) = (cfg.display().to_string(), dir.0.display().to_string());
+        let err = format!("{prefix}/error.log");
+        let r = spawn_process(
+            &b.ns,
+            &["nginx", "-p", &prefix, "-e", &err, "-c", &cfg],
+            "backend nginx",
+            dir,
+        )?;
+        backends.push(r);
+        wait_listening(topo.client(), up.addr, "backend nginx")?;
+    }
+    Ok(backends)
+}
+
+/// The topology's backends as the load balancers know them.
+pub(crate) fn upstreams(topo: &Topology) -> Vec<Upstream> {
+    topo.backends
+        .iter()
+        .map(|b| Upstream {
+            name: b.name(),
+            addr: SocketAddrV4::new(b.addr, BACKEND_PORT),
+        })
+        .collect()
+}
+
 pub fn run(opts: Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -706,33 +761,9 @@ pub fn run(opts: Options) -> Result<()> {
     );
     let topo = prepare_topology(list.len())?;
     route_scenarios(&topo, &list)?;
-    let ups: Vec<Upstream> = topo
-        .backends
-        .iter()
-        .map(|b| Upstream {
-            name: b.name(),
-            addr: SocketAddrV4::new(b.addr, BACKEND_PORT),
-        })
-        .collect();
+    let ups = upstreams(&topo);
 
-    // Backends: one nginx worker each. Field order of this Vec's tuples: the guard stops
-    // the process before its directory goes.
-    let mut backends: Vec<Running> = Vec::new();
-    for (b, up) in topo.backends.iter().zip(&ups) {
-        let dir = TempDir::new(&up.name)?;
-        let cfg = dir.0.join("nginx.conf");
-        std::fs::write(&cfg, conf::backend_nginx(&dir.0, up))?;
-        let (cfg, prefix) = (cfg.display().to_string(), dir.0.display().to_string());
-        let err = format!("{prefix}/error.log");
-        let r = spawn_process(
-            &b.ns,
-            &["nginx", "-p", &prefix, "-e", &err, "-c", &cfg],
-            "backend nginx",
-            dir,
-        )?;
-        backends.push(r);
-        wait_listening(topo.client(), up.addr, "backend nginx")?;
-    }
+    let backends = start_backends(&topo, &ups)?;
 
     let bench = Bench {
         topo: &topo,
@@ -821,14 +852,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let overhead = report::overhead(&measurements);
     let report = HttpReport {
-        kernel: env::kernel_release(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        unix_time: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        machine: crate::report::Machine::now(),
         seconds_per_run: opts.seconds,
         rounds: opts.rounds,
         wrk_threads: opts.wrk_threads,
@@ -846,17 +870,12 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 fn write(r: &HttpReport) -> Result<()> {
-    let dir = env::out_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("http.md"), report::markdown(r))?;
-    std::fs::write(dir.join("http.json"), serde_json::to_string_pretty(r)?)?;
-    if let Err(e) = plot::write_png(r, &dir.join("http.png")) {
-        eprintln!("warning: no plot: {e:#}");
-    }
+    let dir =
+        crate::report::write_report("http", r, report::markdown(r), |p| plot::write_png(r, p))?;
     println!();
     println!(
         "==> summary (medians of {} rounds; 1-min load average during the runs {:.1} .. {:.1}, median {:.1}, on {} CPUs)",
-        r.rounds, r.load_average.min, r.load_average.max, r.load_average.median, r.cpus
+        r.rounds, r.load_average.min, r.load_average.max, r.load_average.median, r.machine.cpus
     );
     for mode in [Mode::KeepAlive, Mode::Close] {
         println!();

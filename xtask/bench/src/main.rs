@@ -11,6 +11,7 @@ mod replication;
 mod report;
 mod scale;
 mod testrun;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -45,19 +46,54 @@ enum Cmd {
     },
     /// HTTP: wrk against the direct backend, latch, HAProxy and nginx+Lua.
     Http {
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        #[arg(long, default_value_t = 50)]
-        connections: u32,
-        #[arg(long, value_delimiter = ',', default_value = "1,2")]
-        workers: Vec<usize>,
+        #[command(flatten)]
+        load: Load,
         #[arg(long)]
         no_tables: bool,
         #[arg(long)]
         access_log: bool,
     },
+    /// TLS: handshakes/s (ECDSA, RSA), TLS keep-alive and HTTP/2 req/s, latch beside HAProxy.
+    Tls {
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+/// The load knobs of `http` and `tls`.
+#[derive(clap::Args)]
+struct Load {
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+}
+
+impl Load {
+    fn seconds(&self) -> u64 {
+        self.duration.clamp(1, 120)
+    }
+
+    fn rounds(&self) -> u32 {
+        self.rounds.clamp(1, 10)
+    }
+
+    /// Worker counts within 1..=16, sorted, once each.
+    fn workers(&self) -> Vec<usize> {
+        let mut w: Vec<usize> = self
+            .workers
+            .iter()
+            .copied()
+            .filter(|w| (1..=16).contains(w))
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,26 +107,26 @@ fn main() -> std::process::ExitCode {
             replication::run(samples.clamp(10, 100_000), inserts.clamp(1000, 2_000_000))
         }
         Cmd::Http {
-            duration,
-            rounds,
-            connections,
-            mut workers,
+            load,
             no_tables,
             access_log,
-        } => {
-            workers.retain(|w| (1..=16).contains(w));
-            workers.sort_unstable();
-            workers.dedup();
-            http::run(http::Options {
-                seconds: duration.clamp(1, 120),
-                rounds: rounds.clamp(1, 10),
-                connections: connections.clamp(2, 2000),
-                wrk_threads: 2,
-                workers,
-                tables: !no_tables,
-                access_log,
-            })
-        }
+        } => http::run(http::Options {
+            seconds: load.seconds(),
+            rounds: load.rounds(),
+            connections: load.connections.clamp(2, 2000),
+            wrk_threads: 2,
+            workers: load.workers(),
+            tables: !no_tables,
+            access_log,
+        }),
+        Cmd::Tls { load } => tls::run(tls::Options {
+            seconds: load.seconds(),
+            rounds: load.rounds(),
+            connections: load.connections.clamp(2, 500),
+            wrk_threads: 2,
+            h2_streams: 10,
+            workers: load.workers(),
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -86,6 +86,20 @@ pub fn panel(
     Ok(())
 }
 
+/// A PNG `width` wide of side-by-side bar panels, one per `(title, bars)`.
+pub fn write_panels(path: &Path, width: i32, panels: &[(String, Vec<Bar>)]) -> Result<()> {
+    let text = load_font();
+    let root = BitMapBackend::new(path, (width as u32, H as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("drawing: {e:?}"))?;
+    let n = panels.len().max(1) as i32;
+    for (i, (title, bars)) in panels.iter().enumerate() {
+        panel(&root, i as i32 * width / n, width / n, title, bars, text)?;
+    }
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))?;
+    Ok(())
+}
+
 pub fn write_png(report: &Report, path: &Path) -> Result<()> {
     let text = load_font();
     let root = BitMapBackend::new(path, (W as u32, H as u32)).into_drawing_area();

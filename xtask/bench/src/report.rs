@@ -1,6 +1,74 @@
 //! Results, targets and the Markdown/JSON renderings: pure, unit-tested.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use serde::Serialize;
+
+/// The machine a report was measured on (flattened into each report's JSON).
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub unix_time: u64,
+}
+
+impl Machine {
+    pub fn now() -> Self {
+        Self {
+            kernel: crate::env::kernel_release(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Writes target/bench/<name>.{md,json,png}; a plot that fails is a warning. Returns the
+/// directory.
+pub fn write_report<R: Serialize>(
+    name: &str,
+    report: &R,
+    markdown: String,
+    png: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = crate::env::out_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    if let Err(e) = png(&dir.join(format!("{name}.png"))) {
+        eprintln!("warning: no plot: {e:#}");
+    }
+    Ok(dir)
+}
+
+/// The Markdown `## Targets` table and `## Method` list that end a report.
+pub fn targets_and_method_md(targets: &[Target], method: &[String]) -> String {
+    let mut s = String::from(
+        "\n## Targets\n\n| target | required | measured | verdict |\n|---|---|---|---|\n",
+    );
+    for t in targets {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            t.what,
+            t.target,
+            t.value,
+            verdict(t.met)
+        ));
+    }
+    s.push_str("\n## Method\n\n");
+    for m in method {
+        s.push_str(&format!("- {m}\n"));
+    }
+    s
+}
 
 /// One BPF_PROG_TEST_RUN path measurement.
 #[derive(Clone, Debug, Serialize)]
@@ -63,9 +131,8 @@ pub struct Ratios {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    pub kernel: String,
-    pub cpus: usize,
-    pub unix_time: u64,
+    #[serde(flatten)]
+    pub machine: Machine,
     pub seconds_per_measurement: u64,
     pub rounds: u32,
     pub generator_threads: usize,
@@ -216,7 +283,7 @@ pub fn markdown(r: &Report) -> String {
     s.push_str(&format!(
         "Kernel {}, {} CPUs, {} generator thread(s); Mpps: {} round(s) of {} s per \
          measurement, interleaved, median reported.\n\n",
-        r.kernel, r.cpus, r.generator_threads, r.rounds, r.seconds_per_measurement
+        r.machine.kernel, r.machine.cpus, r.generator_threads, r.rounds, r.seconds_per_measurement
     ));
     s.push_str("## ns/packet (BPF_PROG_TEST_RUN)\n\n");
     s.push_str(
@@ -284,20 +351,7 @@ pub fn markdown(r: &Report) -> String {
     ] {
         s.push_str(&format!("| {name} | {v} |\n"));
     }
-    s.push_str("\n## Targets\n\n| target | required | measured | verdict |\n|---|---|---|---|\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            t.what,
-            t.target,
-            t.value,
-            verdict(t.met)
-        ));
-    }
-    s.push_str("\n## Method\n\n");
-    for m in &r.method {
-        s.push_str(&format!("- {m}\n"));
-    }
+    s.push_str(&targets_and_method_md(&r.targets, &r.method));
     s
 }
 
@@ -402,9 +456,11 @@ mod tests {
         let paths = vec![cost("conntrack_hit", 120.0, true)];
         let ratios = ratios(&rates);
         let r = Report {
-            kernel: "k".into(),
-            cpus: 2,
-            unix_time: 0,
+            machine: crate::report::Machine {
+                kernel: "k".into(),
+                cpus: 2,
+                unix_time: 0,
+            },
             seconds_per_measurement: 3,
             rounds: 1,
             generator_threads: 2,

@@ -67,6 +67,18 @@ pub fn backend_nginx(dir: &Path, up: &Upstream) -> String {
 /// latch's per-worker upstream pool and nginx's `keepalive` do (HAProxy's default, `safe`,
 /// opens a server connection for the first request of every client connection).
 pub fn haproxy(listen: SocketAddrV4, threads: usize, ups: &[Upstream]) -> String {
+    haproxy_with(
+        &listen.to_string(),
+        threads,
+        ups,
+        "  stick-table type string len 64 size 100k expire 20m\n  \
+         stick store-response res.cook(JSESSIONID)\n  stick match req.cook(JSESSIONID)\n",
+    )
+}
+
+/// HAProxy with `bind <bind>` (an address, then any bind options) round-robin over `ups` with
+/// `http-reuse always`, plus the backend lines `rules`.
+pub fn haproxy_with(bind: &str, threads: usize, ups: &[Upstream], rules: &str) -> String {
     let servers: String = ups
         .iter()
         .map(|u| format!("  server {} {}\n", u.name, u.addr))
@@ -75,11 +87,8 @@ pub fn haproxy(listen: SocketAddrV4, threads: usize, ups: &[Upstream]) -> String
         "global\n  nbthread {threads}\n  maxconn 4000\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  \
          timeout server 30s\n  timeout http-keep-alive 30s\n\n\
-         frontend fe\n  bind {listen}\n  default_backend web\n\n\
-         backend web\n  balance roundrobin\n  http-reuse always\n  \
-         stick-table type string len 64 size 100k expire 20m\n  \
-         stick store-response res.cook(JSESSIONID)\n  stick match req.cook(JSESSIONID)\n\
-         {servers}"
+         frontend fe\n  bind {bind}\n  default_backend web\n\n\
+         backend web\n  balance roundrobin\n  http-reuse always\n{rules}{servers}"
     )
 }
 

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::prelude::*;
 
 use super::report::{HttpReport, Lb, Mode};
-use crate::plot::{Bar, H, load_font, panel};
+use crate::plot::{Bar, write_panels};
 
 const WIDTH: i32 = 1600;
 
@@ -26,39 +26,33 @@ fn color(lb: Lb, valid: bool) -> RGBColor {
 }
 
 pub fn write_png(report: &HttpReport, path: &Path) -> Result<()> {
-    let text = load_font();
-    let root = BitMapBackend::new(path, (WIDTH as u32, H as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("drawing: {e:?}"))?;
-    for (i, mode) in [Mode::KeepAlive, Mode::Close].into_iter().enumerate() {
-        let bars: Vec<Bar> = report
-            .measurements
-            .iter()
-            .filter(|m| m.mode == mode)
-            .map(|m| Bar {
-                label: format!(
-                    "{}\n{}",
-                    m.lb.short(),
-                    match (m.workers, m.lb, m.valid) {
-                        (0, Lb::LatchFastPath, false) => "NOT ENGAGED".to_string(),
-                        (0, _, _) => String::new(),
-                        (w, _, _) => format!("{w} wk"),
-                    }
-                ),
-                value: m.rps,
-                text: format!("{:.1}k", m.rps / 1000.0),
-                color: color(m.lb, m.valid),
-            })
-            .collect();
-        panel(
-            &root,
-            i as i32 * WIDTH / 2,
-            WIDTH / 2,
-            &format!("req/s, {} (wrk -c{})", mode.label(), report.connections),
-            &bars,
-            text,
-        )?;
-    }
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e:?}", path.display()))?;
-    Ok(())
+    let panels: Vec<(String, Vec<Bar>)> = [Mode::KeepAlive, Mode::Close]
+        .into_iter()
+        .map(|mode| {
+            let bars = report
+                .measurements
+                .iter()
+                .filter(|m| m.mode == mode)
+                .map(|m| Bar {
+                    label: format!(
+                        "{}\n{}",
+                        m.lb.short(),
+                        match (m.workers, m.lb, m.valid) {
+                            (0, Lb::LatchFastPath, false) => "NOT ENGAGED".to_string(),
+                            (0, _, _) => String::new(),
+                            (w, _, _) => format!("{w} wk"),
+                        }
+                    ),
+                    value: m.rps,
+                    text: format!("{:.1}k", m.rps / 1000.0),
+                    color: color(m.lb, m.valid),
+                })
+                .collect();
+            (
+                format!("req/s, {} (wrk -c{})", mode.label(), report.connections),
+                bars,
+            )
+        })
+        .collect();
+    write_panels(path, WIDTH, &panels)
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::report::{Target, median};
+use crate::report::{Machine, Target, median};
 
 /// How the client connects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -215,9 +215,8 @@ impl LoadSummary {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpReport {
-    pub kernel: String,
-    pub cpus: usize,
-    pub unix_time: u64,
+    #[serde(flatten)]
+    pub machine: Machine,
     pub seconds_per_run: u64,
     pub rounds: u32,
     pub wrk_threads: u32,
@@ -250,7 +249,7 @@ fn rps(ms: &[Measurement], lb: Lb, workers: usize, mode: Mode) -> Option<f64> {
         .map(|m| m.rps)
 }
 
-fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -329,7 +328,7 @@ pub fn overhead(ms: &[Measurement]) -> Vec<Overhead> {
         .collect()
 }
 
-fn fmt_x(v: Option<f64>) -> String {
+pub(crate) fn fmt_x(v: Option<f64>) -> String {
     v.map_or("not measured".into(), |v| format!("{v:.2}x"))
 }
 
@@ -413,7 +412,7 @@ pub fn targets(ms: &[Measurement], ov: &[Overhead], tables: &TableFigures) -> Ve
     t
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
@@ -424,7 +423,13 @@ pub fn markdown(r: &HttpReport) -> String {
         "Kernel {}, {} CPUs (shared by wrk, the LB and the backends), {} backends (nginx, one \
          worker each). wrk -t{} -c{} for {} s per run, {} round(s) alternating between \
          targets, medians reported.\n\n",
-        r.kernel, r.cpus, r.backends, r.wrk_threads, r.connections, r.seconds_per_run, r.rounds
+        r.machine.kernel,
+        r.machine.cpus,
+        r.backends,
+        r.wrk_threads,
+        r.connections,
+        r.seconds_per_run,
+        r.rounds
     ));
     s.push_str(&format!(
         "1-minute load average before each target: {:.1} .. {:.1} (median {:.1}). A load well \
@@ -502,20 +507,7 @@ pub fn markdown(r: &HttpReport) -> String {
     if let Some(e) = &r.tables.error {
         s.push_str(&format!("\nTable measurements failed: {e}\n"));
     }
-    s.push_str("\n## Targets\n\n| target | required | measured | verdict |\n|---|---|---|---|\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            t.what,
-            t.target,
-            t.value,
-            crate::report::verdict(t.met)
-        ));
-    }
-    s.push_str("\n## Method\n\n");
-    for m in &r.method {
-        s.push_str(&format!("- {m}\n"));
-    }
+    s.push_str(&crate::report::targets_and_method_md(&r.targets, &r.method));
     s
 }
 
@@ -653,9 +645,11 @@ mod tests {
         let ov = overhead(&ms);
         let tables = TableFigures::default();
         let r = HttpReport {
-            kernel: "k".into(),
-            cpus: 2,
-            unix_time: 0,
+            machine: crate::report::Machine {
+                kernel: "k".into(),
+                cpus: 2,
+                unix_time: 0,
+            },
             seconds_per_run: 10,
             rounds: 3,
             wrk_threads: 2,

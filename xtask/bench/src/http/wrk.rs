@@ -18,7 +18,7 @@ pub struct WrkResult {
 }
 
 /// `1.23ms`, `635.91us`, `2.01s`, `1.00m` in milliseconds.
-fn duration_ms(s: &str) -> Option<f64> {
+pub(crate) fn duration_ms(s: &str) -> Option<f64> {
     let (num, factor) = if let Some(n) = s.strip_suffix("us") {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix("ms") {
@@ -107,7 +107,13 @@ impl WrkArgs {
 
 /// Runs wrk in `ns`; killed (by its PID) if it overruns its duration by 30 s.
 pub fn run(ns: &Netns, args: &WrkArgs) -> Result<WrkResult> {
-    let argv = args.argv();
+    parse(&run_bounded(ns, &args.argv(), args.seconds)?)
+}
+
+/// Runs `argv` (a load generator running `seconds`) in `ns` and returns its stdout; killed
+/// (by its PID) if it overruns by 30 s, an error if it exits with a failure.
+pub(crate) fn run_bounded(ns: &Netns, argv: &[String], seconds: u64) -> Result<String> {
+    let what = argv.first().map_or("", String::as_str);
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut child = ns
         .command(&refs)
@@ -115,8 +121,8 @@ pub fn run(ns: &Netns, args: &WrkArgs) -> Result<WrkResult> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("starting wrk")?;
-    let deadline = Instant::now() + Duration::from_secs(args.seconds + 30);
+        .with_context(|| format!("starting {what}"))?;
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
     loop {
         if child.try_wait()?.is_some() {
             break;
@@ -124,21 +130,23 @@ pub fn run(ns: &Netns, args: &WrkArgs) -> Result<WrkResult> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("wrk did not finish within {} s", args.seconds + 30);
+            bail!("{what} did not finish within {} s", seconds + 30);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().context("reading wrk's output")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("reading {what}'s output"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "wrk exited with {}: {}{}",
+            "{what} exited with {}: {}{}",
             out.status,
             stdout,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse(&stdout)
+    Ok(stdout)
 }
 
 #[cfg(test)]
