@@ -54,12 +54,15 @@ fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
     topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
     let agent = start(&topo, |a| l4_config(a, &topo, web_tcp(&topo), &[1, 2, 3]))?;
     let client = topo.client_addr();
-    // The topology's links are veths: the agent says what their senders need.
+    // The topology's links are veths: the agent says what their senders need (its stderr is
+    // collected as it comes, so wait for the line).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let warned = |log: &str| log.contains("XDP on a veth: turn TX checksum offload off");
+    while !warned(&agent.log()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = agent.log();
-    assert!(
-        log.contains("XDP on a veth: turn TX checksum offload off"),
-        "no veth warning in the agent's log:\n{log}"
-    );
+    assert!(warned(&log), "no veth warning in the agent's log:\n{log}");
 
     let (tcp_seen, udp_seen) = topo.client().run(|| -> Result<_, String> {
         let mut tcp = BTreeMap::<String, usize>::new();
