@@ -15,7 +15,9 @@ use super::levers::{LeverError, ServerChange};
 use super::pools::ConfiguredPool;
 use super::views::{Sources, levers_view};
 use super::{fastpath, spec};
-use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
+use crate::api::metrics::{
+    DataScriptMetrics, FastPathMetrics, MetricsSnapshot, ReplicationMetrics,
+};
 use crate::api::model::{
     PoolView, ServerChangeRequest, ServerChangeView, StatusView, TableCounters, TableEntryView,
     VirtualServiceView,
@@ -69,6 +71,8 @@ pub struct Shared {
     pub levers: Mutex<Levers>,
     /// Where `levers` are kept across restarts.
     pub state_file: PathBuf,
+    /// The HTTP fast path (for `/metrics`).
+    pub fastpath: Arc<fastpath::FastPath>,
 }
 
 impl Shared {
@@ -323,6 +327,17 @@ impl AdminBackend for AgentAdmin {
 
     fn metrics_snapshot(&self) -> MetricsSnapshot {
         let mut snapshot = self.with_sources(|s| s.metrics());
+        snapshot.fast_path = self
+            .shared
+            .fastpath
+            .vs_stats()
+            .into_iter()
+            .map(|f| FastPathMetrics {
+                vs: f.vs,
+                pinned: f.pinned,
+                shared_unpins: f.shared_unpins,
+            })
+            .collect();
         snapshot.replication = self.shared.replication.lock().as_ref().map(|r| {
             let st = r.stats();
             ReplicationMetrics {

@@ -275,6 +275,7 @@ impl Agent {
             pools: RwLock::new(plan.pools),
             levers: Mutex::new(levers),
             state_file,
+            fastpath: Arc::clone(&fastpath),
         });
         Ok(Self { shared, fastpath })
     }

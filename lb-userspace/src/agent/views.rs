@@ -411,8 +411,9 @@ impl Sources<'_> {
             tables,
             datascripts: self.datascripts.to_vec(),
             health,
-            // Filled by the agent, which owns the replication handle.
+            // Filled by the agent, which owns the replication handle and the fast path.
             replication: None,
+            fast_path: Vec::new(),
         }
     }
 }
