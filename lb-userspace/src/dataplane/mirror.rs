@@ -365,7 +365,7 @@ fn value_bytes(v: &DsValue) -> Option<&[u8]> {
     v.value.get(..v.value_len as usize)
 }
 
-/// 64-bit FNV-1a of a table key: how a pin record names the entry that owns the pin.
+/// 64-bit FNV-1a of a table key: how a fast-path record names the entry an address carries.
 pub fn key_hash64(key: &str) -> u64 {
     lb_common::fnv::fnv1a_64(key.as_bytes())
 }
@@ -595,7 +595,7 @@ impl KernelMirror {
         }
     }
 
-    /// Reads the mirror back after a restart: returns the live entries and pin records of
+    /// Reads the mirror back after a restart: returns the live entries and fast-path records of
     /// `configured` virtual services, and deletes everything else (expired entries, entries
     /// of other virtual services, records whose names are unknown). Name records are kept.
     pub fn restore(&self, configured: &[String], now_ns: u64) -> Result<Restored, DataplaneError> {
@@ -670,7 +670,7 @@ impl KernelMirror {
         Ok(out)
     }
 
-    /// Deletes every entry and pin record of virtual services not in `keep` (reload).
+    /// Deletes every entry and fast-path record of virtual services not in `keep` (reload).
     pub fn retain_vs(&self, keep: &[String]) -> Result<usize, DataplaneError> {
         let ids: HashSet<u32> = keep.iter().map(|n| ds_name_id(n.as_bytes())).collect();
         let mut n = 0;
