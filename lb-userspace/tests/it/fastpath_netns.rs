@@ -22,24 +22,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::LATCH;
 use crate::netns_config::{HTTP_PORT, TestResult, backends, lb_agent, shop};
 
-/// Sessions learned at /login (lifetime 60 s), looked up without extension, removed at
-/// /logout.
-fn scripts() -> [DataScript; 2] {
+/// Sessions learned at /login (lifetime 60 s), looked up with an extension of `extension_s`
+/// (0: none; otherwise every proxied request of a user tells the fast path which address
+/// carries its key, as with the seed's scripts), removed at /logout.
+fn scripts(extension_s: u32) -> [DataScript; 2] {
     [
-        DataScript::request(
+        DataScript::request(&format!(
             r#"local id = avi.http.get_cookie("JSESSIONID")
 if id then
   if avi.http.get_path() == "/logout" then
     avi.vs.table_remove(id)
   else
-    local server = avi.vs.table_lookup(id, 0)
+    local server = avi.vs.table_lookup(id, {extension_s})
     if server then
       avi.pool.select("web", server)
     end
   end
 end
-"#,
-        ),
+"#
+        )),
         DataScript::response(
             r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 60)
@@ -53,7 +54,7 @@ end
 fn config(agent: &LatchAgent, topo: &Topology, servers: &[usize]) -> LatchConfig {
     lb_agent(topo, agent)
         .pool(Pool::new("web", backends(topo, servers, HTTP_PORT)))
-        .virtual_service(shop(topo).client_ip_fast_path().datascripts(scripts()))
+        .virtual_service(shop(topo).client_ip_fast_path().datascripts(scripts(0)))
 }
 
 /// Sum over CPUs of one global counter, read from the agent's pinned STATS map.
@@ -291,29 +292,6 @@ fn a_pin_to_a_drained_server_keeps_working_and_maint_removes_it() -> TestResult 
 
 // ---- addresses shared by several users (issue 18) ---------------------------------------------
 
-/// Like [`scripts`], but a lookup extends the session (as the seed's JSESSIONID scripts do),
-/// so every proxied request of a user tells the fast path which address carries its key.
-fn extending_scripts() -> [DataScript; 2] {
-    let [_, resp] = scripts();
-    [
-        DataScript::request(
-            r#"local id = avi.http.get_cookie("JSESSIONID")
-if id then
-  if avi.http.get_path() == "/logout" then
-    avi.vs.table_remove(id)
-  else
-    local server = avi.vs.table_lookup(id, 60)
-    if server then
-      avi.pool.select("web", server)
-    end
-  end
-end
-"#,
-        ),
-        resp,
-    ]
-}
-
 /// `GET path` with cookie JSESSIONID=`cookie` on a fresh connection from `from`: (backend,
 /// client address the backend saw).
 fn get_as(
@@ -398,7 +376,7 @@ fn a_shared_address_is_unpinned_its_users_reach_their_servers_and_it_survives_ki
             shop(&topo)
                 .client_ip_fast_path()
                 .fast_path_exclude(&["corp-nat"])
-                .datascripts(extending_scripts()),
+                .datascripts(scripts(60)),
         );
     agent.write_latch_config(&config)?;
     agent.start()?;
