@@ -242,9 +242,12 @@ pub mod ds_ids {
     /// `vs_id` of name records: `table_id` 0, key = the id (4 bytes, little endian), value =
     /// the name. They let a restarted agent map ids back to names.
     pub const NAMES: u32 = 0;
-    /// `table_id` of fast-path pin records of a virtual service: key = client address (4
-    /// bytes, network order), value = table id (4 bytes LE) and a 64-bit FNV-1a hash of the
-    /// table key (8 bytes LE), so a restarted agent knows which entry owns which pin.
+    /// `table_id` of fast-path records of a virtual service, one per (client address, table
+    /// entry the address carries): key = client address (4 bytes, network order), table id
+    /// (4 bytes LE) and a 64-bit FNV-1a hash of the table key (8 bytes LE), value empty and
+    /// never expiring, so a restarted agent rebuilds per-address session counts and pins.
+    /// (Agents before that wrote one record per pinned client: key = the address, value =
+    /// table id and key hash; a restart converts them.)
     pub const PINS: u32 = u32::MAX;
 }
 

@@ -306,9 +306,26 @@ pub struct HttpConn {
 
 impl HttpConn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self> {
+        Self::connect_with(None, addr, timeout)
+    }
+
+    /// A connection from source address `from` (any port).
+    pub fn connect_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Self> {
+        Self::connect_with(Some(from), addr, timeout)
+    }
+
+    fn connect_with(
+        from: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Self> {
         let rt = runtime()?;
         let (sender, local) = rt
-            .block_on(async { tokio::time::timeout(timeout, connect(addr)).await })
+            .block_on(async { tokio::time::timeout(timeout, connect_from(from, addr)).await })
             .map_err(|_| Error::Timeout {
                 what: format!("connect {addr}"),
                 after: timeout,

@@ -435,6 +435,10 @@ pub struct VirtualService {
     #[serde(skip_serializing_if = "Option::is_none")]
     fast_path: Option<ClientKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    fast_path_max_sessions: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fast_path_exclude: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<Tls>,
@@ -554,6 +558,8 @@ impl VirtualService {
             forwarding: None,
             persistence: None,
             fast_path: None,
+            fast_path_max_sessions: None,
+            fast_path_exclude: Vec::new(),
             rate_limit: None,
             tls: None,
             datascript: Vec::new(),
@@ -593,6 +599,18 @@ impl VirtualService {
     /// `fast_path = "client_ip"`: table entries pin clients to servers in XDP.
     pub fn client_ip_fast_path(mut self) -> Self {
         self.fast_path = Some(ClientKey::ClientIp);
+        self
+    }
+
+    /// `fast_path_max_sessions`: most session keys a pinned address may carry.
+    pub fn fast_path_max_sessions(mut self, max: u32) -> Self {
+        self.fast_path_max_sessions = Some(max);
+        self
+    }
+
+    /// `fast_path_exclude`: `[[ip_group]]`s whose addresses are never pinned.
+    pub fn fast_path_exclude(mut self, groups: &[&str]) -> Self {
+        self.fast_path_exclude = groups.iter().map(|g| g.to_string()).collect();
         self
     }
 

@@ -15,7 +15,9 @@ use super::levers::{LeverError, ServerChange};
 use super::pools::ConfiguredPool;
 use super::views::{Sources, levers_view};
 use super::{fastpath, spec};
-use crate::api::metrics::{DataScriptMetrics, MetricsSnapshot, ReplicationMetrics};
+use crate::api::metrics::{
+    DataScriptMetrics, FastPathMetrics, MetricsSnapshot, ReplicationMetrics,
+};
 use crate::api::model::{
     PoolView, ServerChangeRequest, ServerChangeView, StatusView, TableCounters, TableEntryView,
     VirtualServiceView,
@@ -71,6 +73,8 @@ pub struct Shared {
     pub state_file: PathBuf,
     /// How full the kernel maps were at the last sweep.
     pub map_fill: Mutex<Vec<crate::dataplane::MapFill>>,
+    /// The HTTP fast path (for `/metrics`).
+    pub fastpath: Arc<fastpath::FastPath>,
 }
 
 impl Shared {
@@ -341,6 +345,17 @@ impl AdminBackend for AgentAdmin {
                 capacity: u64::from(m.capacity),
                 evictions: m.evictions,
                 full: m.full,
+            })
+            .collect();
+        snapshot.fast_path = self
+            .shared
+            .fastpath
+            .vs_stats()
+            .into_iter()
+            .map(|f| FastPathMetrics {
+                vs: f.vs,
+                pinned: f.pinned,
+                shared_unpins: f.shared_unpins,
             })
             .collect();
         snapshot.replication = self.shared.replication.lock().as_ref().map(|r| {

@@ -1,15 +1,22 @@
 //! Fast-path stickiness (`fast_path = "client_ip"`) and the kernel copy of the tables.
 //!
 //! When a DataScript stores or extends a table entry whose value is a server of the virtual
-//! service's pool, the requesting client's address is pinned to that server in PERSIST with
-//! the entry's expiry, and XDP forwards that client's new connections straight to the server.
-//! [`FastPath`] remembers which entry owns which client's pin so that removing or expiring the
-//! entry unpins its clients, and a server leaving the pool (reload) unpins the clients pinned
-//! to it. Ownership is also written to DS_TABLE as pin records, so a restarted agent picks it
-//! up again ([`adopt_kernel_state`]).
+//! service's pool, the requesting client's address is said to *carry* that session key (until
+//! the entry leaves the table). An address is pinned to a server in PERSIST, and XDP then
+//! forwards its new connections straight there, only while it carries at most
+//! `fast_path_max_sessions` keys (default 1) and they all name that server. A further key
+//! from the same address (which only a proxied request can show) removes the pin, so the
+//! address's new connections are proxied, balanced and scripted again; when its keys expire
+//! or are removed down to the limit it is pinned again. Addresses of the `fast_path_exclude`
+//! IP groups are never pinned (nor tracked).
 //!
-//! Per request the work is a hash lookup and, at most once a second per client
-//! ([`COALESCE_NS`]), two map writes (the pin and its record).
+//! [`PinState`] is that bookkeeping, pure. Which address carries which key is also written to
+//! DS_TABLE, one record per (address, key), so a restarted agent rebuilds the per-address
+//! counts and the pins from the records and the restored table entries
+//! ([`adopt_kernel_state`]): both already survive a kill -9, and a pin is a function of them.
+//!
+//! Per request the work is two hash lookups and, at most once a second per address
+//! ([`COALESCE_NS`]), one map write (the pin), plus one record write for a new (address, key).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -19,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::{Config, ServiceType};
+use crate::config::{Config, IpGroup, ServiceType};
 use crate::dataplane::{Dataplane, DataplaneError, KernelMirror, PersistPins, PinRecord, Proto};
 use crate::datascript::ScriptTableObserver;
 use crate::proxy::hooks::TxnInfo;
@@ -44,13 +51,15 @@ pub trait PinSink: Send + Sync {
     ) -> Result<(), DataplaneError>;
     /// Remove `client`'s pin.
     fn unpin(&self, service: ServiceAddr, client: Ipv4Addr);
-    /// Record that `client`'s pin belongs to (`table`, `key`) of `vs`.
-    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str, expires_ns: u64);
+    /// Record that `client` carries entry (`table`, `key`) of `vs`.
+    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str);
     /// Forget that record.
-    fn forget(&self, vs: &str, client: Ipv4Addr);
+    fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str);
+    /// Forget a record read back after a restart (its key known only by its hash).
+    fn forget_hashed(&self, record: &PinRecord);
 }
 
-/// PERSIST pins plus their ownership records in DS_TABLE.
+/// PERSIST pins plus the (address, key) records in DS_TABLE.
 pub struct KernelPins {
     pins: PersistPins,
     mirror: Arc<KernelMirror>,
@@ -71,45 +80,154 @@ impl PinSink for KernelPins {
             tracing::warn!(%err, %client, "fast-path unpin failed");
         }
     }
-    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str, expires_ns: u64) {
-        self.mirror.record_pin(vs, client, table, key, expires_ns);
+    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+        self.mirror.record_carrier(vs, client, table, key);
     }
-    fn forget(&self, vs: &str, client: Ipv4Addr) {
-        self.mirror.forget_pin(vs, client);
+    fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+        self.mirror.forget_carrier(vs, client, table, key);
+    }
+    fn forget_hashed(&self, r: &PinRecord) {
+        self.mirror
+            .forget_carrier_hashed(&r.vs, r.client, &r.table, r.key_hash);
     }
 }
 
-/// One client's pin as the agent knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Pin {
-    table: Box<str>,
-    key: Box<str>,
-    server: SocketAddrV4,
-    expires_ns: u64,
+/// A table entry: (table, key).
+type EntryId = (Box<str>, Box<str>);
+
+fn entry_id(table: &str, key: &str) -> EntryId {
+    (Box::from(table), Box::from(key))
 }
 
-/// Which entry owns which client's pin, for one virtual service. Pure: the caller does the
-/// kernel writes the methods ask for.
-#[derive(Debug, Default)]
+/// One address as the agent knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Address {
+    /// The live session keys it carries: the server each names and its expiry as last seen.
+    sessions: HashMap<EntryId, (SocketAddrV4, u64)>,
+    /// Its pin in PERSIST: server and expiry.
+    pin: Option<(SocketAddrV4, u64)>,
+}
+
+/// What the kernel must be told of one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinChange {
+    /// Nothing.
+    Keep,
+    /// Pin it to the server until the expiry.
+    Pin(SocketAddrV4, u64),
+    /// Remove its pin: `shared` when the address carries more keys than allowed (or keys of
+    /// several servers), otherwise its last key left.
+    Unpin {
+        /// Unpinned for carrying several sessions.
+        shared: bool,
+    },
+}
+
+/// Which address carries which session key, and which addresses are pinned, for one virtual
+/// service. Pure: the caller does the kernel writes the methods ask for.
+#[derive(Debug)]
 pub struct PinState {
-    by_client: HashMap<Ipv4Addr, Pin>,
-    by_entry: HashMap<(Box<str>, Box<str>), HashSet<Ipv4Addr>>,
+    max_sessions: usize,
+    addrs: HashMap<Ipv4Addr, Address>,
+    by_entry: HashMap<EntryId, HashSet<Ipv4Addr>>,
+    shared_unpins: u64,
+}
+
+impl Default for PinState {
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 impl PinState {
-    /// Number of pinned clients.
+    /// Empty, pinning addresses that carry at most `max_sessions` keys.
+    pub fn new(max_sessions: u32) -> Self {
+        Self {
+            max_sessions: max_sessions.max(1) as usize,
+            addrs: HashMap::new(),
+            by_entry: HashMap::new(),
+            shared_unpins: 0,
+        }
+    }
+
+    /// Number of pinned addresses.
+    pub fn pinned(&self) -> usize {
+        self.addrs.values().filter(|a| a.pin.is_some()).count()
+    }
+
+    /// Number of addresses carrying at least one key.
     pub fn len(&self) -> usize {
-        self.by_client.len()
+        self.addrs.len()
     }
 
-    /// True when no client is pinned.
+    /// True when no address carries a key.
     pub fn is_empty(&self) -> bool {
-        self.by_client.is_empty()
+        self.addrs.is_empty()
     }
 
-    /// `client` is (re)pinned by entry (`table`, `key`) to `server` until `expires_ns`.
-    /// Returns whether the kernel must be written: not when the same pin already exists and
-    /// the expiry moved forward by less than `coalesce_ns`.
+    /// Pins removed because an address carried several sessions.
+    pub fn shared_unpins(&self) -> u64 {
+        self.shared_unpins
+    }
+
+    /// Keys `client` carries.
+    pub fn sessions_of(&self, client: Ipv4Addr) -> usize {
+        self.addrs.get(&client).map_or(0, |a| a.sessions.len())
+    }
+
+    /// The pin `client` should have: its one server while it carries 1..=max keys, all of
+    /// that server (expiry: the latest of theirs).
+    fn desired(&self, a: &Address) -> Option<(SocketAddrV4, u64)> {
+        if a.sessions.is_empty() || a.sessions.len() > self.max_sessions {
+            return None;
+        }
+        let mut it = a.sessions.values();
+        let (server, mut expires) = *it.next()?;
+        for &(s, e) in it {
+            if s != server {
+                return None;
+            }
+            expires = expires.max(e);
+        }
+        Some((server, expires))
+    }
+
+    /// Brings `client`'s pin in line with its keys; drops an address with neither.
+    fn reconcile(&mut self, client: Ipv4Addr, coalesce_ns: u64) -> PinChange {
+        let Some(a) = self.addrs.get(&client) else {
+            return PinChange::Keep;
+        };
+        let want = self.desired(a);
+        let shared = !a.sessions.is_empty();
+        let change = match (want, a.pin) {
+            (None, None) => PinChange::Keep,
+            (None, Some(_)) => PinChange::Unpin { shared },
+            (Some((s, e)), Some((ps, pe))) if s == ps && e >= pe && e - pe < coalesce_ns => {
+                PinChange::Keep
+            }
+            (Some((s, e)), _) => PinChange::Pin(s, e),
+        };
+        if let Some(a) = self.addrs.get_mut(&client) {
+            match change {
+                PinChange::Keep => {}
+                PinChange::Pin(s, e) => a.pin = Some((s, e)),
+                PinChange::Unpin { .. } => a.pin = None,
+            }
+            if a.sessions.is_empty() && a.pin.is_none() {
+                self.addrs.remove(&client);
+            }
+        }
+        if change == (PinChange::Unpin { shared: true }) {
+            self.shared_unpins += 1;
+        }
+        change
+    }
+
+    /// A script on a request from `client` inserted or extended entry (`table`, `key`),
+    /// which names `server` until `expires_ns`. Returns whether the address carries the key
+    /// newly (its record must be written) and what the kernel must be told. A pin whose
+    /// server is unchanged is not rewritten while its expiry moved by less than
+    /// `coalesce_ns`.
     pub fn upsert(
         &mut self,
         client: Ipv4Addr,
@@ -118,74 +236,145 @@ impl PinState {
         server: SocketAddrV4,
         expires_ns: u64,
         coalesce_ns: u64,
-    ) -> bool {
-        if let Some(p) = self.by_client.get(&client)
-            && *p.table == *table
-            && *p.key == *key
-            && p.server == server
-            && expires_ns >= p.expires_ns
-            && expires_ns - p.expires_ns < coalesce_ns
-        {
-            return false;
-        }
-        self.remove_client(client);
-        self.by_entry
-            .entry((Box::from(table), Box::from(key)))
-            .or_default()
-            .insert(client);
-        self.by_client.insert(
-            client,
-            Pin {
-                table: Box::from(table),
-                key: Box::from(key),
-                server,
-                expires_ns,
-            },
-        );
-        true
+    ) -> (bool, PinChange) {
+        let a = self.addrs.entry(client).or_default();
+        let id = entry_id(table, key);
+        let new = match a.sessions.get_mut(&id) {
+            Some(v) => {
+                *v = (server, expires_ns);
+                false
+            }
+            None => {
+                a.sessions.insert(id.clone(), (server, expires_ns));
+                self.by_entry.entry(id).or_default().insert(client);
+                true
+            }
+        };
+        (new, self.reconcile(client, coalesce_ns))
     }
 
-    /// Forgets `client`'s pin; true if it had one.
-    pub fn remove_client(&mut self, client: Ipv4Addr) -> bool {
-        let Some(p) = self.by_client.remove(&client) else {
-            return false;
+    /// The kernel refused `client`'s pin: it is not pinned.
+    pub fn pin_failed(&mut self, client: Ipv4Addr) {
+        if let Some(a) = self.addrs.get_mut(&client) {
+            a.pin = None;
+        }
+    }
+
+    /// The entry left its table: every address that carried it, with what its pin becomes
+    /// (an address back within the limit is pinned again).
+    pub fn remove_entry(&mut self, table: &str, key: &str) -> Vec<(Ipv4Addr, PinChange)> {
+        let id = entry_id(table, key);
+        let clients = self.by_entry.remove(&id).unwrap_or_default();
+        clients
+            .into_iter()
+            .map(|c| {
+                if let Some(a) = self.addrs.get_mut(&c) {
+                    a.sessions.remove(&id);
+                }
+                (c, self.reconcile(c, 0))
+            })
+            .collect()
+    }
+
+    /// Forgets `client` entirely: the keys it carried and whether it had a pin.
+    pub fn remove_client(&mut self, client: Ipv4Addr) -> (Vec<EntryId>, bool) {
+        let Some(a) = self.addrs.remove(&client) else {
+            return (Vec::new(), false);
         };
-        let k = (p.table, p.key);
-        if let Some(set) = self.by_entry.get_mut(&k) {
-            set.remove(&client);
-            if set.is_empty() {
-                self.by_entry.remove(&k);
+        let ids: Vec<EntryId> = a.sessions.into_keys().collect();
+        for id in &ids {
+            if let Some(set) = self.by_entry.get_mut(id) {
+                set.remove(&client);
+                if set.is_empty() {
+                    self.by_entry.remove(id);
+                }
             }
         }
-        true
+        (ids, a.pin.is_some())
     }
 
-    /// The entry left its table: the clients it pinned, now forgotten.
-    pub fn remove_entry(&mut self, table: &str, key: &str) -> Vec<Ipv4Addr> {
-        let k: (Box<str>, Box<str>) = (Box::from(table), Box::from(key));
-        let clients: Vec<Ipv4Addr> = self
-            .by_entry
-            .remove(&k)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
-        for c in &clients {
-            self.by_client.remove(c);
+    /// Every address `drop` selects, forgotten (see [`PinState::remove_client`]).
+    pub fn remove_clients(
+        &mut self,
+        drop: impl Fn(Ipv4Addr) -> bool,
+    ) -> Vec<(Ipv4Addr, Vec<EntryId>, bool)> {
+        let gone: Vec<Ipv4Addr> = self.addrs.keys().copied().filter(|c| drop(*c)).collect();
+        gone.into_iter()
+            .map(|c| {
+                let (ids, pinned) = self.remove_client(c);
+                (c, ids, pinned)
+            })
+            .collect()
+    }
+
+    /// Keys naming a server `keep` refuses are dropped (the server left the pool); returns
+    /// each address that lost keys, the keys and what its pin becomes.
+    pub fn retain_servers(
+        &mut self,
+        keep: impl Fn(&SocketAddrV4) -> bool,
+    ) -> Vec<(Ipv4Addr, Vec<EntryId>, PinChange)> {
+        let mut hit: Vec<(Ipv4Addr, Vec<EntryId>)> = Vec::new();
+        for (c, a) in &mut self.addrs {
+            let gone: Vec<EntryId> = a
+                .sessions
+                .iter()
+                .filter(|(_, (s, _))| !keep(s))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                a.sessions.remove(id);
+            }
+            // A pin to a server that left goes even when the address keeps other keys.
+            if a.pin.is_some_and(|(s, _)| !keep(&s)) || !gone.is_empty() {
+                hit.push((*c, gone));
+            }
         }
+        hit.into_iter()
+            .map(|(c, gone)| {
+                for id in &gone {
+                    if let Some(set) = self.by_entry.get_mut(id) {
+                        set.remove(&c);
+                        if set.is_empty() {
+                            self.by_entry.remove(id);
+                        }
+                    }
+                }
+                let mut change = self.reconcile(c, 0);
+                if change == PinChange::Keep
+                    && let Some(a) = self.addrs.get_mut(&c)
+                    && a.pin.is_some_and(|(s, _)| !keep(&s))
+                {
+                    a.pin = None;
+                    change = PinChange::Unpin { shared: false };
+                }
+                (c, gone, change)
+            })
+            .collect()
+    }
+
+    /// A new `max_sessions` (reload): what each address's pin becomes.
+    pub fn set_max_sessions(&mut self, max_sessions: u32) -> Vec<(Ipv4Addr, PinChange)> {
+        self.max_sessions = max_sessions.max(1) as usize;
+        let clients: Vec<Ipv4Addr> = self.addrs.keys().copied().collect();
         clients
+            .into_iter()
+            .map(|c| (c, self.reconcile(c, 0)))
+            .filter(|(_, ch)| *ch != PinChange::Keep)
+            .collect()
     }
 
-    /// Forgets (and returns) every client whose pin fails `keep`.
-    pub fn remove_where(&mut self, keep: impl Fn(&SocketAddrV4, u64) -> bool) -> Vec<Ipv4Addr> {
-        let gone: Vec<Ipv4Addr> = self
-            .by_client
-            .iter()
-            .filter(|(_, p)| !keep(&p.server, p.expires_ns))
-            .map(|(c, _)| *c)
-            .collect();
-        for c in &gone {
-            self.remove_client(*c);
+    /// Pins that lapsed by themselves (their entries lived on, extended from other addresses)
+    /// are forgotten; XDP already ignores them and the data-plane sweep deletes them. A later
+    /// proxied request of the address pins it again. Returns how many.
+    pub fn lapse(&mut self, now_ns: u64) -> usize {
+        let mut n = 0;
+        for a in self.addrs.values_mut() {
+            if a.pin.is_some_and(|(_, e)| e <= now_ns) {
+                a.pin = None;
+                n += 1;
+            }
         }
-        gone
+        n
     }
 }
 
@@ -220,7 +409,15 @@ fn client_v4(addr: &SocketAddr) -> Option<Ipv4Addr> {
 struct FastVs {
     service: ServiceAddr,
     servers: Vec<SocketAddrV4>,
+    /// `fast_path_exclude`: addresses never pinned nor tracked.
+    exclude: Vec<IpGroup>,
     state: Arc<Mutex<PinState>>,
+}
+
+impl FastVs {
+    fn excluded(&self, client: Ipv4Addr) -> bool {
+        self.exclude.iter().any(|g| g.contains(IpAddr::V4(client)))
+    }
 }
 
 /// Counters of the fast path (monotonic).
@@ -228,10 +425,21 @@ struct FastVs {
 pub struct FastPathStats {
     /// Pins written to the kernel.
     pub pins: u64,
-    /// Pins removed (entry removed or expired, server left the pool, pin lapsed).
+    /// Pins removed (entries removed or expired, address shared, server left the pool).
     pub unpins: u64,
     /// Pins the kernel refused (map full, server not programmed).
     pub failed: u64,
+}
+
+/// The fast path of one virtual service, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FastPathVsStats {
+    /// Virtual service.
+    pub vs: String,
+    /// Addresses pinned now.
+    pub pinned: u64,
+    /// Pins removed because their address carried several sessions (since start).
+    pub shared_unpins: u64,
 }
 
 /// See the module docs. Shared by the proxy workers (as [`ScriptTableObserver`]), the tables
@@ -282,25 +490,79 @@ impl FastPath {
         }
     }
 
-    /// Clients currently pinned in `vs`.
+    /// Per fast-path virtual service: pinned addresses and shared unpins.
+    pub fn vs_stats(&self) -> Vec<FastPathVsStats> {
+        let mut out: Vec<FastPathVsStats> = self
+            .services
+            .load()
+            .iter()
+            .map(|(name, f)| {
+                let st = f.state.lock();
+                FastPathVsStats {
+                    vs: name.clone(),
+                    pinned: st.pinned() as u64,
+                    shared_unpins: st.shared_unpins(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.vs.cmp(&b.vs));
+        out
+    }
+
+    /// Addresses currently pinned in `vs`.
     pub fn pinned_clients(&self, vs: &str) -> usize {
         self.services
             .load()
             .get(vs)
-            .map_or(0, |f| f.state.lock().len())
+            .map_or(0, |f| f.state.lock().pinned())
     }
 
-    fn unpin_all(&self, vs: &str, fvs: &FastVs, clients: &[Ipv4Addr]) {
-        for &c in clients {
-            self.sink.unpin(fvs.service, c);
-            self.sink.forget(vs, c);
-            self.unpins.fetch_add(1, Ordering::Relaxed);
+    /// Does what `change` asks for `client` (called with the state's lock held, so one
+    /// address's kernel writes happen in order).
+    fn apply(&self, fvs: &FastVs, state: &mut PinState, client: Ipv4Addr, change: PinChange) {
+        match change {
+            PinChange::Keep => {}
+            PinChange::Pin(server, expires_ns) => {
+                match self.sink.pin(fvs.service, client, server, expires_ns) {
+                    Ok(()) => {
+                        self.pins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        state.pin_failed(client);
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%err, %client, "fast-path pin not written");
+                    }
+                }
+            }
+            PinChange::Unpin { shared } => {
+                self.sink.unpin(fvs.service, client);
+                self.unpins.fetch_add(1, Ordering::Relaxed);
+                if shared {
+                    tracing::debug!(%client, "fast-path address carries several sessions: unpinned");
+                }
+            }
         }
     }
 
-    /// Takes the fast-path virtual services of `config` (start and reload). Pins of servers
-    /// that left a pool, and of virtual services no longer fast-pathed or moved to another
-    /// address, are removed. Call after the data plane has been programmed.
+    /// Forgets addresses entirely (excluded now, or their service went): their records and
+    /// pins.
+    fn drop_clients(&self, vs: &str, fvs: &FastVs, gone: Vec<(Ipv4Addr, Vec<EntryId>, bool)>) {
+        for (c, ids, pinned) in gone {
+            for (table, key) in &ids {
+                self.sink.forget(vs, c, table, key);
+            }
+            if pinned {
+                self.sink.unpin(fvs.service, c);
+                self.unpins.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the fast-path virtual services of `config` (start and reload). Keys naming
+    /// servers that left a pool are dropped (and pins to those servers removed), addresses
+    /// now excluded are forgotten and unpinned, a new `fast_path_max_sessions` applies at
+    /// once, and virtual services no longer fast-pathed or moved to another address lose
+    /// everything. Call after the data plane has been programmed.
     pub fn configure(&self, config: &Config) {
         let old = self.services.load_full();
         let mut new = HashMap::new();
@@ -314,51 +576,72 @@ impl FastPath {
             };
             let service = (*listen.ip(), listen.port(), Proto::Tcp);
             let servers = super::spec::pool_servers_v4(config, &vs.pool);
+            let exclude: Vec<IpGroup> = vs
+                .fast_path_exclude
+                .iter()
+                .filter_map(|g| config.groups.ip.get(g).cloned())
+                .collect();
             let state = match old.get(&vs.name) {
-                Some(prev) if prev.service == service => {
-                    let gone = prev
-                        .state
-                        .lock()
-                        .remove_where(|server, _| servers.contains(server));
-                    if !gone.is_empty() {
-                        tracing::info!(vs = %vs.name, clients = gone.len(), "fast-path clients unpinned: their server left the pool");
-                    }
-                    self.unpin_all(&vs.name, prev, &gone);
-                    Arc::clone(&prev.state)
-                }
-                _ => Arc::new(Mutex::new(PinState::default())),
+                Some(prev) if prev.service == service => Arc::clone(&prev.state),
+                _ => Arc::new(Mutex::new(PinState::new(vs.fast_path_max_sessions))),
             };
-            new.insert(
-                vs.name.clone(),
-                Arc::new(FastVs {
-                    service,
-                    servers,
-                    state,
-                }),
-            );
+            let fvs = Arc::new(FastVs {
+                service,
+                servers,
+                exclude,
+                state,
+            });
+            if old
+                .get(&vs.name)
+                .is_some_and(|p| Arc::ptr_eq(&p.state, &fvs.state))
+            {
+                let mut st = fvs.state.lock();
+                let excluded = st.remove_clients(|c| fvs.excluded(c));
+                self.drop_clients(&vs.name, &fvs, excluded);
+                let moved = st.retain_servers(|s| fvs.servers.contains(s));
+                let unpinned = moved
+                    .iter()
+                    .filter(|(_, _, ch)| matches!(ch, PinChange::Unpin { .. }))
+                    .count();
+                if unpinned > 0 {
+                    tracing::info!(vs = %vs.name, clients = unpinned, "fast-path clients unpinned: their server left the pool");
+                }
+                for (c, ids, change) in moved {
+                    for (table, key) in &ids {
+                        self.sink.forget(&vs.name, c, table, key);
+                    }
+                    self.apply(&fvs, &mut st, c, change);
+                }
+                for (c, change) in st.set_max_sessions(vs.fast_path_max_sessions) {
+                    self.apply(&fvs, &mut st, c, change);
+                }
+            }
+            new.insert(vs.name.clone(), fvs);
         }
         for (name, prev) in old.iter() {
             let kept = new
                 .get(name)
                 .is_some_and(|n| Arc::ptr_eq(&n.state, &prev.state));
             if !kept {
-                let gone = prev.state.lock().remove_where(|_, _| false);
-                self.unpin_all(name, prev, &gone);
+                let gone = prev.state.lock().remove_clients(|_| true);
+                self.drop_clients(name, prev, gone);
             }
         }
         self.services.store(Arc::new(new));
     }
 
-    /// Takes back the pin records a previous agent left (see [`adopt_kernel_state`]). A
-    /// record whose entry is gone or no longer names a pool server is unpinned. Returns how
-    /// many pins were adopted.
+    /// Rebuilds the per-address keys and pins from the (address, key) records a previous
+    /// agent left and the restored table entries (see [`adopt_kernel_state`]). A record whose
+    /// entry is gone, no longer names a pool server, or whose address is now excluded, is
+    /// forgotten; every address of a record is then pinned or unpinned as its keys say.
+    /// Returns how many addresses are pinned.
     pub fn restore(&self, records: Vec<PinRecord>, tables: &TableStore, now_ns: u64) -> usize {
         let services = self.services.load();
         let mut by_hash: HashMap<(String, String), HashMap<u64, EntryView>> = HashMap::new();
-        let mut adopted = 0;
+        let mut touched: HashMap<String, HashSet<Ipv4Addr>> = HashMap::new();
         for r in records {
             let Some(fvs) = services.get(&r.vs) else {
-                self.sink.forget(&r.vs, r.client);
+                self.sink.forget_hashed(&r);
                 continue;
             };
             let index = by_hash
@@ -377,31 +660,43 @@ impl FastPath {
             let owner = index
                 .get(&r.key_hash)
                 .and_then(|e| match_server(&e.value, &fvs.servers).map(|s| (e, s)));
+            touched.entry(r.vs.clone()).or_default().insert(r.client);
             match owner {
-                Some((e, server)) if r.expires_ns > now_ns => {
-                    fvs.state
-                        .lock()
-                        .upsert(r.client, &e.table, &e.key, server, r.expires_ns, 0);
-                    adopted += 1;
+                Some((e, server)) if !fvs.excluded(r.client) => {
+                    let mut st = fvs.state.lock();
+                    // Counted now, pinned below once all its keys are in.
+                    st.upsert(r.client, &e.table, &e.key, server, e.expires_at_mono_ns, 0);
+                    if let Some(a) = st.addrs.get_mut(&r.client) {
+                        a.pin = None;
+                    }
                 }
-                _ => self.unpin_all(&r.vs, fvs, &[r.client]),
+                _ => self.sink.forget_hashed(&r),
             }
         }
-        adopted
+        let mut pinned = 0;
+        for (vs, clients) in touched {
+            let Some(fvs) = services.get(&vs) else {
+                continue;
+            };
+            let mut st = fvs.state.lock();
+            for c in clients {
+                match st.reconcile(c, 0) {
+                    PinChange::Keep => self.sink.unpin(fvs.service, c),
+                    change => self.apply(fvs, &mut st, c, change),
+                }
+            }
+            pinned += st.pinned();
+        }
+        pinned
     }
 
-    /// Forgets pins that lapsed by themselves (their entry lived on, extended by other
-    /// clients); XDP already ignores them and the data-plane sweep deletes them.
+    /// Forgets pins that lapsed by themselves (see [`PinState::lapse`]).
     pub fn sweep(&self, now_ns: u64) -> usize {
-        let mut n = 0;
-        for (name, fvs) in self.services.load().iter() {
-            let gone = fvs.state.lock().remove_where(|_, exp| exp > now_ns);
-            for c in &gone {
-                self.sink.forget(name, *c);
-            }
-            n += gone.len();
-        }
-        n
+        self.services
+            .load()
+            .values()
+            .map(|fvs| fvs.state.lock().lapse(now_ns))
+            .sum()
     }
 }
 
@@ -417,48 +712,34 @@ impl ScriptTableObserver for FastPath {
         ) else {
             return;
         };
+        if fvs.excluded(client) {
+            return;
+        }
         let mut state = fvs.state.lock();
-        if !state.upsert(
+        let (new, change) = state.upsert(
             client,
             &entry.table,
             &entry.key,
             server,
             entry.expires_at_mono_ns,
             COALESCE_NS,
-        ) {
-            return;
+        );
+        if new {
+            self.sink
+                .record(&txn.vs_name, client, &entry.table, &entry.key);
         }
-        match self
-            .sink
-            .pin(fvs.service, client, server, entry.expires_at_mono_ns)
-        {
-            Ok(()) => {
-                self.pins.fetch_add(1, Ordering::Relaxed);
-                self.sink.record(
-                    &txn.vs_name,
-                    client,
-                    &entry.table,
-                    &entry.key,
-                    entry.expires_at_mono_ns,
-                );
-            }
-            Err(err) => {
-                state.remove_client(client);
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%err, %client, "fast-path pin not written");
-            }
-        }
+        self.apply(fvs, &mut state, client, change);
     }
 
     fn removed(&self, _txn: &TxnInfo, _table: &str, _key: &str) {
         // Every removal (script, admin API, flush, expiry) reaches `Mirror::remove`, which
-        // unpins; nothing more to do for the script's case.
+        // updates the carriers; nothing more to do for the script's case.
     }
 }
 
 impl Mirror for FastPath {
     fn upsert(&self, _: &str, _: &str, _: &str, _: &str, _: u64) {
-        // Pins follow the requesting client, which only the observer knows.
+        // Keys follow the requesting address, which only the observer knows.
     }
 
     fn remove(&self, vs: &str, table: &str, key: &str, _reason: RemoveReason) {
@@ -466,8 +747,11 @@ impl Mirror for FastPath {
         let Some(fvs) = services.get(vs) else {
             return;
         };
-        let clients = fvs.state.lock().remove_entry(table, key);
-        self.unpin_all(vs, fvs, &clients);
+        let mut state = fvs.state.lock();
+        for (c, change) in state.remove_entry(table, key) {
+            self.sink.forget(vs, c, table, key);
+            self.apply(fvs, &mut state, c, change);
+        }
     }
 }
 
@@ -550,47 +834,146 @@ mod tests {
     #[test]
     fn repeated_extensions_are_coalesced_but_changes_are_written() {
         let mut st = PinState::default();
-        assert!(st.upsert(C1, "", "k", S1, 100 * S, COALESCE_NS));
-        assert!(!st.upsert(C1, "", "k", S1, 100 * S + S / 2, COALESCE_NS));
-        assert!(st.upsert(C1, "", "k", S1, 101 * S + 1, COALESCE_NS));
-        // A shorter expiry (insert resetting the lifetime) is written.
-        assert!(st.upsert(C1, "", "k", S1, 50 * S, COALESCE_NS));
-        // Another server or another owning entry is written.
-        assert!(st.upsert(C1, "", "k", S2, 50 * S, COALESCE_NS));
-        assert!(st.upsert(C1, "", "k2", S2, 50 * S, COALESCE_NS));
-        assert_eq!(st.len(), 1);
-        // The client moved to k2: removing k unpins nobody.
-        assert!(st.remove_entry("", "k").is_empty());
-        assert_eq!(st.remove_entry("", "k2"), vec![C1]);
+        assert_eq!(
+            st.upsert(C1, "", "k", S1, 100 * S, COALESCE_NS),
+            (true, PinChange::Pin(S1, 100 * S))
+        );
+        assert_eq!(
+            st.upsert(C1, "", "k", S1, 100 * S + S / 2, COALESCE_NS),
+            (false, PinChange::Keep)
+        );
+        assert_eq!(
+            st.upsert(C1, "", "k", S1, 101 * S + 1, COALESCE_NS).1,
+            PinChange::Pin(S1, 101 * S + 1)
+        );
+        // A shorter expiry (insert resetting the lifetime) is written; so is another server.
+        assert_eq!(
+            st.upsert(C1, "", "k", S1, 50 * S, COALESCE_NS).1,
+            PinChange::Pin(S1, 50 * S)
+        );
+        assert_eq!(
+            st.upsert(C1, "", "k", S2, 50 * S, COALESCE_NS).1,
+            PinChange::Pin(S2, 50 * S)
+        );
+        assert_eq!(st.pinned(), 1);
+        assert_eq!(
+            st.remove_entry("", "k"),
+            vec![(C1, PinChange::Unpin { shared: false })]
+        );
         assert!(st.is_empty());
+        assert_eq!(st.shared_unpins(), 0);
     }
 
     #[test]
-    fn an_entry_owns_several_clients_and_removal_releases_all() {
+    fn a_second_key_unpins_the_address_and_back_to_one_pins_it_again() {
         let mut st = PinState::default();
-        st.upsert(C1, "t", "k", S1, 10 * S, 0);
-        st.upsert(C2, "t", "k", S1, 20 * S, 0);
-        let mut gone = st.remove_entry("t", "k");
-        gone.sort();
-        assert_eq!(gone, vec![C1, C2]);
-        assert!(st.is_empty());
-        assert!(st.by_entry.is_empty());
+        assert_eq!(
+            st.upsert(C1, "", "a", S1, 10 * S, 0).1,
+            PinChange::Pin(S1, 10 * S)
+        );
+        // A second session from the same address (seen on a proxied request).
+        assert_eq!(
+            st.upsert(C1, "", "c", S2, 20 * S, 0),
+            (true, PinChange::Unpin { shared: true })
+        );
+        assert_eq!(
+            (st.pinned(), st.sessions_of(C1), st.shared_unpins()),
+            (0, 2, 1)
+        );
+        // More keys, extensions: it stays unpinned, nothing to write.
+        assert_eq!(st.upsert(C1, "", "b", S2, 30 * S, 0).1, PinChange::Keep);
+        assert_eq!(st.upsert(C1, "", "a", S1, 40 * S, 0).1, PinChange::Keep);
+        // Another address with one key is unaffected.
+        assert_eq!(
+            st.upsert(C2, "", "b", S2, 30 * S, 0).1,
+            PinChange::Pin(S2, 30 * S)
+        );
+        assert_eq!(st.remove_entry("", "c"), vec![(C1, PinChange::Keep)]);
+        // `b` leaves both addresses: C1 is back to one key (a), pinned to its server again;
+        // C2 has none left.
+        let mut back = st.remove_entry("", "b");
+        back.sort_by_key(|(c, _)| *c);
+        assert_eq!(
+            back,
+            vec![
+                (C1, PinChange::Pin(S1, 40 * S)),
+                (C2, PinChange::Unpin { shared: false })
+            ]
+        );
+        assert_eq!((st.pinned(), st.len()), (1, 1));
+        assert_eq!(st.shared_unpins(), 1);
     }
 
     #[test]
-    fn remove_where_filters_by_server_and_expiry() {
+    fn max_sessions_allows_several_keys_of_one_server_only() {
+        let mut st = PinState::new(2);
+        assert_eq!(
+            st.upsert(C1, "", "a", S1, 10 * S, 0).1,
+            PinChange::Pin(S1, 10 * S)
+        );
+        assert_eq!(
+            st.upsert(C1, "", "b", S1, 20 * S, 0).1,
+            PinChange::Pin(S1, 20 * S)
+        );
+        assert_eq!(
+            st.upsert(C1, "", "c", S1, 20 * S, 0).1,
+            PinChange::Unpin { shared: true }
+        );
+        assert_eq!(
+            st.remove_entry("", "c"),
+            vec![(C1, PinChange::Pin(S1, 20 * S))]
+        );
+        // Two keys of two servers: two users, not pinned.
+        assert_eq!(
+            st.upsert(C1, "", "b", S2, 20 * S, 0).1,
+            PinChange::Unpin { shared: true }
+        );
+        assert_eq!(
+            st.remove_entry("", "b"),
+            vec![(C1, PinChange::Pin(S1, 10 * S))]
+        );
+        assert_eq!(
+            st.upsert(C1, "", "d", S1, 30 * S, 0).1,
+            PinChange::Pin(S1, 30 * S)
+        );
+        // A reload down to 1: two keys are now too many.
+        assert_eq!(
+            st.set_max_sessions(1),
+            vec![(C1, PinChange::Unpin { shared: true })]
+        );
+    }
+
+    #[test]
+    fn servers_leaving_drop_their_keys_and_pins() {
         let mut st = PinState::default();
         st.upsert(C1, "", "a", S1, 10 * S, 0);
         st.upsert(C2, "", "b", S2, 20 * S, 0);
-        assert_eq!(st.remove_where(|s, _| *s != S2), vec![C2]);
-        assert_eq!(st.remove_where(|_, exp| exp > 11 * S), vec![C1]);
-        assert!(st.is_empty());
+        st.upsert(C2, "", "c", S1, 20 * S, 0);
+        let mut out = st.retain_servers(|s| *s != S2);
+        out.sort_by_key(|(c, _, _)| *c);
+        assert_eq!(out.len(), 1);
+        let (c, ids, change) = &out[0];
+        assert_eq!(
+            (*c, ids.len(), *change),
+            (C2, 1, PinChange::Pin(S1, 20 * S))
+        );
+        assert_eq!(st.lapse(15 * S), 1, "C1's pin lapsed");
+        assert_eq!((st.pinned(), st.len()), (1, 2));
+        let (ids, pinned) = st.remove_client(C2);
+        assert_eq!((ids.len(), pinned), (1, true));
+        assert!(st.remove_entry("", "c").is_empty());
     }
 
     /// Records every kernel call.
     #[derive(Default)]
     struct Recorder {
         calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            self.calls.lock().drain(..).collect()
+        }
     }
 
     impl PinSink for Recorder {
@@ -609,29 +992,43 @@ mod tests {
         fn unpin(&self, _service: ServiceAddr, client: Ipv4Addr) {
             self.calls.lock().push(format!("unpin {client}"));
         }
-        fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str, _: u64) {
+        fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
             self.calls
                 .lock()
                 .push(format!("record {vs} {client} {table}/{key}"));
         }
-        fn forget(&self, vs: &str, client: Ipv4Addr) {
-            self.calls.lock().push(format!("forget {vs} {client}"));
+        fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+            self.calls
+                .lock()
+                .push(format!("forget {vs} {client} {table}/{key}"));
+        }
+        fn forget_hashed(&self, r: &PinRecord) {
+            self.calls
+                .lock()
+                .push(format!("forget {} {} {}/#", r.vs, r.client, r.table));
         }
     }
 
-    fn config(servers: &str, fast_path: bool) -> Config {
+    fn config_with(servers: &str, extra: &str) -> Config {
         let text = format!(
-            "[agent]\ninterfaces = [\"eth0\"]\n\n[[pool]]\nname = \"web\"\nservers = [{servers}]\n\n\
+            "[agent]\ninterfaces = [\"eth0\"]\n\n[[ip_group]]\nname = \"nat\"\n\
+             entries = [\"203.0.113.3\"]\n\n[[pool]]\nname = \"web\"\nservers = [{servers}]\n\n\
              [[virtual_service]]\nname = \"shop\"\nlisten = \"198.51.100.10:80\"\ntype = \"http\"\n\
-             pool = \"web\"\n{}",
+             pool = \"web\"\n{extra}"
+        );
+        crate::config::parse(&text, std::path::Path::new("/etc/latch/latch.toml"))
+            .expect("valid config")
+    }
+
+    fn config(servers: &str, fast_path: bool) -> Config {
+        config_with(
+            servers,
             if fast_path {
                 "fast_path = \"client_ip\"\n"
             } else {
                 ""
-            }
-        );
-        crate::config::parse(&text, std::path::Path::new("/etc/latch/latch.toml"))
-            .expect("valid config")
+            },
+        )
     }
 
     fn txn(client: Ipv4Addr) -> TxnInfo {
@@ -663,26 +1060,26 @@ mod tests {
         fp.upserted(&txn(C2), &entry("s2", "192.0.2.12", 200));
         fp.upserted(&txn(C2), &entry("s3", "192.0.2.99", 200)); // not a pool server
         assert_eq!(
-            rec.calls.lock().drain(..).collect::<Vec<_>>(),
+            rec.take(),
             vec![
-                "pin 203.0.113.2 192.0.2.11:8080 100",
                 "record shop 203.0.113.2 /s1",
-                "pin 203.0.113.3 192.0.2.12:8080 200",
+                "pin 203.0.113.2 192.0.2.11:8080 100",
                 "record shop 203.0.113.3 /s2",
+                "pin 203.0.113.3 192.0.2.12:8080 200",
             ]
         );
         assert_eq!(fp.stats().pins, 2);
 
         Mirror::remove(&fp, "shop", "", "s1", RemoveReason::Expired);
         assert_eq!(
-            rec.calls.lock().drain(..).collect::<Vec<_>>(),
-            vec!["unpin 203.0.113.2", "forget shop 203.0.113.2"]
+            rec.take(),
+            vec!["forget shop 203.0.113.2 /s1", "unpin 203.0.113.2"]
         );
-        // Server 192.0.2.12 leaves the pool: its client is unpinned.
+        // Server 192.0.2.12 leaves the pool: its key goes and its client is unpinned.
         fp.configure(&config("\"192.0.2.11:8080\"", true));
         assert_eq!(
-            rec.calls.lock().drain(..).collect::<Vec<_>>(),
-            vec!["unpin 203.0.113.3", "forget shop 203.0.113.3"]
+            rec.take(),
+            vec!["forget shop 203.0.113.3 /s2", "unpin 203.0.113.3"]
         );
         assert_eq!(fp.pinned_clients("shop"), 0);
 
@@ -690,14 +1087,79 @@ mod tests {
         fp.upserted(&txn(C1), &entry("s1", "192.0.2.11", 300));
         fp.configure(&config("\"192.0.2.11:8080\"", false));
         fp.upserted(&txn(C2), &entry("s9", "192.0.2.11", 300));
-        let calls: Vec<String> = rec.calls.lock().drain(..).collect();
+        let calls = rec.take();
         assert_eq!(
             calls.last().map(String::as_str),
-            Some("forget shop 203.0.113.2")
+            Some("unpin 203.0.113.2"),
+            "{calls:?}"
         );
         assert!(
             !calls.iter().any(|c| c.contains("203.0.113.3")),
             "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn a_shared_address_is_unpinned_counted_and_pinned_again_at_one_key() {
+        let rec = Arc::new(Recorder::default());
+        let fp = FastPath::new(rec.clone());
+        fp.configure(&config("\"192.0.2.11:8080\", \"192.0.2.12:8080\"", true));
+        fp.upserted(&txn(C1), &entry("a", "192.0.2.11", 100));
+        fp.upserted(&txn(C1), &entry("c", "192.0.2.12", 100));
+        assert_eq!(
+            rec.take(),
+            vec![
+                "record shop 203.0.113.2 /a",
+                "pin 203.0.113.2 192.0.2.11:8080 100",
+                "record shop 203.0.113.2 /c",
+                "unpin 203.0.113.2",
+            ]
+        );
+        let st = fp.vs_stats();
+        assert_eq!(
+            st,
+            vec![FastPathVsStats {
+                vs: "shop".into(),
+                pinned: 0,
+                shared_unpins: 1
+            }]
+        );
+        Mirror::remove(&fp, "shop", "", "c", RemoveReason::Expired);
+        assert_eq!(
+            rec.take(),
+            vec![
+                "forget shop 203.0.113.2 /c",
+                "pin 203.0.113.2 192.0.2.11:8080 100"
+            ]
+        );
+        assert_eq!(fp.pinned_clients("shop"), 1);
+    }
+
+    #[test]
+    fn excluded_addresses_are_never_pinned_nor_tracked() {
+        let rec = Arc::new(Recorder::default());
+        let fp = FastPath::new(rec.clone());
+        let servers = "\"192.0.2.11:8080\"";
+        fp.configure(&config(servers, true));
+        // C2 is pinned before the reload that excludes it.
+        fp.upserted(&txn(C2), &entry("x", "192.0.2.11", 100));
+        rec.take();
+        fp.configure(&config_with(
+            servers,
+            "fast_path = \"client_ip\"\nfast_path_exclude = [\"nat\"]\n",
+        ));
+        assert_eq!(
+            rec.take(),
+            vec!["forget shop 203.0.113.3 /x", "unpin 203.0.113.3"]
+        );
+        fp.upserted(&txn(C2), &entry("y", "192.0.2.11", 100));
+        fp.upserted(&txn(C1), &entry("z", "192.0.2.11", 100));
+        assert_eq!(
+            rec.take(),
+            vec![
+                "record shop 203.0.113.2 /z",
+                "pin 203.0.113.2 192.0.2.11:8080 100"
+            ]
         );
     }
 
@@ -708,43 +1170,73 @@ mod tests {
         fp.configure(&config("\"192.0.2.11:8080\"", true));
         fp.upserted(&txn(C1), &entry("s1", "192.0.2.11", 10));
         fp.upserted(&txn(C2), &entry("s1", "192.0.2.11", 30));
-        rec.calls.lock().clear();
+        rec.take();
         assert_eq!(fp.sweep(20 * S), 1);
-        assert_eq!(rec.calls.lock().clone(), vec!["forget shop 203.0.113.2"]);
+        assert!(rec.take().is_empty(), "XDP ignores a lapsed pin");
         assert_eq!(fp.pinned_clients("shop"), 1);
+        // C1 still carries s1: its next write pins it again.
+        fp.upserted(&txn(C1), &entry("s1", "192.0.2.11", 40));
+        assert_eq!(rec.take(), vec!["pin 203.0.113.2 192.0.2.11:8080 40"]);
     }
 
     #[test]
-    fn restore_adopts_records_whose_entry_still_names_a_server() {
+    fn restore_rebuilds_counts_and_pins_from_records_and_entries() {
         let rec = Arc::new(Recorder::default());
         let fp = FastPath::new(rec.clone());
-        fp.configure(&config("\"192.0.2.11:8080\"", true));
+        fp.configure(&config("\"192.0.2.11:8080\", \"192.0.2.12:8080\"", true));
         let tables = TableStore::new(
             crate::tables::TableLimits::default(),
             Arc::new(crate::tables::NoMirror),
         );
-        tables
-            .vs("shop")
-            .insert("", "s1", "192.0.2.11", 100, 0)
-            .expect("insert");
+        for (k, v) in [
+            ("a", "192.0.2.11"),
+            ("b", "192.0.2.12"),
+            ("c", "192.0.2.12"),
+        ] {
+            tables.vs("shop").insert("", k, v, 100, 0).expect("insert");
+        }
         let record = |client, key: &str| PinRecord {
             vs: "shop".into(),
             client,
             table: String::new(),
             key_hash: crate::dataplane::mirror::key_hash64(key),
-            expires_ns: 50 * S,
         };
-        let n = fp.restore(vec![record(C1, "s1"), record(C2, "gone")], &tables, S);
-        assert_eq!(n, 1);
-        assert_eq!(
-            rec.calls.lock().drain(..).collect::<Vec<_>>(),
-            vec!["unpin 203.0.113.3", "forget shop 203.0.113.3"]
+        // C1 carried a (and a key now gone); C2 carried b and c: shared.
+        let n = fp.restore(
+            vec![
+                record(C1, "a"),
+                record(C1, "gone"),
+                record(C2, "b"),
+                record(C2, "c"),
+            ],
+            &tables,
+            S,
         );
-        // The adopted pin is owned by its entry again.
-        Mirror::remove(&fp, "shop", "", "s1", RemoveReason::Removed);
+        assert_eq!(n, 1);
+        let mut calls = rec.take();
+        calls.sort();
         assert_eq!(
-            rec.calls.lock().drain(..).collect::<Vec<_>>(),
-            vec!["unpin 203.0.113.2", "forget shop 203.0.113.2"]
+            calls,
+            vec![
+                "forget shop 203.0.113.2 /#",
+                "pin 203.0.113.2 192.0.2.11:8080 100",
+                "unpin 203.0.113.3",
+            ]
+        );
+        // The counts survived: c leaving puts C2 back at one key, pinned to b's server.
+        Mirror::remove(&fp, "shop", "", "c", RemoveReason::Removed);
+        assert_eq!(
+            rec.take(),
+            vec![
+                "forget shop 203.0.113.3 /c",
+                "pin 203.0.113.3 192.0.2.12:8080 100"
+            ]
+        );
+        // And a adopted by C1 still unpins it when it goes.
+        Mirror::remove(&fp, "shop", "", "a", RemoveReason::Removed);
+        assert_eq!(
+            rec.take(),
+            vec!["forget shop 203.0.113.2 /a", "unpin 203.0.113.2"]
         );
     }
 }

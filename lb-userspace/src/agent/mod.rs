@@ -329,6 +329,7 @@ impl Agent {
             levers: Mutex::new(levers),
             state_file,
             map_fill: Mutex::new(Vec::new()),
+            fastpath: Arc::clone(&fastpath),
         });
         Ok(Self {
             shared,

@@ -425,10 +425,11 @@ impl Sources<'_> {
             tables,
             datascripts: self.datascripts.to_vec(),
             health,
-            // Filled by the agent, which owns the replication handle.
+            // Filled by the agent, which owns the replication handle and the fast path.
             replication: None,
             // Filled by the agent too, from its last sweep.
             maps: Vec::new(),
+            fast_path: Vec::new(),
         }
     }
 }

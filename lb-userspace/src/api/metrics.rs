@@ -156,6 +156,20 @@ pub struct MetricsSnapshot {
     /// Kernel map fill, per map (read at the agent's last sweep).
     #[serde(default)]
     pub maps: Vec<MapMetrics>,
+    /// The HTTP fast path, per virtual service with `fast_path`.
+    #[serde(default)]
+    pub fast_path: Vec<FastPathMetrics>,
+}
+
+/// The HTTP fast path of one virtual service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathMetrics {
+    /// Virtual service.
+    pub vs: String,
+    /// Client addresses pinned now.
+    pub pinned: u64,
+    /// Pins removed because their address carried more sessions than allowed.
+    pub shared_unpins: u64,
 }
 
 /// Counters of table replication through Redis.
@@ -681,6 +695,21 @@ impl Collector for SnapshotCollector {
                 h.drain_connections_left
                     .map(|n| (pool_server(h), gauge_value(n)))
             }),
+        )?;
+        let fp = &s.fast_path;
+        f.gauge(
+            "fast_path_pinned_addresses",
+            "Client addresses pinned to a server by the HTTP fast path per virtual service.",
+            None,
+            fp.iter()
+                .map(|m| (labels([("vs", &m.vs)]), gauge_value(m.pinned))),
+        )?;
+        f.counter(
+            "fast_path_shared_unpins",
+            "Fast-path pins removed because their address carried several sessions.",
+            None,
+            fp.iter()
+                .map(|m| (labels([("vs", &m.vs)]), m.shared_unpins)),
         )?;
         if let Some(r) = &s.replication {
             f.counter(

@@ -222,6 +222,11 @@ fn sample_snapshot() -> MetricsSnapshot {
             evictions: 77,
             full: 0,
         }],
+        fast_path: vec![crate::api::metrics::FastPathMetrics {
+            vs: "shop".into(),
+            pinned: 4,
+            shared_unpins: 2,
+        }],
     }
 }
 
@@ -249,6 +254,14 @@ fn metrics_follow_prometheus_naming_and_carry_the_snapshot() {
         "replication counters exported:\n{text}"
     );
     assert!(text.contains("latch_replication_connected 1"), "{text}");
+    assert!(
+        text.contains("latch_fast_path_pinned_addresses{vs=\"shop\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("latch_fast_path_shared_unpins_total{vs=\"shop\"} 2"),
+        "{text}"
+    );
     let (types, units, samples) = parse(&text);
 
     for (family, ty) in &types {

@@ -105,6 +105,9 @@ impl Default for AgentConfig {
 /// records (one per virtual service and table name).
 pub const MIRROR_RESERVE: usize = 1024;
 
+/// Default of `fast_path_max_sessions`: an address is pinned while it carries one session.
+pub const DEFAULT_FAST_PATH_MAX_SESSIONS: u32 = 1;
+
 /// Directory of the default server state files.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
 
@@ -404,6 +407,12 @@ pub struct VirtualServiceConfig {
     pub persistence: Option<Duration>,
     /// Client-IP fast path from DataScript table entries (http services only).
     pub fast_path: bool,
+    /// With `fast_path`: an address is pinned only while it carries at most this many live
+    /// session keys in the service's tables (`fast_path_max_sessions`, default 1).
+    pub fast_path_max_sessions: u32,
+    /// With `fast_path`: `[[ip_group]]`s whose addresses are never pinned
+    /// (`fast_path_exclude`).
+    pub fast_path_exclude: Vec<String>,
     /// DataScripts in configured order (http services only).
     pub datascripts: Vec<ScriptSource>,
     /// The rate limiter `avi.vs.rate_limit` counts with, and what it does beyond the count.

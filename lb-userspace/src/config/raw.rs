@@ -200,6 +200,8 @@ pub(crate) struct RawVs {
     pub forwarding: Option<Spanned<Forwarding>>,
     pub persistence: Option<Spanned<RawPersistence>>,
     pub fast_path: Option<Spanned<RawFastPath>>,
+    pub fast_path_max_sessions: Option<Spanned<u32>>,
+    pub fast_path_exclude: Option<Spanned<Vec<SStr>>>,
     #[serde(default)]
     pub datascript: Vec<Spanned<RawDataScript>>,
     pub rate_limit: Option<Spanned<RawVsRateLimit>>,

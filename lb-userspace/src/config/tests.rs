@@ -1071,3 +1071,56 @@ mod tls;
 
 // Servers, workers and durations that parse but cannot be right; non-UTF-8 files.
 mod bounds;
+// fast_path_max_sessions and fast_path_exclude (issue 18).
+
+#[test]
+fn fast_path_options_default_and_parse() {
+    let c = ok(&with_base("fast_path = \"client_ip\"\n"));
+    let vs = &c.virtual_services[0];
+    assert_eq!(vs.fast_path_max_sessions, 1);
+    assert!(vs.fast_path_exclude.is_empty());
+    let c = ok(&with_base(
+        "fast_path = \"client_ip\"\nfast_path_max_sessions = 3\nfast_path_exclude = [\"nat\"]\n\n\
+         [[ip_group]]\nname = \"nat\"\nentries = [\"203.0.113.0/28\"]\n",
+    ));
+    let vs = &c.virtual_services[0];
+    assert_eq!(vs.fast_path_max_sessions, 3);
+    assert_eq!(vs.fast_path_exclude, ["nat"]);
+}
+
+#[test]
+fn fast_path_exclude_names_must_be_ip_groups() {
+    let e = errors(&with_base(
+        "fast_path = \"client_ip\"\nfast_path_exclude = [\"nat\", \"corp\"]\n\n\
+         [[ip_group]]\nname = \"nat\"\nentries = [\"203.0.113.0/28\"]\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:14:29: unknown ip_group `corp` in fast_path_exclude (known ip groups: nat)"
+        ]
+    );
+}
+
+#[test]
+fn fast_path_options_need_fast_path_and_a_positive_limit() {
+    let e = errors(&with_base(
+        "fast_path_max_sessions = 2\nfast_path_exclude = []\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:13:26: fast_path_max_sessions only applies with fast_path = \"client_ip\"",
+            "/etc/latch/latch.toml:14:21: fast_path_exclude only applies with fast_path = \"client_ip\"",
+        ]
+    );
+    let e = errors(&with_base(
+        "fast_path = \"client_ip\"\nfast_path_max_sessions = 0\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:14:26: fast_path_max_sessions must be at least 1 (to pin no address, remove fast_path)"
+        ]
+    );
+}

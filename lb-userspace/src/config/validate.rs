@@ -1,6 +1,6 @@
 //! From TOML text to a validated [`Config`], collecting every problem with its location.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{ConfigErrors, Sink};
 use super::geo::GeoDatabase;
-use super::groups::{Groups, RateLimiterConfig};
+use super::groups::{Groups, IpGroup, RateLimiterConfig};
 use super::model::*;
 use super::raw::*;
 
@@ -82,7 +82,7 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         ip: v.ip_groups(&raw.ip_groups),
     };
     let rate_limiters = v.rate_limiters(&raw.rate_limiters);
-    let services = v.services(&raw.services, &pools, &agent, &rate_limiters);
+    let services = v.services(&raw.services, &pools, &agent, &rate_limiters, &groups.ip);
     let replication = raw.replication.as_ref().map(|r| v.replication(r));
 
     let config = Config {
@@ -750,6 +750,7 @@ impl Validator<'_> {
         pools: &[PoolInfo],
         agent: &AgentConfig,
         rate_limiters: &[RateLimiterConfig],
+        ip_groups: &BTreeMap<String, IpGroup>,
     ) -> Vec<VirtualServiceConfig> {
         let mut out = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -823,6 +824,8 @@ impl Validator<'_> {
                 Some(_) => true,
                 None => false,
             };
+            let (fast_path_max_sessions, fast_path_exclude) =
+                self.fast_path_options(raw, fast_path, ip_groups);
             let persistence = match &raw.persistence {
                 Some(p) if kind == ServiceType::Http => {
                     self.sink.error(
@@ -923,12 +926,69 @@ impl Validator<'_> {
                 forwarding,
                 persistence,
                 fast_path,
+                fast_path_max_sessions,
+                fast_path_exclude,
                 datascripts,
                 rate_limit,
                 tls,
             });
         }
         out
+    }
+
+    /// `fast_path_max_sessions` (at least 1, default 1) and `fast_path_exclude` (names of
+    /// `[[ip_group]]`s), both only with `fast_path`.
+    fn fast_path_options(
+        &mut self,
+        raw: &RawVs,
+        fast_path: bool,
+        ip_groups: &BTreeMap<String, IpGroup>,
+    ) -> (u32, Vec<String>) {
+        let mut max = DEFAULT_FAST_PATH_MAX_SESSIONS;
+        if let Some(m) = &raw.fast_path_max_sessions {
+            if !fast_path {
+                self.sink.error(
+                    m.span(),
+                    "fast_path_max_sessions only applies with fast_path = \"client_ip\"",
+                );
+            } else if *m.get_ref() == 0 {
+                self.sink.error(
+                    m.span(),
+                    "fast_path_max_sessions must be at least 1 (to pin no address, remove fast_path)",
+                );
+            } else {
+                max = *m.get_ref();
+            }
+        }
+        let mut exclude = Vec::new();
+        if let Some(list) = &raw.fast_path_exclude {
+            if !fast_path {
+                self.sink.error(
+                    list.span(),
+                    "fast_path_exclude only applies with fast_path = \"client_ip\"",
+                );
+            }
+            for name in list.get_ref() {
+                if ip_groups.contains_key(name.get_ref()) {
+                    exclude.push(name.get_ref().clone());
+                } else {
+                    let known: Vec<&str> = ip_groups.keys().map(String::as_str).collect();
+                    let hint = if known.is_empty() {
+                        "no ip_group is defined".to_string()
+                    } else {
+                        format!("known ip groups: {}", known.join(", "))
+                    };
+                    self.sink.error(
+                        name.span(),
+                        format!(
+                            "unknown ip_group `{}` in fast_path_exclude ({hint})",
+                            name.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        (max, exclude)
     }
 
     /// The geo database file, read and checked now (relative to the config's directory).

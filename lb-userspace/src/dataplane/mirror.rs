@@ -17,8 +17,8 @@
 //! without any state. Keys and values longer than [`DS_KEY_BYTES`] / [`DS_VALUE_BYTES`] stay
 //! in user space only (counted in [`MirrorStats::too_large`]): after a restart those entries
 //! are gone. Two kinds of reserved records live in the same map: name records (`vs id` =
-//! [`ds_ids::NAMES`]) mapping an id back to its name, and fast-path pin records (`table id` =
-//! [`ds_ids::PINS`]) saying which table entry owns a client's pin.
+//! [`ds_ids::NAMES`]) mapping an id back to its name, and fast-path records (`table id` =
+//! [`ds_ids::PINS`]), one per (client address, table entry) the address carries.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -386,7 +386,7 @@ fn value_bytes(v: &DsValue) -> Option<&[u8]> {
     v.value.get(..v.value_len as usize)
 }
 
-/// 64-bit FNV-1a of a table key: how a pin record names the entry that owns the pin.
+/// 64-bit FNV-1a of a table key: how a fast-path record names the entry an address carries.
 pub fn key_hash64(key: &str) -> u64 {
     lb_common::fnv::fnv1a_64(key.as_bytes())
 }
@@ -401,41 +401,40 @@ fn name_key(id: u32) -> DsKey {
     k
 }
 
-fn pin_key(vs_id: u32, client: Ipv4Addr) -> DsKey {
+/// The record saying that `client` carries the entry of table `table_id` whose key hashes to
+/// `key_hash`: key `{vs id, PINS, client ++ table id ++ key hash}`, an empty value that never
+/// expires (it goes with its entry, see [`KernelMirror::restore`]).
+fn carrier_key(vs_id: u32, client: Ipv4Addr, table_id: u32, key_hash: u64) -> DsKey {
     let mut k = DsKey {
         vs_id,
         table_id: ds_ids::PINS,
-        key_len: 4,
+        key_len: 16,
         ..DsKey::default()
     };
     k.key[..4].copy_from_slice(&client.octets());
+    k.key[4..8].copy_from_slice(&table_id.to_le_bytes());
+    k.key[8..16].copy_from_slice(&key_hash.to_le_bytes());
     k
 }
 
-fn pin_value(table_id: u32, key: &str, expires_ns: u64) -> DsValue {
-    let mut v = DsValue {
-        expires_ns,
-        value_len: 12,
+fn carrier_value() -> DsValue {
+    DsValue {
+        expires_ns: u64::MAX,
         ..DsValue::default()
-    };
-    v.value[..4].copy_from_slice(&table_id.to_le_bytes());
-    v.value[4..12].copy_from_slice(&key_hash64(key).to_le_bytes());
-    v
+    }
 }
 
-/// A fast-path pin record read back after a restart.
+/// A fast-path record read back after a restart: `client` carries a session key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinRecord {
     /// Virtual service name.
     pub vs: String,
-    /// The pinned client.
+    /// The client address.
     pub client: Ipv4Addr,
-    /// Table of the owning entry.
+    /// Table of the entry.
     pub table: String,
-    /// [`key_hash64`] of the owning entry's key.
+    /// [`key_hash64`] of the entry's key.
     pub key_hash: u64,
-    /// Expiry of the pin, monotonic ns.
-    pub expires_ns: u64,
 }
 
 /// What [`KernelMirror::restore`] found.
@@ -443,7 +442,7 @@ pub struct PinRecord {
 pub struct Restored {
     /// Live entries per virtual service.
     pub entries: HashMap<String, Vec<EntryView>>,
-    /// Live pin records of configured virtual services.
+    /// Fast-path (address, key) records of configured virtual services.
     pub pins: Vec<PinRecord>,
     /// Entries and records removed: expired, of virtual services no longer configured, or
     /// unreadable.
@@ -684,29 +683,37 @@ impl KernelMirror {
         ds_key(self.id(vs)?, self.id(table)?, key.as_bytes())
     }
 
-    /// Records that `client`'s fast-path pin belongs to entry (`table`, `key`) of `vs`.
-    pub fn record_pin(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str, expires_ns: u64) {
+    /// Records that `client` carries entry (`table`, `key`) of `vs` (fast path).
+    pub fn record_carrier(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
         let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
             return;
         };
-        if let Err(err) = self.map.update(
-            &pin_key(vs_id, client),
-            &pin_value(table_id, key, expires_ns),
-        ) {
+        let k = carrier_key(vs_id, client, table_id, key_hash64(key));
+        if let Err(err) = self.map.update(&k, &carrier_value()) {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%err, %client, "cannot record a fast-path pin");
+            tracing::debug!(%err, %client, "cannot record a fast-path session carrier");
         }
     }
 
-    /// Forgets `client`'s pin record in `vs`.
-    pub fn forget_pin(&self, vs: &str, client: Ipv4Addr) {
-        let Some(vs_id) = self.id(vs) else { return };
-        if let Err(err) = self.map.delete(&pin_key(vs_id, client)) {
-            tracing::debug!(%err, %client, "cannot remove a fast-path pin record");
+    /// Forgets that record.
+    pub fn forget_carrier(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+        self.forget_carrier_hashed(vs, client, table, key_hash64(key));
+    }
+
+    /// Forgets a record known by its key's hash (after a restart, when the entry is gone).
+    pub fn forget_carrier_hashed(&self, vs: &str, client: Ipv4Addr, table: &str, key_hash: u64) {
+        let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
+            return;
+        };
+        if let Err(err) = self
+            .map
+            .delete(&carrier_key(vs_id, client, table_id, key_hash))
+        {
+            tracing::debug!(%err, %client, "cannot remove a fast-path session record");
         }
     }
 
-    /// Reads the mirror back after a restart: returns the live entries and pin records of
+    /// Reads the mirror back after a restart: returns the live entries and fast-path records of
     /// `configured` virtual services, and deletes everything else (expired entries, entries
     /// of other virtual services, records whose names are unknown). Name records are kept.
     pub fn restore(&self, configured: &[String], now_ns: u64) -> Result<Restored, DataplaneError> {
@@ -748,12 +755,20 @@ impl KernelMirror {
             }
             let decoded = if k.table_id == ds_ids::PINS {
                 decode_pin(&k, &v, &names).map(|(client, table, key_hash)| {
+                    if k.key_len == LEGACY_PIN_KEY_LEN {
+                        // One record per pinned client (before issue 18): rewritten as the
+                        // (address, key) record it amounts to.
+                        let new =
+                            carrier_key(k.vs_id, client, ds_name_id(table.as_bytes()), key_hash);
+                        if self.map.update(&new, &carrier_value()).is_ok() {
+                            stale.push(k);
+                        }
+                    }
                     out.pins.push(PinRecord {
                         vs: (*vs).clone(),
                         client,
                         table,
                         key_hash,
-                        expires_ns: v.expires_ns,
                     });
                 })
             } else {
@@ -773,7 +788,7 @@ impl KernelMirror {
         Ok(out)
     }
 
-    /// Deletes every entry and pin record of virtual services not in `keep` (reload).
+    /// Deletes every entry and fast-path record of virtual services not in `keep` (reload).
     pub fn retain_vs(&self, keep: &[String]) -> Result<usize, DataplaneError> {
         let ids: HashSet<u32> = keep.iter().map(|n| ds_name_id(n.as_bytes())).collect();
         let mut n = 0;
@@ -795,15 +810,27 @@ fn decode_entry(k: &DsKey, v: &DsValue, names: &HashMap<u32, String>) -> Option<
     })
 }
 
+/// Key length of the fast-path records older agents wrote: `{client}` -> `{table id, key
+/// hash}`, one per pinned client.
+const LEGACY_PIN_KEY_LEN: u32 = 4;
+
 fn decode_pin(
     k: &DsKey,
     v: &DsValue,
     names: &HashMap<u32, String>,
 ) -> Option<(Ipv4Addr, String, u64)> {
-    let client = <[u8; 4]>::try_from(key_bytes(k)?).ok()?;
-    let vb = value_bytes(v)?;
-    let table_id = u32::from_le_bytes(vb.get(..4)?.try_into().ok()?);
-    let hash = u64::from_le_bytes(vb.get(4..12)?.try_into().ok()?);
+    let kb = key_bytes(k)?;
+    let client = <[u8; 4]>::try_from(kb.get(..4)?).ok()?;
+    let rest = if k.key_len == LEGACY_PIN_KEY_LEN {
+        value_bytes(v)?
+    } else {
+        kb.get(4..)?
+    };
+    if rest.len() != 12 {
+        return None;
+    }
+    let table_id = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    let hash = u64::from_le_bytes(rest.get(4..12)?.try_into().ok()?);
     Some((Ipv4Addr::from(client), names.get(&table_id)?.clone(), hash))
 }
 
@@ -908,12 +935,33 @@ mod tests {
         assert!(decode_entry(&orphan, &v, &names).is_none());
 
         let client = Ipv4Addr::new(203, 0, 113, 2);
-        let pk = pin_key(5, client);
-        let pv = pin_value(ds_name_id(b""), "cookie", 77);
-        let (c, table, hash) = decode_pin(&pk, &pv, &names).expect("pin decodes");
+        let pk = carrier_key(5, client, ds_name_id(b""), key_hash64("cookie"));
+        let (c, table, hash) = decode_pin(&pk, &carrier_value(), &names).expect("record decodes");
         assert_eq!((c, table.as_str()), (client, ""));
         assert_eq!(hash, key_hash64("cookie"));
         assert_ne!(hash, key_hash64("cookie2"));
+        // Two keys of one address are two records.
+        assert_ne!(
+            pk,
+            carrier_key(5, client, ds_name_id(b""), key_hash64("cookie2"))
+        );
+        // The one-record-per-client form of older agents still decodes.
+        let mut legacy = DsKey {
+            vs_id: 5,
+            table_id: ds_ids::PINS,
+            key_len: LEGACY_PIN_KEY_LEN,
+            ..DsKey::default()
+        };
+        legacy.key[..4].copy_from_slice(&client.octets());
+        let mut lv = DsValue {
+            expires_ns: 77,
+            value_len: 12,
+            ..DsValue::default()
+        };
+        lv.value[..4].copy_from_slice(&ds_name_id(b"ids").to_le_bytes());
+        lv.value[4..12].copy_from_slice(&key_hash64("k").to_le_bytes());
+        let (c, table, hash) = decode_pin(&legacy, &lv, &names).expect("legacy decodes");
+        assert_eq!((c, table.as_str(), hash), (client, "ids", key_hash64("k")));
     }
 
     #[test]

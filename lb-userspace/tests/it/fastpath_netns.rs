@@ -1,38 +1,46 @@
 //! The HTTP fast path (`fast_path = "client_ip"`) with real traffic: a DataScript table write
 //! pins the client to its server in the kernel, XDP then forwards the client's new
 //! connections straight to that server; table_remove and a server leaving the pool release
-//! the client back to the proxy. Needs root: `#[ignore]`d, run with `--include-ignored`.
+//! the client back to the proxy. An address that carries a second session is unpinned (its
+//! users reach their own servers, its new users are balanced) and pinned again when back to
+//! one; an excluded address is never pinned; all of it across kill -9. Needs root:
+//! `#[ignore]`d, run with `--include-ignored`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use latch_tests::{DataScript, LatchAgent, LatchConfig, Pool, Topology, http_get_from, strip_ansi};
+use latch_tests::config::ADMIN_LISTEN;
+use latch_tests::{
+    DataScript, HttpConn, IpGroup, LatchAgent, LatchConfig, Pool, Topology, http_get,
+    http_get_from, strip_ansi,
+};
 use lb_common::{map_names, stat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::LATCH;
 use crate::netns_config::{HTTP_PORT, TestResult, backends, lb_agent, shop};
 
-/// Sessions learned at /login (lifetime 60 s), looked up without extension, removed at
-/// /logout.
-fn scripts() -> [DataScript; 2] {
+/// Sessions learned at /login (lifetime 60 s), looked up with an extension of `extension_s`
+/// (0: none; otherwise every proxied request of a user tells the fast path which address
+/// carries its key, as with the seed's scripts), removed at /logout.
+fn scripts(extension_s: u32) -> [DataScript; 2] {
     [
-        DataScript::request(
+        DataScript::request(&format!(
             r#"local id = avi.http.get_cookie("JSESSIONID")
 if id then
   if avi.http.get_path() == "/logout" then
     avi.vs.table_remove(id)
   else
-    local server = avi.vs.table_lookup(id, 0)
+    local server = avi.vs.table_lookup(id, {extension_s})
     if server then
       avi.pool.select("web", server)
     end
   end
 end
-"#,
-        ),
+"#
+        )),
         DataScript::response(
             r#"if avi.http.get_cookie("JSESSIONID") then
   avi.vs.table_insert(avi.http.get_cookie("JSESSIONID"), avi.pool.server_ip(), 60)
@@ -46,7 +54,7 @@ end
 fn config(agent: &LatchAgent, topo: &Topology, servers: &[usize]) -> LatchConfig {
     lb_agent(topo, agent)
         .pool(Pool::new("web", backends(topo, servers, HTTP_PORT)))
-        .virtual_service(shop(topo).client_ip_fast_path().datascripts(scripts()))
+        .virtual_service(shop(topo).client_ip_fast_path().datascripts(scripts(0)))
 }
 
 /// Sum over CPUs of one global counter, read from the agent's pinned STATS map.
@@ -279,5 +287,215 @@ fn a_pin_to_a_drained_server_keeps_working_and_maint_removes_it() -> TestResult 
             .all(|(be, s)| *be != owner && *s != IpAddr::V4(a)),
         "maint removes the pin: {a_conns:?}"
     );
+    Ok(())
+}
+
+// ---- addresses shared by several users (issue 18) ---------------------------------------------
+
+/// `GET path` with cookie JSESSIONID=`cookie` on a fresh connection from `from`: (backend,
+/// client address the backend saw).
+fn get_as(
+    topo: &Topology,
+    from: Ipv4Addr,
+    path: &str,
+    cookie: &str,
+) -> Result<(String, IpAddr), String> {
+    let vip = SocketAddr::from((topo.vip(), 80));
+    let cookie = format!("JSESSIONID={cookie}");
+    topo.client().run(|| {
+        let mut c = HttpConn::connect_from(IpAddr::V4(from), vip, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let r = c
+            .get(path, &[("cookie", cookie.as_str())])
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("{path} from {from}: status {}", r.status));
+        }
+        Ok((
+            r.backend.ok_or("no X-Backend")?,
+            r.seen_client.ok_or("no X-Seen-Client")?.ip(),
+        ))
+    })
+}
+
+/// `/login` on a kept-alive connection: (cookie, owner).
+fn login_on(conn: &mut HttpConn) -> Result<(String, String), String> {
+    let r = conn.get("/login", &[]).map_err(|e| e.to_string())?;
+    Ok((
+        r.set_cookie("JSESSIONID").ok_or("no JSESSIONID")?,
+        r.backend.ok_or("no X-Backend")?,
+    ))
+}
+
+/// The value of the fast-path metric `name` of service `shop` in /metrics.
+fn shop_metric(topo: &Topology, name: &str) -> Result<f64, String> {
+    let body = topo.lb().run(|| {
+        http_get(ADMIN_LISTEN, "/metrics", &[])
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .map_err(|e| e.to_string())
+    })?;
+    let prefix = format!("{name}{{vs=\"shop\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no {prefix} in /metrics:\n{body}"))
+}
+
+/// All of `conns` bypassed the proxy to `owner` (the backend saw `from` itself).
+fn all_pinned(conns: &[(String, IpAddr)], owner: &str, from: Ipv4Addr) -> bool {
+    conns
+        .iter()
+        .all(|(be, s)| be == owner && *s == IpAddr::V4(from))
+}
+
+/// None of `conns` bypassed the proxy.
+fn all_proxied(conns: &[(String, IpAddr)], from: Ipv4Addr) -> bool {
+    conns.iter().all(|(_, s)| *s != IpAddr::V4(from))
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_shared_address_is_unpinned_its_users_reach_their_servers_and_it_survives_kill9() -> TestResult
+{
+    let topo = Topology::builder()
+        .backends(3)
+        .client_addresses(3)
+        .build()?;
+    topo.start_backends(HTTP_PORT, None)?;
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    // x: B's own address; s: shared by A, C and (later) B; e: a known NAT, excluded.
+    let (x, s, e) = (
+        topo.client_addrs()[0],
+        topo.client_addrs()[1],
+        topo.client_addrs()[2],
+    );
+    let config = lb_agent(&topo, &agent)
+        .ip_group(IpGroup::new("corp-nat", [e.to_string()]))
+        .pool(Pool::new("web", backends(&topo, &[1, 2, 3], HTTP_PORT)))
+        .virtual_service(
+            shop(&topo)
+                .client_ip_fast_path()
+                .fast_path_exclude(&["corp-nat"])
+                .datascripts(scripts(60)),
+        );
+    agent.write_latch_config(&config)?;
+    agent.start()?;
+    let vip = SocketAddr::from((topo.vip(), 80));
+    for from in [x, s, e] {
+        topo.client().run(|| connections(&topo, from, 1))?;
+    }
+
+    // A and C have connections to the proxy from s (opened before s was pinned).
+    let (mut a_conn, mut c_conn) = topo.client().run(|| {
+        let open = || HttpConn::connect_from(IpAddr::V4(s), vip, Duration::from_secs(5));
+        Ok::<_, String>((
+            open().map_err(|e| e.to_string())?,
+            open().map_err(|e| e.to_string())?,
+        ))
+    })?;
+    let (cookie_a, owner_a) = topo.client().run(|| login_on(&mut a_conn))?;
+    // One session: s is pinned to A's server and bypasses the proxy.
+    let fast = topo.client().run(|| connections(&topo, s, 2))?;
+    assert!(
+        all_pinned(&fast, &owner_a, s),
+        "s with one session: {fast:?}"
+    );
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+
+    // B logs in from its own address, on another server (round robin).
+    let (cookie_b, owner_b, _) = topo.client().run(|| login(&topo, x))?;
+    assert_ne!(owner_b, owner_a, "B's session must live on another server");
+    // C logs in on its proxied connection from s: a second session unpins s.
+    let (cookie_c, _owner_c) = topo.client().run(|| login_on(&mut c_conn))?;
+    assert_eq!(
+        shop_metric(&topo, "latch_fast_path_shared_unpins_total")?,
+        1.0
+    );
+    // B, now behind s too, reaches B's server, through the proxy, every time.
+    for _ in 0..4 {
+        let (be, seen) = get_as(&topo, s, "/", &cookie_b)?;
+        assert_eq!(be, owner_b, "B's request from s went to another server");
+        assert_ne!(seen, IpAddr::V4(s), "B's request from s bypassed the proxy");
+    }
+    // New users behind s are proxied and balanced.
+    let new_users = topo.client().run(|| connections(&topo, s, 12))?;
+    assert!(all_proxied(&new_users, s), "{new_users:?}");
+    let spread: std::collections::BTreeSet<&String> = new_users.iter().map(|(b, _)| b).collect();
+    assert!(
+        spread.len() >= 2,
+        "new users behind s all went to {spread:?}"
+    );
+    // x carries B's session alone: still pinned to B's server.
+    let fast = topo.client().run(|| connections(&topo, x, 3))?;
+    assert!(
+        all_pinned(&fast, &owner_b, x),
+        "x with one session: {fast:?}"
+    );
+    // e is excluded: one session, never pinned.
+    let (cookie_e, _, _) = topo.client().run(|| login(&topo, e))?;
+    get_as(&topo, e, "/", &cookie_e)?;
+    let from_e = topo.client().run(|| connections(&topo, e, 3))?;
+    assert!(
+        all_proxied(&from_e, e),
+        "excluded address pinned: {from_e:?}"
+    );
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+
+    // kill -9 and a new agent: pins and per-address counts are rebuilt from DS_TABLE.
+    drop((a_conn, c_conn));
+    agent.kill9()?;
+    agent.start()?;
+    let fast = topo.client().run(|| connections(&topo, x, 2))?;
+    assert!(all_pinned(&fast, &owner_b, x), "x after restart: {fast:?}");
+    let from_s = topo.client().run(|| connections(&topo, s, 3))?;
+    assert!(
+        all_proxied(&from_s, s),
+        "s pinned after restart: {from_s:?}"
+    );
+    // A's request from s extends A's key from s: s still carries A, B and C, so it stays
+    // unpinned (an agent that forgot the counts would pin s to A's server here).
+    let (be, _) = get_as(&topo, s, "/", &cookie_a)?;
+    assert_eq!(be, owner_a);
+    let from_s = topo.client().run(|| connections(&topo, s, 3))?;
+    assert!(
+        all_proxied(&from_s, s),
+        "s pinned by A alone after restart: {from_s:?}"
+    );
+    get_as(&topo, e, "/", &cookie_e)?;
+    let from_e = topo.client().run(|| connections(&topo, e, 2))?;
+    assert!(
+        all_proxied(&from_e, e),
+        "excluded after restart: {from_e:?}"
+    );
+
+    // B and C log out: s is back to one session (A's) and pinned to A's server again.
+    get_as(&topo, s, "/logout", &cookie_b)?;
+    let from_s = topo.client().run(|| connections(&topo, s, 2))?;
+    assert!(all_proxied(&from_s, s), "s with A and C: {from_s:?}");
+    get_as(&topo, s, "/logout", &cookie_c)?;
+    let fast = topo.client().run(|| connections(&topo, s, 3))?;
+    assert!(
+        all_pinned(&fast, &owner_a, s),
+        "s back to one session: {fast:?}"
+    );
+    // x lost B's session with the logout: it is no longer pinned.
+    let from_x = topo.client().run(|| connections(&topo, x, 2))?;
+    assert!(
+        all_proxied(&from_x, x),
+        "x pinned without a session: {from_x:?}"
+    );
+
+    // And once more across kill -9: s stays pinned, x and e are not.
+    agent.kill9()?;
+    agent.start()?;
+    let fast = topo.client().run(|| connections(&topo, s, 2))?;
+    assert!(
+        all_pinned(&fast, &owner_a, s),
+        "s after the second restart: {fast:?}"
+    );
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+    let from_e = topo.client().run(|| connections(&topo, e, 2))?;
+    assert!(all_proxied(&from_e, e), "{from_e:?}");
+    agent.stop(Duration::from_secs(10))?;
     Ok(())
 }

@@ -33,17 +33,20 @@
 //!      since the last one they sent) is queued and reaches the kernel at the next
 //!      `KernelMirror::flush`, which the agent runs ten times a second. Entries whose key or
 //!      value is longer than a DS_TABLE slot stay in user space only. The fast path ignores
-//!      upserts there and unpins, at once, the clients pinned by an entry that leaves.
+//!      upserts there and, at once, updates the addresses that carried an entry that leaves.
 //!    - The replicator (Redis, with `[replication]`), after the mirror: it only queues the
 //!      change (upserts coalesced per key), and never hears of changes another host made.
 //!    - The script table observer ([`ScriptTableObserver`](crate::datascript::ScriptTableObserver),
 //!      the fast path in the agent), after the tables returned, with the transaction: told of
 //!      every successful insert, of every lookup or refresh of a live entry with a non-zero
 //!      extension, and of every removal of a live entry by a script. When the entry's value
-//!      is a server of the service's fast-path pool and the client is IPv4, it pins the
-//!      client to that server in PERSIST and records the pin in DS_TABLE, both at once,
-//!      unless the same pin exists and its expiry moved by less than a second. Removals it
-//!      leaves to its mirror side above, which sees every removal, scripted or not.
+//!      is a server of the service's fast-path pool and the client is IPv4 (and not in a
+//!      `fast_path_exclude` group), the client address carries the key: a new (address, key)
+//!      is recorded in DS_TABLE at once, and the address is pinned to that server in PERSIST
+//!      while it carries at most `fast_path_max_sessions` keys of that server (unpinned at
+//!      once beyond), unless the same pin exists and its expiry moved by less than a second.
+//!      Removals it leaves to its mirror side above, which sees every removal, scripted or
+//!      not, and pins an address again once it is back within the limit.
 
 use std::sync::Arc;
 
