@@ -8,7 +8,7 @@ local error, setmetatable, select = error, setmetatable, select
 -- Read-only views of the shared tables (string, os, avi and its namespaces...), made once
 -- per VM when this file has set the shared tables up. A view is an empty table whose
 -- metatable reads through to the shared table and refuses writes; the raw writers (rawset,
--- table.insert, table.remove) refuse views too, so nothing a transaction writes reaches a
+-- table.insert, table.remove, table.move, and table.sort for good measure) refuse views too, so nothing a transaction writes reaches a
 -- table that outlives it. Per transaction only its globals table is new: this runs on every
 -- request.
 local function read_only(name)
@@ -113,11 +113,25 @@ for _, name in ipairs({"rep", "upper", "lower", "reverse", "format"}) do
   string[name] = charged(string[name])
 end
 table.concat = charged(table.concat)
-for _, name in ipairs({"insert", "remove"}) do
+for _, name in ipairs({"insert", "remove", "sort"}) do
   local f, fname = table[name], "table." .. name
   table[name] = function(t, ...)
     refuse_view(t, fname)
     return f(t, ...)
+  end
+end
+-- table.move writes raw into its destination: the fifth argument, or the source without one.
+if table.move then
+  local move = table.move
+  table.move = function(a1, f, e, t, a2)
+    if a2 == nil then
+      refuse_view(a1, "table.move")
+      return move(a1, f, e, t)
+    end
+    if is_view[a2] then
+      error("bad argument #5 to 'table.move' (read-only table)", 2)
+    end
+    return move(a1, f, e, t, a2)
   end
 end
 

@@ -212,6 +212,9 @@ fn raw_writes_to_shared_tables_are_refused_and_own_globals_die_with_the_transact
                  try(table.insert, string, "x")
                  try(table.insert, avi.http, 1, "x")
                  try(table.remove, math)
+                 try(table.move, {1, 2}, 1, 2, 1, string)
+                 try(table.move, avi.vs, 1, 1, 2)
+                 try(table.sort, os)
                  try(rawset, math, "pi", 3)
                  try(function() string.upper = nil end)
                  rawset(_G, "avi", {})
@@ -235,6 +238,9 @@ fn raw_writes_to_shared_tables_are_refused_and_own_globals_die_with_the_transact
         refused("table.insert"),
         refused("table.insert"),
         refused("table.remove"),
+        "false bad argument #5 to 'table.move' (read-only table)".to_string(),
+        refused("table.move"),
+        refused("table.sort"),
         refused("rawset"),
         "false attempt to modify read-only table 'string'".to_string(),
     ]
