@@ -114,6 +114,9 @@ pub struct AgentSettings {
     datascript: Option<ScriptLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capacity: Option<Capacity>,
+    /// `[agent.http]` settings, as written in the file (e.g. `drain_timeout = "3s"`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    http: std::collections::BTreeMap<String, String>,
 }
 
 /// `[agent.capacity]`: the kernel map sizes a test sets (latch's defaults otherwise).
@@ -160,6 +163,7 @@ impl AgentSettings {
             state_file: None,
             datascript: None,
             capacity: None,
+            http: std::collections::BTreeMap::new(),
         }
     }
 
@@ -209,6 +213,12 @@ impl AgentSettings {
     /// `[agent.capacity]`.
     pub fn capacity(mut self, capacity: Capacity) -> Self {
         self.capacity = Some(capacity);
+        self
+    }
+
+    /// One `[agent.http]` setting, e.g. `http("drain_timeout", "3s")`.
+    pub fn http(mut self, key: &str, value: &str) -> Self {
+        self.http.insert(key.to_string(), value.to_string());
         self
     }
 

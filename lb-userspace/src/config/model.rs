@@ -149,8 +149,17 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Time to establish an upstream TCP connection. Default 3s.
     pub upstream_connect_timeout: Duration,
-    /// Time for the upstream to send response headers. Default 30s.
+    /// Time for the upstream to send response headers, counted from the end of the request
+    /// body. Default 30s.
     pub upstream_response_timeout: Duration,
+    /// Longest pause inside a request body the client is sending; then 408. Default 30s.
+    pub client_body_idle_timeout: Duration,
+    /// Longest pause of a server inside a response body (or in reading a request body); then
+    /// the exchange is cut. Default 30s.
+    pub upstream_body_idle_timeout: Duration,
+    /// How long SIGTERM, and a reload that removes a listener, let requests in flight finish
+    /// before their connections are closed. Default 30s.
+    pub drain_timeout: Duration,
     /// Largest request head accepted (hyper's `max_buf_size`). Default 16 KiB.
     pub max_header_bytes: usize,
     /// Most header fields accepted in a request. Default 100.
@@ -164,6 +173,9 @@ impl Default for HttpLimits {
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(3),
             upstream_response_timeout: Duration::from_secs(30),
+            client_body_idle_timeout: Duration::from_secs(30),
+            upstream_body_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
         }

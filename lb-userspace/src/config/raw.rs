@@ -44,6 +44,9 @@ pub(crate) struct RawHttp {
     pub idle_timeout: Option<SStr>,
     pub upstream_connect_timeout: Option<SStr>,
     pub upstream_response_timeout: Option<SStr>,
+    pub client_body_idle_timeout: Option<SStr>,
+    pub upstream_body_idle_timeout: Option<SStr>,
+    pub drain_timeout: Option<SStr>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_headers: Option<Spanned<usize>>,
 }

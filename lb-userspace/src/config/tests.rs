@@ -109,6 +109,9 @@ header_read_timeout = "5s"
 idle_timeout = "2m"
 upstream_connect_timeout = "300ms"
 upstream_response_timeout = "1m 30s"
+client_body_idle_timeout = "7s"
+upstream_body_idle_timeout = "8s"
+drain_timeout = "9s"
 max_header_bytes = "32KiB"
 max_headers = 50
 [agent.datascript]
@@ -166,6 +169,9 @@ command_timeout = "250ms"
     assert_eq!(a.http.idle_timeout, Duration::from_secs(120));
     assert_eq!(a.http.upstream_connect_timeout, Duration::from_millis(300));
     assert_eq!(a.http.upstream_response_timeout, Duration::from_secs(90));
+    assert_eq!(a.http.client_body_idle_timeout, Duration::from_secs(7));
+    assert_eq!(a.http.upstream_body_idle_timeout, Duration::from_secs(8));
+    assert_eq!(a.http.drain_timeout, Duration::from_secs(9));
     assert_eq!(a.http.max_header_bytes, 32 * 1024);
     assert_eq!(a.http.max_headers, 50);
     assert_eq!(a.datascript.instruction_budget, 5000);
@@ -940,7 +946,7 @@ node_id = "n"
     assert_eq!(d.services_added, ["z"]);
     assert_eq!(d.services_removed, ["y"]);
     assert!(d.services_changed.is_empty(), "{:?}", d.services_changed);
-    assert_eq!(d.restart_required, ["interfaces"]);
+    assert_eq!(d.restart_required, ["interfaces", "[agent.http]"]);
     assert!(d.agent_changed);
     assert!(d.replication_changed);
 

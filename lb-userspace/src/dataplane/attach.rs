@@ -159,6 +159,11 @@ fn attach_fresh(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<AttachMode, D
             {
                 return Err(perm);
             }
+            if DataplaneError::is_in_use(&driver_err) {
+                return Err(DataplaneError::XdpInUse {
+                    iface: iface.to_owned(),
+                });
+            }
             tracing::warn!(%iface, error = %driver_err, "driver-mode XDP refused; falling back to generic (skb) mode, which is much slower");
             match xdp.attach(iface, XdpMode::Skb) {
                 Ok(id) => (id, AttachMode::Generic),

@@ -8,6 +8,7 @@
 
 mod attach;
 mod error;
+mod lock;
 mod maps;
 mod migrate;
 pub mod mirror;
@@ -15,11 +16,8 @@ pub mod neighbor;
 pub mod plan;
 
 use std::{
-    fmt,
-    fs::File,
-    io,
+    fmt, io,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -334,28 +332,6 @@ fn ensure_bpffs(dir: &Path, ephemeral_pins: bool) -> Result<(), DataplaneError> 
     })
 }
 
-/// Exclusive, non-blocking flock on the pin directory itself: bpffs holds no regular files,
-/// but directories can be locked, and the lock dies with the process.
-fn lock_dir(dir: &Path) -> Result<File, DataplaneError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| DataplaneError::io("opening", dir, e))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(DataplaneError::AlreadyRunning {
-                dir: dir.to_owned(),
-            });
-        }
-        return Err(DataplaneError::io("locking", dir, e));
-    }
-    Ok(f)
-}
-
 fn program_error(e: ProgramError, action: &str) -> DataplaneError {
     DataplaneError::or_permission(&e, action).unwrap_or_else(|| DataplaneError::Program {
         source: Box::new(e),
@@ -384,7 +360,7 @@ pub struct Dataplane {
     /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
     conntrack_maybe_stale: std::sync::atomic::AtomicBool,
     // Last: released after every kernel handle is closed.
-    _lock: File,
+    lock: lock::AgentLock,
 }
 
 impl fmt::Debug for Dataplane {
@@ -407,7 +383,13 @@ impl Dataplane {
     /// [`Dataplane::open`] with maps of capacities `caps`: pinned maps of another capacity are
     /// migrated into new maps of this one (`migrate.rs`).
     pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
-        Self::open_pinned(bpffs_dir, caps, false)
+        Self::open_pinned(bpffs_dir, caps, false, Duration::ZERO)
+    }
+
+    /// The agent stops serving and drains: a `latch run` started now waits for it to exit
+    /// instead of being refused (`lock.rs`).
+    pub fn draining(&mut self) {
+        self.lock.draining();
     }
 
     /// Loads the XDP object, creating its maps with `caps` or adopting the ones pinned under
@@ -415,16 +397,18 @@ impl Dataplane {
     /// Pinned maps of another capacity are migrated into new maps of this one (`migrate.rs`).
     /// Rebuilds service and backend ids from the adopted maps. Attaches nothing. With
     /// `ephemeral_pins`, it also runs where the pins cannot outlive the process (a bpffs
-    /// mounted in a private mount namespace); without, that is refused.
+    /// mounted in a private mount namespace); without, that is refused. An agent still
+    /// draining on `bpffs_dir` is waited for, up to `wait_for_drain` (`lock.rs`).
     pub fn open_pinned(
         bpffs_dir: &Path,
         caps: &Capacities,
         ephemeral_pins: bool,
+        wait_for_drain: Duration,
     ) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs_dir, ephemeral_pins)?;
         std::fs::create_dir_all(bpffs_dir)
             .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
-        let lock = lock_dir(bpffs_dir)?;
+        let lock = lock::AgentLock::acquire(bpffs_dir, wait_for_drain)?;
         let vdir = versioned_dir(bpffs_dir);
         std::fs::create_dir_all(&vdir).map_err(|e| DataplaneError::io("creating", &vdir, e))?;
 
@@ -485,7 +469,7 @@ impl Dataplane {
             conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
             conntrack_base: std::sync::Mutex::new(None),
             conntrack_removed: std::sync::atomic::AtomicU64::new(0),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -881,7 +865,7 @@ pub fn teardown(bpffs_dir: &Path) -> Result<TeardownReport, DataplaneError> {
     if !bpffs_dir.exists() {
         return Ok(report);
     }
-    let lock = lock_dir(bpffs_dir)?;
+    let lock = lock::AgentLock::acquire(bpffs_dir, Duration::ZERO)?;
     remove_tree(bpffs_dir, false, &mut report)?;
     std::fs::remove_dir(bpffs_dir).map_err(|e| DataplaneError::io("removing", bpffs_dir, e))?;
     drop(lock);
@@ -974,15 +958,15 @@ mod tests {
     #[test]
     fn lock_is_exclusive_and_teardown_respects_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let l = lock_dir(dir.path()).expect("first lock");
+        let l = lock::AgentLock::acquire(dir.path(), Duration::ZERO).expect("first lock");
         assert!(matches!(
-            lock_dir(dir.path()),
+            lock::AgentLock::acquire(dir.path(), Duration::ZERO),
             Err(DataplaneError::AlreadyRunning { .. })
         ));
         let msg = teardown(dir.path()).expect_err("locked").to_string();
-        assert!(msg.contains("another latch agent is running"), "{msg}");
+        assert!(msg.contains("another latch agent (pid "), "{msg}");
         drop(l);
-        assert!(lock_dir(dir.path()).is_ok());
+        assert!(lock::AgentLock::acquire(dir.path(), Duration::ZERO).is_ok());
     }
 
     #[test]

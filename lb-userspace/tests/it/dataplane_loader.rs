@@ -303,7 +303,8 @@ fn second_open_is_refused_by_the_lock() {
     );
     assert!(
         err.to_string().contains(&format!(
-            "another latch agent is running on {}",
+            "another latch agent (pid {}) is running on {}",
+            std::process::id(),
             dir.path().display()
         )),
         "{err}"

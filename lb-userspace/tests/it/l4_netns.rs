@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use latch_tests::{
     AgentSettings, HttpConn, LatchAgent, LatchConfig, Pool, Topology, VirtualService, http_get,
-    http_get_from, udp_roundtrip,
+    http_get_from, strip_ansi, udp_roundtrip,
 };
 
 use crate::LATCH;
@@ -305,8 +305,26 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
     let (status, stderr) = second.run_expecting_exit(Duration::from_secs(20))?;
     assert!(!status.success());
     assert!(
-        stderr.contains("another latch agent is running"),
+        strip_ansi(&stderr).contains(&format!(
+            "another latch agent (pid {}) is running",
+            first.pid().ok_or("no pid")?
+        )),
         "second agent: {stderr}"
+    );
+
+    // Other pins, same interfaces: the XDP program in place is named, not "File exists".
+    let other_pins = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    let config = std::fs::read_to_string(first.config_path())?;
+    let first_dir = first.bpffs_dir().display().to_string();
+    other_pins
+        .write_config(&config.replace(&first_dir, &other_pins.bpffs_dir().display().to_string()))?;
+    let (status, stderr) = other_pins.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success());
+    let stderr = strip_ansi(&stderr);
+    assert!(
+        stderr.contains("already has an XDP program attached that is not this agent's")
+            && !stderr.contains("File exists"),
+        "agent with other pins: {stderr}"
     );
 
     let third = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
