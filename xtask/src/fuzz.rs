@@ -69,8 +69,12 @@ pub fn run(args: FuzzArgs) -> Result<bool> {
         let out = run_bounded(&mut cmd, limit, |line| {
             println!("{line}");
             tally.feed(line);
-            if line.starts_with("fuzz ") && line.contains(" cases in ") {
-                figures.push(line.to_string());
+            // The runner's figures ("fuzz <target>: ..."), also when the test harness put
+            // the test's name before them on the same line.
+            if let Some(at) = line.find("fuzz ")
+                && line[at..].contains(": ")
+            {
+                figures.push(line[at..].to_string());
             }
         })?;
         ok &= out.status.is_some_and(|s| s.success());
