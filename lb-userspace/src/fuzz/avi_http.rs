@@ -353,10 +353,22 @@ struct Case {
     response_ops: Vec<Op>,
 }
 
+/// Only cookie edits: the request's other cookies must come through them unchanged.
+fn cookie_op() -> impl Strategy<Value = Op> {
+    let name = proptest::sample::select(NAMES);
+    prop_oneof![
+        (name.clone(), proptest::sample::select(VALUES)).prop_map(|(n, v)| Op::ReplaceCookie(n, v)),
+        name.prop_map(Op::RemoveCookie),
+    ]
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         message(),
-        proptest::collection::vec(op(), 0..8),
+        prop_oneof![
+            3 => proptest::collection::vec(op(), 0..8),
+            1 => proptest::collection::vec(cookie_op(), 1..4),
+        ],
         proptest::collection::vec(op(), 0..8),
     )
         .prop_map(|(message, request_ops, response_ops)| Case {
@@ -387,6 +399,50 @@ fn cookie_names(h: &http::HeaderMap) -> Vec<String> {
     names
 }
 
+/// The `;`-separated pieces of a request's Cookie headers, trimmed, empty ones left out.
+fn cookie_pieces(h: &http::HeaderMap) -> Vec<String> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The Cookie pieces after cookie edits `ops`, if that is all the script does: a piece
+/// named otherwise (or with no name) stays as it was, in its place.
+fn expected_pieces(before: Vec<String>, ops: &[Op]) -> Option<Vec<String>> {
+    let named = |piece: &str, name: &str| {
+        piece
+            .split_once('=')
+            .is_some_and(|(n, _)| n.trim_matches(|c: char| c.is_ascii_whitespace()) == name)
+    };
+    let tidy = |piece: String| match piece.split_once('=') {
+        Some((n, v)) => format!(
+            "{}={}",
+            n.trim_matches(|c: char| c.is_ascii_whitespace()),
+            v.trim_matches(|c: char| c.is_ascii_whitespace())
+        ),
+        None => piece,
+    };
+    if ops.is_empty() {
+        return Some(before);
+    }
+    // An edit writes the header anew: blanks around names and values go.
+    let mut pieces: Vec<String> = before.into_iter().map(tidy).collect();
+    for op in ops {
+        match op {
+            Op::RemoveCookie(n) => pieces.retain(|p| !named(p, n)),
+            Op::ReplaceCookie(n, v) => {
+                pieces.retain(|p| !named(p, n));
+                pieces.push(format!("{n}={v}"));
+            }
+            _ => return None,
+        }
+    }
+    Some(pieces)
+}
+
 fn check(case: &Case) -> Result<(), TestCaseError> {
     let fail = |e: String| TestCaseError::fail(e);
     let names_probe = "local n = avi.http.get_cookie_names() \
@@ -397,6 +453,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         .map_err(fail)?;
     let mut req = case.message.request().map_err(fail)?;
     let expected_names = cookie_names(&req.headers);
+    let before = cookie_pieces(&req.headers);
     let mut txn = svc.hooks.begin(info());
     let answered_in_request = case.request_ops.iter().any(|o| matches!(o, Op::Answer(_)));
     let forwarded = match txn.on_request(&mut req) {
@@ -411,6 +468,14 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             false
         }
     };
+    if forwarded && let Some(want) = expected_pieces(before, &case.request_ops) {
+        prop_assert_eq!(
+            cookie_pieces(&req.headers),
+            want,
+            "the Cookie header after {:?}",
+            case.request_ops
+        );
+    }
     // The request as it would be sent: a valid head.
     let uri = req.uri.to_string();
     prop_assert!(uri.parse::<http::Uri>().is_ok(), "unsendable URI {}", uri);
@@ -457,4 +522,49 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 #[test]
 fn parsing_and_rewrites_hold_up() {
     fuzz::run("avi_http", case(), |c| check(&c));
+}
+
+/// Findings of this target, kept.
+mod regressions {
+    use super::*;
+
+    /// A script's cookie edit dropped the client's cookies without a name (`Cookie: v`, as
+    /// browsers send for `document.cookie = "v"`): the server got `a=1` for `v` and `a=1`.
+    #[test]
+    fn cookie_edits_keep_cookies_without_a_name() {
+        let message = Message {
+            path: "/",
+            query: None,
+            host: None,
+            cookies: vec!["novalue; b = 2", "sid"],
+            set_cookies: vec![],
+            others: vec![],
+        };
+        for (ops, want) in [
+            (vec![Op::ReplaceCookie("a", "1")], "novalue; b=2; sid; a=1"),
+            (vec![Op::RemoveCookie("b")], "novalue; sid"),
+            (vec![Op::RemoveCookie("novalue")], "novalue; b=2; sid"),
+        ] {
+            let case = Case {
+                message: message.clone(),
+                request_ops: ops.clone(),
+                response_ops: vec![],
+            };
+            if let Err(e) = check(&case) {
+                panic!("{ops:?}: {e}");
+            }
+            let svc = Service::new(&[(Event::HttpReq, script(&ops, false))]).expect("script");
+            let mut req = message.request().expect("request");
+            let mut txn = svc.hooks.begin(info());
+            assert!(matches!(
+                txn.on_request(&mut req),
+                RequestVerdict::Forward(_)
+            ));
+            let cookie = req
+                .headers
+                .get(http::header::COOKIE)
+                .expect("cookie header");
+            assert_eq!(cookie.as_bytes(), want.as_bytes(), "{ops:?}");
+        }
+    }
 }
