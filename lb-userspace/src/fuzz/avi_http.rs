@@ -257,6 +257,10 @@ enum Op {
     Chaos(&'static str, Vec<&'static str>),
     ReplaceCookie(&'static str, &'static str),
     RemoveCookie(&'static str),
+    /// update_cookie(name, "value", value): a cookie there gets the value, none appears.
+    UpdateCookie(&'static str, &'static str),
+    /// add_header: the value joins those there.
+    AddHeader(&'static str, &'static str),
     ReplaceHeader(&'static str, &'static str),
     RemoveHeader(&'static str),
     SetQuery(&'static str, &'static str),
@@ -276,6 +280,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(f, a)| Op::Chaos(f, a)),
         2 => (name.clone(), value.clone()).prop_map(|(n, v)| Op::ReplaceCookie(n, v)),
         1 => name.clone().prop_map(Op::RemoveCookie),
+        1 => (name.clone(), value.clone()).prop_map(|(n, v)| Op::UpdateCookie(n, v)),
+        1 => (name.clone(), value.clone()).prop_map(|(n, v)| Op::AddHeader(n, v)),
         2 => (name.clone(), value.clone()).prop_map(|(n, v)| Op::ReplaceHeader(n, v)),
         1 => name.clone().prop_map(Op::RemoveHeader),
         2 => (name, proptest::sample::select(QUERY_VALUES)).prop_map(|(n, v)| Op::SetQuery(n, v)),
@@ -313,6 +319,26 @@ fn lua(op: &Op, resp: bool) -> String {
             format!("avi.http.remove_cookie, {}", l(n)),
             format!("avi.http.get_cookie({}) == nil", l(n)),
             format!("remove_cookie({n}) then get_cookie"),
+        ),
+        Op::UpdateCookie(n, v) => format!(
+            "do local had = avi.http.get_cookie({n}) ~= nil \
+             local ok = pcall(avi.http.update_cookie, {n}, 'value', {v}) \
+             local now = avi.http.get_cookie({n}) \
+             if ok and ((had and now ~= {v}) or (not had and now ~= nil)) then \
+             avi.vs.log('FAIL ' .. {what}) end end\n",
+            n = l(n),
+            v = l(v),
+            what = l(&format!("update_cookie({n}, value, {v}) then get_cookie"))
+        ),
+        Op::AddHeader(n, v) => format!(
+            "do local readable, before = pcall(avi.http.get_header, {n}) \
+             local ok = pcall(avi.http.add_header, {n}, {v}) \
+             local want = readable and (before and (before .. ', ' .. {v}) or {v}) \
+             if readable and ok and avi.http.get_header({n}) ~= want then \
+             avi.vs.log('FAIL ' .. {what}) end end\n",
+            n = l(n),
+            v = l(v),
+            what = l(&format!("add_header({n}, {v}) then get_header"))
         ),
         Op::ReplaceHeader(n, v) => expect(
             format!("avi.http.replace_header, {}, {}", l(n), l(v)),
@@ -358,7 +384,8 @@ fn cookie_op() -> impl Strategy<Value = Op> {
     let name = proptest::sample::select(NAMES);
     prop_oneof![
         (name.clone(), proptest::sample::select(VALUES)).prop_map(|(n, v)| Op::ReplaceCookie(n, v)),
-        name.prop_map(Op::RemoveCookie),
+        name.clone().prop_map(Op::RemoveCookie),
+        (name, proptest::sample::select(VALUES)).prop_map(|(n, v)| Op::UpdateCookie(n, v)),
     ]
 }
 
@@ -433,6 +460,11 @@ fn expected_pieces(before: Vec<String>, ops: &[Op]) -> Option<Vec<String>> {
     for op in ops {
         match op {
             Op::RemoveCookie(n) => pieces.retain(|p| !named(p, n)),
+            Op::UpdateCookie(n, v) => {
+                for p in pieces.iter_mut().filter(|p| named(p, n)) {
+                    *p = format!("{n}={v}");
+                }
+            }
             Op::ReplaceCookie(n, v) => {
                 pieces.retain(|p| !named(p, n));
                 pieces.push(format!("{n}={v}"));
