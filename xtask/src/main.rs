@@ -1,8 +1,9 @@
-//! `cargo xtask setup | test | demo | bench`: orchestration only. The eBPF object is built by
-//! lb-userspace/build.rs, not here.
+//! `cargo xtask setup | test | demo | bench | fuzz`: orchestration only. The eBPF object is
+//! built by lb-userspace/build.rs, not here.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod proc;
 mod setup;
 mod test;
@@ -27,6 +28,9 @@ enum Cmd {
     /// Benchmarks: measure latch beside its peers, write target/bench/.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Fuzz every target for `--seconds` each (config, HTTP framing, avi.http parsing,
+    /// avi.vs.table_* arguments; as root also the XDP program through BPF_PROG_TEST_RUN).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run().map(|_| true),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

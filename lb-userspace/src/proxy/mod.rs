@@ -53,7 +53,7 @@ mod clock;
 mod conn;
 mod conn_clock;
 mod error;
-mod framing;
+pub mod framing;
 mod handler;
 mod headers;
 pub mod hooks;

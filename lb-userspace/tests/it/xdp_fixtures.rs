@@ -8,8 +8,8 @@
 //!
 //! Run: `cargo test -p lb-userspace --test it xdp_fixtures -- --include-ignored`
 
-mod packet;
-mod xdp_env;
+pub(crate) mod packet;
+pub(crate) mod xdp_env;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -21,20 +21,20 @@ use lb_common::{
 use packet::{ACK, Frame, L4, PSH, SYN, verify_checksums};
 use xdp_env::*;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
+pub(crate) const XDP_TX: u32 = 3;
+pub(crate) const XDP_REDIRECT: u32 = 4;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const B1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const B2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
-const NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
-const NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub(crate) const B1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub(crate) const B2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+pub(crate) const NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+pub(crate) const NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 const CPORT: u16 = 40000;
 const SVC_ID: u32 = 1;
-const SEC: u64 = 1_000_000_000;
+pub(crate) const SEC: u64 = 1_000_000_000;
 /// How far the program's clock (CLOCK_MONOTONIC at tick resolution, `bpf_ktime_get_coarse_ns`)
 /// may lag the test's own reading: one tick, at most 10 ms on kernels with HZ >= 100.
 const CLOCK_SLACK: u64 = 50_000_000;
@@ -286,15 +286,15 @@ fn every_row_has_one_test() {
 // ---------------------------------------------------------------------------------------
 // Building blocks of rows
 
-fn addr(ip: Ipv4Addr) -> u32 {
+pub(crate) fn addr(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-fn port(p: u16) -> u16 {
+pub(crate) fn port(p: u16) -> u16 {
     p.to_be()
 }
 
-fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
+pub(crate) fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
     Backend {
         addr: addr(ip),
         port: port(p),
@@ -304,7 +304,7 @@ fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
     }
 }
 
-fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: u8) -> FlowKey {
+pub(crate) fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: u8) -> FlowKey {
     FlowKey {
         src_addr: addr(src.0),
         dst_addr: addr(dst.0),
@@ -403,7 +403,7 @@ fn l3_len(frame: &[u8]) -> u64 {
 }
 
 /// A conntrack entry to `backend_id` of service `service_id`, last seen at `last_seen_ns`.
-fn flow(backend_id: u32, service_id: u32, flags: u32, last_seen_ns: u64) -> Flow {
+pub(crate) fn flow(backend_id: u32, service_id: u32, flags: u32, last_seen_ns: u64) -> Flow {
     Flow {
         backend_id,
         generation: 1,
