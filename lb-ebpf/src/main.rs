@@ -19,7 +19,7 @@ mod stats;
 mod wire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Backend, Flow, Service, flow_flags, service_flags, stat};
+use lb_common::{Backend, Service, flow_flags, service_flags, stat};
 
 use crate::parse::{Packet, Parsed};
 
@@ -70,9 +70,17 @@ fn process(ctx: &XdpContext) -> u32 {
     let mut known_miss = false;
     let mut early = None;
     if !pkt.is_syn() {
+        // A NAT backend's reply has no entry of its own (a flow has one, keyed by the client's
+        // tuple): it is recognised by its source first, which the bitmap rules out for almost
+        // every other packet at the cost of an array read.
+        if conntrack::maybe_reply(&pkt.key)
+            && let Some((vip, vport)) = conntrack::lookup_reply(&pkt.key)
+        {
+            stats::count(stat::REPLY_NAT);
+            return forward::reply(ctx, &pkt, vip, vport, crate::clock::now_ns());
+        }
         match conntrack::early(&pkt.key) {
             conntrack::Early::Miss => known_miss = true,
-            conntrack::Early::Reply(flow) => return reply_nat(ctx, &pkt, &flow),
             conntrack::Early::Forward { id, be, flow, now } => {
                 stats::count(stat::CONNTRACK_HIT);
                 early = Some((
@@ -91,7 +99,7 @@ fn process(ctx: &XdpContext) -> u32 {
         None => {
             let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
             else {
-                return not_vip(ctx, &pkt, known_miss);
+                return pass(stat::PASS_NOT_VIP);
             };
             let now = crate::clock::now_ns();
             let decision = if svc.flags & service_flags::HTTP != 0 {
@@ -119,27 +127,6 @@ fn process(ctx: &XdpContext) -> u32 {
     } else {
         forward::nat(ctx, &pkt, &be, now)
     }
-}
-
-/// Not addressed to a VIP: either a backend's reply to translate (NAT) or not ours.
-/// `known_miss`: the tuple is already known to have no conntrack entry.
-#[inline(always)]
-fn not_vip(ctx: &XdpContext, pkt: &Packet, known_miss: bool) -> u32 {
-    if known_miss {
-        return pass(stat::PASS_NOT_VIP);
-    }
-    match conntrack::lookup_reply(&pkt.key) {
-        Some(flow) => reply_nat(ctx, pkt, &flow),
-        None => pass(stat::PASS_NOT_VIP),
-    }
-}
-
-/// A backend's reply, translated back to the virtual service.
-#[inline(always)]
-fn reply_nat(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> u32 {
-    stats::count(stat::REPLY_NAT);
-    let now = crate::clock::now_ns();
-    forward::reply(ctx, pkt, flow.vip, flow.vport, now)
 }
 
 #[inline(always)]

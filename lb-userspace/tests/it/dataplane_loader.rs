@@ -490,8 +490,8 @@ fn teardown_leaves_nothing() {
     let report = once_unlocked(|| teardown(dir.path())).expect("teardown");
     assert!(report.removed_dir);
     assert_eq!(
-        report.pins_removed, 10,
-        "9 maps (incl. DS_TABLE) + manifest: {report:?}"
+        report.pins_removed, 12,
+        "11 maps (incl. DS_TABLE, NAT_REPLY, NAT_SERVERS) + manifest: {report:?}"
     );
     assert!(!dir.path().exists());
     // And a fresh open starts empty.
@@ -742,6 +742,7 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
         (map_names::SERVICE_STATS, 16),
         (map_names::BACKEND_STATS, 64),
         (map_names::DS_TABLE, 128),
+        (map_names::NAT_REPLY, 128),
     ] {
         assert_eq!(max_entries(dir.path(), name), cap, "{name} resized");
     }
@@ -756,6 +757,8 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
     assert_eq!(report[map_names::PERSIST], (10, 0));
     // 20 entries and the two name records ("shop" and the default table's "").
     assert_eq!(report[map_names::DS_TABLE], (22, 0));
+    // The three NAT servers' reply sources, so replies are translated before the next apply.
+    assert_eq!(report[map_names::NAT_REPLY], (3, 0));
     let ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
     for i in 0..30 {
         assert_eq!(
