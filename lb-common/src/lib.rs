@@ -99,6 +99,8 @@ pub const fn maglev_base(service_id: u32, slot: u32) -> u32 {
 
 /// IP protocol numbers used in keys.
 pub mod proto {
+    /// ICMP (errors about NAT flows are translated).
+    pub const ICMP: u8 = 1;
     /// TCP.
     pub const TCP: u8 = 6;
     /// UDP.
@@ -433,6 +435,13 @@ pub mod stat {
     pub const CONNTRACK_INSERT: u32 = 16;
     /// Client pins XDP could not write: the persistence map is full.
     pub const PERSIST_FULL: u32 = 17;
+    /// An ICMP error about a packet sent to a NAT backend (fragmentation needed, port
+    /// unreachable, ...) translated back to the client: its quoted packet and source made
+    /// the VIP's again.
+    pub const ICMP_TO_CLIENT: u32 = 18;
+    /// An ICMP error about a NAT flow's reply (sent to the VIP) translated to the flow's
+    /// backend, so that path-MTU discovery works in that direction too.
+    pub const ICMP_TO_BACKEND: u32 = 19;
     /// Number of counters.
     pub const COUNT: u32 = 20;
 }

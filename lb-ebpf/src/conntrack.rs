@@ -175,6 +175,20 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
     None
 }
 
+/// The backend of the live NAT flow whose forward tuple is `key`, if any (an ICMP error about
+/// one of its replies goes to it).
+#[inline(always)]
+pub fn nat_flow_backend(key: &FlowKey) -> Option<Backend> {
+    // SAFETY: as in `early`: valid, aligned map memory; a racing rewrite only mixes integer
+    // fields.
+    let f = unsafe { *CONNTRACK.get_ptr(key)? };
+    if f.flags & (flow_flags::REPLY | flow_flags::DSR) != 0 {
+        return None;
+    }
+    let be = *BACKENDS.get(f.backend_id)?;
+    (be.generation == f.generation).then_some(be)
+}
+
 /// Records a new flow: one connection-table entry, whatever the forwarding mode.
 #[inline(always)]
 pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr: bool, now: u64) {

@@ -9,6 +9,7 @@
 mod clock;
 mod conntrack;
 mod forward;
+mod icmp;
 mod maglev;
 mod maps;
 mod nexthop;
@@ -63,6 +64,7 @@ fn process(ctx: &XdpContext) -> u32 {
                 stat::PASS_NOT_VIP
             });
         }
+        Parsed::IcmpError(e) => return icmp::translate(ctx, &e, crate::clock::now_ns()),
         Parsed::Packet(p) => p,
     };
     // Established flows first: a non-SYN packet's own conntrack entry answers most traffic

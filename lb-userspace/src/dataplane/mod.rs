@@ -194,7 +194,7 @@ pub struct DataplaneStats {
 }
 
 /// Names of the global counters, by [`lb_common::stat`] index.
-pub const GLOBAL_COUNTERS: [(u32, &str); 17] = [
+pub const GLOBAL_COUNTERS: [(u32, &str); 19] = [
     (stat::PASS_NOT_VIP, "pass_not_vip"),
     (stat::PASS_MALFORMED, "pass_malformed"),
     (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
@@ -212,6 +212,8 @@ pub const GLOBAL_COUNTERS: [(u32, &str); 17] = [
     (stat::FAST_PATH, "fast_path"),
     (stat::CONNTRACK_INSERT, "conntrack_insert"),
     (stat::PERSIST_FULL, "persist_full"),
+    (stat::ICMP_TO_CLIENT, "icmp_to_client"),
+    (stat::ICMP_TO_BACKEND, "icmp_to_backend"),
 ];
 
 /// What `teardown` removed.

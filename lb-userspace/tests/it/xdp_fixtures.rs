@@ -18,7 +18,7 @@ use lb_common::{
     Backend, Flow, FlowKey, Persist, PersistKey, ReplyKey, ReplySources, Service, ServiceKey,
     VipPort, backend_state, flow_flags, proto, service_flags, stat,
 };
-use packet::{ACK, Frame, L4, PSH, SYN, verify_checksums};
+use packet::{ACK, Frame, L4, PSH, SYN, icmp_error, verify_checksums};
 use xdp_env::*;
 
 const XDP_DROP: u32 = 1;
@@ -262,6 +262,12 @@ fixture_tests! {
     reply_without_a_flow_passes,
     reply_to_a_dsr_flow_passes,
     legacy_reply_entry_is_ignored,
+    icmp_frag_needed_toward_a_backend_is_translated_for_the_client,
+    icmp_port_unreachable_of_a_udp_backend_is_translated_for_the_client,
+    icmp_frag_needed_toward_a_client_is_translated_for_the_backend,
+    icmp_error_without_a_flow_passes,
+    icmp_error_about_a_dsr_flow_passes,
+    icmp_error_quoting_too_little_passes,
     http_service_passes_to_proxy,
     http_without_fast_path_ignores_pins,
     fast_path_syn_of_pinned_client_is_forwarded,
@@ -533,6 +539,7 @@ fn rows(now: u64) -> Vec<Row> {
     rows.extend(established_flows(now));
     rows.extend(persistence(now));
     rows.extend(nat_replies(now));
+    rows.extend(icmp_errors(now));
     rows.extend(table_pressure());
     rows.extend(http_services(now));
     rows.extend(malformed_input());
@@ -975,6 +982,196 @@ fn stay_on_cpu0() {
             "sched_setaffinity"
         );
     }
+}
+
+/// A router between latch and the backends, and one on the clients' side.
+const ROUTER_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+const ROUTER_C: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// Destination unreachable, fragmentation needed, next-hop MTU 1400.
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+/// Destination unreachable, port unreachable.
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+
+/// `f` as it left latch: TTL decremented (MACs do not matter in a quote).
+fn as_sent(mut f: Frame) -> Vec<u8> {
+    f.ttl -= 1;
+    f.build()
+}
+
+/// An ICMP error from `src` to `dst` about `inner`, quoting `quoted` bytes of it (all when
+/// `None`), arriving on `port` from that side's neighbour.
+fn icmp_frame(
+    port: Port,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    kind: (u8, u8, [u8; 4]),
+    inner: &[u8],
+    quoted: Option<usize>,
+) -> Frame {
+    let mut f = icmp_error(src, dst, kind, inner, quoted.unwrap_or(inner.len() - 14));
+    (f.src_mac, f.dst_mac) = match port {
+        Port::Client => (CLIENT_MAC, LBC_MAC),
+        Port::Backend => (BACKEND1_MAC, LBB_MAC),
+    };
+    f
+}
+
+/// `f` forwarded by latch to `dst_mac` out of the port whose MAC is `src_mac`.
+fn forwarded(mut f: Frame, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Output {
+    f.ttl -= 1;
+    f.dst_mac = dst_mac;
+    f.src_mac = src_mac;
+    Output::Frame(f.build())
+}
+
+fn icmp_errors(now: u64) -> Vec<Row> {
+    let data = from_client(proto::TCP, ACK | PSH);
+    let udp = from_client(proto::UDP, 0);
+    // What latch sent to backend 1 for the client's TCP and UDP flows, and what the client
+    // sent (the error must come back quoting that).
+    let to_b1 = |f: &Frame| {
+        let mut e = f.clone();
+        e.dst = B1;
+        match &mut e.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = 8080,
+            L4::Raw { .. } => unreachable!(),
+        }
+        e
+    };
+    let tcp_sent = as_sent(to_b1(&data));
+    let tcp_meant = as_sent(data.clone());
+    let udp_sent = as_sent(to_b1(&udp));
+    let udp_meant = as_sent(udp.clone());
+    // A reply of backend 1 as latch sent it to the client, and as the backend sent it.
+    let reply = from_backend(B1, BACKEND1_MAC);
+    let mut reply_sent = reply.clone();
+    reply_sent.src = VIP;
+    if let L4::Tcp { sport, .. } = &mut reply_sent.l4 {
+        *sport = 80;
+    }
+    let reply_sent = as_sent(reply_sent);
+    let reply_meant = as_sent(reply);
+
+    let frag_to_b1 = icmp_frame(
+        Port::Backend,
+        (ROUTER_B, CLIENT),
+        FRAG_NEEDED,
+        &tcp_sent,
+        None,
+    );
+    let frag_for_client = icmp_error(VIP, CLIENT, FRAG_NEEDED, &tcp_meant, tcp_meant.len() - 14);
+    let unreachable = icmp_frame(
+        Port::Backend,
+        (B1, CLIENT),
+        PORT_UNREACHABLE,
+        &udp_sent,
+        Some(28),
+    );
+    let unreachable_for_client = icmp_error(VIP, CLIENT, PORT_UNREACHABLE, &udp_meant, 28);
+    let frag_to_client = icmp_frame(
+        Port::Client,
+        (ROUTER_C, VIP),
+        FRAG_NEEDED,
+        &reply_sent,
+        None,
+    );
+    let frag_for_b1 = icmp_error(
+        ROUTER_C,
+        B1,
+        FRAG_NEEDED,
+        &reply_meant,
+        reply_meant.len() - 14,
+    );
+    // Only the IPv4 header and four bytes of TCP: no ports to find the flow by.
+    let too_short = icmp_frame(
+        Port::Backend,
+        (ROUTER_B, CLIENT),
+        FRAG_NEEDED,
+        &tcp_sent,
+        Some(24),
+    );
+    let udp_flow = flow_key((CLIENT, CPORT), (VIP, 80), proto::UDP);
+    let nat_flow = MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now));
+    vec![
+        // A router toward the backend says the forwarded packet is too big: the client must
+        // learn it about the packet it sent (to VIP:80), from the VIP.
+        Row::new(
+            "icmp_frag_needed_toward_a_backend_is_translated_for_the_client",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now)))
+        .frame(
+            Port::Backend,
+            frag_to_b1.build(),
+            XDP_REDIRECT,
+            forwarded(frag_for_client, CLIENT_MAC, LBC_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_CLIENT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        // The backend has no socket on the port: quoting only the UDP header, whose checksum
+        // is rewritten all the same.
+        Row::new(
+            "icmp_port_unreachable_of_a_udp_backend_is_translated_for_the_client",
+            proto::UDP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(udp_flow, flow(1, SVC_ID, 0, now)))
+        .frame(
+            Port::Backend,
+            unreachable.build(),
+            XDP_REDIRECT,
+            forwarded(unreachable_for_client, CLIENT_MAC, LBC_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_CLIENT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        // A router toward the client says a reply (from VIP:80) is too big: the backend, which
+        // sent it from B1:8080, must learn it.
+        Row::new(
+            "icmp_frag_needed_toward_a_client_is_translated_for_the_backend",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(nat_flow)
+        .frame(
+            Port::Client,
+            frag_to_client.build(),
+            XDP_REDIRECT,
+            forwarded(frag_for_b1, BACKEND1_MAC, LBB_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_BACKEND, 1), (stat::VERDICT_REDIRECT, 1)]),
+        Row::new("icmp_error_without_a_flow_passes", proto::TCP, 0, 1)
+            .passes_untouched(frag_to_client.build())
+            .frame(
+                Port::Backend,
+                frag_to_b1.build(),
+                XDP_PASS,
+                same(&frag_to_b1.build()),
+            )
+            .stats(&[(stat::PASS_NOT_VIP, 2)]),
+        // A DSR backend answers from the VIP itself; latch translates nothing of its flows.
+        Row::new(
+            "icmp_error_about_a_dsr_flow_passes",
+            proto::TCP,
+            service_flags::DSR,
+            1,
+        )
+        .write(MapEntry::Flow(
+            client_flow(),
+            flow(1, SVC_ID, flow_flags::DSR, now),
+        ))
+        .passes_untouched(frag_to_client.build())
+        .stats(&[(stat::PASS_NOT_VIP, 1)]),
+        Row::new("icmp_error_quoting_too_little_passes", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now)))
+            .frame(
+                Port::Backend,
+                too_short.build(),
+                XDP_PASS,
+                same(&too_short.build()),
+            )
+            .stats(&[(stat::PASS_NOT_VIP, 1)]),
+    ]
 }
 
 /// The `i`th of round `round`'s 1024 other flows that fill the table.
