@@ -5,14 +5,13 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    helpers::generated::bpf_fib_lookup as fib_lookup,
 };
 use lb_common::{Backend, csum, proto, stat};
 
 use crate::{
+    ctx::Ctx,
     nexthop::{self, NextHop},
     parse::{EthHdr, Ipv4Hdr, Packet},
     stats,
@@ -47,7 +46,7 @@ impl Hdrs {
 
 /// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+pub fn nat<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         // Let the stack answer with ICMP time exceeded.
@@ -63,13 +62,19 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
         wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
     update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, be.addr));
-    fix_l4(pkt, old_addr, be.addr, old_port, be.port);
-    out(ctx, &Hdrs::of(pkt), be.addr, true, now)
+    if C::DIRECT_L4_CSUM {
+        fix_l4(pkt, old_addr, be.addr, old_port, be.port);
+    }
+    let verdict = out(ctx, &Hdrs::of(pkt), be.addr, true, now);
+    if !C::DIRECT_L4_CSUM {
+        l4_csum_last(ctx, pkt, (old_addr, be.addr), (old_port, be.port));
+    }
+    verdict
 }
 
 /// Rewrites the source of a backend reply back to the virtual service.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
+pub fn reply<C: Ctx>(ctx: &C, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
     // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         stats::count(stat::PASS_FIB_MISS);
@@ -84,13 +89,19 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> 
         wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
     update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, vip));
-    fix_l4(pkt, old_addr, vip, old_port, vport);
-    out(ctx, &Hdrs::of(pkt), pkt.key.dst_addr, true, now)
+    if C::DIRECT_L4_CSUM {
+        fix_l4(pkt, old_addr, vip, old_port, vport);
+    }
+    let verdict = out(ctx, &Hdrs::of(pkt), pkt.key.dst_addr, true, now);
+    if !C::DIRECT_L4_CSUM {
+        l4_csum_last(ctx, pkt, (old_addr, vip), (old_port, vport));
+    }
+    verdict
 }
 
 /// DSR: the IP packet stays as the client sent it; only the MACs change.
 #[inline(always)]
-pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+pub fn dsr<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     out(ctx, &Hdrs::of(pkt), be.addr, false, now)
 }
 
@@ -106,6 +117,16 @@ pub fn update_ip_check(ip: *mut Ipv4Hdr, update: impl FnOnce(u16) -> u16) {
         let field = core::ptr::addr_of_mut!((*ip).check);
         store_check(field, update(load_check(field)));
     }
+}
+
+/// The TCP/UDP checksum through the hook's helper (TC), once nothing reads or writes the
+/// frame directly any more: the helper invalidates packet pointers. The field's offset is a
+/// constant: a `Packet` has no IP options.
+#[inline(always)]
+fn l4_csum_last<C: Ctx>(ctx: &C, pkt: &Packet, addr: (u32, u32), port: (u16, u16)) {
+    let udp = pkt.key.proto == proto::UDP;
+    let offset = crate::parse::L4_OFF + if udp { 6 } else { 16 };
+    ctx.l4_csum(offset, udp, addr, port);
 }
 
 /// L4 checksum after one address (pseudo-header) and one port changed.
@@ -150,10 +171,8 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<
 /// TTL) and transmit, otherwise pass the (already rewritten) packet to the stack, which routes
 /// it and resolves ARP.
 #[inline(always)]
-pub fn out(ctx: &XdpContext, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
-    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run, valid for the whole program;
-    // the verifier checks (and rewrites) each context field access.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+pub fn out<C: Ctx>(ctx: &C, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
+    let ingress = ctx.ingress_ifindex();
     let Some((hop, live)) = nexthop::entry(next_dst, ingress, now) else {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
@@ -192,13 +211,9 @@ pub fn out(ctx: &XdpContext, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now
     }
     if ifindex == ingress {
         stats::count(stat::VERDICT_TX);
-        return xdp_action::XDP_TX;
+        return ctx.tx(ingress);
     }
-    // Plain bpf_redirect queues into the same per-CPU bulk queue as a devmap redirect
-    // (dev_xdp_enqueue), so a devmap would only add a lookup.
-    // SAFETY: the helper takes an ifindex and flags by value and touches no memory of ours;
-    // an ifindex that is gone just makes it return XDP_ABORTED.
-    let verdict = unsafe { bpf_redirect(ifindex, 0) as u32 };
+    let verdict = ctx.redirect(ifindex);
     if verdict == xdp_action::XDP_REDIRECT {
         stats::count(stat::VERDICT_REDIRECT);
     } else {
@@ -210,8 +225,8 @@ pub fn out(ctx: &XdpContext, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now
 /// A FIB lookup toward `next_dst`, its answer stored in the cache entry `hop`. None when the
 /// kernel cannot forward it directly (no route, no neighbour yet, forwarding off).
 #[inline(always)]
-fn fib(
-    ctx: &XdpContext,
+fn fib<C: Ctx>(
+    ctx: &C,
     pkt: &Hdrs,
     next_dst: u32,
     ingress: u32,
@@ -248,7 +263,7 @@ fn fib(
     // and the length passed is its size, so the helper reads and writes only inside it.
     let rc = unsafe {
         fib_lookup(
-            ctx.as_ptr(),
+            ctx.raw(),
             (&mut fib as *mut FibParams).cast::<bpf_fib_lookup>(),
             core::mem::size_of::<FibParams>() as i32,
             0,

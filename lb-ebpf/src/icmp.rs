@@ -19,11 +19,12 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::bindings::xdp_action;
 use lb_common::{FlowKey, csum, proto, stat};
 
 use crate::{
     conntrack,
+    ctx::Ctx,
     forward::{self, Hdrs},
     parse::{IcmpError, Ipv4Hdr},
     stats,
@@ -42,7 +43,7 @@ struct Rewrite {
 
 /// Translates an ICMP error about a NAT flow, or passes it (counted as not ours).
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, e: &IcmpError, now: u64) -> u32 {
+pub fn translate<C: Ctx>(ctx: &C, e: &IcmpError, now: u64) -> u32 {
     // SAFETY: `e.ip` points to a whole, bounds-checked IPv4 header (`IcmpError`'s invariant).
     let (ttl, outer_src, outer_dst) = unsafe {
         let ip = e.ip.cast::<u8>();

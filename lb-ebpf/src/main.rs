@@ -8,6 +8,7 @@
 
 mod clock;
 mod conntrack;
+mod ctx;
 mod forward;
 mod icmp;
 mod maglev;
@@ -19,15 +20,42 @@ mod service;
 mod stats;
 mod wire;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::{Backend, Service, flow_flags, service_flags, stat};
 
-use crate::parse::{Packet, Parsed};
+use crate::{
+    ctx::Ctx,
+    parse::{Packet, Parsed},
+};
 
 #[xdp]
 pub fn latch_xdp(ctx: XdpContext) -> u32 {
     process(&ctx)
 }
+
+/// The same logic at TC ingress (`attach = "tc"`), for frames with partial checksums (see
+/// ctx.rs). The headers latch reads are made linear first; XDP's verdicts map to TC's.
+#[classifier]
+pub fn latch_tc(ctx: TcContext) -> i32 {
+    let need = ctx.len().min(HEADROOM_PULL);
+    if ((ctx.data_end() - ctx.data()) as u32) < need {
+        // A failure leaves the frame as it is; the parser then passes it untouched.
+        let _ = ctx.pull_data(need);
+    }
+    match process(&ctx) {
+        xdp_action::XDP_PASS => TC_ACT_OK,
+        xdp_action::XDP_TX | xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT,
+        _ => TC_ACT_SHOT,
+    }
+}
+
+/// Bytes made linear at TC: every header latch reads (Ethernet, IPv4 without options, TCP with
+/// options, or an ICMP error's quoted headers) lies within them.
+const HEADROOM_PULL: u32 = 128;
 
 #[inline(always)]
 fn pass(stat_index: u32) -> u32 {
@@ -48,7 +76,7 @@ enum Decision {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> u32 {
+fn process<C: Ctx>(ctx: &C) -> u32 {
     let pkt = match parse::parse(ctx) {
         Parsed::Pass(s) => return pass(s),
         Parsed::Irregular(irr) => {

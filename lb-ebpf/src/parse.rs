@@ -7,10 +7,9 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, proto, stat};
 
-use crate::wire;
+use crate::{ctx::Ctx, wire};
 
 /// Ethernet header length.
 pub const ETH_HLEN: usize = 14;
@@ -87,7 +86,7 @@ pub struct UdpHdr {
 
 /// A bounds-checked pointer to a `T` at `off` bytes into the frame.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Ctx, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -168,8 +167,8 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let frame_len = ctx.data_end() - ctx.data();
+pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
+    let frame_len = ctx.len();
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
@@ -289,8 +288,8 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 /// An ICMP packet: an [`IcmpError`] when it is a destination unreachable quoting a TCP or UDP
 /// packet latch may have sent; anything else passes untouched, as every ICMP packet did before.
 #[inline(always)]
-fn icmp_error(
-    ctx: &XdpContext,
+fn icmp_error<C: Ctx>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
     ihl: usize,

@@ -32,7 +32,7 @@ use lb_common::{
     Capacities, Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
 };
 
-pub use attach::{AttachMode, Attached};
+pub use attach::{AttachMode, Attached, Hook};
 pub use error::DataplaneError;
 pub use maps::{MapFill, MapMemory, kernel_memory, versioned_dir};
 pub use migrate::Migration;
@@ -41,6 +41,8 @@ pub use plan::PlanError;
 
 /// Name of the XDP entry point in the lb-ebpf object.
 pub const PROGRAM_NAME: &str = "latch_xdp";
+/// Name of the TC ingress entry point (the same logic, for `attach = "tc"`).
+pub const TC_PROGRAM_NAME: &str = "latch_tc";
 
 /// Where `open` mounts bpffs when the pin directory lies under it and it is not mounted.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -452,6 +454,10 @@ impl Dataplane {
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|e| program_error(e, "loading the XDP program"))?;
+        programs(&mut ebpf)?
+            .1
+            .load()
+            .map_err(|e| program_error(e, "loading the TC program"))?;
 
         let mut maps = maps::Maps::take(&mut ebpf)?;
         let migration = if migrating {
@@ -545,9 +551,20 @@ impl Dataplane {
     /// program of an existing pinned link atomically), and detaches interfaces that are no
     /// longer listed.
     pub fn attach(&mut self, interfaces: &[String]) -> Result<Vec<Attached>, DataplaneError> {
+        let all: Vec<(String, Hook)> = interfaces.iter().map(|i| (i.clone(), Hook::Xdp)).collect();
+        self.attach_hooks(&all)
+    }
+
+    /// [`Dataplane::attach`] with a hook per interface: XDP, or TC ingress (for senders of
+    /// partial checksums, see `lb-ebpf/src/ctx.rs`). An interface that moves between hooks
+    /// leaves the other first.
+    pub fn attach_hooks(
+        &mut self,
+        interfaces: &[(String, Hook)],
+    ) -> Result<Vec<Attached>, DataplaneError> {
         let links = self.vdir.join("links");
-        let xdp = xdp_program(&mut self.ebpf)?;
-        attach::attach_all(xdp, &links, interfaces)
+        let (xdp, tc) = programs(&mut self.ebpf)?;
+        attach::attach_all(xdp, tc, &links, interfaces)
     }
 
     /// Programs services, backends and maglev tables to match `spec`. Each service switches
@@ -905,6 +922,36 @@ fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {
         .map_err(|e: ProgramError| DataplaneError::Program {
             source: Box::new(e),
         })
+}
+
+/// The XDP and the TC program, borrowed together.
+fn programs(
+    ebpf: &mut aya::Ebpf,
+) -> Result<(&mut Xdp, &mut aya::programs::SchedClassifier), DataplaneError> {
+    let (mut xdp, mut tc) = (None, None);
+    for (name, prog) in ebpf.programs_mut() {
+        match name {
+            PROGRAM_NAME => xdp = Some(prog),
+            TC_PROGRAM_NAME => tc = Some(prog),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| DataplaneError::MissingObject {
+        what: "program",
+        name: name.to_owned(),
+    };
+    let wrong = |e: ProgramError| DataplaneError::Program {
+        source: Box::new(e),
+    };
+    let xdp: &mut Xdp = xdp
+        .ok_or_else(|| missing(PROGRAM_NAME))?
+        .try_into()
+        .map_err(wrong)?;
+    let tc: &mut aya::programs::SchedClassifier = tc
+        .ok_or_else(|| missing(TC_PROGRAM_NAME))?
+        .try_into()
+        .map_err(wrong)?;
+    Ok((xdp, tc))
 }
 
 /// Keys of entries matching `pred`, collected before any deletion: deleting while walking a
