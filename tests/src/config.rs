@@ -101,6 +101,8 @@ impl LatchConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentSettings {
     interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    attach: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bpffs_dir: Option<PathBuf>,
     admin_listen: SocketAddr,
@@ -156,6 +158,7 @@ impl AgentSettings {
     pub fn new(interfaces: &[String]) -> Self {
         Self {
             interfaces: interfaces.to_vec(),
+            attach: std::collections::BTreeMap::new(),
             bpffs_dir: None,
             admin_listen: ADMIN_LISTEN,
             admin_token_file: None,
@@ -165,6 +168,12 @@ impl AgentSettings {
             capacity: None,
             http: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The program at TC ingress instead of XDP on `iface` (`attach = { iface = "tc" }`).
+    pub fn attach_tc(mut self, iface: &str) -> Self {
+        self.attach.insert(iface.to_owned(), "tc".to_owned());
+        self
     }
 
     /// Pins under `dir`: a test agent's own, see [`crate::LatchAgent::bpffs_dir`].

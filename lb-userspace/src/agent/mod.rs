@@ -290,7 +290,20 @@ impl Agent {
         dataplane.apply(&spec)?;
         fastpath::adopt_kernel_state(&config, &dataplane, &tables, &fastpath, clock.now_ns())?;
         dataplane::neighbor::solicit(backend_addrs(&spec));
-        let attached = dataplane.attach(&config.agent.interfaces)?;
+        let hooks: Vec<(String, dataplane::Hook)> = config
+            .agent
+            .interfaces
+            .iter()
+            .map(|i| {
+                let hook = if config.agent.tc_interfaces.contains(i) {
+                    dataplane::Hook::Tc
+                } else {
+                    dataplane::Hook::Xdp
+                };
+                (i.clone(), hook)
+            })
+            .collect();
+        let attached = dataplane.attach_hooks(&hooks)?;
         for a in &attached {
             tracing::info!(attached = ?a, "XDP attached");
         }

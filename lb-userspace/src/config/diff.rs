@@ -82,6 +82,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if o.interfaces != n.interfaces {
         restart_required.push("interfaces");
     }
+    if o.tc_interfaces != n.tc_interfaces {
+        restart_required.push("attach");
+    }
     if o.bpffs_dir != n.bpffs_dir {
         restart_required.push("bpffs_dir");
     }

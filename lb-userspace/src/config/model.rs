@@ -57,6 +57,9 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/latch";
 pub struct AgentConfig {
     /// NICs to attach the XDP program to (syntax checked here; existence by the dataplane).
     pub interfaces: Vec<String>,
+    /// Those of `interfaces` where the program runs at TC ingress instead of XDP
+    /// (`attach = { NAME = "tc" }`): veths and other senders of partial checksums.
+    pub tc_interfaces: std::collections::BTreeSet<String>,
     /// Admin REST API and /metrics. Default 127.0.0.1:9180.
     pub admin_listen: SocketAddr,
     /// Where maps and links are pinned. Default /sys/fs/bpf/latch.
@@ -87,6 +90,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
+            tc_interfaces: std::collections::BTreeSet::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
             state_file: None,

@@ -15,6 +15,8 @@ pub(crate) type SStr = Spanned<String>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAgent {
     pub interfaces: Option<Vec<SStr>>,
+    /// Interface name -> "xdp" | "tc" (interfaces not named: xdp).
+    pub attach: Option<std::collections::BTreeMap<String, SStr>>,
     pub admin_listen: Option<SStr>,
     pub bpffs_dir: Option<SStr>,
     pub state_file: Option<SStr>,

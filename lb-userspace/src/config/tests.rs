@@ -713,6 +713,30 @@ fn interface_names_are_checked() {
 }
 
 #[test]
+fn attach_per_interface_is_xdp_or_tc() {
+    let c = ok(
+        "[agent]\ninterfaces = [\"eth0\", \"veth0\"]\nattach = { veth0 = \"tc\", eth0 = \"xdp\" }\n",
+    );
+    assert_eq!(c.agent.interfaces, ["eth0", "veth0"]);
+    assert_eq!(c.agent.tc_interfaces.iter().collect::<Vec<_>>(), ["veth0"]);
+    assert!(
+        ok("[agent]\ninterfaces = [\"eth0\"]\n")
+            .agent
+            .tc_interfaces
+            .is_empty()
+    );
+    let e =
+        errors("[agent]\ninterfaces = [\"eth0\"]\nattach = { eth0 = \"skb\", eth1 = \"tc\" }\n");
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:3:19: attach = \"skb\" for `eth0`: expected \"xdp\" (the default) or \"tc\" (TC ingress, for veths whose senders leave checksums partial)",
+            "/etc/latch/latch.toml:3:33: attach names `eth1`, which is not in interfaces",
+        ]
+    );
+}
+
+#[test]
 fn l4_service_needs_interfaces_and_ipv4() {
     let text = r#"[[pool]]
 name = "p"

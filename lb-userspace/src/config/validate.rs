@@ -300,6 +300,27 @@ impl Validator<'_> {
                 agent.interfaces.push(name.get_ref().clone());
             }
         }
+        for (name, hook) in raw.attach.iter().flatten() {
+            if !agent.interfaces.contains(name) {
+                self.sink.error(
+                    hook.span(),
+                    format!("attach names `{name}`, which is not in interfaces"),
+                );
+            }
+            match hook.get_ref().as_str() {
+                "xdp" => {}
+                "tc" => {
+                    agent.tc_interfaces.insert(name.clone());
+                }
+                other => self.sink.error(
+                    hook.span(),
+                    format!(
+                        "attach = \"{other}\" for `{name}`: expected \"xdp\" (the default) or \
+                         \"tc\" (TC ingress, for veths whose senders leave checksums partial)"
+                    ),
+                ),
+            }
+        }
         if let Some(a) = &raw.admin_listen
             && let Some(addr) = self.addr(a, "admin_listen address")
         {
