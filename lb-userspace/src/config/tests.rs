@@ -1080,7 +1080,8 @@ fn fast_path_needs_room_for_its_session_records_in_the_mirror() {
          [agent.datascript]\ntable_max_entries = 1989\n",
     ));
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("/etc/latch/latch.toml:12:"), "{e:?}");
+    // The service's fast_path line (BASE has twelve).
+    assert!(e[0].starts_with("/etc/latch/latch.toml:13:"), "{e:?}");
     assert!(
         e[0].contains("2 x [agent.datascript] table_max_entries (1989)"),
         "{e:?}"
