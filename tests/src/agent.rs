@@ -93,9 +93,14 @@ impl LatchAgent {
 
     /// Starts `latch run` in the namespace and waits for its ready line.
     pub fn start(&mut self) -> Result<()> {
+        self.start_within(READY_TIMEOUT)
+    }
+
+    /// [`LatchAgent::start`] for configs that take longer to load (the scale benchmark).
+    pub fn start_within(&mut self, timeout: Duration) -> Result<()> {
         let mut child = self.spawn_run()?;
         child
-            .wait_for_line(|l| l.starts_with(READY_LINE), READY_TIMEOUT)
+            .wait_for_line(|l| l.starts_with(READY_LINE), timeout)
             .map_err(|e| Error::Command {
                 cmd: "latch run".into(),
                 status: "not ready".into(),

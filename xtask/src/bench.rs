@@ -27,7 +27,8 @@ pub enum BenchCmd {
     Tls(LoadArgs),
     /// Scale: DataScript table inserts and lookups per second with p50/p99 at 10 k, 100 k and
     /// 1 M entries (kernel mirror attached), RSS per entry, restore time after a kill -9 at
-    /// 1 M entries, and the config load of 1,000 virtual services of 10 servers each. Writes
+    /// 1 M entries, config load, start and reload with 1,000 virtual services of 10 servers
+    /// each, and the connection table at and beyond its capacity. Writes
     /// target/bench/scale.{md,json}.
     Scale(ScaleArgs),
 }
@@ -37,6 +38,12 @@ pub struct ScaleArgs {
     /// Rounds (the sizes alternate within each round; the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Table sizes, smallest first (comma-separated, 1,000 to 2,000,000).
+    #[arg(long, default_value = "10000,100000,1000000")]
+    pub sizes: String,
+    /// Only these parts (comma-separated: tables, config, conntrack); default all.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 #[derive(Args)]
@@ -120,7 +127,19 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
             "--inserts".into(),
             a.inserts.to_string(),
         ],
-        BenchCmd::Scale(a) => vec!["scale".into(), "--rounds".into(), a.rounds.to_string()],
+        BenchCmd::Scale(a) => {
+            let mut v = vec![
+                "scale".into(),
+                "--rounds".into(),
+                a.rounds.to_string(),
+                "--sizes".into(),
+                a.sizes,
+            ];
+            if let Some(only) = a.only {
+                v.extend(["--only".into(), only]);
+            }
+            v
+        }
         BenchCmd::Http(a) => {
             let mut v = a.load.argv("http");
             if a.no_tables {

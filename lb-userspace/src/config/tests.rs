@@ -1097,6 +1097,75 @@ fn capacities_parse_and_a_table_limit_beyond_the_mirror_is_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn fast_path_needs_room_for_its_session_records_in_the_mirror() {
+    // 2 x 1988 + 1024 = 5000: entries and one record each fit.
+    ok(&with_base(
+        "fast_path = \"client_ip\"\n[agent.capacity]\ntable_mirror_entries = 5000\n\
+         [agent.datascript]\ntable_max_entries = 1988\n",
+    ));
+    let e = errors(&with_base(
+        "fast_path = \"client_ip\"\n[agent.capacity]\ntable_mirror_entries = 5000\n\
+         [agent.datascript]\ntable_max_entries = 1989\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    // The service's fast_path line (BASE has twelve).
+    assert!(e[0].starts_with("/etc/latch/latch.toml:13:"), "{e:?}");
+    assert!(
+        e[0].contains("2 x [agent.datascript] table_max_entries (1989)"),
+        "{e:?}"
+    );
+    // Without fast_path the entries alone must fit.
+    ok(&with_base(
+        "[agent.capacity]\ntable_mirror_entries = 5000\n\
+         [agent.datascript]\ntable_max_entries = 1989\n",
+    ));
+}
+
+#[test]
+fn more_services_or_servers_than_the_kernel_holds_are_refused() {
+    let many = |n: usize, capacity: &str| {
+        let mut s = format!("[agent]\ninterfaces = []\n{capacity}");
+        for v in 0..n {
+            s.push_str(&format!(
+                "\n[[pool]]\nname = \"p{v}\"\nservers = [\"192.0.2.{}:{}\", \"192.0.2.{}:{}\"]\n\
+                 \n[[virtual_service]]\nname = \"vs{v}\"\nlisten = \"198.51.100.10:{}\"\n\
+                 type = \"http\"\npool = \"p{v}\"\n",
+                1 + v % 250,
+                10_000 + v,
+                1 + v % 250,
+                20_000 + v,
+                30_000 + v
+            ));
+        }
+        s
+    };
+    // Ids run from 1: a capacity of 8 holds 7 services (and 7 servers).
+    ok(&many(
+        7,
+        "[agent.capacity]\nvirtual_services = 8\nservers = 15\n",
+    ));
+    let e = errors(&many(8, "[agent.capacity]\nvirtual_services = 8\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    // The eighth service's name: block v of ten lines starts on line 5 here.
+    assert!(e[0].starts_with("/etc/latch/latch.toml:81:"), "{e:?}");
+    assert!(e[0].contains("too many virtual services"), "{e:?}");
+    assert!(e[0].contains("holds at most 7"), "{e:?}");
+    let e = errors(&many(
+        7,
+        "[agent.capacity]\nvirtual_services = 8\nservers = 14\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("/etc/latch/latch.toml:5:"), "{e:?}");
+    assert!(e[0].contains("14 distinct servers"), "{e:?}");
+    // Without a capacity section the first service beyond the default is pointed at.
+    let e = errors(&many(256, ""));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("too many virtual services"), "{e:?}");
+    // Block v of ten lines starts on line 3; its service's name is on line 9 + 10 v.
+    assert!(e[0].starts_with("/etc/latch/latch.toml:2559:"), "{e:?}");
+}
 mod tls;
 
 // Servers, workers and durations that parse but cannot be right; non-UTF-8 files.

@@ -83,6 +83,8 @@ pub(crate) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     };
     let rate_limiters = v.rate_limiters(&raw.rate_limiters);
     let services = v.services(&raw.services, &pools, &agent, &rate_limiters, &groups.ip);
+    v.fast_path_records_fit(&raw, &agent);
+    v.servers_fit(&raw, &agent, &services, &pools);
     let replication = raw.replication.as_ref().map(|r| v.replication(r));
 
     let config = Config {
@@ -274,6 +276,70 @@ impl Validator<'_> {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// Every distinct server of the virtual services' pools takes a kernel backend id of
+    /// 1..`servers`: a config beyond would pass here and be refused by the agent when it
+    /// programs the data plane.
+    fn servers_fit(
+        &mut self,
+        raw: &RawDoc,
+        agent: &AgentConfig,
+        services: &[VirtualServiceConfig],
+        pools: &[PoolInfo],
+    ) {
+        let caps = agent.capacity;
+        let capacity = raw.agent.as_ref().and_then(|a| a.capacity.as_ref());
+        let by_name: HashMap<&str, &PoolConfig> = pools
+            .iter()
+            .map(|p| (p.config.name.as_str(), &p.config))
+            .collect();
+        let servers: std::collections::HashSet<SocketAddr> = services
+            .iter()
+            .filter_map(|vs| by_name.get(vs.pool.as_str()))
+            .flat_map(|p| p.servers.iter().map(|s| s.addr))
+            .collect();
+        let most = caps.backends.saturating_sub(1) as usize;
+        if servers.len() > most {
+            let span = capacity
+                .and_then(|c| c.servers.as_ref().map(|v| v.span()))
+                .or_else(|| raw.services.last().map(|s| s.pool.span()));
+            if let Some(span) = span {
+                self.sink.error(
+                    span,
+                    format!(
+                        "the virtual services' pools have {} distinct servers, but \
+                         [agent.capacity] servers = {} holds at most {most}: raise it",
+                        servers.len(),
+                        caps.backends
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Fast-path services record in the kernel mirror which client address carries which
+    /// session (one record per address and table entry, see `dataplane/mirror.rs`), so with
+    /// any of them the mirror must hold a record beside every entry a table may hold. Checked
+    /// only when the entries alone fit (the rule in [`Self::agent`] reports that case).
+    fn fast_path_records_fit(&mut self, raw: &RawDoc, agent: &AgentConfig) {
+        let Some(fp) = raw.services.iter().find_map(|s| s.fast_path.as_ref()) else {
+            return;
+        };
+        let mirror = agent.capacity.table_mirror_entries as usize;
+        let entries = agent.datascript.table_max_entries;
+        if entries + MIRROR_RESERVE > mirror || 2 * entries + MIRROR_RESERVE <= mirror {
+            return;
+        }
+        self.sink.error(
+            fp.span(),
+            format!(
+                "fast_path records each session's client address in the kernel mirror beside \
+                 the session's table entry: [agent.capacity] table_mirror_entries ({mirror}) \
+                 must hold 2 x [agent.datascript] table_max_entries ({entries}) plus \
+                 {MIRROR_RESERVE} name records, or pins would be lost on a restart"
+            ),
+        );
     }
 
     fn agent(&mut self, raw: Option<&RawAgent>) -> AgentConfig {
@@ -880,19 +946,21 @@ impl Validator<'_> {
             };
 
             // The XDP data plane handles these; it speaks IPv4 only for now.
+            // Every service takes a kernel service id, plain http ones too (XDP tells their
+            // packets apart by it: SYNs to the proxy, stale fast-path flows forgotten).
+            kernel_services += 1;
+            if kernel_services == agent.capacity.services as usize {
+                self.sink.error(
+                    raw.name.span(),
+                    format!(
+                        "too many virtual services: the data plane holds at most {} \
+                         ([agent.capacity] virtual_services; http services count too)",
+                        agent.capacity.services - 1
+                    ),
+                );
+            }
             let in_kernel = kind != ServiceType::Http || fast_path;
             if in_kernel {
-                kernel_services += 1;
-                if kernel_services == agent.capacity.services as usize {
-                    self.sink.error(
-                        raw.name.span(),
-                        format!(
-                            "too many tcp/udp/fast-path services: the data plane holds at most {} \
-                             ([agent.capacity] virtual_services)",
-                            agent.capacity.services - 1
-                        ),
-                    );
-                }
                 if agent.interfaces.is_empty() {
                     self.sink.error(
                         raw.kind.span(),

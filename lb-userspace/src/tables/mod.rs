@@ -11,9 +11,10 @@
 //! which the agent calls periodically.
 //!
 //! Memory (measured by `memory_per_entry`, `cargo test -p lb-userspace --lib tables -- --ignored
-//! --nocapture`): about 240 bytes per entry (glibc heap, hash table slack included) with
-//! 32-byte keys and 16-byte values in user space, whatever table it is in: all tables of a
-//! virtual service share one map keyed by (table, key). Each entry is charged
+//! --nocapture`): with 32-byte keys and 16-byte values, which fit in the map's 96-byte slots
+//! (see `text.rs`), about 120 bytes per entry at 100,000 entries and 210 at 1,000,000 (the
+//! hash table's slack: it had just doubled; `cargo xtask bench scale`), whatever table it
+//! is in: all tables of a virtual service share one map keyed by (table, key). Each entry is charged
 //! [`ENTRY_OVERHEAD_BYTES`] plus its table name, key and value against the virtual service's
 //! memory limit ([`TableLimits::max_bytes`]); an insert beyond it is refused.
 
@@ -26,6 +27,9 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 #[cfg(test)]
 mod tests;
+mod text;
+
+use text::Text;
 
 /// Name of the table used when a script omits the table name.
 pub const DEFAULT_TABLE: &str = "";
@@ -307,9 +311,16 @@ impl EntryView {
     }
 }
 
+/// Values up to this many bytes are kept in the entry itself (`ip:port` of any IPv4 server
+/// fits); see `text.rs`.
+const INLINE_VALUE: usize = 22;
+/// Table name and key together up to this many bytes are kept in the slot (a 32-character
+/// session id in a table named with up to 14).
+const INLINE_KEY: usize = 46;
+
 #[derive(Debug)]
 struct Entry {
-    value: Box<str>,
+    value: Text<INLINE_VALUE>,
     expires_ns: u64,
     /// Expiry the mirrors last heard of (see [`VsTables::notify_extension`]).
     notified_ns: u64,
@@ -322,9 +333,9 @@ struct Entry {
 const MIRROR_COALESCE_NS: u64 = NS_PER_S;
 
 impl Entry {
-    fn new(value: Box<str>, expires_ns: u64) -> Self {
+    fn new(value: &str, expires_ns: u64) -> Self {
         Self {
-            value,
+            value: Text::new(value),
             expires_ns,
             notified_ns: expires_ns,
         }
@@ -335,22 +346,20 @@ impl Entry {
     }
 }
 
-/// A key with the name of its table, in one allocation: all tables of a virtual service share
-/// one map, so a named table costs nothing of its own (a map per table cost 8 KB of shards).
+/// A key with the name of its table, in the slot when short (see `text.rs`): all tables of a
+/// virtual service share one map, so a named table costs nothing of its own (a map per table
+/// cost 8 KB of shards).
 struct TableKey {
     /// The table name followed by the key.
-    text: Box<str>,
+    text: Text<INLINE_KEY>,
     /// Length of the table name in `text`.
     split: u32,
 }
 
 impl TableKey {
     fn new(table: &str, key: &str) -> Self {
-        let mut text = String::with_capacity(table.len() + key.len());
-        text.push_str(table);
-        text.push_str(key);
         Self {
-            text: text.into_boxed_str(),
+            text: Text::concat(table, key),
             // Keys and table names are at most a few hundred bytes (see `TableLimits`).
             split: u32::try_from(table.len()).unwrap_or(u32::MAX),
         }
@@ -431,7 +440,9 @@ impl<'a> std::borrow::Borrow<dyn Qualified + 'a> for TableKey {
 type Map = DashMap<TableKey, Entry>;
 
 /// Bytes an entry is charged beyond its table name, key and value: the map slot, the entry,
-/// allocator overhead and hash table slack (measured by `memory_per_entry`).
+/// allocator overhead and hash table slack (measured by `memory_per_entry`; since short keys
+/// and values live in the slot, an upper bound for them: a 96-byte slot takes at most about
+/// 220 bytes with the hash table's slack).
 pub const ENTRY_OVERHEAD_BYTES: usize = 208;
 
 /// What an entry is charged against the memory limit.
@@ -673,14 +684,14 @@ impl VsTables {
                     bump(&self.counters.expirations);
                     self.notify_remove(table, key, RemoveReason::Expired);
                     self.recharge(&e.value, value);
-                    *e = Entry::new(Box::from(value), expires_ns);
+                    *e = Entry::new(value, expires_ns);
                     self.notify_upsert(table, key, value, expires_ns);
                     Ok(InsertOutcome::Inserted)
                 }
             }
             MapEntry::Vacant(v) => {
                 self.reserve(entry_cost(table, key, value))?;
-                v.insert(Entry::new(Box::from(value), expires_ns));
+                v.insert(Entry::new(value, expires_ns));
                 self.notify_upsert(table, key, value, expires_ns);
                 Ok(InsertOutcome::Inserted)
             }
@@ -909,13 +920,13 @@ impl VsTables {
                     RemoteOutcome::Inserted
                 };
                 self.recharge(&e.value, value);
-                *e = Entry::new(Box::from(value), expires_ns);
+                *e = Entry::new(value, expires_ns);
                 m.upsert(&self.vs, table, key, value, expires_ns);
                 Ok(outcome)
             }
             MapEntry::Vacant(v) => {
                 self.reserve(entry_cost(table, key, value))?;
-                v.insert(Entry::new(Box::from(value), expires_ns));
+                v.insert(Entry::new(value, expires_ns));
                 self.mirror
                     .load()
                     .upsert(&self.vs, table, key, value, expires_ns);
@@ -969,7 +980,7 @@ impl VsTables {
             }
             let cap = self.clamp_expiry(now_ns, l.max_lifetime_s);
             let cost = entry_cost(&e.table, &e.key, &e.value);
-            let entry = Entry::new(e.value.into_boxed_str(), e.expires_at_mono_ns.min(cap));
+            let entry = Entry::new(&e.value, e.expires_at_mono_ns.min(cap));
             let stored = match self.map.entry(TableKey::new(&e.table, &e.key)) {
                 MapEntry::Occupied(mut o) => {
                     self.recharge(&o.get().value, &entry.value);

@@ -39,7 +39,7 @@ const LATCH_COUNTERS: [&str; 4] = [
     "pass_fib_miss",
 ];
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<u8> = s
         .split(':')
         .map(|p| u8::from_str_radix(p, 16))

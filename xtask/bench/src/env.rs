@@ -74,6 +74,22 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Lets the calling thread run on CPUs `0..cpus` again (after [`pin_to_cpu`]).
+pub fn allow_all_cpus(cpus: usize) -> Result<()> {
+    // SAFETY: as in `pin_to_cpu`; every index is below the CPU count.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("restoring the CPU affinity");
+    }
+    Ok(())
+}
+
 /// Runs `f` with the calling thread inside `ns`, then returns to the original namespace.
 /// Interface names and ifindexes (attach, BPF_PROG_TEST_RUN's ingress) resolve in the
 /// caller's namespace, and objects must stay on this thread, hence no helper thread.

@@ -43,6 +43,12 @@ enum Cmd {
     Scale {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Table sizes, smallest first.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        sizes: Vec<usize>,
+        /// Parts to run (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<scale::Part>,
     },
     /// HTTP: wrk against the direct backend, latch, HAProxy and nginx+Lua.
     Http {
@@ -102,7 +108,20 @@ fn main() -> std::process::ExitCode {
         Cmd::Dataplane { seconds, rounds } => {
             dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
         }
-        Cmd::Scale { rounds } => scale::run(rounds.clamp(1, 10)),
+        Cmd::Scale {
+            rounds,
+            mut sizes,
+            only,
+        } => {
+            sizes.retain(|n| (1000..=2_000_000).contains(n));
+            sizes.sort_unstable();
+            sizes.dedup();
+            scale::run(&scale::Options {
+                rounds: rounds.clamp(1, 10),
+                sizes,
+                parts: only,
+            })
+        }
         Cmd::Replication { samples, inserts } => {
             replication::run(samples.clamp(10, 100_000), inserts.clamp(1000, 2_000_000))
         }

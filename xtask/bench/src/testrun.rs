@@ -46,7 +46,7 @@ impl LatchRun {
 
     /// Runs the program `repeat` times on `frame` arriving on `ingress`: verdict and the
     /// kernel's mean ns per run.
-    fn run(&self, frame: &[u8], ingress: u32, repeat: u32) -> Result<(u32, u64)> {
+    pub fn run(&self, frame: &[u8], ingress: u32, repeat: u32) -> Result<(u32, u64)> {
         let prog: &Xdp = self
             .ebpf
             .program(latch::dataplane::PROGRAM_NAME)
@@ -92,7 +92,7 @@ impl Frames {
     }
 }
 
-fn counter(dp: &Dataplane, name: &str) -> Result<u64> {
+pub fn counter(dp: &Dataplane, name: &str) -> Result<u64> {
     dp.stats()?
         .global
         .iter()
