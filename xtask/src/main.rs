@@ -1,10 +1,11 @@
-//! `cargo xtask setup | test | demo | bench`: orchestration only. The eBPF object is built by
+//! `cargo xtask setup | test | demo | bench | soak`: orchestration only. The eBPF object is built by
 //! lb-userspace/build.rs, not here.
 
 mod bench;
 mod demo;
 mod proc;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Cmd {
     /// Benchmarks: measure latch beside its peers, write target/bench/.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Soak: load and a cycle of faults (kill -9, reloads, Redis restart, backend flap) for N
+    /// minutes; failures by cause, lost table entries, RSS and fds. Writes target/soak/.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run().map(|_| true),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Soak(args) => soak::run(args),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
