@@ -275,8 +275,16 @@ pub fn wrk(
         let end = env.rec.now_s();
         let fields = line.ok().and_then(|l| parse_wrk_line(&l));
         let Some(f) = fields else {
-            env.rec
-                .fail_window(name, "wrk gave no summary", start, end, 1, child.stderr());
+            // wrk gives up at once when it cannot connect at start (the agent is down): one
+            // failure per attempt, retried after a pause.
+            let stderr = child.stderr();
+            let cause = if stderr.contains("unable to connect") {
+                "wrk could not connect (per attempt)"
+            } else {
+                "wrk gave no summary"
+            };
+            env.rec.fail_window(name, cause, start, end, 1, stderr);
+            std::thread::sleep(Duration::from_millis(500));
             continue;
         };
         let get = |k: &str| f.get(k).copied().unwrap_or(0);
