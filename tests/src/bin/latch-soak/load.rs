@@ -324,9 +324,9 @@ struct Session {
 const SESSION_REFRESH: Duration = Duration::from_secs(40);
 
 /// Logs in and sends each session back: it must reach the server that issued it and be a
-/// table hit (`X-Persist: true`). A session of the flapped server may have been removed when
-/// the health monitor took it out (by design): its next request is balanced afresh and the
-/// session is replaced by a new login, counted as re-balanced, not failed.
+/// table hit (`X-Persist: true`). A session of the flapped server is balanced elsewhere once
+/// the health monitor takes the server out, and then removed (by design): it is replaced by
+/// a new login, counted as re-balanced, not failed.
 pub fn sticky(env: &Env, rate: u32) {
     const SESSIONS: usize = 16;
     let name = "sticky sessions";
@@ -374,8 +374,11 @@ pub fn sticky(env: &Env, rate: u32) {
                 let backend = r.backend.clone().unwrap_or_default();
                 let hit = r.header("x-persist") == Some("true");
                 let flaps_now = env.flaps.load(Ordering::SeqCst);
-                if session.owner == flapped && flaps_now > session.flaps && !hit {
-                    // Its server was taken out: the session is gone; a new login replaces it.
+                let owner_out = session.owner == flapped && flaps_now > session.flaps;
+                if owner_out && (backend != session.owner || !hit) {
+                    // Its server was taken out: the pool's algorithm chose for the script
+                    // (while the session was still in the table), then the session was
+                    // removed; a new login replaces it.
                     env.rec.lock().rebalanced += 1;
                     continue;
                 }
