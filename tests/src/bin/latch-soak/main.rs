@@ -261,6 +261,10 @@ fn run() -> Result<bool> {
             }
         })
         .collect();
+    if stopped() && harness_error.is_none() {
+        // A run cut short proves less than it claims: never a pass.
+        harness_error = Some("interrupted before the end".into());
+    }
     let tally = rec.take();
     let samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
     let (passed, md) = report::write(
