@@ -35,7 +35,7 @@ pub struct Capacities {
     pub services: u32,
     /// Servers in the kernel (BACKENDS, BACKEND_STATS). Ids run from 1 to `backends - 1`.
     pub backends: u32,
-    /// Entries of the connection table (CONNTRACK): one per L4 flow, two per NAT flow.
+    /// Entries of the connection table (CONNTRACK): one per L4 flow (NAT or DSR).
     pub connections: u32,
     /// Client pins (PERSIST): client-IP persistence and fast-path pins.
     pub client_pins: u32,
@@ -58,6 +58,12 @@ impl Capacities {
     pub const fn maglev_entries(&self) -> u32 {
         self.services * MAGLEV_SLOTS_PER_SERVICE * MAGLEV_TABLE_SIZE
     }
+
+    /// Entries of NAT_REPLY: one per server address, port and protocol of a NAT service, so
+    /// at most two (TCP and UDP) per server slot.
+    pub const fn nat_reply_entries(&self) -> u32 {
+        self.backends.saturating_mul(2)
+    }
 }
 
 impl Default for Capacities {
@@ -74,6 +80,9 @@ pub const DS_KEY_BYTES: usize = 64;
 pub const DS_VALUE_BYTES: usize = 64;
 /// `BPF_F_NO_PREALLOC`: the flag DS_TABLE is created with.
 pub const DS_TABLE_FLAGS: u32 = 1;
+/// `BPF_F_NO_PREALLOC` for NAT_REPLY too: it holds one entry per NAT server, far below its
+/// capacity, and only the agent writes it.
+pub const NAT_REPLY_FLAGS: u32 = 1;
 /// `BPF_F_NO_COMMON_LRU`: CONNTRACK keeps one LRU list per CPU. With the common list, taking
 /// a free entry for a new flow (`bpf_lru_pop_free`) cost a third of all CPU time at 1 Mpps of
 /// new flows (perf, bench dataplane). Each CPU then evicts among the flows it created, and
@@ -90,6 +99,8 @@ pub const fn maglev_base(service_id: u32, slot: u32) -> u32 {
 
 /// IP protocol numbers used in keys.
 pub mod proto {
+    /// ICMP (errors about NAT flows are translated).
+    pub const ICMP: u8 = 1;
     /// TCP.
     pub const TCP: u8 = 6;
     /// UDP.
@@ -186,7 +197,8 @@ pub struct FlowKey {
 
 /// Bits of [`Flow::flags`].
 pub mod flow_flags {
-    /// This entry translates backend replies back to the VIP (NAT reverse direction).
+    /// A reply entry of agents that wrote two entries per NAT flow (keyed by the backend's
+    /// reply tuple). Never written now; XDP ignores such entries and they age out.
     pub const REPLY: u32 = 1 << 0;
     /// The flow was forwarded with DSR.
     pub const DSR: u32 = 1 << 1;
@@ -204,14 +216,76 @@ pub struct Flow {
     pub service_id: u32,
     /// [`flow_flags`] bits.
     pub flags: u32,
-    /// For reply entries: the VIP to write back as source address (network byte order).
+    /// Unused (zero); the VIP of the reply entries older agents wrote.
     pub vip: u32,
-    /// For reply entries: the virtual port to write back as source port (network order).
+    /// Unused (zero); the virtual port of the reply entries older agents wrote.
     pub vport: u16,
     /// Always zero.
     pub _pad: u16,
     /// Last time a packet of the flow was seen (monotonic ns).
     pub last_seen_ns: u64,
+}
+
+/// Most virtual services (VIP and port) one server address, port and protocol may serve in
+/// NAT mode: its replies carry only its own address, so XDP tries each of them
+/// ([`ReplySources`]).
+pub const REPLY_VIPS: usize = 8;
+
+/// 64-bit words of the NAT_SERVERS bitmap (65536 bits, 8 KiB).
+pub const NAT_SERVER_WORDS: u32 = 1024;
+
+/// The NAT_SERVERS word and bit of a server address, port and protocol (address and port in
+/// network byte order, as packets and [`ReplyKey`] carry them). XDP tests this bit before it
+/// looks a packet's source up in NAT_REPLY: an array read costs a few nanoseconds where a hash
+/// lookup costs tens, so packets that are not replies (the forward direction, above all) pay
+/// almost nothing for the reply path; a collision only costs that NAT_REPLY lookup.
+pub const fn nat_server_bit(addr: u32, port: u16, proto: u8) -> (u32, u64) {
+    let h = (addr.wrapping_mul(0x9e37_79b1) ^ (port as u32) ^ ((proto as u32) << 16))
+        .wrapping_mul(0x85eb_ca6b)
+        >> 16;
+    (h >> 6, 1u64 << (h & 63))
+}
+
+/// Key of the NAT_REPLY hash map: a NAT server's address, port and protocol, which its
+/// replies carry as their source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReplyKey {
+    /// Server address, network byte order.
+    pub addr: u32,
+    /// Server port, network byte order.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// A virtual service's VIP and port, as clients address it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipPort {
+    /// Virtual IP, network byte order.
+    pub vip: u32,
+    /// Virtual port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
+}
+
+/// Value of the NAT_REPLY hash map: the NAT services a server answers for. A reply
+/// (server -> client) becomes the forward key (client -> VIP:port) of its flow with one of
+/// these; XDP takes the one whose connection-table entry is a live flow to this server. So a
+/// NAT flow needs one connection-table entry for both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReplySources {
+    /// Entries of `vips` in use.
+    pub count: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The services, in the agent's order (sorted); unused entries are zero.
+    pub vips: [VipPort; REPLY_VIPS],
 }
 
 /// Key of the PERSIST hash map.
@@ -356,13 +430,18 @@ pub mod stat {
     pub const PASS_NO_FLOW: u32 = 13;
     /// Fast-path (pinned HTTP client) connection forwarded directly.
     pub const FAST_PATH: u32 = 14;
-    /// A live NAT flow's reply entry was missing (evicted under connection-table pressure)
-    /// and was written again by the flow's periodic refresh.
-    pub const REPLY_RESTORED: u32 = 15;
-    /// Entries XDP wrote into the connection table (two per new NAT flow, one per DSR flow).
+    // 15 was `reply_restored` (reply entries rewritten after eviction), gone with them.
+    /// Entries XDP wrote into the connection table (one per new flow).
     pub const CONNTRACK_INSERT: u32 = 16;
     /// Client pins XDP could not write: the persistence map is full.
     pub const PERSIST_FULL: u32 = 17;
+    /// An ICMP error about a packet sent to a NAT backend (fragmentation needed, port
+    /// unreachable, ...) translated back to the client: its quoted packet and source made
+    /// the VIP's again.
+    pub const ICMP_TO_CLIENT: u32 = 18;
+    /// An ICMP error about a NAT flow's reply (sent to the VIP) translated to the flow's
+    /// backend, so that path-MTU discovery works in that direction too.
+    pub const ICMP_TO_BACKEND: u32 = 19;
     /// Number of counters.
     pub const COUNT: u32 = 20;
 }
@@ -387,6 +466,10 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "LATCH_BE_STATS";
     /// Kernel mirror of the DataScript tables (XDP does not read it).
     pub const DS_TABLE: &str = "LATCH_DS_TABLE";
+    /// NAT servers' address, port and protocol -> the services they answer for.
+    pub const NAT_REPLY: &str = "LATCH_NAT_REPLY";
+    /// Bitmap of the NAT_REPLY keys ([`super::nat_server_bit`]).
+    pub const NAT_SERVERS: &str = "LATCH_NAT_SERVERS";
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
@@ -394,6 +477,9 @@ const _: () = assert!(core::mem::size_of::<Service>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Flow>() == 32);
+const _: () = assert!(core::mem::size_of::<ReplyKey>() == 8);
+const _: () = assert!(core::mem::size_of::<VipPort>() == 8);
+const _: () = assert!(core::mem::size_of::<ReplySources>() == 8 + 8 * REPLY_VIPS);
 const _: () = assert!(core::mem::size_of::<PersistKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Persist>() == 16);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
@@ -421,10 +507,39 @@ mod pod {
         Backend,
         FlowKey,
         Flow,
+        ReplyKey,
+        ReplySources,
         PersistKey,
         Persist,
         TrafficCounters,
         DsKey,
         DsValue,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_server_bits_stay_in_the_bitmap_and_spread() {
+        let mut words = std::collections::HashSet::new();
+        for host in 0..=255u8 {
+            for port in [80u16, 443, 8080] {
+                let addr = u32::from_ne_bytes([192, 0, 2, host]);
+                let (word, bit) = nat_server_bit(addr, port.to_be(), proto::TCP);
+                assert!(word < NAT_SERVER_WORDS);
+                assert_eq!(bit.count_ones(), 1);
+                words.insert(word);
+            }
+        }
+        // 768 servers of one /24 land on many words, not a handful.
+        assert!(words.len() > 400, "{} words", words.len());
+        let a = u32::from_ne_bytes([192, 0, 2, 1]);
+        assert_ne!(
+            nat_server_bit(a, 80u16.to_be(), proto::TCP),
+            nat_server_bit(a, 80u16.to_be(), proto::UDP),
+            "the protocol is part of the key"
+        );
+    }
 }

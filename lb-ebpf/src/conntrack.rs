@@ -1,9 +1,27 @@
-//! Connection tracking: forward entries keyed by the client 5-tuple and, for NAT, reply
-//! entries keyed by the backend's reply 5-tuple.
+//! Connection tracking: one entry per flow, keyed by the client's 5-tuple as it reaches the
+//! VIP. A NAT flow's replies find the same entry: the backend's source address, port and
+//! protocol name the virtual services it serves (`NAT_REPLY`, written by the agent), which with
+//! the reply's destination give the forward key back (see [`lookup_reply`]).
+//!
+//! Why so, rather than a second entry per NAT flow keyed by the reply's tuple (as before): a
+//! new flow pays one connection-table insert instead of two (an LRU insert is the dearest step
+//! of a new flow), a flow's entry is kept in use by the packets of both directions (a download
+//! keeps it as well as an upload), and no reply entry can be evicted apart from its flow. The
+//! price is a bounded fan-out: a server address, port and protocol may serve at most
+//! `lb_common::REPLY_VIPS` NAT services (the agent refuses more). SNAT port allocation would
+//! make the reply resolvable from its own tuple, but latch keeps the client's address, so
+//! there is no source port of ours in the reply to resolve it by.
 
-use lb_common::{Backend, Flow, FlowKey, Service, flow_flags, service_flags, stat};
+use lb_common::{
+    Backend, Flow, FlowKey, REPLY_VIPS, ReplyKey, Service, flow_flags, nat_server_bit,
+    service_flags, stat,
+};
 
-use crate::{maps::CONNTRACK, service::usable_backend, stats};
+use crate::{
+    maps::{BACKENDS, CONNTRACK, NAT_REPLY, NAT_SERVERS},
+    service::usable_backend,
+    stats,
+};
 
 /// last_seen is refreshed at most once per second per flow, sparing a cache-line write on
 /// every packet of busy flows. The same period bounds how long an established flow is
@@ -12,10 +30,8 @@ const REFRESH_NS: u64 = 1_000_000_000;
 
 /// What a non-SYN packet's own conntrack entry says, looked up before SERVICES.
 pub enum Early {
-    /// No entry for the tuple.
+    /// No forward entry for the tuple (a backend's reply never has one).
     Miss,
-    /// A reply entry whose backend is unchanged: a backend's reply to translate.
-    Reply(Flow),
     /// A forward entry with a usable backend, refreshed (and so checked against SERVICES by
     /// the full path) within the last [`REFRESH_NS`].
     Forward {
@@ -33,9 +49,7 @@ pub enum Early {
 /// A forward entry is trusted without the SERVICES lookup only while its last_seen is under
 /// [`REFRESH_NS`] old; the full path's [`lookup_forward`] refreshes it and rewrites the
 /// entry's service id and DSR bit from the service it found. So a deleted service, or one
-/// switched between NAT and DSR, affects its established flows at most one second late
-/// (before: at once). A reply entry is taken as a reply even if its destination is also a
-/// VIP:port, which only a client using a VIP and service port as its own source could cause.
+/// switched between NAT and DSR, affects its established flows at most one second late.
 #[inline(always)]
 pub fn early(key: &FlowKey) -> Early {
     let Some(flow) = CONNTRACK.get_ptr(key) else {
@@ -48,11 +62,9 @@ pub fn early(key: &FlowKey) -> Early {
     // is at worst a stale answer for this one packet. Plain racy access to map values is the
     // BPF memory model, as in C programs.
     let f = unsafe { *flow };
+    // Reply entries of agents before one entry per flow are never forwarded: they age out.
     if f.flags & flow_flags::REPLY != 0 {
-        return match crate::maps::BACKENDS.get(f.backend_id) {
-            Some(be) if be.generation == f.generation => Early::Reply(f),
-            _ => Early::Full,
-        };
+        return Early::Miss;
     }
     let now = crate::clock::now_ns();
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
@@ -83,11 +95,11 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
     }
     let be = usable_backend(f.backend_id, Some(f.generation))?;
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
-        let dsr = svc.flags & service_flags::DSR != 0;
-        let flags = if dsr { flow_flags::DSR } else { 0 };
-        if !dsr {
-            keep_reply(key, f.backend_id, &be, svc.id, now);
-        }
+        let flags = if svc.flags & service_flags::DSR != 0 {
+            flow_flags::DSR
+        } else {
+            0
+        };
         // SAFETY: `flow` is the same valid, aligned map memory, written with plain aligned
         // stores. Should LRU eviction on another CPU recycle the entry for another tuple since
         // the lookup (a window of a few instructions), these fields land on that entry: a
@@ -101,24 +113,83 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
     Some((f.backend_id, be))
 }
 
-/// A reply entry for `key` (a packet from a backend), if its backend is still the same.
+/// Whether the packet's source may be a NAT server: its bit in NAT_SERVERS is set. False
+/// means certainly not one, at the cost of an array read.
 #[inline(always)]
-pub fn lookup_reply(key: &FlowKey) -> Option<Flow> {
-    // SAFETY: as in `early`: `get_ptr` gives a non-null, aligned pointer to valid map memory;
-    // a racing rewrite only mixes integer fields.
-    let f = unsafe { *CONNTRACK.get_ptr(key)? };
-    if f.flags & flow_flags::REPLY == 0 {
-        return None;
-    }
-    // A reply from a removed/reassigned backend is left to the stack.
-    let be = *crate::maps::BACKENDS.get(f.backend_id)?;
-    if be.generation != f.generation {
-        return None;
-    }
-    Some(f)
+pub fn maybe_reply(key: &FlowKey) -> bool {
+    let (word, bit) = nat_server_bit(key.src_addr, key.src_port, key.proto);
+    NAT_SERVERS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
-/// Records a new flow (and its reply translation for NAT).
+/// The virtual service (VIP, port) a packet from a NAT backend answers for, found through
+/// the flow's forward entry: `key` is the reply's 5-tuple (backend -> client). Each (VIP,
+/// port) the agent lists for the backend's source gives a candidate forward key (client ->
+/// VIP); the one whose entry is a live NAT flow to this very backend is the answer. A backend
+/// cannot carry two such flows at once (it would see the same client tuple twice), so at most
+/// one candidate matches. The lookup also marks the entry used, so a flow whose client is
+/// silent (a download) is kept by its replies under table pressure.
+#[inline(always)]
+pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
+    let src = ReplyKey {
+        addr: key.src_addr,
+        port: key.src_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let sources = NAT_REPLY.get_ptr(src)?;
+    // SAFETY: a non-null, aligned pointer to a value of NAT_REPLY, valid while the program
+    // runs; the agent replaces values whole, and a torn read only yields candidates that the
+    // forward-entry check below rejects.
+    let count = unsafe { (*sources).count } as usize;
+    for i in 0..REPLY_VIPS {
+        if i >= count {
+            break;
+        }
+        // SAFETY: as above; `i` is within the array.
+        let vp = unsafe { (*sources).vips[i] };
+        let forward = FlowKey {
+            src_addr: key.dst_addr,
+            dst_addr: vp.vip,
+            src_port: key.dst_port,
+            dst_port: vp.port,
+            proto: key.proto,
+            _pad: [0, 0, 0],
+        };
+        let Some(flow) = CONNTRACK.get_ptr(forward) else {
+            continue;
+        };
+        // SAFETY: as in `early`.
+        let f = unsafe { *flow };
+        if f.flags & (flow_flags::REPLY | flow_flags::DSR) != 0 {
+            continue;
+        }
+        // A reply from a removed or reassigned backend, or from another backend than the
+        // flow's (it moved since), is left to the stack.
+        let Some(be) = BACKENDS.get(f.backend_id) else {
+            continue;
+        };
+        if be.generation == f.generation && be.addr == key.src_addr && be.port == key.src_port {
+            return Some((vp.vip, vp.port));
+        }
+    }
+    None
+}
+
+/// The backend of the live NAT flow whose forward tuple is `key`, if any (an ICMP error about
+/// one of its replies goes to it).
+#[inline(always)]
+pub fn nat_flow_backend(key: &FlowKey) -> Option<Backend> {
+    // SAFETY: as in `early`: valid, aligned map memory; a racing rewrite only mixes integer
+    // fields.
+    let f = unsafe { *CONNTRACK.get_ptr(key)? };
+    if f.flags & (flow_flags::REPLY | flow_flags::DSR) != 0 {
+        return None;
+    }
+    let be = *BACKENDS.get(f.backend_id)?;
+    (be.generation == f.generation).then_some(be)
+}
+
+/// Records a new flow: one connection-table entry, whatever the forwarding mode.
 #[inline(always)]
 pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr: bool, now: u64) {
     let flow = Flow {
@@ -132,63 +203,8 @@ pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr
         last_seen_ns: now,
     };
     // An LRU map makes room by itself; a failed insert only costs a re-hash later.
-    insert(key, &flow);
-    if dsr {
-        return;
-    }
-    let (reply_key, reply) = reply_entry(key, backend_id, be, service_id, now);
-    insert(&reply_key, &reply);
-}
-
-#[inline(always)]
-fn insert(key: &FlowKey, flow: &Flow) {
     if CONNTRACK.insert(key, flow, 0).is_ok() {
         stats::count(stat::CONNTRACK_INSERT);
-    }
-}
-
-/// The reply entry of a NAT flow: keyed by the backend's reply 5-tuple, translating the
-/// source back to the VIP and port the client used.
-#[inline(always)]
-fn reply_entry(
-    key: &FlowKey,
-    backend_id: u32,
-    be: &Backend,
-    service_id: u32,
-    now: u64,
-) -> (FlowKey, Flow) {
-    let reply_key = FlowKey {
-        src_addr: be.addr,
-        dst_addr: key.src_addr,
-        src_port: be.port,
-        dst_port: key.src_port,
-        proto: key.proto,
-        _pad: [0, 0, 0],
-    };
-    let reply = Flow {
-        backend_id,
-        generation: be.generation,
-        service_id,
-        flags: flow_flags::REPLY,
-        vip: key.dst_addr,
-        vport: key.dst_port,
-        _pad: 0,
-        last_seen_ns: now,
-    };
-    (reply_key, reply)
-}
-
-/// Keeps a live NAT flow's reply translation, at its forward entry's once-a-second refresh:
-/// the lookup marks the reply entry used, so the LRU evicts colder entries first (a flow whose
-/// backend rarely answers would otherwise lose it), and an entry evicted all the same under
-/// connection-table pressure is written again (counted in `REPLY_RESTORED`). Without this, the
-/// backend's next replies would leave untranslated and the client would reset.
-#[inline(always)]
-fn keep_reply(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, now: u64) {
-    let (reply_key, reply) = reply_entry(key, backend_id, be, service_id, now);
-    if CONNTRACK.get_ptr(reply_key).is_none() {
-        stats::count(stat::REPLY_RESTORED);
-        insert(&reply_key, &reply);
     }
 }
 

@@ -5,25 +5,48 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    helpers::generated::bpf_fib_lookup as fib_lookup,
 };
 use lb_common::{Backend, csum, proto, stat};
 
 use crate::{
+    ctx::Ctx,
     nexthop::{self, NextHop},
-    parse::{Ipv4Hdr, Packet},
+    parse::{EthHdr, Ipv4Hdr, Packet},
     stats,
     wire::{self, load_check, store_check},
 };
 
 const AF_INET: u8 = 2;
 
+/// What [`out`] needs of a frame: its Ethernet and IPv4 headers, and what the FIB lookup is
+/// told besides the addresses.
+pub struct Hdrs {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    pub proto: u8,
+    /// The L4 ports (TCP/UDP), read when the FIB is asked; `None` for ICMP.
+    pub ports: Option<*mut [u8; 4]>,
+    pub tot_len: u16,
+}
+
+impl Hdrs {
+    #[inline(always)]
+    fn of(pkt: &Packet) -> Self {
+        Self {
+            eth: pkt.eth,
+            ip: pkt.ip,
+            proto: pkt.key.proto,
+            ports: Some(pkt.ports),
+            tot_len: pkt.tot_len,
+        }
+    }
+}
+
 /// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+pub fn nat<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
     // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         // Let the stack answer with ICMP time exceeded.
@@ -38,14 +61,20 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
         wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, dst)), be.addr);
         wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
-    update_ip_check(pkt, |check| csum::replace4(check, old_addr, be.addr));
-    fix_l4(pkt, old_addr, be.addr, old_port, be.port);
-    out(ctx, pkt, be.addr, true, now)
+    update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, be.addr));
+    if C::DIRECT_L4_CSUM {
+        fix_l4(pkt, old_addr, be.addr, old_port, be.port);
+    }
+    let verdict = out(ctx, &Hdrs::of(pkt), be.addr, true, now);
+    if !C::DIRECT_L4_CSUM {
+        l4_csum_last(ctx, pkt, (old_addr, be.addr), (old_port, be.port));
+    }
+    verdict
 }
 
 /// Rewrites the source of a backend reply back to the virtual service.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
+pub fn reply<C: Ctx>(ctx: &C, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
     // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
     if unsafe { (*pkt.ip).ttl } <= 1 {
         stats::count(stat::PASS_FIB_MISS);
@@ -59,26 +88,45 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, vip: u32, vport: u16, now: u64) -> 
         wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, src)), vip);
         wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
-    update_ip_check(pkt, |check| csum::replace4(check, old_addr, vip));
-    fix_l4(pkt, old_addr, vip, old_port, vport);
-    out(ctx, pkt, pkt.key.dst_addr, true, now)
+    update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, vip));
+    if C::DIRECT_L4_CSUM {
+        fix_l4(pkt, old_addr, vip, old_port, vport);
+    }
+    let verdict = out(ctx, &Hdrs::of(pkt), pkt.key.dst_addr, true, now);
+    if !C::DIRECT_L4_CSUM {
+        l4_csum_last(ctx, pkt, (old_addr, vip), (old_port, vport));
+    }
+    verdict
 }
 
 /// DSR: the IP packet stays as the client sent it; only the MACs change.
 #[inline(always)]
-pub fn dsr(ctx: &XdpContext, pkt: &Packet, be: &Backend, now: u64) -> u32 {
-    out(ctx, pkt, be.addr, false, now)
+pub fn dsr<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+    out(ctx, &Hdrs::of(pkt), be.addr, false, now)
 }
 
-/// Replaces the IPv4 header checksum by `update` of it.
+/// Replaces the IPv4 header checksum of `ip` by `update` of it.
+///
+/// `ip` must point to a whole, bounds-checked IPv4 header of this run's frame (the invariant
+/// of `Packet` and `IcmpError`, whose pointers are the only ones passed here).
 #[inline(always)]
-fn update_ip_check(pkt: &Packet, update: impl FnOnce(u16) -> u16) {
-    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant),
-    // so the checksum field at 10..12 is packet memory; only raw pointers reach it.
+pub fn update_ip_check(ip: *mut Ipv4Hdr, update: impl FnOnce(u16) -> u16) {
+    // SAFETY: per the contract above, the checksum field at 10..12 is packet memory; only raw
+    // pointers reach it.
     unsafe {
-        let field = core::ptr::addr_of_mut!((*pkt.ip).check);
+        let field = core::ptr::addr_of_mut!((*ip).check);
         store_check(field, update(load_check(field)));
     }
+}
+
+/// The TCP/UDP checksum through the hook's helper (TC), once nothing reads or writes the
+/// frame directly any more: the helper invalidates packet pointers. The field's offset is a
+/// constant: a `Packet` has no IP options.
+#[inline(always)]
+fn l4_csum_last<C: Ctx>(ctx: &C, pkt: &Packet, addr: (u32, u32), port: (u16, u16)) {
+    let udp = pkt.key.proto == proto::UDP;
+    let offset = crate::parse::L4_OFF + if udp { 6 } else { 16 };
+    ctx.l4_csum(offset, udp, addr, port);
 }
 
 /// L4 checksum after one address (pseudo-header) and one port changed.
@@ -123,10 +171,8 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<
 /// TTL) and transmit, otherwise pass the (already rewritten) packet to the stack, which routes
 /// it and resolves ARP.
 #[inline(always)]
-fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
-    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run, valid for the whole program;
-    // the verifier checks (and rewrites) each context field access.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+pub fn out<C: Ctx>(ctx: &C, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
+    let ingress = ctx.ingress_ifindex();
     let Some((hop, live)) = nexthop::entry(next_dst, ingress, now) else {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
@@ -139,9 +185,9 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
     }
     if decrement_ttl {
         // TTL and protocol form one 16-bit word of the checksum; TTL is its first byte.
-        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s
-        // invariant): bytes 8..10 are in it, reached only through raw pointers; TTL > 1 was
-        // checked by the callers that decrement it.
+        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (the invariant of
+        // `Packet` and `IcmpError`, which `Hdrs` are made of): bytes 8..10 are in it, reached
+        // only through raw pointers; TTL > 1 was checked by the callers that decrement it.
         let (old, new) = unsafe {
             let ttl_proto = pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, ttl));
             let old = wire::load_u16(ttl_proto);
@@ -149,14 +195,15 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
             wire::store_u16(ttl_proto, new);
             (old, new)
         };
-        update_ip_check(pkt, |check| csum::replace2(check, old, new));
+        update_ip_check(pkt.ip, |check| csum::replace2(check, old, new));
     }
     let eth = pkt.eth.cast::<u8>();
     // SAFETY: `hop` is this CPU's NEXT_HOPS entry from `nexthop::entry`: a valid, aligned
     // per-CPU map value that nothing else writes while the program runs.
     let (macs, ifindex) = unsafe { ((*hop).macs, (*hop).ifindex) };
-    // SAFETY: `pkt.eth` points to a whole, bounds-checked Ethernet header (`Packet`'s
-    // invariant), so bytes 0..12 (both MACs) are packet memory reached only by raw pointers.
+    // SAFETY: `pkt.eth` points to a whole, bounds-checked Ethernet header (the invariant of
+    // the headers `Hdrs` are made of), so bytes 0..12 (both MACs) are packet memory reached
+    // only by raw pointers.
     unsafe {
         wire::store_u32(eth, macs[0]);
         wire::store_u32(eth.add(4), macs[1]);
@@ -164,13 +211,9 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
     }
     if ifindex == ingress {
         stats::count(stat::VERDICT_TX);
-        return xdp_action::XDP_TX;
+        return ctx.tx(ingress);
     }
-    // Plain bpf_redirect queues into the same per-CPU bulk queue as a devmap redirect
-    // (dev_xdp_enqueue), so a devmap would only add a lookup.
-    // SAFETY: the helper takes an ifindex and flags by value and touches no memory of ours;
-    // an ifindex that is gone just makes it return XDP_ABORTED.
-    let verdict = unsafe { bpf_redirect(ifindex, 0) as u32 };
+    let verdict = ctx.redirect(ifindex);
     if verdict == xdp_action::XDP_REDIRECT {
         stats::count(stat::VERDICT_REDIRECT);
     } else {
@@ -182,25 +225,28 @@ fn out(ctx: &XdpContext, pkt: &Packet, next_dst: u32, decrement_ttl: bool, now: 
 /// A FIB lookup toward `next_dst`, its answer stored in the cache entry `hop`. None when the
 /// kernel cannot forward it directly (no route, no neighbour yet, forwarding off).
 #[inline(always)]
-fn fib(
-    ctx: &XdpContext,
-    pkt: &Packet,
+fn fib<C: Ctx>(
+    ctx: &C,
+    pkt: &Hdrs,
     next_dst: u32,
     ingress: u32,
     hop: *mut NextHop,
     now: u64,
 ) -> Option<()> {
-    // SAFETY: `Packet`'s invariant: `pkt.ports` points to the four bounds-checked port bytes;
-    // a `[u8; 4]` read needs no alignment.
-    let ports = unsafe { *pkt.ports };
+    let ports = match pkt.ports {
+        // SAFETY: `Packet`'s invariant: `ports` points to the four bounds-checked port bytes;
+        // a `[u8; 4]` read needs no alignment.
+        Some(p) => unsafe { *p },
+        None => [0; 4],
+    };
     let mut fib = FibParams {
         family: AF_INET,
-        l4_protocol: pkt.key.proto,
+        l4_protocol: pkt.proto,
         sport: u16::from_ne_bytes([ports[0], ports[1]]),
         dport: u16::from_ne_bytes([ports[2], ports[3]]),
         tot_len: pkt.tot_len,
         ifindex: ingress,
-        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
+        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (see `out`).
         tos: unsafe { (*pkt.ip).tos },
         _pad: [0, 0, 0],
         // SAFETY: as for `tos`; the source address is bytes 12..16 of the header.
@@ -217,7 +263,7 @@ fn fib(
     // and the length passed is its size, so the helper reads and writes only inside it.
     let rc = unsafe {
         fib_lookup(
-            ctx.as_ptr(),
+            ctx.raw(),
             (&mut fib as *mut FibParams).cast::<bpf_fib_lookup>(),
             core::mem::size_of::<FibParams>() as i32,
             0,

@@ -8,7 +8,9 @@
 
 mod clock;
 mod conntrack;
+mod ctx;
 mod forward;
+mod icmp;
 mod maglev;
 mod maps;
 mod nexthop;
@@ -18,15 +20,42 @@ mod service;
 mod stats;
 mod wire;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Backend, Flow, Service, flow_flags, service_flags, stat};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{Backend, Service, flow_flags, service_flags, stat};
 
-use crate::parse::{Packet, Parsed};
+use crate::{
+    ctx::Ctx,
+    parse::{Packet, Parsed},
+};
 
 #[xdp]
 pub fn latch_xdp(ctx: XdpContext) -> u32 {
     process(&ctx)
 }
+
+/// The same logic at TC ingress (`attach = "tc"`), for frames with partial checksums (see
+/// ctx.rs). The headers latch reads are made linear first; XDP's verdicts map to TC's.
+#[classifier]
+pub fn latch_tc(ctx: TcContext) -> i32 {
+    let need = ctx.len().min(HEADROOM_PULL);
+    if ((ctx.data_end() - ctx.data()) as u32) < need {
+        // A failure leaves the frame as it is; the parser then passes it untouched.
+        let _ = ctx.pull_data(need);
+    }
+    match process(&ctx) {
+        xdp_action::XDP_PASS => TC_ACT_OK,
+        xdp_action::XDP_TX | xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT,
+        _ => TC_ACT_SHOT,
+    }
+}
+
+/// Bytes made linear at TC: every header latch reads (Ethernet, IPv4 without options, TCP with
+/// options, or an ICMP error's quoted headers) lies within them.
+const HEADROOM_PULL: u32 = 128;
 
 #[inline(always)]
 fn pass(stat_index: u32) -> u32 {
@@ -47,7 +76,7 @@ enum Decision {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> u32 {
+fn process<C: Ctx>(ctx: &C) -> u32 {
     let pkt = match parse::parse(ctx) {
         Parsed::Pass(s) => return pass(s),
         Parsed::Irregular(irr) => {
@@ -63,6 +92,7 @@ fn process(ctx: &XdpContext) -> u32 {
                 stat::PASS_NOT_VIP
             });
         }
+        Parsed::IcmpError(e) => return icmp::translate(ctx, &e, crate::clock::now_ns()),
         Parsed::Packet(p) => p,
     };
     // Established flows first: a non-SYN packet's own conntrack entry answers most traffic
@@ -70,9 +100,17 @@ fn process(ctx: &XdpContext) -> u32 {
     let mut known_miss = false;
     let mut early = None;
     if !pkt.is_syn() {
+        // A NAT backend's reply has no entry of its own (a flow has one, keyed by the client's
+        // tuple): it is recognised by its source first, which the bitmap rules out for almost
+        // every other packet at the cost of an array read.
+        if conntrack::maybe_reply(&pkt.key)
+            && let Some((vip, vport)) = conntrack::lookup_reply(&pkt.key)
+        {
+            stats::count(stat::REPLY_NAT);
+            return forward::reply(ctx, &pkt, vip, vport, crate::clock::now_ns());
+        }
         match conntrack::early(&pkt.key) {
             conntrack::Early::Miss => known_miss = true,
-            conntrack::Early::Reply(flow) => return reply_nat(ctx, &pkt, &flow),
             conntrack::Early::Forward { id, be, flow, now } => {
                 stats::count(stat::CONNTRACK_HIT);
                 early = Some((
@@ -91,7 +129,7 @@ fn process(ctx: &XdpContext) -> u32 {
         None => {
             let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
             else {
-                return not_vip(ctx, &pkt, known_miss);
+                return pass(stat::PASS_NOT_VIP);
             };
             let now = crate::clock::now_ns();
             let decision = if svc.flags & service_flags::HTTP != 0 {
@@ -119,27 +157,6 @@ fn process(ctx: &XdpContext) -> u32 {
     } else {
         forward::nat(ctx, &pkt, &be, now)
     }
-}
-
-/// Not addressed to a VIP: either a backend's reply to translate (NAT) or not ours.
-/// `known_miss`: the tuple is already known to have no conntrack entry.
-#[inline(always)]
-fn not_vip(ctx: &XdpContext, pkt: &Packet, known_miss: bool) -> u32 {
-    if known_miss {
-        return pass(stat::PASS_NOT_VIP);
-    }
-    match conntrack::lookup_reply(&pkt.key) {
-        Some(flow) => reply_nat(ctx, pkt, &flow),
-        None => pass(stat::PASS_NOT_VIP),
-    }
-}
-
-/// A backend's reply, translated back to the virtual service.
-#[inline(always)]
-fn reply_nat(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> u32 {
-    stats::count(stat::REPLY_NAT);
-    let now = crate::clock::now_ns();
-    forward::reply(ctx, pkt, flow.vip, flow.vport, now)
 }
 
 #[inline(always)]

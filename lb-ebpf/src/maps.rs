@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey, Persist,
-    PersistKey, Service, ServiceKey, TrafficCounters, stat,
+    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
+    NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey, ReplyKey, ReplySources, Service,
+    ServiceKey, TrafficCounters, stat,
 };
 
 /// The declared sizes; the agent overrides each with its configured capacity at load time.
@@ -25,6 +26,17 @@ pub static MAGLEV: Array<u32> = Array::pinned(CAP.maglev_entries(), 0);
 #[map(name = "LATCH_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> =
     LruHashMap::pinned(CAP.connections, CONNTRACK_FLAGS);
+
+/// Written by the agent from its services: how a NAT backend's reply finds its flow's entry
+/// (see conntrack.rs).
+#[map(name = "LATCH_NAT_REPLY")]
+pub static NAT_REPLY: HashMap<ReplyKey, ReplySources> =
+    HashMap::pinned(CAP.nat_reply_entries(), NAT_REPLY_FLAGS);
+
+/// Written by the agent: one bit per NAT_REPLY key (`lb_common::nat_server_bit`), tested before
+/// that lookup.
+#[map(name = "LATCH_NAT_SERVERS")]
+pub static NAT_SERVERS: Array<u64> = Array::pinned(NAT_SERVER_WORDS, 0);
 
 #[map(name = "LATCH_PERSIST")]
 pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::pinned(CAP.client_pins, 0);

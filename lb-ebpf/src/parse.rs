@@ -7,10 +7,9 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, proto, stat};
 
-use crate::wire;
+use crate::{ctx::Ctx, wire};
 
 /// Ethernet header length.
 pub const ETH_HLEN: usize = 14;
@@ -60,6 +59,23 @@ pub struct TcpHdr {
     pub urg: [u8; 2],
 }
 
+/// An ICMP header: type, code, checksum, and the four type-specific bytes (the next-hop MTU
+/// of "fragmentation needed").
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
+/// ICMP destination unreachable (fragmentation needed, port unreachable, ...).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// Offset of the IPv4 header an ICMP error quotes (outer header without options).
+const INNER_IP_OFF: usize = L4_OFF + 8;
+/// Offset of the quoted packet's TCP or UDP header (inner header without options).
+const INNER_L4_OFF: usize = INNER_IP_OFF + IPV4_HLEN;
+
 #[repr(C)]
 pub struct UdpHdr {
     pub sport: [u8; 2],
@@ -70,7 +86,7 @@ pub struct UdpHdr {
 
 /// A bounds-checked pointer to a `T` at `off` bytes into the frame.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Ctx, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -117,16 +133,42 @@ pub struct Irregular {
     pub proto: u8,
 }
 
+/// An ICMP destination unreachable whose quoted packet is an option-less IPv4 TCP or UDP
+/// packet with at least its ports: a candidate error about a NAT flow.
+///
+/// Invariant, as for [`Packet`]: every pointer comes from [`ptr_at`] in [`parse`], covers the
+/// field it designates inside this run's frame and within the outer IPv4 total length, and no
+/// Rust reference to packet memory exists. Outer and inner headers have no options, so all
+/// offsets are constants.
+pub struct IcmpError {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    /// The ICMP checksum field.
+    pub icmp_check: *mut [u8; 2],
+    /// The quoted IPv4 header.
+    pub inner_ip: *mut Ipv4Hdr,
+    /// The quoted packet's source and destination ports.
+    pub inner_ports: *mut [u8; 4],
+    /// The quoted TCP or UDP checksum field, when the error quotes it (always for UDP; for
+    /// TCP only with 18 bytes of its header).
+    pub inner_l4_check: Option<*mut [u8; 2]>,
+    /// The quoted packet's 5-tuple as it is on the wire.
+    pub inner: FlowKey,
+    /// Outer IPv4 total length, host order.
+    pub tot_len: u16,
+}
+
 pub enum Parsed {
     /// Pass untouched, counting this stat index.
     Pass(u32),
     Irregular(Irregular),
     Packet(Packet),
+    IcmpError(IcmpError),
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let frame_len = ctx.data_end() - ctx.data();
+pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
+    let frame_len = ctx.len();
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
@@ -157,6 +199,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
     // SAFETY: `ip` covers the 20-byte IPv4 header.
     let l4_proto = unsafe { (*ip).proto };
+    if l4_proto == proto::ICMP {
+        return icmp_error(ctx, eth, ip, ihl, tot_len);
+    }
     if l4_proto != proto::TCP && l4_proto != proto::UDP {
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
@@ -236,6 +281,87 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         ports,
         key,
         tcp_flags,
+        tot_len,
+    })
+}
+
+/// An ICMP packet: an [`IcmpError`] when it is a destination unreachable quoting a TCP or UDP
+/// packet latch may have sent; anything else passes untouched, as every ICMP packet did before.
+#[inline(always)]
+fn icmp_error<C: Ctx>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    ihl: usize,
+    tot_len: u16,
+) -> Parsed {
+    let not_ours = Parsed::Pass(stat::PASS_NOT_VIP);
+    // SAFETY: `ip` covers the 20-byte IPv4 header, fragment field at 6..8.
+    let frag = unsafe { wire::load_u16(ip.cast::<u8>().add(offset_of!(Ipv4Hdr, frag_off))) };
+    // MF or an offset (the mask is in wire order: 0x3fff of the host-order field).
+    if ihl != 5 || frag & u16::from_ne_bytes([0x3f, 0xff]) != 0 {
+        return not_ours;
+    }
+    if (tot_len as usize) < IPV4_HLEN + 8 + IPV4_HLEN + 8 {
+        return not_ours;
+    }
+    let (Some(icmp), Some(inner_ip), Some(inner_ports)) = (
+        ptr_at::<IcmpHdr>(ctx, L4_OFF),
+        ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF),
+        ptr_at::<[u8; 8]>(ctx, INNER_L4_OFF),
+    ) else {
+        return not_ours;
+    };
+    // SAFETY: `icmp` covers the 8-byte ICMP header, `inner_ip` the 20-byte quoted IPv4 header
+    // and `inner_ports` the first 8 bytes of the quoted L4 header, all checked above.
+    let (kind, vihl, inner_proto, inner_frag) = unsafe {
+        (
+            (*icmp).kind,
+            (*inner_ip).version_ihl,
+            (*inner_ip).proto,
+            wire::load_u16(inner_ip.cast::<u8>().add(offset_of!(Ipv4Hdr, frag_off))),
+        )
+    };
+    // A later fragment quotes no ports; a quoted header with options puts them elsewhere.
+    if kind != ICMP_DEST_UNREACH
+        || vihl != 0x45
+        || (inner_proto != proto::TCP && inner_proto != proto::UDP)
+        || inner_frag & u16::from_ne_bytes([0x1f, 0xff]) != 0
+    {
+        return not_ours;
+    }
+    let ib = inner_ip.cast::<u8>();
+    let pb = inner_ports.cast::<u8>();
+    // SAFETY: as above: addresses at 12..20 of the quoted IPv4 header, ports at 0..4 of the
+    // quoted L4 header.
+    let inner = unsafe {
+        FlowKey {
+            src_addr: wire::load_u32(ib.add(offset_of!(Ipv4Hdr, src))),
+            dst_addr: wire::load_u32(ib.add(offset_of!(Ipv4Hdr, dst))),
+            src_port: wire::load_u16(pb),
+            dst_port: wire::load_u16(pb.add(2)),
+            proto: inner_proto,
+            _pad: [0, 0, 0],
+        }
+    };
+    let inner_l4_check = if inner_proto == proto::UDP {
+        // SAFETY: the UDP checksum is at 6..8 of the 8 quoted bytes.
+        Some(unsafe { pb.add(6) }.cast::<[u8; 2]>())
+    } else if tot_len as usize >= IPV4_HLEN + 8 + IPV4_HLEN + 18 {
+        ptr_at::<[u8; 2]>(ctx, INNER_L4_OFF + 16)
+    } else {
+        None
+    };
+    Parsed::IcmpError(IcmpError {
+        eth,
+        ip,
+        // SAFETY: `icmp` covers the ICMP header; taking the field's address creates no
+        // reference.
+        icmp_check: unsafe { core::ptr::addr_of_mut!((*icmp).check) },
+        inner_ip,
+        inner_ports: inner_ports.cast::<[u8; 4]>(),
+        inner_l4_check,
+        inner,
         tot_len,
     })
 }

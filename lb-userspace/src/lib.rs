@@ -9,6 +9,9 @@ pub mod balancer;
 pub mod config;
 pub mod dataplane;
 pub mod datascript;
+// Bounded-time fuzz targets, test-only (`cargo xtask fuzz`).
+#[cfg(test)]
+mod fuzz;
 pub mod monitor;
 pub mod proxy;
 pub mod replication;

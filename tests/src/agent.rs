@@ -111,6 +111,13 @@ impl LatchAgent {
         wait_for_exit(self.spawn_run()?, timeout)
     }
 
+    /// Starts another `latch run` with this agent's config and pins while this one may still
+    /// run (two agents meeting on one pin directory), without waiting for anything; the
+    /// guard ends it when dropped.
+    pub fn spawn_another_run(&self) -> Result<ChildGuard> {
+        self.spawn_run()
+    }
+
     fn spawn_run(&self) -> Result<ChildGuard> {
         let mut cmd = self.command(&["run"])?;
         ChildGuard::spawn(&mut cmd, "latch run")

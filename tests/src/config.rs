@@ -101,6 +101,8 @@ impl LatchConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentSettings {
     interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    attach: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bpffs_dir: Option<PathBuf>,
     admin_listen: SocketAddr,
@@ -114,6 +116,9 @@ pub struct AgentSettings {
     datascript: Option<ScriptLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capacity: Option<Capacity>,
+    /// `[agent.http]` settings, as written in the file (e.g. `drain_timeout = "3s"`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    http: std::collections::BTreeMap<String, String>,
 }
 
 /// `[agent.capacity]`: the kernel map sizes a test sets (latch's defaults otherwise).
@@ -153,6 +158,7 @@ impl AgentSettings {
     pub fn new(interfaces: &[String]) -> Self {
         Self {
             interfaces: interfaces.to_vec(),
+            attach: std::collections::BTreeMap::new(),
             bpffs_dir: None,
             admin_listen: ADMIN_LISTEN,
             admin_token_file: None,
@@ -160,7 +166,14 @@ impl AgentSettings {
             state_file: None,
             datascript: None,
             capacity: None,
+            http: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The program at TC ingress instead of XDP on `iface` (`attach = { iface = "tc" }`).
+    pub fn attach_tc(mut self, iface: &str) -> Self {
+        self.attach.insert(iface.to_owned(), "tc".to_owned());
+        self
     }
 
     /// Pins under `dir`: a test agent's own, see [`crate::LatchAgent::bpffs_dir`].
@@ -209,6 +222,12 @@ impl AgentSettings {
     /// `[agent.capacity]`.
     pub fn capacity(mut self, capacity: Capacity) -> Self {
         self.capacity = Some(capacity);
+        self
+    }
+
+    /// One `[agent.http]` setting, e.g. `http("drain_timeout", "3s")`.
+    pub fn http(mut self, key: &str, value: &str) -> Self {
+        self.http.insert(key.to_string(), value.to_string());
         self
     }
 

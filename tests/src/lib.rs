@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fuzz;
 pub mod mmdb;
 pub mod netns;
 pub mod redis;

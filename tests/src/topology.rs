@@ -62,6 +62,7 @@ pub struct TopologyBuilder {
     vip_on_lb: Option<bool>,
     client_addrs: usize,
     queues: usize,
+    tx_offload: bool,
 }
 
 impl Default for TopologyBuilder {
@@ -72,6 +73,7 @@ impl Default for TopologyBuilder {
             vip_on_lb: None,
             client_addrs: 1,
             queues: 1,
+            tx_offload: false,
         }
     }
 }
@@ -112,6 +114,14 @@ impl TopologyBuilder {
     /// RSS does on a real NIC.
     pub fn queues(mut self, n: usize) -> Self {
         self.queues = n;
+        self
+    }
+
+    /// Leave TX checksum offload on (the veth default) instead of turning it off everywhere:
+    /// senders then hand frames on with partial checksums, as containers do (the case of
+    /// `attach = "tc"`).
+    pub fn tx_offload(mut self, on: bool) -> Self {
+        self.tx_offload = on;
         self
     }
 
@@ -190,8 +200,8 @@ impl TopologyBuilder {
             "via",
             &LB_CLIENT_SIDE_ADDR.to_string(),
         ])?;
-        tune_veth(&client, PEER_IFACE, true)?;
-        tune_veth(&lb, LB_CLIENT_IFACE, false)?;
+        tune_veth(&client, PEER_IFACE, true, self.tx_offload)?;
+        tune_veth(&lb, LB_CLIENT_IFACE, false, self.tx_offload)?;
 
         // Backend links.
         let lb_side = LB_BACKEND_SIDE_ADDR.to_string();
@@ -234,8 +244,8 @@ impl TopologyBuilder {
             b.ns.ip(&[
                 "route", "add", "default", "via", &lb_side, "dev", PEER_IFACE,
             ])?;
-            tune_veth(&b.ns, PEER_IFACE, true)?;
-            tune_veth(&lb, &b.lb_iface, false)?;
+            tune_veth(&b.ns, PEER_IFACE, true, self.tx_offload)?;
+            tune_veth(&lb, &b.lb_iface, false, self.tx_offload)?;
             if self.dsr {
                 b.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
                 b.ns.sysctl(&[
@@ -279,11 +289,18 @@ impl TopologyBuilder {
     }
 }
 
-/// TX checksum offload off everywhere; GRO on where redirected frames are received.
-fn tune_veth(ns: &Netns, iface: &str, receiving_peer: bool) -> Result<()> {
-    let mut argv = vec!["ethtool", "-K", iface, "tx", "off"];
+/// TX checksum offload off everywhere (unless `tx_offload`); GRO on where redirected frames
+/// are received.
+fn tune_veth(ns: &Netns, iface: &str, receiving_peer: bool, tx_offload: bool) -> Result<()> {
+    let mut argv = vec!["ethtool", "-K", iface];
+    if !tx_offload {
+        argv.extend(["tx", "off"]);
+    }
     if receiving_peer {
         argv.extend(["gro", "on"]);
+    }
+    if argv.len() == 3 {
+        return Ok(());
     }
     ns.exec(&argv).map(|_| ())
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask setup | test | demo | bench | soak`: orchestration only. The eBPF object is built by
-//! lb-userspace/build.rs, not here.
+//! `cargo xtask setup | test | demo | bench | fuzz | soak`: orchestration only. The eBPF object
+//! is built by lb-userspace/build.rs, not here.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod proc;
 mod setup;
 mod soak;
@@ -28,6 +29,9 @@ enum Cmd {
     /// Benchmarks: measure latch beside its peers, write target/bench/.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Fuzz every target for `--seconds` each (config, HTTP framing, avi.http parsing,
+    /// avi.vs.table_* arguments; as root also the XDP program through BPF_PROG_TEST_RUN).
+    Fuzz(fuzz::FuzzArgs),
     /// Soak: load and a cycle of faults (kill -9, reloads, Redis restart, backend flap) for N
     /// minutes; failures by cause, lost table entries, RSS and fds. Writes target/soak/.
     Soak(soak::SoakArgs),
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run().map(|_| true),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Soak(args) => soak::run(args),
     };
     match result {

@@ -48,6 +48,9 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         client_idle_timeout: http.idle_timeout,
         upstream_connect_timeout: http.upstream_connect_timeout,
         upstream_response_timeout: http.upstream_response_timeout,
+        client_body_idle_timeout: http.client_body_idle_timeout,
+        upstream_body_idle_timeout: http.upstream_body_idle_timeout,
+        drain_timeout: http.drain_timeout,
         max_header_bytes: http.max_header_bytes,
         max_headers: http.max_headers,
         ..ProxySettings::default()

@@ -83,8 +83,9 @@ const MAP_FILL_WARN_EVERY: Duration = Duration::from_secs(60);
 /// How often queued table lifetime changes are written into the kernel mirror (see
 /// `dataplane::mirror`): a kill -9 can lose at most this much of them.
 const MIRROR_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// How long SIGTERM lets in-flight HTTP requests finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a new agent adds to its own drain timeout when it waits for a draining one to exit:
+/// the drain's end, the replication stop and the last mirror flush.
+const DRAIN_EXIT_MARGIN: Duration = Duration::from_secs(10);
 /// How often backends' neighbour entries are refreshed (well inside the kernel's default
 /// 60 s stale-entry garbage collection).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(20);
@@ -265,10 +266,13 @@ impl Agent {
         let tables = Arc::new(TableStore::new(limits, Arc::new(NoMirror)));
         let script_counters = Mutex::new(HashMap::new());
         // Opened before the HTTP side is built: the fast path's observer writes to it.
+        // An agent draining on the same pins is waited for: as long as a drain of ours may
+        // take, plus its last mirror flush.
         let mut dataplane = Dataplane::open_pinned(
             &config.agent.bpffs_dir,
             &config.agent.capacity,
             config.agent.ephemeral_pins,
+            config.agent.http.drain_timeout + DRAIN_EXIT_MARGIN,
         )?;
         let fastpath = Arc::new(fastpath::FastPath::kernel(&dataplane));
         let state_file = config.agent.server_state_file();
@@ -286,7 +290,20 @@ impl Agent {
         dataplane.apply(&spec)?;
         fastpath::adopt_kernel_state(&config, &dataplane, &tables, &fastpath, clock.now_ns())?;
         dataplane::neighbor::solicit(backend_addrs(&spec));
-        let attached = dataplane.attach(&config.agent.interfaces)?;
+        let hooks: Vec<(String, dataplane::Hook)> = config
+            .agent
+            .interfaces
+            .iter()
+            .map(|i| {
+                let hook = if config.agent.tc_interfaces.contains(i) {
+                    dataplane::Hook::Tc
+                } else {
+                    dataplane::Hook::Xdp
+                };
+                (i.clone(), hook)
+            })
+            .collect();
+        let attached = dataplane.attach_hooks(&hooks)?;
         for a in &attached {
             tracing::info!(attached = ?a, "XDP attached");
         }
@@ -562,10 +579,16 @@ impl Agent {
 
     /// SIGTERM: drain HTTP; the data plane stays attached and pinned.
     async fn stop(self) {
+        // A `latch run` started from now on waits for this agent to exit.
+        self.shared.dataplane.lock().draining();
         self.shared.monitor.stop();
         let proxy = self.shared.proxy.lock().take();
         if let Some(proxy) = proxy {
-            let report = proxy.shutdown(DRAIN_TIMEOUT).await;
+            let drain = self.shared.config.read().agent.http.drain_timeout;
+            tracing::info!(
+                "draining HTTP for up to {drain:?}; a `latch run` started now waits for this agent to exit"
+            );
+            let report = proxy.shutdown(drain).await;
             tracing::info!(?report, "HTTP drained");
         }
         let replication = self.shared.replication.lock().take();

@@ -1,6 +1,6 @@
 //! What a reload has to do: the difference between the running config and a new one.
 
-use super::model::{Config, PoolConfig, VirtualServiceConfig};
+use super::model::{Config, HttpLimits, PoolConfig, VirtualServiceConfig};
 
 /// Differences between two configurations, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +82,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if o.interfaces != n.interfaces {
         restart_required.push("interfaces");
     }
+    if o.tc_interfaces != n.tc_interfaces {
+        restart_required.push("attach");
+    }
     if o.bpffs_dir != n.bpffs_dir {
         restart_required.push("bpffs_dir");
     }
@@ -99,6 +102,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     if o.capacity != n.capacity {
         restart_required.push("capacity");
+    }
+    // The proxy's timeouts and limits are fixed for its life; only the drain's bound is read
+    // when a drain starts.
+    let http_but_drain = |h: &HttpLimits| HttpLimits {
+        drain_timeout: std::time::Duration::ZERO,
+        ..h.clone()
+    };
+    if http_but_drain(&o.http) != http_but_drain(&n.http) {
+        restart_required.push("[agent.http]");
     }
     if o.datascript.table_max_entries != n.datascript.table_max_entries {
         restart_required.push("table_max_entries");

@@ -57,6 +57,9 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/latch";
 pub struct AgentConfig {
     /// NICs to attach the XDP program to (syntax checked here; existence by the dataplane).
     pub interfaces: Vec<String>,
+    /// Those of `interfaces` where the program runs at TC ingress instead of XDP
+    /// (`attach = { NAME = "tc" }`): veths and other senders of partial checksums.
+    pub tc_interfaces: std::collections::BTreeSet<String>,
     /// Admin REST API and /metrics. Default 127.0.0.1:9180.
     pub admin_listen: SocketAddr,
     /// Where maps and links are pinned. Default /sys/fs/bpf/latch.
@@ -87,6 +90,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
+            tc_interfaces: std::collections::BTreeSet::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
             state_file: None,
@@ -149,8 +153,17 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Time to establish an upstream TCP connection. Default 3s.
     pub upstream_connect_timeout: Duration,
-    /// Time for the upstream to send response headers. Default 30s.
+    /// Time for the upstream to send response headers, counted from the end of the request
+    /// body. Default 30s.
     pub upstream_response_timeout: Duration,
+    /// Longest pause inside a request body the client is sending; then 408. Default 30s.
+    pub client_body_idle_timeout: Duration,
+    /// Longest pause of a server inside a response body (or in reading a request body); then
+    /// the exchange is cut. Default 30s.
+    pub upstream_body_idle_timeout: Duration,
+    /// How long SIGTERM, and a reload that removes a listener, let requests in flight finish
+    /// before their connections are closed. Default 30s.
+    pub drain_timeout: Duration,
     /// Largest request head accepted (hyper's `max_buf_size`). Default 16 KiB.
     pub max_header_bytes: usize,
     /// Most header fields accepted in a request. Default 100.
@@ -164,6 +177,9 @@ impl Default for HttpLimits {
             idle_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(3),
             upstream_response_timeout: Duration::from_secs(30),
+            client_body_idle_timeout: Duration::from_secs(30),
+            upstream_body_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
         }

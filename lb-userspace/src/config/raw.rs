@@ -15,6 +15,8 @@ pub(crate) type SStr = Spanned<String>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAgent {
     pub interfaces: Option<Vec<SStr>>,
+    /// Interface name -> "xdp" | "tc" (interfaces not named: xdp).
+    pub attach: Option<std::collections::BTreeMap<String, SStr>>,
     pub admin_listen: Option<SStr>,
     pub bpffs_dir: Option<SStr>,
     pub state_file: Option<SStr>,
@@ -44,6 +46,9 @@ pub(crate) struct RawHttp {
     pub idle_timeout: Option<SStr>,
     pub upstream_connect_timeout: Option<SStr>,
     pub upstream_response_timeout: Option<SStr>,
+    pub client_body_idle_timeout: Option<SStr>,
+    pub upstream_body_idle_timeout: Option<SStr>,
+    pub drain_timeout: Option<SStr>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_headers: Option<Spanned<usize>>,
 }

@@ -109,6 +109,9 @@ header_read_timeout = "5s"
 idle_timeout = "2m"
 upstream_connect_timeout = "300ms"
 upstream_response_timeout = "1m 30s"
+client_body_idle_timeout = "7s"
+upstream_body_idle_timeout = "8s"
+drain_timeout = "9s"
 max_header_bytes = "32KiB"
 max_headers = 50
 [agent.datascript]
@@ -166,6 +169,9 @@ command_timeout = "250ms"
     assert_eq!(a.http.idle_timeout, Duration::from_secs(120));
     assert_eq!(a.http.upstream_connect_timeout, Duration::from_millis(300));
     assert_eq!(a.http.upstream_response_timeout, Duration::from_secs(90));
+    assert_eq!(a.http.client_body_idle_timeout, Duration::from_secs(7));
+    assert_eq!(a.http.upstream_body_idle_timeout, Duration::from_secs(8));
+    assert_eq!(a.http.drain_timeout, Duration::from_secs(9));
     assert_eq!(a.http.max_header_bytes, 32 * 1024);
     assert_eq!(a.http.max_headers, 50);
     assert_eq!(a.datascript.instruction_budget, 5000);
@@ -707,6 +713,30 @@ fn interface_names_are_checked() {
 }
 
 #[test]
+fn attach_per_interface_is_xdp_or_tc() {
+    let c = ok(
+        "[agent]\ninterfaces = [\"eth0\", \"veth0\"]\nattach = { veth0 = \"tc\", eth0 = \"xdp\" }\n",
+    );
+    assert_eq!(c.agent.interfaces, ["eth0", "veth0"]);
+    assert_eq!(c.agent.tc_interfaces.iter().collect::<Vec<_>>(), ["veth0"]);
+    assert!(
+        ok("[agent]\ninterfaces = [\"eth0\"]\n")
+            .agent
+            .tc_interfaces
+            .is_empty()
+    );
+    let e =
+        errors("[agent]\ninterfaces = [\"eth0\"]\nattach = { eth0 = \"skb\", eth1 = \"tc\" }\n");
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:3:19: attach = \"skb\" for `eth0`: expected \"xdp\" (the default) or \"tc\" (TC ingress, for veths whose senders leave checksums partial)",
+            "/etc/latch/latch.toml:3:33: attach names `eth1`, which is not in interfaces",
+        ]
+    );
+}
+
+#[test]
 fn l4_service_needs_interfaces_and_ipv4() {
     let text = r#"[[pool]]
 name = "p"
@@ -940,7 +970,7 @@ node_id = "n"
     assert_eq!(d.services_added, ["z"]);
     assert_eq!(d.services_removed, ["y"]);
     assert!(d.services_changed.is_empty(), "{:?}", d.services_changed);
-    assert_eq!(d.restart_required, ["interfaces"]);
+    assert_eq!(d.restart_required, ["interfaces", "[agent.http]"]);
     assert!(d.agent_changed);
     assert!(d.replication_changed);
 

@@ -300,6 +300,27 @@ impl Validator<'_> {
                 agent.interfaces.push(name.get_ref().clone());
             }
         }
+        for (name, hook) in raw.attach.iter().flatten() {
+            if !agent.interfaces.contains(name) {
+                self.sink.error(
+                    hook.span(),
+                    format!("attach names `{name}`, which is not in interfaces"),
+                );
+            }
+            match hook.get_ref().as_str() {
+                "xdp" => {}
+                "tc" => {
+                    agent.tc_interfaces.insert(name.clone());
+                }
+                other => self.sink.error(
+                    hook.span(),
+                    format!(
+                        "attach = \"{other}\" for `{name}`: expected \"xdp\" (the default) or \
+                         \"tc\" (TC ingress, for veths whose senders leave checksums partial)"
+                    ),
+                ),
+            }
+        }
         if let Some(a) = &raw.admin_listen
             && let Some(addr) = self.addr(a, "admin_listen address")
         {
@@ -355,6 +376,15 @@ impl Validator<'_> {
                     h.upstream_response_timeout.as_ref(),
                     d.upstream_response_timeout,
                 ),
+                client_body_idle_timeout: self.duration(
+                    h.client_body_idle_timeout.as_ref(),
+                    d.client_body_idle_timeout,
+                ),
+                upstream_body_idle_timeout: self.duration(
+                    h.upstream_body_idle_timeout.as_ref(),
+                    d.upstream_body_idle_timeout,
+                ),
+                drain_timeout: self.duration(h.drain_timeout.as_ref(), d.drain_timeout),
                 // hyper refuses (panics on) a read buffer below 8 KiB.
                 max_header_bytes: self.size(h.max_header_bytes.as_ref(), d.max_header_bytes, 8192),
                 max_headers: self.at_least(h.max_headers.as_ref(), d.max_headers, 1, "max_headers"),

@@ -1,6 +1,8 @@
-//! XDP attachment through pinned bpf_links, so that forwarding survives the agent: a restarted
-//! agent swaps its freshly loaded program into the existing link (bpf_link_update, atomic for
-//! in-flight packets) instead of detaching and re-attaching.
+//! XDP and TC attachment through pinned bpf_links, so that forwarding survives the agent: a
+//! restarted agent swaps its freshly loaded program into the existing link (bpf_link_update,
+//! atomic for in-flight packets) instead of detaching and re-attaching. XDP links are pinned
+//! as `links/<iface>`, TC ones (TCX, kernel 6.6 or later) as `links/<iface>:tc` (a colon is
+//! never part of an interface name).
 
 use std::{
     collections::BTreeSet,
@@ -9,12 +11,23 @@ use std::{
 };
 
 use aya::programs::{
-    Xdp, XdpMode,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
 };
 
 use super::error::DataplaneError;
+
+/// Where the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    /// XDP: the fast path, before any skb exists.
+    Xdp,
+    /// TC ingress: slower, but the frame is an skb, so a partial checksum (a veth sender with
+    /// TX offload) is adjusted as one and stays partial for the next hop to complete.
+    Tc,
+}
 
 /// How an interface ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +38,8 @@ pub enum AttachMode {
     Generic,
     /// An existing pinned link now runs this agent's program.
     Replaced,
+    /// TC ingress (TCX link), newly attached.
+    Tc,
 }
 
 /// Result of attaching to one interface.
@@ -109,6 +124,67 @@ fn link_path(links_dir: &Path, iface: &str) -> PathBuf {
     links_dir.join(iface)
 }
 
+/// The pin name of an interface's link for `hook`.
+fn pin_name(iface: &str, hook: Hook) -> String {
+    match hook {
+        Hook::Xdp => iface.to_owned(),
+        Hook::Tc => format!("{iface}:tc"),
+    }
+}
+
+/// Swaps `tc` into the pinned TCX link at `path`; false (pin removed) when it is unusable.
+fn replace_pinned_tc(
+    tc: &mut SchedClassifier,
+    path: &Path,
+    iface: &str,
+) -> Result<bool, DataplaneError> {
+    let link = match PinnedLink::from_pin(path)
+        .map_err(|e| e.to_string())
+        .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%iface, path = %path.display(), error = %e, "unusable pinned TC link; re-attaching");
+            remove_pin(path)?;
+            return Ok(false);
+        }
+    };
+    let updated = tc.attach_to_link(link).map(|id| drop(tc.take_link(id)));
+    settle_update(updated, path, iface, "TC")
+}
+
+fn attach_fresh_tc(
+    tc: &mut SchedClassifier,
+    path: &Path,
+    iface: &str,
+) -> Result<AttachMode, DataplaneError> {
+    let attach_err = |e: aya::programs::ProgramError| {
+        DataplaneError::or_permission(&e, format!("attaching TC to {iface}")).unwrap_or_else(|| {
+            DataplaneError::Attach {
+                iface: iface.to_owned(),
+                source: Box::new(e),
+            }
+        })
+    };
+    let id = tc
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(attach_err)?;
+    let link = tc.take_link(id).map_err(attach_err)?;
+    let fd_link = FdLink::try_from(link).map_err(|_| DataplaneError::LinkUnsupported {
+        iface: iface.to_owned(),
+    })?;
+    fd_link.pin(path).map_err(|e| DataplaneError::Pin {
+        what: format!("the TC link of {iface}"),
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(AttachMode::Tc)
+}
+
 /// Swaps `xdp` into the pinned link at `path`. Returns false when the link is defunct
 /// (interface gone) or unusable, after removing its pin.
 fn replace_pinned(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<bool, DataplaneError> {
@@ -129,25 +205,31 @@ fn replace_pinned(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<bool, Datap
             return Ok(false);
         }
     };
-    match xdp.attach_to_link(link) {
-        Ok(id) => {
-            // The pin keeps the link; drop our handle without detaching.
-            if let Ok(l) = xdp.take_link(id) {
-                drop(l);
-            }
-            Ok(true)
-        }
-        Err(e) => {
-            if let Some(perm) =
-                DataplaneError::or_permission(&e, format!("updating the XDP link of {iface}"))
-            {
-                return Err(perm);
-            }
-            tracing::warn!(%iface, error = %e, "pinned XDP link is defunct; re-attaching");
-            remove_pin(path)?;
-            Ok(false)
-        }
+    // The pin keeps the link; our handle is dropped without detaching.
+    let updated = xdp.attach_to_link(link).map(|id| drop(xdp.take_link(id)));
+    settle_update(updated, path, iface, "XDP")
+}
+
+/// The outcome of swapping our program into a pinned link: true when it runs there now;
+/// false (pin removed, so the caller attaches afresh) when the link is defunct; a permission
+/// failure is an error.
+fn settle_update(
+    updated: Result<(), aya::programs::ProgramError>,
+    path: &Path,
+    iface: &str,
+    hook: &str,
+) -> Result<bool, DataplaneError> {
+    let Err(e) = updated else {
+        return Ok(true);
+    };
+    if let Some(perm) =
+        DataplaneError::or_permission(&e, format!("updating the {hook} link of {iface}"))
+    {
+        return Err(perm);
     }
+    tracing::warn!(%iface, error = %e, "pinned {hook} link is defunct; re-attaching");
+    remove_pin(path)?;
+    Ok(false)
 }
 
 fn attach_fresh(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<AttachMode, DataplaneError> {
@@ -158,6 +240,11 @@ fn attach_fresh(xdp: &mut Xdp, path: &Path, iface: &str) -> Result<AttachMode, D
                 DataplaneError::or_permission(&driver_err, format!("attaching XDP to {iface}"))
             {
                 return Err(perm);
+            }
+            if DataplaneError::is_in_use(&driver_err) {
+                return Err(DataplaneError::XdpInUse {
+                    iface: iface.to_owned(),
+                });
             }
             tracing::warn!(%iface, error = %driver_err, "driver-mode XDP refused; falling back to generic (skb) mode, which is much slower");
             match xdp.attach(iface, XdpMode::Skb) {
@@ -212,14 +299,15 @@ pub(crate) fn pinned_links(links_dir: &Path) -> Result<BTreeSet<String>, Datapla
     Ok(out)
 }
 
-/// Attaches to every interface in `interfaces` and detaches pinned links of interfaces no
-/// longer listed. Validates every name before changing anything.
+/// Attaches to every interface in `interfaces` at its hook and detaches pinned links of
+/// interfaces (or hooks) no longer listed. Validates every name before changing anything.
 pub(crate) fn attach_all(
     xdp: &mut Xdp,
+    tc: &mut SchedClassifier,
     links_dir: &Path,
-    interfaces: &[String],
+    interfaces: &[(String, Hook)],
 ) -> Result<Vec<Attached>, DataplaneError> {
-    for iface in interfaces {
+    for (iface, _) in interfaces {
         if !valid_name(iface) || ifindex(iface).is_none() {
             return Err(DataplaneError::UnknownInterface {
                 name: iface.clone(),
@@ -229,23 +317,43 @@ pub(crate) fn attach_all(
     std::fs::create_dir_all(links_dir).map_err(|e| DataplaneError::io("creating", links_dir, e))?;
 
     let mut out = Vec::new();
-    let wanted: BTreeSet<&str> = interfaces.iter().map(String::as_str).collect();
-    for iface in &wanted {
-        let path = link_path(links_dir, iface);
-        let mode = if path.exists() && replace_pinned(xdp, &path, iface)? {
-            AttachMode::Replaced
-        } else {
-            attach_fresh(xdp, &path, iface)?
+    let wanted: BTreeSet<(&str, Hook)> = interfaces.iter().map(|(i, h)| (i.as_str(), *h)).collect();
+    let wanted_pins: BTreeSet<String> = wanted.iter().map(|(i, h)| pin_name(i, *h)).collect();
+    // An interface moving between hooks leaves its other link first: two programs on one
+    // interface would translate its NAT flows twice.
+    for (iface, hook) in &wanted {
+        let other = match hook {
+            Hook::Xdp => Hook::Tc,
+            Hook::Tc => Hook::Xdp,
         };
-        tracing::info!(%iface, ?mode, "XDP attached");
-        if driver_name(iface).as_deref() == Some("veth") {
+        let stale = link_path(links_dir, &pin_name(iface, other));
+        if stale.exists() {
+            remove_pin(&stale)?;
+            tracing::info!(%iface, ?other, "detached (the interface moved to the other hook)");
+        }
+    }
+    for (iface, hook) in &wanted {
+        let path = link_path(links_dir, &pin_name(iface, *hook));
+        let mode = match hook {
+            Hook::Xdp if path.exists() && replace_pinned(xdp, &path, iface)? => {
+                AttachMode::Replaced
+            }
+            Hook::Xdp => attach_fresh(xdp, &path, iface)?,
+            Hook::Tc if path.exists() && replace_pinned_tc(tc, &path, iface)? => {
+                AttachMode::Replaced
+            }
+            Hook::Tc => attach_fresh_tc(tc, &path, iface)?,
+        };
+        tracing::info!(%iface, ?hook, ?mode, "attached");
+        if *hook == Hook::Xdp && driver_name(iface).as_deref() == Some("veth") {
             // A veth sender with TX checksum offload hands frames on with a partial
             // checksum; forwarded by XDP they arrive as from a wire and are dropped.
             tracing::warn!(
                 %iface,
-                "XDP on a veth: turn TX checksum offload off on the veth peers that send to it \
-                 (ethtool -K PEER tx off), or forwarded TCP/UDP frames carry partial checksums \
-                 and their receivers drop them (see the README, \"veth\")"
+                "XDP on a veth: attach it at TC instead ([agent] attach = {{ {iface} = \"tc\" }}), \
+                 or turn TX checksum offload off on the veth peers that send to it (ethtool -K \
+                 PEER tx off); otherwise forwarded TCP/UDP frames carry partial checksums and \
+                 their receivers drop them (see the README, \"veth\")"
             );
         }
         out.push(Attached {
@@ -255,9 +363,9 @@ pub(crate) fn attach_all(
     }
 
     for stale in pinned_links(links_dir)? {
-        if !wanted.contains(stale.as_str()) {
+        if !wanted_pins.contains(&stale) {
             remove_pin(&link_path(links_dir, &stale))?;
-            tracing::info!(iface = %stale, "XDP detached (no longer configured)");
+            tracing::info!(link = %stale, "detached (no longer configured)");
         }
     }
     Ok(out)
@@ -274,6 +382,12 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tc_links_have_their_own_pin_name() {
+        assert_eq!(pin_name("eth0", Hook::Xdp), "eth0");
+        assert_eq!(pin_name("eth0", Hook::Tc), "eth0:tc");
     }
 
     #[test]

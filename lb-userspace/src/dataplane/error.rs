@@ -43,14 +43,44 @@ pub enum DataplaneError {
         source: io::Error,
     },
 
-    /// Another process holds the agent lock on the pin directory.
+    /// Another agent serves on the pin directory.
     #[error(
-        "another latch agent is running on {dir}: stop it first (or give this one another \
-         agent.bpffs_dir)"
+        "another latch agent{holder} is running on {dir}: stop it first (SIGTERM drains it, \
+         and a `latch run` started during the drain waits for it), or give this one another \
+         agent.bpffs_dir"
     )]
     AlreadyRunning {
         /// The locked pin directory.
         dir: PathBuf,
+        /// " (pid N)" when known.
+        holder: String,
+    },
+
+    /// The agent draining on the pin directory did not exit in time.
+    #[error(
+        "the latch agent{holder} draining on {dir} has not exited after {waited:?}: let it \
+         finish (its drain is bounded by its [agent.http] drain_timeout), or end it with \
+         SIGKILL (the pins stay, and this agent adopts them)"
+    )]
+    StillDraining {
+        /// The locked pin directory.
+        dir: PathBuf,
+        /// " (pid N)" when known.
+        holder: String,
+        /// How long this agent waited.
+        waited: std::time::Duration,
+    },
+
+    /// The interface already runs an XDP program that is not behind this agent's pinned link.
+    #[error(
+        "{iface} already has an XDP program attached that is not this agent's: another latch \
+         agent with another agent.bpffs_dir (or one started under `ip netns exec` with \
+         ephemeral_pins, whose pins are private to it), or another tool. Stop that agent, or \
+         detach the program with `ip link set dev {iface} xdp off`"
+    )]
+    XdpInUse {
+        /// The interface.
+        iface: String,
     },
 
     /// The kernel refused a BPF or netlink operation for lack of privileges (EPERM).
@@ -221,6 +251,21 @@ impl DataplaneError {
             cur = e.source();
         }
         None
+    }
+
+    /// Whether EEXIST or EBUSY is at the root of `err`: what the kernel answers an attach to
+    /// an interface that already has an XDP program.
+    pub(crate) fn is_in_use(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<io::Error>()
+                && matches!(io.raw_os_error(), Some(libc::EEXIST | libc::EBUSY))
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
     }
 
     pub(crate) fn map(

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
     Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
-    LAYOUT_VERSION, Persist, PersistKey, Service, ServiceKey, TrafficCounters, map_names, stat,
+    LAYOUT_VERSION, NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey, ReplyKey, ReplySources,
+    Service, ServiceKey, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 
@@ -85,7 +86,7 @@ use core::mem::size_of;
 /// capacities give it. A map added later (DS_TABLE) may be absent from an older pin directory
 /// of the same layout version: the loader then creates and pins it, and the manifest is
 /// rewritten (see [`check_pins`]).
-pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 9] {
+pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 11] {
     [
         (
             map_names::SERVICES,
@@ -159,12 +160,28 @@ pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 9] {
                 )
             },
         ),
+        (
+            map_names::NAT_REPLY,
+            Shape {
+                flags: NAT_REPLY_FLAGS,
+                ..shape(
+                    Kind::Hash,
+                    size_of::<ReplyKey>(),
+                    size_of::<ReplySources>(),
+                    caps.nat_reply_entries(),
+                )
+            },
+        ),
+        (
+            map_names::NAT_SERVERS,
+            shape(Kind::Array, 4, 8, NAT_SERVER_WORDS),
+        ),
     ]
 }
 
 /// The maps whose size may change between agents: the capacities, and STATS when counters
 /// are added.
-pub(crate) const RESIZABLE: [&str; 9] = [
+pub(crate) const RESIZABLE: [&str; 10] = [
     map_names::STATS,
     map_names::SERVICES,
     map_names::BACKENDS,
@@ -174,6 +191,7 @@ pub(crate) const RESIZABLE: [&str; 9] = [
     map_names::SERVICE_STATS,
     map_names::BACKEND_STATS,
     map_names::DS_TABLE,
+    map_names::NAT_REPLY,
 ];
 
 /// `BPF_MAP_LOOKUP_BATCH`.
@@ -331,6 +349,7 @@ pub fn kernel_memory(caps: &Capacities, cpus: u32) -> Vec<MapMemory> {
                 Some(Kind::Hash) | Some(Kind::LruHash) => {
                     let elem = HTAB_ELEM_BYTES + round8(sh.key_size) + value;
                     let buckets = n.next_power_of_two() * HTAB_BUCKET_BYTES;
+                    // BPF_F_NO_PREALLOC (DS_TABLE, NAT_REPLY): allocated per entry.
                     if sh.flags & DS_TABLE_FLAGS != 0 && sh.kind == Some(Kind::Hash) {
                         (buckets, kmalloc_class(elem))
                     } else {
@@ -566,6 +585,8 @@ pub(crate) struct Maps {
     pub maglev: Array<MapData, u32>,
     pub conntrack: Mutex<HashMap<MapData, FlowKey, Flow>>,
     pub persist: Mutex<HashMap<MapData, PersistKey, Persist>>,
+    pub nat_reply: HashMap<MapData, ReplyKey, ReplySources>,
+    pub nat_servers: Array<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -589,6 +610,24 @@ macro_rules! typed {
     };
 }
 
+/// Every entry of a hash map (an entry deleted during the walk is skipped).
+fn read_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<std::collections::HashMap<K, V>, DataplaneError> {
+    let mut out = std::collections::HashMap::new();
+    for kv in map.iter() {
+        match kv {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(DataplaneError::map(name, "read", e)),
+        }
+    }
+    Ok(out)
+}
+
 impl Maps {
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
@@ -597,6 +636,8 @@ impl Maps {
             maglev: typed!(ebpf, map_names::MAGLEV),
             conntrack: Mutex::new(typed!(ebpf, map_names::CONNTRACK)),
             persist: Mutex::new(typed!(ebpf, map_names::PERSIST)),
+            nat_reply: typed!(ebpf, map_names::NAT_REPLY),
+            nat_servers: typed!(ebpf, map_names::NAT_SERVERS),
             stats: typed!(ebpf, map_names::STATS),
             service_stats: typed!(ebpf, map_names::SERVICE_STATS),
             backend_stats: typed!(ebpf, map_names::BACKEND_STATS),
@@ -612,16 +653,7 @@ impl Maps {
         &self,
     ) -> Result<(std::collections::HashMap<ServiceKey, Service>, Vec<Backend>), DataplaneError>
     {
-        let mut services = std::collections::HashMap::new();
-        for kv in self.services.iter() {
-            match kv {
-                Ok((k, v)) => {
-                    services.insert(k, v);
-                }
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(DataplaneError::map(map_names::SERVICES, "read", e)),
-            }
-        }
+        let services = read_hash(&self.services, map_names::SERVICES)?;
         let n = self.backends.len();
         let mut backends = Vec::with_capacity(n as usize);
         for i in 0..n {
@@ -632,6 +664,24 @@ impl Maps {
             );
         }
         Ok((services, backends))
+    }
+
+    /// NAT_SERVERS contents, word by word.
+    pub(crate) fn read_nat_servers(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..self.nat_servers.len())
+            .map(|i| {
+                self.nat_servers
+                    .get(&i, 0)
+                    .map_err(|e| DataplaneError::map(map_names::NAT_SERVERS, "read", e))
+            })
+            .collect()
+    }
+
+    /// NAT_REPLY contents.
+    pub(crate) fn read_replies(
+        &self,
+    ) -> Result<std::collections::HashMap<ReplyKey, ReplySources>, DataplaneError> {
+        read_hash(&self.nat_reply, map_names::NAT_REPLY)
     }
 
     pub(crate) fn zero_counters(
@@ -679,7 +729,12 @@ mod tests {
     fn expected_shapes_match_lb_common() {
         let by: std::collections::HashMap<_, _> =
             expected(&Capacities::DEFAULT).iter().copied().collect();
-        assert_eq!(by.len(), 9, "map names are distinct");
+        assert_eq!(by.len(), 11, "map names are distinct");
+        assert_eq!(by[map_names::NAT_SERVERS].max_entries, NAT_SERVER_WORDS);
+        assert_eq!(by[map_names::NAT_REPLY].key_size, 8);
+        assert_eq!(by[map_names::NAT_REPLY].value_size, 72);
+        assert_eq!(by[map_names::NAT_REPLY].flags, NAT_REPLY_FLAGS);
+        assert_eq!(by[map_names::NAT_REPLY].max_entries, 2 * 16_384);
         assert_eq!(by[map_names::DS_TABLE].key_size, 76);
         assert_eq!(by[map_names::DS_TABLE].value_size, 80);
         assert_eq!(by[map_names::DS_TABLE].flags, DS_TABLE_FLAGS);
@@ -756,6 +811,10 @@ mod tests {
         let ds = by[map_names::DS_TABLE];
         assert_eq!(ds.fixed_bytes, 2_097_152 * 16);
         assert_eq!(ds.per_entry_bytes, 256);
+        // NAT_REPLY: buckets only, then 48 + 8 + 72 = 128 bytes per entry.
+        let nr = by[map_names::NAT_REPLY];
+        assert_eq!(nr.fixed_bytes, 32_768 * 16);
+        assert_eq!(nr.per_entry_bytes, 128);
         // Array values are rounded up to 8 bytes.
         assert_eq!(
             by[map_names::MAGLEV].fixed_bytes,

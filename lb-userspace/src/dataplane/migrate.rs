@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
     Backend, Capacities, DsKey, DsValue, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey,
-    Service, ServiceKey, TrafficCounters, backend_state, maglev_base, map_names,
+    ReplyKey, ReplySources, Service, ServiceKey, TrafficCounters, backend_state, maglev_base,
+    map_names,
 };
 
 use super::{DataplaneError, maps::Maps, mirror::RawHash};
@@ -88,6 +89,7 @@ pub(crate) fn copy_back(
         map_names::CONNTRACK,
         map_names::PERSIST,
         map_names::DS_TABLE,
+        map_names::NAT_REPLY,
     ];
     let mut done: Vec<PathBuf> = Vec::new();
     for name in order {
@@ -211,6 +213,11 @@ fn copy_one(
         }
         map_names::PERSIST => {
             copy_hash::<PersistKey, Persist>(old, &mut maps.persist.lock(), &mut t)?;
+        }
+        // The agent rewrites it from its services at the first apply; copied so that replies
+        // are translated in the meantime.
+        map_names::NAT_REPLY => {
+            copy_hash::<ReplyKey, ReplySources>(old, &mut maps.nat_reply, &mut t)?;
         }
         map_names::DS_TABLE => {
             let old: HashMap<MapData, DsKey, DsValue> =

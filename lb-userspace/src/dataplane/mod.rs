@@ -8,6 +8,7 @@
 
 mod attach;
 mod error;
+mod lock;
 mod maps;
 mod migrate;
 pub mod mirror;
@@ -15,11 +16,8 @@ pub mod neighbor;
 pub mod plan;
 
 use std::{
-    fmt,
-    fs::File,
-    io,
+    fmt, io,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -32,7 +30,7 @@ use lb_common::{
     Capacities, Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
 };
 
-pub use attach::{AttachMode, Attached};
+pub use attach::{AttachMode, Attached, Hook};
 pub use error::DataplaneError;
 pub use maps::{MapFill, MapMemory, kernel_memory, versioned_dir};
 pub use migrate::Migration;
@@ -41,6 +39,8 @@ pub use plan::PlanError;
 
 /// Name of the XDP entry point in the lb-ebpf object.
 pub const PROGRAM_NAME: &str = "latch_xdp";
+/// Name of the TC ingress entry point (the same logic, for `attach = "tc"`).
+pub const TC_PROGRAM_NAME: &str = "latch_tc";
 
 /// Where `open` mounts bpffs when the pin directory lies under it and it is not mounted.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -194,7 +194,7 @@ pub struct DataplaneStats {
 }
 
 /// Names of the global counters, by [`lb_common::stat`] index.
-pub const GLOBAL_COUNTERS: [(u32, &str); 18] = [
+pub const GLOBAL_COUNTERS: [(u32, &str); 19] = [
     (stat::PASS_NOT_VIP, "pass_not_vip"),
     (stat::PASS_MALFORMED, "pass_malformed"),
     (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
@@ -210,9 +210,10 @@ pub const GLOBAL_COUNTERS: [(u32, &str); 18] = [
     (stat::VERDICT_REDIRECT, "verdict_redirect"),
     (stat::PASS_NO_FLOW, "pass_no_flow"),
     (stat::FAST_PATH, "fast_path"),
-    (stat::REPLY_RESTORED, "reply_restored"),
     (stat::CONNTRACK_INSERT, "conntrack_insert"),
     (stat::PERSIST_FULL, "persist_full"),
+    (stat::ICMP_TO_CLIENT, "icmp_to_client"),
+    (stat::ICMP_TO_BACKEND, "icmp_to_backend"),
 ];
 
 /// What `teardown` removed.
@@ -334,28 +335,6 @@ fn ensure_bpffs(dir: &Path, ephemeral_pins: bool) -> Result<(), DataplaneError> 
     })
 }
 
-/// Exclusive, non-blocking flock on the pin directory itself: bpffs holds no regular files,
-/// but directories can be locked, and the lock dies with the process.
-fn lock_dir(dir: &Path) -> Result<File, DataplaneError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| DataplaneError::io("opening", dir, e))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(DataplaneError::AlreadyRunning {
-                dir: dir.to_owned(),
-            });
-        }
-        return Err(DataplaneError::io("locking", dir, e));
-    }
-    Ok(f)
-}
-
 fn program_error(e: ProgramError, action: &str) -> DataplaneError {
     DataplaneError::or_permission(&e, action).unwrap_or_else(|| DataplaneError::Program {
         source: Box::new(e),
@@ -383,8 +362,12 @@ pub struct Dataplane {
     /// Set when an apply may have made connection-tracking entries stale (a backend's
     /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
     conntrack_maybe_stale: std::sync::atomic::AtomicBool,
+    /// NAT_REPLY contents (read back at open, kept by every apply).
+    replies: std::collections::HashMap<lb_common::ReplyKey, lb_common::ReplySources>,
+    /// NAT_SERVERS contents, likewise.
+    nat_servers: Vec<u64>,
     // Last: released after every kernel handle is closed.
-    _lock: File,
+    lock: lock::AgentLock,
 }
 
 impl fmt::Debug for Dataplane {
@@ -407,7 +390,13 @@ impl Dataplane {
     /// [`Dataplane::open`] with maps of capacities `caps`: pinned maps of another capacity are
     /// migrated into new maps of this one (`migrate.rs`).
     pub fn open_with(bpffs_dir: &Path, caps: &Capacities) -> Result<Self, DataplaneError> {
-        Self::open_pinned(bpffs_dir, caps, false)
+        Self::open_pinned(bpffs_dir, caps, false, Duration::ZERO)
+    }
+
+    /// The agent stops serving and drains: a `latch run` started now waits for it to exit
+    /// instead of being refused (`lock.rs`).
+    pub fn draining(&mut self) {
+        self.lock.draining();
     }
 
     /// Loads the XDP object, creating its maps with `caps` or adopting the ones pinned under
@@ -415,16 +404,18 @@ impl Dataplane {
     /// Pinned maps of another capacity are migrated into new maps of this one (`migrate.rs`).
     /// Rebuilds service and backend ids from the adopted maps. Attaches nothing. With
     /// `ephemeral_pins`, it also runs where the pins cannot outlive the process (a bpffs
-    /// mounted in a private mount namespace); without, that is refused.
+    /// mounted in a private mount namespace); without, that is refused. An agent still
+    /// draining on `bpffs_dir` is waited for, up to `wait_for_drain` (`lock.rs`).
     pub fn open_pinned(
         bpffs_dir: &Path,
         caps: &Capacities,
         ephemeral_pins: bool,
+        wait_for_drain: Duration,
     ) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs_dir, ephemeral_pins)?;
         std::fs::create_dir_all(bpffs_dir)
             .map_err(|e| DataplaneError::io("creating", bpffs_dir, e))?;
-        let lock = lock_dir(bpffs_dir)?;
+        let lock = lock::AgentLock::acquire(bpffs_dir, wait_for_drain)?;
         let vdir = versioned_dir(bpffs_dir);
         std::fs::create_dir_all(&vdir).map_err(|e| DataplaneError::io("creating", &vdir, e))?;
 
@@ -447,6 +438,10 @@ impl Dataplane {
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|e| program_error(e, "loading the XDP program"))?;
+        programs(&mut ebpf)?
+            .1
+            .load()
+            .map_err(|e| program_error(e, "loading the TC program"))?;
 
         let mut maps = maps::Maps::take(&mut ebpf)?;
         let migration = if migrating {
@@ -457,6 +452,8 @@ impl Dataplane {
         maps::write_manifest(&vdir, caps)?;
         let (services, backends) = maps.read_state()?;
         let state = plan::State::from_maps(services, backends, *caps);
+        let replies = maps.read_replies()?;
+        let nat_servers = maps.read_nat_servers()?;
         let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             mirror::PinIndex::from_state(&state),
         ));
@@ -485,7 +482,9 @@ impl Dataplane {
             conntrack_maybe_stale: std::sync::atomic::AtomicBool::new(true),
             conntrack_base: std::sync::Mutex::new(None),
             conntrack_removed: std::sync::atomic::AtomicU64::new(0),
-            _lock: lock,
+            replies,
+            nat_servers,
+            lock,
         })
     }
 
@@ -536,9 +535,20 @@ impl Dataplane {
     /// program of an existing pinned link atomically), and detaches interfaces that are no
     /// longer listed.
     pub fn attach(&mut self, interfaces: &[String]) -> Result<Vec<Attached>, DataplaneError> {
+        let all: Vec<(String, Hook)> = interfaces.iter().map(|i| (i.clone(), Hook::Xdp)).collect();
+        self.attach_hooks(&all)
+    }
+
+    /// [`Dataplane::attach`] with a hook per interface: XDP, or TC ingress (for senders of
+    /// partial checksums, see `lb-ebpf/src/ctx.rs`). An interface that moves between hooks
+    /// leaves the other first.
+    pub fn attach_hooks(
+        &mut self,
+        interfaces: &[(String, Hook)],
+    ) -> Result<Vec<Attached>, DataplaneError> {
         let links = self.vdir.join("links");
-        let xdp = xdp_program(&mut self.ebpf)?;
-        attach::attach_all(xdp, &links, interfaces)
+        let (xdp, tc) = programs(&mut self.ebpf)?;
+        attach::attach_all(xdp, tc, &links, interfaces)
     }
 
     /// Programs services, backends and maglev tables to match `spec`. Each service switches
@@ -546,10 +556,32 @@ impl Dataplane {
     /// known state is re-read from the maps, so a retry converges.
     pub fn apply(&mut self, spec: &DataplaneSpec) -> Result<(), DataplaneError> {
         let plan = plan::plan(&self.state, spec)?;
-        if plan.is_noop() {
+        let replies = plan::nat_replies(spec)?;
+        let (reply_writes, reply_deletes) = plan::reply_changes(&self.replies, &replies);
+        if plan.is_noop() && reply_writes.is_empty() && reply_deletes.is_empty() {
             return Ok(());
         }
-        let result = self.execute_plan(&plan);
+        // Reply sources first (their NAT_SERVERS bits before them), so that the first flow of
+        // a new NAT service is answered at once; sources no longer wanted last (until then
+        // they are harmless: a reply is translated only for a live flow to that very server).
+        let both = plan::nat_server_words(self.replies.keys().chain(replies.keys()));
+        let mut result = self
+            .write_nat_servers(&both)
+            .and_then(|()| self.write_replies(&reply_writes, &[]))
+            .and_then(|()| self.execute_plan(&plan));
+        if result.is_ok() {
+            result = self
+                .write_replies(&[], &reply_deletes)
+                .and_then(|()| self.write_nat_servers(&plan::nat_server_words(replies.keys())));
+        }
+        if result.is_err() {
+            match (self.maps.read_replies(), self.maps.read_nat_servers()) {
+                (Ok(r), Ok(w)) => (self.replies, self.nat_servers) = (r, w),
+                (Err(re), _) | (_, Err(re)) => {
+                    tracing::error!(error = %re, "re-reading NAT_REPLY after a failed apply")
+                }
+            }
+        }
         self.conntrack_maybe_stale
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.pin_index
@@ -557,6 +589,43 @@ impl Dataplane {
                 &self.state,
             )));
         result
+    }
+
+    /// Writes the NAT_SERVERS words that differ from `words`.
+    fn write_nat_servers(&mut self, words: &[u64]) -> Result<(), DataplaneError> {
+        for (i, w) in words.iter().enumerate() {
+            if self.nat_servers.get(i) == Some(w) {
+                continue;
+            }
+            self.maps
+                .nat_servers
+                .set(i as u32, w, 0)
+                .map_err(|e| DataplaneError::map(map_names::NAT_SERVERS, "write", e))?;
+            if let Some(slot) = self.nat_servers.get_mut(i) {
+                *slot = *w;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_replies(
+        &mut self,
+        writes: &[(lb_common::ReplyKey, lb_common::ReplySources)],
+        deletes: &[lb_common::ReplyKey],
+    ) -> Result<(), DataplaneError> {
+        for (k, v) in writes {
+            self.maps
+                .nat_reply
+                .insert(k, v, 0)
+                .map_err(|e| DataplaneError::map(map_names::NAT_REPLY, "write", e))?;
+            self.replies.insert(*k, *v);
+        }
+        for k in deletes {
+            remove_ok(self.maps.nat_reply.remove(k))
+                .map_err(|e| DataplaneError::map(map_names::NAT_REPLY, "delete", e))?;
+            self.replies.remove(k);
+        }
+        Ok(())
     }
 
     fn execute_plan(&mut self, plan: &plan::Plan) -> Result<(), DataplaneError> {
@@ -839,6 +908,36 @@ fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {
         })
 }
 
+/// The XDP and the TC program, borrowed together.
+fn programs(
+    ebpf: &mut aya::Ebpf,
+) -> Result<(&mut Xdp, &mut aya::programs::SchedClassifier), DataplaneError> {
+    let (mut xdp, mut tc) = (None, None);
+    for (name, prog) in ebpf.programs_mut() {
+        match name {
+            PROGRAM_NAME => xdp = Some(prog),
+            TC_PROGRAM_NAME => tc = Some(prog),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| DataplaneError::MissingObject {
+        what: "program",
+        name: name.to_owned(),
+    };
+    let wrong = |e: ProgramError| DataplaneError::Program {
+        source: Box::new(e),
+    };
+    let xdp: &mut Xdp = xdp
+        .ok_or_else(|| missing(PROGRAM_NAME))?
+        .try_into()
+        .map_err(wrong)?;
+    let tc: &mut aya::programs::SchedClassifier = tc
+        .ok_or_else(|| missing(TC_PROGRAM_NAME))?
+        .try_into()
+        .map_err(wrong)?;
+    Ok((xdp, tc))
+}
+
 /// Keys of entries matching `pred`, collected before any deletion: deleting while walking a
 /// hash map with get_next_key restarts the walk.
 fn collect_keys<K: aya::Pod, V: aya::Pod>(
@@ -881,7 +980,7 @@ pub fn teardown(bpffs_dir: &Path) -> Result<TeardownReport, DataplaneError> {
     if !bpffs_dir.exists() {
         return Ok(report);
     }
-    let lock = lock_dir(bpffs_dir)?;
+    let lock = lock::AgentLock::acquire(bpffs_dir, Duration::ZERO)?;
     remove_tree(bpffs_dir, false, &mut report)?;
     std::fs::remove_dir(bpffs_dir).map_err(|e| DataplaneError::io("removing", bpffs_dir, e))?;
     drop(lock);
@@ -974,15 +1073,15 @@ mod tests {
     #[test]
     fn lock_is_exclusive_and_teardown_respects_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let l = lock_dir(dir.path()).expect("first lock");
+        let l = lock::AgentLock::acquire(dir.path(), Duration::ZERO).expect("first lock");
         assert!(matches!(
-            lock_dir(dir.path()),
+            lock::AgentLock::acquire(dir.path(), Duration::ZERO),
             Err(DataplaneError::AlreadyRunning { .. })
         ));
         let msg = teardown(dir.path()).expect_err("locked").to_string();
-        assert!(msg.contains("another latch agent is running"), "{msg}");
+        assert!(msg.contains("another latch agent (pid "), "{msg}");
         drop(l);
-        assert!(lock_dir(dir.path()).is_ok());
+        assert!(lock::AgentLock::acquire(dir.path(), Duration::ZERO).is_ok());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, Capacities, Flow, MAGLEV_TABLE_SIZE, Persist, Service, ServiceKey, backend_state,
-    service_flags,
+    Backend, Capacities, Flow, MAGLEV_TABLE_SIZE, NAT_SERVER_WORDS, Persist, REPLY_VIPS, ReplyKey,
+    ReplySources, Service, ServiceKey, VipPort, backend_state, nat_server_bit, service_flags,
 };
 
 use super::{BackendSpec, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
@@ -39,6 +39,23 @@ pub enum PlanError {
         wanted: usize,
         /// Capacity.
         limit: u32,
+    },
+    /// A server address, port and protocol behind more NAT services than its replies can be
+    /// told apart for.
+    #[error(
+        "server {server}/{proto} is a NAT server of {count} virtual services (VIP and port), \
+         at most {limit}: XDP finds a reply's flow by trying each; use another port or DSR for \
+         some"
+    )]
+    TooManyNatServices {
+        /// The server.
+        server: SocketAddrV4,
+        /// Protocol.
+        proto: Proto,
+        /// NAT services it serves.
+        count: usize,
+        /// [`REPLY_VIPS`].
+        limit: usize,
     },
     /// More distinct backends than the kernel maps hold.
     #[error(
@@ -447,6 +464,88 @@ fn maglev_for(input: &[MaglevInput]) -> Vec<u32> {
         .map(|(id, addr, weight)| MaglevBackend::new(*id, addr.to_string()).with_weight(*weight))
         .collect();
     build_table(&backends, MAGLEV_TABLE_SIZE)
+}
+
+/// NAT_REPLY contents for `spec`: for every server address, port and protocol of a NAT
+/// service that XDP forwards (tcp/udp, and http with the fast path), the services' VIPs and
+/// ports, sorted. Every server is listed whatever its health or weight: established flows to
+/// a down or drained server still need their replies translated.
+pub fn nat_replies(spec: &DataplaneSpec) -> Result<HashMap<ReplyKey, ReplySources>, PlanError> {
+    let mut by_server: BTreeMap<(SocketAddrV4, Proto), BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
+    for s in &spec.services {
+        let forwarded = match s.kind {
+            ServiceKind::L4 => true,
+            ServiceKind::Http { fast_path } => fast_path,
+        };
+        if s.forwarding != Forwarding::Nat || !forwarded {
+            continue;
+        }
+        for b in &s.backends {
+            by_server
+                .entry((b.addr, s.proto))
+                .or_default()
+                .insert((s.vip, s.port));
+        }
+    }
+    let mut out = HashMap::new();
+    for ((server, proto), vips) in by_server {
+        if vips.len() > REPLY_VIPS {
+            return Err(PlanError::TooManyNatServices {
+                server,
+                proto,
+                count: vips.len(),
+                limit: REPLY_VIPS,
+            });
+        }
+        let mut value = ReplySources {
+            count: vips.len() as u32,
+            ..ReplySources::default()
+        };
+        for (slot, (vip, port)) in value.vips.iter_mut().zip(vips) {
+            *slot = VipPort {
+                vip: u32::from_ne_bytes(vip.octets()),
+                port: port.to_be(),
+                _pad: 0,
+            };
+        }
+        let key = ReplyKey {
+            addr: u32::from_ne_bytes(server.ip().octets()),
+            port: server.port().to_be(),
+            proto: proto.number(),
+            _pad: 0,
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// NAT_SERVERS words with the bit of every key of `keys` set.
+pub fn nat_server_words<'a>(keys: impl IntoIterator<Item = &'a ReplyKey>) -> Vec<u64> {
+    let mut words = vec![0u64; NAT_SERVER_WORDS as usize];
+    for k in keys {
+        let (word, bit) = nat_server_bit(k.addr, k.port, k.proto);
+        words[word as usize] |= bit;
+    }
+    words
+}
+
+/// NAT_REPLY writes taking `current` to `wanted`: entries to write (new or changed) and keys
+/// to delete.
+pub fn reply_changes(
+    current: &HashMap<ReplyKey, ReplySources>,
+    wanted: &HashMap<ReplyKey, ReplySources>,
+) -> (Vec<(ReplyKey, ReplySources)>, Vec<ReplyKey>) {
+    let writes = wanted
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let deletes = current
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
+    (writes, deletes)
 }
 
 /// The state after `plan` has been executed completely.
@@ -920,5 +1019,93 @@ mod tests {
             },
             0
         ));
+    }
+
+    #[test]
+    fn nat_replies_list_each_servers_nat_services_sorted() {
+        let shared = be("192.0.2.11:80", false);
+        let mut dsr = svc("198.51.100.3", 80, vec![be("192.0.2.12:80", true)]);
+        dsr.forwarding = Forwarding::Dsr;
+        let mut http = svc("198.51.100.4", 80, vec![be("192.0.2.13:80", true)]);
+        http.kind = ServiceKind::Http { fast_path: false };
+        let mut fast = svc("198.51.100.5", 80, vec![be("192.0.2.14:80", true)]);
+        fast.kind = ServiceKind::Http { fast_path: true };
+        let mut udp = svc("198.51.100.1", 53, vec![shared]);
+        udp.proto = Proto::Udp;
+        let replies = nat_replies(&spec(vec![
+            svc("198.51.100.2", 443, vec![shared]),
+            svc("198.51.100.1", 80, vec![shared]),
+            dsr,
+            http,
+            fast,
+            udp,
+        ]))
+        .expect("replies");
+        let key = |addr: &str, proto: Proto| {
+            let a: SocketAddrV4 = addr.parse().expect("addr");
+            ReplyKey {
+                addr: u32::from_ne_bytes(a.ip().octets()),
+                port: a.port().to_be(),
+                proto: proto.number(),
+                _pad: 0,
+            }
+        };
+        let vip = |ip: &str, port: u16| VipPort {
+            vip: u32::from_ne_bytes(ip.parse::<Ipv4Addr>().expect("ip").octets()),
+            port: port.to_be(),
+            _pad: 0,
+        };
+        // Two TCP services share the (down) server: both listed, in address order.
+        let tcp = replies[&key("192.0.2.11:80", Proto::Tcp)];
+        assert_eq!(tcp.count, 2);
+        assert_eq!(
+            tcp.vips[..2],
+            [vip("198.51.100.1", 80), vip("198.51.100.2", 443)]
+        );
+        assert_eq!(tcp.vips[2], VipPort::default());
+        let udp = replies[&key("192.0.2.11:80", Proto::Udp)];
+        assert_eq!((udp.count, udp.vips[0]), (1, vip("198.51.100.1", 53)));
+        // DSR and proxied http services have no NAT replies in XDP; the fast path has.
+        assert!(!replies.contains_key(&key("192.0.2.12:80", Proto::Tcp)));
+        assert!(!replies.contains_key(&key("192.0.2.13:80", Proto::Tcp)));
+        assert_eq!(replies[&key("192.0.2.14:80", Proto::Tcp)].count, 1);
+        assert_eq!(replies.len(), 3);
+
+        let words = nat_server_words(replies.keys());
+        assert_eq!(words.len(), NAT_SERVER_WORDS as usize);
+        for k in replies.keys() {
+            let (word, bit) = nat_server_bit(k.addr, k.port, k.proto);
+            assert_ne!(words[word as usize] & bit, 0);
+        }
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert!(
+            (1..=4).contains(&set),
+            "one bit per key (some may share one): {set}"
+        );
+
+        let (writes, deletes) = reply_changes(&replies, &replies);
+        assert!(writes.is_empty() && deletes.is_empty());
+        let (writes, deletes) = reply_changes(&HashMap::new(), &replies);
+        assert_eq!((writes.len(), deletes.len()), (3, 0));
+        let (writes, deletes) = reply_changes(&replies, &HashMap::new());
+        assert_eq!((writes.len(), deletes.len()), (0, 3));
+    }
+
+    #[test]
+    fn nat_replies_refuse_a_server_behind_too_many_services() {
+        let services = (0..=REPLY_VIPS as u16)
+            .map(|i| svc("198.51.100.1", 1000 + i, vec![be("192.0.2.11:80", true)]))
+            .collect();
+        let err = nat_replies(&spec(services)).expect_err("one too many");
+        assert_eq!(
+            err,
+            PlanError::TooManyNatServices {
+                server: "192.0.2.11:80".parse().expect("addr"),
+                proto: Proto::Tcp,
+                count: REPLY_VIPS + 1,
+                limit: REPLY_VIPS,
+            }
+        );
+        assert!(err.to_string().contains("192.0.2.11:80/tcp"), "{err}");
     }
 }

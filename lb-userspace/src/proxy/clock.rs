@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("timed out")]
 pub struct TimedOut;
+
+/// A sleep that owns what it needs (see [`ProxyClock::sleep_owned`]).
+pub type OwnedSleep = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// The proxy's time source: tokio's clock (the default) or a [`ManualClock`].
 #[derive(Clone, Default)]
@@ -45,6 +49,21 @@ impl ProxyClock {
         match &self.manual {
             None => tokio::time::sleep_until(deadline).await,
             Some(m) => m.sleep_until(deadline).await,
+        }
+    }
+
+    /// A sleep until `deadline` that owns what it needs, for timers kept inside a body
+    /// between polls.
+    pub fn sleep_owned(
+        &self,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        match &self.manual {
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+            Some(m) => {
+                let m = Arc::clone(m);
+                Box::pin(async move { m.sleep_until(deadline).await })
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -12,7 +13,9 @@ use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 
 use super::access_log::Route;
-use super::body::{CollectError, RequestBody, ResponseBody, collect_limited};
+use super::body::{
+    ClientFailure, CollectError, IdleTimer, RequestBody, ResponseBody, UploadWatch, collect_limited,
+};
 use super::conn_clock::ConnClock;
 use super::headers;
 use super::hooks::{RequestVerdict, ResponseVerdict, Selection, TxnInfo};
@@ -22,7 +25,7 @@ use super::settings::ProxySettings;
 use super::stats::StatsRegistry;
 use super::tls::TlsInfo;
 use super::txn::{ServerUse, Txn};
-use super::upstream::{Lent, UpstreamPool};
+use super::upstream::{Lent, UpstreamPool, UpstreamSender};
 
 /// What every connection of one worker shares.
 pub(crate) struct WorkerCtx {
@@ -171,7 +174,14 @@ pub(crate) async fn handle(
         .filter(|_| !body.is_end_stream())
         .and_then(|h| h.request_body_limit());
     let body = match (body_limit, txn.hooks.as_mut()) {
-        (Some(limit), Some(hooks)) => match collect_limited(body, limit).await {
+        (Some(limit), Some(hooks)) => match collect_limited(
+            body,
+            limit,
+            ctx.settings.client_body_idle_timeout,
+            &ctx.settings.clock,
+        )
+        .await
+        {
             Ok(bytes) => match hooks.on_request_body(&mut parts, &bytes) {
                 RequestVerdict::Respond(resp) => return Ok(local_response(resp, txn, false)),
                 RequestVerdict::Forward(s) => {
@@ -183,6 +193,10 @@ pub(crate) async fn handle(
             Err(e) => {
                 let status = match e {
                     CollectError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    CollectError::Idle(limit) => {
+                        tracing::debug!(vs = %vs.name, client = %conn.client, ?limit, "request body idle timeout");
+                        StatusCode::REQUEST_TIMEOUT
+                    }
                     CollectError::Read(err) => {
                         tracing::debug!(vs = %vs.name, client = %conn.client, error = %err, "request body read failed");
                         StatusCode::BAD_REQUEST
@@ -191,7 +205,14 @@ pub(crate) async fn handle(
                 return Ok(local_response(error_response(status), txn, true));
             }
         },
-        _ => RequestBody::new(body, txn.request_bytes.clone()),
+        _ => RequestBody::streamed(
+            body,
+            txn.request_bytes.clone(),
+            IdleTimer::new(
+                ctx.settings.client_body_idle_timeout,
+                ctx.settings.clock.clone(),
+            ),
+        ),
     };
     let upgrade_protocol = upgrade.as_ref().map(|(p, _)| p.clone());
     let (mut rparts, rbody, lent) = match forward(
@@ -248,16 +269,23 @@ pub(crate) async fn handle(
         .filter(|_| !rbody.is_end_stream())
         .and_then(|h| h.response_body_limit());
     if let (Some(limit), Some(hooks)) = (body_limit, txn.hooks.as_mut()) {
-        let bytes = match collect_limited(rbody, limit).await {
+        let collected = collect_limited(
+            rbody,
+            limit,
+            ctx.settings.upstream_body_idle_timeout,
+            &ctx.settings.clock,
+        )
+        .await;
+        let bytes = match collected {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Part of the body is unread or lost: the server connection is dropped.
                 tracing::debug!(vs = %vs.name, server = %lent.server, error = ?e, "response body not buffered");
-                return Ok(local_response(
-                    error_response(StatusCode::BAD_GATEWAY),
-                    txn,
-                    false,
-                ));
+                let status = match e {
+                    CollectError::Idle(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return Ok(local_response(error_response(status), txn, false));
             }
         };
         let verdict = hooks.on_response_body(&mut rparts, &bytes);
@@ -275,7 +303,14 @@ pub(crate) async fn handle(
     txn.upstream = Some(lent);
     Ok(Response::from_parts(
         rparts,
-        ResponseBody::streamed(rbody, txn),
+        ResponseBody::streamed(
+            rbody,
+            txn,
+            IdleTimer::new(
+                ctx.settings.upstream_body_idle_timeout,
+                ctx.settings.clock.clone(),
+            ),
+        ),
     ))
 }
 
@@ -388,7 +423,8 @@ async fn forward(
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;
-    let client_body_failed = body.client_failure();
+    let mut body = body;
+    let mut upload = body.watch();
     let mut req = Request::from_parts(parts, body);
 
     let mut failed: Vec<SocketAddr> = Vec::with_capacity(2);
@@ -430,21 +466,31 @@ async fn forward(
     }
     txn.server = Some(ServerUse::new(server, ctx.stats.server(server), picker));
 
-    let clock = &ctx.settings.clock;
     let response_timeout = selection
         .response_timeout
         .unwrap_or(ctx.settings.upstream_response_timeout);
-    let deadline = clock.now() + response_timeout;
     let mut retried = false;
     loop {
-        match clock
-            .timeout_at(deadline, checkout.sender.try_send_request(req))
-            .await
+        match exchange(
+            ctx,
+            &mut checkout.sender,
+            req,
+            upload.as_mut(),
+            response_timeout,
+        )
+        .await
         {
-            Err(_) => {
+            Err(Stall::Response) => {
                 return Err(server_fail(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream response timeout",
+                ));
+            }
+            Err(Stall::RequestBody) => {
+                tracing::warn!(vs = %vs.name, %server, "server stopped taking the request body");
+                return Err(server_fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream stopped reading the request body",
                 ));
             }
             Ok(Ok(resp)) => {
@@ -461,25 +507,37 @@ async fn forward(
                 ));
             }
             Ok(Err(mut e)) => {
-                match e.take_message() {
+                let client_failure = upload.as_ref().and_then(|u| u.progress.failure());
+                match (e.take_message(), client_failure) {
                     // A pooled connection the server had closed: the request never left, so it
                     // may go once more on a new connection.
-                    Some(unsent) if checkout.reused && !retried => {
+                    (Some(unsent), _) if checkout.reused && !retried => {
                         retried = true;
                         req = unsent;
-                        checkout = ctx.upstream.checkout(server, tls, true).await.map_err(|e| {
-                        tracing::warn!(vs = %vs.name, error = %e, "upstream reconnect failed");
-                        server_fail(StatusCode::BAD_GATEWAY, "connect failed")
-                    })?;
+                        checkout = ctx
+                            .upstream
+                            .checkout(server, tls, true)
+                            .await
+                            .map_err(|e| {
+                                tracing::warn!(vs = %vs.name, "upstream reconnect failed: {e}");
+                                server_fail(StatusCode::BAD_GATEWAY, "connect failed")
+                            })?;
                     }
-                    // The client's body broke off or was malformed: the client's error,
-                    // answered 400 (the connection cannot carry another request), not a 502
-                    // blamed on the server.
-                    _ if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                    // The client's body broke off, was malformed or paused too long: the
+                    // client's error (the connection cannot carry another request), not a
+                    // 502 blamed on the server.
+                    (_, Some(ClientFailure::Broken)) => {
                         tracing::debug!(vs = %vs.name, %server, error = %e.into_error(), "client request body failed");
                         return Err(fail(StatusCode::BAD_REQUEST, "client request body failed"));
                     }
-                    _ => {
+                    (_, Some(ClientFailure::Idle)) => {
+                        tracing::debug!(vs = %vs.name, %server, "client paused in its request body too long");
+                        return Err(fail(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "client request body idle timeout",
+                        ));
+                    }
+                    (_, None) => {
                         tracing::warn!(vs = %vs.name, %server, error = %e.into_error(), "upstream request failed");
                         return Err(server_fail(
                             StatusCode::BAD_GATEWAY,
@@ -490,4 +548,56 @@ async fn forward(
             }
         }
     }
+}
+
+/// Why a server was given up on while a request was with it.
+enum Stall {
+    /// No response head within the response timeout after the request body ended.
+    Response,
+    /// The server stopped taking the request body while the client had more.
+    RequestBody,
+}
+
+type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
+
+/// Sends `req` and waits for the response head: without a response deadline while the
+/// client's body is still coming (a client's pause has its own timer, in the body), then for
+/// `response_timeout` from the body's end, so that a slow upload is never a 504 blamed on the
+/// server. A server may answer before the body ends (413, 401); that answer is taken at once.
+async fn exchange(
+    ctx: &WorkerCtx,
+    sender: &mut UpstreamSender,
+    req: Request<RequestBody>,
+    upload: Option<&mut UploadWatch>,
+    response_timeout: std::time::Duration,
+) -> Result<Sent, Stall> {
+    let clock = &ctx.settings.clock;
+    let sent = sender.try_send_request(req);
+    tokio::pin!(sent);
+    if let Some(up) = upload.filter(|u| !u.finished) {
+        let stall = ctx.settings.upstream_body_idle_timeout;
+        let mut seen = up.bytes.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut sent => return Ok(out),
+                // Ended, failed or dropped: the sender is gone either way.
+                _ = &mut up.done => {
+                    up.finished = true;
+                    break;
+                }
+                () = clock.sleep_until(clock.now() + stall) => {
+                    let now = up.bytes.load(Ordering::Relaxed);
+                    if now == seen && !up.progress.waiting_on_client() {
+                        return Err(Stall::RequestBody);
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
+    clock
+        .timeout(response_timeout, sent)
+        .await
+        .map_err(|_| Stall::Response)
 }

@@ -32,11 +32,12 @@
 //! this list and checks every `super::` path against it):
 //!
 //! 0. `tls`: what a TLS handshake tells the transactions (a leaf under the hooks).
-//! 1. `error`, `hooks`, `headers`, `framing`, `stats`, `body`, `clock`: leaves.
-//!    The bodies only count and report to a `BodyEnd`; the clock is what every timer waits on.
-//! 2. `picker`, `conn_clock`, `access_log`, `tunnel`: a pool's server choice; a client
-//!    connection's phase; the access log line, which only formats (with the hooks' request
-//!    id); an upgraded connection's two-way copy.
+//! 1. `error`, `hooks`, `headers`, `framing`, `stats`, `clock`: leaves. The clock is what
+//!    every timer waits on.
+//! 2. `picker`, `conn_clock`, `access_log`, `tunnel`, `body`: a pool's server choice; a
+//!    client connection's phase; the access log line, which only formats (with the hooks'
+//!    request id); an upgraded connection's two-way copy; the bodies, which count, report to
+//!    a `BodyEnd` and cut a peer that pauses too long (on the clock).
 //! 3. `settings`: what the agent hands over.
 //! 4. `route`, `upstream`: the routing table built from the settings; the upstream
 //!    connection pools.
@@ -52,7 +53,7 @@ mod clock;
 mod conn;
 mod conn_clock;
 mod error;
-mod framing;
+pub mod framing;
 mod handler;
 mod headers;
 pub mod hooks;

@@ -16,8 +16,15 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time to establish a TCP connection to a server.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Time from sending a request upstream until the response head has arrived.
+/// Time from the end of the request body (as the server got it) until the response head has
+/// arrived: a slow upload is the client's time, not the server's.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause inside a request body the client is sending; then 408 and the connection
+/// closes (a stalled upload would otherwise hold a worker's connection and a server's).
+pub const DEFAULT_CLIENT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause of a server inside a response body, or in taking a request body: the
+/// exchange is then cut (504 if nothing was answered yet) and blamed on the server.
+pub const DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time an idle upstream connection stays pooled. Kept below the keep-alive timeout of common
 /// servers (nginx 75 s) so that the proxy, not the server, closes idle connections.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,7 +34,8 @@ pub const DEFAULT_MAX_IDLE_PER_SERVER: usize = 64;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most request headers accepted; more get 431.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
-/// How long connections of a listener removed by a reload may finish their requests.
+/// How long connections of a listener removed by a reload, or of every listener at SIGTERM,
+/// may finish their requests before they are closed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams one HTTP/2 client connection may have open at once (RFC 9113 suggests at least
 /// 100); more are refused with RST_STREAM(REFUSED_STREAM).
@@ -56,6 +64,10 @@ pub struct ProxySettings {
     pub upstream_connect_timeout: Duration,
     /// See [`DEFAULT_UPSTREAM_RESPONSE_TIMEOUT`].
     pub upstream_response_timeout: Duration,
+    /// See [`DEFAULT_CLIENT_BODY_IDLE_TIMEOUT`].
+    pub client_body_idle_timeout: Duration,
+    /// See [`DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT`].
+    pub upstream_body_idle_timeout: Duration,
     /// See [`DEFAULT_UPSTREAM_IDLE_TIMEOUT`].
     pub upstream_idle_timeout: Duration,
     /// See [`DEFAULT_MAX_IDLE_PER_SERVER`].
@@ -81,6 +93,8 @@ impl Default for ProxySettings {
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            client_body_idle_timeout: DEFAULT_CLIENT_BODY_IDLE_TIMEOUT,
+            upstream_body_idle_timeout: DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT,
             upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             max_idle_per_server: DEFAULT_MAX_IDLE_PER_SERVER,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,

@@ -126,6 +126,45 @@ async fn backend_service(
                 format!("bytes={total} chunks={chunks}"),
             ))
         }
+        "/upload-gate" => {
+            // Reads the whole body, then answers only when the gate opens.
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Ok(text(StatusCode::BAD_REQUEST, "broken body".into()));
+                };
+                if let Some(d) = frame.data_ref() {
+                    total += d.len() as u64;
+                    state.upload_seen.store(total, Ordering::SeqCst);
+                }
+            }
+            state.gate.notified().await;
+            Ok(text(StatusCode::OK, format!("bytes={total}")))
+        }
+        "/ignore-body" => {
+            // Never reads the request body; answers when the gate opens.
+            state.gate.notified().await;
+            Ok(text(StatusCode::OK, "ignored".into()))
+        }
+        "/stall-body" => {
+            // The head and a first chunk, then nothing until the gate opens.
+            let st = state.clone();
+            let stream = futures_util::stream::unfold(0u8, move |step| {
+                let st = st.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(Frame::data(Bytes::from_static(b"first "))), 1)),
+                        1 => {
+                            st.gate.notified().await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"rest"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Ok(Response::new(StreamBody::new(stream).boxed_unsync()))
+        }
         "/download" => {
             // Sends the first MiB, then waits for the client to have it before the rest: a
             // proxy that buffered the whole body would deadlock here.
@@ -1464,3 +1503,4 @@ fn modules_use_only_lower_layers() {
 
 // The DataScript events beyond HTTP_REQ and HTTP_RESP, as the proxy drives them.
 mod events;
+mod timeouts;

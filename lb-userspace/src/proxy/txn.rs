@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::access_log::{AccessLogLine, Route};
-use super::body::BodyEnd;
+use super::body::{BodyEnd, BodyError};
 use super::conn_clock::ConnClock;
 use super::hooks::{RequestId, TxnHooks};
 use super::picker::ServerPicker;
@@ -127,9 +127,22 @@ impl BodyEnd for Txn {
         }
     }
 
-    fn failed(&mut self) {
-        // The connection is broken: never pool it.
+    fn failed(&mut self, error: &BodyError) {
+        // The connection is broken (or its server stalled): never pool it.
         self.upstream = None;
+        let server = self.server.as_ref().map(|s| s.addr);
+        let vs = self.vs.as_ref().map(|v| &*v.name);
+        match error {
+            BodyError::Idle(limit) => tracing::warn!(
+                vs,
+                ?server,
+                ?limit,
+                "server paused in its response body too long; exchange cut"
+            ),
+            BodyError::Read(e) => {
+                tracing::debug!(vs, ?server, error = %e, "response body from the server failed")
+            }
+        }
     }
 }
 

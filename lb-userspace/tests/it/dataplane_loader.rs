@@ -16,7 +16,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use latch::dataplane::{
-    AttachMode, BackendSpec, Dataplane, DataplaneError, DataplaneSpec, Forwarding, Proto,
+    AttachMode, BackendSpec, Dataplane, DataplaneError, DataplaneSpec, Forwarding, Hook, Proto,
     ServiceKind, ServiceSpec, monotonic_now_ns, teardown, versioned_dir,
 };
 use lb_common::{
@@ -303,7 +303,8 @@ fn second_open_is_refused_by_the_lock() {
     );
     assert!(
         err.to_string().contains(&format!(
-            "another latch agent is running on {}",
+            "another latch agent (pid {}) is running on {}",
+            std::process::id(),
             dir.path().display()
         )),
         "{err}"
@@ -490,8 +491,8 @@ fn teardown_leaves_nothing() {
     let report = once_unlocked(|| teardown(dir.path())).expect("teardown");
     assert!(report.removed_dir);
     assert_eq!(
-        report.pins_removed, 10,
-        "9 maps (incl. DS_TABLE) + manifest: {report:?}"
+        report.pins_removed, 12,
+        "11 maps (incl. DS_TABLE, NAT_REPLY, NAT_SERVERS) + manifest: {report:?}"
     );
     assert!(!dir.path().exists());
     // And a fresh open starts empty.
@@ -585,6 +586,47 @@ fn attach_survives_restart_replaces_program_and_detaches() {
         None,
         "teardown detached"
     );
+}
+
+/// `iface` at TC ingress.
+fn at_tc(iface: &str) -> Vec<(String, Hook)> {
+    vec![(iface.to_owned(), Hook::Tc)]
+}
+
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn tc_attach_pins_its_link_is_replaced_and_moves_to_xdp() {
+    let ns = NetNs::new();
+    let dir = PinDir::new();
+    let (d, a) = (dir.path().to_owned(), ns.a.clone());
+    let links = versioned_dir(&d).join("links");
+    let tc_pin = links.join(format!("{a}:tc"));
+
+    let (d1, a1) = (d.clone(), a.clone());
+    let modes = ns.run(move || {
+        let mut dp = Dataplane::open(&d1).expect("open");
+        dp.attach_hooks(&at_tc(&a1)).expect("attach at TC")
+    });
+    assert_eq!(modes[0].mode, AttachMode::Tc);
+    assert!(tc_pin.exists(), "TCX link pinned");
+    assert_eq!(ns.xdp_prog(&ns.a), None, "not at XDP");
+
+    // A new agent swaps its program into the pinned TC link; then the interface moves to XDP,
+    // leaving TC first.
+    let (d2, a2) = (d.clone(), a.clone());
+    let (again, moved) = ns.run(move || {
+        let mut dp = once_unlocked(|| Dataplane::open(&d2)).expect("reopen");
+        let again = dp.attach_hooks(&at_tc(&a2)).expect("re-attach");
+        let moved = dp.attach(std::slice::from_ref(&a2)).expect("to XDP");
+        (again, moved)
+    });
+    assert_eq!(again[0].mode, AttachMode::Replaced);
+    assert_eq!(moved[0].mode, AttachMode::Driver);
+    assert!(!tc_pin.exists(), "TC link removed");
+    assert!(links.join(&a).exists(), "XDP link pinned");
+    ns.xdp_prog(&ns.a).expect("now at XDP");
+    let report = once_unlocked(|| teardown(&d)).expect("teardown");
+    assert_eq!(report.links_detached, vec![a]);
 }
 
 #[test]
@@ -742,6 +784,7 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
         (map_names::SERVICE_STATS, 16),
         (map_names::BACKEND_STATS, 64),
         (map_names::DS_TABLE, 128),
+        (map_names::NAT_REPLY, 128),
     ] {
         assert_eq!(max_entries(dir.path(), name), cap, "{name} resized");
     }
@@ -756,6 +799,8 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
     assert_eq!(report[map_names::PERSIST], (10, 0));
     // 20 entries and the two name records ("shop" and the default table's "").
     assert_eq!(report[map_names::DS_TABLE], (22, 0));
+    // The three NAT servers' reply sources, so replies are translated before the next apply.
+    assert_eq!(report[map_names::NAT_REPLY], (3, 0));
     let ct: HashMap<MapData, FlowKey, Flow> = pinned(dir.path(), map_names::CONNTRACK);
     for i in 0..30 {
         assert_eq!(

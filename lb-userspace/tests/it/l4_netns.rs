@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use latch_tests::{
     AgentSettings, HttpConn, LatchAgent, LatchConfig, Pool, Topology, VirtualService, http_get,
-    http_get_from, udp_roundtrip,
+    http_get_from, strip_ansi, udp_roundtrip,
 };
 
 use crate::LATCH;
@@ -57,7 +57,7 @@ fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
     // The topology's links are veths: the agent says what their senders need (its stderr is
     // collected as it comes, so wait for the line).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let warned = |log: &str| log.contains("XDP on a veth: turn TX checksum offload off");
+    let warned = |log: &str| log.contains("XDP on a veth: attach it at TC instead");
     while !warned(&agent.log()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -104,6 +104,65 @@ fn tcp_and_udp_reach_every_backend_and_backends_see_the_client() -> TestResult {
         udp_seen.len(),
         3,
         "UDP flows spread over all backends: {udp_seen:?}"
+    );
+    Ok(())
+}
+
+/// Every sender keeps TX checksum offload on (veths then hand frames on with partial
+/// checksums, as container hosts do), latch runs at TC ingress on its interfaces: NAT-ed TCP
+/// and UDP still reach every backend, which answers through latch, so the backends received
+/// frames with valid checksums (their stacks drop any other) and so did the client.
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn tc_attach_forwards_frames_with_partial_checksums() -> TestResult {
+    let topo = Topology::builder()
+        .backends(2)
+        .vip_on_lb(false)
+        .tx_offload(true)
+        .build()?;
+    topo.start_backends(HTTP_PORT, Some(UDP_PORT))?;
+    let agent = start(&topo, |a| {
+        let mut settings = AgentSettings::new(&topo.lb_interfaces())
+            .bpffs_dir(a.bpffs_dir())
+            .state_file(&a.dir().join("servers.json"));
+        for iface in topo.lb_interfaces() {
+            settings = settings.attach_tc(&iface);
+        }
+        with_l4_services(LatchConfig::new(settings), &topo, web_tcp(&topo), &[1, 2])
+    })?;
+    let client = topo.client_addr();
+    let (tcp_seen, udp_seen) = topo.client().run(|| -> Result<_, String> {
+        let mut tcp = BTreeSet::new();
+        for _ in 0..30 {
+            // 100 kB back: many full data segments, not only handshakes.
+            let r = http_get(vip(&topo, 80), "/download?bytes=100000", &[])
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 || r.body_len != 100_000 {
+                return Err(format!("status {}, {} bytes", r.status, r.body_len));
+            }
+            let seen = r.seen_client.ok_or("no X-Seen-Client")?;
+            if seen.ip() != IpAddr::V4(client) {
+                return Err(format!("backend saw {seen}, expected {client}"));
+            }
+            tcp.insert(r.backend.ok_or("no X-Backend")?);
+        }
+        let mut udp = BTreeSet::new();
+        for _ in 0..30 {
+            let r = udp_roundtrip(vip(&topo, 53), b"hello", Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            if r.from != vip(&topo, 53) {
+                return Err(format!("UDP reply from {}, expected the VIP", r.from));
+            }
+            udp.insert(r.backend().ok_or("no backend in UDP reply")?.to_string());
+        }
+        Ok((tcp, udp))
+    })?;
+    assert_eq!(tcp_seen.len(), 2, "TCP over both backends: {tcp_seen:?}");
+    assert_eq!(udp_seen.len(), 2, "UDP over both backends: {udp_seen:?}");
+    let log = agent.log();
+    assert!(
+        log.contains("hook=Tc") && !log.contains("XDP on a veth"),
+        "attached at TC, no XDP veth warning:\n{log}"
     );
     Ok(())
 }
@@ -305,8 +364,26 @@ fn second_agent_and_unknown_interface_are_refused_clearly() -> TestResult {
     let (status, stderr) = second.run_expecting_exit(Duration::from_secs(20))?;
     assert!(!status.success());
     assert!(
-        stderr.contains("another latch agent is running"),
+        strip_ansi(&stderr).contains(&format!(
+            "another latch agent (pid {}) is running",
+            first.pid().ok_or("no pid")?
+        )),
         "second agent: {stderr}"
+    );
+
+    // Other pins, same interfaces: the XDP program in place is named, not "File exists".
+    let other_pins = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    let config = std::fs::read_to_string(first.config_path())?;
+    let first_dir = first.bpffs_dir().display().to_string();
+    other_pins
+        .write_config(&config.replace(&first_dir, &other_pins.bpffs_dir().display().to_string()))?;
+    let (status, stderr) = other_pins.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success());
+    let stderr = strip_ansi(&stderr);
+    assert!(
+        stderr.contains("already has an XDP program attached that is not this agent's")
+            && !stderr.contains("File exists"),
+        "agent with other pins: {stderr}"
     );
 
     let third = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;

@@ -11,6 +11,7 @@ mod avi_utils_netns;
 mod cli_check;
 mod dataplane_loader;
 mod fastpath_netns;
+mod fuzz_xdp;
 mod groups_netns;
 mod h2_netns;
 mod http_netns;

@@ -517,3 +517,89 @@ fn table_entries_the_mirror_cannot_hold_are_counted_and_exactly_those_are_lost_o
     }
     Ok(())
 }
+
+/// SIGTERM's drain ends within `drain_timeout` even with a request the server never answers;
+/// a `latch run` started while the first agent serves is refused at once, naming it; one
+/// started during the drain says it waits, and serves once the first has exited.
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_drain_is_bounded_and_a_run_started_during_it_waits_for_it() -> TestResult {
+    let topo = Topology::builder().backends(1).build()?;
+    let infos = topo.start_backends(HTTP_PORT, None)?;
+    let mut first = crate::netns_config::start_agent(&topo, |agent| {
+        LatchConfig::new(
+            AgentSettings::new(&topo.lb_interfaces())
+                .bpffs_dir(agent.bpffs_dir())
+                .state_file(&agent.dir().join("servers.json"))
+                .http("drain_timeout", "3s"),
+        )
+        .pool(Pool::new("web", backends(&topo, &[1], HTTP_PORT)))
+        .virtual_service(shop(&topo))
+    })?;
+    let first_pid = first.pid().ok_or("no pid")?;
+
+    let (status, stderr) = first.run_expecting_exit(Duration::from_secs(20))?;
+    assert!(!status.success(), "a second agent on serving pins ran");
+    assert!(
+        strip_ansi(&stderr).contains(&format!("another latch agent (pid {first_pid}) is running")),
+        "{stderr}"
+    );
+
+    // A request the server holds for a minute.
+    let vip = vip(&topo);
+    let stalled = topo.client().spawn_thread("stalled", move || {
+        latch_tests::http_request(
+            vip,
+            "GET",
+            "/slow?ms=60000",
+            &[],
+            latch_tests::RequestBody::Empty,
+            Duration::from_secs(30),
+        )
+    })?;
+    crate::netns_config::wait_for(
+        "the server to hold the request",
+        Duration::from_secs(10),
+        || Ok(infos[0].requests() >= 1),
+    )?;
+
+    first.signal(libc::SIGTERM)?;
+    let term = Instant::now();
+    crate::netns_config::wait_for("the drain to start", Duration::from_secs(10), || {
+        Ok(first.log().contains("draining HTTP"))
+    })?;
+    let mut second = first.spawn_another_run()?;
+    crate::netns_config::wait_for(
+        "the second run to say it waits",
+        Duration::from_secs(10),
+        || Ok(strip_ansi(&second.stderr()).contains("is draining on this pin directory; waiting")),
+    )?;
+    assert!(
+        second.try_wait()?.is_none(),
+        "the second run gave up: {}",
+        second.stderr()
+    );
+
+    first.stop(Duration::from_secs(20))?;
+    let drained_in = term.elapsed();
+    assert!(
+        drained_in < Duration::from_secs(8),
+        "SIGTERM took {drained_in:?} with drain_timeout = 3s"
+    );
+    let answer = stalled.join().map_err(|_| "client thread panicked")??;
+    assert!(
+        answer.is_err() || answer.as_ref().is_ok_and(|r| r.status != 200),
+        "the stalled request was answered normally: {answer:?}"
+    );
+
+    second
+        .wait_for_line(
+            |l| l.starts_with(latch_tests::READY_LINE),
+            latch_tests::agent::READY_TIMEOUT,
+        )
+        .map_err(|e| format!("second run not ready: {e}; {}", second.stderr()))?;
+    let hello = topo.client().run(|| http_get(vip, "/slow?ms=0", &[]))?;
+    assert_eq!(hello.status, 200, "the second agent serves");
+    second.terminate(Duration::from_secs(10))?;
+    Ok(())
+}

@@ -8,33 +8,33 @@
 //!
 //! Run: `cargo test -p lb-userspace --test it xdp_fixtures -- --include-ignored`
 
-mod packet;
-mod xdp_env;
+pub(crate) mod packet;
+pub(crate) mod xdp_env;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    Backend, Flow, FlowKey, Persist, PersistKey, Service, ServiceKey, backend_state, flow_flags,
-    proto, service_flags, stat,
+    Backend, Flow, FlowKey, Persist, PersistKey, ReplyKey, ReplySources, Service, ServiceKey,
+    VipPort, backend_state, flow_flags, proto, service_flags, stat,
 };
-use packet::{ACK, Frame, L4, PSH, SYN, verify_checksums};
+use packet::{ACK, Frame, L4, PSH, SYN, icmp_error, verify_checksums};
 use xdp_env::*;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
+pub(crate) const XDP_TX: u32 = 3;
+pub(crate) const XDP_REDIRECT: u32 = 4;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const B1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const B2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
-const NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
-const NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub(crate) const B1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub(crate) const B2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+pub(crate) const NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+pub(crate) const NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 const CPORT: u16 = 40000;
 const SVC_ID: u32 = 1;
-const SEC: u64 = 1_000_000_000;
+pub(crate) const SEC: u64 = 1_000_000_000;
 /// How far the program's clock (CLOCK_MONOTONIC at tick resolution, `bpf_ktime_get_coarse_ns`)
 /// may lag the test's own reading: one tick, at most 10 ms on kernels with HZ >= 100.
 const CLOCK_SLACK: u64 = 50_000_000;
@@ -70,6 +70,8 @@ enum MapEntry {
     Backend(u32, Backend),
     /// The live maglev table (slot 1) maps everything to these backends, in turn.
     Maglev(Vec<u32>),
+    /// NAT_REPLY: the server (address, port) answers for these virtual ports of VIP.
+    Replies(Ipv4Addr, u16, u8, Vec<u16>),
 }
 
 /// Expectations on map state that are not frames or global counters (conntrack and
@@ -214,6 +216,10 @@ fn write(fx: &mut Fixture, entry: MapEntry) {
         MapEntry::Persist(key, value) => fx.insert_persist(key, value),
         MapEntry::Backend(id, backend) => fx.set_backend(id, backend),
         MapEntry::Maglev(ids) => fx.fill_maglev(SVC_ID, 1, &ids),
+        MapEntry::Replies(server, server_port, l4, vports) => {
+            let (key, value) = reply_sources(server, server_port, l4, &vports);
+            fx.set_reply_sources(key, value);
+        }
     }
 }
 
@@ -251,6 +257,17 @@ fixture_tests! {
     persistence_to_stale_backend_is_expired,
     reply_is_translated_back_to_vip,
     forward_then_reply_round_trip,
+    reply_of_a_server_shared_by_two_services,
+    reply_of_another_backend_than_the_flows_passes,
+    reply_without_a_flow_passes,
+    reply_to_a_dsr_flow_passes,
+    legacy_reply_entry_is_ignored,
+    icmp_frag_needed_toward_a_backend_is_translated_for_the_client,
+    icmp_port_unreachable_of_a_udp_backend_is_translated_for_the_client,
+    icmp_frag_needed_toward_a_client_is_translated_for_the_backend,
+    icmp_error_without_a_flow_passes,
+    icmp_error_about_a_dsr_flow_passes,
+    icmp_error_quoting_too_little_passes,
     http_service_passes_to_proxy,
     http_without_fast_path_ignores_pins,
     fast_path_syn_of_pinned_client_is_forwarded,
@@ -271,6 +288,7 @@ fixture_tests! {
     icmp_to_vip_passes,
     never_aborts_on_any_truncation,
     live_nat_flow_keeps_its_reply_translation_under_table_pressure,
+    live_nat_download_keeps_its_entry_under_table_pressure,
 }
 
 /// Building the table needs no root: every row has exactly one test and every test a row.
@@ -286,15 +304,15 @@ fn every_row_has_one_test() {
 // ---------------------------------------------------------------------------------------
 // Building blocks of rows
 
-fn addr(ip: Ipv4Addr) -> u32 {
+pub(crate) fn addr(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-fn port(p: u16) -> u16 {
+pub(crate) fn port(p: u16) -> u16 {
     p.to_be()
 }
 
-fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
+pub(crate) fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
     Backend {
         addr: addr(ip),
         port: port(p),
@@ -304,7 +322,7 @@ fn backend(ip: Ipv4Addr, p: u16, generation: u32) -> Backend {
     }
 }
 
-fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: u8) -> FlowKey {
+pub(crate) fn flow_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), l4: u8) -> FlowKey {
     FlowKey {
         src_addr: addr(src.0),
         dst_addr: addr(dst.0),
@@ -347,7 +365,42 @@ fn setup(fx: &mut Fixture, l4: u8, flags: u32, maglev_backend: u32) -> Service {
     // The idle slot points elsewhere: a program reading the wrong slot fails the tests.
     fx.fill_maglev(SVC_ID, 0, &[2]);
     fx.fill_maglev(SVC_ID, 1, &[maglev_backend]);
+    // As the agent does (`plan::nat_replies`): NAT services XDP forwards list their servers.
+    let proxied = flags & service_flags::HTTP != 0 && flags & service_flags::FAST_PATH == 0;
+    if flags & service_flags::DSR == 0 && !proxied {
+        for server in [B1, B2, NEAR, NO_NEIGH] {
+            let (key, value) = reply_sources(server, 8080, l4, &[80]);
+            fx.set_reply_sources(key, value);
+        }
+    }
     svc
+}
+
+/// The NAT_REPLY entry of a server answering for `vports` of VIP.
+fn reply_sources(
+    server: Ipv4Addr,
+    server_port: u16,
+    l4: u8,
+    vports: &[u16],
+) -> (ReplyKey, ReplySources) {
+    let key = ReplyKey {
+        addr: addr(server),
+        port: port(server_port),
+        proto: l4,
+        _pad: 0,
+    };
+    let mut value = ReplySources {
+        count: vports.len() as u32,
+        ..ReplySources::default()
+    };
+    for (slot, vport) in value.vips.iter_mut().zip(vports) {
+        *slot = VipPort {
+            vip: addr(VIP),
+            port: port(*vport),
+            _pad: 0,
+        };
+    }
+    (key, value)
 }
 
 fn from_client(l4: u8, flags: u8) -> Frame {
@@ -403,7 +456,7 @@ fn l3_len(frame: &[u8]) -> u64 {
 }
 
 /// A conntrack entry to `backend_id` of service `service_id`, last seen at `last_seen_ns`.
-fn flow(backend_id: u32, service_id: u32, flags: u32, last_seen_ns: u64) -> Flow {
+pub(crate) fn flow(backend_id: u32, service_id: u32, flags: u32, last_seen_ns: u64) -> Flow {
     Flow {
         backend_id,
         generation: 1,
@@ -443,13 +496,18 @@ fn from_backend(b: Ipv4Addr, bmac: [u8; 6]) -> Frame {
 }
 
 fn unnatted(f: &Frame) -> Output {
+    unnatted_from(f, 80)
+}
+
+/// A backend's reply translated back to VIP:`vport`, toward the client.
+fn unnatted_from(f: &Frame, vport: u16) -> Output {
     let mut e = f.clone();
     e.src = VIP;
     e.ttl -= 1;
     e.dst_mac = CLIENT_MAC;
     e.src_mac = LBC_MAC;
     if let L4::Tcp { sport, .. } = &mut e.l4 {
-        *sport = 80;
+        *sport = vport;
     }
     Output::Frame(e.build())
 }
@@ -481,6 +539,7 @@ fn rows(now: u64) -> Vec<Row> {
     rows.extend(established_flows(now));
     rows.extend(persistence(now));
     rows.extend(nat_replies(now));
+    rows.extend(icmp_errors(now));
     rows.extend(table_pressure());
     rows.extend(http_services(now));
     rows.extend(malformed_input());
@@ -555,14 +614,12 @@ fn pass_through_and_new_flows() -> Vec<Row> {
             );
             let now = monotonic_ns();
             assert!(fwd.last_seen_ns > 0 && fwd.last_seen_ns <= now);
-            let rev = fx
-                .flow(&flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP))
-                .expect("reply conntrack entry");
-            assert_eq!(rev.flags, flow_flags::REPLY);
-            assert_eq!(
-                (rev.vip, rev.vport, rev.backend_id),
-                (addr(VIP), port(80), 1)
+            assert!(
+                fx.flow(&flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP))
+                    .is_none(),
+                "one entry per flow: no reply entry"
             );
+            assert_eq!(fx.stat(stat::CONNTRACK_INSERT), 1);
             let bytes = l3_len(&from_client(proto::TCP, SYN).build());
             let s = fx.service_traffic(SVC_ID);
             assert_eq!((s.packets, s.bytes, s.new_flows), (1, bytes, 1));
@@ -694,11 +751,10 @@ fn established_flows(now: u64) -> Vec<Row> {
         Row::new("conntrack_hit_follows_recorded_backend", proto::TCP, 0, 1)
             .write(MapEntry::Flow(client_flow(), flow(2, SVC_ID, 0, old)))
             .frame(Port::Client, data.build(), XDP_REDIRECT, to_b2(&data))
-            // The row wrote no reply entry: the refresh writes it.
             .stats(&[
                 (stat::CONNTRACK_HIT, 1),
                 (stat::VERDICT_REDIRECT, 1),
-                (stat::REPLY_RESTORED, 1),
+                (stat::CONNTRACK_INSERT, 0),
             ])
             .check(|fx, now| {
                 let s = fx.service_traffic(SVC_ID);
@@ -728,7 +784,7 @@ fn established_flows(now: u64) -> Vec<Row> {
             .stats(&[
                 (stat::CONNTRACK_HIT, 2),
                 (stat::VERDICT_REDIRECT, 2),
-                (stat::REPLY_RESTORED, 1),
+                (stat::CONNTRACK_INSERT, 0),
             ])
             .check(|fx, _| {
                 let s = fx.service_traffic(SVC_ID);
@@ -823,16 +879,6 @@ fn persistence(now: u64) -> Vec<Row> {
 
 fn nat_replies(now: u64) -> Vec<Row> {
     let reply = from_backend(B1, BACKEND1_MAC);
-    let reply_entry = Flow {
-        backend_id: 1,
-        generation: 1,
-        service_id: SVC_ID,
-        flags: flow_flags::REPLY,
-        vip: addr(VIP),
-        vport: port(80),
-        _pad: 0,
-        last_seen_ns: now,
-    };
     // A packet from another backend port is not ours.
     let mut other = reply.clone();
     other.l4 = L4::Tcp {
@@ -842,12 +888,23 @@ fn nat_replies(now: u64) -> Vec<Row> {
         seq: 1,
         ack: 1,
     };
+    let to_81 = flow_key((CLIENT, CPORT), (VIP, 81), proto::TCP);
+    let legacy_reply_entry = Flow {
+        backend_id: 1,
+        generation: 1,
+        service_id: SVC_ID,
+        flags: flow_flags::REPLY,
+        vip: addr(VIP),
+        vport: port(80),
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let untouched = [(stat::PASS_NOT_VIP, 1)];
     vec![
+        // The reply finds the flow's one entry: B1:8080 answers for VIP:80, and the client's
+        // flow to VIP:80 is bound to backend 1 = B1:8080.
         Row::new("reply_is_translated_back_to_vip", proto::TCP, 0, 1)
-            .write(MapEntry::Flow(
-                flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP),
-                reply_entry,
-            ))
+            .write(MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now)))
             .frame(Port::Backend, reply.build(), XDP_REDIRECT, unnatted(&reply))
             .stats(&[(stat::REPLY_NAT, 1), (stat::VERDICT_REDIRECT, 1)]),
         Row::new("forward_then_reply_round_trip", proto::TCP, 0, 1)
@@ -864,7 +921,50 @@ fn nat_replies(now: u64) -> Vec<Row> {
                 (stat::REPLY_NAT, 1),
                 (stat::VERDICT_REDIRECT, 2),
                 (stat::PASS_NOT_VIP, 1),
+                (stat::CONNTRACK_INSERT, 1),
             ]),
+        // B1:8080 serves VIP:80 and VIP:81; the client's flow is to VIP:81, so the reply
+        // leaves from port 81.
+        Row::new("reply_of_a_server_shared_by_two_services", proto::TCP, 0, 1)
+            .write(MapEntry::Replies(B1, 8080, proto::TCP, vec![80, 81]))
+            .write(MapEntry::Flow(to_81, flow(1, 2, 0, now)))
+            .frame(
+                Port::Backend,
+                reply.build(),
+                XDP_REDIRECT,
+                unnatted_from(&reply, 81),
+            )
+            .stats(&[(stat::REPLY_NAT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        // The client's flow went to B2 since (a re-hash): a late reply of B1 is not its.
+        Row::new(
+            "reply_of_another_backend_than_the_flows_passes",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(client_flow(), flow(2, SVC_ID, 0, now)))
+        .frame(Port::Backend, reply.build(), XDP_PASS, same(&reply.build()))
+        .stats(&untouched),
+        Row::new("reply_without_a_flow_passes", proto::TCP, 0, 1)
+            .frame(Port::Backend, reply.build(), XDP_PASS, same(&reply.build()))
+            .stats(&untouched),
+        // A DSR flow's server answers the client itself; nothing to translate.
+        Row::new("reply_to_a_dsr_flow_passes", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(
+                client_flow(),
+                flow(1, SVC_ID, flow_flags::DSR, now),
+            ))
+            .frame(Port::Backend, reply.build(), XDP_PASS, same(&reply.build()))
+            .stats(&untouched),
+        // A reply entry written by an older agent (two entries per NAT flow) is neither taken
+        // for a forward entry nor needed: without the flow's forward entry the reply passes.
+        Row::new("legacy_reply_entry_is_ignored", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(
+                flow_key((B1, 8080), (CLIENT, CPORT), proto::TCP),
+                legacy_reply_entry,
+            ))
+            .frame(Port::Backend, reply.build(), XDP_PASS, same(&reply.build()))
+            .stats(&untouched),
     ]
 }
 
@@ -884,10 +984,224 @@ fn stay_on_cpu0() {
     }
 }
 
+/// A router between latch and the backends, and one on the clients' side.
+const ROUTER_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+const ROUTER_C: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// Destination unreachable, fragmentation needed, next-hop MTU 1400.
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+/// Destination unreachable, port unreachable.
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+
+/// `f` as it left latch: TTL decremented (MACs do not matter in a quote).
+fn as_sent(mut f: Frame) -> Vec<u8> {
+    f.ttl -= 1;
+    f.build()
+}
+
+/// An ICMP error from `src` to `dst` about `inner`, quoting `quoted` bytes of it (all when
+/// `None`), arriving on `port` from that side's neighbour.
+fn icmp_frame(
+    port: Port,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    kind: (u8, u8, [u8; 4]),
+    inner: &[u8],
+    quoted: Option<usize>,
+) -> Frame {
+    let mut f = icmp_error(src, dst, kind, inner, quoted.unwrap_or(inner.len() - 14));
+    (f.src_mac, f.dst_mac) = match port {
+        Port::Client => (CLIENT_MAC, LBC_MAC),
+        Port::Backend => (BACKEND1_MAC, LBB_MAC),
+    };
+    f
+}
+
+/// `f` forwarded by latch to `dst_mac` out of the port whose MAC is `src_mac`.
+fn forwarded(mut f: Frame, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Output {
+    f.ttl -= 1;
+    f.dst_mac = dst_mac;
+    f.src_mac = src_mac;
+    Output::Frame(f.build())
+}
+
+fn icmp_errors(now: u64) -> Vec<Row> {
+    let data = from_client(proto::TCP, ACK | PSH);
+    let udp = from_client(proto::UDP, 0);
+    // What latch sent to backend 1 for the client's TCP and UDP flows, and what the client
+    // sent (the error must come back quoting that).
+    let to_b1 = |f: &Frame| {
+        let mut e = f.clone();
+        e.dst = B1;
+        match &mut e.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = 8080,
+            L4::Raw { .. } => unreachable!(),
+        }
+        e
+    };
+    let tcp_sent = as_sent(to_b1(&data));
+    let tcp_meant = as_sent(data.clone());
+    let udp_sent = as_sent(to_b1(&udp));
+    let udp_meant = as_sent(udp.clone());
+    // A reply of backend 1 as latch sent it to the client, and as the backend sent it.
+    let reply = from_backend(B1, BACKEND1_MAC);
+    let mut reply_sent = reply.clone();
+    reply_sent.src = VIP;
+    if let L4::Tcp { sport, .. } = &mut reply_sent.l4 {
+        *sport = 80;
+    }
+    let reply_sent = as_sent(reply_sent);
+    let reply_meant = as_sent(reply);
+
+    let frag_to_b1 = icmp_frame(
+        Port::Backend,
+        (ROUTER_B, CLIENT),
+        FRAG_NEEDED,
+        &tcp_sent,
+        None,
+    );
+    let frag_for_client = icmp_error(VIP, CLIENT, FRAG_NEEDED, &tcp_meant, tcp_meant.len() - 14);
+    let unreachable = icmp_frame(
+        Port::Backend,
+        (B1, CLIENT),
+        PORT_UNREACHABLE,
+        &udp_sent,
+        Some(28),
+    );
+    let unreachable_for_client = icmp_error(VIP, CLIENT, PORT_UNREACHABLE, &udp_meant, 28);
+    let frag_to_client = icmp_frame(
+        Port::Client,
+        (ROUTER_C, VIP),
+        FRAG_NEEDED,
+        &reply_sent,
+        None,
+    );
+    let frag_for_b1 = icmp_error(
+        ROUTER_C,
+        B1,
+        FRAG_NEEDED,
+        &reply_meant,
+        reply_meant.len() - 14,
+    );
+    // Only the IPv4 header and four bytes of TCP: no ports to find the flow by.
+    let too_short = icmp_frame(
+        Port::Backend,
+        (ROUTER_B, CLIENT),
+        FRAG_NEEDED,
+        &tcp_sent,
+        Some(24),
+    );
+    let udp_flow = flow_key((CLIENT, CPORT), (VIP, 80), proto::UDP);
+    let nat_flow = MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now));
+    vec![
+        // A router toward the backend says the forwarded packet is too big: the client must
+        // learn it about the packet it sent (to VIP:80), from the VIP.
+        Row::new(
+            "icmp_frag_needed_toward_a_backend_is_translated_for_the_client",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now)))
+        .frame(
+            Port::Backend,
+            frag_to_b1.build(),
+            XDP_REDIRECT,
+            forwarded(frag_for_client, CLIENT_MAC, LBC_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_CLIENT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        // The backend has no socket on the port: quoting only the UDP header, whose checksum
+        // is rewritten all the same.
+        Row::new(
+            "icmp_port_unreachable_of_a_udp_backend_is_translated_for_the_client",
+            proto::UDP,
+            0,
+            1,
+        )
+        .write(MapEntry::Flow(udp_flow, flow(1, SVC_ID, 0, now)))
+        .frame(
+            Port::Backend,
+            unreachable.build(),
+            XDP_REDIRECT,
+            forwarded(unreachable_for_client, CLIENT_MAC, LBC_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_CLIENT, 1), (stat::VERDICT_REDIRECT, 1)]),
+        // A router toward the client says a reply (from VIP:80) is too big: the backend, which
+        // sent it from B1:8080, must learn it.
+        Row::new(
+            "icmp_frag_needed_toward_a_client_is_translated_for_the_backend",
+            proto::TCP,
+            0,
+            1,
+        )
+        .write(nat_flow)
+        .frame(
+            Port::Client,
+            frag_to_client.build(),
+            XDP_REDIRECT,
+            forwarded(frag_for_b1, BACKEND1_MAC, LBB_MAC),
+        )
+        .stats(&[(stat::ICMP_TO_BACKEND, 1), (stat::VERDICT_REDIRECT, 1)]),
+        Row::new("icmp_error_without_a_flow_passes", proto::TCP, 0, 1)
+            .passes_untouched(frag_to_client.build())
+            .frame(
+                Port::Backend,
+                frag_to_b1.build(),
+                XDP_PASS,
+                same(&frag_to_b1.build()),
+            )
+            .stats(&[(stat::PASS_NOT_VIP, 2)]),
+        // A DSR backend answers from the VIP itself; latch translates nothing of its flows.
+        Row::new(
+            "icmp_error_about_a_dsr_flow_passes",
+            proto::TCP,
+            service_flags::DSR,
+            1,
+        )
+        .write(MapEntry::Flow(
+            client_flow(),
+            flow(1, SVC_ID, flow_flags::DSR, now),
+        ))
+        .passes_untouched(frag_to_client.build())
+        .stats(&[(stat::PASS_NOT_VIP, 1)]),
+        Row::new("icmp_error_quoting_too_little_passes", proto::TCP, 0, 1)
+            .write(MapEntry::Flow(client_flow(), flow(1, SVC_ID, 0, now)))
+            .frame(
+                Port::Backend,
+                too_short.build(),
+                XDP_PASS,
+                same(&too_short.build()),
+            )
+            .stats(&[(stat::PASS_NOT_VIP, 1)]),
+    ]
+}
+
+/// The `i`th of round `round`'s 1024 other flows that fill the table.
+fn filler(round: u32, i: u32) -> FlowKey {
+    flow_key(
+        (
+            Ipv4Addr::new(192, 0, 2, 1 + (round as u8 % 8) * 16 + (i / 1024) as u8),
+            (10_000 + i % 1024) as u16 + (round / 8) as u16 * 1024,
+        ),
+        (VIP, 443),
+        proto::TCP,
+    )
+}
+
+/// Some of the first round's filler flows were evicted.
+fn assert_table_was_under_pressure(fx: &mut Fixture) {
+    let survivors = (0..1024)
+        .filter(|i| fx.flow(&filler(0, *i)).is_some())
+        .count();
+    assert!(
+        survivors < 1024,
+        "the table was under pressure: {survivors} of the first round's flows are left"
+    );
+}
+
 /// Twelve rounds of 1024 other flows written into a 4096-entry connection table while a live
 /// NAT flow sends one packet a round (its forward entry aged by a second before each, as if a
-/// second passed) and its backend answers only at the end, as in an upload: the reply entry,
-/// which only the backend's packets would touch, must still be there and translate it.
+/// second passed) and its backend answers only at the end, as in an upload: the backend's
+/// reply must still be translated. It is, through the flow's one entry, which the client's
+/// packets keep in use (with two entries per flow, the reply entry was the one at risk).
 fn nat_flow_lives_through_table_pressure(fx: &mut Fixture, now: u64) {
     let data = from_client(proto::TCP, ACK | PSH);
     let reply = from_backend(B1, BACKEND1_MAC);
@@ -896,16 +1210,6 @@ fn nat_flow_lives_through_table_pressure(fx: &mut Fixture, now: u64) {
     };
     let Output::Frame(translated) = unnatted(&reply) else {
         unreachable!("unnatted is a frame")
-    };
-    let filler = |round: u32, i: u32| {
-        flow_key(
-            (
-                Ipv4Addr::new(192, 0, 2, 1 + (round as u8 % 8) * 16 + (i / 1024) as u8),
-                (10_000 + i % 1024) as u16 + (round / 8) as u16 * 1024,
-            ),
-            (VIP, 443),
-            proto::TCP,
-        )
     };
     for round in 0..12u32 {
         for i in 0..1024 {
@@ -929,23 +1233,39 @@ fn nat_flow_lives_through_table_pressure(fx: &mut Fixture, now: u64) {
         (XDP_REDIRECT, &translated),
         "the backend's reply is translated back to the VIP"
     );
-    let survivors = (0..1024)
-        .filter(|i| fx.flow(&filler(0, *i)).is_some())
-        .count();
-    assert!(
-        survivors < 1024,
-        "the table was under pressure: {survivors} of the first round's flows are left"
-    );
+    assert_table_was_under_pressure(fx);
 }
 
-fn table_pressure() -> Vec<Row> {
-    vec![
-        Row::new(
-            "live_nat_flow_keeps_its_reply_translation_under_table_pressure",
-            proto::TCP,
-            0,
-            1,
-        )
+/// As [`nat_flow_lives_through_table_pressure`] for a download: the client sends nothing
+/// after its SYN while its backend answers every round; the replies alone must keep the flow's
+/// entry in use, so that the last reply is still translated and the entry is still there.
+fn nat_download_lives_through_table_pressure(fx: &mut Fixture, now: u64) {
+    let reply = from_backend(B1, BACKEND1_MAC);
+    let Output::Frame(translated) = unnatted(&reply) else {
+        unreachable!("unnatted is a frame")
+    };
+    for round in 0..12u32 {
+        for i in 0..1024 {
+            fx.insert_flow(filler(round, i), flow(2, SVC_ID, 0, now));
+        }
+        let (v, out) = fx.run(fx.lbb, &reply.build());
+        assert_eq!(
+            (v, &out),
+            (XDP_REDIRECT, &translated),
+            "round {round}: the backend's reply is translated back to the VIP"
+        );
+    }
+    assert!(
+        fx.flow(&client_flow()).is_some(),
+        "the flow's entry outlived the pressure"
+    );
+    assert_table_was_under_pressure(fx);
+}
+
+/// A row that opens the client's NAT flow with a SYN on CPU 0 (the connection table keeps one
+/// LRU list per CPU), then runs `pressure`.
+fn pressure_row(name: &'static str, pressure: Check) -> Row {
+    Row::new(name, proto::TCP, 0, 1)
         .check(|_, _| stay_on_cpu0())
         .frame(
             Port::Client,
@@ -956,9 +1276,21 @@ fn table_pressure() -> Vec<Row> {
         .stats(&[
             (stat::NEW_FLOW_MAGLEV, 1),
             (stat::VERDICT_REDIRECT, 1),
-            (stat::CONNTRACK_INSERT, 2),
+            (stat::CONNTRACK_INSERT, 1),
         ])
-        .check(nat_flow_lives_through_table_pressure),
+        .check(pressure)
+}
+
+fn table_pressure() -> Vec<Row> {
+    vec![
+        pressure_row(
+            "live_nat_flow_keeps_its_reply_translation_under_table_pressure",
+            nat_flow_lives_through_table_pressure,
+        ),
+        pressure_row(
+            "live_nat_download_keeps_its_entry_under_table_pressure",
+            nat_download_lives_through_table_pressure,
+        ),
     ]
 }
 

@@ -206,29 +206,115 @@ fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
     checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4])
 }
 
+/// An ICMP error from `src` to `dst` (`kind`, `code`, and the four bytes after the checksum,
+/// such as the next-hop MTU) quoting the first `quoted` bytes of the IPv4 packet of `inner`
+/// (an Ethernet frame from [`Frame::build`]), with its ICMP checksum computed over them.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    inner: &[u8],
+    quoted: usize,
+) -> Frame {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&inner[ETH_HLEN..ETH_HLEN + quoted]);
+    let c = checksum(&[&icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::new(src, dst, L4::Raw { proto: 1 });
+    f.frag = 0;
+    f.payload = icmp;
+    f
+}
+
 /// Recomputes the IPv4 header checksum and the TCP/UDP checksum (pseudo-header included) of
-/// an Ethernet frame; a UDP checksum of 0 means "none" and is accepted.
+/// an Ethernet frame; a UDP checksum of 0 means "none" and is accepted. For an ICMP error it
+/// checks the ICMP checksum and the quoted IPv4 header's, and the quoted packet's TCP/UDP
+/// checksum too when it is quoted whole.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
-    let ip = frame.get(ETH_HLEN..).ok_or("no IP header")?;
+    verify_ip(frame.get(ETH_HLEN..).ok_or("no IP header")?, false)
+}
+
+/// `quoted`: an ICMP error's quoted packet, which may be cut short (then only its header
+/// checksum can be checked).
+fn verify_ip(ip: &[u8], quoted: bool) -> Result<(), String> {
+    let what = if quoted { "quoted " } else { "" };
     let ihl = usize::from(ip.first().ok_or("no IP header")? & 0x0f) * 4;
     let hdr = ip.get(..ihl).ok_or("short IP header")?;
     if checksum(&[hdr]) != 0 {
-        return Err(format!("bad IPv4 header checksum {:02x?}", &hdr[10..12]));
+        return Err(format!(
+            "bad {what}IPv4 header checksum {:02x?}",
+            &hdr[10..12]
+        ));
     }
     let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = ip.get(ihl..tot_len).ok_or("short L4")?;
+    let Some(l4) = ip.get(ihl..tot_len) else {
+        return if quoted {
+            Ok(())
+        } else {
+            Err("short L4".into())
+        };
+    };
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let proto = ip[9];
     let sum_ok = || checksum(&[&pseudo_header(src, dst, proto, l4.len()), l4]) == 0;
     match proto {
-        6 if !sum_ok() => Err("bad TCP checksum".into()),
+        6 if !sum_ok() => Err(format!("bad {what}TCP checksum")),
         // A stored UDP checksum of 0 means "none".
         17 if u16::from_be_bytes([l4[6], l4[7]]) != 0 && !sum_ok() => {
-            Err("bad UDP checksum".into())
+            Err(format!("bad {what}UDP checksum"))
+        }
+        1 if !quoted => {
+            if checksum(&[l4]) != 0 {
+                return Err("bad ICMP checksum".into());
+            }
+            // Destination unreachable and time exceeded quote the offending packet.
+            match (l4.first(), l4.get(8..)) {
+                (Some(3 | 11), Some(inner)) if inner.len() >= 20 => verify_ip(inner, true),
+                _ => Ok(()),
+            }
         }
         _ => Ok(()),
     }
+}
+
+#[test]
+fn icmp_errors_verify_and_a_bad_quote_is_caught() {
+    let inner = Frame::tcp(
+        (Ipv4Addr::new(192, 0, 2, 1), 1000),
+        (Ipv4Addr::new(192, 0, 2, 2), 80),
+        ACK,
+    )
+    .build();
+    let whole = inner.len() - ETH_HLEN;
+    let err = |quoted| {
+        icmp_error(
+            Ipv4Addr::new(192, 0, 2, 9),
+            Ipv4Addr::new(192, 0, 2, 1),
+            (3, 4, [0, 0, 5, 0x78]),
+            &inner,
+            quoted,
+        )
+        .build()
+    };
+    verify_checksums(&err(whole)).expect("whole quote");
+    verify_checksums(&err(28)).expect("header and 8 bytes");
+    // A quoted TCP checksum off by one, the ICMP checksum made to match: the quote is wrong.
+    let mut bad = inner.clone();
+    bad[ETH_HLEN + 20 + 16] ^= 1;
+    let mut f = icmp_error(
+        Ipv4Addr::new(192, 0, 2, 9),
+        Ipv4Addr::new(192, 0, 2, 1),
+        (3, 4, [0, 0, 5, 0x78]),
+        &bad,
+        whole,
+    )
+    .build();
+    assert!(verify_checksums(&f).is_err(), "bad quoted TCP checksum");
+    let last = f.len() - 1;
+    f[last] ^= 1;
+    assert!(verify_checksums(&f).is_err(), "bad ICMP checksum");
 }
 
 #[test]

@@ -21,7 +21,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Persist, PersistKey, Service, ServiceKey, TrafficCounters, map_names,
+    Backend, Flow, FlowKey, Persist, PersistKey, ReplyKey, ReplySources, Service, ServiceKey,
+    TrafficCounters, map_names,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
@@ -255,6 +256,22 @@ impl Fixture {
             Array::try_from(self.ebpf.map_mut(map_names::BACKENDS).expect("map"))
                 .expect("backends");
         m.set(id, be, 0).expect("set backend");
+    }
+
+    /// The NAT services a server answers for, and its NAT_SERVERS bit, as the agent writes
+    /// them.
+    pub fn set_reply_sources(&mut self, key: ReplyKey, value: ReplySources) {
+        let mut m: HashMap<_, ReplyKey, ReplySources> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::NAT_REPLY).expect("map"))
+                .expect("nat reply");
+        m.insert(key, value, 0).expect("insert reply sources");
+        // And the key's bit, which XDP tests first.
+        let (word, bit) = lb_common::nat_server_bit(key.addr, key.port, key.proto);
+        let mut bits: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(map_names::NAT_SERVERS).expect("map"))
+                .expect("nat servers");
+        let old = bits.get(&word, 0).expect("read bitmap word");
+        bits.set(word, old | bit, 0).expect("set bitmap word");
     }
 
     /// Fills one maglev table with `ids` repeated in order.

@@ -182,23 +182,46 @@ fn cookies_from_args(args: &Args, func: &str, m: Msg) -> LResult<Vec<(String, St
     }
 }
 
-/// A request's cookies as owned `name, value` pairs.
-type CookiePairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// One `;`-separated piece of a request's Cookie headers, as an edit rewrites them.
+enum Piece {
+    /// `name=value`, both trimmed.
+    Pair(Vec<u8>, Vec<u8>),
+    /// A piece without `=`: a cookie without a name (browsers send one for
+    /// `document.cookie = "v"`). No script names it, so an edit leaves it as it came.
+    Bare(Vec<u8>),
+}
 
-/// Rewrites a request's Cookie header through `edit` on its pairs (no header when none is
+impl Piece {
+    fn named(&self, name: &[u8]) -> bool {
+        matches!(self, Self::Pair(n, _) if n == name)
+    }
+}
+
+/// Rewrites a request's Cookie header through `edit` on its pieces (no header when none is
 /// left).
-fn edit_request_cookies(h: &mut HeaderMap, edit: impl FnOnce(&mut CookiePairs)) -> LResult<()> {
-    let mut pairs: CookiePairs = request_cookies(h)
-        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+fn edit_request_cookies(h: &mut HeaderMap, edit: impl FnOnce(&mut Vec<Piece>)) -> LResult<()> {
+    let mut pieces: Vec<Piece> = h
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|b| *b == b'=') {
+            Some(eq) => Piece::Pair(trim(&p[..eq]).to_vec(), trim(&p[eq + 1..]).to_vec()),
+            None => Piece::Bare(p.to_vec()),
+        })
         .collect();
-    edit(&mut pairs);
+    edit(&mut pieces);
     h.remove(COOKIE);
-    if pairs.is_empty() {
+    if pieces.is_empty() {
         return Ok(());
     }
-    let joined = pairs
+    let joined = pieces
         .iter()
-        .map(|(n, v)| [n.as_slice(), b"=", v.as_slice()].concat())
+        .map(|p| match p {
+            Piece::Pair(n, v) => [n.as_slice(), b"=", v.as_slice()].concat(),
+            Piece::Bare(b) => b.clone(),
+        })
         .collect::<Vec<_>>()
         .join(&b"; "[..]);
     h.insert(
@@ -217,8 +240,8 @@ pub(super) fn put_cookie(ctx: &mut Ctx, args: &Args, func: &str, replace: bool) 
             remove_cookie(h, m, name.as_bytes())?;
         }
         match m {
-            Msg::Req => edit_request_cookies(h, |pairs| {
-                pairs.push((name.into_bytes(), value.into_bytes()));
+            Msg::Req => edit_request_cookies(h, |pieces| {
+                pieces.push(Piece::Pair(name.into_bytes(), value.into_bytes()));
             })?,
             Msg::Resp => {
                 h.append(
@@ -235,7 +258,7 @@ pub(super) fn put_cookie(ctx: &mut Ctx, args: &Args, func: &str, replace: bool) 
 /// Removes every cookie called `name` from a message.
 pub(super) fn remove_cookie(h: &mut HeaderMap, m: Msg, name: &[u8]) -> LResult<()> {
     match m {
-        Msg::Req => edit_request_cookies(h, |pairs| pairs.retain(|(n, _)| n != name)),
+        Msg::Req => edit_request_cookies(h, |pieces| pieces.retain(|p| !p.named(name))),
         Msg::Resp => {
             remove_set_cookie(h, name);
             Ok(())
@@ -383,9 +406,11 @@ pub(super) fn update_cookie(ctx: &mut Ctx, args: &Args) -> LResult<()> {
                 }
             }
             let Some(value) = value else { return Ok(()) };
-            edit_request_cookies(h, |pairs| {
-                for (n, v) in pairs.iter_mut() {
-                    if *n == name.as_bytes() {
+            edit_request_cookies(h, |pieces| {
+                for p in pieces.iter_mut() {
+                    if let Piece::Pair(n, v) = p
+                        && *n == name.as_bytes()
+                    {
                         *v = value.clone().into_bytes();
                     }
                 }

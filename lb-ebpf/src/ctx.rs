@@ -1,0 +1,163 @@
+//! The two hooks latch runs at: XDP (`latch_xdp`, the fast one) and TC ingress (`latch_tc`,
+//! for frames whose TCP/UDP checksum is only partial). One program logic serves both, generic
+//! over [`Ctx`]; verdicts are XDP's inside and mapped to TC's by the TC entry point.
+//!
+//! Why TC at all: a veth sender with TX checksum offload hands its frames on with
+//! CHECKSUM_PARTIAL (the checksum field holds only the pseudo-header sum, to be completed on
+//! transmit). XDP sees bytes only: it forwards such a frame as a finished one, and the
+//! receiver drops it. At TC the frame is still an skb: `bpf_l4_csum_replace` with
+//! `BPF_F_PSEUDO_HDR` adjusts a partial checksum as a partial one (and keeps a complete
+//! receive sum right), and the redirected skb keeps its checksum state, so the next device or
+//! the receiving stack completes it.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, xdp_action},
+    helpers::generated::bpf_redirect,
+    programs::{TcContext, XdpContext},
+};
+
+/// What the program needs of its hook.
+pub trait Ctx {
+    /// TCP/UDP checksums may be rewritten in place (XDP: frames always carry a complete one).
+    /// Otherwise [`Ctx::l4_csum`] must do it, after every direct packet access: the helper
+    /// invalidates packet pointers.
+    const DIRECT_L4_CSUM: bool;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The frame's length: at XDP the bytes in reach; at TC the skb's, of which the headers
+    /// are made linear (so directly readable) on entry.
+    fn len(&self) -> usize;
+    fn ingress_ifindex(&self) -> u32;
+    /// The context pointer helpers such as `bpf_fib_lookup` take.
+    fn raw(&self) -> *mut c_void;
+    /// Sends the frame back out of its ingress port: `XDP_TX`.
+    fn tx(&self, ingress: u32) -> u32;
+    /// Sends the frame out of `ifindex`: `XDP_REDIRECT`, or another verdict on failure.
+    fn redirect(&self, ifindex: u32) -> u32;
+    /// Updates the TCP/UDP checksum at `offset` for a changed address (pseudo-header) and
+    /// port; only called when `DIRECT_L4_CSUM` is false.
+    fn l4_csum(&self, offset: usize, udp: bool, addr: (u32, u32), port: (u16, u16));
+}
+
+impl Ctx for XdpContext {
+    const DIRECT_L4_CSUM: bool = true;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `self.ctx` is the kernel's `xdp_md` for this run, valid for the whole
+        // program; the verifier checks (and rewrites) each context field access.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.as_ptr()
+    }
+
+    #[inline(always)]
+    fn tx(&self, _ingress: u32) -> u32 {
+        xdp_action::XDP_TX
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // Plain bpf_redirect queues into the same per-CPU bulk queue as a devmap redirect
+        // (dev_xdp_enqueue), so a devmap would only add a lookup.
+        // SAFETY: the helper takes an ifindex and flags by value and touches no memory of
+        // ours; an ifindex that is gone just makes it return XDP_ABORTED.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+
+    #[inline(always)]
+    fn l4_csum(&self, _offset: usize, _udp: bool, _addr: (u32, u32), _port: (u16, u16)) {}
+}
+
+impl Ctx for TcContext {
+    const DIRECT_L4_CSUM: bool = false;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `self.skb.skb` is the kernel's `__sk_buff` for this run, valid for the whole
+        // program; the verifier checks (and rewrites) each context field access.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.as_ptr()
+    }
+
+    #[inline(always)]
+    fn tx(&self, ingress: u32) -> u32 {
+        // Out of the port it came in on: an egress redirect to the ingress device.
+        // SAFETY: as in `redirect`.
+        if unsafe { bpf_redirect(ingress, 0) } == i64::from(TC_ACT_REDIRECT) {
+            xdp_action::XDP_TX
+        } else {
+            xdp_action::XDP_DROP
+        }
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // SAFETY: the helper takes an ifindex and flags by value and touches no memory of
+        // ours; a gone ifindex makes the kernel drop the skb after the program.
+        if unsafe { bpf_redirect(ifindex, 0) } == i64::from(TC_ACT_REDIRECT) {
+            xdp_action::XDP_REDIRECT
+        } else {
+            xdp_action::XDP_DROP
+        }
+    }
+
+    #[inline(always)]
+    fn l4_csum(&self, offset: usize, udp: bool, addr: (u32, u32), port: (u16, u16)) {
+        // UDP: a zero checksum means none and stays so; a computed zero is written 0xffff.
+        let mangled = if udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        // Failures (offset beyond the skb) leave the checksum as it was: the frame is then
+        // dropped by its receiver, as any corrupt frame.
+        let _ = self.l4_csum_replace(
+            offset,
+            u64::from(addr.0),
+            u64::from(addr.1),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        );
+        let _ = self.l4_csum_replace(offset, u64::from(port.0), u64::from(port.1), mangled | 2);
+    }
+}
