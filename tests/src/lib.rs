@@ -13,6 +13,7 @@ pub mod error;
 pub mod fuzz;
 pub mod mmdb;
 pub mod netns;
+pub mod redis;
 pub mod server;
 pub mod tls;
 pub mod topology;
@@ -28,6 +29,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use netns::{ChildGuard, Netns, list_namespaces};
+pub use redis::start_redis;
 pub use server::{ServeConfig, ServerHandle, ServerInfo, TestServer};
 pub use tls::{CertFiles, KeyAlg, KeyForm, TestCa};
 pub use topology::{Backend, Topology, TopologyBuilder};

@@ -170,15 +170,8 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
         ])
         .args(&args);
     // Ctrl-C reaches the runner too (same process group); it stops its traffic and removes its
-    // namespaces and pins. This process only waits for it to finish doing so. A no-op handler
-    // rather than SIG_IGN, which the child would inherit across exec.
-    let handler: extern "C" fn(libc::c_int) = ignore;
-    // SAFETY: the handler is async-signal-safe (it does nothing).
-    let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-    let status = cmd.status().context("running cargo for xtask-bench");
-    // SAFETY: restores the disposition read above.
-    unsafe { libc::signal(libc::SIGINT, previous) };
+    // namespaces and pins. This process only waits for it to finish doing so.
+    let status =
+        crate::proc::wait_through_ctrl_c(&mut cmd).context("running cargo for xtask-bench");
     Ok(status?.success())
 }
-
-extern "C" fn ignore(_: libc::c_int) {}

@@ -1,11 +1,12 @@
-//! `cargo xtask setup | test | demo | bench | fuzz`: orchestration only. The eBPF object is
-//! built by lb-userspace/build.rs, not here.
+//! `cargo xtask setup | test | demo | bench | fuzz | soak`: orchestration only. The eBPF object
+//! is built by lb-userspace/build.rs, not here.
 
 mod bench;
 mod demo;
 mod fuzz;
 mod proc;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Cmd {
     /// Fuzz every target for `--seconds` each (config, HTTP framing, avi.http parsing,
     /// avi.vs.table_* arguments; as root also the XDP program through BPF_PROG_TEST_RUN).
     Fuzz(fuzz::FuzzArgs),
+    /// Soak: load and a cycle of faults (kill -9, reloads, Redis restart, backend flap) for N
+    /// minutes; failures by cause, lost table entries, RSS and fds. Writes target/soak/.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo => demo::run().map(|_| true),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Soak(args) => soak::run(args),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

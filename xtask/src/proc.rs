@@ -131,3 +131,18 @@ pub fn run_bounded(
         status: (!timed_out).then_some(status),
     })
 }
+
+/// Runs `cmd` to completion while Ctrl-C is ignored here: it reaches the child too (same
+/// process group), which stops and cleans up on its own; this process only waits for it. A
+/// no-op handler rather than SIG_IGN, which the child would inherit across exec.
+pub fn wait_through_ctrl_c(cmd: &mut Command) -> std::io::Result<ExitStatus> {
+    let handler: extern "C" fn(libc::c_int) = ignore;
+    // SAFETY: the handler is async-signal-safe (it does nothing).
+    let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    let status = cmd.status();
+    // SAFETY: restores the disposition read above.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    status
+}
+
+extern "C" fn ignore(_: libc::c_int) {}

@@ -23,7 +23,6 @@ use parking_lot::Mutex;
 
 use crate::LATCH;
 const REDIS: &str = "/usr/bin/redis-server";
-const REDIS_READY: Duration = Duration::from_secs(10);
 /// How long a change may take to show on the other host before the test fails.
 const CONVERGE: Duration = Duration::from_secs(8);
 
@@ -52,15 +51,7 @@ fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn start_redis(cmd: &mut Command) -> Result<ChildGuard, Box<dyn std::error::Error>> {
-    let mut redis = ChildGuard::spawn(cmd, "redis-server")?;
-    redis.wait_for_line(
-        |l| {
-            l.to_ascii_lowercase()
-                .contains("ready to accept connections")
-        },
-        REDIS_READY,
-    )?;
-    Ok(redis)
+    Ok(latch_tests::start_redis(cmd)?)
 }
 
 fn repl_config(url: &str, node: &str) -> ReplicationConfig {

@@ -14,7 +14,7 @@ use latch::replication::{Replication, ReplicationStats};
 use latch::tables::{
     Clock, Mirror, MonotonicClock, NoMirror, RemoveReason, TableLimits, TableStore, VsTables,
 };
-use latch_tests::{ChildGuard, Netns};
+use latch_tests::Netns;
 use serde::Serialize;
 
 use crate::env;
@@ -192,27 +192,17 @@ pub fn run(samples: usize, inserts: usize) -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let ns = Netns::new("rbench")?;
-    let mut redis = ChildGuard::spawn(
-        &mut ns.command(&[
-            REDIS,
-            "--port",
-            "6379",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
-        "redis-server",
-    )?;
-    redis.wait_for_line(
-        |l| {
-            l.to_ascii_lowercase()
-                .contains("ready to accept connections")
-        },
-        Duration::from_secs(10),
-    )?;
+    let redis = latch_tests::start_redis(&mut ns.command(&[
+        REDIS,
+        "--port",
+        "6379",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]))?;
     println!("==> replication: {samples} latency samples, then {inserts} inserts");
     let Measured {
         mut lat,
