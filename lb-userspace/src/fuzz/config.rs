@@ -45,7 +45,7 @@ max_body_buffer = "1MiB"
 [agent.capacity]
 connections = 65536
 client_pins = 65536
-table_mirror_entries = 131072
+table_mirror_entries = 262144
 virtual_services = 64
 servers = 1024
 

@@ -175,6 +175,10 @@ end
         }
         Ok(())
     })?;
+    // stderr is read on its own thread: wait for the line rather than race it.
+    let _ = crate::netns_config::wait_for("the script error line", Duration::from_secs(10), || {
+        Ok(agent.log().contains("boom on purpose"))
+    });
     let log = agent.log();
     assert!(
         log.contains("boom on purpose"),

@@ -166,11 +166,14 @@ fn tables_survive_a_restart_and_what_expired_meanwhile_is_collected() -> TestRes
     // The short session expires while no agent runs.
     std::thread::sleep(Duration::from_millis(2500));
     agent.start()?;
+    // stderr is read on its own thread: the line may follow the ready line on stdout.
+    let waited = crate::netns_config::wait_for("the restore line", Duration::from_secs(10), || {
+        Ok(agent
+            .log()
+            .contains("DataScript tables restored from the kernel mirror"))
+    });
     let log = agent.log();
-    assert!(
-        log.contains("DataScript tables restored from the kernel mirror"),
-        "{log}"
-    );
+    assert!(waited.is_ok(), "{log}");
     let restored_line = log
         .lines()
         .find(|l| l.contains("restored from the kernel mirror"))
