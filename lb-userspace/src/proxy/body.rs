@@ -30,14 +30,19 @@ pub(crate) enum BodyError {
     Idle(Duration),
 }
 
-/// Bounds the time a body may go without a frame. It is armed only once the body waits,
-/// and a frame does not touch the timer: when it fires, it re-arms from the last frame. A
-/// body that keeps flowing costs one clock read per frame and no timer churn.
+/// Bounds how long a body may keep its reader waiting: the time counts only while the body
+/// is polled and has nothing (a peer that is not read from, because the other side is slow,
+/// is not pausing). A wait starts at the first `Pending` after a frame (one clock read per
+/// wait, none per frame); the timer is armed once and re-armed lazily when it fires before
+/// the current wait's end, so a flowing body causes no timer churn.
 pub(crate) struct IdleTimer {
     limit: Duration,
     clock: ProxyClock,
     armed: Option<(Instant, OwnedSleep)>,
-    last_frame: Option<Instant>,
+    /// When the current wait ends; `None` between waits.
+    due: Option<Instant>,
+    /// A frame came since the current wait began.
+    progressed: bool,
 }
 
 impl IdleTimer {
@@ -46,37 +51,42 @@ impl IdleTimer {
             limit,
             clock,
             armed: None,
-            last_frame: None,
+            due: None,
+            progressed: false,
         }
     }
 
-    /// A frame came.
+    /// A frame came: the next `Pending` starts a new wait.
     fn frame(&mut self) {
-        if self.armed.is_some() {
-            self.last_frame = Some(self.clock.now());
-        }
+        self.progressed = true;
     }
 
-    /// The body is waiting: ready once it has waited `limit` since its last frame.
+    /// The body has nothing: ready once this wait has lasted `limit`.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
+        let due = match self.due {
+            Some(due) if !self.progressed => due,
+            _ => {
+                self.progressed = false;
+                let due = self.clock.now() + self.limit;
+                self.due = Some(due);
+                due
+            }
+        };
         loop {
-            let (deadline, sleep) = self.armed.get_or_insert_with(|| {
-                let deadline = self.clock.now() + self.limit;
-                (deadline, self.clock.sleep_owned(deadline))
-            });
+            let (deadline, sleep) = self
+                .armed
+                .get_or_insert_with(|| (due, self.clock.sleep_owned(due)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            match self.last_frame.take() {
-                Some(at) if at + self.limit > *deadline => {
-                    let next = at + self.limit;
-                    self.armed = Some((next, self.clock.sleep_owned(next)));
-                }
-                _ => {
-                    self.armed = None;
-                    return Poll::Ready(self.limit);
-                }
+            if *deadline < due {
+                // Armed for an earlier wait: this one ends later.
+                self.armed = Some((due, self.clock.sleep_owned(due)));
+                continue;
             }
+            self.armed = None;
+            self.due = None;
+            return Poll::Ready(self.limit);
         }
     }
 }

@@ -147,6 +147,27 @@ async fn backend_service(
             state.gate.notified().await;
             Ok(text(StatusCode::OK, "ignored".into()))
         }
+        "/stream" => {
+            // `bytes` bytes as fast as the reader takes them, then "end" once the gate opens.
+            let total = num;
+            let st = state.clone();
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let st = st.clone();
+                async move {
+                    if sent < total {
+                        let n = (64 * 1024u64).min(total - sent);
+                        let data = Bytes::from(vec![b's'; n as usize]);
+                        return Some((Ok(Frame::data(data)), sent + n));
+                    }
+                    if sent == total {
+                        st.gate.notified().await;
+                        return Some((Ok(Frame::data(Bytes::from_static(b"end"))), sent + 1));
+                    }
+                    None
+                }
+            });
+            Ok(Response::new(StreamBody::new(stream).boxed_unsync()))
+        }
         "/stall-body" => {
             // The head and a first chunk, then nothing until the gate opens.
             let st = state.clone();

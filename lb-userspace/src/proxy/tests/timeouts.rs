@@ -204,3 +204,46 @@ fn a_server_that_stops_reading_the_request_body_gets_504() -> TestResult {
         Ok(())
     })
 }
+
+#[test]
+fn a_client_that_does_not_read_is_not_a_server_pause() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        let (settings, manual) = manual_settings();
+        let s = start(&[b.addr], None, limits(settings, 10_000, 10_000, 200))?;
+        let mut c = client(s.addr).await?;
+        c.ready().await?;
+        // More than the socket buffers between server, proxy and client hold.
+        let total = 64 * MIB;
+        let resp = c
+            .send_request(get(&format!("/stream?bytes={total}"))?)
+            .await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        // The client reads nothing for five idle timeouts: the proxy stops reading the server
+        // (buffers full), and that wait is the client's, not a server pause.
+        settle().await;
+        for _ in 0..5 {
+            manual.advance(ms(200));
+            settle().await;
+        }
+        // Then it reads what the server sent; the server holds its last bytes, and the proxy
+        // waits for them from now, not from the server's last frame long ago.
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while got < total {
+            let frame = body
+                .frame()
+                .await
+                .ok_or_else(|| err("body ended early"))??;
+            got += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        settle().await;
+        b.state.gate.notify_one();
+        while let Some(frame) = body.frame().await {
+            got += frame?.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        assert_eq!(got, total + 3, "the body was cut");
+        s.proxy.shutdown(Duration::from_secs(1)).await;
+        Ok(())
+    })
+}
