@@ -1129,9 +1129,28 @@ fn bench_txn_only() {
             ..DsLimits::default()
         },
     );
+    // LATCH_BENCH_ENTRIES=N: N sessions in the table, and every transaction carries one of
+    // them drawn at random (the per-request cost at a table size, caches missed as in
+    // production); without it one session, always the same.
+    let entries: u64 = std::env::var("LATCH_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    f.tables.set_memory_limit(usize::MAX);
     f.tables
         .insert("", "abc123", "192.0.2.12", 3600, f.clock.now_ns())
         .expect("insert");
+    for i in 0..entries {
+        f.tables
+            .insert(
+                "",
+                &format!("s{i:08}"),
+                "192.0.2.12",
+                3600,
+                f.clock.now_ns(),
+            )
+            .expect("insert");
+    }
     let r0 = req(
         "/cart",
         &[("cookie", "a=1; JSESSIONID=abc123"), ("host", "shop")],
@@ -1141,11 +1160,29 @@ fn bench_txn_only() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
+    let mut draw = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..n {
         let mut t = f.hooks.begin(info());
-        let mut r = r0.clone();
+        let (mut r, mut rp) = if entries == 0 {
+            (
+                r0.clone(),
+                resp(200, &[("set-cookie", "JSESSIONID=abc123; Path=/")]),
+            )
+        } else {
+            draw = draw.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let key = format!("s{:08}", (draw >> 33) % entries);
+            (
+                req(
+                    "/cart",
+                    &[
+                        ("cookie", &format!("a=1; JSESSIONID={key}")),
+                        ("host", "shop"),
+                    ],
+                ),
+                resp(200, &[("set-cookie", &format!("JSESSIONID={key}; Path=/"))]),
+            )
+        };
         forward(t.on_request(&mut r));
-        let mut rp = resp(200, &[("set-cookie", "JSESSIONID=abc123; Path=/")]);
         t.on_response(&mut rp, sa(S2));
     }
     println!(
