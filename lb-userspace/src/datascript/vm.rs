@@ -125,9 +125,17 @@ pub(crate) struct VmShared {
     pub abort: AtomicBool,
     pub env: ScriptEnv,
     pub set: Arc<ScriptSet>,
-    /// Recently returned Lua strings (see `api::args::cached_str`).
-    pub strings: Mutex<std::collections::HashMap<Box<str>, mlua::String>>,
+    /// Recently returned Lua strings (see `api::args::cached_str`). foldhash, not SipHash:
+    /// it is looked up several times per event; its seed is random per process, and the
+    /// cache is small and cleared when full, so no key set makes it slow for long.
+    pub strings: Mutex<StringCache>,
+    /// Recently returned server addresses as Lua strings (see `api::args::cached_ip`).
+    pub ips: Mutex<Vec<(std::net::IpAddr, mlua::String)>>,
 }
+
+/// [`VmShared::strings`].
+pub(crate) type StringCache =
+    std::collections::HashMap<Box<str>, mlua::String, foldhash::fast::RandomState>;
 
 impl VmShared {
     /// The state of a VM running `set` with `env`, before its first event.
@@ -144,6 +152,7 @@ impl VmShared {
             env: env.clone(),
             set: Arc::clone(set),
             strings: Mutex::default(),
+            ips: Mutex::default(),
         }
     }
 

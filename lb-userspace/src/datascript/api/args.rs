@@ -1,6 +1,7 @@
 //! Argument checks and Lua value conversions shared by every namespace.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use mlua::{Lua, Value};
 
@@ -96,6 +97,25 @@ pub(super) fn cached_str(lua: &Lua, sh: &VmShared, s: &str) -> LResult<mlua::Str
 
 /// Entries of [`cached_str`]'s cache.
 const STRING_CACHE: usize = 256;
+
+/// The Lua string of address `ip`, from the VM's cache of recent ones: scripts ask for the
+/// server's address on every response (the JSESSIONID example), there are few servers, and
+/// formatting an address costs more than finding it among a handful.
+pub(super) fn cached_ip(lua: &Lua, sh: &VmShared, ip: IpAddr) -> LResult<mlua::String> {
+    let mut cache = sh.ips.lock();
+    if let Some((_, v)) = cache.iter().find(|(a, _)| *a == ip) {
+        return Ok(v.clone());
+    }
+    let v = lua.create_string(ip.to_string())?;
+    if cache.len() >= IP_CACHE {
+        cache.clear();
+    }
+    cache.push((ip, v.clone()));
+    Ok(v)
+}
+
+/// Entries of [`cached_ip`]'s cache (searched linearly).
+const IP_CACHE: usize = 16;
 
 /// The Lua type of `v` as Lua names it (LuaJIT's integers are numbers to scripts).
 pub(super) fn lua_type(v: &Value) -> &'static str {

@@ -310,12 +310,14 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     http.raw_set(
         "get_cookie",
         lua.create_function(move |l, (name, c): (String, Option<f64>)| {
-            let v = with_ctx(&s, |ctx| {
-                Ok(cookie_value(ctx, &name, c)?.map(|v| String::from_utf8_lossy(v).into_owned()))
-            })?;
             // Scripts read the same cookie several times per event (the JSESSIONID example
-            // twice), so the cache pays off even for per-client values.
-            v.map(|v| cached_str(l, &s, &v)).transpose()
+            // twice), so the cache pays off even for per-client values. Looked up from the
+            // header's bytes: no copy unless the value is not UTF-8.
+            with_ctx(&s, |ctx| {
+                cookie_value(ctx, &name, c)?
+                    .map(|v| cached_str(l, &s, &String::from_utf8_lossy(v)))
+                    .transpose()
+            })
         })?,
     )?;
     let s = Arc::clone(sh);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table, Value, Variadic};
 
-use super::args::{cached_str, lua_str, name_arg, port_arg, port_number};
+use super::args::{cached_ip, lua_str, name_arg, port_arg, port_number};
 use super::{Args, LResult, Namespace, reg, rt, txn, with_ctx};
 use crate::datascript::vm::{TxnState, VmShared};
 use crate::proxy::hooks::ServerView;
@@ -94,10 +94,8 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
     pool.raw_set(
         "server_ip",
         lua.create_function(move |l, ()| {
-            let ip = with_ctx(&s, |ctx| {
-                Ok(chosen_server(txn(ctx)?).map(|a| a.ip().to_string()))
-            })?;
-            ip.map(|ip| cached_str(l, &s, &ip)).transpose()
+            let ip = with_ctx(&s, |ctx| Ok(chosen_server(txn(ctx)?).map(|a| a.ip())))?;
+            ip.map(|ip| cached_ip(l, &s, ip)).transpose()
         })?,
     )?;
     reg!(lua, pool, sh, "get_server_info", |l, s, a| with_ctx(
