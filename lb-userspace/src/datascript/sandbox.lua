@@ -180,14 +180,17 @@ end
 
 -- A transaction's environment: its own globals table, reading through to `shared`.
 local env_meta = {__index = shared, __metatable = false}
+local avi_view = shared.avi
 
 -- Runs the scripts of one event in a transaction's environment (created on first use).
 -- One call from Rust per event: every call across the boundary costs more than this loop.
 -- Returns the environment and, on failure, the failing position and a located message.
 local function run(env, list)
   if env == nil then
-    -- Made with its _G slot, so the assignment does not grow the table.
-    env = setmetatable({_G = false}, env_meta)
+    -- Made with its _G slot, so the assignment does not grow the table. `avi` is in the
+    -- table itself (the same read-only view `shared` holds): scripts reach it several times
+    -- per event, and a hit here saves the fall-back through the metatable on each.
+    env = setmetatable({_G = false, avi = avi_view}, env_meta)
     env._G = env
   end
   current_env = env
