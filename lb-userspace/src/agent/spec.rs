@@ -7,24 +7,23 @@ use crate::balancer::health::HealthView;
 use crate::config::{Config, Forwarding, ServiceType, VirtualServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataplaneSpec, ServiceKind, ServiceSpec};
 
-/// Why a configuration cannot be programmed into the IPv4 data plane.
+/// Why a configuration cannot be programmed into the data plane.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    /// The XDP data plane handles IPv4 only.
-    #[error("virtual service {vs}: listen address {addr} is IPv6; the XDP data plane is IPv4 only")]
-    Ipv6Listener {
+    /// XDP forwards within one address family (no NAT64/NAT46). The config validation
+    /// refuses this first, with the line; this is the data plane's own guard.
+    #[error(
+        "virtual service {vs}: server {server} of pool {pool} is not of the IP version of its listen address {listen}"
+    )]
+    MixedFamilies {
         /// Virtual service name.
         vs: String,
         /// Its listen address.
-        addr: SocketAddr,
-    },
-    /// Same for servers of a pool an L4 service uses.
-    #[error("pool {pool}: server {addr} is IPv6; the XDP data plane is IPv4 only")]
-    Ipv6Server {
+        listen: SocketAddr,
         /// Pool name.
         pool: String,
         /// The server.
-        addr: SocketAddr,
+        server: SocketAddr,
     },
 }
 
@@ -47,12 +46,7 @@ fn service_spec(
     vs: &VirtualServiceConfig,
     health: &dyn HealthView,
 ) -> Result<ServiceSpec, SpecError> {
-    let SocketAddr::V4(listen) = vs.listen else {
-        return Err(SpecError::Ipv6Listener {
-            vs: vs.name.clone(),
-            addr: vs.listen,
-        });
-    };
+    let listen = vs.listen;
     // Validation guarantees the pool exists; an empty list is the safe reading otherwise.
     let servers = config
         .pool(&vs.pool)
@@ -60,20 +54,22 @@ fn service_spec(
         .unwrap_or_default();
     let backends = servers
         .iter()
-        .map(|server| match server.addr {
-            SocketAddr::V4(addr) => {
-                let traffic = health.traffic(&vs.pool, server);
-                Ok(BackendSpec {
-                    addr,
-                    up: traffic.up,
-                    weight: traffic.weight,
-                    backup: traffic.backup,
-                })
+        .map(|server| {
+            if server.addr.is_ipv4() != listen.is_ipv4() {
+                return Err(SpecError::MixedFamilies {
+                    vs: vs.name.clone(),
+                    listen,
+                    pool: vs.pool.clone(),
+                    server: server.addr,
+                });
             }
-            SocketAddr::V6(_) => Err(SpecError::Ipv6Server {
-                pool: vs.pool.clone(),
+            let traffic = health.traffic(&vs.pool, server);
+            Ok(BackendSpec {
                 addr: server.addr,
-            }),
+                up: traffic.up,
+                weight: traffic.weight,
+                backup: traffic.backup,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (proto, kind) = match vs.kind {
@@ -87,7 +83,7 @@ fn service_spec(
         ),
     };
     Ok(ServiceSpec {
-        vip: *listen.ip(),
+        vip: listen.ip(),
         port: listen.port(),
         proto,
         forwarding: match vs.forwarding {
@@ -96,6 +92,7 @@ fn service_spec(
         },
         kind,
         persistence_ttl: vs.persistence,
+        persistence_prefix_v6: vs.persistence_ipv6_prefix,
         backends,
     })
 }

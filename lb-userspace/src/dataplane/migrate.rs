@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, Capacities, DsKey, DsValue, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey,
-    ReplyKey, ReplySources, Service, ServiceKey, TrafficCounters, backend_state, maglev_base,
-    map_names,
+    Backend, Backend6, Capacities, DsKey, DsValue, Flow, FlowKey, FlowKey6, MAGLEV_TABLE_SIZE,
+    Persist, PersistKey, PersistKey6, ReplyKey, ReplyKey6, ReplySources, ReplySources6, Service,
+    ServiceKey, ServiceKey6, TrafficCounters, backend_state, maglev_base, map_names,
 };
 
 use super::{DataplaneError, maps::Maps, mirror::RawHash};
@@ -82,14 +82,19 @@ pub(crate) fn copy_back(
     let order = [
         map_names::STATS,
         map_names::SERVICES,
+        map_names::SERVICES6,
         map_names::BACKENDS,
+        map_names::BACKENDS6,
         map_names::MAGLEV,
         map_names::SERVICE_STATS,
         map_names::BACKEND_STATS,
         map_names::CONNTRACK,
+        map_names::CONNTRACK6,
         map_names::PERSIST,
+        map_names::PERSIST6,
         map_names::DS_TABLE,
         map_names::NAT_REPLY,
+        map_names::NAT_REPLY6,
     ];
     let mut done: Vec<PathBuf> = Vec::new();
     for name in order {
@@ -151,7 +156,7 @@ fn copy_one(
                     }));
                     continue;
                 }
-                t.add(maps.services.insert(k, v, 0));
+                t.add(maps.v4.services.insert(k, v, 0));
             }
         }
         map_names::BACKENDS => {
@@ -161,16 +166,24 @@ fn copy_one(
                 if b.state == backend_state::UNUSED {
                     continue;
                 }
-                t.add(maps.backends.set(i, b, 0));
+                t.add(maps.v4.backends.set(i, b, 0));
             }
         }
         map_names::MAGLEV => {
             let old: Array<MapData, u32> = Array::try_from(old).map_err(read_err(name))?;
             let live: Vec<(u32, u32)> = maps
+                .v4
                 .services
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(_, s)| (s.id, s.maglev_slot))
+                .chain(
+                    maps.v6
+                        .services
+                        .iter()
+                        .filter_map(Result::ok)
+                        .map(|(_, s)| (s.id, s.maglev_slot)),
+                )
                 .collect();
             for (id, slot) in live {
                 let base = maglev_base(id, slot);
@@ -209,15 +222,54 @@ fn copy_one(
             }
         }
         map_names::CONNTRACK => {
-            copy_hash::<FlowKey, Flow>(old, &mut maps.conntrack.lock(), &mut t)?
+            copy_hash::<FlowKey, Flow>(old, &mut maps.v4.conntrack.lock(), &mut t)?
         }
         map_names::PERSIST => {
-            copy_hash::<PersistKey, Persist>(old, &mut maps.persist.lock(), &mut t)?;
+            copy_hash::<PersistKey, Persist>(old, &mut maps.v4.persist.lock(), &mut t)?;
+        }
+        map_names::CONNTRACK6 => {
+            copy_hash::<FlowKey6, Flow>(old, &mut maps.v6.conntrack.lock(), &mut t)?
+        }
+        map_names::PERSIST6 => {
+            copy_hash::<PersistKey6, Persist>(old, &mut maps.v6.persist.lock(), &mut t)?;
+        }
+        map_names::NAT_REPLY6 => {
+            copy_hash::<ReplyKey6, ReplySources6>(old, &mut maps.v6.nat_reply, &mut t)?;
+        }
+        map_names::SERVICES6 => {
+            let old: HashMap<MapData, ServiceKey6, Service> =
+                HashMap::try_from(old).map_err(read_err(name))?;
+            for kv in old.iter() {
+                let (k, v) = match kv {
+                    Ok(kv) => kv,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(read_err(name)(e)),
+                };
+                // As for SERVICES.
+                if v.id >= caps.services {
+                    t.add(Err(MapError::OutOfBounds {
+                        index: v.id,
+                        max_entries: caps.services,
+                    }));
+                    continue;
+                }
+                t.add(maps.v6.services.insert(k, v, 0));
+            }
+        }
+        map_names::BACKENDS6 => {
+            let old: Array<MapData, Backend6> = Array::try_from(old).map_err(read_err(name))?;
+            for i in 0..old.len() {
+                let b = old.get(&i, 0).map_err(read_err(name))?;
+                if b.state == backend_state::UNUSED {
+                    continue;
+                }
+                t.add(maps.v6.backends.set(i, b, 0));
+            }
         }
         // The agent rewrites it from its services at the first apply; copied so that replies
         // are translated in the meantime.
         map_names::NAT_REPLY => {
-            copy_hash::<ReplyKey, ReplySources>(old, &mut maps.nat_reply, &mut t)?;
+            copy_hash::<ReplyKey, ReplySources>(old, &mut maps.v4.nat_reply, &mut t)?;
         }
         map_names::DS_TABLE => {
             let old: HashMap<MapData, DsKey, DsValue> =

@@ -6,8 +6,9 @@
 //! the untouched packet is addressed to the VIP and the kernel has nowhere to send it. So the
 //! agent solicits every backend with one ICMP echo request when it programs it and again
 //! periodically, the way keepalived and Katran's healthcheckers keep their neighbours warm.
+//! IPv6 backends get an ICMPv6 echo request, which makes the kernel run neighbour discovery.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -24,7 +25,52 @@ fn echo_request(sequence: u16) -> [u8; 8] {
 /// Sends one echo request to each address (replies are ignored: the point is the ARP
 /// exchange the kernel performs to send it). Returns how many were sent; failures are logged,
 /// never fatal.
-pub fn solicit(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
+pub fn solicit(addrs: impl IntoIterator<Item = IpAddr>) -> usize {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(IpAddr::is_ipv4);
+    let v4 = v4.into_iter().filter_map(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    let v6: Vec<SocketAddr> = v6
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(a) => Some(SocketAddr::V6(SocketAddrV6::new(a, 0, 0, 0))),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    let mut sent = solicit4(v4);
+    if !v6.is_empty() {
+        sent += solicit6(&v6);
+    }
+    sent
+}
+
+/// ICMPv6 echo requests (type 128): the kernel fills in the checksum of a raw ICMPv6 socket
+/// (RFC 3542), which covers the pseudo-header only it knows the source of.
+fn solicit6(targets: &[SocketAddr]) -> usize {
+    let socket = match Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::warn!(%err, "cannot open a raw ICMPv6 socket to warm the neighbour table");
+            return 0;
+        }
+    };
+    if let Err(err) = socket.set_nonblocking(true) {
+        tracing::debug!(%err, "ICMPv6 socket stays blocking");
+    }
+    let mut sent = 0;
+    for (sequence, target) in targets.iter().enumerate() {
+        let mut packet = [128, 0, 0, 0, 0x1a, 0x7c, 0, 0];
+        packet[6..8].copy_from_slice(&(sequence as u16).to_be_bytes());
+        match socket.send_to(&packet, &(*target).into()) {
+            Ok(_) => sent += 1,
+            Err(err) => tracing::debug!(%target, %err, "neighbour solicitation failed"),
+        }
+    }
+    sent
+}
+
+fn solicit4(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
     let socket = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
         Ok(socket) => socket,
         Err(err) => {

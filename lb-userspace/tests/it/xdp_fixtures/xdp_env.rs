@@ -6,6 +6,9 @@
 //!   lbc (02:00:00:00:0c:01, 192.0.2.1/24)    client side; neighbours: client .100, backend .50
 //!   lbb (02:00:00:00:0b:01, 198.51.100.1/24) backend side; neighbours: .10 and .11
 //!   198.51.100.99 is routable but has no neighbour entry (fib NO_NEIGH).
+//!   IPv6 (addresses without duplicate address detection, so usable at once):
+//!   lbc 2001:db8:c::1/64, neighbour client 2001:db8:c::100;
+//!   lbb 2001:db8:b::1/64, neighbours 2001:db8:b::10 and ::11.
 
 use std::{
     fs::File,
@@ -21,8 +24,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Persist, PersistKey, ReplyKey, ReplySources, Service, ServiceKey,
-    TrafficCounters, map_names,
+    Backend, Backend6, Flow, FlowKey, FlowKey6, Persist, PersistKey, PersistKey6, ReplyKey,
+    ReplyKey6, ReplySources, ReplySources6, Service, ServiceKey, ServiceKey6, TrafficCounters,
+    map_names,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
@@ -120,7 +124,29 @@ impl Netns {
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
         ]);
+        for (addr, dev) in [("2001:db8:c::1/64", "lbc"), ("2001:db8:b::1/64", "lbb")] {
+            self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        for (addr, mac, dev) in [
+            ("2001:db8:c::100", "02:00:00:00:0c:64", "lbc"),
+            ("2001:db8:b::10", "02:00:00:00:0b:0a", "lbb"),
+            ("2001:db8:b::11", "02:00:00:00:0b:0b", "lbb"),
+        ] {
+            self.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
     }
 
     fn enter(&mut self) {
@@ -195,6 +221,8 @@ impl Fixture {
             // Small tracking maps keep parallel fixtures cheap; the program is the same.
             .map_max_entries(map_names::CONNTRACK, 4096)
             .map_max_entries(map_names::PERSIST, 4096)
+            .map_max_entries(map_names::CONNTRACK6, 4096)
+            .map_max_entries(map_names::PERSIST6, 4096)
             .load(OBJECT)
             .expect("load latch-xdp object");
         let prog: &mut Xdp = ebpf
@@ -309,6 +337,49 @@ impl Fixture {
 
     pub fn persist_entry(&mut self, key: &PersistKey) -> Option<Persist> {
         self.persist().get(key, 0).ok()
+    }
+
+    pub fn add_service6(&mut self, key: ServiceKey6, svc: Service) {
+        let mut m: HashMap<_, ServiceKey6, Service> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES6).expect("map"))
+                .expect("services6");
+        m.insert(key, svc, 0).expect("insert service");
+    }
+
+    pub fn set_backend6(&mut self, id: u32, be: Backend6) {
+        let mut m: Array<_, Backend6> =
+            Array::try_from(self.ebpf.map_mut(map_names::BACKENDS6).expect("map"))
+                .expect("backends6");
+        m.set(id, be, 0).expect("set backend");
+    }
+
+    /// As [`Fixture::set_reply_sources`], for IPv6 (the bitmap is shared, the address folded).
+    pub fn set_reply_sources6(&mut self, key: ReplyKey6, value: ReplySources6) {
+        let mut m: HashMap<_, ReplyKey6, ReplySources6> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::NAT_REPLY6).expect("map"))
+                .expect("nat reply6");
+        m.insert(key, value, 0).expect("insert reply sources");
+        let (word, bit) =
+            lb_common::nat_server_bit(lb_common::fold6(&key.addr), key.port, key.proto);
+        let mut bits: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(map_names::NAT_SERVERS).expect("map"))
+                .expect("nat servers");
+        let old = bits.get(&word, 0).expect("read bitmap word");
+        bits.set(word, old | bit, 0).expect("set bitmap word");
+    }
+
+    pub fn flow6(&mut self, key: &FlowKey6) -> Option<Flow> {
+        let m: HashMap<_, FlowKey6, Flow> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK6).expect("map"))
+                .expect("conntrack6");
+        m.get(key, 0).ok()
+    }
+
+    pub fn persist6_entry(&mut self, key: &PersistKey6) -> Option<Persist> {
+        let m: HashMap<_, PersistKey6, Persist> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::PERSIST6).expect("map"))
+                .expect("persist6");
+        m.get(key, 0).ok()
     }
 
     /// A global counter summed over CPUs.
