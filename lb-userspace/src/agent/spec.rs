@@ -184,6 +184,43 @@ fast_path = "client_ip"
     }
 
     #[test]
+    fn ipv6_services_and_their_prefix_reach_the_spec() -> Result<(), Box<dyn std::error::Error>> {
+        let text = r#"
+[agent]
+interfaces = ["eth0"]
+
+[[pool]]
+name = "app6"
+servers = ["[2001:db8::11]:8080"]
+
+[[virtual_service]]
+name = "tcp6"
+listen = "[2001:db8::10]:80"
+type = "tcp"
+pool = "app6"
+persistence = { type = "client_ip", ipv6_prefix = 64 }
+"#;
+        let config =
+            crate::config::parse(text, Path::new("t.toml")).map_err(|e| format!("config: {e}"))?;
+        let spec = dataplane_spec(&config, &crate::balancer::health::AllUp)?;
+        let s = &spec.services[0];
+        assert_eq!(s.vip.to_string(), "2001:db8::10");
+        assert_eq!(s.persistence_prefix_v6, Some(64));
+        assert_eq!(s.backends[0].addr.to_string(), "[2001:db8::11]:8080");
+        // A pool of the other version (the config refuses it first; the spec guards too).
+        let mut mixed = config.clone();
+        let v4: SocketAddr = "192.0.2.11:8080".parse()?;
+        if let Some(p) = mixed.pools.iter_mut().find(|p| p.name == "app6") {
+            p.servers[0].addr = v4;
+        }
+        assert!(matches!(
+            dataplane_spec(&mixed, &crate::balancer::health::AllUp),
+            Err(SpecError::MixedFamilies { server, .. }) if server == v4
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn down_servers_are_marked() -> Result<(), Box<dyn std::error::Error>> {
         let config = crate::config::parse(CONFIG, Path::new("t.toml"))
             .map_err(|e| format!("config: {e}"))?;

@@ -15,12 +15,18 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, Backend6, Capacities, DsKey, DsValue, Flow, FlowKey, FlowKey6, MAGLEV_TABLE_SIZE,
-    Persist, PersistKey, PersistKey6, ReplyKey, ReplyKey6, ReplySources, ReplySources6, Service,
-    ServiceKey, ServiceKey6, TrafficCounters, backend_state, maglev_base, map_names,
+    Capacities, DsKey, DsValue, Flow, FlowKey, FlowKey6, MAGLEV_TABLE_SIZE, Persist, PersistKey,
+    PersistKey6, ReplyKey, ReplyKey6, ReplySources, ReplySources6, Service, TrafficCounters,
+    backend_state, maglev_base, map_names,
 };
 
-use super::{DataplaneError, maps::Maps, mirror::RawHash};
+use super::{
+    DataplaneError,
+    family::Family,
+    maps::{FamilyMaps, Maps},
+    mirror::RawHash,
+    plan::{Key, Slot},
+};
 
 /// Subdirectory of the versioned pin directory holding the pins of maps being migrated.
 pub(crate) const MIGRATE_DIR: &str = "migrate";
@@ -138,37 +144,10 @@ fn copy_one(
         dropped: 0,
     };
     match name {
-        map_names::SERVICES => {
-            let old: HashMap<MapData, ServiceKey, Service> =
-                HashMap::try_from(old).map_err(read_err(name))?;
-            for kv in old.iter() {
-                let (k, v) = match kv {
-                    Ok(kv) => kv,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(read_err(name)(e)),
-                };
-                // A service whose id is beyond the new capacity is programmed afresh by the
-                // next apply, under a new id.
-                if v.id >= caps.services {
-                    t.add(Err(MapError::OutOfBounds {
-                        index: v.id,
-                        max_entries: caps.services,
-                    }));
-                    continue;
-                }
-                t.add(maps.v4.services.insert(k, v, 0));
-            }
-        }
-        map_names::BACKENDS => {
-            let old: Array<MapData, Backend> = Array::try_from(old).map_err(read_err(name))?;
-            for i in 0..old.len() {
-                let b = old.get(&i, 0).map_err(read_err(name))?;
-                if b.state == backend_state::UNUSED {
-                    continue;
-                }
-                t.add(maps.v4.backends.set(i, b, 0));
-            }
-        }
+        map_names::SERVICES => copy_services(old, &mut maps.v4, caps, &mut t)?,
+        map_names::SERVICES6 => copy_services(old, &mut maps.v6, caps, &mut t)?,
+        map_names::BACKENDS => copy_backends(old, &mut maps.v4, &mut t)?,
+        map_names::BACKENDS6 => copy_backends(old, &mut maps.v6, &mut t)?,
         map_names::MAGLEV => {
             let old: Array<MapData, u32> = Array::try_from(old).map_err(read_err(name))?;
             let live: Vec<(u32, u32)> = maps
@@ -236,36 +215,6 @@ fn copy_one(
         map_names::NAT_REPLY6 => {
             copy_hash::<ReplyKey6, ReplySources6>(old, &mut maps.v6.nat_reply, &mut t)?;
         }
-        map_names::SERVICES6 => {
-            let old: HashMap<MapData, ServiceKey6, Service> =
-                HashMap::try_from(old).map_err(read_err(name))?;
-            for kv in old.iter() {
-                let (k, v) = match kv {
-                    Ok(kv) => kv,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(read_err(name)(e)),
-                };
-                // As for SERVICES.
-                if v.id >= caps.services {
-                    t.add(Err(MapError::OutOfBounds {
-                        index: v.id,
-                        max_entries: caps.services,
-                    }));
-                    continue;
-                }
-                t.add(maps.v6.services.insert(k, v, 0));
-            }
-        }
-        map_names::BACKENDS6 => {
-            let old: Array<MapData, Backend6> = Array::try_from(old).map_err(read_err(name))?;
-            for i in 0..old.len() {
-                let b = old.get(&i, 0).map_err(read_err(name))?;
-                if b.state == backend_state::UNUSED {
-                    continue;
-                }
-                t.add(maps.v6.backends.set(i, b, 0));
-            }
-        }
         // The agent rewrites it from its services at the first apply; copied so that replies
         // are translated in the meantime.
         map_names::NAT_REPLY => {
@@ -282,6 +231,52 @@ fn copy_one(
         _ => {}
     }
     Ok((t.copied, t.dropped))
+}
+
+/// Copies a family's services; one whose id is beyond the new capacity is programmed afresh
+/// by the next apply, under a new id.
+fn copy_services<F: Family>(
+    old: Map,
+    new: &mut FamilyMaps<F>,
+    caps: &Capacities,
+    t: &mut Tally,
+) -> Result<(), DataplaneError> {
+    let name = t.name;
+    let old: HashMap<MapData, Key<F>, Service> = HashMap::try_from(old).map_err(read_err(name))?;
+    for kv in old.iter() {
+        let (k, v) = match kv {
+            Ok(kv) => kv,
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(read_err(name)(e)),
+        };
+        if v.id >= caps.services {
+            t.add(Err(MapError::OutOfBounds {
+                index: v.id,
+                max_entries: caps.services,
+            }));
+            continue;
+        }
+        t.add(new.services.insert(k, v, 0));
+    }
+    Ok(())
+}
+
+/// Copies a family's assigned backend slots.
+fn copy_backends<F: Family>(
+    old: Map,
+    new: &mut FamilyMaps<F>,
+    t: &mut Tally,
+) -> Result<(), DataplaneError> {
+    let name = t.name;
+    let old: Array<MapData, Slot<F>> = Array::try_from(old).map_err(read_err(name))?;
+    for i in 0..old.len() {
+        let b = old.get(&i, 0).map_err(read_err(name))?;
+        if b.state == backend_state::UNUSED {
+            continue;
+        }
+        t.add(new.backends.set(i, b, 0));
+    }
+    Ok(())
 }
 
 /// Inserts every entry of hash map `old` into `new`.

@@ -8,7 +8,7 @@
 //! periodically, the way keepalived and Katran's healthcheckers keep their neighbours warm.
 //! IPv6 backends get an ICMPv6 echo request, which makes the kernel run neighbour discovery.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -22,56 +22,32 @@ fn echo_request(sequence: u16) -> [u8; 8] {
     packet
 }
 
-/// Sends one echo request to each address (replies are ignored: the point is the ARP
-/// exchange the kernel performs to send it). Returns how many were sent; failures are logged,
-/// never fatal.
+/// An ICMPv6 echo request (type 128): a raw ICMPv6 socket's checksum is filled in by the
+/// kernel (RFC 3542), as it covers a pseudo-header only the kernel knows the source of.
+fn echo_request6(sequence: u16) -> [u8; 8] {
+    let mut packet = [128, 0, 0, 0, 0x1a, 0x7c, 0, 0];
+    packet[6..8].copy_from_slice(&sequence.to_be_bytes());
+    packet
+}
+
+/// Sends one echo request to each address (replies are ignored: the point is the ARP or
+/// neighbour discovery exchange the kernel performs to send it). Returns how many were sent;
+/// failures are logged, never fatal.
 pub fn solicit(addrs: impl IntoIterator<Item = IpAddr>) -> usize {
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(IpAddr::is_ipv4);
-    let v4 = v4.into_iter().filter_map(|a| match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    });
-    let v6: Vec<SocketAddr> = v6
-        .into_iter()
-        .filter_map(|a| match a {
-            IpAddr::V6(a) => Some(SocketAddr::V6(SocketAddrV6::new(a, 0, 0, 0))),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
-    let mut sent = solicit4(v4);
-    if !v6.is_empty() {
-        sent += solicit6(&v6);
-    }
-    sent
+    send_echoes((Domain::IPV4, Protocol::ICMPV4), &v4, echo_request)
+        + send_echoes((Domain::IPV6, Protocol::ICMPV6), &v6, echo_request6)
 }
 
-/// ICMPv6 echo requests (type 128): the kernel fills in the checksum of a raw ICMPv6 socket
-/// (RFC 3542), which covers the pseudo-header only it knows the source of.
-fn solicit6(targets: &[SocketAddr]) -> usize {
-    let socket = match Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)) {
-        Ok(socket) => socket,
-        Err(err) => {
-            tracing::warn!(%err, "cannot open a raw ICMPv6 socket to warm the neighbour table");
-            return 0;
-        }
-    };
-    if let Err(err) = socket.set_nonblocking(true) {
-        tracing::debug!(%err, "ICMPv6 socket stays blocking");
+fn send_echoes(
+    (domain, protocol): (Domain, Protocol),
+    addrs: &[IpAddr],
+    request: fn(u16) -> [u8; 8],
+) -> usize {
+    if addrs.is_empty() {
+        return 0;
     }
-    let mut sent = 0;
-    for (sequence, target) in targets.iter().enumerate() {
-        let mut packet = [128, 0, 0, 0, 0x1a, 0x7c, 0, 0];
-        packet[6..8].copy_from_slice(&(sequence as u16).to_be_bytes());
-        match socket.send_to(&packet, &(*target).into()) {
-            Ok(_) => sent += 1,
-            Err(err) => tracing::debug!(%target, %err, "neighbour solicitation failed"),
-        }
-    }
-    sent
-}
-
-fn solicit4(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
-    let socket = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
+    let socket = match Socket::new(domain, Type::RAW, Some(protocol)) {
         Ok(socket) => socket,
         Err(err) => {
             tracing::warn!(%err, "cannot open a raw ICMP socket to warm the neighbour table");
@@ -82,9 +58,9 @@ fn solicit4(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
         tracing::debug!(%err, "ICMP socket stays blocking");
     }
     let mut sent = 0;
-    for (sequence, addr) in addrs.into_iter().enumerate() {
-        let target = SocketAddr::V4(SocketAddrV4::new(addr, 0));
-        match socket.send_to(&echo_request(sequence as u16), &target.into()) {
+    for (sequence, addr) in addrs.iter().enumerate() {
+        let target = SocketAddr::new(*addr, 0);
+        match socket.send_to(&request(sequence as u16), &target.into()) {
             Ok(_) => sent += 1,
             Err(err) => tracing::debug!(%addr, %err, "neighbour solicitation failed"),
         }

@@ -772,6 +772,93 @@ mod tests {
         assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [1, 2]);
     }
 
+    /// Both families from one spec, as `Dataplane::apply` plans them: IPv4 first with the
+    /// IPv6 ids reserved, then IPv6 with the IPv4 ones (before and after) reserved.
+    fn run_both(
+        s4: &State,
+        s6: &State<V6>,
+        spec: &DataplaneSpec,
+    ) -> (Plan, Plan<V6>, State, State<V6>) {
+        let p4 = plan_family::<V4>(s4, spec, &Reserved::of(s6)).expect("plan v4");
+        let n4 = apply_to_state(s4, &p4);
+        let reserved = Reserved::of(s4).union(Reserved::of(&n4));
+        let p6 = plan_family::<V6>(s6, spec, &reserved).expect("plan v6");
+        let n6 = apply_to_state(s6, &p6);
+        (p4, p6, n4, n6)
+    }
+
+    #[test]
+    fn families_share_one_id_space_and_each_plans_its_own_services() {
+        let mut v6 = svc(
+            "2001:db8:f::10",
+            80,
+            vec![
+                be("[2001:db8:b::10]:8080", true),
+                be("[2001:db8:b::11]:8080", true),
+            ],
+        );
+        v6.persistence_ttl = Some(Duration::from_secs(60));
+        v6.persistence_prefix_v6 = Some(64);
+        let v4 = svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:8080", true), be("192.0.2.12:8080", true)],
+        );
+        let both = spec(vec![v6.clone(), v4.clone()]);
+        let (p4, p6, s4, s6) = run_both(&State::default(), &State::default(), &both);
+        assert_eq!(
+            p4.service_writes.len(),
+            1,
+            "only the IPv4 service in the IPv4 plan"
+        );
+        assert_eq!(
+            p6.service_writes.len(),
+            1,
+            "only the IPv6 service in the IPv6 plan"
+        );
+        let (id4, id6) = (p4.service_writes[0].value.id, p6.service_writes[0].value.id);
+        assert_ne!(id4, id6, "one service id space");
+        let b4: BTreeSet<u32> = s4.backend_ids.values().copied().collect();
+        let b6: BTreeSet<u32> = s6.backend_ids.values().copied().collect();
+        assert_eq!((b4.len(), b6.len()), (2, 2));
+        assert!(b4.is_disjoint(&b6), "one backend id space: {b4:?} {b6:?}");
+        // The IPv6 table holds IPv6 backend ids only.
+        let table = p6.service_writes[0].table.as_deref().unwrap_or_default();
+        assert!(table.iter().all(|id| b6.contains(id)));
+        // The prefix rides in the flags.
+        let flags = p6.service_writes[0].value.flags;
+        assert_eq!(service_flags::persist_prefix(flags), 64);
+        assert_ne!(flags & service_flags::PERSIST_CLIENT_IP, 0);
+        assert_eq!(
+            service_flags::persist_prefix(p4.service_writes[0].value.flags),
+            128
+        );
+        // A restart rebuilds both from their maps: nothing to write, same ids.
+        let r6 = State::<V6>::from_maps(s6.services.clone(), s6.backends.clone(), s6.caps);
+        let (p4, p6, _, _) = run_both(&restart(&s4), &r6, &both);
+        assert_eq!(
+            (p4.service_writes[0].value.id, p6.service_writes[0].value.id),
+            (id4, id6)
+        );
+        assert!(p4.backend_writes.is_empty() && p6.backend_writes.is_empty());
+        // Removing the IPv4 service frees its ids; the IPv6 one keeps its own.
+        let (p4, p6, _, s6b) = run_both(&s4, &s6, &spec(vec![v6]));
+        assert_eq!(p4.service_deletes.len(), 1);
+        assert!(p6.service_deletes.is_empty() && p6.backend_releases.is_empty());
+        assert_eq!(s6b.backend_ids, s6.backend_ids);
+        // NAT reply sources per family, and one shared bitmap.
+        let r4 = nat_replies::<V4>(&both).expect("v4 replies");
+        let r6 = nat_replies::<V6>(&both).expect("v6 replies");
+        assert_eq!((r4.len(), r6.len()), (2, 2));
+        let words = nat_server_words(
+            nat_server_bits::<V4>(r4.keys()).chain(nat_server_bits::<V6>(r6.keys())),
+        );
+        for k in r6.keys() {
+            let (w, bit) = nat_server_bit(lb_common::fold6(&k.addr), k.port, k.proto);
+            assert_ne!(words[w as usize] & bit, 0);
+        }
+    }
+
     #[test]
     fn first_apply_assigns_ids_and_tables() {
         let s = spec(vec![svc(

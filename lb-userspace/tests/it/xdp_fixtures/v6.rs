@@ -80,44 +80,7 @@ impl Frame6 {
     }
 
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
-        let mut l4 = Vec::new();
-        let nh = match self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-                seq,
-                ack,
-            } => {
-                l4.extend_from_slice(&sport.to_be_bytes());
-                l4.extend_from_slice(&dport.to_be_bytes());
-                l4.extend_from_slice(&seq.to_be_bytes());
-                l4.extend_from_slice(&ack.to_be_bytes());
-                l4.push(5 << 4);
-                l4.push(flags);
-                l4.extend_from_slice(&64240u16.to_be_bytes());
-                l4.extend_from_slice(&[0, 0, 0, 0]);
-                l4.extend_from_slice(&self.payload);
-                proto::TCP
-            }
-            L4::Udp { sport, dport, .. } => {
-                l4.extend_from_slice(&sport.to_be_bytes());
-                l4.extend_from_slice(&dport.to_be_bytes());
-                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                l4.extend_from_slice(&[0, 0]);
-                l4.extend_from_slice(&self.payload);
-                proto::UDP
-            }
-            L4::Raw { proto } => {
-                l4.extend_from_slice(&self.payload);
-                proto
-            }
-        };
-        let at = match self.l4 {
-            L4::Tcp { .. } => Some(16),
-            L4::Udp { .. } => Some(6),
-            L4::Raw { .. } => None,
-        };
+        let (nh, mut l4, at) = self.l4.segment(&self.payload);
         if let Some(at) = at {
             let mut c = checksum(&[&pseudo6(self.src, self.dst, nh, l4.len()), &l4]);
             if nh == proto::UDP && c == 0 {
@@ -303,6 +266,18 @@ fn counters(fx: &Fixture, expected: &[(u32, u64)]) {
     let mut got = fx.stats();
     got[stat::CONNTRACK_INSERT as usize] = want[stat::CONNTRACK_INSERT as usize];
     assert_eq!(got, want, "STATS (index = lb_common::stat)");
+}
+
+/// Each (what, frame, counter) is passed untouched, and counted there (once each).
+fn all_pass_untouched(fx: &Fixture, cases: Vec<(&str, Vec<u8>, u32)>) {
+    let mut want = Vec::new();
+    for (what, frame, counter) in cases {
+        let (v, out) = fx.run(fx.lbc, &frame);
+        assert_eq!(v, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: untouched");
+        want.push((counter, 1));
+    }
+    counters(fx, &want);
 }
 
 #[test]
@@ -550,17 +525,10 @@ fn v6_extension_headers_pass_untouched_and_counted() {
     icmp.l4 = L4::Raw { proto: ICMPV6 };
     icmp.payload = vec![128, 0, 0, 0, 0, 1, 0, 1];
     let icmp = icmp.build();
-    let mut want: Vec<(u32, u64)> = Vec::new();
-    for (what, frame, counter) in cases.into_iter().chain([
-        ("later fragment", later, stat::PASS_FRAGMENT_OR_OPTIONS),
-        ("ICMPv6", icmp, stat::PASS_NOT_VIP),
-    ]) {
-        let (v, out) = fx.run(fx.lbc, &frame);
-        assert_eq!(v, XDP_PASS, "{what}: verdict");
-        assert_eq!(out, frame, "{what}: untouched");
-        want.push((counter, 1));
-    }
-    counters(&fx, &want);
+    let mut cases = cases;
+    cases.push(("later fragment", later, stat::PASS_FRAGMENT_OR_OPTIONS));
+    cases.push(("ICMPv6", icmp, stat::PASS_NOT_VIP));
+    all_pass_untouched(&fx, cases);
     // Nothing was recorded for any of them.
     let mut fx = fx;
     assert!(
@@ -597,14 +565,7 @@ fn v6_malformed_and_non_vip_pass_untouched() {
     ));
     let other = Frame6::new((CLIENT6, CPORT), (CLIENT6, 80), proto::TCP, SYN).build();
     cases.push(("not a VIP", other, stat::PASS_NOT_VIP));
-    let mut want = Vec::new();
-    for (what, frame, counter) in cases {
-        let (v, out) = fx.run(fx.lbc, &frame);
-        assert_eq!(v, XDP_PASS, "{what}: verdict");
-        assert_eq!(out, frame, "{what}: untouched");
-        want.push((counter, 1));
-    }
-    counters(&fx, &want);
+    all_pass_untouched(&fx, cases);
     // Every prefix of a good frame: never aborted, never forwarded.
     for n in 0..good.len() {
         // The kernel refuses frames shorter than an Ethernet header outright.

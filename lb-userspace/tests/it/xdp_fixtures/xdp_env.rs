@@ -97,11 +97,17 @@ impl Netns {
             self.ip(&["link", "set", dev, "up"]);
             self.ip(&["link", "set", peer, "up"]);
         }
+        for (addr, dev) in [("2001:db8:c::1/64", "lbc"), ("2001:db8:b::1/64", "lbb")] {
+            self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+        }
         for (addr, mac, dev) in [
             ("192.0.2.100", "02:00:00:00:0c:64", "lbc"),
             ("192.0.2.50", "02:00:00:00:0c:32", "lbc"),
             ("198.51.100.10", "02:00:00:00:0b:0a", "lbb"),
             ("198.51.100.11", "02:00:00:00:0b:0b", "lbb"),
+            ("2001:db8:c::100", "02:00:00:00:0c:64", "lbc"),
+            ("2001:db8:b::10", "02:00:00:00:0b:0a", "lbb"),
+            ("2001:db8:b::11", "02:00:00:00:0b:0b", "lbb"),
         ] {
             self.ip(&[
                 "neigh",
@@ -126,27 +132,6 @@ impl Netns {
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
         ]);
-        for (addr, dev) in [("2001:db8:c::1/64", "lbc"), ("2001:db8:b::1/64", "lbb")] {
-            self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
-        }
-        for (addr, mac, dev) in [
-            ("2001:db8:c::100", "02:00:00:00:0c:64", "lbc"),
-            ("2001:db8:b::10", "02:00:00:00:0b:0a", "lbb"),
-            ("2001:db8:b::11", "02:00:00:00:0b:0b", "lbb"),
-        ] {
-            self.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
     }
 
     fn enter(&mut self) {
@@ -272,29 +257,37 @@ impl Fixture {
         Ok((res.return_value, out))
     }
 
+    /// Inserts into the hash map `name`.
+    fn insert<K: aya::Pod, V: aya::Pod>(&mut self, name: &str, key: K, value: V) {
+        let mut m: HashMap<_, K, V> =
+            HashMap::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
+        m.insert(key, value, 0).expect(name);
+    }
+
+    /// Sets entry `index` of the array `name`.
+    fn set<V: aya::Pod>(&mut self, name: &str, index: u32, value: V) {
+        let mut m: Array<_, V> =
+            Array::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
+        m.set(index, value, 0).expect(name);
+    }
+
     pub fn add_service(&mut self, key: ServiceKey, svc: Service) {
-        let mut m: HashMap<_, ServiceKey, Service> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES).expect("map"))
-                .expect("services");
-        m.insert(key, svc, 0).expect("insert service");
+        self.insert(map_names::SERVICES, key, svc);
     }
 
     pub fn set_backend(&mut self, id: u32, be: Backend) {
-        let mut m: Array<_, Backend> =
-            Array::try_from(self.ebpf.map_mut(map_names::BACKENDS).expect("map"))
-                .expect("backends");
-        m.set(id, be, 0).expect("set backend");
+        self.set(map_names::BACKENDS, id, be);
     }
 
     /// The NAT services a server answers for, and its NAT_SERVERS bit, as the agent writes
     /// them.
     pub fn set_reply_sources(&mut self, key: ReplyKey, value: ReplySources) {
-        let mut m: HashMap<_, ReplyKey, ReplySources> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::NAT_REPLY).expect("map"))
-                .expect("nat reply");
-        m.insert(key, value, 0).expect("insert reply sources");
+        self.insert(map_names::NAT_REPLY, key, value);
         // And the key's bit, which XDP tests first.
-        let (word, bit) = lb_common::nat_server_bit(key.addr, key.port, key.proto);
+        self.set_server_bit(lb_common::nat_server_bit(key.addr, key.port, key.proto));
+    }
+
+    fn set_server_bit(&mut self, (word, bit): (u32, u64)) {
         let mut bits: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut(map_names::NAT_SERVERS).expect("map"))
                 .expect("nat servers");
@@ -340,32 +333,21 @@ impl Fixture {
     }
 
     pub fn add_service6(&mut self, key: ServiceKey6, svc: Service) {
-        let mut m: HashMap<_, ServiceKey6, Service> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES6).expect("map"))
-                .expect("services6");
-        m.insert(key, svc, 0).expect("insert service");
+        self.insert(map_names::SERVICES6, key, svc);
     }
 
     pub fn set_backend6(&mut self, id: u32, be: Backend6) {
-        let mut m: Array<_, Backend6> =
-            Array::try_from(self.ebpf.map_mut(map_names::BACKENDS6).expect("map"))
-                .expect("backends6");
-        m.set(id, be, 0).expect("set backend");
+        self.set(map_names::BACKENDS6, id, be);
     }
 
     /// As [`Fixture::set_reply_sources`], for IPv6 (the bitmap is shared, the address folded).
     pub fn set_reply_sources6(&mut self, key: ReplyKey6, value: ReplySources6) {
-        let mut m: HashMap<_, ReplyKey6, ReplySources6> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::NAT_REPLY6).expect("map"))
-                .expect("nat reply6");
-        m.insert(key, value, 0).expect("insert reply sources");
-        let (word, bit) =
-            lb_common::nat_server_bit(lb_common::fold6(&key.addr), key.port, key.proto);
-        let mut bits: Array<_, u64> =
-            Array::try_from(self.ebpf.map_mut(map_names::NAT_SERVERS).expect("map"))
-                .expect("nat servers");
-        let old = bits.get(&word, 0).expect("read bitmap word");
-        bits.set(word, old | bit, 0).expect("set bitmap word");
+        self.insert(map_names::NAT_REPLY6, key, value);
+        self.set_server_bit(lb_common::nat_server_bit(
+            lb_common::fold6(&key.addr),
+            key.port,
+            key.proto,
+        ));
     }
 
     pub fn flow6(&mut self, key: &FlowKey6) -> Option<Flow> {
