@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use latch_tests::{Pool, ServeConfig, Topology, VirtualService, http_get, udp_roundtrip};
+use latch_tests::{
+    HealthMonitor, Pool, ServeConfig, Topology, VirtualService, http_get, udp_roundtrip,
+};
 
-use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, start_agent as start};
+use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, start_agent as start, wait_for};
 
 const UDP_PORT: u16 = 9000;
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
@@ -209,6 +211,77 @@ fn ipv6_dsr_reaches_every_backend_which_answers_from_the_vip() -> TestResult {
         seen.len(),
         2,
         "connections spread over both backends: {seen:?}"
+    );
+    Ok(())
+}
+
+/// An HTTP service on an IPv6 VIP, proxied to IPv6 servers under an HTTP health monitor; the
+/// admin CLI drains one server by its IPv6 address (`latch server drain`), after which new
+/// requests go to the other only.
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn ipv6_http_service_monitor_and_admin_drain() -> TestResult {
+    let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
+    let addrs = add_ipv6(&topo, 2, false)?;
+    // The proxy's VIP is local to the LB (XDP hands its packets to the stack).
+    topo.lb()
+        .ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
+    start_servers6(&topo, &addrs, false)?;
+    let web: Vec<SocketAddr> = addrs
+        .iter()
+        .map(|a| SocketAddr::from((*a, HTTP_PORT)))
+        .collect();
+    let agent = start(&topo, |a| {
+        lb_agent(&topo, a)
+            .pool(
+                Pool::new("web6", web.clone())
+                    .health_monitor(HealthMonitor::http("/healthz", Duration::from_millis(300))),
+            )
+            .virtual_service(VirtualService::http("shop6", vip(80), "web6"))
+    })?;
+    let spread = |n: usize| {
+        topo.client().run(|| -> Result<_, String> {
+            let mut seen = BTreeMap::<String, usize>::new();
+            for _ in 0..n {
+                let r = http_get(vip(80), "/", &[]).map_err(|e| e.to_string())?;
+                if r.status != 200 {
+                    return Err(format!("status {}", r.status));
+                }
+                *seen.entry(r.backend.ok_or("no X-Backend")?).or_default() += 1;
+            }
+            Ok(seen)
+        })
+    };
+    let seen = spread(20)?;
+    assert_eq!(seen.len(), 2, "both IPv6 servers answer: {seen:?}");
+    // The monitor probes the IPv6 servers.
+    let probed = wait_for(
+        "health probes of both servers",
+        Duration::from_secs(10),
+        || {
+            let counts: Vec<u64> = (1..=2)
+                .map(|i| {
+                    topo.server(&format!("b{i}"))
+                        .map_or(0, |s| s.health_checks())
+                })
+                .collect();
+            Ok(counts.iter().all(|c| *c > 0))
+        },
+    );
+    probed?;
+    let out = agent.latch(&["server", "drain", "web6", &web[0].to_string()])?;
+    assert!(
+        out.status.success(),
+        "latch server drain [v6]: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = spread(20)?;
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["b2"],
+        "after draining b1 ({}), new requests go to b2 only: {seen:?}",
+        web[0]
     );
     Ok(())
 }
