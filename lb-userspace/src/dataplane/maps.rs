@@ -842,7 +842,7 @@ mod tests {
     fn expected_shapes_match_lb_common() {
         let by: std::collections::HashMap<_, _> =
             expected(&Capacities::DEFAULT).iter().copied().collect();
-        assert_eq!(by.len(), 11, "map names are distinct");
+        assert_eq!(by.len(), 16, "map names are distinct");
         assert_eq!(by[map_names::NAT_SERVERS].max_entries, NAT_SERVER_WORDS);
         assert_eq!(by[map_names::NAT_REPLY].key_size, 8);
         assert_eq!(by[map_names::NAT_REPLY].value_size, 72);
@@ -859,6 +859,20 @@ mod tests {
         );
         assert_eq!(by[map_names::CONNTRACK].kind, Some(Kind::LruHash));
         assert_eq!(by[map_names::BACKEND_STATS].value_size, 24);
+        // The IPv6 maps: 16-byte addresses, their own connection and pin capacities.
+        assert_eq!(by[map_names::SERVICES6].key_size, 20);
+        assert_eq!(by[map_names::BACKENDS6].value_size, 28);
+        assert_eq!(by[map_names::CONNTRACK6].key_size, 40);
+        assert_eq!(by[map_names::CONNTRACK6].flags, CONNTRACK_FLAGS);
+        assert_eq!(
+            by[map_names::CONNTRACK6].max_entries,
+            Capacities::DEFAULT.connections_v6
+        );
+        assert_eq!(
+            by[map_names::PERSIST6].max_entries,
+            Capacities::DEFAULT.client_pins_v6
+        );
+        assert_eq!(by[map_names::NAT_REPLY6].value_size, 8 + 20 * 8);
     }
 
     #[test]
