@@ -94,12 +94,10 @@ const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(20);
 const SLOW_START_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Every backend address the data plane forwards to.
-fn backend_addrs(
-    spec: &dataplane::DataplaneSpec,
-) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+fn backend_addrs(spec: &dataplane::DataplaneSpec) -> std::collections::BTreeSet<std::net::IpAddr> {
     spec.services
         .iter()
-        .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+        .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
         .collect()
 }
 
