@@ -59,6 +59,33 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     !fold(add_u32(add_u32((!check) as u32, !old), new))
 }
 
+/// [`replace_addr_port`] for IPv6: the changed address is the 128-bit one of the
+/// pseudo-header (RFC 8200 8.1), as four words. UDP's rules are the same (IPv6 forbids a zero
+/// UDP checksum, but one that arrives is left as it is, not invented).
+#[inline(always)]
+pub fn replace_addr6_port(
+    check: u16,
+    udp: bool,
+    old_addr: &[u32; 4],
+    new_addr: &[u32; 4],
+    old_port: u16,
+    new_port: u16,
+) -> Option<u16> {
+    if udp && check == 0 {
+        return None;
+    }
+    let mut sum = (!check) as u32;
+    let mut i = 0;
+    while i < 4 {
+        sum = add_u32(add_u32(sum, !old_addr[i]), new_addr[i]);
+        // Keep the sum well inside u32 between words.
+        sum = (sum & 0xffff) + (sum >> 16);
+        i += 1;
+    }
+    let c = replace2(!fold(sum), old_port, new_port);
+    Some(if udp && c == 0 { 0xffff } else { c })
+}
+
 /// A TCP or UDP checksum after NAT changed one address (in the pseudo-header) and one port,
 /// with UDP's rules: a zero checksum means "none" and stays zero (`None`: leave the field
 /// alone), and a computed zero is sent as 0xffff, its other representation (RFC 768).
@@ -335,6 +362,53 @@ mod tests {
                 fold(add_u32(sum, word)),
                 fold(sum + super::sum(&bytes))
             );
+        }
+    }
+
+    /// The TCP/UDP checksum over the IPv6 pseudo-header (RFC 8200 8.1) and `l4`, with its
+    /// checksum field (at `check_at`) zeroed; a UDP 0 is sent as 0xffff.
+    fn full_checksum6(
+        src: &[u32; 4],
+        dst: &[u32; 4],
+        proto: u8,
+        l4: &[u8],
+        check_at: usize,
+    ) -> u16 {
+        let mut data = Vec::new();
+        for w in src.iter().chain(dst) {
+            data.extend_from_slice(&w.to_ne_bytes());
+        }
+        data.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        data.extend_from_slice(&[0, 0, 0, proto]);
+        let at = data.len() + check_at;
+        data.extend_from_slice(l4);
+        store16(&mut data, at, 0);
+        let check = checksum(&data);
+        if proto == UDP && check == 0 {
+            0xffff
+        } else {
+            check
+        }
+    }
+
+    proptest! {
+        /// IPv6 NAT (the destination address and port; or the source, for replies).
+        #[test]
+        fn nat6_rewrite_equals_recomputation(
+            src in any::<[u32; 4]>(),
+            dst in any::<[u32; 4]>(),
+            udp in any::<bool>(),
+            mut l4 in proptest::collection::vec(any::<u8>(), 20..90),
+            new_addr in any::<[u32; 4]>(),
+            new_port in any::<u16>(),
+        ) {
+            let (proto, check_at) = if udp { (UDP, UDP_CHECK) } else { (TCP, TCP_CHECK) };
+            let before = full_checksum6(&src, &dst, proto, &l4, check_at);
+            store16(&mut l4, check_at, before);
+            let old_port = load16(&l4, 2);
+            let updated = replace_addr6_port(before, udp, &dst, &new_addr, old_port, new_port);
+            store16(&mut l4, 2, new_port);
+            prop_assert_eq!(updated, Some(full_checksum6(&src, &new_addr, proto, &l4, check_at)));
         }
     }
 }

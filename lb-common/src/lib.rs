@@ -39,6 +39,11 @@ pub struct Capacities {
     pub connections: u32,
     /// Client pins (PERSIST): client-IP persistence and fast-path pins.
     pub client_pins: u32,
+    /// Entries of the IPv6 connection table (CONNTRACK6). Its own capacity because an LRU
+    /// map is preallocated: IPv6 keys are 40 bytes, and most hosts carry fewer IPv6 flows.
+    pub connections_v6: u32,
+    /// IPv6 client pins (PERSIST6).
+    pub client_pins_v6: u32,
     /// Entries of the DataScript table mirror (DS_TABLE), shared by every virtual service,
     /// with its name and pin records.
     pub table_mirror_entries: u32,
@@ -51,6 +56,8 @@ impl Capacities {
         backends: 16_384,
         connections: 2_097_152,
         client_pins: 1_048_576,
+        connections_v6: 262_144,
+        client_pins_v6: 131_072,
         table_mirror_entries: 2_097_152,
     };
 
@@ -118,6 +125,19 @@ pub mod service_flags {
     pub const HTTP: u32 = 1 << 2;
     /// HTTP service with the client-IP fast path enabled.
     pub const FAST_PATH: u32 = 1 << 3;
+    /// Bits 24..32: the prefix length IPv6 client-IP persistence keys on (a client's /64,
+    /// say, as one client: privacy addresses change within it). 0 means the whole address.
+    /// Kept in the flags word so that [`super::Service`] keeps its layout.
+    pub const PERSIST_PREFIX_SHIFT: u32 = 24;
+
+    /// The IPv6 persistence prefix length of a service's `flags` (128 when unset).
+    #[inline(always)]
+    pub const fn persist_prefix(flags: u32) -> u32 {
+        match flags >> PERSIST_PREFIX_SHIFT {
+            0 => 128,
+            p => p,
+        }
+    }
 }
 
 /// Values of [`Backend::state`].
@@ -130,12 +150,35 @@ pub mod backend_state {
     pub const DOWN: u32 = 2;
 }
 
-/// Key of the SERVICES hash map.
+/// An IPv6 address in a map key or value: its 16 wire bytes as four words, each word's bytes
+/// in wire order (`from_ne_bytes` of four bytes), so keys stay 4-byte aligned and the program
+/// moves an address with four loads.
+pub type Addr6 = [u32; 4];
+
+/// The address types the `...Of<A>` keys and values are made with: `u32` (IPv4) and
+/// [`Addr6`]. Sealed: the layouts (no implicit padding) are asserted for these two only.
+pub trait Address: Copy + Default + sealed::Sealed + 'static {}
+impl Address for u32 {}
+impl Address for Addr6 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u32 {}
+    impl Sealed for super::Addr6 {}
+}
+
+/// Key of the SERVICES (IPv4, `A = u32`) and SERVICES6 (`A = Addr6`) hash maps.
+///
+/// Why per-family maps over one key with a 16-byte address for both (Katran's way): an IPv4
+/// key stays 16 bytes (connection table) or 8 (services), so IPv4 packets hash and compare
+/// what they did before IPv6 existed; a unified key would make every IPv4 lookup hash 40
+/// bytes. The program is generic over the family (`lb-ebpf/src/family.rs`), so the logic is
+/// written once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ServiceKey {
+pub struct ServiceKeyOf<A> {
     /// Virtual IP, network byte order.
-    pub vip: u32,
+    pub vip: A,
     /// Virtual port, network byte order.
     pub port: u16,
     /// IP protocol ([`proto`]).
@@ -143,6 +186,11 @@ pub struct ServiceKey {
     /// Always zero.
     pub _pad: u8,
 }
+
+/// Key of the SERVICES hash map (IPv4).
+pub type ServiceKey = ServiceKeyOf<u32>;
+/// Key of the SERVICES6 hash map (IPv6).
+pub type ServiceKey6 = ServiceKeyOf<Addr6>;
 
 /// Value of the SERVICES hash map.
 #[repr(C)]
@@ -160,12 +208,14 @@ pub struct Service {
     pub persist_ttl_ns: u64,
 }
 
-/// Value of the BACKENDS array, indexed by backend id (0 = none).
+/// Value of the BACKENDS (IPv4) and BACKENDS6 (IPv6) arrays, indexed by backend id (0 =
+/// none). Both families share one id space (and BACKEND_STATS): an id's slot is used in the
+/// array of its address family and UNUSED in the other.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Backend {
-    /// Backend IPv4 address, network byte order.
-    pub addr: u32,
+pub struct BackendOf<A> {
+    /// Backend address, network byte order.
+    pub addr: A,
     /// Backend port, network byte order (NAT rewrites the destination port to it).
     pub port: u16,
     /// Always zero.
@@ -177,14 +227,20 @@ pub struct Backend {
     pub generation: u32,
 }
 
-/// Key of the CONNTRACK LRU map: a flow's 5-tuple as seen on the wire.
+/// Value of the BACKENDS array (IPv4).
+pub type Backend = BackendOf<u32>;
+/// Value of the BACKENDS6 array (IPv6).
+pub type Backend6 = BackendOf<Addr6>;
+
+/// Key of the CONNTRACK (IPv4) and CONNTRACK6 (IPv6) LRU maps: a flow's 5-tuple as seen on
+/// the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
+pub struct FlowKeyOf<A> {
     /// Source address, network byte order.
-    pub src_addr: u32,
+    pub src_addr: A,
     /// Destination address, network byte order.
-    pub dst_addr: u32,
+    pub dst_addr: A,
     /// Source port, network byte order.
     pub src_port: u16,
     /// Destination port, network byte order.
@@ -194,6 +250,11 @@ pub struct FlowKey {
     /// Always zero.
     pub _pad: [u8; 3],
 }
+
+/// Key of the CONNTRACK map (IPv4).
+pub type FlowKey = FlowKeyOf<u32>;
+/// Key of the CONNTRACK6 map (IPv6).
+pub type FlowKey6 = FlowKeyOf<Addr6>;
 
 /// Bits of [`Flow::flags`].
 pub mod flow_flags {
@@ -246,13 +307,20 @@ pub const fn nat_server_bit(addr: u32, port: u16, proto: u8) -> (u32, u64) {
     (h >> 6, 1u64 << (h & 63))
 }
 
-/// Key of the NAT_REPLY hash map: a NAT server's address, port and protocol, which its
-/// replies carry as their source.
+/// An IPv6 address folded to 32 bits (the XOR of its words) for [`nat_server_bit`] and the
+/// flow hash: cheap, and addresses that differ anywhere still differ in most foldings.
+#[inline(always)]
+pub const fn fold6(a: &Addr6) -> u32 {
+    a[0] ^ a[1] ^ a[2] ^ a[3]
+}
+
+/// Key of the NAT_REPLY (IPv4) and NAT_REPLY6 (IPv6) hash maps: a NAT server's address, port
+/// and protocol, which its replies carry as their source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ReplyKey {
+pub struct ReplyKeyOf<A> {
     /// Server address, network byte order.
-    pub addr: u32,
+    pub addr: A,
     /// Server port, network byte order.
     pub port: u16,
     /// IP protocol.
@@ -261,17 +329,27 @@ pub struct ReplyKey {
     pub _pad: u8,
 }
 
+/// Key of the NAT_REPLY map (IPv4).
+pub type ReplyKey = ReplyKeyOf<u32>;
+/// Key of the NAT_REPLY6 map (IPv6).
+pub type ReplyKey6 = ReplyKeyOf<Addr6>;
+
 /// A virtual service's VIP and port, as clients address it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct VipPort {
+pub struct VipPortOf<A> {
     /// Virtual IP, network byte order.
-    pub vip: u32,
+    pub vip: A,
     /// Virtual port, network byte order.
     pub port: u16,
     /// Always zero.
     pub _pad: u16,
 }
+
+/// An IPv4 VIP and port.
+pub type VipPort = VipPortOf<u32>;
+/// An IPv6 VIP and port.
+pub type VipPort6 = VipPortOf<Addr6>;
 
 /// Value of the NAT_REPLY hash map: the NAT services a server answers for. A reply
 /// (server -> client) becomes the forward key (client -> VIP:port) of its flow with one of
@@ -279,23 +357,55 @@ pub struct VipPort {
 /// NAT flow needs one connection-table entry for both directions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ReplySources {
+pub struct ReplySourcesOf<A> {
     /// Entries of `vips` in use.
     pub count: u32,
     /// Always zero.
     pub _pad: u32,
     /// The services, in the agent's order (sorted); unused entries are zero.
-    pub vips: [VipPort; REPLY_VIPS],
+    pub vips: [VipPortOf<A>; REPLY_VIPS],
 }
 
-/// Key of the PERSIST hash map.
+/// Value of the NAT_REPLY map (IPv4).
+pub type ReplySources = ReplySourcesOf<u32>;
+/// Value of the NAT_REPLY6 map (IPv6).
+pub type ReplySources6 = ReplySourcesOf<Addr6>;
+
+/// Key of the PERSIST (IPv4) and PERSIST6 (IPv6) hash maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct PersistKey {
+pub struct PersistKeyOf<A> {
     /// Persistence group (normally the service id).
     pub group: u32,
-    /// Client address, network byte order.
-    pub client_addr: u32,
+    /// Client address, network byte order; for IPv6, masked to the service's persistence
+    /// prefix ([`service_flags::persist_prefix`]).
+    pub client_addr: A,
+}
+
+/// Key of the PERSIST map (IPv4).
+pub type PersistKey = PersistKeyOf<u32>;
+/// Key of the PERSIST6 map (IPv6).
+pub type PersistKey6 = PersistKeyOf<Addr6>;
+
+/// `addr` with all but its first `prefix` bits zero (`prefix` >= 128: the address itself).
+/// The words are in wire order, so the mask is built in network order.
+#[inline(always)]
+pub fn mask6(addr: &Addr6, prefix: u32) -> Addr6 {
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let first = 32 * i as u32;
+        let mask = if prefix >= first + 32 {
+            u32::MAX
+        } else if prefix <= first {
+            0
+        } else {
+            (u32::MAX << (32 - (prefix - first))).to_be()
+        };
+        out[i] = addr[i] & mask;
+        i += 1;
+    }
+    out
 }
 
 /// Value of the PERSIST hash map.
@@ -400,11 +510,11 @@ pub struct TrafficCounters {
 
 /// Indexes of the global per-CPU STATS array, one counter per packet path and verdict.
 pub mod stat {
-    /// Not for a VIP (or not IPv4/TCP/UDP): passed untouched.
+    /// Not for a VIP (or not TCP/UDP over IPv4 or IPv6): passed untouched.
     pub const PASS_NOT_VIP: u32 = 0;
     /// Malformed or truncated frame: passed untouched for the stack to judge.
     pub const PASS_MALFORMED: u32 = 1;
-    /// IP fragment or IPv4 options to a VIP: passed untouched.
+    /// IP fragment, IPv4 options or IPv6 extension headers to a VIP: passed untouched.
     pub const PASS_FRAGMENT_OR_OPTIONS: u32 = 2;
     /// HTTP service packet handed to the local proxy.
     pub const PASS_TO_PROXY: u32 = 3;
@@ -468,8 +578,18 @@ pub mod map_names {
     pub const DS_TABLE: &str = "LATCH_DS_TABLE";
     /// NAT servers' address, port and protocol -> the services they answer for.
     pub const NAT_REPLY: &str = "LATCH_NAT_REPLY";
-    /// Bitmap of the NAT_REPLY keys ([`super::nat_server_bit`]).
+    /// Bitmap of the NAT_REPLY and NAT_REPLY6 keys ([`super::nat_server_bit`]).
     pub const NAT_SERVERS: &str = "LATCH_NAT_SERVERS";
+    /// IPv6 services (VIP, port, protocol).
+    pub const SERVICES6: &str = "LATCH_SERVICES6";
+    /// IPv6 backends, indexed by the shared backend id.
+    pub const BACKENDS6: &str = "LATCH_BACKENDS6";
+    /// IPv6 connection tracking LRU hash.
+    pub const CONNTRACK6: &str = "LATCH_CONNTRACK6";
+    /// IPv6 client persistence hash.
+    pub const PERSIST6: &str = "LATCH_PERSIST6";
+    /// IPv6 NAT servers -> the services they answer for.
+    pub const NAT_REPLY6: &str = "LATCH_NAT_REPLY6";
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
@@ -483,6 +603,13 @@ const _: () = assert!(core::mem::size_of::<ReplySources>() == 8 + 8 * REPLY_VIPS
 const _: () = assert!(core::mem::size_of::<PersistKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Persist>() == 16);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
+const _: () = assert!(core::mem::size_of::<Backend6>() == 28);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+const _: () = assert!(core::mem::size_of::<ReplyKey6>() == 20);
+const _: () = assert!(core::mem::size_of::<VipPort6>() == 20);
+const _: () = assert!(core::mem::size_of::<ReplySources6>() == 8 + 20 * REPLY_VIPS);
+const _: () = assert!(core::mem::size_of::<PersistKey6>() == 20);
 const _: () = assert!(core::mem::size_of::<DsKey>() == 76);
 const _: () = assert!(core::mem::size_of::<DsValue>() == 80);
 
@@ -501,25 +628,58 @@ mod pod {
         )*};
     }
 
-    pod!(
-        ServiceKey,
-        Service,
-        Backend,
-        FlowKey,
-        Flow,
-        ReplyKey,
-        ReplySources,
-        PersistKey,
-        Persist,
-        TrafficCounters,
-        DsKey,
-        DsValue,
+    pod!(Service, Flow, Persist, TrafficCounters, DsKey, DsValue);
+
+    /// The same for the keys and values generic over the address: [`Address`] is sealed to
+    /// `u32` and [`Addr6`], the two instantiations the size assertions above check.
+    macro_rules! pod_of {
+        ($($t:ident),* $(,)?) => {$(
+            // SAFETY: `$t<A>` is repr(C) and all integers for both `A`s `Address` allows,
+            // without implicit padding (see above).
+            unsafe impl<A: Address> aya::Pod for $t<A> {}
+        )*};
+    }
+
+    pod_of!(
+        ServiceKeyOf,
+        BackendOf,
+        FlowKeyOf,
+        ReplyKeyOf,
+        ReplySourcesOf,
+        PersistKeyOf,
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask6_keeps_the_prefix_in_network_order() {
+        let a: std::net::Ipv6Addr = "2001:db8:1:2:3:4:5:6".parse().expect("addr");
+        let o = a.octets();
+        let words: Addr6 = core::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        });
+        let back = |w: Addr6| {
+            let mut b = [0u8; 16];
+            for (i, x) in w.iter().enumerate() {
+                b[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(b).to_string()
+        };
+        assert_eq!(back(mask6(&words, 64)), "2001:db8:1:2::");
+        assert_eq!(back(mask6(&words, 56)), "2001:db8:1::");
+        assert_eq!(back(mask6(&words, 24)), "2001:d00::");
+        assert_eq!(back(mask6(&words, 20)), "2001::");
+        assert_eq!(back(mask6(&words, 128)), a.to_string());
+        assert_eq!(back(mask6(&words, 0)), "::");
+        assert_eq!(service_flags::persist_prefix(0), 128);
+        assert_eq!(
+            service_flags::persist_prefix(64 << service_flags::PERSIST_PREFIX_SHIFT | 3),
+            64
+        );
+    }
 
     #[test]
     fn nat_server_bits_stay_in_the_bitmap_and_spread() {

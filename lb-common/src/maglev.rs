@@ -6,8 +6,8 @@
 //! hence fixed seeds here and an order-independent build in the agent.
 
 use crate::{
-    FlowKey, MAGLEV_SLOTS_PER_SERVICE, MAGLEV_TABLE_SIZE, SERVICE_ID_LIMIT, fnv::fnv1a_64_seeded,
-    jhash::jhash_3words, maglev_base,
+    FlowKey, FlowKey6, MAGLEV_SLOTS_PER_SERVICE, MAGLEV_TABLE_SIZE, SERVICE_ID_LIMIT,
+    fnv::fnv1a_64_seeded, jhash::jhash_3words, maglev_base,
 };
 
 /// Hash of a flow's 5-tuple as the client sent it (addresses and ports in network order), by
@@ -16,6 +16,18 @@ use crate::{
 pub fn flow_hash(key: &FlowKey) -> u32 {
     let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
     jhash_3words(key.src_addr, key.dst_addr, ports, key.proto as u32)
+}
+
+/// [`flow_hash`] of an IPv6 flow: each address folded to 32 bits ([`crate::fold6`]).
+#[inline(always)]
+pub fn flow_hash6(key: &FlowKey6) -> u32 {
+    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
+    jhash_3words(
+        crate::fold6(&key.src_addr),
+        crate::fold6(&key.dst_addr),
+        ports,
+        key.proto as u32,
+    )
 }
 
 /// Index in the flat maglev array of the entry for `flow_hash` in table `live_slot` of

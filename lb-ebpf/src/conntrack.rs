@@ -13,15 +13,14 @@
 //! there is no source port of ours in the reply to resolve it by.
 
 use lb_common::{
-    Backend, Flow, FlowKey, REPLY_VIPS, ReplyKey, Service, flow_flags, nat_server_bit,
+    BackendOf, Flow, FlowKeyOf, REPLY_VIPS, ReplyKeyOf, Service, flow_flags, nat_server_bit,
     service_flags, stat,
 };
 
-use crate::{
-    maps::{BACKENDS, CONNTRACK, NAT_REPLY, NAT_SERVERS},
-    service::usable_backend,
-    stats,
-};
+use crate::{family::Family, maps::NAT_SERVERS, service::usable_backend, stats};
+
+/// A flow key of family `F`.
+type Key<F> = FlowKeyOf<<F as Family>::Addr>;
 
 /// last_seen is refreshed at most once per second per flow, sparing a cache-line write on
 /// every packet of busy flows. The same period bounds how long an established flow is
@@ -29,14 +28,14 @@ use crate::{
 const REFRESH_NS: u64 = 1_000_000_000;
 
 /// What a non-SYN packet's own conntrack entry says, looked up before SERVICES.
-pub enum Early {
+pub enum Early<A> {
     /// No forward entry for the tuple (a backend's reply never has one).
     Miss,
     /// A forward entry with a usable backend, refreshed (and so checked against SERVICES by
     /// the full path) within the last [`REFRESH_NS`].
     Forward {
         id: u32,
-        be: Backend,
+        be: BackendOf<A>,
         flow: Flow,
         now: u64,
     },
@@ -51,8 +50,8 @@ pub enum Early {
 /// entry's service id and DSR bit from the service it found. So a deleted service, or one
 /// switched between NAT and DSR, affects its established flows at most one second late.
 #[inline(always)]
-pub fn early(key: &FlowKey) -> Early {
-    let Some(flow) = CONNTRACK.get_ptr(key) else {
+pub fn early<F: Family>(key: &Key<F>) -> Early<F::Addr> {
+    let Some(flow) = F::conntrack().get_ptr(key) else {
         return Early::Miss;
     };
     // SAFETY: `get_ptr` returned a non-null, aligned pointer to a `Flow` value of CONNTRACK,
@@ -70,7 +69,7 @@ pub fn early(key: &FlowKey) -> Early {
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
         return Early::Full;
     }
-    match usable_backend(f.backend_id, Some(f.generation)) {
+    match usable_backend::<F>(f.backend_id, Some(f.generation)) {
         Some(be) => Early::Forward {
             id: f.backend_id,
             be,
@@ -85,15 +84,19 @@ pub fn early(key: &FlowKey) -> Early {
 /// reassigned or not UP) are a miss. A refresh also records `svc`'s id and forwarding mode,
 /// which [`early`] trusts until the next refresh.
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Backend)> {
-    let flow = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_forward<F: Family>(
+    key: &Key<F>,
+    svc: &Service,
+    now: u64,
+) -> Option<(u32, BackendOf<F::Addr>)> {
+    let flow = F::conntrack().get_ptr_mut(key)?;
     // SAFETY: as in `early`: valid, aligned map memory; a racing rewrite only mixes integer
     // fields.
     let f = unsafe { *flow };
     if f.flags & flow_flags::REPLY != 0 {
         return None;
     }
-    let be = usable_backend(f.backend_id, Some(f.generation))?;
+    let be = usable_backend::<F>(f.backend_id, Some(f.generation))?;
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
         let flags = if svc.flags & service_flags::DSR != 0 {
             flow_flags::DSR
@@ -116,8 +119,8 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, now: u64) -> Option<(u32, Ba
 /// Whether the packet's source may be a NAT server: its bit in NAT_SERVERS is set. False
 /// means certainly not one, at the cost of an array read.
 #[inline(always)]
-pub fn maybe_reply(key: &FlowKey) -> bool {
-    let (word, bit) = nat_server_bit(key.src_addr, key.src_port, key.proto);
+pub fn maybe_reply<F: Family>(key: &Key<F>) -> bool {
+    let (word, bit) = nat_server_bit(F::fold(&key.src_addr), key.src_port, key.proto);
     NAT_SERVERS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
@@ -129,14 +132,14 @@ pub fn maybe_reply(key: &FlowKey) -> bool {
 /// one candidate matches. The lookup also marks the entry used, so a flow whose client is
 /// silent (a download) is kept by its replies under table pressure.
 #[inline(always)]
-pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
-    let src = ReplyKey {
+pub fn lookup_reply<F: Family>(key: &Key<F>) -> Option<(F::Addr, u16)> {
+    let src = ReplyKeyOf {
         addr: key.src_addr,
         port: key.src_port,
         proto: key.proto,
         _pad: 0,
     };
-    let sources = NAT_REPLY.get_ptr(src)?;
+    let sources = F::nat_reply().get_ptr(src)?;
     // SAFETY: a non-null, aligned pointer to a value of NAT_REPLY, valid while the program
     // runs; the agent replaces values whole, and a torn read only yields candidates that the
     // forward-entry check below rejects.
@@ -147,7 +150,7 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
         }
         // SAFETY: as above; `i` is within the array.
         let vp = unsafe { (*sources).vips[i] };
-        let forward = FlowKey {
+        let forward = FlowKeyOf {
             src_addr: key.dst_addr,
             dst_addr: vp.vip,
             src_port: key.dst_port,
@@ -155,7 +158,7 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
             proto: key.proto,
             _pad: [0, 0, 0],
         };
-        let Some(flow) = CONNTRACK.get_ptr(forward) else {
+        let Some(flow) = F::conntrack().get_ptr(forward) else {
             continue;
         };
         // SAFETY: as in `early`.
@@ -165,10 +168,13 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
         }
         // A reply from a removed or reassigned backend, or from another backend than the
         // flow's (it moved since), is left to the stack.
-        let Some(be) = BACKENDS.get(f.backend_id) else {
+        let Some(be) = F::backends().get(f.backend_id) else {
             continue;
         };
-        if be.generation == f.generation && be.addr == key.src_addr && be.port == key.src_port {
+        if be.generation == f.generation
+            && F::same(&be.addr, &key.src_addr)
+            && be.port == key.src_port
+        {
             return Some((vp.vip, vp.port));
         }
     }
@@ -178,20 +184,27 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(u32, u16)> {
 /// The backend of the live NAT flow whose forward tuple is `key`, if any (an ICMP error about
 /// one of its replies goes to it).
 #[inline(always)]
-pub fn nat_flow_backend(key: &FlowKey) -> Option<Backend> {
+pub fn nat_flow_backend<F: Family>(key: &Key<F>) -> Option<BackendOf<F::Addr>> {
     // SAFETY: as in `early`: valid, aligned map memory; a racing rewrite only mixes integer
     // fields.
-    let f = unsafe { *CONNTRACK.get_ptr(key)? };
+    let f = unsafe { *F::conntrack().get_ptr(key)? };
     if f.flags & (flow_flags::REPLY | flow_flags::DSR) != 0 {
         return None;
     }
-    let be = *BACKENDS.get(f.backend_id)?;
+    let be = *F::backends().get(f.backend_id)?;
     (be.generation == f.generation).then_some(be)
 }
 
 /// Records a new flow: one connection-table entry, whatever the forwarding mode.
 #[inline(always)]
-pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr: bool, now: u64) {
+pub fn record<F: Family>(
+    key: &Key<F>,
+    backend_id: u32,
+    be: &BackendOf<F::Addr>,
+    service_id: u32,
+    dsr: bool,
+    now: u64,
+) {
     let flow = Flow {
         backend_id,
         generation: be.generation,
@@ -203,13 +216,13 @@ pub fn record(key: &FlowKey, backend_id: u32, be: &Backend, service_id: u32, dsr
         last_seen_ns: now,
     };
     // An LRU map makes room by itself; a failed insert only costs a re-hash later.
-    if CONNTRACK.insert(key, flow, 0).is_ok() {
+    if F::conntrack().insert(key, flow, 0).is_ok() {
         stats::count(stat::CONNTRACK_INSERT);
     }
 }
 
 /// Forgets a tuple (an HTTP SYN going to the proxy must not follow an old fast-path entry).
 #[inline(always)]
-pub fn forget(key: &FlowKey) {
-    let _ = CONNTRACK.remove(key);
+pub fn forget<F: Family>(key: &Key<F>) {
+    let _ = F::conntrack().remove(key);
 }

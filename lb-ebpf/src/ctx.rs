@@ -37,9 +37,12 @@ pub trait Ctx {
     fn tx(&self, ingress: u32) -> u32;
     /// Sends the frame out of `ifindex`: `XDP_REDIRECT`, or another verdict on failure.
     fn redirect(&self, ifindex: u32) -> u32;
-    /// Updates the TCP/UDP checksum at `offset` for a changed address (pseudo-header) and
-    /// port; only called when `DIRECT_L4_CSUM` is false.
-    fn l4_csum(&self, offset: usize, udp: bool, addr: (u32, u32), port: (u16, u16));
+    /// Updates the TCP/UDP checksum at `offset` for a changed 32-bit word of an address in the
+    /// pseudo-header (an IPv4 address, or one word of an IPv6 one); only called when
+    /// `DIRECT_L4_CSUM` is false.
+    fn l4_csum_addr(&self, offset: usize, udp: bool, from: u32, to: u32);
+    /// The same for a changed port.
+    fn l4_csum_port(&self, offset: usize, udp: bool, from: u16, to: u16);
 }
 
 impl Ctx for XdpContext {
@@ -87,7 +90,10 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn l4_csum(&self, _offset: usize, _udp: bool, _addr: (u32, u32), _port: (u16, u16)) {}
+    fn l4_csum_addr(&self, _offset: usize, _udp: bool, _from: u32, _to: u32) {}
+
+    #[inline(always)]
+    fn l4_csum_port(&self, _offset: usize, _udp: bool, _from: u16, _to: u16) {}
 }
 
 impl Ctx for TcContext {
@@ -143,21 +149,29 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn l4_csum(&self, offset: usize, udp: bool, addr: (u32, u32), port: (u16, u16)) {
-        // UDP: a zero checksum means none and stays so; a computed zero is written 0xffff.
-        let mangled = if udp {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        };
+    fn l4_csum_addr(&self, offset: usize, udp: bool, from: u32, to: u32) {
         // Failures (offset beyond the skb) leave the checksum as it was: the frame is then
         // dropped by its receiver, as any corrupt frame.
         let _ = self.l4_csum_replace(
             offset,
-            u64::from(addr.0),
-            u64::from(addr.1),
-            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+            u64::from(from),
+            u64::from(to),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled_0(udp) | 4,
         );
-        let _ = self.l4_csum_replace(offset, u64::from(port.0), u64::from(port.1), mangled | 2);
+    }
+
+    #[inline(always)]
+    fn l4_csum_port(&self, offset: usize, udp: bool, from: u16, to: u16) {
+        let _ = self.l4_csum_replace(offset, u64::from(from), u64::from(to), mangled_0(udp) | 2);
+    }
+}
+
+/// UDP: a zero checksum means none and stays so; a computed zero is written 0xffff.
+#[inline(always)]
+fn mangled_0(udp: bool) -> u64 {
+    if udp {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
     }
 }

@@ -2,38 +2,35 @@
 //! reverse NAT of backend replies, then the next hop (cached FIB answer) for MACs and the
 //! egress port.
 
-use core::mem::offset_of;
-
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated::bpf_fib_lookup as fib_lookup,
 };
-use lb_common::{Backend, csum, proto, stat};
+use lb_common::{Addr6, BackendOf, proto, stat};
 
 use crate::{
     ctx::Ctx,
-    nexthop::{self, NextHop},
-    parse::{EthHdr, Ipv4Hdr, Packet},
+    family::Family,
+    nexthop::{self, NextHopOf},
+    parse::{EthHdr, Packet},
     stats,
     wire::{self, load_check, store_check},
 };
 
-const AF_INET: u8 = 2;
-
-/// What [`out`] needs of a frame: its Ethernet and IPv4 headers, and what the FIB lookup is
+/// What [`out`] needs of a frame: its Ethernet and IP headers, and what the FIB lookup is
 /// told besides the addresses.
-pub struct Hdrs {
+pub struct Hdrs<F: Family> {
     pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
+    pub ip: *mut F::Hdr,
     pub proto: u8,
     /// The L4 ports (TCP/UDP), read when the FIB is asked; `None` for ICMP.
     pub ports: Option<*mut [u8; 4]>,
     pub tot_len: u16,
 }
 
-impl Hdrs {
+impl<F: Family> Hdrs<F> {
     #[inline(always)]
-    fn of(pkt: &Packet) -> Self {
+    fn of(pkt: &Packet<F>) -> Self {
         Self {
             eth: pkt.eth,
             ip: pkt.ip,
@@ -44,108 +41,110 @@ impl Hdrs {
     }
 }
 
-/// Rewrites the destination to the backend (address and port), fixing IP and L4 checksums.
+/// Rewrites the destination to the backend (address and port), fixing the checksums (IPv4
+/// header, TCP/UDP).
 #[inline(always)]
-pub fn nat<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
-    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
-    if unsafe { (*pkt.ip).ttl } <= 1 {
+pub fn nat<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>, be: &BackendOf<F::Addr>, now: u64) -> u32 {
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IP header (`Packet`'s invariant).
+    if unsafe { F::hop_limit(pkt.ip) } <= 1 {
         // Let the stack answer with ICMP time exceeded.
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
     }
     let old_addr = pkt.key.dst_addr;
     let old_port = pkt.key.dst_port;
-    // SAFETY: `Packet`'s invariant: the IPv4 header (destination at 16..20) and the four port
-    // bytes (destination port at 2..4) are bounds-checked packet memory, not borrowed.
+    // SAFETY: `Packet`'s invariant: the IP header and the four port bytes (destination port
+    // at 2..4) are bounds-checked packet memory, not borrowed.
     unsafe {
-        wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, dst)), be.addr);
+        F::set_addr(pkt.ip, false, &old_addr, &be.addr);
         wire::store_u16(pkt.ports.cast::<u8>().add(2), be.port);
     }
-    update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, be.addr));
     if C::DIRECT_L4_CSUM {
-        fix_l4(pkt, old_addr, be.addr, old_port, be.port);
+        fix_l4(pkt, &old_addr, &be.addr, old_port, be.port);
     }
     let verdict = out(ctx, &Hdrs::of(pkt), be.addr, true, now);
     if !C::DIRECT_L4_CSUM {
-        l4_csum_last(ctx, pkt, (old_addr, be.addr), (old_port, be.port));
+        l4_csum_last(ctx, pkt, (&old_addr, &be.addr), (old_port, be.port));
     }
     verdict
 }
 
 /// Rewrites the source of a backend reply back to the virtual service.
 #[inline(always)]
-pub fn reply<C: Ctx>(ctx: &C, pkt: &Packet, vip: u32, vport: u16, now: u64) -> u32 {
-    // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (`Packet`'s invariant).
-    if unsafe { (*pkt.ip).ttl } <= 1 {
+pub fn reply<C: Ctx, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F>,
+    vip: F::Addr,
+    vport: u16,
+    now: u64,
+) -> u32 {
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IP header (`Packet`'s invariant).
+    if unsafe { F::hop_limit(pkt.ip) } <= 1 {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
     }
     let old_addr = pkt.key.src_addr;
     let old_port = pkt.key.src_port;
-    // SAFETY: `Packet`'s invariant: the IPv4 header (source at 12..16) and the four port bytes
-    // (source port at 0..2) are bounds-checked packet memory, not borrowed.
+    // SAFETY: `Packet`'s invariant: the IP header and the four port bytes (source port at
+    // 0..2) are bounds-checked packet memory, not borrowed.
     unsafe {
-        wire::store_u32(pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, src)), vip);
+        F::set_addr(pkt.ip, true, &old_addr, &vip);
         wire::store_u16(pkt.ports.cast::<u8>(), vport);
     }
-    update_ip_check(pkt.ip, |check| csum::replace4(check, old_addr, vip));
     if C::DIRECT_L4_CSUM {
-        fix_l4(pkt, old_addr, vip, old_port, vport);
+        fix_l4(pkt, &old_addr, &vip, old_port, vport);
     }
     let verdict = out(ctx, &Hdrs::of(pkt), pkt.key.dst_addr, true, now);
     if !C::DIRECT_L4_CSUM {
-        l4_csum_last(ctx, pkt, (old_addr, vip), (old_port, vport));
+        l4_csum_last(ctx, pkt, (&old_addr, &vip), (old_port, vport));
     }
     verdict
 }
 
 /// DSR: the IP packet stays as the client sent it; only the MACs change.
 #[inline(always)]
-pub fn dsr<C: Ctx>(ctx: &C, pkt: &Packet, be: &Backend, now: u64) -> u32 {
+pub fn dsr<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>, be: &BackendOf<F::Addr>, now: u64) -> u32 {
     out(ctx, &Hdrs::of(pkt), be.addr, false, now)
-}
-
-/// Replaces the IPv4 header checksum of `ip` by `update` of it.
-///
-/// `ip` must point to a whole, bounds-checked IPv4 header of this run's frame (the invariant
-/// of `Packet` and `IcmpError`, whose pointers are the only ones passed here).
-#[inline(always)]
-pub fn update_ip_check(ip: *mut Ipv4Hdr, update: impl FnOnce(u16) -> u16) {
-    // SAFETY: per the contract above, the checksum field at 10..12 is packet memory; only raw
-    // pointers reach it.
-    unsafe {
-        let field = core::ptr::addr_of_mut!((*ip).check);
-        store_check(field, update(load_check(field)));
-    }
 }
 
 /// The TCP/UDP checksum through the hook's helper (TC), once nothing reads or writes the
 /// frame directly any more: the helper invalidates packet pointers. The field's offset is a
-/// constant: a `Packet` has no IP options.
+/// constant: a `Packet` has no IP options or extension headers.
 #[inline(always)]
-fn l4_csum_last<C: Ctx>(ctx: &C, pkt: &Packet, addr: (u32, u32), port: (u16, u16)) {
+fn l4_csum_last<C: Ctx, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F>,
+    addr: (&F::Addr, &F::Addr),
+    port: (u16, u16),
+) {
     let udp = pkt.key.proto == proto::UDP;
-    let offset = crate::parse::L4_OFF + if udp { 6 } else { 16 };
-    ctx.l4_csum(offset, udp, addr, port);
+    let offset = F::L4_OFF + if udp { 6 } else { 16 };
+    F::tc_l4_check(ctx, offset, udp, addr, port);
 }
 
 /// L4 checksum after one address (pseudo-header) and one port changed.
 #[inline(always)]
-fn fix_l4(pkt: &Packet, old_addr: u32, new_addr: u32, old_port: u16, new_port: u16) {
+fn fix_l4<F: Family>(
+    pkt: &Packet<F>,
+    old_addr: &F::Addr,
+    new_addr: &F::Addr,
+    old_port: u16,
+    new_port: u16,
+) {
     // SAFETY: `pkt.l4_check` points to the checksum field of the bounds-checked TCP or UDP
     // header (`Packet`'s invariant).
     let check = unsafe { load_check(pkt.l4_check) };
     let udp = pkt.key.proto == proto::UDP;
-    let Some(c) = csum::replace_addr_port(check, udp, old_addr, new_addr, old_port, new_port)
-    else {
+    let Some(c) = F::l4_check(check, udp, old_addr, new_addr, old_port, new_port) else {
         return;
     };
     // SAFETY: as above; no reference to the field exists.
     unsafe { store_check(pkt.l4_check, c) };
 }
 
-/// `struct bpf_fib_lookup` for IPv4 with plain fields, so that it can be built with ordinary
-/// stores (the bindgen unions would need a zeroing memset call first).
+/// `struct bpf_fib_lookup` with plain fields, so that it can be built with ordinary stores
+/// (the bindgen unions would need a zeroing memset call first). An IPv4 address is the first
+/// word of its union with the IPv6 one.
 #[repr(C)]
 struct FibParams {
     family: u8,
@@ -154,12 +153,10 @@ struct FibParams {
     dport: u16,
     tot_len: u16,
     ifindex: u32,
-    tos: u8,
-    _pad: [u8; 3],
-    src: u32,
-    _src_v6: [u32; 3],
-    dst: u32,
-    _dst_v6: [u32; 3],
+    /// IPv4 tos (its first byte) or IPv6 flow info.
+    tos_flowinfo: u32,
+    src: Addr6,
+    dst: Addr6,
     _vlan_or_tbid: u32,
     smac: [u8; 6],
     dmac: [u8; 6],
@@ -171,9 +168,15 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<
 /// TTL) and transmit, otherwise pass the (already rewritten) packet to the stack, which routes
 /// it and resolves ARP.
 #[inline(always)]
-pub fn out<C: Ctx>(ctx: &C, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now: u64) -> u32 {
+pub fn out<C: Ctx, F: Family>(
+    ctx: &C,
+    pkt: &Hdrs<F>,
+    next_dst: F::Addr,
+    decrement_ttl: bool,
+    now: u64,
+) -> u32 {
     let ingress = ctx.ingress_ifindex();
-    let Some((hop, live)) = nexthop::entry(next_dst, ingress, now) else {
+    let Some((hop, live)) = nexthop::entry::<F>(&next_dst, ingress, now) else {
         stats::count(stat::PASS_FIB_MISS);
         return xdp_action::XDP_PASS;
     };
@@ -184,18 +187,10 @@ pub fn out<C: Ctx>(ctx: &C, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now:
         };
     }
     if decrement_ttl {
-        // TTL and protocol form one 16-bit word of the checksum; TTL is its first byte.
-        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (the invariant of
-        // `Packet` and `IcmpError`, which `Hdrs` are made of): bytes 8..10 are in it, reached
-        // only through raw pointers; TTL > 1 was checked by the callers that decrement it.
-        let (old, new) = unsafe {
-            let ttl_proto = pkt.ip.cast::<u8>().add(offset_of!(Ipv4Hdr, ttl));
-            let old = wire::load_u16(ttl_proto);
-            let new = u16::from_ne_bytes([(*pkt.ip).ttl - 1, (*pkt.ip).proto]);
-            wire::store_u16(ttl_proto, new);
-            (old, new)
-        };
-        update_ip_check(pkt.ip, |check| csum::replace2(check, old, new));
+        // SAFETY: `pkt.ip` points to a whole, bounds-checked IP header (the invariant of
+        // `Packet` and `IcmpError`, which `Hdrs` are made of), reached only through raw
+        // pointers; a hop limit > 1 was checked by the callers that decrement it.
+        unsafe { F::decrement_hop_limit(pkt.ip) };
     }
     let eth = pkt.eth.cast::<u8>();
     // SAFETY: `hop` is this CPU's NEXT_HOPS entry from `nexthop::entry`: a valid, aligned
@@ -225,12 +220,12 @@ pub fn out<C: Ctx>(ctx: &C, pkt: &Hdrs, next_dst: u32, decrement_ttl: bool, now:
 /// A FIB lookup toward `next_dst`, its answer stored in the cache entry `hop`. None when the
 /// kernel cannot forward it directly (no route, no neighbour yet, forwarding off).
 #[inline(always)]
-fn fib<C: Ctx>(
+fn fib<C: Ctx, F: Family>(
     ctx: &C,
-    pkt: &Hdrs,
-    next_dst: u32,
+    pkt: &Hdrs<F>,
+    next_dst: F::Addr,
     ingress: u32,
-    hop: *mut NextHop,
+    hop: *mut NextHopOf<F::Addr>,
     now: u64,
 ) -> Option<()> {
     let ports = match pkt.ports {
@@ -239,21 +234,18 @@ fn fib<C: Ctx>(
         Some(p) => unsafe { *p },
         None => [0; 4],
     };
+    // SAFETY: `pkt.ip` points to a whole, bounds-checked IP header (see `out`).
+    let (family, tos_flowinfo, src, dst) = unsafe { F::fib_addrs(pkt.ip, &next_dst) };
     let mut fib = FibParams {
-        family: AF_INET,
+        family,
         l4_protocol: pkt.proto,
         sport: u16::from_ne_bytes([ports[0], ports[1]]),
         dport: u16::from_ne_bytes([ports[2], ports[3]]),
         tot_len: pkt.tot_len,
         ifindex: ingress,
-        // SAFETY: `pkt.ip` points to a whole, bounds-checked IPv4 header (see `out`).
-        tos: unsafe { (*pkt.ip).tos },
-        _pad: [0, 0, 0],
-        // SAFETY: as for `tos`; the source address is bytes 12..16 of the header.
-        src: u32::from_ne_bytes(unsafe { (*pkt.ip).src }),
-        _src_v6: [0, 0, 0],
-        dst: next_dst,
-        _dst_v6: [0, 0, 0],
+        tos_flowinfo,
+        src,
+        dst,
         _vlan_or_tbid: 0,
         smac: [0, 0, 0, 0, 0, 0],
         dmac: [0, 0, 0, 0, 0, 0],
@@ -278,7 +270,7 @@ fn fib<C: Ctx>(
         (*hop).dst = next_dst;
         (*hop).ingress = ingress;
         (*hop).ifindex = fib.ifindex;
-        (*hop).macs = NextHop::macs(fib.dmac, fib.smac);
+        (*hop).macs = nexthop::macs(fib.dmac, fib.smac);
         (*hop).stamp_ns = now;
     }
     Some(())

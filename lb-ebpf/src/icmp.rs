@@ -25,6 +25,7 @@ use lb_common::{FlowKey, csum, proto, stat};
 use crate::{
     conntrack,
     ctx::Ctx,
+    family::{V4, update_ip_check},
     forward::{self, Hdrs},
     parse::{IcmpError, Ipv4Hdr},
     stats,
@@ -69,8 +70,8 @@ pub fn translate<C: Ctx>(ctx: &C, e: &IcmpError, now: u64) -> u32 {
         proto: e.inner.proto,
         _pad: [0, 0, 0],
     };
-    if conntrack::maybe_reply(&key)
-        && let Some((vip, vport)) = conntrack::lookup_reply(&key)
+    if conntrack::maybe_reply::<V4>(&key)
+        && let Some((vip, vport)) = conntrack::lookup_reply::<V4>(&key)
     {
         rewrite_inner(
             e,
@@ -86,7 +87,7 @@ pub fn translate<C: Ctx>(ctx: &C, e: &IcmpError, now: u64) -> u32 {
         stats::count(stat::ICMP_TO_CLIENT);
         return forward::out(ctx, &hdrs(e), outer_dst, true, now);
     }
-    if let Some(be) = conntrack::nat_flow_backend(&key) {
+    if let Some(be) = conntrack::nat_flow_backend::<V4>(&key) {
         rewrite_inner(
             e,
             &Rewrite {
@@ -106,7 +107,7 @@ pub fn translate<C: Ctx>(ctx: &C, e: &IcmpError, now: u64) -> u32 {
 }
 
 #[inline(always)]
-fn hdrs(e: &IcmpError) -> Hdrs {
+fn hdrs(e: &IcmpError) -> Hdrs<V4> {
     Hdrs {
         eth: e.eth,
         ip: e.ip,
@@ -123,7 +124,7 @@ fn set_outer(e: &IcmpError, field: usize, old: u32, new: u32) {
     // SAFETY: `e.ip` covers the whole outer IPv4 header (`IcmpError`'s invariant) and `field`
     // is the offset of one of its addresses.
     unsafe { wire::store_u32(e.ip.cast::<u8>().add(field), new) };
-    forward::update_ip_check(e.ip, |c| csum::replace4(c, old, new));
+    update_ip_check(e.ip, |c| csum::replace4(c, old, new));
 }
 
 /// Rewrites the quoted packet's address and port and every checksum that covers them.

@@ -9,6 +9,7 @@
 mod clock;
 mod conntrack;
 mod ctx;
+mod family;
 mod forward;
 mod icmp;
 mod maglev;
@@ -25,11 +26,12 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{Backend, Service, flow_flags, service_flags, stat};
+use lb_common::{BackendOf, Service, flow_flags, service_flags, stat};
 
 use crate::{
     ctx::Ctx,
-    parse::{Packet, Parsed},
+    family::{Family, V4, V6},
+    parse::{Irregular, Packet, Parsed},
 };
 
 #[xdp]
@@ -53,9 +55,11 @@ pub fn latch_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Bytes made linear at TC: every header latch reads (Ethernet, IPv4 without options, TCP with
-/// options, or an ICMP error's quoted headers) lies within them.
-const HEADROOM_PULL: u32 = 128;
+/// Bytes made linear at TC: every header latch reads (Ethernet, IPv4 without options or IPv6
+/// without extension headers, TCP with options, or an ICMP error's quoted headers) lies within
+/// them. The extension headers walked for counting may lie beyond: such a packet is counted
+/// as irregular without its port.
+const HEADROOM_PULL: u32 = 148;
 
 #[inline(always)]
 fn pass(stat_index: u32) -> u32 {
@@ -64,37 +68,48 @@ fn pass(stat_index: u32) -> u32 {
 }
 
 /// What the service logic decided for a VIP packet.
-enum Decision {
+enum Decision<A> {
     /// Final verdict (counters already done).
     Verdict(u32),
     /// Forward to this backend (`new_flow`: a connection starts).
     Forward {
         id: u32,
-        be: Backend,
+        be: BackendOf<A>,
         new_flow: bool,
     },
 }
 
 #[inline(always)]
 fn process<C: Ctx>(ctx: &C) -> u32 {
-    let pkt = match parse::parse(ctx) {
-        Parsed::Pass(s) => return pass(s),
-        Parsed::Irregular(irr) => {
-            // Non-first fragments carry no ports: count them as fragments without knowing
-            // whether they were meant for a VIP.
-            let to_vip = match irr.dport {
-                Some(port) => service::lookup(irr.dst, port, irr.proto).is_some(),
-                None => true,
-            };
-            return pass(if to_vip {
-                stat::PASS_FRAGMENT_OR_OPTIONS
-            } else {
-                stat::PASS_NOT_VIP
-            });
-        }
-        Parsed::IcmpError(e) => return icmp::translate(ctx, &e, crate::clock::now_ns()),
-        Parsed::Packet(p) => p,
+    match parse::parse(ctx) {
+        Parsed::Pass(s) => pass(s),
+        Parsed::Irregular(irr) => irregular::<V4>(&irr),
+        Parsed::Irregular6(irr) => irregular::<V6>(&irr),
+        Parsed::IcmpError(e) => icmp::translate(ctx, &e, crate::clock::now_ns()),
+        Parsed::Packet(p) => packet(ctx, &p),
+        Parsed::Packet6(p) => packet(ctx, &p),
+    }
+}
+
+/// A packet the fast path does not handle, passed and counted.
+#[inline(always)]
+fn irregular<F: Family>(irr: &Irregular<F::Addr>) -> u32 {
+    // Non-first fragments carry no ports: count them as fragments without knowing whether
+    // they were meant for a VIP.
+    let to_vip = match irr.dport {
+        Some(port) => service::lookup::<F>(irr.dst, port, irr.proto).is_some(),
+        None => true,
     };
+    pass(if to_vip {
+        stat::PASS_FRAGMENT_OR_OPTIONS
+    } else {
+        stat::PASS_NOT_VIP
+    })
+}
+
+/// A TCP/UDP packet of either family: its flow, or the service's decision, then the rewrite.
+#[inline(always)]
+fn packet<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>) -> u32 {
     // Established flows first: a non-SYN packet's own conntrack entry answers most traffic
     // with one lookup. `known_miss` spares the full path a second lookup of the same key.
     let mut known_miss = false;
@@ -103,13 +118,13 @@ fn process<C: Ctx>(ctx: &C) -> u32 {
         // A NAT backend's reply has no entry of its own (a flow has one, keyed by the client's
         // tuple): it is recognised by its source first, which the bitmap rules out for almost
         // every other packet at the cost of an array read.
-        if conntrack::maybe_reply(&pkt.key)
-            && let Some((vip, vport)) = conntrack::lookup_reply(&pkt.key)
+        if conntrack::maybe_reply::<F>(&pkt.key)
+            && let Some((vip, vport)) = conntrack::lookup_reply::<F>(&pkt.key)
         {
             stats::count(stat::REPLY_NAT);
-            return forward::reply(ctx, &pkt, vip, vport, crate::clock::now_ns());
+            return forward::reply(ctx, pkt, vip, vport, crate::clock::now_ns());
         }
-        match conntrack::early(&pkt.key) {
+        match conntrack::early::<F>(&pkt.key) {
             conntrack::Early::Miss => known_miss = true,
             conntrack::Early::Forward { id, be, flow, now } => {
                 stats::count(stat::CONNTRACK_HIT);
@@ -127,15 +142,15 @@ fn process<C: Ctx>(ctx: &C) -> u32 {
     let (service_id, dsr, id, be, new_flow, now) = match early {
         Some((service_id, dsr, id, be, now)) => (service_id, dsr, id, be, false, now),
         None => {
-            let Some(svc) = service::lookup(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
+            let Some(svc) = service::lookup::<F>(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
             else {
                 return pass(stat::PASS_NOT_VIP);
             };
             let now = crate::clock::now_ns();
             let decision = if svc.flags & service_flags::HTTP != 0 {
-                http(&pkt, &svc, now, known_miss)
+                http(pkt, &svc, now, known_miss)
             } else {
-                l4(&pkt, &svc, now, known_miss)
+                l4(pkt, &svc, now, known_miss)
             };
             match decision {
                 Decision::Verdict(v) => return v,
@@ -153,17 +168,17 @@ fn process<C: Ctx>(ctx: &C) -> u32 {
     // Single call site: the rewrite code is emitted once.
     stats::traffic(service_id, id, pkt.tot_len, new_flow);
     if dsr {
-        forward::dsr(ctx, &pkt, &be, now)
+        forward::dsr(ctx, pkt, &be, now)
     } else {
-        forward::nat(ctx, &pkt, &be, now)
+        forward::nat(ctx, pkt, &be, now)
     }
 }
 
 #[inline(always)]
-fn l4(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
+fn l4<F: Family>(pkt: &Packet<F>, svc: &Service, now: u64, known_miss: bool) -> Decision<F::Addr> {
     if !pkt.is_syn()
         && !known_miss
-        && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, svc, now)
+        && let Some((id, be)) = conntrack::lookup_forward::<F>(&pkt.key, svc, now)
     {
         stats::count(stat::CONNTRACK_HIT);
         return Decision::Forward {
@@ -178,7 +193,7 @@ fn l4(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
         stats::count(stat::DROP_NO_BACKEND);
         return Decision::Verdict(xdp_action::XDP_DROP);
     };
-    conntrack::record(
+    conntrack::record::<F>(
         &pkt.key,
         id,
         &be,
@@ -187,14 +202,8 @@ fn l4(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
         now,
     );
     if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
-        persist::pin(
-            svc.persist_group,
-            pkt.key.src_addr,
-            id,
-            &be,
-            now,
-            svc.persist_ttl_ns,
-        );
+        let key = persist::key::<F>(svc, &pkt.key.src_addr);
+        persist::pin::<F>(&key, id, &be, now, svc.persist_ttl_ns);
     }
     Decision::Forward {
         id,
@@ -204,15 +213,20 @@ fn l4(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
 }
 
 #[inline(always)]
-fn http(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
+fn http<F: Family>(
+    pkt: &Packet<F>,
+    svc: &Service,
+    now: u64,
+    known_miss: bool,
+) -> Decision<F::Addr> {
     if pkt.is_syn() {
         if svc.flags & service_flags::FAST_PATH != 0
             && let persist::Lookup::Live(id, be) =
-                persist::lookup(svc.persist_group, pkt.key.src_addr, now)
+                persist::lookup::<F>(&persist::key::<F>(svc, &pkt.key.src_addr), now)
         {
             stats::count(stat::FAST_PATH);
             let dsr = svc.flags & service_flags::DSR != 0;
-            conntrack::record(&pkt.key, id, &be, svc.id, dsr, now);
+            conntrack::record::<F>(&pkt.key, id, &be, svc.id, dsr, now);
             // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
             return Decision::Forward {
                 id,
@@ -222,10 +236,10 @@ fn http(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
         }
         // The tuple may have carried an earlier fast-path connection: its entry must not
         // steal this proxied one.
-        conntrack::forget(&pkt.key);
+        conntrack::forget::<F>(&pkt.key);
         return Decision::Verdict(pass(stat::PASS_TO_PROXY));
     }
-    if !known_miss && let Some((id, be)) = conntrack::lookup_forward(&pkt.key, svc, now) {
+    if !known_miss && let Some((id, be)) = conntrack::lookup_forward::<F>(&pkt.key, svc, now) {
         stats::count(stat::CONNTRACK_HIT);
         return Decision::Forward {
             id,
@@ -238,9 +252,13 @@ fn http(pkt: &Packet, svc: &Service, now: u64, known_miss: bool) -> Decision {
 
 /// New-flow backend choice: a live persistence pin first, else the maglev table.
 #[inline(always)]
-fn choose(pkt: &Packet, svc: &Service, now: u64) -> Option<(u32, Backend)> {
+fn choose<F: Family>(
+    pkt: &Packet<F>,
+    svc: &Service,
+    now: u64,
+) -> Option<(u32, BackendOf<F::Addr>)> {
     if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
-        match persist::lookup(svc.persist_group, pkt.key.src_addr, now) {
+        match persist::lookup::<F>(&persist::key::<F>(svc, &pkt.key.src_addr), now) {
             persist::Lookup::Live(id, be) => {
                 stats::count(stat::PERSIST_HIT);
                 return Some((id, be));
@@ -249,7 +267,7 @@ fn choose(pkt: &Packet, svc: &Service, now: u64) -> Option<(u32, Backend)> {
             persist::Lookup::Miss => {}
         }
     }
-    let chosen = maglev::pick(svc, lb_common::maglev::flow_hash(&pkt.key))?;
+    let chosen = maglev::pick::<F>(svc, F::flow_hash(&pkt.key))?;
     stats::count(stat::NEW_FLOW_MAGLEV);
     Some(chosen)
 }

@@ -6,10 +6,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
-    NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey, ReplyKey, ReplySources, Service,
-    ServiceKey, TrafficCounters, stat,
+    Backend, Backend6, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
+    FlowKey6, NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey, PersistKey6, ReplyKey,
+    ReplyKey6, ReplySources, ReplySources6, Service, ServiceKey, ServiceKey6, TrafficCounters,
+    stat,
 };
+
+use crate::nexthop::NextHopOf;
 
 /// The declared sizes; the agent overrides each with its configured capacity at load time.
 const CAP: Capacities = Capacities::DEFAULT;
@@ -60,5 +63,29 @@ pub static DS_TABLE: HashMap<DsKey, DsValue> =
 /// Per-CPU next-hop cache (see nexthop.rs). Not pinned: it caches the kernel's own FIB and
 /// ifindexes, which a fresh program relearns within one lookup per destination.
 #[map(name = "LATCH_NEXT_HOPS")]
-pub static NEXT_HOPS: PerCpuArray<crate::nexthop::NextHop> =
+pub static NEXT_HOPS: PerCpuArray<NextHopOf<u32>> =
+    PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);
+
+// IPv6: the same maps with 128-bit addresses (see family.rs for why they are separate).
+// MAGLEV, the counters and NAT_SERVERS are shared: ids are one space for both families.
+
+#[map(name = "LATCH_SERVICES6")]
+pub static SERVICES6: HashMap<ServiceKey6, Service> = HashMap::pinned(CAP.services, 0);
+
+#[map(name = "LATCH_BACKENDS6")]
+pub static BACKENDS6: Array<Backend6> = Array::pinned(CAP.backends, 0);
+
+#[map(name = "LATCH_CONNTRACK6")]
+pub static CONNTRACK6: LruHashMap<FlowKey6, Flow> =
+    LruHashMap::pinned(CAP.connections_v6, CONNTRACK_FLAGS);
+
+#[map(name = "LATCH_NAT_REPLY6")]
+pub static NAT_REPLY6: HashMap<ReplyKey6, ReplySources6> =
+    HashMap::pinned(CAP.nat_reply_entries(), NAT_REPLY_FLAGS);
+
+#[map(name = "LATCH_PERSIST6")]
+pub static PERSIST6: HashMap<PersistKey6, Persist> = HashMap::pinned(CAP.client_pins_v6, 0);
+
+#[map(name = "LATCH_NEXT_HOPS6")]
+pub static NEXT_HOPS6: PerCpuArray<NextHopOf<lb_common::Addr6>> =
     PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);

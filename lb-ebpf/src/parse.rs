@@ -1,4 +1,4 @@
-//! Ethernet / IPv4 / TCP|UDP parsing with a bounds check before every access.
+//! Ethernet / IPv4 or IPv6 / TCP|UDP parsing with a bounds check before every access.
 //!
 //! Header structs use byte arrays only (alignment 1): packet data in XDP is at best 2-byte
 //! aligned after the 14-byte Ethernet header, so typed `u32` fields would be misaligned reads.
@@ -7,9 +7,13 @@
 
 use core::mem::offset_of;
 
-use lb_common::{FlowKey, proto, stat};
+use lb_common::{Addr6, FlowKey, FlowKeyOf, proto, stat};
 
-use crate::{ctx::Ctx, wire};
+use crate::{
+    ctx::Ctx,
+    family::{Family, V4, V6, l3_len6, load6},
+    wire,
+};
 
 /// Ethernet header length.
 pub const ETH_HLEN: usize = 14;
@@ -19,6 +23,17 @@ pub const IPV4_HLEN: usize = 20;
 pub const L4_OFF: usize = ETH_HLEN + IPV4_HLEN;
 /// EtherType of IPv4, as the wire bytes.
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+/// EtherType of IPv6, as the wire bytes.
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+/// IPv6 header length (extension headers are separate headers).
+pub const IPV6_HLEN: usize = 40;
+/// Offset of the L4 header for an IPv6 packet without extension headers.
+pub const L4_OFF6: usize = ETH_HLEN + IPV6_HLEN;
+/// ICMPv6: errors about IPv6 NAT flows are not translated; every ICMPv6 packet (neighbour
+/// discovery above all) goes to the stack.
+const NEXTHDR_ICMPV6: u8 = 58;
+/// Most extension headers walked to find a VIP port for the counters.
+const EXT_HEADERS: usize = 4;
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub const TCP_SYN: u8 = 0x02;
@@ -44,6 +59,16 @@ pub struct Ipv4Hdr {
     pub check: [u8; 2],
     pub src: [u8; 4],
     pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
 }
 
 #[repr(C)]
@@ -95,29 +120,32 @@ pub fn ptr_at<T>(ctx: &impl Ctx, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// A parsed option-less, unfragmented IPv4 TCP/UDP packet.
+/// A parsed TCP/UDP packet: IPv4 without options, unfragmented, or IPv6 without extension
+/// headers.
 ///
 /// Invariant, relied on by every `unsafe` access through its pointers: they come from
 /// [`ptr_at`] in [`parse`] (the only constructor), so each points into this run's frame with
 /// the whole header it designates before `data_end` (the Ethernet header, the 20-byte IPv4
-/// header, the L4 checksum field, the four port bytes), and no Rust reference to packet memory
-/// exists. The headers are byte arrays, so no access needs alignment.
-pub struct Packet {
+/// or 40-byte IPv6 header, the L4 checksum field, the four port bytes), and no Rust
+/// reference to packet memory exists. The headers are byte arrays, so no access needs
+/// alignment.
+pub struct Packet<F: Family> {
     pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
+    pub ip: *mut F::Hdr,
     /// Pointer to the L4 checksum field (TCP offset 16, UDP offset 6).
     pub l4_check: *mut [u8; 2],
     /// Pointer to the L4 source port; the destination port follows it.
     pub ports: *mut [u8; 4],
     /// The 5-tuple as it is on the wire.
-    pub key: FlowKey,
+    pub key: FlowKeyOf<F::Addr>,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
-    /// IPv4 total length, host order (the byte count the counters use).
+    /// L3 length, host order (the byte count the counters use): IPv4 total length, IPv6
+    /// payload length plus its header.
     pub tot_len: u16,
 }
 
-impl Packet {
+impl<F: Family> Packet<F> {
     /// A connection opener: SYN without ACK.
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
@@ -125,10 +153,11 @@ impl Packet {
     }
 }
 
-/// An IPv4 TCP/UDP packet the fast path does not handle (options or fragment). The
-/// destination port is known when the L4 header is present (first fragment or options).
-pub struct Irregular {
-    pub dst: u32,
+/// A TCP/UDP packet the fast path does not handle (IPv4 options or fragment, IPv6 extension
+/// headers). The destination port is known when the L4 header was found (first fragment,
+/// options, extension headers walked).
+pub struct Irregular<A> {
+    pub dst: A,
     pub dport: Option<u16>,
     pub proto: u8,
 }
@@ -161,8 +190,10 @@ pub struct IcmpError {
 pub enum Parsed {
     /// Pass untouched, counting this stat index.
     Pass(u32),
-    Irregular(Irregular),
-    Packet(Packet),
+    Irregular(Irregular<u32>),
+    Irregular6(Irregular<Addr6>),
+    Packet(Packet<V4>),
+    Packet6(Packet<V6>),
     IcmpError(IcmpError),
 }
 
@@ -176,9 +207,12 @@ pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
     // the bytes read, so they lie inside the frame; the headers are byte arrays (any
     // alignment, any bit pattern valid).
     // SAFETY: `eth` covers the 14-byte Ethernet header, the EtherType at 12..14.
-    if unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) }
-        != u16::from_ne_bytes(ETH_P_IP)
-    {
+    let ether_type =
+        unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) };
+    if ether_type != u16::from_ne_bytes(ETH_P_IP) {
+        if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
+            return parse6(ctx, eth, frame_len);
+        }
         return Parsed::Pass(stat::PASS_NOT_VIP);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
@@ -231,42 +265,68 @@ pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
         });
     }
 
+    match transport::<C, V4>(
+        ctx,
+        eth,
+        ip,
+        l4_proto,
+        tot_len as usize - IPV4_HLEN,
+        src,
+        dst,
+    ) {
+        Some(mut pkt) => {
+            pkt.tot_len = tot_len;
+            Parsed::Packet(pkt)
+        }
+        None => Parsed::Pass(stat::PASS_MALFORMED),
+    }
+}
+
+/// The TCP or UDP header at `F::L4_OFF`, `l4_len` bytes of L4 data by the IP header: a
+/// [`Packet`] (its `tot_len` still to be set), or None for a malformed one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transport<C: Ctx, F: Family>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut F::Hdr,
+    l4_proto: u8,
+    l4_len: usize,
+    src: F::Addr,
+    dst: F::Addr,
+) -> Option<Packet<F>> {
     let (l4_check, ports, tcp_flags, l4_min) = if l4_proto == proto::TCP {
-        let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFF) else {
-            return Parsed::Pass(stat::PASS_MALFORMED);
-        };
+        let tcp = ptr_at::<TcpHdr>(ctx, F::L4_OFF)?;
         // SAFETY: `tcp` covers the 20-byte TCP header.
         let doff = unsafe { (*tcp).doff_res } >> 4;
-        if doff < 5 || (tot_len as usize) < IPV4_HLEN + doff as usize * 4 {
-            return Parsed::Pass(stat::PASS_MALFORMED);
+        if doff < 5 || l4_len < doff as usize * 4 {
+            return None;
         }
         // SAFETY: `tcp` covers the 20-byte TCP header (checksum at 16..18, flags at 13); taking
         // the field's address creates no reference.
         let (check, flags) = unsafe { (core::ptr::addr_of_mut!((*tcp).check), (*tcp).flags) };
         (check, tcp as *mut [u8; 4], flags, 20usize)
     } else {
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
-            return Parsed::Pass(stat::PASS_MALFORMED);
-        };
+        let udp = ptr_at::<UdpHdr>(ctx, F::L4_OFF)?;
         // SAFETY: `udp` covers the 8-byte UDP header, length at 4..6.
         let ulen =
             u16::from_be(unsafe { wire::load_u16(udp.cast::<u8>().add(offset_of!(UdpHdr, len))) });
         if ulen < 8 {
-            return Parsed::Pass(stat::PASS_MALFORMED);
+            return None;
         }
         // SAFETY: `udp` covers the UDP header; taking the checksum field's address (6..8)
         // creates no reference.
         let check = unsafe { core::ptr::addr_of_mut!((*udp).check) };
         (check, udp as *mut [u8; 4], 0u8, 8usize)
     };
-    if (tot_len as usize) < IPV4_HLEN + l4_min {
-        return Parsed::Pass(stat::PASS_MALFORMED);
+    if l4_len < l4_min {
+        return None;
     }
     let pb = ports.cast::<u8>();
     // SAFETY: `ports` is the start of the TCP or UDP header checked above, which covers the
     // source (0..2) and destination (2..4) ports.
     let (src_port, dst_port) = unsafe { (wire::load_u16(pb), wire::load_u16(pb.add(2))) };
-    let key = FlowKey {
+    let key = FlowKeyOf {
         src_addr: src,
         dst_addr: dst,
         src_port,
@@ -274,15 +334,113 @@ pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
         proto: l4_proto,
         _pad: [0, 0, 0],
     };
-    Parsed::Packet(Packet {
+    Some(Packet {
         eth,
         ip,
         l4_check,
         ports,
         key,
         tcp_flags,
-        tot_len,
+        tot_len: 0,
     })
+}
+
+/// Extension header numbers: hop-by-hop options, routing, fragment, destination options.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// Other extension headers (AH, mobility, HIP, shim6, experimental): the packet is passed
+/// without looking further.
+const NEXTHDR_OTHER_EXT: [u8; 6] = [51, 135, 139, 140, 253, 254];
+
+/// An IPv6 packet. Only TCP/UDP right after the fixed header is forwarded. Extension headers
+/// are never taken for TCP/UDP: such a packet goes to the stack, counted as irregular when it
+/// is TCP/UDP (the first few extension headers are walked to find its port for that count).
+/// ESP, ICMPv6 (neighbour discovery) and anything else go to the stack as not ours.
+#[inline(always)]
+fn parse6<C: Ctx>(ctx: &C, eth: *mut EthHdr, frame_len: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    };
+    let ipb = ip.cast::<u8>();
+    // SAFETY: `ip` covers the 40-byte IPv6 header: version in byte 0, payload length at 4..6,
+    // next header at 6, addresses at 8..40.
+    let (version, payload, nexthdr, src, dst) = unsafe {
+        (
+            (*ip).vtc_flow[0] >> 4,
+            u16::from_be(wire::load_u16(ipb.add(offset_of!(Ipv6Hdr, payload_len)))),
+            (*ip).nexthdr,
+            load6(ipb.add(offset_of!(Ipv6Hdr, src))),
+            load6(ipb.add(offset_of!(Ipv6Hdr, dst))),
+        )
+    };
+    // A zero payload length with a hop-by-hop header is a jumbogram: malformed here too.
+    if version != 6 || payload as usize > frame_len - L4_OFF6 {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    }
+    if nexthdr == proto::TCP || nexthdr == proto::UDP {
+        return match transport::<C, V6>(ctx, eth, ip, nexthdr, payload as usize, src, dst) {
+            Some(mut pkt) => {
+                pkt.tot_len = l3_len6(payload);
+                Parsed::Packet6(pkt)
+            }
+            None => Parsed::Pass(stat::PASS_MALFORMED),
+        };
+    }
+    if nexthdr == NEXTHDR_ICMPV6 {
+        return Parsed::Pass(stat::PASS_NOT_VIP);
+    }
+    ext_headers(ctx, nexthdr, dst)
+}
+
+/// Walks up to [`EXT_HEADERS`] extension headers from the fixed header, only to count the
+/// packet: irregular when it carries TCP/UDP (with its port when found: a later fragment has
+/// none), not ours otherwise.
+#[inline(always)]
+fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Parsed {
+    let irregular = |dport, proto| Parsed::Irregular6(Irregular { dst, dport, proto });
+    let mut nh = first;
+    let mut off = L4_OFF6;
+    for _ in 0..EXT_HEADERS {
+        if nh == proto::TCP || nh == proto::UDP {
+            let Some(p) = ptr_at::<[u8; 4]>(ctx, off) else {
+                return irregular(None, nh);
+            };
+            // SAFETY: `p` covers the four port bytes, destination port at 2..4.
+            return irregular(Some(unsafe { wire::load_u16(p.cast::<u8>().add(2)) }), nh);
+        }
+        let Some(h) = ptr_at::<[u8; 4]>(ctx, off) else {
+            return irregular(None, nh);
+        };
+        // SAFETY: `h` covers the first four bytes of the extension header: next header,
+        // length (or reserved), and for a fragment header its offset at 2..4.
+        let (next, len, frag) = unsafe {
+            (
+                (*h)[0],
+                (*h)[1],
+                u16::from_be(wire::load_u16(h.cast::<u8>().add(2))),
+            )
+        };
+        match nh {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => off += (len as usize + 1) * 8,
+            NEXTHDR_FRAGMENT => {
+                if frag >> 3 != 0 {
+                    // A later fragment: no L4 header in it.
+                    return irregular(None, next);
+                }
+                off += 8;
+            }
+            _ if NEXTHDR_OTHER_EXT.contains(&nh) => return irregular(None, nh),
+            _ => return Parsed::Pass(stat::PASS_NOT_VIP),
+        }
+        nh = next;
+        // Keeps the offset bounded for the verifier: five headers of at most 2 KiB each.
+        if off > 4096 {
+            return irregular(None, nh);
+        }
+    }
+    irregular(None, nh)
 }
 
 /// An ICMP packet: an [`IcmpError`] when it is a destination unreachable quoting a TCP or UDP

@@ -1,12 +1,12 @@
 //! Service and backend lookups.
 
-use lb_common::{Backend, Service, ServiceKey, backend_state};
+use lb_common::{BackendOf, Service, ServiceKeyOf, backend_state};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::family::Family;
 
 #[inline(always)]
-pub fn lookup(vip: u32, port: u16, proto: u8) -> Option<Service> {
-    let key = ServiceKey {
+pub fn lookup<F: Family>(vip: F::Addr, port: u16, proto: u8) -> Option<Service> {
+    let key = ServiceKeyOf {
         vip,
         port,
         proto,
@@ -14,17 +14,17 @@ pub fn lookup(vip: u32, port: u16, proto: u8) -> Option<Service> {
     };
     // SAFETY: the reference from `get` may see the agent update or delete the entry; it is
     // copied at once, and `Service` is plain integers, valid for any bit pattern.
-    unsafe { SERVICES.get(key) }.copied()
+    unsafe { F::services().get(key) }.copied()
 }
 
 /// The backend with this id if it is UP and, when `generation` is given, still the same
 /// incarnation (a removed or reassigned slot has a newer generation).
 #[inline(always)]
-pub fn usable_backend(id: u32, generation: Option<u32>) -> Option<Backend> {
+pub fn usable_backend<F: Family>(id: u32, generation: Option<u32>) -> Option<BackendOf<F::Addr>> {
     if id == 0 {
         return None;
     }
-    let be = *BACKENDS.get(id)?;
+    let be = *F::backends().get(id)?;
     if be.state != backend_state::UP {
         return None;
     }

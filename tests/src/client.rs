@@ -393,7 +393,13 @@ impl UdpReply {
 
 /// Sends one datagram from a fresh socket and waits up to `timeout` for one reply.
 pub fn udp_roundtrip(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<UdpReply> {
-    let sock = UdpSocket::bind(("0.0.0.0", 0)).map_err(io("bind UDP client"))?;
+    // A socket of the target's address family (an IPv4 one cannot send to IPv6).
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind((any, 0)).map_err(io("bind UDP client"))?;
     udp_roundtrip_on(&sock, addr, payload, timeout)
 }
 

@@ -67,6 +67,9 @@ pub struct Shared {
     pub script_counters: Mutex<HashMap<String, Arc<DsCounters>>>,
     /// The pools the proxy picks from (replaced as a whole on reload).
     pub pools: RwLock<HashMap<String, Arc<ConfiguredPool>>>,
+    /// The DataScripts of the http services (replaced as a whole on reload; a reload keeps
+    /// the VMs of services whose scripts did not change).
+    pub scripts: RwLock<HashMap<String, Arc<crate::datascript::DataScriptHooks>>>,
     /// Server states and weights set by the operator (`latch server ...`).
     pub levers: Mutex<Levers>,
     /// Where `levers` are kept across restarts.

@@ -26,6 +26,9 @@ pub enum HttpBuildError {
     /// A Lua VM could not be set up.
     #[error(transparent)]
     Vm(#[from] crate::datascript::DsError),
+    /// Building the VMs panicked (a bug): the reload is refused, the agent runs on.
+    #[error("building the DataScript VMs failed unexpectedly (see the log)")]
+    Panicked,
     /// A service's TLS configuration was refused by rustls.
     #[error(transparent)]
     Tls(#[from] super::tls::TlsBuildError),
@@ -37,6 +40,18 @@ pub struct HttpPlan {
     pub proxy: ProxyConfig,
     /// Every pool (also those only L4 services use), keyed by name.
     pub pools: HashMap<String, Arc<ConfiguredPool>>,
+    /// The DataScripts of every http virtual service that has some, keyed by its name.
+    pub scripts: HashMap<String, Arc<DataScriptHooks>>,
+}
+
+/// What the running configuration built, for the next one to keep where it is unchanged.
+#[derive(Clone, Default)]
+pub struct Running {
+    /// Pools keep their servers' health and connection counts.
+    pub pools: HashMap<String, Arc<ConfiguredPool>>,
+    /// A service whose scripts and DataScript limits are unchanged keeps its compiled set and
+    /// its VMs (see [`DataScriptHooks::reusing`]).
+    pub scripts: HashMap<String, Arc<DataScriptHooks>>,
 }
 
 /// Proxy tunables from `[agent]`.
@@ -73,8 +88,10 @@ fn script_limits(config: &Config) -> DsLimits {
 }
 
 /// Compiles every http virtual service's scripts; every error of every service, or the sets.
+/// A set `running` already has for the same scripts is taken as it is.
 pub fn compile_scripts(
     config: &Config,
+    running: &HashMap<String, Arc<DataScriptHooks>>,
 ) -> Result<HashMap<String, Arc<ScriptSet>>, Vec<ScriptError>> {
     let mut sets = HashMap::new();
     let mut errors = Vec::new();
@@ -85,6 +102,14 @@ pub fn compile_scripts(
     {
         // Literal pool, server, group and rate limiter names must exist, as Avi checks at save.
         errors.extend(check_references(config, vs));
+        let unchanged = running
+            .get(&vs.name)
+            .map(|hooks| hooks.scripts())
+            .filter(|set| set.compiled_from(&vs.name, &vs.datascripts));
+        if let Some(set) = unchanged {
+            sets.insert(vs.name.clone(), Arc::clone(set));
+            continue;
+        }
         match ScriptSet::compile(&vs.name, vs.datascripts.clone()) {
             Ok(set) => {
                 sets.insert(vs.name.clone(), Arc::new(set));
@@ -99,20 +124,21 @@ pub fn compile_scripts(
     }
 }
 
-/// Builds the HTTP side of `config`. `previous` pools keep their server state, `levers` are
-/// the operator's server states and weights; `tables` keeps every entry across reloads (a
-/// virtual service's tables are found by its name).
+/// Builds the HTTP side of `config`. What is `running` is kept where unchanged (pools keep
+/// their server state, services their VMs), `levers` are the operator's server states and
+/// weights; `tables` keeps every entry across reloads (a virtual service's tables are found
+/// by its name). Nothing running changes.
 pub fn build(
     config: &Config,
-    previous: &HashMap<String, Arc<ConfiguredPool>>,
+    running: &Running,
     levers: &Levers,
     tables: &TableStore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn ScriptTableObserver>>,
     script_counters: &parking_lot::Mutex<HashMap<String, Arc<DsCounters>>>,
 ) -> Result<HttpPlan, HttpBuildError> {
-    let sets = compile_scripts(config).map_err(HttpBuildError::Scripts)?;
-    let pools = build_pools(&config.pools, previous, levers);
+    let sets = compile_scripts(config, &running.scripts).map_err(HttpBuildError::Scripts)?;
+    let pools = build_pools(&config.pools, &running.pools, levers);
     let mut pool_specs: Vec<PoolSpec> = Vec::new();
     for p in &config.pools {
         let Some(pool) = pools.get(&p.name) else {
@@ -131,39 +157,41 @@ pub fn build(
     let view = Arc::new(StaticPoolView::new(&pool_specs));
     let limits = script_limits(config);
 
-    let mut services = Vec::new();
-    for vs in config
-        .virtual_services
-        .iter()
-        .filter(|v| v.kind == ServiceType::Http)
-    {
-        let hooks: Option<Arc<dyn HookFactory>> = match sets.get(&vs.name) {
-            Some(set) if !set.is_empty() => {
-                let vs_tables = tables.vs(&vs.name);
-                vs_tables.set_memory_limit(config.agent.datascript.table_memory_limit);
-                let env = ScriptEnv {
-                    tables: vs_tables,
-                    pools: view.clone(),
-                    clock: Arc::clone(&clock),
-                    limits: limits.clone(),
-                    observer: observer.clone(),
-                    geo: config.agent.datascript.geo_database.clone(),
-                    groups: Arc::clone(&config.groups),
-                    rate_limits: Arc::new(RateLimits::new(
-                        &config.rate_limiters,
-                        vs.rate_limit.clone(),
-                    )),
-                };
-                let counters =
-                    Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default());
-                Some(Arc::new(DataScriptHooks::with_counters(
-                    Arc::clone(set),
-                    env,
-                    counters,
-                )?))
-            }
-            _ => None,
+    let http_services = || {
+        config
+            .virtual_services
+            .iter()
+            .filter(|v| v.kind == ServiceType::Http)
+    };
+    let mut jobs = Vec::new();
+    for vs in http_services() {
+        let Some(set) = sets.get(&vs.name).filter(|set| !set.is_empty()) else {
+            continue;
         };
+        let vs_tables = tables.vs(&vs.name);
+        vs_tables.set_memory_limit(config.agent.datascript.table_memory_limit);
+        jobs.push(HooksJob {
+            previous: running.scripts.get(&vs.name).cloned(),
+            set: Arc::clone(set),
+            env: ScriptEnv {
+                tables: vs_tables,
+                pools: view.clone(),
+                clock: Arc::clone(&clock),
+                limits: limits.clone(),
+                observer: observer.clone(),
+                geo: config.agent.datascript.geo_database.clone(),
+                groups: Arc::clone(&config.groups),
+                rate_limits: Arc::new(RateLimits::new(
+                    &config.rate_limiters,
+                    vs.rate_limit.clone(),
+                )),
+            },
+            counters: Arc::clone(script_counters.lock().entry(vs.name.clone()).or_default()),
+        });
+    }
+    let scripts = build_hooks(jobs)?;
+    let mut services = Vec::new();
+    for vs in http_services() {
         let tls = match &vs.tls {
             Some(settings) => Some(super::tls::server_config(&vs.name, settings)?),
             None => None,
@@ -172,7 +200,9 @@ pub fn build(
             name: vs.name.clone(),
             listen: vs.listen,
             pool: vs.pool.clone(),
-            hooks,
+            hooks: scripts
+                .get(&vs.name)
+                .map(|h| Arc::clone(h) as Arc<dyn HookFactory>),
             tls,
         });
     }
@@ -182,5 +212,149 @@ pub fn build(
             pools: pool_specs,
         },
         pools,
+        scripts,
     })
+}
+
+/// What one service's DataScript hooks are built from.
+struct HooksJob {
+    previous: Option<Arc<DataScriptHooks>>,
+    set: Arc<ScriptSet>,
+    env: ScriptEnv,
+    counters: Arc<DsCounters>,
+}
+
+/// Builds the hooks of every job, keyed by service name, on as many threads as there are
+/// CPUs: a service whose scripts changed needs a new VM (about a millisecond each), and one
+/// script shared by a thousand services changes them all.
+fn build_hooks(
+    jobs: Vec<HooksJob>,
+) -> Result<HashMap<String, Arc<DataScriptHooks>>, HttpBuildError> {
+    let build = |job: HooksJob| {
+        let name = job.set.vs_name().to_string();
+        DataScriptHooks::reusing(job.previous.as_deref(), job.set, job.env, job.counters)
+            .map(|hooks| (name, Arc::new(hooks)))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || jobs.len() < 2 {
+        return Ok(jobs.into_iter().map(build).collect::<Result<_, _>>()?);
+    }
+    let mut chunks: Vec<Vec<HooksJob>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, job) in jobs.into_iter().enumerate() {
+        chunks[i % threads].push(job);
+    }
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(build).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let mut built = HashMap::new();
+    for result in results {
+        // A panic while building (a bug) fails this reload, not the agent.
+        let chunk = result.map_err(|_| HttpBuildError::Panicked)?;
+        for hooks in chunk {
+            let (name, hooks) = hooks?;
+            built.insert(name, hooks);
+        }
+    }
+    Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tables::{ManualClock, NoMirror, TableLimits};
+
+    /// Three http services with the same script and `servers` in their pool.
+    fn config(servers: &str, script: &str) -> Config {
+        let mut text = format!(
+            "[agent]\ninterfaces = []\n\n[[pool]]\nname = \"app\"\nservers = [{servers}]\n"
+        );
+        for v in 0..3 {
+            text.push_str(&format!(
+                "\n[[virtual_service]]\nname = \"web{v}\"\nlisten = \"198.51.100.20:{}\"\n\
+                 type = \"http\"\npool = \"app\"\n\n[[virtual_service.datascript]]\n\
+                 event = \"HTTP_REQ\"\nscript = '''\n{script}\n'''\n",
+                8000 + v
+            ));
+        }
+        crate::config::parse(&text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn build_on(config: &Config, running: &Running, tables: &TableStore) -> HttpPlan {
+        build(
+            config,
+            running,
+            &Levers::default(),
+            tables,
+            Arc::new(ManualClock::new(1)),
+            None,
+            &parking_lot::Mutex::new(HashMap::new()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn running(plan: &HttpPlan) -> Running {
+        Running {
+            pools: plan.pools.clone(),
+            scripts: plan.scripts.clone(),
+        }
+    }
+
+    fn kept(before: &HttpPlan, after: &HttpPlan) -> usize {
+        after
+            .scripts
+            .iter()
+            .filter(|(name, hooks)| {
+                before
+                    .scripts
+                    .get(*name)
+                    .is_some_and(|b| hooks.shares_vms_with(b))
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_vms_of_services_whose_scripts_did_not_change() {
+        let tables = TableStore::new(TableLimits::default(), Arc::new(NoMirror));
+        let script = "avi.vs.log('a')";
+        let first = build_on(
+            &config("\"192.0.2.11:80\"", script),
+            &Running::default(),
+            &tables,
+        );
+        assert_eq!(first.scripts.len(), 3);
+
+        // Same file: every service keeps its compiled set and its VMs.
+        let same = build_on(
+            &config("\"192.0.2.11:80\"", script),
+            &running(&first),
+            &tables,
+        );
+        assert_eq!(kept(&first, &same), 3);
+        for (name, hooks) in &same.scripts {
+            assert!(Arc::ptr_eq(hooks.scripts(), first.scripts[name].scripts()));
+        }
+
+        // A pool changed: the scripts see it through their environment, the VMs stay.
+        let pool = build_on(
+            &config("\"192.0.2.11:80\", \"192.0.2.12:80\"", script),
+            &running(&same),
+            &tables,
+        );
+        assert_eq!(kept(&same, &pool), 3);
+
+        // The script changed: every service gets new VMs.
+        let changed = build_on(
+            &config("\"192.0.2.11:80\"", "avi.vs.log('b')"),
+            &running(&pool),
+            &tables,
+        );
+        assert_eq!(changed.scripts.len(), 3);
+        assert_eq!(kept(&pool, &changed), 0);
+    }
 }

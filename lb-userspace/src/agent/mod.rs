@@ -94,12 +94,10 @@ const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(20);
 const SLOW_START_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Every backend address the data plane forwards to.
-fn backend_addrs(
-    spec: &dataplane::DataplaneSpec,
-) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+fn backend_addrs(spec: &dataplane::DataplaneSpec) -> std::collections::BTreeSet<std::net::IpAddr> {
     spec.services
         .iter()
-        .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+        .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
         .collect()
 }
 
@@ -116,7 +114,7 @@ pub fn check_command(path: &Path) -> Result<ExitCode, AgentError> {
             for warning in crate::datascript::lint(&scripts) {
                 println!("warning: {warning}");
             }
-            if let Err(errors) = http::compile_scripts(&config) {
+            if let Err(errors) = http::compile_scripts(&config, &HashMap::new()) {
                 for error in &errors {
                     println!("{error}");
                 }
@@ -279,7 +277,7 @@ impl Agent {
         let levers = levers::load(&state_file, &config);
         let plan = http::build(
             &config,
-            &HashMap::new(),
+            &http::Running::default(),
             &levers,
             &tables,
             Arc::clone(&clock),
@@ -343,6 +341,7 @@ impl Agent {
             replication: Mutex::new(replication),
             script_counters,
             pools: RwLock::new(plan.pools),
+            scripts: RwLock::new(plan.scripts),
             levers: Mutex::new(levers),
             state_file,
             map_fill: Mutex::new(Vec::new()),
@@ -409,10 +408,13 @@ impl Agent {
         // ready); a refused reload keeps them all.
         let mut levers = running_levers.clone();
         levers.retain(|pool, server| new.pool(pool).is_some_and(|p| p.server(server).is_some()));
-        let previous = self.shared.pools.read().clone();
+        let running = http::Running {
+            pools: self.shared.pools.read().clone(),
+            scripts: self.shared.scripts.read().clone(),
+        };
         let plan = match http::build(
             &new,
-            &previous,
+            &running,
             &levers,
             &self.shared.tables,
             Arc::clone(&self.shared.clock),
@@ -464,6 +466,7 @@ impl Agent {
         self.shared.monitor.reconfigure(&new.pools);
         tracing::info!(?diff, "configuration reloaded");
         *self.shared.pools.write() = plan.pools;
+        *self.shared.scripts.write() = plan.scripts;
         *self.shared.config.write() = Arc::new(new);
         if *running_levers != levers {
             self.shared.save_levers(&levers);

@@ -7,24 +7,23 @@ use crate::balancer::health::HealthView;
 use crate::config::{Config, Forwarding, ServiceType, VirtualServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataplaneSpec, ServiceKind, ServiceSpec};
 
-/// Why a configuration cannot be programmed into the IPv4 data plane.
+/// Why a configuration cannot be programmed into the data plane.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    /// The XDP data plane handles IPv4 only.
-    #[error("virtual service {vs}: listen address {addr} is IPv6; the XDP data plane is IPv4 only")]
-    Ipv6Listener {
+    /// XDP forwards within one address family (no NAT64/NAT46). The config validation
+    /// refuses this first, with the line; this is the data plane's own guard.
+    #[error(
+        "virtual service {vs}: server {server} of pool {pool} is not of the IP version of its listen address {listen}"
+    )]
+    MixedFamilies {
         /// Virtual service name.
         vs: String,
         /// Its listen address.
-        addr: SocketAddr,
-    },
-    /// Same for servers of a pool an L4 service uses.
-    #[error("pool {pool}: server {addr} is IPv6; the XDP data plane is IPv4 only")]
-    Ipv6Server {
+        listen: SocketAddr,
         /// Pool name.
         pool: String,
         /// The server.
-        addr: SocketAddr,
+        server: SocketAddr,
     },
 }
 
@@ -47,12 +46,7 @@ fn service_spec(
     vs: &VirtualServiceConfig,
     health: &dyn HealthView,
 ) -> Result<ServiceSpec, SpecError> {
-    let SocketAddr::V4(listen) = vs.listen else {
-        return Err(SpecError::Ipv6Listener {
-            vs: vs.name.clone(),
-            addr: vs.listen,
-        });
-    };
+    let listen = vs.listen;
     // Validation guarantees the pool exists; an empty list is the safe reading otherwise.
     let servers = config
         .pool(&vs.pool)
@@ -60,20 +54,22 @@ fn service_spec(
         .unwrap_or_default();
     let backends = servers
         .iter()
-        .map(|server| match server.addr {
-            SocketAddr::V4(addr) => {
-                let traffic = health.traffic(&vs.pool, server);
-                Ok(BackendSpec {
-                    addr,
-                    up: traffic.up,
-                    weight: traffic.weight,
-                    backup: traffic.backup,
-                })
+        .map(|server| {
+            if server.addr.is_ipv4() != listen.is_ipv4() {
+                return Err(SpecError::MixedFamilies {
+                    vs: vs.name.clone(),
+                    listen,
+                    pool: vs.pool.clone(),
+                    server: server.addr,
+                });
             }
-            SocketAddr::V6(_) => Err(SpecError::Ipv6Server {
-                pool: vs.pool.clone(),
+            let traffic = health.traffic(&vs.pool, server);
+            Ok(BackendSpec {
                 addr: server.addr,
-            }),
+                up: traffic.up,
+                weight: traffic.weight,
+                backup: traffic.backup,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (proto, kind) = match vs.kind {
@@ -87,7 +83,7 @@ fn service_spec(
         ),
     };
     Ok(ServiceSpec {
-        vip: *listen.ip(),
+        vip: listen.ip(),
         port: listen.port(),
         proto,
         forwarding: match vs.forwarding {
@@ -96,6 +92,7 @@ fn service_spec(
         },
         kind,
         persistence_ttl: vs.persistence,
+        persistence_prefix_v6: vs.persistence_ipv6_prefix,
         backends,
     })
 }
@@ -183,6 +180,43 @@ fast_path = "client_ip"
 
         let web = &spec.services[2];
         assert_eq!(web.kind, ServiceKind::Http { fast_path: true });
+        Ok(())
+    }
+
+    #[test]
+    fn ipv6_services_and_their_prefix_reach_the_spec() -> Result<(), Box<dyn std::error::Error>> {
+        let text = r#"
+[agent]
+interfaces = ["eth0"]
+
+[[pool]]
+name = "app6"
+servers = ["[2001:db8::11]:8080"]
+
+[[virtual_service]]
+name = "tcp6"
+listen = "[2001:db8::10]:80"
+type = "tcp"
+pool = "app6"
+persistence = { type = "client_ip", ipv6_prefix = 64 }
+"#;
+        let config =
+            crate::config::parse(text, Path::new("t.toml")).map_err(|e| format!("config: {e}"))?;
+        let spec = dataplane_spec(&config, &crate::balancer::health::AllUp)?;
+        let s = &spec.services[0];
+        assert_eq!(s.vip.to_string(), "2001:db8::10");
+        assert_eq!(s.persistence_prefix_v6, Some(64));
+        assert_eq!(s.backends[0].addr.to_string(), "[2001:db8::11]:8080");
+        // A pool of the other version (the config refuses it first; the spec guards too).
+        let mut mixed = config.clone();
+        let v4: SocketAddr = "192.0.2.11:8080".parse()?;
+        if let Some(p) = mixed.pools.iter_mut().find(|p| p.name == "app6") {
+            p.servers[0].addr = v4;
+        }
+        assert!(matches!(
+            dataplane_spec(&mixed, &crate::balancer::health::AllUp),
+            Err(SpecError::MixedFamilies { server, .. }) if server == v4
+        ));
         Ok(())
     }
 

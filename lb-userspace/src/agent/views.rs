@@ -148,9 +148,6 @@ impl Sources<'_> {
     }
 
     fn l4_of_server(&self, addr: SocketAddr) -> Option<L4Counters> {
-        let SocketAddr::V4(addr) = addr else {
-            return None;
-        };
         self.dataplane?
             .backends
             .iter()
@@ -515,13 +512,13 @@ pool = "web"
                 value: 3,
             }],
             services: vec![ServiceCounters {
-                vip: Ipv4Addr::new(198, 51, 100, 10),
+                vip: Ipv4Addr::new(198, 51, 100, 10).into(),
                 port: 53,
                 proto: Proto::Udp,
                 counters: traffic,
             }],
             backends: vec![BackendCounters {
-                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 8080),
+                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 8080).into(),
                 counters: traffic,
             }],
         };

@@ -421,6 +421,9 @@ pub struct VirtualServiceConfig {
     pub forwarding: Forwarding,
     /// Native client-IP persistence timeout (tcp and udp services only).
     pub persistence: Option<Duration>,
+    /// `persistence.ipv6_prefix`: an IPv6 service's clients are pinned by this prefix of
+    /// their address (1..=128; None: the whole address).
+    pub persistence_ipv6_prefix: Option<u8>,
     /// Client-IP fast path from DataScript table entries (http services only).
     pub fast_path: bool,
     /// With `fast_path`: an address is pinned only while it carries at most this many live

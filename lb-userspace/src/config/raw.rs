@@ -34,6 +34,8 @@ pub(crate) struct RawAgent {
 pub(crate) struct RawCapacity {
     pub connections: Option<Spanned<u32>>,
     pub client_pins: Option<Spanned<u32>>,
+    pub connections_v6: Option<Spanned<u32>>,
+    pub client_pins_v6: Option<Spanned<u32>>,
     pub table_mirror_entries: Option<Spanned<u32>>,
     pub virtual_services: Option<Spanned<u32>>,
     pub servers: Option<Spanned<u32>>,
@@ -192,6 +194,7 @@ pub(crate) struct RawPersistence {
     #[serde(rename = "type")]
     pub kind: RawPersistenceType,
     pub timeout: Option<SStr>,
+    pub ipv6_prefix: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -737,32 +737,75 @@ fn attach_per_interface_is_xdp_or_tc() {
 }
 
 #[test]
-fn l4_service_needs_interfaces_and_ipv4() {
+fn l4_service_needs_interfaces_and_one_ip_version() {
+    // IPv6 VIPs and servers are forwarded by XDP; a service and its servers share a version,
+    // and the IPv6 persistence prefix is a prefix length of an IPv6 service.
     let text = r#"[[pool]]
 name = "p"
-servers = ["[2001:db8::1]:80"]
+servers = ["192.0.2.1:80", "[2001:db8::1]:80"]
 [[virtual_service]]
 name = "t"
 listen = "[2001:db8::10]:80"
 type = "tcp"
 pool = "p"
+persistence = { type = "client_ip", ipv6_prefix = 200 }
+[[virtual_service]]
+name = "u"
+listen = "198.51.100.1:53"
+type = "udp"
+pool = "q"
+persistence = { type = "client_ip", ipv6_prefix = 64 }
+[[pool]]
+name = "q"
+servers = ["192.0.2.1:53"]
 "#;
     let e = errors(text);
-    assert_eq!(e.len(), 3, "{e:#?}");
-    assert!(
-        e[0].starts_with("/etc/latch/latch.toml:3:12: server [2001:db8::1]:80 is IPv6"),
-        "{}",
-        e[0]
-    );
-    assert!(
-        e[1].starts_with("/etc/latch/latch.toml:6:10: the XDP data plane supports IPv4"),
-        "{}",
-        e[1]
-    );
     assert_eq!(
-        e[2],
-        "/etc/latch/latch.toml:7:8: this service is forwarded by XDP but [agent] interfaces is empty"
+        e,
+        [
+            "/etc/latch/latch.toml:3:12: server 192.0.2.1:80 and the listen address [2001:db8::10]:80 of virtual service `t` are of different IP versions: XDP forwards within one address family",
+            "/etc/latch/latch.toml:7:8: this service is forwarded by XDP but [agent] interfaces is empty",
+            "/etc/latch/latch.toml:9:51: ipv6_prefix must be a prefix length from 1 to 128, not 200",
+            "/etc/latch/latch.toml:13:8: this service is forwarded by XDP but [agent] interfaces is empty",
+            "/etc/latch/latch.toml:15:51: ipv6_prefix applies to IPv6 listen addresses; this service listens on IPv4",
+        ],
+        "{e:#?}"
     );
+    let good = format!(
+        "[agent]\ninterfaces = [\"eth0\"]\n{}",
+        text.replace("ipv6_prefix = 200", "ipv6_prefix = 56")
+            .replace(", ipv6_prefix = 64", "")
+            .replace("\"192.0.2.1:80\", ", "")
+    );
+    let config = ok(&good);
+    assert_eq!(config.virtual_services[0].persistence_ipv6_prefix, Some(56));
+    assert_eq!(config.virtual_services[1].persistence_ipv6_prefix, None);
+}
+
+#[test]
+fn http_fast_path_is_ipv4_only() {
+    let text = r#"[agent]
+interfaces = ["eth0"]
+[[pool]]
+name = "p"
+servers = ["[2001:db8::1]:80"]
+[[virtual_service]]
+name = "h"
+listen = "[2001:db8::10]:80"
+type = "http"
+pool = "p"
+fast_path = "client_ip"
+"#;
+    let e = errors(text);
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:8:10: fast_path supports IPv4 listen addresses only (IPv6 http services are proxied without it)"
+        ],
+        "{e:#?}"
+    );
+    // Without the fast path an IPv6 http service is accepted (proxied).
+    ok(&text.replace("fast_path = \"client_ip\"\n", ""));
 }
 
 #[test]

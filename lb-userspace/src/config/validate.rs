@@ -556,6 +556,20 @@ impl Validator<'_> {
                 1 << 28,
                 "client_pins",
             ),
+            connections_v6: bounded(
+                c.connections_v6.as_ref(),
+                d.connections_v6,
+                1024,
+                1 << 28,
+                "connections_v6",
+            ),
+            client_pins_v6: bounded(
+                c.client_pins_v6.as_ref(),
+                d.client_pins_v6,
+                16,
+                1 << 28,
+                "client_pins_v6",
+            ),
             table_mirror_entries: bounded(
                 c.table_mirror_entries.as_ref(),
                 d.table_mirror_entries,
@@ -933,6 +947,28 @@ impl Validator<'_> {
                 Some(p) => Some(self.duration(p.get_ref().timeout.as_ref(), DEFAULT_PERSISTENCE)),
                 None => None,
             };
+            let persistence_ipv6_prefix = raw
+                .persistence
+                .as_ref()
+                .and_then(|p| p.get_ref().ipv6_prefix.as_ref())
+                .and_then(|prefix| {
+                    let n = *prefix.get_ref();
+                    if !(1..=128).contains(&n) {
+                        self.sink.error(
+                            prefix.span(),
+                            format!("ipv6_prefix must be a prefix length from 1 to 128, not {n}"),
+                        );
+                        return None;
+                    }
+                    if listen.is_some_and(|l| l.is_ipv4()) {
+                        self.sink.error(
+                            prefix.span(),
+                            "ipv6_prefix applies to IPv6 listen addresses; this service listens on IPv4",
+                        );
+                        return None;
+                    }
+                    u8::try_from(n).ok()
+                });
             let forwarding = match &raw.forwarding {
                 Some(f) if kind == ServiceType::Http && !fast_path => {
                     self.sink.error(
@@ -945,7 +981,7 @@ impl Validator<'_> {
                 None => Forwarding::Nat,
             };
 
-            // The XDP data plane handles these; it speaks IPv4 only for now.
+            // The XDP data plane handles these, IPv4 and IPv6 alike.
             // Every service takes a kernel service id, plain http ones too (XDP tells their
             // packets apart by it: SYNs to the proxy, stale fast-path flows forgotten).
             kernel_services += 1;
@@ -969,20 +1005,22 @@ impl Validator<'_> {
                 }
                 if let Some(l) = listen
                     && !l.is_ipv4()
+                    && kind == ServiceType::Http
                 {
+                    // The fast path's pins are made by the agent from IPv4 client addresses.
                     self.sink.error(
                         raw.listen.span(),
-                        "the XDP data plane supports IPv4 listen addresses only (IPv6 is planned)",
+                        "fast_path supports IPv4 listen addresses only (IPv6 http services are proxied without it)",
                     );
                 }
-                if let Some(p) = pool {
+                if let (Some(p), Some(l)) = (pool, listen) {
                     for (server, span) in p.config.servers.iter().zip(&p.servers_spans) {
                         let addr = server.addr;
-                        if !addr.is_ipv4() {
+                        if addr.is_ipv4() != l.is_ipv4() {
                             self.sink.error(
                                 span.clone(),
                                 format!(
-                                    "server {addr} is IPv6, but virtual service `{name}` forwards to this pool with XDP, which supports IPv4 only"
+                                    "server {addr} and the listen address {l} of virtual service `{name}` are of different IP versions: XDP forwards within one address family"
                                 ),
                             );
                         }
@@ -1023,6 +1061,7 @@ impl Validator<'_> {
                 pool: raw.pool.get_ref().clone(),
                 forwarding,
                 persistence,
+                persistence_ipv6_prefix,
                 fast_path,
                 fast_path_max_sessions,
                 fast_path_exclude,

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
-    LAYOUT_VERSION, NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey, ReplyKey, ReplySources,
-    Service, ServiceKey, TrafficCounters, map_names, stat,
+    Backend, Backend6, CONNTRACK_FLAGS, Capacities, DS_TABLE_FLAGS, DsKey, DsValue, Flow, FlowKey,
+    FlowKey6, FlowKeyOf, LAYOUT_VERSION, NAT_REPLY_FLAGS, NAT_SERVER_WORDS, Persist, PersistKey,
+    PersistKey6, PersistKeyOf, ReplyKey, ReplyKey6, ReplyKeyOf, ReplySources, ReplySources6,
+    ReplySourcesOf, Service, ServiceKey, ServiceKey6, TrafficCounters, map_names, stat,
 };
 use parking_lot::Mutex;
 
 use super::error::DataplaneError;
+use super::family::{Family, V4, V6};
+use super::plan::{Key, Slot};
 
 /// Kernel map kinds latch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +89,7 @@ use core::mem::size_of;
 /// capacities give it. A map added later (DS_TABLE) may be absent from an older pin directory
 /// of the same layout version: the loader then creates and pins it, and the manifest is
 /// rewritten (see [`check_pins`]).
-pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 11] {
+pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 16] {
     [
         (
             map_names::SERVICES,
@@ -176,12 +179,69 @@ pub(crate) const fn expected(caps: &Capacities) -> [(&'static str, Shape); 11] {
             map_names::NAT_SERVERS,
             shape(Kind::Array, 4, 8, NAT_SERVER_WORDS),
         ),
+        (
+            map_names::SERVICES6,
+            shape(
+                Kind::Hash,
+                size_of::<ServiceKey6>(),
+                size_of::<Service>(),
+                caps.services,
+            ),
+        ),
+        (
+            map_names::BACKENDS6,
+            shape(Kind::Array, 4, size_of::<Backend6>(), caps.backends),
+        ),
+        (
+            map_names::CONNTRACK6,
+            Shape {
+                flags: CONNTRACK_FLAGS,
+                ..shape(
+                    Kind::LruHash,
+                    size_of::<FlowKey6>(),
+                    size_of::<Flow>(),
+                    caps.connections_v6,
+                )
+            },
+        ),
+        (
+            map_names::PERSIST6,
+            shape(
+                Kind::Hash,
+                size_of::<PersistKey6>(),
+                size_of::<Persist>(),
+                caps.client_pins_v6,
+            ),
+        ),
+        (
+            map_names::NAT_REPLY6,
+            Shape {
+                flags: NAT_REPLY_FLAGS,
+                ..shape(
+                    Kind::Hash,
+                    size_of::<ReplyKey6>(),
+                    size_of::<ReplySources6>(),
+                    caps.nat_reply_entries(),
+                )
+            },
+        ),
     ]
 }
 
+/// Maps the layout manifest does not list: the manifest is one fixed 1 KiB value, which the
+/// IPv6 maps' lines would overflow. Their shapes are still checked pin by pin
+/// ([`check_pins`]), which is what refuses an incompatible layout.
+const UNLISTED: [&str; 5] = [
+    map_names::SERVICES6,
+    map_names::BACKENDS6,
+    map_names::CONNTRACK6,
+    map_names::PERSIST6,
+    map_names::NAT_REPLY6,
+];
+
 /// The maps whose size may change between agents: the capacities, and STATS when counters
 /// are added.
-pub(crate) const RESIZABLE: [&str; 10] = [
+pub(crate) const RESIZABLE: [&str; 15] = [
     map_names::STATS,
     map_names::SERVICES,
     map_names::BACKENDS,
@@ -192,6 +252,11 @@ pub(crate) const RESIZABLE: [&str; 10] = [
     map_names::BACKEND_STATS,
     map_names::DS_TABLE,
     map_names::NAT_REPLY,
+    map_names::SERVICES6,
+    map_names::BACKENDS6,
+    map_names::CONNTRACK6,
+    map_names::PERSIST6,
+    map_names::NAT_REPLY6,
 ];
 
 /// `BPF_MAP_LOOKUP_BATCH`.
@@ -385,6 +450,9 @@ const MANIFEST_LEN: usize = 1024;
 pub(crate) fn manifest_text(caps: &Capacities) -> String {
     let mut s = format!("latch pinned map layout v{LAYOUT_VERSION}\n");
     for (name, sh) in expected(caps) {
+        if UNLISTED.contains(&name) {
+            continue;
+        }
         s.push_str(&format!("{name} {sh}\n"));
     }
     s
@@ -580,12 +648,11 @@ pub(crate) fn write_manifest(vdir: &Path, caps: &Capacities) -> Result<(), Datap
 /// mutexes because aya's write methods take `&mut`; the kernel itself serialises nothing
 /// here that matters.
 pub(crate) struct Maps {
-    pub services: HashMap<MapData, ServiceKey, Service>,
-    pub backends: Array<MapData, Backend>,
+    /// SERVICES, BACKENDS, CONNTRACK, PERSIST, NAT_REPLY.
+    pub v4: FamilyMaps<V4>,
+    /// Their IPv6 counterparts.
+    pub v6: FamilyMaps<V6>,
     pub maglev: Array<MapData, u32>,
-    pub conntrack: Mutex<HashMap<MapData, FlowKey, Flow>>,
-    pub persist: Mutex<HashMap<MapData, PersistKey, Persist>>,
-    pub nat_reply: HashMap<MapData, ReplyKey, ReplySources>,
     pub nat_servers: Array<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -628,15 +695,86 @@ fn read_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     Ok(out)
 }
 
+/// The maps one address family has of its own, with their names (for errors).
+pub(crate) struct FamilyMaps<F: Family> {
+    pub services: HashMap<MapData, Key<F>, Service>,
+    pub backends: Array<MapData, Slot<F>>,
+    pub conntrack: Mutex<HashMap<MapData, FlowKeyOf<F::Raw>, Flow>>,
+    pub persist: Mutex<HashMap<MapData, PersistKeyOf<F::Raw>, Persist>>,
+    pub nat_reply: HashMap<MapData, ReplyKeyOf<F::Raw>, ReplySourcesOf<F::Raw>>,
+    pub names: FamilyNames,
+}
+
+/// Names of one family's maps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FamilyNames {
+    pub services: &'static str,
+    pub backends: &'static str,
+    pub conntrack: &'static str,
+    pub persist: &'static str,
+    pub nat_reply: &'static str,
+}
+
+/// The IPv4 maps' names.
+pub(crate) const NAMES_V4: FamilyNames = FamilyNames {
+    services: map_names::SERVICES,
+    backends: map_names::BACKENDS,
+    conntrack: map_names::CONNTRACK,
+    persist: map_names::PERSIST,
+    nat_reply: map_names::NAT_REPLY,
+};
+
+/// The IPv6 maps' names.
+pub(crate) const NAMES_V6: FamilyNames = FamilyNames {
+    services: map_names::SERVICES6,
+    backends: map_names::BACKENDS6,
+    conntrack: map_names::CONNTRACK6,
+    persist: map_names::PERSIST6,
+    nat_reply: map_names::NAT_REPLY6,
+};
+
+impl<F: Family> FamilyMaps<F> {
+    fn take(ebpf: &mut aya::Ebpf, names: FamilyNames) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            services: typed!(ebpf, names.services),
+            backends: typed!(ebpf, names.backends),
+            conntrack: Mutex::new(typed!(ebpf, names.conntrack)),
+            persist: Mutex::new(typed!(ebpf, names.persist)),
+            nat_reply: typed!(ebpf, names.nat_reply),
+            names,
+        })
+    }
+
+    /// Services and backend slots, for adoption.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn read_state(
+        &self,
+    ) -> Result<(std::collections::HashMap<Key<F>, Service>, Vec<Slot<F>>), DataplaneError> {
+        let services = read_hash(&self.services, self.names.services)?;
+        let n = self.backends.len();
+        let mut backends = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            backends.push(
+                self.backends
+                    .get(&i, 0)
+                    .map_err(|e| DataplaneError::map(self.names.backends, "read", e))?,
+            );
+        }
+        Ok((services, backends))
+    }
+
+    /// NAT reply sources.
+    pub(crate) fn read_replies(&self) -> Result<super::plan::Replies<F>, DataplaneError> {
+        read_hash(&self.nat_reply, self.names.nat_reply)
+    }
+}
+
 impl Maps {
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
-            services: typed!(ebpf, map_names::SERVICES),
-            backends: typed!(ebpf, map_names::BACKENDS),
+            v4: FamilyMaps::take(ebpf, NAMES_V4)?,
+            v6: FamilyMaps::take(ebpf, NAMES_V6)?,
             maglev: typed!(ebpf, map_names::MAGLEV),
-            conntrack: Mutex::new(typed!(ebpf, map_names::CONNTRACK)),
-            persist: Mutex::new(typed!(ebpf, map_names::PERSIST)),
-            nat_reply: typed!(ebpf, map_names::NAT_REPLY),
             nat_servers: typed!(ebpf, map_names::NAT_SERVERS),
             stats: typed!(ebpf, map_names::STATS),
             service_stats: typed!(ebpf, map_names::SERVICE_STATS),
@@ -648,24 +786,6 @@ impl Maps {
         })
     }
 
-    /// SERVICES and BACKENDS contents, for adoption.
-    pub(crate) fn read_state(
-        &self,
-    ) -> Result<(std::collections::HashMap<ServiceKey, Service>, Vec<Backend>), DataplaneError>
-    {
-        let services = read_hash(&self.services, map_names::SERVICES)?;
-        let n = self.backends.len();
-        let mut backends = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            backends.push(
-                self.backends
-                    .get(&i, 0)
-                    .map_err(|e| DataplaneError::map(map_names::BACKENDS, "read", e))?,
-            );
-        }
-        Ok((services, backends))
-    }
-
     /// NAT_SERVERS contents, word by word.
     pub(crate) fn read_nat_servers(&self) -> Result<Vec<u64>, DataplaneError> {
         (0..self.nat_servers.len())
@@ -675,13 +795,6 @@ impl Maps {
                     .map_err(|e| DataplaneError::map(map_names::NAT_SERVERS, "read", e))
             })
             .collect()
-    }
-
-    /// NAT_REPLY contents.
-    pub(crate) fn read_replies(
-        &self,
-    ) -> Result<std::collections::HashMap<ReplyKey, ReplySources>, DataplaneError> {
-        read_hash(&self.nat_reply, map_names::NAT_REPLY)
     }
 
     pub(crate) fn zero_counters(
@@ -729,7 +842,7 @@ mod tests {
     fn expected_shapes_match_lb_common() {
         let by: std::collections::HashMap<_, _> =
             expected(&Capacities::DEFAULT).iter().copied().collect();
-        assert_eq!(by.len(), 11, "map names are distinct");
+        assert_eq!(by.len(), 16, "map names are distinct");
         assert_eq!(by[map_names::NAT_SERVERS].max_entries, NAT_SERVER_WORDS);
         assert_eq!(by[map_names::NAT_REPLY].key_size, 8);
         assert_eq!(by[map_names::NAT_REPLY].value_size, 72);
@@ -746,6 +859,20 @@ mod tests {
         );
         assert_eq!(by[map_names::CONNTRACK].kind, Some(Kind::LruHash));
         assert_eq!(by[map_names::BACKEND_STATS].value_size, 24);
+        // The IPv6 maps: 16-byte addresses, their own connection and pin capacities.
+        assert_eq!(by[map_names::SERVICES6].key_size, 20);
+        assert_eq!(by[map_names::BACKENDS6].value_size, 28);
+        assert_eq!(by[map_names::CONNTRACK6].key_size, 40);
+        assert_eq!(by[map_names::CONNTRACK6].flags, CONNTRACK_FLAGS);
+        assert_eq!(
+            by[map_names::CONNTRACK6].max_entries,
+            Capacities::DEFAULT.connections_v6
+        );
+        assert_eq!(
+            by[map_names::PERSIST6].max_entries,
+            Capacities::DEFAULT.client_pins_v6
+        );
+        assert_eq!(by[map_names::NAT_REPLY6].value_size, 8 + 20 * 8);
     }
 
     #[test]

@@ -15,12 +15,18 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Backend, Capacities, DsKey, DsValue, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey,
-    ReplyKey, ReplySources, Service, ServiceKey, TrafficCounters, backend_state, maglev_base,
-    map_names,
+    Capacities, DsKey, DsValue, Flow, FlowKey, FlowKey6, MAGLEV_TABLE_SIZE, Persist, PersistKey,
+    PersistKey6, ReplyKey, ReplyKey6, ReplySources, ReplySources6, Service, TrafficCounters,
+    backend_state, maglev_base, map_names,
 };
 
-use super::{DataplaneError, maps::Maps, mirror::RawHash};
+use super::{
+    DataplaneError,
+    family::Family,
+    maps::{FamilyMaps, Maps},
+    mirror::RawHash,
+    plan::{Key, Slot},
+};
 
 /// Subdirectory of the versioned pin directory holding the pins of maps being migrated.
 pub(crate) const MIGRATE_DIR: &str = "migrate";
@@ -82,14 +88,19 @@ pub(crate) fn copy_back(
     let order = [
         map_names::STATS,
         map_names::SERVICES,
+        map_names::SERVICES6,
         map_names::BACKENDS,
+        map_names::BACKENDS6,
         map_names::MAGLEV,
         map_names::SERVICE_STATS,
         map_names::BACKEND_STATS,
         map_names::CONNTRACK,
+        map_names::CONNTRACK6,
         map_names::PERSIST,
+        map_names::PERSIST6,
         map_names::DS_TABLE,
         map_names::NAT_REPLY,
+        map_names::NAT_REPLY6,
     ];
     let mut done: Vec<PathBuf> = Vec::new();
     for name in order {
@@ -133,44 +144,25 @@ fn copy_one(
         dropped: 0,
     };
     match name {
-        map_names::SERVICES => {
-            let old: HashMap<MapData, ServiceKey, Service> =
-                HashMap::try_from(old).map_err(read_err(name))?;
-            for kv in old.iter() {
-                let (k, v) = match kv {
-                    Ok(kv) => kv,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(read_err(name)(e)),
-                };
-                // A service whose id is beyond the new capacity is programmed afresh by the
-                // next apply, under a new id.
-                if v.id >= caps.services {
-                    t.add(Err(MapError::OutOfBounds {
-                        index: v.id,
-                        max_entries: caps.services,
-                    }));
-                    continue;
-                }
-                t.add(maps.services.insert(k, v, 0));
-            }
-        }
-        map_names::BACKENDS => {
-            let old: Array<MapData, Backend> = Array::try_from(old).map_err(read_err(name))?;
-            for i in 0..old.len() {
-                let b = old.get(&i, 0).map_err(read_err(name))?;
-                if b.state == backend_state::UNUSED {
-                    continue;
-                }
-                t.add(maps.backends.set(i, b, 0));
-            }
-        }
+        map_names::SERVICES => copy_services(old, &mut maps.v4, caps, &mut t)?,
+        map_names::SERVICES6 => copy_services(old, &mut maps.v6, caps, &mut t)?,
+        map_names::BACKENDS => copy_backends(old, &mut maps.v4, &mut t)?,
+        map_names::BACKENDS6 => copy_backends(old, &mut maps.v6, &mut t)?,
         map_names::MAGLEV => {
             let old: Array<MapData, u32> = Array::try_from(old).map_err(read_err(name))?;
             let live: Vec<(u32, u32)> = maps
+                .v4
                 .services
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(_, s)| (s.id, s.maglev_slot))
+                .chain(
+                    maps.v6
+                        .services
+                        .iter()
+                        .filter_map(Result::ok)
+                        .map(|(_, s)| (s.id, s.maglev_slot)),
+                )
                 .collect();
             for (id, slot) in live {
                 let base = maglev_base(id, slot);
@@ -209,15 +201,24 @@ fn copy_one(
             }
         }
         map_names::CONNTRACK => {
-            copy_hash::<FlowKey, Flow>(old, &mut maps.conntrack.lock(), &mut t)?
+            copy_hash::<FlowKey, Flow>(old, &mut maps.v4.conntrack.lock(), &mut t)?
         }
         map_names::PERSIST => {
-            copy_hash::<PersistKey, Persist>(old, &mut maps.persist.lock(), &mut t)?;
+            copy_hash::<PersistKey, Persist>(old, &mut maps.v4.persist.lock(), &mut t)?;
+        }
+        map_names::CONNTRACK6 => {
+            copy_hash::<FlowKey6, Flow>(old, &mut maps.v6.conntrack.lock(), &mut t)?
+        }
+        map_names::PERSIST6 => {
+            copy_hash::<PersistKey6, Persist>(old, &mut maps.v6.persist.lock(), &mut t)?;
+        }
+        map_names::NAT_REPLY6 => {
+            copy_hash::<ReplyKey6, ReplySources6>(old, &mut maps.v6.nat_reply, &mut t)?;
         }
         // The agent rewrites it from its services at the first apply; copied so that replies
         // are translated in the meantime.
         map_names::NAT_REPLY => {
-            copy_hash::<ReplyKey, ReplySources>(old, &mut maps.nat_reply, &mut t)?;
+            copy_hash::<ReplyKey, ReplySources>(old, &mut maps.v4.nat_reply, &mut t)?;
         }
         map_names::DS_TABLE => {
             let old: HashMap<MapData, DsKey, DsValue> =
@@ -230,6 +231,52 @@ fn copy_one(
         _ => {}
     }
     Ok((t.copied, t.dropped))
+}
+
+/// Copies a family's services; one whose id is beyond the new capacity is programmed afresh
+/// by the next apply, under a new id.
+fn copy_services<F: Family>(
+    old: Map,
+    new: &mut FamilyMaps<F>,
+    caps: &Capacities,
+    t: &mut Tally,
+) -> Result<(), DataplaneError> {
+    let name = t.name;
+    let old: HashMap<MapData, Key<F>, Service> = HashMap::try_from(old).map_err(read_err(name))?;
+    for kv in old.iter() {
+        let (k, v) = match kv {
+            Ok(kv) => kv,
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(read_err(name)(e)),
+        };
+        if v.id >= caps.services {
+            t.add(Err(MapError::OutOfBounds {
+                index: v.id,
+                max_entries: caps.services,
+            }));
+            continue;
+        }
+        t.add(new.services.insert(k, v, 0));
+    }
+    Ok(())
+}
+
+/// Copies a family's assigned backend slots.
+fn copy_backends<F: Family>(
+    old: Map,
+    new: &mut FamilyMaps<F>,
+    t: &mut Tally,
+) -> Result<(), DataplaneError> {
+    let name = t.name;
+    let old: Array<MapData, Slot<F>> = Array::try_from(old).map_err(read_err(name))?;
+    for i in 0..old.len() {
+        let b = old.get(&i, 0).map_err(read_err(name))?;
+        if b.state == backend_state::UNUSED {
+            continue;
+        }
+        t.add(new.backends.set(i, b, 0));
+    }
+    Ok(())
 }
 
 /// Inserts every entry of hash map `old` into `new`.

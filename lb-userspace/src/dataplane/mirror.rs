@@ -233,7 +233,9 @@ impl PinIndex {
         let services = state
             .services
             .iter()
-            .filter_map(|(k, s)| plan::service_key_parts(k).map(|parts| (parts, s.persist_group)))
+            .filter_map(|(k, s)| {
+                plan::service_key_parts::<plan::V4>(k).map(|parts| (parts, s.persist_group))
+            })
             .collect();
         let backends = state
             .backend_ids

@@ -8,6 +8,7 @@
 
 mod attach;
 mod error;
+pub mod family;
 mod lock;
 mod maps;
 mod migrate;
@@ -17,7 +18,7 @@ pub mod plan;
 
 use std::{
     fmt, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,8 +28,11 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    Capacities, Flow, FlowKey, Persist, PersistKey, TrafficCounters, maglev_base, map_names, stat,
+    Capacities, Flow, FlowKey, FlowKeyOf, Persist, PersistKey, PersistKeyOf, TrafficCounters,
+    maglev_base, map_names, stat,
 };
+
+use family::{Family, V4, V6};
 
 pub use attach::{AttachMode, Attached, Hook};
 pub use error::DataplaneError;
@@ -118,8 +122,8 @@ pub struct DataplaneSpec {
 /// One virtual service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
-    /// Virtual IP.
-    pub vip: Ipv4Addr,
+    /// Virtual IP (IPv4 or IPv6; its servers are of the same family).
+    pub vip: IpAddr,
     /// Virtual port.
     pub port: u16,
     /// Protocol.
@@ -130,6 +134,9 @@ pub struct ServiceSpec {
     pub kind: ServiceKind,
     /// Native client-IP persistence timeout (L4 services only; the proxy handles HTTP).
     pub persistence_ttl: Option<Duration>,
+    /// For an IPv6 service, the prefix length client-IP persistence keys on (None: the whole
+    /// address).
+    pub persistence_prefix_v6: Option<u8>,
     /// Pool members.
     pub backends: Vec<BackendSpec>,
 }
@@ -138,7 +145,7 @@ pub struct ServiceSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     /// Address and port packets are sent to.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Health: down backends keep their id but get no new flows, and their established
     /// flows are dropped by XDP.
     pub up: bool,
@@ -164,7 +171,7 @@ pub struct GlobalCounter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceCounters {
     /// Virtual IP.
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     /// Virtual port.
     pub port: u16,
     /// Protocol.
@@ -177,7 +184,7 @@ pub struct ServiceCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendCounters {
     /// Backend address.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Sums over CPUs.
     pub counters: TrafficCounters,
 }
@@ -351,6 +358,8 @@ pub struct Dataplane {
     maps: maps::Maps,
     ebpf: aya::Ebpf,
     state: plan::State,
+    /// The IPv6 services and backends (ids shared with `state`'s).
+    state6: plan::State<V6>,
     /// What [`PersistPins`] handles see of `state`, refreshed by every apply.
     pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
     pins: PersistPins,
@@ -363,7 +372,9 @@ pub struct Dataplane {
     /// generation or state changed); only then does [`Dataplane::sweep`] walk that map.
     conntrack_maybe_stale: std::sync::atomic::AtomicBool,
     /// NAT_REPLY contents (read back at open, kept by every apply).
-    replies: std::collections::HashMap<lb_common::ReplyKey, lb_common::ReplySources>,
+    replies: plan::Replies<V4>,
+    /// NAT_REPLY6 contents, likewise.
+    replies6: plan::Replies<V6>,
     /// NAT_SERVERS contents, likewise.
     nat_servers: Vec<u64>,
     // Last: released after every kernel handle is closed.
@@ -450,9 +461,12 @@ impl Dataplane {
             Migration::default()
         };
         maps::write_manifest(&vdir, caps)?;
-        let (services, backends) = maps.read_state()?;
+        let (services, backends) = maps.v4.read_state()?;
         let state = plan::State::from_maps(services, backends, *caps);
-        let replies = maps.read_replies()?;
+        let (services6, backends6) = maps.v6.read_state()?;
+        let state6 = plan::State::from_maps(services6, backends6, *caps);
+        let replies = maps.v4.read_replies()?;
+        let replies6 = maps.v6.read_replies()?;
         let nat_servers = maps.read_nat_servers()?;
         let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
             mirror::PinIndex::from_state(&state),
@@ -463,8 +477,8 @@ impl Dataplane {
             dir = %vdir.display(),
             adopted,
             migrated = migration.maps.len(),
-            services = state.services.len(),
-            backends = state.backend_ids.len(),
+            services = state.services.len() + state6.services.len(),
+            backends = state.backend_ids.len() + state6.backend_ids.len(),
             "data plane loaded"
         );
         Ok(Self {
@@ -476,6 +490,7 @@ impl Dataplane {
             maps,
             ebpf,
             state,
+            state6,
             pin_index,
             pins,
             mirror,
@@ -483,6 +498,7 @@ impl Dataplane {
             conntrack_base: std::sync::Mutex::new(None),
             conntrack_removed: std::sync::atomic::AtomicU64::new(0),
             replies,
+            replies6,
             nat_servers,
             lock,
         })
@@ -519,16 +535,23 @@ impl Dataplane {
     }
 
     /// Backend id the maps use for `addr`, if programmed (for diagnostics and tests).
-    pub fn backend_id(&self, addr: SocketAddrV4) -> Option<u32> {
-        self.state.backend_ids.get(&addr).copied()
+    pub fn backend_id(&self, addr: impl Into<SocketAddr>) -> Option<u32> {
+        match addr.into() {
+            SocketAddr::V4(a) => self.state.backend_ids.get(&a).copied(),
+            SocketAddr::V6(a) => self.state6.backend_ids.get(&a).copied(),
+        }
     }
 
     /// Service id of a programmed service.
-    pub fn service_id(&self, vip: Ipv4Addr, port: u16, proto: Proto) -> Option<u32> {
-        self.state
-            .services
-            .get(&plan::service_key(vip, port, proto))
-            .map(|s| s.id)
+    pub fn service_id(&self, vip: IpAddr, port: u16, proto: Proto) -> Option<u32> {
+        match vip {
+            IpAddr::V4(v) => self.state.services.get(&plan::key_of::<V4>(v, port, proto)),
+            IpAddr::V6(v) => self
+                .state6
+                .services
+                .get(&plan::key_of::<V6>(v, port, proto)),
+        }
+        .map(|s| s.id)
     }
 
     /// Attaches the XDP program to each interface through a pinned link (replacing the
@@ -553,31 +576,63 @@ impl Dataplane {
 
     /// Programs services, backends and maglev tables to match `spec`. Each service switches
     /// to its new table with one SERVICES update, after the table is complete. On error the
-    /// known state is re-read from the maps, so a retry converges.
+    /// known state is re-read from the maps, so a retry converges. IPv4 services are
+    /// programmed first, then IPv6 ones; neither takes an id the other holds before or after.
     pub fn apply(&mut self, spec: &DataplaneSpec) -> Result<(), DataplaneError> {
-        let plan = plan::plan(&self.state, spec)?;
-        let replies = plan::nat_replies(spec)?;
-        let (reply_writes, reply_deletes) = plan::reply_changes(&self.replies, &replies);
-        if plan.is_noop() && reply_writes.is_empty() && reply_deletes.is_empty() {
+        let plan4 = plan::plan_family::<V4>(&self.state, spec, &plan::Reserved::of(&self.state6))?;
+        let next4 = plan::apply_to_state(&self.state, &plan4);
+        let plan6 = plan::plan_family::<V6>(
+            &self.state6,
+            spec,
+            &plan::Reserved::of(&self.state).union(plan::Reserved::of(&next4)),
+        )?;
+        let replies = plan::nat_replies::<V4>(spec)?;
+        let replies6 = plan::nat_replies::<V6>(spec)?;
+        let (w4, d4) = plan::reply_changes::<V4>(&self.replies, &replies);
+        let (w6, d6) = plan::reply_changes::<V6>(&self.replies6, &replies6);
+        if plan4.is_noop()
+            && plan6.is_noop()
+            && w4.is_empty()
+            && d4.is_empty()
+            && w6.is_empty()
+            && d6.is_empty()
+        {
             return Ok(());
         }
         // Reply sources first (their NAT_SERVERS bits before them), so that the first flow of
         // a new NAT service is answered at once; sources no longer wanted last (until then
         // they are harmless: a reply is translated only for a live flow to that very server).
-        let both = plan::nat_server_words(self.replies.keys().chain(replies.keys()));
+        let both = plan::nat_server_words(
+            plan::nat_server_bits::<V4>(self.replies.keys().chain(replies.keys())).chain(
+                plan::nat_server_bits::<V6>(self.replies6.keys().chain(replies6.keys())),
+            ),
+        );
         let mut result = self
             .write_nat_servers(&both)
-            .and_then(|()| self.write_replies(&reply_writes, &[]))
-            .and_then(|()| self.execute_plan(&plan));
+            .and_then(|()| {
+                write_replies(&mut self.maps.v4, &mut self.replies, &w4, &[])?;
+                write_replies(&mut self.maps.v6, &mut self.replies6, &w6, &[])
+            })
+            .and_then(|()| self.execute_plans(&plan4, &plan6));
         if result.is_ok() {
-            result = self
-                .write_replies(&[], &reply_deletes)
-                .and_then(|()| self.write_nat_servers(&plan::nat_server_words(replies.keys())));
+            let words = plan::nat_server_words(
+                plan::nat_server_bits::<V4>(replies.keys())
+                    .chain(plan::nat_server_bits::<V6>(replies6.keys())),
+            );
+            result = write_replies(&mut self.maps.v4, &mut self.replies, &[], &d4)
+                .and_then(|()| write_replies(&mut self.maps.v6, &mut self.replies6, &[], &d6))
+                .and_then(|()| self.write_nat_servers(&words));
         }
         if result.is_err() {
-            match (self.maps.read_replies(), self.maps.read_nat_servers()) {
-                (Ok(r), Ok(w)) => (self.replies, self.nat_servers) = (r, w),
-                (Err(re), _) | (_, Err(re)) => {
+            match (
+                self.maps.v4.read_replies(),
+                self.maps.v6.read_replies(),
+                self.maps.read_nat_servers(),
+            ) {
+                (Ok(r), Ok(r6), Ok(w)) => {
+                    (self.replies, self.replies6, self.nat_servers) = (r, r6, w)
+                }
+                (Err(re), _, _) | (_, Err(re), _) | (_, _, Err(re)) => {
                     tracing::error!(error = %re, "re-reading NAT_REPLY after a failed apply")
                 }
             }
@@ -608,96 +663,33 @@ impl Dataplane {
         Ok(())
     }
 
-    fn write_replies(
+    /// Executes the IPv4 plan, then the IPv6 one, each state following its maps.
+    fn execute_plans(
         &mut self,
-        writes: &[(lb_common::ReplyKey, lb_common::ReplySources)],
-        deletes: &[lb_common::ReplyKey],
+        plan4: &plan::Plan<V4>,
+        plan6: &plan::Plan<V6>,
     ) -> Result<(), DataplaneError> {
-        for (k, v) in writes {
-            self.maps
-                .nat_reply
-                .insert(k, v, 0)
-                .map_err(|e| DataplaneError::map(map_names::NAT_REPLY, "write", e))?;
-            self.replies.insert(*k, *v);
-        }
-        for k in deletes {
-            remove_ok(self.maps.nat_reply.remove(k))
-                .map_err(|e| DataplaneError::map(map_names::NAT_REPLY, "delete", e))?;
-            self.replies.remove(k);
-        }
-        Ok(())
-    }
-
-    fn execute_plan(&mut self, plan: &plan::Plan) -> Result<(), DataplaneError> {
-        match self.execute(plan) {
-            Ok(()) => {
-                self.state = plan::apply_to_state(&self.state, plan);
-                tracing::info!(
-                    services = self.state.services.len(),
-                    backends = self.state.backend_ids.len(),
-                    "data plane programmed"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                match self.maps.read_state() {
-                    Ok((s, b)) => self.state = plan::State::from_maps(s, b, self.caps),
-                    Err(re) => tracing::error!(error = %re, "re-reading maps after a failed apply"),
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn execute(&mut self, plan: &plan::Plan) -> Result<(), DataplaneError> {
-        let m = &mut self.maps;
-        for id in &plan.fresh_backends {
-            maps::Maps::zero_counters(&mut m.backend_stats, map_names::BACKEND_STATS, *id)?;
-        }
-        for (id, b) in &plan.backend_writes {
-            m.backends
-                .set(*id, b, 0)
-                .map_err(|e| DataplaneError::map(map_names::BACKENDS, "write", e))?;
-        }
-        for (key, svc) in &plan.service_deletes {
-            remove_ok(m.services.remove(key))
-                .map_err(|e| DataplaneError::map(map_names::SERVICES, "delete", e))?;
-            // Pins of a removed service would otherwise outlive it and greet whichever
-            // service takes its id next.
-            let group = svc.persist_group;
-            let mut persist = m.persist.lock();
-            let keys = collect_keys(&persist, |k: &PersistKey, _| k.group == group)
-                .map_err(|e| DataplaneError::map(map_names::PERSIST, "read", e))?;
-            for k in keys {
-                remove_ok(persist.remove(&k))
-                    .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))?;
-            }
-        }
-        for w in plan.service_writes.iter().filter(|w| w.changed) {
-            if w.fresh {
-                maps::Maps::zero_counters(
-                    &mut m.service_stats,
-                    map_names::SERVICE_STATS,
-                    w.value.id,
-                )?;
-            }
-            if let Some(table) = &w.table {
-                let base = maglev_base(w.value.id, w.value.maglev_slot);
-                for (i, backend) in table.iter().enumerate() {
-                    m.maglev
-                        .set(base + i as u32, backend, 0)
-                        .map_err(|e| DataplaneError::map(map_names::MAGLEV, "write", e))?;
-                }
-            }
-            m.services
-                .insert(w.key, w.value, 0)
-                .map_err(|e| DataplaneError::map(map_names::SERVICES, "write", e))?;
-        }
-        for (id, b) in &plan.backend_releases {
-            m.backends
-                .set(*id, b, 0)
-                .map_err(|e| DataplaneError::map(map_names::BACKENDS, "write", e))?;
-        }
+        let caps = self.caps;
+        let maps::Maps {
+            v4,
+            v6,
+            maglev,
+            service_stats,
+            backend_stats,
+            ..
+        } = &mut self.maps;
+        let mut shared = Shared {
+            maglev,
+            service_stats,
+            backend_stats,
+        };
+        execute_family(v4, &mut shared, &mut self.state, plan4, caps)?;
+        execute_family(v6, &mut shared, &mut self.state6, plan6, caps)?;
+        tracing::info!(
+            services = self.state.services.len() + self.state6.services.len(),
+            backends = self.state.backend_ids.len() + self.state6.backend_ids.len(),
+            "data plane programmed"
+        );
         Ok(())
     }
 
@@ -735,7 +727,7 @@ impl Dataplane {
         use aya::maps::IterableMap;
         use std::os::fd::AsFd;
         let connections = {
-            let ct = self.maps.conntrack.lock();
+            let ct = self.maps.v4.conntrack.lock();
             count(
                 map_names::CONNTRACK,
                 IterableMap::map(&*ct).fd().as_fd(),
@@ -744,7 +736,7 @@ impl Dataplane {
             )?
         };
         let pins = {
-            let p = self.maps.persist.lock();
+            let p = self.maps.v4.persist.lock();
             count(
                 map_names::PERSIST,
                 IterableMap::map(&*p).fd().as_fd(),
@@ -811,8 +803,18 @@ impl Dataplane {
                 value: v.iter().fold(0u64, |a, x| a.wrapping_add(*x)),
             });
         }
-        for (key, svc) in &self.state.services {
-            let Some((vip, port, proto)) = plan::service_key_parts(key) else {
+        self.family_stats(&self.state, &mut out)?;
+        self.family_stats(&self.state6, &mut out)?;
+        Ok(out)
+    }
+
+    fn family_stats<F: Family>(
+        &self,
+        state: &plan::State<F>,
+        out: &mut DataplaneStats,
+    ) -> Result<(), DataplaneError> {
+        for (key, svc) in &state.services {
+            let Some((vip, port, proto)) = plan::service_key_parts::<F>(key) else {
                 continue;
             };
             let counters = maps::Maps::sum_counters(
@@ -821,60 +823,183 @@ impl Dataplane {
                 svc.id,
             )?;
             out.services.push(ServiceCounters {
-                vip,
+                vip: vip.into(),
                 port,
                 proto,
                 counters,
             });
         }
-        for (addr, id) in &self.state.backend_ids {
+        for (addr, id) in &state.backend_ids {
             let counters =
                 maps::Maps::sum_counters(&self.maps.backend_stats, map_names::BACKEND_STATS, *id)?;
             out.backends.push(BackendCounters {
-                addr: *addr,
+                addr: (*addr).into(),
                 counters,
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes expired or stale persistence entries and conntrack entries of released or
     /// reassigned backends. Returns how many entries were removed. Costs one syscall per
     /// entry scanned, so call it every few seconds, not per packet.
     pub fn sweep(&self, now_ns: u64) -> Result<usize, DataplaneError> {
-        let mut removed = 0;
-        {
-            let mut persist = self.maps.persist.lock();
-            let keys = collect_keys(&persist, |_, v: &Persist| {
-                self.state.persist_is_stale(v, now_ns)
-            })
-            .map_err(|e| DataplaneError::map(map_names::PERSIST, "read", e))?;
-            for k in keys {
-                remove_ok(persist.remove(&k))
-                    .map_err(|e| DataplaneError::map(map_names::PERSIST, "delete", e))?;
-                removed += 1;
-            }
-        }
         // Stale flows are harmless (XDP checks generations itself and the LRU evicts them), so
-        // the costly walk of the connection table (two syscalls per entry, hundreds of
+        // the costly walk of the connection tables (two syscalls per entry, hundreds of
         // thousands of entries under load) runs only after a change that made some stale.
-        if self
+        let flows = self
             .conntrack_maybe_stale
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            let mut ct = self.maps.conntrack.lock();
-            let keys = collect_keys(&ct, |_: &FlowKey, v: &Flow| self.state.flow_is_stale(v))
-                .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "read", e))?;
-            for k in keys {
-                remove_ok(ct.remove(&k))
-                    .map_err(|e| DataplaneError::map(map_names::CONNTRACK, "delete", e))?;
-                removed += 1;
-                self.conntrack_removed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let (pins4, flows4) = sweep_family(&self.maps.v4, &self.state, now_ns, flows)?;
+        let (pins6, flows6) = sweep_family(&self.maps.v6, &self.state6, now_ns, flows)?;
+        // The eviction estimate of `map_fill` is of the IPv4 table.
+        self.conntrack_removed
+            .fetch_add(flows4, std::sync::atomic::Ordering::Relaxed);
+        Ok(pins4 + pins6 + (flows4 + flows6) as usize)
+    }
+}
+
+/// NAT reply writes and deletes of one family, `known` following them.
+#[allow(clippy::type_complexity)]
+fn write_replies<F: Family>(
+    m: &mut maps::FamilyMaps<F>,
+    known: &mut plan::Replies<F>,
+    writes: &[(
+        lb_common::ReplyKeyOf<F::Raw>,
+        lb_common::ReplySourcesOf<F::Raw>,
+    )],
+    deletes: &[lb_common::ReplyKeyOf<F::Raw>],
+) -> Result<(), DataplaneError> {
+    for (k, v) in writes {
+        m.nat_reply
+            .insert(k, v, 0)
+            .map_err(|e| DataplaneError::map(m.names.nat_reply, "write", e))?;
+        known.insert(*k, *v);
+    }
+    for k in deletes {
+        remove_ok(m.nat_reply.remove(k))
+            .map_err(|e| DataplaneError::map(m.names.nat_reply, "delete", e))?;
+        known.remove(k);
+    }
+    Ok(())
+}
+
+/// The maps both families write: the Maglev tables and the counters.
+struct Shared<'a> {
+    maglev: &'a mut aya::maps::Array<aya::maps::MapData, u32>,
+    service_stats: &'a mut aya::maps::PerCpuArray<aya::maps::MapData, TrafficCounters>,
+    backend_stats: &'a mut aya::maps::PerCpuArray<aya::maps::MapData, TrafficCounters>,
+}
+
+/// Executes one family's plan; `state` follows the maps (re-read from them on error).
+fn execute_family<F: Family>(
+    m: &mut maps::FamilyMaps<F>,
+    shared: &mut Shared<'_>,
+    state: &mut plan::State<F>,
+    plan: &plan::Plan<F>,
+    caps: Capacities,
+) -> Result<(), DataplaneError> {
+    match execute(m, shared, plan) {
+        Ok(()) => {
+            *state = plan::apply_to_state(state, plan);
+            Ok(())
+        }
+        Err(e) => {
+            match m.read_state() {
+                Ok((s, b)) => *state = plan::State::from_maps(s, b, caps),
+                Err(re) => tracing::error!(error = %re, "re-reading maps after a failed apply"),
+            }
+            Err(e)
+        }
+    }
+}
+
+fn execute<F: Family>(
+    m: &mut maps::FamilyMaps<F>,
+    shared: &mut Shared<'_>,
+    plan: &plan::Plan<F>,
+) -> Result<(), DataplaneError> {
+    let names = m.names;
+    for id in &plan.fresh_backends {
+        maps::Maps::zero_counters(shared.backend_stats, map_names::BACKEND_STATS, *id)?;
+    }
+    for (id, b) in &plan.backend_writes {
+        m.backends
+            .set(*id, b, 0)
+            .map_err(|e| DataplaneError::map(names.backends, "write", e))?;
+    }
+    for (key, svc) in &plan.service_deletes {
+        remove_ok(m.services.remove(key))
+            .map_err(|e| DataplaneError::map(names.services, "delete", e))?;
+        // Pins of a removed service would otherwise outlive it and greet whichever
+        // service takes its id next.
+        let group = svc.persist_group;
+        let mut persist = m.persist.lock();
+        let keys = collect_keys(&persist, |k: &PersistKeyOf<F::Raw>, _| k.group == group)
+            .map_err(|e| DataplaneError::map(names.persist, "read", e))?;
+        for k in keys {
+            remove_ok(persist.remove(&k))
+                .map_err(|e| DataplaneError::map(names.persist, "delete", e))?;
+        }
+    }
+    for w in plan.service_writes.iter().filter(|w| w.changed) {
+        if w.fresh {
+            maps::Maps::zero_counters(shared.service_stats, map_names::SERVICE_STATS, w.value.id)?;
+        }
+        if let Some(table) = &w.table {
+            let base = maglev_base(w.value.id, w.value.maglev_slot);
+            for (i, backend) in table.iter().enumerate() {
+                shared
+                    .maglev
+                    .set(base + i as u32, backend, 0)
+                    .map_err(|e| DataplaneError::map(map_names::MAGLEV, "write", e))?;
             }
         }
-        Ok(removed)
+        m.services
+            .insert(w.key, w.value, 0)
+            .map_err(|e| DataplaneError::map(names.services, "write", e))?;
     }
+    for (id, b) in &plan.backend_releases {
+        m.backends
+            .set(*id, b, 0)
+            .map_err(|e| DataplaneError::map(names.backends, "write", e))?;
+    }
+    Ok(())
+}
+
+/// Removes expired or stale pins, and (with `flows`) flows of released or reassigned
+/// backends, of one family. Returns (pins removed, flows removed).
+fn sweep_family<F: Family>(
+    m: &maps::FamilyMaps<F>,
+    state: &plan::State<F>,
+    now_ns: u64,
+    flows: bool,
+) -> Result<(usize, u64), DataplaneError> {
+    let mut pins = 0;
+    {
+        let mut persist = m.persist.lock();
+        let keys = collect_keys(&persist, |_, v: &Persist| state.persist_is_stale(v, now_ns))
+            .map_err(|e| DataplaneError::map(m.names.persist, "read", e))?;
+        for k in keys {
+            remove_ok(persist.remove(&k))
+                .map_err(|e| DataplaneError::map(m.names.persist, "delete", e))?;
+            pins += 1;
+        }
+    }
+    let mut removed_flows = 0;
+    if flows {
+        let mut ct = m.conntrack.lock();
+        let keys = collect_keys(&ct, |_: &FlowKeyOf<F::Raw>, v: &Flow| {
+            state.flow_is_stale(v)
+        })
+        .map_err(|e| DataplaneError::map(m.names.conntrack, "read", e))?;
+        for k in keys {
+            remove_ok(ct.remove(&k))
+                .map_err(|e| DataplaneError::map(m.names.conntrack, "delete", e))?;
+            removed_flows += 1;
+        }
+    }
+    Ok((pins, removed_flows))
 }
 
 fn count(

@@ -6,8 +6,9 @@
 //! the untouched packet is addressed to the VIP and the kernel has nowhere to send it. So the
 //! agent solicits every backend with one ICMP echo request when it programs it and again
 //! periodically, the way keepalived and Katran's healthcheckers keep their neighbours warm.
+//! IPv6 backends get an ICMPv6 echo request, which makes the kernel run neighbour discovery.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -21,11 +22,32 @@ fn echo_request(sequence: u16) -> [u8; 8] {
     packet
 }
 
-/// Sends one echo request to each address (replies are ignored: the point is the ARP
-/// exchange the kernel performs to send it). Returns how many were sent; failures are logged,
-/// never fatal.
-pub fn solicit(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
-    let socket = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
+/// An ICMPv6 echo request (type 128): a raw ICMPv6 socket's checksum is filled in by the
+/// kernel (RFC 3542), as it covers a pseudo-header only the kernel knows the source of.
+fn echo_request6(sequence: u16) -> [u8; 8] {
+    let mut packet = [128, 0, 0, 0, 0x1a, 0x7c, 0, 0];
+    packet[6..8].copy_from_slice(&sequence.to_be_bytes());
+    packet
+}
+
+/// Sends one echo request to each address (replies are ignored: the point is the ARP or
+/// neighbour discovery exchange the kernel performs to send it). Returns how many were sent;
+/// failures are logged, never fatal.
+pub fn solicit(addrs: impl IntoIterator<Item = IpAddr>) -> usize {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(IpAddr::is_ipv4);
+    send_echoes((Domain::IPV4, Protocol::ICMPV4), &v4, echo_request)
+        + send_echoes((Domain::IPV6, Protocol::ICMPV6), &v6, echo_request6)
+}
+
+fn send_echoes(
+    (domain, protocol): (Domain, Protocol),
+    addrs: &[IpAddr],
+    request: fn(u16) -> [u8; 8],
+) -> usize {
+    if addrs.is_empty() {
+        return 0;
+    }
+    let socket = match Socket::new(domain, Type::RAW, Some(protocol)) {
         Ok(socket) => socket,
         Err(err) => {
             tracing::warn!(%err, "cannot open a raw ICMP socket to warm the neighbour table");
@@ -36,9 +58,9 @@ pub fn solicit(addrs: impl IntoIterator<Item = Ipv4Addr>) -> usize {
         tracing::debug!(%err, "ICMP socket stays blocking");
     }
     let mut sent = 0;
-    for (sequence, addr) in addrs.into_iter().enumerate() {
-        let target = SocketAddr::V4(SocketAddrV4::new(addr, 0));
-        match socket.send_to(&echo_request(sequence as u16), &target.into()) {
+    for (sequence, addr) in addrs.iter().enumerate() {
+        let target = SocketAddr::new(*addr, 0);
+        match socket.send_to(&request(sequence as u16), &target.into()) {
             Ok(_) => sent += 1,
             Err(err) => tracing::debug!(%addr, %err, "neighbour solicitation failed"),
         }

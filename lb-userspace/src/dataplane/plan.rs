@@ -6,14 +6,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
 use lb_common::{
-    Backend, Capacities, Flow, MAGLEV_TABLE_SIZE, NAT_SERVER_WORDS, Persist, REPLY_VIPS, ReplyKey,
-    ReplySources, Service, ServiceKey, VipPort, backend_state, nat_server_bit, service_flags,
+    Backend, BackendOf, Capacities, Flow, MAGLEV_TABLE_SIZE, NAT_SERVER_WORDS, Persist, REPLY_VIPS,
+    ReplyKeyOf, ReplySourcesOf, Service, ServiceKey, ServiceKeyOf, VipPortOf, backend_state,
+    nat_server_bit, service_flags,
 };
 
+pub use super::family::{Family, V4, V6};
 use super::{BackendSpec, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
 use crate::balancer::maglev::{MaglevBackend, build_table};
 
@@ -26,7 +28,7 @@ pub enum PlanError {
     )]
     DuplicateService {
         /// Virtual IP.
-        vip: Ipv4Addr,
+        vip: IpAddr,
         /// Virtual port.
         port: u16,
         /// Protocol.
@@ -49,7 +51,7 @@ pub enum PlanError {
     )]
     TooManyNatServices {
         /// The server.
-        server: SocketAddrV4,
+        server: SocketAddr,
         /// Protocol.
         proto: Proto,
         /// NAT services it serves.
@@ -70,12 +72,21 @@ pub enum PlanError {
 }
 
 /// One Maglev table participant: backend id, address, weight.
-pub type MaglevInput = (u32, SocketAddrV4, u32);
+pub type MaglevInput<F = V4> = (u32, <F as Family>::Sock, u32);
+/// A SERVICES or SERVICES6 key.
+pub type Key<F> = ServiceKeyOf<<F as Family>::Raw>;
+/// A BACKENDS or BACKENDS6 value.
+pub type Slot<F> = BackendOf<<F as Family>::Raw>;
 
-/// Network-order key of a service.
+/// Network-order key of an IPv4 service.
 pub fn service_key(vip: Ipv4Addr, port: u16, proto: Proto) -> ServiceKey {
-    ServiceKey {
-        vip: u32::from_ne_bytes(vip.octets()),
+    key_of::<V4>(vip, port, proto)
+}
+
+/// Network-order key of a service of family `F`.
+pub fn key_of<F: Family>(vip: F::Ip, port: u16, proto: Proto) -> Key<F> {
+    ServiceKeyOf {
+        vip: F::raw(vip),
         port: port.to_be(),
         proto: proto.number(),
         _pad: 0,
@@ -83,22 +94,28 @@ pub fn service_key(vip: Ipv4Addr, port: u16, proto: Proto) -> ServiceKey {
 }
 
 /// Host view of a service key; `None` for a protocol latch does not program.
-pub fn service_key_parts(key: &ServiceKey) -> Option<(Ipv4Addr, u16, Proto)> {
+pub fn service_key_parts<F: Family>(key: &Key<F>) -> Option<(F::Ip, u16, Proto)> {
     Some((
-        Ipv4Addr::from(key.vip.to_ne_bytes()),
+        F::ip(key.vip),
         u16::from_be(key.port),
         Proto::from_number(key.proto)?,
     ))
 }
 
 /// Host view of a backend slot's address.
-pub fn backend_addr(b: &Backend) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+pub fn backend_addr<F: Family>(b: &Slot<F>) -> F::Sock {
+    F::sock(F::ip(b.addr), u16::from_be(b.port))
 }
 
-fn backend_value(addr: SocketAddrV4, state: u32, generation: u32) -> Backend {
-    Backend {
-        addr: u32::from_ne_bytes(addr.ip().octets()),
+/// Host view of an IPv4 backend slot's address.
+pub fn backend_addr4(b: &Backend) -> SocketAddrV4 {
+    backend_addr::<V4>(b)
+}
+
+fn backend_value<F: Family>(addr: F::Sock, state: u32, generation: u32) -> Slot<F> {
+    let addr: SocketAddr = addr.into();
+    BackendOf {
+        addr: F::of_ip(addr.ip()).map_or_else(Default::default, F::raw),
         port: addr.port().to_be(),
         _pad: 0,
         state,
@@ -106,42 +123,68 @@ fn backend_value(addr: SocketAddrV4, state: u32, generation: u32) -> Backend {
     }
 }
 
+/// Ids the other family holds: a plan allocates none of them.
+#[derive(Clone, Debug, Default)]
+pub struct Reserved {
+    /// Service ids.
+    pub services: BTreeSet<u32>,
+    /// Backend ids.
+    pub backends: BTreeSet<u32>,
+}
+
+impl Reserved {
+    /// The ids `state` holds.
+    pub fn of<F: Family>(state: &State<F>) -> Self {
+        Self {
+            services: state.services.values().map(|s| s.id).collect(),
+            backends: state.assigned_ids().map(|(id, _)| id).collect(),
+        }
+    }
+
+    /// Both sets of ids.
+    pub fn union(mut self, other: Reserved) -> Self {
+        self.services.extend(other.services);
+        self.backends.extend(other.backends);
+        self
+    }
+}
+
 /// The agent's knowledge of the maps: exactly what SERVICES and BACKENDS hold, plus which
 /// maglev inputs are known to be live (lost on restart, which only costs one rewrite).
 #[derive(Clone, Debug)]
-pub struct State {
+pub struct State<F: Family = V4> {
     /// SERVICES contents.
-    pub services: HashMap<ServiceKey, Service>,
+    pub services: HashMap<Key<F>, Service>,
     /// The capacities the maps were made with.
     pub caps: Capacities,
     /// BACKENDS contents, indexed by id ([`Capacities::backends`] entries).
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Slot<F>>,
     /// Backend ids by address, for slots not UNUSED.
-    pub backend_ids: BTreeMap<SocketAddrV4, u32>,
+    pub backend_ids: BTreeMap<F::Sock, u32>,
     /// Per service id, the ordered backend ids whose maglev table is in the live slot.
-    pub live_maglev: BTreeMap<u32, Vec<MaglevInput>>,
+    pub live_maglev: BTreeMap<u32, Vec<MaglevInput<F>>>,
 }
 
-impl Default for State {
+impl<F: Family> Default for State<F> {
     fn default() -> Self {
         Self::from_maps(HashMap::new(), Vec::new(), Capacities::DEFAULT)
     }
 }
 
-impl State {
+impl<F: Family> State<F> {
     /// Rebuilds the state from map contents (adopt after restart). When two slots claim one
     /// address (only possible after a crash mid-write by some other tool), the lowest id wins
     /// and the next apply releases the other.
     pub fn from_maps(
-        services: HashMap<ServiceKey, Service>,
-        mut backends: Vec<Backend>,
+        services: HashMap<Key<F>, Service>,
+        mut backends: Vec<Slot<F>>,
         caps: Capacities,
     ) -> Self {
-        backends.resize(caps.backends as usize, Backend::default());
+        backends.resize(caps.backends as usize, BackendOf::default());
         let mut backend_ids = BTreeMap::new();
         for (id, b) in backends.iter().enumerate().skip(1) {
             if b.state != backend_state::UNUSED {
-                backend_ids.entry(backend_addr(b)).or_insert(id as u32);
+                backend_ids.entry(backend_addr::<F>(b)).or_insert(id as u32);
             }
         }
         Self {
@@ -154,11 +197,11 @@ impl State {
     }
 
     /// Backend slot by id.
-    pub fn backend(&self, id: u32) -> Option<&Backend> {
+    pub fn backend(&self, id: u32) -> Option<&Slot<F>> {
         self.backends.get(id as usize)
     }
 
-    fn assigned_ids(&self) -> impl Iterator<Item = (u32, &Backend)> {
+    fn assigned_ids(&self) -> impl Iterator<Item = (u32, &Slot<F>)> {
         self.backends
             .iter()
             .enumerate()
@@ -188,15 +231,15 @@ impl State {
 
 /// One service to write: fill `table` into its maglev slot (if any), then update SERVICES.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceWrite {
+pub struct ServiceWrite<F: Family = V4> {
     /// SERVICES key.
-    pub key: ServiceKey,
+    pub key: Key<F>,
     /// New SERVICES value; `maglev_slot` is the slot `table` goes into.
     pub value: Service,
     /// Maglev table to write before the SERVICES update; `None` when the live one is current.
     pub table: Option<Vec<u32>>,
     /// Maglev input the table was built from (recorded as live once written).
-    pub maglev_input: Vec<MaglevInput>,
+    pub maglev_input: Vec<MaglevInput<F>>,
     /// The id was newly assigned: its counters are zeroed first.
     pub fresh: bool,
     /// SERVICES needs the update (value or table changed).
@@ -204,21 +247,33 @@ pub struct ServiceWrite {
 }
 
 /// Map writes for one apply, in execution order.
-#[derive(Clone, Debug, Default)]
-pub struct Plan {
+#[derive(Clone, Debug)]
+pub struct Plan<F: Family = V4> {
     /// 1. Backend slots to create or change (before any maglev table refers to them).
-    pub backend_writes: Vec<(u32, Backend)>,
+    pub backend_writes: Vec<(u32, Slot<F>)>,
     /// Backend ids newly assigned: their counters are zeroed before the slot is written.
     pub fresh_backends: Vec<u32>,
     /// 2. Services to remove from SERVICES (before new ones may take over their ids).
-    pub service_deletes: Vec<(ServiceKey, Service)>,
+    pub service_deletes: Vec<(Key<F>, Service)>,
     /// 3. Services to insert or update.
-    pub service_writes: Vec<ServiceWrite>,
+    pub service_writes: Vec<ServiceWrite<F>>,
     /// 4. Backend slots to release (state UNUSED, generation bumped), once nothing maps to them.
-    pub backend_releases: Vec<(u32, Backend)>,
+    pub backend_releases: Vec<(u32, Slot<F>)>,
 }
 
-impl Plan {
+impl<F: Family> Default for Plan<F> {
+    fn default() -> Self {
+        Self {
+            backend_writes: Vec::new(),
+            fresh_backends: Vec::new(),
+            service_deletes: Vec::new(),
+            service_writes: Vec::new(),
+            backend_releases: Vec::new(),
+        }
+    }
+}
+
+impl<F: Family> Plan<F> {
     /// True when applying changes nothing.
     pub fn is_noop(&self) -> bool {
         self.backend_writes.is_empty()
@@ -250,6 +305,9 @@ fn service_value(spec: &ServiceSpec, id: u32, maglev_slot: u32) -> Service {
         .persistence_ttl
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0);
+    if let Some(prefix) = spec.persistence_prefix_v6 {
+        flags |= u32::from(prefix) << service_flags::PERSIST_PREFIX_SHIFT;
+    }
     Service {
         id,
         flags,
@@ -273,13 +331,26 @@ fn allocate(
         .or_else(|| candidates().next())
 }
 
-/// Decides the writes that take the maps from `state` to `spec`.
+/// Decides the writes that take the IPv4 maps from `state` to `spec` (its IPv4 services).
 pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
+    plan_family::<V4>(state, spec, &Reserved::default())
+}
+
+/// Decides the writes that take family `F`'s maps from `state` to the services of `spec`
+/// whose VIP is of that family, allocating no id of `reserved` (the other family's).
+pub fn plan_family<F: Family>(
+    state: &State<F>,
+    spec: &DataplaneSpec,
+    reserved: &Reserved,
+) -> Result<Plan<F>, PlanError> {
     // Validate services.
     // Ordered by (vip, port, proto) so that id allocation does not depend on spec order.
-    let mut by_addr: BTreeMap<(Ipv4Addr, u16, Proto), &ServiceSpec> = BTreeMap::new();
+    let mut by_addr: BTreeMap<(F::Ip, u16, Proto), &ServiceSpec> = BTreeMap::new();
     for s in &spec.services {
-        if by_addr.insert((s.vip, s.port, s.proto), s).is_some() {
+        let Some(vip) = F::of_ip(s.vip) else {
+            continue;
+        };
+        if by_addr.insert((vip, s.port, s.proto), s).is_some() {
             return Err(PlanError::DuplicateService {
                 vip: s.vip,
                 port: s.port,
@@ -287,11 +358,11 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
             });
         }
     }
-    let wanted: Vec<(ServiceKey, &ServiceSpec)> = by_addr
-        .values()
-        .map(|s| (service_key(s.vip, s.port, s.proto), *s))
+    let wanted: Vec<(Key<F>, &ServiceSpec)> = by_addr
+        .iter()
+        .map(|((vip, port, proto), s)| (key_of::<F>(*vip, *port, *proto), *s))
         .collect();
-    let wanted_keys: HashSet<ServiceKey> = wanted.iter().map(|(k, _)| *k).collect();
+    let wanted_keys: HashSet<Key<F>> = wanted.iter().map(|(k, _)| *k).collect();
     let caps = state.caps;
     if wanted.len() >= caps.services as usize {
         return Err(PlanError::TooManyServices {
@@ -301,10 +372,12 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
     }
 
     // Backends: a backend is UP if any service lists it up (health is per address).
-    let mut wanted_backends: BTreeMap<SocketAddrV4, bool> = BTreeMap::new();
-    for s in &spec.services {
+    let mut wanted_backends: BTreeMap<F::Sock, bool> = BTreeMap::new();
+    for s in by_addr.values() {
         for b in &s.backends {
-            *wanted_backends.entry(b.addr).or_insert(false) |= b.up;
+            if let Some(addr) = F::of_sock(b.addr) {
+                *wanted_backends.entry(addr).or_insert(false) |= b.up;
+            }
         }
     }
     if wanted_backends.len() >= caps.backends as usize {
@@ -319,27 +392,28 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
     // Release slots of backends no longer wanted, and duplicate slots of one address.
     let mut released = BTreeSet::new();
     for (id, b) in state.assigned_ids() {
-        let addr = backend_addr(b);
+        let addr = backend_addr::<F>(b);
         let keep = wanted_backends.contains_key(&addr) && state.backend_ids.get(&addr) == Some(&id);
         if !keep {
             released.insert(id);
             out.backend_releases.push((
                 id,
-                Backend {
+                BackendOf {
                     state: backend_state::UNUSED,
                     generation: b.generation.wrapping_add(1),
-                    ..Backend::default()
+                    ..BackendOf::default()
                 },
             ));
         }
     }
 
     // Keep or assign ids for wanted backends.
-    let mut backend_ids: BTreeMap<SocketAddrV4, u32> = BTreeMap::new();
+    let mut backend_ids: BTreeMap<F::Sock, u32> = BTreeMap::new();
     let mut taken: BTreeSet<u32> = state
         .assigned_ids()
         .map(|(id, _)| id)
         .filter(|id| !released.contains(id))
+        .chain(reserved.backends.iter().copied())
         .collect();
     for (&addr, &up) in &wanted_backends {
         let st = if up {
@@ -352,7 +426,7 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
                 let cur = state.backends[id as usize];
                 if cur.state != st {
                     out.backend_writes
-                        .push((id, backend_value(addr, st, cur.generation)));
+                        .push((id, backend_value::<F>(addr, st, cur.generation)));
                 }
                 backend_ids.insert(addr, id);
             }
@@ -370,7 +444,7 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
                 // would write, so entries of either previous owner are stale.
                 let generation = state.backends[id as usize].generation.wrapping_add(2);
                 out.backend_writes
-                    .push((id, backend_value(addr, st, generation)));
+                    .push((id, backend_value::<F>(addr, st, generation)));
                 out.fresh_backends.push(id);
                 backend_ids.insert(addr, id);
             }
@@ -394,6 +468,7 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         .iter()
         .filter(|(k, _)| wanted_keys.contains(k))
         .map(|(_, s)| s.id)
+        .chain(reserved.services.iter().copied())
         .collect();
     for (key, s) in &wanted {
         let s = *s;
@@ -403,7 +478,7 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         // services).
         let maglev = matches!(s.kind, ServiceKind::L4);
         let input = if maglev {
-            maglev_input(s, &backend_ids)
+            maglev_input::<F>(s, &backend_ids)
         } else {
             Vec::new()
         };
@@ -428,8 +503,8 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
         let (slot, table) = match current {
             _ if !maglev => (current.map_or(0, |c| c.maglev_slot), None),
             Some(cur) if table_current => (cur.maglev_slot, None),
-            Some(cur) => (1 - (cur.maglev_slot & 1), Some(maglev_for(&input))),
-            None => (0, Some(maglev_for(&input))),
+            Some(cur) => (1 - (cur.maglev_slot & 1), Some(maglev_for::<F>(&input))),
+            None => (0, Some(maglev_for::<F>(&input))),
         };
         let value = service_value(s, id, slot);
         let changed = table.is_some() || current != Some(value);
@@ -447,10 +522,13 @@ pub fn plan(state: &State, spec: &DataplaneSpec) -> Result<Plan, PlanError> {
 
 /// The (id, address, weight) triples a service's Maglev table is built from: its up backends
 /// of non-zero weight, the primaries, or the backups when no primary qualifies.
-fn maglev_input(s: &ServiceSpec, backend_ids: &BTreeMap<SocketAddrV4, u32>) -> Vec<MaglevInput> {
+fn maglev_input<F: Family>(
+    s: &ServiceSpec,
+    backend_ids: &BTreeMap<F::Sock, u32>,
+) -> Vec<MaglevInput<F>> {
     let takes_new = |b: &&BackendSpec| b.up && b.weight > 0;
     let backups = !s.backends.iter().filter(takes_new).any(|b| !b.backup);
-    let mut input: Vec<MaglevInput> = Vec::new();
+    let mut input: Vec<MaglevInput<F>> = Vec::new();
     let mut seen = BTreeSet::new();
     for b in s
         .backends
@@ -458,17 +536,20 @@ fn maglev_input(s: &ServiceSpec, backend_ids: &BTreeMap<SocketAddrV4, u32>) -> V
         .filter(takes_new)
         .filter(|b| b.backup == backups)
     {
-        if seen.insert(b.addr)
-            && let Some(&id) = backend_ids.get(&b.addr)
+        let Some(addr) = F::of_sock(b.addr) else {
+            continue;
+        };
+        if seen.insert(addr)
+            && let Some(&id) = backend_ids.get(&addr)
         {
-            input.push((id, b.addr, b.weight));
+            input.push((id, addr, b.weight));
         }
     }
     input.sort();
     input
 }
 
-fn maglev_for(input: &[MaglevInput]) -> Vec<u32> {
+fn maglev_for<F: Family>(input: &[MaglevInput<F>]) -> Vec<u32> {
     let backends: Vec<MaglevBackend> = input
         .iter()
         .map(|(id, addr, weight)| MaglevBackend::new(*id, addr.to_string()).with_weight(*weight))
@@ -480,9 +561,13 @@ fn maglev_for(input: &[MaglevInput]) -> Vec<u32> {
 /// service that XDP forwards (tcp/udp, and http with the fast path), the services' VIPs and
 /// ports, sorted. Every server is listed whatever its health or weight: established flows to
 /// a down or drained server still need their replies translated.
-pub fn nat_replies(spec: &DataplaneSpec) -> Result<HashMap<ReplyKey, ReplySources>, PlanError> {
-    let mut by_server: BTreeMap<(SocketAddrV4, Proto), BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
+pub fn nat_replies<F: Family>(spec: &DataplaneSpec) -> Result<Replies<F>, PlanError> {
+    type ByServer<F> = BTreeMap<(<F as Family>::Sock, Proto), BTreeSet<(<F as Family>::Ip, u16)>>;
+    let mut by_server: ByServer<F> = BTreeMap::new();
     for s in &spec.services {
+        let Some(vip) = F::of_ip(s.vip) else {
+            continue;
+        };
         let forwarded = match s.kind {
             ServiceKind::L4 => true,
             ServiceKind::Http { fast_path } => fast_path,
@@ -491,35 +576,38 @@ pub fn nat_replies(spec: &DataplaneSpec) -> Result<HashMap<ReplyKey, ReplySource
             continue;
         }
         for b in &s.backends {
-            by_server
-                .entry((b.addr, s.proto))
-                .or_default()
-                .insert((s.vip, s.port));
+            if let Some(addr) = F::of_sock(b.addr) {
+                by_server
+                    .entry((addr, s.proto))
+                    .or_default()
+                    .insert((vip, s.port));
+            }
         }
     }
     let mut out = HashMap::new();
     for ((server, proto), vips) in by_server {
         if vips.len() > REPLY_VIPS {
             return Err(PlanError::TooManyNatServices {
-                server,
+                server: server.into(),
                 proto,
                 count: vips.len(),
                 limit: REPLY_VIPS,
             });
         }
-        let mut value = ReplySources {
+        let mut value = ReplySourcesOf {
             count: vips.len() as u32,
-            ..ReplySources::default()
+            ..ReplySourcesOf::default()
         };
         for (slot, (vip, port)) in value.vips.iter_mut().zip(vips) {
-            *slot = VipPort {
-                vip: u32::from_ne_bytes(vip.octets()),
+            *slot = VipPortOf {
+                vip: F::raw(vip),
                 port: port.to_be(),
                 _pad: 0,
             };
         }
-        let key = ReplyKey {
-            addr: u32::from_ne_bytes(server.ip().octets()),
+        let server: SocketAddr = server.into();
+        let key = ReplyKeyOf {
+            addr: F::of_ip(server.ip()).map_or_else(Default::default, F::raw),
             port: server.port().to_be(),
             proto: proto.number(),
             _pad: 0,
@@ -529,11 +617,21 @@ pub fn nat_replies(spec: &DataplaneSpec) -> Result<HashMap<ReplyKey, ReplySource
     Ok(out)
 }
 
-/// NAT_SERVERS words with the bit of every key of `keys` set.
-pub fn nat_server_words<'a>(keys: impl IntoIterator<Item = &'a ReplyKey>) -> Vec<u64> {
+/// NAT_REPLY or NAT_REPLY6 contents.
+pub type Replies<F> = HashMap<ReplyKeyOf<<F as Family>::Raw>, ReplySourcesOf<<F as Family>::Raw>>;
+
+/// The NAT_SERVERS bits of `keys` (the bitmap is shared by both families).
+pub fn nat_server_bits<'a, F: Family>(
+    keys: impl IntoIterator<Item = &'a ReplyKeyOf<F::Raw>>,
+) -> impl Iterator<Item = (u32, u64)> {
+    keys.into_iter()
+        .map(|k| nat_server_bit(F::fold(&k.addr), k.port, k.proto))
+}
+
+/// NAT_SERVERS words with every bit of `bits` set.
+pub fn nat_server_words(bits: impl IntoIterator<Item = (u32, u64)>) -> Vec<u64> {
     let mut words = vec![0u64; NAT_SERVER_WORDS as usize];
-    for k in keys {
-        let (word, bit) = nat_server_bit(k.addr, k.port, k.proto);
+    for (word, bit) in bits {
         words[word as usize] |= bit;
     }
     words
@@ -541,10 +639,14 @@ pub fn nat_server_words<'a>(keys: impl IntoIterator<Item = &'a ReplyKey>) -> Vec
 
 /// NAT_REPLY writes taking `current` to `wanted`: entries to write (new or changed) and keys
 /// to delete.
-pub fn reply_changes(
-    current: &HashMap<ReplyKey, ReplySources>,
-    wanted: &HashMap<ReplyKey, ReplySources>,
-) -> (Vec<(ReplyKey, ReplySources)>, Vec<ReplyKey>) {
+#[allow(clippy::type_complexity)]
+pub fn reply_changes<F: Family>(
+    current: &Replies<F>,
+    wanted: &Replies<F>,
+) -> (
+    Vec<(ReplyKeyOf<F::Raw>, ReplySourcesOf<F::Raw>)>,
+    Vec<ReplyKeyOf<F::Raw>>,
+) {
     let writes = wanted
         .iter()
         .filter(|(k, v)| current.get(k) != Some(v))
@@ -559,7 +661,7 @@ pub fn reply_changes(
 }
 
 /// The state after `plan` has been executed completely.
-pub fn apply_to_state(state: &State, plan: &Plan) -> State {
+pub fn apply_to_state<F: Family>(state: &State<F>, plan: &Plan<F>) -> State<F> {
     let mut backends = state.backends.clone();
     for (id, b) in plan.backend_writes.iter().chain(&plan.backend_releases) {
         if let Some(slot) = backends.get_mut(*id as usize) {
@@ -604,6 +706,7 @@ mod tests {
             forwarding: Forwarding::Nat,
             kind: ServiceKind::L4,
             persistence_ttl: None,
+            persistence_prefix_v6: None,
             backends,
         }
     }
@@ -667,6 +770,93 @@ mod tests {
         assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [3]);
         let (p, _) = run(&state, &service(true, 1));
         assert_eq!(owners(&p).keys().copied().collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// Both families from one spec, as `Dataplane::apply` plans them: IPv4 first with the
+    /// IPv6 ids reserved, then IPv6 with the IPv4 ones (before and after) reserved.
+    fn run_both(
+        s4: &State,
+        s6: &State<V6>,
+        spec: &DataplaneSpec,
+    ) -> (Plan, Plan<V6>, State, State<V6>) {
+        let p4 = plan_family::<V4>(s4, spec, &Reserved::of(s6)).expect("plan v4");
+        let n4 = apply_to_state(s4, &p4);
+        let reserved = Reserved::of(s4).union(Reserved::of(&n4));
+        let p6 = plan_family::<V6>(s6, spec, &reserved).expect("plan v6");
+        let n6 = apply_to_state(s6, &p6);
+        (p4, p6, n4, n6)
+    }
+
+    #[test]
+    fn families_share_one_id_space_and_each_plans_its_own_services() {
+        let mut v6 = svc(
+            "2001:db8:f::10",
+            80,
+            vec![
+                be("[2001:db8:b::10]:8080", true),
+                be("[2001:db8:b::11]:8080", true),
+            ],
+        );
+        v6.persistence_ttl = Some(Duration::from_secs(60));
+        v6.persistence_prefix_v6 = Some(64);
+        let v4 = svc(
+            "198.51.100.10",
+            80,
+            vec![be("192.0.2.11:8080", true), be("192.0.2.12:8080", true)],
+        );
+        let both = spec(vec![v6.clone(), v4.clone()]);
+        let (p4, p6, s4, s6) = run_both(&State::default(), &State::default(), &both);
+        assert_eq!(
+            p4.service_writes.len(),
+            1,
+            "only the IPv4 service in the IPv4 plan"
+        );
+        assert_eq!(
+            p6.service_writes.len(),
+            1,
+            "only the IPv6 service in the IPv6 plan"
+        );
+        let (id4, id6) = (p4.service_writes[0].value.id, p6.service_writes[0].value.id);
+        assert_ne!(id4, id6, "one service id space");
+        let b4: BTreeSet<u32> = s4.backend_ids.values().copied().collect();
+        let b6: BTreeSet<u32> = s6.backend_ids.values().copied().collect();
+        assert_eq!((b4.len(), b6.len()), (2, 2));
+        assert!(b4.is_disjoint(&b6), "one backend id space: {b4:?} {b6:?}");
+        // The IPv6 table holds IPv6 backend ids only.
+        let table = p6.service_writes[0].table.as_deref().unwrap_or_default();
+        assert!(table.iter().all(|id| b6.contains(id)));
+        // The prefix rides in the flags.
+        let flags = p6.service_writes[0].value.flags;
+        assert_eq!(service_flags::persist_prefix(flags), 64);
+        assert_ne!(flags & service_flags::PERSIST_CLIENT_IP, 0);
+        assert_eq!(
+            service_flags::persist_prefix(p4.service_writes[0].value.flags),
+            128
+        );
+        // A restart rebuilds both from their maps: nothing to write, same ids.
+        let r6 = State::<V6>::from_maps(s6.services.clone(), s6.backends.clone(), s6.caps);
+        let (p4, p6, _, _) = run_both(&restart(&s4), &r6, &both);
+        assert_eq!(
+            (p4.service_writes[0].value.id, p6.service_writes[0].value.id),
+            (id4, id6)
+        );
+        assert!(p4.backend_writes.is_empty() && p6.backend_writes.is_empty());
+        // Removing the IPv4 service frees its ids; the IPv6 one keeps its own.
+        let (p4, p6, _, s6b) = run_both(&s4, &s6, &spec(vec![v6]));
+        assert_eq!(p4.service_deletes.len(), 1);
+        assert!(p6.service_deletes.is_empty() && p6.backend_releases.is_empty());
+        assert_eq!(s6b.backend_ids, s6.backend_ids);
+        // NAT reply sources per family, and one shared bitmap.
+        let r4 = nat_replies::<V4>(&both).expect("v4 replies");
+        let r6 = nat_replies::<V6>(&both).expect("v6 replies");
+        assert_eq!((r4.len(), r6.len()), (2, 2));
+        let words = nat_server_words(
+            nat_server_bits::<V4>(r4.keys()).chain(nat_server_bits::<V6>(r6.keys())),
+        );
+        for k in r6.keys() {
+            let (w, bit) = nat_server_bit(lb_common::fold6(&k.addr), k.port, k.proto);
+            assert_ne!(words[w as usize] & bit, 0);
+        }
     }
 
     #[test]
@@ -966,12 +1156,12 @@ mod tests {
         assert_eq!(k.port.to_ne_bytes(), [0x12, 0x34]);
         assert_eq!(k.proto, lb_common::proto::TCP);
         assert_eq!(
-            service_key_parts(&k),
+            service_key_parts::<V4>(&k),
             Some(("198.51.100.10".parse().expect("ip"), 0x1234, Proto::Tcp))
         );
-        let b = backend_value("192.0.2.1:8080".parse().expect("addr"), 1, 1);
+        let b = backend_value::<V4>("192.0.2.1:8080".parse().expect("addr"), 1, 1);
         assert_eq!(b.addr.to_ne_bytes(), [192, 0, 2, 1]);
-        assert_eq!(backend_addr(&b).to_string(), "192.0.2.1:8080");
+        assert_eq!(backend_addr4(&b).to_string(), "192.0.2.1:8080");
     }
 
     #[test]
@@ -999,7 +1189,7 @@ mod tests {
         ));
         let backends: Vec<_> = (0..small.caps.backends)
             .map(|i| BackendSpec {
-                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1000 + i as u16),
+                addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1000 + i as u16).into(),
                 up: true,
                 weight: 1,
                 backup: false,
@@ -1015,8 +1205,8 @@ mod tests {
     fn adopt_ignores_duplicate_slots_and_releases_them() {
         let mut backends = vec![Backend::default(); Capacities::DEFAULT.backends as usize];
         let addr: SocketAddrV4 = "192.0.2.11:80".parse().expect("addr");
-        backends[3] = backend_value(addr, backend_state::UP, 4);
-        backends[5] = backend_value(addr, backend_state::UP, 9);
+        backends[3] = backend_value::<V4>(addr, backend_state::UP, 4);
+        backends[5] = backend_value::<V4>(addr, backend_state::UP, 9);
         let st = State::from_maps(HashMap::new(), backends, Capacities::DEFAULT);
         assert_eq!(st.backend_ids[&addr], 3);
         let (p, st2) = run(
@@ -1079,7 +1269,7 @@ mod tests {
         fast.kind = ServiceKind::Http { fast_path: true };
         let mut udp = svc("198.51.100.1", 53, vec![shared]);
         udp.proto = Proto::Udp;
-        let replies = nat_replies(&spec(vec![
+        let replies = nat_replies::<V4>(&spec(vec![
             svc("198.51.100.2", 443, vec![shared]),
             svc("198.51.100.1", 80, vec![shared]),
             dsr,
@@ -1090,14 +1280,14 @@ mod tests {
         .expect("replies");
         let key = |addr: &str, proto: Proto| {
             let a: SocketAddrV4 = addr.parse().expect("addr");
-            ReplyKey {
+            lb_common::ReplyKey {
                 addr: u32::from_ne_bytes(a.ip().octets()),
                 port: a.port().to_be(),
                 proto: proto.number(),
                 _pad: 0,
             }
         };
-        let vip = |ip: &str, port: u16| VipPort {
+        let vip = |ip: &str, port: u16| lb_common::VipPort {
             vip: u32::from_ne_bytes(ip.parse::<Ipv4Addr>().expect("ip").octets()),
             port: port.to_be(),
             _pad: 0,
@@ -1109,7 +1299,7 @@ mod tests {
             tcp.vips[..2],
             [vip("198.51.100.1", 80), vip("198.51.100.2", 443)]
         );
-        assert_eq!(tcp.vips[2], VipPort::default());
+        assert_eq!(tcp.vips[2], lb_common::VipPort::default());
         let udp = replies[&key("192.0.2.11:80", Proto::Udp)];
         assert_eq!((udp.count, udp.vips[0]), (1, vip("198.51.100.1", 53)));
         // DSR and proxied http services have no NAT replies in XDP; the fast path has.
@@ -1118,7 +1308,7 @@ mod tests {
         assert_eq!(replies[&key("192.0.2.14:80", Proto::Tcp)].count, 1);
         assert_eq!(replies.len(), 3);
 
-        let words = nat_server_words(replies.keys());
+        let words = nat_server_words(nat_server_bits::<V4>(replies.keys()));
         assert_eq!(words.len(), NAT_SERVER_WORDS as usize);
         for k in replies.keys() {
             let (word, bit) = nat_server_bit(k.addr, k.port, k.proto);
@@ -1130,11 +1320,11 @@ mod tests {
             "one bit per key (some may share one): {set}"
         );
 
-        let (writes, deletes) = reply_changes(&replies, &replies);
+        let (writes, deletes) = reply_changes::<V4>(&replies, &replies);
         assert!(writes.is_empty() && deletes.is_empty());
-        let (writes, deletes) = reply_changes(&HashMap::new(), &replies);
+        let (writes, deletes) = reply_changes::<V4>(&HashMap::new(), &replies);
         assert_eq!((writes.len(), deletes.len()), (3, 0));
-        let (writes, deletes) = reply_changes(&replies, &HashMap::new());
+        let (writes, deletes) = reply_changes::<V4>(&replies, &HashMap::new());
         assert_eq!((writes.len(), deletes.len()), (0, 3));
     }
 
@@ -1143,7 +1333,7 @@ mod tests {
         let services = (0..=REPLY_VIPS as u16)
             .map(|i| svc("198.51.100.1", 1000 + i, vec![be("192.0.2.11:80", true)]))
             .collect();
-        let err = nat_replies(&spec(services)).expect_err("one too many");
+        let err = nat_replies::<V4>(&spec(services)).expect_err("one too many");
         assert_eq!(
             err,
             PlanError::TooManyNatServices {

@@ -11,7 +11,7 @@ use super::{Event, ScriptError, ScriptSource};
 pub(crate) const CHUNK_PREFIX: &str = "latch#";
 
 /// The checked scripts of one virtual service, in configured order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScriptSet {
     vs_name: String,
     /// The scripts, each with a `first_line` of at least 1.
@@ -62,6 +62,20 @@ impl ScriptSet {
         } else {
             Err(errors)
         }
+    }
+
+    /// True when compiling `scripts` for `vs_name` would give this set: a reload keeps the
+    /// set (and the VMs built for it) instead of compiling the same text again.
+    pub fn compiled_from(&self, vs_name: &str, scripts: &[ScriptSource]) -> bool {
+        self.vs_name == vs_name
+            && self.scripts.len() == scripts.len()
+            && self.scripts.iter().zip(scripts).all(|(ours, theirs)| {
+                ours.first_line == theirs.first_line.max(1)
+                    && ours.event == theirs.event
+                    && ours.name == theirs.name
+                    && ours.text == theirs.text
+                    && ours.origin_file == theirs.origin_file
+            })
     }
 
     /// Virtual service name.

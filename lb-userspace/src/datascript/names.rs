@@ -126,7 +126,7 @@ fn scratch_install(names: &mut BTreeMap<String, Kind>) -> mlua::Result<()> {
         groups: Arc::default(),
         rate_limits: Arc::default(),
     };
-    let shared = Arc::new(VmShared::new(&env, &Arc::new(set)));
+    let shared = Arc::new(VmShared::new(&Arc::new(env), &Arc::new(set)));
     let avi = super::api::install(&lua, &shared)?;
     walk(&avi, "avi", 0, names);
     Ok(())

@@ -30,7 +30,7 @@ impl Budget for VmShared {
         VmShared::charge(self, steps)
     }
     fn max_output(&self) -> usize {
-        self.env.limits.memory_bytes
+        self.env().limits.memory_bytes
     }
 }
 

@@ -1199,3 +1199,6 @@ mod sandbox;
 // avi.ipgroup, avi.stringgroup, avi.vs.rate_limit and avi.vs.ratelimit.
 mod groups;
 mod ssl;
+
+// A reload keeps unchanged services' VMs.
+mod reload;

@@ -1,8 +1,8 @@
 //! The proxy seam: [`DataScriptHooks`] (one per virtual service) and its transactions.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use mlua::Table;
@@ -51,10 +51,73 @@ pub struct ScriptEnv {
 struct Shared {
     set: Arc<ScriptSet>,
     limits: DsLimits,
-    vms: Vec<Mutex<Vm>>,
+    /// This configuration's environment, installed in a VM before each of its events.
+    env: Arc<ScriptEnv>,
+    /// Shared with the hooks of the configuration before and after this one while the
+    /// service's scripts and limits stay the same (see [`DataScriptHooks::reusing`]).
+    vms: Arc<Vms>,
     /// Which events have scripts (by [`Event::index`]).
     has: [bool; Event::ALL.len()],
     counters: Arc<DsCounters>,
+}
+
+/// The VMs of one virtual service, one per worker. The first is built with the hooks (so a
+/// configuration whose scripts cannot be set up is refused), the others when a worker first
+/// runs an event: a VM takes about a millisecond to build, and a reload that changes a
+/// script used by a thousand services would otherwise build them all before it returns.
+struct Vms {
+    /// `None` only when the service has no scripts.
+    first: Option<Mutex<Vm>>,
+    /// VMs 1.. ; `None` once building failed (the worker then shares the first VM).
+    others: Box<[OnceLock<Option<Mutex<Vm>>>]>,
+}
+
+impl Vms {
+    fn empty() -> Self {
+        Vms {
+            first: None,
+            others: Box::new([]),
+        }
+    }
+
+    fn build(set: &Arc<ScriptSet>, env: &Arc<ScriptEnv>, n: usize) -> Result<Self, DsError> {
+        Ok(Vms {
+            first: Some(Mutex::new(Vm::new(set, env)?)),
+            others: (1..n.max(1)).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, |_| 1 + self.others.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// VM `i` if it is built.
+    fn built(&self, i: usize) -> Option<&Mutex<Vm>> {
+        match i {
+            0 => self.first.as_ref(),
+            i => self.others.get(i - 1)?.get()?.as_ref(),
+        }
+    }
+
+    /// VM `i`, built now if it never was; the first VM where it cannot be built. `None` only
+    /// when the service has no scripts.
+    fn get(&self, i: usize, set: &Arc<ScriptSet>, env: &Arc<ScriptEnv>) -> Option<&Mutex<Vm>> {
+        let Some(slot) = i.checked_sub(1).and_then(|k| self.others.get(k)) else {
+            return self.first.as_ref();
+        };
+        let built = slot.get_or_init(|| match Vm::new(set, env) {
+            Ok(vm) => Some(Mutex::new(vm)),
+            Err(e) => {
+                tracing::warn!(vs = %set.vs_name(), error = %e, "a DataScript VM could not be built; this worker shares the first one");
+                None
+            }
+        });
+        built.as_ref().or(self.first.as_ref())
+    }
 }
 
 /// Runs, errors and budget stops of one virtual service's scripts, per event. Kept by the
@@ -118,26 +181,53 @@ impl DataScriptHooks {
         env: ScriptEnv,
         counters: Arc<DsCounters>,
     ) -> Result<Self, DsError> {
-        let n = match env.limits.vms {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
-        let vms = if set.is_empty() {
-            Vec::new()
-        } else {
-            (0..n)
-                .map(|_| Vm::new(&set, &env).map(Mutex::new))
-                .collect::<Result<_, _>>()?
+        Self::reusing(None, set, env, counters)
+    }
+
+    /// Like [`DataScriptHooks::with_counters`], keeping the VMs of `previous` (the service's
+    /// hooks in the running configuration) when its scripts and limits are the same: building
+    /// a VM takes about a millisecond, so a reload that rebuilt every VM of a thousand
+    /// services would take seconds. What else a reload may change (pools, groups, geo
+    /// database, rate limiters) is the environment, which each event installs in the VM it
+    /// runs on, so transactions of the previous configuration that are still running keep
+    /// theirs; nothing `previous` runs changes until these hooks are used.
+    pub fn reusing(
+        previous: Option<&DataScriptHooks>,
+        set: Arc<ScriptSet>,
+        env: ScriptEnv,
+        counters: Arc<DsCounters>,
+    ) -> Result<Self, DsError> {
+        let env = Arc::new(env);
+        let reused = previous
+            .map(|p| &p.shared)
+            .filter(|p| p.limits == env.limits && *p.set == *set)
+            .map(|p| Arc::clone(&p.vms));
+        let vms = match reused {
+            Some(vms) => vms,
+            None if set.is_empty() => Arc::new(Vms::empty()),
+            None => {
+                let n = match env.limits.vms {
+                    0 => std::thread::available_parallelism().map_or(1, usize::from),
+                    n => n,
+                };
+                Arc::new(Vms::build(&set, &env, n)?)
+            }
         };
         Ok(Self {
             shared: Arc::new(Shared {
                 has: Event::ALL.map(|e| set.has(e)),
                 limits: env.limits.clone(),
+                env,
                 set,
                 vms,
                 counters,
             }),
         })
+    }
+
+    /// True when these hooks run on the VMs `other` runs on (a reload kept them).
+    pub fn shares_vms_with(&self, other: &DataScriptHooks) -> bool {
+        Arc::ptr_eq(&self.shared.vms, &other.shared.vms)
     }
 
     /// Runs, errors and budget stops so far.
@@ -150,11 +240,11 @@ impl DataScriptHooks {
         &self.shared.set
     }
 
-    /// Lua memory in use per VM, for metrics.
+    /// Lua memory in use per VM built so far, for metrics.
     pub fn memory_used(&self) -> Vec<usize> {
-        self.shared
-            .vms
-            .iter()
+        let vms = &self.shared.vms;
+        (0..vms.len())
+            .filter_map(|i| vms.built(i))
             .map(|v| v.lock().lua.used_memory())
             .collect()
     }
@@ -231,10 +321,20 @@ impl Txn {
             return i;
         }
         let start = SLOT.with(|s| *s) % n;
-        let i = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|i| !self.shared.vms[*i].is_locked())
-            .unwrap_or(start);
+        let sh = &self.shared;
+        // The worker's own VM (built now at its first event), else any built one that is free.
+        let own_free = sh
+            .vms
+            .get(start, &sh.set, &sh.env)
+            .is_some_and(|vm| !vm.is_locked());
+        let i = if own_free {
+            start
+        } else {
+            (1..n)
+                .map(|k| (start + k) % n)
+                .find(|i| sh.vms.built(*i).is_some_and(|vm| !vm.is_locked()))
+                .unwrap_or(start)
+        };
         self.vm = Some(i);
         i
     }
@@ -247,10 +347,14 @@ impl Txn {
         }
         let idx = self.vm();
         let shared = Arc::clone(&self.shared);
-        let vm = shared.vms[idx].lock();
+        let Some(vm) = shared.vms.get(idx, &shared.set, &shared.env) else {
+            return (Outcome::Done, input);
+        };
+        let vm = vm.lock();
         let Some(mut state) = self.state.take() else {
             return (Outcome::Failed, input);
         };
+        vm.shared.install_env(&shared.env);
         let scripts = &vm.events[event.index()];
         let (funcs, list) = (&scripts.indexes, &scripts.list);
         let env = state.env.take();
@@ -538,8 +642,11 @@ impl Drop for Txn {
     fn drop(&mut self) {
         // Release the transaction's Lua references while holding its VM, so the release never
         // waits inside Lua on another thread's event.
-        if let Some(i) = self.vm {
-            let _vm = self.shared.vms[i].lock();
+        let sh = &self.shared;
+        // `get` builds nothing here: the transaction's VM was chosen (and built) at its first
+        // event.
+        if let Some(vm) = self.vm.and_then(|i| sh.vms.get(i, &sh.set, &sh.env)) {
+            let _vm = vm.lock();
             self.state = None;
         }
     }

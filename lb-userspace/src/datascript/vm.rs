@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, VmState};
@@ -123,7 +124,11 @@ pub(crate) struct VmShared {
     pub max_event_time: Duration,
     /// Set when the event must end (budget exhausted, response sent): pcall then re-raises.
     pub abort: AtomicBool,
-    pub env: ScriptEnv,
+    /// What the scripts work with: the environment of the transaction whose event runs. A
+    /// reload that leaves a service's scripts and limits alone keeps its VMs, so the old
+    /// and the new configuration's transactions share them; each event installs its own
+    /// configuration's environment first ([`VmShared::install_env`]).
+    env: ArcSwap<ScriptEnv>,
     pub set: Arc<ScriptSet>,
     /// Recently returned Lua strings (see `api::args::cached_str`). foldhash, not SipHash:
     /// it is looked up several times per event; its seed is random per process, and the
@@ -139,7 +144,7 @@ pub(crate) type StringCache =
 
 impl VmShared {
     /// The state of a VM running `set` with `env`, before its first event.
-    pub fn new(env: &ScriptEnv, set: &Arc<ScriptSet>) -> Self {
+    pub fn new(env: &Arc<ScriptEnv>, set: &Arc<ScriptSet>) -> Self {
         VmShared {
             ctx: Mutex::new(Ctx::default()),
             spent: AtomicU64::new(0),
@@ -149,10 +154,22 @@ impl VmShared {
             epoch: Instant::now(),
             max_event_time: env.limits.max_event_time,
             abort: AtomicBool::new(false),
-            env: env.clone(),
+            env: ArcSwap::new(Arc::clone(env)),
             set: Arc::clone(set),
             strings: Mutex::default(),
             ips: Mutex::default(),
+        }
+    }
+
+    /// The environment of the running event's transaction.
+    pub fn env(&self) -> Guard<Arc<ScriptEnv>> {
+        self.env.load()
+    }
+
+    /// Makes `env` the scripts' environment, unless it already is (one load per event).
+    pub fn install_env(&self, env: &Arc<ScriptEnv>) {
+        if !Arc::ptr_eq(&self.env.load(), env) {
+            self.env.store(Arc::clone(env));
         }
     }
 
@@ -262,7 +279,7 @@ fn seed_math_random(lua: &Lua) -> mlua::Result<()> {
 }
 
 impl Vm {
-    pub fn new(set: &Arc<ScriptSet>, env: &ScriptEnv) -> Result<Vm, DsError> {
+    pub fn new(set: &Arc<ScriptSet>, env: &Arc<ScriptEnv>) -> Result<Vm, DsError> {
         let vs = set.vs_name().to_string();
         let vm_err = |source| DsError::Vm {
             vs: vs.clone(),
@@ -388,7 +405,7 @@ impl Vm {
                 compile,
                 log_print,
                 mem_kb,
-                shared.env.limits.jit,
+                shared.env().limits.jit,
                 locate,
                 charge_bytes,
             ))?;

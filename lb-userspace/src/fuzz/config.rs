@@ -45,6 +45,8 @@ max_body_buffer = "1MiB"
 [agent.capacity]
 connections = 65536
 client_pins = 65536
+connections_v6 = 65536
+client_pins_v6 = 65536
 table_mirror_entries = 262144
 virtual_services = 64
 servers = 1024
@@ -136,6 +138,9 @@ const KEYS: &[&str] = &[
     "max_body_buffer",
     "connections",
     "client_pins",
+    "connections_v6",
+    "client_pins_v6",
+    "ipv6_prefix",
     "table_mirror_entries",
     "virtual_services",
     "servers",

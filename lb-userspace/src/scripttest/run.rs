@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::cases::{Case, CaseFile, HeaderValues};
 use super::{BUILTIN_CONFIG, ScriptTestError};
-use crate::agent::http::{HttpBuildError, build};
+use crate::agent::http::{HttpBuildError, Running, build};
 use crate::agent::pools::ConfiguredPool;
 use crate::balancer::levers::Levers;
 use crate::config::{self, Config, ServiceType};
@@ -143,7 +143,7 @@ impl Service {
         });
         let plan = build(
             &config,
-            &HashMap::new(),
+            &Running::default(),
             &Levers::default(),
             &store,
             clock.clone(),

@@ -180,10 +180,11 @@ fn l4(vip: &str, port: u16, backends: &[(&str, bool)]) -> ServiceSpec {
         forwarding: Forwarding::Nat,
         kind: ServiceKind::L4,
         persistence_ttl: None,
+        persistence_prefix_v6: None,
         backends: backends
             .iter()
             .map(|(a, up)| BackendSpec {
-                addr: addr(a),
+                addr: addr(a).into(),
                 up: *up,
                 weight: 1,
                 backup: false,
@@ -491,8 +492,8 @@ fn teardown_leaves_nothing() {
     let report = once_unlocked(|| teardown(dir.path())).expect("teardown");
     assert!(report.removed_dir);
     assert_eq!(
-        report.pins_removed, 12,
-        "11 maps (incl. DS_TABLE, NAT_REPLY, NAT_SERVERS) + manifest: {report:?}"
+        report.pins_removed, 17,
+        "16 maps (incl. DS_TABLE, NAT_REPLY, NAT_SERVERS and the five IPv6 maps) + manifest: {report:?}"
     );
     assert!(!dir.path().exists());
     // And a fresh open starts empty.
@@ -708,6 +709,8 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
         backends: 16,
         connections: 1024,
         client_pins: 64,
+        connections_v6: 1024,
+        client_pins_v6: 64,
         table_mirror_entries: 64,
     };
     let spec = DataplaneSpec {
@@ -769,6 +772,8 @@ fn capacity_change_migrates_pinned_entries_into_the_new_maps() {
         backends: 64,
         connections: 4096,
         client_pins: 256,
+        connections_v6: 4096,
+        client_pins_v6: 256,
         table_mirror_entries: 128,
     };
     let d = dir.path().to_owned();
@@ -886,6 +891,8 @@ fn kernel_memory_estimate_matches_what_the_kernel_charges() {
         backends: 256,
         connections: 65_536,
         client_pins: 16_384,
+        connections_v6: 65_536,
+        client_pins_v6: 16_384,
         table_mirror_entries: 8192,
     };
     let _dp = Dataplane::open_with(dir.path(), &caps).expect("open");

@@ -15,6 +15,7 @@ mod fuzz_xdp;
 mod groups_netns;
 mod h2_netns;
 mod http_netns;
+mod ipv6_netns;
 mod l4_netns;
 mod levers_netns;
 mod netns_config;

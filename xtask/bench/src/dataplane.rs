@@ -52,14 +52,15 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 
 fn spec(vip: Ipv4Addr, backend: Ipv4Addr) -> DataplaneSpec {
     let service = |port, backend_port, ttl, forwarding| ServiceSpec {
-        vip,
+        vip: vip.into(),
         port,
         proto: Proto::Udp,
         forwarding,
         kind: ServiceKind::L4,
         persistence_ttl: ttl,
+        persistence_prefix_v6: None,
         backends: vec![BackendSpec {
-            addr: SocketAddrV4::new(backend, backend_port),
+            addr: SocketAddrV4::new(backend, backend_port).into(),
             up: true,
             weight: 1,
             backup: false,

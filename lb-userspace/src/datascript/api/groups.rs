@@ -50,7 +50,7 @@ fn install_ipgroup(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         "contains",
         lua.create_function(move |_, a: Args| {
             let name = name_arg(a.first(), "contains", 1)?;
-            let groups = &s.env.groups;
+            let groups = &s.env().groups;
             let group = groups.ip.get(&name).ok_or_else(|| {
                 rt(format!(
                     "avi.ipgroup.contains: unknown ip group '{name}' ({})",
@@ -89,7 +89,7 @@ fn install_stringgroup(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
                 func,
                 lua.create_function(move |l, a: Args| {
                     let group_name = name_arg(a.first(), &f, 1)?;
-                    let groups = &s.env.groups;
+                    let groups = &s.env().groups;
                     let group = groups.string.get(&group_name).ok_or_else(|| {
                         rt(format!(
                             "avi.stringgroup.{f}: unknown string group '{group_name}' ({})",

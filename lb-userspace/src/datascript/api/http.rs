@@ -295,7 +295,7 @@ fn charge_cookie(ctx: &mut Ctx, sh: &VmShared, args: &Args, func: &str) -> LResu
             _ => 0,
         })
         .sum();
-    txn(ctx)?.charge_added_header(&sh.env.limits, func, bytes)
+    txn(ctx)?.charge_added_header(&sh.env().limits, func, bytes)
 }
 
 /// Cookie `name` of message `c` (the current event's message when `c` is nil).
@@ -375,7 +375,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         let (name, value) = header_args(&a, "add_header")?;
         with_ctx(s, |ctx| {
             let bytes = name.as_str().len() + value.len();
-            txn(ctx)?.charge_added_header(&s.env.limits, "add_header", bytes)?;
+            txn(ctx)?.charge_added_header(&s.env().limits, "add_header", bytes)?;
             write_headers(ctx)?.0.append(name, value);
             Ok(())
         })
@@ -384,7 +384,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
         let (name, value) = header_args(&a, "replace_header")?;
         with_ctx(s, |ctx| {
             let bytes = name.as_str().len() + value.len();
-            txn(ctx)?.charge_added_header(&s.env.limits, "replace_header", bytes)?;
+            txn(ctx)?.charge_added_header(&s.env().limits, "replace_header", bytes)?;
             write_headers(ctx)?.0.insert(name, value);
             Ok(())
         })

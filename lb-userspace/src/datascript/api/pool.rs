@@ -17,7 +17,7 @@ pub(super) const NAMESPACE: Namespace = Namespace {
 };
 
 fn servers_of(sh: &VmShared, pool: &str) -> LResult<Vec<ServerView>> {
-    sh.env
+    sh.env()
         .pools
         .servers(pool)
         .ok_or_else(|| rt(format!("unknown pool '{pool}'")))

@@ -31,9 +31,9 @@ fn action_number(a: RateLimitAction) -> i64 {
 }
 
 fn count(sh: &VmShared, func: &str, limiter: &str, key: &[u8], consume: f64) -> LResult<bool> {
-    sh.env
+    sh.env()
         .rate_limits
-        .exceed(limiter, key, consume, sh.env.clock.now_ns())
+        .exceed(limiter, key, consume, sh.env().clock.now_ns())
         .map_err(|e| rt(format!("{func}: {e}")))
 }
 
@@ -85,7 +85,7 @@ pub(super) fn install(lua: &Lua, vs: &Table, sh: &Arc<VmShared>) -> LResult<()> 
         }
         let key = key_arg(a.get(1), func)?;
         let defer = flag(a.get(2)).unwrap_or(false);
-        let profile = s.env.rate_limits.profile().cloned().ok_or_else(|| {
+        let profile = s.env().rate_limits.profile().cloned().ok_or_else(|| {
             rt(format!(
                 "avi.vs.rate_limit: virtual service '{}' has no rate_limit (rate_limit = {{ limiter = \"...\" }})",
                 s.set.vs_name()

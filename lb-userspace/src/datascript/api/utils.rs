@@ -28,6 +28,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, percent_encod
 use super::args::{lua_str, lua_type, name_arg, number};
 use super::{LResult, Namespace, reg, rt};
 use crate::config::GeoDatabase;
+use crate::datascript::ScriptEnv;
 use crate::datascript::vm::VmShared;
 
 pub(super) const NAMESPACE: Namespace = Namespace {
@@ -141,7 +142,8 @@ fn subnet_arg(a: &super::Args, func: &str) -> LResult<IpNet> {
 /// The value at `path` of `ip`'s record as a Lua value: strings, numbers, booleans.
 fn geo_lookup(lua: &Lua, sh: &VmShared, ip: IpAddr, path: &[&str]) -> LResult<Value> {
     use maxminddb::PathElement;
-    let db = geo_database(sh)?;
+    let env = sh.env();
+    let db = geo_database(&env)?;
     let path: Vec<PathElement<'_>> = path
         .iter()
         .map(|p| {
@@ -168,8 +170,8 @@ fn geo_lookup(lua: &Lua, sh: &VmShared, ip: IpAddr, path: &[&str]) -> LResult<Va
 
 /// The configured database; without one every call is an error, whatever its arguments, so
 /// the missing setting shows on the first request.
-fn geo_database(sh: &VmShared) -> LResult<&GeoDatabase> {
-    sh.env.geo.as_ref().ok_or_else(|| {
+fn geo_database(env: &ScriptEnv) -> LResult<&GeoDatabase> {
+    env.geo.as_ref().ok_or_else(|| {
         rt("get_geo_from_ip: no geo database configured ([agent.datascript] geo_database)")
     })
 }
@@ -304,7 +306,7 @@ fn install(lua: &Lua, sh: &Arc<VmShared>) -> LResult<Table> {
                     known.join(", ")
                 ))
             })?;
-        geo_database(s)?;
+        geo_database(&s.env())?;
         match ip_value(a.first()) {
             Some(ip) => geo_lookup(l, s, ip, path),
             None => Ok(Value::Nil),

@@ -54,6 +54,7 @@ use mlua::{Function, Lua, Table, Value};
 
 use super::args::{cached_str, lua_str, number_string};
 use super::{Args, LResult, Namespace, reg, rt, txn, with_ctx};
+use crate::datascript::ScriptEnv;
 use crate::datascript::compile::{CHUNK_PREFIX, root_message};
 use crate::datascript::vm::{Ctx, VmShared};
 use crate::tables::DEFAULT_TABLE;
@@ -109,15 +110,15 @@ pub(crate) fn vs_log(sh: &VmShared, args: &Args) -> LResult<()> {
 
 // ---- tables ----------------------------------------------------------------------------------
 
-fn now(sh: &VmShared) -> u64 {
-    sh.env.clock.now_ns()
+fn now(env: &ScriptEnv) -> u64 {
+    env.clock.now_ns()
 }
 
-fn observe_upsert(sh: &VmShared, table: &str, key: &str) -> LResult<()> {
-    let Some(obs) = sh.env.observer.as_ref() else {
+fn observe_upsert(sh: &VmShared, env: &ScriptEnv, table: &str, key: &str) -> LResult<()> {
+    let Some(obs) = env.observer.as_ref() else {
         return Ok(());
     };
-    let Some(entry) = sh.env.tables.get(table, key, now(sh)) else {
+    let Some(entry) = env.tables.get(table, key, now(env)) else {
         return Ok(());
     };
     with_ctx(sh, |ctx| {
@@ -149,9 +150,10 @@ fn table_insert(
     lifetime: f64,
 ) -> LResult<bool> {
     let lifetime = lifetime_s(lifetime, "table_insert", false)?;
-    match sh.env.tables.insert(table, key, value, lifetime, now(sh)) {
+    let env = sh.env();
+    match env.tables.insert(table, key, value, lifetime, now(&env)) {
         Ok(_) => {
-            observe_upsert(sh, table, key)?;
+            observe_upsert(sh, &env, table, key)?;
             Ok(true)
         }
         Err(e) => {
@@ -169,10 +171,11 @@ fn table_lookup(
     exten: f64,
 ) -> LResult<(Option<mlua::String>, f64)> {
     let exten = lifetime_s(exten, "table_lookup", true)?;
-    match sh.env.tables.lookup(table, key, exten, now(sh)) {
+    let env = sh.env();
+    match env.tables.lookup(table, key, exten, now(&env)) {
         Some((value, remaining)) => {
             if exten > 0 {
-                observe_upsert(sh, table, key)?;
+                observe_upsert(sh, &env, table, key)?;
             }
             Ok((Some(cached_str(lua, sh, &value)?), remaining as f64))
         }
@@ -182,16 +185,18 @@ fn table_lookup(
 
 fn table_refresh(sh: &VmShared, table: &str, key: &str, exten: f64) -> LResult<bool> {
     let exten = lifetime_s(exten, "table_refresh", true)?;
-    let live = sh.env.tables.refresh(table, key, exten, now(sh));
+    let env = sh.env();
+    let live = env.tables.refresh(table, key, exten, now(&env));
     if live && exten > 0 {
-        observe_upsert(sh, table, key)?;
+        observe_upsert(sh, &env, table, key)?;
     }
     Ok(live)
 }
 
 fn table_remove(sh: &VmShared, table: &str, key: &str) -> LResult<bool> {
-    let removed = sh.env.tables.remove(table, key, now(sh));
-    if removed && let Some(obs) = sh.env.observer.as_ref() {
+    let env = sh.env();
+    let removed = env.tables.remove(table, key, now(&env));
+    if removed && let Some(obs) = env.observer.as_ref() {
         with_ctx(sh, |ctx| {
             obs.removed(&txn(ctx)?.info, table, key);
             Ok(())

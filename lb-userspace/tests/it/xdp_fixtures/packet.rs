@@ -25,6 +25,47 @@ pub enum L4 {
     Raw { proto: u8 },
 }
 
+impl L4 {
+    /// The transport header with `payload` after it, its checksum field zero: the protocol
+    /// number, the bytes, and where the checksum goes (None for raw payloads).
+    pub fn segment(&self, payload: &[u8]) -> (u8, Vec<u8>, Option<usize>) {
+        let mut l4 = Vec::new();
+        match *self {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+            } => {
+                l4.extend_from_slice(&sport.to_be_bytes());
+                l4.extend_from_slice(&dport.to_be_bytes());
+                l4.extend_from_slice(&seq.to_be_bytes());
+                l4.extend_from_slice(&ack.to_be_bytes());
+                l4.push(5 << 4);
+                l4.push(flags);
+                l4.extend_from_slice(&64240u16.to_be_bytes());
+                l4.extend_from_slice(&[0, 0]); // checksum
+                l4.extend_from_slice(&[0, 0]); // urgent
+                l4.extend_from_slice(payload);
+                (6, l4, Some(16))
+            }
+            L4::Udp { sport, dport, .. } => {
+                l4.extend_from_slice(&sport.to_be_bytes());
+                l4.extend_from_slice(&dport.to_be_bytes());
+                l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                l4.extend_from_slice(payload);
+                (17, l4, Some(6))
+            }
+            L4::Raw { proto } => {
+                l4.extend_from_slice(payload);
+                (proto, l4, None)
+            }
+        }
+    }
+}
+
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const PSH: u8 = 0x08;
@@ -96,40 +137,7 @@ impl Frame {
             0,
             "IPv4 options must fill 32-bit words"
         );
-        let mut l4 = Vec::new();
-        let proto = match self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-                seq,
-                ack,
-            } => {
-                l4.extend_from_slice(&sport.to_be_bytes());
-                l4.extend_from_slice(&dport.to_be_bytes());
-                l4.extend_from_slice(&seq.to_be_bytes());
-                l4.extend_from_slice(&ack.to_be_bytes());
-                l4.push(5 << 4);
-                l4.push(flags);
-                l4.extend_from_slice(&64240u16.to_be_bytes());
-                l4.extend_from_slice(&[0, 0]); // checksum
-                l4.extend_from_slice(&[0, 0]); // urgent
-                l4.extend_from_slice(&self.payload);
-                6
-            }
-            L4::Udp { sport, dport, .. } => {
-                l4.extend_from_slice(&sport.to_be_bytes());
-                l4.extend_from_slice(&dport.to_be_bytes());
-                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                l4.extend_from_slice(&[0, 0]);
-                l4.extend_from_slice(&self.payload);
-                17
-            }
-            L4::Raw { proto } => {
-                l4.extend_from_slice(&self.payload);
-                proto
-            }
-        };
+        let (proto, mut l4, _) = self.l4.segment(&self.payload);
         match self.l4 {
             L4::Tcp { .. } => {
                 let c = l4_checksum(self.src, self.dst, 6, &l4);

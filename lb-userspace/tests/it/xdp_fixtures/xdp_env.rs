@@ -6,6 +6,9 @@
 //!   lbc (02:00:00:00:0c:01, 192.0.2.1/24)    client side; neighbours: client .100, backend .50
 //!   lbb (02:00:00:00:0b:01, 198.51.100.1/24) backend side; neighbours: .10 and .11
 //!   198.51.100.99 is routable but has no neighbour entry (fib NO_NEIGH).
+//!   IPv6 (addresses without duplicate address detection, so usable at once):
+//!   lbc 2001:db8:c::1/64, neighbour client 2001:db8:c::100;
+//!   lbb 2001:db8:b::1/64, neighbours 2001:db8:b::10 and ::11.
 
 use std::{
     fs::File,
@@ -21,8 +24,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Persist, PersistKey, ReplyKey, ReplySources, Service, ServiceKey,
-    TrafficCounters, map_names,
+    Backend, Backend6, Flow, FlowKey, FlowKey6, Persist, PersistKey, PersistKey6, ReplyKey,
+    ReplyKey6, ReplySources, ReplySources6, Service, ServiceKey, ServiceKey6, TrafficCounters,
+    map_names,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch-xdp"));
@@ -93,11 +97,17 @@ impl Netns {
             self.ip(&["link", "set", dev, "up"]);
             self.ip(&["link", "set", peer, "up"]);
         }
+        for (addr, dev) in [("2001:db8:c::1/64", "lbc"), ("2001:db8:b::1/64", "lbb")] {
+            self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+        }
         for (addr, mac, dev) in [
             ("192.0.2.100", "02:00:00:00:0c:64", "lbc"),
             ("192.0.2.50", "02:00:00:00:0c:32", "lbc"),
             ("198.51.100.10", "02:00:00:00:0b:0a", "lbb"),
             ("198.51.100.11", "02:00:00:00:0b:0b", "lbb"),
+            ("2001:db8:c::100", "02:00:00:00:0c:64", "lbc"),
+            ("2001:db8:b::10", "02:00:00:00:0b:0a", "lbb"),
+            ("2001:db8:b::11", "02:00:00:00:0b:0b", "lbb"),
         ] {
             self.ip(&[
                 "neigh",
@@ -120,6 +130,7 @@ impl Netns {
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
         ]);
     }
 
@@ -195,6 +206,8 @@ impl Fixture {
             // Small tracking maps keep parallel fixtures cheap; the program is the same.
             .map_max_entries(map_names::CONNTRACK, 4096)
             .map_max_entries(map_names::PERSIST, 4096)
+            .map_max_entries(map_names::CONNTRACK6, 4096)
+            .map_max_entries(map_names::PERSIST6, 4096)
             .load(OBJECT)
             .expect("load latch-xdp object");
         let prog: &mut Xdp = ebpf
@@ -244,29 +257,37 @@ impl Fixture {
         Ok((res.return_value, out))
     }
 
+    /// Inserts into the hash map `name`.
+    fn insert<K: aya::Pod, V: aya::Pod>(&mut self, name: &str, key: K, value: V) {
+        let mut m: HashMap<_, K, V> =
+            HashMap::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
+        m.insert(key, value, 0).expect(name);
+    }
+
+    /// Sets entry `index` of the array `name`.
+    fn set<V: aya::Pod>(&mut self, name: &str, index: u32, value: V) {
+        let mut m: Array<_, V> =
+            Array::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
+        m.set(index, value, 0).expect(name);
+    }
+
     pub fn add_service(&mut self, key: ServiceKey, svc: Service) {
-        let mut m: HashMap<_, ServiceKey, Service> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::SERVICES).expect("map"))
-                .expect("services");
-        m.insert(key, svc, 0).expect("insert service");
+        self.insert(map_names::SERVICES, key, svc);
     }
 
     pub fn set_backend(&mut self, id: u32, be: Backend) {
-        let mut m: Array<_, Backend> =
-            Array::try_from(self.ebpf.map_mut(map_names::BACKENDS).expect("map"))
-                .expect("backends");
-        m.set(id, be, 0).expect("set backend");
+        self.set(map_names::BACKENDS, id, be);
     }
 
     /// The NAT services a server answers for, and its NAT_SERVERS bit, as the agent writes
     /// them.
     pub fn set_reply_sources(&mut self, key: ReplyKey, value: ReplySources) {
-        let mut m: HashMap<_, ReplyKey, ReplySources> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::NAT_REPLY).expect("map"))
-                .expect("nat reply");
-        m.insert(key, value, 0).expect("insert reply sources");
+        self.insert(map_names::NAT_REPLY, key, value);
         // And the key's bit, which XDP tests first.
-        let (word, bit) = lb_common::nat_server_bit(key.addr, key.port, key.proto);
+        self.set_server_bit(lb_common::nat_server_bit(key.addr, key.port, key.proto));
+    }
+
+    fn set_server_bit(&mut self, (word, bit): (u32, u64)) {
         let mut bits: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut(map_names::NAT_SERVERS).expect("map"))
                 .expect("nat servers");
@@ -309,6 +330,38 @@ impl Fixture {
 
     pub fn persist_entry(&mut self, key: &PersistKey) -> Option<Persist> {
         self.persist().get(key, 0).ok()
+    }
+
+    pub fn add_service6(&mut self, key: ServiceKey6, svc: Service) {
+        self.insert(map_names::SERVICES6, key, svc);
+    }
+
+    pub fn set_backend6(&mut self, id: u32, be: Backend6) {
+        self.set(map_names::BACKENDS6, id, be);
+    }
+
+    /// As [`Fixture::set_reply_sources`], for IPv6 (the bitmap is shared, the address folded).
+    pub fn set_reply_sources6(&mut self, key: ReplyKey6, value: ReplySources6) {
+        self.insert(map_names::NAT_REPLY6, key, value);
+        self.set_server_bit(lb_common::nat_server_bit(
+            lb_common::fold6(&key.addr),
+            key.port,
+            key.proto,
+        ));
+    }
+
+    pub fn flow6(&mut self, key: &FlowKey6) -> Option<Flow> {
+        let m: HashMap<_, FlowKey6, Flow> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK6).expect("map"))
+                .expect("conntrack6");
+        m.get(key, 0).ok()
+    }
+
+    pub fn persist6_entry(&mut self, key: &PersistKey6) -> Option<Persist> {
+        let m: HashMap<_, PersistKey6, Persist> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::PERSIST6).expect("map"))
+                .expect("persist6");
+        m.get(key, 0).ok()
     }
 
     /// A global counter summed over CPUs.

@@ -65,14 +65,15 @@ fn caps() -> Capacities {
 fn spec() -> DataplaneSpec {
     DataplaneSpec {
         services: vec![ServiceSpec {
-            vip: VIP,
+            vip: VIP.into(),
             port: PORT,
             proto: Proto::Udp,
             forwarding: Forwarding::Nat,
             kind: ServiceKind::L4,
             persistence_ttl: None,
+            persistence_prefix_v6: None,
             backends: vec![BackendSpec {
-                addr: SocketAddrV4::new(BACKEND, 6000),
+                addr: SocketAddrV4::new(BACKEND, 6000).into(),
                 up: true,
                 weight: 1,
                 backup: false,

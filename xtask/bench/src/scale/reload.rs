@@ -40,19 +40,31 @@ pub struct ConfigResult {
     /// `latch reload` after one pool's servers changed.
     pub reload_changed_seconds: f64,
     pub reload_changed_max_seconds: f64,
+    /// `latch reload` after every service's script changed (every VM is built again).
+    pub reload_scripts_seconds: f64,
+    pub reload_scripts_max_seconds: f64,
+    pub reload_scripts_cpu_seconds: f64,
     pub reloads: usize,
 }
 
+/// What a reload changes: the first pool's servers, and every script (a comment, so no line
+/// moves).
+#[derive(Clone, Copy, Default)]
+pub struct Generation {
+    pub pool: usize,
+    pub scripts: usize,
+}
+
 /// 1,000 http services, each with the JSESSIONID-style lookup script, over 1,000 pools of 10
-/// servers; `generation` changes the first pool's servers (a reload that changes something).
-pub fn config_text(head: &str, services: usize, servers: usize, generation: usize) -> String {
+/// servers, as of `generation`.
+pub fn config_text(head: &str, services: usize, servers: usize, generation: Generation) -> String {
     let mut s = String::from(head);
     for v in 0..services {
         s.push_str(&format!("\n[[pool]]\nname = \"p{v}\"\nservers = ["));
         for k in 0..servers {
             let n = v * servers + k;
             // A new generation moves the first pool's servers to other ports.
-            let shift = if v == 0 { generation * 1000 } else { 0 };
+            let shift = if v == 0 { generation.pool * 1000 } else { 0 };
             s.push_str(&format!(
                 "{}\"192.0.2.{}:{}\"",
                 if k == 0 { "" } else { ", " },
@@ -64,8 +76,9 @@ pub fn config_text(head: &str, services: usize, servers: usize, generation: usiz
             "]\n\n[[virtual_service]]\nname = \"vs{v}\"\nlisten = \"{VIP}:{}\"\n\
              type = \"http\"\npool = \"p{v}\"\n\n[[virtual_service.datascript]]\n\
              event = \"HTTP_REQ\"\nscript = '''\nlocal s = avi.vs.table_lookup(avi.http.get_cookie(\"sid\") or \"\")\n\
-             if s then avi.pool.select(\"p{v}\", s) end\n'''\n",
-            20_000 + v
+             if s then avi.pool.select(\"p{v}\", s) end -- revision {}\n'''\n",
+            20_000 + v,
+            generation.scripts
         ));
     }
     s
@@ -136,7 +149,7 @@ pub fn run(rounds: u32) -> Result<ConfigResult> {
         &format!("[agent]\ninterfaces = []\n{CAPACITY}"),
         SERVICES,
         SERVERS,
-        0,
+        Generation::default(),
     );
     let mut parse = Vec::new();
     for _ in 0..rounds.max(3) {
@@ -159,24 +172,36 @@ pub fn run(rounds: u32) -> Result<ConfigResult> {
     ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
     let mut agent = LatchAgent::prepare(&binary(), &ns)?;
     let head = format!("{}{CAPACITY}", agent_section(&[], agent.bpffs_dir()));
-    agent.write_config(&config_text(&head, SERVICES, SERVERS, 0))?;
+    agent.write_config(&config_text(
+        &head,
+        SERVICES,
+        SERVERS,
+        Generation::default(),
+    ))?;
     let t = Instant::now();
     agent
         .start_within(Duration::from_secs(300))
         .context("starting latch with 1,000 services")?;
     let start_seconds = t.elapsed().as_secs_f64();
     let start_cpu_seconds = process_cpu_seconds(agent.pid().context("agent not running")?)?;
-    let (mut same, mut changed) = (Vec::new(), Vec::new());
-    let (mut same_cpu, mut changed_cpu) = (Vec::new(), Vec::new());
-    for round in 0..rounds.max(3) as usize {
+    let (mut same, mut changed, mut scripts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut same_cpu, mut changed_cpu, mut scripts_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut generation = Generation::default();
+    for _ in 0..rounds.max(3) {
         env::check_stopped()?;
         let (wall, cpu) = timed_reload(&agent)?;
         same.push(wall);
         same_cpu.push(cpu);
-        agent.write_config(&config_text(&head, SERVICES, SERVERS, round % 2 + 1))?;
+        generation.pool += 1;
+        agent.write_config(&config_text(&head, SERVICES, SERVERS, generation))?;
         let (wall, cpu) = timed_reload(&agent)?;
         changed.push(wall);
         changed_cpu.push(cpu);
+        generation.scripts += 1;
+        agent.write_config(&config_text(&head, SERVICES, SERVERS, generation))?;
+        let (wall, cpu) = timed_reload(&agent)?;
+        scripts.push(wall);
+        scripts_cpu.push(cpu);
     }
     agent.stop(Duration::from_secs(10))?;
     Ok(ConfigResult {
@@ -192,6 +217,9 @@ pub fn run(rounds: u32) -> Result<ConfigResult> {
         reload_unchanged_max_seconds: max(&same),
         reload_changed_seconds: median(&changed),
         reload_changed_max_seconds: max(&changed),
+        reload_scripts_seconds: median(&scripts),
+        reload_scripts_max_seconds: max(&scripts),
+        reload_scripts_cpu_seconds: median(&scripts_cpu),
         reloads: same.len(),
     })
 }
@@ -202,7 +230,15 @@ mod tests {
 
     #[test]
     fn generated_config_is_accepted_with_every_service() {
-        let text = config_text("[agent]\ninterfaces = []\n", 30, 10, 1);
+        let text = config_text(
+            "[agent]\ninterfaces = []\n",
+            30,
+            10,
+            Generation {
+                pool: 1,
+                scripts: 1,
+            },
+        );
         let c =
             latch::config::parse(&text, Path::new("/tmp/x.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.virtual_services.len(), 30);
