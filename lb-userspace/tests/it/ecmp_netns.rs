@@ -311,6 +311,25 @@ fn xdp_packets(ns: &Netns, path: &str) -> Result<f64, String> {
         .unwrap_or(0.0))
 }
 
+/// Waits until `lb` knows every backend's MAC. The agent solicits them when it starts (XDP
+/// cannot resolve ARP, and a DSR packet it passes to the stack has nowhere to go); a host
+/// that takes traffic before the answers arrive loses its first packets.
+fn wait_for_neighbours(lb: &LbHost) -> Result<(), String> {
+    crate::netns_config::wait_for("backend neighbours", Duration::from_secs(10), || {
+        for i in 1..=BACKENDS {
+            let out = lb
+                .ns
+                .ip(&["neigh", "show", &backend_addr(i).to_string()])
+                .map_err(|e| e.to_string())?;
+            if !String::from_utf8_lossy(&out.stdout).contains("lladdr") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .map(|_| ())
+}
+
 fn route_vip_via(router: &Netns, next_hop: Ipv4Addr) -> latch_tests::Result<()> {
     router
         .ip(&[
@@ -333,6 +352,9 @@ fn an_ecmp_move_to_the_other_lb_host_keeps_every_tcp_connection_on_its_server() 
         agent.write_latch_config(&config(&agent, n == 1))?;
         agent.start()?;
         agents.push(agent);
+    }
+    for lb in &lab.lbs {
+        wait_for_neighbours(lb)?;
     }
     route_vip_via(&lab.router, lab.lbs[0].uplink_addr)?;
 
