@@ -68,26 +68,38 @@ const BATCHES_PER_CALL: usize = 256;
 /// window of new flows goes on with tuples the last one did not send.
 static SEQ: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 
+/// The bench object with `bench_gen` configured by `cfg` (a copy per generator thread, so
+/// configs and sequence counters stay per thread).
+fn load_generator(cfg: GenConfig) -> Result<BenchProgs> {
+    let mut progs = BenchProgs::load()?;
+    let mut m: Array<_, GenConfig> = Array::try_from(
+        progs
+            .ebpf()
+            .map_mut("BENCH_GEN")
+            .context("no BENCH_GEN map")?,
+    )?;
+    m.set(0, cfg, 0)?;
+    Ok(progs)
+}
+
+/// The xdp_md a live-frames run takes: the frame's length and the interface it leaves by.
+fn live_ctx(ifindex: u32) -> Vec<u8> {
+    let md: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
+    md.iter().flat_map(|v| v.to_ne_bytes()).collect()
+}
+
 /// Which generator this kernel allows: one live-frames run of one frame from `iface` in the
 /// namespace at `ns_path`; EPERM (or EACCES) means the packet-socket generator. The reason is
 /// returned for the report.
 pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(Generator, String)> {
     let (path, iface) = (ns_path.to_string(), iface.to_string());
-    let probe = thread::spawn(move || -> Result<Result<(), String>> {
+    let probe = thread::spawn(move || -> Result<Result<(), (bool, String)>> {
         env::enter(&path)?;
-        let mut progs = BenchProgs::load()?;
-        let mut m: Array<_, GenConfig> = Array::try_from(
-            progs
-                .ebpf()
-                .map_mut("BENCH_GEN")
-                .context("no BENCH_GEN map")?,
-        )?;
-        m.set(0, cfg, 0)?;
+        let mut progs = load_generator(cfg)?;
         let ifindex = env::ifindex(&iface)?;
         let prog: &mut Xdp = env::xdp(progs.ebpf(), GEN)?;
         let frame = [0u8; FRAME_LEN];
-        let md: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let ctx = live_ctx(ifindex);
         Ok(prog
             .test_run(TestRunOptions {
                 data_in: Some(&frame),
@@ -97,7 +109,15 @@ pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(G
                 ..Default::default()
             })
             .map(|_| ())
-            .map_err(|e| format!("{e:#}")))
+            .map_err(|e| {
+                let e = anyhow::Error::from(e);
+                let refused = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
+                });
+                (refused, format!("{e:#}"))
+            }))
     });
     match probe
         .join()
@@ -107,17 +127,11 @@ pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(G
             Generator::LiveFrames,
             "live-frames test run accepted".into(),
         )),
-        Err(e)
-            if e.contains("os error 1)")
-                || e.contains("os error 13)")
-                || e.contains("not permitted") =>
-        {
-            Ok((
-                Generator::PacketSocket,
-                format!("live-frames test run refused: {e}"),
-            ))
-        }
-        Err(e) => Err(anyhow!("live-frames probe: {e}")),
+        Err((true, e)) => Ok((
+            Generator::PacketSocket,
+            format!("live-frames test run refused: {e}"),
+        )),
+        Err((false, e)) => Err(anyhow!("live-frames probe: {e}")),
     }
 }
 
@@ -179,12 +193,9 @@ fn next_repeat(last: &Call) -> u32 {
     (want as u32).clamp(FIRST_REPEAT, MAX_REPEAT)
 }
 
-/// One generator thread: pins itself to `cpu`, enters the client namespace, loads its own copy
-/// of the bench object (configs and sequence counters stay per thread), then sends until
-/// `stop` is set.
-#[allow(clippy::too_many_arguments)]
-fn generator(
-    gen_kind: Generator,
+/// What one generator thread is given.
+struct GenThread {
+    /// Its number, which keys its sequence counter.
     index: usize,
     cpu: usize,
     ns_path: String,
@@ -192,21 +203,28 @@ fn generator(
     cfg: GenConfig,
     start: Arc<Barrier>,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<Call>> {
+}
+
+/// One generator thread: pins itself to `cpu`, enters the client namespace, loads its own copy
+/// of the bench object (configs and sequence counters stay per thread), then sends until
+/// `stop` is set.
+fn generator(gen_kind: Generator, t: GenThread) -> Result<Vec<Call>> {
     if gen_kind == Generator::PacketSocket {
-        return packet_generator(index, cpu, ns_path, iface, cfg, start, stop);
+        return packet_generator(t);
     }
+    let GenThread {
+        cpu,
+        ns_path,
+        iface,
+        cfg,
+        start,
+        stop,
+        ..
+    } = t;
     let prepared = (|| -> Result<(BenchProgs, u32)> {
         env::pin_to_cpu(cpu)?;
         env::enter(&ns_path)?;
-        let mut progs = BenchProgs::load()?;
-        let mut m: Array<_, GenConfig> = Array::try_from(
-            progs
-                .ebpf()
-                .map_mut("BENCH_GEN")
-                .context("no BENCH_GEN map")?,
-        )?;
-        m.set(0, cfg, 0)?;
+        let progs = load_generator(cfg)?;
         Ok((progs, env::ifindex(iface)?))
     })();
     // Every thread reaches the barrier, also after a failure, so nobody waits forever.
@@ -214,8 +232,7 @@ fn generator(
     let (mut progs, ifindex) = prepared?;
     let prog: &mut Xdp = env::xdp(progs.ebpf(), GEN)?;
     let frame = [0u8; FRAME_LEN];
-    let md: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let ctx = live_ctx(ifindex);
     let mut calls = Vec::new();
     let mut repeat = FIRST_REPEAT;
     while !stop.load(Ordering::Relaxed) && !env::stopped() {
@@ -261,7 +278,20 @@ pub fn window(
             let (path, cfg, start, stop) = (ns_path.to_string(), *cfg, start.clone(), stop.clone());
             thread::Builder::new()
                 .name(format!("gen{i}"))
-                .spawn(move || generator(gen_kind, i, i % cpus, path, iface, cfg, start, stop))
+                .spawn(move || {
+                    generator(
+                        gen_kind,
+                        GenThread {
+                            index: i,
+                            cpu: i % cpus,
+                            ns_path: path,
+                            iface,
+                            cfg,
+                            start,
+                            stop,
+                        },
+                    )
+                })
         })
         .collect::<Result<_, _>>()?;
     start.wait();
@@ -340,15 +370,16 @@ fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
 /// The packet-socket generator thread: the frames `bench_gen` would write, sent by
 /// `sendmmsg` batches; frames the veth refuses (its peer's ring full) are not counted and
 /// are sent again.
-fn packet_generator(
-    index: usize,
-    cpu: usize,
-    ns_path: String,
-    iface: &'static str,
-    cfg: GenConfig,
-    start: Arc<Barrier>,
-    stop: Arc<AtomicBool>,
-) -> Result<Vec<Call>> {
+fn packet_generator(t: GenThread) -> Result<Vec<Call>> {
+    let GenThread {
+        index,
+        cpu,
+        ns_path,
+        iface,
+        cfg,
+        start,
+        stop,
+    } = t;
     let prepared = (|| -> Result<OwnedFd> {
         env::pin_to_cpu(cpu)?;
         env::enter(&ns_path)?;
