@@ -859,6 +859,65 @@ mod tests {
         }
     }
 
+    /// Scale-out behind ECMP (docs/ARCHITECTURE.md, "Several latch hosts behind ECMP"): two
+    /// hosts given the same services build tables that send every flow hash to the same server
+    /// address, even when their histories gave the servers other ids and the config lists
+    /// them in another order.
+    #[test]
+    fn two_hosts_with_the_same_config_build_the_same_tables() {
+        let servers = [
+            "192.0.2.11:80",
+            "192.0.2.12:80",
+            "192.0.2.13:80",
+            "192.0.2.14:80",
+        ];
+        let service = |order: &[usize]| {
+            let mut s = svc(
+                "198.51.100.10",
+                80,
+                order.iter().map(|&i| be(servers[i], true)).collect(),
+            );
+            s.forwarding = Forwarding::Dsr;
+            s
+        };
+        // Host A: a fresh agent.
+        let (pa, a) = run(&State::default(), &spec(vec![service(&[0, 1, 2, 3])]));
+        // Host B: served other backends first (so its ids differ), and lists them reversed.
+        let (_, b) = run(
+            &State::default(),
+            &spec(vec![
+                svc("198.51.100.20", 80, vec![be("192.0.2.99:80", true)]),
+                service(&[3, 1]),
+            ]),
+        );
+        let (pb, b) = run(&b, &spec(vec![service(&[3, 2, 1, 0])]));
+        let by_address = |p: &Plan, st: &State| -> Vec<SocketAddrV4> {
+            let addr_of: BTreeMap<u32, SocketAddrV4> =
+                st.backend_ids.iter().map(|(a, id)| (*id, *a)).collect();
+            let key = service_key("198.51.100.10".parse().expect("ip"), 80, Proto::Tcp);
+            let w = p
+                .service_writes
+                .iter()
+                .find(|w| w.key == key)
+                .expect("written");
+            w.table
+                .as_ref()
+                .expect("a table")
+                .iter()
+                .map(|id| addr_of[id])
+                .collect()
+        };
+        let (ta, tb) = (by_address(&pa, &a), by_address(&pb, &b));
+        assert_eq!(ta.len(), MAGLEV_TABLE_SIZE as usize);
+        assert!(ta == tb, "the hosts' tables differ");
+        let ids = |p: &Plan| p.service_writes.last().and_then(|w| w.table.clone());
+        assert_ne!(
+            ids(&pa),
+            ids(&pb),
+            "the hosts were meant to number backends apart"
+        );
+    }
+
     #[test]
     fn first_apply_assigns_ids_and_tables() {
         let s = spec(vec![svc(

@@ -10,6 +10,7 @@ mod api_support;
 mod avi_utils_netns;
 mod cli_check;
 mod dataplane_loader;
+mod ecmp_netns;
 mod fastpath_netns;
 mod fuzz_xdp;
 mod groups_netns;

@@ -103,8 +103,8 @@ impl GenConfig {
 }
 
 /// The header the generator program writes for packet number `n`: the program's arithmetic,
-/// so tests can check that the template and checksum base produce valid headers.
-#[cfg(test)]
+/// so tests can check that the template and checksum base produce valid headers, and the
+/// packet-socket generator (used where live frames are refused) sends the same frames.
 pub fn generated_header(cfg: &GenConfig, n: u64) -> [u8; HDR_LEN] {
     let (src_addr, sport) = if cfg.mode == MODE_FIXED_FLOWS {
         let flows = u64::from(cfg.flows.max(1));

@@ -2,6 +2,14 @@
 //! with BPF_F_TEST_XDP_LIVE_FRAMES running `bench_gen`, which returns XDP_TX) out of the client
 //! veth into the LB's veth; receivers count what arrives.
 //!
+//! Where the kernel refuses live-frames test runs (EPERM: a BPF LSM policy on some machines),
+//! the same frames (`frames::generated_header`) are sent from an AF_PACKET socket with
+//! PACKET_QDISC_BYPASS by `sendmmsg` batches ([`Generator::PacketSocket`]). That path costs the
+//! sender a system call per batch and a trip through the veth's transmit per frame, so it
+//! generates fewer packets per second than live frames: rates then measure the generator as
+//! much as the receiver ('generated' against 'received' in the report shows which), and the
+//! kernel's run-time statistics give the generator-independent figure (dataplane.rs).
+//!
 //! Every live-frames call pays a fixed cost of about 40 ms on this kernel (6.18: the call sets
 //! up and destroys a page_pool, and the destruction waits for an RCU grace period) during which
 //! the thread sleeps. With calls of 2^17 frames that idled the CPUs for more than half of the
@@ -11,9 +19,10 @@
 //! running (after a warm-up), not from thread start to thread end.
 
 use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Barrier,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -27,8 +36,104 @@ use aya::{
 
 use crate::{
     env::{self, BenchProgs, GEN},
-    frames::{FRAME_LEN, GenConfig},
+    frames::{FRAME_LEN, GenConfig, HDR_LEN, generated_header},
 };
+
+/// How generator threads send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generator {
+    /// BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (XDP_TX from the client's veth).
+    LiveFrames,
+    /// AF_PACKET socket, PACKET_QDISC_BYPASS, `sendmmsg` of [`SEND_BATCH`] frames.
+    PacketSocket,
+}
+
+impl Generator {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Generator::LiveFrames => "XDP live frames (BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX)",
+            Generator::PacketSocket => {
+                "AF_PACKET sendmmsg (PACKET_QDISC_BYPASS); live frames refused here"
+            }
+        }
+    }
+}
+
+/// Frames per `sendmmsg` call of the packet-socket generator.
+const SEND_BATCH: usize = 64;
+/// `sendmmsg` calls between two records of the packet-socket generator (and two looks at the
+/// stop flag).
+const BATCHES_PER_CALL: usize = 256;
+/// Sequence numbers of the packet-socket generators, per thread, kept across windows: a new
+/// window of new flows goes on with tuples the last one did not send.
+static SEQ: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+/// The bench object with `bench_gen` configured by `cfg` (a copy per generator thread, so
+/// configs and sequence counters stay per thread).
+fn load_generator(cfg: GenConfig) -> Result<BenchProgs> {
+    let mut progs = BenchProgs::load()?;
+    let mut m: Array<_, GenConfig> = Array::try_from(
+        progs
+            .ebpf()
+            .map_mut("BENCH_GEN")
+            .context("no BENCH_GEN map")?,
+    )?;
+    m.set(0, cfg, 0)?;
+    Ok(progs)
+}
+
+/// The xdp_md a live-frames run takes: the frame's length and the interface it leaves by.
+fn live_ctx(ifindex: u32) -> Vec<u8> {
+    let md: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
+    md.iter().flat_map(|v| v.to_ne_bytes()).collect()
+}
+
+/// Which generator this kernel allows: one live-frames run of one frame from `iface` in the
+/// namespace at `ns_path`; EPERM (or EACCES) means the packet-socket generator. The reason is
+/// returned for the report.
+pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(Generator, String)> {
+    let (path, iface) = (ns_path.to_string(), iface.to_string());
+    let probe = thread::spawn(move || -> Result<Result<(), (bool, String)>> {
+        env::enter(&path)?;
+        let mut progs = load_generator(cfg)?;
+        let ifindex = env::ifindex(&iface)?;
+        let prog: &mut Xdp = env::xdp(progs.ebpf(), GEN)?;
+        let frame = [0u8; FRAME_LEN];
+        let ctx = live_ctx(ifindex);
+        Ok(prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .map(|_| ())
+            .map_err(|e| {
+                let e = anyhow::Error::from(e);
+                let refused = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
+                });
+                (refused, format!("{e:#}"))
+            }))
+    });
+    match probe
+        .join()
+        .map_err(|_| anyhow!("probe thread panicked"))??
+    {
+        Ok(()) => Ok((
+            Generator::LiveFrames,
+            "live-frames test run accepted".into(),
+        )),
+        Err((true, e)) => Ok((
+            Generator::PacketSocket,
+            format!("live-frames test run refused: {e}"),
+        )),
+        Err((false, e)) => Err(anyhow!("live-frames probe: {e}")),
+    }
+}
 
 /// Frames in the first call of each thread; later calls are sized from the measured rate.
 const FIRST_REPEAT: u32 = 1 << 16;
@@ -88,28 +193,38 @@ fn next_repeat(last: &Call) -> u32 {
     (want as u32).clamp(FIRST_REPEAT, MAX_REPEAT)
 }
 
-/// One generator thread: pins itself to `cpu`, enters the client namespace, loads its own copy
-/// of the bench object (configs and sequence counters stay per thread), then sends until
-/// `stop` is set.
-fn generator(
+/// What one generator thread is given.
+struct GenThread {
+    /// Its number, which keys its sequence counter.
+    index: usize,
     cpu: usize,
     ns_path: String,
     iface: &'static str,
     cfg: GenConfig,
     start: Arc<Barrier>,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<Call>> {
+}
+
+/// One generator thread: pins itself to `cpu`, enters the client namespace, loads its own copy
+/// of the bench object (configs and sequence counters stay per thread), then sends until
+/// `stop` is set.
+fn generator(gen_kind: Generator, t: GenThread) -> Result<Vec<Call>> {
+    if gen_kind == Generator::PacketSocket {
+        return packet_generator(t);
+    }
+    let GenThread {
+        cpu,
+        ns_path,
+        iface,
+        cfg,
+        start,
+        stop,
+        ..
+    } = t;
     let prepared = (|| -> Result<(BenchProgs, u32)> {
         env::pin_to_cpu(cpu)?;
         env::enter(&ns_path)?;
-        let mut progs = BenchProgs::load()?;
-        let mut m: Array<_, GenConfig> = Array::try_from(
-            progs
-                .ebpf()
-                .map_mut("BENCH_GEN")
-                .context("no BENCH_GEN map")?,
-        )?;
-        m.set(0, cfg, 0)?;
+        let progs = load_generator(cfg)?;
         Ok((progs, env::ifindex(iface)?))
     })();
     // Every thread reaches the barrier, also after a failure, so nobody waits forever.
@@ -117,8 +232,7 @@ fn generator(
     let (mut progs, ifindex) = prepared?;
     let prog: &mut Xdp = env::xdp(progs.ebpf(), GEN)?;
     let frame = [0u8; FRAME_LEN];
-    let md: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let ctx = live_ctx(ifindex);
     let mut calls = Vec::new();
     let mut repeat = FIRST_REPEAT;
     while !stop.load(Ordering::Relaxed) && !env::stopped() {
@@ -147,6 +261,7 @@ fn generator(
 /// them run: `received` is read at both ends of the window, the generated count is the
 /// generators' calls prorated to it.
 pub fn window(
+    gen_kind: Generator,
     ns_path: &str,
     iface: &'static str,
     configs: &[GenConfig],
@@ -163,7 +278,20 @@ pub fn window(
             let (path, cfg, start, stop) = (ns_path.to_string(), *cfg, start.clone(), stop.clone());
             thread::Builder::new()
                 .name(format!("gen{i}"))
-                .spawn(move || generator(i % cpus, path, iface, cfg, start, stop))
+                .spawn(move || {
+                    generator(
+                        gen_kind,
+                        GenThread {
+                            index: i,
+                            cpu: i % cpus,
+                            ns_path: path,
+                            iface,
+                            cfg,
+                            start,
+                            stop,
+                        },
+                    )
+                })
         })
         .collect::<Result<_, _>>()?;
     start.wait();
@@ -195,6 +323,124 @@ pub fn window(
         generated: generated.round() as u64,
         secs: to.duration_since(from).as_secs_f64(),
     })
+}
+
+/// An AF_PACKET socket bound to `ifindex` for sending only (protocol 0: it receives
+/// nothing), with the qdisc bypassed as a NIC driver's generator would.
+fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid descriptor, option value pointer and length of a c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
+    }
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields set below make it a bind address.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: valid descriptor and a sockaddr_ll of the stated length.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    Ok(fd)
+}
+
+/// The packet-socket generator thread: the frames `bench_gen` would write, sent by
+/// `sendmmsg` batches; frames the veth refuses (its peer's ring full) are not counted and
+/// are sent again.
+fn packet_generator(t: GenThread) -> Result<Vec<Call>> {
+    let GenThread {
+        index,
+        cpu,
+        ns_path,
+        iface,
+        cfg,
+        start,
+        stop,
+    } = t;
+    let prepared = (|| -> Result<OwnedFd> {
+        env::pin_to_cpu(cpu)?;
+        env::enter(&ns_path)?;
+        packet_socket(env::ifindex(iface)?)
+    })();
+    start.wait();
+    let fd = prepared?;
+    let seq_slot = SEQ.get(index).context("too many generator threads")?;
+    let mut seq = seq_slot.load(Ordering::Relaxed);
+    let mut frames = vec![[0u8; FRAME_LEN]; SEND_BATCH];
+    let mut calls = Vec::new();
+    while !stop.load(Ordering::Relaxed) && !env::stopped() {
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        for _ in 0..BATCHES_PER_CALL {
+            for (i, f) in frames.iter_mut().enumerate() {
+                f[..HDR_LEN].copy_from_slice(&generated_header(&cfg, seq + i as u64));
+            }
+            let mut iovs: Vec<libc::iovec> = frames
+                .iter_mut()
+                .map(|f| libc::iovec {
+                    iov_base: f.as_mut_ptr().cast(),
+                    iov_len: FRAME_LEN,
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = iovs
+                .iter_mut()
+                .map(|iov| {
+                    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+                    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                    hdr.msg_iov = iov;
+                    hdr.msg_iovlen = 1;
+                    libc::mmsghdr {
+                        msg_hdr: hdr,
+                        msg_len: 0,
+                    }
+                })
+                .collect();
+            // SAFETY: `msgs` and the iovecs and frames they point to live across the call.
+            let n =
+                unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), SEND_BATCH as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+                seq += n as u64;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                // The peer's ring is full: the receiver is the bottleneck; try again.
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => thread::yield_now(),
+                _ => return Err(err).context("sendmmsg on the AF_PACKET socket"),
+            }
+        }
+        calls.push(Call {
+            start: t0,
+            end: Instant::now(),
+            frames: sent,
+        });
+    }
+    seq_slot.store(seq, Ordering::Relaxed);
+    Ok(calls)
 }
 
 fn sleep_unless_stopped(d: Duration) {

@@ -136,11 +136,84 @@ pub struct Report {
     pub seconds_per_measurement: u64,
     pub rounds: u32,
     pub generator_threads: usize,
+    /// Which generator sent the frames, and why (live frames, or the fallback).
+    pub generator: String,
+    /// latch against the no-lookup forwarder by program time; None if not measured.
+    pub program_time: Option<ProgramTime>,
     pub paths: Vec<PathCost>,
     pub rates: Vec<Rate>,
     pub ratios: Ratios,
     pub targets: Vec<Target>,
     pub method: Vec<String>,
+}
+
+/// One round of the program-time comparison (ns per program run, kernel run-time statistics).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramTimeRound {
+    pub forwarder_ns: f64,
+    /// Minus the timing's own cost (the backend counter program's time in the same traffic).
+    pub forwarder_net_ns: f64,
+    pub forwarder_runs: u64,
+    pub latch_ns: f64,
+    pub latch_net_ns: f64,
+    pub latch_runs: u64,
+}
+
+impl ProgramTimeRound {
+    /// latch / forwarder, both with the timing's cost in (it is in both alike).
+    pub fn raw_ratio(&self) -> f64 {
+        if self.forwarder_ns > 0.0 {
+            self.latch_ns / self.forwarder_ns
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// What latch costs per packet beyond the forwarder (the timing's cost cancels out).
+    pub fn extra_ns(&self) -> f64 {
+        self.latch_ns - self.forwarder_ns
+    }
+}
+
+/// The generator-independent comparison: medians and ranges over the rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramTime {
+    pub rounds: Vec<ProgramTimeRound>,
+    pub median_raw_ratio: f64,
+    pub min_raw_ratio: f64,
+    pub max_raw_ratio: f64,
+    pub median_extra_ns: f64,
+    pub min_extra_ns: f64,
+    pub max_extra_ns: f64,
+    pub median_forwarder_net_ns: f64,
+    pub median_latch_net_ns: f64,
+}
+
+impl ProgramTime {
+    pub fn from_rounds(rounds: Vec<ProgramTimeRound>) -> Self {
+        let of = |f: fn(&ProgramTimeRound) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+        let range = |v: &[f64]| {
+            (
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
+        };
+        let ratios = of(ProgramTimeRound::raw_ratio);
+        let extra = of(ProgramTimeRound::extra_ns);
+        let (min_raw_ratio, max_raw_ratio) = range(&ratios);
+        let (min_extra_ns, max_extra_ns) = range(&extra);
+        Self {
+            median_raw_ratio: median(&ratios),
+            min_raw_ratio,
+            max_raw_ratio,
+            median_extra_ns: median(&extra),
+            min_extra_ns,
+            max_extra_ns,
+            median_forwarder_net_ns: median(&of(|r| r.forwarder_net_ns)),
+            median_latch_net_ns: median(&of(|r| r.latch_net_ns)),
+            rounds,
+        }
+    }
 }
 
 pub const CONNTRACK_HIT_MAX_NS: f64 = 150.0;
@@ -303,7 +376,10 @@ pub fn markdown(r: &Report) -> String {
             p.check
         ));
     }
-    s.push_str("\n## Mpps on veth (64-byte UDP frames, XDP live-frames generator)\n\n");
+    s.push_str(&format!(
+        "\n## Mpps on veth (64-byte UDP frames)\n\nGenerator: {}.\n\n",
+        r.generator
+    ));
     s.push_str("| measurement | received Mpps (median) | rounds | generated Mpps | vs ceiling | counted at | detail |\n");
     s.push_str("|---|---:|---|---:|---:|---|---|\n");
     let ceiling = rate(&r.rates, "xdp_drop_ceiling");
@@ -351,6 +427,46 @@ pub fn markdown(r: &Report) -> String {
     ] {
         s.push_str(&format!("| {name} | {v} |\n"));
     }
+    s.push_str("\n## Program time per packet: latch against the no-lookup forwarder\n\n");
+    match &r.program_time {
+        Some(p) => {
+            s.push_str(&format!(
+                "Kernel run-time statistics, same traffic, alternating rounds. latch / \
+                 forwarder: median {:.2} (range {:.2} to {:.2}); latch adds median {:.1} ns per \
+                 packet (range {:.1} to {:.1}); net of the timing's cost: forwarder {:.1} ns, \
+                 latch {:.1} ns (medians).\n\n",
+                p.median_raw_ratio,
+                p.min_raw_ratio,
+                p.max_raw_ratio,
+                p.median_extra_ns,
+                p.min_extra_ns,
+                p.max_extra_ns,
+                p.median_forwarder_net_ns,
+                p.median_latch_net_ns
+            ));
+            s.push_str("| round | forwarder ns | net | runs | latch ns | net | runs | ratio | extra ns |\n");
+            s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for (i, x) in p.rounds.iter().enumerate() {
+                s.push_str(&format!(
+                    "| {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.2} | {:.1} |\n",
+                    i + 1,
+                    x.forwarder_ns,
+                    x.forwarder_net_ns,
+                    x.forwarder_runs,
+                    x.latch_ns,
+                    x.latch_net_ns,
+                    x.latch_runs,
+                    x.raw_ratio(),
+                    x.extra_ns()
+                ));
+            }
+        }
+        None => s.push_str("not measured\n"),
+    }
+    s.push_str(
+        "\nIPv6: not measured yet (no IPv6 path in this build's XDP program); its rows go \
+         beside latch's established and new-flow rows and in this comparison.\n",
+    );
     s.push_str(&targets_and_method_md(&r.targets, &r.method));
     s
 }
@@ -464,6 +580,25 @@ mod tests {
             seconds_per_measurement: 3,
             rounds: 1,
             generator_threads: 2,
+            generator: "gen".into(),
+            program_time: Some(ProgramTime::from_rounds(vec![
+                ProgramTimeRound {
+                    forwarder_ns: 80.0,
+                    forwarder_net_ns: 20.0,
+                    forwarder_runs: 10,
+                    latch_ns: 120.0,
+                    latch_net_ns: 60.0,
+                    latch_runs: 10,
+                },
+                ProgramTimeRound {
+                    forwarder_ns: 100.0,
+                    forwarder_net_ns: 40.0,
+                    forwarder_runs: 10,
+                    latch_ns: 200.0,
+                    latch_net_ns: 140.0,
+                    latch_runs: 10,
+                },
+            ])),
             targets: targets(&paths, &ratios),
             paths,
             rates,
@@ -476,5 +611,9 @@ mod tests {
         assert!(md.contains("| nftables DNAT / XDP_DROP ceiling | 10% |"));
         assert!(md.contains("not measured"));
         assert!(md.contains("- how"));
+        // Ratios 1.5 and 2.0, extra 40 and 100 ns: medians 1.75 and 70.
+        assert!(md.contains("median 1.75 (range 1.50 to 2.00)"), "{md}");
+        assert!(md.contains("adds median 70.0 ns per packet (range 40.0 to 100.0)"));
+        assert!(md.contains("IPv6: not measured"));
     }
 }

@@ -1,0 +1,427 @@
+//! Scale-out behind ECMP, Katran's way: two latch hosts with the same configuration build the
+//! same Maglev tables, so a DSR flow that a routing change moves from one host to the other
+//! keeps its server. Needs root: `#[ignore]`d, run with `--include-ignored`.
+//!
+//! ```text
+//!  client ns            router ns                   lb-a / lb-b ns            backend ns (b1..b4)
+//!  eth0 203.0.113.2 ─── vclient 203.0.113.1/24
+//!                       va 192.0.2.65/30 ────────── uplink 192.0.2.66/30 (lb-a)
+//!                       vb 192.0.2.69/30 ────────── uplink 192.0.2.70/30 (lb-b)
+//!                       VIP/32 via .66, later .70   vb<i> 192.0.2.1 (a) / .2 (b) ── la / lb 192.0.2.1<i>
+//!                       vr<i> 192.0.2.3/32 ──────────────────────────────────────── rt 192.0.2.2<i>
+//!                                                                                   VIP on lo,
+//!                                                                                   default via rt
+//! ```
+//!
+//! Each LB host reaches every backend over its own veth (XDP_REDIRECT needs a device with
+//! `ndo_xdp_xmit`), and the backends answer the client straight through the router: the LB
+//! hosts see only the client's direction, as in a DSR deployment.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use latch_tests::{
+    AgentSettings, HttpConn, LatchAgent, LatchConfig, Netns, Pool, ServeConfig, ServerHandle,
+    VirtualService,
+};
+
+use crate::netns_config::TestResult;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// DSR keeps the destination port: the servers listen on the VIP's port.
+const PORT: u16 = 8080;
+const BACKENDS: usize = 4;
+/// Connections moved at once. Each lands on the right server by chance with probability 1/4
+/// if the second host chose independently, so a false pass needs 1 in 4^6.
+const CONNECTIONS: usize = 6;
+const LB_UPLINK: &str = "uplink";
+
+/// One LB host: its namespace, its router-side address and its backend-side address.
+struct LbHost {
+    ns: Netns,
+    uplink_addr: Ipv4Addr,
+    router_addr: Ipv4Addr,
+    backend_side: Ipv4Addr,
+}
+
+/// The namespaces, and the servers, which must stop before their namespaces go (fields drop
+/// in declaration order).
+struct Lab {
+    _servers: Vec<ServerHandle>,
+    client: Netns,
+    router: Netns,
+    lbs: [LbHost; 2],
+    _backends: Vec<Netns>,
+}
+
+fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + i as u8)
+}
+
+fn backend_uplink_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 20 + i as u8)
+}
+
+/// TX checksum offload off on a veth end (frames then carry full checksums, which XDP's
+/// redirect does not finish), and GRO on where redirected frames are received (NAPI on the
+/// receiving veth, without which they are dropped).
+fn tune(ns: &Netns, iface: &str, receives_redirects: bool) -> latch_tests::Result<()> {
+    let mut argv = vec!["ethtool", "-K", iface, "tx", "off"];
+    if receives_redirects {
+        argv.extend(["gro", "on"]);
+    }
+    ns.exec(&argv).map(|_| ())
+}
+
+/// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), both up, TX offload off.
+fn link(
+    a: &Netns,
+    a_if: &str,
+    b: &Netns,
+    b_if: &str,
+    b_receives_redirects: bool,
+) -> latch_tests::Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", "dev", a_if, "up"])?;
+    b.ip(&["link", "set", "dev", b_if, "up"])?;
+    tune(a, a_if, false)?;
+    tune(b, b_if, b_receives_redirects)
+}
+
+fn build_lab() -> latch_tests::Result<Lab> {
+    let client = Netns::new("client")?;
+    let router = Netns::new("router")?;
+    let lbs = [
+        LbHost {
+            ns: Netns::new("lb-a")?,
+            uplink_addr: Ipv4Addr::new(192, 0, 2, 66),
+            router_addr: Ipv4Addr::new(192, 0, 2, 65),
+            backend_side: Ipv4Addr::new(192, 0, 2, 1),
+        },
+        LbHost {
+            ns: Netns::new("lb-b")?,
+            uplink_addr: Ipv4Addr::new(192, 0, 2, 70),
+            router_addr: Ipv4Addr::new(192, 0, 2, 69),
+            backend_side: Ipv4Addr::new(192, 0, 2, 2),
+        },
+    ];
+    let mut backends = Vec::new();
+    for i in 1..=BACKENDS {
+        backends.push(Netns::new(&format!("b{i}"))?);
+    }
+
+    // Client and router.
+    link(&router, "vclient", &client, "eth0", false)?;
+    client.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+    client.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+    router.ip(&["addr", "add", "203.0.113.1/24", "dev", "vclient"])?;
+    let mut router_sysctls = vec![
+        ("net.ipv4.ip_forward".to_string(), "1"),
+        ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+        ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+    ];
+
+    // Router to each LB host; each LB host to each backend.
+    for (lb, router_if) in lbs.iter().zip(["va", "vb"]) {
+        link(&router, router_if, &lb.ns, LB_UPLINK, false)?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", lb.router_addr),
+            "dev",
+            router_if,
+        ])?;
+        lb.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", lb.uplink_addr),
+            "dev",
+            LB_UPLINK,
+        ])?;
+        router_sysctls.push((format!("net.ipv4.conf.{router_if}.rp_filter"), "0"));
+        let mut sysctls = vec![
+            ("net.ipv4.ip_forward".to_string(), "1"),
+            ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+            ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+            (format!("net.ipv4.conf.{LB_UPLINK}.rp_filter"), "0"),
+        ];
+        for (i, b) in backends.iter().enumerate() {
+            let i = i + 1;
+            let (lb_if, b_if) = (
+                format!("vb{i}"),
+                if lb.backend_side.octets()[3] == 1 {
+                    "la"
+                } else {
+                    "lb"
+                },
+            );
+            link(&lb.ns, &lb_if, b, b_if, true)?;
+            lb.ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", lb.backend_side),
+                "dev",
+                &lb_if,
+            ])?;
+            lb.ns.ip(&[
+                "route",
+                "add",
+                &format!("{}/32", backend_addr(i)),
+                "dev",
+                &lb_if,
+                "src",
+                &lb.backend_side.to_string(),
+            ])?;
+            b.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", backend_addr(i)),
+                "dev",
+                b_if,
+            ])?;
+            b.ip(&[
+                "route",
+                "add",
+                &format!("{}/32", lb.backend_side),
+                "dev",
+                b_if,
+            ])?;
+            sysctls.push((format!("net.ipv4.conf.{lb_if}.rp_filter"), "0"));
+        }
+        let refs: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        lb.ns.sysctl(&refs)?;
+    }
+
+    // Backends: the VIP on lo (never answered for in ARP), replies straight to the router.
+    let router_side = "192.0.2.3";
+    for (i, b) in backends.iter().enumerate() {
+        let i = i + 1;
+        let router_if = format!("vr{i}");
+        link(&router, &router_if, b, "rt", false)?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{router_side}/32"),
+            "dev",
+            &router_if,
+        ])?;
+        router.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", backend_uplink_addr(i)),
+            "dev",
+            &router_if,
+        ])?;
+        router_sysctls.push((format!("net.ipv4.conf.{router_if}.rp_filter"), "0"));
+        b.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", backend_uplink_addr(i)),
+            "dev",
+            "rt",
+        ])?;
+        b.ip(&["route", "add", &format!("{router_side}/32"), "dev", "rt"])?;
+        b.ip(&["route", "add", "default", "via", router_side, "dev", "rt"])?;
+        b.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let mut sysctls = vec![
+            ("net.ipv4.conf.all.arp_ignore".to_string(), "1"),
+            ("net.ipv4.conf.all.arp_announce".to_string(), "2"),
+            ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+            ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+        ];
+        for iface in ["la", "lb", "rt"] {
+            sysctls.push((format!("net.ipv4.conf.{iface}.rp_filter"), "0"));
+        }
+        let refs: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        b.sysctl(&refs)?;
+    }
+    let refs: Vec<(&str, &str)> = router_sysctls
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    router.sysctl(&refs)?;
+
+    let mut servers = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        servers.push(ServerHandle::start_in(
+            b,
+            ServeConfig {
+                name: format!("b{}", i + 1),
+                // DSR: the server answers on the VIP it holds on lo.
+                http: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))),
+                udp: None,
+                tls: None,
+            },
+        )?);
+    }
+    Ok(Lab {
+        _servers: servers,
+        client,
+        router,
+        lbs,
+        _backends: backends,
+    })
+}
+
+/// The same services on both hosts: only the `[agent]` section (interfaces, pins, state file)
+/// is the host's own. The servers are listed in another order on the second host, which must
+/// not matter.
+fn config(agent: &LatchAgent, reversed: bool) -> LatchConfig {
+    let mut interfaces = vec![LB_UPLINK.to_string()];
+    interfaces.extend((1..=BACKENDS).map(|i| format!("vb{i}")));
+    let mut servers: Vec<SocketAddr> = (1..=BACKENDS)
+        .map(|i| SocketAddr::from((backend_addr(i), PORT)))
+        .collect();
+    if reversed {
+        servers.reverse();
+    }
+    LatchConfig::new(
+        AgentSettings::new(&interfaces)
+            .bpffs_dir(agent.bpffs_dir())
+            .state_file(&agent.dir().join("servers.json")),
+    )
+    .pool(Pool::new("web", servers))
+    .virtual_service(VirtualService::tcp("web-dsr", SocketAddr::from((VIP, PORT)), "web").dsr())
+}
+
+/// latch_xdp_packets_total{path="<path>"} of the agent in `ns`.
+fn xdp_packets(ns: &Netns, path: &str) -> Result<f64, String> {
+    let text = ns.run(|| {
+        latch_tests::http_get(latch_tests::config::ADMIN_LISTEN, "/metrics", &[])
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .map_err(|e| e.to_string())
+    })?;
+    let prefix = format!("latch_xdp_packets_total{{path=\"{path}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Waits until `lb` knows every backend's MAC. The agent solicits them when it starts (XDP
+/// cannot resolve ARP, and a DSR packet it passes to the stack has nowhere to go); a host
+/// that takes traffic before the answers arrive loses its first packets.
+fn wait_for_neighbours(lb: &LbHost) -> Result<(), String> {
+    crate::netns_config::wait_for("backend neighbours", Duration::from_secs(10), || {
+        for i in 1..=BACKENDS {
+            let out = lb
+                .ns
+                .ip(&["neigh", "show", &backend_addr(i).to_string()])
+                .map_err(|e| e.to_string())?;
+            if !String::from_utf8_lossy(&out.stdout).contains("lladdr") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .map(|_| ())
+}
+
+fn route_vip_via(router: &Netns, next_hop: Ipv4Addr) -> latch_tests::Result<()> {
+    router
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{VIP}/32"),
+            "via",
+            &next_hop.to_string(),
+        ])
+        .map(|_| ())
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn an_ecmp_move_to_the_other_lb_host_keeps_every_tcp_connection_on_its_server() -> TestResult {
+    let lab = build_lab()?;
+    let mut agents = Vec::new();
+    for (n, lb) in lab.lbs.iter().enumerate() {
+        let mut agent = LatchAgent::prepare(crate::LATCH.as_ref(), &lb.ns)?;
+        agent.write_latch_config(&config(&agent, n == 1))?;
+        agent.start()?;
+        agents.push(agent);
+    }
+    for lb in &lab.lbs {
+        wait_for_neighbours(lb)?;
+    }
+    route_vip_via(&lab.router, lab.lbs[0].uplink_addr)?;
+
+    // Connections through host A, each with one exchange.
+    let mut conns = lab
+        .client
+        .run(|| -> Result<Vec<(HttpConn, String)>, String> {
+            let mut conns = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let mut c =
+                    HttpConn::connect(SocketAddr::from((VIP, PORT)), Duration::from_secs(5))
+                        .map_err(|e| format!("connect through host A: {e}"))?;
+                let r = c.get("/", &[]).map_err(|e| e.to_string())?;
+                conns.push((c, r.backend.ok_or("no X-Backend")?));
+            }
+            Ok(conns)
+        })?;
+    let spread: BTreeMap<&str, usize> = conns.iter().fold(BTreeMap::new(), |mut m, (_, b)| {
+        *m.entry(b.as_str()).or_default() += 1;
+        m
+    });
+    assert!(
+        spread.len() >= 2,
+        "host A balanced {CONNECTIONS} connections over one server only: {spread:?}"
+    );
+    let b_maglev_before = xdp_packets(&lab.lbs[1].ns, "new_flow_maglev")?;
+    assert_eq!(
+        b_maglev_before, 0.0,
+        "host B forwarded a flow before the route moved"
+    );
+
+    // The router now sends the VIP to host B, which has never seen these connections.
+    route_vip_via(&lab.router, lab.lbs[1].uplink_addr)?;
+    let a_before = xdp_packets(&lab.lbs[0].ns, "new_flow_maglev")?
+        + xdp_packets(&lab.lbs[0].ns, "conntrack_hit")?;
+    lab.client.run(|| -> Result<(), String> {
+        for round in 1..=3 {
+            for (c, backend) in conns.iter_mut() {
+                let r = c.get("/", &[]).map_err(|e| {
+                    format!("round {round}: a connection to {backend} broke after the move: {e}")
+                })?;
+                let now = r.backend.ok_or("no X-Backend")?;
+                if now != *backend {
+                    return Err(format!("a connection moved from {backend} to {now}"));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    // Host B carried them: each connection's first packet there missed its connection table
+    // and was placed by Maglev (not dropped, not reset), later ones hit the entry it made.
+    let b_maglev = xdp_packets(&lab.lbs[1].ns, "new_flow_maglev")?;
+    let b_hits = xdp_packets(&lab.lbs[1].ns, "conntrack_hit")?;
+    assert!(
+        b_maglev >= CONNECTIONS as f64,
+        "host B placed {b_maglev} flows by Maglev, expected one per connection ({CONNECTIONS})"
+    );
+    assert!(
+        b_hits >= CONNECTIONS as f64,
+        "host B: {b_hits} conntrack hits"
+    );
+    let a_after = xdp_packets(&lab.lbs[0].ns, "new_flow_maglev")?
+        + xdp_packets(&lab.lbs[0].ns, "conntrack_hit")?;
+    assert_eq!(a_after, a_before, "host A still forwarded after the move");
+    drop(conns);
+    for mut agent in agents {
+        agent.stop(Duration::from_secs(5))?;
+    }
+    Ok(())
+}
