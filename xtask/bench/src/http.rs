@@ -47,6 +47,8 @@ pub struct Options {
     pub tables: bool,
     /// Keep latch's per-request access log on (off by default, like the peers' logs).
     pub access_log: bool,
+    /// Record a flame graph of latch per scenario after the measured rounds.
+    pub flame: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -163,7 +165,7 @@ pub(crate) enum Running {
 }
 
 impl Running {
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         match self {
             Running::None => None,
             Running::Latch(a) => a.pid(),
@@ -399,6 +401,47 @@ impl Bench<'_> {
         })();
         running.stop();
         result
+    }
+
+    /// A flame graph of latch per scenario and mode, each under the load of a measured run
+    /// (at most 5 s), after a login and a warm-up as in the rounds.
+    fn flame_graphs(&self, list: &[Scenario]) -> crate::flame::Section {
+        let mut section = crate::flame::Section::default();
+        if !crate::flame::available() {
+            section
+                .notes
+                .push("perf is not installed or may not record here".into());
+            return section;
+        }
+        let seconds = self.opts.seconds.min(5);
+        let latch = [Lb::LatchPlain, Lb::LatchScripts, Lb::LatchFastPath];
+        for s in list.iter().filter(|s| latch.contains(&s.lb)) {
+            for &mode in &s.modes {
+                if env::check_stopped().is_err() {
+                    return section;
+                }
+                let scenario = format!("{}, {}", s.label(), mode.label());
+                let running = match self.start(s) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        section.notes.push(format!("{scenario}: {e:#}"));
+                        continue;
+                    }
+                };
+                let ready = self.login(s).and_then(|(cookie, _)| {
+                    self.wrk(s, Mode::KeepAlive, 1, &cookie)?;
+                    Ok(cookie)
+                });
+                match ready {
+                    Ok(cookie) => section.profile(running.pid(), &s.key(mode), &scenario, || {
+                        self.wrk(s, mode, seconds, &cookie)
+                    }),
+                    Err(e) => section.notes.push(format!("{scenario}: {e:#}")),
+                }
+                running.stop();
+            }
+        }
+        section
     }
 
     /// Did the fast path carry the run? The XDP FAST_PATH counter must have grown by at least
@@ -822,6 +865,11 @@ pub fn run(opts: Options) -> Result<()> {
         Ok(())
     })();
     println!("    measured for {:.0} s", started.elapsed().as_secs_f64());
+    let flame = if result.is_ok() && opts.flame {
+        bench.flame_graphs(&list)
+    } else {
+        crate::flame::Section::default()
+    };
     for b in backends {
         b.stop();
     }
@@ -865,6 +913,7 @@ pub fn run(opts: Options) -> Result<()> {
         measurements,
         tables,
         method: method_notes(&opts),
+        flame,
     };
     write(&report)
 }

@@ -3,6 +3,7 @@
 
 mod dataplane;
 mod env;
+mod flame;
 mod frames;
 mod http;
 mod mpps;
@@ -58,11 +59,17 @@ enum Cmd {
         no_tables: bool,
         #[arg(long)]
         access_log: bool,
+        /// Skip the flame graphs of latch recorded after the rounds.
+        #[arg(long)]
+        no_flame: bool,
     },
     /// TLS: handshakes/s (ECDSA, RSA), TLS keep-alive and HTTP/2 req/s, latch beside HAProxy.
     Tls {
         #[command(flatten)]
         load: Load,
+        /// Skip the flame graphs of latch recorded after the rounds.
+        #[arg(long)]
+        no_flame: bool,
     },
 }
 
@@ -129,6 +136,7 @@ fn main() -> std::process::ExitCode {
             load,
             no_tables,
             access_log,
+            no_flame,
         } => http::run(http::Options {
             seconds: load.seconds(),
             rounds: load.rounds(),
@@ -137,14 +145,16 @@ fn main() -> std::process::ExitCode {
             workers: load.workers(),
             tables: !no_tables,
             access_log,
+            flame: !no_flame,
         }),
-        Cmd::Tls { load } => tls::run(tls::Options {
+        Cmd::Tls { load, no_flame } => tls::run(tls::Options {
             seconds: load.seconds(),
             rounds: load.rounds(),
             connections: load.connections.clamp(2, 500),
             wrk_threads: 2,
             h2_streams: 10,
             workers: load.workers(),
+            flame: !no_flame,
         }),
     };
     match result {

@@ -39,6 +39,8 @@ pub struct Options {
     /// h2load's concurrent streams per connection.
     pub h2_streams: u32,
     pub workers: Vec<usize>,
+    /// Record a flame graph of latch per scenario after the measured rounds.
+    pub flame: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -219,8 +221,8 @@ impl Bench<'_> {
     }
 
     /// One load run: (sample without CPU, requests, extra note).
-    fn load(&self, s: &Scenario, mode: Mode) -> Result<(Sample, u64, String)> {
-        let secs = self.opts.seconds;
+    /// Runs `mode`'s load for `secs` seconds.
+    fn load(&self, s: &Scenario, mode: Mode, secs: u64) -> Result<(Sample, u64, String)> {
         let from_wrk = |w: wrk::WrkResult| {
             (
                 Sample {
@@ -269,6 +271,53 @@ impl Bench<'_> {
         })
     }
 
+    /// A flame graph of latch per scenario and mode, each under the load of a measured run
+    /// (at most 5 s), after a warm-up as in the rounds.
+    fn flame_graphs(&self, list: &[Scenario]) -> crate::flame::Section {
+        let mut section = crate::flame::Section::default();
+        if !crate::flame::available() {
+            section
+                .notes
+                .push("perf is not installed or may not record here".into());
+            return section;
+        }
+        let seconds = self.opts.seconds.min(5);
+        for s in list.iter().filter(|s| s.lb == Lb::Latch) {
+            for &mode in &s.modes {
+                if env::check_stopped().is_err() {
+                    return section;
+                }
+                let scenario = format!("{}, {}", s.label(), mode.label());
+                let running = match self.start(s) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        section.notes.push(format!("{scenario}: {e:#}"));
+                        continue;
+                    }
+                };
+                match self.wrk(s, 1) {
+                    Ok(_) => {
+                        let name = format!(
+                            "tls_{}_w{}_{}_{}",
+                            s.lb.short(),
+                            s.workers,
+                            s.cert.label(),
+                            mode.label()
+                        )
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+                        section.profile(running.pid(), &name, &scenario, || {
+                            self.load(s, mode, seconds)
+                        });
+                    }
+                    Err(e) => section.notes.push(format!("{scenario}: {e:#}")),
+                }
+                running.stop();
+            }
+        }
+        section
+    }
+
     /// One scenario in one round: start, session check, warm-up, each mode, stop.
     fn measure(&self, s: &Scenario) -> Result<(String, Vec<Run>)> {
         let running = self.start(s)?;
@@ -279,7 +328,7 @@ impl Bench<'_> {
             for &mode in &s.modes {
                 env::check_stopped()?;
                 let before = running.cpu_seconds();
-                let (mut sample, requests, note) = self.load(s, mode)?;
+                let (mut sample, requests, note) = self.load(s, mode, self.opts.seconds)?;
                 let after = running.cpu_seconds();
                 sample.cpu_us_per_req = match (before, after) {
                     (Some(a), Some(b)) if requests > 0 => Some((b - a) * 1e6 / requests as f64),
@@ -440,6 +489,11 @@ pub fn run(opts: Options) -> Result<()> {
         Ok(())
     })();
     println!("    measured for {:.0} s", started.elapsed().as_secs_f64());
+    let flame = if result.is_ok() && opts.flame {
+        bench.flame_graphs(&list)
+    } else {
+        crate::flame::Section::default()
+    };
     for b in backends {
         b.stop();
     }
@@ -470,6 +524,7 @@ pub fn run(opts: Options) -> Result<()> {
         targets: report::targets(&measurements),
         measurements,
         method: method_notes(&opts),
+        flame,
     };
     write(&report)
 }

@@ -229,14 +229,19 @@ pub struct HttpReport {
     pub tables: TableFigures,
     pub targets: Vec<Target>,
     pub method: Vec<String>,
+    pub flame: crate::flame::Section,
 }
 
-pub const DS_VS_HAPROXY_MIN: f64 = 1.0;
-pub const P99_VS_HAPROXY_MAX: f64 = 1.5;
-pub const DS_OVERHEAD_MAX_US: f64 = 5.0;
+// The targets of the HTTP performance issue (14): latch without scripts against HAProxy,
+// latch with the JSESSIONID scripts against HAProxy's stick table, both at every worker count
+// and in both modes, p99 no worse than HAProxy's; the scripts' own cost; the fast path.
+pub const PLAIN_VS_HAPROXY_MIN: f64 = 1.3;
+pub const DS_VS_HAPROXY_MIN: f64 = 1.2;
+pub const P99_VS_HAPROXY_MAX: f64 = 1.0;
+pub const DS_OVERHEAD_MAX_US: f64 = 2.0;
 pub const LOOKUPS_MIN_MPS: f64 = 2.0;
-pub const FAST_VS_DIRECT_MIN: f64 = 0.9;
-pub const FAST_VS_HAPROXY_MIN: f64 = 1.5;
+pub const FAST_VS_DIRECT_MIN: f64 = 0.95;
+pub const FAST_VS_HAPROXY_MIN: f64 = 1.3;
 
 pub fn find(ms: &[Measurement], lb: Lb, workers: usize, mode: Mode) -> Option<&Measurement> {
     ms.iter()
@@ -334,43 +339,55 @@ pub(crate) fn fmt_x(v: Option<f64>) -> String {
 
 pub fn targets(ms: &[Measurement], ov: &[Overhead], tables: &TableFigures) -> Vec<Target> {
     let mut t = Vec::new();
-    for w in worker_counts(ms) {
-        let ds = rps(ms, Lb::LatchScripts, w, Mode::KeepAlive);
-        let ha = rps(ms, Lb::Haproxy, w, Mode::KeepAlive);
-        let r = div(ds, ha);
-        t.push(Target {
-            what: format!("latch+DS vs HAProxy req/s, {w} thread(s)"),
-            target: format!(">= {DS_VS_HAPROXY_MIN:.1}x"),
-            value: fmt_x(r),
-            met: r.map(|r| r >= DS_VS_HAPROXY_MIN),
-        });
-        let p99 = |lb| {
-            find(ms, lb, w, Mode::KeepAlive)
-                .filter(|m| m.valid)
-                .and_then(|m| m.p99_ms)
-        };
-        let r = div(p99(Lb::LatchScripts), p99(Lb::Haproxy));
-        t.push(Target {
-            what: format!("latch+DS p99 vs HAProxy p99, {w} thread(s)"),
-            target: format!("<= {P99_VS_HAPROXY_MAX:.1}x"),
-            value: fmt_x(r),
-            met: r.map(|r| r <= P99_VS_HAPROXY_MAX),
-        });
+    for mode in [Mode::KeepAlive, Mode::Close] {
+        for w in worker_counts(ms) {
+            for (lb, min) in [
+                (Lb::LatchPlain, PLAIN_VS_HAPROXY_MIN),
+                (Lb::LatchScripts, DS_VS_HAPROXY_MIN),
+            ] {
+                let r = div(rps(ms, lb, w, mode), rps(ms, Lb::Haproxy, w, mode));
+                t.push(Target {
+                    what: format!(
+                        "{} vs HAProxy req/s, {w} worker(s), {}",
+                        lb.short(),
+                        mode.label()
+                    ),
+                    target: format!(">= {min:.1}x"),
+                    value: fmt_x(r),
+                    met: r.map(|r| r >= min),
+                });
+                let p99 = |lb| {
+                    find(ms, lb, w, mode)
+                        .filter(|m| m.valid)
+                        .and_then(|m| m.p99_ms)
+                };
+                let r = div(p99(lb), p99(Lb::Haproxy));
+                t.push(Target {
+                    what: format!(
+                        "{} p99 vs HAProxy p99, {w} worker(s), {}",
+                        lb.short(),
+                        mode.label()
+                    ),
+                    target: format!("<= {P99_VS_HAPROXY_MAX:.1}x"),
+                    value: fmt_x(r),
+                    met: r.map(|r| r <= P99_VS_HAPROXY_MAX),
+                });
+            }
+        }
     }
-    // Judged on 1 worker (the LB thread is then the bottleneck, so both methods apply); the
-    // CPU-time figure is the direct one, the throughput figure is shown beside it.
+    // Judged on 1 worker by CPU time (the steady figure on a shared machine); the throughput
+    // figure is shown beside it.
     if let Some(o) = ov.iter().find(|o| o.workers == 1).or_else(|| ov.first()) {
-        let judged = o.from_cpu_us.or(o.from_throughput_us);
         t.push(Target {
             what: format!("DataScript overhead per request, {} worker(s)", o.workers),
-            target: format!("<= {DS_OVERHEAD_MAX_US:.0} us"),
+            target: format!("<= {DS_OVERHEAD_MAX_US:.0} us CPU"),
             value: match (o.from_cpu_us, o.from_throughput_us) {
                 (Some(c), Some(r)) => format!("{c:.1} us CPU ({r:.1} us by req/s)"),
                 (Some(c), None) => format!("{c:.1} us CPU"),
                 (None, Some(r)) => format!("{r:.1} us by req/s"),
                 (None, None) => "not measured".into(),
             },
-            met: judged.map(|v| v <= DS_OVERHEAD_MAX_US),
+            met: o.from_cpu_us.map(|v| v <= DS_OVERHEAD_MAX_US),
         });
     }
     let l = tables.agent_lookups_mps();
@@ -393,7 +410,7 @@ pub fn targets(ms: &[Measurement], ov: &[Overhead], tables: &TableFigures) -> Ve
     let r = div(fast_rps, rps(ms, Lb::Direct, 0, Mode::Close));
     t.push(Target {
         what: "fast path vs direct, connection per request".into(),
-        target: format!(">= {FAST_VS_DIRECT_MIN:.1}x"),
+        target: format!(">= {FAST_VS_DIRECT_MIN:.2}x"),
         value: value(r),
         met: r.map(|r| r >= FAST_VS_DIRECT_MIN),
     });
@@ -508,6 +525,7 @@ pub fn markdown(r: &HttpReport) -> String {
         s.push_str(&format!("\nTable measurements failed: {e}\n"));
     }
     s.push_str(&crate::report::targets_and_method_md(&r.targets, &r.method));
+    s.push_str(&r.flame.markdown());
     s
 }
 
@@ -605,14 +623,28 @@ mod tests {
                 .map(|t| t.met)
                 .expect(what)
         };
-        assert_eq!(get("latch+DS vs HAProxy req/s, 1"), Some(true));
-        assert_eq!(get("latch+DS p99 vs HAProxy p99, 1"), Some(true));
-        // No 2-worker keep-alive figures for latch: not measured rather than missed.
+        let ka = "1 worker(s), keep-alive";
+        // 40000 / 27000 = 1.48 >= 1.3; 32000 / 27000 = 1.19 < 1.2.
+        assert_eq!(get(&format!("latch vs HAProxy req/s, {ka}")), Some(true));
+        assert_eq!(
+            get(&format!("latch+DS vs HAProxy req/s, {ka}")),
+            Some(false)
+        );
+        assert_eq!(
+            get(&format!("latch+DS p99 vs HAProxy p99, {ka}")),
+            Some(true)
+        );
+        // No 2-worker or connection-per-request figures for latch: not measured, not missed.
         assert_eq!(get("latch+DS vs HAProxy req/s, 2"), None);
-        assert_eq!(get("DataScript overhead"), Some(true));
+        assert_eq!(
+            get("latch vs HAProxy req/s, 1 worker(s), connection per request"),
+            None
+        );
+        // 24 - 20 = 4 us of CPU > 2.
+        assert_eq!(get("DataScript overhead"), Some(false));
         assert_eq!(get("table lookups"), Some(true));
-        // 15000 / 16000 = 0.94 >= 0.9; 15000 / max(8000, 9000) = 1.67 >= 1.5.
-        assert_eq!(get("fast path vs direct"), Some(true));
+        // 15000 / 16000 = 0.94 < 0.95; 15000 / max(8000, 9000) = 1.67 >= 1.3.
+        assert_eq!(get("fast path vs direct"), Some(false));
         assert_eq!(get("fast path vs HAProxy"), Some(true));
     }
 
@@ -662,6 +694,7 @@ mod tests {
             measurements: ms,
             tables,
             method: vec!["how".into()],
+            flame: crate::flame::Section::default(),
         };
         let md = markdown(&r);
         assert!(md.contains("## keep-alive"));
