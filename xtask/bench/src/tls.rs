@@ -297,15 +297,20 @@ impl Bench<'_> {
                 };
                 match self.wrk(s, 1) {
                     Ok(_) => {
-                        let name = format!(
-                            "tls_{}_w{}_{}_{}",
+                        let label = format!(
+                            "tls {} w{} {} {}",
                             s.lb.short(),
                             s.workers,
                             s.cert.label(),
                             mode.label()
                         )
-                        .to_lowercase()
-                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+                        .to_lowercase();
+                        // A file name: the label's words joined by "_".
+                        let name = label
+                            .split(|c: char| !c.is_ascii_alphanumeric())
+                            .filter(|w| !w.is_empty())
+                            .collect::<Vec<_>>()
+                            .join("_");
                         section.profile(running.pid(), &name, &scenario, || {
                             self.load(s, mode, seconds)
                         });
