@@ -21,6 +21,14 @@ pub struct ScriptSet {
     pub(crate) resp_reads_request: bool,
 }
 
+/// A script as the set keeps it: a first line of at least 1.
+fn normalized(s: ScriptSource) -> ScriptSource {
+    ScriptSource {
+        first_line: s.first_line.max(1),
+        ..s
+    }
+}
+
 impl ScriptSet {
     /// Check every script's syntax; all errors are returned, each as `file:line: message`.
     pub fn compile(
@@ -33,13 +41,7 @@ impl ScriptSet {
                 .iter()
                 .filter(|s| !matches!(s.event, Event::HttpReq | Event::HttpReqData))
                 .any(|s| reads_request(&s.text)),
-            scripts: scripts
-                .into_iter()
-                .map(|s| ScriptSource {
-                    first_line: s.first_line.max(1),
-                    ..s
-                })
-                .collect(),
+            scripts: scripts.into_iter().map(normalized).collect(),
         };
         // A bare VM is enough to parse: nothing runs.
         let lua = Lua::new_with(StdLib::NONE, mlua::LuaOptions::default()).map_err(|e| {
@@ -69,13 +71,11 @@ impl ScriptSet {
     pub fn compiled_from(&self, vs_name: &str, scripts: &[ScriptSource]) -> bool {
         self.vs_name == vs_name
             && self.scripts.len() == scripts.len()
-            && self.scripts.iter().zip(scripts).all(|(ours, theirs)| {
-                ours.first_line == theirs.first_line.max(1)
-                    && ours.event == theirs.event
-                    && ours.name == theirs.name
-                    && ours.text == theirs.text
-                    && ours.origin_file == theirs.origin_file
-            })
+            && self
+                .scripts
+                .iter()
+                .zip(scripts)
+                .all(|(ours, theirs)| *ours == normalized(theirs.clone()))
     }
 
     /// Virtual service name.

@@ -24,7 +24,7 @@ pub fn dir() -> PathBuf {
 }
 
 /// Is `perf` usable here (installed, and allowed to record)?
-pub fn available() -> bool {
+fn available() -> bool {
     Command::new("perf")
         .args(["record", "-q", "-o", "/dev/null", "--", "true"])
         .stdout(Stdio::null())
@@ -114,6 +114,14 @@ pub struct Section {
 }
 
 impl Section {
+    /// A section saying why nothing can be recorded, when perf cannot record here.
+    pub fn unavailable() -> Option<Section> {
+        (!available()).then(|| Section {
+            graphs: Vec::new(),
+            notes: vec!["perf is not installed or may not record here".into()],
+        })
+    }
+
     /// Profiles one scenario: `pid` while `load` runs; a failure becomes a note, never an error
     /// of the benchmark (its figures are already measured).
     pub fn profile<T>(

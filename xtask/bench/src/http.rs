@@ -406,13 +406,10 @@ impl Bench<'_> {
     /// A flame graph of latch per scenario and mode, each under the load of a measured run
     /// (at most 5 s), after a login and a warm-up as in the rounds.
     fn flame_graphs(&self, list: &[Scenario]) -> crate::flame::Section {
-        let mut section = crate::flame::Section::default();
-        if !crate::flame::available() {
-            section
-                .notes
-                .push("perf is not installed or may not record here".into());
-            return section;
+        if let Some(nothing) = crate::flame::Section::unavailable() {
+            return nothing;
         }
+        let mut section = crate::flame::Section::default();
         let seconds = self.opts.seconds.min(5);
         let latch = [Lb::LatchPlain, Lb::LatchScripts, Lb::LatchFastPath];
         for s in list.iter().filter(|s| latch.contains(&s.lb)) {

@@ -274,13 +274,10 @@ impl Bench<'_> {
     /// A flame graph of latch per scenario and mode, each under the load of a measured run
     /// (at most 5 s), after a warm-up as in the rounds.
     fn flame_graphs(&self, list: &[Scenario]) -> crate::flame::Section {
-        let mut section = crate::flame::Section::default();
-        if !crate::flame::available() {
-            section
-                .notes
-                .push("perf is not installed or may not record here".into());
-            return section;
+        if let Some(nothing) = crate::flame::Section::unavailable() {
+            return nothing;
         }
+        let mut section = crate::flame::Section::default();
         let seconds = self.opts.seconds.min(5);
         for s in list.iter().filter(|s| s.lb == Lb::Latch) {
             for &mode in &s.modes {
