@@ -106,9 +106,6 @@ impl Shared {
     /// afresh and the scripts learn the new server, as Avi re-persists clients of a down
     /// server. Sessions of a server that only flapped are re-learned the same way.
     pub fn forget_sessions_on(&self, server: SocketAddr) {
-        let SocketAddr::V4(v4) = server else {
-            return;
-        };
         let now = self.clock.now_ns();
         let mut removed = 0usize;
         for vs in self.tables.vs_names() {
@@ -116,9 +113,7 @@ impl Shared {
                 continue;
             };
             for e in tables.list(None, None, usize::MAX, now) {
-                if fastpath::match_server(&e.value, &[v4]).is_some()
-                    && tables.remove(&e.table, &e.key, now)
-                {
+                if value_names_server(&e.value, server) && tables.remove(&e.table, &e.key, now) {
                     removed += 1;
                 }
             }
@@ -127,6 +122,19 @@ impl Shared {
             tracing::info!(%server, removed, "table entries of a server taken out removed; their clients are balanced again");
         }
     }
+}
+
+/// Whether a table value names `server`: `IP:port` (`[IPv6]:port`) equal to it, or a bare
+/// address (what `avi.pool.server_ip()` returns) equal to its address. An IPv4 address
+/// written IPv4-mapped (`::ffff:192.0.2.1`) is that IPv4 address.
+fn value_names_server(value: &str, server: SocketAddr) -> bool {
+    let value = value.trim();
+    if let Ok(sa) = value.parse::<SocketAddr>() {
+        return sa.ip().to_canonical() == server.ip() && sa.port() == server.port();
+    }
+    value
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical() == server.ip())
 }
 
 /// [`AdminBackend`] over [`Shared`].
@@ -376,5 +384,28 @@ impl AdminBackend for AgentAdmin {
             }
         });
         snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_names_server;
+
+    #[test]
+    fn table_values_name_servers_of_either_family() {
+        let v4 = "192.0.2.11:8080".parse().expect("address");
+        let v6 = "[2001:db8:b1::2]:8080".parse().expect("address");
+        assert!(value_names_server("192.0.2.11", v4));
+        assert!(value_names_server(" 192.0.2.11:8080 ", v4));
+        assert!(value_names_server("::ffff:192.0.2.11", v4));
+        assert!(!value_names_server("192.0.2.11:8081", v4));
+        assert!(!value_names_server("192.0.2.12", v4));
+        assert!(value_names_server("2001:db8:b1::2", v6));
+        assert!(value_names_server("2001:DB8:B1:0::2", v6));
+        assert!(value_names_server("[2001:db8:b1::2]:8080", v6));
+        assert!(!value_names_server("[2001:db8:b1::2]:9090", v6));
+        assert!(!value_names_server("2001:db8:b1::3", v6));
+        assert!(!value_names_server("b1-session", v6));
+        assert!(!value_names_server("", v4));
     }
 }

@@ -349,7 +349,8 @@ pub(crate) fn count_entries(
 /// How full one map is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapFill {
-    /// `connections`, `client_pins` or `table_mirror`.
+    /// `connections`, `client_pins`, `connections_v6`, `client_pins_v6` or `table_mirror`
+    /// (named as their `[agent.capacity]` keys).
     pub map: &'static str,
     /// Entries present.
     pub entries: u64,

@@ -28,8 +28,8 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    Capacities, Flow, FlowKey, FlowKeyOf, Persist, PersistKey, PersistKeyOf, TrafficCounters,
-    maglev_base, map_names, stat,
+    Capacities, Flow, FlowKeyOf, Persist, PersistKeyOf, TrafficCounters, maglev_base, map_names,
+    stat,
 };
 
 use family::{Family, V4, V6};
@@ -724,32 +724,18 @@ impl Dataplane {
     /// evictions and refused writes. Reads each map whole in batches (about 100 ms for two
     /// million entries): call it every few seconds, not per request.
     pub fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
-        use aya::maps::IterableMap;
-        use std::os::fd::AsFd;
-        let connections = {
-            let ct = self.maps.v4.conntrack.lock();
-            count(
-                map_names::CONNTRACK,
-                IterableMap::map(&*ct).fd().as_fd(),
-                std::mem::size_of::<FlowKey>(),
-                std::mem::size_of::<Flow>(),
-            )?
-        };
-        let pins = {
-            let p = self.maps.v4.persist.lock();
-            count(
-                map_names::PERSIST,
-                IterableMap::map(&*p).fd().as_fd(),
-                std::mem::size_of::<PersistKey>(),
-                std::mem::size_of::<Persist>(),
-            )?
-        };
+        let (connections4, pins4) = family_fill(&self.maps.v4)?;
+        let (connections6, pins6) = family_fill(&self.maps.v6)?;
+        let connections = connections4 + connections6;
         let mirror = count(
             map_names::DS_TABLE,
             self.maps.ds_table.fd(),
             std::mem::size_of::<lb_common::DsKey>(),
             std::mem::size_of::<lb_common::DsValue>(),
         )?;
+        // XDP counts inserts into either family's table in one counter, so the eviction
+        // estimate (inserts minus growth minus the agent's removals) is of both tables
+        // together; it is reported on the IPv4 row, the IPv6 row carries none.
         let inserts = self.global_stat(stat::CONNTRACK_INSERT)?;
         let (base_entries, base_inserts) = *self
             .conntrack_base
@@ -763,20 +749,36 @@ impl Dataplane {
             .saturating_sub(base_inserts)
             .saturating_sub(connections.saturating_sub(base_entries))
             .saturating_sub(removed);
+        // Likewise one counter of pins refused for a full table, on the IPv4 row.
+        let pins_full = self.global_stat(stat::PERSIST_FULL)?;
         Ok(vec![
             MapFill {
                 map: "connections",
-                entries: connections,
+                entries: connections4,
                 capacity: self.caps.connections,
                 evictions,
                 full: 0,
             },
             MapFill {
                 map: "client_pins",
-                entries: pins,
+                entries: pins4,
                 capacity: self.caps.client_pins,
                 evictions: 0,
-                full: self.global_stat(stat::PERSIST_FULL)?,
+                full: pins_full,
+            },
+            MapFill {
+                map: "connections_v6",
+                entries: connections6,
+                capacity: self.caps.connections_v6,
+                evictions: 0,
+                full: 0,
+            },
+            MapFill {
+                map: "client_pins_v6",
+                entries: pins6,
+                capacity: self.caps.client_pins_v6,
+                evictions: 0,
+                full: 0,
             },
             MapFill {
                 map: "table_mirror",
@@ -852,9 +854,9 @@ impl Dataplane {
             .swap(false, std::sync::atomic::Ordering::Relaxed);
         let (pins4, flows4) = sweep_family(&self.maps.v4, &self.state, now_ns, flows)?;
         let (pins6, flows6) = sweep_family(&self.maps.v6, &self.state6, now_ns, flows)?;
-        // The eviction estimate of `map_fill` is of the IPv4 table.
+        // The eviction estimate of `map_fill` is of both families' tables together.
         self.conntrack_removed
-            .fetch_add(flows4, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(flows4 + flows6, std::sync::atomic::Ordering::Relaxed);
         Ok(pins4 + pins6 + (flows4 + flows6) as usize)
     }
 }
@@ -1000,6 +1002,31 @@ fn sweep_family<F: Family>(
         }
     }
     Ok((pins, removed_flows))
+}
+
+/// Entries in one family's connection and client-pin tables.
+fn family_fill<F: Family>(m: &maps::FamilyMaps<F>) -> Result<(u64, u64), DataplaneError> {
+    use aya::maps::IterableMap;
+    use std::os::fd::AsFd;
+    let connections = {
+        let ct = m.conntrack.lock();
+        count(
+            m.names.conntrack,
+            IterableMap::map(&*ct).fd().as_fd(),
+            std::mem::size_of::<FlowKeyOf<F::Raw>>(),
+            std::mem::size_of::<Flow>(),
+        )?
+    };
+    let pins = {
+        let p = m.persist.lock();
+        count(
+            m.names.persist,
+            IterableMap::map(&*p).fd().as_fd(),
+            std::mem::size_of::<PersistKeyOf<F::Raw>>(),
+            std::mem::size_of::<Persist>(),
+        )?
+    };
+    Ok((connections, pins))
 }
 
 fn count(

@@ -931,6 +931,8 @@ fn map_fill_counts_the_entries_of_each_map() {
     let caps = Capacities {
         connections: 16_384,
         client_pins: 1024,
+        connections_v6: 4096,
+        client_pins_v6: 512,
         table_mirror_entries: 2048,
         ..Capacities::DEFAULT
     };
@@ -960,6 +962,30 @@ fn map_fill_counts_the_entries_of_each_map() {
             };
             pins.insert(key, Persist::default(), 0).expect("pin");
         }
+        // The IPv6 tables are counted on their own rows.
+        let doc = |last: u32| [0x2001_0db8u32.to_be(), 0, 0, last.to_be()];
+        let mut ct6: HashMap<MapData, lb_common::FlowKey6, Flow> =
+            pinned(dir.path(), map_names::CONNTRACK6);
+        for i in 0..300u32 {
+            let k = lb_common::FlowKey6 {
+                src_addr: doc(i + 1),
+                dst_addr: doc(0x10),
+                src_port: (10_000 + i as u16).to_be(),
+                dst_port: 80u16.to_be(),
+                proto: lb_common::proto::TCP,
+                _pad: [0; 3],
+            };
+            ct6.insert(k, Flow::default(), 0).expect("flow6");
+        }
+        let mut pins6: HashMap<MapData, lb_common::PersistKey6, Persist> =
+            pinned(dir.path(), map_names::PERSIST6);
+        for i in 0..3u32 {
+            let key = lb_common::PersistKey6 {
+                group: 1,
+                client_addr: doc(i + 1),
+            };
+            pins6.insert(key, Persist::default(), 0).expect("pin6");
+        }
     }
     let far = monotonic_now_ns() + 3_600_000_000_000;
     for i in 0..40 {
@@ -969,6 +995,8 @@ fn map_fill_counts_the_entries_of_each_map() {
     let f = fill(&dp);
     assert_eq!(f["connections"], (5000, 16_384));
     assert_eq!(f["client_pins"], (7, 1024));
+    assert_eq!(f["connections_v6"], (300, 4096));
+    assert_eq!(f["client_pins_v6"], (3, 512));
     // 40 entries and two name records.
     assert_eq!(f["table_mirror"], (42, 2048));
 }
