@@ -125,6 +125,11 @@ pub mod service_flags {
     pub const HTTP: u32 = 1 << 2;
     /// HTTP service with the client-IP fast path enabled.
     pub const FAST_PATH: u32 = 1 << 3;
+    /// New flows are placed by a hash of the client's address (the persistence key's, so
+    /// with the IPv6 prefix applied), VIP, port and protocol, without the source port:
+    /// `flow_hash = "client_ip"` (Katran's `F_HASH_NO_SRC_PORT`). Every host with the same
+    /// table places a client alike, which keeps client-IP persistence across an ECMP move.
+    pub const HASH_CLIENT_IP: u32 = 1 << 8;
     /// Bits 24..32: the prefix length IPv6 client-IP persistence keys on (a client's /64,
     /// say, as one client: privacy addresses change within it). 0 means the whole address.
     /// Kept in the flags word so that [`super::Service`] keeps its layout.

@@ -30,6 +30,27 @@ pub fn flow_hash6(key: &FlowKey6) -> u32 {
     )
 }
 
+/// Hash by which a new flow of a service with [`crate::service_flags::HASH_CLIENT_IP`] is
+/// placed: [`flow_hash`] with the source port left out (Katran's `F_HASH_NO_SRC_PORT`), so
+/// every connection of one client to one VIP:port lands on the same server, on every host
+/// with the same table. `client` is the client's address as the persistence key has it.
+#[inline(always)]
+pub fn client_hash(client: u32, key: &FlowKey) -> u32 {
+    jhash_3words(client, key.dst_addr, key.dst_port as u32, key.proto as u32)
+}
+
+/// [`client_hash`] of an IPv6 flow; `client` is the client's address masked to the
+/// service's persistence prefix, so a client's whole prefix lands on one server.
+#[inline(always)]
+pub fn client_hash6(client: &crate::Addr6, key: &FlowKey6) -> u32 {
+    jhash_3words(
+        crate::fold6(client),
+        crate::fold6(&key.dst_addr),
+        key.dst_port as u32,
+        key.proto as u32,
+    )
+}
+
 /// Index in the flat maglev array of the entry for `flow_hash` in table `live_slot` of
 /// service `service_id`; None for an id or table slot out of range (a corrupt SERVICES entry
 /// must not index another service's table).
@@ -108,6 +129,48 @@ mod tests {
             flow_hash(&key),
             jhash_3words(key.src_addr, key.dst_addr, ports, 17)
         );
+    }
+
+    #[test]
+    fn client_hash_leaves_out_the_source_port_only() {
+        let key = |src: [u8; 4], port: u16, dport: u16| FlowKey {
+            src_addr: u32::from_ne_bytes(src),
+            dst_addr: u32::from_ne_bytes([198, 51, 100, 10]),
+            src_port: port.to_be(),
+            dst_port: dport.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let a = key([203, 0, 113, 7], 40000, 443);
+        let b = key([203, 0, 113, 7], 51234, 443);
+        assert_eq!(client_hash(a.src_addr, &a), client_hash(b.src_addr, &b));
+        assert_ne!(flow_hash(&a), flow_hash(&b));
+        // Another client, or another service port, hashes elsewhere.
+        let c = key([203, 0, 113, 8], 40000, 443);
+        let d = key([203, 0, 113, 7], 40000, 80);
+        assert_ne!(client_hash(a.src_addr, &a), client_hash(c.src_addr, &c));
+        assert_ne!(client_hash(a.src_addr, &a), client_hash(d.src_addr, &d));
+    }
+
+    #[test]
+    fn client_hash6_is_of_the_masked_client() {
+        let w = |x: u32| x.to_be();
+        let key = |last: u32, port: u16| FlowKey6 {
+            src_addr: [w(0x2001_0db8), w(0x0000_00c1), w(0), w(last)],
+            dst_addr: [w(0x2001_0db8), 0, 0, w(0x10)],
+            src_port: port.to_be(),
+            dst_port: 443u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let a = key(1, 40000);
+        let b = key(0xdead_beef, 50000);
+        // Two privacy addresses of one /64: one server when the prefix is applied.
+        assert_eq!(
+            client_hash6(&crate::mask6(&a.src_addr, 64), &a),
+            client_hash6(&crate::mask6(&b.src_addr, 64), &b)
+        );
+        assert_ne!(client_hash6(&a.src_addr, &a), client_hash6(&b.src_addr, &b));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub trait Family {
     fn same(a: &Self::Addr, b: &Self::Addr) -> bool;
     /// The Maglev hash of a new flow.
     fn flow_hash(key: &FlowKeyOf<Self::Addr>) -> u32;
+    /// The Maglev hash of a new flow of a service with `HASH_CLIENT_IP` in `flags`: the
+    /// client's address (as its persistence key has it) without the source port.
+    fn client_hash(key: &FlowKeyOf<Self::Addr>, flags: u32) -> u32;
     /// The client address a persistence key holds for a service with `flags`.
     fn persist_addr(client: &Self::Addr, flags: u32) -> Self::Addr;
 
@@ -145,6 +148,10 @@ impl Family for V4 {
     #[inline(always)]
     fn flow_hash(key: &FlowKey) -> u32 {
         maglev::flow_hash(key)
+    }
+    #[inline(always)]
+    fn client_hash(key: &FlowKey, _flags: u32) -> u32 {
+        maglev::client_hash(key.src_addr, key)
     }
     #[inline(always)]
     fn persist_addr(client: &u32, _flags: u32) -> u32 {
@@ -258,6 +265,10 @@ impl Family for V6 {
     #[inline(always)]
     fn flow_hash(key: &FlowKey6) -> u32 {
         maglev::flow_hash6(key)
+    }
+    #[inline(always)]
+    fn client_hash(key: &FlowKey6, flags: u32) -> u32 {
+        maglev::client_hash6(&Self::persist_addr(&key.src_addr, flags), key)
     }
     #[inline(always)]
     fn persist_addr(client: &Addr6, flags: u32) -> Addr6 {

@@ -267,7 +267,12 @@ fn choose<F: Family>(
             persist::Lookup::Miss => {}
         }
     }
-    let chosen = maglev::pick::<F>(svc, F::flow_hash(&pkt.key))?;
+    let hash = if svc.flags & service_flags::HASH_CLIENT_IP != 0 {
+        F::client_hash(&pkt.key, svc.flags)
+    } else {
+        F::flow_hash(&pkt.key)
+    };
+    let chosen = maglev::pick::<F>(svc, hash)?;
     stats::count(stat::NEW_FLOW_MAGLEV);
     Some(chosen)
 }

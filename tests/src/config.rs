@@ -450,6 +450,8 @@ pub struct VirtualService {
     #[serde(skip_serializing_if = "Option::is_none")]
     forwarding: Option<Forwarding>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    flow_hash: Option<ClientKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     persistence: Option<Persistence>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fast_path: Option<ClientKey>,
@@ -575,6 +577,7 @@ impl VirtualService {
             kind,
             pool: pool.to_string(),
             forwarding: None,
+            flow_hash: None,
             persistence: None,
             fast_path: None,
             fast_path_max_sessions: None,
@@ -612,6 +615,13 @@ impl VirtualService {
             kind: ClientKey::ClientIp,
             timeout,
         });
+        self
+    }
+
+    /// `flow_hash = "client_ip"`: new connections placed by the client's address, not the
+    /// 5-tuple.
+    pub fn client_ip_flow_hash(mut self) -> Self {
+        self.flow_hash = Some(ClientKey::ClientIp);
         self
     }
 

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use crate::balancer::health::HealthView;
-use crate::config::{Config, Forwarding, ServiceType, VirtualServiceConfig};
+use crate::config::{Config, FlowHash, Forwarding, ServiceType, VirtualServiceConfig};
 use crate::dataplane::{self, BackendSpec, DataplaneSpec, ServiceKind, ServiceSpec};
 
 /// Why a configuration cannot be programmed into the data plane.
@@ -93,6 +93,10 @@ fn service_spec(
         kind,
         persistence_ttl: vs.persistence,
         persistence_prefix_v6: vs.persistence_ipv6_prefix,
+        flow_hash: match vs.flow_hash {
+            FlowHash::Connection => dataplane::FlowHash::Connection,
+            FlowHash::ClientIp => dataplane::FlowHash::ClientIp,
+        },
         backends,
     })
 }

@@ -406,6 +406,19 @@ pub enum Forwarding {
     Dsr,
 }
 
+/// `flow_hash`: what places a new connection of a tcp/udp service on a server.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowHash {
+    /// The 5-tuple (default): a client's connections spread over the servers.
+    #[default]
+    Connection,
+    /// The client's address without its source port (Katran's `F_HASH_NO_SRC_PORT`): every
+    /// connection of a client goes to one server, and every latch host with the same config
+    /// sends it to the same one (client-IP persistence that survives an ECMP move).
+    ClientIp,
+}
+
 /// `[[virtual_service]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VirtualServiceConfig {
@@ -424,6 +437,8 @@ pub struct VirtualServiceConfig {
     /// `persistence.ipv6_prefix`: an IPv6 service's clients are pinned by this prefix of
     /// their address (1..=128; None: the whole address).
     pub persistence_ipv6_prefix: Option<u8>,
+    /// What places new connections (tcp and udp services).
+    pub flow_hash: FlowHash,
     /// Client-IP fast path from DataScript table entries (http services only).
     pub fast_path: bool,
     /// With `fast_path`: an address is pinned only while it carries at most this many live

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::groups::RateLimitAction;
-use super::model::{Forwarding, LogFormat, ScriptEvent, ServiceType};
+use super::model::{FlowHash, Forwarding, LogFormat, ScriptEvent, ServiceType};
 
 /// A string, kept with its location.
 pub(crate) type SStr = Spanned<String>;
@@ -206,6 +206,7 @@ pub(crate) struct RawVs {
     pub kind: Spanned<ServiceType>,
     pub pool: SStr,
     pub forwarding: Option<Spanned<Forwarding>>,
+    pub flow_hash: Option<Spanned<FlowHash>>,
     pub persistence: Option<Spanned<RawPersistence>>,
     pub fast_path: Option<Spanned<RawFastPath>>,
     pub fast_path_max_sessions: Option<Spanned<u32>>,

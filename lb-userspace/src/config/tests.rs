@@ -737,6 +737,56 @@ fn attach_per_interface_is_xdp_or_tc() {
 }
 
 #[test]
+fn flow_hash_is_for_tcp_and_udp_services() {
+    let text = r#"[agent]
+interfaces = ["eth0"]
+[[pool]]
+name = "p"
+servers = ["192.0.2.1:80"]
+[[virtual_service]]
+name = "t"
+listen = "198.51.100.1:80"
+type = "tcp"
+pool = "p"
+flow_hash = "client_ip"
+persistence = { type = "client_ip" }
+[[virtual_service]]
+name = "u"
+listen = "198.51.100.1:53"
+type = "udp"
+pool = "p"
+[[virtual_service]]
+name = "w"
+listen = "198.51.100.2:80"
+type = "http"
+pool = "p"
+flow_hash = "client_ip"
+[[virtual_service]]
+name = "x"
+listen = "198.51.100.3:80"
+type = "tcp"
+pool = "p"
+flow_hash = "source_port"
+"#;
+    let e = errors(text);
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:23:13: flow_hash applies to tcp and udp services (XDP places their connections); http connections end at the proxy",
+            "/etc/latch/latch.toml:29:13: unknown variant `source_port`, expected `connection` or `client_ip`",
+        ],
+        "{e:#?}"
+    );
+    let good = text.replace("flow_hash = \"source_port\"\n", "").replace(
+        "type = \"http\"\npool = \"p\"\nflow_hash = \"client_ip\"\n",
+        "type = \"http\"\npool = \"p\"\n",
+    );
+    let config = ok(&good);
+    assert_eq!(config.virtual_services[0].flow_hash, FlowHash::ClientIp);
+    assert_eq!(config.virtual_services[1].flow_hash, FlowHash::Connection);
+}
+
+#[test]
 fn l4_service_needs_interfaces_and_one_ip_version() {
     // IPv6 VIPs and servers are forwarded by XDP; a service and its servers share a version,
     // and the IPv6 persistence prefix is a prefix length of an IPv6 service.

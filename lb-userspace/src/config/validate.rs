@@ -969,6 +969,17 @@ impl Validator<'_> {
                     }
                     u8::try_from(n).ok()
                 });
+            let flow_hash = match &raw.flow_hash {
+                Some(h) if kind == ServiceType::Http => {
+                    self.sink.error(
+                        h.span(),
+                        "flow_hash applies to tcp and udp services (XDP places their connections); http connections end at the proxy",
+                    );
+                    FlowHash::Connection
+                }
+                Some(h) => *h.get_ref(),
+                None => FlowHash::Connection,
+            };
             let forwarding = match &raw.forwarding {
                 Some(f) if kind == ServiceType::Http && !fast_path => {
                     self.sink.error(
@@ -1062,6 +1073,7 @@ impl Validator<'_> {
                 forwarding,
                 persistence,
                 persistence_ipv6_prefix,
+                flow_hash,
                 fast_path,
                 fast_path_max_sessions,
                 fast_path_exclude,

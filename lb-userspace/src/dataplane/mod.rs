@@ -100,6 +100,18 @@ pub enum Forwarding {
     Dsr,
 }
 
+/// What places a new flow in a service's Maglev table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlowHash {
+    /// The connection's 5-tuple: a client's connections spread over the servers.
+    #[default]
+    Connection,
+    /// The client's address (IPv6: its persistence prefix), VIP, port and protocol, without
+    /// the source port: every connection of a client lands on one server, on every host
+    /// with the same table.
+    ClientIp,
+}
+
 /// What the XDP program does with a service's packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceKind {
@@ -137,6 +149,8 @@ pub struct ServiceSpec {
     /// For an IPv6 service, the prefix length client-IP persistence keys on (None: the whole
     /// address).
     pub persistence_prefix_v6: Option<u8>,
+    /// What places new flows (L4 services).
+    pub flow_hash: FlowHash,
     /// Pool members.
     pub backends: Vec<BackendSpec>,
 }

@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 pub use super::family::{Family, V4, V6};
-use super::{BackendSpec, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec};
+use super::{BackendSpec, DataplaneSpec, FlowHash, Forwarding, Proto, ServiceKind, ServiceSpec};
 use crate::balancer::maglev::{MaglevBackend, build_table};
 
 /// A spec that cannot be programmed.
@@ -292,6 +292,9 @@ fn service_value(spec: &ServiceSpec, id: u32, maglev_slot: u32) -> Service {
         ServiceKind::L4 => {
             if spec.persistence_ttl.is_some() {
                 flags |= service_flags::PERSIST_CLIENT_IP;
+            }
+            if spec.flow_hash == FlowHash::ClientIp {
+                flags |= service_flags::HASH_CLIENT_IP;
             }
         }
         ServiceKind::Http { fast_path } => {
@@ -707,6 +710,7 @@ mod tests {
             kind: ServiceKind::L4,
             persistence_ttl: None,
             persistence_prefix_v6: None,
+            flow_hash: Default::default(),
             backends,
         }
     }
@@ -1174,11 +1178,16 @@ mod tests {
         l4.proto = Proto::Udp;
         l4.forwarding = Forwarding::Dsr;
         l4.persistence_ttl = Some(Duration::from_secs(300));
+        let mut by_client = svc("198.51.100.10", 443, vec![]);
+        by_client.flow_hash = FlowHash::ClientIp;
         let mut http = svc("198.51.100.10", 80, vec![]);
         http.kind = ServiceKind::Http { fast_path: true };
         let mut http_plain = svc("198.51.100.10", 81, vec![]);
         http_plain.kind = ServiceKind::Http { fast_path: false };
-        let (p, _) = run(&State::default(), &spec(vec![l4, http, http_plain]));
+        let (p, _) = run(
+            &State::default(),
+            &spec(vec![l4, http, http_plain, by_client]),
+        );
         let by_port = |port: u16| {
             p.service_writes
                 .iter()
@@ -1197,6 +1206,7 @@ mod tests {
             service_flags::HTTP | service_flags::FAST_PATH
         );
         assert_eq!(by_port(81).flags, service_flags::HTTP);
+        assert_eq!(by_port(443).flags, service_flags::HASH_CLIENT_IP);
         // Empty pool: a table of zeros, which XDP treats as "no backend".
         assert!(
             p.service_writes[0]

@@ -141,6 +141,8 @@ const KEYS: &[&str] = &[
     "connections_v6",
     "client_pins_v6",
     "ipv6_prefix",
+    "flow_hash",
+    "client_ip",
     "table_mirror_entries",
     "virtual_services",
     "servers",

@@ -181,6 +181,7 @@ fn l4(vip: &str, port: u16, backends: &[(&str, bool)]) -> ServiceSpec {
         kind: ServiceKind::L4,
         persistence_ttl: None,
         persistence_prefix_v6: None,
+        flow_hash: Default::default(),
         backends: backends
             .iter()
             .map(|(a, up)| BackendSpec {

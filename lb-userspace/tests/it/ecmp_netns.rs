@@ -18,7 +18,7 @@
 //! hosts see only the client's direction, as in a DSR deployment.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use latch_tests::{
@@ -278,7 +278,13 @@ fn build_lab() -> latch_tests::Result<Lab> {
 /// The same services on both hosts: only the `[agent]` section (interfaces, pins, state file)
 /// is the host's own. The servers are listed in another order on the second host, which must
 /// not matter.
-fn config(agent: &LatchAgent, reversed: bool) -> LatchConfig {
+/// The DSR service both hosts run (host B lists its servers in reverse order), with `tweak`
+/// applied to it.
+fn config(
+    agent: &LatchAgent,
+    reversed: bool,
+    tweak: fn(VirtualService) -> VirtualService,
+) -> LatchConfig {
     let mut interfaces = vec![LB_UPLINK.to_string()];
     interfaces.extend((1..=BACKENDS).map(|i| format!("vb{i}")));
     let mut servers: Vec<SocketAddr> = (1..=BACKENDS)
@@ -293,7 +299,29 @@ fn config(agent: &LatchAgent, reversed: bool) -> LatchConfig {
             .state_file(&agent.dir().join("servers.json")),
     )
     .pool(Pool::new("web", servers))
-    .virtual_service(VirtualService::tcp("web-dsr", SocketAddr::from((VIP, PORT)), "web").dsr())
+    .virtual_service(tweak(
+        VirtualService::tcp("web-dsr", SocketAddr::from((VIP, PORT)), "web").dsr(),
+    ))
+}
+
+/// An agent on each LB host with the service `tweak` makes, each knowing its backends'
+/// MACs, and the router sending the VIP to host A.
+fn start_agents(
+    lab: &Lab,
+    tweak: fn(VirtualService) -> VirtualService,
+) -> Result<Vec<LatchAgent>, Box<dyn std::error::Error>> {
+    let mut agents = Vec::new();
+    for (n, lb) in lab.lbs.iter().enumerate() {
+        let mut agent = LatchAgent::prepare(crate::LATCH.as_ref(), &lb.ns)?;
+        agent.write_latch_config(&config(&agent, n == 1, tweak))?;
+        agent.start()?;
+        agents.push(agent);
+    }
+    for lb in &lab.lbs {
+        wait_for_neighbours(lb)?;
+    }
+    route_vip_via(&lab.router, lab.lbs[0].uplink_addr)?;
+    Ok(agents)
 }
 
 /// latch_xdp_packets_total{path="<path>"} of the agent in `ns`.
@@ -346,17 +374,7 @@ fn route_vip_via(router: &Netns, next_hop: Ipv4Addr) -> latch_tests::Result<()> 
 #[ignore = "needs root: creates network namespaces"]
 fn an_ecmp_move_to_the_other_lb_host_keeps_every_tcp_connection_on_its_server() -> TestResult {
     let lab = build_lab()?;
-    let mut agents = Vec::new();
-    for (n, lb) in lab.lbs.iter().enumerate() {
-        let mut agent = LatchAgent::prepare(crate::LATCH.as_ref(), &lb.ns)?;
-        agent.write_latch_config(&config(&agent, n == 1))?;
-        agent.start()?;
-        agents.push(agent);
-    }
-    for lb in &lab.lbs {
-        wait_for_neighbours(lb)?;
-    }
-    route_vip_via(&lab.router, lab.lbs[0].uplink_addr)?;
+    let agents = start_agents(&lab, |s| s)?;
 
     // Connections through host A, each with one exchange.
     let mut conns = lab
@@ -419,6 +437,104 @@ fn an_ecmp_move_to_the_other_lb_host_keeps_every_tcp_connection_on_its_server() 
     let a_after = xdp_packets(&lab.lbs[0].ns, "new_flow_maglev")?
         + xdp_packets(&lab.lbs[0].ns, "conntrack_hit")?;
     assert_eq!(a_after, a_before, "host A still forwarded after the move");
+    drop(conns);
+    for mut agent in agents {
+        agent.stop(Duration::from_secs(5))?;
+    }
+    Ok(())
+}
+
+/// Client addresses of the persistence test (the client namespace's eth0 holds them all).
+const PERSISTENT_CLIENTS: u8 = 8;
+
+fn persistent_client(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2 + i))
+}
+
+/// Client-IP persistence with `flow_hash = "client_ip"`: a client's connections land on one
+/// server by a hash of its address, which both hosts compute alike, so host B, which has
+/// none of host A's pins, keeps both the moved connections and the client's new ones on the
+/// server host A pinned it to. With the 5-tuple hash host B would place each flow anew (one
+/// in four lands right by chance; eight clients make a false pass 1 in 4^8).
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn an_ecmp_move_keeps_client_ip_persistence_with_the_client_hash() -> TestResult {
+    let lab = build_lab()?;
+    for i in 1..PERSISTENT_CLIENTS {
+        lab.client.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", persistent_client(i)),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    let agents = start_agents(&lab, |s| {
+        s.client_ip_persistence(Duration::from_secs(300))
+            .client_ip_flow_hash()
+    })?;
+    let vip = SocketAddr::from((VIP, PORT));
+
+    // Two connections of every client through host A: pinned to one server per client.
+    let mut conns = lab
+        .client
+        .run(|| -> Result<Vec<(IpAddr, HttpConn, String)>, String> {
+            let mut conns = Vec::new();
+            for i in 0..PERSISTENT_CLIENTS {
+                let from = persistent_client(i);
+                for _ in 0..2 {
+                    let mut c = HttpConn::connect_from(from, vip, Duration::from_secs(5))
+                        .map_err(|e| format!("connect from {from} through host A: {e}"))?;
+                    let r = c.get("/", &[]).map_err(|e| e.to_string())?;
+                    conns.push((from, c, r.backend.ok_or("no X-Backend")?));
+                }
+            }
+            Ok(conns)
+        })?;
+    let mut server_of: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (from, _, backend) in &conns {
+        let first = server_of.entry(*from).or_insert_with(|| backend.clone());
+        assert_eq!(first, backend, "{from}'s connections went to two servers");
+    }
+    let servers: std::collections::BTreeSet<&String> = server_of.values().collect();
+    assert!(
+        servers.len() >= 2,
+        "{PERSISTENT_CLIENTS} clients all went to one server: {servers:?}"
+    );
+
+    // The route moves to host B: the open connections and new ones keep their server. The
+    // connections go in reverse order, so that host B first sees each client's second
+    // connection, which host A placed by its pin, not by that connection's own hash (in
+    // order, host B would re-create host A's pins from the first connections by chance).
+    route_vip_via(&lab.router, lab.lbs[1].uplink_addr)?;
+    lab.client.run(|| -> Result<(), String> {
+        for (from, c, backend) in conns.iter_mut().rev() {
+            let r = c
+                .get("/", &[])
+                .map_err(|e| format!("{from}'s connection to {backend} broke after the move: {e}"))?;
+            let now = r.backend.ok_or("no X-Backend")?;
+            if now != *backend {
+                return Err(format!("{from}'s connection moved from {backend} to {now}"));
+            }
+        }
+        for (from, backend) in &server_of {
+            for _ in 0..2 {
+                let r = latch_tests::http_get_from(*from, vip, "/").map_err(|e| e.to_string())?;
+                let now = r.backend.ok_or("no X-Backend")?;
+                if now != *backend {
+                    return Err(format!(
+                        "a new connection of {from} went to {now} through host B, not to its server {backend}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let b_placed = xdp_packets(&lab.lbs[1].ns, "new_flow_maglev")?;
+    assert!(
+        b_placed >= f64::from(PERSISTENT_CLIENTS),
+        "host B placed {b_placed} flows by Maglev"
+    );
     drop(conns);
     for mut agent in agents {
         agent.stop(Duration::from_secs(5))?;

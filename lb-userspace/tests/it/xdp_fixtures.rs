@@ -249,6 +249,7 @@ fixture_tests! {
     ttl_one_is_left_to_the_stack,
     no_usable_backend_drops,
     maglev_spreads_flows_over_backends,
+    client_hash_places_every_flow_of_a_client_alike,
     conntrack_hit_follows_recorded_backend,
     conntrack_refresh_revalidates_service,
     conntrack_entry_of_deleted_service_passes,
@@ -707,7 +708,48 @@ fn pass_through_and_new_flows() -> Vec<Row> {
         Row::new("maglev_spreads_flows_over_backends", proto::UDP, 0, 1)
             .write(MapEntry::Maglev(vec![1, 2]))
             .check(maglev_spreads_64_flows),
+        Row::new(
+            "client_hash_places_every_flow_of_a_client_alike",
+            proto::TCP,
+            service_flags::HASH_CLIENT_IP,
+            1,
+        )
+        .write(MapEntry::Maglev(vec![1, 2]))
+        .check(one_backend_per_client_16_clients),
     ]
+}
+
+/// `flow_hash = "client_ip"`: 16 connections (source ports) of each of 16 clients; every
+/// client's connections land on one backend, and the clients spread over both.
+fn one_backend_per_client_16_clients(fx: &mut Fixture, _now: u64) {
+    let mut clients_on = [0u32; 2];
+    for c in 0..16u8 {
+        let client = Ipv4Addr::new(192, 0, 2, 100 + c);
+        let mut backends = BTreeSet::new();
+        for i in 0..16u16 {
+            let mut f = from_client(proto::TCP, SYN);
+            f.src = client;
+            if let L4::Tcp { sport, .. } = &mut f.l4 {
+                *sport = 20000 + i * 13;
+            }
+            let (v, out) = fx.run(fx.lbc, &f.build());
+            assert_eq!(v, XDP_REDIRECT);
+            verify_checksums(&out).expect("checksums");
+            backends.insert(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+        }
+        assert_eq!(
+            backends.len(),
+            1,
+            "{client}'s connections went to {backends:?}"
+        );
+        let b = backends.first().copied();
+        clients_on[usize::from(b == Some(B2))] += 1;
+    }
+    assert!(
+        clients_on[0] >= 2 && clients_on[1] >= 2,
+        "16 clients over 2 backends: {clients_on:?}"
+    );
+    assert_eq!(fx.stat(stat::NEW_FLOW_MAGLEV), 256);
 }
 
 /// 64 flows over backends 1 and 2: each lands on one of them, sticks to it, and both get a

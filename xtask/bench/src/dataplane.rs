@@ -59,6 +59,7 @@ fn spec(vip: Ipv4Addr, backend: Ipv4Addr) -> DataplaneSpec {
         kind: ServiceKind::L4,
         persistence_ttl: ttl,
         persistence_prefix_v6: None,
+        flow_hash: Default::default(),
         backends: vec![BackendSpec {
             addr: SocketAddrV4::new(backend, backend_port).into(),
             up: true,

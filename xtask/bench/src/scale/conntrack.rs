@@ -72,6 +72,7 @@ fn spec() -> DataplaneSpec {
             kind: ServiceKind::L4,
             persistence_ttl: None,
             persistence_prefix_v6: None,
+            flow_hash: Default::default(),
             backends: vec![BackendSpec {
                 addr: SocketAddrV4::new(BACKEND, 6000).into(),
                 up: true,
