@@ -178,7 +178,9 @@ pub fn build(
                 pools: view.clone(),
                 clock: Arc::clone(&clock),
                 limits: limits.clone(),
-                observer: observer.clone(),
+                // Only fast-path services' table writes pin clients: the others' scripts skip
+                // the observer's read-back of every upserted entry.
+                observer: observer.clone().filter(|_| vs.fast_path),
                 geo: config.agent.datascript.geo_database.clone(),
                 groups: Arc::clone(&config.groups),
                 rate_limits: Arc::new(RateLimits::new(
