@@ -187,34 +187,58 @@ pub struct IcmpError {
     pub tot_len: u16,
 }
 
+/// What an IPv4 frame is to the program.
 pub enum Parsed {
     /// Pass untouched, counting this stat index.
     Pass(u32),
     Irregular(Irregular<u32>),
-    Irregular6(Irregular<Addr6>),
     Packet(Packet<V4>),
-    Packet6(Packet<V6>),
     IcmpError(IcmpError),
 }
 
+/// An IPv6 frame that is not a [`Packet`]: no packet pointers in it (see [`parse6`]).
+pub enum Other6 {
+    /// Pass untouched, counting this stat index.
+    Pass(u32),
+    Irregular(Irregular<Addr6>),
+}
+
+/// The network layer of a frame, from its EtherType.
+pub enum L3 {
+    Ipv4,
+    Ipv6,
+    /// Pass untouched, counting this stat index.
+    Pass(u32),
+}
+
+/// The frame's EtherType: which family's parser and path take it.
 #[inline(always)]
-pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
-    let frame_len = ctx.len();
+pub fn l3<C: Ctx>(ctx: &C) -> L3 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Pass(stat::PASS_MALFORMED);
+        return L3::Pass(stat::PASS_MALFORMED);
     };
-    // Every packet access below reads through a pointer from `ptr_at` for a type that covers
-    // the bytes read, so they lie inside the frame; the headers are byte arrays (any
-    // alignment, any bit pattern valid).
     // SAFETY: `eth` covers the 14-byte Ethernet header, the EtherType at 12..14.
     let ether_type =
         unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) };
-    if ether_type != u16::from_ne_bytes(ETH_P_IP) {
-        if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
-            return parse6(ctx, eth, frame_len);
-        }
-        return Parsed::Pass(stat::PASS_NOT_VIP);
+    if ether_type == u16::from_ne_bytes(ETH_P_IP) {
+        L3::Ipv4
+    } else if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
+        L3::Ipv6
+    } else {
+        L3::Pass(stat::PASS_NOT_VIP)
     }
+}
+
+/// An IPv4 frame ([`l3`] said so).
+#[inline(always)]
+pub fn parse4<C: Ctx>(ctx: &C) -> Parsed {
+    let frame_len = ctx.len();
+    // Every packet access below reads through a pointer from `ptr_at` for a type that covers
+    // the bytes read, so they lie inside the frame; the headers are byte arrays (any
+    // alignment, any bit pattern valid).
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    };
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
@@ -358,48 +382,73 @@ const NEXTHDR_OTHER_EXT: [u8; 6] = [51, 135, 139, 140, 253, 254];
 /// are never taken for TCP/UDP: such a packet goes to the stack, counted as irregular when it
 /// is TCP/UDP (the first few extension headers are walked to find its port for that count).
 /// ESP, ICMPv6 (neighbour discovery) and anything else go to the stack as not ours.
+///
+/// The frame is handed to `packet` or `other` at each exit rather than returned as one enum:
+/// LLVM merges the variants of such an enum into shared integer slots and then extracts a
+/// small field by shifting the 64-bit slot that holds a packet pointer in the other
+/// variant, which the verifier refuses ("pointer arithmetic with >>= operator prohibited").
 #[inline(always)]
-fn parse6<C: Ctx>(ctx: &C, eth: *mut EthHdr, frame_len: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return Parsed::Pass(stat::PASS_MALFORMED);
+pub fn parse6<C: Ctx>(
+    ctx: &C,
+    packet: impl FnOnce(&Packet<V6>) -> u32,
+    other: impl FnOnce(Other6) -> u32,
+) -> u32 {
+    let Some((eth, ip, payload, nexthdr)) = ipv6(ctx) else {
+        return other(Other6::Pass(stat::PASS_MALFORMED));
     };
     let ipb = ip.cast::<u8>();
-    // SAFETY: `ip` covers the 40-byte IPv6 header: version in byte 0, payload length at 4..6,
-    // next header at 6, addresses at 8..40.
-    let (version, payload, nexthdr, src, dst) = unsafe {
+    // SAFETY: `ip` covers the 40-byte IPv6 header, addresses at 8..40.
+    let (src, dst) = unsafe {
         (
-            (*ip).vtc_flow[0] >> 4,
-            u16::from_be(wire::load_u16(ipb.add(offset_of!(Ipv6Hdr, payload_len)))),
-            (*ip).nexthdr,
             load6(ipb.add(offset_of!(Ipv6Hdr, src))),
             load6(ipb.add(offset_of!(Ipv6Hdr, dst))),
         )
     };
-    // A zero payload length with a hop-by-hop header is a jumbogram: malformed here too.
-    if version != 6 || payload as usize > frame_len - L4_OFF6 {
-        return Parsed::Pass(stat::PASS_MALFORMED);
-    }
     if nexthdr == proto::TCP || nexthdr == proto::UDP {
         return match transport::<C, V6>(ctx, eth, ip, nexthdr, payload as usize, src, dst) {
             Some(mut pkt) => {
                 pkt.tot_len = l3_len6(payload);
-                Parsed::Packet6(pkt)
+                packet(&pkt)
             }
-            None => Parsed::Pass(stat::PASS_MALFORMED),
+            None => other(Other6::Pass(stat::PASS_MALFORMED)),
         };
     }
     if nexthdr == NEXTHDR_ICMPV6 {
-        return Parsed::Pass(stat::PASS_NOT_VIP);
+        return other(Other6::Pass(stat::PASS_NOT_VIP));
     }
-    ext_headers(ctx, nexthdr, dst)
+    other(ext_headers(ctx, nexthdr, dst))
+}
+
+/// The fixed IPv6 header, checked: the Ethernet and IPv6 headers, the payload length (host
+/// order) and the next header. None for a malformed packet.
+#[inline(always)]
+fn ipv6<C: Ctx>(ctx: &C) -> Option<(*mut EthHdr, *mut Ipv6Hdr, u16, u8)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: `ip` covers the 40-byte IPv6 header: version in byte 0, payload length at 4..6,
+    // next header at 6.
+    let (version, payload, nexthdr) = unsafe {
+        (
+            (*ip).vtc_flow[0] >> 4,
+            u16::from_be(wire::load_u16(
+                ip.cast::<u8>().add(offset_of!(Ipv6Hdr, payload_len)),
+            )),
+            (*ip).nexthdr,
+        )
+    };
+    // A zero payload length with a hop-by-hop header is a jumbogram: malformed here too.
+    if version != 6 || payload as usize > ctx.len() - L4_OFF6 {
+        return None;
+    }
+    Some((eth, ip, payload, nexthdr))
 }
 
 /// Walks up to [`EXT_HEADERS`] extension headers from the fixed header, only to count the
 /// packet: irregular when it carries TCP/UDP (with its port when found: a later fragment has
 /// none), not ours otherwise.
 #[inline(always)]
-fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Parsed {
-    let irregular = |dport, proto| Parsed::Irregular6(Irregular { dst, dport, proto });
+fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Other6 {
+    let irregular = |dport, proto| Other6::Irregular(Irregular { dst, dport, proto });
     let mut nh = first;
     let mut off = L4_OFF6;
     for _ in 0..EXT_HEADERS {
@@ -432,7 +481,7 @@ fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Parsed {
                 off += 8;
             }
             _ if NEXTHDR_OTHER_EXT.contains(&nh) => return irregular(None, nh),
-            _ => return Parsed::Pass(stat::PASS_NOT_VIP),
+            _ => return Other6::Pass(stat::PASS_NOT_VIP),
         }
         nh = next;
         // Keeps the offset bounded for the verifier: five headers of at most 2 KiB each.
