@@ -12,6 +12,7 @@ mod ctx;
 mod family;
 mod forward;
 mod icmp;
+mod icmp6;
 mod maglev;
 mod maps;
 mod nexthop;
@@ -93,6 +94,7 @@ fn process<C: Ctx>(ctx: &C) -> u32 {
     match parse::l3(ctx) {
         L3::Ipv4 => process4(ctx),
         L3::Ipv6 => process6(ctx),
+        L3::Icmp6 => process_icmp6(ctx),
         L3::Pass(s) => pass(s),
     }
 }
@@ -119,6 +121,16 @@ fn process6<C: Ctx>(ctx: &C) -> u32 {
             Other6::Irregular(irr) => irregular::<V6>(&irr),
         },
     )
+}
+
+/// An ICMPv6 frame: a path of its own, not `process6`'s, so that its frame and the TCP/UDP
+/// path's do not add up either.
+#[inline(never)]
+fn process_icmp6<C: Ctx>(ctx: &C) -> u32 {
+    match parse::parse_icmp6(ctx) {
+        Ok(e) => icmp6::translate(ctx, &e, crate::clock::now_ns()),
+        Err(s) => pass(s),
+    }
 }
 
 /// A packet the fast path does not handle, passed and counted.

@@ -29,9 +29,18 @@ const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 pub const IPV6_HLEN: usize = 40;
 /// Offset of the L4 header for an IPv6 packet without extension headers.
 pub const L4_OFF6: usize = ETH_HLEN + IPV6_HLEN;
-/// ICMPv6: errors about IPv6 NAT flows are not translated; every ICMPv6 packet (neighbour
-/// discovery above all) goes to the stack.
-const NEXTHDR_ICMPV6: u8 = 58;
+/// ICMPv6: destination unreachable and packet too big quoting a TCP/UDP packet may be about
+/// a NAT flow (`icmp6.rs`); every other ICMPv6 packet (neighbour discovery above all) goes to
+/// the stack.
+pub const NEXTHDR_ICMPV6: u8 = 58;
+/// ICMPv6 destination unreachable.
+const ICMPV6_DEST_UNREACH: u8 = 1;
+/// ICMPv6 packet too big.
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// Offset of the IPv6 header an ICMPv6 error quotes (outer header without extensions).
+const INNER6_IP_OFF: usize = L4_OFF6 + 8;
+/// Offset of the quoted packet's TCP or UDP header.
+const INNER6_L4_OFF: usize = INNER6_IP_OFF + IPV6_HLEN;
 /// Most extension headers walked to find a VIP port for the counters.
 const EXT_HEADERS: usize = 4;
 
@@ -187,6 +196,31 @@ pub struct IcmpError {
     pub tot_len: u16,
 }
 
+/// An ICMPv6 destination unreachable or packet too big whose quoted packet is an IPv6 TCP or
+/// UDP packet without extension headers, with at least its ports: a candidate error about a
+/// NAT flow.
+///
+/// Invariant, as for [`IcmpError`]: every pointer comes from [`ptr_at`] in [`parse_icmp6`],
+/// covers the field it designates inside this run's frame and within the outer payload length, and
+/// no Rust reference to packet memory exists. All offsets are constants.
+pub struct Icmp6Error {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv6Hdr,
+    /// The ICMPv6 checksum field.
+    pub icmp_check: *mut [u8; 2],
+    /// The quoted IPv6 header.
+    pub inner_ip: *mut Ipv6Hdr,
+    /// The quoted packet's source and destination ports.
+    pub inner_ports: *mut [u8; 4],
+    /// The quoted TCP or UDP checksum field, when quoted (always for UDP; for TCP with 18
+    /// bytes of its header).
+    pub inner_l4_check: Option<*mut [u8; 2]>,
+    /// The quoted packet's protocol (TCP or UDP).
+    pub inner_proto: u8,
+    /// L3 length of the outer packet.
+    pub tot_len: u16,
+}
+
 /// What an IPv4 frame is to the program.
 pub enum Parsed {
     /// Pass untouched, counting this stat index.
@@ -206,7 +240,10 @@ pub enum Other6 {
 /// The network layer of a frame, from its EtherType.
 pub enum L3 {
     Ipv4,
+    /// IPv6 other than ICMPv6 (or too short to tell).
     Ipv6,
+    /// ICMPv6: an error about a NAT flow is translated, anything else passed.
+    Icmp6,
     /// Pass untouched, counting this stat index.
     Pass(u32),
 }
@@ -223,7 +260,11 @@ pub fn l3<C: Ctx>(ctx: &C) -> L3 {
     if ether_type == u16::from_ne_bytes(ETH_P_IP) {
         L3::Ipv4
     } else if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
-        L3::Ipv6
+        // SAFETY: `ip` covers the 40-byte IPv6 header, next header at 6.
+        match ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).map(|ip| unsafe { (*ip).nexthdr }) {
+            Some(NEXTHDR_ICMPV6) => L3::Icmp6,
+            _ => L3::Ipv6,
+        }
     } else {
         L3::Pass(stat::PASS_NOT_VIP)
     }
@@ -414,6 +455,7 @@ pub fn parse6<C: Ctx>(
         };
     }
     if nexthdr == NEXTHDR_ICMPV6 {
+        // `l3` sends ICMPv6 to `parse_icmp6`: not reached.
         return other(Other6::Pass(stat::PASS_NOT_VIP));
     }
     other(ext_headers(ctx, nexthdr, dst))
@@ -441,6 +483,73 @@ fn ipv6<C: Ctx>(ctx: &C) -> Option<(*mut EthHdr, *mut Ipv6Hdr, u16, u8)> {
         return None;
     }
     Some((eth, ip, payload, nexthdr))
+}
+
+/// An ICMPv6 frame ([`l3`] said so): an [`Icmp6Error`], or the counter of a frame to pass.
+#[inline(always)]
+pub fn parse_icmp6<C: Ctx>(ctx: &C) -> Result<Icmp6Error, u32> {
+    match ipv6(ctx) {
+        Some((eth, ip, payload, _)) => icmp6_error(ctx, eth, ip, payload),
+        None => Err(stat::PASS_MALFORMED),
+    }
+}
+
+/// An ICMPv6 packet: an [`Icmp6Error`] when it is a destination unreachable or packet too big
+/// quoting a TCP or UDP packet latch may have sent; anything else passes untouched.
+#[inline(always)]
+fn icmp6_error<C: Ctx>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    payload: u16,
+) -> Result<Icmp6Error, u32> {
+    let not_ours = Err(stat::PASS_NOT_VIP);
+    if (payload as usize) < 8 + IPV6_HLEN + 8 {
+        return not_ours;
+    }
+    let (Some(icmp), Some(inner_ip), Some(inner_ports)) = (
+        ptr_at::<IcmpHdr>(ctx, L4_OFF6),
+        ptr_at::<Ipv6Hdr>(ctx, INNER6_IP_OFF),
+        ptr_at::<[u8; 8]>(ctx, INNER6_L4_OFF),
+    ) else {
+        return not_ours;
+    };
+    // SAFETY: `icmp` covers the 8-byte ICMPv6 header, `inner_ip` the 40-byte quoted IPv6
+    // header, both checked above.
+    let (kind, version, inner_proto) = unsafe {
+        (
+            (*icmp).kind,
+            (*inner_ip).vtc_flow[0] >> 4,
+            (*inner_ip).nexthdr,
+        )
+    };
+    if (kind != ICMPV6_DEST_UNREACH && kind != ICMPV6_PKT_TOOBIG)
+        || version != 6
+        || (inner_proto != proto::TCP && inner_proto != proto::UDP)
+    {
+        return not_ours;
+    }
+    let pb = inner_ports.cast::<u8>();
+    let inner_l4_check = if inner_proto == proto::UDP {
+        // SAFETY: the UDP checksum is at 6..8 of the 8 quoted bytes.
+        Some(unsafe { pb.add(6) }.cast::<[u8; 2]>())
+    } else if payload as usize >= 8 + IPV6_HLEN + 18 {
+        ptr_at::<[u8; 2]>(ctx, INNER6_L4_OFF + 16)
+    } else {
+        None
+    };
+    Ok(Icmp6Error {
+        eth,
+        ip,
+        // SAFETY: `icmp` covers the ICMPv6 header; taking the field's address creates no
+        // reference.
+        icmp_check: unsafe { core::ptr::addr_of_mut!((*icmp).check) },
+        inner_ip,
+        inner_ports: inner_ports.cast::<[u8; 4]>(),
+        inner_l4_check,
+        inner_proto,
+        tot_len: l3_len6(payload),
+    })
 }
 
 /// Walks up to [`EXT_HEADERS`] extension headers from the fixed header, only to count the
