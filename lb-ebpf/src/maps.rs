@@ -89,3 +89,15 @@ pub static PERSIST6: HashMap<PersistKey6, Persist> = HashMap::pinned(CAP.client_
 #[map(name = "LATCH_NEXT_HOPS6")]
 pub static NEXT_HOPS6: PerCpuArray<NextHopOf<lb_common::Addr6>> =
     PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);
+
+/// Per-CPU working memory for a path whose locals would not fit BPF's 512-byte stack (see
+/// `Scratch`). Not pinned: nothing in it outlives one run of the program.
+#[map(name = "LATCH_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The slots of [`SCRATCH`]. Each run overwrites what it uses before reading it.
+#[repr(C)]
+pub struct Scratch {
+    /// The IPv6 flow key an ICMPv6 error's quoted packet names (`icmp6::translate`).
+    pub flow6: FlowKey6,
+}

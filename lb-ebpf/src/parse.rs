@@ -29,9 +29,18 @@ const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 pub const IPV6_HLEN: usize = 40;
 /// Offset of the L4 header for an IPv6 packet without extension headers.
 pub const L4_OFF6: usize = ETH_HLEN + IPV6_HLEN;
-/// ICMPv6: errors about IPv6 NAT flows are not translated; every ICMPv6 packet (neighbour
-/// discovery above all) goes to the stack.
-const NEXTHDR_ICMPV6: u8 = 58;
+/// ICMPv6: destination unreachable and packet too big quoting a TCP/UDP packet may be about
+/// a NAT flow (`icmp6.rs`); every other ICMPv6 packet (neighbour discovery above all) goes to
+/// the stack.
+pub const NEXTHDR_ICMPV6: u8 = 58;
+/// ICMPv6 destination unreachable.
+const ICMPV6_DEST_UNREACH: u8 = 1;
+/// ICMPv6 packet too big.
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// Offset of the IPv6 header an ICMPv6 error quotes (outer header without extensions).
+const INNER6_IP_OFF: usize = L4_OFF6 + 8;
+/// Offset of the quoted packet's TCP or UDP header.
+const INNER6_L4_OFF: usize = INNER6_IP_OFF + IPV6_HLEN;
 /// Most extension headers walked to find a VIP port for the counters.
 const EXT_HEADERS: usize = 4;
 
@@ -187,34 +196,90 @@ pub struct IcmpError {
     pub tot_len: u16,
 }
 
+/// An ICMPv6 destination unreachable or packet too big whose quoted packet is an IPv6 TCP or
+/// UDP packet without extension headers, with at least its ports: a candidate error about a
+/// NAT flow.
+///
+/// Invariant, as for [`IcmpError`]: every pointer comes from [`ptr_at`] in [`parse_icmp6`],
+/// covers the field it designates inside this run's frame and within the outer payload length, and
+/// no Rust reference to packet memory exists. All offsets are constants.
+pub struct Icmp6Error {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv6Hdr,
+    /// The ICMPv6 checksum field.
+    pub icmp_check: *mut [u8; 2],
+    /// The quoted IPv6 header.
+    pub inner_ip: *mut Ipv6Hdr,
+    /// The quoted packet's source and destination ports.
+    pub inner_ports: *mut [u8; 4],
+    /// The quoted TCP or UDP checksum field, when quoted (always for UDP; for TCP with 18
+    /// bytes of its header).
+    pub inner_l4_check: Option<*mut [u8; 2]>,
+    /// The quoted packet's protocol (TCP or UDP).
+    pub inner_proto: u8,
+    /// L3 length of the outer packet.
+    pub tot_len: u16,
+}
+
+/// What an IPv4 frame is to the program.
 pub enum Parsed {
     /// Pass untouched, counting this stat index.
     Pass(u32),
     Irregular(Irregular<u32>),
-    Irregular6(Irregular<Addr6>),
     Packet(Packet<V4>),
-    Packet6(Packet<V6>),
     IcmpError(IcmpError),
 }
 
+/// An IPv6 frame that is not a [`Packet`]: no packet pointers in it (see [`parse6`]).
+pub enum Other6 {
+    /// Pass untouched, counting this stat index.
+    Pass(u32),
+    Irregular(Irregular<Addr6>),
+}
+
+/// The network layer of a frame, from its EtherType.
+pub enum L3 {
+    Ipv4,
+    /// IPv6 other than ICMPv6 (or too short to tell).
+    Ipv6,
+    /// ICMPv6: an error about a NAT flow is translated, anything else passed.
+    Icmp6,
+    /// Pass untouched, counting this stat index.
+    Pass(u32),
+}
+
+/// The frame's EtherType: which family's parser and path take it.
 #[inline(always)]
-pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
-    let frame_len = ctx.len();
+pub fn l3<C: Ctx>(ctx: &C) -> L3 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Pass(stat::PASS_MALFORMED);
+        return L3::Pass(stat::PASS_MALFORMED);
     };
-    // Every packet access below reads through a pointer from `ptr_at` for a type that covers
-    // the bytes read, so they lie inside the frame; the headers are byte arrays (any
-    // alignment, any bit pattern valid).
     // SAFETY: `eth` covers the 14-byte Ethernet header, the EtherType at 12..14.
     let ether_type =
         unsafe { wire::load_u16(eth.cast::<u8>().add(offset_of!(EthHdr, ether_type))) };
-    if ether_type != u16::from_ne_bytes(ETH_P_IP) {
-        if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
-            return parse6(ctx, eth, frame_len);
+    if ether_type == u16::from_ne_bytes(ETH_P_IP) {
+        L3::Ipv4
+    } else if ether_type == u16::from_ne_bytes(ETH_P_IPV6) {
+        // SAFETY: `ip` covers the 40-byte IPv6 header, next header at 6.
+        match ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).map(|ip| unsafe { (*ip).nexthdr }) {
+            Some(NEXTHDR_ICMPV6) => L3::Icmp6,
+            _ => L3::Ipv6,
         }
-        return Parsed::Pass(stat::PASS_NOT_VIP);
+    } else {
+        L3::Pass(stat::PASS_NOT_VIP)
     }
+}
+
+/// An IPv4 frame ([`l3`] said so).
+#[inline(always)]
+pub fn parse4<C: Ctx>(ctx: &C) -> Parsed {
+    let frame_len = ctx.len();
+    // Every packet access below reads through a pointer from `ptr_at` for a type that covers
+    // the bytes read, so they lie inside the frame; the headers are byte arrays (any
+    // alignment, any bit pattern valid).
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Pass(stat::PASS_MALFORMED);
+    };
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Parsed::Pass(stat::PASS_MALFORMED);
     };
@@ -358,48 +423,141 @@ const NEXTHDR_OTHER_EXT: [u8; 6] = [51, 135, 139, 140, 253, 254];
 /// are never taken for TCP/UDP: such a packet goes to the stack, counted as irregular when it
 /// is TCP/UDP (the first few extension headers are walked to find its port for that count).
 /// ESP, ICMPv6 (neighbour discovery) and anything else go to the stack as not ours.
+///
+/// The frame is handed to `packet` or `other` at each exit rather than returned as one enum:
+/// LLVM merges the variants of such an enum into shared integer slots and then extracts a
+/// small field by shifting the 64-bit slot that holds a packet pointer in the other
+/// variant, which the verifier refuses ("pointer arithmetic with >>= operator prohibited").
 #[inline(always)]
-fn parse6<C: Ctx>(ctx: &C, eth: *mut EthHdr, frame_len: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return Parsed::Pass(stat::PASS_MALFORMED);
+pub fn parse6<C: Ctx>(
+    ctx: &C,
+    packet: impl FnOnce(&Packet<V6>) -> u32,
+    other: impl FnOnce(Other6) -> u32,
+) -> u32 {
+    let Some((eth, ip, payload, nexthdr)) = ipv6(ctx) else {
+        return other(Other6::Pass(stat::PASS_MALFORMED));
     };
     let ipb = ip.cast::<u8>();
-    // SAFETY: `ip` covers the 40-byte IPv6 header: version in byte 0, payload length at 4..6,
-    // next header at 6, addresses at 8..40.
-    let (version, payload, nexthdr, src, dst) = unsafe {
+    // SAFETY: `ip` covers the 40-byte IPv6 header, addresses at 8..40.
+    let (src, dst) = unsafe {
         (
-            (*ip).vtc_flow[0] >> 4,
-            u16::from_be(wire::load_u16(ipb.add(offset_of!(Ipv6Hdr, payload_len)))),
-            (*ip).nexthdr,
             load6(ipb.add(offset_of!(Ipv6Hdr, src))),
             load6(ipb.add(offset_of!(Ipv6Hdr, dst))),
         )
     };
-    // A zero payload length with a hop-by-hop header is a jumbogram: malformed here too.
-    if version != 6 || payload as usize > frame_len - L4_OFF6 {
-        return Parsed::Pass(stat::PASS_MALFORMED);
-    }
     if nexthdr == proto::TCP || nexthdr == proto::UDP {
         return match transport::<C, V6>(ctx, eth, ip, nexthdr, payload as usize, src, dst) {
             Some(mut pkt) => {
                 pkt.tot_len = l3_len6(payload);
-                Parsed::Packet6(pkt)
+                packet(&pkt)
             }
-            None => Parsed::Pass(stat::PASS_MALFORMED),
+            None => other(Other6::Pass(stat::PASS_MALFORMED)),
         };
     }
     if nexthdr == NEXTHDR_ICMPV6 {
-        return Parsed::Pass(stat::PASS_NOT_VIP);
+        // `l3` sends ICMPv6 to `parse_icmp6`: not reached.
+        return other(Other6::Pass(stat::PASS_NOT_VIP));
     }
-    ext_headers(ctx, nexthdr, dst)
+    other(ext_headers(ctx, nexthdr, dst))
+}
+
+/// The fixed IPv6 header, checked: the Ethernet and IPv6 headers, the payload length (host
+/// order) and the next header. None for a malformed packet.
+#[inline(always)]
+fn ipv6<C: Ctx>(ctx: &C) -> Option<(*mut EthHdr, *mut Ipv6Hdr, u16, u8)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: `ip` covers the 40-byte IPv6 header: version in byte 0, payload length at 4..6,
+    // next header at 6.
+    let (version, payload, nexthdr) = unsafe {
+        (
+            (*ip).vtc_flow[0] >> 4,
+            u16::from_be(wire::load_u16(
+                ip.cast::<u8>().add(offset_of!(Ipv6Hdr, payload_len)),
+            )),
+            (*ip).nexthdr,
+        )
+    };
+    // A zero payload length with a hop-by-hop header is a jumbogram: malformed here too.
+    if version != 6 || payload as usize > ctx.len() - L4_OFF6 {
+        return None;
+    }
+    Some((eth, ip, payload, nexthdr))
+}
+
+/// An ICMPv6 frame ([`l3`] said so): an [`Icmp6Error`], or the counter of a frame to pass.
+#[inline(always)]
+pub fn parse_icmp6<C: Ctx>(ctx: &C) -> Result<Icmp6Error, u32> {
+    match ipv6(ctx) {
+        Some((eth, ip, payload, _)) => icmp6_error(ctx, eth, ip, payload),
+        None => Err(stat::PASS_MALFORMED),
+    }
+}
+
+/// An ICMPv6 packet: an [`Icmp6Error`] when it is a destination unreachable or packet too big
+/// quoting a TCP or UDP packet latch may have sent; anything else passes untouched.
+#[inline(always)]
+fn icmp6_error<C: Ctx>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    payload: u16,
+) -> Result<Icmp6Error, u32> {
+    let not_ours = Err(stat::PASS_NOT_VIP);
+    if (payload as usize) < 8 + IPV6_HLEN + 8 {
+        return not_ours;
+    }
+    let (Some(icmp), Some(inner_ip), Some(inner_ports)) = (
+        ptr_at::<IcmpHdr>(ctx, L4_OFF6),
+        ptr_at::<Ipv6Hdr>(ctx, INNER6_IP_OFF),
+        ptr_at::<[u8; 8]>(ctx, INNER6_L4_OFF),
+    ) else {
+        return not_ours;
+    };
+    // SAFETY: `icmp` covers the 8-byte ICMPv6 header, `inner_ip` the 40-byte quoted IPv6
+    // header, both checked above.
+    let (kind, version, inner_proto) = unsafe {
+        (
+            (*icmp).kind,
+            (*inner_ip).vtc_flow[0] >> 4,
+            (*inner_ip).nexthdr,
+        )
+    };
+    if (kind != ICMPV6_DEST_UNREACH && kind != ICMPV6_PKT_TOOBIG)
+        || version != 6
+        || (inner_proto != proto::TCP && inner_proto != proto::UDP)
+    {
+        return not_ours;
+    }
+    let pb = inner_ports.cast::<u8>();
+    let inner_l4_check = if inner_proto == proto::UDP {
+        // SAFETY: the UDP checksum is at 6..8 of the 8 quoted bytes.
+        Some(unsafe { pb.add(6) }.cast::<[u8; 2]>())
+    } else if payload as usize >= 8 + IPV6_HLEN + 18 {
+        ptr_at::<[u8; 2]>(ctx, INNER6_L4_OFF + 16)
+    } else {
+        None
+    };
+    Ok(Icmp6Error {
+        eth,
+        ip,
+        // SAFETY: `icmp` covers the ICMPv6 header; taking the field's address creates no
+        // reference.
+        icmp_check: unsafe { core::ptr::addr_of_mut!((*icmp).check) },
+        inner_ip,
+        inner_ports: inner_ports.cast::<[u8; 4]>(),
+        inner_l4_check,
+        inner_proto,
+        tot_len: l3_len6(payload),
+    })
 }
 
 /// Walks up to [`EXT_HEADERS`] extension headers from the fixed header, only to count the
 /// packet: irregular when it carries TCP/UDP (with its port when found: a later fragment has
 /// none), not ours otherwise.
 #[inline(always)]
-fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Parsed {
-    let irregular = |dport, proto| Parsed::Irregular6(Irregular { dst, dport, proto });
+fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Other6 {
+    let irregular = |dport, proto| Other6::Irregular(Irregular { dst, dport, proto });
     let mut nh = first;
     let mut off = L4_OFF6;
     for _ in 0..EXT_HEADERS {
@@ -432,7 +590,7 @@ fn ext_headers<C: Ctx>(ctx: &C, first: u8, dst: Addr6) -> Parsed {
                 off += 8;
             }
             _ if NEXTHDR_OTHER_EXT.contains(&nh) => return irregular(None, nh),
-            _ => return Parsed::Pass(stat::PASS_NOT_VIP),
+            _ => return Other6::Pass(stat::PASS_NOT_VIP),
         }
         nh = next;
         // Keeps the offset bounded for the verifier: five headers of at most 2 KiB each.

@@ -26,7 +26,7 @@ use latch_tests::{
     VirtualService,
 };
 
-use crate::netns_config::TestResult;
+use crate::netns_config::{TestResult, xdp_packets};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// DSR keeps the destination port: the servers listen on the VIP's port.
@@ -322,21 +322,6 @@ fn start_agents(
     }
     route_vip_via(&lab.router, lab.lbs[0].uplink_addr)?;
     Ok(agents)
-}
-
-/// latch_xdp_packets_total{path="<path>"} of the agent in `ns`.
-fn xdp_packets(ns: &Netns, path: &str) -> Result<f64, String> {
-    let text = ns.run(|| {
-        latch_tests::http_get(latch_tests::config::ADMIN_LISTEN, "/metrics", &[])
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-            .map_err(|e| e.to_string())
-    })?;
-    let prefix = format!("latch_xdp_packets_total{{path=\"{path}\"}} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
 }
 
 /// Waits until `lb` knows every backend's MAC. The agent solicits them when it starts (XDP

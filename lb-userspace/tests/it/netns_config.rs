@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use latch_tests::{AgentSettings, LatchAgent, LatchConfig, Pool, Topology, VirtualService};
+use latch_tests::{AgentSettings, LatchAgent, LatchConfig, Netns, Pool, Topology, VirtualService};
 
 /// The port every test backend serves HTTP on.
 pub const HTTP_PORT: u16 = 8080;
@@ -104,6 +104,21 @@ pub fn start_agent(
     agent.write_latch_config(&config(&agent))?;
     agent.start()?;
     Ok(agent)
+}
+
+/// latch_xdp_packets_total{path="<path>"} of the agent in `ns`.
+pub fn xdp_packets(ns: &Netns, path: &str) -> Result<f64, String> {
+    let text = ns.run(|| {
+        latch_tests::http_get(latch_tests::config::ADMIN_LISTEN, "/metrics", &[])
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .map_err(|e| e.to_string())
+    })?;
+    let prefix = format!("latch_xdp_packets_total{{path=\"{path}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Every builder method the namespace tests use yields a config the agent accepts, checked

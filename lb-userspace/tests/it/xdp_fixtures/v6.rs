@@ -579,3 +579,310 @@ fn v6_malformed_and_non_vip_pass_untouched() {
         }
     }
 }
+
+/// An ICMPv6 error from `src` to `dst` (type, code, the four bytes after the checksum, such as
+/// the MTU of a packet too big) quoting the first `quoted` bytes of the IPv6 packet `inner`
+/// (from its IPv6 header on), its checksum over the pseudo-header and message.
+fn icmp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    inner: &[u8],
+    quoted: usize,
+) -> Frame6 {
+    let mut msg = vec![kind, code, 0, 0];
+    msg.extend_from_slice(&rest);
+    msg.extend_from_slice(&inner[..quoted]);
+    let c = checksum(&[&pseudo6(src, dst, ICMPV6, msg.len()), &msg]);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame6::new((src, 0), (dst, 0), proto::TCP, 0);
+    f.l4 = L4::Raw { proto: ICMPV6 };
+    f.payload = msg;
+    f
+}
+
+/// An ICMPv6 error `kind` from `from` to `to` quoting all of `frame`'s IPv6 packet, with
+/// these MACs (source, destination) and outer hop limit.
+fn error_quoting(
+    (from, to): (Ipv6Addr, Ipv6Addr),
+    kind: (u8, u8, [u8; 4]),
+    frame: &[u8],
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    hop_limit: u8,
+) -> Vec<u8> {
+    let mut e = icmp6(from, to, kind, &frame[ETH_HLEN..], frame.len() - ETH_HLEN);
+    e.src_mac = src_mac;
+    e.dst_mac = dst_mac;
+    e.hop_limit = hop_limit;
+    e.build()
+}
+
+/// `f` as latch forwarded it, before its rewrite: one hop less.
+fn one_hop_on(f: &Frame6) -> Vec<u8> {
+    let mut own = f.clone();
+    own.hop_limit -= 1;
+    own.build()
+}
+
+const TOO_BIG: (u8, u8, [u8; 4]) = (2, 0, [0, 0, 0x05, 0x00]);
+
+/// A router behind latch (or the backend) says the packet latch sent a backend was too big:
+/// the client gets the error from the VIP, quoting its own packet as it sent it (hop limit as
+/// latch forwarded it). The expected frame is built from scratch, so its ICMPv6 and quoted
+/// TCP checksums are recomputed independently of the program's incremental ones;
+/// `run_expect` also checks the ICMPv6 checksum of the output over its pseudo-header.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_packet_too_big_toward_a_backend_is_translated_for_the_client() {
+    let fx = setup(proto::TCP, 0, 1);
+    let syn = from_client(proto::TCP, SYN);
+    let sent = run_expect(
+        &fx,
+        fx.lbc,
+        &syn.build(),
+        XDP_REDIRECT,
+        Some(&nat_to_b1(&syn)),
+    );
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x99);
+    let whole = sent.len() - ETH_HLEN;
+    // From a router between latch and the backend, then from the backend itself; the whole
+    // packet quoted, then only its first 8 TCP bytes (no TCP checksum in the quote).
+    for (from, quoted) in [(router, whole), (router, 40 + 8), (B1_6, whole)] {
+        let mut err = icmp6(from, CLIENT6, TOO_BIG, &sent[ETH_HLEN..], quoted);
+        err.src_mac = BACKEND1_MAC;
+        err.dst_mac = LBB_MAC;
+        let mut own = syn.clone();
+        own.hop_limit = 63;
+        let mut want = icmp6(VIP6, CLIENT6, TOO_BIG, &own.build()[ETH_HLEN..], quoted);
+        want.hop_limit = 63;
+        want.src_mac = LBC_MAC;
+        want.dst_mac = CLIENT_MAC;
+        run_expect(&fx, fx.lbb, &err.build(), XDP_REDIRECT, Some(&want.build()));
+    }
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::ICMP_TO_CLIENT, 3),
+            (stat::VERDICT_REDIRECT, 4),
+        ],
+    );
+}
+
+/// A router on the client's side says a reply latch translated was too big: the backend gets
+/// the error, quoting its reply as it sent it.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_packet_too_big_toward_a_client_is_translated_for_the_backend() {
+    let fx = setup(proto::TCP, 0, 1);
+    run_expect(
+        &fx,
+        fx.lbc,
+        &from_client(proto::TCP, SYN).build(),
+        XDP_REDIRECT,
+        None,
+    );
+    let mut reply = Frame6::new((B1_6, 8080), (CLIENT6, CPORT), proto::TCP, SYN | ACK);
+    reply.src_mac = BACKEND1_MAC;
+    reply.dst_mac = LBB_MAC;
+    let out = run_expect(&fx, fx.lbb, &reply.build(), XDP_REDIRECT, None);
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x99);
+    let err = error_quoting((router, VIP6), TOO_BIG, &out, (CLIENT_MAC, LBC_MAC), 64);
+    let want = error_quoting(
+        (router, B1_6),
+        TOO_BIG,
+        &one_hop_on(&reply),
+        (LBB_MAC, BACKEND1_MAC),
+        63,
+    );
+    run_expect(&fx, fx.lbc, &err, XDP_REDIRECT, Some(&want));
+    // About a flow latch does not have: to the stack, untouched.
+    let stray = Frame6::new((CLIENT6, CPORT + 9), (B1_6, 8080), proto::TCP, ACK).build();
+    let mut other = icmp6(
+        router,
+        CLIENT6,
+        TOO_BIG,
+        &stray[ETH_HLEN..],
+        stray.len() - ETH_HLEN,
+    );
+    other.src_mac = BACKEND1_MAC;
+    other.dst_mac = LBB_MAC;
+    let other = other.build();
+    run_expect(&fx, fx.lbb, &other, XDP_PASS, Some(&other));
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::REPLY_NAT, 1),
+            (stat::ICMP_TO_BACKEND, 1),
+            (stat::VERDICT_REDIRECT, 3),
+            (stat::PASS_NOT_VIP, 1),
+        ],
+    );
+}
+
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (1, 4, [0; 4]);
+
+/// A UDP backend with nothing listening answers port unreachable, quoting the datagram latch
+/// sent it: the client gets it from the VIP, quoting the datagram it sent (UDP checksum
+/// recomputed for the VIP's port and address), the ICMPv6 checksum right.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_port_unreachable_of_a_udp_backend_is_translated_for_the_client() {
+    let fx = setup(proto::UDP, 0, 1);
+    let dgram = from_client(proto::UDP, 0);
+    let sent = run_expect(
+        &fx,
+        fx.lbc,
+        &dgram.build(),
+        XDP_REDIRECT,
+        Some(&nat_to_b1(&dgram)),
+    );
+    let err = error_quoting(
+        (B1_6, CLIENT6),
+        PORT_UNREACHABLE,
+        &sent,
+        (BACKEND1_MAC, LBB_MAC),
+        64,
+    );
+    let want = error_quoting(
+        (VIP6, CLIENT6),
+        PORT_UNREACHABLE,
+        &one_hop_on(&dgram),
+        (LBC_MAC, CLIENT_MAC),
+        63,
+    );
+    let out = run_expect(&fx, fx.lbb, &err, XDP_REDIRECT, Some(&want));
+    // The quoted datagram's own checksum, recomputed over its pseudo-header (client -> VIP).
+    verify6(&[&out[..ETH_HLEN], &out[ETH_HLEN + 48..]].concat()).expect("quoted UDP checksum");
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::ICMP_TO_CLIENT, 1),
+            (stat::VERDICT_REDIRECT, 2),
+        ],
+    );
+}
+
+/// ICMPv6 that is not an error about a live NAT flow goes to the stack untouched: neighbour
+/// discovery and echo above all, and errors latch must not translate (about a flow it does
+/// not have, a DSR flow, a quoted packet with an extension header or cut before its ports,
+/// an error not addressed to the quoted packet's sender, a hop limit of 1).
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_icmpv6_other_than_errors_about_nat_flows_passes_untouched() {
+    let fx = setup(proto::TCP, 0, 1);
+    let syn = from_client(proto::TCP, SYN);
+    let sent = run_expect(
+        &fx,
+        fx.lbc,
+        &syn.build(),
+        XDP_REDIRECT,
+        Some(&nat_to_b1(&syn)),
+    );
+    let quote = &sent[ETH_HLEN..];
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x99);
+    let lb = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+    let mut solicit_target = lb.octets().to_vec();
+    solicit_target.extend_from_slice(&[1, 1, 2, 0, 0, 0, 0x0c, 0x64]);
+    let mut cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "neighbour solicitation",
+            icmp6(CLIENT6, lb, (135, 0, [0; 4]), &solicit_target, 24).build(),
+            stat::PASS_NOT_VIP,
+        ),
+        (
+            "echo request to the VIP",
+            icmp6(CLIENT6, VIP6, (128, 0, [0, 1, 0, 1]), b"ping", 4).build(),
+            stat::PASS_NOT_VIP,
+        ),
+    ];
+    let stray = Frame6::new((CLIENT6, CPORT + 9), (B1_6, 8080), proto::TCP, ACK).build();
+    cases.push((
+        "packet too big about a flow latch does not have",
+        icmp6(
+            router,
+            CLIENT6,
+            TOO_BIG,
+            &stray[ETH_HLEN..],
+            stray.len() - ETH_HLEN,
+        )
+        .build(),
+        stat::PASS_NOT_VIP,
+    ));
+    cases.push((
+        "packet too big quoting 4 bytes of TCP (no ports)",
+        icmp6(router, CLIENT6, TOO_BIG, quote, 40 + 4).build(),
+        stat::PASS_NOT_VIP,
+    ));
+    let mut ext = Frame6::new((CLIENT6, CPORT), (B1_6, 8080), proto::TCP, SYN);
+    ext.ext = vec![(DEST, vec![0; 6])];
+    let ext = ext.build();
+    cases.push((
+        "packet too big quoting a packet with an extension header",
+        icmp6(
+            router,
+            CLIENT6,
+            TOO_BIG,
+            &ext[ETH_HLEN..],
+            ext.len() - ETH_HLEN,
+        )
+        .build(),
+        stat::PASS_NOT_VIP,
+    ));
+    cases.push((
+        "packet too big sent elsewhere than to the quoted packet's sender",
+        icmp6(router, B2_6, TOO_BIG, quote, quote.len()).build(),
+        stat::PASS_NOT_VIP,
+    ));
+    let mut last_hop = icmp6(router, CLIENT6, TOO_BIG, quote, quote.len());
+    last_hop.hop_limit = 1;
+    cases.push((
+        "packet too big with hop limit 1",
+        last_hop.build(),
+        stat::PASS_NOT_VIP,
+    ));
+    cases.push((
+        "time exceeded (not translated)",
+        icmp6(router, CLIENT6, (3, 0, [0; 4]), quote, quote.len()).build(),
+        stat::PASS_NOT_VIP,
+    ));
+    let mut want = vec![(stat::NEW_FLOW_MAGLEV, 1), (stat::VERDICT_REDIRECT, 1)];
+    for (what, frame, counter) in cases {
+        let (v, out) = fx.run(fx.lbb, &frame);
+        assert_eq!(v, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: untouched");
+        want.push((counter, 1));
+    }
+    counters(&fx, &want);
+}
+
+/// An error about a DSR flow is not latch's to translate (the server answers the client
+/// itself): passed untouched.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_icmpv6_error_about_a_dsr_flow_passes() {
+    let fx = setup(proto::TCP, service_flags::DSR, 1);
+    let syn = from_client(proto::TCP, SYN).build();
+    run_expect(&fx, fx.lbc, &syn, XDP_REDIRECT, None);
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x99);
+    // DSR forwards the packet unchanged (to the VIP), so that is what a router quotes.
+    let err = icmp6(
+        router,
+        CLIENT6,
+        TOO_BIG,
+        &syn[ETH_HLEN..],
+        syn.len() - ETH_HLEN,
+    )
+    .build();
+    run_expect(&fx, fx.lbb, &err, XDP_PASS, Some(&err));
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::VERDICT_REDIRECT, 1),
+            (stat::PASS_NOT_VIP, 1),
+        ],
+    );
+}
