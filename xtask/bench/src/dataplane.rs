@@ -647,7 +647,9 @@ fn method_notes(threads: usize, secs: u64, live: bool, cpus: usize) -> Vec<Strin
          the LB's client veth (GRO would merge a UDP flow into a few large packets and make \
          the stack look cheaper per packet), an XDP_PASS program on it for NAPI. In the loop \
          the DNATed frame is forwarded back out of the client's veth (ICMP redirects off in \
-         the LB namespace)."
+         the LB namespace). The stack loses part of the population on the way (about a third in \
+         the runs here, see 'circulating at the end'); the rest still keeps the stack busy, \
+         since the row runs at a tenth of the XDP rows' rate with the same population."
             .into(),
         "ns/packet in live traffic: after the Mpps rounds, one established and one new-flow \
          measurement per family with the kernel's run-time statistics on: run time / runs of \
@@ -656,8 +658,10 @@ fn method_notes(threads: usize, secs: u64, live: bool, cpus: usize) -> Vec<Strin
          connection table is full after a fraction of a second, so every new flow also \
          evicts (a SYN flood's cost rather than a quiet new connection's)."
             .into(),
-        "The machine is shared (2 CPUs, other jobs): rates vary between runs; compare \
-         measurements of the same run."
+        "The machine is shared (2 CPUs, other jobs): rates vary between runs, and the latch \
+         loop rows by up to a quarter between rounds of one run (see the rounds column), more \
+         than the 10% the IPv6 target allows; the program times vary by a few percent and are \
+         the figures to judge IPv6 against IPv4 by."
             .into(),
     ];
     if live {
