@@ -9,16 +9,26 @@
 //!   backend-side counter); anything else passes so that the namespace keeps working.
 //! - `bench_pass` only gives a veth NAPI so that frames redirected into it are received by the
 //!   stack (the nftables measurement).
-//! - `bench_redirect` forwards IPv4 UDP frames to one fixed port with fixed MACs and nothing
-//!   else (no lookup, no rewrite of the IP header): the best any XDP forwarder can do on the
-//!   same topology, against which latch's own cost shows.
+//! - `bench_redirect` forwards UDP frames (IPv4 or IPv6) to one fixed port with fixed MACs and
+//!   nothing else (no lookup, no rewrite of the IP header): the best any XDP forwarder can do
+//!   on the same topology, against which latch's own cost shows. Out of the port it came in by
+//!   it returns XDP_TX, as latch does.
+//! - `bench_tx` returns every UDP frame out of the port it came in by (XDP_TX) untouched: the
+//!   ceiling of the circulating loop below, where an XDP_DROP would end the population.
+//! - `bench_reflect` is the far end of the circulating loop, for kernels that refuse
+//!   live-frames test runs: on the client's veth it turns every UDP frame that comes back
+//!   (whatever the LB did to it) into a fresh request from a template (`ReflectConfig`) and
+//!   returns it with XDP_TX, so a fixed population of frames injected once circulates between
+//!   it and the program under test at the rate the two XDP paths allow. It counts what it
+//!   returns, and drops everything once the configured deadline has passed, so a loop always
+//!   ends by itself.
 #![no_std]
 #![no_main]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::bpf_redirect,
+    helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -79,6 +89,56 @@ static HOP: Array<[u8; 16]> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_COUNT")]
 static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Longest header `bench_reflect` writes (Ethernet + IPv6 + UDP); every frame of the loop is
+/// at least this long.
+const REFLECT_LEN: usize = 62;
+
+/// `bench_reflect`'s configuration (index 0). Layout mirrored in xtask/bench/src/frames.rs
+/// (`ReflectConfig`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReflectConfig {
+    /// The request's Ethernet + IP + UDP header (62 bytes written, for IPv4 the IP payload
+    /// continues with zeros), with the varying fields (source port, the varying 16-bit word of
+    /// the source address) and the checksum zeroed.
+    pub header: [u64; 8],
+    /// Unfolded one's complement sum of what the checksum covers, varying fields zeroed.
+    pub csum_base: u32,
+    /// Offset of the checksum to finish (IPv4 header, or UDP for IPv6).
+    pub csum_off: u32,
+    /// 1 if the source port is under that checksum (UDP over IPv6), else 0.
+    pub sport_in_csum: u32,
+    /// Offset of the varying 16-bit word of the source address.
+    pub word_off: u32,
+    /// That word (host order) in fixed-flow mode.
+    pub word_fixed: u32,
+    /// New-flow mode: first value of the word; each CPU gets `word_span` values of its own.
+    pub word_base: u32,
+    pub word_span: u32,
+    /// `MODE_FIXED_FLOWS` or new-flow mode (any other value).
+    pub mode: u32,
+    /// Fixed-flow mode: distinct flows (source ports `base_sport..`).
+    pub flows: u32,
+    pub base_sport: u32,
+    /// CPUs whose word ranges are disjoint (CPU ids are taken modulo this).
+    pub cpus: u32,
+    /// Offset of the UDP source port (34 over IPv4, 54 over IPv6).
+    pub sport_off: u32,
+    /// CLOCK_MONOTONIC ns after which every frame is dropped (0: drop everything).
+    pub deadline_ns: u64,
+}
+
+#[map(name = "BENCH_REFLECT")]
+static REFLECT: Array<ReflectConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU count of requests `bench_reflect` has built; it makes the flows.
+#[map(name = "BENCH_RSEQ")]
+static RSEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames `bench_reflect` dropped after the deadline: what was still circulating.
+#[map(name = "BENCH_ENDED")]
+static ENDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     generate(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
@@ -138,37 +198,49 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_TX)
 }
 
-/// The frame, if it is an IPv4 UDP frame at least a header long (what the bench sends);
-/// anything else passes so that the namespace keeps working.
+/// Adds one to this CPU's slot of `map`.
 #[inline(always)]
-fn udp4_frame(ctx: &XdpContext) -> Option<*mut u8> {
+fn bump(map: &PerCpuArray<u64>) {
+    if let Some(c) = map.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array: valid, aligned, and written by no one
+        // else while the program runs on this CPU.
+        unsafe { *c += 1 }
+    }
+}
+
+/// The frame, if it is a UDP frame over IPv4 or IPv6 at least an IPv4 header long (what the
+/// bench sends); anything else passes so that the namespace keeps working.
+#[inline(always)]
+fn udp_frame(ctx: &XdpContext) -> Option<*mut u8> {
     let start = ctx.data();
     if start + HDR_LEN > ctx.data_end() {
         return None;
     }
     let p = start as *mut u8;
-    // EtherType 0x0800 and protocol 17.
-    // SAFETY: bytes 12, 13 and 23 lie inside the HDR_LEN bytes checked against data_end.
-    let udp4 = unsafe { *p.add(12) == 0x08 && *p.add(13) == 0 && *p.add(23) == 17 };
-    udp4.then_some(p)
+    // EtherType 0x0800 with protocol 17 (byte 23), or 0x86dd with next header 17 (byte 20).
+    // SAFETY: bytes 12, 13, 20 and 23 lie inside the HDR_LEN bytes checked against data_end.
+    let udp = unsafe {
+        match (*p.add(12), *p.add(13)) {
+            (0x08, 0x00) => *p.add(23) == 17,
+            (0x86, 0xdd) => *p.add(20) == 17,
+            _ => false,
+        }
+    };
+    udp.then_some(p)
 }
 
 #[xdp]
 pub fn bench_count_drop(ctx: XdpContext) -> u32 {
-    if udp4_frame(&ctx).is_none() {
+    if udp_frame(&ctx).is_none() {
         return xdp_action::XDP_PASS;
     }
-    if let Some(c) = COUNT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array: valid, aligned, and written by no one
-        // else while the program runs on this CPU.
-        unsafe { *c += 1 }
-    }
+    bump(&COUNT);
     xdp_action::XDP_DROP
 }
 
 #[xdp]
 pub fn bench_redirect(ctx: XdpContext) -> u32 {
-    let (Some(p), Some(hop)) = (udp4_frame(&ctx), HOP.get(0)) else {
+    let (Some(p), Some(hop)) = (udp_frame(&ctx), HOP.get(0)) else {
         return xdp_action::XDP_PASS;
     };
     let hop = *hop;
@@ -178,9 +250,105 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
         // twelve MAC bytes are inside it.
         unsafe { *p.add(i) = *byte };
     }
-    // The same helper as latch's own forwarding.
+    // The same choice as latch's own forwarding: XDP_TX out of the port the frame came in
+    // by (the circulating loop), else the redirect helper.
+    // SAFETY: reading the context's ingress ifindex, a field every XDP context has.
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        return xdp_action::XDP_TX;
+    }
     // SAFETY: the helper takes an ifindex and flags by value and touches no memory of ours.
     unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+#[xdp]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    match udp_frame(&ctx) {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn bench_reflect(ctx: XdpContext) -> u32 {
+    reflect(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn reflect(ctx: &XdpContext) -> Option<u32> {
+    let p = udp_frame(ctx)?;
+    if ctx.data() + REFLECT_LEN > ctx.data_end() {
+        return None;
+    }
+    let cfg = REFLECT.get(0)?;
+    // The coarse clock (a jiffy's resolution) is enough for a deadline and costs no clock
+    // read; the bench gives the loop seconds beyond its window.
+    // SAFETY: the helper takes no arguments.
+    if unsafe { bpf_ktime_get_coarse_ns() } > cfg.deadline_ns {
+        bump(&ENDED);
+        return Some(xdp_action::XDP_DROP);
+    }
+    let seq = RSEQ.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array, written by no one else meanwhile.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    let (word, sport) = if cfg.mode == MODE_FIXED_FLOWS {
+        let flows = if cfg.flows == 0 { 1 } else { cfg.flows as u64 };
+        (cfg.word_fixed, (cfg.base_sport as u64 + n % flows) as u32)
+    } else {
+        let span = if cfg.word_span == 0 {
+            1
+        } else {
+            cfg.word_span as u64
+        };
+        let cpus = if cfg.cpus == 0 { 1 } else { cfg.cpus };
+        // SAFETY: the helper takes no arguments.
+        let cpu = unsafe { bpf_get_smp_processor_id() } % cpus;
+        let word = cfg.word_base as u64 + cpu as u64 * span + (n >> 16) % span;
+        (word as u32, (n & 0xffff) as u32)
+    };
+    let word_be = (word as u16).to_be_bytes();
+    let sport_be = (sport as u16).to_be_bytes();
+    let mut sum = cfg.csum_base + u16::from_ne_bytes(word_be) as u32;
+    if cfg.sport_in_csum != 0 {
+        sum += u16::from_ne_bytes(sport_be) as u32;
+    }
+    let mut check = !csum::fold(sum);
+    if cfg.sport_in_csum != 0 && check == 0 {
+        // UDP sends a computed zero as all ones (zero means "no checksum").
+        check = 0xffff;
+    }
+    // The offsets come from the map: each written field is checked against the frame's end
+    // again, which is how the verifier accepts a write at a variable offset.
+    let field = |off: u32| -> Option<*mut u8> {
+        let at = ctx.data() + (off & 0x3f) as usize;
+        (at + 2 <= ctx.data_end()).then_some(at as *mut u8)
+    };
+    let (sport_at, word_at, csum_at) = (
+        field(cfg.sport_off)?,
+        field(cfg.word_off)?,
+        field(cfg.csum_off)?,
+    );
+    // SAFETY: the frame holds REFLECT_LEN (62) bytes from `p` (checked above), which the
+    // header copy writes (56 + 6); each two-byte field was checked against the frame's end
+    // just above; nothing else references the frame.
+    unsafe {
+        let dst = p as *mut u64;
+        for i in 0..7 {
+            core::ptr::write_unaligned(dst.add(i), cfg.header[i]);
+        }
+        let tail = cfg.header[7].to_ne_bytes();
+        for (i, b) in tail.iter().take(REFLECT_LEN - 56).enumerate() {
+            *p.add(56 + i) = *b;
+        }
+        core::ptr::write_unaligned(sport_at as *mut [u8; 2], sport_be);
+        core::ptr::write_unaligned(word_at as *mut [u8; 2], word_be);
+        core::ptr::write_unaligned(csum_at as *mut u16, check);
+    }
+    bump(&COUNT);
+    Some(xdp_action::XDP_TX)
 }
 
 #[xdp]

@@ -144,13 +144,15 @@ pub const COUNT_DROP: &str = "bench_count_drop";
 pub const PASS: &str = "bench_pass";
 pub const GEN: &str = "bench_gen";
 pub const REDIRECT: &str = "bench_redirect";
+pub const TX: &str = "bench_tx";
+pub const REFLECT: &str = "bench_reflect";
 
 impl BenchProgs {
     pub fn load() -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(BENCH_OBJ)
             .context("loading the bench object")?;
-        for name in [COUNT_DROP, PASS, GEN, REDIRECT] {
+        for name in [COUNT_DROP, PASS, GEN, REDIRECT, TX, REFLECT] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifier: {name}"))?;

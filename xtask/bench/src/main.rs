@@ -1,6 +1,7 @@
 //! `xtask-bench`: the benchmark runner behind `cargo xtask bench`, which builds it in release.
 //! Performance is measured here, never asserted in a test.
 
+mod circulate;
 mod dataplane;
 mod env;
 mod flame;

@@ -3,12 +3,11 @@
 //! veth into the LB's veth; receivers count what arrives.
 //!
 //! Where the kernel refuses live-frames test runs (EPERM: a BPF LSM policy on some machines),
-//! the same frames (`frames::generated_header`) are sent from an AF_PACKET socket with
-//! PACKET_QDISC_BYPASS by `sendmmsg` batches ([`Generator::PacketSocket`]). That path costs the
-//! sender a system call per batch and a trip through the veth's transmit per frame, so it
-//! generates fewer packets per second than live frames: rates then measure the generator as
-//! much as the receiver ('generated' against 'received' in the report shows which), and the
-//! kernel's run-time statistics give the generator-independent figure (dataplane.rs).
+//! the bench uses the circulating loop instead ([`Generator::Loop`], circulate.rs). An
+//! AF_PACKET generator (`sendmmsg` batches with PACKET_QDISC_BYPASS) was tried first: a system
+//! call per batch and the veth's transmit per frame capped it at about 0.57 Mpps here, so its
+//! rows measured the generator. Its socket ([`packet_socket`]) now only injects the loop's
+//! first frames.
 //!
 //! Every live-frames call pays a fixed cost of about 40 ms on this kernel (6.18: the call sets
 //! up and destroys a page_pool, and the destruction waits for an RCU grace period) during which
@@ -22,13 +21,13 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Barrier,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
@@ -36,7 +35,7 @@ use aya::{
 
 use crate::{
     env::{self, BenchProgs, GEN},
-    frames::{FRAME_LEN, GenConfig, HDR_LEN, generated_header},
+    frames::{FRAME_LEN, GenConfig},
 };
 
 /// How generator threads send.
@@ -44,29 +43,22 @@ use crate::{
 pub enum Generator {
     /// BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (XDP_TX from the client's veth).
     LiveFrames,
-    /// AF_PACKET socket, PACKET_QDISC_BYPASS, `sendmmsg` of [`SEND_BATCH`] frames.
-    PacketSocket,
+    /// A fixed population of frames circulating between `bench_reflect` on the client's veth
+    /// and the program under test (circulate.rs).
+    Loop,
 }
 
 impl Generator {
     pub fn describe(self) -> &'static str {
         match self {
             Generator::LiveFrames => "XDP live frames (BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX)",
-            Generator::PacketSocket => {
-                "AF_PACKET sendmmsg (PACKET_QDISC_BYPASS); live frames refused here"
+            Generator::Loop => {
+                "circulating loop: frames injected once, returned by an XDP_TX reflector on the \
+                 client's veth (bench_reflect)"
             }
         }
     }
 }
-
-/// Frames per `sendmmsg` call of the packet-socket generator.
-const SEND_BATCH: usize = 64;
-/// `sendmmsg` calls between two records of the packet-socket generator (and two looks at the
-/// stop flag).
-const BATCHES_PER_CALL: usize = 256;
-/// Sequence numbers of the packet-socket generators, per thread, kept across windows: a new
-/// window of new flows goes on with tuples the last one did not send.
-static SEQ: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 
 /// The bench object with `bench_gen` configured by `cfg` (a copy per generator thread, so
 /// configs and sequence counters stay per thread).
@@ -89,7 +81,7 @@ fn live_ctx(ifindex: u32) -> Vec<u8> {
 }
 
 /// Which generator this kernel allows: one live-frames run of one frame from `iface` in the
-/// namespace at `ns_path`; EPERM (or EACCES) means the packet-socket generator. The reason is
+/// namespace at `ns_path`; EPERM (or EACCES) means the circulating loop. The reason is
 /// returned for the report.
 pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(Generator, String)> {
     let (path, iface) = (ns_path.to_string(), iface.to_string());
@@ -128,7 +120,7 @@ pub fn choose_generator(ns_path: &str, iface: &str, cfg: GenConfig) -> Result<(G
             "live-frames test run accepted".into(),
         )),
         Err((true, e)) => Ok((
-            Generator::PacketSocket,
+            Generator::Loop,
             format!("live-frames test run refused: {e}"),
         )),
         Err((false, e)) => Err(anyhow!("live-frames probe: {e}")),
@@ -195,8 +187,6 @@ fn next_repeat(last: &Call) -> u32 {
 
 /// What one generator thread is given.
 struct GenThread {
-    /// Its number, which keys its sequence counter.
-    index: usize,
     cpu: usize,
     ns_path: String,
     iface: &'static str,
@@ -209,8 +199,8 @@ struct GenThread {
 /// of the bench object (configs and sequence counters stay per thread), then sends until
 /// `stop` is set.
 fn generator(gen_kind: Generator, t: GenThread) -> Result<Vec<Call>> {
-    if gen_kind == Generator::PacketSocket {
-        return packet_generator(t);
+    if gen_kind != Generator::LiveFrames {
+        bail!("the circulating loop has no generator threads (circulate.rs)");
     }
     let GenThread {
         cpu,
@@ -219,7 +209,6 @@ fn generator(gen_kind: Generator, t: GenThread) -> Result<Vec<Call>> {
         cfg,
         start,
         stop,
-        ..
     } = t;
     let prepared = (|| -> Result<(BenchProgs, u32)> {
         env::pin_to_cpu(cpu)?;
@@ -282,7 +271,6 @@ pub fn window(
                     generator(
                         gen_kind,
                         GenThread {
-                            index: i,
                             cpu: i % cpus,
                             ns_path: path,
                             iface,
@@ -327,7 +315,7 @@ pub fn window(
 
 /// An AF_PACKET socket bound to `ifindex` for sending only (protocol 0: it receives
 /// nothing), with the qdisc bypassed as a NIC driver's generator would.
-fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
+pub fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -367,83 +355,7 @@ fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The packet-socket generator thread: the frames `bench_gen` would write, sent by
-/// `sendmmsg` batches; frames the veth refuses (its peer's ring full) are not counted and
-/// are sent again.
-fn packet_generator(t: GenThread) -> Result<Vec<Call>> {
-    let GenThread {
-        index,
-        cpu,
-        ns_path,
-        iface,
-        cfg,
-        start,
-        stop,
-    } = t;
-    let prepared = (|| -> Result<OwnedFd> {
-        env::pin_to_cpu(cpu)?;
-        env::enter(&ns_path)?;
-        packet_socket(env::ifindex(iface)?)
-    })();
-    start.wait();
-    let fd = prepared?;
-    let seq_slot = SEQ.get(index).context("too many generator threads")?;
-    let mut seq = seq_slot.load(Ordering::Relaxed);
-    let mut frames = vec![[0u8; FRAME_LEN]; SEND_BATCH];
-    let mut calls = Vec::new();
-    while !stop.load(Ordering::Relaxed) && !env::stopped() {
-        let t0 = Instant::now();
-        let mut sent = 0u64;
-        for _ in 0..BATCHES_PER_CALL {
-            for (i, f) in frames.iter_mut().enumerate() {
-                f[..HDR_LEN].copy_from_slice(&generated_header(&cfg, seq + i as u64));
-            }
-            let mut iovs: Vec<libc::iovec> = frames
-                .iter_mut()
-                .map(|f| libc::iovec {
-                    iov_base: f.as_mut_ptr().cast(),
-                    iov_len: FRAME_LEN,
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .map(|iov| {
-                    // SAFETY: a zeroed msghdr is valid (no name, no control data).
-                    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                    hdr.msg_iov = iov;
-                    hdr.msg_iovlen = 1;
-                    libc::mmsghdr {
-                        msg_hdr: hdr,
-                        msg_len: 0,
-                    }
-                })
-                .collect();
-            // SAFETY: `msgs` and the iovecs and frames they point to live across the call.
-            let n =
-                unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), SEND_BATCH as u32, 0) };
-            if n > 0 {
-                sent += n as u64;
-                seq += n as u64;
-                continue;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                // The peer's ring is full: the receiver is the bottleneck; try again.
-                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => thread::yield_now(),
-                _ => return Err(err).context("sendmmsg on the AF_PACKET socket"),
-            }
-        }
-        calls.push(Call {
-            start: t0,
-            end: Instant::now(),
-            frames: sent,
-        });
-    }
-    seq_slot.store(seq, Ordering::Relaxed);
-    Ok(calls)
-}
-
-fn sleep_unless_stopped(d: Duration) {
+pub fn sleep_unless_stopped(d: Duration) {
     let end = Instant::now() + d;
     while !env::stopped() {
         let now = Instant::now();

@@ -105,7 +105,7 @@ pub fn write_png(report: &Report, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (W as u32, H as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("drawing: {e:?}"))?;
     let rate_color = |key: &str| match key {
-        "xdp_drop_ceiling" => RGBColor(150, 150, 150),
+        "ceiling" => RGBColor(150, 150, 150),
         "nft_dnat" => RGBColor(214, 120, 40),
         _ => RGBColor(40, 110, 190),
     };
