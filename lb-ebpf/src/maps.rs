@@ -89,3 +89,10 @@ pub static PERSIST6: HashMap<PersistKey6, Persist> = HashMap::pinned(CAP.client_
 #[map(name = "LATCH_NEXT_HOPS6")]
 pub static NEXT_HOPS6: PerCpuArray<NextHopOf<lb_common::Addr6>> =
     PerCpuArray::with_max_entries(crate::nexthop::SLOTS, 0);
+
+/// Written by the agent: the host's outer source address per family for tunnel mode
+/// (`lb_common::tunnel_source`). Not pinned: the agent writes it with every configuration,
+/// so a fresh program has it before its first tunnel service.
+#[map(name = "LATCH_TUNNEL_SOURCE")]
+pub static TUNNEL_SOURCE: Array<lb_common::Addr6> =
+    Array::with_max_entries(lb_common::tunnel_source::SLOTS, 0);

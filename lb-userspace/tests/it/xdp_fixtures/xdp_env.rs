@@ -199,6 +199,11 @@ fn ifindex(name: &str) -> u32 {
 impl Fixture {
     /// Needs root (network namespaces, BPF).
     pub fn new() -> Self {
+        Self::with_object(OBJECT)
+    }
+
+    /// [`Fixture::new`] with another build of the program (cost comparisons between builds).
+    pub fn with_object(object: &[u8]) -> Self {
         let netns = Netns::create();
         let pins = PinDir::create();
         let mut ebpf = EbpfLoader::new()
@@ -208,7 +213,7 @@ impl Fixture {
             .map_max_entries(map_names::PERSIST, 4096)
             .map_max_entries(map_names::CONNTRACK6, 4096)
             .map_max_entries(map_names::PERSIST6, 4096)
-            .load(OBJECT)
+            .load(object)
             .expect("load latch-xdp object");
         let prog: &mut Xdp = ebpf
             .program_mut("latch_xdp")
@@ -269,6 +274,11 @@ impl Fixture {
         let mut m: Array<_, V> =
             Array::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
         m.set(index, value, 0).expect(name);
+    }
+
+    /// The tunnel source of `slot` (`lb_common::tunnel_source`), as the agent writes it.
+    pub fn set_tunnel_source(&mut self, slot: u32, value: lb_common::Addr6) {
+        self.set(map_names::TUNNEL_SOURCE, slot, value);
     }
 
     pub fn add_service(&mut self, key: ServiceKey, svc: Service) {
