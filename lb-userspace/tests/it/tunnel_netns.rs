@@ -219,32 +219,51 @@ fn build_lab() -> latch_tests::Result<Lab> {
     })
 }
 
-fn config(agent: &LatchAgent) -> LatchConfig {
+/// With `tc`, the program runs at TC ingress on `uplink` (`bpf_skb_adjust_room` encapsulates).
+fn config(agent: &LatchAgent, tc: bool) -> LatchConfig {
     let servers4: Vec<SocketAddr> = (1..=SERVERS)
         .map(|i| SocketAddr::from((server_addr(i), PORT)))
         .collect();
     let servers6: Vec<SocketAddr> = (1..=SERVERS)
         .map(|i| SocketAddr::from((server_addr6(i), PORT6)))
         .collect();
-    LatchConfig::new(
-        AgentSettings::new(&["uplink".to_string(), "srv".to_string()])
-            .bpffs_dir(agent.bpffs_dir())
-            .state_file(&agent.dir().join("servers.json"))
-            .tunnel_source(IpAddr::V4(LB_SOURCE))
-            .tunnel_source(IpAddr::V6(LB_SOURCE6)),
-    )
-    .pool(Pool::new("web4", servers4))
-    .pool(Pool::new("web6", servers6))
-    .virtual_service(VirtualService::tcp("tun4", SocketAddr::from((VIP, PORT)), "web4").tunnel())
-    .virtual_service(VirtualService::tcp("tun6", SocketAddr::from((VIP6, PORT6)), "web6").tunnel())
+    let mut settings = AgentSettings::new(&["uplink".to_string(), "srv".to_string()])
+        .bpffs_dir(agent.bpffs_dir())
+        .state_file(&agent.dir().join("servers.json"))
+        .tunnel_source(IpAddr::V4(LB_SOURCE))
+        .tunnel_source(IpAddr::V6(LB_SOURCE6));
+    if tc {
+        settings = settings.attach_tc("uplink");
+    }
+    LatchConfig::new(settings)
+        .pool(Pool::new("web4", servers4))
+        .pool(Pool::new("web6", servers6))
+        .virtual_service(
+            VirtualService::tcp("tun4", SocketAddr::from((VIP, PORT)), "web4").tunnel(),
+        )
+        .virtual_service(
+            VirtualService::tcp("tun6", SocketAddr::from((VIP6, PORT6)), "web6").tunnel(),
+        )
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn tunnel_mode_reaches_routed_servers_that_answer_the_client_directly() -> TestResult {
+    tunnel_lab_run(false)
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn tunnel_mode_at_tc_ingress_encapsulates_too() -> TestResult {
+    tunnel_lab_run(true)
+}
+
+/// TCP through both tunnel services, IPv4 and IPv6: every connection answered, by a server
+/// that saw the client's own address, with the requests arriving encapsulated at both servers.
+fn tunnel_lab_run(tc: bool) -> TestResult {
     let lab = build_lab()?;
     let mut agent = LatchAgent::prepare(crate::LATCH.as_ref(), &lab.lb)?;
-    agent.write_latch_config(&config(&agent))?;
+    agent.write_latch_config(&config(&agent, tc))?;
     agent.start()?;
     // The router's MACs, which the agent's echo requests to its servers resolve when it
     // starts: XDP cannot resolve neighbours, and a first packet without one is lost.
@@ -307,6 +326,14 @@ fn tunnel_mode_reaches_routed_servers_that_answer_the_client_directly() -> TestR
         per_server.iter().all(|c| c.0 > 0 && c.1 > 0),
         "one server got no tunnel traffic of a family: {per_server:?}"
     );
+    if tc {
+        // The TC program did it: nothing was forwarded by an XDP program on uplink.
+        let link = lab.lb.ip(&["link", "show", "dev", "uplink"])?;
+        assert!(
+            !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+            "an XDP program is attached to uplink"
+        );
+    }
     agent.stop(Duration::from_secs(5))?;
     Ok(())
 }
