@@ -1,6 +1,7 @@
 //! Tunnel mode, IPv4 (IPIP): exact output bytes of the encapsulated frame, its outer header
 //! built here independently (checksum by RFC 1071 over the expected bytes), the flow's entry,
-//! the DF and DSCP copies, and the drops (no tunnel source, a frame that outgrows the egress
+//! the DF and DSCP copies, client-IP persistence, and the drops (no tunnel source, a frame
+//! that outgrows the egress
 //! MTU). The IPv6 counterpart is `v6::v6_tunnel_encapsulates_ip6ip6_to_the_server`.
 
 use std::net::Ipv4Addr;
@@ -10,7 +11,9 @@ use lb_common::{flow_flags, proto, service_flags, stat, tunnel_source};
 use super::packet::{ACK, ETH_HLEN, Frame, SYN, checksum, verify_checksums};
 use super::v6::counters;
 use super::xdp_env::*;
-use super::{B2, CLIENT, CPORT, VIP, XDP_DROP, XDP_REDIRECT, addr, client_flow, setup};
+use super::{
+    B2, CLIENT, CPORT, VIP, XDP_DROP, XDP_REDIRECT, addr, client_flow, persist_key, setup,
+};
 
 /// The host's tunnel source in the fixtures: lbb's own address.
 const SOURCE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -122,6 +125,36 @@ fn tunnel_frames_beyond_the_egress_mtu_are_dropped_and_counted() {
             (stat::NEW_FLOW_MAGLEV, 2),
             (stat::VERDICT_REDIRECT, 1),
             (stat::DROP_TUNNEL_TOO_BIG, 1),
+        ],
+    );
+}
+
+/// Client-IP persistence works as with DSR: the first connection pins the client, a later
+/// one from another port follows the pin (although Maglev now says backend 1), encapsulated.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn tunnel_with_persistence_follows_the_clients_pin() {
+    let mut fx = Fixture::new();
+    setup(
+        &mut fx,
+        proto::TCP,
+        TUNNEL | service_flags::PERSIST_CLIENT_IP,
+        2,
+    );
+    fx.set_tunnel_source(tunnel_source::V4, [addr(SOURCE), 0, 0, 0]);
+    let first = Frame::tcp((CLIENT, CPORT), (VIP, 80), SYN).build();
+    expect(&fx, &first, XDP_REDIRECT, Some(ipip_to_b2(&first)));
+    let pin = fx.persist_entry(&persist_key()).expect("client pinned");
+    assert_eq!(pin.backend_id, 2);
+    fx.fill_maglev(1, 1, &[1]);
+    let second = Frame::tcp((CLIENT, CPORT + 7), (VIP, 80), SYN).build();
+    expect(&fx, &second, XDP_REDIRECT, Some(ipip_to_b2(&second)));
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::PERSIST_HIT, 1),
+            (stat::VERDICT_REDIRECT, 2),
         ],
     );
 }
