@@ -1,8 +1,8 @@
 //! Tunnel mode, IPv4 (IPIP): exact output bytes of the encapsulated frame, its outer header
 //! built here independently (checksum by RFC 1071 over the expected bytes), the flow's entry,
 //! the DF and DSCP copies, client-IP persistence, and the drops (no tunnel source, a frame
-//! that outgrows the egress
-//! MTU). The IPv6 counterpart is `v6::v6_tunnel_encapsulates_ip6ip6_to_the_server`.
+//! that outgrows the egress MTU). The IPv6 counterpart is
+//! `v6::v6_tunnel_encapsulates_ip6ip6_to_the_server`.
 
 use std::net::Ipv4Addr;
 
