@@ -130,6 +130,9 @@ pub mod service_flags {
     /// `flow_hash = "client_ip"` (Katran's `F_HASH_NO_SRC_PORT`). Every host with the same
     /// table places a client alike, which keeps client-IP persistence across an ECMP move.
     pub const HASH_CLIENT_IP: u32 = 1 << 8;
+    /// Tunnel forwarding: set together with [`DSR`] (a tunnel flow is a DSR flow whose frames
+    /// are encapsulated, IPIP for IPv4 or IP6IP6 for IPv6, to the server's address).
+    pub const TUNNEL: u32 = 1 << 4;
     /// Bits 24..32: the prefix length IPv6 client-IP persistence keys on (a client's /64,
     /// say, as one client: privacy addresses change within it). 0 means the whole address.
     /// Kept in the flags word so that [`super::Service`] keeps its layout.
@@ -266,8 +269,23 @@ pub mod flow_flags {
     /// A reply entry of agents that wrote two entries per NAT flow (keyed by the backend's
     /// reply tuple). Never written now; XDP ignores such entries and they age out.
     pub const REPLY: u32 = 1 << 0;
-    /// The flow was forwarded with DSR.
+    /// The flow was forwarded with DSR (tunnel flows too).
     pub const DSR: u32 = 1 << 1;
+    /// The flow is forwarded encapsulated (tunnel mode; set together with [`DSR`]).
+    pub const TUNNEL: u32 = 1 << 2;
+
+    /// The flow flags of a new or refreshed flow of a service with `service_flags`.
+    #[inline(always)]
+    pub const fn of_service(service_flags: u32) -> u32 {
+        let mut f = 0;
+        if service_flags & super::service_flags::DSR != 0 {
+            f |= DSR;
+        }
+        if service_flags & super::service_flags::TUNNEL != 0 {
+            f |= TUNNEL;
+        }
+        f
+    }
 }
 
 /// Value of the CONNTRACK map.
@@ -557,8 +575,15 @@ pub mod stat {
     /// An ICMP error about a NAT flow's reply (sent to the VIP) translated to the flow's
     /// backend, so that path-MTU discovery works in that direction too.
     pub const ICMP_TO_BACKEND: u32 = 19;
+    /// A tunnel-mode packet dropped because, encapsulated, it exceeds the MTU of the
+    /// interface toward its server (the path to servers must carry 20 or 40 bytes more than
+    /// clients send; see the README's tunnel section).
+    pub const DROP_TUNNEL_TOO_BIG: u32 = 20;
+    /// A tunnel-mode packet dropped because it could not be encapsulated: no tunnel source
+    /// address for its family in LATCH_TUNNEL_SOURCE yet, or no room to grow the frame.
+    pub const DROP_TUNNEL_ERROR: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
 }
 
 /// Names of the pinned maps, shared so the agent finds what the program declares.
@@ -595,6 +620,22 @@ pub mod map_names {
     pub const PERSIST6: &str = "LATCH_PERSIST6";
     /// IPv6 NAT servers -> the services they answer for.
     pub const NAT_REPLY6: &str = "LATCH_NAT_REPLY6";
+    /// The outer source addresses of tunnel mode ([`super::tunnel_source`]); not pinned, the
+    /// agent writes it with every configuration.
+    pub const TUNNEL_SOURCE: &str = "LATCH_TUNNEL_SOURCE";
+}
+
+/// Slots of the TUNNEL_SOURCE array: the host's outer source address per family, as
+/// [`Addr6`] (an IPv4 address in its first word, the rest zero). An all-zero slot means none
+/// is configured, and tunnel packets of that family are dropped and counted
+/// ([`stat::DROP_TUNNEL_ERROR`]).
+pub mod tunnel_source {
+    /// The IPv4 outer source (IPIP).
+    pub const V4: u32 = 0;
+    /// The IPv6 outer source (IP6IP6).
+    pub const V6: u32 = 1;
+    /// Entries of the array.
+    pub const SLOTS: u32 = 2;
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);

@@ -13,8 +13,7 @@
 //! there is no source port of ours in the reply to resolve it by.
 
 use lb_common::{
-    BackendOf, Flow, FlowKeyOf, REPLY_VIPS, ReplyKeyOf, Service, flow_flags, nat_server_bit,
-    service_flags, stat,
+    BackendOf, Flow, FlowKeyOf, REPLY_VIPS, ReplyKeyOf, Service, flow_flags, nat_server_bit, stat,
 };
 
 use crate::{family::Family, maps::NAT_SERVERS, service::usable_backend, stats};
@@ -47,8 +46,8 @@ pub enum Early<A> {
 ///
 /// A forward entry is trusted without the SERVICES lookup only while its last_seen is under
 /// [`REFRESH_NS`] old; the full path's [`lookup_forward`] refreshes it and rewrites the
-/// entry's service id and DSR bit from the service it found. So a deleted service, or one
-/// switched between NAT and DSR, affects its established flows at most one second late.
+/// entry's service id and DSR and TUNNEL bits from the service it found. So a deleted
+/// service, or one switched between NAT, DSR and tunnel, affects its established flows at most one second late.
 #[inline(always)]
 pub fn early<F: Family>(key: &Key<F>) -> Early<F::Addr> {
     let Some(flow) = F::conntrack().get_ptr(key) else {
@@ -98,11 +97,7 @@ pub fn lookup_forward<F: Family>(
     }
     let be = usable_backend::<F>(f.backend_id, Some(f.generation))?;
     if now.wrapping_sub(f.last_seen_ns) > REFRESH_NS {
-        let flags = if svc.flags & service_flags::DSR != 0 {
-            flow_flags::DSR
-        } else {
-            0
-        };
+        let flags = flow_flags::of_service(svc.flags);
         // SAFETY: `flow` is the same valid, aligned map memory, written with plain aligned
         // stores. Should LRU eviction on another CPU recycle the entry for another tuple since
         // the lookup (a window of a few instructions), these fields land on that entry: a
@@ -195,21 +190,22 @@ pub fn nat_flow_backend<F: Family>(key: &Key<F>) -> Option<BackendOf<F::Addr>> {
     (be.generation == f.generation).then_some(be)
 }
 
-/// Records a new flow: one connection-table entry, whatever the forwarding mode.
+/// Records a new flow of a service with `svc_flags`: one connection-table entry, whatever
+/// the forwarding mode.
 #[inline(always)]
 pub fn record<F: Family>(
     key: &Key<F>,
     backend_id: u32,
     be: &BackendOf<F::Addr>,
     service_id: u32,
-    dsr: bool,
+    svc_flags: u32,
     now: u64,
 ) {
     let flow = Flow {
         backend_id,
         generation: be.generation,
         service_id,
-        flags: if dsr { flow_flags::DSR } else { 0 },
+        flags: flow_flags::of_service(svc_flags),
         vip: 0,
         vport: 0,
         _pad: 0,

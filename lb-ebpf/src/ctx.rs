@@ -15,7 +15,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, xdp_action},
-    helpers::generated::bpf_redirect,
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 
@@ -43,6 +43,15 @@ pub trait Ctx {
     fn l4_csum_addr(&self, offset: usize, udp: bool, from: u32, to: u32);
     /// The same for a changed port.
     fn l4_csum_port(&self, offset: usize, udp: bool, from: u16, to: u16);
+    /// Where [`Ctx::grow_for_encap`] puts the new room: right after the Ethernet header (TC),
+    /// or in front of the frame (XDP), in which case the Ethernet header must be moved to the
+    /// new front.
+    const ROOM_AFTER_MAC: bool;
+    /// Makes `len` more bytes of room for an outer IP header (tunnel mode); `tc_encap` is the
+    /// TC helper's flag naming the outer header (`BPF_F_ADJ_ROOM_ENCAP_L3_*`, so the skb
+    /// knows it is encapsulated). False on failure, the frame unchanged. Invalidates packet
+    /// pointers.
+    fn grow_for_encap(&self, len: u32, tc_encap: u64) -> bool;
 }
 
 impl Ctx for XdpContext {
@@ -94,6 +103,16 @@ impl Ctx for XdpContext {
 
     #[inline(always)]
     fn l4_csum_port(&self, _offset: usize, _udp: bool, _from: u16, _to: u16) {}
+
+    const ROOM_AFTER_MAC: bool = false;
+
+    #[inline(always)]
+    fn grow_for_encap(&self, len: u32, _tc_encap: u64) -> bool {
+        // SAFETY: the helper takes this run's `xdp_md` and a delta by value; it moves
+        // `data` within the frame's headroom (or fails, changing nothing) and touches no
+        // memory of ours.
+        unsafe { bpf_xdp_adjust_head(self.ctx, -(len as i32)) == 0 }
+    }
 }
 
 impl Ctx for TcContext {
@@ -164,7 +183,21 @@ impl Ctx for TcContext {
     fn l4_csum_port(&self, offset: usize, udp: bool, from: u16, to: u16) {
         let _ = self.l4_csum_replace(offset, u64::from(from), u64::from(to), mangled_0(udp) | 2);
     }
+
+    const ROOM_AFTER_MAC: bool = true;
+
+    #[inline(always)]
+    fn grow_for_encap(&self, len: u32, tc_encap: u64) -> bool {
+        // BPF_ADJ_ROOM_MAC: the room goes between the Ethernet and the IP header; the encap
+        // flag makes the skb an encapsulated one (inner headers and GSO type set), so a GSO
+        // skb is segmented as IPIP/IP6IP6 on its way out.
+        self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, tc_encap)
+            .is_ok()
+    }
 }
+
+/// `BPF_ADJ_ROOM_MAC` of `enum bpf_adj_room_mode`.
+const BPF_ADJ_ROOM_MAC: u32 = 1;
 
 /// UDP: a zero checksum means none and stays so; a computed zero is written 0xffff.
 #[inline(always)]

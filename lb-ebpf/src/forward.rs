@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::bpf_fib_lookup as fib_lookup,
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
 };
 use lb_common::{Addr6, BackendOf, proto, stat};
 
@@ -14,6 +14,7 @@ use crate::{
     nexthop::{self, NextHopOf},
     parse::{EthHdr, Packet},
     stats,
+    tunnel::Encap,
     wire::{self, load_check, store_check},
 };
 
@@ -23,7 +24,8 @@ pub struct Hdrs<F: Family> {
     pub eth: *mut EthHdr,
     pub ip: *mut F::Hdr,
     pub proto: u8,
-    /// The L4 ports (TCP/UDP), read when the FIB is asked; `None` for ICMP.
+    /// The L4 ports (TCP/UDP), read when the FIB is asked; `None` for ICMP and for a tunnel's
+    /// outer header.
     pub ports: Option<*mut [u8; 4]>,
     pub tot_len: u16,
 }
@@ -101,10 +103,26 @@ pub fn reply<C: Ctx, F: Family>(
     verdict
 }
 
-/// DSR: the IP packet stays as the client sent it; only the MACs change.
+/// DSR: the IP packet stays as the client sent it; only the MACs change. With `tunnel`, it
+/// is first encapsulated toward the server (`tunnel.rs`); both share one `out`.
 #[inline(always)]
-pub fn dsr<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>, be: &BackendOf<F::Addr>, now: u64) -> u32 {
-    out(ctx, &Hdrs::of(pkt), be.addr, false, now)
+pub fn dsr<C: Ctx, F: Encap>(
+    ctx: &C,
+    pkt: &Packet<F>,
+    be: &BackendOf<F::Addr>,
+    tunnel: bool,
+    now: u64,
+) -> u32 {
+    let hdrs = if tunnel {
+        let Some(h) = crate::tunnel::encap(ctx, &be.addr) else {
+            stats::count(stat::DROP_TUNNEL_ERROR);
+            return xdp_action::XDP_DROP;
+        };
+        h
+    } else {
+        Hdrs::of(pkt)
+    };
+    out_checked(ctx, &hdrs, be.addr, false, tunnel, now)
 }
 
 /// The TCP/UDP checksum through the hook's helper (TC), once nothing reads or writes the
@@ -175,6 +193,20 @@ pub fn out<C: Ctx, F: Family>(
     decrement_ttl: bool,
     now: u64,
 ) -> u32 {
+    out_checked(ctx, pkt, next_dst, decrement_ttl, false, now)
+}
+
+/// [`out`], and with `check_mtu` (an encapsulated frame, which may have outgrown the MTU)
+/// the frame is dropped and counted when it exceeds the egress interface's MTU.
+#[inline(always)]
+fn out_checked<C: Ctx, F: Family>(
+    ctx: &C,
+    pkt: &Hdrs<F>,
+    next_dst: F::Addr,
+    decrement_ttl: bool,
+    check_mtu: bool,
+    now: u64,
+) -> u32 {
     let ingress = ctx.ingress_ifindex();
     let Some((hop, live)) = nexthop::entry::<F>(&next_dst, ingress, now) else {
         stats::count(stat::PASS_FIB_MISS);
@@ -196,6 +228,10 @@ pub fn out<C: Ctx, F: Family>(
     // SAFETY: `hop` is this CPU's NEXT_HOPS entry from `nexthop::entry`: a valid, aligned
     // per-CPU map value that nothing else writes while the program runs.
     let (macs, ifindex) = unsafe { ((*hop).macs, (*hop).ifindex) };
+    if check_mtu && !fits_mtu(ctx, ifindex) {
+        stats::count(stat::DROP_TUNNEL_TOO_BIG);
+        return xdp_action::XDP_DROP;
+    }
     // SAFETY: `pkt.eth` points to a whole, bounds-checked Ethernet header (the invariant of
     // the headers `Hdrs` are made of), so bytes 0..12 (both MACs) are packet memory reached
     // only by raw pointers.
@@ -215,6 +251,16 @@ pub fn out<C: Ctx, F: Family>(
         stats::count(stat::PASS_FIB_MISS);
     }
     verdict
+}
+
+/// Whether the frame fits the MTU of `ifindex` (`bpf_check_mtu`: at XDP the frame against
+/// MTU + link header, at TC the L3 length, or each segment of a GSO skb).
+#[inline(always)]
+fn fits_mtu<C: Ctx>(ctx: &C, ifindex: u32) -> bool {
+    let mut mtu: u32 = 0;
+    // SAFETY: the context pointer is this run's; `mtu` is a live stack u32 the helper may
+    // write (the MTU it found); an unknown ifindex is an error return, not a fault.
+    unsafe { bpf_check_mtu(ctx.raw(), ifindex, &mut mtu, 0, 0) == 0 }
 }
 
 /// A FIB lookup toward `next_dst`, its answer stored in the cache entry `hop`. None when the

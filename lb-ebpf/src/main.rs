@@ -20,6 +20,7 @@ mod parse;
 mod persist;
 mod service;
 mod stats;
+mod tunnel;
 mod wire;
 
 use aya_ebpf::{
@@ -153,7 +154,7 @@ fn irregular<F: Family>(irr: &Irregular<F::Addr>) -> u32 {
 
 /// A TCP/UDP packet of either family: its flow, or the service's decision, then the rewrite.
 #[inline(always)]
-fn packet<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>) -> u32 {
+fn packet<C: Ctx, F: tunnel::Encap>(ctx: &C, pkt: &Packet<F>) -> u32 {
     // Established flows first: a non-SYN packet's own conntrack entry answers most traffic
     // with one lookup. `known_miss` spares the full path a second lookup of the same key.
     let mut known_miss = false;
@@ -172,19 +173,14 @@ fn packet<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>) -> u32 {
             conntrack::Early::Miss => known_miss = true,
             conntrack::Early::Forward { id, be, flow, now } => {
                 stats::count(stat::CONNTRACK_HIT);
-                early = Some((
-                    flow.service_id,
-                    flow.flags & flow_flags::DSR != 0,
-                    id,
-                    be,
-                    now,
-                ));
+                early = Some((flow.service_id, flow.flags, id, be, now));
             }
             conntrack::Early::Full => {}
         }
     }
-    let (service_id, dsr, id, be, new_flow, now) = match early {
-        Some((service_id, dsr, id, be, now)) => (service_id, dsr, id, be, false, now),
+    // `mode`: the flow flags (DSR, TUNNEL) the packet is forwarded by.
+    let (service_id, mode, id, be, new_flow, now) = match early {
+        Some((service_id, mode, id, be, now)) => (service_id, mode, id, be, false, now),
         None => {
             let Some(svc) = service::lookup::<F>(pkt.key.dst_addr, pkt.key.dst_port, pkt.key.proto)
             else {
@@ -200,7 +196,7 @@ fn packet<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>) -> u32 {
                 Decision::Verdict(v) => return v,
                 Decision::Forward { id, be, new_flow } => (
                     svc.id,
-                    svc.flags & service_flags::DSR != 0,
+                    flow_flags::of_service(svc.flags),
                     id,
                     be,
                     new_flow,
@@ -211,8 +207,8 @@ fn packet<C: Ctx, F: Family>(ctx: &C, pkt: &Packet<F>) -> u32 {
     };
     // Single call site: the rewrite code is emitted once.
     stats::traffic(service_id, id, pkt.tot_len, new_flow);
-    if dsr {
-        forward::dsr(ctx, pkt, &be, now)
+    if mode & flow_flags::DSR != 0 {
+        forward::dsr(ctx, pkt, &be, mode & flow_flags::TUNNEL != 0, now)
     } else {
         forward::nat(ctx, pkt, &be, now)
     }
@@ -237,14 +233,7 @@ fn l4<F: Family>(pkt: &Packet<F>, svc: &Service, now: u64, known_miss: bool) -> 
         stats::count(stat::DROP_NO_BACKEND);
         return Decision::Verdict(xdp_action::XDP_DROP);
     };
-    conntrack::record::<F>(
-        &pkt.key,
-        id,
-        &be,
-        svc.id,
-        svc.flags & service_flags::DSR != 0,
-        now,
-    );
+    conntrack::record::<F>(&pkt.key, id, &be, svc.id, svc.flags, now);
     if svc.flags & service_flags::PERSIST_CLIENT_IP != 0 {
         let key = persist::key::<F>(svc, &pkt.key.src_addr);
         persist::pin::<F>(&key, id, &be, now, svc.persist_ttl_ns);
@@ -269,8 +258,7 @@ fn http<F: Family>(
                 persist::lookup::<F>(&persist::key::<F>(svc, &pkt.key.src_addr), now)
         {
             stats::count(stat::FAST_PATH);
-            let dsr = svc.flags & service_flags::DSR != 0;
-            conntrack::record::<F>(&pkt.key, id, &be, svc.id, dsr, now);
+            conntrack::record::<F>(&pkt.key, id, &be, svc.id, svc.flags, now);
             // The agent owns the pin's expiry (it mirrors a DataScript table): no refresh.
             return Decision::Forward {
                 id,

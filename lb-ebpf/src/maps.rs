@@ -101,3 +101,10 @@ pub struct Scratch {
     /// The IPv6 flow key an ICMPv6 error's quoted packet names (`icmp6::translate`).
     pub flow6: FlowKey6,
 }
+
+/// Written by the agent: the host's outer source address per family for tunnel mode
+/// (`lb_common::tunnel_source`). Not pinned: the agent writes it with every configuration,
+/// so a fresh program has it before its first tunnel service.
+#[map(name = "LATCH_TUNNEL_SOURCE")]
+pub static TUNNEL_SOURCE: Array<lb_common::Addr6> =
+    Array::with_max_entries(lb_common::tunnel_source::SLOTS, 0);

@@ -113,6 +113,10 @@ pub struct AgentSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     state_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_source_ipv4: Option<std::net::Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_source_ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     datascript: Option<ScriptLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capacity: Option<Capacity>,
@@ -164,6 +168,8 @@ impl AgentSettings {
             admin_token_file: None,
             workers: None,
             state_file: None,
+            tunnel_source_ipv4: None,
+            tunnel_source_ipv6: None,
             datascript: None,
             capacity: None,
             http: std::collections::BTreeMap::new(),
@@ -198,6 +204,16 @@ impl AgentSettings {
     /// [`crate::LatchAgent::dir`], so nothing is left on the host.
     pub fn state_file(mut self, path: &Path) -> Self {
         self.state_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// `tunnel_source_ipv4` / `tunnel_source_ipv6`: the outer source of tunnel services of
+    /// that family.
+    pub fn tunnel_source(mut self, addr: std::net::IpAddr) -> Self {
+        match addr {
+            std::net::IpAddr::V4(a) => self.tunnel_source_ipv4 = Some(a),
+            std::net::IpAddr::V6(a) => self.tunnel_source_ipv6 = Some(a),
+        }
         self
     }
 
@@ -422,6 +438,7 @@ enum ServiceType {
 #[serde(rename_all = "lowercase")]
 enum Forwarding {
     Dsr,
+    Tunnel,
 }
 
 /// The only persistence and fast-path key latch has.
@@ -606,6 +623,12 @@ impl VirtualService {
     /// Direct server return instead of NAT.
     pub fn dsr(mut self) -> Self {
         self.forwarding = Some(Forwarding::Dsr);
+        self
+    }
+
+    /// Tunnel mode (IPIP / IP6IP6 to the servers, which answer the client directly).
+    pub fn tunnel(mut self) -> Self {
+        self.forwarding = Some(Forwarding::Tunnel);
         self
     }
 

@@ -285,6 +285,10 @@ impl Agent {
             &script_counters,
         )?;
         let spec = spec::dataplane_spec(&config, &plan.pools)?;
+        dataplane.set_tunnel_source(
+            config.agent.tunnel_source_ipv4,
+            config.agent.tunnel_source_ipv6,
+        )?;
         dataplane.apply(&spec)?;
         fastpath::adopt_kernel_state(&config, &dataplane, &tables, &fastpath, clock.now_ns())?;
         dataplane::neighbor::solicit(backend_addrs(&spec));
@@ -445,7 +449,10 @@ impl Agent {
         }
         {
             let mut dataplane = self.shared.dataplane.lock();
-            if let Err(err) = dataplane.apply(&spec) {
+            if let Err(err) = dataplane
+                .set_tunnel_source(new.agent.tunnel_source_ipv4, new.agent.tunnel_source_ipv6)
+                .and_then(|()| dataplane.apply(&spec))
+            {
                 return refused(vec![format!(
                     "programming the data plane failed (the proxy already runs the new \
                      configuration): {err}"

@@ -89,6 +89,7 @@ fn service_spec(
         forwarding: match vs.forwarding {
             Forwarding::Nat => dataplane::Forwarding::Nat,
             Forwarding::Dsr => dataplane::Forwarding::Dsr,
+            Forwarding::Tunnel => dataplane::Forwarding::Tunnel,
         },
         kind,
         persistence_ttl: vs.persistence,

@@ -68,6 +68,7 @@ fn forwarding_name(f: Forwarding) -> &'static str {
     match f {
         Forwarding::Nat => "nat",
         Forwarding::Dsr => "dsr",
+        Forwarding::Tunnel => "tunnel",
     }
 }
 

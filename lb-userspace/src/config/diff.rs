@@ -118,7 +118,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let agent_changed = o.http != n.http
         || o.datascript != n.datascript
         || o.log_format != n.log_format
-        || o.admin_token_file != n.admin_token_file;
+        || o.admin_token_file != n.admin_token_file
+        || o.tunnel_source_ipv4 != n.tunnel_source_ipv4
+        || o.tunnel_source_ipv6 != n.tunnel_source_ipv6;
     ConfigDiff {
         pools_added,
         pools_removed,

@@ -84,6 +84,11 @@ pub struct AgentConfig {
     /// `[agent.capacity]`: sizes of the kernel maps (a change applies at the next start,
     /// which migrates the pinned entries).
     pub capacity: lb_common::Capacities,
+    /// The outer source address of IPv4 services in tunnel mode (IPIP), this host's own
+    /// (`tunnel_source_ipv4`); required by such services.
+    pub tunnel_source_ipv4: Option<std::net::Ipv4Addr>,
+    /// The same for IPv6 services (IP6IP6, `tunnel_source_ipv6`).
+    pub tunnel_source_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +106,8 @@ impl Default for AgentConfig {
             http: HttpLimits::default(),
             datascript: DataScriptLimits::default(),
             capacity: lb_common::Capacities::DEFAULT,
+            tunnel_source_ipv4: None,
+            tunnel_source_ipv6: None,
         }
     }
 }
@@ -404,6 +411,9 @@ pub enum Forwarding {
     Nat,
     /// MAC rewrite only; servers own the VIP and reply directly.
     Dsr,
+    /// Encapsulated to the server's address (IPIP, or IP6IP6 for an IPv6 VIP); servers in any
+    /// L2 domain decapsulate, own the VIP and reply directly.
+    Tunnel,
 }
 
 /// `flow_hash`: what places a new connection of a tcp/udp service on a server.

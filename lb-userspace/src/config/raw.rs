@@ -27,6 +27,8 @@ pub(crate) struct RawAgent {
     pub http: Option<RawHttp>,
     pub datascript: Option<RawDsLimits>,
     pub capacity: Option<RawCapacity>,
+    pub tunnel_source_ipv4: Option<SStr>,
+    pub tunnel_source_ipv6: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

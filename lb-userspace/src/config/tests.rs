@@ -496,6 +496,86 @@ fn forwarding_on_plain_http_is_refused() {
     );
 }
 
+/// A tcp service in tunnel mode on `listen`, after an `[agent]` with `agent_extra` lines.
+fn tunnel_config(agent_extra: &str, listen: &str) -> String {
+    format!(
+        "[agent]\ninterfaces = [\"eth0\"]\n{agent_extra}\n[[pool]]\nname = \"web\"\n\
+         servers = [\"192.0.2.11:8080\", \"[2001:db8::11]:8080\"]\n\n[[virtual_service]]\n\
+         name = \"t\"\nlisten = \"{listen}\"\ntype = \"tcp\"\npool = \"web\"\n\
+         forwarding = \"tunnel\"\npersistence = {{ type = \"client_ip\" }}\n"
+    )
+}
+
+#[test]
+fn tunnel_forwarding_takes_the_agents_source_of_its_family() {
+    let c = ok(&tunnel_config(
+        "tunnel_source_ipv4 = \"192.0.2.1\"\ntunnel_source_ipv6 = \"2001:db8::1\"",
+        "198.51.100.10:80",
+    )
+    .replace(", \"[2001:db8::11]:8080\"", ""));
+    assert_eq!(c.virtual_services[0].forwarding, Forwarding::Tunnel);
+    assert!(c.virtual_services[0].persistence.is_some());
+    assert_eq!(
+        c.agent.tunnel_source_ipv4,
+        Some(std::net::Ipv4Addr::new(192, 0, 2, 1))
+    );
+    assert_eq!(
+        c.agent.tunnel_source_ipv6,
+        Some("2001:db8::1".parse().expect("addr"))
+    );
+
+    // An IPv4 service without tunnel_source_ipv4 (the IPv6 one does not count).
+    let e = errors(
+        &tunnel_config("tunnel_source_ipv6 = \"2001:db8::1\"", "198.51.100.10:80")
+            .replace(", \"[2001:db8::11]:8080\"", ""),
+    );
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:13:14: forwarding = \"tunnel\" for 198.51.100.10:80 needs [agent] tunnel_source_ipv4: the outer source address of the encapsulated packets (an address of this host)"
+        ]
+    );
+    // And an IPv6 one without tunnel_source_ipv6.
+    let e = errors(
+        &tunnel_config("tunnel_source_ipv4 = \"192.0.2.1\"", "[2001:db8::10]:80")
+            .replace("\"192.0.2.11:8080\", ", ""),
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("needs [agent] tunnel_source_ipv6"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn tunnel_sources_of_the_wrong_family_or_kind_are_refused() {
+    let e = errors(&tunnel_config(
+        "tunnel_source_ipv4 = \"2001:db8::1\"\ntunnel_source_ipv6 = \"0.0.0.0\"",
+        "198.51.100.10:80",
+    ));
+    assert!(
+        e.iter().any(|m| m
+            .starts_with("/etc/latch/latch.toml:3:22: tunnel_source_ipv4 must be an IPv4 address")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "/etc/latch/latch.toml:4:22: tunnel_source_ipv6 `0.0.0.0` cannot be a packet's source"
+        )),
+        "{e:#?}"
+    );
+    let e = errors(&tunnel_config(
+        "tunnel_source_ipv4 = \"192.0.2.1:80\"",
+        "198.51.100.10:80",
+    ));
+    assert!(
+        e.iter().any(|m| m
+            .starts_with("/etc/latch/latch.toml:3:22: invalid tunnel_source_ipv4 `192.0.2.1:80`")),
+        "{e:#?}"
+    );
+}
+
 #[test]
 fn empty_pool() {
     let e = errors(&BASE.replace(

@@ -1,7 +1,7 @@
 //! From TOML text to a validated [`Config`], collecting every problem with its location.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,6 +186,51 @@ impl Validator<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// A tunnel source: a unicast address of this host (not checked against the host's
+    /// interfaces here: the config may be checked elsewhere).
+    fn tunnel_source(&mut self, s: &SStr, what: &str) -> Option<IpAddr> {
+        match s.get_ref().parse::<IpAddr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+                self.sink.error(
+                    s.span(),
+                    format!(
+                        "{what} `{a}` cannot be a packet's source: use a unicast address of this host that the servers route back to"
+                    ),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.sink.error(
+                    s.span(),
+                    format!(
+                        "invalid {what} `{}`: expected an IP address without port, e.g. 192.0.2.1 or 2001:db8::1",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `forwarding = "tunnel"` on a service listening on `listen` needs the agent's tunnel
+    /// source of that family.
+    fn tunnel_needs_source(&mut self, span: Range<usize>, listen: SocketAddr, agent: &AgentConfig) {
+        let (missing, key) = if listen.is_ipv4() {
+            (agent.tunnel_source_ipv4.is_none(), "tunnel_source_ipv4")
+        } else {
+            (agent.tunnel_source_ipv6.is_none(), "tunnel_source_ipv6")
+        };
+        if missing {
+            self.sink.error(
+                span,
+                format!(
+                    "forwarding = \"tunnel\" for {listen} needs [agent] {key}: the outer source address of the encapsulated packets (an address of this host)"
+                ),
+            );
         }
     }
 
@@ -425,6 +470,30 @@ impl Validator<'_> {
         if let Some(f) = &raw.admin_token_file {
             agent.admin_token_file = Some(self.relative_path(f.get_ref()));
         }
+        agent.tunnel_source_ipv4 = raw.tunnel_source_ipv4.as_ref().and_then(|a| {
+            match self.tunnel_source(a, "tunnel_source_ipv4")? {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => {
+                    self.sink.error(
+                        a.span(),
+                        "tunnel_source_ipv4 must be an IPv4 address (IPv6 services take tunnel_source_ipv6)",
+                    );
+                    None
+                }
+            }
+        });
+        agent.tunnel_source_ipv6 = raw.tunnel_source_ipv6.as_ref().and_then(|a| {
+            match self.tunnel_source(a, "tunnel_source_ipv6")? {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => {
+                    self.sink.error(
+                        a.span(),
+                        "tunnel_source_ipv6 must be an IPv6 address (IPv4 services take tunnel_source_ipv4)",
+                    );
+                    None
+                }
+            }
+        });
         if let Some(f) = raw.log_format {
             agent.log_format = f;
         }
@@ -988,7 +1057,14 @@ impl Validator<'_> {
                     );
                     Forwarding::Nat
                 }
-                Some(f) => *f.get_ref(),
+                Some(f) => {
+                    if *f.get_ref() == Forwarding::Tunnel
+                        && let Some(l) = listen
+                    {
+                        self.tunnel_needs_source(f.span(), l, agent);
+                    }
+                    *f.get_ref()
+                }
                 None => Forwarding::Nat,
             };
 

@@ -660,6 +660,8 @@ pub(crate) struct Maps {
     pub backend_stats: PerCpuArray<MapData, TrafficCounters>,
     /// Shared with the mirror and fast-path pins, which write from request threads.
     pub ds_table: std::sync::Arc<super::mirror::RawHash<DsKey, DsValue>>,
+    /// Tunnel mode's outer source per family (not pinned).
+    pub tunnel_source: Array<MapData, lb_common::Addr6>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -784,6 +786,7 @@ impl Maps {
                 map_names::DS_TABLE,
                 typed!(ebpf, map_names::DS_TABLE),
             )),
+            tunnel_source: typed!(ebpf, map_names::TUNNEL_SOURCE),
         })
     }
 

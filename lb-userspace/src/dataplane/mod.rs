@@ -98,6 +98,9 @@ pub enum Forwarding {
     Nat,
     /// MAC rewrite only; backends own the VIP and reply directly.
     Dsr,
+    /// Encapsulated (IPIP, IP6IP6) to the backend's address, which decapsulates, owns the VIP
+    /// and replies directly; needs [`Dataplane::set_tunnel_source`] of the family.
+    Tunnel,
 }
 
 /// What places a new flow in a service's Maglev table.
@@ -215,7 +218,7 @@ pub struct DataplaneStats {
 }
 
 /// Names of the global counters, by [`lb_common::stat`] index.
-pub const GLOBAL_COUNTERS: [(u32, &str); 19] = [
+pub const GLOBAL_COUNTERS: [(u32, &str); 21] = [
     (stat::PASS_NOT_VIP, "pass_not_vip"),
     (stat::PASS_MALFORMED, "pass_malformed"),
     (stat::PASS_FRAGMENT_OR_OPTIONS, "pass_fragment_or_options"),
@@ -235,6 +238,8 @@ pub const GLOBAL_COUNTERS: [(u32, &str); 19] = [
     (stat::PERSIST_FULL, "persist_full"),
     (stat::ICMP_TO_CLIENT, "icmp_to_client"),
     (stat::ICMP_TO_BACKEND, "icmp_to_backend"),
+    (stat::DROP_TUNNEL_TOO_BIG, "drop_tunnel_too_big"),
+    (stat::DROP_TUNNEL_ERROR, "drop_tunnel_error"),
 ];
 
 /// What `teardown` removed.
@@ -658,6 +663,31 @@ impl Dataplane {
                 &self.state,
             )));
         result
+    }
+
+    /// Sets the outer source addresses of tunnel mode (`[agent] tunnel_source_ipv4`,
+    /// `tunnel_source_ipv6`); `None` clears a family's, whose tunnel packets are then dropped
+    /// and counted (`drop_tunnel_error`). TUNNEL_SOURCE is not pinned: the agent sets it at
+    /// every start and reload, before it applies a spec.
+    pub fn set_tunnel_source(
+        &mut self,
+        v4: Option<std::net::Ipv4Addr>,
+        v6: Option<std::net::Ipv6Addr>,
+    ) -> Result<(), DataplaneError> {
+        let slots = [
+            (
+                lb_common::tunnel_source::V4,
+                [v4.map_or(0, V4::raw), 0, 0, 0],
+            ),
+            (lb_common::tunnel_source::V6, v6.map_or([0; 4], V6::raw)),
+        ];
+        for (slot, value) in slots {
+            self.maps
+                .tunnel_source
+                .set(slot, value, 0)
+                .map_err(|e| DataplaneError::map(map_names::TUNNEL_SOURCE, "write", e))?;
+        }
+        Ok(())
     }
 
     /// Writes the NAT_SERVERS words that differ from `words`.

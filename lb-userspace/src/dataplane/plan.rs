@@ -285,8 +285,11 @@ impl<F: Family> Plan<F> {
 
 fn service_value(spec: &ServiceSpec, id: u32, maglev_slot: u32) -> Service {
     let mut flags = 0;
-    if spec.forwarding == Forwarding::Dsr {
-        flags |= service_flags::DSR;
+    match spec.forwarding {
+        Forwarding::Nat => {}
+        Forwarding::Dsr => flags |= service_flags::DSR,
+        // A tunnel flow is a DSR flow whose frames are encapsulated (lb_common's flags).
+        Forwarding::Tunnel => flags |= service_flags::DSR | service_flags::TUNNEL,
     }
     match spec.kind {
         ServiceKind::L4 => {
@@ -867,6 +870,17 @@ mod tests {
     /// hosts given the same services build tables that send every flow hash to the same server
     /// address, even when their histories gave the servers other ids and the config lists
     /// them in another order.
+    #[test]
+    fn tunnel_services_are_dsr_with_the_tunnel_bit_and_list_no_reply_sources() {
+        let mut s = svc("198.51.100.10", 80, vec![be("192.0.2.11:80", true)]);
+        s.forwarding = Forwarding::Tunnel;
+        let flags = service_value(&s, 1, 0).flags;
+        assert_eq!(flags, service_flags::DSR | service_flags::TUNNEL);
+        // The servers answer the client directly: no NAT reply path to program.
+        let replies = nat_replies::<V4>(&spec(vec![s])).expect("replies");
+        assert!(replies.is_empty(), "{replies:?}");
+    }
+
     #[test]
     fn two_hosts_with_the_same_config_build_the_same_tables() {
         let servers = [

@@ -26,7 +26,7 @@ use latch_tests::{
     VirtualService,
 };
 
-use crate::netns_config::{TestResult, xdp_packets};
+use crate::netns_config::{TestResult, veth_link, xdp_packets};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 /// DSR keeps the destination port: the servers listen on the VIP's port.
@@ -63,43 +63,6 @@ fn backend_uplink_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 20 + i as u8)
 }
 
-/// TX checksum offload off on a veth end (frames then carry full checksums, which XDP's
-/// redirect does not finish), and GRO on where redirected frames are received (NAPI on the
-/// receiving veth, without which they are dropped).
-fn tune(ns: &Netns, iface: &str, receives_redirects: bool) -> latch_tests::Result<()> {
-    let mut argv = vec!["ethtool", "-K", iface, "tx", "off"];
-    if receives_redirects {
-        argv.extend(["gro", "on"]);
-    }
-    ns.exec(&argv).map(|_| ())
-}
-
-/// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), both up, TX offload off.
-fn link(
-    a: &Netns,
-    a_if: &str,
-    b: &Netns,
-    b_if: &str,
-    b_receives_redirects: bool,
-) -> latch_tests::Result<()> {
-    a.ip(&[
-        "link",
-        "add",
-        a_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ])?;
-    a.ip(&["link", "set", "dev", a_if, "up"])?;
-    b.ip(&["link", "set", "dev", b_if, "up"])?;
-    tune(a, a_if, false)?;
-    tune(b, b_if, b_receives_redirects)
-}
-
 fn build_lab() -> latch_tests::Result<Lab> {
     let client = Netns::new("client")?;
     let router = Netns::new("router")?;
@@ -123,7 +86,7 @@ fn build_lab() -> latch_tests::Result<Lab> {
     }
 
     // Client and router.
-    link(&router, "vclient", &client, "eth0", false)?;
+    veth_link(&router, "vclient", &client, "eth0", false)?;
     client.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
     client.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
     router.ip(&["addr", "add", "203.0.113.1/24", "dev", "vclient"])?;
@@ -135,7 +98,7 @@ fn build_lab() -> latch_tests::Result<Lab> {
 
     // Router to each LB host; each LB host to each backend.
     for (lb, router_if) in lbs.iter().zip(["va", "vb"]) {
-        link(&router, router_if, &lb.ns, LB_UPLINK, false)?;
+        veth_link(&router, router_if, &lb.ns, LB_UPLINK, false)?;
         router.ip(&[
             "addr",
             "add",
@@ -167,7 +130,7 @@ fn build_lab() -> latch_tests::Result<Lab> {
                     "lb"
                 },
             );
-            link(&lb.ns, &lb_if, b, b_if, true)?;
+            veth_link(&lb.ns, &lb_if, b, b_if, true)?;
             lb.ns.ip(&[
                 "addr",
                 "add",
@@ -209,7 +172,7 @@ fn build_lab() -> latch_tests::Result<Lab> {
     for (i, b) in backends.iter().enumerate() {
         let i = i + 1;
         let router_if = format!("vr{i}");
-        link(&router, &router_if, b, "rt", false)?;
+        veth_link(&router, &router_if, b, "rt", false)?;
         router.ip(&[
             "addr",
             "add",

@@ -26,6 +26,7 @@ mod restart_netns;
 mod sandbox_netns;
 mod script_runner;
 mod tls_netns;
+mod tunnel_netns;
 mod upgrade_netns;
 mod xdp_fixtures;
 

@@ -184,3 +184,41 @@ fn the_built_configs_parse_as_latch_configs() -> TestResult {
     assert!(config.replication.is_some());
     Ok(())
 }
+
+/// TX checksum offload off on a veth end (frames then carry full checksums, which XDP's
+/// redirect does not finish), and GRO on where redirected frames are received (NAPI on the
+/// receiving veth, without which they are dropped).
+fn tune(ns: &latch_tests::Netns, iface: &str, receives_redirects: bool) -> latch_tests::Result<()> {
+    let mut argv = vec!["ethtool", "-K", iface, "tx", "off"];
+    if receives_redirects {
+        argv.extend(["gro", "on"]);
+    }
+    ns.exec(&argv).map(|_| ())
+}
+
+/// A veth pair from `a` (named `a_if`) to `b` (named `b_if`), both up, TX offload off (the
+/// hand-built labs of `ecmp_netns` and `tunnel_netns`).
+pub fn veth_link(
+    a: &latch_tests::Netns,
+    a_if: &str,
+    b: &latch_tests::Netns,
+    b_if: &str,
+    b_receives_redirects: bool,
+) -> latch_tests::Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", "dev", a_if, "up"])?;
+    b.ip(&["link", "set", "dev", b_if, "up"])?;
+    tune(a, a_if, false)?;
+    tune(b, b_if, b_receives_redirects)
+}

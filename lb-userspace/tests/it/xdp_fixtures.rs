@@ -9,6 +9,7 @@
 //! Run: `cargo test -p lb-userspace --test it xdp_fixtures -- --include-ignored`
 
 pub(crate) mod packet;
+mod tunnel;
 mod v6;
 pub(crate) mod xdp_env;
 

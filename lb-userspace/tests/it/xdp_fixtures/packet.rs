@@ -283,6 +283,8 @@ fn verify_ip(ip: &[u8], quoted: bool) -> Result<(), String> {
                 _ => Ok(()),
             }
         }
+        // IPIP: the inner packet must be whole and right too.
+        4 => verify_ip(l4, quoted),
         _ => Ok(()),
     }
 }

@@ -147,6 +147,12 @@ fn verify6(frame: &[u8]) -> Result<(), String> {
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).map_err(|e| e.to_string())?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).map_err(|e| e.to_string())?);
     let l4 = ip.get(40..40 + len).ok_or("short payload")?;
+    if nh == 41 {
+        // IP6IP6: the inner packet is checked as a frame of its own.
+        let mut inner = frame[..ETH_HLEN].to_vec();
+        inner.extend_from_slice(l4);
+        return verify6(&inner);
+    }
     if checksum(&[&pseudo6(src, dst, nh, len), l4]) != 0 {
         return Err(format!("bad checksum (next header {nh})"));
     }
@@ -258,7 +264,8 @@ fn run_expect(
     out
 }
 
-fn counters(fx: &Fixture, expected: &[(u32, u64)]) {
+/// Exactly these global counters moved (the connection-table inserts are not compared).
+pub(super) fn counters(fx: &Fixture, expected: &[(u32, u64)]) {
     let mut want = vec![0u64; stat::COUNT as usize];
     for (i, n) in expected {
         want[*i as usize] += n;
@@ -357,6 +364,56 @@ fn v6_dsr_rewrites_only_macs() {
     want.src_mac = LBB_MAC;
     want.dst_mac = BACKEND2_MAC;
     run_expect(&fx, fx.lbc, &syn.build(), XDP_REDIRECT, Some(&want.build()));
+}
+
+/// Tunnel mode, IPv6: the client's packet inside an outer IPv6 header (next header 41) from
+/// the host's tunnel source to the server, hop limit 64, version/traffic class/flow label
+/// as the inner one's; the inner packet byte for byte as it came. A later segment follows
+/// the flow's entry.
+#[test]
+#[ignore = "needs root: runs the XDP program in a private network namespace"]
+fn v6_tunnel_encapsulates_ip6ip6_to_the_server() {
+    let mut fx = setup(proto::TCP, service_flags::DSR | service_flags::TUNNEL, 2);
+    let source = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
+    fx.set_tunnel_source(lb_common::tunnel_source::V6, raw(source));
+    let expect = |input: &[u8]| {
+        let inner = &input[ETH_HLEN..];
+        let mut f = Vec::new();
+        f.extend_from_slice(&BACKEND2_MAC);
+        f.extend_from_slice(&LBB_MAC);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(&inner[..4]);
+        f.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[41, 64]);
+        f.extend_from_slice(&source.octets());
+        f.extend_from_slice(&B2_6.octets());
+        f.extend_from_slice(inner);
+        f
+    };
+    let syn = from_client(proto::TCP, SYN).build();
+    run_expect(&fx, fx.lbc, &syn, XDP_REDIRECT, Some(&expect(&syn)));
+    let flow = fx
+        .flow6(&key6((CLIENT6, CPORT), (VIP6, 80), proto::TCP))
+        .expect("flow recorded in CONNTRACK6");
+    assert_eq!(
+        flow.flags,
+        lb_common::flow_flags::DSR | lb_common::flow_flags::TUNNEL
+    );
+    fx.fill_maglev(SVC_ID, 1, &[1]);
+    let ack = from_client(proto::TCP, ACK).build();
+    run_expect(&fx, fx.lbc, &ack, XDP_REDIRECT, Some(&expect(&ack)));
+    counters(
+        &fx,
+        &[
+            (stat::NEW_FLOW_MAGLEV, 1),
+            (stat::CONNTRACK_HIT, 1),
+            (stat::VERDICT_REDIRECT, 2),
+        ],
+    );
+    // Without an IPv6 source (the agent has none configured) the packet is dropped.
+    fx.set_tunnel_source(lb_common::tunnel_source::V6, [0; 4]);
+    run_expect(&fx, fx.lbc, &ack, XDP_DROP, None);
+    assert_eq!(fx.stat(stat::DROP_TUNNEL_ERROR), 1);
 }
 
 #[test]

@@ -199,6 +199,11 @@ fn ifindex(name: &str) -> u32 {
 impl Fixture {
     /// Needs root (network namespaces, BPF).
     pub fn new() -> Self {
+        Self::with_object(OBJECT)
+    }
+
+    /// [`Fixture::new`] with another build of the program (cost comparisons between builds).
+    pub fn with_object(object: &[u8]) -> Self {
         let netns = Netns::create();
         let pins = PinDir::create();
         let mut ebpf = EbpfLoader::new()
@@ -208,14 +213,28 @@ impl Fixture {
             .map_max_entries(map_names::PERSIST, 4096)
             .map_max_entries(map_names::CONNTRACK6, 4096)
             .map_max_entries(map_names::PERSIST6, 4096)
-            .load(OBJECT)
+            .load(object)
             .expect("load latch-xdp object");
         let prog: &mut Xdp = ebpf
             .program_mut("latch_xdp")
             .expect("latch_xdp program")
             .try_into()
             .expect("xdp program");
-        prog.load().expect("verifier accepts latch_xdp");
+        // The verifier gives up with EAGAIN when a signal is pending for the loading thread
+        // (another test's child exiting: SIGCHLD), after all its work; libbpf loads again on
+        // EAGAIN, and so does this.
+        let mut tries = 0;
+        loop {
+            match prog.load() {
+                Ok(()) => break,
+                Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+                {
+                    tries += 1;
+                }
+                Err(e) => panic!("verifier accepts latch_xdp: {e:?}"),
+            }
+        }
         let lbc = ifindex("lbc");
         let lbb = ifindex("lbb");
         Self {
@@ -269,6 +288,11 @@ impl Fixture {
         let mut m: Array<_, V> =
             Array::try_from(self.ebpf.map_mut(name).expect("map")).expect(name);
         m.set(index, value, 0).expect(name);
+    }
+
+    /// The tunnel source of `slot` (`lb_common::tunnel_source`), as the agent writes it.
+    pub fn set_tunnel_source(&mut self, slot: u32, value: lb_common::Addr6) {
+        self.set(map_names::TUNNEL_SOURCE, slot, value);
     }
 
     pub fn add_service(&mut self, key: ServiceKey, svc: Service) {
