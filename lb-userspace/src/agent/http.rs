@@ -124,6 +124,28 @@ pub fn compile_scripts(
     }
 }
 
+/// Who sees the table writes of a service's scripts, and of which services.
+#[derive(Clone)]
+pub enum TableObserver {
+    /// Nobody.
+    None,
+    /// The fast path: only services with `fast_path` pin clients from their tables, so the
+    /// others' scripts skip reading back every entry they upsert.
+    FastPathServices(Arc<dyn ScriptTableObserver>),
+    /// Every service's scripts (`latch test` records every table operation).
+    Every(Arc<dyn ScriptTableObserver>),
+}
+
+impl TableObserver {
+    fn of(&self, vs: &crate::config::VirtualServiceConfig) -> Option<Arc<dyn ScriptTableObserver>> {
+        match self {
+            Self::None => None,
+            Self::FastPathServices(o) => vs.fast_path.then(|| Arc::clone(o)),
+            Self::Every(o) => Some(Arc::clone(o)),
+        }
+    }
+}
+
 /// Builds the HTTP side of `config`. What is `running` is kept where unchanged (pools keep
 /// their server state, services their VMs), `levers` are the operator's server states and
 /// weights; `tables` keeps every entry across reloads (a virtual service's tables are found
@@ -134,7 +156,7 @@ pub fn build(
     levers: &Levers,
     tables: &TableStore,
     clock: Arc<dyn Clock>,
-    observer: Option<Arc<dyn ScriptTableObserver>>,
+    observer: &TableObserver,
     script_counters: &parking_lot::Mutex<HashMap<String, Arc<DsCounters>>>,
 ) -> Result<HttpPlan, HttpBuildError> {
     let sets = compile_scripts(config, &running.scripts).map_err(HttpBuildError::Scripts)?;
@@ -178,9 +200,7 @@ pub fn build(
                 pools: view.clone(),
                 clock: Arc::clone(&clock),
                 limits: limits.clone(),
-                // Only fast-path services' table writes pin clients: the others' scripts skip
-                // the observer's read-back of every upserted entry.
-                observer: observer.clone().filter(|_| vs.fast_path),
+                observer: observer.of(vs),
                 geo: config.agent.datascript.geo_database.clone(),
                 groups: Arc::clone(&config.groups),
                 rate_limits: Arc::new(RateLimits::new(
@@ -294,7 +314,7 @@ mod tests {
             &Levers::default(),
             tables,
             Arc::new(ManualClock::new(1)),
-            None,
+            &TableObserver::None,
             &parking_lot::Mutex::new(HashMap::new()),
         )
         .unwrap_or_else(|e| panic!("{e}"))

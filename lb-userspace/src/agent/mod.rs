@@ -281,7 +281,7 @@ impl Agent {
             &levers,
             &tables,
             Arc::clone(&clock),
-            Some(Arc::clone(&fastpath) as _),
+            &http::TableObserver::FastPathServices(Arc::clone(&fastpath) as _),
             &script_counters,
         )?;
         let spec = spec::dataplane_spec(&config, &plan.pools)?;
@@ -422,7 +422,7 @@ impl Agent {
             &levers,
             &self.shared.tables,
             Arc::clone(&self.shared.clock),
-            Some(Arc::clone(&self.fastpath) as _),
+            &http::TableObserver::FastPathServices(Arc::clone(&self.fastpath) as _),
             &self.shared.script_counters,
         ) {
             Ok(plan) => plan,

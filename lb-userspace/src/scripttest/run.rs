@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::cases::{Case, CaseFile, HeaderValues};
 use super::{BUILTIN_CONFIG, ScriptTestError};
-use crate::agent::http::{HttpBuildError, Running, build};
+use crate::agent::http::{HttpBuildError, Running, TableObserver, build};
 use crate::agent::pools::ConfiguredPool;
 use crate::balancer::levers::Levers;
 use crate::config::{self, Config, ServiceType};
@@ -147,7 +147,7 @@ impl Service {
             &Levers::default(),
             &store,
             clock.clone(),
-            Some(observer),
+            &TableObserver::Every(observer),
             &Mutex::new(HashMap::new()),
         )
         .map_err(|e| match e {
