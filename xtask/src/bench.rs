@@ -71,6 +71,9 @@ pub struct LoadArgs {
     /// LB worker counts to compare, comma-separated.
     #[arg(long, default_value = "1,2")]
     pub workers: String,
+    /// Skip the flame graphs of latch recorded after the measured rounds.
+    #[arg(long)]
+    pub no_flame: bool,
 }
 
 impl LoadArgs {
@@ -86,6 +89,9 @@ impl LoadArgs {
             "--workers".into(),
             self.workers,
         ]
+        .into_iter()
+        .chain(self.no_flame.then(|| "--no-flame".to_string()))
+        .collect()
     }
 }
 
@@ -174,4 +180,41 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
     let status =
         crate::proc::wait_through_ctrl_c(&mut cmd).context("running cargo for xtask-bench");
     Ok(status?.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoadArgs;
+
+    fn load(no_flame: bool) -> LoadArgs {
+        LoadArgs {
+            duration: 6,
+            rounds: 3,
+            connections: 50,
+            workers: "1,2".into(),
+            no_flame,
+        }
+    }
+
+    #[test]
+    fn load_args_reach_the_bench_runner() {
+        assert_eq!(
+            load(false).argv("http"),
+            [
+                "http",
+                "--duration",
+                "6",
+                "--rounds",
+                "3",
+                "--connections",
+                "50",
+                "--workers",
+                "1,2"
+            ]
+        );
+        assert_eq!(
+            load(true).argv("tls").last().map(String::as_str),
+            Some("--no-flame")
+        );
+    }
 }
