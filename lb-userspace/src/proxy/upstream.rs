@@ -137,7 +137,12 @@ impl UpstreamPool {
                 }
             }
         }
-        let sender = self.connect(server, tls).await.inspect_err(|_| {
+        // Boxed: connecting (with its TLS handshake) is a future of several kilobytes, and
+        // an unboxed one would make every request's future that large, pooled or not; the
+        // request future is moved (copied) whole when hyper takes it, so its size is paid
+        // on every request (measured: the request handler's future went from 7.9 to 4.6 kB,
+        // about 0.3 µs of CPU less per pooled request).
+        let sender = Box::pin(self.connect(server, tls)).await.inspect_err(|_| {
             self.stats
                 .server(server)
                 .connect_failures
