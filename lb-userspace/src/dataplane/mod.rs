@@ -361,6 +361,30 @@ fn ensure_bpffs(dir: &Path, ephemeral_pins: bool) -> Result<(), DataplaneError> 
     })
 }
 
+/// How many times a program load is tried again after the verifier's EAGAIN.
+const EAGAIN_RETRIES: u32 = 5;
+
+/// Runs `load` (a program's `load`) again when the verifier gave up with EAGAIN, as libbpf
+/// does. The verifier returns EAGAIN when a signal is pending for the loading thread (a child
+/// process exiting: SIGCHLD), after all its work, however valid the program; seen under load
+/// in the test suite. Any other outcome, or EAGAIN after [`EAGAIN_RETRIES`] retries, is
+/// returned as it is.
+pub fn load_retrying(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let mut retries = 0;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && retries < EAGAIN_RETRIES =>
+            {
+                retries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn program_error(e: ProgramError, action: &str) -> DataplaneError {
     DataplaneError::or_permission(&e, action).unwrap_or_else(|| DataplaneError::Program {
         source: Box::new(e),
@@ -465,13 +489,10 @@ impl Dataplane {
                 }
             })
         })?;
-        xdp_program(&mut ebpf)?
-            .load()
-            .map_err(|e| program_error(e, "loading the XDP program"))?;
-        programs(&mut ebpf)?
-            .1
-            .load()
-            .map_err(|e| program_error(e, "loading the TC program"))?;
+        let xdp = xdp_program(&mut ebpf)?;
+        load_retrying(|| xdp.load()).map_err(|e| program_error(e, "loading the XDP program"))?;
+        let tc = programs(&mut ebpf)?.1;
+        load_retrying(|| tc.load()).map_err(|e| program_error(e, "loading the TC program"))?;
 
         let mut maps = maps::Maps::take(&mut ebpf)?;
         let migration = if migrating {

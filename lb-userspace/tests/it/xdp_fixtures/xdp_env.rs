@@ -220,21 +220,9 @@ impl Fixture {
             .expect("latch_xdp program")
             .try_into()
             .expect("xdp program");
-        // The verifier gives up with EAGAIN when a signal is pending for the loading thread
-        // (another test's child exiting: SIGCHLD), after all its work; libbpf loads again on
-        // EAGAIN, and so does this.
-        let mut tries = 0;
-        loop {
-            match prog.load() {
-                Ok(()) => break,
-                Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                    if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
-                {
-                    tries += 1;
-                }
-                Err(e) => panic!("verifier accepts latch_xdp: {e:?}"),
-            }
-        }
+        // The verifier gives up with EAGAIN when a signal is pending (another test's child
+        // exiting): loaded again, as the agent does.
+        latch::dataplane::load_retrying(|| prog.load()).expect("verifier accepts latch_xdp");
         let lbc = ifindex("lbc");
         let lbb = ifindex("lbb");
         Self {
