@@ -526,7 +526,9 @@ const CLIENT6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x101)
 /// login is proxied and its table_insert pins the client in PERSIST6, XDP then forwards the
 /// client's new connections straight to its server (which sees the client's own address);
 /// another address of the same /64 is not pinned (the default prefix is the whole address);
-/// the pin works while no agent runs and is adopted by the next; table_remove ends it.
+/// the pin works while no agent runs and is adopted by the next; table_remove ends it. With
+/// `fast_path_ipv6_prefix = 64` the other address follows the pin; the server leaving the
+/// pool ends it.
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn ipv6_pinned_client_bypasses_the_proxy_across_kill9_until_removed() -> TestResult {
@@ -549,16 +551,19 @@ fn ipv6_pinned_client_bypasses_the_proxy_across_kill9_until_removed() -> TestRes
         .map(|a| SocketAddr::from((*a, HTTP_PORT)))
         .collect();
     let vip = SocketAddr::from((VIP6, 80));
+    let config = |agent: &LatchAgent, servers: &[SocketAddr], prefix: Option<u8>| {
+        let mut shop = VirtualService::http("shop", vip, "web")
+            .client_ip_fast_path()
+            .datascripts(scripts(0));
+        if let Some(p) = prefix {
+            shop = shop.fast_path_ipv6_prefix(p);
+        }
+        lb_agent(&topo, agent)
+            .pool(Pool::new("web", servers.to_vec()))
+            .virtual_service(shop)
+    };
     let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
-    agent.write_latch_config(
-        &lb_agent(&topo, &agent)
-            .pool(Pool::new("web", web))
-            .virtual_service(
-                VirtualService::http("shop", vip, "web")
-                    .client_ip_fast_path()
-                    .datascripts(scripts(0)),
-            ),
-    )?;
+    agent.write_latch_config(&config(&agent, &web, None))?;
     agent.start()?;
     let (a, b) = (IpAddr::V6(CLIENT6), IpAddr::V6(CLIENT6_B));
 
@@ -615,6 +620,40 @@ fn ipv6_pinned_client_bypasses_the_proxy_across_kill9_until_removed() -> TestRes
         "A still bypasses the proxy after table_remove: {after_remove:?}"
     );
     assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 0.0);
+
+    // With fast_path_ipv6_prefix = 64 the pin is of A's /64: B, in it, follows A's pin (XDP
+    // looks B up by the same prefix), keeping its own address.
+    agent.write_latch_config(&config(&agent, &web, Some(64)))?;
+    let outcome = agent.reload()?;
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let (_cookie, owner, _) = topo.client().run(|| login_at(vip, a))?;
+    let fast = topo.client().run(|| connections_at(vip, a, 2))?;
+    assert!(all_pinned(&fast, &owner, a), "A by its /64: {fast:?}");
+    let from_b = topo.client().run(|| connections_at(vip, b, 3))?;
+    assert!(all_pinned(&from_b, &owner, b), "B in A's /64: {from_b:?}");
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+
+    // The server leaves the pool on reload: the /64 is unpinned.
+    let owner_index: usize = owner.trim_start_matches('b').parse()?;
+    let keep: Vec<SocketAddr> = (1..=web.len())
+        .filter(|&i| i != owner_index)
+        .map(|i| web[i - 1])
+        .collect();
+    agent.write_latch_config(&config(&agent, &keep, Some(64)))?;
+    let outcome = agent.reload()?;
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    for from in [a, b] {
+        let after = topo.client().run(|| connections_at(vip, from, 3))?;
+        assert!(
+            after.iter().all(|(be, s)| *be != owner && *s != from),
+            "{from} still pinned after its server left: {after:?}"
+        );
+    }
+    assert!(
+        agent.log().contains("fast-path clients unpinned"),
+        "reload unpinned explicitly: {}",
+        agent.log()
+    );
     agent.stop(Duration::from_secs(10))?;
     Ok(())
 }
