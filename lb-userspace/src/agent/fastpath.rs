@@ -593,7 +593,10 @@ impl FastPath {
                 .filter_map(|g| config.groups.ip.get(g).cloned())
                 .collect();
             let state = match old.get(&vs.name) {
-                // Addresses are tracked by the prefix: a new prefix starts afresh.
+                // Addresses are tracked by the prefix: a new prefix starts afresh. The old
+                // state's pins are removed below under the new prefix: a key it masks to
+                // itself is deleted; any other has bits set beyond the new prefix, which no
+                // lookup of XDP's carries any more.
                 Some(prev) if prev.service == service && prev.prefix == prefix => {
                     Arc::clone(&prev.state)
                 }
@@ -676,8 +679,12 @@ impl FastPath {
                 .get(&r.key_hash)
                 .and_then(|e| match_server(&e.value, &fvs.servers).map(|s| (e, s)));
             touched.entry(r.vs.clone()).or_default().insert(r.client);
+            // A record of another prefix or family (the service changed while no agent ran)
+            // is not adopted: its pin is removed below, the client's next write pins it anew.
+            let ours = r.client.is_ipv4() == fvs.service.0.is_ipv4()
+                && persist_client(r.client, fvs.prefix) == r.client;
             match owner {
-                Some((e, server)) if !fvs.excluded(r.client) => {
+                Some((e, server)) if ours && !fvs.excluded(r.client) => {
                     let mut st = fvs.state.lock();
                     // Counted now, pinned below once all its keys are in.
                     st.upsert(r.client, &e.table, &e.key, server, e.expires_at_mono_ns, 0);
@@ -1393,10 +1400,21 @@ mod tests {
             table: String::new(),
             key_hash: crate::dataplane::mirror::key_hash64("a"),
         };
-        assert_eq!(fp2.restore(vec![record], &tables, S), 1);
+        // A record by address (written under prefix 128) is not of this prefix: dropped.
+        let by_address = PinRecord {
+            client: "2001:db8:e::5".parse().expect("addr"),
+            ..record.clone()
+        };
+        assert_eq!(fp2.restore(vec![record, by_address], &tables, S), 1);
+        let mut calls = rec2.take();
+        calls.sort();
         assert_eq!(
-            rec2.take(),
-            vec!["pin 2001:db8:c:: [2001:db8:b1::2]:8080 100"]
+            calls,
+            vec![
+                "forget shop 2001:db8:e::5 /#",
+                "pin 2001:db8:c:: [2001:db8:b1::2]:8080 100",
+                "unpin 2001:db8:e::5",
+            ]
         );
         Mirror::remove(&fp2, "shop", "", "a", RemoveReason::Expired);
         assert_eq!(
