@@ -98,7 +98,12 @@ async fn connect_from(
     let stream = match from {
         None => tokio::net::TcpStream::connect(addr).await,
         Some(ip) => {
-            let socket = tokio::net::TcpSocket::new_v4().map_err(io("TCP socket"))?;
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(io("TCP socket"))?;
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(io(format!("bind {ip}")))?;

@@ -477,6 +477,8 @@ pub struct VirtualService {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     fast_path_exclude: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    fast_path_ipv6_prefix: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<Tls>,
@@ -599,6 +601,7 @@ impl VirtualService {
             fast_path: None,
             fast_path_max_sessions: None,
             fast_path_exclude: Vec::new(),
+            fast_path_ipv6_prefix: None,
             rate_limit: None,
             tls: None,
             datascript: Vec::new(),
@@ -663,6 +666,12 @@ impl VirtualService {
     /// `fast_path_exclude`: `[[ip_group]]`s whose addresses are never pinned.
     pub fn fast_path_exclude(mut self, groups: &[&str]) -> Self {
         self.fast_path_exclude = groups.iter().map(|g| g.to_string()).collect();
+        self
+    }
+
+    /// `fast_path_ipv6_prefix`: IPv6 clients are pinned by this prefix of their address.
+    pub fn fast_path_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.fast_path_ipv6_prefix = Some(prefix);
         self
     }
 

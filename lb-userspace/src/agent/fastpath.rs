@@ -10,6 +10,12 @@
 //! or are removed down to the limit it is pinned again. Addresses of the `fast_path_exclude`
 //! IP groups are never pinned (nor tracked).
 //!
+//! IPv4 and IPv6 alike: an IPv6 service's pins go to PERSIST6, and an IPv6 client's
+//! "address" is its first `fast_path_ipv6_prefix` bits (default 128, the address itself),
+//! exactly what XDP looks up, the way L4 client-IP persistence keys on `ipv6_prefix`. So with
+//! a prefix of 64 every address of a /64 counts as one address here: its keys are counted
+//! together and it is pinned as one.
+//!
 //! [`PinState`] is that bookkeeping, pure. Which address carries which key is also written to
 //! DS_TABLE, one record per (address, key), so a restarted agent rebuilds the per-address
 //! counts and the pins from the records and the restored table entries
@@ -19,7 +25,7 @@
 //! ([`COALESCE_NS`]), one map write (the pin), plus one record write for a new (address, key).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,7 +33,10 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::config::{Config, IpGroup, ServiceType};
-use crate::dataplane::{Dataplane, DataplaneError, KernelMirror, PersistPins, PinRecord, Proto};
+use crate::dataplane::family::persist_client;
+use crate::dataplane::{
+    Dataplane, DataplaneError, KernelMirror, PersistPins, PinRecord, PinService, Proto,
+};
 use crate::datascript::ScriptTableObserver;
 use crate::proxy::hooks::TxnInfo;
 use crate::tables::{EntryView, Mirror, Mirrors, RemoveReason, TableStore};
@@ -37,7 +46,7 @@ use crate::tables::{EntryView, Mirror, Mirrors, RemoveReason, TableStore};
 pub const COALESCE_NS: u64 = 1_000_000_000;
 
 /// A service as PERSIST knows it: (VIP, port, protocol).
-pub type ServiceAddr = (Ipv4Addr, u16, Proto);
+pub type ServiceAddr = PinService;
 
 /// Where pins go: the kernel in production, a recorder in tests.
 pub trait PinSink: Send + Sync {
@@ -45,16 +54,16 @@ pub trait PinSink: Send + Sync {
     fn pin(
         &self,
         service: ServiceAddr,
-        client: Ipv4Addr,
-        server: SocketAddrV4,
+        client: IpAddr,
+        server: SocketAddr,
         expires_ns: u64,
     ) -> Result<(), DataplaneError>;
     /// Remove `client`'s pin.
-    fn unpin(&self, service: ServiceAddr, client: Ipv4Addr);
+    fn unpin(&self, service: ServiceAddr, client: IpAddr);
     /// Record that `client` carries entry (`table`, `key`) of `vs`.
-    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str);
+    fn record(&self, vs: &str, client: IpAddr, table: &str, key: &str);
     /// Forget that record.
-    fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str);
+    fn forget(&self, vs: &str, client: IpAddr, table: &str, key: &str);
     /// Forget a record read back after a restart (its key known only by its hash).
     fn forget_hashed(&self, record: &PinRecord);
 }
@@ -69,21 +78,21 @@ impl PinSink for KernelPins {
     fn pin(
         &self,
         service: ServiceAddr,
-        client: Ipv4Addr,
-        server: SocketAddrV4,
+        client: IpAddr,
+        server: SocketAddr,
         expires_ns: u64,
     ) -> Result<(), DataplaneError> {
         self.pins.pin(service, client, server, expires_ns)
     }
-    fn unpin(&self, service: ServiceAddr, client: Ipv4Addr) {
+    fn unpin(&self, service: ServiceAddr, client: IpAddr) {
         if let Err(err) = self.pins.unpin(service, client) {
             tracing::warn!(%err, %client, "fast-path unpin failed");
         }
     }
-    fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+    fn record(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
         self.mirror.record_carrier(vs, client, table, key);
     }
-    fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+    fn forget(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
         self.mirror.forget_carrier(vs, client, table, key);
     }
     fn forget_hashed(&self, r: &PinRecord) {
@@ -103,9 +112,9 @@ fn entry_id(table: &str, key: &str) -> EntryId {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Address {
     /// The live session keys it carries: the server each names and its expiry as last seen.
-    sessions: HashMap<EntryId, (SocketAddrV4, u64)>,
+    sessions: HashMap<EntryId, (SocketAddr, u64)>,
     /// Its pin in PERSIST: server and expiry.
-    pin: Option<(SocketAddrV4, u64)>,
+    pin: Option<(SocketAddr, u64)>,
 }
 
 /// What the kernel must be told of one address.
@@ -114,7 +123,7 @@ pub enum PinChange {
     /// Nothing.
     Keep,
     /// Pin it to the server until the expiry.
-    Pin(SocketAddrV4, u64),
+    Pin(SocketAddr, u64),
     /// Remove its pin: `shared` when the address carries more keys than allowed (or keys of
     /// several servers), otherwise its last key left.
     Unpin {
@@ -128,8 +137,8 @@ pub enum PinChange {
 #[derive(Debug)]
 pub struct PinState {
     max_sessions: usize,
-    addrs: HashMap<Ipv4Addr, Address>,
-    by_entry: HashMap<EntryId, HashSet<Ipv4Addr>>,
+    addrs: HashMap<IpAddr, Address>,
+    by_entry: HashMap<EntryId, HashSet<IpAddr>>,
     shared_unpins: u64,
 }
 
@@ -171,13 +180,13 @@ impl PinState {
     }
 
     /// Keys `client` carries.
-    pub fn sessions_of(&self, client: Ipv4Addr) -> usize {
+    pub fn sessions_of(&self, client: IpAddr) -> usize {
         self.addrs.get(&client).map_or(0, |a| a.sessions.len())
     }
 
     /// The pin `client` should have: its one server while it carries 1..=max keys, all of
     /// that server (expiry: the latest of theirs).
-    fn desired(&self, a: &Address) -> Option<(SocketAddrV4, u64)> {
+    fn desired(&self, a: &Address) -> Option<(SocketAddr, u64)> {
         if a.sessions.is_empty() || a.sessions.len() > self.max_sessions {
             return None;
         }
@@ -193,7 +202,7 @@ impl PinState {
     }
 
     /// Brings `client`'s pin in line with its keys; drops an address with neither.
-    fn reconcile(&mut self, client: Ipv4Addr, coalesce_ns: u64) -> PinChange {
+    fn reconcile(&mut self, client: IpAddr, coalesce_ns: u64) -> PinChange {
         let Some(a) = self.addrs.get(&client) else {
             return PinChange::Keep;
         };
@@ -230,10 +239,10 @@ impl PinState {
     /// `coalesce_ns`.
     pub fn upsert(
         &mut self,
-        client: Ipv4Addr,
+        client: IpAddr,
         table: &str,
         key: &str,
-        server: SocketAddrV4,
+        server: SocketAddr,
         expires_ns: u64,
         coalesce_ns: u64,
     ) -> (bool, PinChange) {
@@ -254,7 +263,7 @@ impl PinState {
     }
 
     /// The kernel refused `client`'s pin: it is not pinned.
-    pub fn pin_failed(&mut self, client: Ipv4Addr) {
+    pub fn pin_failed(&mut self, client: IpAddr) {
         if let Some(a) = self.addrs.get_mut(&client) {
             a.pin = None;
         }
@@ -262,7 +271,7 @@ impl PinState {
 
     /// The entry left its table: every address that carried it, with what its pin becomes
     /// (an address back within the limit is pinned again).
-    pub fn remove_entry(&mut self, table: &str, key: &str) -> Vec<(Ipv4Addr, PinChange)> {
+    pub fn remove_entry(&mut self, table: &str, key: &str) -> Vec<(IpAddr, PinChange)> {
         let id = entry_id(table, key);
         let clients = self.by_entry.remove(&id).unwrap_or_default();
         clients
@@ -277,7 +286,7 @@ impl PinState {
     }
 
     /// Forgets `client` entirely: the keys it carried and whether it had a pin.
-    pub fn remove_client(&mut self, client: Ipv4Addr) -> (Vec<EntryId>, bool) {
+    pub fn remove_client(&mut self, client: IpAddr) -> (Vec<EntryId>, bool) {
         let Some(a) = self.addrs.remove(&client) else {
             return (Vec::new(), false);
         };
@@ -296,9 +305,9 @@ impl PinState {
     /// Every address `drop` selects, forgotten (see [`PinState::remove_client`]).
     pub fn remove_clients(
         &mut self,
-        drop: impl Fn(Ipv4Addr) -> bool,
-    ) -> Vec<(Ipv4Addr, Vec<EntryId>, bool)> {
-        let gone: Vec<Ipv4Addr> = self.addrs.keys().copied().filter(|c| drop(*c)).collect();
+        drop: impl Fn(IpAddr) -> bool,
+    ) -> Vec<(IpAddr, Vec<EntryId>, bool)> {
+        let gone: Vec<IpAddr> = self.addrs.keys().copied().filter(|c| drop(*c)).collect();
         gone.into_iter()
             .map(|c| {
                 let (ids, pinned) = self.remove_client(c);
@@ -311,9 +320,9 @@ impl PinState {
     /// each address that lost keys, the keys and what its pin becomes.
     pub fn retain_servers(
         &mut self,
-        keep: impl Fn(&SocketAddrV4) -> bool,
-    ) -> Vec<(Ipv4Addr, Vec<EntryId>, PinChange)> {
-        let mut hit: Vec<(Ipv4Addr, Vec<EntryId>)> = Vec::new();
+        keep: impl Fn(&SocketAddr) -> bool,
+    ) -> Vec<(IpAddr, Vec<EntryId>, PinChange)> {
+        let mut hit: Vec<(IpAddr, Vec<EntryId>)> = Vec::new();
         for (c, a) in &mut self.addrs {
             let gone: Vec<EntryId> = a
                 .sessions
@@ -353,9 +362,9 @@ impl PinState {
     }
 
     /// A new `max_sessions` (reload): what each address's pin becomes.
-    pub fn set_max_sessions(&mut self, max_sessions: u32) -> Vec<(Ipv4Addr, PinChange)> {
+    pub fn set_max_sessions(&mut self, max_sessions: u32) -> Vec<(IpAddr, PinChange)> {
         self.max_sessions = max_sessions.max(1) as usize;
-        let clients: Vec<Ipv4Addr> = self.addrs.keys().copied().collect();
+        let clients: Vec<IpAddr> = self.addrs.keys().copied().collect();
         clients
             .into_iter()
             .map(|c| (c, self.reconcile(c, 0)))
@@ -378,45 +387,49 @@ impl PinState {
     }
 }
 
-/// The pool server a table value names: `IP:port` must be a member; a bare IP (what
-/// `avi.pool.server_ip()` returns) matches the first member with that address.
-pub fn match_server(value: &str, servers: &[SocketAddrV4]) -> Option<SocketAddrV4> {
+/// The pool server a table value names: `IP:port` (`[IPv6]:port`) must be a member; a bare IP
+/// (what `avi.pool.server_ip()` returns) matches the first member with that address. An
+/// IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn match_server(value: &str, servers: &[SocketAddr]) -> Option<SocketAddr> {
     let value = value.trim();
-    if let Ok(sa) = value.parse::<SocketAddr>() {
-        let sa = match sa {
-            SocketAddr::V4(v4) => v4,
-            SocketAddr::V6(v6) => SocketAddrV4::new(v6.ip().to_ipv4_mapped()?, v6.port()),
-        };
-        return servers.iter().copied().find(|s| *s == sa);
-    }
-    let ip: IpAddr = value.parse().ok()?;
-    let ip = match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
+    let (ip, port) = match value.parse::<SocketAddr>() {
+        Ok(sa) => (sa.ip(), Some(sa.port())),
+        Err(_) => (value.parse::<IpAddr>().ok()?, None),
     };
-    servers.iter().copied().find(|s| *s.ip() == ip)
-}
-
-fn client_v4(addr: &SocketAddr) -> Option<Ipv4Addr> {
-    match addr.ip() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    }
+    let ip = ip.to_canonical();
+    servers
+        .iter()
+        .copied()
+        .find(|s| s.ip() == ip && port.is_none_or(|p| p == s.port()))
 }
 
 /// One fast-path virtual service.
 #[derive(Debug)]
 struct FastVs {
     service: ServiceAddr,
-    servers: Vec<SocketAddrV4>,
+    /// IPv6 clients are tracked and pinned by this prefix of their address (the service's
+    /// persistence prefix, as XDP keys its pins; 128 when not configured).
+    prefix: u32,
+    servers: Vec<SocketAddr>,
     /// `fast_path_exclude`: addresses never pinned nor tracked.
     exclude: Vec<IpGroup>,
     state: Arc<Mutex<PinState>>,
 }
 
 impl FastVs {
-    fn excluded(&self, client: Ipv4Addr) -> bool {
-        self.exclude.iter().any(|g| g.contains(IpAddr::V4(client)))
+    fn excluded(&self, client: IpAddr) -> bool {
+        self.exclude.iter().any(|g| g.contains(client))
+    }
+
+    /// The address `client` is tracked and pinned as: IPv6 masked to the service's prefix
+    /// (what XDP looks up). `None` for an excluded address or one of the other family (an
+    /// IPv4-mapped IPv6 address counts as IPv4).
+    fn pin_address(&self, client: &SocketAddr) -> Option<IpAddr> {
+        let ip = client.ip().to_canonical();
+        if ip.is_ipv4() != self.service.0.is_ipv4() || self.excluded(ip) {
+            return None;
+        }
+        Some(persist_client(ip, self.prefix))
     }
 }
 
@@ -519,7 +532,7 @@ impl FastPath {
 
     /// Does what `change` asks for `client` (called with the state's lock held, so one
     /// address's kernel writes happen in order).
-    fn apply(&self, fvs: &FastVs, state: &mut PinState, client: Ipv4Addr, change: PinChange) {
+    fn apply(&self, fvs: &FastVs, state: &mut PinState, client: IpAddr, change: PinChange) {
         match change {
             PinChange::Keep => {}
             PinChange::Pin(server, expires_ns) => {
@@ -546,7 +559,7 @@ impl FastPath {
 
     /// Forgets addresses entirely (excluded now, or their service went): their records and
     /// pins.
-    fn drop_clients(&self, vs: &str, fvs: &FastVs, gone: Vec<(Ipv4Addr, Vec<EntryId>, bool)>) {
+    fn drop_clients(&self, vs: &str, fvs: &FastVs, gone: Vec<(IpAddr, Vec<EntryId>, bool)>) {
         for (c, ids, pinned) in gone {
             for (table, key) in &ids {
                 self.sink.forget(vs, c, table, key);
@@ -571,22 +584,27 @@ impl FastPath {
             .iter()
             .filter(|v| v.kind == ServiceType::Http && v.fast_path)
         {
-            let SocketAddr::V4(listen) = vs.listen else {
-                continue;
-            };
-            let service = (*listen.ip(), listen.port(), Proto::Tcp);
-            let servers = super::spec::pool_servers_v4(config, &vs.pool);
+            let service = (vs.listen.ip(), vs.listen.port(), Proto::Tcp);
+            let prefix = vs.persistence_ipv6_prefix.map_or(128, u32::from);
+            let servers = super::spec::pool_servers(config, &vs.pool);
             let exclude: Vec<IpGroup> = vs
                 .fast_path_exclude
                 .iter()
                 .filter_map(|g| config.groups.ip.get(g).cloned())
                 .collect();
             let state = match old.get(&vs.name) {
-                Some(prev) if prev.service == service => Arc::clone(&prev.state),
+                // Addresses are tracked by the prefix: a new prefix starts afresh. The old
+                // state's pins are removed below under the new prefix: a key it masks to
+                // itself is deleted; any other has bits set beyond the new prefix, which no
+                // lookup of XDP's carries any more.
+                Some(prev) if prev.service == service && prev.prefix == prefix => {
+                    Arc::clone(&prev.state)
+                }
                 _ => Arc::new(Mutex::new(PinState::new(vs.fast_path_max_sessions))),
             };
             let fvs = Arc::new(FastVs {
                 service,
+                prefix,
                 servers,
                 exclude,
                 state,
@@ -638,7 +656,7 @@ impl FastPath {
     pub fn restore(&self, records: Vec<PinRecord>, tables: &TableStore, now_ns: u64) -> usize {
         let services = self.services.load();
         let mut by_hash: HashMap<(String, String), HashMap<u64, EntryView>> = HashMap::new();
-        let mut touched: HashMap<String, HashSet<Ipv4Addr>> = HashMap::new();
+        let mut touched: HashMap<String, HashSet<IpAddr>> = HashMap::new();
         for r in records {
             let Some(fvs) = services.get(&r.vs) else {
                 self.sink.forget_hashed(&r);
@@ -661,8 +679,12 @@ impl FastPath {
                 .get(&r.key_hash)
                 .and_then(|e| match_server(&e.value, &fvs.servers).map(|s| (e, s)));
             touched.entry(r.vs.clone()).or_default().insert(r.client);
+            // A record of another prefix or family (the service changed while no agent ran)
+            // is not adopted: its pin is removed below, the client's next write pins it anew.
+            let ours = r.client.is_ipv4() == fvs.service.0.is_ipv4()
+                && persist_client(r.client, fvs.prefix) == r.client;
             match owner {
-                Some((e, server)) if !fvs.excluded(r.client) => {
+                Some((e, server)) if ours && !fvs.excluded(r.client) => {
                     let mut st = fvs.state.lock();
                     // Counted now, pinned below once all its keys are in.
                     st.upsert(r.client, &e.table, &e.key, server, e.expires_at_mono_ns, 0);
@@ -707,14 +729,11 @@ impl ScriptTableObserver for FastPath {
             return;
         };
         let (Some(client), Some(server)) = (
-            client_v4(&txn.client),
+            fvs.pin_address(&txn.client),
             match_server(&entry.value, &fvs.servers),
         ) else {
             return;
         };
-        if fvs.excluded(client) {
-            return;
-        }
         let mut state = fvs.state.lock();
         let (new, change) = state.upsert(
             client,
@@ -814,10 +833,12 @@ pub fn reconfigure(config: &Config, dataplane: &Dataplane, fastpath: &FastPath) 
 mod tests {
     use super::*;
 
-    const S1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), 8080);
-    const S2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 8080);
-    const C1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-    const C2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    const S1: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), 8080));
+    const S2: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 8080));
+    const C1: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2));
+    const C2: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 3));
     const S: u64 = 1_000_000_000;
 
     #[test]
@@ -980,8 +1001,8 @@ mod tests {
         fn pin(
             &self,
             _service: ServiceAddr,
-            client: Ipv4Addr,
-            server: SocketAddrV4,
+            client: IpAddr,
+            server: SocketAddr,
             expires_ns: u64,
         ) -> Result<(), DataplaneError> {
             self.calls
@@ -989,15 +1010,15 @@ mod tests {
                 .push(format!("pin {client} {server} {}", expires_ns / S));
             Ok(())
         }
-        fn unpin(&self, _service: ServiceAddr, client: Ipv4Addr) {
+        fn unpin(&self, _service: ServiceAddr, client: IpAddr) {
             self.calls.lock().push(format!("unpin {client}"));
         }
-        fn record(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+        fn record(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
             self.calls
                 .lock()
                 .push(format!("record {vs} {client} {table}/{key}"));
         }
-        fn forget(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+        fn forget(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
             self.calls
                 .lock()
                 .push(format!("forget {vs} {client} {table}/{key}"));
@@ -1031,11 +1052,11 @@ mod tests {
         )
     }
 
-    fn txn(client: Ipv4Addr) -> TxnInfo {
+    fn txn(client: IpAddr) -> TxnInfo {
         TxnInfo {
             vs_name: "shop".into(),
             vs_addr: "198.51.100.10:80".parse().expect("addr"),
-            client: SocketAddr::from((client, 40000)),
+            client: SocketAddr::new(client, 40000),
             request_id: crate::proxy::hooks::RequestId(1),
             tls: None,
         }
@@ -1237,6 +1258,168 @@ mod tests {
         assert_eq!(
             rec.take(),
             vec!["forget shop 203.0.113.2 /a", "unpin 203.0.113.2"]
+        );
+    }
+
+    /// Shop on an IPv6 VIP over two IPv6 servers (`extra`: more keys of the service).
+    fn config6(extra: &str) -> Config {
+        let text = format!(
+            "[agent]\ninterfaces = [\"eth0\"]\n\n[[pool]]\nname = \"web\"\n\
+             servers = [\"[2001:db8:b1::2]:8080\", \"[2001:db8:b2::2]:8080\"]\n\n\
+             [[virtual_service]]\nname = \"shop\"\nlisten = \"[2001:db8:f::10]:80\"\n\
+             type = \"http\"\npool = \"web\"\nfast_path = \"client_ip\"\n{extra}"
+        );
+        crate::config::parse(&text, std::path::Path::new("/etc/latch/latch.toml"))
+            .expect("valid config")
+    }
+
+    fn txn6(client: &str) -> TxnInfo {
+        TxnInfo {
+            vs_addr: "[2001:db8:f::10]:80".parse().expect("addr"),
+            ..txn(client.parse().expect("client"))
+        }
+    }
+
+    #[test]
+    fn ipv6_values_match_pool_servers() {
+        let s1: SocketAddr = "[2001:db8:b1::2]:8080".parse().expect("addr");
+        let s2: SocketAddr = "[2001:db8:b2::2]:8080".parse().expect("addr");
+        let servers = [s1, s2];
+        assert_eq!(match_server("2001:db8:b2::2", &servers), Some(s2));
+        assert_eq!(match_server("[2001:db8:b1::2]:8080", &servers), Some(s1));
+        assert_eq!(match_server("[2001:db8:b1::2]:9999", &servers), None);
+        assert_eq!(match_server("2001:db8:b1::3", &servers), None);
+        // An IPv4 value never names an IPv6 server.
+        assert_eq!(match_server("192.0.2.11", &servers), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_pinned_by_address_and_unpinned_when_their_entry_goes() {
+        let rec = Arc::new(Recorder::default());
+        let fp = FastPath::new(rec.clone());
+        fp.configure(&config6(""));
+        // Default prefix 128: two addresses of one /64 are two addresses.
+        fp.upserted(
+            &txn6("2001:db8:c::100"),
+            &entry("s1", "2001:db8:b1::2", 100),
+        );
+        fp.upserted(
+            &txn6("2001:db8:c::101"),
+            &entry("s2", "[2001:db8:b2::2]:8080", 200),
+        );
+        // An IPv4 client (or value) on the IPv6 service is not tracked.
+        fp.upserted(&txn(C1), &entry("s3", "2001:db8:b1::2", 200));
+        fp.upserted(&txn6("2001:db8:c::102"), &entry("s4", "192.0.2.11", 200));
+        assert_eq!(
+            rec.take(),
+            vec![
+                "record shop 2001:db8:c::100 /s1",
+                "pin 2001:db8:c::100 [2001:db8:b1::2]:8080 100",
+                "record shop 2001:db8:c::101 /s2",
+                "pin 2001:db8:c::101 [2001:db8:b2::2]:8080 200",
+            ]
+        );
+        assert_eq!(fp.pinned_clients("shop"), 2);
+        Mirror::remove(&fp, "shop", "", "s1", RemoveReason::Expired);
+        assert_eq!(
+            rec.take(),
+            vec!["forget shop 2001:db8:c::100 /s1", "unpin 2001:db8:c::100"]
+        );
+        // The server of s2 leaves the pool: its client is released.
+        let one = "[agent]\ninterfaces = [\"eth0\"]\n\n[[pool]]\nname = \"web\"\n\
+                   servers = [\"[2001:db8:b1::2]:8080\"]\n\n[[virtual_service]]\nname = \"shop\"\n\
+                   listen = \"[2001:db8:f::10]:80\"\ntype = \"http\"\npool = \"web\"\n\
+                   fast_path = \"client_ip\"\n";
+        fp.configure(
+            &crate::config::parse(one, std::path::Path::new("/etc/latch/latch.toml"))
+                .expect("valid config"),
+        );
+        assert_eq!(
+            rec.take(),
+            vec!["forget shop 2001:db8:c::101 /s2", "unpin 2001:db8:c::101"]
+        );
+        assert_eq!(fp.pinned_clients("shop"), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_of_one_prefix_count_as_one_address() {
+        let rec = Arc::new(Recorder::default());
+        let fp = FastPath::new(rec.clone());
+        fp.configure(&config6(""));
+        fp.upserted(
+            &txn6("2001:db8:c::100"),
+            &entry("s0", "2001:db8:b1::2", 100),
+        );
+        rec.take();
+        // A new prefix starts afresh: what was tracked by address is released.
+        fp.configure(&config6("fast_path_ipv6_prefix = 64\n"));
+        assert_eq!(
+            rec.take(),
+            vec!["forget shop 2001:db8:c::100 /s0", "unpin 2001:db8:c::100"]
+        );
+        fp.upserted(&txn6("2001:db8:c::100"), &entry("a", "2001:db8:b1::2", 100));
+        fp.upserted(&txn6("2001:db8:d::1"), &entry("d", "2001:db8:b2::2", 100));
+        // Another address of the first /64 with a key of its own: the /64 carries two.
+        fp.upserted(&txn6("2001:db8:c::7"), &entry("b", "2001:db8:b1::2", 100));
+        assert_eq!(
+            rec.take(),
+            vec![
+                "record shop 2001:db8:c:: /a",
+                "pin 2001:db8:c:: [2001:db8:b1::2]:8080 100",
+                "record shop 2001:db8:d:: /d",
+                "pin 2001:db8:d:: [2001:db8:b2::2]:8080 100",
+                "record shop 2001:db8:c:: /b",
+                "unpin 2001:db8:c::",
+            ]
+        );
+        assert_eq!(fp.vs_stats()[0].shared_unpins, 1);
+        Mirror::remove(&fp, "shop", "", "b", RemoveReason::Removed);
+        assert_eq!(
+            rec.take(),
+            vec![
+                "forget shop 2001:db8:c:: /b",
+                "pin 2001:db8:c:: [2001:db8:b1::2]:8080 100"
+            ]
+        );
+
+        // After a restart the records (by prefix) and the entries rebuild the pins.
+        let rec2 = Arc::new(Recorder::default());
+        let fp2 = FastPath::new(rec2.clone());
+        fp2.configure(&config6("fast_path_ipv6_prefix = 64\n"));
+        let tables = TableStore::new(
+            crate::tables::TableLimits::default(),
+            Arc::new(crate::tables::NoMirror),
+        );
+        tables
+            .vs("shop")
+            .insert("", "a", "2001:db8:b1::2", 100, 0)
+            .expect("insert");
+        let record = PinRecord {
+            vs: "shop".into(),
+            client: "2001:db8:c::".parse().expect("addr"),
+            table: String::new(),
+            key_hash: crate::dataplane::mirror::key_hash64("a"),
+        };
+        // A record by address (written under prefix 128) is not of this prefix: dropped.
+        let by_address = PinRecord {
+            client: "2001:db8:e::5".parse().expect("addr"),
+            ..record.clone()
+        };
+        assert_eq!(fp2.restore(vec![record, by_address], &tables, S), 1);
+        let mut calls = rec2.take();
+        calls.sort();
+        assert_eq!(
+            calls,
+            vec![
+                "forget shop 2001:db8:e::5 /#",
+                "pin 2001:db8:c:: [2001:db8:b1::2]:8080 100",
+                "unpin 2001:db8:e::5",
+            ]
+        );
+        Mirror::remove(&fp2, "shop", "", "a", RemoveReason::Expired);
+        assert_eq!(
+            rec2.take(),
+            vec!["forget shop 2001:db8:c:: /a", "unpin 2001:db8:c::"]
         );
     }
 }

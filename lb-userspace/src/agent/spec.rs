@@ -1,7 +1,7 @@
 //! Translates a validated configuration into what the data plane programs. Pure, so the
 //! mapping from TOML semantics to map entries is unit-tested without root.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use crate::balancer::health::HealthView;
 use crate::config::{Config, FlowHash, Forwarding, ServiceType, VirtualServiceConfig};
@@ -102,19 +102,11 @@ fn service_spec(
     })
 }
 
-/// IPv4 servers of `pool` in `config` (used when pinning fast-path clients).
-pub fn pool_servers_v4(config: &Config, pool: &str) -> Vec<SocketAddrV4> {
+/// The servers of `pool` in `config` (used when pinning fast-path clients).
+pub fn pool_servers(config: &Config, pool: &str) -> Vec<SocketAddr> {
     config
         .pool(pool)
-        .map(|p| {
-            p.servers
-                .iter()
-                .filter_map(|s| match s.addr {
-                    SocketAddr::V4(v4) => Some(v4),
-                    SocketAddr::V6(_) => None,
-                })
-                .collect()
-        })
+        .map(|p| p.servers.iter().map(|s| s.addr).collect())
         .unwrap_or_default()
 }
 

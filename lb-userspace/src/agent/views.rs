@@ -134,14 +134,12 @@ fn l4(c: &lb_common::TrafficCounters) -> L4Counters {
 
 impl Sources<'_> {
     fn l4_of_service(&self, vs: &VirtualServiceConfig) -> Option<L4Counters> {
-        let SocketAddr::V4(listen) = vs.listen else {
-            return None;
-        };
+        let listen = vs.listen;
         self.dataplane?
             .services
             .iter()
             .find(|s| {
-                s.vip == *listen.ip()
+                s.vip == listen.ip()
                     && s.port == listen.port()
                     && s.proto.number() == vs.kind.ip_proto()
             })

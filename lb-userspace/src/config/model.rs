@@ -444,8 +444,9 @@ pub struct VirtualServiceConfig {
     pub forwarding: Forwarding,
     /// Native client-IP persistence timeout (tcp and udp services only).
     pub persistence: Option<Duration>,
-    /// `persistence.ipv6_prefix`: an IPv6 service's clients are pinned by this prefix of
-    /// their address (1..=128; None: the whole address).
+    /// `persistence.ipv6_prefix` (tcp, udp) or `fast_path_ipv6_prefix` (http): an IPv6
+    /// service's clients are pinned by this prefix of their address (1..=128; None: the
+    /// whole address).
     pub persistence_ipv6_prefix: Option<u8>,
     /// What places new connections (tcp and udp services).
     pub flow_hash: FlowHash,

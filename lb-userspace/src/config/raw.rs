@@ -213,6 +213,7 @@ pub(crate) struct RawVs {
     pub fast_path: Option<Spanned<RawFastPath>>,
     pub fast_path_max_sessions: Option<Spanned<u32>>,
     pub fast_path_exclude: Option<Spanned<Vec<SStr>>>,
+    pub fast_path_ipv6_prefix: Option<Spanned<u32>>,
     #[serde(default)]
     pub datascript: Vec<Spanned<RawDataScript>>,
     pub rate_limit: Option<Spanned<RawVsRateLimit>>,

@@ -913,29 +913,63 @@ servers = ["192.0.2.1:53"]
 }
 
 #[test]
-fn http_fast_path_is_ipv4_only() {
+fn http_fast_path_on_ipv6_keys_on_a_configurable_prefix() {
     let text = r#"[agent]
 interfaces = ["eth0"]
 [[pool]]
 name = "p"
 servers = ["[2001:db8::1]:80"]
+[[pool]]
+name = "q"
+servers = ["192.0.2.1:80"]
 [[virtual_service]]
 name = "h"
 listen = "[2001:db8::10]:80"
 type = "http"
 pool = "p"
 fast_path = "client_ip"
+fast_path_ipv6_prefix = 64
+[[virtual_service]]
+name = "i"
+listen = "198.51.100.1:80"
+type = "http"
+pool = "q"
+fast_path = "client_ip"
 "#;
-    let e = errors(text);
+    // An IPv6 http service takes the fast path, its clients keyed on the prefix given.
+    let config = ok(text);
+    assert!(config.virtual_services[0].fast_path);
+    assert_eq!(config.virtual_services[0].persistence_ipv6_prefix, Some(64));
+    assert_eq!(config.virtual_services[1].persistence_ipv6_prefix, None);
+    // Default: the whole address.
+    let config = ok(&text.replace("fast_path_ipv6_prefix = 64\n", ""));
+    assert_eq!(config.virtual_services[0].persistence_ipv6_prefix, None);
+    let bad = text
+        .replace("fast_path_ipv6_prefix = 64", "fast_path_ipv6_prefix = 0")
+        .replace(
+            "pool = \"q\"\nfast_path = \"client_ip\"\n",
+            "pool = \"q\"\nfast_path = \"client_ip\"\nfast_path_ipv6_prefix = 64\n",
+        );
+    let e = errors(&bad);
     assert_eq!(
         e,
         [
-            "/etc/latch/latch.toml:8:10: fast_path supports IPv4 listen addresses only (IPv6 http services are proxied without it)"
+            "/etc/latch/latch.toml:15:25: fast_path_ipv6_prefix must be a prefix length from 1 to 128, not 0",
+            "/etc/latch/latch.toml:22:25: fast_path_ipv6_prefix applies to IPv6 listen addresses; this service listens on IPv4",
         ],
         "{e:#?}"
     );
-    // Without the fast path an IPv6 http service is accepted (proxied).
-    ok(&text.replace("fast_path = \"client_ip\"\n", ""));
+    let e = errors(&text.replace(
+        "fast_path = \"client_ip\"\nfast_path_ipv6_prefix",
+        "fast_path_ipv6_prefix",
+    ));
+    assert_eq!(
+        e,
+        [
+            "/etc/latch/latch.toml:14:25: fast_path_ipv6_prefix only applies with fast_path = \"client_ip\""
+        ],
+        "{e:#?}"
+    );
 }
 
 #[test]

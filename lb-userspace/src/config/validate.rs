@@ -1016,28 +1016,23 @@ impl Validator<'_> {
                 Some(p) => Some(self.duration(p.get_ref().timeout.as_ref(), DEFAULT_PERSISTENCE)),
                 None => None,
             };
-            let persistence_ipv6_prefix = raw
-                .persistence
-                .as_ref()
-                .and_then(|p| p.get_ref().ipv6_prefix.as_ref())
-                .and_then(|prefix| {
-                    let n = *prefix.get_ref();
-                    if !(1..=128).contains(&n) {
-                        self.sink.error(
-                            prefix.span(),
-                            format!("ipv6_prefix must be a prefix length from 1 to 128, not {n}"),
-                        );
-                        return None;
-                    }
-                    if listen.is_some_and(|l| l.is_ipv4()) {
-                        self.sink.error(
-                            prefix.span(),
-                            "ipv6_prefix applies to IPv6 listen addresses; this service listens on IPv4",
-                        );
-                        return None;
-                    }
-                    u8::try_from(n).ok()
-                });
+            let persistence_ipv6_prefix = match (
+                raw.persistence
+                    .as_ref()
+                    .and_then(|p| p.get_ref().ipv6_prefix.as_ref()),
+                &raw.fast_path_ipv6_prefix,
+            ) {
+                (Some(prefix), _) => self.ipv6_prefix("ipv6_prefix", prefix, listen),
+                (None, Some(prefix)) if !fast_path => {
+                    self.sink.error(
+                        prefix.span(),
+                        "fast_path_ipv6_prefix only applies with fast_path = \"client_ip\"",
+                    );
+                    None
+                }
+                (None, Some(prefix)) => self.ipv6_prefix("fast_path_ipv6_prefix", prefix, listen),
+                (None, None) => None,
+            };
             let flow_hash = match &raw.flow_hash {
                 Some(h) if kind == ServiceType::Http => {
                     self.sink.error(
@@ -1088,16 +1083,6 @@ impl Validator<'_> {
                     self.sink.error(
                         raw.kind.span(),
                         "this service is forwarded by XDP but [agent] interfaces is empty",
-                    );
-                }
-                if let Some(l) = listen
-                    && !l.is_ipv4()
-                    && kind == ServiceType::Http
-                {
-                    // The fast path's pins are made by the agent from IPv4 client addresses.
-                    self.sink.error(
-                        raw.listen.span(),
-                        "fast_path supports IPv4 listen addresses only (IPv6 http services are proxied without it)",
                     );
                 }
                 if let (Some(p), Some(l)) = (pool, listen) {
@@ -1163,6 +1148,31 @@ impl Validator<'_> {
 
     /// `fast_path_max_sessions` (at least 1, default 1) and `fast_path_exclude` (names of
     /// `[[ip_group]]`s), both only with `fast_path`.
+    /// An IPv6 client prefix length (`key` names it in errors): 1..=128, of an IPv6 service.
+    fn ipv6_prefix(
+        &mut self,
+        key: &str,
+        prefix: &Spanned<u32>,
+        listen: Option<SocketAddr>,
+    ) -> Option<u8> {
+        let n = *prefix.get_ref();
+        if !(1..=128).contains(&n) {
+            self.sink.error(
+                prefix.span(),
+                format!("{key} must be a prefix length from 1 to 128, not {n}"),
+            );
+            return None;
+        }
+        if listen.is_some_and(|l| l.is_ipv4()) {
+            self.sink.error(
+                prefix.span(),
+                format!("{key} applies to IPv6 listen addresses; this service listens on IPv4"),
+            );
+            return None;
+        }
+        u8::try_from(n).ok()
+    }
+
     fn fast_path_options(
         &mut self,
         raw: &RawVs,

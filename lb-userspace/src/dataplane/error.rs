@@ -1,6 +1,6 @@
 //! Every way the data plane can fail, each message naming the problem and the fix.
 
-use std::{io, net::SocketAddrV4, path::PathBuf};
+use std::{io, net::SocketAddr, path::PathBuf};
 
 use super::{Proto, plan::PlanError};
 
@@ -212,12 +212,10 @@ pub enum DataplaneError {
     Plan(#[from] PlanError),
 
     /// `PersistPins::pin`/`pinned` named a service that is not programmed.
-    #[error("service {vip}:{port}/{proto} is not programmed: apply a spec that contains it first")]
+    #[error("service {service}/{proto} is not programmed: apply a spec that contains it first")]
     UnknownService {
-        /// Virtual IP.
-        vip: std::net::Ipv4Addr,
-        /// Virtual port.
-        port: u16,
+        /// Virtual IP and port.
+        service: SocketAddr,
         /// Protocol.
         proto: Proto,
     },
@@ -226,7 +224,17 @@ pub enum DataplaneError {
     #[error("backend {addr} is not programmed: apply a spec that contains it first")]
     UnknownBackend {
         /// Backend address.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
+    },
+
+    /// `PersistPins` was asked to pin a client of one address family under a service of the
+    /// other (XDP forwards within one family).
+    #[error("client {client} and service {service} are of different IP versions: no pin")]
+    PinFamily {
+        /// Client address.
+        client: std::net::IpAddr,
+        /// Virtual IP and port.
+        service: SocketAddr,
     },
 }
 

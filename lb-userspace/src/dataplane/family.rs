@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
-use lb_common::{Addr6, fold6};
+use lb_common::{Addr6, fold6, mask6};
 
 /// One address family, as the agent sees it.
 pub trait Family: 'static {
@@ -35,6 +35,18 @@ pub trait Family: 'static {
     fn of_sock(s: SocketAddr) -> Option<Self::Sock>;
     /// The address folded to 32 bits, as XDP folds it for the NAT_SERVERS bit.
     fn fold(raw: &Self::Raw) -> u32;
+    /// The address a client-IP pin is keyed on, as XDP keys it (`lb-ebpf/src/family.rs`):
+    /// IPv4 the address itself, IPv6 its first `prefix` bits.
+    fn persist_addr(raw: &Self::Raw, prefix: u32) -> Self::Raw;
+}
+
+/// [`Family::persist_addr`] of a host address: the address `client`'s pins are keyed on
+/// under a service whose IPv6 persistence prefix is `prefix` (IPv4: `client` itself).
+pub fn persist_client(client: IpAddr, prefix: u32) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(c) => IpAddr::V6(V6::ip(V6::persist_addr(&V6::raw(c), prefix))),
+    }
 }
 
 /// IPv4.
@@ -74,6 +86,9 @@ impl Family for V4 {
         }
     }
     fn fold(raw: &u32) -> u32 {
+        *raw
+    }
+    fn persist_addr(raw: &u32, _prefix: u32) -> u32 {
         *raw
     }
 }
@@ -122,6 +137,9 @@ impl Family for V6 {
     fn fold(raw: &Addr6) -> u32 {
         fold6(raw)
     }
+    fn persist_addr(raw: &Addr6, prefix: u32) -> Addr6 {
+        mask6(raw, prefix)
+    }
 }
 
 #[cfg(test)]
@@ -136,5 +154,17 @@ mod tests {
         assert_eq!(V6::raw(a)[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
         let b: Ipv4Addr = "192.0.2.1".parse().expect("addr");
         assert_eq!(V4::ip(V4::raw(b)), b);
+    }
+
+    #[test]
+    fn pins_key_ipv6_clients_on_their_prefix_and_ipv4_on_the_address() {
+        let c: IpAddr = "2001:db8:c:1:aaaa:bbbb:cccc:dddd".parse().expect("addr");
+        let at = |p| persist_client(c, p).to_string();
+        assert_eq!(at(64), "2001:db8:c:1::");
+        assert_eq!(at(56), "2001:db8:c::");
+        assert_eq!(at(72), "2001:db8:c:1:aa00::");
+        assert_eq!(persist_client(c, 128), c);
+        let v4: IpAddr = "192.0.2.9".parse().expect("addr");
+        assert_eq!(persist_client(v4, 64), v4);
     }
 }

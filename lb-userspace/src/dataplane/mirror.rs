@@ -24,7 +24,7 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     marker::PhantomData,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
     path::Path,
     sync::{
@@ -37,10 +37,11 @@ use arc_swap::ArcSwap;
 use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
 use dashmap::DashMap;
 use lb_common::{
-    DS_KEY_BYTES, DS_VALUE_BYTES, DsKey, DsValue, Persist, PersistKey, ds_ids, ds_name_id,
-    map_names,
+    DS_KEY_BYTES, DS_VALUE_BYTES, DsKey, DsValue, Persist, PersistKey, PersistKey6, PersistKeyOf,
+    ds_ids, ds_name_id, map_names, service_flags,
 };
 
+use super::family::{Family, V4, V6};
 use super::{DataplaneError, Proto, plan};
 use crate::tables::EntryView;
 
@@ -219,41 +220,63 @@ impl<K: aya::Pod, V: aya::Pod> RawHash<K, V> {
 
 // ---- fast-path pins ---------------------------------------------------------------------------
 
-/// What [`PersistPins`] needs to know of the programmed state: refreshed by every apply.
+/// A service as PERSIST knows it: (VIP, port, protocol).
+pub type PinService = (IpAddr, u16, Proto);
+
+/// What [`PersistPins`] needs to know of the programmed state (both families): refreshed by
+/// every apply.
 #[derive(Debug, Default)]
 pub(crate) struct PinIndex {
-    /// Persistence group of each programmed service.
-    services: HashMap<(Ipv4Addr, u16, Proto), u32>,
-    /// Id and generation of each programmed backend.
-    backends: HashMap<SocketAddrV4, (u32, u32)>,
+    /// Persistence group and IPv6 client prefix of each programmed service.
+    services: HashMap<PinService, (u32, u32)>,
+    /// Id and generation of each programmed backend (ids are one space for both families).
+    backends: HashMap<SocketAddr, (u32, u32)>,
 }
 
 impl PinIndex {
-    pub(crate) fn from_state(state: &plan::State) -> Self {
-        let services = state
-            .services
-            .iter()
-            .filter_map(|(k, s)| {
-                plan::service_key_parts::<plan::V4>(k).map(|parts| (parts, s.persist_group))
-            })
-            .collect();
-        let backends = state
-            .backend_ids
-            .iter()
-            .map(|(addr, id)| {
+    pub(crate) fn from_states(v4: &plan::State<V4>, v6: &plan::State<V6>) -> Self {
+        let mut index = Self::default();
+        index.add(v4);
+        index.add(v6);
+        index
+    }
+
+    fn add<F: Family>(&mut self, state: &plan::State<F>) {
+        self.services
+            .extend(state.services.iter().filter_map(|(k, s)| {
+                let (vip, port, proto) = plan::service_key_parts::<F>(k)?;
+                let prefix = service_flags::persist_prefix(s.flags);
+                Some(((vip.into(), port, proto), (s.persist_group, prefix)))
+            }));
+        self.backends
+            .extend(state.backend_ids.iter().map(|(addr, id)| {
                 let generation = state.backend(*id).map_or(0, |b| b.generation);
-                (*addr, (*id, generation))
-            })
-            .collect();
-        Self { services, backends }
+                ((*addr).into(), (*id, generation))
+            }));
     }
 }
 
-/// A cheap, cloneable handle that pins clients in PERSIST from any thread, without waiting
-/// on the agent's data-plane lock or on a reload.
+/// A PERSIST (IPv4) or PERSIST6 (IPv6) key.
+enum PinKey {
+    V4(PersistKey),
+    V6(PersistKey6),
+}
+
+/// The persistence key of `client` in `group`: XDP's (`lb-ebpf/src/persist.rs`), an IPv6
+/// client masked to `prefix`.
+fn persist_key<F: Family>(group: u32, prefix: u32, client: F::Ip) -> PersistKeyOf<F::Raw> {
+    PersistKeyOf {
+        group,
+        client_addr: F::persist_addr(&F::raw(client), prefix),
+    }
+}
+
+/// A cheap, cloneable handle that pins clients in PERSIST / PERSIST6 from any thread, without
+/// waiting on the agent's data-plane lock or on a reload.
 #[derive(Clone)]
 pub struct PersistPins {
     map: Arc<RawHash<PersistKey, Persist>>,
+    map6: Arc<RawHash<PersistKey6, Persist>>,
     index: Arc<ArcSwap<PinIndex>>,
 }
 
@@ -264,9 +287,14 @@ impl std::fmt::Debug for PersistPins {
 }
 
 impl PersistPins {
-    pub(crate) fn new(map: RawHash<PersistKey, Persist>, index: Arc<ArcSwap<PinIndex>>) -> Self {
+    pub(crate) fn new(
+        map: RawHash<PersistKey, Persist>,
+        map6: RawHash<PersistKey6, Persist>,
+        index: Arc<ArcSwap<PinIndex>>,
+    ) -> Self {
         Self {
             map: Arc::new(map),
+            map6: Arc::new(map6),
             index,
         }
     }
@@ -274,28 +302,37 @@ impl PersistPins {
     fn key(
         &self,
         index: &PinIndex,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-    ) -> Result<PersistKey, DataplaneError> {
+        service: PinService,
+        client: IpAddr,
+    ) -> Result<PinKey, DataplaneError> {
         let (vip, port, proto) = service;
-        let group = index
-            .services
-            .get(&service)
-            .copied()
-            .ok_or(DataplaneError::UnknownService { vip, port, proto })?;
-        Ok(PersistKey {
-            group,
-            client_addr: u32::from_ne_bytes(client.octets()),
-        })
+        let (group, prefix) =
+            index
+                .services
+                .get(&service)
+                .copied()
+                .ok_or(DataplaneError::UnknownService {
+                    service: SocketAddr::new(vip, port),
+                    proto,
+                })?;
+        match (vip, client) {
+            (IpAddr::V4(_), IpAddr::V4(c)) => Ok(PinKey::V4(persist_key::<V4>(group, prefix, c))),
+            (IpAddr::V6(_), IpAddr::V6(c)) => Ok(PinKey::V6(persist_key::<V6>(group, prefix, c))),
+            _ => Err(DataplaneError::PinFamily {
+                client,
+                service: SocketAddr::new(vip, port),
+            }),
+        }
     }
 
     /// Pins `client` to `backend` for new connections to `service` until `expires_ns`
-    /// (CLOCK_MONOTONIC).
+    /// (CLOCK_MONOTONIC). An IPv6 client is pinned by the service's persistence prefix (as
+    /// XDP looks it up), so the pin covers every address of that prefix.
     pub fn pin(
         &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-        backend: SocketAddrV4,
+        service: PinService,
+        client: IpAddr,
+        backend: SocketAddr,
         expires_ns: u64,
     ) -> Result<(), DataplaneError> {
         let index = self.index.load();
@@ -305,26 +342,24 @@ impl PersistPins {
             .get(&backend)
             .copied()
             .ok_or(DataplaneError::UnknownBackend { addr: backend })?;
-        self.map.update(
-            &key,
-            &Persist {
-                backend_id,
-                generation,
-                expires_ns,
-            },
-        )
+        let value = Persist {
+            backend_id,
+            generation,
+            expires_ns,
+        };
+        match key {
+            PinKey::V4(k) => self.map.update(&k, &value),
+            PinKey::V6(k) => self.map6.update(&k, &value),
+        }
     }
 
     /// Removes a client's pin; false when there was none (or the service is gone, which took
     /// its pins with it).
-    pub fn unpin(
-        &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-    ) -> Result<bool, DataplaneError> {
+    pub fn unpin(&self, service: PinService, client: IpAddr) -> Result<bool, DataplaneError> {
         let index = self.index.load();
         match self.key(&index, service, client) {
-            Ok(key) => self.map.delete(&key),
+            Ok(PinKey::V4(k)) => self.map.delete(&k),
+            Ok(PinKey::V6(k)) => self.map6.delete(&k),
             Err(DataplaneError::UnknownService { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -333,12 +368,15 @@ impl PersistPins {
     /// The backend and expiry a client is pinned to (diagnostics and tests).
     pub fn pinned(
         &self,
-        service: (Ipv4Addr, u16, Proto),
-        client: Ipv4Addr,
-    ) -> Result<Option<(SocketAddrV4, u64)>, DataplaneError> {
+        service: PinService,
+        client: IpAddr,
+    ) -> Result<Option<(SocketAddr, u64)>, DataplaneError> {
         let index = self.index.load();
-        let key = self.key(&index, service, client)?;
-        let Some(p) = self.map.lookup(&key)? else {
+        let found = match self.key(&index, service, client)? {
+            PinKey::V4(k) => self.map.lookup(&k)?,
+            PinKey::V6(k) => self.map6.lookup(&k)?,
+        };
+        let Some(p) = found else {
             return Ok(None);
         };
         Ok(index
@@ -403,19 +441,28 @@ fn name_key(id: u32) -> DsKey {
     k
 }
 
+/// Bytes after the address in a fast-path record's key: table id and key hash.
+const CARRIER_TAIL: usize = 12;
+
 /// The record saying that `client` carries the entry of table `table_id` whose key hashes to
-/// `key_hash`: key `{vs id, PINS, client ++ table id ++ key hash}`, an empty value that never
-/// expires (it goes with its entry, see [`KernelMirror::restore`]).
-fn carrier_key(vs_id: u32, client: Ipv4Addr, table_id: u32, key_hash: u64) -> DsKey {
+/// `key_hash`: key `{vs id, PINS, client ++ table id ++ key hash}` (the client's 4 or 16
+/// bytes, so the key length tells the family), an empty value that never expires (it goes
+/// with its entry, see [`KernelMirror::restore`]).
+fn carrier_key(vs_id: u32, client: IpAddr, table_id: u32, key_hash: u64) -> DsKey {
+    let octets = match client {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let n = octets.len();
     let mut k = DsKey {
         vs_id,
         table_id: ds_ids::PINS,
-        key_len: 16,
+        key_len: (n + CARRIER_TAIL) as u32,
         ..DsKey::default()
     };
-    k.key[..4].copy_from_slice(&client.octets());
-    k.key[4..8].copy_from_slice(&table_id.to_le_bytes());
-    k.key[8..16].copy_from_slice(&key_hash.to_le_bytes());
+    k.key[..n].copy_from_slice(&octets);
+    k.key[n..n + 4].copy_from_slice(&table_id.to_le_bytes());
+    k.key[n + 4..n + CARRIER_TAIL].copy_from_slice(&key_hash.to_le_bytes());
     k
 }
 
@@ -431,8 +478,8 @@ fn carrier_value() -> DsValue {
 pub struct PinRecord {
     /// Virtual service name.
     pub vs: String,
-    /// The client address.
-    pub client: Ipv4Addr,
+    /// The client address (IPv6: as pinned, masked to the service's prefix).
+    pub client: IpAddr,
     /// Table of the entry.
     pub table: String,
     /// [`key_hash64`] of the entry's key.
@@ -686,7 +733,7 @@ impl KernelMirror {
     }
 
     /// Records that `client` carries entry (`table`, `key`) of `vs` (fast path).
-    pub fn record_carrier(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+    pub fn record_carrier(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
         let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
             return;
         };
@@ -698,12 +745,12 @@ impl KernelMirror {
     }
 
     /// Forgets that record.
-    pub fn forget_carrier(&self, vs: &str, client: Ipv4Addr, table: &str, key: &str) {
+    pub fn forget_carrier(&self, vs: &str, client: IpAddr, table: &str, key: &str) {
         self.forget_carrier_hashed(vs, client, table, key_hash64(key));
     }
 
     /// Forgets a record known by its key's hash (after a restart, when the entry is gone).
-    pub fn forget_carrier_hashed(&self, vs: &str, client: Ipv4Addr, table: &str, key_hash: u64) {
+    pub fn forget_carrier_hashed(&self, vs: &str, client: IpAddr, table: &str, key_hash: u64) {
         let (Some(vs_id), Some(table_id)) = (self.id(vs), self.id(table)) else {
             return;
         };
@@ -820,20 +867,24 @@ fn decode_pin(
     k: &DsKey,
     v: &DsValue,
     names: &HashMap<u32, String>,
-) -> Option<(Ipv4Addr, String, u64)> {
+) -> Option<(IpAddr, String, u64)> {
     let kb = key_bytes(k)?;
-    let client = <[u8; 4]>::try_from(kb.get(..4)?).ok()?;
-    let rest = if k.key_len == LEGACY_PIN_KEY_LEN {
-        value_bytes(v)?
+    let (addr, rest) = if k.key_len == LEGACY_PIN_KEY_LEN {
+        (kb, value_bytes(v)?)
     } else {
-        kb.get(4..)?
+        kb.split_at_checked(kb.len().checked_sub(CARRIER_TAIL)?)?
     };
-    if rest.len() != 12 {
+    let client = match addr.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+        _ => return None,
+    };
+    if rest.len() != CARRIER_TAIL {
         return None;
     }
     let table_id = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
     let hash = u64::from_le_bytes(rest.get(4..12)?.try_into().ok()?);
-    Some((Ipv4Addr::from(client), names.get(&table_id)?.clone(), hash))
+    Some((client, names.get(&table_id)?.clone(), hash))
 }
 
 impl crate::tables::Mirror for KernelMirror {
@@ -895,7 +946,8 @@ pub(crate) fn open_pins(
     index: Arc<ArcSwap<PinIndex>>,
 ) -> Result<PersistPins, DataplaneError> {
     let persist = RawHash::from_pin(map_names::PERSIST, &vdir.join(map_names::PERSIST))?;
-    Ok(PersistPins::new(persist, index))
+    let persist6 = RawHash::from_pin(map_names::PERSIST6, &vdir.join(map_names::PERSIST6))?;
+    Ok(PersistPins::new(persist, persist6, index))
 }
 
 #[cfg(test)]
@@ -936,7 +988,7 @@ mod tests {
         let orphan = ds_key(5, 12345, b"s1").expect("key");
         assert!(decode_entry(&orphan, &v, &names).is_none());
 
-        let client = Ipv4Addr::new(203, 0, 113, 2);
+        let client = IpAddr::from([203, 0, 113, 2]);
         let pk = carrier_key(5, client, ds_name_id(b""), key_hash64("cookie"));
         let (c, table, hash) = decode_pin(&pk, &carrier_value(), &names).expect("record decodes");
         assert_eq!((c, table.as_str()), (client, ""));
@@ -954,7 +1006,7 @@ mod tests {
             key_len: LEGACY_PIN_KEY_LEN,
             ..DsKey::default()
         };
-        legacy.key[..4].copy_from_slice(&client.octets());
+        legacy.key[..4].copy_from_slice(&[203, 0, 113, 2]);
         let mut lv = DsValue {
             expires_ns: 77,
             value_len: 12,
@@ -964,6 +1016,21 @@ mod tests {
         lv.value[4..12].copy_from_slice(&key_hash64("k").to_le_bytes());
         let (c, table, hash) = decode_pin(&legacy, &lv, &names).expect("legacy decodes");
         assert_eq!((c, table.as_str(), hash), (client, "ids", key_hash64("k")));
+
+        // An IPv6 address's record: 16 address bytes, decoded as IPv6, distinct from every
+        // IPv4 one.
+        let client6: IpAddr = "2001:db8:c::100".parse().expect("addr");
+        let pk6 = carrier_key(5, client6, ds_name_id(b"ids"), key_hash64("cookie"));
+        assert_eq!(pk6.key_len, 28);
+        let (c, table, hash) = decode_pin(&pk6, &carrier_value(), &names).expect("v6 decodes");
+        assert_eq!(
+            (c, table.as_str(), hash),
+            (client6, "ids", key_hash64("cookie"))
+        );
+        // A key of another length is not a record.
+        let mut bad = pk6;
+        bad.key_len = 20;
+        assert!(decode_pin(&bad, &carrier_value(), &names).is_none());
     }
 
     #[test]

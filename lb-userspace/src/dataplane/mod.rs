@@ -38,7 +38,7 @@ pub use attach::{AttachMode, Attached, Hook};
 pub use error::DataplaneError;
 pub use maps::{MapFill, MapMemory, kernel_memory, versioned_dir};
 pub use migrate::Migration;
-pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, Restored};
+pub use mirror::{KernelMirror, MirrorStats, PersistPins, PinRecord, PinService, Restored};
 pub use plan::PlanError;
 
 /// Name of the XDP entry point in the lb-ebpf object.
@@ -403,7 +403,7 @@ pub struct Dataplane {
     state: plan::State,
     /// The IPv6 services and backends (ids shared with `state`'s).
     state6: plan::State<V6>,
-    /// What [`PersistPins`] handles see of `state`, refreshed by every apply.
+    /// What [`PersistPins`] handles see of `state` and `state6`, refreshed by every apply.
     pin_index: std::sync::Arc<arc_swap::ArcSwap<mirror::PinIndex>>,
     pins: PersistPins,
     mirror: std::sync::Arc<KernelMirror>,
@@ -509,7 +509,7 @@ impl Dataplane {
         let replies6 = maps.v6.read_replies()?;
         let nat_servers = maps.read_nat_servers()?;
         let pin_index = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
-            mirror::PinIndex::from_state(&state),
+            mirror::PinIndex::from_states(&state, &state6),
         ));
         let pins = mirror::open_pins(&vdir, std::sync::Arc::clone(&pin_index))?;
         let mirror = std::sync::Arc::new(KernelMirror::new(std::sync::Arc::clone(&maps.ds_table)));
@@ -680,8 +680,9 @@ impl Dataplane {
         self.conntrack_maybe_stale
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.pin_index
-            .store(std::sync::Arc::new(mirror::PinIndex::from_state(
+            .store(std::sync::Arc::new(mirror::PinIndex::from_states(
                 &self.state,
+                &self.state6,
             )));
         result
     }

@@ -172,6 +172,7 @@ const KEYS: &[&str] = &[
     "fast_path",
     "fast_path_max_sessions",
     "fast_path_exclude",
+    "fast_path_ipv6_prefix",
     "datascript",
     "rate_limit",
     "certificates",

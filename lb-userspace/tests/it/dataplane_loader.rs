@@ -7,7 +7,7 @@
 //! inside its own network namespace; both are removed on drop, even when the test fails.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -20,8 +20,8 @@ use latch::dataplane::{
     ServiceKind, ServiceSpec, monotonic_now_ns, teardown, versioned_dir,
 };
 use lb_common::{
-    Backend, Capacities, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey, Service,
-    ServiceKey, backend_state, maglev_base, map_names, service_flags,
+    Backend, Capacities, Flow, FlowKey, MAGLEV_TABLE_SIZE, Persist, PersistKey, PersistKey6,
+    Service, ServiceKey, backend_state, maglev_base, map_names, service_flags,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -452,24 +452,27 @@ fn apply_then_read_maps_back() {
     let svc = ("198.51.100.30".parse().expect("ip"), 80, Proto::Tcp);
     let now = monotonic_now_ns();
     let pins = dp.persist_pins();
-    pins.pin(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
-        .expect("pin");
+    let (c, server11, until): (IpAddr, SocketAddr, u64) = (
+        client.into(),
+        addr("192.0.2.11:8080").into(),
+        now + 60_000_000_000,
+    );
+    pins.pin(svc, c, server11, until).expect("pin");
     let p = persist.get(&pkey, 0).expect("pinned");
     assert_eq!(p.backend_id, id11);
     assert_eq!(p.generation, b11.generation);
     assert!(matches!(
-        pins.pin(svc, client, addr("192.0.2.99:1"), now),
+        pins.pin(svc, c, addr("192.0.2.99:1").into(), now),
         Err(DataplaneError::UnknownBackend { .. })
     ));
     assert_eq!(dp.sweep(now).expect("sweep"), 0, "unexpired pin kept");
     assert!(persist.get(&pkey, 0).is_ok());
     assert_eq!(dp.sweep(now + 61_000_000_000).expect("sweep"), 1);
     assert!(persist.get(&pkey, 0).is_err(), "expired pin swept");
-    pins.pin(svc, client, addr("192.0.2.11:8080"), now + 60_000_000_000)
-        .expect("pin");
-    assert!(pins.unpin(svc, client).expect("unpin"));
+    pins.pin(svc, c, server11, until).expect("pin");
+    assert!(pins.unpin(svc, c).expect("unpin"));
     assert!(persist.get(&pkey, 0).is_err());
-    assert!(!pins.unpin(svc, client).expect("unpin twice"));
+    assert!(!pins.unpin(svc, c).expect("unpin twice"));
 
     // Stats: every programmed service and backend is reported, counters zero (no traffic).
     let stats = dp.stats().expect("stats");
@@ -477,6 +480,75 @@ fn apply_then_read_maps_back() {
     assert_eq!(stats.backends.len(), 2);
     assert!(stats.services.iter().all(|s| s.counters.packets == 0));
     assert_eq!(stats.global.len(), latch::dataplane::GLOBAL_COUNTERS.len());
+}
+
+/// Fast-path pins of an IPv6 service go to PERSIST6, keyed on the service's persistence
+/// prefix as XDP looks them up: any address of the client's /64 finds the pin and removes it.
+#[test]
+#[ignore = "needs root: loads and pins BPF programs (CAP_BPF, CAP_NET_ADMIN)"]
+fn persist_pins_key_ipv6_clients_on_the_service_prefix() {
+    let dir = PinDir::new();
+    let mut dp = Dataplane::open(dir.path()).expect("open");
+    let server6: SocketAddr = "[2001:db8:b1::2]:8080".parse().expect("addr");
+    let mut http6 = l4("2001:db8:f::30", 80, &[]);
+    http6.backends = vec![BackendSpec {
+        addr: server6,
+        up: true,
+        weight: 1,
+        backup: false,
+    }];
+    http6.kind = ServiceKind::Http { fast_path: true };
+    http6.persistence_prefix_v6 = Some(64);
+    let mut http4 = l4("198.51.100.30", 80, &[("192.0.2.11:8080", true)]);
+    http4.kind = ServiceKind::Http { fast_path: true };
+    dp.apply(&DataplaneSpec {
+        services: vec![http4, http6],
+    })
+    .expect("apply");
+
+    let pins = dp.persist_pins();
+    let svc6 = ("2001:db8:f::30".parse().expect("ip"), 80, Proto::Tcp);
+    let client: IpAddr = "2001:db8:c:0:1:2:3:4".parse().expect("ip");
+    let now = monotonic_now_ns();
+    pins.pin(svc6, client, server6, now + 60_000_000_000)
+        .expect("pin");
+    let persist6: HashMap<MapData, PersistKey6, Persist> = pinned(dir.path(), map_names::PERSIST6);
+    let keys: Vec<PersistKey6> = persist6.keys().map(|k| k.expect("key")).collect();
+    assert_eq!(keys.len(), 1, "one PERSIST6 entry");
+    let prefix: Ipv6Addr = "2001:db8:c::".parse().expect("ip");
+    let words: Vec<u32> = prefix
+        .octets()
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        keys[0].client_addr.to_vec(),
+        words,
+        "keyed on the client's /64"
+    );
+    let p = persist6.get(&keys[0], 0).expect("pinned");
+    assert_eq!(Some(p.backend_id), dp.backend_id(server6));
+    let persist: HashMap<MapData, PersistKey, Persist> = pinned(dir.path(), map_names::PERSIST);
+    assert_eq!(persist.keys().count(), 0, "nothing in the IPv4 map");
+    // Another address of the /64 sees the pin; one of another /64 does not.
+    let neighbour: IpAddr = "2001:db8:c::9".parse().expect("ip");
+    assert_eq!(
+        pins.pinned(svc6, neighbour).expect("lookup"),
+        Some((server6, now + 60_000_000_000))
+    );
+    let other: IpAddr = "2001:db8:d::1".parse().expect("ip");
+    assert_eq!(pins.pinned(svc6, other).expect("lookup"), None);
+    // A client of the other family is refused, not written anywhere.
+    assert!(matches!(
+        pins.pin(svc6, "203.0.113.7".parse().expect("ip"), server6, now),
+        Err(DataplaneError::PinFamily { .. })
+    ));
+    assert!(pins.unpin(svc6, neighbour).expect("unpin"));
+    assert_eq!(persist6.keys().count(), 0, "unpinned");
+    // Expired IPv6 pins are swept like IPv4 ones.
+    pins.pin(svc6, client, server6, now + 1).expect("pin");
+    assert_eq!(dp.sweep(now + 2).expect("sweep"), 1);
+    assert_eq!(persist6.keys().count(), 0, "expired pin swept");
 }
 
 #[test]

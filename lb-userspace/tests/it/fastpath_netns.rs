@@ -3,23 +3,24 @@
 //! connections straight to that server; table_remove and a server leaving the pool release
 //! the client back to the proxy. An address that carries a second session is unpinned (its
 //! users reach their own servers, its new users are balanced) and pinned again when back to
-//! one; an excluded address is never pinned; all of it across kill -9. Needs root:
-//! `#[ignore]`d, run with `--include-ignored`.
+//! one; an excluded address is never pinned; all of it across kill -9. The same on an IPv6
+//! VIP with IPv6 clients and servers. Needs root: `#[ignore]`d, run with `--include-ignored`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use latch_tests::config::ADMIN_LISTEN;
 use latch_tests::{
-    DataScript, HttpConn, IpGroup, LatchAgent, LatchConfig, Pool, Topology, http_get,
-    http_get_from, strip_ansi,
+    DataScript, HttpConn, IpGroup, LatchAgent, LatchConfig, Pool, Topology, VirtualService,
+    http_get, http_get_from, strip_ansi,
 };
 use lb_common::{map_names, stat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::LATCH;
+use crate::ipv6_netns::{CLIENT6, VIP6, add_ipv6, start_servers6};
 use crate::netns_config::{HTTP_PORT, TestResult, backends, lb_agent, shop};
 
 /// Sessions learned at /login (lifetime 60 s), looked up with an extension of `extension_s`
@@ -68,7 +69,7 @@ fn global_counter(bpffs_dir: &Path, index: u32) -> Result<u64, Box<dyn std::erro
 /// `GET path` from source address `from` with a JSESSIONID cookie, on a fresh connection;
 /// returns the whole answer as text.
 fn get_with_cookie_from(
-    from: Ipv4Addr,
+    from: IpAddr,
     addr: SocketAddr,
     path: &str,
     cookie: &str,
@@ -79,7 +80,11 @@ fn get_with_cookie_from(
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let work = async {
-            let sock = tokio::net::TcpSocket::new_v4()?;
+            let sock = if from.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
             sock.bind(SocketAddr::from((from, 0)))?;
             let mut s = sock.connect(addr).await?;
             let req = format!(
@@ -100,8 +105,12 @@ fn get_with_cookie_from(
 
 /// Logs in from `from` (a proxied connection) and returns (cookie, owner, seen client).
 fn login(topo: &Topology, from: Ipv4Addr) -> Result<(String, String, SocketAddr), String> {
-    let vip = SocketAddr::from((topo.vip(), 80));
-    let r = http_get_from(IpAddr::V4(from), vip, "/login").map_err(|e| e.to_string())?;
+    login_at(SocketAddr::from((topo.vip(), 80)), from.into())
+}
+
+/// [`login`] to the service at `vip`.
+fn login_at(vip: SocketAddr, from: IpAddr) -> Result<(String, String, SocketAddr), String> {
+    let r = http_get_from(from, vip, "/login").map_err(|e| e.to_string())?;
     Ok((
         r.set_cookie("JSESSIONID").ok_or("no JSESSIONID")?,
         r.backend.ok_or("no X-Backend")?,
@@ -112,10 +121,18 @@ fn login(topo: &Topology, from: Ipv4Addr) -> Result<(String, String, SocketAddr)
 /// `n` new connections from `from`: the backends that answered and the client addresses
 /// they saw.
 fn connections(topo: &Topology, from: Ipv4Addr, n: usize) -> Result<Vec<(String, IpAddr)>, String> {
-    let vip = SocketAddr::from((topo.vip(), 80));
+    connections_at(SocketAddr::from((topo.vip(), 80)), from.into(), n)
+}
+
+/// [`connections`] to the service at `vip`.
+fn connections_at(
+    vip: SocketAddr,
+    from: IpAddr,
+    n: usize,
+) -> Result<Vec<(String, IpAddr)>, String> {
     (0..n)
         .map(|_| {
-            let r = http_get_from(IpAddr::V4(from), vip, "/").map_err(|e| e.to_string())?;
+            let r = http_get_from(from, vip, "/").map_err(|e| e.to_string())?;
             if r.status != 200 {
                 return Err(format!("status {}", r.status));
             }
@@ -188,7 +205,7 @@ fn pinned_client_bypasses_the_proxy_until_removed_or_its_server_leaves() -> Test
     // B logs A's session out (A itself bypasses the scripts now): table_remove unpins A.
     let answer = topo
         .client()
-        .run(|| get_with_cookie_from(b, vip, "/logout", &cookie))?;
+        .run(|| get_with_cookie_from(b.into(), vip, "/logout", &cookie))?;
     assert!(answer.starts_with("HTTP/1.1 200"), "logout: {answer}");
     let after_remove = topo.client().run(|| connections(&topo, a, 3))?;
     assert!(
@@ -342,15 +359,15 @@ fn shop_metric(topo: &Topology, name: &str) -> Result<f64, String> {
 }
 
 /// All of `conns` bypassed the proxy to `owner` (the backend saw `from` itself).
-fn all_pinned(conns: &[(String, IpAddr)], owner: &str, from: Ipv4Addr) -> bool {
-    conns
-        .iter()
-        .all(|(be, s)| be == owner && *s == IpAddr::V4(from))
+fn all_pinned(conns: &[(String, IpAddr)], owner: &str, from: impl Into<IpAddr>) -> bool {
+    let from = from.into();
+    conns.iter().all(|(be, s)| be == owner && *s == from)
 }
 
 /// None of `conns` bypassed the proxy.
-fn all_proxied(conns: &[(String, IpAddr)], from: Ipv4Addr) -> bool {
-    conns.iter().all(|(_, s)| *s != IpAddr::V4(from))
+fn all_proxied(conns: &[(String, IpAddr)], from: impl Into<IpAddr>) -> bool {
+    let from = from.into();
+    conns.iter().all(|(_, s)| *s != from)
 }
 
 #[test]
@@ -496,6 +513,147 @@ fn a_shared_address_is_unpinned_its_users_reach_their_servers_and_it_survives_ki
     assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
     let from_e = topo.client().run(|| connections(&topo, e, 2))?;
     assert!(all_proxied(&from_e, e), "{from_e:?}");
+    agent.stop(Duration::from_secs(10))?;
+    Ok(())
+}
+
+// ---- IPv6 -------------------------------------------------------------------------------------
+
+/// A second client address, in the first one's /64.
+const CLIENT6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x101);
+
+/// The fast path of an IPv6 http service (VIP, clients and servers in 2001:db8::/32): the
+/// login is proxied and its table_insert pins the client in PERSIST6, XDP then forwards the
+/// client's new connections straight to its server (which sees the client's own address);
+/// another address of the same /64 is not pinned (the default prefix is the whole address);
+/// the pin works while no agent runs and is adopted by the next; table_remove ends it. With
+/// `fast_path_ipv6_prefix = 64` the other address follows the pin; the server leaving the
+/// pool ends it.
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn ipv6_pinned_client_bypasses_the_proxy_across_kill9_until_removed() -> TestResult {
+    let topo = Topology::builder().backends(2).vip_on_lb(false).build()?;
+    let addrs = add_ipv6(&topo, 2, false)?;
+    // The proxy's VIP is local to the LB (XDP hands its proxied packets to the stack).
+    topo.lb()
+        .ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
+    topo.client().ip(&[
+        "addr",
+        "add",
+        &format!("{CLIENT6_B}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    start_servers6(&topo, &addrs, false)?;
+    let web: Vec<SocketAddr> = addrs
+        .iter()
+        .map(|a| SocketAddr::from((*a, HTTP_PORT)))
+        .collect();
+    let vip = SocketAddr::from((VIP6, 80));
+    let config = |agent: &LatchAgent, servers: &[SocketAddr], prefix: Option<u8>| {
+        let mut shop = VirtualService::http("shop", vip, "web")
+            .client_ip_fast_path()
+            .datascripts(scripts(0));
+        if let Some(p) = prefix {
+            shop = shop.fast_path_ipv6_prefix(p);
+        }
+        lb_agent(&topo, agent)
+            .pool(Pool::new("web", servers.to_vec()))
+            .virtual_service(shop)
+    };
+    let mut agent = LatchAgent::prepare(LATCH.as_ref(), topo.lb())?;
+    agent.write_latch_config(&config(&agent, &web, None))?;
+    agent.start()?;
+    let (a, b) = (IpAddr::V6(CLIENT6), IpAddr::V6(CLIENT6_B));
+
+    // B talks to the proxy once so the LB has its neighbour entry too.
+    topo.client()
+        .run(|| connections_at(vip, b, 1))
+        .map_err(|e| format!("client B: {e}"))?;
+
+    // The login is proxied: the backend sees the LB, not the client; the script pins A.
+    let (cookie, owner, seen) = topo.client().run(|| login_at(vip, a))?;
+    assert_ne!(seen.ip(), a, "login went through the proxy");
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+    let fast_before = global_counter(agent.bpffs_dir(), stat::FAST_PATH)?;
+
+    // XDP forwards A's new connections straight to its server, keeping A's address.
+    let fast = topo.client().run(|| connections_at(vip, a, 6))?;
+    assert!(all_pinned(&fast, &owner, a), "A pinned: {fast:?}");
+    let fast_after = global_counter(agent.bpffs_dir(), stat::FAST_PATH)?;
+    assert!(
+        fast_after >= fast_before + 6,
+        "FAST_PATH counter {fast_before} -> {fast_after}"
+    );
+    // B, in A's /64, is another address (prefix 128): proxied, not counted as fast.
+    let from_b = topo.client().run(|| connections_at(vip, b, 3))?;
+    assert!(all_proxied(&from_b, b), "B bypassed the proxy: {from_b:?}");
+    assert_eq!(
+        global_counter(agent.bpffs_dir(), stat::FAST_PATH)?,
+        fast_after,
+        "B's connections took the fast path"
+    );
+
+    // kill -9: the pin keeps working while no agent runs, and the next agent adopts it with
+    // its table entry.
+    agent.kill9()?;
+    let while_down = topo.client().run(|| connections_at(vip, a, 3))?;
+    assert!(
+        all_pinned(&while_down, &owner, a),
+        "pin without an agent: {while_down:?}"
+    );
+    agent.start()?;
+    let log = strip_ansi(&agent.log());
+    assert!(log.contains("entries=1 pins=1"), "{log}");
+    let fast = topo.client().run(|| connections_at(vip, a, 2))?;
+    assert!(all_pinned(&fast, &owner, a), "pin after restart: {fast:?}");
+
+    // B logs A's session out (A bypasses the scripts now): table_remove unpins A.
+    let answer = topo
+        .client()
+        .run(|| get_with_cookie_from(b, vip, "/logout", &cookie))?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "logout: {answer}");
+    let after_remove = topo.client().run(|| connections_at(vip, a, 3))?;
+    assert!(
+        all_proxied(&after_remove, a),
+        "A still bypasses the proxy after table_remove: {after_remove:?}"
+    );
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 0.0);
+
+    // With fast_path_ipv6_prefix = 64 the pin is of A's /64: B, in it, follows A's pin (XDP
+    // looks B up by the same prefix), keeping its own address.
+    agent.write_latch_config(&config(&agent, &web, Some(64)))?;
+    let outcome = agent.reload()?;
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let (_cookie, owner, _) = topo.client().run(|| login_at(vip, a))?;
+    let fast = topo.client().run(|| connections_at(vip, a, 2))?;
+    assert!(all_pinned(&fast, &owner, a), "A by its /64: {fast:?}");
+    let from_b = topo.client().run(|| connections_at(vip, b, 3))?;
+    assert!(all_pinned(&from_b, &owner, b), "B in A's /64: {from_b:?}");
+    assert_eq!(shop_metric(&topo, "latch_fast_path_pinned_addresses")?, 1.0);
+
+    // The server leaves the pool on reload: the /64 is unpinned.
+    let owner_index: usize = owner.trim_start_matches('b').parse()?;
+    let keep: Vec<SocketAddr> = (1..=web.len())
+        .filter(|&i| i != owner_index)
+        .map(|i| web[i - 1])
+        .collect();
+    agent.write_latch_config(&config(&agent, &keep, Some(64)))?;
+    let outcome = agent.reload()?;
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    for from in [a, b] {
+        let after = topo.client().run(|| connections_at(vip, from, 3))?;
+        assert!(
+            after.iter().all(|(be, s)| *be != owner && *s != from),
+            "{from} still pinned after its server left: {after:?}"
+        );
+    }
+    assert!(
+        agent.log().contains("fast-path clients unpinned"),
+        "reload unpinned explicitly: {}",
+        agent.log()
+    );
     agent.stop(Duration::from_secs(10))?;
     Ok(())
 }

@@ -17,8 +17,8 @@ use crate::netns_config::{
 };
 
 const UDP_PORT: u16 = 9000;
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x100);
+pub(crate) const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+pub(crate) const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x100);
 const LB_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
 
 /// Backend `i`'s link: 2001:db8:b<i>::/64, the LB at ::1, the backend at ::2.
@@ -29,7 +29,7 @@ fn link6(i: usize, host: u16) -> Ipv6Addr {
 /// Adds IPv6 to `topo`: addresses without duplicate address detection (usable at once),
 /// routes both ways, forwarding in the LB namespace only; with `dsr`, the VIP on every
 /// backend's loopback. Returns the backends' addresses.
-fn add_ipv6(
+pub(crate) fn add_ipv6(
     topo: &Topology,
     backends: usize,
     dsr: bool,
@@ -98,7 +98,7 @@ fn add_ipv6(
 
 /// Test servers on every backend's IPv6 address (HTTP and UDP), named b1, b2...; DSR ones on
 /// every address (they answer from the VIP they hold).
-fn start_servers6(topo: &Topology, addrs: &[Ipv6Addr], dsr: bool) -> TestResult {
+pub(crate) fn start_servers6(topo: &Topology, addrs: &[Ipv6Addr], dsr: bool) -> TestResult {
     for (i, a) in addrs.iter().enumerate() {
         let b = topo.backend(i + 1).ok_or("no such backend")?;
         let http_ip = if dsr { Ipv6Addr::UNSPECIFIED } else { *a };

@@ -130,6 +130,8 @@ fn the_built_configs_parse_as_latch_configs() -> TestResult {
     let servers = [SocketAddr::from(([198, 51, 100, 10], HTTP_PORT))];
     let vip = |port| SocketAddr::from(([203, 0, 113, 10], port));
     let scripts = latch_tests::jsession_scripts(60);
+    let v6_server: std::net::Ipv6Addr = "2001:db8:b1::2".parse()?;
+    let v6_vip: std::net::Ipv6Addr = "2001:db8:f::10".parse()?;
     let text = LatchConfig::new(
         AgentSettings::new(&["lo".to_string()])
             .bpffs_dir("/sys/fs/bpf/latch-parse-test".as_ref())
@@ -157,6 +159,15 @@ fn the_built_configs_parse_as_latch_configs() -> TestResult {
     )
     .virtual_service(VirtualService::tcp("dsr", vip(83), "web").dsr())
     .virtual_service(VirtualService::udp("dns", vip(53), "web"))
+    .pool(Pool::new(
+        "web6",
+        [SocketAddr::from((v6_server, HTTP_PORT))],
+    ))
+    .virtual_service(
+        VirtualService::http("fast6", SocketAddr::from((v6_vip, 80)), "web6")
+            .client_ip_fast_path()
+            .fast_path_ipv6_prefix(64),
+    )
     .replication(Replication::new(
         "redis://192.0.2.50:6379",
         "a",
@@ -166,7 +177,10 @@ fn the_built_configs_parse_as_latch_configs() -> TestResult {
     .to_toml()?;
     let config =
         latch::config::parse(&text, "built.toml".as_ref()).map_err(|e| format!("{e}\n{text}"))?;
-    assert_eq!(config.virtual_services.len(), 5);
+    assert_eq!(config.virtual_services.len(), 6);
+    let fast6 = &config.virtual_services[5];
+    assert!(fast6.fast_path);
+    assert_eq!(fast6.persistence_ipv6_prefix, Some(64));
     let fast = &config.virtual_services[1];
     assert!(fast.fast_path);
     assert_eq!(fast.datascripts.len(), 1);

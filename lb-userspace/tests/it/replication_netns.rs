@@ -6,16 +6,20 @@
 //! namespace; clients are threads inside the LB namespaces. They need root; every test skips
 //! without redis-server.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use latch::agent::fastpath::{FastPath, PinSink, ServiceAddr};
 use latch::config::ReplicationConfig;
+use latch::dataplane::{DataplaneError, PinRecord};
+use latch::datascript::ScriptTableObserver;
+use latch::proxy::hooks::{RequestId, TxnInfo};
 use latch::replication::Replication;
 use latch::tables::{
-    Mirror, MonotonicClock, NoMirror, RemoveReason, TableLimits, TableStore, VsTables,
+    Mirror, Mirrors, MonotonicClock, NoMirror, RemoveReason, TableLimits, TableStore, VsTables,
 };
 use latch_tests::config::{self, AgentSettings, DataScript, LatchConfig, Pool, VirtualService};
 use latch_tests::{ChildGuard, LatchAgent, Netns, ServeConfig, ServerHandle, http_get};
@@ -112,22 +116,28 @@ fn value(h: &Host, key: &str) -> Option<String> {
     h.shop.get("", key, now()).map(|e| e.value)
 }
 
+/// A redis-server on a Unix socket in `dir`, without persistence: the command that starts it
+/// (again after a stop) and its URL.
+fn local_redis(dir: &Path) -> (impl Fn() -> Command, String) {
+    let sock_s = dir.join("redis.sock").display().to_string();
+    let url = format!("unix://{sock_s}");
+    let cmd = move || {
+        let mut c = Command::new(REDIS);
+        c.args(["--port", "0", "--unixsocket", &sock_s])
+            .args(["--save", "", "--appendonly", "no"]);
+        c
+    };
+    (cmd, url)
+}
+
 #[test]
 fn two_hosts_share_through_a_local_redis() -> TestResult {
     if redis_missing() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("redis.sock");
-    let sock_s = sock.display().to_string();
-    let redis_cmd = || {
-        let mut c = Command::new(REDIS);
-        c.args(["--port", "0", "--unixsocket", &sock_s])
-            .args(["--save", "", "--appendonly", "no"]);
-        c
-    };
+    let (redis_cmd, url) = local_redis(dir.path());
     let mut redis = Some(start_redis(&mut redis_cmd())?);
-    let url = format!("unix://{sock_s}");
     let a = host(&url, "a")?;
     let b = host(&url, "b")?;
 
@@ -199,6 +209,106 @@ fn two_hosts_share_through_a_local_redis() -> TestResult {
     assert_eq!(value(&d, "race0"), value(&a, "race0"));
     assert!(d.tables.vs_names().contains(&"shop".to_string()));
     drop(redis);
+    Ok(())
+}
+
+/// Records the fast path's kernel calls (the kernel's place).
+#[derive(Default)]
+struct PinRec(Mutex<Vec<String>>);
+
+impl PinRec {
+    fn has(&self, call: &str) -> bool {
+        self.0.lock().iter().any(|c| c == call)
+    }
+}
+
+impl PinSink for PinRec {
+    fn pin(
+        &self,
+        _: ServiceAddr,
+        client: IpAddr,
+        server: SocketAddr,
+        _: u64,
+    ) -> Result<(), DataplaneError> {
+        self.0.lock().push(format!("pin {client} {server}"));
+        Ok(())
+    }
+    fn unpin(&self, _: ServiceAddr, client: IpAddr) {
+        self.0.lock().push(format!("unpin {client}"));
+    }
+    fn record(&self, _: &str, client: IpAddr, _: &str, key: &str) {
+        self.0.lock().push(format!("record {client} {key}"));
+    }
+    fn forget(&self, _: &str, client: IpAddr, _: &str, key: &str) {
+        self.0.lock().push(format!("forget {client} {key}"));
+    }
+    fn forget_hashed(&self, _: &PinRecord) {}
+}
+
+/// Host B of an IPv6 fast-path service: shop on [2001:db8:f::10]:80 over two IPv6 servers.
+const SHOP6: &str = r#"[agent]
+interfaces = ["eth0"]
+[[pool]]
+name = "web"
+servers = ["[2001:db8:b1::2]:8080", "[2001:db8:b2::2]:8080"]
+[[virtual_service]]
+name = "shop"
+listen = "[2001:db8:f::10]:80"
+type = "http"
+pool = "web"
+fast_path = "client_ip"
+"#;
+
+/// A session stored on host A whose value is an IPv6 `[addr]:port` server reaches host B
+/// intact; a client's request on B that looks it up (the script's observer) pins the client
+/// to that server on B, and A's removal, replicated, unpins it there.
+#[test]
+fn an_ipv6_server_value_replicates_and_pins_on_the_other_host() -> TestResult {
+    if redis_missing() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (redis_cmd, url) = local_redis(dir.path());
+    let _redis = start_redis(&mut redis_cmd())?;
+    let a = host(&url, "a")?;
+    let b = host(&url, "b")?;
+    let pins = Arc::new(PinRec::default());
+    let fastpath = Arc::new(FastPath::new(pins.clone()));
+    fastpath.configure(&latch::config::parse(SHOP6, Path::new("b.toml"))?);
+    b.tables.set_mirror(Arc::new(Mirrors(vec![
+        b.mirror.clone() as Arc<dyn Mirror>,
+        fastpath.clone() as Arc<dyn Mirror>,
+    ])));
+
+    let server = "[2001:db8:b1::2]:8080";
+    a.shop.insert("", "s6", server, 60, now())?;
+    assert!(eventually(CONVERGE, || value(&b, "s6").as_deref() == Some(server)));
+    let entry = b.shop.get("", "s6", now()).ok_or("no entry on B")?;
+    let txn = TxnInfo {
+        vs_name: "shop".into(),
+        vs_addr: "[2001:db8:f::10]:80".parse()?,
+        client: "[2001:db8:c::100]:40000".parse()?,
+        request_id: RequestId(1),
+        tls: None,
+    };
+    fastpath.upserted(&txn, &entry);
+    assert_eq!(
+        *pins.0.lock(),
+        [
+            "record 2001:db8:c::100 s6",
+            &format!("pin 2001:db8:c::100 {server}")
+        ]
+    );
+    assert_eq!(fastpath.pinned_clients("shop"), 1);
+
+    assert!(a.shop.remove("", "s6", now()));
+    assert!(
+        eventually(CONVERGE, || pins.has("unpin 2001:db8:c::100")),
+        "{:?}",
+        pins.0.lock()
+    );
+    assert!(pins.has("forget 2001:db8:c::100 s6"));
+    assert_eq!(fastpath.pinned_clients("shop"), 0);
     Ok(())
 }
 
