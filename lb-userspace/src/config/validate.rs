@@ -1146,8 +1146,6 @@ impl Validator<'_> {
         out
     }
 
-    /// `fast_path_max_sessions` (at least 1, default 1) and `fast_path_exclude` (names of
-    /// `[[ip_group]]`s), both only with `fast_path`.
     /// An IPv6 client prefix length (`key` names it in errors): 1..=128, of an IPv6 service.
     fn ipv6_prefix(
         &mut self,
@@ -1173,6 +1171,8 @@ impl Validator<'_> {
         u8::try_from(n).ok()
     }
 
+    /// `fast_path_max_sessions` (at least 1, default 1) and `fast_path_exclude` (names of
+    /// `[[ip_group]]`s), both only with `fast_path`.
     fn fast_path_options(
         &mut self,
         raw: &RawVs,
