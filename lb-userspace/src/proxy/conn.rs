@@ -242,6 +242,10 @@ async fn serve_h2<S>(
     }
 }
 
+/// hyper's limit on request headers when none is set (`DEFAULT_MAX_HEADERS` in hyper's
+/// `proto/h1/role.rs`).
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Counts one open HTTP/2 stream for the idle check.
 struct StreamGuard(Arc<AtomicUsize>);
 
@@ -295,8 +299,14 @@ async fn serve_http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_headers(settings.max_headers)
         .max_header_size(settings.max_header_bytes);
+    // Without a count set, hyper parses into a stack array of its default size, 100, which
+    // it leaves uninitialised; with one, even 100, it fills a vector of that many slots for
+    // every request (about 1,700 instructions per request, callgrind). The limit is the same
+    // either way (`proxy::tests::the_header_count_limit_is_exact`).
+    if settings.max_headers != HYPER_MAX_HEADERS {
+        builder.max_headers(settings.max_headers);
+    }
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     // Bounded: every iteration either ends the connection or sleeps at least `recheck`.

@@ -233,7 +233,10 @@ async fn backend() -> Result<Backend, TestError> {
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req| backend_service(st.clone(), addr, req));
+                // More headers than the proxy admits, so that its limit is what tests see
+                // (the proxy adds X-Forwarded-*).
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .max_headers(200)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
@@ -583,6 +586,42 @@ fn requests_not_to_pass_on_are_answered_by_the_proxy() -> TestResult {
     })
 }
 
+/// A request head of `count` headers (at least 2): Host, `Connection: close` (the
+/// response then ends the connection) and fillers.
+fn head_with_headers(count: usize) -> String {
+    let mut head = String::from("GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 2..count {
+        head.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// `max_headers` admits exactly that many headers, at the default (100, where hyper is left
+/// to its own limit) and at another value.
+#[test]
+fn the_header_count_limit_is_exact() -> TestResult {
+    run(async {
+        let b = backend().await?;
+        for limit in [crate::proxy::settings::DEFAULT_MAX_HEADERS, 20] {
+            let s = start(
+                &[b.addr],
+                None,
+                ProxySettings {
+                    max_headers: limit,
+                    ..settings()
+                },
+            )?;
+            let resp = raw(s.addr, head_with_headers(limit).as_bytes()).await?;
+            assert!(resp.starts_with("HTTP/1.1 200 "), "{limit}: {resp}");
+            let resp = raw(s.addr, head_with_headers(limit + 1).as_bytes()).await?;
+            assert!(resp.starts_with("HTTP/1.1 431 "), "{limit}: {resp}");
+            s.proxy.shutdown(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn protocol_violations_never_reach_the_backend() -> TestResult {
     run(async {
@@ -597,12 +636,7 @@ fn protocol_violations_never_reach_the_backend() -> TestResult {
         .await?;
         assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
 
-        let mut many = String::from("GET /headers HTTP/1.1\r\nHost: x\r\n");
-        for i in 0..150 {
-            many.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        many.push_str("\r\n");
-        let resp = raw(s.addr, many.as_bytes()).await?;
+        let resp = raw(s.addr, head_with_headers(150).as_bytes()).await?;
         assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
 
         // Framing that cannot be read one way only is refused.
