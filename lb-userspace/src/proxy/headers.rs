@@ -50,17 +50,29 @@ fn always_hop_by_hop(name: &HeaderName) -> bool {
 /// about half a microsecond of CPU per request in the proxy profile); most messages carry at
 /// most `Connection` of them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.get_all(header::CONNECTION);
-    let named = |name: &HeaderName| {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
+    // The names `Connection` lists beyond those removed anyway: usually none, as its usual
+    // tokens are `keep-alive`, `close` (no header carries that name in practice, but one
+    // that did would be removed) and `upgrade`.
+    let listed: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|token| {
+            !token.is_empty()
+                && HeaderName::from_bytes(token.as_bytes())
+                    .is_ok_and(|name| !always_hop_by_hop(&name))
+        })
+        .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| always_hop_by_hop(name) || named(name))
+        .filter(|name| {
+            always_hop_by_hop(name)
+                || listed
+                    .iter()
+                    .any(|token| token.eq_ignore_ascii_case(name.as_str()))
+        })
         .cloned()
         .collect();
     for name in doomed {
