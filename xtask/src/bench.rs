@@ -115,17 +115,33 @@ pub struct DataplaneArgs {
     /// Rounds of the Mpps measurements (interleaved; the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Instead: compare these latch-xdp objects (variants of lb-ebpf built elsewhere;
+    /// `builtin`: the bench's own) by program time of established flows, IPv4 and IPv6, in
+    /// alternating rounds.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+}
+
+impl DataplaneArgs {
+    fn argv(self) -> Vec<String> {
+        let mut v = vec![
+            "dataplane".into(),
+            "--seconds".into(),
+            self.seconds.to_string(),
+            "--rounds".into(),
+            self.rounds.to_string(),
+        ];
+        if !self.compare.is_empty() {
+            v.push("--compare".into());
+            v.push(self.compare.join(","));
+        }
+        v
+    }
 }
 
 pub fn run(cmd: BenchCmd) -> Result<bool> {
     let args: Vec<String> = match cmd {
-        BenchCmd::Dataplane(a) => vec![
-            "dataplane".into(),
-            "--seconds".into(),
-            a.seconds.to_string(),
-            "--rounds".into(),
-            a.rounds.to_string(),
-        ],
+        BenchCmd::Dataplane(a) => a.argv(),
         BenchCmd::Replication(a) => vec![
             "replication".into(),
             "--samples".into(),
@@ -184,7 +200,7 @@ pub fn run(cmd: BenchCmd) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::LoadArgs;
+    use super::{DataplaneArgs, LoadArgs};
 
     fn load(no_flame: bool) -> LoadArgs {
         LoadArgs {
@@ -215,6 +231,23 @@ mod tests {
         assert_eq!(
             load(true).argv("tls").last().map(String::as_str),
             Some("--no-flame")
+        );
+    }
+
+    #[test]
+    fn dataplane_compare_objects_reach_the_bench_runner() {
+        let args = |compare: &[&str]| DataplaneArgs {
+            seconds: 2,
+            rounds: 5,
+            compare: compare.iter().map(|c| c.to_string()).collect(),
+        };
+        assert_eq!(
+            args(&[]).argv(),
+            ["dataplane", "--seconds", "2", "--rounds", "5"]
+        );
+        assert_eq!(
+            args(&["/tmp/a.o", "builtin"]).argv()[5..],
+            ["--compare", "/tmp/a.o,builtin"]
         );
     }
 }

@@ -8,13 +8,10 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use latch_tests::{
-    AgentSettings, HealthMonitor, LatchConfig, Netns, Pool, ServeConfig, Topology, VirtualService,
-    http_get, http_upload, udp_roundtrip,
+    HealthMonitor, Pool, ServeConfig, Topology, VirtualService, http_get, udp_roundtrip,
 };
 
-use crate::netns_config::{
-    HTTP_PORT, TestResult, lb_agent, start_agent as start, wait_for, xdp_packets,
-};
+use crate::netns_config::{HTTP_PORT, TestResult, lb_agent, start_agent as start, wait_for};
 
 const UDP_PORT: u16 = 9000;
 pub(crate) const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
@@ -22,7 +19,7 @@ pub(crate) const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 
 const LB_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
 
 /// Backend `i`'s link: 2001:db8:b<i>::/64, the LB at ::1, the backend at ::2.
-fn link6(i: usize, host: u16) -> Ipv6Addr {
+pub(crate) fn link6(i: usize, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xb0 + i as u16, 0, 0, 0, 0, host)
 }
 
@@ -287,127 +284,4 @@ fn ipv6_http_service_monitor_and_admin_drain() -> TestResult {
         web[0]
     );
     Ok(())
-}
-
-/// The server of the path-MTU tests, behind a router (backend 1's namespace) whose link to it
-/// has an MTU of 1280.
-const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5, 0, 0, 0, 0, 2);
-const ROUTER_TO_SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5, 0, 0, 0, 0, 1);
-const SMALL_MTU: &str = "1280";
-
-/// Path-MTU discovery through latch for IPv6 NAT: the server's link advertises MSS 1440 (its
-/// side of the veth has MTU 1500), but the router in front of it forwards at most 1280 bytes,
-/// so the client's full-size segments are too big there. The router's ICMPv6 packet too big
-/// quotes the packet as latch sent it (to the server); latch translates it for the client
-/// (from the VIP, quoting the VIP), whose kernel lowers the path MTU to the VIP and resends:
-/// an upload of 1 MB completes. Untranslated, the error names a connection the client does
-/// not have and the upload stalls (a path-MTU black hole).
-fn path_mtu_discovery_through_nat(tc: bool) -> TestResult {
-    let server_ns = Netns::new("srv")?;
-    let topo = Topology::builder().backends(1).vip_on_lb(false).build()?;
-    add_ipv6(&topo, 1, false)?;
-    let router = &topo.backend(1).ok_or("no such backend")?.ns;
-    router.ip(&[
-        "link",
-        "add",
-        "r0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        server_ns.name(),
-    ])?;
-    router.ip(&["link", "set", "r0", "mtu", SMALL_MTU, "up"])?;
-    router.ip(&[
-        "addr",
-        "add",
-        &format!("{ROUTER_TO_SERVER6}/64"),
-        "dev",
-        "r0",
-        "nodad",
-    ])?;
-    router.sysctl(&[("net.ipv6.conf.all.forwarding", "1")])?;
-    server_ns.ip(&["link", "set", "eth0", "mtu", "1500", "up"])?;
-    server_ns.ip(&[
-        "addr",
-        "add",
-        &format!("{SERVER6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    server_ns.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &ROUTER_TO_SERVER6.to_string(),
-    ])?;
-    topo.lb().ip(&[
-        "-6",
-        "route",
-        "add",
-        &format!("{SERVER6}/64"),
-        "via",
-        &link6(1, 2).to_string(),
-    ])?;
-    let server = SocketAddr::from((SERVER6, HTTP_PORT));
-    topo.start_server_in(
-        &server_ns,
-        ServeConfig {
-            name: "s1".into(),
-            http: Some(server),
-            udp: None,
-            tls: None,
-        },
-    )?;
-    let agent = start(&topo, |a| {
-        let mut config = lb_agent(&topo, a);
-        if tc {
-            let mut settings = AgentSettings::new(&topo.lb_interfaces())
-                .bpffs_dir(a.bpffs_dir())
-                .state_file(&a.dir().join("servers.json"));
-            for iface in topo.lb_interfaces() {
-                settings = settings.attach_tc(&iface);
-            }
-            config = LatchConfig::new(settings);
-        }
-        config
-            .pool(Pool::new("web6", vec![server]))
-            .virtual_service(VirtualService::tcp("web6-tcp", vip(80), "web6"))
-    })?;
-    let received = topo.client().run(|| {
-        http_upload(vip(80), 1_000_000, Duration::from_secs(20)).map_err(|e| e.to_string())
-    })?;
-    assert_eq!(received, 1_000_000, "bytes the server received");
-    let route = topo
-        .client()
-        .ip(&["-6", "route", "get", &VIP6.to_string()])?;
-    let route = String::from_utf8_lossy(&route.stdout).into_owned();
-    assert!(
-        route.contains(&format!("mtu {SMALL_MTU}")),
-        "the client learnt the path MTU to the VIP: {route}"
-    );
-    let translated = xdp_packets(topo.lb(), "icmp_to_client")?;
-    assert!(
-        translated >= 1.0,
-        "packet too big errors translated for the client: {translated}"
-    );
-    drop(agent);
-    Ok(())
-}
-
-#[test]
-#[ignore = "needs root: creates network namespaces"]
-fn ipv6_path_mtu_discovery_works_through_nat_at_xdp() -> TestResult {
-    path_mtu_discovery_through_nat(false)
-}
-
-#[test]
-#[ignore = "needs root: creates network namespaces"]
-fn ipv6_path_mtu_discovery_works_through_nat_at_tc() -> TestResult {
-    path_mtu_discovery_through_nat(true)
 }

@@ -21,6 +21,7 @@ mod l4_netns;
 mod levers_netns;
 mod netns_config;
 mod ops_netns;
+mod pmtu_netns;
 mod replication_netns;
 mod restart_netns;
 mod sandbox_netns;

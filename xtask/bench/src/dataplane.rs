@@ -14,10 +14,15 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
 use latch::dataplane::{
     BackendSpec, Dataplane, DataplaneSpec, Forwarding, Proto, ServiceKind, ServiceSpec,
 };
@@ -246,6 +251,10 @@ struct Bench<'a> {
     /// ns per run that the kernel's timing itself costs (a near-empty program's run time),
     /// measured once in the loop.
     timing_floor: Option<f64>,
+    /// `--compare`'s objects (None: `builtin`), and the one the latch targets run (None, or
+    /// an index of `builtin`: the built one, through the agent's attach code).
+    variants: Vec<Option<Variant>>,
+    variant: Option<usize>,
 }
 
 impl Bench<'_> {
@@ -310,6 +319,14 @@ impl Bench<'_> {
     /// side the generator counts at.
     fn prepare(&mut self, target: Target, gen_kind: Generator) -> Result<()> {
         let lb = self.topo.lb();
+        if let (Some(i), true) = (self.variant, target.latch())
+            && self.variants[i].is_some()
+        {
+            self.lb_progs.detach(lb)?;
+            self.latch_attach(&[])?;
+            return self.attach_variant(i);
+        }
+        self.detach_variants()?;
         match target {
             Target::Ceiling => {
                 self.latch_attach(&[])?;
@@ -357,8 +374,125 @@ impl Bench<'_> {
             .collect())
     }
 
+    /// Attaches variant `i` alone to the LB's client veth (driver mode).
+    fn attach_variant(&mut self, i: usize) -> Result<()> {
+        if self.variants[i].as_ref().is_some_and(|v| v.link.is_some()) {
+            return Ok(());
+        }
+        self.detach_variants()?;
+        let lb = self.topo.lb();
+        let Some(v) = self.variants[i].as_mut() else {
+            return Ok(());
+        };
+        let p = v.prog()?;
+        let id = env::retry_busy(|| {
+            with_ns(lb, || p.attach("vclient", XdpMode::Driver))?
+                .context("attaching a --compare object to vclient")
+        })?;
+        v.link = Some(id);
+        Ok(())
+    }
+
+    fn detach_variants(&mut self) -> Result<()> {
+        let lb = self.topo.lb();
+        for v in self.variants.iter_mut().flatten() {
+            if let Some(id) = v.link.take() {
+                let p = v.prog()?;
+                with_ns(lb, || p.detach(id))?.context("detaching a --compare object")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `--compare`: rounds of program time of every object's established flows, IPv4 then
+    /// IPv6 (the objects' order turns every round, the families' every other).
+    fn compare(&mut self, objects: &[PathBuf], secs: u64, rounds: u32) -> Result<()> {
+        let floor = self.timing_floor(secs)?;
+        // The state the full run measures program time in: after one pass of every row.
+        // Measured: with only the loop's 256 flows in the tables latch's established path
+        // took about 47 ns (IPv4, net), after the pass 64-67 ns (full connection tables, the
+        // stack's nftables run, ...); comparisons hold in both, absolute figures do not.
+        for target in Target::ALL {
+            env::check_stopped()?;
+            let (w, _) = self.measure(target, secs.max(3))?;
+            println!(
+                "    one pass: {} at {:.2} Mpps",
+                target.label(Generator::Loop),
+                w.received_mpps()
+            );
+        }
+        let n = self.variants.len();
+        // Per object: net ns of IPv4 and IPv6 per round.
+        let mut got: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; n];
+        println!(
+            "==> compare: {rounds} round(s) x {n} object(s) x (IPv4, IPv6) x {secs} s; ns per run \
+             net of the timing's {floor:.1} ns"
+        );
+        for round in 0..rounds as usize {
+            let mut line = format!("    round {}/{rounds}:", round + 1);
+            for k in 0..n {
+                let i = (k + round) % n;
+                self.variant = Some(i);
+                let mut fams = [Target::LatchEstablished, Target::LatchEstablished6];
+                if round % 2 == 1 {
+                    fams.reverse();
+                }
+                for target in fams {
+                    env::check_stopped()?;
+                    let before = self.latch_counts()?;
+                    let (ns, runs, _) = self.program_time(target, secs)?;
+                    let hits = self.latch_counts()?[0] - before[0];
+                    // A warning, not an error: an ablation (a build without some step,
+                    // measured to see what the step costs) may not count its hits.
+                    if (hits as f64) < 0.99 * runs as f64 {
+                        println!(
+                            "    warning: {}: conntrack_hit {hits} of {runs} runs",
+                            objects[i].display()
+                        );
+                    }
+                    got[i][usize::from(target.v6())].push((ns - floor).max(0.0));
+                }
+                line.push_str(&format!(
+                    "  [{}] {:.1} / {:.1}",
+                    i,
+                    got[i][0].last().copied().unwrap_or(0.0),
+                    got[i][1].last().copied().unwrap_or(0.0)
+                ));
+            }
+            println!("{line}");
+        }
+        self.variant = None;
+        let spread = |v: &[f64], digits: usize| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            format!("{:.digits$} ({lo:.digits$}-{hi:.digits$})", median(v))
+        };
+        println!("    object: IPv4 net ns median (range), IPv6 net ns median (range), IPv6 / IPv4");
+        for (i, [v4, v6]) in got.iter().enumerate() {
+            let ratios: Vec<f64> = v4.iter().zip(v6).map(|(a, b)| b / a).collect();
+            println!(
+                "    [{i}] {}: IPv4 {}, IPv6 {}, IPv6/IPv4 {}",
+                objects[i].display(),
+                spread(v4, 1),
+                spread(v6, 1),
+                spread(&ratios, 2)
+            );
+        }
+        Ok(())
+    }
+
     /// Run count and total run time of the program `target` runs on the LB's veth.
     fn runs(&self, target: Target) -> Result<(u64, u64)> {
+        if let (Some(i), true) = (self.variant, target.latch())
+            && let Some(v) = &self.variants[i]
+        {
+            let info = v
+                .ebpf
+                .program(latch::dataplane::PROGRAM_NAME)
+                .context("no latch program in a --compare object")?
+                .info()?;
+            return Ok((info.run_count(), info.run_time().as_nanos() as u64));
+        }
         match target {
             Target::RedirectFloor => self.lb_progs.runs(REDIRECT),
             Target::Ceiling => self.lb_progs.runs(TX),
@@ -752,6 +886,20 @@ fn rates_of(
 }
 
 pub fn run(secs: u64, rounds: u32) -> Result<()> {
+    run_with(secs, rounds, &[])
+}
+
+/// `--compare`: the program time of latch's established flows (IPv4, IPv6) for each of
+/// `objects` (latch-xdp objects built from variants of lb-ebpf; `builtin`: the embedded one,
+/// through the agent's attach code), in rounds whose order turns, on the same loop, maps and
+/// data plane as the full run; nothing else is measured and no report is written. For A/B
+/// measurements of a change to the XDP program: both builds in one run, so the shared
+/// machine's drift favours neither.
+pub fn compare(objects: &[PathBuf], secs: u64, rounds: u32) -> Result<()> {
+    run_with(secs, rounds, objects)
+}
+
+fn run_with(secs: u64, rounds: u32, objects: &[PathBuf]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench dataplane needs root (namespaces, XDP, BPF_PROG_TEST_RUN)");
@@ -815,43 +963,27 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
     dp.apply(&spec(vip, backend_addr))
         .context("programming the data plane")?;
 
-    println!("==> [1/3] ns/packet with BPF_PROG_TEST_RUN");
-    let latch_run = LatchRun::load(&pins.0)?;
-    let frames = Frames {
-        client_mac: template.src_mac,
-        lb_mac: template.dst_mac,
-        lb_addr: latch_tests::topology::LB_CLIENT_SIDE_ADDR,
-        vip,
-        port: PORT,
-        persist_port: PERSIST_PORT,
-        dsr_port: DSR_PORT,
+    let mut paths = if objects.is_empty() {
+        test_runs(&pins, &dp, lb, &template, vip)?
+    } else {
+        Vec::new()
     };
-    let mut paths = with_ns(lb, || -> Result<_> {
-        let ingress = env::ifindex("vclient")?;
-        testrun::measure(&dp, &latch_run, ingress, &frames)
-    })??;
-    drop(latch_run);
-    for p in &paths {
-        println!(
-            "    {:<48} {:>7.1} ns (median {:.0}){}{}",
-            p.label,
-            p.ns,
-            p.median_ns,
-            p.net_ns.map_or(String::new(), |v| format!(
-                ", {v:.0} without per-call overhead"
-            )),
-            if p.check_ok {
-                ""
-            } else {
-                "  PATH CHECK FAILED"
-            }
-        );
-    }
     // The Mpps section starts from an empty flow table, as a fresh agent would.
     drop(dp);
     latch::dataplane::teardown(&pins.0).context("resetting the data plane")?;
     let mut dp = Dataplane::open(&pins.0)?;
     dp.apply(&spec(vip, backend_addr))?;
+    // `builtin` names the object this bench embeds, attached through the agent's own code.
+    let variants = objects
+        .iter()
+        .map(|o| {
+            if o.as_os_str() == "builtin" {
+                Ok(None)
+            } else {
+                Variant::load(o, &pins.0).map(Some)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let mut backend_progs = BenchProgs::load()?;
     backend_progs.attach(backend_ns, "eth0", COUNT_DROP)?;
@@ -907,7 +1039,19 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
         hop_backend: (vb1, parse_mac(&backend_mac)?, parse_mac(&lb.mac("vb1")?)?),
         hop_client: (vclient, template.src_mac, lb_mac),
         timing_floor: None,
+        variants,
+        variant: None,
     };
+    if !objects.is_empty() {
+        let result = bench.compare(objects, secs, rounds);
+        let _ = bench.detach_variants();
+        let _ = bench.lb_progs.detach(lb);
+        let _ = bench.backend_progs.detach(backend_ns);
+        let _ = bench.reflector.detach(topo.client());
+        drop(bench);
+        drop(pins);
+        return result;
+    }
     let mut windows: Vec<Vec<Window>> = vec![Vec::new(); Target::ALL.len()];
     let mut details = vec![String::new(); Target::ALL.len()];
     let mut live_windows: Vec<Vec<Window>> = vec![Vec::new(); Target::LIVE.len()];
@@ -1035,6 +1179,73 @@ pub fn run(secs: u64, rounds: u32) -> Result<()> {
         method: method_notes(threads, secs, live, cpus),
     };
     write(&report)
+}
+
+/// Section 1: ns per path with BPF_PROG_TEST_RUN.
+fn test_runs(
+    pins: &PinDir,
+    dp: &Dataplane,
+    lb: &Netns,
+    template: &Udp,
+    vip: Ipv4Addr,
+) -> Result<Vec<PathCost>> {
+    println!("==> [1/3] ns/packet with BPF_PROG_TEST_RUN");
+    let latch_run = LatchRun::load(&pins.0)?;
+    let frames = Frames {
+        client_mac: template.src_mac,
+        lb_mac: template.dst_mac,
+        lb_addr: latch_tests::topology::LB_CLIENT_SIDE_ADDR,
+        vip,
+        port: PORT,
+        persist_port: PERSIST_PORT,
+        dsr_port: DSR_PORT,
+    };
+    let paths = with_ns(lb, || -> Result<_> {
+        let ingress = env::ifindex("vclient")?;
+        testrun::measure(dp, &latch_run, ingress, &frames)
+    })??;
+    for p in &paths {
+        println!(
+            "    {:<48} {:>7.1} ns (median {:.0}){}{}",
+            p.label,
+            p.ns,
+            p.median_ns,
+            p.net_ns.map_or(String::new(), |v| format!(
+                ", {v:.0} without per-call overhead"
+            )),
+            if p.check_ok {
+                ""
+            } else {
+                "  PATH CHECK FAILED"
+            }
+        );
+    }
+    Ok(paths)
+}
+
+/// A latch-xdp object given to `--compare`, loaded on the bench's pinned maps (its unpinned
+/// ones, such as the next-hop cache, are its own), attached to the LB's client veth while it
+/// is measured.
+struct Variant {
+    ebpf: Ebpf,
+    link: Option<XdpLinkId>,
+}
+
+impl Variant {
+    fn load(object: &Path, pin_root: &Path) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(latch::dataplane::versioned_dir(pin_root))
+            .load_file(object)
+            .with_context(|| format!("loading {}", object.display()))?;
+        env::xdp(&mut ebpf, latch::dataplane::PROGRAM_NAME)?
+            .load()
+            .with_context(|| format!("verifier: latch_xdp of {}", object.display()))?;
+        Ok(Self { ebpf, link: None })
+    }
+
+    fn prog(&mut self) -> Result<&mut Xdp> {
+        env::xdp(&mut self.ebpf, latch::dataplane::PROGRAM_NAME)
+    }
 }
 
 fn write(report: &Report) -> Result<()> {

@@ -32,6 +32,12 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Compare these latch-xdp objects (built from variants of lb-ebpf, e.g. copies of
+        /// target/debug/build/lb-userspace-*/out/latch-xdp; `builtin`: the bench's own) by
+        /// program time of established flows, IPv4 and IPv6, in alternating rounds after one
+        /// pass of every row; nothing else is measured or written.
+        #[arg(long, value_delimiter = ',')]
+        compare: Vec<std::path::PathBuf>,
     },
     /// Table replication through Redis: insert-to-visible latency and inserts/s.
     Replication {
@@ -113,8 +119,16 @@ impl Load {
 fn main() -> std::process::ExitCode {
     env::install_sigint();
     let result = match Cli::parse().cmd {
-        Cmd::Dataplane { seconds, rounds } => {
-            dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
+        Cmd::Dataplane {
+            seconds,
+            rounds,
+            compare,
+        } => {
+            if compare.is_empty() {
+                dataplane::run(seconds.clamp(1, 30), rounds.clamp(1, 10))
+            } else {
+                dataplane::compare(&compare, seconds.clamp(1, 30), rounds.clamp(1, 20))
+            }
         }
         Cmd::Scale {
             rounds,
