@@ -3,10 +3,11 @@
 //! `two_hosts_share_through_a_local_redis` runs the library in-process against a redis-server
 //! on a Unix socket (no network at all). The namespace tests run two `latch run` hosts, a
 //! redis-server and two backends, each in its own namespace, joined by a bridge in a further
-//! namespace; clients are threads inside the LB namespaces. They need root; every test skips
-//! without redis-server.
+//! namespace; clients are threads inside the LB namespaces. The cluster is generic over the
+//! address family: the `ipv6_` test runs it all over IPv6 (Redis too), the others over IPv4.
+//! They need root; every test skips without redis-server.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -261,7 +262,10 @@ fast_path = "client_ip"
 
 /// A session stored on host A whose value is an IPv6 `[addr]:port` server reaches host B
 /// intact; a client's request on B that looks it up (the script's observer) pins the client
-/// to that server on B, and A's removal, replicated, unpins it there.
+/// to that server on B, and A's removal, replicated, unpins it there. The kernel's place is a
+/// recorder: this covers the fast-path pin on B, which the namespace test
+/// `ipv6_sessions_and_removals_cross_hosts_and_survive_a_redis_restart` (real hosts, proxied
+/// HTTP, no fast path) does not.
 #[test]
 fn an_ipv6_server_value_replicates_and_pins_on_the_other_host() -> TestResult {
     if redis_missing() {
@@ -313,18 +317,80 @@ fn an_ipv6_server_value_replicates_and_pins_on_the_other_host() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Namespaces: two LB hosts, Redis and two backends on one bridge.
+// Namespaces: two LB hosts, Redis and two backends on one bridge, all over one address family.
 
-const LB_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
-const REDIS_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
-const BACKEND_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)];
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The address family a cluster runs on. Host `n` of the bridge's subnet is 192.0.2.n/24 or
+/// in 2001:db8:2::/64 (`n` the last group); the VIP, on each LB's loopback, 198.51.100.10 or
+/// 2001:db8:f::10.
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn host(self, n: u8) -> IpAddr {
+        match self {
+            Family::V4 => Ipv4Addr::new(192, 0, 2, n).into(),
+            Family::V6 => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, n.into()).into(),
+        }
+    }
+
+    fn vip(self) -> IpAddr {
+        match self {
+            Family::V4 => Ipv4Addr::new(198, 51, 100, 10).into(),
+            Family::V6 => Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10).into(),
+        }
+    }
+
+    /// The bridge subnet's and a single address's prefix lengths.
+    fn prefixes(self) -> (u8, u8) {
+        match self {
+            Family::V4 => (24, 32),
+            Family::V6 => (64, 128),
+        }
+    }
+}
+
+/// Host numbers on the bridge's subnet.
+const LB_HOSTS: [u8; 2] = [1, 2];
+const REDIS_HOST: u8 = 50;
+const BACKEND_HOSTS: [u8; 2] = [11, 12];
 const HTTP_PORT: u16 = 8080;
+const REDIS_PORT: u16 = 6379;
 
-/// The seed's JSESSIONID scripts (as in http_netns.rs, a longer lifetime), and a `kv` virtual
-/// service whose script stores and reads entries named by request headers.
-fn config(lb: &LatchAgent, node: &str) -> LatchConfig {
-    let servers = BACKEND_ADDRS.map(|b| SocketAddr::from((b, HTTP_PORT)));
+/// The IPv6 session scripts: the seed's request script, and a response script that stores the
+/// server as `[addr]:port` (which `avi.pool.select` takes back) and shows in `X-Stored` the
+/// value the table holds for the request's cookie (on the other host: the replicated one).
+fn session_scripts(family: Family) -> [DataScript; 2] {
+    let scripts = latch_tests::jsession_scripts(60);
+    match family {
+        Family::V4 => scripts,
+        Family::V6 => {
+            let [request, _] = scripts;
+            let response = DataScript::response(
+                r#"local session = avi.http.get_cookie("JSESSIONID", avi.HTTP_REQUEST)
+if session then
+  avi.http.add_header("X-Stored", avi.vs.table_lookup(session, 0) or "-")
+end
+local id = avi.http.get_cookie("JSESSIONID")
+if id then
+  local ip, port = avi.pool.get_server_info()
+  avi.vs.table_insert(id, string.format("[%s]:%d", ip, port), 60)
+end
+avi.http.add_header("X-Persist", tostring(avi.vs.reqvar.hit))
+"#,
+            );
+            [request, response]
+        }
+    }
+}
+
+/// The seed's JSESSIONID scripts (as in http_netns.rs, a longer lifetime; IPv6 storing
+/// `[addr]:port`), and a `kv` virtual service whose script stores and reads entries named by
+/// request headers.
+fn config(lb: &LatchAgent, node: &str, family: Family) -> LatchConfig {
+    let servers = BACKEND_HOSTS.map(|n| SocketAddr::new(family.host(n), HTTP_PORT));
     let kv_script = DataScript::request(
         r#"local key = avi.http.get_header("X-Key")
 local path = avi.http.get_path()
@@ -336,35 +402,39 @@ elseif path == "/get" then
 end
 "#,
     );
+    let redis = SocketAddr::new(family.host(REDIS_HOST), REDIS_PORT);
     LatchConfig::new(AgentSettings::new(&["eth0".to_string()]).bpffs_dir(lb.bpffs_dir()))
         .pool(Pool::new("web", servers))
         .virtual_service(
-            VirtualService::http("shop", SocketAddr::from((VIP, 80)), "web")
-                .datascripts(latch_tests::jsession_scripts(60)),
+            VirtualService::http("shop", SocketAddr::new(family.vip(), 80), "web")
+                .datascripts(session_scripts(family)),
         )
         .virtual_service(
-            VirtualService::http("kv", SocketAddr::from((VIP, 81)), "web").datascript(kv_script),
+            VirtualService::http("kv", SocketAddr::new(family.vip(), 81), "web")
+                .datascript(kv_script),
         )
         .replication(config::Replication::new(
-            &format!("redis://{REDIS_ADDR}:6379"),
+            &format!("redis://{redis}"),
             node,
             Duration::from_secs(1),
             Duration::from_millis(300),
         ))
 }
 
-/// GET from a client inside `ns`.
+/// GET to `vip` from a client inside `ns`.
 fn get_in(
     ns: &Netns,
+    vip: IpAddr,
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<latch_tests::Response, String> {
-    ns.run(|| http_get(SocketAddr::from((VIP, port)), path, headers).map_err(|e| e.to_string()))
+    ns.run(|| http_get(SocketAddr::new(vip, port), path, headers).map_err(|e| e.to_string()))
 }
 
 /// Fields drop in order: agents, servers and Redis stop before their namespaces go.
 struct Cluster {
+    family: Family,
     agents: Vec<LatchAgent>,
     servers: Vec<ServerHandle>,
     redis: Option<ChildGuard>,
@@ -374,7 +444,10 @@ struct Cluster {
     _bridge: Netns,
 }
 
-fn attach(bridge: &Netns, ns: &Netns, port: &str, addr: Ipv4Addr) -> TestResult {
+/// Links `ns`'s eth0 to the bridge as host `n`: addresses without duplicate address detection
+/// (usable at once), TX checksum offload off on both veth ends as the other IPv6 namespace
+/// tests have it.
+fn attach(bridge: &Netns, ns: &Netns, port: &str, family: Family, n: u8) -> TestResult {
     bridge.ip(&[
         "link",
         "add",
@@ -388,45 +461,33 @@ fn attach(bridge: &Netns, ns: &Netns, port: &str, addr: Ipv4Addr) -> TestResult 
         ns.name(),
     ])?;
     bridge.ip(&["link", "set", port, "master", "br0", "up"])?;
-    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    bridge.exec(&["ethtool", "-K", port, "tx", "off"])?;
+    let addr = format!("{}/{}", family.host(n), family.prefixes().0);
+    ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"])?;
+    ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     Ok(())
 }
 
-fn redis_in(ns: &Netns) -> Result<ChildGuard, Box<dyn std::error::Error>> {
-    let bind = REDIS_ADDR.to_string();
-    start_redis(&mut ns.command(&[
-        REDIS,
-        "--port",
-        "6379",
-        "--bind",
-        &bind,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-    ]))
-}
-
 impl Cluster {
-    fn build() -> Result<Self, Box<dyn std::error::Error>> {
+    fn build(family: Family) -> Result<Self, Box<dyn std::error::Error>> {
         let bridge = Netns::new("rbr")?;
         let lbs = vec![Netns::new("rlba")?, Netns::new("rlbb")?];
         let redis_ns = Netns::new("redis")?;
         let backends = vec![Netns::new("rb1")?, Netns::new("rb2")?];
         bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
         bridge.ip(&["link", "set", "br0", "up"])?;
-        for (i, (ns, addr)) in lbs.iter().zip(LB_ADDRS).enumerate() {
-            attach(&bridge, ns, &format!("plb{i}"), addr)?;
-            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let vip = format!("{}/{}", family.vip(), family.prefixes().1);
+        for (i, (ns, n)) in lbs.iter().zip(LB_HOSTS).enumerate() {
+            attach(&bridge, ns, &format!("plb{i}"), family, n)?;
+            ns.ip(&["addr", "add", &vip, "dev", "lo"])?;
         }
-        attach(&bridge, &redis_ns, "predis", REDIS_ADDR)?;
-        for (i, (ns, addr)) in backends.iter().zip(BACKEND_ADDRS).enumerate() {
-            attach(&bridge, ns, &format!("pb{i}"), addr)?;
+        attach(&bridge, &redis_ns, "predis", family, REDIS_HOST)?;
+        for (i, (ns, n)) in backends.iter().zip(BACKEND_HOSTS).enumerate() {
+            attach(&bridge, ns, &format!("pb{i}"), family, n)?;
         }
         let mut cluster = Cluster {
+            family,
             agents: Vec::new(),
             servers: Vec::new(),
             redis: None,
@@ -435,26 +496,46 @@ impl Cluster {
             _backends: Vec::new(),
             _bridge: bridge,
         };
-        for (i, (ns, addr)) in backends.iter().zip(BACKEND_ADDRS).enumerate() {
+        for (i, (ns, n)) in backends.iter().zip(BACKEND_HOSTS).enumerate() {
             cluster.servers.push(ServerHandle::start_in(
                 ns,
                 ServeConfig {
                     name: format!("b{}", i + 1),
-                    http: Some(SocketAddr::from((addr, HTTP_PORT))),
+                    http: Some(SocketAddr::new(family.host(n), HTTP_PORT)),
                     udp: None,
                     tls: None,
                 },
             )?);
         }
         cluster._backends = backends;
-        cluster.redis = Some(redis_in(&cluster.redis_ns)?);
+        cluster.start_redis()?;
         for (ns, node) in cluster.lbs.iter().zip(["lb-a", "lb-b"]) {
             let mut agent = LatchAgent::prepare(LATCH.as_ref(), ns)?;
-            agent.write_latch_config(&config(&agent, node))?;
+            agent.write_latch_config(&config(&agent, node, family))?;
             agent.start()?;
             cluster.agents.push(agent);
         }
         Ok(cluster)
+    }
+
+    /// (Re)starts the redis-server, empty, on its host address.
+    fn start_redis(&mut self) -> TestResult {
+        let bind = self.family.host(REDIS_HOST).to_string();
+        let port = REDIS_PORT.to_string();
+        self.redis = Some(start_redis(&mut self.redis_ns.command(&[
+            REDIS,
+            "--port",
+            &port,
+            "--bind",
+            &bind,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]))?);
+        Ok(())
     }
 
     /// GET on host `lb` (0 = A, 1 = B) from a client inside its namespace.
@@ -465,7 +546,7 @@ impl Cluster {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<latch_tests::Response, String> {
-        get_in(&self.lbs[lb], port, path, headers)
+        get_in(&self.lbs[lb], self.family.vip(), port, path, headers)
     }
 
     fn with_cookie(
@@ -495,6 +576,16 @@ impl Cluster {
         })
     }
 
+    /// The address of the backend the test server calls `name` (b1, b2).
+    fn server_named(&self, name: &str) -> Result<SocketAddr, String> {
+        let i = name
+            .strip_prefix('b')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| BACKEND_HOSTS.get(n.wrapping_sub(1)))
+            .ok_or(format!("no backend {name}"))?;
+        Ok(SocketAddr::new(self.family.host(*i), HTTP_PORT))
+    }
+
     fn logs(&self) -> String {
         self.agents
             .iter()
@@ -504,32 +595,8 @@ impl Cluster {
     }
 }
 
-#[test]
-#[ignore = "needs root: creates network namespaces"]
-fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult {
-    if redis_missing() {
-        return Ok(());
-    }
-    let mut cl = Cluster::build()?;
-
-    // A session learned through A is honoured by B.
-    let (cookie, owner) = cl.login(0)?;
-    assert!(cl.honours(0, &cookie, &owner));
-    assert!(
-        eventually(CONVERGE, || cl.honours(1, &cookie, &owner)),
-        "B does not honour A's session\n{}",
-        cl.logs()
-    );
-    // A remove on A reaches B.
-    cl.with_cookie(0, "/logout", &cookie)?;
-    assert!(
-        eventually(CONVERGE, || cl
-            .with_cookie(1, "/", &cookie)
-            .is_ok_and(|r| r.header("x-persist") == Some("false"))),
-        "B still routes A's removed session\n{}",
-        cl.logs()
-    );
-
+/// The second half of both two-host tests: Redis stops and comes back empty, then B restarts.
+fn survive_a_redis_restart(cl: &mut Cluster) -> TestResult {
     // Redis killed: both hosts keep answering, and sessions stay local meanwhile.
     drop(cl.redis.take());
     let (offline_cookie, offline_owner) = cl.login(1)?;
@@ -541,7 +608,7 @@ fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult
     assert!(cl.honours(1, &offline_cookie, &offline_owner));
 
     // Redis back (empty): what B learned meanwhile and what it learns now both reach A.
-    cl.redis = Some(redis_in(&cl.redis_ns)?);
+    cl.start_redis()?;
     let (cookie, owner) = cl.login(1)?;
     assert!(
         eventually(CONVERGE, || cl.honours(0, &cookie, &owner)),
@@ -571,19 +638,98 @@ fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
+fn sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult {
+    if redis_missing() {
+        return Ok(());
+    }
+    let mut cl = Cluster::build(Family::V4)?;
+
+    // A session learned through A is honoured by B.
+    let (cookie, owner) = cl.login(0)?;
+    assert!(cl.honours(0, &cookie, &owner));
+    assert!(
+        eventually(CONVERGE, || cl.honours(1, &cookie, &owner)),
+        "B does not honour A's session\n{}",
+        cl.logs()
+    );
+    // A remove on A reaches B.
+    cl.with_cookie(0, "/logout", &cookie)?;
+    assert!(
+        eventually(CONVERGE, || cl
+            .with_cookie(1, "/", &cookie)
+            .is_ok_and(|r| r.header("x-persist") == Some("false"))),
+        "B still routes A's removed session\n{}",
+        cl.logs()
+    );
+
+    survive_a_redis_restart(&mut cl)
+}
+
+/// A session made through host `made_on` is honoured by the other host, whose table holds
+/// the server's `[addr]:port` from the first; its removal through host `removed_on` reaches
+/// the other host of the two.
+fn session_crosses(cl: &Cluster, made_on: usize, removed_on: usize) -> TestResult {
+    let stored_on = |lb: usize, cookie: &str| {
+        cl.with_cookie(lb, "/", cookie)
+            .ok()
+            .and_then(|r| r.header("x-stored").map(str::to_string))
+    };
+    let (cookie, owner) = cl.login(made_on)?;
+    assert!(cl.honours(made_on, &cookie, &owner), "{}", cl.logs());
+    let other = 1 - made_on;
+    assert!(
+        eventually(CONVERGE, || cl.honours(other, &cookie, &owner)),
+        "host {other} does not honour host {made_on}'s session\n{}",
+        cl.logs()
+    );
+    let server = cl.server_named(&owner)?;
+    assert_eq!(stored_on(other, &cookie), Some(server.to_string()));
+
+    cl.with_cookie(removed_on, "/logout", &cookie)?;
+    let other = 1 - removed_on;
+    assert!(
+        eventually(CONVERGE, || stored_on(other, &cookie).as_deref()
+            == Some("-")),
+        "host {other} still holds the session host {removed_on} removed\n{}",
+        cl.logs()
+    );
+    assert_eq!(
+        cl.with_cookie(other, "/", &cookie)?.header("x-persist"),
+        Some("false")
+    );
+    Ok(())
+}
+
+/// The IPv6 twin: VIPs, servers, clients and Redis all on IPv6 (2001:db8:2::/64 on the bridge).
+/// A session made on either host is honoured by the other, from the server's `[addr]:port`
+/// it stored; a removal crosses each way; then the IPv4 test's Redis restart and B restart.
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn ipv6_sessions_and_removals_cross_hosts_and_survive_a_redis_restart() -> TestResult {
+    if redis_missing() {
+        return Ok(());
+    }
+    let mut cl = Cluster::build(Family::V6)?;
+    session_crosses(&cl, 0, 1)?;
+    session_crosses(&cl, 1, 0)?;
+    survive_a_redis_restart(&mut cl)
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
 fn concurrent_inserts_on_two_hosts_converge_on_one_value() -> TestResult {
     if redis_missing() {
         return Ok(());
     }
-    let cl = Cluster::build()?;
+    let cl = Cluster::build(Family::V4)?;
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     std::thread::scope(|s| {
         for (lb, val) in [(0, "a"), (1, "b")] {
             let ns = &cl.lbs[lb];
-            let keys = &keys;
+            let (keys, vip) = (&keys, cl.family.vip());
             s.spawn(move || {
                 for k in keys {
-                    let _ = get_in(ns, 81, "/put", &[("x-key", k), ("x-val", val)]);
+                    let _ = get_in(ns, vip, 81, "/put", &[("x-key", k), ("x-val", val)]);
                 }
             });
         }
