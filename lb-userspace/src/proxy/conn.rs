@@ -242,8 +242,8 @@ async fn serve_h2<S>(
     }
 }
 
-/// hyper's limit on request headers when none is set (`DEFAULT_MAX_HEADERS` in hyper's
-/// `proto/h1/role.rs`).
+/// hyper's limit on request headers when none is set (`DEFAULT_MAX_HEADERS` of its HTTP/1
+/// role module).
 const HYPER_MAX_HEADERS: usize = 100;
 
 /// Counts one open HTTP/2 stream for the idle check.
