@@ -1,11 +1,11 @@
 //! The routing table: which virtual service a listener serves and which pools exist. Built
 //! from a [`ProxyConfig`], validated, and swapped whole on reload.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::ConfigMap;
 use super::error::ProxyError;
 use super::hooks::{HookFactory, PoolView, ServerView};
 use super::picker::ServerPicker;
@@ -26,16 +26,16 @@ pub(crate) struct VsRoute {
 /// Immutable once built; the proxy replaces it whole.
 #[derive(Default)]
 pub(crate) struct RoutingTable {
-    vs: HashMap<SocketAddr, Arc<VsRoute>>,
-    pools: HashMap<String, Arc<dyn ServerPicker>>,
+    vs: ConfigMap<SocketAddr, Arc<VsRoute>>,
+    pools: ConfigMap<String, Arc<dyn ServerPicker>>,
     /// Pools that speak TLS to their servers.
-    pool_tls: HashMap<String, UpstreamTls>,
+    pool_tls: ConfigMap<String, UpstreamTls>,
 }
 
 impl RoutingTable {
     pub fn build(config: &ProxyConfig, stats: &StatsRegistry) -> Result<Self, ProxyError> {
-        let mut pools: HashMap<String, Arc<dyn ServerPicker>> = HashMap::new();
-        let pool_tls: HashMap<String, UpstreamTls> = config
+        let mut pools: ConfigMap<String, Arc<dyn ServerPicker>> = ConfigMap::default();
+        let pool_tls: ConfigMap<String, UpstreamTls> = config
             .pools
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.tls.clone()?)))
@@ -47,7 +47,7 @@ impl RoutingTable {
                 });
             }
         }
-        let mut vs: HashMap<SocketAddr, Arc<VsRoute>> = HashMap::new();
+        let mut vs: ConfigMap<SocketAddr, Arc<VsRoute>> = ConfigMap::default();
         for v in &config.virtual_services {
             if !pools.contains_key(&v.pool) {
                 return Err(ProxyError::UnknownPool {
@@ -119,7 +119,7 @@ impl RoutingTable {
 /// same [`PoolSpec`]s given to the proxy, before the hook factories that need it.
 #[derive(Clone, Default)]
 pub struct StaticPoolView {
-    pools: HashMap<String, Arc<dyn ServerPicker>>,
+    pools: ConfigMap<String, Arc<dyn ServerPicker>>,
 }
 
 impl StaticPoolView {

@@ -98,7 +98,8 @@ impl<T> AsRef<AtomicU64> for Gauge<T> {
 #[derive(Debug, Default)]
 pub(crate) struct StatsRegistry {
     vs: DashMap<String, Arc<VsCounters>>,
-    servers: DashMap<SocketAddr, Arc<ServerCounters>>,
+    /// Keys from the configuration: see [`super::ConfigMap`].
+    servers: DashMap<SocketAddr, Arc<ServerCounters>, foldhash::fast::RandomState>,
 }
 
 impl StatsRegistry {

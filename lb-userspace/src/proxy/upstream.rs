@@ -4,7 +4,7 @@
 //! failure happened while connecting (then another server may be tried with the untouched
 //! request) or after the request left (then it must not be replayed).
 
-use std::collections::HashMap;
+use super::ConfigMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +88,7 @@ impl Idle {
 type IdleKey = (SocketAddr, bool);
 
 pub(crate) struct UpstreamPool {
-    idle: Mutex<HashMap<IdleKey, Vec<Idle>>>,
+    idle: Mutex<ConfigMap<IdleKey, Vec<Idle>>>,
     stats: Arc<StatsRegistry>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -100,7 +100,7 @@ impl UpstreamPool {
     /// An empty pool with the upstream limits of `settings`.
     pub fn new(stats: Arc<StatsRegistry>, settings: &ProxySettings) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(ConfigMap::default()),
             stats,
             connect_timeout: settings.upstream_connect_timeout,
             idle_timeout: settings.upstream_idle_timeout,
