@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod bench;
 pub mod csum;
 pub mod fnv;
 pub mod jhash;
@@ -666,7 +667,7 @@ mod pod {
     /// `aya::Pod` for map keys and values: aya copies them to and from the kernel as raw
     /// bytes, which is sound for a type that is `repr(C)`, holds only integers (every bit
     /// pattern valid) and has no implicit padding (no uninitialised bytes reach the kernel),
-    /// which the size assertions above check for each one.
+    /// which the size assertions (above, and in bench.rs) check for each one.
     macro_rules! pod {
         ($($t:ty),* $(,)?) => {$(
             // SAFETY: `$t` is repr(C), all integer fields, no implicit padding (see above).
@@ -674,7 +675,16 @@ mod pod {
         )*};
     }
 
-    pod!(Service, Flow, Persist, TrafficCounters, DsKey, DsValue);
+    pod!(
+        Service,
+        Flow,
+        Persist,
+        TrafficCounters,
+        DsKey,
+        DsValue,
+        bench::GenConfig,
+        bench::ReflectConfig,
+    );
 
     /// The same for the keys and values generic over the address: [`Address`] is sealed to
     /// `u32` and [`Addr6`], the two instantiations the size assertions above check.

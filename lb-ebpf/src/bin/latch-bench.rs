@@ -33,44 +33,16 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::csum;
+use lb_common::{
+    bench::{GenConfig, MODE_FIXED_FLOWS, ReflectConfig},
+    csum,
+};
 
 /// Length of the Ethernet + IPv4 + UDP header the generator writes.
 const HDR_LEN: usize = 42;
 const IP_CSUM_OFF: usize = 24;
 const IP_SRC_OFF: usize = 26;
 const SPORT_OFF: usize = 34;
-
-/// Every packet repeats one of `flows` 5-tuples.
-const MODE_FIXED_FLOWS: u32 = 0;
-
-/// Generator configuration (index 0), written by the bench before it runs. Layout mirrored in
-/// xtask/bench/src/frames.rs (`GenConfig`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    /// Ethernet + IPv4 + UDP header with the IP checksum and the source address zeroed
-    /// (48 bytes, 42 used).
-    pub header: [u64; 6],
-    /// One's complement sum (native 16-bit words, unfolded) of the template header with the
-    /// source address and checksum zeroed.
-    pub csum_base: u32,
-    /// `MODE_FIXED_FLOWS` or new-flow mode (any other value).
-    pub mode: u32,
-    /// Fixed-flow mode: number of distinct flows (source ports `base_sport..`).
-    pub flows: u32,
-    /// Source address (network order) of fixed-flow mode; in new-flow mode its last octet is
-    /// replaced.
-    pub src_addr: u32,
-    /// First source port (host order).
-    pub base_sport: u32,
-    /// New-flow mode: first value of the last source octet; each generator instance gets its
-    /// own range so instances never repeat each other's tuples.
-    pub octet_base: u32,
-    /// New-flow mode: number of last-octet values this instance may use.
-    pub octet_span: u32,
-    pub _pad: u32,
-}
 
 #[map(name = "BENCH_GEN")]
 static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -92,41 +64,6 @@ static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Longest header `bench_reflect` writes (Ethernet + IPv6 + UDP); every frame of the loop is
 /// at least this long.
 const REFLECT_LEN: usize = 62;
-
-/// `bench_reflect`'s configuration (index 0). Layout mirrored in xtask/bench/src/frames.rs
-/// (`ReflectConfig`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ReflectConfig {
-    /// The request's Ethernet + IP + UDP header (62 bytes written, for IPv4 the IP payload
-    /// continues with zeros), with the varying fields (source port, the varying 16-bit word of
-    /// the source address) and the checksum zeroed.
-    pub header: [u64; 8],
-    /// Unfolded one's complement sum of what the checksum covers, varying fields zeroed.
-    pub csum_base: u32,
-    /// Offset of the checksum to finish (IPv4 header, or UDP for IPv6).
-    pub csum_off: u32,
-    /// 1 if the source port is under that checksum (UDP over IPv6), else 0.
-    pub sport_in_csum: u32,
-    /// Offset of the varying 16-bit word of the source address.
-    pub word_off: u32,
-    /// That word (host order) in fixed-flow mode.
-    pub word_fixed: u32,
-    /// New-flow mode: first value of the word; each CPU gets `word_span` values of its own.
-    pub word_base: u32,
-    pub word_span: u32,
-    /// `MODE_FIXED_FLOWS` or new-flow mode (any other value).
-    pub mode: u32,
-    /// Fixed-flow mode: distinct flows (source ports `base_sport..`).
-    pub flows: u32,
-    pub base_sport: u32,
-    /// CPUs whose word ranges are disjoint (CPU ids are taken modulo this).
-    pub cpus: u32,
-    /// Offset of the UDP source port (34 over IPv4, 54 over IPv6).
-    pub sport_off: u32,
-    /// CLOCK_MONOTONIC ns after which every frame is dropped (0: drop everything).
-    pub deadline_ns: u64,
-}
 
 #[map(name = "BENCH_REFLECT")]
 static REFLECT: Array<ReflectConfig> = Array::with_max_entries(1, 0);

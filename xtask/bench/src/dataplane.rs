@@ -31,7 +31,10 @@ use latch_tests::{Netns, Topology};
 use crate::{
     circulate::{self, Loop},
     env::{self, BenchProgs, COUNT_DROP, PASS, PinDir, REDIRECT, TX, with_ns},
-    frames::{GenConfig, LoopUdp, MODE_FIXED_FLOWS, MODE_NEW_FLOWS, ReflectConfig, Udp},
+    frames::{
+        GenConfig, LoopUdp, MODE_FIXED_FLOWS, MODE_NEW_FLOWS, ReflectConfig, Udp, gen_config,
+        reflect_config,
+    },
     mpps::{self, Generator, Window},
     plot,
     report::{self, PathCost, ProgramTime, ProgramTimeRound, Rate, Report, median},
@@ -279,7 +282,7 @@ impl Bench<'_> {
         let span = (240 / self.threads.max(1)) as u8;
         (0..self.threads)
             .map(|t| {
-                GenConfig::new(
+                gen_config(
                     &self.template,
                     mode,
                     ESTABLISHED_FLOWS,
@@ -300,11 +303,11 @@ impl Bench<'_> {
         let cpus = self.cpus.max(1) as u32;
         if target.v6() {
             // 2001:db8:2::1000 upward, 0x4000 addresses per CPU.
-            ReflectConfig::new(&self.loop_v6, mode, ESTABLISHED_FLOWS, 0x1000, 0x4000, cpus)
+            reflect_config(&self.loop_v6, mode, ESTABLISHED_FLOWS, 0x1000, 0x4000, cpus)
         } else {
             // 203.0.113.10..=249, split between the CPUs.
             let span = (240 / cpus) as u16;
-            ReflectConfig::new(
+            reflect_config(
                 &self.loop_v4,
                 mode,
                 ESTABLISHED_FLOWS,
@@ -1011,7 +1014,7 @@ fn run_with(secs: u64, rounds: u32, objects: &[PathBuf]) -> Result<()> {
     let (live_gen, why) = mpps::choose_generator(
         &topo.client().path(),
         "eth0",
-        GenConfig::new(&template, MODE_FIXED_FLOWS, 1, 10, 1),
+        gen_config(&template, MODE_FIXED_FLOWS, 1, 10, 1),
     )?;
     let live = live_gen == Generator::LiveFrames;
     println!(

@@ -44,61 +44,43 @@ pub fn udp_frame(u: &Udp) -> Vec<u8> {
     f
 }
 
-/// Generator modes (`GenConfig::mode`).
-pub const MODE_FIXED_FLOWS: u32 = 0;
-pub const MODE_NEW_FLOWS: u32 = 1;
+pub use lb_common::bench::{GenConfig, MODE_FIXED_FLOWS, MODE_NEW_FLOWS, ReflectConfig};
 
-/// Mirror of `GenConfig` in lb-ebpf/src/bin/latch-bench.rs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GenConfig {
-    pub header: [u64; 6],
-    pub csum_base: u32,
-    pub mode: u32,
-    pub flows: u32,
-    pub src_addr: u32,
-    pub base_sport: u32,
-    pub octet_base: u32,
-    pub octet_span: u32,
-    pub _pad: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<GenConfig>() == 80);
-
-// SAFETY: repr(C), integers only, no padding (size asserted above).
-unsafe impl aya::Pod for GenConfig {}
-
-impl GenConfig {
-    /// The generator's configuration for frames shaped like `template`: the program copies the
-    /// header, then writes the source address and port and the IP checksum, which it finishes
-    /// from `csum_base` (the sum over the header with those fields zeroed).
-    pub fn new(template: &Udp, mode: u32, flows: u32, octet_base: u8, octet_span: u8) -> Self {
-        let frame = udp_frame(template);
-        let mut hdr = [0u8; 48];
-        hdr[..HDR_LEN].copy_from_slice(&frame[..HDR_LEN]);
-        hdr[IP_CSUM_OFF..IP_CSUM_OFF + 2].fill(0);
-        hdr[IP_SRC_OFF..IP_SRC_OFF + 4].fill(0);
-        let csum_base = hdr[IP_OFF..IP_OFF + 20]
-            .chunks(2)
-            .map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]])))
-            .sum();
-        let mut header = [0u64; 6];
-        for (i, chunk) in hdr.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            header[i] = u64::from_ne_bytes(b);
-        }
-        Self {
-            header,
-            csum_base,
-            mode,
-            flows,
-            src_addr: u32::from_ne_bytes(template.src.octets()),
-            base_sport: u32::from(template.sport),
-            octet_base: u32::from(octet_base),
-            octet_span: u32::from(octet_span),
-            _pad: 0,
-        }
+/// The generator's configuration for frames shaped like `template`: the program copies the
+/// header, then writes the source address and port and the IP checksum, which it finishes
+/// from `csum_base` (the sum over the header with those fields zeroed).
+pub fn gen_config(
+    template: &Udp,
+    mode: u32,
+    flows: u32,
+    octet_base: u8,
+    octet_span: u8,
+) -> GenConfig {
+    let frame = udp_frame(template);
+    let mut hdr = [0u8; 48];
+    hdr[..HDR_LEN].copy_from_slice(&frame[..HDR_LEN]);
+    hdr[IP_CSUM_OFF..IP_CSUM_OFF + 2].fill(0);
+    hdr[IP_SRC_OFF..IP_SRC_OFF + 4].fill(0);
+    let csum_base = hdr[IP_OFF..IP_OFF + 20]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]])))
+        .sum();
+    let mut header = [0u64; 6];
+    for (i, chunk) in hdr.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        header[i] = u64::from_ne_bytes(b);
+    }
+    GenConfig {
+        header,
+        csum_base,
+        mode,
+        flows,
+        src_addr: u32::from_ne_bytes(template.src.octets()),
+        base_sport: u32::from(template.sport),
+        octet_base: u32::from(octet_base),
+        octet_span: u32::from(octet_span),
+        _pad: 0,
     }
 }
 
@@ -148,31 +130,6 @@ pub struct LoopUdp {
     pub sport: u16,
     pub dport: u16,
 }
-
-/// Mirror of `ReflectConfig` in lb-ebpf/src/bin/latch-bench.rs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReflectConfig {
-    pub header: [u64; 8],
-    pub csum_base: u32,
-    pub csum_off: u32,
-    pub sport_in_csum: u32,
-    pub word_off: u32,
-    pub word_fixed: u32,
-    pub word_base: u32,
-    pub word_span: u32,
-    pub mode: u32,
-    pub flows: u32,
-    pub base_sport: u32,
-    pub cpus: u32,
-    pub sport_off: u32,
-    pub deadline_ns: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<ReflectConfig>() == 120);
-
-// SAFETY: repr(C), integers only, no padding (size asserted above).
-unsafe impl aya::Pod for ReflectConfig {}
 
 /// The loop's request frame for `u`, with a valid IPv4 header checksum (UDP checksum 0) or a
 /// valid UDP checksum over IPv6.
@@ -227,46 +184,51 @@ fn udp6_sum(f: &[u8; LOOP_FRAME_LEN]) -> u32 {
     pseudo + tail + lb_common::csum::sum(&f[54..62])
 }
 
-impl ReflectConfig {
-    /// The reflector's configuration for requests shaped like `u`: `mode` as the generator's,
-    /// `flows` fixed flows, or new flows over `span` values per CPU of the varying word (the
-    /// source address's last 16 bits, of which IPv4 varies only the last octet) from
-    /// `word_base`, for `cpus` CPUs.
-    pub fn new(u: &LoopUdp, mode: u32, flows: u32, word_base: u16, span: u16, cpus: u32) -> Self {
-        let mut f = loop_frame(u);
-        let v6 = u.src.is_ipv6();
-        let (word_off, csum_off, sport_off) = if v6 { (36, 60, 54) } else { (28, 24, 34) };
-        let word_fixed = u16::from_be_bytes([f[word_off], f[word_off + 1]]);
-        f[word_off..word_off + 2].fill(0);
-        f[csum_off..csum_off + 2].fill(0);
-        f[sport_off..sport_off + 2].fill(0);
-        let csum_base = if v6 {
-            udp6_sum(&f)
-        } else {
-            lb_common::csum::sum(&f[IP_OFF..IP_OFF + 20])
-        };
-        let mut header = [0u64; 8];
-        for (i, chunk) in f.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            header[i] = u64::from_ne_bytes(b);
-        }
-        Self {
-            header,
-            csum_base,
-            csum_off: csum_off as u32,
-            sport_in_csum: u32::from(v6),
-            word_off: word_off as u32,
-            word_fixed: u32::from(word_fixed),
-            word_base: u32::from(word_base),
-            word_span: u32::from(span),
-            mode,
-            flows,
-            base_sport: u32::from(u.sport),
-            cpus,
-            sport_off: sport_off as u32,
-            deadline_ns: 0,
-        }
+/// The reflector's configuration for requests shaped like `u`: `mode` as the generator's,
+/// `flows` fixed flows, or new flows over `span` values per CPU of the varying word (the
+/// source address's last 16 bits, of which IPv4 varies only the last octet) from
+/// `word_base`, for `cpus` CPUs.
+pub fn reflect_config(
+    u: &LoopUdp,
+    mode: u32,
+    flows: u32,
+    word_base: u16,
+    span: u16,
+    cpus: u32,
+) -> ReflectConfig {
+    let mut f = loop_frame(u);
+    let v6 = u.src.is_ipv6();
+    let (word_off, csum_off, sport_off) = if v6 { (36, 60, 54) } else { (28, 24, 34) };
+    let word_fixed = u16::from_be_bytes([f[word_off], f[word_off + 1]]);
+    f[word_off..word_off + 2].fill(0);
+    f[csum_off..csum_off + 2].fill(0);
+    f[sport_off..sport_off + 2].fill(0);
+    let csum_base = if v6 {
+        udp6_sum(&f)
+    } else {
+        lb_common::csum::sum(&f[IP_OFF..IP_OFF + 20])
+    };
+    let mut header = [0u64; 8];
+    for (i, chunk) in f.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        header[i] = u64::from_ne_bytes(b);
+    }
+    ReflectConfig {
+        header,
+        csum_base,
+        csum_off: csum_off as u32,
+        sport_in_csum: u32::from(v6),
+        word_off: word_off as u32,
+        word_fixed: u32::from(word_fixed),
+        word_base: u32::from(word_base),
+        word_span: u32::from(span),
+        mode,
+        flows,
+        base_sport: u32::from(u.sport),
+        cpus,
+        sport_off: sport_off as u32,
+        deadline_ns: 0,
     }
 }
 
@@ -351,7 +313,7 @@ mod tests {
 
     #[test]
     fn fixed_flow_headers_cycle_through_ports_with_valid_checksums() {
-        let cfg = GenConfig::new(&template(), MODE_FIXED_FLOWS, 4, 0, 0);
+        let cfg = gen_config(&template(), MODE_FIXED_FLOWS, 4, 0, 0);
         let ports: Vec<u16> = (0..6)
             .map(|n| {
                 let h = generated_header(&cfg, n);
@@ -369,7 +331,7 @@ mod tests {
 
     #[test]
     fn new_flow_headers_are_distinct_and_valid() {
-        let cfg = GenConfig::new(&template(), MODE_NEW_FLOWS, 0, 100, 50);
+        let cfg = gen_config(&template(), MODE_NEW_FLOWS, 0, 100, 50);
         let mut seen = std::collections::HashSet::new();
         for n in (0..200_000u64).step_by(997) {
             let h = generated_header(&cfg, n);
@@ -416,7 +378,7 @@ mod tests {
     fn the_reflector_rebuilds_the_template_request_for_fixed_flows() {
         for v6 in [false, true] {
             let t = loop_template(v6);
-            let cfg = ReflectConfig::new(&t, MODE_FIXED_FLOWS, 3, 0, 0, 2);
+            let cfg = reflect_config(&t, MODE_FIXED_FLOWS, 3, 0, 0, 2);
             assert_eq!(reflected_frame(&cfg, 1, 0), loop_frame(&t), "v6 {v6}");
             let sport_off = cfg.sport_off as usize;
             let ports: Vec<u16> = (0..4)
@@ -439,7 +401,7 @@ mod tests {
             } else {
                 ((113 << 8) | 10, 120)
             };
-            let cfg = ReflectConfig::new(&t, MODE_NEW_FLOWS, 0, base, span, 2);
+            let cfg = reflect_config(&t, MODE_NEW_FLOWS, 0, base, span, 2);
             let mut seen = std::collections::HashSet::new();
             for cpu in 0..2 {
                 for n in (0..(1u64 << 20)).step_by(4099) {
